@@ -1,0 +1,74 @@
+# moelab — one Makefile (in the spirit of Lua's).
+#   make demo    install missing Debian packages, build, run the default experiment
+#   make test    install, build, run every test suite
+#   make bench   time the SRNN step beside PyTorch
+#   make asan    build and test with AddressSanitizer + UBSan into build-asan/
+
+BUILD   ?= build
+CC      ?= cc
+OPT     ?= -O2 -march=native
+PKGS     = lua5.4 openblas yaml-0.1 zlib
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+CFLAGS  ?= $(OPT) -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -Icore -Icore/include $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
+LIBS     = $(PKG_LIBS) -ldl -lm -lpthread -fopenmp
+PLUGIN_CFLAGS = -std=c11 $(WARN) -O2 -march=native -g -fPIC -shared -fvisibility=hidden -Icore/include $(EXTRA_CFLAGS)
+
+CORE_SRC   := $(filter-out core/main.c,$(wildcard core/*.c))
+CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
+PLUGIN_SRC := $(wildcard plugins/*/*.c)
+PLUGINS    := $(patsubst %.c,$(BUILD)/plugins/%.so,$(notdir $(PLUGIN_SRC)))
+TPLUG_SRC  := $(wildcard tests/plugins/*.c)
+TPLUGINS   := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(TPLUG_SRC))
+TEST_SRC   := $(wildcard tests/check_*.c)
+TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+
+.PHONY: all deps demo test bench asan clean
+all: $(BUILD)/moelab $(PLUGINS)
+
+deps:
+	@sh tools/install-deps.sh
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libmoelab.a: $(CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/moelab: $(BUILD)/obj/core/main.o $(BUILD)/libmoelab.a
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
+
+vpath %.c plugins/routers plugins/losses plugins/schedules
+$(BUILD)/plugins/%.so: %.c core/include/moelab/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) $< -o $@ -lm
+
+$(BUILD)/tests/plugins/%.so: tests/plugins/%.c core/include/moelab/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) -Wno-missing-field-initializers $< -o $@ -lm
+
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libmoelab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests $< $(BUILD)/libmoelab.a -o $@ $(LIBS) $(CHECK_LIBS)
+
+demo: deps all
+	$(BUILD)/moelab run configs/demo.yaml
+
+test: deps all $(TPLUGINS) $(TESTS)
+	@sh tools/run-tests.sh $(BUILD) $(TESTS)
+
+bench: deps all
+	@sh bench/run.sh $(BUILD)
+
+asan:
+	$(MAKE) BUILD=build-asan OPT="-O1" EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" test
+
+clean:
+	rm -rf $(BUILD) build-asan
+
+-include $(CORE_OBJ:.o=.d) $(BUILD)/obj/core/main.d

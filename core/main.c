@@ -1,0 +1,3 @@
+/* main.c — the `moelab` command (placeholder entry until the CLI lands in this commit series). */
+#include <stdio.h>
+int main(void) { fputs("moelab: building\n", stderr); return 0; }

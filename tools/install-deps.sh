@@ -1,0 +1,16 @@
+#!/bin/sh
+# Installs whichever Debian packages moelab needs and this machine lacks (apt-get; sudo
+# when not root). Quiet when everything is present.
+set -e
+PKGS="build-essential pkg-config liblua5.4-dev libopenblas-dev libyaml-dev zlib1g-dev check libstb-dev dataset-fashion-mnist"
+[ "${MOELAB_BENCH:-0}" = 1 ] && PKGS="$PKGS python3-torch"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "moelab: installing missing Debian packages:$missing"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
