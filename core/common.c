@@ -20,13 +20,19 @@ int ml_errorf(const char *fmt, ...) {
 }
 
 int ml_error_prefix(const char *fmt, ...) {
-    char pre[512], old[sizeof g_err];
+    char old[sizeof g_err];
+    memcpy(old, g_err, sizeof old);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(pre, sizeof pre, fmt, ap);
+    int n = vsnprintf(g_err, sizeof g_err, fmt, ap);
     va_end(ap);
-    memcpy(old, g_err, sizeof old);
-    snprintf(g_err, sizeof g_err, "%s: %s", pre, old);
+    if (n < 0 || (size_t)n >= sizeof g_err - 3) return ML_ERR;
+    g_err[n] = ':';
+    g_err[n + 1] = ' ';
+    size_t room = sizeof g_err - (size_t)n - 2;
+    size_t len = strnlen(old, room - 1);
+    memcpy(g_err + n + 2, old, len);
+    g_err[n + 2 + len] = 0;
     return ML_ERR;
 }
 
