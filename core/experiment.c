@@ -1,0 +1,775 @@
+/* experiment.c — one run: build from config, train/evaluate, health, growth, checkpoints. */
+#include "experiment.h"
+
+#include <cblas.h>
+#include <ctype.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pluginhost.h"
+#include "safetensors.h"
+
+#define CKPT_FORMAT_VERSION "1"
+
+/* ------------------------------------------------------------------ building */
+
+static const ml_plugin *find_plugin(void *ctx, int kind, const char *name, char *err) {
+    (void)ctx;
+    const ml_plugin *p = ml_plugin_load(kind, name);
+    if (!p) snprintf(err, ML_ERR_MAX, "%s", ml_error());
+    return p;
+}
+
+static int plugin_opts(ml_experiment *e, const char *path, const ml_plugin *p, ml_optval **out) {
+    *out = ml_calloc((size_t)(p->num_options > 0 ? p->num_options : 1), sizeof(ml_optval));
+    if (!*out) return ML_ERR;
+    return ml_config_plugin_options(e->cfg, path, p, *out);
+}
+
+static int build_losses(ml_experiment *e) {
+    int n = ml_config_len(e->cfg, "losses");
+    if (n > ML_MAX_LOSSES) return ml_errorf("%s: %d losses, at most %d are supported", ml_config_path(e->cfg), n, ML_MAX_LOSSES);
+    for (int i = 0; i < n; i++) {
+        char path[64], key[80];
+        snprintf(path, sizeof path, "losses.%d", i);
+        snprintf(key, sizeof key, "%s.name", path);
+        const char *name = ml_config_str(e->cfg, key, "");
+        const ml_plugin *p = ml_plugin_load(ML_PLUGIN_LOSS, name);
+        if (!p) return ML_ERR;
+        ml_optval *opt = NULL;
+        if (plugin_opts(e, path, p, &opt)) { free(opt); return ML_ERR; }
+        ml_loss_slot *s = &e->loss[e->n_losses];
+        s->plugin = p;
+        s->api = p->api;
+        ml_loss_init init = {sizeof init, opt};
+        char err[ML_ERR_MAX] = "";
+        s->self = s->api->create(ml_host_table(), &init, err);
+        free(opt);
+        if (!s->self) return ml_errorf("loss '%s' (%s): create failed: %s", p->name, ml_plugin_file(p), err);
+        snprintf(s->name, sizeof s->name, "%s", p->name);
+        for (int j = 0; j < e->n_losses; j++)
+            if (strcmp(e->loss[j].name, s->name) == 0) snprintf(s->name, sizeof s->name, "%s#%d", p->name, i + 1);
+        snprintf(key, sizeof key, "%s.coef", path);
+        s->coef = ml_config_float(e->cfg, key, 1.0);
+        e->n_losses++;
+    }
+    return ML_OK;
+}
+
+static int build_schedule(ml_experiment *e, int L) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_SCHEDULE, ml_config_str(e->cfg, "schedule.name", "fixed"));
+    if (!p) return ML_ERR;
+    ml_optval *opt = NULL;
+    if (plugin_opts(e, "schedule", p, &opt)) { free(opt); return ML_ERR; }
+    ml_schedule_init init = {sizeof init, L, opt};
+    char err[ML_ERR_MAX] = "";
+    const ml_schedule_api *api = p->api;
+    e->sched = api->create(ml_host_table(), &init, err);
+    free(opt);
+    if (!e->sched) return ml_errorf("schedule '%s' (%s): create failed: %s", p->name, ml_plugin_file(p), err);
+    e->sched_plugin = p;
+    return ML_OK;
+}
+
+static int build_model(ml_experiment *e) {
+    const ml_config *c = e->cfg;
+    int L = (int)ml_config_int(c, "model.moe_layers", 1);
+    if (build_schedule(e, L)) return ML_ERR;
+    const ml_schedule_api *sapi = e->sched_plugin->api;
+    int configured = (int)ml_config_int(c, "model.experts", 4);
+    int *experts = ml_calloc((size_t)L, sizeof(int));
+    if (!experts) return ML_ERR;
+    for (int l = 0; l < L; l++) {
+        experts[l] = sapi->initial_experts(e->sched, l, configured);
+        if (experts[l] < 1) {
+            free(experts);
+            return ml_errorf("schedule '%s': initial_experts(layer %d) = %d, expected >= 1", e->sched_plugin->name, l + 1, experts[l]);
+        }
+    }
+    const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, ml_config_str(c, "router.name", "softmax_topk"));
+    ml_optval *ropt = NULL;
+    if (!router || plugin_opts(e, "router", router, &ropt)) { free(experts); free(ropt); return ML_ERR; }
+    int channels[16], nch = ml_config_len(c, "model.channels");
+    if (nch > 16) nch = 16;
+    for (int i = 0; i < nch; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "model.channels.%d", i);
+        channels[i] = (int)ml_config_int(c, key, 0);
+    }
+    ml_model_cfg mc = {
+        .type = ml_config_str(c, "model.type", "mlp"),
+        .C = e->train.C, .H = e->train.H, .W = e->train.W,
+        .latent = (int)ml_config_int(c, "model.latent", 128),
+        .hidden = (int)ml_config_int(c, "model.hidden", 256),
+        .expert_hidden = (int)ml_config_int(c, "model.expert_hidden", 256),
+        .experts = configured, .moe_layers = L,
+        .channels = channels, .n_channels = nch < 0 ? 0 : nch,
+        .router = router, .router_opt = ropt,
+        .seed = (uint64_t)ml_config_int(c, "train.seed", 1),
+    };
+    e->model = ml_model_new(&mc, experts);
+    free(experts);
+    free(ropt);
+    if (!e->model) return ml_error_prefix("model");
+    e->acc = ml_calloc((size_t)L, sizeof *e->acc);
+    e->vacc = ml_calloc((size_t)L, sizeof *e->vacc);
+    if (!e->acc || !e->vacc) return ML_ERR;
+    for (int l = 0; l < L; l++) {
+        e->acc[l] = ml_health_acc_new(e->model->moe[l]->N, e->train.num_classes);
+        e->vacc[l] = ml_health_acc_new(e->model->moe[l]->N, e->train.num_classes);
+        if (!e->acc[l] || !e->vacc[l]) return ML_ERR;
+    }
+    return ML_OK;
+}
+
+static void set_threads(int n) {
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    openblas_set_num_threads(n);
+    omp_set_num_threads(n);
+}
+
+ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides, int n_overrides,
+                          const char *build_plugin_dir, int *exit_code) {
+    *exit_code = ML_EXIT_USAGE;
+    ml_experiment *e = ml_calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->best_val = INFINITY;
+    ml_plugins_set_path(&build_plugin_dir, build_plugin_dir ? 1 : 0);
+    const char *envp = getenv("MOELAB_PLUGIN_PATH");
+    if (envp && *envp) {
+        char *dup = ml_strdup(envp), *save = NULL;
+        for (char *d = dup ? strtok_r(dup, ":", &save) : NULL; d; d = strtok_r(NULL, ":", &save)) ml_plugins_add_path(d);
+        free(dup);
+    }
+    e->cfg = ml_config_load(config_path, overrides, n_overrides, find_plugin, e);
+    if (!e->cfg) goto fail;
+    snprintf(e->experiment, sizeof e->experiment, "%s", ml_config_str(e->cfg, "experiment", "default"));
+    *exit_code = ML_EXIT_RUNTIME;
+    set_threads((int)ml_config_int(e->cfg, "train.threads", 0));
+    const char *dpath = ml_config_str(e->cfg, "data.path", "");
+    ml_data_cfg dc = {
+        .dataset = ml_config_str(e->cfg, "data.dataset", "synthetic"),
+        .path = dpath,
+        .train_images = ml_config_int(e->cfg, "data.train_images", 0),
+        .val_images = ml_config_int(e->cfg, "data.val_images", 10000),
+        .image_size = (int)ml_config_int(e->cfg, "data.image_size", 0),
+        .synthetic_samples = ml_config_int(e->cfg, "data.synthetic_samples", 4096),
+        .synthetic_dim = (int)ml_config_int(e->cfg, "data.synthetic_dim", 64),
+        .synthetic_classes = (int)ml_config_int(e->cfg, "data.synthetic_classes", 8),
+        .seed = (uint64_t)ml_config_int(e->cfg, "train.seed", 1),
+    };
+    if (ml_data_load(&dc, &e->train, &e->val)) { ml_error_prefix("data"); goto fail; }
+    if (e->train.n < 1) { ml_errorf("data: the training split is empty (check data.train_images / data.val_images)"); goto fail; }
+    if (build_model(e) || build_losses(e)) goto fail;
+    const char *on = ml_config_str(e->cfg, "optim.name", "adam");
+    e->opt = (ml_optim){
+        .kind = strcmp(on, "sgd") == 0 ? ML_OPTIM_SGD : ML_OPTIM_ADAM,
+        .lr = (float)ml_config_float(e->cfg, "optim.lr", 1e-3),
+        .beta1 = (float)ml_config_float(e->cfg, "optim.beta1", 0.9),
+        .beta2 = (float)ml_config_float(e->cfg, "optim.beta2", 0.999),
+        .eps = (float)ml_config_float(e->cfg, "optim.eps", 1e-8),
+        .weight_decay = (float)ml_config_float(e->cfg, "optim.weight_decay", 0),
+        .momentum = (float)ml_config_float(e->cfg, "optim.momentum", 0),
+    };
+    e->hcfg = (ml_health_cfg){ml_config_float(e->cfg, "health.active_threshold", 0.1),
+                              ml_config_float(e->cfg, "health.collapse_active_fraction", 0.5),
+                              ml_config_float(e->cfg, "health.collapse_entropy", 0.5)};
+    e->B = (int)ml_config_int(e->cfg, "train.batch_size", 64);
+    uint64_t seed = (uint64_t)ml_config_int(e->cfg, "train.seed", 1);
+    e->train_b = ml_batcher_new(&e->train, e->B, 1, seed);
+    e->val_b = e->val.n > 0 ? ml_batcher_new(&e->val, e->B, 0, seed) : NULL;
+    size_t D = (size_t)e->train.C * e->train.H * e->train.W;
+    e->xb = ml_alloc_floats((size_t)e->B * D);
+    e->yb = ml_calloc((size_t)e->B, sizeof(int32_t));
+    e->ids = ml_calloc((size_t)e->B, sizeof(int32_t));
+    if (!e->train_b || (e->val.n > 0 && !e->val_b) || !e->xb || !e->yb || !e->ids) goto fail;
+    e->progress_tty = isatty(2);
+    return e;
+fail:
+    ml_exp_free(e);
+    return NULL;
+}
+
+int ml_exp_open_results(ml_experiment *e) {
+    e->res = ml_results_open(ml_config_str(e->cfg, "results.dir", "results"), e->experiment,
+                             ml_config_str(e->cfg, "results.run_id", ""));
+    if (!e->res) return ML_ERR;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.yaml", ml_results_dir(e->res));
+    if (ml_config_write(e->cfg, path)) return ML_ERR;
+    e->started = ml_now();
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_str(&j, "config", ml_config_path(e->cfg));
+    ml_json_int(&j, "train_images", e->train.n);
+    ml_json_int(&j, "val_images", e->val.n);
+    ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
+    const char *fields = ml_json_end(&j);
+    /* strip the braces: events take the fields of an object */
+    char *inner = ml_strdup(fields + 1);
+    if (inner) inner[strlen(inner) - 1] = 0;
+    int rc = ml_results_event(e->res, 0, 0, "run_start", inner ? inner : "");
+    free(inner);
+    ml_json_free(&j);
+    return rc;
+}
+
+const char *ml_exp_run_dir(const ml_experiment *e) { return e->res ? ml_results_dir(e->res) : NULL; }
+
+/* ------------------------------------------------------------- metrics row */
+
+int ml_exp_log(ml_experiment *e, const char *name, double value) {
+    for (int i = 0; i < e->n_cols; i++)
+        if (strcmp(e->col_name[i], name) == 0) {
+            e->col_value[i] = value;
+            return ML_OK;
+        }
+    if (e->n_cols == ML_MAX_COLS) return ml_errorf("log: more than %d metrics columns in one epoch", ML_MAX_COLS);
+    if (!(e->col_name[e->n_cols] = ml_strdup(name))) return ML_ERR;
+    e->col_value[e->n_cols++] = value;
+    e->row_pending = 1;
+    return ML_OK;
+}
+
+static int flush_row(ml_experiment *e) {
+    if (!e->row_pending || !e->res) return ML_OK;
+    int rc = ml_results_metrics_row(e->res, (const char *const *)e->col_name, e->col_value, e->n_cols);
+    for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
+    e->n_cols = 0;
+    e->row_pending = 0;
+    return rc;
+}
+
+int ml_exp_event(ml_experiment *e, const char *kind, const char *fields_json) {
+    if (!e->res) return ML_OK;
+    return ml_results_event(e->res, e->epoch, e->step, kind, fields_json);
+}
+
+/* ------------------------------------------------------------------ training */
+
+static void progress(ml_experiment *e, int64_t done, int64_t total, double loss, double t0, int final) {
+    double dt = ml_now() - t0;
+    if (e->progress_tty) {
+        int w = 30, fill = total ? (int)(w * done / total) : w;
+        char bar[64];
+        for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+        bar[w] = 0;
+        fprintf(stderr, "\repoch %d [%s] %3d%% loss %.5f %.0f img/s%s", e->epoch, bar,
+                total ? (int)(100 * done / total) : 100, loss, dt > 0 ? done / dt : 0, final ? "\n" : "");
+    } else if (final) {
+        fprintf(stderr, "epoch %d: %" PRId64 " images, loss %.6f, %.1f s, %.0f img/s\n", e->epoch, done, loss, dt,
+                dt > 0 ? done / dt : 0);
+    }
+}
+
+static int aux_losses(ml_experiment *e, int training, double *total, double *per_loss) {
+    ml_model *m = e->model;
+    for (int l = 0; l < m->L; l++) {
+        ml_routing_record rec;
+        ml_moe_record(m->moe[l], &rec);
+        ml_health_acc_add(training ? e->acc[l] : e->vacc[l], &rec, m->moe[l]->n_dropped);
+        for (int i = 0; i < e->n_losses; i++) {
+            ml_loss_slot *s = &e->loss[i];
+            double v = 0;
+            char err[ML_ERR_MAX] = "";
+            int grad = training && s->coef != 0;
+            if (s->api->eval(s->self, &rec, &v, (float)s->coef, grad ? m->moe[l]->dlogits : NULL,
+                             grad ? m->moe[l]->dprob : NULL, err))
+                return ml_errorf("loss '%s' (layer %d): %s", s->name, l + 1, err);
+            if (!isfinite(v)) return ml_errorf("loss '%s' (layer %d) returned %g", s->name, l + 1, v);
+            per_loss[i] += v;
+            *total += s->coef * v;
+        }
+    }
+    return ML_OK;
+}
+
+int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
+    if (flush_row(e)) return ML_ERR;
+    ml_model *m = e->model;
+    e->epoch++;
+    for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->acc[l]);
+    ml_batcher_begin_epoch(e->train_b, e->epoch);
+    double t0 = ml_now(), loss_sum = 0, task_sum = 0, last_draw = 0;
+    double aux_sum[ML_MAX_LOSSES] = {0};
+    int64_t seen = 0, steps = 0;
+    int B;
+    while ((B = ml_batcher_next(e->train_b, e->xb, e->yb, e->ids)) > 0) {
+        ml_params_zero_grad(&m->P);
+        if (ml_model_forward(m, e->xb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
+        double total = m->task_loss, aux_step[ML_MAX_LOSSES] = {0};
+        if (aux_losses(e, 1, &total, aux_step)) return ML_ERR;
+        if (!isfinite(total))
+            return ml_errorf("epoch %d step %" PRId64 ": the loss is %g (diverged); hint: lower optim.lr or the loss coefficients",
+                             e->epoch, e->step + 1, total);
+        if (ml_model_backward(m)) return ML_ERR;
+        ml_optim_step(&e->opt, &m->P);
+        e->step++;
+        e->images_seen += B;
+        seen += B;
+        steps++;
+        loss_sum += total * B;
+        task_sum += m->task_loss * B;
+        for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux_step[i] / m->L * B;
+        double now = ml_now();
+        if (e->progress_tty && now - last_draw > 0.1) {
+            progress(e, seen, e->train.n, loss_sum / seen, t0, 0);
+            last_draw = now;
+        }
+        if (hook && hook(ctx)) return ML_ERR;
+    }
+    for (int l = 0; l < m->L; l++)
+        if (ml_moe_epoch_end(m->moe[l], e->epoch)) return ML_ERR;
+    memset(out, 0, sizeof *out);
+    out->epoch = e->epoch;
+    out->seconds = ml_now() - t0;
+    out->loss = seen ? loss_sum / seen : 0;
+    out->task_loss = seen ? task_sum / seen : 0;
+    out->images_seen = e->images_seen;
+    out->steps = steps;
+    out->img_per_s = out->seconds > 0 ? seen / out->seconds : 0;
+    out->n_aux = e->n_losses;
+    for (int i = 0; i < e->n_losses; i++) {
+        snprintf(out->aux_name[i], sizeof out->aux_name[i], "%s", e->loss[i].name);
+        out->aux_value[i] = seen ? aux_sum[i] / seen : 0;
+    }
+    progress(e, seen, e->train.n, out->loss, t0, 1);
+
+    /* the epoch's row: progress, losses, coefficients, routing health per layer */
+    ml_exp_log(e, "epoch", e->epoch);
+    ml_exp_log(e, "images_seen", (double)e->images_seen);
+    ml_exp_log(e, "seconds", out->seconds);
+    ml_exp_log(e, "loss", out->loss);
+    ml_exp_log(e, "task_loss", out->task_loss);
+    char col[128];
+    for (int i = 0; i < e->n_losses; i++) {
+        ml_exp_log(e, e->loss[i].name, out->aux_value[i]);
+        snprintf(col, sizeof col, "coef_%s", e->loss[i].name);
+        ml_exp_log(e, col, e->loss[i].coef);
+    }
+    for (int l = 0; l < m->L; l++) {
+        ml_health h;
+        if (ml_exp_health(e, l, 0, &h)) return ML_ERR;
+        struct { const char *k; double v; } cols[] = {
+            {"experts", h.num_experts}, {"active", h.active}, {"dead", h.dead}, {"cv", h.cv},
+            {"entropy_norm", h.marginal_entropy_norm}, {"sample_entropy", h.mean_sample_entropy},
+            {"mutual_info", h.mutual_info}, {"max_load", h.max_load_ratio}, {"dropped", h.dropped_share},
+            {"nmi", h.nmi_label}, {"load_balance", h.load_balance}, {"collapsed", h.collapsed}};
+        for (size_t i = 0; i < sizeof cols / sizeof *cols; i++) {
+            snprintf(col, sizeof col, "moe%d_%s", l + 1, cols[i].k);
+            ml_exp_log(e, col, cols[i].v);
+        }
+        const char *names[ML_MOE_MAX_RTENSORS];
+        const float *vals[ML_MOE_MAX_RTENSORS];
+        int nx = ml_moe_reported_state(m->moe[l], names, vals, ML_MOE_MAX_RTENSORS);
+        int rc = e->res ? ml_results_routing_rows(e->res, e->epoch, l + 1, &h, names, vals, nx) : ML_OK;
+        ml_health_free(&h);
+        if (rc) return ML_ERR;
+    }
+    return ML_OK;
+}
+
+int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
+    memset(out, 0, sizeof *out);
+    ml_model *m = e->model;
+    for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->vacc[l]);
+    out->n_aux = e->n_losses;
+    for (int i = 0; i < e->n_losses; i++) snprintf(out->aux_name[i], sizeof out->aux_name[i], "%s", e->loss[i].name);
+    if (!e->val_b) return ml_errorf("evaluate: there is no validation split (data.val_images is 0)");
+    ml_batcher_begin_epoch(e->val_b, 1);
+    double sum = 0, aux_sum[ML_MAX_LOSSES] = {0};
+    int64_t n = 0;
+    int B;
+    while ((B = ml_batcher_next(e->val_b, e->xb, e->yb, e->ids)) > 0) {
+        if (ml_model_forward(m, e->xb, B, 0, e->ids, e->val.y ? e->yb : NULL, e->val.num_classes)) return ML_ERR;
+        double total = 0, aux[ML_MAX_LOSSES] = {0};
+        if (aux_losses(e, 0, &total, aux)) return ML_ERR;
+        sum += m->task_loss * B;
+        for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux[i] / m->L * B;
+        n += B;
+    }
+    out->samples = n;
+    out->loss = n ? sum / n : 0;
+    for (int i = 0; i < e->n_losses; i++) out->aux_value[i] = n ? aux_sum[i] / n : 0;
+    ml_exp_log(e, "val_loss", out->loss);
+    char col[128];
+    for (int i = 0; i < e->n_losses; i++) {
+        snprintf(col, sizeof col, "val_%s", e->loss[i].name);
+        ml_exp_log(e, col, out->aux_value[i]);
+    }
+    for (int l = 0; l < m->L; l++) {
+        ml_health h;
+        if (ml_exp_health(e, l, 1, &h)) return ML_ERR;
+        snprintf(col, sizeof col, "val_moe%d_active", l + 1);
+        ml_exp_log(e, col, h.active);
+        snprintf(col, sizeof col, "val_moe%d_nmi", l + 1);
+        ml_exp_log(e, col, h.nmi_label);
+        snprintf(col, sizeof col, "val_moe%d_mutual_info", l + 1);
+        ml_exp_log(e, col, h.mutual_info);
+        ml_health_free(&h);
+    }
+    if (out->loss < e->best_val) {
+        e->best_val = out->loss;
+        e->best_epoch = e->epoch;
+    }
+    return ML_OK;
+}
+
+int ml_exp_health(ml_experiment *e, int layer, int val, ml_health *out) {
+    if (layer < 0 || layer >= e->model->L)
+        return ml_errorf("health: layer %d does not exist (model has %d)", layer + 1, e->model->L);
+    return ml_health_compute(val ? e->vacc[layer] : e->acc[layer], &e->hcfg, out);
+}
+
+int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
+    ml_model *m = e->model;
+    if (layer < 0 || layer >= m->L) return ml_errorf("add_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
+    int old = m->moe[layer]->N;
+    if (ml_model_add_experts(m, layer, n)) return ML_ERR;
+    if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
+        return ML_ERR;
+    char f[256];
+    snprintf(f, sizeof f, "\"layer\":%d,\"added\":%d,\"from\":%d,\"to\":%d,\"images_seen\":%" PRId64 ",\"reason\":\"%s\"",
+             layer + 1, n, old, m->moe[layer]->N, e->images_seen, reason ? reason : "script");
+    return ml_exp_event(e, "experts_added", f);
+}
+
+int ml_exp_schedule_decide(ml_experiment *e, int *add) {
+    ml_model *m = e->model;
+    int ne[64];
+    int L = m->L < 64 ? m->L : 64;
+    for (int l = 0; l < L; l++) {
+        ne[l] = m->moe[l]->N;
+        add[l] = 0;
+    }
+    ml_progress p = {sizeof p, e->images_seen, e->step, e->epoch, L, ne, e->train.n};
+    char err[ML_ERR_MAX] = "";
+    const ml_schedule_api *api = e->sched_plugin->api;
+    if (api->decide(e->sched, &p, add, err))
+        return ml_errorf("schedule '%s': %s", e->sched_plugin->name, err);
+    for (int l = 0; l < L; l++)
+        if (add[l] < 0) return ml_errorf("schedule '%s': asked to add %d experts to layer %d", e->sched_plugin->name, add[l], l + 1);
+    return ML_OK;
+}
+
+int ml_exp_loss_index(const ml_experiment *e, const char *name) {
+    for (int i = 0; i < e->n_losses; i++)
+        if (strcmp(e->loss[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* --------------------------------------------------------------- checkpoints */
+
+static int check_tag(const char *tag) {
+    if (!*tag || strlen(tag) > 64) return ml_errorf("checkpoint tag '%s': expected 1..64 characters", tag);
+    for (const char *c = tag; *c; c++)
+        if (!isalnum((unsigned char)*c) && *c != '_' && *c != '-' && *c != '.')
+            return ml_errorf("checkpoint tag '%s': only letters, digits, '_', '-' and '.' are allowed", tag);
+    if (tag[0] == '.') return ml_errorf("checkpoint tag '%s' must not start with '.'", tag);
+    return ML_OK;
+}
+
+static void ckpt_path(const ml_experiment *e, const char *tag, char *path, size_t n) {
+    snprintf(path, n, "%s/checkpoints/%s.safetensors", ml_results_dir(e->res), tag);
+}
+
+static void rng_hex(const ml_rng *r, char *out) {
+    snprintf(out, 80, "%016" PRIx64 "%016" PRIx64 "%016" PRIx64 "%016" PRIx64, r->s[0], r->s[1], r->s[2], r->s[3]);
+}
+
+static int rng_unhex(const char *s, ml_rng *r) {
+    if (!s || strlen(s) != 64) return ML_ERR;
+    for (int i = 0; i < 4; i++) {
+        char part[17];
+        memcpy(part, s + 16 * i, 16);
+        part[16] = 0;
+        char *end;
+        r->s[i] = strtoull(part, &end, 16);
+        if (*end) return ML_ERR;
+    }
+    return ML_OK;
+}
+
+int ml_exp_save_checkpoint(ml_experiment *e, const char *tag) {
+    if (check_tag(tag)) return ML_ERR;
+    if (!e->res) return ml_errorf("save_checkpoint: the run directory is not open");
+    ml_model *m = e->model;
+    int nP = m->P.count, nS = m->S.count, n = 3 * nP + nS;
+    ml_st_tensor *t = ml_calloc((size_t)n, sizeof *t);
+    char (*names)[ML_TENSOR_NAME_MAX + 16] = ml_calloc((size_t)n, sizeof *names);
+    if (!t || !names) { free(t); free(names); return ML_ERR; }
+    int k = 0;
+    for (int pass = 0; pass < 3; pass++)
+        for (int i = 0; i < nP; i++) {
+            const ml_tensor *x = &m->P.t[i];
+            const float *blk = pass == 0 ? m->P.data : pass == 1 ? m->P.m : m->P.v;
+            snprintf(names[k], sizeof names[k], "%s%s", pass == 0 ? "" : pass == 1 ? "optim.m." : "optim.v.", x->name);
+            t[k].name = names[k];
+            t[k].ndim = x->ndim;
+            for (int d = 0; d < x->ndim; d++) t[k].shape[d] = x->shape[d];
+            t[k].data = blk + x->off;
+            k++;
+        }
+    for (int i = 0; i < nS; i++) {
+        const ml_tensor *x = &m->S.t[i];
+        snprintf(names[k], sizeof names[k], "%s", x->name);
+        t[k].name = names[k];
+        t[k].ndim = x->ndim;
+        for (int d = 0; d < x->ndim; d++) t[k].shape[d] = x->shape[d];
+        t[k].data = m->S.data + x->off;
+        k++;
+    }
+    char epoch[32], step[32], seen[32], optt[32], hash[32], experts[512] = "", rngs[9][80];
+    snprintf(epoch, sizeof epoch, "%d", e->epoch);
+    snprintf(step, sizeof step, "%" PRId64, e->step);
+    snprintf(seen, sizeof seen, "%" PRId64, e->images_seen);
+    snprintf(optt, sizeof optt, "%" PRId64, e->opt.t);
+    snprintf(hash, sizeof hash, "%016" PRIx64, ml_config_hash(e->cfg));
+    for (int l = 0; l < m->L; l++) {
+        size_t len = strlen(experts);
+        snprintf(experts + len, sizeof experts - len, "%s%d", l ? "," : "", m->moe[l]->N);
+    }
+    /* per-tensor Adam step counts: "name=step;name=step" */
+    size_t cap = 64, len = 0;
+    for (int i = 0; i < nP; i++) cap += strlen(m->P.t[i].name) + 24;
+    char *steps = ml_calloc(cap, 1);
+    if (!steps) { free(t); free(names); return ML_ERR; }
+    for (int i = 0; i < nP; i++)
+        len += (size_t)snprintf(steps + len, cap - len, "%s%s=%" PRId64, i ? ";" : "", m->P.t[i].name, m->P.t[i].step);
+    const char *keys[18] = {"format", "format_version", "epoch", "step", "images_seen", "optim_t", "config_hash", "experts", "optim_steps", "rng.init"};
+    const char *vals[18] = {"moelab-checkpoint", CKPT_FORMAT_VERSION, epoch, step, seen, optt, hash, experts, steps, rngs[0]};
+    rng_hex(&m->init_rng, rngs[0]);
+    int nm = 10;
+    char rkeys[8][32];
+    for (int l = 0; l < m->L && l < 7; l++) {
+        snprintf(rkeys[l], sizeof rkeys[l], "rng.moe%d", l);
+        rng_hex(&m->moe[l]->rng, rngs[l + 1]);
+        keys[nm] = rkeys[l];
+        vals[nm++] = rngs[l + 1];
+    }
+    char path[4096];
+    ckpt_path(e, tag, path, sizeof path);
+    int rc = ml_st_write(path, t, k, keys, vals, nm);
+    free(steps);
+    free(t);
+    free(names);
+    if (rc) return ML_ERR;
+    char f[256];
+    snprintf(f, sizeof f, "\"tag\":\"%s\",\"images_seen\":%" PRId64, tag, e->images_seen);
+    return ml_exp_event(e, "checkpoint_saved", f);
+}
+
+static int has_tensor(const ml_st_file *f, const char *path, const char *name, int ndim, const int *shape) {
+    int nd;
+    int64_t sh[4];
+    if (!ml_st_get(f, name, &nd, sh))
+        return ml_errorf("%s: checkpoint has no tensor '%s' (it was saved from a different model)", path, name);
+    int same = nd == ndim;
+    for (int d = 0; same && d < nd; d++) same = sh[d] == shape[d];
+    if (!same) return ml_errorf("%s: tensor '%s' has a different shape in the checkpoint than in the model", path, name);
+    return ML_OK;
+}
+
+/* layer of a per-expert router tensor "moe<l>.router.*" whose leading dimension is N, else -1 */
+static int router_layer(const ml_model *m, const ml_tensor *x) {
+    int l;
+    if (sscanf(x->name, "moe%d.router.", &l) != 1 || l < 0 || l >= m->L || !strstr(x->name, ".router.")) return -1;
+    return x->shape[0] == m->moe[l]->N ? l : -1;
+}
+
+/* Every tensor the grown model will have must be in the file with its shape. */
+static int validate_checkpoint(const ml_model *m, const ml_st_file *f, const char *path, const int *want) {
+    char name[ML_TENSOR_NAME_MAX + 16];
+    for (int b = 0; b < 2; b++) {
+        const ml_params *P = b ? &m->S : &m->P;
+        for (int i = 0; i < P->count; i++) {
+            const ml_tensor *x = &P->t[i];
+            int shape[ML_MAX_DIMS];
+            memcpy(shape, x->shape, sizeof shape);
+            int l = router_layer(m, x);
+            if (l >= 0) shape[0] = want[l];
+            if (has_tensor(f, path, x->name, x->ndim, shape)) return ML_ERR;
+            for (int k = 0; !b && k < 2; k++) {
+                snprintf(name, sizeof name, "optim.%c.%s", k ? 'v' : 'm', x->name);
+                if (has_tensor(f, path, name, x->ndim, shape)) return ML_ERR;
+            }
+        }
+    }
+    for (int l = 0; l < m->L; l++) {
+        const ml_moe *q = m->moe[l];
+        int s_w1[2] = {q->H, q->D}, s_b1[1] = {q->H}, s_w2[2] = {q->D, q->H}, s_b2[1] = {q->D};
+        for (int e = q->N; e < want[l]; e++) {
+            snprintf(name, sizeof name, "moe%d.expert%d.w1", l, e);
+            if (has_tensor(f, path, name, 2, s_w1)) return ML_ERR;
+            snprintf(name, sizeof name, "moe%d.expert%d.b1", l, e);
+            if (has_tensor(f, path, name, 1, s_b1)) return ML_ERR;
+            snprintf(name, sizeof name, "moe%d.expert%d.w2", l, e);
+            if (has_tensor(f, path, name, 2, s_w2)) return ML_ERR;
+            snprintf(name, sizeof name, "moe%d.expert%d.b2", l, e);
+            if (has_tensor(f, path, name, 1, s_b2)) return ML_ERR;
+        }
+    }
+    return ML_OK;
+}
+
+static void copy_all(ml_model *m, const ml_st_file *f) {
+    char name[ML_TENSOR_NAME_MAX + 16];
+    int nd;
+    int64_t sh[4];
+    for (int i = 0; i < m->P.count; i++) {
+        const ml_tensor *x = &m->P.t[i];
+        size_t bytes = x->n * sizeof(float);
+        memcpy(m->P.data + x->off, ml_st_get(f, x->name, &nd, sh), bytes);
+        snprintf(name, sizeof name, "optim.m.%s", x->name);
+        memcpy(m->P.m + x->off, ml_st_get(f, name, &nd, sh), bytes);
+        snprintf(name, sizeof name, "optim.v.%s", x->name);
+        memcpy(m->P.v + x->off, ml_st_get(f, name, &nd, sh), bytes);
+    }
+    for (int i = 0; i < m->S.count; i++) {
+        const ml_tensor *x = &m->S.t[i];
+        memcpy(m->S.data + x->off, ml_st_get(f, x->name, &nd, sh), x->n * sizeof(float));
+    }
+}
+
+int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_t *step) {
+    char path[4096];
+    const char *p = tag;
+    if (!strchr(tag, '/')) {
+        if (check_tag(tag)) return ML_ERR;
+        if (!e->res) return ml_errorf("load_checkpoint: the run directory is not open");
+        ckpt_path(e, tag, path, sizeof path);
+        p = path;
+    }
+    ml_st_file *f = ml_st_open(p);
+    if (!f) return ML_ERR;
+    ml_model *m = e->model;
+    const char *fmt = ml_st_meta(f, "format"), *ver = ml_st_meta(f, "format_version");
+    if (!fmt || strcmp(fmt, "moelab-checkpoint") != 0) {
+        ml_st_close(f);
+        return ml_errorf("%s: not a moelab checkpoint (metadata 'format' is %s)", p, fmt ? fmt : "missing");
+    }
+    if (!ver || strcmp(ver, CKPT_FORMAT_VERSION) != 0) {
+        ml_st_close(f);
+        return ml_errorf("%s: checkpoint format version %s, this moelab reads version %s", p, ver ? ver : "missing", CKPT_FORMAT_VERSION);
+    }
+    /* grow layers to the checkpoint's expert counts before copying */
+    const char *ex = ml_st_meta(f, "experts");
+    int want[64], nl = 0;
+    for (const char *c = ex ? ex : ""; *c && nl < 64;) {
+        want[nl++] = atoi(c);
+        c = strchr(c, ',');
+        if (!c) break;
+        c++;
+    }
+    if (nl != m->L) {
+        ml_st_close(f);
+        return ml_errorf("%s: checkpoint has %d MoE layers, the model has %d", p, nl, m->L);
+    }
+    for (int l = 0; l < m->L; l++)
+        if (want[l] < m->moe[l]->N) {
+            ml_st_close(f);
+            return ml_errorf("%s: checkpoint has %d experts in layer %d, the model already has %d (experts cannot be removed)",
+                             p, want[l], l + 1, m->moe[l]->N);
+        }
+    /* validate every tensor before touching the model: a bad file changes nothing */
+    if (validate_checkpoint(m, f, p, want)) {
+        ml_st_close(f);
+        return ML_ERR;
+    }
+    for (int l = 0; l < m->L; l++)
+        if (want[l] > m->moe[l]->N && ml_exp_add_experts(e, l, want[l] - m->moe[l]->N, "checkpoint")) {
+            ml_st_close(f);
+            return ML_ERR;
+        }
+    copy_all(m, f);
+    const char *v;
+    if ((v = ml_st_meta(f, "optim_t"))) e->opt.t = strtoll(v, NULL, 10);
+    if ((v = ml_st_meta(f, "optim_steps")))
+        for (int i = 0; i < m->P.count; i++) {
+            const char *name = m->P.t[i].name, *hit = v;
+            size_t n = strlen(name);
+            while ((hit = strstr(hit, name)) && !((hit == v || hit[-1] == ';') && hit[n] == '=')) hit += n;
+            m->P.t[i].step = hit ? strtoll(hit + n + 1, NULL, 10) : e->opt.t;
+        }
+    rng_unhex(ml_st_meta(f, "rng.init"), &m->init_rng);
+    for (int l = 0; l < m->L; l++) {
+        char k[32];
+        snprintf(k, sizeof k, "rng.moe%d", l);
+        rng_unhex(ml_st_meta(f, k), &m->moe[l]->rng);
+    }
+    *epoch = (v = ml_st_meta(f, "epoch")) ? atoi(v) : 0;
+    *step = (v = ml_st_meta(f, "step")) ? strtoll(v, NULL, 10) : 0;
+    const char *h = ml_st_meta(f, "config_hash");
+    char mine[32];
+    snprintf(mine, sizeof mine, "%016" PRIx64, ml_config_hash(e->cfg));
+    if (h && strcmp(h, mine) != 0) ml_log(ML_LOG_WARN, "%s was saved under a different config (hash %s, this run %s)", p, h, mine);
+    ml_st_close(f);
+    char ev[256];
+    snprintf(ev, sizeof ev, "\"tag\":\"%s\",\"checkpoint_epoch\":%d", tag, *epoch);
+    return ml_exp_event(e, "checkpoint_loaded", ev);
+}
+
+/* -------------------------------------------------------------------- finish */
+
+int ml_exp_finish(ml_experiment *e, const char *status) {
+    if (!e->res) return ML_OK;
+    int rc = flush_row(e);
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_str(&j, "experiment", e->experiment);
+    ml_json_str(&j, "status", status);
+    if (status && strcmp(status, "ok") != 0) ml_json_str(&j, "error", e->last_error);
+    ml_json_int(&j, "epochs", e->epoch);
+    ml_json_int(&j, "steps", e->step);
+    ml_json_int(&j, "images_seen", e->images_seen);
+    ml_json_num(&j, "seconds", ml_now() - e->started);
+    ml_json_num(&j, "best_val_loss", isfinite(e->best_val) ? e->best_val : NAN);
+    ml_json_int(&j, "best_epoch", e->best_epoch);
+    ml_json_str(&j, "router", e->model->moe[0]->plugin->name);
+    char experts[512] = "[";
+    for (int l = 0; l < e->model->L; l++) {
+        size_t len = strlen(experts);
+        snprintf(experts + len, sizeof experts - len, "%s%d", l ? "," : "", e->model->moe[l]->N);
+    }
+    strcat(experts, "]");
+    ml_json_raw(&j, "experts", experts);
+    ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
+    for (int i = 0; i < e->n_cols; i++) ml_json_num(&j, e->col_name[i], e->col_value[i]);
+    if (ml_results_summary(e->res, ml_json_end(&j))) rc = ML_ERR;
+    ml_json_free(&j);
+    return rc;
+}
+
+void ml_exp_free(ml_experiment *e) {
+    if (!e) return;
+    for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
+    for (int i = 0; i < e->n_losses; i++)
+        if (e->loss[i].self) e->loss[i].api->destroy(e->loss[i].self);
+    if (e->sched) ((const ml_schedule_api *)e->sched_plugin->api)->destroy(e->sched);
+    if (e->model) {
+        for (int l = 0; l < e->model->L; l++) {
+            if (e->acc) ml_health_acc_free(e->acc[l]);
+            if (e->vacc) ml_health_acc_free(e->vacc[l]);
+        }
+    }
+    free(e->acc);
+    free(e->vacc);
+    ml_model_free(e->model);
+    ml_batcher_free(e->train_b);
+    ml_batcher_free(e->val_b);
+    ml_dataset_free(&e->train);
+    ml_dataset_free(&e->val);
+    free(e->xb);
+    free(e->yb);
+    free(e->ids);
+    if (e->res) ml_results_close(e->res);
+    ml_config_free(e->cfg);
+    free(e);
+}

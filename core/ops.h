@@ -1,0 +1,36 @@
+/*
+ * ops.h — dense kernels: linear layers through cblas_sgemm, ReLU, sigmoid, MSE.
+ *
+ * Free functions over raw float buffers plus sizes (llm.c style), forward and backward
+ * side by side. Backward functions ACCUMULATE (+=) into their gradient outputs; any
+ * gradient output may be NULL when the caller does not need it. The caller owns every
+ * buffer. Shapes: B rows (samples), In inputs, Out outputs.
+ */
+#ifndef MOELAB_OPS_H
+#define MOELAB_OPS_H
+
+#include <stddef.h>
+
+/* y (B, Out) = x (B, In) · w (Out, In)^T + b (Out); b may be NULL. Overwrites y. */
+void ml_linear_forward(float *y, const float *x, const float *w, const float *b, int B, int In, int Out);
+/* dx (B, In) += dy · w;  dw (Out, In) += dy^T · x;  db (Out) += sum_b dy. */
+void ml_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, int B, int In, int Out);
+
+void ml_relu_forward(float *y, const float *x, size_t n);
+/* dx += dy * (y > 0), y the forward output */
+void ml_relu_backward(float *dx, const float *dy, const float *y, size_t n);
+void ml_sigmoid_forward(float *y, const float *x, size_t n);
+/* dx += dy * y * (1 - y), y the forward output */
+void ml_sigmoid_backward(float *dx, const float *dy, const float *y, size_t n);
+
+/* mean over n of (a - b)^2, accumulated in double */
+double ml_mse_forward(const float *a, const float *target, size_t n);
+/* da += scale * 2 (a - target) / n */
+void ml_mse_backward(float *da, const float *a, const float *target, size_t n, float scale);
+
+/* Row-major sgemm: C (M,N) = alpha op(A) op(B) + beta C. */
+void ml_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+
+#endif
