@@ -1,0 +1,86 @@
+/*
+ * data.h — datasets and batching: loads Fashion-MNIST (IDX), CIFAR-10 (binary), folders
+ * of images and a synthetic clustered set into float tensors in [0, 1], splits the
+ * training files into train/validation deterministically by seed, and serves them in
+ * mini-batches whose order depends only on (seed, epoch), so runs resume exactly.
+ *
+ * Ownership: ml_data_load fills caller-provided ml_dataset structs whose buffers it owns;
+ * release them with ml_dataset_free. ml_batcher_new returns an owned batcher (free with
+ * ml_batcher_free) that borrows its dataset: the dataset must outlive the batcher.
+ * Errors: functions returning int give ML_OK / ML_ERR and set ml_error(); messages name
+ * the file and what was expected versus found.
+ *
+ * Shape letters: n samples, C channels, H height, W width, B batch.
+ */
+#ifndef MOELAB_DATA_H
+#define MOELAB_DATA_H
+
+#include <stdint.h>
+
+typedef struct ml_dataset {
+    char name[64];      /* "<dataset>/train" or "<dataset>/val" */
+    int64_t n;          /* samples */
+    int C, H, W;        /* image shape; vector data: C=1, H=1, W=dim */
+    float *x;           /* (n, C, H, W) row-major, values in [0, 1] (owned) */
+    int32_t *y;         /* (n) class labels in [0, num_classes), or NULL (owned) */
+    int num_classes;    /* 0 when unlabelled */
+    int32_t *index;     /* (n) index of each sample in its source files (for hash routing),
+                           ascending: a split keeps file order (owned) */
+} ml_dataset;
+
+typedef struct ml_data_cfg {
+    const char *dataset;    /* "fashion_mnist" | "synthetic" | "cifar10" | "image_folder" */
+    const char *path;       /* "" or NULL = default for the dataset (see ml_data_default_path) */
+    int64_t train_images;   /* 0 = all available after the validation split */
+    int64_t val_images;     /* held out from the training files */
+    int image_size;         /* 0 = native; else pad (if smaller, centred, zero) or resize to
+                               S x S; ignored by "synthetic" */
+    int64_t synthetic_samples; int synthetic_dim; int synthetic_classes; /* 0 = 4096, 64, 8 */
+    uint64_t seed;          /* drives the split and the synthetic data */
+    int channels;           /* image_folder only: 0 or 3 = RGB (grey replicated), 1 = grey */
+} ml_data_cfg;
+
+/*
+ * Loads cfg->dataset and splits it: a permutation of the training files seeded by
+ * cfg->seed puts the first val_images samples in *val, then the next train_images (all
+ * the rest when 0) in *train; each split keeps file order. val may be NULL (the held-out
+ * samples are still excluded from train, so train does not depend on whether val is
+ * asked for). On failure both structs are left zeroed.
+ */
+int ml_data_load(const ml_data_cfg *cfg, ml_dataset *train, ml_dataset *val);
+/* Frees the buffers and zeroes the struct; NULL-safe. */
+void ml_dataset_free(ml_dataset *d);
+/* The directory used when cfg->path is empty; NULL for datasets without files. */
+const char *ml_data_default_path(const char *dataset);
+
+/*
+ * Resamples one (C, H, W) image to (C, OH, OW): bilinear when enlarging, area average
+ * when shrinking (per axis, separable); results clamped to [0, 1]. src and dst must not
+ * overlap.
+ */
+void ml_data_resize(const float *src, int C, int H, int W, float *dst, int OH, int OW);
+
+/* Deterministic batching: an epoch order shuffled by (seed, epoch). */
+typedef struct ml_batcher ml_batcher;   /* owned; ml_batcher_free */
+
+/* NULL (with ml_error) when batch_size < 1. Starts at epoch 1, position 0. */
+ml_batcher *ml_batcher_new(const ml_dataset *d, int batch_size, int shuffle, uint64_t seed);
+void ml_batcher_free(ml_batcher *b);
+/* epoch from 1; the order depends only on seed and epoch (identity when !shuffle). */
+void ml_batcher_begin_epoch(ml_batcher *b, int epoch);
+/*
+ * Next batch: copies samples into x (B, C, H, W) with room for batch_size samples, labels
+ * into y (may be NULL; zeros when the dataset is unlabelled), the samples' source-file
+ * indices (d->index) into ids (may be NULL); returns the batch's size B (the last batch
+ * may be short), 0 at epoch end.
+ */
+int ml_batcher_next(ml_batcher *b, float *x, int32_t *y, int32_t *ids);
+/* Samples served this epoch (for resuming). */
+int64_t ml_batcher_position(const ml_batcher *b);
+/* Continues the current epoch after `position` samples (clamped to [0, n]). */
+void ml_batcher_seek(ml_batcher *b, int64_t position);
+/* Batches per epoch, counting a short last one. */
+int64_t ml_batcher_batches(const ml_batcher *b);
+int ml_batcher_epoch(const ml_batcher *b);
+
+#endif
