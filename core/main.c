@@ -1,3 +1,173 @@
-/* main.c — the `moelab` command (placeholder entry until the CLI lands in this commit series). */
+/*
+ * main.c — the `moelab` command.
+ *
+ *   moelab run CONFIG [a.b=value ...]   run an experiment
+ *   moelab plugins                      list plugins with their options
+ *   moelab plugin-test FILE.so          conformance suite for a router/loss/schedule plugin
+ *   moelab bench [options]              time the SRNN training step (see docs/PERFORMANCE.md)
+ *   moelab lua SCRIPT                   run a Lua script with `moelab` but no experiment
+ *
+ * Exit status: 0 success, 1 a run/script/plugin/data failure, 2 a bad command line or
+ * config (nothing was run).
+ */
+#include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
-int main(void) { fputs("moelab: building\n", stderr); return 0; }
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "experiment.h"
+#include "luaexp.h"
+#include "pluginhost.h"
+#include "plugintest.h"
+
+static char g_root[PATH_MAX]; /* directory holding the executable (the build dir) */
+
+static void find_root(void) {
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) {
+        strcpy(g_root, ".");
+        return;
+    }
+    exe[n] = 0;
+    snprintf(g_root, sizeof g_root, "%s", dirname(exe));
+}
+
+static void plugin_dir(char *out, size_t n) { snprintf(out, n, "%s/plugins", g_root); }
+
+/* The installation's scripts/ (next to the build directory). */
+static void scripts_dir(char *out, size_t n, const char *sub) {
+    snprintf(out, n, "%s/../scripts%s", g_root, sub);
+}
+
+static int usage(FILE *f) {
+    fputs("usage: moelab run CONFIG [key.path=value ...]\n"
+          "       moelab plugins\n"
+          "       moelab plugin-test FILE.so\n"
+          "       moelab bench [--image HxWxC] [--batch B] [--experts E] [--top-k K] [--steps S] [--threads T]\n"
+          "       moelab lua SCRIPT\n"
+          "       moelab version\n",
+          f);
+    return f == stdout ? 0 : ML_EXIT_USAGE;
+}
+
+static const char *resolve_script(const ml_experiment *e, char *buf, size_t n) {
+    const char *s = ml_config_str(e->cfg, "script", "scripts/train.lua");
+    if (s[0] == '/' || access(s, R_OK) == 0) return s;
+    snprintf(buf, n, "%s/../%s", g_root, s); /* relative to the installation */
+    return access(buf, R_OK) == 0 ? buf : s;
+}
+
+static int cmd_run(int argc, char **argv) {
+    if (argc < 1) return usage(stderr);
+    for (int i = 1; i < argc; i++)
+        if (!strchr(argv[i], '=')) {
+            fprintf(stderr, "moelab: override '%s': expected key.path=value\n", argv[i]);
+            return ML_EXIT_USAGE;
+        }
+    char pdir[PATH_MAX], lib[PATH_MAX], sbuf[PATH_MAX];
+    plugin_dir(pdir, sizeof pdir);
+    scripts_dir(lib, sizeof lib, "/lib");
+    int code;
+    ml_experiment *e = ml_exp_new(argv[0], (const char *const *)argv + 1, argc - 1, pdir, &code);
+    if (!e) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        return code;
+    }
+    ml_lua *lua = ml_lua_new(e, lib);
+    if (!lua || ml_lua_load(lua, resolve_script(e, sbuf, sizeof sbuf))) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        ml_lua_free(lua);
+        ml_exp_free(e);
+        return ML_EXIT_USAGE;
+    }
+    if (ml_exp_open_results(e)) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        ml_lua_free(lua);
+        ml_exp_free(e);
+        return ML_EXIT_RUNTIME;
+    }
+    fprintf(stderr, "moelab: run directory %s\n", ml_exp_run_dir(e));
+    int rc = ml_lua_exec(lua);
+    if (rc) {
+        snprintf(e->last_error, sizeof e->last_error, "%s", ml_error());
+        fprintf(stderr, "moelab: %s\n", e->last_error);
+    }
+    if (ml_exp_finish(e, rc ? "error" : "ok")) {
+        fprintf(stderr, "moelab: writing the summary: %s\n", ml_error());
+        rc = ML_ERR;
+    }
+    if (!rc) fprintf(stderr, "moelab: done; results in %s\n", ml_exp_run_dir(e));
+    else fprintf(stderr, "moelab: the run failed; results written so far are in %s\n", ml_exp_run_dir(e));
+    ml_lua_free(lua);
+    ml_exp_free(e);
+    return rc ? ML_EXIT_RUNTIME : 0;
+}
+
+static void list_one(const ml_plugin *p, const char *file, void *ctx) {
+    (void)ctx;
+    ml_plugin_print(p, file, stdout);
+}
+
+static void list_err(const char *file, const char *reason, void *ctx) {
+    (void)ctx;
+    fprintf(stderr, "moelab: %s: %s\n", file, reason);
+}
+
+static void standard_path(void) {
+    char pdir[PATH_MAX];
+    plugin_dir(pdir, sizeof pdir);
+    const char *dirs[1] = {pdir};
+    ml_plugins_set_path(dirs, 1);
+    const char *envp = getenv("MOELAB_PLUGIN_PATH");
+    if (envp && *envp) {
+        char *dup = ml_strdup(envp), *save = NULL;
+        for (char *d = dup ? strtok_r(dup, ":", &save) : NULL; d; d = strtok_r(NULL, ":", &save)) ml_plugins_add_path(d);
+        free(dup);
+    }
+}
+
+static int cmd_lua(int argc, char **argv) {
+    if (argc != 1) return usage(stderr);
+    standard_path();
+    char lib[PATH_MAX];
+    scripts_dir(lib, sizeof lib, "/lib");
+    ml_lua *lua = ml_lua_new(NULL, lib);
+    int rc = !lua || ml_lua_load(lua, argv[0]) ? ML_EXIT_USAGE : ml_lua_exec(lua) ? ML_EXIT_RUNTIME : 0;
+    if (rc) fprintf(stderr, "moelab: %s\n", ml_error());
+    ml_lua_free(lua);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0); /* spinning OpenMP threads would steal OpenBLAS's cores */
+    find_root();
+    if (argc < 2) return usage(stderr);
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "run")) return cmd_run(argc - 2, argv + 2);
+    if (!strcmp(cmd, "plugins")) {
+        standard_path();
+        return ml_plugins_scan(list_one, list_err, NULL) < 0 ? ML_EXIT_RUNTIME : 0;
+    }
+    if (!strcmp(cmd, "plugin-test")) {
+        if (argc != 3) return usage(stderr);
+        standard_path();
+        int failed = ml_plugin_conformance(argv[2], stdout);
+        return failed == 0 ? 0 : ML_EXIT_RUNTIME;
+    }
+    if (!strcmp(cmd, "bench")) {
+        standard_path();
+        return ml_bench_main(argc - 2, argv + 2);
+    }
+    if (!strcmp(cmd, "lua")) return cmd_lua(argc - 2, argv + 2);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("moelab 0.1.0 (plugin ABI %d.%d)\n", ML_ABI_MAJOR, ML_ABI_MINOR);
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) return usage(stdout);
+    fprintf(stderr, "moelab: unknown command '%s'\n", cmd);
+    return usage(stderr);
+}
