@@ -12,8 +12,8 @@
  * Samples are assigned in batch order; once an expert holds `capacity` samples, later
  * samples that chose it overflow: they get no triple (their representation passes through
  * the residual connection, as in the paper) and count in n_dropped. The capacity is at
- * least 1 (the reference Mesh-TensorFlow code also bounds it from below), so a small batch
- * is never dropped completely. With eval_capacity = false evaluation runs without a
+ * least 1 (moelab's guard: the formula gives 0 when B < N / capacity_factor), so a small
+ * batch is never dropped completely. With eval_capacity = false evaluation runs without a
  * capacity limit.
  *
  * logits = x W^T + b, prob = p. Backward: dgate adds into dprob at the chosen entry, then
