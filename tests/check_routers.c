@@ -1,0 +1,1011 @@
+/*
+ * check_routers.c — the router plugins in plugins/routers/, loaded straight from
+ * <build>/plugins/<name>.so with dlopen and driven by a small host written here (the
+ * real loader lives in core/pluginhost.c): tensors allocated from the plugin's
+ * declarations, forward, backward, events, growth.
+ *
+ * Every router: finite-difference gradients of L = Σ_triples gate·c + Σ prob·d + Σ logits·f
+ * with respect to x and every parameter; dispatch validity over batch sizes and expert
+ * counts; bitwise determinism; growth 4 → 7 experts; no NaN/Inf at logits of ±1e4; no
+ * leaked host allocations. Then what is particular to each router.
+ */
+#include <cblas.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "testutil.h"
+
+/* ------------------------------------------------------------- the test host */
+
+static long live_allocs; /* host allocations not yet freed (each test runs in its own fork) */
+
+static void *t_alloc(size_t n) {
+    void *p = calloc(1, n ? n : 1);
+    if (p) live_allocs++;
+    return p;
+}
+
+static void t_free(void *p) {
+    if (!p) return;
+    live_allocs--;
+    free(p);
+}
+
+static void t_log(int level, const char *fmt, ...) {
+    (void)level;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void t_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                    const float *b, int ldb, float beta, float *c, int ldc) {
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
+                n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+static const ml_host host = {
+    sizeof(ml_host), ML_ABI_MAJOR, ML_ABI_MINOR, t_alloc, t_free, t_log,
+    ml_rng_u64,      ml_rng_uniform, ml_rng_normal, t_sgemm,
+};
+
+/* --------------------------------------------------------------- the harness */
+
+#define MAXT 8
+#define MAXOPT 16
+
+typedef struct rt {
+    void *dl;
+    const ml_plugin *pl;
+    const ml_router_api *api;
+    void *self;
+    ml_optval opt[MAXOPT];
+    int B, D, N;
+    int np, ns;
+    ml_tensor_decl pd[MAXT], sd[MAXT];
+    float *param[MAXT], *grad[MAXT], *state[MAXT];
+    float *x, *dx, *logits, *prob, *gate; /* (B, D), (B, D), (B, N), (B, N), (B*N) */
+    int32_t *sample, *expert, *sid;       /* (B*N), (B*N), (B) */
+    ml_rng init_rng, rng;
+    uint64_t fwd_seed;
+    int reseed;   /* re-seed rng with fwd_seed before every forward */
+    int training;
+    int64_t step;
+    int n_disp, n_dropped;
+    ml_route r;
+} rt;
+
+static const char *router_names[] = {"noisy_topk", "saturation",    "switch", "expert_choice",
+                                     "aux_free_bias", "hash", "random"};
+#define NUM_ROUTERS ((int)(sizeof router_names / sizeof *router_names))
+
+static void rt_open(rt *t, const char *name) {
+    memset(t, 0, sizeof *t);
+    char path[1024];
+    snprintf(path, sizeof path, "%s/plugins/%s.so", tu_build(), name);
+    t->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    ck_assert_msg(t->dl != NULL, "dlopen %s: %s", path, dlerror());
+    t->pl = dlsym(t->dl, ML_PLUGIN_SYMBOL);
+    ck_assert_msg(t->pl != NULL, "%s: no symbol %s", path, ML_PLUGIN_SYMBOL);
+    ck_assert_int_eq(t->pl->kind, ML_PLUGIN_ROUTER);
+    ck_assert_int_le(t->pl->num_options, MAXOPT);
+    t->api = t->pl->api;
+    /* defaults */
+    for (int i = 0; i < t->pl->num_options; i++) {
+        const ml_option *o = &t->pl->options[i];
+        ml_optval *v = &t->opt[i];
+        switch (o->type) {
+        case ML_OPT_INT: v->i = strtoll(o->def, NULL, 10); v->f = (double)v->i; break;
+        case ML_OPT_FLOAT: v->f = strtod(o->def, NULL); break;
+        case ML_OPT_BOOL: v->i = strcmp(o->def, "true") == 0; break;
+        case ML_OPT_ENUM: {
+            const char *c = o->choices;
+            int idx = 0;
+            size_t n = strlen(o->def);
+            v->i = -1;
+            while (c && *c) {
+                const char *bar = strchr(c, '|');
+                size_t len = bar ? (size_t)(bar - c) : strlen(c);
+                if (len == n && strncmp(c, o->def, n) == 0) {
+                    v->i = idx;
+                    v->s = o->def;
+                }
+                idx++;
+                c = bar ? bar + 1 : c + len;
+            }
+            ck_assert_msg(v->i >= 0, "%s: default %s of %s not in %s", name, o->def, o->name,
+                          o->choices);
+            break;
+        }
+        }
+    }
+}
+
+/* Sets option `name` from its YAML text (enum choices by index in `choices`). */
+static void rt_opt(rt *t, const char *name, const char *val) {
+    for (int i = 0; i < t->pl->num_options; i++) {
+        const ml_option *o = &t->pl->options[i];
+        if (strcmp(o->name, name) != 0) continue;
+        ml_optval *v = &t->opt[i];
+        if (o->type == ML_OPT_INT) v->i = strtoll(val, NULL, 10), v->f = (double)v->i;
+        else if (o->type == ML_OPT_FLOAT) v->f = strtod(val, NULL);
+        else if (o->type == ML_OPT_BOOL) v->i = strcmp(val, "true") == 0;
+        else {
+            const char *c = o->choices;
+            int idx = 0;
+            v->i = -1;
+            while (*c) {
+                const char *bar = strchr(c, '|');
+                size_t len = bar ? (size_t)(bar - c) : strlen(c);
+                if (len == strlen(val) && strncmp(c, val, len) == 0) v->i = idx, v->s = val;
+                idx++;
+                c = bar ? bar + 1 : c + len;
+            }
+            ck_assert_msg(v->i >= 0, "enum %s has no %s", name, val);
+        }
+        return;
+    }
+    ck_abort_msg("%s has no option %s", t->pl->name, name);
+}
+
+static int decl_rows(const ml_tensor_decl *d, int N) { return d->per_expert ? N : d->rows; }
+
+/* Initialises rows [r0, r1) of a tensor as the host would. */
+static void init_rows(float *p, const ml_tensor_decl *d, int r0, int r1, ml_rng *rng) {
+    for (size_t i = (size_t)r0 * d->cols; i < (size_t)r1 * d->cols; i++) {
+        switch (d->init) {
+        case ML_INIT_ZEROS: p[i] = 0; break;
+        case ML_INIT_CONST: p[i] = d->init_value; break;
+        case ML_INIT_NORMAL: p[i] = d->init_value * (float)ml_rng_normal(rng); break;
+        case ML_INIT_UNIFORM_FANIN: {
+            double a = 1.0 / sqrt((double)d->fan_in);
+            p[i] = (float)((2 * ml_rng_uniform(rng) - 1) * a);
+            break;
+        }
+        }
+    }
+}
+
+static void rt_alloc_io(rt *t) {
+    size_t bn = (size_t)t->B * t->N + 1, bd = (size_t)t->B * t->D + 1;
+    free(t->logits), free(t->prob), free(t->gate), free(t->sample), free(t->expert);
+    t->logits = calloc(bn, sizeof(float));
+    t->prob = calloc(bn, sizeof(float));
+    t->gate = calloc(bn, sizeof(float));
+    t->sample = calloc(bn, sizeof(int32_t));
+    t->expert = calloc(bn, sizeof(int32_t));
+    if (!t->x) {
+        t->x = calloc(bd, sizeof(float));
+        t->dx = calloc(bd, sizeof(float));
+        t->sid = calloc((size_t)t->B + 1, sizeof(int32_t));
+        tu_fill(t->x, (size_t)t->B * t->D, 7, -1, 1);
+        for (int b = 0; b < t->B; b++) t->sid[b] = 1000 + b;
+    }
+}
+
+static void rt_create(rt *t, int B, int D, int N, uint64_t seed) {
+    t->B = B, t->D = D, t->N = N;
+    ml_rng_seed(&t->init_rng, seed);
+    t->fwd_seed = seed ^ 0x5eedULL;
+    ml_rng_seed(&t->rng, t->fwd_seed);
+    t->training = 1;
+    ml_router_init init = {sizeof init, 0, D, N, t->opt, seed};
+    char err[ML_ERR_MAX] = "";
+    t->self = t->api->create(&host, &init, err);
+    ck_assert_msg(t->self != NULL, "%s create: %s", t->pl->name, err);
+    t->np = t->api->params(t->self, t->pd, MAXT);
+    t->ns = t->api->states(t->self, t->sd, MAXT);
+    ck_assert_int_ge(t->np, 0);
+    ck_assert_int_ge(t->ns, 0);
+    for (int i = 0; i < t->np; i++) {
+        size_t n = (size_t)decl_rows(&t->pd[i], N) * t->pd[i].cols;
+        t->param[i] = calloc(n + 1, sizeof(float));
+        t->grad[i] = calloc(n + 1, sizeof(float));
+        init_rows(t->param[i], &t->pd[i], 0, decl_rows(&t->pd[i], N), &t->init_rng);
+    }
+    for (int i = 0; i < t->ns; i++) {
+        size_t n = (size_t)decl_rows(&t->sd[i], N) * t->sd[i].cols;
+        t->state[i] = calloc(n + 1, sizeof(float));
+        init_rows(t->state[i], &t->sd[i], 0, decl_rows(&t->sd[i], N), &t->init_rng);
+    }
+    rt_alloc_io(t);
+}
+
+/* Replaces x by a batch of B rows (values from seed). */
+static void rt_set_batch(rt *t, int B, unsigned seed) {
+    free(t->x), free(t->dx), free(t->sid);
+    t->x = NULL;
+    t->B = B;
+    rt_alloc_io(t);
+    tu_fill(t->x, (size_t)B * t->D, seed, -1, 1);
+}
+
+static int rt_try_forward(rt *t, char *err) {
+    if (t->reseed) ml_rng_seed(&t->rng, t->fwd_seed);
+    ml_route *r = &t->r;
+    memset(r, 0, sizeof *r);
+    r->size = sizeof *r;
+    r->B = t->B, r->D = t->D, r->N = t->N;
+    r->training = t->training;
+    r->x = t->x;
+    r->sample_id = t->sid;
+    r->param = (const float *const *)t->param;
+    r->grad = (float *const *)t->grad;
+    r->state = (float *const *)t->state;
+    r->rng = &t->rng;
+    r->step = t->step;
+    r->logits = t->logits;
+    r->prob = t->prob;
+    r->disp_sample = t->sample;
+    r->disp_expert = t->expert;
+    r->disp_gate = t->gate;
+    r->n_disp = -1;
+    r->n_dropped = -1;
+    int rc = t->api->forward(t->self, r, err);
+    t->n_disp = r->n_disp;
+    t->n_dropped = r->n_dropped;
+    return rc;
+}
+
+static void rt_forward(rt *t) {
+    char err[ML_ERR_MAX] = "";
+    int rc = rt_try_forward(t, err);
+    ck_assert_msg(rc == 0, "%s forward: %s", t->pl->name, err);
+}
+
+static void rt_zero_grads(rt *t) {
+    for (int i = 0; i < t->np; i++)
+        memset(t->grad[i], 0,
+               (size_t)decl_rows(&t->pd[i], t->N) * t->pd[i].cols * sizeof(float));
+    memset(t->dx, 0, (size_t)t->B * t->D * sizeof(float));
+}
+
+static void rt_backward(rt *t, const float *dgate, const float *dlogits, const float *dprob) {
+    ml_route_grad g = {sizeof g, dgate, dlogits, dprob, t->dx};
+    char err[ML_ERR_MAX] = "";
+    int rc = t->api->backward(t->self, &t->r, &g, err);
+    ck_assert_msg(rc == 0, "%s backward: %s", t->pl->name, err);
+}
+
+static void rt_event(rt *t, ml_event_kind kind, int old_n, const float *grad_mag,
+                     const float *load) {
+    if (!t->api->event) return;
+    ml_router_event ev = {sizeof ev, kind, t->N, old_n, grad_mag, load,
+                          (const float *const *)t->param, (float *const *)t->state, 1, t->step};
+    char err[ML_ERR_MAX] = "";
+    int rc = t->api->event(t->self, &ev, err);
+    ck_assert_msg(rc == 0, "%s event: %s", t->pl->name, err);
+}
+
+/* Grows every per-expert tensor to N rows (old rows kept, new ones initialised), then
+ * sends EXPERTS_ADDED, as the host does. */
+static void rt_grow(rt *t, int N) {
+    int old = t->N;
+    for (int i = 0; i < t->np + t->ns; i++) {
+        int is_p = i < t->np;
+        const ml_tensor_decl *d = is_p ? &t->pd[i] : &t->sd[i - t->np];
+        if (!d->per_expert) continue;
+        float **v = is_p ? &t->param[i] : &t->state[i - t->np];
+        float *nv = calloc((size_t)N * d->cols + 1, sizeof(float));
+        memcpy(nv, *v, (size_t)old * d->cols * sizeof(float));
+        init_rows(nv, d, old, N, &t->init_rng);
+        free(*v);
+        *v = nv;
+        if (is_p) {
+            free(t->grad[i]);
+            t->grad[i] = calloc((size_t)N * d->cols + 1, sizeof(float));
+        }
+    }
+    t->N = N;
+    rt_alloc_io(t);
+    rt_event(t, ML_EV_EXPERTS_ADDED, old, NULL, NULL);
+}
+
+static void rt_close(rt *t) {
+    t->api->destroy(t->self);
+    ck_assert_msg(live_allocs == 0, "%s leaks %ld host allocations", t->pl->name, live_allocs);
+    for (int i = 0; i < t->np; i++) free(t->param[i]), free(t->grad[i]);
+    for (int i = 0; i < t->ns; i++) free(t->state[i]);
+    free(t->x), free(t->dx), free(t->sid), free(t->logits), free(t->prob), free(t->gate);
+    free(t->sample), free(t->expert);
+    dlclose(t->dl);
+}
+
+static int all_finite(const float *v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return 0;
+    return 1;
+}
+
+/* The ABI's promises about one forward's outputs. */
+static void check_dispatch(const rt *t) {
+    int B = t->B, N = t->N;
+    const char *nm = t->pl->name;
+    ck_assert_msg(t->n_disp >= 0 && t->n_disp <= B * N, "%s: n_disp %d with B=%d N=%d", nm,
+                  t->n_disp, B, N);
+    uint8_t *seen = calloc((size_t)B * N + 1, 1), *has = calloc((size_t)B + 1, 1);
+    for (int i = 0; i < t->n_disp; i++) {
+        int b = t->sample[i], e = t->expert[i];
+        ck_assert_msg(b >= 0 && b < B && e >= 0 && e < N, "%s: triple %d = (%d, %d), B=%d N=%d",
+                      nm, i, b, e, B, N);
+        ck_assert_msg(!seen[(size_t)b * N + e], "%s: pair (%d, %d) twice", nm, b, e);
+        seen[(size_t)b * N + e] = 1;
+        has[b] = 1;
+        ck_assert_msg(isfinite(t->gate[i]) && t->gate[i] >= 0, "%s: gate %g", nm, t->gate[i]);
+    }
+    int dropped = 0;
+    for (int b = 0; b < B; b++) dropped += !has[b];
+    ck_assert_msg(t->n_dropped == dropped, "%s: n_dropped %d, samples without triple %d", nm,
+                  t->n_dropped, dropped);
+    ck_assert_msg(all_finite(t->logits, (size_t)B * N), "%s: logits not finite", nm);
+    for (int b = 0; b < B; b++) {
+        double s = 0;
+        for (int e = 0; e < N; e++) {
+            float p = t->prob[(size_t)b * N + e];
+            ck_assert_msg(isfinite(p) && p >= 0, "%s: prob[%d,%d] = %g", nm, b, e, p);
+            s += p;
+        }
+        ck_assert_msg(fabs(s - 1) < 1e-4, "%s: prob row %d sums to %g", nm, b, s);
+    }
+    free(seen), free(has);
+}
+
+/* ------------------------------------------------------------ gradient check */
+
+typedef struct gc {
+    rt *t;
+    const float *c, *d, *f; /* (B, N) weights of gates, prob, logits in L */
+    int n_disp;
+    int32_t *s0, *e0; /* the dispatch of the reference forward */
+    int flipped;
+} gc;
+
+static double gc_loss(void *ctx) {
+    gc *g = ctx;
+    rt *t = g->t;
+    rt_forward(t);
+    if (t->n_disp != g->n_disp || memcmp(t->sample, g->s0, (size_t)g->n_disp * 4) ||
+        memcmp(t->expert, g->e0, (size_t)g->n_disp * 4))
+        g->flipped = 1;
+    size_t bn = (size_t)t->B * t->N;
+    double L = 0;
+    for (int i = 0; i < t->n_disp; i++)
+        L += (double)t->gate[i] * g->c[(size_t)t->sample[i] * t->N + t->expert[i]];
+    for (size_t i = 0; i < bn; i++) L += (double)t->prob[i] * g->d[i] + (double)t->logits[i] * g->f[i];
+    return L;
+}
+
+/* Worst gradient error over x and every parameter; the selection must not flip. */
+static double rt_gradcheck(rt *t, unsigned seed) {
+    size_t bn = (size_t)t->B * t->N;
+    float *c = malloc(bn * 4), *d = malloc(bn * 4), *f = malloc(bn * 4), *dg = malloc(bn * 4 + 4);
+    tu_fill(c, bn, seed, -1, 1);
+    tu_fill(d, bn, seed + 1, -1, 1);
+    tu_fill(f, bn, seed + 2, -0.5f, 0.5f);
+    t->reseed = 1;
+    rt_forward(t);
+    check_dispatch(t);
+    gc g = {t, c, d, f, t->n_disp, malloc(bn * 4 + 4), malloc(bn * 4 + 4), 0};
+    memcpy(g.s0, t->sample, (size_t)t->n_disp * 4);
+    memcpy(g.e0, t->expert, (size_t)t->n_disp * 4);
+    for (int i = 0; i < t->n_disp; i++) dg[i] = c[(size_t)t->sample[i] * t->N + t->expert[i]];
+    rt_zero_grads(t);
+    rt_backward(t, dg, f, d);
+    float *ana[MAXT + 1], *val[MAXT + 1];
+    size_t len[MAXT + 1];
+    int nt = 0;
+    ana[nt] = malloc((size_t)t->B * t->D * 4);
+    memcpy(ana[nt], t->dx, (size_t)t->B * t->D * 4);
+    val[nt] = t->x, len[nt] = (size_t)t->B * t->D, nt++;
+    for (int i = 0; i < t->np; i++) {
+        len[nt] = (size_t)decl_rows(&t->pd[i], t->N) * t->pd[i].cols;
+        ana[nt] = malloc(len[nt] * 4);
+        memcpy(ana[nt], t->grad[i], len[nt] * 4);
+        val[nt] = t->param[i], nt++;
+    }
+    double worst = 0;
+    for (int j = 0; j < nt; j++) {
+        double err = 1;
+        for (double eps = 1e-2; eps > 1e-4; eps /= 4) {
+            g.flipped = 0;
+            err = tu_gradcheck(gc_loss, &g, val[j], ana[j], len[j], 64, eps);
+            if (!g.flipped) break;
+        }
+        ck_assert_msg(!g.flipped, "%s: selection flips under every finite-difference step",
+                      t->pl->name);
+        if (err > worst) worst = err;
+        if (err > 2e-2)
+            fprintf(stderr, "%s: tensor %d (0 = x) gradient error %g\n", t->pl->name, j, err);
+        free(ana[j]);
+    }
+    free(c), free(d), free(f), free(dg), free(g.s0), free(g.e0);
+    t->reseed = 0;
+    return worst;
+}
+
+/* ------------------------------------------------------------------- tests */
+
+START_TEST(test_descriptors) {
+    for (int i = 0; i < NUM_ROUTERS; i++) {
+        rt t;
+        rt_open(&t, router_names[i]);
+        ck_assert_str_eq(t.pl->name, router_names[i]);
+        ck_assert_int_eq(t.pl->abi_major, ML_ABI_MAJOR);
+        ck_assert_int_le(t.pl->abi_minor, ML_ABI_MINOR);
+        ck_assert_uint_eq(t.pl->size, sizeof(ml_plugin));
+        ck_assert_uint_eq(t.api->size, sizeof(ml_router_api));
+        ck_assert_ptr_nonnull(t.pl->doc);
+        for (int o = 0; o < t.pl->num_options; o++) ck_assert_ptr_nonnull(t.pl->options[o].doc);
+        rt_create(&t, 4, 3, 4, 1);
+        rt_close(&t);
+    }
+}
+END_TEST
+
+/* Router, options as name=value pairs, training. */
+typedef struct gcase {
+    const char *name;
+    const char *opt[3][2];
+    int training;
+} gcase;
+
+static const gcase gcases[] = {
+    {"noisy_topk", {{"k", "2"}}, 1},
+    {"noisy_topk", {{"k", "3"}}, 0},
+    {"noisy_topk", {{"k", "1"}, {"noise", "false"}}, 1},
+    {"saturation", {{"k", "2"}}, 1},
+    {"saturation", {{"k", "2"}, {"renormalize", "false"}}, 1},
+    {"switch", {{"capacity_factor", "1.25"}}, 1},
+    {"switch", {{"capacity_factor", "0.5"}}, 1}, /* with drops */
+    {"expert_choice", {{"k", "2"}}, 1},
+    {"expert_choice", {{"k", "1"}, {"capacity_factor", "0.5"}}, 1},
+    {"aux_free_bias", {{"k", "2"}}, 1},
+    {"aux_free_bias", {{"k", "3"}, {"score", "softmax"}}, 1},
+    {"hash", {{"k", "2"}}, 1},
+    {"random", {{"k", "2"}}, 1},
+};
+
+START_TEST(test_gradcheck) {
+    const gcase *gcs = &gcases[_i];
+    rt t;
+    rt_open(&t, gcs->name);
+    for (int i = 0; i < 3 && gcs->opt[i][0]; i++) rt_opt(&t, gcs->opt[i][0], gcs->opt[i][1]);
+    rt_create(&t, 6, 5, 5, 11 + (uint64_t)_i);
+    t.training = gcs->training;
+    /* states away from their initial values, so that they matter */
+    for (int i = 0; i < t.ns; i++) tu_fill(t.state[i], (size_t)t.N * t.sd[i].cols, 3, 0, 1);
+    double err = rt_gradcheck(&t, 100 + (unsigned)_i);
+    ck_assert_msg(err < 2e-2, "%s (case %d): gradient error %g", gcs->name, _i, err);
+    /* the switch case with capacity 0.5 must actually drop */
+    if (!strcmp(gcs->name, "switch") && !strcmp(gcs->opt[0][1], "0.5")) {
+        rt_forward(&t);
+        ck_assert_int_gt(t.n_dropped, 0);
+    }
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_dispatch_valid) {
+    static const int Bs[] = {0, 1, 3, 17, 64}, Ns[] = {1, 2, 5, 8};
+    for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++) {
+        rt t;
+        rt_open(&t, router_names[_i]);
+        rt_create(&t, 1, 6, Ns[ni], 5 + ni);
+        for (size_t bi = 0; bi < sizeof Bs / sizeof *Bs; bi++)
+            for (int tr = 0; tr < 2; tr++) {
+                rt_set_batch(&t, Bs[bi], 9 + (unsigned)bi);
+                t.training = tr;
+                rt_forward(&t);
+                check_dispatch(&t);
+                if (Bs[bi] == 0) ck_assert_int_eq(t.n_disp, 0);
+                /* backward with dgate only, then with dprob and dlogits only */
+                float *dg = calloc((size_t)t.n_disp + 1, 4);
+                tu_fill(dg, (size_t)t.n_disp, 3, -1, 1);
+                rt_zero_grads(&t);
+                rt_backward(&t, dg, NULL, NULL);
+                rt_backward(&t, NULL, t.prob, t.prob);
+                ck_assert(all_finite(t.dx, (size_t)t.B * t.D));
+                free(dg);
+            }
+        rt_close(&t);
+    }
+}
+END_TEST
+
+/* Runs two forward+backward steps and returns a digest-free copy of everything. */
+typedef struct snap {
+    float *logits, *prob, *gate, *dx, *grad0;
+    int32_t *sample, *expert;
+    int n_disp, n_dropped;
+} snap;
+
+static void run_for_snap(rt *t, snap *s) {
+    size_t bn = (size_t)t->B * t->N;
+    for (int step = 0; step < 2; step++) {
+        rt_forward(t);
+        float *dg = calloc((size_t)t->n_disp + 1, 4);
+        tu_fill(dg, (size_t)t->n_disp, 3, -1, 1);
+        rt_zero_grads(t);
+        rt_backward(t, dg, t->prob, t->logits);
+        free(dg);
+    }
+    s->logits = malloc(bn * 4), s->prob = malloc(bn * 4), s->gate = malloc(bn * 4);
+    s->sample = malloc(bn * 4), s->expert = malloc(bn * 4);
+    s->dx = malloc((size_t)t->B * t->D * 4);
+    memcpy(s->logits, t->logits, bn * 4), memcpy(s->prob, t->prob, bn * 4);
+    memcpy(s->gate, t->gate, bn * 4), memcpy(s->sample, t->sample, bn * 4);
+    memcpy(s->expert, t->expert, bn * 4), memcpy(s->dx, t->dx, (size_t)t->B * t->D * 4);
+    size_t n0 = t->np ? (size_t)decl_rows(&t->pd[0], t->N) * t->pd[0].cols : 0;
+    s->grad0 = malloc(n0 * 4 + 4);
+    if (n0) memcpy(s->grad0, t->grad[0], n0 * 4);
+    s->n_disp = t->n_disp, s->n_dropped = t->n_dropped;
+}
+
+START_TEST(test_determinism) {
+    snap s[2];
+    size_t bn = 0, bd = 0, n0 = 0;
+    for (int k = 0; k < 2; k++) {
+        rt t;
+        rt_open(&t, router_names[_i]);
+        rt_create(&t, 24, 7, 6, 42);
+        run_for_snap(&t, &s[k]);
+        bn = (size_t)t.B * t.N, bd = (size_t)t.B * t.D;
+        n0 = t.np ? (size_t)decl_rows(&t.pd[0], t.N) * t.pd[0].cols : 0;
+        rt_close(&t);
+    }
+    ck_assert_int_eq(s[0].n_disp, s[1].n_disp);
+    ck_assert_int_eq(s[0].n_dropped, s[1].n_dropped);
+    ck_assert(!memcmp(s[0].logits, s[1].logits, bn * 4));
+    ck_assert(!memcmp(s[0].prob, s[1].prob, bn * 4));
+    ck_assert(!memcmp(s[0].gate, s[1].gate, (size_t)s[0].n_disp * 4));
+    ck_assert(!memcmp(s[0].sample, s[1].sample, (size_t)s[0].n_disp * 4));
+    ck_assert(!memcmp(s[0].expert, s[1].expert, (size_t)s[0].n_disp * 4));
+    ck_assert(!memcmp(s[0].dx, s[1].dx, bd * 4));
+    ck_assert(!memcmp(s[0].grad0, s[1].grad0, n0 * 4));
+    for (int k = 0; k < 2; k++) {
+        free(s[k].logits), free(s[k].prob), free(s[k].gate), free(s[k].sample);
+        free(s[k].expert), free(s[k].dx), free(s[k].grad0);
+    }
+}
+END_TEST
+
+START_TEST(test_growth) {
+    rt t;
+    rt_open(&t, router_names[_i]);
+    rt_create(&t, 40, 6, 4, 3);
+    rt_forward(&t);
+    check_dispatch(&t);
+    float *load = calloc(8, 4), *gm = calloc(8, 4);
+    for (int i = 0; i < t.n_disp; i++) load[t.expert[i]] += 1;
+    for (int n = 0; n < 4; n++) gm[n] = 0.1f * (float)(n + 1);
+    rt_event(&t, ML_EV_AFTER_BACKWARD, 0, gm, load);
+    rt_grow(&t, 7);
+    ck_assert_int_eq(t.N, 7);
+    int hit_new = 0;
+    for (int step = 0; step < 3; step++) {
+        t.training = step < 2;
+        rt_forward(&t);
+        check_dispatch(&t);
+        float *dg = calloc((size_t)t.n_disp + 1, 4);
+        tu_fill(dg, (size_t)t.n_disp, 5, -1, 1);
+        rt_zero_grads(&t);
+        rt_backward(&t, dg, t.logits, t.prob);
+        ck_assert(all_finite(t.dx, (size_t)t.B * t.D));
+        for (int i = 0; i < t.np; i++)
+            ck_assert(all_finite(t.grad[i], (size_t)decl_rows(&t.pd[i], 7) * t.pd[i].cols));
+        memset(load, 0, 8 * 4);
+        for (int i = 0; i < t.n_disp; i++) load[t.expert[i]] += 1, hit_new |= t.expert[i] >= 4;
+        for (int n = 0; n < 7; n++) gm[n] = 0.05f * (float)(n + 1);
+        if (t.training) rt_event(&t, ML_EV_AFTER_BACKWARD, 0, gm, load);
+        free(dg);
+    }
+    ck_assert_msg(hit_new, "%s: no sample reached the 3 new experts", t.pl->name);
+    free(load), free(gm);
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_extreme_logits) {
+    rt t;
+    rt_open(&t, router_names[_i]);
+    rt_create(&t, 16, 8, 5, 9);
+    for (int i = 0; i < t.np; i++) {
+        size_t n = (size_t)decl_rows(&t.pd[i], t.N) * t.pd[i].cols;
+        tu_fill(t.param[i], n, 17 + (unsigned)i, -1, 1);
+        for (size_t j = 0; j < n; j++) t.param[i][j] *= 1e4f;
+    }
+    for (int tr = 0; tr < 2; tr++) {
+        t.training = tr;
+        rt_forward(&t);
+        check_dispatch(&t);
+        float *dg = calloc((size_t)t.n_disp + 1, 4);
+        tu_fill(dg, (size_t)t.n_disp, 5, -1, 1);
+        rt_zero_grads(&t);
+        rt_backward(&t, dg, t.prob, t.prob);
+        ck_assert_msg(all_finite(t.dx, (size_t)t.B * t.D), "%s: dx not finite", t.pl->name);
+        for (int i = 0; i < t.np; i++)
+            ck_assert_msg(all_finite(t.grad[i], (size_t)decl_rows(&t.pd[i], t.N) * t.pd[i].cols),
+                          "%s: gradient %d not finite", t.pl->name, i);
+        free(dg);
+    }
+    rt_close(&t);
+}
+END_TEST
+
+/* ---------------------------------------------------------- router-specific */
+
+/* Every sample prefers expert 2: capacity floor(1.25 * 16 / 4) = 5, 11 overflow. */
+START_TEST(test_switch_capacity) {
+    rt t;
+    rt_open(&t, "switch");
+    rt_create(&t, 16, 4, 4, 1);
+    memset(t.param[1], 0, 4 * sizeof(float));
+    t.param[1][2] = 5.0f; /* bias toward expert 2 */
+    for (int step = 0; step < 2; step++) {
+        t.training = step == 0;
+        rt_forward(&t);
+        check_dispatch(&t);
+        ck_assert_int_eq(t.n_disp, 5);
+        ck_assert_int_eq(t.n_dropped, 11);
+        for (int i = 0; i < 5; i++) {
+            ck_assert_int_eq(t.sample[i], i); /* batch order */
+            ck_assert_int_eq(t.expert[i], 2);
+            ck_assert_float_eq(t.gate[i], t.prob[(size_t)i * 4 + 2]);
+        }
+    }
+    rt_close(&t);
+
+    /* eval_capacity = false: evaluation keeps everything, training still drops */
+    rt_open(&t, "switch");
+    rt_opt(&t, "eval_capacity", "false");
+    rt_opt(&t, "capacity_factor", "0.1"); /* floor(0.4) → at least 1 */
+    rt_create(&t, 16, 4, 4, 1);
+    memset(t.param[1], 0, 4 * sizeof(float));
+    t.param[1][2] = 5.0f;
+    t.training = 0;
+    rt_forward(&t);
+    ck_assert_int_eq(t.n_disp, 16);
+    ck_assert_int_eq(t.n_dropped, 0);
+    t.training = 1;
+    rt_forward(&t);
+    ck_assert_int_eq(t.n_disp, 1);
+    ck_assert_int_eq(t.n_dropped, 15);
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_expert_choice_capacity) {
+    static const struct { int B, N, k; const char *cf; int C; } cs[] = {
+        {16, 4, 2, "1.0", 8}, {10, 4, 1, "1.0", 3}, /* round(2.5) = 3 */
+        {7, 3, 2, "1.0", 5},  {5, 8, 1, "0.1", 1},  /* clipped up to 1 */
+        {6, 2, 2, "4.0", 6},                        /* clipped down to B */
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof *cs; c++) {
+        rt t;
+        char k[8];
+        snprintf(k, sizeof k, "%d", cs[c].k);
+        rt_open(&t, "expert_choice");
+        rt_opt(&t, "k", k);
+        rt_opt(&t, "capacity_factor", cs[c].cf);
+        rt_create(&t, cs[c].B, 5, cs[c].N, 7 + c);
+        rt_forward(&t);
+        check_dispatch(&t);
+        int per[16] = {0};
+        for (int i = 0; i < t.n_disp; i++) per[t.expert[i]]++;
+        for (int e = 0; e < t.N; e++)
+            ck_assert_msg(per[e] == cs[c].C, "case %zu: expert %d has %d samples, C = %d", c, e,
+                          per[e], cs[c].C);
+        /* each expert's chosen samples are its top-C by S[:, e]; gate = S */
+        for (int i = 0; i < t.n_disp; i++) {
+            int b = t.sample[i], e = t.expert[i];
+            ck_assert_float_eq(t.gate[i], t.prob[(size_t)b * t.N + e]);
+            int better = 0;
+            for (int o = 0; o < t.B; o++)
+                better += t.prob[(size_t)o * t.N + e] > t.prob[(size_t)b * t.N + e];
+            ck_assert_int_lt(better, cs[c].C);
+        }
+        rt_close(&t);
+    }
+}
+END_TEST
+
+static float sigm(float z) { return 1.0f / (1.0f + expf(-z)); }
+
+START_TEST(test_aux_free_bias) {
+    rt t;
+    rt_open(&t, "aux_free_bias");
+    rt_opt(&t, "update_rate", "0.01");
+    rt_create(&t, 64, 6, 4, 5);
+    /* the update rule: overloaded down, underloaded up, at mean unchanged */
+    float load[4] = {40, 10, 25, 25}, *bias = t.state[0];
+    rt_event(&t, ML_EV_AFTER_BACKWARD, 0, NULL, load);
+    ck_assert_float_eq_tol(bias[0], -0.01f, 1e-7);
+    ck_assert_float_eq_tol(bias[1], 0.01f, 1e-7);
+    ck_assert_float_eq(bias[2], 0.0f);
+    ck_assert_float_eq(bias[3], 0.0f);
+
+    /* a huge bias forces selection, yet gates are s / Σ s over the selected: no bias */
+    bias[0] = bias[1] = bias[2] = 0;
+    bias[3] = 10.0f;
+    rt_forward(&t);
+    check_dispatch(&t);
+    for (int b = 0; b < t.B; b++) {
+        int i0 = 2 * b, i1 = 2 * b + 1;
+        ck_assert(t.expert[i0] == 3 || t.expert[i1] == 3);
+        float s0 = sigm(t.logits[(size_t)b * 4 + t.expert[i0]]);
+        float s1 = sigm(t.logits[(size_t)b * 4 + t.expert[i1]]);
+        ck_assert_float_eq_tol(t.gate[i0], s0 / (s0 + s1), 1e-5);
+        ck_assert_float_eq_tol(t.gate[i1], s1 / (s0 + s1), 1e-5);
+    }
+
+    /* the bias moves toward under-loaded experts until the load evens out */
+    bias[3] = 0;
+    memset(t.param[0], 0, 4 * 6 * sizeof(float));
+    for (int d = 0; d < 6; d++) t.param[0][0 * 6 + d] = 0.8f, t.param[0][1 * 6 + d] = 0.7f;
+    rt_set_batch(&t, 64, 21);
+    for (size_t i = 0; i < 64 * 6; i++) t.x[i] = 0.5f + 0.5f * t.x[i]; /* x > 0: 0, 1 win */
+    /* sign updates with a fixed step end in a small limit cycle: judge the average */
+    double avg[4] = {0};
+    for (int step = 0; step < 400; step++) {
+        rt_forward(&t);
+        float ld[4] = {0};
+        for (int i = 0; i < t.n_disp; i++) ld[t.expert[i]] += 1;
+        if (step == 0) ck_assert(ld[0] == 64 && ld[1] == 64); /* experts 0 and 1 take all */
+        for (int e = 0; e < 4 && step >= 300; e++) avg[e] += ld[e] / 100.0;
+        rt_event(&t, ML_EV_AFTER_BACKWARD, 0, NULL, ld);
+    }
+    for (int e = 0; e < 4; e++)
+        ck_assert_msg(avg[e] > 24 && avg[e] < 40, "expert %d: mean load %g of 128 slots", e, avg[e]);
+    ck_assert(bias[2] > bias[0] && bias[3] > bias[1]);
+
+    /* growth: new experts start at the mean bias */
+    double mean = (bias[0] + bias[1] + bias[2] + bias[3]) / 4.0;
+    rt_grow(&t, 6);
+    bias = t.state[0];
+    ck_assert_float_eq_tol(bias[4], (float)mean, 1e-6);
+    ck_assert_float_eq_tol(bias[5], (float)mean, 1e-6);
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_saturation_ema) {
+    static const char *norms[] = {"none", "max", "mean"};
+    for (int m = 0; m < 3; m++) {
+        rt t;
+        rt_open(&t, "saturation");
+        rt_opt(&t, "norm", norms[m]);
+        rt_opt(&t, "saturation_ema", "0.8");
+        rt_opt(&t, "capacity_bias", "0.7");
+        rt_create(&t, 8, 5, 4, 2);
+        float *sat = t.state[0];
+        for (int n = 0; n < 4; n++) ck_assert_float_eq(sat[n], 0.5f);
+        double ref[4] = {0.5, 0.5, 0.5, 0.5};
+        const float gms[3][4] = {{1e-4f, 3e-4f, 0, 2e-4f}, {2.0f, 1.0f, 4.0f, 1.0f},
+                                 {0, 0, 0, 0}};
+        for (int step = 0; step < 3; step++) {
+            const float *g = gms[step];
+            double mx = 0, mean = 0;
+            for (int n = 0; n < 4; n++) mx = g[n] > mx ? g[n] : mx, mean += g[n] / 4.0;
+            double div = m == 0 ? 1 : m == 1 ? mx : mean;
+            for (int n = 0; n < 4; n++)
+                ref[n] = 0.8 * ref[n] + 0.2 * (div > 0 ? g[n] / div : 0);
+            rt_event(&t, ML_EV_AFTER_BACKWARD, 0, g, NULL);
+            for (int n = 0; n < 4; n++)
+                ck_assert_msg(fabs(sat[n] - ref[n]) < 1e-6, "norm %s step %d expert %d: %g vs %g",
+                              norms[m], step, n, sat[n], ref[n]);
+        }
+        /* logits = x W^T + b + β (1 − s) */
+        rt_forward(&t);
+        for (int b = 0; b < t.B; b++)
+            for (int n = 0; n < 4; n++) {
+                double z = t.param[1][n] + 0.7 * (1 - sat[n]);
+                for (int d = 0; d < 5; d++) z += (double)t.x[b * 5 + d] * t.param[0][n * 5 + d];
+                ck_assert_msg(fabs(t.logits[b * 4 + n] - z) < 1e-5, "logit %g vs %g",
+                              t.logits[b * 4 + n], z);
+            }
+        /* new experts start at 0.5 */
+        rt_grow(&t, 6);
+        sat = t.state[0];
+        ck_assert_float_eq(sat[4], 0.5f);
+        ck_assert_float_eq(sat[5], 0.5f);
+        ck_assert_msg(fabs(sat[0] - ref[0]) < 1e-6, "old saturation kept");
+        rt_close(&t);
+    }
+}
+END_TEST
+
+/* With norm = none and realistic magnitudes every bias converges to ≈ β: uniform. */
+START_TEST(test_saturation_none_is_inert) {
+    rt t;
+    rt_open(&t, "saturation");
+    rt_create(&t, 4, 3, 4, 2);
+    const float g[4] = {1e-4f, 5e-4f, 2e-4f, 1e-5f};
+    for (int step = 0; step < 200; step++) rt_event(&t, ML_EV_AFTER_BACKWARD, 0, g, NULL);
+    for (int n = 0; n < 4; n++) ck_assert_float_lt(t.state[0][n], 1e-3f);
+    rt_close(&t);
+}
+END_TEST
+
+static uint64_t ref_splitmix64(uint64_t x) {
+    uint64_t z = x + 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+START_TEST(test_hash) {
+    rt t;
+    rt_open(&t, "hash");
+    rt_create(&t, 4000, 3, 8, 1);
+    for (int b = 0; b < 4000; b++) t.sid[b] = b;
+    rt_forward(&t);
+    check_dispatch(&t);
+    ck_assert_int_eq(t.n_disp, 4000);
+    ck_assert_int_eq(t.np, 0);
+    ck_assert_int_eq(t.ns, 0);
+    int cnt[8] = {0};
+    int32_t *first = malloc(4000 * 4);
+    for (int i = 0; i < 4000; i++) {
+        ck_assert_int_eq(t.sample[i], i);
+        ck_assert_int_eq(t.expert[i], (int)(ref_splitmix64((uint64_t)i) % 8));
+        ck_assert_float_eq(t.gate[i], 1.0f);
+        ck_assert_float_eq(t.prob[(size_t)i * 8 + t.expert[i]], 1.0f);
+        cnt[t.expert[i]]++;
+        first[i] = t.expert[i];
+    }
+    for (int e = 0; e < 8; e++) ck_assert_msg(abs(cnt[e] - 500) < 75, "expert %d: %d", e, cnt[e]);
+    /* stable: other x, other call, evaluation → same experts */
+    tu_fill(t.x, 4000 * 3, 99, -5, 5);
+    t.training = 0;
+    rt_forward(&t);
+    for (int i = 0; i < 4000; i++) ck_assert_int_eq(t.expert[i], first[i]);
+    rt_zero_grads(&t);
+    rt_backward(&t, t.gate, t.prob, t.prob);
+    for (int i = 0; i < 4000 * 3; i++) ck_assert_float_eq(t.dx[i], 0.0f);
+    free(first);
+    rt_close(&t);
+
+    /* k = 3: distinct experts with gate 1/3, the first one the k = 1 expert */
+    rt_open(&t, "hash");
+    rt_opt(&t, "k", "3");
+    rt_create(&t, 200, 3, 5, 1);
+    rt_forward(&t);
+    check_dispatch(&t);
+    ck_assert_int_eq(t.n_disp, 600);
+    for (int i = 0; i < 600; i++) ck_assert_float_eq_tol(t.gate[i], 1.0f / 3, 1e-7);
+    for (int b = 0; b < 200; b++)
+        ck_assert_int_eq(t.expert[3 * b], (int)(ref_splitmix64((uint64_t)t.sid[b]) % 5));
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_random) {
+    rt t;
+    rt_open(&t, "random");
+    rt_opt(&t, "k", "2");
+    rt_create(&t, 8000, 3, 8, 4);
+    rt_forward(&t);
+    check_dispatch(&t);
+    ck_assert_int_eq(t.n_disp, 16000);
+    int cnt[8] = {0};
+    int32_t *first = malloc(16000 * 4);
+    for (int i = 0; i < 16000; i++) {
+        cnt[t.expert[i]]++;
+        ck_assert_float_eq(t.gate[i], 0.5f);
+        first[i] = t.expert[i];
+    }
+    for (int i = 0; i < 8000 * 8; i++) ck_assert_float_eq(t.prob[i], 0.125f);
+    for (int e = 0; e < 8; e++) ck_assert_msg(abs(cnt[e] - 2000) < 150, "expert %d: %d", e, cnt[e]);
+    /* the next call draws anew */
+    rt_forward(&t);
+    int same = 0;
+    for (int i = 0; i < 16000; i++) same += t.expert[i] == first[i];
+    ck_assert_int_lt(same, 16000 / 2);
+    /* k is clipped to N */
+    free(first);
+    rt_close(&t);
+    rt_open(&t, "random");
+    rt_opt(&t, "k", "5");
+    rt_create(&t, 10, 3, 3, 4);
+    rt_forward(&t);
+    check_dispatch(&t);
+    ck_assert_int_eq(t.n_disp, 30);
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_noisy_topk) {
+    rt t;
+    rt_open(&t, "noisy_topk");
+    rt_create(&t, 12, 5, 6, 8);
+    /* evaluation: H = x W_g exactly, and the RNG is not touched */
+    t.training = 0;
+    ml_rng before = t.rng;
+    rt_forward(&t);
+    ck_assert(!memcmp(&before, &t.rng, sizeof before));
+    float *clean = malloc(12 * 6 * 4);
+    for (int b = 0; b < 12; b++)
+        for (int n = 0; n < 6; n++) {
+            double z = 0;
+            for (int d = 0; d < 5; d++) z += (double)t.x[b * 5 + d] * t.param[0][n * 5 + d];
+            clean[b * 6 + n] = (float)z;
+            ck_assert_float_eq_tol(t.logits[b * 6 + n], z, 1e-5);
+        }
+    /* gates: softmax over the top 2 of H, summing to 1 */
+    for (int b = 0; b < 12; b++) {
+        ck_assert_int_eq(t.sample[2 * b], b);
+        ck_assert_float_eq_tol(t.gate[2 * b] + t.gate[2 * b + 1], 1.0f, 1e-6);
+        ck_assert(t.gate[2 * b] >= t.gate[2 * b + 1]);
+    }
+    /* training: noise with scale softplus(0) = ln 2 while W_noise = 0 */
+    t.training = 1;
+    rt_forward(&t);
+    double ss = 0;
+    for (int i = 0; i < 72; i++) ss += pow(t.logits[i] - clean[i], 2);
+    double sd = sqrt(ss / 72);
+    ck_assert_msg(sd > 0.4 && sd < 1.0, "noise sd %g, expected about ln 2", sd);
+    rt_close(&t);
+    /* noise = false: training is noiseless too */
+    rt_open(&t, "noisy_topk");
+    rt_opt(&t, "noise", "false");
+    rt_create(&t, 12, 5, 6, 8);
+    rt_forward(&t);
+    for (int i = 0; i < 72; i++) ck_assert_float_eq_tol(t.logits[i], clean[i], 1e-5);
+    free(clean);
+    rt_close(&t);
+}
+END_TEST
+
+START_TEST(test_bad_options) {
+    static const struct { const char *router, *opt, *val; } bad[] = {
+        {"saturation", "saturation_ema", "1"},
+        {"switch", "capacity_factor", "0"},
+        {"expert_choice", "capacity_factor", "0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        rt t;
+        rt_open(&t, bad[i].router);
+        rt_opt(&t, bad[i].opt, bad[i].val);
+        ml_router_init init = {sizeof init, 0, 4, 4, t.opt, 1};
+        char err[ML_ERR_MAX] = "";
+        void *self = t.api->create(&host, &init, err);
+        ck_assert_ptr_null(self);
+        ck_assert_msg(strstr(err, bad[i].opt) != NULL, "message names the option: %s", err);
+        ck_assert_int_eq(live_allocs, 0);
+        dlclose(t.dl);
+    }
+}
+END_TEST
+
+static Suite *routers_suite(void) {
+    Suite *s = suite_create("routers");
+    TCase *tc = tcase_create("all");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_descriptors);
+    tcase_add_loop_test(tc, test_gradcheck, 0, (int)(sizeof gcases / sizeof *gcases));
+    tcase_add_loop_test(tc, test_dispatch_valid, 0, NUM_ROUTERS);
+    tcase_add_loop_test(tc, test_determinism, 0, NUM_ROUTERS);
+    tcase_add_loop_test(tc, test_growth, 0, NUM_ROUTERS);
+    tcase_add_loop_test(tc, test_extreme_logits, 0, NUM_ROUTERS);
+    tcase_add_test(tc, test_switch_capacity);
+    tcase_add_test(tc, test_expert_choice_capacity);
+    tcase_add_test(tc, test_aux_free_bias);
+    tcase_add_test(tc, test_saturation_ema);
+    tcase_add_test(tc, test_saturation_none_is_inert);
+    tcase_add_test(tc, test_hash);
+    tcase_add_test(tc, test_random);
+    tcase_add_test(tc, test_noisy_topk);
+    tcase_add_test(tc, test_bad_options);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return tu_run(routers_suite()); }
