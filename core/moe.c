@@ -184,6 +184,7 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
     m->x = z;
     m->training = training;
     m->label = label;
+    m->sample_id = sample_id;
     m->num_classes = num_classes;
     bind_router(m);
     ml_route r;
@@ -303,7 +304,7 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     }
     bind_router(m);
     ml_route r;
-    fill_route(m, &r, z, B, NULL);
+    fill_route(m, &r, z, B, m->sample_id);
     ml_route_grad g = {sizeof g, m->dgate, m->dlogits, m->dprob, dz};
     char err[ML_ERR_MAX] = "";
     if (m->api->backward(m->router, &r, &g, err))

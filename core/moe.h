@@ -59,6 +59,7 @@ typedef struct ml_moe {
     float *dgate, *dyg, *dhg, *dxg; /* (K), (K, D), (K, H), (K, D) */
     float *grad_mag, *load;         /* (N) */
     const int32_t *label;           /* (B) borrowed, or NULL */
+    const int32_t *sample_id;       /* (B) borrowed until backward */
     int num_classes;
 } ml_moe;
 
