@@ -11,6 +11,16 @@
  * thousands wide, small enough that col stays in the L3 cache between the GEMM that
  * writes it and the col2im that reads it. */
 #define COL_TARGET_FLOATS ((size_t)3 << 20)
+/* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
+#define DIRECT_MAX_O 16
+#define DIRECT_MAX_W 1024
+#define DIRECT_MAX_K 16
+
+/* Threads: only OpenBLAS's. The data movement around the GEMMs stays on the calling
+ * thread on purpose: with the pthread build of OpenBLAS, an OpenMP team that spins after
+ * its region fights OpenBLAS's threads for the cores, and on a 2-core machine that made
+ * the layers up to 2x slower and their timings erratic. Measured, not guessed
+ * (bench/conv_bench.c). */
 
 /* ------------------------------------------------------------------------------------ */
 /* shapes */
@@ -56,6 +66,9 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
     *s = (ml_conv_shape){.B = B, .C = C, .H = H, .W = W, .O = O, .k = k, .stride = stride,
                          .pad = pad, .Ho = (H + 2 * pad - k) / stride + 1,
                          .Wo = (W + 2 * pad - k) / stride + 1, .transposed = 0, .act = act};
+    /* the SRNN output conv (32 -> 3 channels): a 3-row GEMM over a 9x blown-up im2col
+     * matrix is memory bound; direct loops read x once */
+    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W && W <= DIRECT_MAX_W;
     pick_chunk(s);
     return ML_OK;
 }
@@ -84,6 +97,7 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
 }
 
 size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
+    if (s->direct) return ml_conv_out_size(s); /* the pre-activation gradient */
     size_t n = (size_t)s->chunk * col_cols_per_image(s);
     size_t cm = (size_t)(s->C > s->O ? s->C : s->O);
     size_t ws = col_rows(s) * n + cm * n;
@@ -105,7 +119,6 @@ static void im2col(float *col, const float *x, int nb, int C, int IH, int IW, in
                    int k, int s, int p) {
     const size_t ncol = (size_t)nb * CH * CW;
     const int rows = C * k * k;
-#pragma omp parallel for collapse(2) schedule(static)
     for (int r = 0; r < rows; r++) {
         for (int i = 0; i < nb; i++) {
             const int c = r / (k * k), ky = (r / k) % k, kx = r % k;
@@ -169,7 +182,6 @@ static void col2im_plane(float *img, const float *col, size_t ncol, int IH, int 
 
 /* t (C, nb*HW) <- x (nb, C, HW): the chunk's channels side by side. */
 static void nchw_to_cn(float *t, const float *x, int nb, int C, size_t HW) {
-#pragma omp parallel for collapse(2) schedule(static)
     for (int c = 0; c < C; c++)
         for (int i = 0; i < nb; i++)
             memcpy(t + ((size_t)c * nb + i) * HW, x + ((size_t)i * C + c) * HW,
@@ -192,7 +204,6 @@ static float act_bwd(ml_conv_act act, float dy, float y) {
 /* db[o] += sum over images and pixels of the pre-activation gradient; double, fixed order. */
 static void bias_backward(float *db, const float *dy, const float *y, ml_conv_act act, int B,
                           int O, size_t HW) {
-#pragma omp parallel for schedule(static)
     for (int o = 0; o < O; o++) {
         double acc = 0;
         for (int i = 0; i < B; i++) {
@@ -209,6 +220,92 @@ static void bias_backward(float *db, const float *dy, const float *y, ml_conv_ac
     }
 }
 
+
+/* ------------------------------------------------------------------------------------ */
+/* direct stride-1 conv2d: one output row at a time in a stack accumulator */
+
+/* acc[ox] += wv * row[ox + d] for every ox in [0, n) with ox + d inside [0, rw). */
+static void axpy_shift(float *acc, int n, float wv, const float *row, int rw, int d) {
+    int a = d < 0 ? -d : 0, e = rw - d < n ? rw - d : n;
+#pragma omp simd
+    for (int i = a; i < e; i++) acc[i] += wv * row[i + d];
+}
+
+static void direct_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                           const float *b) {
+    const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, Wo = s->Wo;
+    float acc[DIRECT_MAX_W];
+    for (int i = 0; i < s->B; i++)
+        for (int o = 0; o < s->O; o++)
+            for (int oy = 0; oy < s->Ho; oy++) {
+                for (int j = 0; j < Wo; j++) acc[j] = b ? b[o] : 0.0f;
+                for (int c = 0; c < C; c++)
+                    for (int ky = 0; ky < k; ky++) {
+                        const int iy = oy - p + ky;
+                        if (iy < 0 || iy >= H) continue;
+                        const float *row = x + (((size_t)i * C + c) * H + iy) * W;
+                        const float *wr = w + (((size_t)o * C + c) * k + ky) * k;
+                        for (int kx = 0; kx < k; kx++) axpy_shift(acc, Wo, wr[kx], row, W, kx - p);
+                    }
+                float *dst = y + (((size_t)i * s->O + o) * s->Ho + oy) * Wo;
+                for (int j = 0; j < Wo; j++) dst[j] = act_fwd(s->act, acc[j]);
+            }
+}
+
+static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const float *g,
+                            const float *x, const float *w) {
+    const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, O = s->O;
+    const int Ho = s->Ho, Wo = s->Wo;
+    if (dx) {
+        /* dx[iy][ix] += w[ky][kx] g[iy + p - ky][ix + p - kx] */
+        float acc[DIRECT_MAX_W];
+        for (int i = 0; i < s->B; i++)
+            for (int c = 0; c < C; c++)
+                for (int iy = 0; iy < H; iy++) {
+                    for (int j = 0; j < W; j++) acc[j] = 0;
+                    for (int o = 0; o < O; o++)
+                        for (int ky = 0; ky < k; ky++) {
+                            const int oy = iy + p - ky;
+                            if (oy < 0 || oy >= Ho) continue;
+                            const float *row = g + (((size_t)i * O + o) * Ho + oy) * Wo;
+                            const float *wr = w + (((size_t)o * C + c) * k + ky) * k;
+                            for (int kx = 0; kx < k; kx++) axpy_shift(acc, W, wr[kx], row, Wo, p - kx);
+                        }
+                    float *dst = dx + (((size_t)i * C + c) * H + iy) * W;
+                    for (int j = 0; j < W; j++) dst[j] += acc[j];
+                }
+    }
+    if (dw) {
+        /* dw[o][c][ky][kx] += sum g[oy][ox] x[oy - p + ky][ox - p + kx]: per image a float
+         * partial, summed over images in double, in a fixed order */
+        for (int c = 0; c < C; c++) {
+            double tot[DIRECT_MAX_O * DIRECT_MAX_K * DIRECT_MAX_K] = {0};
+            for (int i = 0; i < s->B; i++) {
+                const float *xp = x + ((size_t)i * C + c) * H * W;
+                for (int o = 0; o < O; o++) {
+                    const float *gp = g + ((size_t)i * O + o) * Ho * Wo;
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx = 0; kx < k; kx++) {
+                            const int d = kx - p, a = d < 0 ? -d : 0, e = W - d < Wo ? W - d : Wo;
+                            float part = 0;
+                            for (int oy = 0; oy < Ho; oy++) {
+                                const int iy = oy - p + ky;
+                                if (iy < 0 || iy >= H) continue;
+                                const float *gr = gp + (size_t)oy * Wo, *xr = xp + (size_t)iy * W + d;
+#pragma omp simd reduction(+ : part)
+                                for (int j = a; j < e; j++) part += gr[j] * xr[j];
+                            }
+                            tot[(o * k + ky) * k + kx] += part;
+                        }
+                }
+            }
+            for (int o = 0; o < O; o++)
+                for (int t = 0; t < k * k; t++)
+                    dw[((size_t)o * C + c) * k * k + t] += (float)tot[o * k * k + t];
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* conv2d */
 
@@ -217,6 +314,10 @@ void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const f
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
+    if (s->direct) {
+        direct_forward(s, y, x, w, b);
+        return;
+    }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HWo;
@@ -225,7 +326,6 @@ void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const f
                s->pad);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, (int)n, K, 1.0f, w, K, col,
                     (int)n, 0.0f, yt, (int)n);
-#pragma omp parallel for collapse(2) schedule(static)
         for (int i = 0; i < nb; i++)
             for (int o = 0; o < O; o++) {
                 const float *src = yt + (size_t)o * n + (size_t)i * HWo;
@@ -244,12 +344,21 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
     const ml_conv_act act = s->act;
     if (db) bias_backward(db, dy, y, act, B, O, HWo);
     if (!dw && !dx) return;
+    if (s->direct) {
+        const float *g = dy;
+        if (act != ML_CONV_ACT_NONE) {
+            const size_t m = ml_conv_out_size(s);
+            for (size_t j = 0; j < m; j++) ws[j] = act_bwd(act, dy[j], y[j]);
+            g = ws;
+        }
+        direct_backward(s, dx, dw, g, x, w);
+        return;
+    }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HWo;
         float *col = ws, *dyt = ws + (size_t)K * n;
         /* dyt (O, n): the chunk's pre-activation output gradient, channels side by side */
-#pragma omp parallel for collapse(2) schedule(static)
         for (int o = 0; o < O; o++)
             for (int i = 0; i < nb; i++) {
                 const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
@@ -268,7 +377,6 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
         if (dx) {
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, O, 1.0f, w, K, dyt,
                         (int)n, 0.0f, col, (int)n);
-#pragma omp parallel for collapse(2) schedule(static)
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++)
                     col2im_plane(dx + ((size_t)(i0 + i) * C + c) * HW,
@@ -295,7 +403,6 @@ void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const 
         /* col (O k k, n) = w^T (O k k, C) xt (C, n) */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, C, 1.0f, w, K, xt,
                     (int)n, 0.0f, col, (int)n);
-#pragma omp parallel for collapse(2) schedule(static)
         for (int i = 0; i < nb; i++)
             for (int o = 0; o < O; o++) {
                 float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
@@ -325,7 +432,6 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
         if (act != ML_CONV_ACT_NONE) {
             float *pre = xt + (size_t)(C > O ? C : O) * n;
             const size_t m = (size_t)nb * O * HWo, off = (size_t)i0 * O * HWo;
-#pragma omp parallel for schedule(static)
             for (size_t j = 0; j < m; j++) pre[j] = act_bwd(act, dy[off + j], y[off + j]);
             g = pre;
         }
@@ -340,7 +446,6 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
         if (dx) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)n, K, 1.0f, w, K, col,
                         (int)n, 0.0f, xt, (int)n);
-#pragma omp parallel for collapse(2) schedule(static)
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++) {
                     float *dst = dx + ((size_t)(i0 + i) * C + c) * HW;

@@ -43,7 +43,10 @@ typedef struct ml_conv_shape {
     int Ho, Wo;           /* output */
     int transposed;       /* 1 for convt2d */
     ml_conv_act act;      /* applied to y after the bias */
-    int chunk;            /* images per GEMM (batch folded into N); set by the shape functions */
+    int chunk;            /* images per GEMM (batch folded into N); set by the shape functions,
+                             a caller may lower it (never below 1) */
+    int direct;           /* 1: computed by direct loops, not GEMMs (stride-1 conv2d with few
+                             output channels, where im2col would cost more than the math) */
 } ml_conv_shape;
 
 /* Fill s for a conv2d / transposed conv2d; ML_ERR with a message on a bad shape. */
