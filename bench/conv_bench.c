@@ -37,7 +37,7 @@ struct layer { const char *name; ml_conv_shape s; int need_dx; };
 int main(int argc, char **argv) {
     int H = argc > 3 ? atoi(argv[1]) : 64, W = argc > 3 ? atoi(argv[2]) : 64;
     int C = argc > 3 ? atoi(argv[3]) : 3, B = argc > 4 ? atoi(argv[4]) : 64;
-    int reps = 5;
+    int reps = 10;
     struct layer L[9];
     int nl = 0, h = H, w = W, ch = C;
     const int enc[4] = {32, 64, 128, 256};

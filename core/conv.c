@@ -10,7 +10,9 @@
 /* Target size of one chunk's column matrix: big enough that the GEMM's N dimension is
  * thousands wide, small enough that col stays in the L3 cache between the GEMM that
  * writes it and the col2im that reads it. */
-#define COL_TARGET_FLOATS ((size_t)3 << 20)
+#ifndef COL_TARGET_FLOATS
+#define COL_TARGET_FLOATS ((size_t)1 << 20)
+#endif
 /* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
 #define DIRECT_MAX_O 16
 #define DIRECT_MAX_W 1024
@@ -234,10 +236,11 @@ static void axpy_shift(float *acc, int n, float wv, const float *row, int rw, in
 static void direct_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
                            const float *b) {
     const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, Wo = s->Wo;
-    float acc[DIRECT_MAX_W];
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < s->B; i++)
         for (int o = 0; o < s->O; o++)
             for (int oy = 0; oy < s->Ho; oy++) {
+                float acc[DIRECT_MAX_W];
                 for (int j = 0; j < Wo; j++) acc[j] = b ? b[o] : 0.0f;
                 for (int c = 0; c < C; c++)
                     for (int ky = 0; ky < k; ky++) {
@@ -258,10 +261,11 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
     const int Ho = s->Ho, Wo = s->Wo;
     if (dx) {
         /* dx[iy][ix] += w[ky][kx] g[iy + p - ky][ix + p - kx] */
-        float acc[DIRECT_MAX_W];
+#pragma omp parallel for schedule(static)
         for (int i = 0; i < s->B; i++)
             for (int c = 0; c < C; c++)
                 for (int iy = 0; iy < H; iy++) {
+                    float acc[DIRECT_MAX_W];
                     for (int j = 0; j < W; j++) acc[j] = 0;
                     for (int o = 0; o < O; o++)
                         for (int ky = 0; ky < k; ky++) {
@@ -278,6 +282,7 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
     if (dw) {
         /* dw[o][c][ky][kx] += sum g[oy][ox] x[oy - p + ky][ox - p + kx]: per image a float
          * partial, summed over images in double, in a fixed order */
+#pragma omp parallel for schedule(static)
         for (int c = 0; c < C; c++) {
             double tot[DIRECT_MAX_O * DIRECT_MAX_K * DIRECT_MAX_K] = {0};
             for (int i = 0; i < s->B; i++) {
