@@ -149,6 +149,7 @@ static const struct fwd_case fwd_cases[] = {
     {0, 2, 4, 6, 6, 3, 3, 1, 1, 1, ML_CONV_ACT_SIGMOID},
     {0, 5, 2, 8, 5, 4, 5, 3, 2, 2, ML_CONV_ACT_RELU},
     {0, 2, 3, 5, 5, 2, 1, 1, 0, 0, ML_CONV_ACT_NONE},
+    {0, 3, 2, 5, 6, 16, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID}, /* stride 1 through the GEMM path */
     {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU},
     {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE},
     {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID},
