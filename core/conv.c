@@ -1,0 +1,462 @@
+/* conv.c — conv2d and transposed conv2d as chunked im2col/col2im + cblas_sgemm. */
+#include "conv.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "common.h"
+
+/* Target size of one chunk's column matrix: big enough that the GEMM's N dimension is
+ * thousands wide, small enough that col stays in the L3 cache between the GEMM that
+ * writes it and the col2im that reads it. */
+#ifndef COL_TARGET_FLOATS
+#define COL_TARGET_FLOATS ((size_t)1 << 20)
+#endif
+/* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
+#define DIRECT_MAX_O 16
+#define DIRECT_MAX_W 1024
+#define DIRECT_MAX_K 16
+
+/* Threads: only OpenBLAS's. The data movement around the GEMMs stays on the calling
+ * thread on purpose: with the pthread build of OpenBLAS, an OpenMP team that spins after
+ * its region fights OpenBLAS's threads for the cores, and on a 2-core machine that made
+ * the layers up to 2x slower and their timings erratic. Measured, not guessed
+ * (bench/conv_bench.c). */
+
+/* ------------------------------------------------------------------------------------ */
+/* shapes */
+
+/* Rows of the column matrix and its columns per image. */
+static size_t col_rows(const ml_conv_shape *s) {
+    return (size_t)(s->transposed ? s->O : s->C) * (size_t)s->k * (size_t)s->k;
+}
+static size_t col_cols_per_image(const ml_conv_shape *s) {
+    return s->transposed ? (size_t)s->H * (size_t)s->W : (size_t)s->Ho * (size_t)s->Wo;
+}
+
+static void pick_chunk(ml_conv_shape *s) {
+    size_t per = col_rows(s) * col_cols_per_image(s);
+    size_t c = per ? COL_TARGET_FLOATS / per : 1;
+    if (c < 1) c = 1;
+    if (c > (size_t)s->B) c = (size_t)s->B;
+    s->chunk = (int)c;
+}
+
+static int check_common(const char *op, int B, int C, int H, int W, int O, int k, int stride,
+                        int pad, ml_conv_act act) {
+    if (B < 1 || C < 1 || H < 1 || W < 1)
+        return ml_errorf("%s: input shape (B %d, C %d, H %d, W %d) must be positive", op, B, C,
+                         H, W);
+    if (O < 1) return ml_errorf("%s: output channels must be >= 1, got %d", op, O);
+    if (k < 1) return ml_errorf("%s: kernel size must be >= 1, got %d", op, k);
+    if (stride < 1) return ml_errorf("%s: stride must be >= 1, got %d", op, stride);
+    if (pad < 0 || pad >= k)
+        return ml_errorf("%s: padding must be in [0, kernel size %d), got %d", op, k, pad);
+    if (act != ML_CONV_ACT_NONE && act != ML_CONV_ACT_RELU && act != ML_CONV_ACT_SIGMOID)
+        return ml_errorf("%s: unknown activation %d (expected 0 none, 1 relu, 2 sigmoid)", op,
+                         (int)act);
+    return ML_OK;
+}
+
+int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, int stride,
+                    int pad, ml_conv_act act) {
+    if (check_common("conv2d", B, C, H, W, O, k, stride, pad, act)) return ML_ERR;
+    if (H + 2 * pad < k || W + 2 * pad < k)
+        return ml_errorf("conv2d: padded input %dx%d is smaller than the %dx%d kernel",
+                         H + 2 * pad, W + 2 * pad, k, k);
+    *s = (ml_conv_shape){.B = B, .C = C, .H = H, .W = W, .O = O, .k = k, .stride = stride,
+                         .pad = pad, .Ho = (H + 2 * pad - k) / stride + 1,
+                         .Wo = (W + 2 * pad - k) / stride + 1, .transposed = 0, .act = act};
+    /* the SRNN output conv (32 -> 3 channels): a 3-row GEMM over a 9x blown-up im2col
+     * matrix is memory bound; direct loops read x once */
+    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W && W <= DIRECT_MAX_W;
+    pick_chunk(s);
+    return ML_OK;
+}
+
+int ml_convt2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, int stride,
+                     int pad, ml_conv_act act) {
+    if (check_common("convt2d", B, C, H, W, O, k, stride, pad, act)) return ML_ERR;
+    int Ho = (H - 1) * stride - 2 * pad + k, Wo = (W - 1) * stride - 2 * pad + k;
+    if (Ho < 1 || Wo < 1)
+        return ml_errorf("convt2d: output %dx%d is empty (input %dx%d, kernel %d, stride %d, "
+                         "padding %d)", Ho, Wo, H, W, k, stride, pad);
+    *s = (ml_conv_shape){.B = B, .C = C, .H = H, .W = W, .O = O, .k = k, .stride = stride,
+                         .pad = pad, .Ho = Ho, .Wo = Wo, .transposed = 1, .act = act};
+    pick_chunk(s);
+    return ML_OK;
+}
+
+size_t ml_conv_in_size(const ml_conv_shape *s) {
+    return (size_t)s->B * (size_t)s->C * (size_t)s->H * (size_t)s->W;
+}
+size_t ml_conv_out_size(const ml_conv_shape *s) {
+    return (size_t)s->B * (size_t)s->O * (size_t)s->Ho * (size_t)s->Wo;
+}
+size_t ml_conv_weight_size(const ml_conv_shape *s) {
+    return (size_t)s->O * (size_t)s->C * (size_t)s->k * (size_t)s->k;
+}
+
+size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
+    if (s->direct) return ml_conv_out_size(s); /* the pre-activation gradient */
+    size_t n = (size_t)s->chunk * col_cols_per_image(s);
+    size_t cm = (size_t)(s->C > s->O ? s->C : s->O);
+    size_t ws = col_rows(s) * n + cm * n;
+    /* transposed backward with an activation keeps the chunk's pre-activation gradient */
+    if (s->transposed && s->act != ML_CONV_ACT_NONE)
+        ws += (size_t)s->chunk * (size_t)s->O * (size_t)s->Ho * (size_t)s->Wo;
+    return ws;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* data movement */
+
+/*
+ * Column matrix of nb images x (nb, C, IH, IW) seen through a k x k window with the given
+ * stride and padding, sampled at CH x CW positions:
+ *   col[(c k + ky) k + kx][(i CH + cy) CW + cx] = x[i, c, cy s - p + ky, cx s - p + kx] (0 outside)
+ */
+static void im2col(float *col, const float *x, int nb, int C, int IH, int IW, int CH, int CW,
+                   int k, int s, int p) {
+    const size_t ncol = (size_t)nb * CH * CW;
+    const int rows = C * k * k;
+    for (int r = 0; r < rows; r++) {
+        for (int i = 0; i < nb; i++) {
+            const int c = r / (k * k), ky = (r / k) % k, kx = r % k;
+            const float *xp = x + ((size_t)i * C + c) * IH * IW;
+            float *cp = col + (size_t)r * ncol + (size_t)i * CH * CW;
+            /* valid cx range: 0 <= cx s - p + kx < IW */
+            int cx0 = 0, cx1 = CW;
+            while (cx0 < CW && cx0 * s - p + kx < 0) cx0++;
+            while (cx1 > cx0 && (cx1 - 1) * s - p + kx >= IW) cx1--;
+            for (int cy = 0; cy < CH; cy++) {
+                const int iy = cy * s - p + ky;
+                float *o = cp + (size_t)cy * CW;
+                if (iy < 0 || iy >= IH) {
+                    memset(o, 0, sizeof(float) * (size_t)CW);
+                    continue;
+                }
+                const float *row = xp + (size_t)iy * IW - p + kx;
+                for (int cx = 0; cx < cx0; cx++) o[cx] = 0;
+                if (s == 1) {
+                    memcpy(o + cx0, row + cx0, sizeof(float) * (size_t)(cx1 - cx0));
+                } else if (s == 2) {
+                    for (int cx = cx0; cx < cx1; cx++) o[cx] = row[2 * cx];
+                } else {
+                    for (int cx = cx0; cx < cx1; cx++) o[cx] = row[(size_t)cx * s];
+                }
+                for (int cx = cx1; cx < CW; cx++) o[cx] = 0;
+            }
+        }
+    }
+}
+
+/*
+ * The adjoint of im2col for one image plane: img (IH, IW) += sum over the k*k rows
+ * col_r[(cy CW + cx)] of row r = ky k + kx at position (cy s - p + ky, cx s - p + kx).
+ * col points at the first of the plane's k*k rows, which are ncol apart. Fixed order.
+ */
+static void col2im_plane(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
+                         int CW, int k, int s, int p) {
+    for (int ky = 0; ky < k; ky++) {
+        for (int kx = 0; kx < k; kx++) {
+            const float *cp = col + (size_t)(ky * k + kx) * ncol;
+            int cx0 = 0, cx1 = CW;
+            while (cx0 < CW && cx0 * s - p + kx < 0) cx0++;
+            while (cx1 > cx0 && (cx1 - 1) * s - p + kx >= IW) cx1--;
+            for (int cy = 0; cy < CH; cy++) {
+                const int iy = cy * s - p + ky;
+                if (iy < 0 || iy >= IH) continue;
+                float *row = img + (size_t)iy * IW - p + kx;
+                const float *c = cp + (size_t)cy * CW;
+                if (s == 1) {
+                    for (int cx = cx0; cx < cx1; cx++) row[cx] += c[cx];
+                } else if (s == 2) {
+                    for (int cx = cx0; cx < cx1; cx++) row[2 * cx] += c[cx];
+                } else {
+                    for (int cx = cx0; cx < cx1; cx++) row[(size_t)cx * s] += c[cx];
+                }
+            }
+        }
+    }
+}
+
+/* t (C, nb*HW) <- x (nb, C, HW): the chunk's channels side by side. */
+static void nchw_to_cn(float *t, const float *x, int nb, int C, size_t HW) {
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < nb; i++)
+            memcpy(t + ((size_t)c * nb + i) * HW, x + ((size_t)i * C + c) * HW,
+                   sizeof(float) * HW);
+}
+
+static float act_fwd(ml_conv_act act, float v) {
+    if (act == ML_CONV_ACT_RELU) return v > 0 ? v : 0;
+    if (act == ML_CONV_ACT_SIGMOID) return 1.0f / (1.0f + expf(-v));
+    return v;
+}
+
+/* Gradient before the activation from the gradient after it and the output y. */
+static float act_bwd(ml_conv_act act, float dy, float y) {
+    if (act == ML_CONV_ACT_RELU) return y > 0 ? dy : 0;
+    if (act == ML_CONV_ACT_SIGMOID) return dy * y * (1 - y);
+    return dy;
+}
+
+/* db[o] += sum over images and pixels of the pre-activation gradient; double, fixed order. */
+static void bias_backward(float *db, const float *dy, const float *y, ml_conv_act act, int B,
+                          int O, size_t HW) {
+    for (int o = 0; o < O; o++) {
+        double acc = 0;
+        for (int i = 0; i < B; i++) {
+            const float *d = dy + ((size_t)i * O + o) * HW;
+            const float *yy = y ? y + ((size_t)i * O + o) * HW : NULL;
+            float part = 0;
+            if (act == ML_CONV_ACT_NONE)
+                for (size_t j = 0; j < HW; j++) part += d[j];
+            else
+                for (size_t j = 0; j < HW; j++) part += act_bwd(act, d[j], yy[j]);
+            acc += part;
+        }
+        db[o] += (float)acc;
+    }
+}
+
+
+/* ------------------------------------------------------------------------------------ */
+/* direct stride-1 conv2d: one output row at a time in a stack accumulator */
+
+/* acc[ox] += wv * row[ox + d] for every ox in [0, n) with ox + d inside [0, rw). */
+static void axpy_shift(float *acc, int n, float wv, const float *row, int rw, int d) {
+    int a = d < 0 ? -d : 0, e = rw - d < n ? rw - d : n;
+#pragma omp simd
+    for (int i = a; i < e; i++) acc[i] += wv * row[i + d];
+}
+
+static void direct_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                           const float *b) {
+    const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, Wo = s->Wo;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < s->B; i++)
+        for (int o = 0; o < s->O; o++)
+            for (int oy = 0; oy < s->Ho; oy++) {
+                float acc[DIRECT_MAX_W];
+                for (int j = 0; j < Wo; j++) acc[j] = b ? b[o] : 0.0f;
+                for (int c = 0; c < C; c++)
+                    for (int ky = 0; ky < k; ky++) {
+                        const int iy = oy - p + ky;
+                        if (iy < 0 || iy >= H) continue;
+                        const float *row = x + (((size_t)i * C + c) * H + iy) * W;
+                        const float *wr = w + (((size_t)o * C + c) * k + ky) * k;
+                        for (int kx = 0; kx < k; kx++) axpy_shift(acc, Wo, wr[kx], row, W, kx - p);
+                    }
+                float *dst = y + (((size_t)i * s->O + o) * s->Ho + oy) * Wo;
+                for (int j = 0; j < Wo; j++) dst[j] = act_fwd(s->act, acc[j]);
+            }
+}
+
+static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const float *g,
+                            const float *x, const float *w) {
+    const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, O = s->O;
+    const int Ho = s->Ho, Wo = s->Wo;
+    if (dx) {
+        /* dx[iy][ix] += w[ky][kx] g[iy + p - ky][ix + p - kx] */
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < s->B; i++)
+            for (int c = 0; c < C; c++)
+                for (int iy = 0; iy < H; iy++) {
+                    float acc[DIRECT_MAX_W];
+                    for (int j = 0; j < W; j++) acc[j] = 0;
+                    for (int o = 0; o < O; o++)
+                        for (int ky = 0; ky < k; ky++) {
+                            const int oy = iy + p - ky;
+                            if (oy < 0 || oy >= Ho) continue;
+                            const float *row = g + (((size_t)i * O + o) * Ho + oy) * Wo;
+                            const float *wr = w + (((size_t)o * C + c) * k + ky) * k;
+                            for (int kx = 0; kx < k; kx++) axpy_shift(acc, W, wr[kx], row, Wo, p - kx);
+                        }
+                    float *dst = dx + (((size_t)i * C + c) * H + iy) * W;
+                    for (int j = 0; j < W; j++) dst[j] += acc[j];
+                }
+    }
+    if (dw) {
+        /* dw[o][c][ky][kx] += sum g[oy][ox] x[oy - p + ky][ox - p + kx]: per image a float
+         * partial, summed over images in double, in a fixed order */
+#pragma omp parallel for schedule(static)
+        for (int c = 0; c < C; c++) {
+            double tot[DIRECT_MAX_O * DIRECT_MAX_K * DIRECT_MAX_K] = {0};
+            for (int i = 0; i < s->B; i++) {
+                const float *xp = x + ((size_t)i * C + c) * H * W;
+                for (int o = 0; o < O; o++) {
+                    const float *gp = g + ((size_t)i * O + o) * Ho * Wo;
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx = 0; kx < k; kx++) {
+                            const int d = kx - p, a = d < 0 ? -d : 0, e = W - d < Wo ? W - d : Wo;
+                            float part = 0;
+                            for (int oy = 0; oy < Ho; oy++) {
+                                const int iy = oy - p + ky;
+                                if (iy < 0 || iy >= H) continue;
+                                const float *gr = gp + (size_t)oy * Wo, *xr = xp + (size_t)iy * W + d;
+#pragma omp simd reduction(+ : part)
+                                for (int j = a; j < e; j++) part += gr[j] * xr[j];
+                            }
+                            tot[(o * k + ky) * k + kx] += part;
+                        }
+                }
+            }
+            for (int o = 0; o < O; o++)
+                for (int t = 0; t < k * k; t++)
+                    dw[((size_t)o * C + c) * k * k + t] += (float)tot[o * k * k + t];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* conv2d */
+
+void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                       const float *b, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, k = s->k;
+    const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
+    const int K = C * k * k;
+    if (s->direct) {
+        direct_forward(s, y, x, w, b);
+        return;
+    }
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * HWo;
+        float *col = ws, *yt = ws + (size_t)K * n;
+        im2col(col, x + (size_t)i0 * C * HW, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride,
+               s->pad);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, (int)n, K, 1.0f, w, K, col,
+                    (int)n, 0.0f, yt, (int)n);
+        for (int i = 0; i < nb; i++)
+            for (int o = 0; o < O; o++) {
+                const float *src = yt + (size_t)o * n + (size_t)i * HWo;
+                float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
+                const float bias = b ? b[o] : 0.0f;
+                for (size_t j = 0; j < HWo; j++) dst[j] = act_fwd(s->act, src[j] + bias);
+            }
+    }
+}
+
+void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db, const float *dy,
+                        const float *y, const float *x, const float *w, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, k = s->k;
+    const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
+    const int K = C * k * k;
+    const ml_conv_act act = s->act;
+    if (db) bias_backward(db, dy, y, act, B, O, HWo);
+    if (!dw && !dx) return;
+    if (s->direct) {
+        const float *g = dy;
+        if (act != ML_CONV_ACT_NONE) {
+            const size_t m = ml_conv_out_size(s);
+            for (size_t j = 0; j < m; j++) ws[j] = act_bwd(act, dy[j], y[j]);
+            g = ws;
+        }
+        direct_backward(s, dx, dw, g, x, w);
+        return;
+    }
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * HWo;
+        float *col = ws, *dyt = ws + (size_t)K * n;
+        /* dyt (O, n): the chunk's pre-activation output gradient, channels side by side */
+        for (int o = 0; o < O; o++)
+            for (int i = 0; i < nb; i++) {
+                const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
+                float *dst = dyt + (size_t)o * n + (size_t)i * HWo;
+                if (act == ML_CONV_ACT_NONE)
+                    memcpy(dst, dy + off, sizeof(float) * HWo);
+                else
+                    for (size_t j = 0; j < HWo; j++) dst[j] = act_bwd(act, dy[off + j], y[off + j]);
+            }
+        if (dw) {
+            im2col(col, x + (size_t)i0 * C * HW, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride,
+                   s->pad);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, O, K, (int)n, 1.0f, dyt, (int)n,
+                        col, (int)n, 1.0f, dw, K);
+        }
+        if (dx) {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, O, 1.0f, w, K, dyt,
+                        (int)n, 0.0f, col, (int)n);
+            for (int i = 0; i < nb; i++)
+                for (int c = 0; c < C; c++)
+                    col2im_plane(dx + ((size_t)(i0 + i) * C + c) * HW,
+                                 col + (size_t)c * k * k * n + (size_t)i * HWo, n, s->H, s->W,
+                                 s->Ho, s->Wo, k, s->stride, s->pad);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* transposed conv2d: the adjoint of conv2d with the roles of x and y swapped, so its
+ * forward is GEMM + col2im and its backward im2col + two GEMMs. */
+
+void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                        const float *b, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, k = s->k;
+    const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
+    const int K = O * k * k;
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * HW;
+        float *col = ws, *xt = ws + (size_t)K * n;
+        nchw_to_cn(xt, x + (size_t)i0 * C * HW, nb, C, HW);
+        /* col (O k k, n) = w^T (O k k, C) xt (C, n) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, C, 1.0f, w, K, xt,
+                    (int)n, 0.0f, col, (int)n);
+        for (int i = 0; i < nb; i++)
+            for (int o = 0; o < O; o++) {
+                float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
+                memset(dst, 0, sizeof(float) * HWo);
+                col2im_plane(dst, col + (size_t)o * k * k * n + (size_t)i * HW, n, s->Ho, s->Wo,
+                             s->H, s->W, k, s->stride, s->pad);
+                const float bias = b ? b[o] : 0.0f;
+                for (size_t j = 0; j < HWo; j++) dst[j] = act_fwd(s->act, dst[j] + bias);
+            }
+    }
+}
+
+void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
+                         const float *dy, const float *y, const float *x, const float *w,
+                         float *ws) {
+    const int B = s->B, C = s->C, O = s->O, k = s->k;
+    const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
+    const int K = O * k * k;
+    const ml_conv_act act = s->act;
+    if (db) bias_backward(db, dy, y, act, B, O, HWo);
+    if (!dw && !dx) return;
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * HW;
+        float *col = ws, *xt = ws + (size_t)K * n;
+        const float *g = dy + (size_t)i0 * O * HWo;
+        if (act != ML_CONV_ACT_NONE) {
+            float *pre = xt + (size_t)(C > O ? C : O) * n;
+            const size_t m = (size_t)nb * O * HWo, off = (size_t)i0 * O * HWo;
+            for (size_t j = 0; j < m; j++) pre[j] = act_bwd(act, dy[off + j], y[off + j]);
+            g = pre;
+        }
+        /* col (O k k, n): the output gradient seen through the kernel window at every input
+         * position, i.e. conv2d's im2col of dy sampled on the input grid */
+        im2col(col, g, nb, O, s->Ho, s->Wo, s->H, s->W, k, s->stride, s->pad);
+        if (dw) {
+            nchw_to_cn(xt, x + (size_t)i0 * C * HW, nb, C, HW);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, K, (int)n, 1.0f, xt, (int)n,
+                        col, (int)n, 1.0f, dw, K);
+        }
+        if (dx) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)n, K, 1.0f, w, K, col,
+                        (int)n, 0.0f, xt, (int)n);
+            for (int i = 0; i < nb; i++)
+                for (int c = 0; c < C; c++) {
+                    float *dst = dx + ((size_t)(i0 + i) * C + c) * HW;
+                    const float *src = xt + (size_t)c * n + (size_t)i * HW;
+                    for (size_t j = 0; j < HW; j++) dst[j] += src[j];
+                }
+        }
+    }
+}

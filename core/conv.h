@@ -1,0 +1,149 @@
+/*
+ * conv.h — the convolution kernels of the SRNN model: conv2d, transposed conv2d,
+ * batch norm 2d (optionally fused with ReLU) and U-Net channel concatenation, forward and
+ * backward side by side, over raw NCHW float buffers (llm.c style).
+ *
+ * Convolutions are lowered to a few large cblas_sgemm calls: the batch is folded into the
+ * GEMM's N dimension in chunks of images (im2col / col2im per chunk), so even the 4x4
+ * layers deep in the network run as big GEMMs. OpenBLAS threads the GEMMs, OpenMP the
+ * data movement; every reduction has a fixed order, so results are bitwise identical for
+ * the same thread count.
+ *
+ * Ownership: every pointer is borrowed. Parameters (w, b, gamma, beta), their gradients
+ * and the running statistics live in the model's blocks; activations and the saved batch
+ * statistics (mean, rstd) belong to the step; the workspace belongs to the caller, who
+ * sizes it with ml_conv_workspace_floats() (one workspace, sized to the largest layer, may
+ * be shared by all layers of a model, never by two calls running at once).
+ * Backward functions ACCUMULATE (+=) into dx, dw, db, dgamma, dbeta; any of these may be
+ * NULL when that gradient is not wanted (e.g. dx of the first layer).
+ */
+#ifndef MOELAB_CONV_H
+#define MOELAB_CONV_H
+
+#include <stddef.h>
+
+/* Activation fused into a convolution's forward output (and undone in its backward). */
+typedef enum ml_conv_act {
+    ML_CONV_ACT_NONE = 0,
+    ML_CONV_ACT_RELU = 1,
+    ML_CONV_ACT_SIGMOID = 2,
+} ml_conv_act;
+
+/*
+ * The shape of one conv or transposed-conv layer, filled by ml_conv2d_shape() or
+ * ml_convt2d_shape(); treat it as read-only afterwards.
+ *   conv2d:  x (B, C, H, W), w (O, C, k, k), b (O) -> y (B, O, Ho, Wo),
+ *            Ho = (H + 2 pad - k) / stride + 1
+ *   convt2d: x (B, C, H, W), w (C, O, k, k) (PyTorch ConvTranspose2d layout), b (O)
+ *            -> y (B, O, Ho, Wo), Ho = (H - 1) stride - 2 pad + k
+ */
+typedef struct ml_conv_shape {
+    int B, C, H, W;       /* input */
+    int O, k, stride, pad;
+    int Ho, Wo;           /* output */
+    int transposed;       /* 1 for convt2d */
+    ml_conv_act act;      /* applied to y after the bias */
+    int chunk;            /* images per GEMM (batch folded into N); set by the shape functions,
+                             a caller may lower it (never below 1) */
+    int direct;           /* 1: computed by direct loops, not GEMMs (stride-1 conv2d with few
+                             output channels, where im2col would cost more than the math) */
+} ml_conv_shape;
+
+/* Fill s for a conv2d / transposed conv2d; ML_ERR with a message on a bad shape. */
+int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, int stride,
+                    int pad, ml_conv_act act);
+int ml_convt2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, int stride,
+                     int pad, ml_conv_act act);
+
+/* Floats of workspace that forward and backward of this layer need. */
+size_t ml_conv_workspace_floats(const ml_conv_shape *s);
+/* Elements of x and y: B*C*H*W and B*O*Ho*Wo. */
+size_t ml_conv_in_size(const ml_conv_shape *s);
+size_t ml_conv_out_size(const ml_conv_shape *s);
+/* Elements of w: O*C*k*k for both kinds. */
+size_t ml_conv_weight_size(const ml_conv_shape *s);
+
+/* y = act(conv2d(x, w) + b); b may be NULL (no bias). */
+void ml_conv2d_forward(const ml_conv_shape *s,
+                       float *y,         // (B, O, Ho, Wo)
+                       const float *x,   // (B, C, H, W)
+                       const float *w,   // (O, C, k, k)
+                       const float *b,   // (O) or NULL
+                       float *ws);       // ml_conv_workspace_floats(s)
+/* dy is the gradient w.r.t. y (after act); y is the forward output, needed unless act is
+ * NONE (may then be NULL). dx, dw, db accumulate and may each be NULL. */
+void ml_conv2d_backward(const ml_conv_shape *s,
+                        float *dx,        // (B, C, H, W) or NULL
+                        float *dw,        // (O, C, k, k) or NULL
+                        float *db,        // (O) or NULL
+                        const float *dy,  // (B, O, Ho, Wo)
+                        const float *y,   // (B, O, Ho, Wo), or NULL if act is NONE
+                        const float *x,   // (B, C, H, W)
+                        const float *w,   // (O, C, k, k)
+                        float *ws);
+
+/* y = act(conv_transpose2d(x, w) + b), PyTorch's ConvTranspose2d (output_padding 0). */
+void ml_convt2d_forward(const ml_conv_shape *s,
+                        float *y,         // (B, O, Ho, Wo)
+                        const float *x,   // (B, C, H, W)
+                        const float *w,   // (C, O, k, k)
+                        const float *b,   // (O) or NULL
+                        float *ws);
+void ml_convt2d_backward(const ml_conv_shape *s,
+                         float *dx,        // (B, C, H, W) or NULL
+                         float *dw,        // (C, O, k, k) or NULL
+                         float *db,        // (O) or NULL
+                         const float *dy,  // (B, O, Ho, Wo)
+                         const float *y,   // (B, O, Ho, Wo), or NULL if act is NONE
+                         const float *x,   // (B, C, H, W)
+                         const float *w,   // (C, O, k, k)
+                         float *ws);
+
+/*
+ * BatchNorm2d with PyTorch's semantics. Training: normalise with the batch mean and the
+ * biased batch variance, then running = (1 - momentum) running + momentum batch, with the
+ * UNBIASED variance (N/(N-1)) for running_var; saves mean and rstd = 1/sqrt(var + eps) for
+ * backward. running_mean/running_var may be NULL (not tracked). Eval: normalise with the
+ * running statistics. relu != 0 fuses a ReLU after the affine map; backward then needs y.
+ * PyTorch defaults: momentum 0.1, eps 1e-5. N = B*HW per channel, must be > 1 in training.
+ */
+void ml_batchnorm2d_forward_train(float *y,             // (B, C, HW)
+                                  float *mean,          // (C) out, saved for backward
+                                  float *rstd,          // (C) out, saved for backward
+                                  float *running_mean,  // (C) in/out or NULL
+                                  float *running_var,   // (C) in/out or NULL
+                                  const float *x,       // (B, C, HW)
+                                  const float *gamma,   // (C)
+                                  const float *beta,    // (C)
+                                  int B, int C, int HW, float momentum, float eps, int relu);
+void ml_batchnorm2d_forward_eval(float *y,                  // (B, C, HW)
+                                 const float *x,            // (B, C, HW)
+                                 const float *gamma,        // (C)
+                                 const float *beta,         // (C)
+                                 const float *running_mean, // (C)
+                                 const float *running_var,  // (C)
+                                 int B, int C, int HW, float eps, int relu);
+/* Backward of forward_train; dx, dgamma, dbeta accumulate and may be NULL; y only if relu. */
+void ml_batchnorm2d_backward(float *dx,            // (B, C, HW) or NULL
+                             float *dgamma,        // (C) or NULL
+                             float *dbeta,         // (C) or NULL
+                             const float *dy,      // (B, C, HW)
+                             const float *y,       // (B, C, HW), or NULL if !relu
+                             const float *x,       // (B, C, HW)
+                             const float *mean,    // (C) from forward_train
+                             const float *rstd,    // (C) from forward_train
+                             const float *gamma,   // (C)
+                             int B, int C, int HW, int relu);
+
+/* y = [a, b] along channels (U-Net skip); backward splits dy, accumulating into da, db
+ * (either may be NULL). */
+void ml_concat_channels_forward(float *y,        // (B, Ca + Cb, HW)
+                                const float *a,  // (B, Ca, HW)
+                                const float *b,  // (B, Cb, HW)
+                                int B, int Ca, int Cb, int HW);
+void ml_concat_channels_backward(float *da,        // (B, Ca, HW) or NULL
+                                 float *db,        // (B, Cb, HW) or NULL
+                                 const float *dy,  // (B, Ca + Cb, HW)
+                                 int B, int Ca, int Cb, int HW);
+
+#endif

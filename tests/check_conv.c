@@ -1,0 +1,433 @@
+/* check_conv.c — conv2d, transposed conv2d, batch norm and concat: hand-checked forward
+ * cases, comparison with direct loops, finite-difference gradients, determinism. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "conv.h"
+#include "testutil.h"
+
+static float *fl(size_t n) {
+    float *p = ml_alloc_floats(n);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+/* ---- direct reference implementations, double accumulation ---- */
+
+static double act_ref(ml_conv_act a, double v) {
+    if (a == ML_CONV_ACT_RELU) return v > 0 ? v : 0;
+    if (a == ML_CONV_ACT_SIGMOID) return 1 / (1 + exp(-v));
+    return v;
+}
+
+static void conv_ref(const ml_conv_shape *s, double *y, const float *x, const float *w,
+                     const float *b) {
+    for (int i = 0; i < s->B; i++)
+        for (int o = 0; o < s->O; o++)
+            for (int oy = 0; oy < s->Ho; oy++)
+                for (int ox = 0; ox < s->Wo; ox++) {
+                    double acc = b ? b[o] : 0;
+                    for (int c = 0; c < s->C; c++)
+                        for (int ky = 0; ky < s->k; ky++)
+                            for (int kx = 0; kx < s->k; kx++) {
+                                int iy = oy * s->stride - s->pad + ky;
+                                int ix = ox * s->stride - s->pad + kx;
+                                if (iy < 0 || iy >= s->H || ix < 0 || ix >= s->W) continue;
+                                acc += (double)x[((i * s->C + c) * s->H + iy) * s->W + ix] *
+                                       w[((o * s->C + c) * s->k + ky) * s->k + kx];
+                            }
+                    y[((i * s->O + o) * s->Ho + oy) * s->Wo + ox] = act_ref(s->act, acc);
+                }
+}
+
+static void convt_ref(const ml_conv_shape *s, double *y, const float *x, const float *w,
+                      const float *b) {
+    size_t n = ml_conv_out_size(s);
+    for (size_t j = 0; j < n; j++) y[j] = 0;
+    for (int i = 0; i < s->B; i++)
+        for (int c = 0; c < s->C; c++)
+            for (int iy = 0; iy < s->H; iy++)
+                for (int ix = 0; ix < s->W; ix++)
+                    for (int o = 0; o < s->O; o++)
+                        for (int ky = 0; ky < s->k; ky++)
+                            for (int kx = 0; kx < s->k; kx++) {
+                                int oy = iy * s->stride - s->pad + ky;
+                                int ox = ix * s->stride - s->pad + kx;
+                                if (oy < 0 || oy >= s->Ho || ox < 0 || ox >= s->Wo) continue;
+                                y[((i * s->O + o) * s->Ho + oy) * s->Wo + ox] +=
+                                    (double)x[((i * s->C + c) * s->H + iy) * s->W + ix] *
+                                    w[((c * s->O + o) * s->k + ky) * s->k + kx];
+                            }
+    for (int i = 0; i < s->B; i++)
+        for (int o = 0; o < s->O; o++)
+            for (int j = 0; j < s->Ho * s->Wo; j++) {
+                double *v = &y[(i * s->O + o) * s->Ho * s->Wo + j];
+                *v = act_ref(s->act, *v + (b ? b[o] : 0));
+            }
+}
+
+/* ---- hand-checked forward cases ---- */
+
+START_TEST(test_conv2d_hand) {
+    /* x = 1 2 3 / 4 5 6 / 7 8 9, 3x3 kernel of ones, bias 0.5, pad 1.
+     * stride 2 -> 2x2 windows centred at (0,0),(0,2),(2,0),(2,2):
+     *   1+2+4+5 = 12, 2+3+5+6 = 16, 4+5+7+8 = 24, 5+6+8+9 = 28, each + 0.5. */
+    float x[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9}, w[9], b = 0.5f, y[9];
+    for (int j = 0; j < 9; j++) w[j] = 1;
+    ml_conv_shape s;
+    ck_assert_int_eq(ml_conv2d_shape(&s, 1, 1, 3, 3, 1, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.Ho, 2);
+    ck_assert_int_eq(s.Wo, 2);
+    float *ws = fl(ml_conv_workspace_floats(&s));
+    ml_conv2d_forward(&s, y, x, w, &b, ws);
+    const float e1[4] = {12.5f, 16.5f, 24.5f, 28.5f};
+    for (int j = 0; j < 4; j++) ck_assert_float_eq(y[j], e1[j]);
+    /* cross-correlation, not convolution: w = 1 at (ky 1, kx 2) picks the right neighbour,
+     * stride 1: y = 2 3 0 / 5 6 0 / 8 9 0 */
+    memset(w, 0, sizeof w);
+    w[5] = 1;
+    ck_assert_int_eq(ml_conv2d_shape(&s, 1, 1, 3, 3, 1, 3, 1, 1, ML_CONV_ACT_NONE), ML_OK);
+    free(ws);
+    ws = fl(ml_conv_workspace_floats(&s));
+    ml_conv2d_forward(&s, y, x, w, NULL, ws);
+    const float e2[9] = {2, 3, 0, 5, 6, 0, 8, 9, 0};
+    for (int j = 0; j < 9; j++) ck_assert_float_eq(y[j], e2[j]);
+    free(ws);
+}
+END_TEST
+
+START_TEST(test_convt2d_hand) {
+    /* x = 1 2 / 3 4, 4x4 kernel, stride 2, pad 1 -> 4x4 output; output row oy gets input
+     * rows iy with 0 <= oy + 1 - 2 iy < 4: oy 0 <- {0}, 1 <- {0,1}, 2 <- {0,1}, 3 <- {1},
+     * the same for columns. Kernel of ones, bias 0:
+     *   1  3  3 2 / 4 10 10 6 / 4 10 10 6 / 3 7 7 4 */
+    float x[4] = {1, 2, 3, 4}, w[16], y[16];
+    for (int j = 0; j < 16; j++) w[j] = 1;
+    ml_conv_shape s;
+    ck_assert_int_eq(ml_convt2d_shape(&s, 1, 1, 2, 2, 1, 4, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.Ho, 4);
+    ck_assert_int_eq(s.Wo, 4);
+    float *ws = fl(ml_conv_workspace_floats(&s));
+    ml_convt2d_forward(&s, y, x, w, NULL, ws);
+    const float e1[16] = {1, 3, 3, 2, 4, 10, 10, 6, 4, 10, 10, 6, 3, 7, 7, 4};
+    for (int j = 0; j < 16; j++) ck_assert_float_eq(y[j], e1[j]);
+    /* kernel tap (3, 3) alone: x[iy][ix] lands at (2 iy + 2, 2 ix + 2), so only x00 = 1
+     * at (2, 2); with bias -1 and ReLU every other output is 0 and y(2,2) = 0 too; use
+     * bias 0.25: y(2,2) = 1.25, else relu(0.25) = 0.25. */
+    memset(w, 0, sizeof w);
+    w[15] = 1;
+    float b = 0.25f;
+    ck_assert_int_eq(ml_convt2d_shape(&s, 1, 1, 2, 2, 1, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
+    ml_convt2d_forward(&s, y, x, w, &b, ws);
+    for (int j = 0; j < 16; j++) ck_assert_float_eq(y[j], j == 2 * 4 + 2 ? 1.25f : 0.25f);
+    free(ws);
+}
+END_TEST
+
+START_TEST(test_concat_hand) {
+    /* B 2, Ca 1, Cb 2, HW 2: y[i] = a[i] then b[i] */
+    float a[4] = {1, 2, 3, 4}, b[8] = {10, 11, 12, 13, 20, 21, 22, 23}, y[12];
+    ml_concat_channels_forward(y, a, b, 2, 1, 2, 2);
+    const float e[12] = {1, 2, 10, 11, 12, 13, 3, 4, 20, 21, 22, 23};
+    for (int j = 0; j < 12; j++) ck_assert_float_eq(y[j], e[j]);
+    float da[4] = {1, 1, 1, 1}, db[8] = {0};
+    ml_concat_channels_backward(da, db, e, 2, 1, 2, 2);
+    for (int j = 0; j < 4; j++) ck_assert_float_eq(da[j], a[j] + 1);
+    for (int j = 0; j < 8; j++) ck_assert_float_eq(db[j], b[j]);
+    ml_concat_channels_backward(NULL, NULL, e, 2, 1, 2, 2); /* no-op */
+}
+END_TEST
+
+/* ---- forward against direct loops, incl. chunking and odd shapes ---- */
+
+struct fwd_case { int transposed, B, C, H, W, O, k, stride, pad, chunk; ml_conv_act act; };
+static const struct fwd_case fwd_cases[] = {
+    {0, 3, 3, 9, 7, 5, 3, 2, 1, 2, ML_CONV_ACT_NONE},
+    {0, 2, 4, 6, 6, 3, 3, 1, 1, 1, ML_CONV_ACT_SIGMOID},
+    {0, 5, 2, 8, 5, 4, 5, 3, 2, 2, ML_CONV_ACT_RELU},
+    {0, 2, 3, 5, 5, 2, 1, 1, 0, 0, ML_CONV_ACT_NONE},
+    {0, 3, 2, 5, 6, 16, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID}, /* stride 1 through the GEMM path */
+    {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU},
+    {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE},
+    {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID},
+    {1, 2, 3, 3, 4, 2, 2, 2, 0, 0, ML_CONV_ACT_NONE},
+};
+
+static int make_shape(ml_conv_shape *s, const struct fwd_case *c) {
+    int rc = c->transposed ? ml_convt2d_shape(s, c->B, c->C, c->H, c->W, c->O, c->k, c->stride,
+                                              c->pad, c->act)
+                           : ml_conv2d_shape(s, c->B, c->C, c->H, c->W, c->O, c->k, c->stride,
+                                             c->pad, c->act);
+    if (rc == ML_OK && c->chunk) s->chunk = c->chunk; /* a caller may lower the chunk */
+    return rc;
+}
+
+START_TEST(test_forward_vs_direct) {
+    const struct fwd_case *c = &fwd_cases[_i];
+    ml_conv_shape s;
+    ck_assert_int_eq(make_shape(&s, c), ML_OK);
+    size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
+    float *x = fl(nx), *w = fl(nw), *b = fl(s.O), *y = fl(ny);
+    float *ws = fl(ml_conv_workspace_floats(&s));
+    double *r = malloc(ny * sizeof *r);
+    tu_fill(x, nx, 1, -1, 1);
+    tu_fill(w, nw, 2, -1, 1);
+    tu_fill(b, s.O, 3, -1, 1);
+    if (c->transposed) {
+        ml_convt2d_forward(&s, y, x, w, b, ws);
+        convt_ref(&s, r, x, w, b);
+    } else {
+        ml_conv2d_forward(&s, y, x, w, b, ws);
+        conv_ref(&s, r, x, w, b);
+    }
+    for (size_t j = 0; j < ny; j++) ck_assert_double_eq_tol(y[j], r[j], 1e-4);
+    free(x), free(w), free(b), free(y), free(ws), free(r);
+}
+END_TEST
+
+/* ---- finite-difference gradients: loss = sum(y * r) ---- */
+
+struct gctx {
+    ml_conv_shape s;
+    float *x, *w, *b, *y, *r, *ws;
+};
+
+static double conv_loss(void *p) {
+    struct gctx *g = p;
+    if (g->s.transposed)
+        ml_convt2d_forward(&g->s, g->y, g->x, g->w, g->b, g->ws);
+    else
+        ml_conv2d_forward(&g->s, g->y, g->x, g->w, g->b, g->ws);
+    double l = 0;
+    for (size_t j = 0; j < ml_conv_out_size(&g->s); j++) l += (double)g->y[j] * g->r[j];
+    return l;
+}
+
+START_TEST(test_conv_gradcheck) {
+    const struct fwd_case *c = &fwd_cases[_i];
+    struct gctx g;
+    ck_assert_int_eq(make_shape(&g.s, c), ML_OK);
+    size_t nx = ml_conv_in_size(&g.s), ny = ml_conv_out_size(&g.s), nw = ml_conv_weight_size(&g.s);
+    g.x = fl(nx), g.w = fl(nw), g.b = fl(g.s.O), g.y = fl(ny), g.r = fl(ny);
+    g.ws = fl(ml_conv_workspace_floats(&g.s));
+    tu_fill(g.x, nx, 11, -1, 1);
+    tu_fill(g.w, nw, 12, -0.5f, 0.5f);
+    tu_fill(g.b, g.s.O, 13, -0.5f, 0.5f);
+    tu_fill(g.r, ny, 14, -1, 1);
+    float *dx = fl(nx), *dw = fl(nw), *db = fl(g.s.O);
+    /* start from non-zero gradients to check that backward accumulates */
+    for (size_t j = 0; j < nx; j++) dx[j] = 1;
+    for (size_t j = 0; j < nw; j++) dw[j] = 1;
+    for (int j = 0; j < g.s.O; j++) db[j] = 1;
+    conv_loss(&g); /* g.y = forward output */
+    if (g.s.transposed)
+        ml_convt2d_backward(&g.s, dx, dw, db, g.r, g.y, g.x, g.w, g.ws);
+    else
+        ml_conv2d_backward(&g.s, dx, dw, db, g.r, g.y, g.x, g.w, g.ws);
+    for (size_t j = 0; j < nx; j++) dx[j] -= 1;
+    for (size_t j = 0; j < nw; j++) dw[j] -= 1;
+    for (int j = 0; j < g.s.O; j++) db[j] -= 1;
+    /* the loss is linear in each argument without an activation, so a wide step costs
+     * nothing there and keeps float rounding of y out of the difference quotient; ReLU
+     * needs a narrow one so that few outputs cross its kink */
+    double eps = c->act == ML_CONV_ACT_NONE ? 5e-2 : c->act == ML_CONV_ACT_RELU ? 1e-3 : 1e-2;
+    double ex = tu_gradcheck(conv_loss, &g, g.x, dx, nx, 60, eps);
+    double ew = tu_gradcheck(conv_loss, &g, g.w, dw, nw, 60, eps);
+    double eb = tu_gradcheck(conv_loss, &g, g.b, db, g.s.O, 60, eps);
+    ck_assert_msg(ex < 1e-2 && ew < 1e-2 && eb < 1e-2, "case %d: dx %g dw %g db %g", _i, ex, ew,
+                  eb);
+    /* NULL gradients are skipped and leave the others unchanged */
+    float *dw2 = fl(nw);
+    conv_loss(&g);
+    if (g.s.transposed)
+        ml_convt2d_backward(&g.s, NULL, dw2, NULL, g.r, g.y, g.x, g.w, g.ws);
+    else
+        ml_conv2d_backward(&g.s, NULL, dw2, NULL, g.r, g.y, g.x, g.w, g.ws);
+    for (size_t j = 0; j < nw; j++) ck_assert_float_eq_tol(dw2[j], dw[j], 1e-4);
+    free(dw2);
+    free(g.x), free(g.w), free(g.b), free(g.y), free(g.r), free(g.ws);
+    free(dx), free(dw), free(db);
+}
+END_TEST
+
+/* ---- batch norm ---- */
+
+START_TEST(test_bn_running_stats) {
+    /* B 2, C 1, HW 2, x = 1 2 | 3 4: mean 2.5, biased var 1.25, unbiased 5/3.
+     * running from (0, 1): mean 0.1 * 2.5 = 0.25, var 0.9 + 0.1 * 5/3 = 1.0666667. */
+    float x[4] = {1, 2, 3, 4}, y[4], mean, rstd, rm = 0, rv = 1, g = 2, b = 0.5f;
+    ml_batchnorm2d_forward_train(y, &mean, &rstd, &rm, &rv, x, &g, &b, 2, 1, 2, 0.1f, 1e-5f, 0);
+    ck_assert_float_eq_tol(mean, 2.5f, 1e-6);
+    ck_assert_float_eq_tol(rstd, 1 / sqrtf(1.25f + 1e-5f), 1e-6);
+    ck_assert_float_eq_tol(rm, 0.25f, 1e-6);
+    ck_assert_float_eq_tol(rv, 0.9f + 0.1f * 5.0f / 3.0f, 1e-6);
+    for (int j = 0; j < 4; j++)
+        ck_assert_float_eq_tol(y[j], 2 * (x[j] - 2.5f) / sqrtf(1.25f + 1e-5f) + 0.5f, 1e-5);
+    /* eval mode uses the running statistics, not the batch's */
+    ml_batchnorm2d_forward_eval(y, x, &g, &b, &rm, &rv, 2, 1, 2, 1e-5f, 0);
+    for (int j = 0; j < 4; j++)
+        ck_assert_float_eq_tol(y[j], 2 * (x[j] - rm) / sqrtf(rv + 1e-5f) + 0.5f, 1e-5);
+    /* fused relu */
+    ml_batchnorm2d_forward_eval(y, x, &g, &b, &rm, &rv, 2, 1, 2, 1e-5f, 1);
+    for (int j = 0; j < 4; j++)
+        ck_assert_float_eq_tol(y[j], fmaxf(0, 2 * (x[j] - rm) / sqrtf(rv + 1e-5f) + 0.5f), 1e-5);
+    /* train mode output has zero mean and (biased) unit variance before the affine map */
+    float big[3 * 2 * 5], yb[3 * 2 * 5], m2[2], r2[2], g2[2] = {1, 1}, b2[2] = {0, 0};
+    tu_fill(big, 30, 5, -3, 7);
+    ml_batchnorm2d_forward_train(yb, m2, r2, NULL, NULL, big, g2, b2, 3, 2, 5, 0.1f, 1e-5f, 0);
+    for (int c = 0; c < 2; c++) {
+        double s = 0, ss = 0;
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 5; j++) {
+                double v = yb[(i * 2 + c) * 5 + j];
+                s += v;
+                ss += v * v;
+            }
+        ck_assert_double_eq_tol(s / 15, 0, 1e-5);
+        ck_assert_double_eq_tol(ss / 15, 1, 1e-3);
+    }
+}
+END_TEST
+
+struct bnctx {
+    int B, C, HW, relu;
+    float *x, *g, *b, *y, *r, *mean, *rstd;
+};
+
+static double bn_loss(void *p) {
+    struct bnctx *c = p;
+    ml_batchnorm2d_forward_train(c->y, c->mean, c->rstd, NULL, NULL, c->x, c->g, c->b, c->B, c->C,
+                                 c->HW, 0.1f, 1e-5f, c->relu);
+    double l = 0;
+    for (int j = 0; j < c->B * c->C * c->HW; j++) l += (double)c->y[j] * c->r[j];
+    return l;
+}
+
+START_TEST(test_bn_gradcheck) {
+    struct bnctx c = {.B = 3, .C = 4, .HW = 6, .relu = _i};
+    size_t n = (size_t)c.B * c.C * c.HW;
+    c.x = fl(n), c.g = fl(c.C), c.b = fl(c.C), c.y = fl(n), c.r = fl(n);
+    c.mean = fl(c.C), c.rstd = fl(c.C);
+    tu_fill(c.x, n, 21, -2, 2);
+    tu_fill(c.g, c.C, 22, 0.5f, 1.5f);
+    tu_fill(c.b, c.C, 23, -0.5f, 0.5f);
+    tu_fill(c.r, n, 24, -1, 1);
+    float *dx = fl(n), *dg = fl(c.C), *db = fl(c.C);
+    bn_loss(&c);
+    ml_batchnorm2d_backward(dx, dg, db, c.r, c.y, c.x, c.mean, c.rstd, c.g, c.B, c.C, c.HW,
+                            c.relu);
+    double ex = tu_gradcheck(bn_loss, &c, c.x, dx, n, 72, 1e-3);
+    double eg = tu_gradcheck(bn_loss, &c, c.g, dg, c.C, 4, 1e-3);
+    double eb = tu_gradcheck(bn_loss, &c, c.b, db, c.C, 4, 1e-3);
+    ck_assert_msg(ex < 1e-2 && eg < 1e-2 && eb < 1e-2, "relu %d: dx %g dgamma %g dbeta %g",
+                  c.relu, ex, eg, eb);
+    free(c.x), free(c.g), free(c.b), free(c.y), free(c.r), free(c.mean), free(c.rstd);
+    free(dx), free(dg), free(db);
+}
+END_TEST
+
+/* ---- concat gradient ---- */
+
+struct catctx { float *a, *b, *y, *r; };
+static double cat_loss(void *p) {
+    struct catctx *c = p;
+    ml_concat_channels_forward(c->y, c->a, c->b, 2, 3, 2, 4);
+    double l = 0;
+    for (int j = 0; j < 2 * 5 * 4; j++) l += (double)c->y[j] * c->r[j];
+    return l;
+}
+
+START_TEST(test_concat_gradcheck) {
+    struct catctx c = {fl(24), fl(16), fl(40), fl(40)};
+    tu_fill(c.a, 24, 31, -1, 1);
+    tu_fill(c.b, 16, 32, -1, 1);
+    tu_fill(c.r, 40, 33, -1, 1);
+    float *da = fl(24), *db = fl(16);
+    ml_concat_channels_backward(da, db, c.r, 2, 3, 2, 4);
+    ck_assert(tu_gradcheck(cat_loss, &c, c.a, da, 24, 24, 1e-2) < 1e-3);
+    ck_assert(tu_gradcheck(cat_loss, &c, c.b, db, 16, 16, 1e-2) < 1e-3);
+    free(c.a), free(c.b), free(c.y), free(c.r), free(da), free(db);
+}
+END_TEST
+
+/* ---- errors ---- */
+
+START_TEST(test_bad_shapes) {
+    ml_conv_shape s;
+    ck_assert_int_eq(ml_conv2d_shape(&s, 1, 0, 8, 8, 4, 3, 1, 1, ML_CONV_ACT_NONE), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "conv2d"));
+    ck_assert_int_eq(ml_conv2d_shape(&s, 1, 3, 2, 2, 4, 7, 1, 1, ML_CONV_ACT_NONE), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "smaller than"));
+    ck_assert_int_eq(ml_convt2d_shape(&s, 1, 3, 8, 8, 4, 4, 0, 1, ML_CONV_ACT_NONE), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "stride"));
+    ck_assert_int_eq(ml_convt2d_shape(&s, 1, 3, 8, 8, 4, 4, 2, 4, ML_CONV_ACT_NONE), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "padding"));
+}
+END_TEST
+
+/* ---- determinism on an SRNN-sized layer with several chunks ---- */
+
+static void run_layer(const ml_conv_shape *s, float *y, float *dx, float *dw, float *db,
+                      const float *x, const float *w, const float *b, const float *dy, float *ws) {
+    memset(dx, 0, ml_conv_in_size(s) * sizeof(float));
+    memset(dw, 0, ml_conv_weight_size(s) * sizeof(float));
+    memset(db, 0, (size_t)s->O * sizeof(float));
+    if (s->transposed) {
+        ml_convt2d_forward(s, y, x, w, b, ws);
+        ml_convt2d_backward(s, dx, dw, db, dy, y, x, w, ws);
+    } else {
+        ml_conv2d_forward(s, y, x, w, b, ws);
+        ml_conv2d_backward(s, dx, dw, db, dy, y, x, w, ws);
+    }
+}
+
+START_TEST(test_deterministic) {
+    ml_conv_shape s;
+    if (_i == 0)
+        ck_assert_int_eq(ml_convt2d_shape(&s, 8, 64, 16, 16, 32, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
+    else
+        ck_assert_int_eq(ml_conv2d_shape(&s, 8, 32, 32, 32, 64, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    s.chunk = 3;
+    size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
+    float *x = fl(nx), *w = fl(nw), *b = fl(s.O), *dy = fl(ny), *ws = fl(ml_conv_workspace_floats(&s));
+    float *y[2], *dx[2], *dw[2], *db[2];
+    tu_fill(x, nx, 41, -1, 1);
+    tu_fill(w, nw, 42, -0.1f, 0.1f);
+    tu_fill(b, s.O, 43, -0.1f, 0.1f);
+    tu_fill(dy, ny, 44, -1, 1);
+    for (int r = 0; r < 2; r++) {
+        y[r] = fl(ny), dx[r] = fl(nx), dw[r] = fl(nw), db[r] = fl(s.O);
+        run_layer(&s, y[r], dx[r], dw[r], db[r], x, w, b, dy, ws);
+    }
+    ck_assert(memcmp(y[0], y[1], ny * sizeof(float)) == 0);
+    ck_assert(memcmp(dx[0], dx[1], nx * sizeof(float)) == 0);
+    ck_assert(memcmp(dw[0], dw[1], nw * sizeof(float)) == 0);
+    ck_assert(memcmp(db[0], db[1], s.O * sizeof(float)) == 0);
+    for (int r = 0; r < 2; r++) free(y[r]), free(dx[r]), free(dw[r]), free(db[r]);
+    free(x), free(w), free(b), free(dy), free(ws);
+}
+END_TEST
+
+static Suite *conv_suite(void) {
+    Suite *s = suite_create("conv");
+    TCase *t = tcase_create("core");
+    tcase_set_timeout(t, 30);
+    int nf = (int)(sizeof fwd_cases / sizeof fwd_cases[0]);
+    tcase_add_test(t, test_conv2d_hand);
+    tcase_add_test(t, test_convt2d_hand);
+    tcase_add_test(t, test_concat_hand);
+    tcase_add_loop_test(t, test_forward_vs_direct, 0, nf);
+    tcase_add_loop_test(t, test_conv_gradcheck, 0, nf);
+    tcase_add_test(t, test_bn_running_stats);
+    tcase_add_loop_test(t, test_bn_gradcheck, 0, 2);
+    tcase_add_test(t, test_concat_gradcheck);
+    tcase_add_test(t, test_bad_shapes);
+    tcase_add_loop_test(t, test_deterministic, 0, 2);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void) { return tu_run(conv_suite()); }
