@@ -268,6 +268,23 @@ START_TEST(test_missing_file) {
 }
 END_TEST
 
+START_TEST(test_nulls_tags_documents) {
+    ml_config *c = load(FIX "good_nulls.yaml");
+    ck_assert_msg(c, "%s", ml_error());
+    ck_assert_str_eq(ml_config_str(c, "data.path", NULL), "");
+    ck_assert_int_eq(ml_config_int(c, "train.epochs", 0), 10);
+    ck_assert_str_eq(ml_config_str(c, "optim.name", NULL), "adam");
+    ck_assert_int_eq(ml_cfg_node_is_quoted(ml_config_get(c, "params.tag")), 1);
+    ck_assert_int_eq(ml_config_int(c, "params.tag", -1), -1);
+    ml_config_free(c);
+    ck_fails(load(FIX "bad_two_docs.yaml"), FIX "bad_two_docs.yaml:2:1: ",
+             "multiple documents are not supported");
+    ck_fails(load("tests/fixtures/configs"), "tests/fixtures/configs: cannot read: ", "directory");
+    ck_fails(load_ov(FIX "good_minimal.yaml", "model.experts=!!int 3"), "override 'model.experts=!!int 3': ",
+             "tags are not supported");
+}
+END_TEST
+
 START_TEST(test_overrides) {
     const char *ov[] = {"train.epochs=3",     "losses.0.coef=1e-4", "router.k=1",
                         "params.lr_list=[1, 2]", "data.image_size=32", "losses.1.name=z_loss",
@@ -439,6 +456,7 @@ static Suite *config_suite(void) {
     tcase_add_test(t, test_alias_refused);
     tcase_add_test(t, test_syntax_error);
     tcase_add_test(t, test_missing_file);
+    tcase_add_test(t, test_nulls_tags_documents);
     tcase_add_test(t, test_overrides);
     tcase_add_test(t, test_base_merge);
     tcase_add_test(t, test_write_roundtrip);
