@@ -371,6 +371,8 @@ static void suggest_try(suggest *s, const char *cand, size_t len) {
     }
 }
 
+static void suggest_str(suggest *s, const char *cand) { suggest_try(s, cand, strlen(cand)); }
+
 /* " (did you mean 'x'?)", " (valid: a, b)" or "". */
 static const char *suggest_text(const suggest *s, char *buf, size_t size, const char *what) {
     if (s->score < 99) snprintf(buf, size, " (did you mean '%s'?)", s->best);
@@ -1100,7 +1102,7 @@ static int resolve_map(ml_config *c, ml_cfg_node *n, const char *spath, const ch
         char hint[300];
         suggest_init(&s, e->key);
         for (int si = 0; si < CFG_NKEYS; si++)
-            if (is_child(si, spath)) suggest_try(&s, leaf_of(cfg_schema[si].path), strlen(leaf_of(cfg_schema[si].path)));
+            if (is_child(si, spath)) suggest_str(&s, leaf_of(cfg_schema[si].path));
         suggest_text(&s, hint, sizeof hint, "valid keys");
         if (*path) return ERR_KEY(e, "unknown key '%s' in '%s'%s", e->key, path, hint);
         return ERR_KEY(e, "unknown key '%s'%s", e->key, hint);
@@ -1162,9 +1164,9 @@ static int resolve_plugin(ml_config *c, ml_cfg_node *n, int si, const char *path
             char hint[300];
             suggest_init(&s, e->key);
             for (int ci = 0; ci < CFG_NKEYS; ci++)
-                if (is_child(ci, k->path)) suggest_try(&s, leaf_of(cfg_schema[ci].path), strlen(leaf_of(cfg_schema[ci].path)));
+                if (is_child(ci, k->path)) suggest_str(&s, leaf_of(cfg_schema[ci].path));
             for (int q = 0; q < desc->num_options; q++)
-                if (desc->options[q].name) suggest_try(&s, desc->options[q].name, strlen(desc->options[q].name));
+                if (desc->options[q].name) suggest_str(&s, desc->options[q].name);
             return ERR_KEY(e, "unknown option '%s' for %s plugin '%s' in '%s'%s", e->key,
                            plugin_kind_name(k->plugin_kind), desc->name, path,
                            suggest_text(&s, hint, sizeof hint, "valid keys"));
@@ -1548,28 +1550,29 @@ static void doc_section_rows(sbuf *b, const char *spath) {
     }
 }
 
+/* Rows with a heading of their own: sections, plugin sections, lists of plugin sections. */
+static int doc_is_section(int si) {
+    const cfg_key *k = &cfg_schema[si];
+    int item = k->type == T_LIST ? schema_child(k->path, "*") : -1;
+    return k->type == T_MAP || k->type == T_PLUGIN || (item >= 0 && cfg_schema[item].type == T_PLUGIN);
+}
+
 char *ml_config_schema_markdown(void) {
     sbuf b = {0};
     sb_printf(&b, "### Top level\n\n");
     doc_table_head(&b);
     for (int si = 0; si < CFG_NKEYS; si++) {
-        const cfg_key *k = &cfg_schema[si];
-        int sec = k->type == T_MAP || k->type == T_PLUGIN || (k->type == T_LIST && schema_child(k->path, "*") >= 0 &&
-                                                              cfg_schema[schema_child(k->path, "*")].type == T_PLUGIN);
-        if (is_child(si, "") && !sec) doc_row(&b, si);
+        if (is_child(si, "") && !doc_is_section(si)) doc_row(&b, si);
     }
     for (int si = 0; si < CFG_NKEYS; si++) {
         const cfg_key *k = &cfg_schema[si];
-        if (!is_child(si, "")) continue;
-        int item = k->type == T_LIST ? schema_child(k->path, "*") : -1;
-        if (k->type != T_MAP && k->type != T_PLUGIN && !(item >= 0 && cfg_schema[item].type == T_PLUGIN))
-            continue;
+        if (!is_child(si, "") || !doc_is_section(si)) continue;
         char type[300];
         doc_type(si, type, sizeof type);
-        sb_printf(&b, "\n### `%s` — %s\n\n%c%s.\n\n", k->path, type,
-                  k->doc[0] >= 'a' && k->doc[0] <= 'z' ? k->doc[0] - 'a' + 'A' : k->doc[0], k->doc + 1);
+        char first = k->doc[0] >= 'a' && k->doc[0] <= 'z' ? (char)(k->doc[0] - 'a' + 'A') : k->doc[0];
+        sb_printf(&b, "\n### `%s` — %s\n\n%c%s.\n\n", k->path, type, first, k->doc + 1);
         doc_table_head(&b);
-        if (item >= 0) doc_row(&b, si);
+        if (k->type == T_LIST) doc_row(&b, si);
         doc_section_rows(&b, k->path);
         if (k->type == T_PLUGIN) doc_options_row(&b, si);
     }
