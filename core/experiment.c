@@ -148,6 +148,21 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
         for (char *d = dup ? strtok_r(dup, ":", &save) : NULL; d; d = strtok_r(NULL, ":", &save)) ml_plugins_add_path(d);
         free(dup);
     }
+    /* a first pass without plugin checks reads plugin_path (relative to the config file),
+     * so the validating pass can find plugins there */
+    ml_config *pre = ml_config_load(config_path, overrides, n_overrides, NULL, NULL);
+    if (!pre) goto fail;
+    int npp = ml_config_len(pre, "plugin_path");
+    for (int i = 0; i < npp; i++) {
+        char key[64], dir[4096], cdir[4096];
+        snprintf(key, sizeof key, "plugin_path.%d", i);
+        const char *d = ml_config_str(pre, key, "");
+        snprintf(cdir, sizeof cdir, "%s", config_path);
+        if (d[0] == '/') snprintf(dir, sizeof dir, "%s", d);
+        else snprintf(dir, sizeof dir, "%s/%s", dirname(cdir), d);
+        ml_plugins_add_path(dir);
+    }
+    ml_config_free(pre);
     e->cfg = ml_config_load(config_path, overrides, n_overrides, find_plugin, e);
     if (!e->cfg) goto fail;
     snprintf(e->experiment, sizeof e->experiment, "%s", ml_config_str(e->cfg, "experiment", "default"));
