@@ -23,7 +23,7 @@
 #include "pluginhost.h"
 #include "plugintest.h"
 
-static char g_root[PATH_MAX]; /* directory holding the executable (the build dir) */
+static char g_root[2048]; /* directory holding the executable (the build dir) */
 
 static void find_root(void) {
     char exe[PATH_MAX];
