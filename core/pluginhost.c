@@ -414,8 +414,8 @@ static const ml_plugin *load_file(int kind, const char *file) {
     }
     const ml_plugin *d = dlsym(h, ML_PLUGIN_SYMBOL);
     if (!d) {
-        ml_errorf("plugin %s: missing symbol `%s` (hint: define it with ML_PLUGIN_EXPORT and "
-                  "compile with -fvisibility=hidden)",
+        ml_errorf("plugin %s: missing symbol `%s` (hint: define the descriptor with "
+                  "ML_PLUGIN_EXPORT, which gives it default visibility)",
                   file, ML_PLUGIN_SYMBOL);
         dlclose(h);
         return NULL;
