@@ -243,7 +243,7 @@ int ml_option_parse(const ml_option *o, const char *text, ml_optval *out) {
                                 : ml_errorf("expected a number, got \"%s\"", text);
         if (has_range(o) && (d < o->min || d > o->max)) return range_error(o, "a number", text);
         v.f = d;
-        v.i = (int64_t)d;
+        v.i = fabs(d) < 9.2e18 ? (int64_t)d : (d < 0 ? INT64_MIN : INT64_MAX);
         break;
     }
     case ML_OPT_BOOL: {

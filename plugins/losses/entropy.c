@@ -1,8 +1,9 @@
 /*
  * entropy — routing entropy as a loss to minimise (so it raises the entropy).
  *
- *   per_sample: value = -mean_b H(p_b)      (the anti-collapse bonus of the router seed:
- *                                            entropy_loss = -(p log p).sum(1).mean() negated)
+ *   per_sample: value = -mean_b H(p_b)      (the router anti-collapse seed's bonus:
+ *                                            entropy = -(p log p).sum(1).mean(),
+ *                                            entropy_loss = -entropy)
  *   marginal:   value = -H(mean_b p_b)      (spreads the batch over experts, lets each
  *                                            sample stay confident)
  *
