@@ -361,7 +361,8 @@ static int check_descriptor(const ml_plugin *d, int kind) {
                          ML_ABI_MINOR);
     if (d->abi_minor > ML_ABI_MINOR)
         return ml_errorf("plugin abi %u.%u, host abi %d.%d: plugin minor version is newer than "
-                         "the host's (hint: update moelab, or rebuild the plugin against this moelab's plugin.h)",
+                         "the host's (hint: update moelab, or rebuild the plugin against this "
+                         "moelab's plugin.h)",
                          (unsigned)d->abi_major, (unsigned)d->abi_minor, ML_ABI_MAJOR,
                          ML_ABI_MINOR);
     if (d->size < sizeof(ml_plugin))

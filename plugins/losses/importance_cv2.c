@@ -63,7 +63,8 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
         if (dprob)
             for (int t = 0; t < r->n_disp; t++) {
                 int e = r->disp_expert[t];
-                double d = 2.0 / N * (imp[e] - mean) / (mean * mean) - 2.0 / N * var / (mean * mean * mean);
+                double m2 = mean * mean;
+                double d = 2.0 / N * (imp[e] - mean) / m2 - 2.0 / N * var / (m2 * mean);
                 dprob[(size_t)r->disp_sample[t] * N + e] += (float)(scale * d);
             }
     }
