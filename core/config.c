@@ -1376,9 +1376,7 @@ int ml_config_plugin_options(const ml_config *c, const char *path, const ml_plug
     const ml_cfg_node *sec = ml_config_get(c, path);
     if (!sec || sec->kind != ML_CFG_MAP)
         return ml_errorf("config: no plugin section '%s'", path);
-    const ml_cfg_node *name = map_get(sec, "name");
-    if (name && name->kind == ML_CFG_SCALAR && strcmp(name->text, desc->name))
-        return ml_errorf("config: '%s' names plugin '%s', not '%s'", path, name->text, desc->name);
+    /* the section may name the plugin by path: the caller loaded desc from that name */
     for (int o = 0; o < desc->num_options; o++) {
         const ml_option *opt = &desc->options[o];
         const ml_cfg_node *n = opt->name ? map_get(sec, opt->name) : NULL;
