@@ -191,7 +191,7 @@ START_TEST(out_of_tree_plugin_by_yaml) {
     fclose(f);
     rc = run(MOELAB " run %s router.name=my_router", tu_build(), cfg);
     ck_assert_msg(rc == 0, "%s", out);
-    rc = run(MOELAB " plugin-test %s/my_router.so%s", tmp, "");
+    rc = run(MOELAB " plugin-test %s/my_router.so", tu_build(), tmp);
     ck_assert_msg(rc == 0, "%s", out);
 }
 END_TEST
