@@ -142,7 +142,30 @@ static int cmd_lua(int argc, char **argv) {
     return rc;
 }
 
+char *openblas_get_corename(void);
+
+/*
+ * Debian's OpenBLAS 0.3.21 (DYNAMIC_ARCH) does not know AMD Zen 4/5 and falls back to its
+ * AVX2 "Haswell" kernels on CPUs that have AVX-512, at about half the speed of its
+ * "SkylakeX" kernels (docs/PERFORMANCE.md). The kernel is chosen when the library loads,
+ * from OPENBLAS_CORETYPE, so when the user has not chosen one we set it and re-execute.
+ */
+static void pick_blas_kernel(char **argv) {
+    if (getenv("OPENBLAS_CORETYPE") || getenv("MOELAB_NO_REEXEC")) return;
+    const char *core = openblas_get_corename();
+    if (!core || (strcmp(core, "Haswell") != 0 && strcmp(core, "Zen") != 0)) return;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
+        return;
+    setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+    setenv("MOELAB_NO_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);
+    unsetenv("OPENBLAS_CORETYPE"); /* exec failed: carry on with the default kernels */
+}
+
 int main(int argc, char **argv) {
+    pick_blas_kernel(argv);
     setenv("OMP_WAIT_POLICY", "PASSIVE", 0); /* spinning OpenMP threads would steal OpenBLAS's cores */
     find_root();
     if (argc < 2) return usage(stderr);
