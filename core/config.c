@@ -1376,7 +1376,15 @@ int ml_config_plugin_options(const ml_config *c, const char *path, const ml_plug
     const ml_cfg_node *sec = ml_config_get(c, path);
     if (!sec || sec->kind != ML_CFG_MAP)
         return ml_errorf("config: no plugin section '%s'", path);
-    /* the section may name the plugin by path: the caller loaded desc from that name */
+    /* the section may name the plugin by path, so its keys (not its name) must fit desc */
+    for (int k = 0; k < sec->n; k++) {
+        const char *key = sec->item[k]->key;
+        if (!key || !strcmp(key, "name") || !strcmp(key, "coef")) continue;
+        int known = 0;
+        for (int o = 0; o < desc->num_options && !known; o++) known = desc->options[o].name && !strcmp(desc->options[o].name, key);
+        if (!known)
+            return ml_errorf("config: '%s' has option '%s', which plugin '%s' does not declare", path, key, desc->name);
+    }
     for (int o = 0; o < desc->num_options; o++) {
         const ml_option *opt = &desc->options[o];
         const ml_cfg_node *n = opt->name ? map_get(sec, opt->name) : NULL;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -147,26 +148,32 @@ char *openblas_get_corename(void);
 /*
  * Debian's OpenBLAS 0.3.21 (DYNAMIC_ARCH) does not know AMD Zen 4/5 and falls back to its
  * AVX2 "Haswell" kernels on CPUs that have AVX-512, at about half the speed of its
- * "SkylakeX" kernels (docs/PERFORMANCE.md). The kernel is chosen when the library loads,
- * from OPENBLAS_CORETYPE, so when the user has not chosen one we set it and re-execute.
+ * "SkylakeX" kernels (docs/PERFORMANCE.md); container images also often pin
+ * OPENBLAS_CORETYPE=Haswell. The kernel is chosen when the library loads, so moelab picks
+ * it from the CPU and re-executes itself once. MOELAB_BLAS_CORETYPE=<name> forces a
+ * kernel (any OPENBLAS_CORETYPE value); MOELAB_BLAS_CORETYPE=keep leaves OpenBLAS alone.
  */
 static void pick_blas_kernel(char **argv) {
-    if (getenv("OPENBLAS_CORETYPE") || getenv("MOELAB_NO_REEXEC")) return;
+    if (getenv("MOELAB_NO_REEXEC")) return;
+    const char *want = getenv("MOELAB_BLAS_CORETYPE");
+    if (want && strcmp(want, "keep") == 0) return;
     const char *core = openblas_get_corename();
-    if (!core || (strcmp(core, "Haswell") != 0 && strcmp(core, "Zen") != 0)) return;
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
-        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
-        return;
-    setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+    if (!want) {
+        if (!core || (strcmp(core, "Haswell") != 0 && strcmp(core, "Zen") != 0)) return;
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+            !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
+            return;
+        want = "SkylakeX";
+    }
+    if (core && strcasecmp(core, want) == 0) return;
+    setenv("OPENBLAS_CORETYPE", want, 1);
     setenv("MOELAB_NO_REEXEC", "1", 1);
     execv("/proc/self/exe", argv);
-    unsetenv("OPENBLAS_CORETYPE"); /* exec failed: carry on with the default kernels */
 }
 
 int main(int argc, char **argv) {
     pick_blas_kernel(argv);
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 0); /* spinning OpenMP threads would steal OpenBLAS's cores */
     find_root();
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
