@@ -135,9 +135,9 @@ START_TEST(default_script_and_schedule) {
 }
 END_TEST
 
-static void loss_column(const char *dir, char *dst, size_t n) {
+static void loss_column(const char *dir, const char *exp, char *dst, size_t n) {
     char path[512], line[8192];
-    snprintf(path, sizeof path, "%s/test-synth/d/metrics.csv", dir);
+    snprintf(path, sizeof path, "%s/%s/d/metrics.csv", dir, exp);
     FILE *f = fopen(path, "r");
     ck_assert_ptr_nonnull(f);
     dst[0] = 0;
@@ -164,8 +164,24 @@ START_TEST(determinism) {
     const char *d2 = tu_tmpdir("det2");
     rc = run(MOELAB " run " SYNTH " results.run_id=d results.dir=%s", tu_build(), d2);
     ck_assert_msg(rc == 0, "%s", out);
-    loss_column(d1s, a, sizeof a);
-    loss_column(d2, b, sizeof b);
+    loss_column(d1s, "test-synth", a, sizeof a);
+    loss_column(d2, "test-synth", b, sizeof b);
+    ck_assert_str_eq(a, b);
+    ck_assert_int_gt((int)strlen(a), 20);
+}
+END_TEST
+
+/* the convolutional model with 2 threads: bitwise identical loss sequence */
+START_TEST(determinism_srnn_two_threads) {
+    char a[4096], b[4096], d1[256];
+    snprintf(d1, sizeof d1, "%s", tu_tmpdir("sdet1"));
+    int rc = run(MOELAB " run tests/fixtures/run/srnn_small.yaml results.run_id=d results.dir=%s", tu_build(), d1);
+    ck_assert_msg(rc == 0, "%s", out);
+    const char *d2 = tu_tmpdir("sdet2");
+    rc = run(MOELAB " run tests/fixtures/run/srnn_small.yaml results.run_id=d results.dir=%s", tu_build(), d2);
+    ck_assert_msg(rc == 0, "%s", out);
+    loss_column(d1, "test-srnn", a, sizeof a);
+    loss_column(d2, "test-srnn", b, sizeof b);
     ck_assert_str_eq(a, b);
     ck_assert_int_gt((int)strlen(a), 20);
 }
@@ -232,6 +248,7 @@ int main(void) {
     tcase_add_test(t, standalone_lua);
     tcase_add_test(t, default_script_and_schedule);
     tcase_add_test(t, determinism);
+    tcase_add_test(t, determinism_srnn_two_threads);
     tcase_add_test(t, out_of_tree_plugin_by_yaml);
     tcase_add_test(t, plugin_commands);
     tcase_add_test(t, fashion_mnist_end_to_end);
