@@ -7,9 +7,13 @@
 BUILD   ?= build
 CC      ?= cc
 OPT     ?= -O2 -march=native
-PKGS     = lua5.4 openblas yaml-0.1 zlib
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PKGS     = lua5.4 yaml-0.1 zlib
+# OpenBLAS built for OpenMP (Debian's libopenblas-openmp-dev): BLAS calls and moelab's own
+# OpenMP loops share one thread pool instead of two pools spinning against each other.
+BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLAS_INC ?= /usr/include/x86_64-linux-gnu/openblas-openmp
+PKG_CFLAGS := -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  ?= $(OPT) -g

@@ -148,6 +148,21 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
         for (char *d = dup ? strtok_r(dup, ":", &save) : NULL; d; d = strtok_r(NULL, ":", &save)) ml_plugins_add_path(d);
         free(dup);
     }
+    /* a first pass without plugin checks reads plugin_path (relative to the config file),
+     * so the validating pass can find plugins there */
+    ml_config *pre = ml_config_load(config_path, overrides, n_overrides, NULL, NULL);
+    if (!pre) goto fail;
+    int npp = ml_config_len(pre, "plugin_path");
+    for (int i = 0; i < npp; i++) {
+        char key[64], dir[4096], cdir[4096];
+        snprintf(key, sizeof key, "plugin_path.%d", i);
+        const char *d = ml_config_str(pre, key, "");
+        snprintf(cdir, sizeof cdir, "%s", config_path);
+        if (d[0] == '/') snprintf(dir, sizeof dir, "%s", d);
+        else snprintf(dir, sizeof dir, "%s/%s", dirname(cdir), d);
+        ml_plugins_add_path(dir);
+    }
+    ml_config_free(pre);
     e->cfg = ml_config_load(config_path, overrides, n_overrides, find_plugin, e);
     if (!e->cfg) goto fail;
     snprintf(e->experiment, sizeof e->experiment, "%s", ml_config_str(e->cfg, "experiment", "default"));
@@ -241,7 +256,10 @@ int ml_exp_log(ml_experiment *e, const char *name, double value) {
 static int flush_row(ml_experiment *e) {
     if (!e->row_pending || !e->res) return ML_OK;
     int rc = ml_results_metrics_row(e->res, (const char *const *)e->col_name, e->col_value, e->n_cols);
-    for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
+    for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
+    memcpy(e->last_name, e->col_name, sizeof e->last_name);
+    memcpy(e->last_value, e->col_value, sizeof e->last_value);
+    e->last_n = e->n_cols;
     e->n_cols = 0;
     e->row_pending = 0;
     return rc;
@@ -741,8 +759,12 @@ int ml_exp_finish(ml_experiment *e, const char *status) {
     strcat(experts, "]");
     ml_json_raw(&j, "experts", experts);
     ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
-    for (int i = 0; i < e->n_cols; i++) ml_json_num(&j, e->col_name[i], e->col_value[i]);
+    ml_json last;
+    ml_json_begin(&last);
+    for (int i = 0; i < e->last_n; i++) ml_json_num(&last, e->last_name[i], e->last_value[i]);
+    ml_json_raw(&j, "last_epoch", ml_json_end(&last));
     if (ml_results_summary(e->res, ml_json_end(&j))) rc = ML_ERR;
+    ml_json_free(&last);
     ml_json_free(&j);
     return rc;
 }
@@ -750,6 +772,7 @@ int ml_exp_finish(ml_experiment *e, const char *status) {
 void ml_exp_free(ml_experiment *e) {
     if (!e) return;
     for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
+    for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
     for (int i = 0; i < e->n_losses; i++)
         if (e->loss[i].self) e->loss[i].api->destroy(e->loss[i].self);
     if (e->sched) ((const ml_schedule_api *)e->sched_plugin->api)->destroy(e->sched);

@@ -79,6 +79,9 @@ typedef struct ml_experiment {
     char *col_name[ML_MAX_COLS];
     double col_value[ML_MAX_COLS];
     int row_pending;
+    int last_n;                    /* the last row written, for summary.json */
+    char *last_name[ML_MAX_COLS];
+    double last_value[ML_MAX_COLS];
     int progress_tty;
     double best_val;               /* for summary.json */
     int best_epoch;

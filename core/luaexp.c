@@ -523,7 +523,11 @@ static int resolve(const char *path, char *out) {
     }
     char rd[PATH_MAX];
     if (!realpath(dir, rd)) return 0;
-    snprintf(out, PATH_MAX, "%s/%s", rd, base);
+    size_t a = strlen(rd), b = strlen(base);
+    if (a + 1 + b >= PATH_MAX) return 0;
+    memcpy(out, rd, a);
+    out[a] = '/';
+    memcpy(out + a + 1, base, b + 1);
     return 1;
 }
 
@@ -541,7 +545,7 @@ static int allowed(ml_lua *l, const char *path, int write) {
 static void refresh_run_dir(ml_lua *l) {
     if (!l->run_dir[0] && l->e && ml_exp_run_dir(l->e)) {
         char rp[PATH_MAX];
-        if (realpath(ml_exp_run_dir(l->e), rp)) snprintf(l->run_dir, sizeof l->run_dir, "%s", rp);
+        if (realpath(ml_exp_run_dir(l->e), rp)) strcpy(l->run_dir, rp); /* same size */
     }
 }
 
@@ -811,7 +815,7 @@ int ml_lua_load(ml_lua *l, const char *script_path) {
     char *slash = strrchr(rp, '/');
     if (slash) {
         *slash = 0;
-        snprintf(l->script_dir, sizeof l->script_dir, "%s", rp);
+        strcpy(l->script_dir, rp); /* same size */
     }
     /* chunk name "@path" makes messages read "path:LINE: msg" */
     int rc = luaL_loadfilex(l->L, script_path, "t");

@@ -41,24 +41,20 @@ static int read_options(lua_State *L, int idx, const ml_plugin *p, ml_optval *ou
     if (ml_option_defaults(p, out)) return luaL_error(L, "%s", ml_error());
     if (lua_isnoneornil(L, idx)) return 0;
     luaL_checktype(L, idx, LUA_TTABLE);
+    idx = lua_absindex(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
+        int top = lua_gettop(L); /* key at top - 1, value at top */
+        if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "plugin '%s': option names must be strings", p->name);
         const char *k = lua_tostring(L, -2);
         int found = -1;
-        for (int i = 0; k && i < p->num_options; i++)
+        for (int i = 0; i < p->num_options; i++)
             if (strcmp(p->options[i].name, k) == 0) found = i;
-        if (found < 0) return luaL_error(L, "plugin '%s' has no option '%s'", p->name, k ? k : "?");
+        if (found < 0) return luaL_error(L, "plugin '%s' has no option '%s'", p->name, k);
         const char *text = lua_isboolean(L, -1) ? (lua_toboolean(L, -1) ? "true" : "false") : luaL_tolstring(L, -1, NULL);
         if (ml_option_parse(&p->options[found], text, &out[found]))
             return luaL_error(L, "plugin '%s' option '%s': %s", p->name, k, ml_error());
-        if (!lua_isboolean(L, -1) && lua_type(L, -1) != LUA_TSTRING) lua_pop(L, 1);
-        /* ENUM strings must outlive the call: keep them interned in the registry */
-        if (out[found].s) {
-            lua_pushstring(L, out[found].s);
-            out[found].s = lua_tostring(L, -1);
-            luaL_ref(L, LUA_REGISTRYINDEX);
-        }
-        lua_pop(L, 1);
+        lua_settop(L, top - 1); /* keep the key for lua_next */
     }
     return 0;
 }

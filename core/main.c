@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -23,7 +24,7 @@
 #include "pluginhost.h"
 #include "plugintest.h"
 
-static char g_root[PATH_MAX]; /* directory holding the executable (the build dir) */
+static char g_root[2048]; /* directory holding the executable (the build dir) */
 
 static void find_root(void) {
     char exe[PATH_MAX];
@@ -142,8 +143,37 @@ static int cmd_lua(int argc, char **argv) {
     return rc;
 }
 
+char *openblas_get_corename(void);
+
+/*
+ * Debian's OpenBLAS 0.3.21 (DYNAMIC_ARCH) does not know AMD Zen 4/5 and falls back to its
+ * AVX2 "Haswell" kernels on CPUs that have AVX-512, at about half the speed of its
+ * "SkylakeX" kernels (docs/PERFORMANCE.md); container images also often pin
+ * OPENBLAS_CORETYPE=Haswell. The kernel is chosen when the library loads, so moelab picks
+ * it from the CPU and re-executes itself once. MOELAB_BLAS_CORETYPE=<name> forces a
+ * kernel (any OPENBLAS_CORETYPE value); MOELAB_BLAS_CORETYPE=keep leaves OpenBLAS alone.
+ */
+static void pick_blas_kernel(char **argv) {
+    if (getenv("MOELAB_NO_REEXEC")) return;
+    const char *want = getenv("MOELAB_BLAS_CORETYPE");
+    if (want && strcmp(want, "keep") == 0) return;
+    const char *core = openblas_get_corename();
+    if (!want) {
+        if (!core || (strcmp(core, "Haswell") != 0 && strcmp(core, "Zen") != 0)) return;
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+            !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
+            return;
+        want = "SkylakeX";
+    }
+    if (core && strcasecmp(core, want) == 0) return;
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    setenv("MOELAB_NO_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv) {
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 0); /* spinning OpenMP threads would steal OpenBLAS's cores */
+    pick_blas_kernel(argv);
     find_root();
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];

@@ -2,7 +2,7 @@
 # Installs whichever Debian packages moelab needs and this machine lacks (apt-get; sudo
 # when not root). Quiet when everything is present.
 set -e
-PKGS="build-essential pkg-config liblua5.4-dev libopenblas-dev libyaml-dev zlib1g-dev check libstb-dev dataset-fashion-mnist"
+PKGS="build-essential pkg-config liblua5.4-dev libopenblas-openmp-dev libyaml-dev zlib1g-dev check libstb-dev dataset-fashion-mnist"
 [ "${MOELAB_BENCH:-0}" = 1 ] && PKGS="$PKGS python3-torch"
 missing=""
 for p in $PKGS; do

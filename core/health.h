@@ -1,0 +1,73 @@
+/*
+ * health.h — routing health of one MoE layer over a window (usually an epoch).
+ *
+ * An ml_health_acc accumulates the routing records of the window's batches: dispatched
+ * slots per expert, summed probabilities, summed per-sample entropies, dropped samples
+ * and, when the data has class labels, the (label, top-1 expert) contingency table.
+ * ml_health_compute() turns the counts into the metrics of docs/metrics.md, which also
+ * says which of them signal collapse and why the Switch load-balance value does not.
+ *
+ * The top-1 expert of a sample is the argmax of its probability row (lowest index on
+ * ties), whatever the dispatch did with it. Entropies are in nats, with 0·log 0 = 0.
+ *
+ * Ownership: ml_health_acc_new() returns an owned accumulator (ml_health_acc_free);
+ * ml_health_compute() fills an ml_health whose arrays it owns (ml_health_free). Both
+ * frees accept NULL. Records passed to ml_health_acc_add() are borrowed for the call.
+ */
+#ifndef MOELAB_HEALTH_H
+#define MOELAB_HEALTH_H
+
+#include <stdint.h>
+#include "moelab/plugin.h"
+
+typedef struct ml_health_acc ml_health_acc;
+
+/* num_classes 0 = unlabelled (nmi_label is then NaN). NULL on bad arguments / no memory. */
+ml_health_acc *ml_health_acc_new(int num_experts, int num_classes);
+void ml_health_acc_free(ml_health_acc *a);
+/* Grows to num_experts: counts kept, the new experts start at 0. Shrinking is an error. */
+int ml_health_acc_resize(ml_health_acc *a, int num_experts);
+int ml_health_acc_num_experts(const ml_health_acc *a);
+void ml_health_acc_reset(ml_health_acc *a);
+/*
+ * Accumulates one batch. r->N larger than the accumulator's N grows it (experts added
+ * mid-window); dispatch triples naming an expert out of range and labels outside
+ * [0, num_classes) are skipped. r->label may be NULL (the batch adds nothing to NMI).
+ * n_dropped: samples of the batch that had no dispatch triple.
+ */
+void ml_health_acc_add(ml_health_acc *a, const ml_routing_record *r, int n_dropped);
+
+typedef struct ml_health_cfg {
+    double active_threshold;         /* active: utilisation >= active_threshold / N; 0.1 */
+    double collapse_active_fraction; /* collapsed when active < this · N; 0.5 */
+    double collapse_entropy;         /* collapsed when marginal_entropy_norm < this; 0.5 */
+} ml_health_cfg;
+
+/* The defaults above. */
+ml_health_cfg ml_health_cfg_default(void);
+
+typedef struct ml_health {
+    int num_experts;               /* N */
+    double *utilisation;           /* (N) share of dispatched slots, sums to 1 (0s if none) */
+    double *importance;            /* (N) mean probability over the window's samples */
+    double cv;                     /* population std / mean of utilisation; NaN if no slots */
+    int active;                    /* experts with utilisation >= active_threshold / N */
+    int dead;                      /* experts with zero dispatched slots */
+    double marginal_entropy_norm;  /* H(utilisation) / log N; 1 when N == 1 */
+    double mean_sample_entropy;    /* mean over samples of H(p_b), nats */
+    double mutual_info;            /* I(x; expert) = H(importance) - mean H(p_b), nats, >= 0 */
+    double max_load_ratio;         /* max(u)/mean(u) - 1 = N·max(u) - 1; NaN if no slots */
+    double dropped_share;          /* dropped samples / samples */
+    double nmi_label;              /* 2·I(Y;E) / (H(Y) + H(E)), E = top-1 expert; NaN unlabelled */
+    double load_balance;           /* Switch N·Σ utilisation_i·importance_i over the window */
+    int collapsed;                 /* active < fraction·N or marginal_entropy_norm < collapse_entropy */
+    int64_t samples;               /* samples accumulated */
+    int64_t slots;                 /* dispatched (sample, expert) slots accumulated */
+    int64_t labelled;              /* samples that counted towards nmi_label */
+} ml_health;
+
+/* cfg NULL = defaults. On failure *out is left freeable (arrays NULL). */
+int ml_health_compute(const ml_health_acc *a, const ml_health_cfg *cfg, ml_health *out);
+void ml_health_free(ml_health *h); /* frees the arrays, not h; NULL-safe */
+
+#endif

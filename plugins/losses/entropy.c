@@ -1,0 +1,89 @@
+/*
+ * entropy — routing entropy as a loss to minimise (so it raises the entropy).
+ *
+ *   per_sample: value = -mean_b H(p_b)      (the router anti-collapse seed's bonus:
+ *                                            entropy = -(p log p).sum(1).mean(),
+ *                                            entropy_loss = -entropy)
+ *   marginal:   value = -H(mean_b p_b)      (spreads the batch over experts, lets each
+ *                                            sample stay confident)
+ *
+ * H(p) = -sum_i p_i log p_i with the log clamped at p >= 1e-12, so one-hot rows are finite.
+ * With h(p) = p log max(p, 1e-12): value = sum h, dh/dp = log p + 1 (p >= 1e-12), log 1e-12 below.
+ */
+#include <math.h>
+#include <stdio.h>
+
+#include "moelab/plugin.h"
+
+#define P_MIN 1e-12
+
+typedef struct loss { const ml_host *host; int marginal; } loss;
+
+static const ml_option options[] = {
+    {"mode", ML_OPT_ENUM, "per_sample", 0, -1, "per_sample|marginal",
+     "entropy of each sample's distribution, or of the batch-mean distribution"},
+};
+
+static double h(double p) { return p * log(p > P_MIN ? p : P_MIN); }
+static double dh(double p) { return p >= P_MIN ? log(p) + 1 : log(P_MIN); }
+
+static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
+    (void)err;
+    loss *l = host->alloc(sizeof *l);
+    if (!l) return NULL;
+    l->host = host;
+    l->marginal = init->opt[0].i == 1;
+    return l;
+}
+
+static void destroy(void *self) {
+    loss *l = self;
+    if (l) l->host->free(l);
+}
+
+static int eval(void *self, const ml_routing_record *r, double *value, float scale,
+                float *dlogits, float *dprob, char *err) {
+    loss *l = self;
+    (void)dlogits;
+    int B = r->B, N = r->N;
+    *value = 0;
+    if (B <= 0 || N <= 0) return 0;
+    if (!l->marginal) {
+        double v = 0;
+        for (size_t j = 0; j < (size_t)B * N; j++) {
+            v += h(r->prob[j]);
+            if (dprob) dprob[j] += (float)(scale * dh(r->prob[j]) / B);
+        }
+        *value = v / B;
+        return 0;
+    }
+    double *m = l->host->alloc((size_t)N * sizeof *m);
+    if (!m) {
+        snprintf(err, ML_ERR_MAX, "entropy: out of memory");
+        return -1;
+    }
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < N; i++) m[i] += r->prob[(size_t)b * N + i] / (double)B;
+    double v = 0;
+    for (int i = 0; i < N; i++) v += h(m[i]);
+    *value = v;
+    if (dprob)
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < N; i++) dprob[(size_t)b * N + i] += (float)(scale * dh(m[i]) / B);
+    l->host->free(m);
+    return 0;
+}
+
+static const ml_loss_api api = {
+    .size = sizeof(ml_loss_api), .create = create, .destroy = destroy, .eval = eval,
+};
+
+ML_PLUGIN_EXPORT = {
+    ML_PLUGIN_HEADER(ML_PLUGIN_LOSS),
+    .name = "entropy",
+    .version = "1.0",
+    .doc = "negative routing entropy, per sample (anti-collapse bonus) or of the batch mean",
+    .options = options,
+    .num_options = 1,
+    .api = &api,
+};

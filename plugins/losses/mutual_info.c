@@ -1,0 +1,117 @@
+/*
+ * mutual_info — the mutual information between inputs and experts, negated so that
+ * minimising it maximises I (the "balanced assignment, confident samples" objective of
+ * e.g. Mod-Squad, Chen et al. 2023, and of information-maximising clustering, Krause et
+ * al. 2010):
+ *
+ *     value = -[H(mean_b p_b) - mean_b H(p_b)]                = -I(x; E)
+ *
+ * With conditional: true and labels present, the label-conditioned form
+ *
+ *     value = -[H(E) - H(E|Y)],  H(E|Y) = sum_y pi_y H(mean of p over samples of class y)
+ *
+ * with pi_y the class share in the batch — the MI between expert and class, which rewards
+ * experts that specialise by class. Without labels (label == NULL) it falls back to -I(x; E).
+ * H uses log clamped at p >= 1e-12. With h(p) = p log p (so H = -sum h):
+ *     unconditional d/dp[b,i] = (h'(m_i) - h'(p[b,i])) / B
+ *     conditional   d/dp[b,i] = (h'(m_i) - h'(m_{y_b, i})) / B
+ */
+#include <math.h>
+#include <stdio.h>
+
+#include "moelab/plugin.h"
+
+#define P_MIN 1e-12
+
+typedef struct loss { const ml_host *host; int conditional; } loss;
+
+static const ml_option options[] = {
+    {"conditional", ML_OPT_BOOL, "false", 0, -1, NULL,
+     "use the class labels: maximise I(expert; class) instead of I(input; expert)"},
+};
+
+static double h(double p) { return p * log(p > P_MIN ? p : P_MIN); }
+static double dh(double p) { return p >= P_MIN ? log(p) + 1 : log(P_MIN); }
+
+static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
+    (void)err;
+    loss *l = host->alloc(sizeof *l);
+    if (!l) return NULL;
+    l->host = host;
+    l->conditional = (int)init->opt[0].i;
+    return l;
+}
+
+static void destroy(void *self) {
+    loss *l = self;
+    if (l) l->host->free(l);
+}
+
+static int eval(void *self, const ml_routing_record *r, double *value, float scale,
+                float *dlogits, float *dprob, char *err) {
+    loss *l = self;
+    (void)dlogits;
+    int B = r->B, N = r->N;
+    int cond = l->conditional && r->label && r->num_classes > 0;
+    int C = cond ? r->num_classes : 0;
+    *value = 0;
+    if (B <= 0 || N <= 0) return 0;
+    /* m (N), then for the conditional form count (C) and class means (C, N) */
+    double *m = l->host->alloc((size_t)(N + C + (size_t)C * N) * sizeof *m);
+    if (!m) {
+        snprintf(err, ML_ERR_MAX, "mutual_info: out of memory");
+        return -1;
+    }
+    double *cnt = m + N, *mc = cnt + C;
+    for (int b = 0; b < B; b++) {
+        const float *p = r->prob + (size_t)b * N;
+        for (int i = 0; i < N; i++) m[i] += p[i] / (double)B;
+        if (cond) {
+            int y = r->label[b];
+            if (y < 0 || y >= C) {
+                snprintf(err, ML_ERR_MAX, "mutual_info: label %d of sample %d is outside "
+                         "[0, %d)", y, b, C);
+                l->host->free(m);
+                return -1;
+            }
+            cnt[y] += 1;
+            for (int i = 0; i < N; i++) mc[(size_t)y * N + i] += p[i];
+        }
+    }
+    double v = 0; /* -H(E) = sum h(m) */
+    for (int i = 0; i < N; i++) v += h(m[i]);
+    if (cond) {
+        for (int y = 0; y < C; y++)
+            if (cnt[y] > 0)
+                for (int i = 0; i < N; i++) {
+                    mc[(size_t)y * N + i] /= cnt[y];
+                    v -= cnt[y] / B * h(mc[(size_t)y * N + i]);
+                }
+    } else {
+        for (size_t j = 0; j < (size_t)B * N; j++) v -= h(r->prob[j]) / B;
+    }
+    *value = v;
+    if (dprob)
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < N; i++) {
+                size_t j = (size_t)b * N + i;
+                double inner = cond ? dh(mc[(size_t)r->label[b] * N + i]) : dh(r->prob[j]);
+                dprob[j] += (float)(scale * (dh(m[i]) - inner) / B);
+            }
+    l->host->free(m);
+    return 0;
+}
+
+static const ml_loss_api api = {
+    .size = sizeof(ml_loss_api), .create = create, .destroy = destroy, .eval = eval,
+};
+
+ML_PLUGIN_EXPORT = {
+    ML_PLUGIN_HEADER(ML_PLUGIN_LOSS),
+    .name = "mutual_info",
+    .version = "1.0",
+    .doc = "negated mutual information I(x; expert), or I(class; expert) with labels",
+    .options = options,
+    .num_options = 1,
+    .api = &api,
+};

@@ -1,0 +1,183 @@
+/* check_moe.c — the MoE layer: finite-difference gradients through router plugins and
+ * experts, dropped samples, growth keeping values. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe.h"
+#include "pluginhost.h"
+#include "testutil.h"
+
+enum { B = 6, D = 4, H = 5 };
+
+typedef struct ctx {
+    ml_moe *m;
+    ml_params P, S;
+    float z[B * D], c[B * D];
+    int32_t ids[B];
+} ctx;
+
+static const ml_plugin *router(const char *name) {
+    const char *dir = tu_path("%s/plugins", tu_build());
+    ml_plugins_set_path(&dir, 1);
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_ROUTER, name);
+    ck_assert_msg(p != NULL, "%s", ml_error());
+    return p;
+}
+
+static void setup(ctx *k, const char *name, int N, const char *opt_name, const char *opt_val) {
+    memset(k, 0, sizeof *k);
+    const ml_plugin *p = router(name);
+    ml_optval opt[16];
+    ck_assert_int_eq(ml_option_defaults(p, opt), ML_OK);
+    for (int i = 0; opt_name && i < p->num_options; i++)
+        if (!strcmp(p->options[i].name, opt_name)) ck_assert_int_eq(ml_option_parse(&p->options[i], opt_val, &opt[i]), ML_OK);
+    ml_params_init(&k->P, 1);
+    ml_params_init(&k->S, 0);
+    k->m = ml_moe_new(0, D, H, N, p, opt, &k->P, &k->S, 7);
+    ck_assert_msg(k->m != NULL, "%s", ml_error());
+    ml_rng rng;
+    ml_rng_seed(&rng, 3);
+    ck_assert_int_eq(ml_params_commit(&k->P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&k->S, &rng), ML_OK);
+    tu_fill(k->z, B * D, 11, -1, 1);
+    tu_fill(k->c, B * D, 12, -1, 1);
+    for (int b = 0; b < B; b++) k->ids[b] = b;
+}
+
+static void teardown(ctx *k) {
+    ml_moe_free(k->m);
+    ml_params_free(&k->P);
+    ml_params_free(&k->S);
+}
+
+/* L = sum c * moe(z), evaluated with training = 0 so no state changes between calls */
+static double loss(void *p) {
+    ctx *k = p;
+    float y[B * D];
+    ck_assert_int_eq(ml_moe_forward(k->m, k->z, y, B, 0, k->ids, NULL, 0), ML_OK);
+    double s = 0;
+    for (int i = 0; i < B * D; i++) s += (double)k->c[i] * y[i];
+    return s;
+}
+
+/* Central differences like tu_gradcheck, skipping perturbations that change the dispatch
+ * (a top-k selection flip is a discontinuity, not a gradient error). */
+static double moe_gradcheck(ctx *k, float *x, const float *analytic, size_t n, int max_checks) {
+    const double eps = 1e-3;
+    loss(k);
+    int K = k->m->n_disp;
+    int32_t base[B * 16];
+    memcpy(base, k->m->de, (size_t)K * sizeof(int32_t));
+    double worst = 0;
+    size_t stride = n > (size_t)max_checks ? n / (size_t)max_checks : 1;
+    int checked = 0;
+    for (size_t i = 0; i < n; i += stride) {
+        float x0 = x[i];
+        x[i] = (float)(x0 + eps);
+        double fp = loss(k);
+        int same = k->m->n_disp == K && !memcmp(base, k->m->de, (size_t)K * sizeof(int32_t));
+        x[i] = (float)(x0 - eps);
+        double fm = loss(k);
+        same = same && k->m->n_disp == K && !memcmp(base, k->m->de, (size_t)K * sizeof(int32_t));
+        x[i] = x0;
+        if (!same) continue;
+        checked++;
+        double fd = (fp - fm) / (2 * eps);
+        double err = fabs(analytic[i] - fd) / fmax(1e-3, fabs(analytic[i]) + fabs(fd));
+        if (err > worst) worst = err;
+    }
+    ck_assert_int_gt(checked, 0);
+    return worst;
+}
+
+static void check_router_grads(const char *name, int N, const char *opt, const char *val) {
+    ctx k;
+    setup(&k, name, N, opt, val);
+    float y[B * D], dz[B * D] = {0};
+    ck_assert_int_eq(ml_moe_forward(k.m, k.z, y, B, 0, k.ids, NULL, 0), ML_OK);
+    ml_params_zero_grad(&k.P);
+    ck_assert_int_eq(ml_moe_backward(k.m, k.c, dz), ML_OK);
+    ck_assert_double_lt(moe_gradcheck(&k, k.z, dz, B * D, 24), 3e-2);
+    float *g = malloc(k.P.total * sizeof(float));
+    memcpy(g, k.P.grad, k.P.total * sizeof(float));
+    for (int t = 0; t < k.P.count; t++) {
+        double err = moe_gradcheck(&k, ml_params_data(&k.P, t), g + k.P.t[t].off, k.P.t[t].n, 12);
+        ck_assert_msg(err < 3e-2, "router %s: tensor %s gradient error %g", name, k.P.t[t].name, err);
+    }
+    free(g);
+    teardown(&k);
+}
+
+START_TEST(gradients_softmax_topk) { check_router_grads("softmax_topk", 3, "k", "2"); }
+END_TEST
+START_TEST(gradients_softmax_top1_no_renorm) { check_router_grads("softmax_topk", 4, "renormalize", "false"); }
+END_TEST
+START_TEST(gradients_switch_with_drops) { check_router_grads("switch", 3, "capacity_factor", "0.5"); }
+END_TEST
+START_TEST(gradients_expert_choice) { check_router_grads("expert_choice", 3, NULL, NULL); }
+END_TEST
+
+START_TEST(dropped_samples_pass_through) {
+    ctx k;
+    setup(&k, "switch", 3, "capacity_factor", "0.01"); /* capacity 1 per expert: at most 3 of 6 kept */
+    float y[B * D];
+    ck_assert_int_eq(ml_moe_forward(k.m, k.z, y, B, 1, k.ids, NULL, 0), ML_OK);
+    ck_assert_int_ge(k.m->n_dropped, 3);
+    int seen = 0;
+    for (int b = 0; b < B; b++)
+        if (!k.m->hits[b]) {
+            seen++;
+            ck_assert_int_eq(memcmp(y + b * D, k.z + b * D, D * sizeof(float)), 0);
+        }
+    ck_assert_int_eq(seen, k.m->n_dropped);
+    teardown(&k);
+}
+END_TEST
+
+START_TEST(growth_keeps_old_experts) {
+    ctx k;
+    setup(&k, "softmax_topk", 3, NULL, NULL);
+    float *w_old = malloc(k.P.total * sizeof(float));
+    memcpy(w_old, k.P.data, k.P.total * sizeof(float));
+    ml_params old = k.P; /* only the table is read below */
+    ml_tensor *t_old = malloc((size_t)old.count * sizeof *t_old);
+    memcpy(t_old, old.t, (size_t)old.count * sizeof *t_old);
+    int n_old = old.count;
+    ck_assert_int_eq(ml_moe_grow_declare(k.m, 2), ML_OK);
+    ml_rng rng;
+    ml_rng_seed(&rng, 9);
+    ck_assert_int_eq(ml_params_commit(&k.P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&k.S, &rng), ML_OK);
+    ck_assert_int_eq(ml_moe_grow_finish(k.m, 3), ML_OK);
+    ck_assert_int_eq(k.m->N, 5);
+    for (int i = 0; i < n_old; i++) {
+        int h = ml_params_find(&k.P, t_old[i].name);
+        ck_assert_int_ge(h, 0);
+        /* old values are a prefix of the (possibly grown) tensor */
+        ck_assert_int_eq(memcmp(ml_params_data(&k.P, h), w_old + t_old[i].off, t_old[i].n * sizeof(float)), 0);
+    }
+    ck_assert_int_ge(ml_params_find(&k.P, "moe0.expert4.w2"), 0);
+    ck_assert_int_eq(k.P.t[ml_params_find(&k.P, "moe0.router.w")].shape[0], 5);
+    float y[B * D], dz[B * D] = {0};
+    ck_assert_int_eq(ml_moe_forward(k.m, k.z, y, B, 1, k.ids, NULL, 0), ML_OK);
+    ck_assert_int_eq(ml_moe_backward(k.m, k.c, dz), ML_OK);
+    for (int i = 0; i < B * D; i++) ck_assert(isfinite(dz[i]));
+    free(w_old);
+    free(t_old);
+    teardown(&k);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("moe");
+    TCase *t = tcase_create("moe");
+    tcase_set_timeout(t, 60);
+    tcase_add_test(t, gradients_softmax_topk);
+    tcase_add_test(t, gradients_softmax_top1_no_renorm);
+    tcase_add_test(t, gradients_switch_with_drops);
+    tcase_add_test(t, gradients_expert_choice);
+    tcase_add_test(t, dropped_samples_pass_through);
+    tcase_add_test(t, growth_keeps_old_experts);
+    suite_add_tcase(s, t);
+    return tu_run(s);
+}

@@ -1,0 +1,209 @@
+/* check_ops.c — dense kernels (finite differences), parameter blocks, optimizers. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+#include "optim.h"
+#include "params.h"
+#include "testutil.h"
+
+enum { B = 5, IN = 7, OUT = 4 };
+
+typedef struct lin_ctx { float x[B * IN], w[OUT * IN], b[OUT], c[B * OUT]; int act; } lin_ctx;
+
+/* L = sum c * act(x W^T + b), act = none / relu / sigmoid */
+static double lin_loss(void *p) {
+    lin_ctx *k = p;
+    float y[B * OUT];
+    ml_linear_forward(y, k->x, k->w, k->b, B, IN, OUT);
+    if (k->act == 1) ml_relu_forward(y, y, B * OUT);
+    if (k->act == 2) ml_sigmoid_forward(y, y, B * OUT);
+    double s = 0;
+    for (int i = 0; i < B * OUT; i++) s += (double)k->c[i] * y[i];
+    return s;
+}
+
+static void lin_grads(lin_ctx *k, float *dx, float *dw, float *db) {
+    float y[B * OUT], dy[B * OUT];
+    ml_linear_forward(y, k->x, k->w, k->b, B, IN, OUT);
+    memcpy(dy, k->c, sizeof dy);
+    if (k->act) {
+        float pre[B * OUT], d2[B * OUT] = {0};
+        memcpy(pre, y, sizeof pre);
+        if (k->act == 1) {
+            ml_relu_forward(y, pre, B * OUT);
+            ml_relu_backward(d2, dy, y, B * OUT);
+        } else {
+            ml_sigmoid_forward(y, pre, B * OUT);
+            ml_sigmoid_backward(d2, dy, y, B * OUT);
+        }
+        memcpy(dy, d2, sizeof dy);
+    }
+    memset(dx, 0, sizeof(float) * B * IN);
+    memset(dw, 0, sizeof(float) * OUT * IN);
+    memset(db, 0, sizeof(float) * OUT);
+    ml_linear_backward(dx, dw, db, dy, k->x, k->w, B, IN, OUT);
+}
+
+START_TEST(linear_gradients) {
+    for (int act = 0; act < 3; act++) {
+        lin_ctx k;
+        tu_fill(k.x, B * IN, 1, -1, 1);
+        tu_fill(k.w, OUT * IN, 2, -1, 1);
+        tu_fill(k.b, OUT, 3, -0.5f, 0.5f);
+        tu_fill(k.c, B * OUT, 4, -1, 1);
+        k.act = act;
+        float dx[B * IN], dw[OUT * IN], db[OUT];
+        lin_grads(&k, dx, dw, db);
+        ck_assert_double_lt(tu_gradcheck(lin_loss, &k, k.x, dx, B * IN, 100, 1e-3), 2e-2);
+        ck_assert_double_lt(tu_gradcheck(lin_loss, &k, k.w, dw, OUT * IN, 100, 1e-3), 2e-2);
+        ck_assert_double_lt(tu_gradcheck(lin_loss, &k, k.b, db, OUT, 100, 1e-3), 2e-2);
+    }
+}
+END_TEST
+
+START_TEST(linear_forward_by_hand) {
+    float x[2] = {1, 2}, w[4] = {1, 0, 3, -1}, b[2] = {0.5f, 0}, y[2];
+    ml_linear_forward(y, x, w, b, 1, 2, 2);
+    ck_assert_float_eq(y[0], 1.5f);
+    ck_assert_float_eq(y[1], 1.0f);
+    float dx[2] = {10, 10}, dw[4] = {0}, db[2] = {0}, dy[2] = {1, 2};
+    ml_linear_backward(dx, dw, db, dy, x, w, 1, 2, 2);
+    ck_assert_float_eq(dx[0], 10 + 1 + 6); /* accumulates */
+    ck_assert_float_eq(dx[1], 10 + 0 - 2);
+    ck_assert_float_eq(dw[2], 2);
+    ck_assert_float_eq(db[1], 2);
+}
+END_TEST
+
+typedef struct mse_ctx { float a[12], t[12]; } mse_ctx;
+static double mse_loss(void *p) {
+    mse_ctx *k = p;
+    return ml_mse_forward(k->a, k->t, 12);
+}
+
+START_TEST(mse_gradient) {
+    mse_ctx k;
+    tu_fill(k.a, 12, 5, 0, 1);
+    tu_fill(k.t, 12, 6, 0, 1);
+    float da[12] = {0};
+    ml_mse_backward(da, k.a, k.t, 12, 1.0f);
+    ck_assert_double_lt(tu_gradcheck(mse_loss, &k, k.a, da, 12, 12, 1e-3), 1e-2);
+    float a[2] = {1, 3}, t[2] = {0, 1};
+    ck_assert_double_eq_tol(ml_mse_forward(a, t, 2), 2.5, 1e-12);
+}
+END_TEST
+
+START_TEST(params_growth_keeps_values) {
+    ml_params p;
+    ml_params_init(&p, 1);
+    ml_rng rng;
+    ml_rng_seed(&rng, 1);
+    int s1[2] = {3, 4}, s2[1] = {5};
+    int a = ml_params_declare(&p, "a", 2, s1, ML_INIT_UNIFORM_FANIN, 0, 4);
+    int b = ml_params_declare(&p, "b", 1, s2, ML_INIT_CONST, 0.5f, 0);
+    ck_assert_int_ge(a, 0);
+    ck_assert_int_eq(ml_params_declare(&p, "a", 1, s2, ML_INIT_ZEROS, 0, 0), ML_ERR);
+    ck_assert_int_eq(ml_params_commit(&p, &rng), ML_OK);
+    ck_assert_uint_eq(ml_params_data(&p, a) - p.data, 0);
+    ck_assert_uint_eq((ml_params_data(&p, b) - p.data) % 16, 0);
+    float old[12];
+    memcpy(old, ml_params_data(&p, a), sizeof old);
+    for (int i = 0; i < 12; i++) {
+        ck_assert_float_le(fabsf(old[i]), 0.5f);
+        ml_params_grad(&p, a)[i] = 1;
+        p.m[p.t[a].off + i] = 7;
+    }
+    ck_assert_int_eq(ml_params_grow(&p, a, 5), ML_OK);
+    int s3[1] = {2};
+    int c = ml_params_declare(&p, "c", 1, s3, ML_INIT_ZEROS, 0, 0);
+    ck_assert_int_eq(ml_params_commit(&p, &rng), ML_OK);
+    ck_assert_int_eq(memcmp(old, ml_params_data(&p, a), sizeof old), 0);
+    for (int i = 0; i < 12; i++) ck_assert_float_eq(p.m[p.t[a].off + i], 7);
+    for (int i = 12; i < 20; i++) {
+        ck_assert_float_eq(p.m[p.t[a].off + i], 0);
+        ck_assert_float_ne(ml_params_data(&p, a)[i], 0); /* new rows initialised */
+    }
+    ck_assert_float_eq(ml_params_data(&p, b)[4], 0.5f);
+    ck_assert_float_eq(ml_params_data(&p, c)[1], 0);
+    ck_assert_int_eq(ml_params_grow(&p, a, 2), ML_ERR); /* no shrinking */
+    ml_params_free(&p);
+}
+END_TEST
+
+START_TEST(adam_matches_formula) {
+    ml_params p;
+    ml_params_init(&p, 1);
+    ml_rng rng;
+    ml_rng_seed(&rng, 1);
+    int s[1] = {1};
+    int h = ml_params_declare(&p, "w", 1, s, ML_INIT_CONST, 1.0f, 0);
+    ml_params_commit(&p, &rng);
+    ml_optim o = {ML_OPTIM_ADAM, 0.1f, 0.9f, 0.999f, 1e-8f, 0, 0, 0};
+    double w = 1, m = 0, v = 0;
+    for (int t = 1; t <= 3; t++) {
+        double g = 0.5 * t;
+        ml_params_grad(&p, h)[0] = (float)g;
+        ml_optim_step(&o, &p);
+        m = 0.9 * m + 0.1 * g;
+        v = 0.999 * v + 0.001 * g * g;
+        w -= 0.1 * (m / (1 - pow(0.9, t))) / (sqrt(v / (1 - pow(0.999, t))) + 1e-8);
+        ck_assert_double_eq_tol(ml_params_data(&p, h)[0], w, 1e-5);
+    }
+    /* a tensor added later starts its own bias correction */
+    int h2 = ml_params_declare(&p, "w2", 1, s, ML_INIT_CONST, 1.0f, 0);
+    ml_params_commit(&p, &rng);
+    ml_params_zero_grad(&p);
+    ml_params_grad(&p, h2)[0] = 2.0f;
+    ml_optim_step(&o, &p);
+    ck_assert_double_eq_tol(ml_params_data(&p, h2)[0], 1 - 0.1, 1e-5); /* first Adam step moves by lr */
+    ml_params_free(&p);
+}
+END_TEST
+
+START_TEST(sgd_momentum) {
+    ml_params p;
+    ml_params_init(&p, 1);
+    ml_rng rng;
+    ml_rng_seed(&rng, 1);
+    int s[1] = {1};
+    int h = ml_params_declare(&p, "w", 1, s, ML_INIT_ZEROS, 0, 0);
+    ml_params_commit(&p, &rng);
+    ml_optim o = {ML_OPTIM_SGD, 0.1f, 0, 0, 0, 0, 0.5f, 0};
+    ml_params_grad(&p, h)[0] = 1;
+    ml_optim_step(&o, &p);
+    ml_optim_step(&o, &p);
+    ck_assert_double_eq_tol(ml_params_data(&p, h)[0], -0.1 - 0.15, 1e-6);
+    ml_params_free(&p);
+}
+END_TEST
+
+START_TEST(rng_is_deterministic) {
+    ml_rng a, b;
+    ml_rng_seed(&a, 42);
+    ml_rng_seed(&b, 42);
+    for (int i = 0; i < 100; i++) ck_assert_uint_eq(ml_rng_u64(&a), ml_rng_u64(&b));
+    double s = 0, s2 = 0;
+    for (int i = 0; i < 20000; i++) {
+        double z = ml_rng_normal(&a);
+        s += z;
+        s2 += z * z;
+    }
+    ck_assert_double_lt(fabs(s / 20000), 0.03);
+    ck_assert_double_lt(fabs(s2 / 20000 - 1), 0.05);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("ops");
+    TCase *t = tcase_create("ops");
+    tcase_add_test(t, linear_gradients);
+    tcase_add_test(t, linear_forward_by_hand);
+    tcase_add_test(t, mse_gradient);
+    tcase_add_test(t, params_growth_keeps_values);
+    tcase_add_test(t, adam_matches_formula);
+    tcase_add_test(t, sgd_momentum);
+    tcase_add_test(t, rng_is_deterministic);
+    suite_add_tcase(s, t);
+    return tu_run(s);
+}

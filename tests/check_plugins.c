@@ -1,0 +1,648 @@
+/* check_plugins.c — plugin loading, validation, the built-in plugins and plugin-test. */
+#include <limits.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "pluginhost.h"
+#include "plugintest.h"
+#include "testutil.h"
+
+static void setup(void) {
+    const char *dir = tu_path("%s/plugins", tu_build());
+    ml_plugins_set_path(&dir, 1);
+}
+
+static void teardown(void) { ml_plugins_unload_all(); }
+
+static const char *test_plugin(const char *name) {
+    static char buf[4][512];
+    static int k;
+    k = (k + 1) & 3;
+    snprintf(buf[k], sizeof buf[k], "%s/tests/plugins/%s.so", tu_build(), name);
+    return buf[k];
+}
+
+#define ck_assert_error_has(s) ck_assert_msg(strstr(ml_error(), (s)) != NULL, \
+                                             "error \"%s\" lacks \"%s\"", ml_error(), (s))
+
+/* ------------------------------------------------------------------- loading */
+
+static const struct { int kind; const char *name; } builtins[] = {
+    {ML_PLUGIN_ROUTER, "softmax_topk"}, {ML_PLUGIN_LOSS, "load_balance"},
+    {ML_PLUGIN_LOSS, "entropy"},        {ML_PLUGIN_LOSS, "importance_cv2"},
+    {ML_PLUGIN_LOSS, "z_loss"},         {ML_PLUGIN_LOSS, "mutual_info"},
+    {ML_PLUGIN_SCHEDULE, "fixed"},      {ML_PLUGIN_SCHEDULE, "progressive"},
+};
+#define NBUILTIN (int)(sizeof builtins / sizeof builtins[0])
+
+START_TEST(load_builtin_by_name) {
+    const ml_plugin *p = ml_plugin_load(builtins[_i].kind, builtins[_i].name);
+    ck_assert_msg(p != NULL, "%s: %s", builtins[_i].name, ml_error());
+    ck_assert_str_eq(p->name, builtins[_i].name);
+    ck_assert_int_eq(p->kind, builtins[_i].kind);
+    ck_assert_int_eq(p->abi_major, ML_ABI_MAJOR);
+    char want[512];
+    snprintf(want, sizeof want, "%s/plugins/%s.so", tu_build(), builtins[_i].name);
+    ck_assert_str_eq(ml_plugin_file(p), want);
+    ck_assert_ptr_eq(ml_plugin_load(builtins[_i].kind, builtins[_i].name), p);
+    ck_assert_ptr_eq(ml_plugin_load(0, want), p); /* same file by path: same plugin */
+}
+END_TEST
+
+START_TEST(load_by_path) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_ROUTER, test_plugin("good_router"));
+    ck_assert_msg(p != NULL, "%s", ml_error());
+    ck_assert_str_eq(p->name, "good_router");
+    ck_assert_str_eq(ml_plugin_file(p), test_plugin("good_router"));
+    ck_assert_ptr_null(ml_plugin_file(NULL));
+}
+END_TEST
+
+START_TEST(missing_name_lists_dirs) {
+    const char *dirs[] = {tu_path("%s/plugins", tu_build()), "/nonexistent/moelab-dir"};
+    ml_plugins_set_path(dirs, 2);
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_ROUTER, "no_such_router"));
+    ck_assert_error_has("no_such_router");
+    ck_assert_error_has(dirs[0]);
+    ck_assert_error_has("/nonexistent/moelab-dir");
+    ck_assert_error_has("not found");
+}
+END_TEST
+
+START_TEST(missing_path) {
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_ROUTER, "/nonexistent/dir/x.so"));
+    ck_assert_error_has("/nonexistent/dir/x.so");
+    ck_assert_error_has("not found");
+    /* a bare x.so is ./x.so, never a system library lookup */
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_ROUTER, "libc.so"));
+    ck_assert_error_has("./libc.so");
+}
+END_TEST
+
+START_TEST(never_the_working_directory) {
+    char cwd[PATH_MAX];
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    ck_assert_int_eq(chdir(tu_path("%s/plugins", tu_build())), 0);
+    ml_plugins_set_path(NULL, 0);
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
+    ck_assert_int_eq(chdir(cwd), 0);
+    ck_assert_ptr_null(p);
+    ck_assert_error_has("empty search path");
+}
+END_TEST
+
+START_TEST(missing_symbol) {
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_ROUTER, test_plugin("no_symbol")));
+    ck_assert_error_has("no_symbol.so");
+    ck_assert_error_has("missing symbol `moelab_plugin`");
+}
+END_TEST
+
+START_TEST(abi_major_mismatch) {
+    char plugin[32], host[32];
+    snprintf(plugin, sizeof plugin, "plugin abi %d.%d", ML_ABI_MAJOR + 1, ML_ABI_MINOR);
+    snprintf(host, sizeof host, "host abi %d.%d", ML_ABI_MAJOR, ML_ABI_MINOR);
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_LOSS, test_plugin("abi_major")));
+    ck_assert_error_has("abi_major.so");
+    ck_assert_error_has(plugin);
+    ck_assert_error_has(host);
+    ck_assert_error_has("major versions differ");
+}
+END_TEST
+
+START_TEST(abi_minor_mismatch) {
+    char plugin[32], host[32];
+    snprintf(plugin, sizeof plugin, "plugin abi %d.%d", ML_ABI_MAJOR, ML_ABI_MINOR + 1);
+    snprintf(host, sizeof host, "host abi %d.%d", ML_ABI_MAJOR, ML_ABI_MINOR);
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_LOSS, test_plugin("abi_minor")));
+    ck_assert_error_has("abi_minor.so");
+    ck_assert_error_has(plugin);
+    ck_assert_error_has(host);
+    ck_assert_error_has("minor");
+}
+END_TEST
+
+START_TEST(wrong_kind) {
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_ROUTER, test_plugin("wrong_kind")));
+    ck_assert_error_has("wrong_kind.so");
+    ck_assert_error_has("is a loss plugin, expected a router");
+    /* loaded as what it is, then asked for as something else */
+    ck_assert_ptr_nonnull(ml_plugin_load(ML_PLUGIN_LOSS, test_plugin("wrong_kind")));
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_SCHEDULE, test_plugin("wrong_kind")));
+    ck_assert_error_has("is a loss plugin, expected a schedule");
+}
+END_TEST
+
+START_TEST(bad_option_default) {
+    ck_assert_ptr_null(ml_plugin_load(ML_PLUGIN_LOSS, test_plugin("bad_option")));
+    ck_assert_error_has("bad_option.so");
+    ck_assert_error_has("option k");
+    ck_assert_error_has("\"99\"");
+    ck_assert_error_has("[1, 64]");
+}
+END_TEST
+
+START_TEST(unload_and_reload) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
+    ck_assert_ptr_nonnull(p);
+    ml_plugins_unload_all();
+    ck_assert_ptr_null(ml_plugin_file(p));
+    p = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
+    ck_assert_ptr_nonnull(p);
+    ck_assert_str_eq(p->name, "softmax_topk");
+}
+END_TEST
+
+typedef struct scan_log { int ok, bad; char names[2048], errors[4096]; } scan_log;
+
+static void on_plugin(const ml_plugin *p, const char *file, void *ctx) {
+    scan_log *l = ctx;
+    (void)file;
+    l->ok++;
+    strncat(l->names, p->name, sizeof l->names - strlen(l->names) - 2);
+    strcat(l->names, " ");
+}
+
+static void on_error(const char *file, const char *reason, void *ctx) {
+    scan_log *l = ctx;
+    l->bad++;
+    size_t n = strlen(l->errors);
+    snprintf(l->errors + n, sizeof l->errors - n, "%s: %s\n", file, reason);
+}
+
+START_TEST(scan_path) {
+    const char *dirs[] = {tu_path("%s/plugins", tu_build()), tu_path("%s/tests/plugins", tu_build()),
+                          tu_path("%s/plugins", tu_build())};
+    ml_plugins_set_path(dirs, 3);
+    scan_log l = {0};
+    int n = ml_plugins_scan(on_plugin, on_error, &l);
+    ck_assert_int_eq(n, l.ok);
+    ck_assert_int_ge(l.ok, NBUILTIN + 3); /* + good_router, broken_grad, wrong_kind */
+    for (int i = 0; i < NBUILTIN; i++) ck_assert_msg(strstr(l.names, builtins[i].name), "%s", l.names);
+    ck_assert_ptr_nonnull(strstr(l.names, "good_router"));
+    ck_assert_int_eq(l.bad, 4);
+    ck_assert_msg(strstr(l.errors, "abi_major.so: plugin abi"), "%s", l.errors);
+    ck_assert_msg(strstr(l.errors, "no_symbol.so: missing symbol"), "%s", l.errors);
+    ck_assert_msg(strstr(l.errors, "bad_option.so: option k"), "%s", l.errors);
+    ck_assert_msg(strstr(l.errors, "abi_minor.so"), "%s", l.errors);
+    /* scanning again loads nothing new and reports the same */
+    scan_log l2 = {0};
+    ck_assert_int_eq(ml_plugins_scan(on_plugin, on_error, &l2), n);
+}
+END_TEST
+
+START_TEST(print_listing) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
+    ck_assert_ptr_nonnull(p);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ml_plugin_print(p, ml_plugin_file(p), f);
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(buf, "softmax_topk"));
+    ck_assert_ptr_nonnull(strstr(buf, "router"));
+    ck_assert_ptr_nonnull(strstr(buf, "renormalize"));
+    ck_assert_ptr_nonnull(strstr(buf, "default 2"));
+    ck_assert_ptr_nonnull(strstr(buf, "[1, 64]"));
+    free(buf);
+}
+END_TEST
+
+START_TEST(default_path_env) {
+    setenv("MOELAB_PLUGIN_PATH", "/a/one:/b/two", 1);
+    const char *cfg = "/cfg/dir";
+    ml_plugins_default_path(&cfg, 1);
+    int n;
+    const char *const *dirs = ml_plugins_path(&n);
+    ck_assert_int_eq(n, 4);
+    ck_assert_ptr_nonnull(strstr(dirs[0], "/plugins"));
+    ck_assert_str_eq(dirs[1], "/cfg/dir");
+    ck_assert_str_eq(dirs[2], "/a/one");
+    ck_assert_str_eq(dirs[3], "/b/two");
+    ml_plugins_add_path("/c");
+    dirs = ml_plugins_path(&n);
+    ck_assert_int_eq(n, 5);
+    ck_assert_str_eq(dirs[4], "/c");
+}
+END_TEST
+
+/* ------------------------------------------------------------------- options */
+
+START_TEST(option_parse) {
+    ml_option k = {"k", ML_OPT_INT, "2", 1, 64, NULL, ""};
+    ml_optval v;
+    ck_assert_int_eq(ml_option_parse(&k, "7", &v), ML_OK);
+    ck_assert_int_eq(v.i, 7);
+    ck_assert_int_eq(ml_option_parse(&k, " 1e1 ", &v), ML_OK);
+    ck_assert_int_eq(v.i, 10);
+    ck_assert_int_eq(ml_option_parse(&k, "100", &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected an integer in [1, 64], got \"100\"");
+    ck_assert_int_eq(ml_option_parse(&k, "2.5", &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&k, "two", &v), ML_ERR);
+    ml_option f = {"t", ML_OPT_FLOAT, "1", 0.01, 100, NULL, ""};
+    ck_assert_int_eq(ml_option_parse(&f, "0.5", &v), ML_OK);
+    ck_assert_double_eq(v.f, 0.5);
+    ck_assert_int_eq(ml_option_parse(&f, "1000", &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&f, "nan", &v), ML_ERR);
+    ml_option free_ = {"u", ML_OPT_FLOAT, "1", 1, 0, NULL, ""}; /* no range */
+    ck_assert_int_eq(ml_option_parse(&free_, "-1e30", &v), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&free_, "x", &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected a number, got \"x\"");
+    ml_option b = {"b", ML_OPT_BOOL, "true", 0, -1, NULL, ""};
+    ck_assert_int_eq(ml_option_parse(&b, "False", &v), ML_OK);
+    ck_assert_int_eq(v.i, 0);
+    ck_assert_int_eq(ml_option_parse(&b, "yes", &v), ML_OK);
+    ck_assert_int_eq(v.i, 1);
+    ck_assert_int_eq(ml_option_parse(&b, "maybe", &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected true or false, got \"maybe\"");
+    ml_option e = {"m", ML_OPT_ENUM, "mean", 0, -1, "none|max|mean", ""};
+    ck_assert_int_eq(ml_option_parse(&e, "max", &v), ML_OK);
+    ck_assert_int_eq(v.i, 1);
+    ck_assert_str_eq(v.s, "max");
+    ck_assert_int_eq(ml_option_parse(&e, "ma", &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected one of none|max|mean, got \"ma\"");
+}
+END_TEST
+
+START_TEST(option_defaults) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_SCHEDULE, "progressive");
+    ck_assert_ptr_nonnull(p);
+    ml_optval v[4];
+    ck_assert_int_eq(p->num_options, 4);
+    ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
+    ck_assert_int_eq(v[0].i, 2);
+    ck_assert_int_eq(v[1].i, 7000);
+    ck_assert_int_eq(v[2].i, 1);
+    ck_assert_int_eq(v[3].i, 16);
+    ck_assert_int_eq(ml_option_find(p, "max"), 3);
+    ck_assert_int_eq(ml_option_find(p, "nope"), -1);
+    p = ml_plugin_load(ML_PLUGIN_LOSS, "entropy");
+    ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
+    ck_assert_str_eq(v[0].s, "per_sample");
+}
+END_TEST
+
+/* -------------------------------------------------------------------- host */
+
+START_TEST(host_table) {
+    const ml_host *h = ml_host_table();
+    ck_assert_int_eq(h->size, sizeof(ml_host));
+    ck_assert_int_eq(h->abi_major, ML_ABI_MAJOR);
+    unsigned char *m = h->alloc(100);
+    for (int i = 0; i < 100; i++) ck_assert_int_eq(m[i], 0);
+    h->free(m);
+    h->free(NULL);
+    float a[6] = {1, 2, 3, 4, 5, 6}, b[6] = {1, 0, 0, 1, 1, 1}, c[4] = {1, 1, 1, 1};
+    /* (2x3) * (3x2) + C */
+    h->sgemm(0, 0, 2, 2, 3, 1.0f, a, 3, b, 2, 1.0f, c, 2);
+    ck_assert_float_eq(c[0], 1 + 1 + 0 + 3);
+    ck_assert_float_eq(c[1], 1 + 0 + 2 + 3);
+    ck_assert_float_eq(c[2], 1 + 4 + 0 + 6);
+    ck_assert_float_eq(c[3], 1 + 0 + 5 + 6);
+    ml_rng r1, r2;
+    ml_rng_seed(&r1, 3), ml_rng_seed(&r2, 3);
+    ck_assert_uint_eq(h->rng_u64(&r1), ml_rng_u64(&r2));
+    double u = h->rng_uniform(&r1);
+    ck_assert(u >= 0 && u < 1);
+}
+END_TEST
+
+/* ------------------------------------------------------------------- losses */
+
+typedef struct loss_case {
+    const ml_loss_api *api;
+    void *self;
+    int B, N, C;
+    float logits[64 * 8], prob[64 * 8], gate[64 * 8];
+    int32_t ds[64 * 8], de[64 * 8], label[64];
+    int n_disp, labels;
+} loss_case;
+
+static void *loss_new(loss_case *c, const char *name, const char *opt_name, const char *opt_value) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_LOSS, name);
+    ck_assert_msg(p != NULL, "%s", ml_error());
+    ml_optval v[8];
+    ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
+    if (opt_name) {
+        int i = ml_option_find(p, opt_name);
+        ck_assert_int_ge(i, 0);
+        ck_assert_int_eq(ml_option_parse(&p->options[i], opt_value, &v[i]), ML_OK);
+    }
+    ml_loss_init init = {sizeof init, v};
+    char err[ML_ERR_MAX] = "";
+    c->api = p->api;
+    c->self = c->api->create(ml_host_table(), &init, err);
+    ck_assert_msg(c->self != NULL, "%s", err);
+    return c->self;
+}
+
+static double loss_value(loss_case *c, float *dl, float *dp) {
+    /* gates follow prob at dispatched pairs (the importance loss differentiates so) */
+    for (int t = 0; t < c->n_disp; t++) c->gate[t] = c->prob[c->ds[t] * c->N + c->de[t]];
+    ml_routing_record r = {sizeof r, c->B, c->N, c->logits, c->prob, c->ds, c->de, c->gate,
+                           c->n_disp, c->labels ? c->label : NULL, c->C};
+    double v = NAN;
+    char err[ML_ERR_MAX] = "";
+    ck_assert_msg(c->api->eval(c->self, &r, &v, 1.0f, dl, dp, err) == 0, "%s", err);
+    return v;
+}
+
+static double loss_fn(void *ctx) { return loss_value(ctx, NULL, NULL); }
+
+/* B samples, uniform prob, sample b to experts (k*b + j) % N: a perfectly even dispatch. */
+static void case_uniform(loss_case *c, int B, int N, int k) {
+    memset(c, 0, offsetof(loss_case, logits));
+    c->B = B, c->N = N, c->C = N, c->n_disp = 0;
+    for (int i = 0; i < B * N; i++) c->prob[i] = 1.0f / N, c->logits[i] = 0;
+    for (int b = 0; b < B; b++) {
+        c->label[b] = b % N;
+        for (int j = 0; j < k; j++) c->ds[c->n_disp] = b, c->de[c->n_disp++] = (k * b + j) % N;
+    }
+}
+
+/* One-hot prob on expert e(b); dispatch top-1. */
+static void case_onehot(loss_case *c, int B, int N, int collapse) {
+    case_uniform(c, B, N, 1);
+    for (int b = 0; b < B; b++) {
+        int e = collapse ? 0 : b % N;
+        for (int i = 0; i < N; i++) c->prob[b * N + i] = i == e ? 1.0f : 0.0f;
+        c->de[b] = e;
+    }
+}
+
+static void case_random(loss_case *c, int B, int N, unsigned seed) {
+    case_uniform(c, B, N, 2);
+    tu_fill(c->logits, (size_t)B * N, seed, -2, 2);
+    for (int b = 0; b < B; b++) {
+        double m = -1e30, s = 0;
+        for (int i = 0; i < N; i++) m = fmax(m, c->logits[b * N + i]);
+        for (int i = 0; i < N; i++) s += exp(c->logits[b * N + i] - m);
+        for (int i = 0; i < N; i++) c->prob[b * N + i] = (float)(exp(c->logits[b * N + i] - m) / s);
+        c->label[b] = (b * 7) % 3;
+    }
+    c->C = 3;
+    /* dispatch: the two largest probabilities */
+    for (int b = 0; b < B; b++) {
+        const float *p = c->prob + b * N;
+        int e0 = 0, e1 = -1;
+        for (int i = 1; i < N; i++) if (p[i] > p[e0]) e0 = i;
+        for (int i = 0; i < N; i++) if (i != e0 && (e1 < 0 || p[i] > p[e1])) e1 = i;
+        c->de[2 * b] = e0, c->de[2 * b + 1] = e1;
+    }
+}
+
+static void loss_gradcheck(loss_case *c) {
+    float dl[64 * 8] = {0}, dp[64 * 8] = {0};
+    loss_value(c, dl, dp);
+    size_t n = (size_t)c->B * c->N;
+    double e1 = tu_gradcheck(loss_fn, c, c->prob, dp, n, 64, 1e-3);
+    double e2 = tu_gradcheck(loss_fn, c, c->logits, dl, n, 64, 1e-3);
+    ck_assert_msg(e1 < 1e-2, "gradient wrt prob: relative error %g", e1);
+    ck_assert_msg(e2 < 1e-2, "gradient wrt logits: relative error %g", e2);
+}
+
+static const struct { const char *name, *opt, *val; } loss_variants[] = {
+    {"load_balance", NULL, NULL}, {"entropy", NULL, NULL},      {"entropy", "mode", "marginal"},
+    {"importance_cv2", NULL, NULL}, {"z_loss", NULL, NULL},     {"mutual_info", NULL, NULL},
+    {"mutual_info", "conditional", "true"},
+};
+
+START_TEST(loss_fd_gradient) {
+    loss_case c;
+    loss_new(&c, loss_variants[_i].name, loss_variants[_i].opt, loss_variants[_i].val);
+    void *self = c.self;
+    const ml_loss_api *api = c.api;
+    case_random(&c, 16, 4, 3);
+    c.api = api, c.self = self;
+    c.labels = 1;
+    loss_gradcheck(&c);
+    c.labels = 0;
+    loss_gradcheck(&c);
+    api->destroy(self);
+}
+END_TEST
+
+#define LOSS_AT(c, name, opt, val, setup_call, expect)                         \
+    do {                                                                      \
+        loss_case *c_ = (c);                                                  \
+        setup_call;                                                           \
+        loss_new(c_, name, opt, val);                                         \
+        double v_ = loss_value(c_, NULL, NULL);                               \
+        ck_assert_msg(fabs(v_ - (expect)) < 1e-5, "%s(%s=%s) = %.9g, expected %.9g", name, \
+                      opt ? opt : "", val ? val : "", v_, (double)(expect));  \
+        c_->api->destroy(c_->self);                                           \
+    } while (0)
+
+START_TEST(loss_hand_values) {
+    static loss_case c;
+    /* load_balance: 1 at perfect balance, N at total collapse */
+    LOSS_AT(&c, "load_balance", NULL, NULL, case_uniform(&c, 8, 4, 2), 1.0);
+    LOSS_AT(&c, "load_balance", NULL, NULL, case_onehot(&c, 8, 4, 1), 4.0);
+    /* entropy: -log N at uniform; 0 on one-hot rows; marginal -log N on even one-hot */
+    LOSS_AT(&c, "entropy", NULL, NULL, case_uniform(&c, 8, 4, 2), -log(4.0));
+    LOSS_AT(&c, "entropy", NULL, NULL, case_onehot(&c, 8, 4, 0), 0.0);
+    LOSS_AT(&c, "entropy", "mode", "marginal", case_onehot(&c, 8, 4, 0), -log(4.0));
+    LOSS_AT(&c, "entropy", "mode", "marginal", case_onehot(&c, 8, 4, 1), 0.0);
+    /* importance CV^2: 0 balanced; all 4 gate units on one expert of 4: var 3, mean 1 */
+    LOSS_AT(&c, "importance_cv2", NULL, NULL, case_uniform(&c, 8, 4, 2), 0.0);
+    LOSS_AT(&c, "importance_cv2", NULL, NULL, case_onehot(&c, 4, 4, 1), 3.0);
+    /* mutual information: 0 at uniform, -log N when one-hot rows spread evenly */
+    LOSS_AT(&c, "mutual_info", NULL, NULL, case_uniform(&c, 8, 4, 1), 0.0);
+    LOSS_AT(&c, "mutual_info", NULL, NULL, case_onehot(&c, 8, 4, 0), -log(4.0));
+    LOSS_AT(&c, "mutual_info", NULL, NULL, case_onehot(&c, 8, 4, 1), 0.0);
+    /* conditional: class b%4 -> expert b%4 gives H(E) - H(E|Y) = log 4 - 0 */
+    LOSS_AT(&c, "mutual_info", "conditional", "true", (case_onehot(&c, 8, 4, 0), c.labels = 1),
+            -log(4.0));
+    /* soft rows that are the same for every class: H(E|Y) = H(E), value 0 ... */
+    LOSS_AT(&c, "mutual_info", "conditional", "true", (case_uniform(&c, 8, 4, 1), c.labels = 1),
+            0.0);
+    /* ... and without labels the conditional form falls back to -I(x; E) */
+    LOSS_AT(&c, "mutual_info", "conditional", "true", (case_onehot(&c, 8, 4, 0), c.labels = 0),
+            -log(4.0));
+}
+END_TEST
+
+START_TEST(z_loss_known) {
+    static loss_case c;
+    case_uniform(&c, 2, 2, 1);
+    /* rows (0, 0) and (log 3, 0): logsumexp log 2 and log 4 */
+    c.logits[0] = 0, c.logits[1] = 0, c.logits[2] = (float)log(3.0), c.logits[3] = 0;
+    loss_new(&c, "z_loss", NULL, NULL);
+    double want = (log(2.0) * log(2.0) + log(4.0) * log(4.0)) / 2;
+    float dl[4] = {0}, dp[4] = {0};
+    double v = loss_value(&c, dl, dp);
+    ck_assert_double_eq_tol(v, want, 1e-6);
+    /* d/dz = 2/B lse softmax: row 0: log 2 * 0.5 each */
+    ck_assert_float_eq_tol(dl[0], (float)(log(2.0) * 0.5), 1e-6f);
+    ck_assert_float_eq_tol(dl[2], (float)(log(4.0) * 0.75), 1e-6f);
+    ck_assert_float_eq(dp[0], 0);
+    /* large logits stay finite */
+    c.logits[0] = 1e4f, c.logits[1] = -1e4f;
+    v = loss_value(&c, dl, dp);
+    ck_assert(isfinite(v) && v > 1e7);
+    c.api->destroy(c.self);
+}
+END_TEST
+
+/* ---------------------------------------------------------------- schedules */
+
+static void *sched_new(const ml_schedule_api **api, const char *name, const char *const *kv, int n) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_SCHEDULE, name);
+    ck_assert_msg(p != NULL, "%s", ml_error());
+    ml_optval v[8];
+    ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
+    for (int i = 0; i < n; i++) {
+        int k = ml_option_find(p, kv[2 * i]);
+        ck_assert_int_ge(k, 0);
+        ck_assert_int_eq(ml_option_parse(&p->options[k], kv[2 * i + 1], &v[k]), ML_OK);
+    }
+    ml_schedule_init init = {sizeof init, 2, v};
+    char err[ML_ERR_MAX];
+    *api = p->api;
+    void *s = (*api)->create(ml_host_table(), &init, err);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+static void decide(const ml_schedule_api *api, void *s, int64_t images, int n0, int n1,
+                   int want0, int want1) {
+    int ne[2] = {n0, n1}, add[2] = {0, 0};
+    ml_progress p = {sizeof p, images, images / 64, 1, 2, ne, 60000};
+    char err[ML_ERR_MAX];
+    ck_assert_int_eq(api->decide(s, &p, add, err), 0);
+    ck_assert_msg(add[0] == want0 && add[1] == want1, "at %lld images with (%d, %d): add "
+                  "(%d, %d), expected (%d, %d)", (long long)images, n0, n1, add[0], add[1],
+                  want0, want1);
+}
+
+START_TEST(progressive_arithmetic) {
+    const ml_schedule_api *api;
+    void *s = sched_new(&api, "progressive", NULL, 0); /* start 2, every 7000, add 1, max 16 */
+    ck_assert_int_eq(api->initial_experts(s, 0, 8), 2);
+    decide(api, s, 0, 2, 2, 0, 0);
+    decide(api, s, 6999, 2, 2, 0, 0);
+    decide(api, s, 7000, 2, 2, 1, 1);
+    decide(api, s, 35000, 3, 2, 4, 5);    /* target 2 + 5 = 7 */
+    decide(api, s, 1000000000, 20, 3, 0, 13); /* capped at 16; never negative */
+    api->destroy(s);
+    const char *kv[] = {"start", "4", "every_images", "100", "add", "3", "max", "10"};
+    s = sched_new(&api, "progressive", kv, 4);
+    ck_assert_int_eq(api->initial_experts(s, 1, 2), 4);
+    decide(api, s, 199, 4, 4, 3, 3);      /* 4 + 1*3 = 7 */
+    decide(api, s, 200, 7, 4, 3, 6);      /* 4 + 2*3 = 10 */
+    decide(api, s, 100000, 10, 10, 0, 0);
+    api->destroy(s);
+    s = sched_new(&api, "fixed", NULL, 0);
+    ck_assert_int_eq(api->initial_experts(s, 0, 5), 5);
+    decide(api, s, 1000000, 5, 5, 0, 0);
+    api->destroy(s);
+}
+END_TEST
+
+/* ------------------------------------------------------------- plugin-test */
+
+static int conformance(const char *path, char **text) {
+    size_t len = 0;
+    FILE *f = open_memstream(text, &len);
+    int r = ml_plugin_conformance(path, f);
+    fclose(f);
+    return r;
+}
+
+START_TEST(conformance_builtins) {
+    char *text = NULL;
+    char path[512];
+    snprintf(path, sizeof path, "%s/plugins/%s.so", tu_build(), builtins[_i].name);
+    int r = conformance(path, &text);
+    ck_assert_msg(r == 0, "%s: %d failed\n%s", builtins[_i].name, r, text);
+    ck_assert_ptr_nonnull(strstr(text, "plugin-test: "));
+    ck_assert_ptr_nonnull(strstr(text, " passed, 0 failed"));
+    free(text);
+}
+END_TEST
+
+START_TEST(conformance_good_and_broken) {
+    char *text = NULL;
+    int r = conformance(test_plugin("good_router"), &text);
+    ck_assert_msg(r == 0, "%s", text);
+    free(text);
+    r = conformance(test_plugin("broken_grad"), &text);
+    ck_assert_msg(r > 0, "%s", text);
+    ck_assert_msg(strstr(text, "FAIL gradient dx: ") != NULL, "%s", text);
+    ck_assert_msg(strstr(text, "finite differences") != NULL, "%s", text);
+    ck_assert_msg(strstr(text, "PASS determinism") != NULL, "%s", text);
+    free(text);
+    r = conformance(test_plugin("abi_major"), &text);
+    ck_assert_int_eq(r, -1);
+    ck_assert_msg(strstr(text, "major versions differ") != NULL, "%s", text);
+    free(text);
+}
+END_TEST
+
+START_TEST(out_of_tree_router) {
+    const char *dir = tu_tmpdir("oot");
+    ck_assert_ptr_nonnull(dir);
+    char so[512], cmd[1024];
+    snprintf(so, sizeof so, "%s/my_router.so", dir);
+    snprintf(cmd, sizeof cmd, "cc -O2 -shared -fPIC -fvisibility=hidden -I core/include "
+             "tests/fixtures/out_of_tree/my_router.c -o %s", so);
+    ck_assert_msg(system(cmd) == 0, "failed: %s", cmd);
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_ROUTER, so);
+    ck_assert_msg(p != NULL, "%s", ml_error());
+    ck_assert_str_eq(p->name, "my_router");
+    char *text = NULL;
+    int r = conformance(so, &text);
+    ck_assert_msg(r == 0, "%s", text);
+    free(text);
+    /* by name through the search path, as `plugin_path: [dir]` in a config */
+    ml_plugins_unload_all();
+    ml_plugins_add_path(dir);
+    p = ml_plugin_load(ML_PLUGIN_ROUTER, "my_router");
+    ck_assert_msg(p != NULL, "%s", ml_error());
+    unlink(so);
+    rmdir(dir);
+}
+END_TEST
+
+static Suite *plugins_suite(void) {
+    Suite *s = suite_create("plugins");
+    TCase *t = tcase_create("load");
+    tcase_add_checked_fixture(t, setup, teardown);
+    tcase_add_loop_test(t, load_builtin_by_name, 0, NBUILTIN);
+    tcase_add_test(t, load_by_path);
+    tcase_add_test(t, missing_name_lists_dirs);
+    tcase_add_test(t, missing_path);
+    tcase_add_test(t, never_the_working_directory);
+    tcase_add_test(t, missing_symbol);
+    tcase_add_test(t, abi_major_mismatch);
+    tcase_add_test(t, abi_minor_mismatch);
+    tcase_add_test(t, wrong_kind);
+    tcase_add_test(t, bad_option_default);
+    tcase_add_test(t, unload_and_reload);
+    tcase_add_test(t, scan_path);
+    tcase_add_test(t, print_listing);
+    tcase_add_test(t, default_path_env);
+    tcase_add_test(t, option_parse);
+    tcase_add_test(t, option_defaults);
+    tcase_add_test(t, host_table);
+    suite_add_tcase(s, t);
+
+    TCase *l = tcase_create("builtins");
+    tcase_add_checked_fixture(l, setup, teardown);
+    tcase_add_loop_test(l, loss_fd_gradient, 0, (int)(sizeof loss_variants / sizeof loss_variants[0]));
+    tcase_add_test(l, loss_hand_values);
+    tcase_add_test(l, z_loss_known);
+    tcase_add_test(l, progressive_arithmetic);
+    suite_add_tcase(s, l);
+
+    TCase *c = tcase_create("conformance");
+    tcase_add_checked_fixture(c, setup, teardown);
+    tcase_set_timeout(c, 60);
+    tcase_add_loop_test(c, conformance_builtins, 0, NBUILTIN);
+    tcase_add_test(c, conformance_good_and_broken);
+    tcase_add_test(c, out_of_tree_router);
+    suite_add_tcase(s, c);
+    return s;
+}
+
+int main(void) { return tu_run(plugins_suite()); }

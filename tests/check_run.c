@@ -1,0 +1,240 @@
+/* check_run.c — the `moelab` command end to end: config errors and exit codes, script
+ * errors, growth, checkpoints, the sandbox, an out-of-tree plugin, determinism, and a real
+ * Fashion-MNIST run whose validation loss must fall by 30%. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static char out[1 << 16];
+
+/* Runs a shell command, captures stdout+stderr into `out`, returns the exit status. */
+static int run(const char *fmt, const char *a, const char *b) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, fmt, a, b);
+    char full[4200];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+#define MOELAB "%s/moelab"
+#define SYNTH "tests/fixtures/run/synth.yaml"
+
+static void assert_contains(const char *needle) { ck_assert_msg(strstr(out, needle) != NULL, "expected '%s' in:\n%s", needle, out); }
+
+START_TEST(config_errors_exit_2_and_run_nothing) {
+    const char *tmp = tu_tmpdir("cfg");
+    int rc = run(MOELAB " run tests/fixtures/run/bad_unknown_key.yaml results.dir=%s", tu_build(), tmp);
+    ck_assert_int_eq(rc, 2);
+    assert_contains("bad_unknown_key.yaml:7:3: unknown key 'epoch' in 'train' (did you mean 'epochs'?)");
+    rc = run(MOELAB " run tests/fixtures/run/bad_plugin.yaml results.dir=%s", tu_build(), tmp);
+    ck_assert_int_eq(rc, 2);
+    assert_contains("bad_plugin.yaml:7:9");
+    assert_contains("no_such_router");
+    rc = run(MOELAB " run tests/fixtures/run/bad_option.yaml results.dir=%s", tu_build(), tmp);
+    ck_assert_int_eq(rc, 2);
+    assert_contains("bad_option.yaml:8:6");
+    rc = run(MOELAB " run " SYNTH " train.epochs=zero results.dir=%s", tu_build(), tmp);
+    ck_assert_int_eq(rc, 2);
+    assert_contains("override 'train.epochs=zero'");
+    rc = run(MOELAB " run tests/fixtures/run/missing.yaml%s", tu_build(), "");
+    ck_assert_int_eq(rc, 2);
+    assert_contains("missing.yaml: cannot open");
+    rc = run(MOELAB " run " SYNTH " script=tests/fixtures/run/syntax_error.lua results.dir=%s", tu_build(), tmp);
+    ck_assert_int_eq(rc, 2);
+    assert_contains("syntax_error.lua:3:");
+    /* nothing was run: no run directory was created */
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s/test-synth", tmp);
+    struct stat st;
+    ck_assert_int_ne(stat(cmd, &st), 0);
+}
+END_TEST
+
+START_TEST(runtime_error_keeps_results) {
+    const char *tmp = tu_tmpdir("rt");
+    int rc = run(MOELAB " run " SYNTH " script=tests/fixtures/run/runtime_error.lua results.run_id=r results.dir=%s", tu_build(), tmp);
+    ck_assert_int_eq(rc, 1);
+    assert_contains("runtime_error.lua:3: deliberate failure at epoch 1");
+    assert_contains("stack traceback:");
+    assert_contains("runtime_error.lua:7:");
+    char path[512];
+    snprintf(path, sizeof path, "%s/test-synth/r/summary.json", tmp);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    ck_assert_ptr_nonnull(strstr(buf, "\"status\":\"error\""));
+    snprintf(path, sizeof path, "%s/test-synth/r/metrics.csv", tmp);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    int lines = 0;
+    while (fgets(buf, sizeof buf, f)) lines++;
+    fclose(f);
+    ck_assert_int_eq(lines, 2); /* header + the epoch that finished */
+}
+END_TEST
+
+START_TEST(growth_mid_training) {
+    int rc = run(MOELAB " run " SYNTH " script=tests/fixtures/run/growth.lua%s", tu_build(), "");
+    ck_assert_msg(rc == 0, "%s", out);
+}
+END_TEST
+
+START_TEST(checkpoint_round_trip) {
+    int rc = run(MOELAB " run " SYNTH " script=tests/fixtures/run/checkpoint.lua%s", tu_build(), "");
+    ck_assert_msg(rc == 0, "%s", out);
+}
+END_TEST
+
+START_TEST(sandbox) {
+    int rc = run(MOELAB " run " SYNTH " script=tests/fixtures/run/sandbox.lua train.epochs=1%s", tu_build(), "");
+    ck_assert_msg(rc == 0, "%s", out);
+}
+END_TEST
+
+START_TEST(standalone_lua) {
+    int rc = run(MOELAB " lua tests/fixtures/run/standalone.lua%s", tu_build(), "");
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("standalone ok");
+}
+END_TEST
+
+START_TEST(default_script_and_schedule) {
+    /* train.lua with progressive growth 2 -> 4 experts and the warm-up, on synthetic data */
+    const char *tmp = tu_tmpdir("sched");
+    int rc = run(MOELAB " run " SYNTH " schedule.name=progressive schedule.start=2 schedule.every_images=1500 "
+                 "schedule.max=4 results.run_id=s results.dir=%s", tu_build(), tmp);
+    ck_assert_msg(rc == 0, "%s", out);
+    char path[512], buf[1 << 14];
+    snprintf(path, sizeof path, "%s/test-synth/s/events.jsonl", tmp);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    ck_assert_msg(strstr(buf, "\"kind\":\"experts_added\"") != NULL, "%s", buf);
+    ck_assert_ptr_nonnull(strstr(buf, "\"to\":4"));
+    const char *files[] = {"config.yaml", "metrics.csv", "routing.csv", "summary.json", "checkpoints/best.safetensors",
+                           "checkpoints/last.safetensors"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        snprintf(path, sizeof path, "%s/test-synth/s/%s", tmp, files[i]);
+        struct stat st;
+        ck_assert_msg(stat(path, &st) == 0 && st.st_size > 0, "missing %s", path);
+    }
+}
+END_TEST
+
+static void loss_column(const char *dir, char *dst, size_t n) {
+    char path[512], line[8192];
+    snprintf(path, sizeof path, "%s/test-synth/d/metrics.csv", dir);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    dst[0] = 0;
+    while (fgets(line, sizeof line, f)) { /* columns 4 and 5: loss, task_loss (column 3 is seconds) */
+        char *c = line;
+        for (int k = 0; k < 3 && c; k++) c = strchr(c, ',') ? strchr(c, ',') + 1 : NULL;
+        if (!c) continue;
+        char *end = strchr(c, ',');
+        end = end ? strchr(end + 1, ',') : NULL;
+        if (end) *end = 0;
+        strncat(dst, c, n - strlen(dst) - 2);
+        strcat(dst, ";");
+    }
+    fclose(f);
+}
+
+START_TEST(determinism) {
+    char a[4096], b[4096];
+    const char *d1 = tu_tmpdir("det1");
+    char d1s[256];
+    snprintf(d1s, sizeof d1s, "%s", d1);
+    int rc = run(MOELAB " run " SYNTH " results.run_id=d results.dir=%s", tu_build(), d1s);
+    ck_assert_msg(rc == 0, "%s", out);
+    const char *d2 = tu_tmpdir("det2");
+    rc = run(MOELAB " run " SYNTH " results.run_id=d results.dir=%s", tu_build(), d2);
+    ck_assert_msg(rc == 0, "%s", out);
+    loss_column(d1s, a, sizeof a);
+    loss_column(d2, b, sizeof b);
+    ck_assert_str_eq(a, b);
+    ck_assert_int_gt((int)strlen(a), 20);
+}
+END_TEST
+
+START_TEST(out_of_tree_plugin_by_yaml) {
+    const char *tmp = tu_tmpdir("oot");
+    int rc = run("cc -O2 -shared -fPIC -fvisibility=hidden -I core/include tests/fixtures/out_of_tree/my_router.c -o %s/my_router.so%s", tmp, "");
+    ck_assert_msg(rc == 0, "%s", out);
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s/exp.yaml", tmp);
+    FILE *f = fopen(cfg, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "base: %s/tests/fixtures/run/synth.yaml\nrouter:\n  name: %s/my_router.so\n  temperature: 2.0\ntrain:\n  epochs: 1\n",
+            getcwd(cfg + 256, 256), tmp);
+    fclose(f);
+    snprintf(cfg, sizeof cfg, "%s/exp.yaml", tmp);
+    rc = run(MOELAB " run %s", tu_build(), cfg);
+    ck_assert_msg(rc == 0, "%s", out);
+    /* and by name through plugin_path */
+    f = fopen(cfg, "a");
+    fprintf(f, "plugin_path: [%s]\n", tmp);
+    fclose(f);
+    rc = run(MOELAB " run %s router.name=my_router", tu_build(), cfg);
+    ck_assert_msg(rc == 0, "%s", out);
+    rc = run(MOELAB " plugin-test %s/my_router.so", tu_build(), tmp);
+    ck_assert_msg(rc == 0, "%s", out);
+}
+END_TEST
+
+START_TEST(plugin_commands) {
+    int rc = run(MOELAB " plugins%s", tu_build(), "");
+    ck_assert_int_eq(rc, 0);
+    assert_contains("softmax_topk");
+    assert_contains("renormalize");
+    assert_contains("progressive");
+    rc = run(MOELAB " plugin-test %s/tests/plugins/broken_grad.so", tu_build(), tu_build());
+    ck_assert_int_eq(rc, 1);
+    assert_contains("FAIL gradient");
+    rc = run(MOELAB " plugin-test %s/plugins/noisy_topk.so", tu_build(), tu_build());
+    ck_assert_msg(rc == 0, "%s", out);
+}
+END_TEST
+
+START_TEST(fashion_mnist_end_to_end) {
+    struct stat st;
+    if (stat("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", &st) != 0) {
+        ck_abort_msg("Fashion-MNIST is missing; make test installs dataset-fashion-mnist");
+    }
+    int rc = run(MOELAB " run tests/fixtures/run/fashion.yaml%s", tu_build(), "");
+    ck_assert_msg(rc == 0, "%s", out);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("run");
+    TCase *t = tcase_create("run");
+    tcase_set_timeout(t, 300);
+    tcase_add_test(t, config_errors_exit_2_and_run_nothing);
+    tcase_add_test(t, runtime_error_keeps_results);
+    tcase_add_test(t, growth_mid_training);
+    tcase_add_test(t, checkpoint_round_trip);
+    tcase_add_test(t, sandbox);
+    tcase_add_test(t, standalone_lua);
+    tcase_add_test(t, default_script_and_schedule);
+    tcase_add_test(t, determinism);
+    tcase_add_test(t, out_of_tree_plugin_by_yaml);
+    tcase_add_test(t, plugin_commands);
+    tcase_add_test(t, fashion_mnist_end_to_end);
+    suite_add_tcase(s, t);
+    return tu_run(s);
+}

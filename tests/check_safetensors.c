@@ -1,0 +1,325 @@
+/* check_safetensors.c — round trip, byte layout, corrupt files, failed writes. */
+#include "testutil.h"
+#include "common.h"
+#include "json.h"
+#include "safetensors.h"
+
+#include <ftw.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+static char g_dir[256];
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(p);
+}
+
+static void setup(void) {
+    const char *d = tu_tmpdir("st");
+    ck_assert_ptr_nonnull(d);
+    snprintf(g_dir, sizeof g_dir, "%s", d);
+}
+
+static void teardown(void) { nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+static const char *tmp_path(const char *name) {
+    static char p[2][512];
+    static int k;
+    k ^= 1;
+    snprintf(p[k], sizeof p[k], "%s/%s", g_dir, name);
+    return p[k];
+}
+
+static unsigned char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc((size_t)sz + 1);
+    *n = fread(b, 1, (size_t)sz, f);
+    fclose(f);
+    b[*n] = 0;
+    return b;
+}
+
+static void spit(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(data, 1, n, f), n);
+    fclose(f);
+}
+
+/* A file from a header text and data bytes, as another writer would make it. */
+static void craft(const char *path, const char *header, const void *data, size_t n) {
+    size_t h = strlen(header);
+    unsigned char *b = calloc(1, 8 + h + n + 1);
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)h >> (8 * i));
+    memcpy(b + 8, header, h);
+    if (n) memcpy(b + 8 + h, data, n);
+    spit(path, b, 8 + h + n);
+    free(b);
+}
+
+/* Expects ml_st_open(path) to fail with an error containing want. */
+static void expect_error(const char *path, const char *want) {
+    ml_st_file *f = ml_st_open(path);
+    ck_assert_msg(f == NULL, "%s opened, expected error '%s'", path, want);
+    ck_assert_msg(strstr(ml_error(), want) != NULL, "error '%s' lacks '%s'", ml_error(), want);
+    ck_assert_msg(strstr(ml_error(), path) != NULL, "error '%s' does not name the file", ml_error());
+    ck_assert_ptr_null(strchr(ml_error(), '\n'));
+}
+
+/* The standard test checkpoint: four tensors and two metadata entries. */
+static float g_w[6] = {1, -2, 3.5f, 1e-30f, -0.0f, 65504};
+static float g_bias[4] = {0.25f, 0.5f, 0.75f, 1};
+static float g_s[1] = {42};
+
+static int write_standard(const char *path) {
+    ml_st_tensor t[4] = {
+        {"moe0.w1", 2, {2, 3}, g_w},
+        {"moe0.router.bias \"q\"", 1, {4}, g_bias},
+        {"scalar", 0, {0}, g_s},
+        {"empty", 2, {0, 5}, NULL},
+    };
+    const char *mk[] = {"format", "epoch"}, *mv[] = {"moelab-1", "7"};
+    return ml_st_write(path, t, 4, mk, mv, 2);
+}
+
+START_TEST(round_trip) {
+    const char *p = tmp_path("ckpt.safetensors");
+    ck_assert_msg(write_standard(p) == ML_OK, "%s", ml_error());
+    ml_st_file *f = ml_st_open(p);
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    ck_assert_int_eq(ml_st_count(f), 4);
+    ck_assert_str_eq(ml_st_name(f, 0), "moe0.w1");
+    ck_assert_str_eq(ml_st_name(f, 1), "moe0.router.bias \"q\"");
+    ck_assert_ptr_null(ml_st_name(f, 4));
+    int nd;
+    int64_t sh[4];
+    const float *w = ml_st_get(f, "moe0.w1", &nd, sh);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_int_eq(nd, 2);
+    ck_assert_int_eq(sh[0], 2);
+    ck_assert_int_eq(sh[1], 3);
+    ck_assert_int_eq(memcmp(w, g_w, sizeof g_w), 0); /* bitwise, -0 and denormal-ish included */
+    ck_assert_uint_eq((uintptr_t)w % 64, 0);
+    const float *b = ml_st_get(f, "moe0.router.bias \"q\"", &nd, sh);
+    ck_assert_int_eq(nd, 1);
+    ck_assert_int_eq(memcmp(b, g_bias, sizeof g_bias), 0);
+    const float *s = ml_st_get(f, "scalar", &nd, sh);
+    ck_assert_int_eq(nd, 0);
+    ck_assert(s[0] == 42);
+    ck_assert_ptr_nonnull(ml_st_get(f, "empty", &nd, sh));
+    ck_assert_int_eq(sh[0], 0);
+    ck_assert_int_eq(sh[1], 5);
+    ck_assert_ptr_null(ml_st_get(f, "missing", NULL, NULL));
+    ck_assert_str_eq(ml_st_meta(f, "format"), "moelab-1");
+    ck_assert_str_eq(ml_st_meta(f, "epoch"), "7");
+    ck_assert_int_eq((int)strlen(ml_st_meta(f, "checksum")), 8);
+    ck_assert_ptr_null(ml_st_meta(f, "nope"));
+    ml_st_close(f);
+    ml_st_close(NULL);
+    ck_assert_int_ne(access(tmp_path("ckpt.safetensors.tmp"), F_OK), 0);
+}
+END_TEST
+
+START_TEST(byte_layout) {
+    /* One tensor [1, -2]: the bytes are checked by hand against the format. */
+    const char *p = tmp_path("a.safetensors");
+    float v[2] = {1.0f, -2.0f};
+    ml_st_tensor t = {"a", 1, {2}, v};
+    ck_assert_int_eq(ml_st_write(p, &t, 1, NULL, NULL, 0), ML_OK);
+    size_t n;
+    unsigned char *b = slurp(p, &n);
+    static const unsigned char data[8] = {0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0xc0};
+    char header[256];
+    int hl = snprintf(header, sizeof header,
+                      "{\"__metadata__\":{\"checksum\":\"%08lx\"},"
+                      "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+                      crc32(crc32(0L, Z_NULL, 0), data, 8));
+    size_t padded = ((size_t)hl + 7) / 8 * 8;
+    ck_assert_uint_eq(n, 8 + padded + 8);
+    uint64_t len = 0;
+    for (int i = 7; i >= 0; i--) len = len << 8 | b[i]; /* little-endian u64 */
+    ck_assert_uint_eq(len, padded);
+    ck_assert_int_eq(memcmp(b + 8, header, (size_t)hl), 0);
+    for (size_t i = 8 + (size_t)hl; i < 8 + padded; i++) ck_assert_int_eq(b[i], ' ');
+    ck_assert_int_eq(memcmp(b + 8 + padded, data, 8), 0);
+    free(b);
+
+    /* A file as the reference writer makes it (no checksum, header order unlike data
+     * order, no metadata) reads too. */
+    float two[2] = {5, 6};
+    craft(p, "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
+             "\"a\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[0,4]}}  ", two, 8);
+    ml_st_file *f = ml_st_open(p);
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    ck_assert(ml_st_get(f, "a", NULL, NULL)[0] == 5);
+    ck_assert(ml_st_get(f, "b", NULL, NULL)[0] == 6);
+    ck_assert_ptr_null(ml_st_meta(f, "checksum"));
+    ml_st_close(f);
+}
+END_TEST
+
+START_TEST(corrupt_files) {
+    const char *good = tmp_path("good.safetensors");
+    ck_assert_int_eq(write_standard(good), ML_OK);
+    size_t n;
+    unsigned char *b = slurp(good, &n);
+    const char *p = tmp_path("bad.safetensors");
+
+    spit(p, b, 5);
+    expect_error(p, "file is 5 bytes, too short");
+
+    spit(p, b, n - 4); /* truncated data: the last tensor's offsets run past the end */
+    expect_error(p, "outside the data section");
+
+    spit(p, b, 40); /* truncated inside the header */
+    expect_error(p, "exceeds file size 40");
+
+    unsigned char *c = malloc(n);
+    memcpy(c, b, n);
+    uint64_t big = 9999999;
+    for (int i = 0; i < 8; i++) c[i] = (unsigned char)(big >> (8 * i));
+    spit(p, c, n);
+    expect_error(p, "header length 9999999 exceeds file size");
+    for (int i = 0; i < 8; i++) c[i] = 0xff;
+    spit(p, c, n);
+    expect_error(p, "header length 18446744073709551615 exceeds file size");
+
+    memcpy(c, b, n);
+    char *colon = memchr(c + 8, ':', n - 8);
+    *colon = ';';
+    spit(p, c, n);
+    expect_error(p, "header is not valid JSON: expected ':' at byte");
+
+    memcpy(c, b, n);
+    c[n - 3] ^= 0x01; /* one bit of tensor data */
+    spit(p, c, n);
+    expect_error(p, "checksum mismatch (file is corrupt)");
+    free(c);
+    free(b);
+
+    float d[4] = {1, 2, 3, 4};
+    craft(p, "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]},"
+             "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", d, 16);
+    expect_error(p, "tensors 'a' and 'b' overlap (data_offsets [0,12] and [8,16])");
+    craft(p, "{\"a\":{\"dtype\":\"F16\",\"shape\":[2],\"data_offsets\":[0,4]}}", d, 4);
+    expect_error(p, "tensor 'a': dtype \"F16\" is not supported");
+    craft(p, "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", d, 8);
+    expect_error(p, "data_offsets span 8 bytes, shape [3] of F32 needs 12");
+    craft(p, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1],\"data_offsets\":[0,4]}}", d, 4);
+    expect_error(p, "shape has 5 dimensions");
+    craft(p, "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", d, 4);
+    expect_error(p, "shape[0] is not a non-negative integer");
+    craft(p, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", d, 4);
+    expect_error(p, "lacks \"data_offsets\"");
+    craft(p, "{\"__metadata__\":{\"epoch\":7}}", d, 0);
+    expect_error(p, "__metadata__ value of 'epoch' is not a string");
+    craft(p, "{\"__metadata__\":{\"checksum\":\"xyz\"}}", d, 0);
+    expect_error(p, "metadata checksum 'xyz' is not 8 hex digits");
+    craft(p, "[1,2]", d, 0);
+    expect_error(p, "header is not a JSON object");
+    craft(p, "{\"a\":{},\"a\":{}}", d, 0);
+    expect_error(p, "duplicate object key");
+    expect_error(tmp_path("missing.safetensors"), "cannot open");
+    expect_error(g_dir, "not a regular file");
+}
+END_TEST
+
+/* The file at path still has exactly the bytes of `before`. */
+static void assert_unchanged(const char *path, const unsigned char *before, size_t n) {
+    size_t m;
+    unsigned char *now = slurp(path, &m);
+    ck_assert_ptr_nonnull(now);
+    ck_assert_uint_eq(m, n);
+    ck_assert_int_eq(memcmp(now, before, n), 0);
+    free(now);
+    ml_st_file *f = ml_st_open(path);
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    ml_st_close(f);
+}
+
+START_TEST(failed_write_keeps_old_file) {
+    char p[512], tmp[520];
+    snprintf(p, sizeof p, "%s", tmp_path("ckpt.safetensors"));
+    snprintf(tmp, sizeof tmp, "%s.tmp", p);
+    ck_assert_int_eq(write_standard(p), ML_OK);
+    size_t n;
+    unsigned char *before = slurp(p, &n);
+    float big[4096] = {0};
+    ml_st_tensor t = {"big", 1, {4096}, big};
+
+    /* The temporary file cannot be created. */
+    ck_assert_int_eq(mkdir(tmp, 0777), 0);
+    ck_assert_int_eq(ml_st_write(p, &t, 1, NULL, NULL, 0), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "cannot create temporary file"));
+    assert_unchanged(p, before, n);
+    ck_assert_int_eq(rmdir(tmp), 0);
+
+    /* The disk fills up mid-write (file size limit; SIGXFSZ ignored so write fails). */
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_FSIZE, &old);
+    lim = old;
+    lim.rlim_cur = 1000;
+    signal(SIGXFSZ, SIG_IGN);
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int rc = ml_st_write(p, &t, 1, NULL, NULL, 0);
+    setrlimit(RLIMIT_FSIZE, &old);
+    ck_assert_int_eq(rc, ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "write failed"));
+    ck_assert_ptr_nonnull(strstr(ml_error(), "previous file, if any, is untouched"));
+    assert_unchanged(p, before, n);
+    ck_assert_int_ne(access(tmp, F_OK), 0);
+
+    /* The directory is not writable (meaningless as root, who may write anyway). */
+    if (geteuid() != 0) {
+        ck_assert_int_eq(chmod(g_dir, 0555), 0);
+        ck_assert_int_eq(ml_st_write(p, &t, 1, NULL, NULL, 0), ML_ERR);
+        chmod(g_dir, 0755);
+        assert_unchanged(p, before, n);
+    }
+
+    /* The path is a directory: the rename fails, the directory stays. */
+    const char *d = tmp_path("dir.safetensors");
+    ck_assert_int_eq(mkdir(d, 0777), 0);
+    ck_assert_int_eq(ml_st_write(d, &t, 1, NULL, NULL, 0), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "dir.safetensors: rename failed"));
+    struct stat st;
+    ck_assert(stat(d, &st) == 0 && S_ISDIR(st.st_mode));
+
+    /* Bad arguments are refused before anything is touched. */
+    ml_st_tensor two[2] = {{"x", 1, {1}, big}, {"x", 1, {1}, big}};
+    ck_assert_int_eq(ml_st_write(p, two, 2, NULL, NULL, 0), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "tensor 'x' given twice"));
+    const char *mk[] = {"checksum"}, *mv[] = {"0"};
+    ck_assert_int_eq(ml_st_write(p, &t, 1, mk, mv, 1), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "'checksum' is reserved"));
+    ml_st_tensor five = {"f", 5, {1, 1, 1, 1}, big};
+    ck_assert_int_eq(ml_st_write(p, &five, 1, NULL, NULL, 0), ML_ERR);
+    ml_st_tensor notutf8 = {"bad\xff", 1, {1}, big};
+    ck_assert_int_eq(ml_st_write(p, &notutf8, 1, NULL, NULL, 0), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "UTF-8"));
+    assert_unchanged(p, before, n);
+    free(before);
+}
+END_TEST
+
+static Suite *st_suite(void) {
+    Suite *s = suite_create("safetensors");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, round_trip);
+    tcase_add_test(tc, byte_layout);
+    tcase_add_test(tc, corrupt_files);
+    tcase_add_test(tc, failed_write_keeps_old_file);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return tu_run(st_suite()); }
