@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -17,6 +18,11 @@
 #define DIRECT_MAX_O 16
 #define DIRECT_MAX_W 1024
 #define DIRECT_MAX_K 16
+/* register block of the direct kernel: DIRECT_OB output channels x DIRECT_NV 16-float vectors */
+#define DIRECT_OB 3
+#define DIRECT_NV 4
+/* floats of padded input rows one output row needs (C k rows), kept on the stack */
+#define DIRECT_MAX_ROWS 16384
 
 /* Threads: only OpenBLAS's. The data movement around the GEMMs stays on the calling
  * thread on purpose: with the pthread build of OpenBLAS, an OpenMP team that spins after
@@ -70,7 +76,9 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
                          .Wo = (W + 2 * pad - k) / stride + 1, .transposed = 0, .act = act};
     /* the SRNN output conv (32 -> 3 channels): a 3-row GEMM over a 9x blown-up im2col
      * matrix is memory bound; direct loops read x once */
-    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W && W <= DIRECT_MAX_W;
+    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W &&
+                W <= DIRECT_MAX_W && (size_t)C * k * (size_t)(s->Wo + DIRECT_NV * 16 + k) <= DIRECT_MAX_ROWS &&
+                (size_t)O * k * (size_t)(W + DIRECT_NV * 16 + k) <= DIRECT_MAX_ROWS;
     pick_chunk(s);
     return ML_OK;
 }
@@ -99,7 +107,12 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
 }
 
 size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
-    if (s->direct) return ml_conv_out_size(s); /* the pre-activation gradient */
+    if (s->direct) { /* the pre-activation gradient, then the repacked weights */
+        const size_t kk = (size_t)s->k * s->k;
+        const size_t fw = (size_t)s->C * kk * (size_t)((s->O + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB);
+        const size_t bw = (size_t)s->O * kk * (size_t)((s->C + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB);
+        return ml_conv_out_size(s) + (fw > bw ? fw : bw);
+    }
     size_t n = (size_t)s->chunk * col_cols_per_image(s);
     size_t cm = (size_t)(s->C > s->O ? s->C : s->O);
     size_t ws = col_rows(s) * n + cm * n;
@@ -226,87 +239,155 @@ static void bias_backward(float *db, const float *dy, const float *y, ml_conv_ac
 /* ------------------------------------------------------------------------------------ */
 /* direct stride-1 conv2d: one output row at a time in a stack accumulator */
 
-/* acc[ox] += wv * row[ox + d] for every ox in [0, n) with ox + d inside [0, rw). */
-static void axpy_shift(float *acc, int n, float wv, const float *row, int rw, int d) {
-    int a = d < 0 ? -d : 0, e = rw - d < n ? rw - d : n;
-#pragma omp simd
-    for (int i = a; i < e; i++) acc[i] += wv * row[i + d];
+/* Every kernel below works on one zero-padded copy of an input row at a time, so the inner
+ * loops are branch-free runs over contiguous floats that the compiler vectorises, and keeps
+ * its accumulators (one output row per channel, or one 16-lane partial per weight) in L1. */
+#define LANES 16
+#define DIRECT_CB 16 /* input channels per dx accumulator block */
+
+/* dst[0, lp) = 0, dst[lp, lp + n) = src, dst[lp + n, len) = 0 */
+static void pad_row(float *dst, int len, const float *src, int n, int lp) {
+    for (int j = 0; j < lp; j++) dst[j] = 0;
+    memcpy(dst + lp, src, sizeof(float) * (size_t)n);
+    for (int j = lp + n; j < len; j++) dst[j] = 0;
+}
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* unaligned view */
+
+/*
+ * Stride-1 convolution, register blocked: out[i][o][oy][ox] (=, or += when accumulate) of
+ * act(bias[o] + sum in[i][c][oy - p + ky][ox - p + kx] wt[(c k + ky) k + kx][o]), with wt
+ * repacked as (Cin k k, Opad), Opad = Cout rounded up to DIRECT_OB (zero columns). For each
+ * output row the Cin k input rows it needs are copied, zero-padded, into a stack buffer;
+ * then DIRECT_OB channels x DIRECT_NV vectors of the row accumulate in registers over all
+ * Cin k k taps. conv2d forward is this kernel; conv2d's dx is too, on dy with the kernel
+ * flipped and transposed and padding k - 1 - p.
+ */
+static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, int Cout, int Ho,
+                    int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
+                    int accumulate) {
+    const int Opad = (Cout + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB;
+    const int BW = DIRECT_NV * 16;
+    const int len = (Wo + BW - 1) / BW * BW + k - 1; /* padded row: in[ix] at ix + p */
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < B; i++) {
+        float rows[DIRECT_MAX_ROWS];
+        for (int oy = 0; oy < Ho; oy++) {
+            for (int c = 0; c < Cin; c++)
+                for (int ky = 0; ky < k; ky++) {
+                    float *r = rows + ((size_t)c * k + ky) * len;
+                    const int iy = oy - p + ky;
+                    if (iy < 0 || iy >= H) {
+                        memset(r, 0, sizeof(float) * (size_t)len);
+                        continue;
+                    }
+                    const int n = W < len - p ? W : len - p;
+                    pad_row(r, len, in + (((size_t)i * Cin + c) * H + iy) * W, n, p);
+                }
+            for (int o0 = 0; o0 < Cout; o0 += DIRECT_OB)
+                for (int j0 = 0; j0 < Wo; j0 += BW) {
+                    v16 acc[DIRECT_OB][DIRECT_NV];
+                    for (int q = 0; q < DIRECT_OB; q++)
+                        for (int v = 0; v < DIRECT_NV; v++) acc[q][v] = (v16){0};
+                    for (int t = 0; t < Cin * k; t++) {
+                        const float *r = rows + (size_t)t * len + j0;
+                        const float *wr = wt + (size_t)t * k * Opad + o0;
+                        for (int kx = 0; kx < k; kx++) {
+                            v16 xv[DIRECT_NV];
+                            for (int v = 0; v < DIRECT_NV; v++) xv[v] = *(const v16u *)(r + kx + 16 * v);
+                            for (int q = 0; q < DIRECT_OB; q++) {
+                                const float wv = wr[kx * Opad + q];
+                                for (int v = 0; v < DIRECT_NV; v++) acc[q][v] += wv * xv[v];
+                            }
+                        }
+                    }
+                    const int je = Wo - j0 < BW ? Wo - j0 : BW;
+                    for (int q = 0; q < DIRECT_OB && o0 + q < Cout; q++) {
+                        float a[DIRECT_NV * 16];
+                        memcpy(a, acc[q], sizeof a);
+                        float *dst = out + (((size_t)i * Cout + o0 + q) * Ho + oy) * Wo + j0;
+                        if (accumulate)
+                            for (int j = 0; j < je; j++) dst[j] += a[j];
+                        else {
+                            const float bv = bias ? bias[o0 + q] : 0.0f;
+                            for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
+                        }
+                    }
+                }
+        }
+    }
 }
 
 static void direct_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
-                           const float *b) {
-    const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, Wo = s->Wo;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < s->B; i++)
-        for (int o = 0; o < s->O; o++)
-            for (int oy = 0; oy < s->Ho; oy++) {
-                float acc[DIRECT_MAX_W];
-                for (int j = 0; j < Wo; j++) acc[j] = b ? b[o] : 0.0f;
-                for (int c = 0; c < C; c++)
-                    for (int ky = 0; ky < k; ky++) {
-                        const int iy = oy - p + ky;
-                        if (iy < 0 || iy >= H) continue;
-                        const float *row = x + (((size_t)i * C + c) * H + iy) * W;
-                        const float *wr = w + (((size_t)o * C + c) * k + ky) * k;
-                        for (int kx = 0; kx < k; kx++) axpy_shift(acc, Wo, wr[kx], row, W, kx - p);
-                    }
-                float *dst = y + (((size_t)i * s->O + o) * s->Ho + oy) * Wo;
-                for (int j = 0; j < Wo; j++) dst[j] = act_fwd(s->act, acc[j]);
-            }
+                           const float *b, float *wt) {
+    const int C = s->C, k = s->k, O = s->O, kk = k * k;
+    const int Opad = (O + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB;
+    for (int t = 0; t < C * kk; t++)
+        for (int o = 0; o < Opad; o++) wt[(size_t)t * Opad + o] = o < O ? w[(size_t)o * C * kk + t] : 0.0f;
+    s1_conv(s->B, x, C, s->H, s->W, y, O, s->Ho, s->Wo, k, s->pad, wt, b, s->act, 0);
 }
 
 static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const float *g,
-                            const float *x, const float *w) {
+                            const float *x, const float *w, float *wt) {
     const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, O = s->O;
     const int Ho = s->Ho, Wo = s->Wo;
     if (dx) {
-        /* dx[iy][ix] += w[ky][kx] g[iy + p - ky][ix + p - kx] */
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < s->B; i++)
-            for (int c = 0; c < C; c++)
-                for (int iy = 0; iy < H; iy++) {
-                    float acc[DIRECT_MAX_W];
-                    for (int j = 0; j < W; j++) acc[j] = 0;
-                    for (int o = 0; o < O; o++)
-                        for (int ky = 0; ky < k; ky++) {
-                            const int oy = iy + p - ky;
-                            if (oy < 0 || oy >= Ho) continue;
-                            const float *row = g + (((size_t)i * O + o) * Ho + oy) * Wo;
-                            const float *wr = w + (((size_t)o * C + c) * k + ky) * k;
-                            for (int kx = 0; kx < k; kx++) axpy_shift(acc, W, wr[kx], row, Wo, p - kx);
-                        }
-                    float *dst = dx + (((size_t)i * C + c) * H + iy) * W;
-                    for (int j = 0; j < W; j++) dst[j] += acc[j];
-                }
+        /* dx = conv2d(dy, w flipped and transposed, padding k - 1 - p), accumulated */
+        const int kk = k * k, Cpad = (C + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB;
+        for (int o = 0; o < O; o++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++)
+                    for (int c = 0; c < Cpad; c++)
+                        wt[(((size_t)o * k + ky) * k + kx) * Cpad + c] =
+                            c < C ? w[((size_t)o * C + c) * kk + (k - 1 - ky) * k + (k - 1 - kx)] : 0.0f;
+        s1_conv(s->B, g, O, Ho, Wo, dx, C, H, W, k, k - 1 - p, wt, NULL, ML_CONV_ACT_NONE, 1);
     }
     if (dw) {
-        /* dw[o][c][ky][kx] += sum g[oy][ox] x[oy - p + ky][ox - p + kx]: per image a float
-         * partial, summed over images in double, in a fixed order */
+        /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]: per image
+         * 16-lane float partials (lane = ox mod 16), summed over lanes and images in double,
+         * in a fixed order */
+        const int len = Wo + k - 1, kk = k * k;
 #pragma omp parallel for schedule(static)
         for (int c = 0; c < C; c++) {
-            double tot[DIRECT_MAX_O * DIRECT_MAX_K * DIRECT_MAX_K] = {0};
+            /* up to 16 x 16 x 16 x 16 floats: on the heap, not an OpenMP thread's stack */
+            double *tot = calloc((size_t)(O * kk), sizeof *tot);
+            float (*part)[LANES] = malloc(sizeof *part * (size_t)(O * kk));
+            float xr[DIRECT_MAX_W + DIRECT_MAX_K];
+            if (!tot || !part) abort(); /* a few kB; no way to report from inside a kernel */
             for (int i = 0; i < s->B; i++) {
+                memset(part, 0, sizeof(part[0]) * (size_t)(O * kk));
                 const float *xp = x + ((size_t)i * C + c) * H * W;
-                for (int o = 0; o < O; o++) {
-                    const float *gp = g + ((size_t)i * O + o) * Ho * Wo;
-                    for (int ky = 0; ky < k; ky++)
-                        for (int kx = 0; kx < k; kx++) {
-                            const int d = kx - p, a = d < 0 ? -d : 0, e = W - d < Wo ? W - d : Wo;
-                            float part = 0;
-                            for (int oy = 0; oy < Ho; oy++) {
-                                const int iy = oy - p + ky;
-                                if (iy < 0 || iy >= H) continue;
-                                const float *gr = gp + (size_t)oy * Wo, *xr = xp + (size_t)iy * W + d;
-#pragma omp simd reduction(+ : part)
-                                for (int j = a; j < e; j++) part += gr[j] * xr[j];
+                for (int oy = 0; oy < Ho; oy++)
+                    for (int ky = 0; ky < k; ky++) {
+                        const int iy = oy - p + ky;
+                        if (iy < 0 || iy >= H) continue;
+                        const int n = W < len - p ? W : len - p;
+                        pad_row(xr, len, xp + (size_t)iy * W, n, p);
+                        for (int o = 0; o < O; o++) {
+                            const float *gr = g + (((size_t)i * O + o) * Ho + oy) * Wo;
+                            for (int kx = 0; kx < k; kx++) {
+                                float *pp = part[(o * k + ky) * k + kx];
+                                const float *xs = xr + kx;
+                                int j = 0;
+                                for (; j + LANES <= Wo; j += LANES)
+#pragma omp simd
+                                    for (int l = 0; l < LANES; l++) pp[l] += gr[j + l] * xs[j + l];
+                                for (int l = 0; j + l < Wo; l++) pp[l] += gr[j + l] * xs[j + l];
                             }
-                            tot[(o * k + ky) * k + kx] += part;
                         }
+                    }
+                for (int t = 0; t < O * kk; t++) {
+                    float sum = 0;
+                    for (int l = 0; l < LANES; l++) sum += part[t][l];
+                    tot[t] += sum;
                 }
             }
             for (int o = 0; o < O; o++)
-                for (int t = 0; t < k * k; t++)
-                    dw[((size_t)o * C + c) * k * k + t] += (float)tot[o * k * k + t];
+                for (int t = 0; t < kk; t++)
+                    dw[((size_t)o * C + c) * kk + t] += (float)tot[o * kk + t];
+            free(tot);
+            free(part);
         }
     }
 }
@@ -320,7 +401,7 @@ void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const f
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
     if (s->direct) {
-        direct_forward(s, y, x, w, b);
+        direct_forward(s, y, x, w, b, ws);
         return;
     }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
@@ -356,7 +437,7 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
             for (size_t j = 0; j < m; j++) ws[j] = act_bwd(act, dy[j], y[j]);
             g = ws;
         }
-        direct_backward(s, dx, dw, g, x, w);
+        direct_backward(s, dx, dw, g, x, w, ws + ml_conv_out_size(s));
         return;
     }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
