@@ -236,6 +236,26 @@ START_TEST(fashion_mnist_end_to_end) {
 }
 END_TEST
 
+/* every config shipped in configs/ validates and builds (data, model, plugins) */
+START_TEST(shipped_configs_build) {
+    FILE *ls = popen("find configs -name '*.yaml' | sort", "r");
+    ck_assert_ptr_nonnull(ls);
+    char path[512], tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("cfgs"));
+    int n = 0;
+    while (fgets(path, sizeof path, ls)) {
+        path[strcspn(path, "\n")] = 0;
+        char args[1024];
+        snprintf(args, sizeof args, "%s script=tests/fixtures/run/noop.lua results.dir=%s", path, tmp);
+        int rc = run(MOELAB " run %s", tu_build(), args);
+        ck_assert_msg(rc == 0, "%s:\n%s", path, out);
+        n++;
+    }
+    pclose(ls);
+    ck_assert_int_ge(n, 10);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("run");
     TCase *t = tcase_create("run");
@@ -252,6 +272,7 @@ int main(void) {
     tcase_add_test(t, out_of_tree_plugin_by_yaml);
     tcase_add_test(t, plugin_commands);
     tcase_add_test(t, fashion_mnist_end_to_end);
+    tcase_add_test(t, shipped_configs_build);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
