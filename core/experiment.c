@@ -17,6 +17,8 @@
 
 #define CKPT_FORMAT_VERSION "1"
 
+volatile int ml_exp_interrupted;
+
 /* ------------------------------------------------------------------ building */
 
 static const ml_plugin *find_plugin(void *ctx, int kind, const char *name, char *err) {
@@ -342,6 +344,8 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
             last_draw = now;
         }
         if (hook && hook(ctx)) return ML_ERR;
+        if (ml_exp_interrupted)
+            return ml_errorf("interrupted at epoch %d step %" PRId64 " (results so far are kept)", e->epoch, e->step);
     }
     for (int l = 0; l < m->L; l++)
         if (ml_moe_epoch_end(m->moe[l], e->epoch)) return ML_ERR;

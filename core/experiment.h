@@ -51,6 +51,9 @@ typedef struct ml_eval_stats {
     int64_t samples;
 } ml_eval_stats;
 
+/* Set by a signal handler (SIGINT, SIGTERM): training stops cleanly after the current step. */
+extern volatile int ml_exp_interrupted;
+
 /* Called after every optimizer step of train_epoch; return ML_ERR to stop the epoch. */
 typedef int (*ml_step_hook)(void *ctx);
 

@@ -11,6 +11,7 @@
  * config (nothing was run).
  */
 #include <libgen.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,8 +63,15 @@ static const char *resolve_script(const ml_experiment *e, char *buf, size_t n) {
     return access(buf, R_OK) == 0 ? buf : s;
 }
 
+static void on_signal(int sig) {
+    ml_exp_interrupted = sig;
+    signal(sig, SIG_DFL); /* a second signal ends the process at once */
+}
+
 static int cmd_run(int argc, char **argv) {
     if (argc < 1) return usage(stderr);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
     for (int i = 1; i < argc; i++)
         if (!strchr(argv[i], '=')) {
             fprintf(stderr, "moelab: override '%s': expected key.path=value\n", argv[i]);
@@ -97,7 +105,7 @@ static int cmd_run(int argc, char **argv) {
         snprintf(e->last_error, sizeof e->last_error, "%s", ml_error());
         fprintf(stderr, "moelab: %s\n", e->last_error);
     }
-    if (ml_exp_finish(e, rc ? "error" : "ok")) {
+    if (ml_exp_finish(e, !rc ? "ok" : ml_exp_interrupted ? "interrupted" : "error")) {
         fprintf(stderr, "moelab: writing the summary: %s\n", ml_error());
         rc = ML_ERR;
     }
