@@ -21,14 +21,15 @@
 /* register block of the direct kernel: DIRECT_OB output channels x DIRECT_NV 16-float vectors */
 #define DIRECT_OB 3
 #define DIRECT_NV 4
+/* float partial sums per reduction: vectorisable without reassociation */
+#define LANES 16
 /* floats of padded input rows one output row needs (C k rows), kept on the stack */
 #define DIRECT_MAX_ROWS 16384
 
-/* Threads: only OpenBLAS's. The data movement around the GEMMs stays on the calling
- * thread on purpose: with the pthread build of OpenBLAS, an OpenMP team that spins after
- * its region fights OpenBLAS's threads for the cores, and on a 2-core machine that made
- * the layers up to 2x slower and their timings erratic. Measured, not guessed
- * (bench/conv_bench.c). */
+/* Threads: OpenBLAS is the OpenMP build, so its GEMMs and the loops below share one
+ * libgomp thread pool. Every loop that moves data is an OpenMP loop with a static schedule
+ * over independent outputs (images, channels, rows); reductions keep a fixed order, so the
+ * results are bitwise identical for the same thread count. */
 
 /* ------------------------------------------------------------------------------------ */
 /* shapes */
@@ -106,7 +107,7 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
     return (size_t)s->O * (size_t)s->C * (size_t)s->k * (size_t)s->k;
 }
 
-size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
+static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->direct) { /* the pre-activation gradient, then the repacked weights */
         const size_t kk = (size_t)s->k * s->k;
         const size_t fw = (size_t)s->C * kk * (size_t)((s->O + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB);
@@ -122,6 +123,11 @@ size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
     return ws;
 }
 
+size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
+    const size_t ws = layer_workspace(s), bias = (size_t)s->B * (size_t)s->O; /* bias partials */
+    return ws > bias ? ws : bias;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* data movement */
 
@@ -134,6 +140,7 @@ static void im2col(float *col, const float *x, int nb, int C, int IH, int IW, in
                    int k, int s, int p) {
     const size_t ncol = (size_t)nb * CH * CW;
     const int rows = C * k * k;
+#pragma omp parallel for collapse(2) schedule(static)
     for (int r = 0; r < rows; r++) {
         for (int i = 0; i < nb; i++) {
             const int c = r / (k * k), ky = (r / k) % k, kx = r % k;
@@ -197,6 +204,7 @@ static void col2im_plane(float *img, const float *col, size_t ncol, int IH, int 
 
 /* t (C, nb*HW) <- x (nb, C, HW): the chunk's channels side by side. */
 static void nchw_to_cn(float *t, const float *x, int nb, int C, size_t HW) {
+#pragma omp parallel for collapse(2) schedule(static)
     for (int c = 0; c < C; c++)
         for (int i = 0; i < nb; i++)
             memcpy(t + ((size_t)c * nb + i) * HW, x + ((size_t)i * C + c) * HW,
@@ -216,25 +224,47 @@ static float act_bwd(ml_conv_act act, float dy, float y) {
     return dy;
 }
 
-/* db[o] += sum over images and pixels of the pre-activation gradient; double, fixed order. */
+/* sum over j < n of act_bwd(act, d[j], y[j]) in LANES float partials (lane = j mod LANES,
+ * so the loop vectorises without reassociating anything), then the lanes in order. */
+static float act_bwd_sum(ml_conv_act act, const float *d, const float *y, size_t n) {
+    float acc[LANES] = {0};
+    size_t j = 0;
+    if (act == ML_CONV_ACT_RELU)
+        for (; j + LANES <= n; j += LANES)
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) acc[l] += y[j + l] > 0 ? d[j + l] : 0.0f;
+    else if (act == ML_CONV_ACT_SIGMOID)
+        for (; j + LANES <= n; j += LANES)
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) acc[l] += d[j + l] * y[j + l] * (1 - y[j + l]);
+    else
+        for (; j + LANES <= n; j += LANES)
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) acc[l] += d[j + l];
+    for (int l = 0; j < n; j++, l++) acc[l] += act_bwd(act, d[j], y ? y[j] : 0);
+    float sum = 0;
+    for (int l = 0; l < LANES; l++) sum += acc[l];
+    return sum;
+}
+
+/* db[o] += sum over images and pixels of the pre-activation gradient: one float partial
+ * per (image, channel) in parallel, then summed over images in double, in a fixed order.
+ * part holds B O floats. */
 static void bias_backward(float *db, const float *dy, const float *y, ml_conv_act act, int B,
-                          int O, size_t HW) {
-    for (int o = 0; o < O; o++) {
-        double acc = 0;
-        for (int i = 0; i < B; i++) {
+                          int O, size_t HW, float *part) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < B; i++)
+        for (int o = 0; o < O; o++) {
             const float *d = dy + ((size_t)i * O + o) * HW;
             const float *yy = y ? y + ((size_t)i * O + o) * HW : NULL;
-            float part = 0;
-            if (act == ML_CONV_ACT_NONE)
-                for (size_t j = 0; j < HW; j++) part += d[j];
-            else
-                for (size_t j = 0; j < HW; j++) part += act_bwd(act, d[j], yy[j]);
-            acc += part;
+            part[(size_t)i * O + o] = act_bwd_sum(act, d, yy, HW);
         }
+    for (int o = 0; o < O; o++) {
+        double acc = 0;
+        for (int i = 0; i < B; i++) acc += part[(size_t)i * O + o];
         db[o] += (float)acc;
     }
 }
-
 
 /* ------------------------------------------------------------------------------------ */
 /* direct stride-1 conv2d: one output row at a time in a stack accumulator */
@@ -242,7 +272,6 @@ static void bias_backward(float *db, const float *dy, const float *y, ml_conv_ac
 /* Every kernel below works on one zero-padded copy of an input row at a time, so the inner
  * loops are branch-free runs over contiguous floats that the compiler vectorises, and keeps
  * its accumulators (one output row per channel, or one 16-lane partial per weight) in L1. */
-#define LANES 16
 #define DIRECT_CB 16 /* input channels per dx accumulator block */
 
 /* dst[0, lp) = 0, dst[lp, lp + n) = src, dst[lp + n, len) = 0 */
@@ -412,6 +441,7 @@ void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const f
                s->pad);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, (int)n, K, 1.0f, w, K, col,
                     (int)n, 0.0f, yt, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
         for (int i = 0; i < nb; i++)
             for (int o = 0; o < O; o++) {
                 const float *src = yt + (size_t)o * n + (size_t)i * HWo;
@@ -428,12 +458,13 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
     const ml_conv_act act = s->act;
-    if (db) bias_backward(db, dy, y, act, B, O, HWo);
+    if (db) bias_backward(db, dy, y, act, B, O, HWo, ws);
     if (!dw && !dx) return;
     if (s->direct) {
         const float *g = dy;
         if (act != ML_CONV_ACT_NONE) {
             const size_t m = ml_conv_out_size(s);
+#pragma omp parallel for schedule(static)
             for (size_t j = 0; j < m; j++) ws[j] = act_bwd(act, dy[j], y[j]);
             g = ws;
         }
@@ -445,6 +476,7 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
         const size_t n = (size_t)nb * HWo;
         float *col = ws, *dyt = ws + (size_t)K * n;
         /* dyt (O, n): the chunk's pre-activation output gradient, channels side by side */
+#pragma omp parallel for collapse(2) schedule(static)
         for (int o = 0; o < O; o++)
             for (int i = 0; i < nb; i++) {
                 const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
@@ -463,6 +495,7 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
         if (dx) {
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, O, 1.0f, w, K, dyt,
                         (int)n, 0.0f, col, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++)
                     col2im_plane(dx + ((size_t)(i0 + i) * C + c) * HW,
@@ -489,6 +522,7 @@ void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const 
         /* col (O k k, n) = w^T (O k k, C) xt (C, n) */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, C, 1.0f, w, K, xt,
                     (int)n, 0.0f, col, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
         for (int i = 0; i < nb; i++)
             for (int o = 0; o < O; o++) {
                 float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
@@ -508,7 +542,7 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = O * k * k;
     const ml_conv_act act = s->act;
-    if (db) bias_backward(db, dy, y, act, B, O, HWo);
+    if (db) bias_backward(db, dy, y, act, B, O, HWo, ws);
     if (!dw && !dx) return;
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
@@ -518,6 +552,7 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
         if (act != ML_CONV_ACT_NONE) {
             float *pre = xt + (size_t)(C > O ? C : O) * n;
             const size_t m = (size_t)nb * O * HWo, off = (size_t)i0 * O * HWo;
+#pragma omp parallel for schedule(static)
             for (size_t j = 0; j < m; j++) pre[j] = act_bwd(act, dy[off + j], y[off + j]);
             g = pre;
         }
@@ -532,6 +567,7 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
         if (dx) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)n, K, 1.0f, w, K, col,
                         (int)n, 0.0f, xt, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++) {
                     float *dst = dx + ((size_t)(i0 + i) * C + c) * HW;
