@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
     /* OpenBLAS's own default is not the OpenMP team size: set both, as moelab bench does */
     openblas_set_num_threads(T);
     omp_set_num_threads(T);
-    struct layer L[9];
+    struct layer L[13];
     int nl = 0, h = H, w = W, ch = C;
     const int enc[4] = {32, 64, 128, 256};
     for (int i = 0; i < 4; i++) {
@@ -61,10 +61,16 @@ int main(int argc, char **argv) {
         h = L[nl].s.Ho, w = L[nl].s.Wo;
         nl++;
     }
+    /* the transposed convs again on the general GEMM + col2im path, for comparison */
+    for (int i = 4; i < 8; i++) {
+        L[nl + 1 + i - 4] = L[i];
+        L[nl + 1 + i - 4].name = "convT gen";
+        L[nl + 1 + i - 4].s.subpixel = 0;
+    }
     L[nl].name = "out conv";
     if (ml_conv2d_shape(&L[nl].s, B, 32, h, w, C, 3, 1, 1, ML_CONV_ACT_SIGMOID)) goto fail;
     L[nl].need_dx = 1;
-    nl++;
+    nl += 5;
 
     size_t maxws = 0, maxx = 0, maxy = 0, maxw = 0;
     for (int i = 0; i < nl; i++) {

@@ -42,8 +42,17 @@ static size_t col_cols_per_image(const ml_conv_shape *s) {
     return s->transposed ? (size_t)s->H * (size_t)s->W : (size_t)s->Ho * (size_t)s->Wo;
 }
 
+/* Sub-pixel convt2d: window positions per image ((H + 1) x (W + 1), see below), and floats
+ * of its per-image workspace (col 4C and the phase outputs 4O per position). */
+static size_t sp_cols_per_image(const ml_conv_shape *s) {
+    return (size_t)(s->H + 1) * (size_t)(s->W + 1);
+}
+static size_t sp_floats_per_image(const ml_conv_shape *s) {
+    return (size_t)4 * (size_t)(s->C + s->O) * sp_cols_per_image(s);
+}
+
 static void pick_chunk(ml_conv_shape *s) {
-    size_t per = col_rows(s) * col_cols_per_image(s);
+    size_t per = s->subpixel ? sp_floats_per_image(s) : col_rows(s) * col_cols_per_image(s);
     size_t c = per ? COL_TARGET_FLOATS / per : 1;
     if (c < 1) c = 1;
     if (c > (size_t)s->B) c = (size_t)s->B;
@@ -93,6 +102,11 @@ int ml_convt2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k,
                          "padding %d)", Ho, Wo, H, W, k, stride, pad);
     *s = (ml_conv_shape){.B = B, .C = C, .H = H, .W = W, .O = O, .k = k, .stride = stride,
                          .pad = pad, .Ho = Ho, .Wo = Wo, .transposed = 1, .act = act};
+    /* the sub-pixel GEMMs run on (H + 1) x (W + 1) window positions; below about 32 x 32
+     * those extra 6% columns, and im2col over short rows, cost more than the general
+     * path's col2im (bench/conv_bench.c: 4x4 to 16x16 inputs are faster on the general path) */
+    s->subpixel = k == 4 && stride == 2 && pad == 1 &&
+                  (size_t)(H + 1) * (size_t)(W + 1) * 100 <= (size_t)H * (size_t)W * 108;
     pick_chunk(s);
     return ML_OK;
 }
@@ -108,6 +122,9 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
 }
 
 static size_t layer_workspace(const ml_conv_shape *s) {
+    if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
+        return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
+    }
     if (s->direct) { /* the pre-activation gradient, then the repacked weights */
         const size_t kk = (size_t)s->k * s->k;
         const size_t fw = (size_t)s->C * kk * (size_t)((s->O + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB);
@@ -509,11 +526,164 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
 /* transposed conv2d: the adjoint of conv2d with the roles of x and y swapped, so its
  * forward is GEMM + col2im and its backward im2col + two GEMMs. */
 
+/*
+ * Sub-pixel form of the kernel-4, stride-2, padding-1 transposed convolution (every SRNN
+ * decoder block). Output pixel (oy, ox) = (2m + py, 2n + px) receives input rows m - 1 + py
+ * and m + py (kernel rows ky = 3 - py - 2 ty for tap ty = 0, 1) and likewise columns, so
+ * each of the 4 phases p = 2 py + px is a 2x2 stride-1 convolution of x with a 2x2 slice
+ * of the kernel, and the 4 slices tile the 16 taps. All phases read the same 2x2 windows
+ * of x (zero-padded by 1), only shifted by (py, px): with col = im2col_2x2(x) over the
+ * (H + 1) x (W + 1) window positions (4C rows, c-major: row 4c + 2ty + tx),
+ *   Yt (4O, n) = Wp (4O, 4C) col (4C, n),   Wp[p O + o][4c + t] = w[c][o][ky][kx],
+ * is ONE GEMM with K = 4C (the general path's has K = C), no overlapping col2im scatter,
+ * and phase p of output (m, n) is Yt[p O + o] at window (m + py, n + px). 1 + 1/H extra
+ * columns per row and image are computed and dropped. Backward is the adjoint:
+ *   G (4O, n) = the pre-activation gradient gathered to those positions (0 elsewhere),
+ *   dWp += G col^T,   dcol = Wp^T G,   dx += col2im_2x2(dcol).
+ */
+static void sp_tap(int p, int t, int *ky, int *kx) {
+    const int py = p >> 1, px = p & 1, ty = t >> 1, tx = t & 1;
+    *ky = 3 - py - 2 * ty;
+    *kx = 3 - px - 2 * tx;
+}
+
+/* col2im_plane for the 2x2 windows, in one pass: dx[iy][ix] += the 4 taps' columns at
+ * window (iy + 1 - ty, ix + 1 - tx), added in tap order as col2im_plane does */
+static void sp_col2im(float *dx, const float *col, size_t n, int H, int W) {
+    const int W1 = W + 1;
+    const float *c0 = col, *c1 = col + n, *c2 = col + 2 * n, *c3 = col + 3 * n;
+    for (int iy = 0; iy < H; iy++) {
+        float *d = dx + (size_t)iy * W;
+        const float *a = c0 + (size_t)(iy + 1) * W1 + 1, *b = c1 + (size_t)(iy + 1) * W1;
+        const float *e = c2 + (size_t)iy * W1 + 1, *f = c3 + (size_t)iy * W1;
+#pragma omp simd
+        for (int ix = 0; ix < W; ix++) d[ix] = d[ix] + a[ix] + b[ix] + e[ix] + f[ix];
+    }
+}
+
+/* wp (4O, 4C) from w (C, O, 4, 4) */
+static void sp_pack(float *wp, const float *w, int C, int O) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int p = 0; p < 4; p++)
+        for (int o = 0; o < O; o++)
+            for (int c = 0; c < C; c++)
+                for (int t = 0; t < 4; t++) {
+                    int ky, kx;
+                    sp_tap(p, t, &ky, &kx);
+                    wp[((size_t)p * O + o) * 4 * C + 4 * c + t] = w[(((size_t)c * O + o) * 4 + ky) * 4 + kx];
+                }
+}
+
+/* dw (C, O, 4, 4) += dwp (4O, 4C) */
+static void sp_unpack_add(float *dw, const float *dwp, int C, int O) {
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int o = 0; o < O; o++)
+            for (int p = 0; p < 4; p++)
+                for (int t = 0; t < 4; t++) {
+                    int ky, kx;
+                    sp_tap(p, t, &ky, &kx);
+                    dw[(((size_t)c * O + o) * 4 + ky) * 4 + kx] += dwp[((size_t)p * O + o) * 4 * C + 4 * c + t];
+                }
+}
+
+static void sp_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                       const float *b, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo;
+    const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
+    float *wp = ws, *col = ws + (size_t)32 * C * O;
+    sp_pack(wp, w, C, O);
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * P;
+        float *yt = col + (size_t)4 * C * n;
+        im2col(col, x + (size_t)i0 * C * HW, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 4 * O, (int)n, 4 * C, 1.0f, wp,
+                    4 * C, col, (int)n, 0.0f, yt, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < nb; i++)
+            for (int o = 0; o < O; o++) {
+                float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
+                const float bias = b ? b[o] : 0.0f;
+                for (int oy = 0; oy < s->Ho; oy++) {
+                    const int py = oy & 1, r = (oy >> 1) + py;
+                    /* px = 0 reads window column q, px = 1 column q + 1 */
+                    const float *s0 = yt + (size_t)(2 * py * O + o) * n + (size_t)i * P + (size_t)r * (W + 1);
+                    const float *s1 = s0 + (size_t)O * n + 1;
+                    float *d = dst + (size_t)oy * Wo;
+                    for (int q = 0; q < W; q++) {
+                        d[2 * q] = act_fwd(s->act, s0[q] + bias);
+                        d[2 * q + 1] = act_fwd(s->act, s1[q] + bias);
+                    }
+                }
+            }
+    }
+}
+
+static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, const float *dy,
+                        const float *y, const float *x, const float *w, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo;
+    const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
+    const ml_conv_act act = s->act;
+    float *wp = ws, *dwp = ws + (size_t)16 * C * O, *col = ws + (size_t)32 * C * O;
+    if (dx) sp_pack(wp, w, C, O);
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * P;
+        float *g = col + (size_t)4 * C * n;
+        /* G: phase p, channel o, window (r, q) <- output (2 (r - py) + py, 2 (q - px) + px) */
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < nb; i++)
+            for (int o = 0; o < O; o++) {
+                const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
+                for (int p = 0; p < 4; p++) {
+                    const int py = p >> 1, px = p & 1;
+                    float *gp = g + ((size_t)p * O + o) * n + (size_t)i * P;
+                    for (int r = 0; r <= H; r++) {
+                        float *gr = gp + (size_t)r * (W + 1);
+                        const int m = r - py;
+                        if (m < 0 || m >= H) {
+                            memset(gr, 0, sizeof(float) * (size_t)(W + 1));
+                            continue;
+                        }
+                        const float *d = dy + off + (size_t)(2 * m + py) * Wo + px;
+                        const float *yy = y ? y + off + (size_t)(2 * m + py) * Wo + px : NULL;
+                        gr[px ? 0 : W] = 0;
+                        float *gq = gr + px;
+                        if (act == ML_CONV_ACT_NONE)
+                            for (int q = 0; q < W; q++) gq[q] = d[2 * q];
+                        else
+                            for (int q = 0; q < W; q++) gq[q] = act_bwd(act, d[2 * q], yy[2 * q]);
+                    }
+                }
+            }
+        im2col(col, x + (size_t)i0 * C * HW, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
+        if (dw)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 4 * O, 4 * C, (int)n, 1.0f, g,
+                        (int)n, col, (int)n, i0 ? 1.0f : 0.0f, dwp, 4 * C);
+        if (dx) {
+            /* dcol overwrites col, which the dw GEMM has consumed */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 4 * C, (int)n, 4 * O, 1.0f, wp,
+                        4 * C, g, (int)n, 0.0f, col, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int i = 0; i < nb; i++)
+                for (int c = 0; c < C; c++)
+                    sp_col2im(dx + ((size_t)(i0 + i) * C + c) * HW, col + (size_t)c * 4 * n + (size_t)i * P,
+                              n, H, W);
+        }
+    }
+    if (dw) sp_unpack_add(dw, dwp, C, O);
+}
+
 void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
                         const float *b, float *ws) {
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = O * k * k;
+    if (s->subpixel) {
+        sp_forward(s, y, x, w, b, ws);
+        return;
+    }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HW;
@@ -544,6 +714,10 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
     const ml_conv_act act = s->act;
     if (db) bias_backward(db, dy, y, act, B, O, HWo, ws);
     if (!dw && !dx) return;
+    if (s->subpixel) {
+        sp_backward(s, dx, dw, dy, y, x, w, ws);
+        return;
+    }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HW;

@@ -47,6 +47,9 @@ typedef struct ml_conv_shape {
                              a caller may lower it (never below 1) */
     int direct;           /* 1: computed by direct loops, not GEMMs (stride-1 conv2d with few
                              output channels, where im2col would cost more than the math) */
+    int subpixel;         /* 1: convt2d with kernel 4, stride 2, padding 1 computed in the
+                             sub-pixel form (see conv.c); set by ml_convt2d_shape, a caller may
+                             clear it (the general GEMM + col2im path then runs) */
 } ml_conv_shape;
 
 /* Fill s for a conv2d / transposed conv2d; ML_ERR with a message on a bad shape. */
