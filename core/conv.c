@@ -21,6 +21,8 @@
 /* register block of the direct kernel: DIRECT_OB output channels x DIRECT_NV 16-float vectors */
 #define DIRECT_OB 3
 #define DIRECT_NV 4
+/* register block of the direct kernel's dw: DIRECT_DWB output channels x DIRECT_DWB kx taps */
+#define DIRECT_DWB 3
 /* float partial sums per reduction: vectorisable without reassociation */
 #define LANES 16
 /* floats of padded input rows one output row needs (C k rows), kept on the stack */
@@ -408,50 +410,78 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
         s1_conv(s->B, g, O, Ho, Wo, dx, C, H, W, k, k - 1 - p, wt, NULL, ML_CONV_ACT_NONE, 1);
     }
     if (dw) {
-        /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]: per image
-         * 16-lane float partials (lane = ox mod 16), summed over lanes and images in double,
-         * in a fixed order */
-        const int len = Wo + k - 1, kk = k * k;
-#pragma omp parallel for schedule(static)
-        for (int c = 0; c < C; c++) {
-            /* up to 16 x 16 x 16 x 16 floats: on the heap, not an OpenMP thread's stack */
-            double *tot = calloc((size_t)(O * kk), sizeof *tot);
-            float (*part)[LANES] = malloc(sizeof *part * (size_t)(O * kk));
-            float xr[DIRECT_MAX_W + DIRECT_MAX_K];
-            if (!tot || !part) abort(); /* a few kB; no way to report from inside a kernel */
-            for (int i = 0; i < s->B; i++) {
-                memset(part, 0, sizeof(part[0]) * (size_t)(O * kk));
-                const float *xp = x + ((size_t)i * C + c) * H * W;
-                for (int oy = 0; oy < Ho; oy++)
-                    for (int ky = 0; ky < k; ky++) {
-                        const int iy = oy - p + ky;
-                        if (iy < 0 || iy >= H) continue;
-                        const int n = W < len - p ? W : len - p;
-                        pad_row(xr, len, xp + (size_t)iy * W, n, p);
-                        for (int o = 0; o < O; o++) {
-                            const float *gr = g + (((size_t)i * O + o) * Ho + oy) * Wo;
-                            for (int kx = 0; kx < k; kx++) {
-                                float *pp = part[(o * k + ky) * k + kx];
-                                const float *xs = xr + kx;
-                                int j = 0;
-                                for (; j + LANES <= Wo; j += LANES)
-#pragma omp simd
-                                    for (int l = 0; l < LANES; l++) pp[l] += gr[j + l] * xs[j + l];
-                                for (int l = 0; j + l < Wo; l++) pp[l] += gr[j + l] * xs[j + l];
-                            }
+        /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]. One input
+         * channel per thread; per image the channel is zero-padded once, then for each ky a
+         * block of DIRECT_DWB output channels x DIRECT_DWB kx taps accumulates over all rows
+         * in registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
+         * then lanes in order, images in double: a fixed order. */
+        const int kk = k * k, kr = (k + DIRECT_DWB - 1) / DIRECT_DWB * DIRECT_DWB;
+        const int Wv = Wo / LANES * LANES, Hp = Ho + k - 1;
+        const int len = Wo + kr + LANES; /* padded row, x[ix] at ix + p; the kx blocks may overrun k */
+#pragma omp parallel
+        {
+            /* on the heap, not an OpenMP thread's stack */
+            double *tot = malloc(sizeof(double) * (size_t)(O * kk));
+            float *xp = malloc(sizeof(float) * (size_t)Hp * len);
+            if (!tot || !xp) abort(); /* no way to report from inside a kernel */
+#pragma omp for schedule(static)
+            for (int c = 0; c < C; c++) {
+                for (int t = 0; t < O * kk; t++) tot[t] = 0;
+                for (int i = 0; i < s->B; i++) {
+                    for (int r = 0; r < Hp; r++) {
+                        float *row = xp + (size_t)r * len;
+                        const int iy = r - p;
+                        if (iy < 0 || iy >= H) {
+                            memset(row, 0, sizeof(float) * (size_t)len);
+                            continue;
                         }
+                        const int n = W < len - p ? W : len - p;
+                        pad_row(row, len, x + (((size_t)i * C + c) * H + iy) * W, n, p);
                     }
-                for (int t = 0; t < O * kk; t++) {
-                    float sum = 0;
-                    for (int l = 0; l < LANES; l++) sum += part[t][l];
-                    tot[t] += sum;
+                    for (int ky = 0; ky < k; ky++)
+                        for (int o0 = 0; o0 < O; o0 += DIRECT_DWB)
+                            for (int kx0 = 0; kx0 < kr; kx0 += DIRECT_DWB) {
+                                v16 acc[DIRECT_DWB][DIRECT_DWB];
+                                float tail[DIRECT_DWB][DIRECT_DWB] = {{0}};
+#pragma GCC unroll 8
+                                for (int q = 0; q < DIRECT_DWB; q++)
+#pragma GCC unroll 8
+                                    for (int u = 0; u < DIRECT_DWB; u++) acc[q][u] = (v16){0};
+                                for (int oy = 0; oy < Ho; oy++) {
+                                    const float *xr = xp + (size_t)(oy + ky) * len + kx0;
+                                    const float *gq[DIRECT_DWB];
+                                    for (int q = 0; q < DIRECT_DWB; q++) /* past O: a valid row, result dropped */
+                                        gq[q] = g + (((size_t)i * O + (o0 + q < O ? o0 + q : o0)) * Ho + oy) * Wo;
+                                    for (int j = 0; j < Wv; j += LANES) {
+                                        v16 gv[DIRECT_DWB];
+#pragma GCC unroll 8
+                                        for (int q = 0; q < DIRECT_DWB; q++) gv[q] = *(const v16u *)(gq[q] + j);
+#pragma GCC unroll 8
+                                        for (int u = 0; u < DIRECT_DWB; u++) {
+                                            const v16 xv = *(const v16u *)(xr + j + u);
+#pragma GCC unroll 8
+                                            for (int q = 0; q < DIRECT_DWB; q++) acc[q][u] += gv[q] * xv;
+                                        }
+                                    }
+                                    for (int j = Wv; j < Wo; j++)
+                                        for (int q = 0; q < DIRECT_DWB; q++)
+                                            for (int u = 0; u < DIRECT_DWB; u++) tail[q][u] += gq[q][j] * xr[j + u];
+                                }
+                                for (int q = 0; q < DIRECT_DWB && o0 + q < O; q++)
+                                    for (int u = 0; u < DIRECT_DWB && kx0 + u < k; u++) {
+                                        float a[LANES], sum = 0;
+                                        memcpy(a, &acc[q][u], sizeof a);
+                                        for (int l = 0; l < LANES; l++) sum += a[l];
+                                        tot[((o0 + q) * k + ky) * k + kx0 + u] += sum + tail[q][u];
+                                    }
+                            }
                 }
+                for (int o = 0; o < O; o++)
+                    for (int t = 0; t < kk; t++)
+                        dw[((size_t)o * C + c) * kk + t] += (float)tot[o * kk + t];
             }
-            for (int o = 0; o < O; o++)
-                for (int t = 0; t < kk; t++)
-                    dw[((size_t)o * C + c) * kk + t] += (float)tot[o * kk + t];
             free(tot);
-            free(part);
+            free(xp);
         }
     }
 }
