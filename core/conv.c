@@ -181,6 +181,7 @@ static void im2col(float *col, const float *x, int nb, int C, int IH, int IW, in
                 if (s == 1) {
                     memcpy(o + cx0, row + cx0, sizeof(float) * (size_t)(cx1 - cx0));
                 } else if (s == 2) {
+#pragma omp simd
                     for (int cx = cx0; cx < cx1; cx++) o[cx] = row[2 * cx];
                 } else {
                     for (int cx = cx0; cx < cx1; cx++) o[cx] = row[(size_t)cx * s];
