@@ -662,10 +662,18 @@ static void sp_forward(const ml_conv_shape *s, float *y, const float *x, const f
                     const float *s0 = yt + (size_t)(2 * py * O + o) * n + (size_t)i * P + (size_t)r * (W + 1);
                     const float *s1 = s0 + (size_t)O * n + 1;
                     float *d = dst + (size_t)oy * Wo;
-                    for (int q = 0; q < W; q++) {
-                        d[2 * q] = act_fwd(s->act, s0[q] + bias);
-                        d[2 * q + 1] = act_fwd(s->act, s1[q] + bias);
-                    }
+                    if (s->act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+#pragma omp simd
+                        for (int q = 0; q < W; q++) {
+                            const float v0 = s0[q] + bias, v1 = s1[q] + bias;
+                            d[2 * q] = v0 > 0 ? v0 : 0.0f;
+                            d[2 * q + 1] = v1 > 0 ? v1 : 0.0f;
+                        }
+                    else
+                        for (int q = 0; q < W; q++) {
+                            d[2 * q] = act_fwd(s->act, s0[q] + bias);
+                            d[2 * q + 1] = act_fwd(s->act, s1[q] + bias);
+                        }
                 }
             }
     }
@@ -702,7 +710,11 @@ static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, const floa
                         gr[px ? 0 : W] = 0;
                         float *gq = gr + px;
                         if (act == ML_CONV_ACT_NONE)
+#pragma omp simd
                             for (int q = 0; q < W; q++) gq[q] = d[2 * q];
+                        else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+#pragma omp simd
+                            for (int q = 0; q < W; q++) gq[q] = yy[2 * q] > 0 ? d[2 * q] : 0.0f;
                         else
                             for (int q = 0; q < W; q++) gq[q] = act_bwd(act, d[2 * q], yy[2 * q]);
                     }
