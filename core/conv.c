@@ -231,6 +231,27 @@ static void nchw_to_cn(float *t, const float *x, int nb, int C, size_t HW) {
                    sizeof(float) * HW);
 }
 
+/* expf for the vectorised sigmoid: e^v = 2^n e^r, n = v / ln 2 rounded to nearest (rintf
+ * in the default rounding mode; roundevenf does not vectorise), |r| <= ln 2 / 2, e^r by
+ * its degree-6 Taylor polynomial (relative error < 2.3e-7, about 2 ulp; sigmoid within
+ * 1e-7 of the exact value), 2^n built in the exponent bits. v is clamped to [-87, 87]
+ * (sigmoid is 0 or 1 to float precision well inside that). Branch-free, so loops over it
+ * vectorise. */
+static inline float exp_approx(float v) {
+    v = v < -87.0f ? -87.0f : v > 87.0f ? 87.0f : v;
+    const float n = __builtin_rintf(v * 1.44269504088896341f);
+    const float r = (v - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const union { int i; float f; } scale = {((int)n + 127) << 23};
+    return p * scale.f;
+}
+
 static float act_fwd(ml_conv_act act, float v) {
     if (act == ML_CONV_ACT_RELU) return v > 0 ? v : 0;
     if (act == ML_CONV_ACT_SIGMOID) return 1.0f / (1.0f + expf(-v));
@@ -376,7 +397,12 @@ static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, i
                             for (int j = 0; j < je; j++) dst[j] += a[j];
                         else {
                             const float bv = bias ? bias[o0 + q] : 0.0f;
-                            for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
+                            if (act == ML_CONV_ACT_SIGMOID) { /* the SRNN output, vectorised */
+                                for (int j = 0; j < je; j++) dst[j] = a[j] + bv;
+#pragma omp simd
+                                for (int j = 0; j < je; j++) dst[j] = 1.0f / (1.0f + exp_approx(-dst[j]));
+                            } else
+                                for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
                         }
                     }
                 }
