@@ -25,7 +25,8 @@
 #define DIRECT_DWB 3
 /* float partial sums per reduction: vectorisable without reassociation */
 #define LANES 16
-/* floats of padded input rows one output row needs (C k rows), kept on the stack */
+/* bound on the padded input rows one output row needs (C k rows): the direct path is for
+ * layers with few channels */
 #define DIRECT_MAX_ROWS 16384
 
 /* Threads: OpenBLAS is the OpenMP build, so its GEMMs and the loops below share one
@@ -308,11 +309,12 @@ static void bias_backward(float *db, const float *dy, const float *y, ml_conv_ac
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* direct stride-1 conv2d: one output row at a time in a stack accumulator */
+/* direct stride-1 conv2d: register-blocked loops over zero-padded image copies */
 
-/* Every kernel below works on one zero-padded copy of an input row at a time, so the inner
- * loops are branch-free runs over contiguous floats that the compiler vectorises, and keeps
- * its accumulators (one output row per channel, or one 16-lane partial per weight) in L1. */
+/* Every kernel below works on a zero-padded copy of an input plane, so the inner loops are
+ * branch-free runs over contiguous floats, and keeps its accumulators (a few channels x a
+ * few 16-float vectors of an output row, or a few 16-lane partials per weight) in
+ * registers. */
 #define DIRECT_CB 16 /* input channels per dx accumulator block */
 
 /* dst[0, lp) = 0, dst[lp, lp + n) = src, dst[lp + n, len) = 0 */
@@ -331,8 +333,8 @@ typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* u
  * repacked as (Cin k k, Opad), Opad = Cout rounded up to DIRECT_OB (zero columns). Each
  * image is copied once, zero-padded, into a per-thread buffer (every input row is read by k
  * output rows); then for each output row DIRECT_OB channels x DIRECT_NV vectors accumulate
- * in registers over all Cin k k taps. conv2d forward is this kernel; conv2d's dx is too, on dy with the kernel
- * flipped and transposed and padding k - 1 - p.
+ * in registers over all Cin k k taps. conv2d forward is this kernel; conv2d's dx is too, on
+ * dy with the kernel flipped and transposed and padding k - 1 - p.
  */
 /* -std=c11 implies -ffp-contract=off: without this the register-blocked loops below run as
  * separate multiplies and adds instead of FMAs (half the throughput) */
