@@ -5,9 +5,11 @@
  *
  * Convolutions are lowered to a few large cblas_sgemm calls: the batch is folded into the
  * GEMM's N dimension in chunks of images (im2col / col2im per chunk), so even the 4x4
- * layers deep in the network run as big GEMMs. OpenBLAS threads the GEMMs, OpenMP the
- * data movement; every reduction has a fixed order, so results are bitwise identical for
- * the same thread count.
+ * layers deep in the network run as big GEMMs. Large kernel-4 stride-2 transposed convs
+ * use the sub-pixel form (one GEMM over all 4 output phases, no overlapping scatter), and
+ * stride-1 convs with few output channels direct register-blocked loops. OpenBLAS (its
+ * OpenMP build) threads the GEMMs and OpenMP the data movement, in one thread pool; every
+ * reduction has a fixed order, so results are bitwise identical for the same thread count.
  *
  * Ownership: every pointer is borrowed. Parameters (w, b, gamma, beta), their gradients
  * and the running statistics live in the model's blocks; activations and the saved batch
