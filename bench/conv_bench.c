@@ -2,9 +2,13 @@
  * conv_bench.c — times each SRNN conv layer (forward and backward) at batch 64 and
  * reports GFLOP/s against a 1536^3 cblas_sgemm measured in the same process.
  * Build by hand from the repository root after `make all`:
- *   gcc -O2 -march=native -fopenmp -Icore -Icore/include $(pkg-config --cflags openblas) \
- *       bench/conv_bench.c build/libmoelab.a -o build/conv_bench $(pkg-config --libs openblas) -lm
+ *   B=/usr/lib/x86_64-linux-gnu/openblas-openmp
+ *   gcc -O2 -march=native -fopenmp -Icore -Icore/include -I/usr/include/x86_64-linux-gnu/openblas-openmp \
+ *       bench/conv_bench.c build/libmoelab.a -o build/conv_bench -L$B -Wl,-rpath,$B -lopenblas -lm
  *   build/conv_bench [H W C [B [threads]]]        (default 64 64 3 64 2)
+ * Run it with OPENBLAS_CORETYPE=SkylakeX on an AVX-512 machine: moelab itself re-executes
+ * with that kernel (core/main.c), a bare binary gets Debian OpenBLAS's AVX2 "Haswell"
+ * kernels (or whatever the environment pins) at about half the GEMM speed.
  */
 #include <cblas.h>
 #include <omp.h>
