@@ -200,6 +200,18 @@ static int shapes(srnn *n, int B) {
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
+/* a (B, Ca, HW), b (B, Cb, HW) = the two channel ranges of y (B, Ca + Cb, HW), overwritten:
+ * the decoder's concat backward where each half gets its only gradient from the decoder,
+ * so the buffers need not be zeroed first. */
+static void split_channels(float *a, float *b, const float *y, int B, int Ca, int Cb, int HW) {
+    const size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < B; i++) {
+        memcpy(a + (size_t)i * na, y + (size_t)i * (na + nb), sizeof(float) * na);
+        memcpy(b + (size_t)i * nb, y + (size_t)i * (na + nb) + na, sizeof(float) * nb);
+    }
+}
+
 /* p[0, n) = 0 on all threads (the gradient buffers are up to 32 MB per step) */
 static void zero_floats(float *p, size_t n) {
     const size_t blk = 16384;
@@ -306,10 +318,9 @@ static int srnn_decode_backward(void *net, const float *dxhat, float *dz) {
     srnn *n = net;
     if (!n->trained) return ml_errorf("srnn: backward needs a training forward first");
     const int B = n->B;
-    for (int l = 0; l < NB; l++) {
-        zero_floats(n->dskip[l], ml_conv_out_size(&n->es[l]));
-        zero_floats(n->du[l], ml_conv_out_size(&n->us[l]));
-    }
+    /* du[0..2], dt and the dskips get exactly one decoder gradient each, written (not added)
+     * by split_channels; the encoder then accumulates into the dskips */
+    zero_floats(n->du[NB - 1], ml_conv_out_size(&n->us[NB - 1]));
     ml_conv2d_backward(&n->os, n->du[NB - 1], PG(ow), PG(ob), dxhat, n->xhat, n->u[NB - 1],
                        PW(ow), n->ws);
     for (int j = NB - 1; j >= 0; j--) {
@@ -317,10 +328,8 @@ static int srnn_decode_backward(void *net, const float *dxhat, float *dz) {
         zero_floats(n->dcat, ml_conv_in_size(s));
         ml_convt2d_backward(s, n->dcat, PG(uw[j]), PG(ub[j]), n->du[j], n->u[j], n->cat[j],
                             PW(uw[j]), n->ws);
-        float *dxin = j > 0 ? n->du[j - 1] : n->dt;
-        if (j == 0) zero_floats(n->dt, (size_t)B * n->ch[3] * n->h * n->w);
-        ml_concat_channels_backward(dxin, n->dskip[NB - 1 - j], n->dcat, B, n->ucx[j],
-                                    s->C - n->ucx[j], s->H * s->W);
+        split_channels(j > 0 ? n->du[j - 1] : n->dt, n->dskip[NB - 1 - j], n->dcat, B,
+                       n->ucx[j], s->C - n->ucx[j], s->H * s->W);
     }
     ml_linear_backward(dz, PG(dfw), PG(dfb), n->dt, n->zin, PW(dfw), B, n->D,
                        n->ch[3] * n->h * n->w);
