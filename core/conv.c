@@ -126,7 +126,8 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
 
 static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
-        return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
+        return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s) +
+               (size_t)s->B * s->O; /* + the bias partials */
     }
     if (s->direct) { /* the pre-activation gradient, then the repacked weights */
         const size_t kk = (size_t)s->k * s->k;
@@ -707,12 +708,15 @@ static void sp_forward(const ml_conv_shape *s, float *y, const float *x, const f
     }
 }
 
-static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, const float *dy,
+/* db, if not NULL, is reduced in the gather (which reads dy and y anyway): per (image,
+ * channel) in 16 float lanes over the gathered rows, then over images in double, in order */
+static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, float *db, const float *dy,
                         const float *y, const float *x, const float *w, float *ws) {
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo;
     const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
     const ml_conv_act act = s->act;
     float *wp = ws, *dwp = ws + (size_t)16 * C * O, *col = ws + (size_t)32 * C * O;
+    float *part = col + (size_t)s->chunk * sp_floats_per_image(s); /* (B, O) bias partials */
     if (dx) sp_pack(wp, w, C, O);
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
@@ -723,6 +727,7 @@ static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, const floa
         for (int i = 0; i < nb; i++)
             for (int o = 0; o < O; o++) {
                 const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
+                float lanes[LANES] = {0};
                 for (int p = 0; p < 4; p++) {
                     const int py = p >> 1, px = p & 1;
                     float *gp = g + ((size_t)p * O + o) * n + (size_t)i * P;
@@ -745,8 +750,17 @@ static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, const floa
                             for (int q = 0; q < W; q++) gq[q] = yy[2 * q] > 0 ? d[2 * q] : 0.0f;
                         else
                             for (int q = 0; q < W; q++) gq[q] = act_bwd(act, d[2 * q], yy[2 * q]);
+                        if (!db) continue;
+                        int q = 0;
+                        for (; q + LANES <= W; q += LANES)
+#pragma omp simd
+                            for (int l = 0; l < LANES; l++) lanes[l] += gq[q + l];
+                        for (int l = 0; q < W; q++, l++) lanes[l] += gq[q];
                     }
                 }
+                float sum = 0;
+                for (int l = 0; l < LANES; l++) sum += lanes[l];
+                part[(size_t)(i0 + i) * O + o] = sum;
             }
         im2col(col, x + (size_t)i0 * C * HW, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
         if (dw)
@@ -764,6 +778,12 @@ static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, const floa
         }
     }
     if (dw) sp_unpack_add(dw, dwp, C, O);
+    if (db)
+        for (int o = 0; o < O; o++) {
+            double acc = 0;
+            for (int i = 0; i < B; i++) acc += part[(size_t)i * O + o];
+            db[o] += (float)acc;
+        }
 }
 
 void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
@@ -803,12 +823,12 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = O * k * k;
     const ml_conv_act act = s->act;
-    if (db) bias_backward(db, dy, y, act, B, O, HWo, ws);
-    if (!dw && !dx) return;
-    if (s->subpixel) {
-        sp_backward(s, dx, dw, dy, y, x, w, ws);
+    if (s->subpixel && (dw || dx)) {
+        sp_backward(s, dx, dw, db, dy, y, x, w, ws);
         return;
     }
+    if (db) bias_backward(db, dy, y, act, B, O, HWo, ws);
+    if (!dw && !dx) return;
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HW;
