@@ -126,8 +126,7 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
 
 static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
-        return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s) +
-               (size_t)s->B * s->O; /* + the bias partials */
+        return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
     }
     if (s->direct) { /* the pre-activation gradient, then the repacked weights */
         const size_t kk = (size_t)s->k * s->k;
@@ -145,8 +144,7 @@ static size_t layer_workspace(const ml_conv_shape *s) {
 }
 
 size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
-    const size_t ws = layer_workspace(s), bias = (size_t)s->B * (size_t)s->O; /* bias partials */
-    return ws > bias ? ws : bias;
+    return layer_workspace(s) + (size_t)s->B * (size_t)s->O; /* + the bias partials */
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -293,6 +291,14 @@ static float act_bwd_sum(ml_conv_act act, const float *d, const float *y, size_t
 /* db[o] += sum over images and pixels of the pre-activation gradient: one float partial
  * per (image, channel) in parallel, then summed over images in double, in a fixed order.
  * part holds B O floats. */
+static void bias_finish(float *db, const float *part, int B, int O) {
+    for (int o = 0; o < O; o++) {
+        double acc = 0;
+        for (int i = 0; i < B; i++) acc += part[(size_t)i * O + o];
+        db[o] += (float)acc;
+    }
+}
+
 static void bias_backward(float *db, const float *dy, const float *y, ml_conv_act act, int B,
                           int O, size_t HW, float *part) {
 #pragma omp parallel for collapse(2) schedule(static)
@@ -302,11 +308,7 @@ static void bias_backward(float *db, const float *dy, const float *y, ml_conv_ac
             const float *yy = y ? y + ((size_t)i * O + o) * HW : NULL;
             part[(size_t)i * O + o] = act_bwd_sum(act, d, yy, HW);
         }
-    for (int o = 0; o < O; o++) {
-        double acc = 0;
-        for (int i = 0; i < B; i++) acc += part[(size_t)i * O + o];
-        db[o] += (float)acc;
-    }
+    bias_finish(db, part, B, O);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -555,7 +557,8 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
     const ml_conv_act act = s->act;
-    if (db) bias_backward(db, dy, y, act, B, O, HWo, ws);
+    float *part = ws + layer_workspace(s); /* (B, O) bias partials */
+    if (db && (s->direct || (!dw && !dx))) bias_backward(db, dy, y, act, B, O, HWo, part);
     if (!dw && !dx) return;
     if (s->direct) {
         const float *g = dy;
@@ -572,7 +575,8 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HWo;
         float *col = ws, *dyt = ws + (size_t)K * n;
-        /* dyt (O, n): the chunk's pre-activation output gradient, channels side by side */
+        /* dyt (O, n): the chunk's pre-activation output gradient, channels side by side; the
+         * bias gradient's partials are summed from it while it is in cache */
 #pragma omp parallel for collapse(2) schedule(static)
         for (int o = 0; o < O; o++)
             for (int i = 0; i < nb; i++) {
@@ -582,6 +586,7 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
                     memcpy(dst, dy + off, sizeof(float) * HWo);
                 else
                     for (size_t j = 0; j < HWo; j++) dst[j] = act_bwd(act, dy[off + j], y[off + j]);
+                if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, dst, NULL, HWo);
             }
         if (dw) {
             im2col(col, x + (size_t)i0 * C * HW, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride,
@@ -600,6 +605,7 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
                                  s->Ho, s->Wo, k, s->stride, s->pad);
         }
     }
+    if (db) bias_finish(db, part, B, O);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -716,7 +722,7 @@ static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
     const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
     const ml_conv_act act = s->act;
     float *wp = ws, *dwp = ws + (size_t)16 * C * O, *col = ws + (size_t)32 * C * O;
-    float *part = col + (size_t)s->chunk * sp_floats_per_image(s); /* (B, O) bias partials */
+    float *part = ws + layer_workspace(s); /* (B, O) bias partials */
     if (dx) sp_pack(wp, w, C, O);
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
@@ -778,12 +784,7 @@ static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
         }
     }
     if (dw) sp_unpack_add(dw, dwp, C, O);
-    if (db)
-        for (int o = 0; o < O; o++) {
-            double acc = 0;
-            for (int i = 0; i < B; i++) acc += part[(size_t)i * O + o];
-            db[o] += (float)acc;
-        }
+    if (db) bias_finish(db, part, B, O);
 }
 
 void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
@@ -827,7 +828,13 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
         sp_backward(s, dx, dw, db, dy, y, x, w, ws);
         return;
     }
-    if (db) bias_backward(db, dy, y, act, B, O, HWo, ws);
+    float *part = ws + layer_workspace(s); /* (B, O) bias partials */
+    /* with an activation the bias partials are summed from the chunk's pre-activation
+     * gradient while it is in cache; without, in one pass here */
+    if (db && (act == ML_CONV_ACT_NONE || (!dw && !dx))) {
+        bias_backward(db, dy, y, act, B, O, HWo, part);
+        db = NULL;
+    }
     if (!dw && !dx) return;
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
@@ -836,9 +843,14 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
         const float *g = dy + (size_t)i0 * O * HWo;
         if (act != ML_CONV_ACT_NONE) {
             float *pre = xt + (size_t)(C > O ? C : O) * n;
-            const size_t m = (size_t)nb * O * HWo, off = (size_t)i0 * O * HWo;
-#pragma omp parallel for schedule(static)
-            for (size_t j = 0; j < m; j++) pre[j] = act_bwd(act, dy[off + j], y[off + j]);
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int i = 0; i < nb; i++)
+                for (int o = 0; o < O; o++) {
+                    const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
+                    float *dst = pre + ((size_t)i * O + o) * HWo;
+                    for (size_t j = 0; j < HWo; j++) dst[j] = act_bwd(act, dy[off + j], y[off + j]);
+                    if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, dst, NULL, HWo);
+                }
             g = pre;
         }
         /* col (O k k, n): the output gradient seen through the kernel window at every input
@@ -861,4 +873,5 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
                 }
         }
     }
+    if (db) bias_finish(db, part, B, O);
 }
