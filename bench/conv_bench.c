@@ -1,12 +1,17 @@
 /*
  * conv_bench.c — times each SRNN conv layer (forward and backward) at batch 64 and
- * reports GFLOP/s against a 1024^3 cblas_sgemm measured in the same process.
+ * reports GFLOP/s against a 1536^3 cblas_sgemm measured in the same process.
  * Build by hand from the repository root after `make all`:
- *   gcc -O2 -march=native -fopenmp -Icore -Icore/include $(pkg-config --cflags openblas) \
- *       bench/conv_bench.c build/libmoelab.a -o build/conv_bench $(pkg-config --libs openblas) -lm
- *   build/conv_bench [H W C [B]]        (default 64 64 3 64)
+ *   B=/usr/lib/x86_64-linux-gnu/openblas-openmp
+ *   gcc -O2 -march=native -fopenmp -Icore -Icore/include -I/usr/include/x86_64-linux-gnu/openblas-openmp \
+ *       bench/conv_bench.c build/libmoelab.a -o build/conv_bench -L$B -Wl,-rpath,$B -lopenblas -lm
+ *   build/conv_bench [H W C [B [threads]]]        (default 64 64 3 64 2)
+ * Run it with OPENBLAS_CORETYPE=SkylakeX on an AVX-512 machine: moelab itself re-executes
+ * with that kernel (core/main.c), a bare binary gets Debian OpenBLAS's AVX2 "Haswell"
+ * kernels (or whatever the environment pins) at about half the GEMM speed.
  */
 #include <cblas.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +20,7 @@
 #include "conv.h"
 
 static double sgemm_peak(void) {
-    const int n = 1024;
+    const int n = 1536; /* not a power of two: 1024 aliases in the cache and reads half the peak */
     float *a = ml_alloc_floats((size_t)n * n), *b = ml_alloc_floats((size_t)n * n),
           *c = ml_alloc_floats((size_t)n * n);
     for (size_t i = 0; i < (size_t)n * n; i++) a[i] = 1e-3f * (float)(i % 7), b[i] = 1e-3f * (float)(i % 5);
@@ -37,8 +42,12 @@ struct layer { const char *name; ml_conv_shape s; int need_dx; };
 int main(int argc, char **argv) {
     int H = argc > 3 ? atoi(argv[1]) : 64, W = argc > 3 ? atoi(argv[2]) : 64;
     int C = argc > 3 ? atoi(argv[3]) : 3, B = argc > 4 ? atoi(argv[4]) : 64;
+    int T = argc > 5 ? atoi(argv[5]) : 2;
     int reps = 10;
-    struct layer L[9];
+    /* OpenBLAS's own default is not the OpenMP team size: set both, as moelab bench does */
+    openblas_set_num_threads(T);
+    omp_set_num_threads(T);
+    struct layer L[13];
     int nl = 0, h = H, w = W, ch = C;
     const int enc[4] = {32, 64, 128, 256};
     for (int i = 0; i < 4; i++) {
@@ -56,10 +65,16 @@ int main(int argc, char **argv) {
         h = L[nl].s.Ho, w = L[nl].s.Wo;
         nl++;
     }
+    /* the transposed convs again on the general GEMM + col2im path, for comparison */
+    for (int i = 4; i < 8; i++) {
+        L[nl + 1 + i - 4] = L[i];
+        L[nl + 1 + i - 4].name = "convT gen";
+        L[nl + 1 + i - 4].s.subpixel = 0;
+    }
     L[nl].name = "out conv";
     if (ml_conv2d_shape(&L[nl].s, B, 32, h, w, C, 3, 1, 1, ML_CONV_ACT_SIGMOID)) goto fail;
     L[nl].need_dx = 1;
-    nl++;
+    nl += 5;
 
     size_t maxws = 0, maxx = 0, maxy = 0, maxw = 0;
     for (int i = 0; i < nl; i++) {
@@ -78,8 +93,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < maxw; i++) wt[i] = (float)((i * 7919u) % 1000) * 1e-4f - 0.05f;
 
     double peak = sgemm_peak();
-    printf("conv_bench image=%dx%dx%d batch=%d sgemm_1024_peak=%.1f GFLOP/s workspace=%.1f MB\n",
-           H, W, C, B, peak, maxws * 4e-6);
+    printf("conv_bench image=%dx%dx%d batch=%d threads=%d sgemm_1536_peak=%.1f GFLOP/s workspace=%.1f MB\n",
+           H, W, C, B, T, peak, maxws * 4e-6);
     printf("%-10s %-22s %5s %9s %9s %9s %8s %8s %6s\n", "layer", "shape", "chunk", "fwd ms",
            "bwd ms", "GFLOP", "GFLOP/s", "%peak", "");
     double tf_all = 0, tb_all = 0, fl_all = 0;

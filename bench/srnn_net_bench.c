@@ -1,12 +1,17 @@
 /*
  * srnn_net_bench.c — times the SRNN net alone (encode, decode, decode_backward,
  * encode_backward, no MoE) on random data, the part of `moelab bench` the convolutions own.
- * Build by hand from the repository root:
+ * Build by hand from the repository root after `make all` (the OpenMP build of OpenBLAS, as
+ * the Makefile links it):
+ *   B=/usr/lib/x86_64-linux-gnu/openblas-openmp
  *   gcc -std=c11 -D_GNU_SOURCE -O2 -march=native -fopenmp -Icore -Icore/include \
- *       $(pkg-config --cflags openblas) bench/srnn_net_bench.c core/net_srnn.c core/conv.c \
- *       core/conv_bn.c core/params.c core/ops.c core/common.c -o build/srnn_net_bench \
- *       $(pkg-config --libs openblas) -lm
+ *       -I/usr/include/x86_64-linux-gnu/openblas-openmp bench/srnn_net_bench.c build/libmoelab.a \
+ *       -o build/srnn_net_bench -L$B -Wl,-rpath,$B -lopenblas \
+ *       $(pkg-config --libs lua5.4 yaml-0.1 zlib) -ldl -lm
  *   build/srnn_net_bench [H W C [B [threads [steps]]]]     (default 64 64 3 64 2 10)
+ * Run it with OPENBLAS_CORETYPE=SkylakeX on an AVX-512 machine: moelab itself re-executes
+ * with that kernel (core/main.c), a bare binary gets Debian OpenBLAS's AVX2 "Haswell"
+ * kernels (or whatever the environment pins) at about half the GEMM speed.
  * Prints the best and the mean step over `steps` timed steps after 2 warm-up steps, and the
  * mean of each phase.
  */

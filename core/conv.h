@@ -5,9 +5,11 @@
  *
  * Convolutions are lowered to a few large cblas_sgemm calls: the batch is folded into the
  * GEMM's N dimension in chunks of images (im2col / col2im per chunk), so even the 4x4
- * layers deep in the network run as big GEMMs. OpenBLAS threads the GEMMs, OpenMP the
- * data movement; every reduction has a fixed order, so results are bitwise identical for
- * the same thread count.
+ * layers deep in the network run as big GEMMs. Large kernel-4 stride-2 transposed convs
+ * use the sub-pixel form (one GEMM over all 4 output phases, no overlapping scatter), and
+ * stride-1 convs with few output channels direct register-blocked loops. OpenBLAS (its
+ * OpenMP build) threads the GEMMs and OpenMP the data movement, in one thread pool; every
+ * reduction has a fixed order, so results are bitwise identical for the same thread count.
  *
  * Ownership: every pointer is borrowed. Parameters (w, b, gamma, beta), their gradients
  * and the running statistics live in the model's blocks; activations and the saved batch
@@ -47,6 +49,9 @@ typedef struct ml_conv_shape {
                              a caller may lower it (never below 1) */
     int direct;           /* 1: computed by direct loops, not GEMMs (stride-1 conv2d with few
                              output channels, where im2col would cost more than the math) */
+    int subpixel;         /* 1: convt2d with kernel 4, stride 2, padding 1 computed in the
+                             sub-pixel form (see conv.c); set by ml_convt2d_shape, a caller may
+                             clear it (the general GEMM + col2im path then runs) */
 } ml_conv_shape;
 
 /* Fill s for a conv2d / transposed conv2d; ML_ERR with a message on a bad shape. */

@@ -200,6 +200,25 @@ static int shapes(srnn *n, int B) {
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
+/* a (B, Ca, HW), b (B, Cb, HW) = the two channel ranges of y (B, Ca + Cb, HW), overwritten:
+ * the decoder's concat backward where each half gets its only gradient from the decoder,
+ * so the buffers need not be zeroed first. */
+static void split_channels(float *a, float *b, const float *y, int B, int Ca, int Cb, int HW) {
+    const size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < B; i++) {
+        memcpy(a + (size_t)i * na, y + (size_t)i * (na + nb), sizeof(float) * na);
+        memcpy(b + (size_t)i * nb, y + (size_t)i * (na + nb) + na, sizeof(float) * nb);
+    }
+}
+
+/* p[0, n) = 0 on all threads (the gradient buffers are up to 32 MB per step) */
+static void zero_floats(float *p, size_t n) {
+    const size_t blk = 16384;
+#pragma omp parallel for schedule(static)
+    for (size_t j = 0; j < n; j += blk) memset(p + j, 0, sizeof(float) * (n - j < blk ? n - j : blk));
+}
+
 static int srnn_reserve(void *net, int B) {
     srnn *n = net;
     if (B <= n->cap_B) return ML_OK;
@@ -299,21 +318,18 @@ static int srnn_decode_backward(void *net, const float *dxhat, float *dz) {
     srnn *n = net;
     if (!n->trained) return ml_errorf("srnn: backward needs a training forward first");
     const int B = n->B;
-    for (int l = 0; l < NB; l++) {
-        memset(n->dskip[l], 0, sizeof(float) * ml_conv_out_size(&n->es[l]));
-        memset(n->du[l], 0, sizeof(float) * ml_conv_out_size(&n->us[l]));
-    }
+    /* du[0..2], dt and the dskips get exactly one decoder gradient each, written (not added)
+     * by split_channels; the encoder then accumulates into the dskips */
+    zero_floats(n->du[NB - 1], ml_conv_out_size(&n->us[NB - 1]));
     ml_conv2d_backward(&n->os, n->du[NB - 1], PG(ow), PG(ob), dxhat, n->xhat, n->u[NB - 1],
                        PW(ow), n->ws);
     for (int j = NB - 1; j >= 0; j--) {
         const ml_conv_shape *s = &n->us[j];
-        memset(n->dcat, 0, sizeof(float) * ml_conv_in_size(s));
+        zero_floats(n->dcat, ml_conv_in_size(s));
         ml_convt2d_backward(s, n->dcat, PG(uw[j]), PG(ub[j]), n->du[j], n->u[j], n->cat[j],
                             PW(uw[j]), n->ws);
-        float *dxin = j > 0 ? n->du[j - 1] : n->dt;
-        if (j == 0) memset(n->dt, 0, sizeof(float) * (size_t)B * n->ch[3] * n->h * n->w);
-        ml_concat_channels_backward(dxin, n->dskip[NB - 1 - j], n->dcat, B, n->ucx[j],
-                                    s->C - n->ucx[j], s->H * s->W);
+        split_channels(j > 0 ? n->du[j - 1] : n->dt, n->dskip[NB - 1 - j], n->dcat, B,
+                       n->ucx[j], s->C - n->ucx[j], s->H * s->W);
     }
     ml_linear_backward(dz, PG(dfw), PG(dfb), n->dt, n->zin, PW(dfw), B, n->D,
                        n->ch[3] * n->h * n->w);
@@ -329,7 +345,7 @@ static int srnn_encode_backward(void *net, const float *dz) {
     for (int l = NB - 1; l >= 0; l--) {
         const ml_conv_shape *s = &n->es[l];
         const int HW = s->Ho * s->Wo;
-        memset(n->dpre, 0, sizeof(float) * ml_conv_out_size(s));
+        zero_floats(n->dpre, ml_conv_out_size(s));
         ml_batchnorm2d_backward(n->dpre, PG(gam[l]), PG(bet[l]), n->dskip[l], n->skip[l],
                                 n->pre[l], n->mean[l], n->rstd[l], PW(gam[l]), B, s->O, HW, 1);
         ml_conv2d_backward(s, l > 0 ? n->dskip[l - 1] : NULL, PG(ew[l]), PG(eb[l]), n->dpre,

@@ -143,17 +143,25 @@ END_TEST
 
 /* ---- forward against direct loops, incl. chunking and odd shapes ---- */
 
-struct fwd_case { int transposed, B, C, H, W, O, k, stride, pad, chunk; ml_conv_act act; };
+/* sp: -1 keeps the shape function's choice of the sub-pixel convt2d path, 0 clears it, 1
+ * forces it (kernel 4, stride 2, padding 1 only) */
+struct fwd_case { int transposed, B, C, H, W, O, k, stride, pad, chunk; ml_conv_act act; int sp; };
 static const struct fwd_case fwd_cases[] = {
-    {0, 3, 3, 9, 7, 5, 3, 2, 1, 2, ML_CONV_ACT_NONE},
-    {0, 2, 4, 6, 6, 3, 3, 1, 1, 1, ML_CONV_ACT_SIGMOID},
-    {0, 5, 2, 8, 5, 4, 5, 3, 2, 2, ML_CONV_ACT_RELU},
-    {0, 2, 3, 5, 5, 2, 1, 1, 0, 0, ML_CONV_ACT_NONE},
-    {0, 3, 2, 5, 6, 16, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID}, /* stride 1 through the GEMM path */
-    {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU},
-    {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE},
-    {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID},
-    {1, 2, 3, 3, 4, 2, 2, 2, 0, 0, ML_CONV_ACT_NONE},
+    {0, 3, 3, 9, 7, 5, 3, 2, 1, 2, ML_CONV_ACT_NONE, -1},
+    {0, 2, 4, 6, 6, 3, 3, 1, 1, 1, ML_CONV_ACT_SIGMOID, -1},
+    {0, 5, 2, 8, 5, 4, 5, 3, 2, 2, ML_CONV_ACT_RELU, -1},
+    {0, 2, 3, 5, 5, 2, 1, 1, 0, 0, ML_CONV_ACT_NONE, -1},
+    {0, 3, 2, 5, 6, 16, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID, -1}, /* stride 1 through the GEMM path */
+    {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 0},
+    {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE, -1},
+    {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID, -1},
+    {1, 2, 3, 3, 4, 2, 2, 2, 0, 0, ML_CONV_ACT_NONE, -1},
+    /* sub-pixel convt2d: forced on small odd shapes with several chunks, and chosen by the
+     * shape function at 32 x 32 */
+    {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 1},
+    {1, 3, 5, 3, 5, 3, 4, 2, 1, 1, ML_CONV_ACT_SIGMOID, 1},
+    {1, 2, 4, 2, 2, 5, 4, 2, 1, 0, ML_CONV_ACT_NONE, 1},
+    {1, 2, 3, 32, 32, 2, 4, 2, 1, 1, ML_CONV_ACT_NONE, -1},
 };
 
 static int make_shape(ml_conv_shape *s, const struct fwd_case *c) {
@@ -162,6 +170,7 @@ static int make_shape(ml_conv_shape *s, const struct fwd_case *c) {
                            : ml_conv2d_shape(s, c->B, c->C, c->H, c->W, c->O, c->k, c->stride,
                                              c->pad, c->act);
     if (rc == ML_OK && c->chunk) s->chunk = c->chunk; /* a caller may lower the chunk */
+    if (rc == ML_OK && c->sp >= 0) s->subpixel = c->sp;
     return rc;
 }
 
@@ -169,6 +178,8 @@ START_TEST(test_forward_vs_direct) {
     const struct fwd_case *c = &fwd_cases[_i];
     ml_conv_shape s;
     ck_assert_int_eq(make_shape(&s, c), ML_OK);
+    if (c->transposed && c->H == 32 && c->W == 32 && c->k == 4 && c->stride == 2 && c->pad == 1)
+        ck_assert_int_eq(s.subpixel, 1); /* the shape function picks it for the SRNN's last block */
     size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
     float *x = fl(nx), *w = fl(nw), *b = fl(s.O), *y = fl(ny);
     float *ws = fl(ml_conv_workspace_floats(&s));
@@ -388,7 +399,10 @@ START_TEST(test_deterministic) {
     ml_conv_shape s;
     if (_i == 0)
         ck_assert_int_eq(ml_convt2d_shape(&s, 8, 64, 16, 16, 32, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
-    else
+    else if (_i == 2) {
+        ck_assert_int_eq(ml_convt2d_shape(&s, 8, 32, 32, 32, 16, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
+        ck_assert_int_eq(s.subpixel, 1);
+    } else
         ck_assert_int_eq(ml_conv2d_shape(&s, 8, 32, 32, 32, 64, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
     s.chunk = 3;
     size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
@@ -411,6 +425,38 @@ START_TEST(test_deterministic) {
 }
 END_TEST
 
+/* ---- the sub-pixel convt2d against the general GEMM + col2im path: y, dx, dw, db ---- */
+
+START_TEST(test_subpixel_vs_general) {
+    ml_conv_shape s[2];
+    const ml_conv_act act = _i ? ML_CONV_ACT_RELU : ML_CONV_ACT_SIGMOID;
+    for (int v = 0; v < 2; v++) {
+        ck_assert_int_eq(ml_convt2d_shape(&s[v], 5, 7, 6, 9, 6, 4, 2, 1, act), ML_OK);
+        s[v].subpixel = v;
+        s[v].chunk = 2;
+    }
+    size_t nx = ml_conv_in_size(&s[0]), ny = ml_conv_out_size(&s[0]), nw = ml_conv_weight_size(&s[0]);
+    float *x = fl(nx), *w = fl(nw), *b = fl(s[0].O), *dy = fl(ny);
+    float *y[2], *dx[2], *dw[2], *db[2];
+    tu_fill(x, nx, 51, -1, 1);
+    tu_fill(w, nw, 52, -0.3f, 0.3f);
+    tu_fill(b, s[0].O, 53, -0.3f, 0.3f);
+    tu_fill(dy, ny, 54, -1, 1);
+    for (int v = 0; v < 2; v++) {
+        float *ws = fl(ml_conv_workspace_floats(&s[v]));
+        y[v] = fl(ny), dx[v] = fl(nx), dw[v] = fl(nw), db[v] = fl(s[v].O);
+        run_layer(&s[v], y[v], dx[v], dw[v], db[v], x, w, b, dy, ws);
+        free(ws);
+    }
+    for (size_t j = 0; j < ny; j++) ck_assert_float_eq_tol(y[1][j], y[0][j], 1e-5);
+    for (size_t j = 0; j < nx; j++) ck_assert_float_eq_tol(dx[1][j], dx[0][j], 1e-4);
+    for (size_t j = 0; j < nw; j++) ck_assert_float_eq_tol(dw[1][j], dw[0][j], 1e-4);
+    for (int j = 0; j < s[0].O; j++) ck_assert_float_eq_tol(db[1][j], db[0][j], 1e-4);
+    for (int v = 0; v < 2; v++) free(y[v]), free(dx[v]), free(dw[v]), free(db[v]);
+    free(x), free(w), free(b), free(dy);
+}
+END_TEST
+
 static Suite *conv_suite(void) {
     Suite *s = suite_create("conv");
     TCase *t = tcase_create("core");
@@ -425,7 +471,8 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_bn_gradcheck, 0, 2);
     tcase_add_test(t, test_concat_gradcheck);
     tcase_add_test(t, test_bad_shapes);
-    tcase_add_loop_test(t, test_deterministic, 0, 2);
+    tcase_add_loop_test(t, test_deterministic, 0, 3);
+    tcase_add_loop_test(t, test_subpixel_vs_general, 0, 2);
     suite_add_tcase(s, t);
     return s;
 }
