@@ -17,7 +17,7 @@ PKG_LIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas $(shell pkg-config
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  ?= $(OPT) -g
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -Icore -Icore/include $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -fno-math-errno -Icore -Icore/include $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
 LIBS     = $(PKG_LIBS) -ldl -lm -lpthread -fopenmp
 PLUGIN_CFLAGS = -std=c11 $(WARN) -O2 -march=native -g -fPIC -shared -fvisibility=hidden -Icore/include $(EXTRA_CFLAGS)
 
