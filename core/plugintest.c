@@ -545,6 +545,9 @@ static int train_step(harness *h, fwd *f, float **trace, size_t *tn, char *why) 
     int ok = dg && dx && mag && load;
     if (!ok) snprintf(why, WHY, "out of memory");
     if (ok) fill_uniform(&r, dg, bn, -1, 1);
+    /* every step starts from zero gradients, as the host's does: the AFTER_BACKWARD
+       magnitudes are then this step's, which a restored instance can reproduce */
+    for (int i = 0; ok && i < h->np; i++) memset(h->grad[i], 0, decl_size(&h->pd[i], h->N) * sizeof(float));
     if (ok && (h_forward(h, f, 1, why) != ML_OK || h_backward(h, f, dg, NULL, NULL, dx, why) != ML_OK))
         ok = 0;
     if (ok) {

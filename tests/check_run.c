@@ -236,6 +236,24 @@ START_TEST(fashion_mnist_end_to_end) {
 }
 END_TEST
 
+/* `moelab plugin-test` passes on every built-in plugin */
+START_TEST(plugin_test_every_builtin) {
+    char cmd[512], path[512];
+    snprintf(cmd, sizeof cmd, "ls %s/plugins/*.so", tu_build());
+    FILE *ls = popen(cmd, "r");
+    ck_assert_ptr_nonnull(ls);
+    int n = 0;
+    while (fgets(path, sizeof path, ls)) {
+        path[strcspn(path, "\n")] = 0;
+        int rc = run(MOELAB " plugin-test %s", tu_build(), path);
+        ck_assert_msg(rc == 0, "%s:\n%s", path, out);
+        n++;
+    }
+    pclose(ls);
+    ck_assert_int_ge(n, 15);
+}
+END_TEST
+
 /* every config shipped in configs/ validates and builds (data, model, plugins) */
 START_TEST(shipped_configs_build) {
     FILE *ls = popen("find configs -name '*.yaml' | sort", "r");
@@ -273,6 +291,7 @@ int main(void) {
     tcase_add_test(t, plugin_commands);
     tcase_add_test(t, fashion_mnist_end_to_end);
     tcase_add_test(t, shipped_configs_build);
+    tcase_add_test(t, plugin_test_every_builtin);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
