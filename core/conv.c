@@ -151,11 +151,37 @@ size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
 /* data movement */
 
 /*
- * Column matrix of nb images x (nb, C, IH, IW) seen through a k x k window with the given
- * stride and padding, sampled at CH x CW positions:
- *   col[(c k + ky) k + kx][(i CH + cy) CW + cx] = x[i, c, cy s - p + ky, cx s - p + kx] (0 outside)
+ * A layer's input as one or two channel ranges read in place: channels [0, Ca) of image i
+ * are plane c of image i in a (B, Ca, HW), channels [Ca, C) plane c - Ca of image i in b
+ * (B, C - Ca, HW). One buffer is {x, NULL, C}; the U-Net decoder's [x, skip] is two.
  */
-static void im2col(float *col, const float *x, int nb, int C, int IH, int IW, int CH, int CW,
+typedef struct cat_in {
+    const float *a, *b;
+    int Ca;
+} cat_in;
+/* The gradient of such an input: dx planes, written (acc 0) or accumulated into (acc 1);
+ * a NULL: no input gradient. */
+typedef struct cat_out {
+    float *a, *b;
+    int Ca, acc;
+} cat_out;
+
+static const float *in_plane(cat_in x, int C, size_t HW, int i, int c) {
+    return c < x.Ca ? x.a + ((size_t)i * x.Ca + c) * HW
+                    : x.b + ((size_t)i * (C - x.Ca) + (c - x.Ca)) * HW;
+}
+static float *out_plane(cat_out d, int C, size_t HW, int i, int c) {
+    return c < d.Ca ? d.a + ((size_t)i * d.Ca + c) * HW
+                    : d.b + ((size_t)i * (C - d.Ca) + (c - d.Ca)) * HW;
+}
+static cat_in one_in(const float *x, int C) { return (cat_in){x, NULL, C}; }
+
+/*
+ * Column matrix of images i0 .. i0 + nb - 1 of x (C, IH, IW planes) seen through a k x k
+ * window with the given stride and padding, sampled at CH x CW positions:
+ *   col[(c k + ky) k + kx][(i CH + cy) CW + cx] = x[i0 + i, c, cy s - p + ky, cx s - p + kx] (0 outside)
+ */
+static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH, int CW,
                    int k, int s, int p) {
     const size_t ncol = (size_t)nb * CH * CW;
     const int rows = C * k * k;
@@ -163,7 +189,7 @@ static void im2col(float *col, const float *x, int nb, int C, int IH, int IW, in
     for (int r = 0; r < rows; r++) {
         for (int i = 0; i < nb; i++) {
             const int c = r / (k * k), ky = (r / k) % k, kx = r % k;
-            const float *xp = x + ((size_t)i * C + c) * IH * IW;
+            const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
             float *cp = col + (size_t)r * ncol + (size_t)i * CH * CW;
             /* valid cx range: 0 <= cx s - p + kx < IW */
             int cx0 = 0, cx1 = CW;
@@ -222,12 +248,12 @@ static void col2im_plane(float *img, const float *col, size_t ncol, int IH, int 
     }
 }
 
-/* t (C, nb*HW) <- x (nb, C, HW): the chunk's channels side by side. */
-static void nchw_to_cn(float *t, const float *x, int nb, int C, size_t HW) {
+/* t (C, nb*HW) <- images i0 .. i0 + nb - 1 of x: the chunk's channels side by side. */
+static void nchw_to_cn(float *t, cat_in x, int i0, int nb, int C, size_t HW) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int c = 0; c < C; c++)
         for (int i = 0; i < nb; i++)
-            memcpy(t + ((size_t)c * nb + i) * HW, x + ((size_t)i * C + c) * HW,
+            memcpy(t + ((size_t)c * nb + i) * HW, in_plane(x, C, HW, i0 + i, c),
                    sizeof(float) * HW);
 }
 
@@ -439,7 +465,8 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                     for (int c = 0; c < Cpad; c++)
                         wt[(((size_t)o * k + ky) * k + kx) * Cpad + c] =
                             c < C ? w[((size_t)o * C + c) * kk + (k - 1 - ky) * k + (k - 1 - kx)] : 0.0f;
-        s1_conv(s->B, g, O, Ho, Wo, dx, C, H, W, k, k - 1 - p, wt, NULL, ML_CONV_ACT_NONE, 1);
+        s1_conv(s->B, g, O, Ho, Wo, dx, C, H, W, k, k - 1 - p, wt, NULL, ML_CONV_ACT_NONE,
+                !s->write_dx);
     }
     if (dw) {
         /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]. One input
@@ -526,7 +553,7 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
 void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
                        const float *b, float *ws) {
     const int B = s->B, C = s->C, O = s->O, k = s->k;
-    const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
+    const size_t HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
     if (s->direct) {
         direct_forward(s, y, x, w, b, ws);
@@ -536,8 +563,7 @@ void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const f
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HWo;
         float *col = ws, *yt = ws + (size_t)K * n;
-        im2col(col, x + (size_t)i0 * C * HW, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride,
-               s->pad);
+        im2col(col, one_in(x, C), i0, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride, s->pad);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, (int)n, K, 1.0f, w, K, col,
                     (int)n, 0.0f, yt, (int)n);
 #pragma omp parallel for collapse(2) schedule(static)
@@ -589,8 +615,7 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
                 if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, dst, NULL, HWo);
             }
         if (dw) {
-            im2col(col, x + (size_t)i0 * C * HW, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride,
-                   s->pad);
+            im2col(col, one_in(x, C), i0, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride, s->pad);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, O, K, (int)n, 1.0f, dyt, (int)n,
                         col, (int)n, 1.0f, dw, K);
         }
@@ -599,10 +624,12 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
                         (int)n, 0.0f, col, (int)n);
 #pragma omp parallel for collapse(2) schedule(static)
             for (int i = 0; i < nb; i++)
-                for (int c = 0; c < C; c++)
-                    col2im_plane(dx + ((size_t)(i0 + i) * C + c) * HW,
-                                 col + (size_t)c * k * k * n + (size_t)i * HWo, n, s->H, s->W,
-                                 s->Ho, s->Wo, k, s->stride, s->pad);
+                for (int c = 0; c < C; c++) {
+                    float *dst = dx + ((size_t)(i0 + i) * C + c) * HW;
+                    if (s->write_dx) memset(dst, 0, sizeof(float) * HW);
+                    col2im_plane(dst, col + (size_t)c * k * k * n + (size_t)i * HWo, n, s->H,
+                                 s->W, s->Ho, s->Wo, k, s->stride, s->pad);
+                }
         }
     }
     if (db) bias_finish(db, part, B, O);
@@ -633,17 +660,21 @@ static void sp_tap(int p, int t, int *ky, int *kx) {
     *kx = 3 - px - 2 * tx;
 }
 
-/* col2im_plane for the 2x2 windows, in one pass: dx[iy][ix] += the 4 taps' columns at
- * window (iy + 1 - ty, ix + 1 - tx), added in tap order as col2im_plane does */
-static void sp_col2im(float *dx, const float *col, size_t n, int H, int W) {
+/* col2im_plane for the 2x2 windows, in one pass: dx[iy][ix] += (acc) or = the 4 taps'
+ * columns at window (iy + 1 - ty, ix + 1 - tx), added in tap order as col2im_plane does */
+static void sp_col2im(float *dx, const float *col, size_t n, int H, int W, int acc) {
     const int W1 = W + 1;
     const float *c0 = col, *c1 = col + n, *c2 = col + 2 * n, *c3 = col + 3 * n;
     for (int iy = 0; iy < H; iy++) {
         float *d = dx + (size_t)iy * W;
         const float *a = c0 + (size_t)(iy + 1) * W1 + 1, *b = c1 + (size_t)(iy + 1) * W1;
         const float *e = c2 + (size_t)iy * W1 + 1, *f = c3 + (size_t)iy * W1;
+        if (acc)
 #pragma omp simd
-        for (int ix = 0; ix < W; ix++) d[ix] = d[ix] + a[ix] + b[ix] + e[ix] + f[ix];
+            for (int ix = 0; ix < W; ix++) d[ix] = d[ix] + a[ix] + b[ix] + e[ix] + f[ix];
+        else
+#pragma omp simd
+            for (int ix = 0; ix < W; ix++) d[ix] = a[ix] + b[ix] + e[ix] + f[ix];
     }
 }
 
@@ -673,17 +704,17 @@ static void sp_unpack_add(float *dw, const float *dwp, int C, int O) {
                 }
 }
 
-static void sp_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+static void sp_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
                        const float *b, float *ws) {
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo;
-    const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
+    const size_t HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
     float *wp = ws, *col = ws + (size_t)32 * C * O;
     sp_pack(wp, w, C, O);
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * P;
         float *yt = col + (size_t)4 * C * n;
-        im2col(col, x + (size_t)i0 * C * HW, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
+        im2col(col, x, i0, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 4 * O, (int)n, 4 * C, 1.0f, wp,
                     4 * C, col, (int)n, 0.0f, yt, (int)n);
 #pragma omp parallel for collapse(2) schedule(static)
@@ -716,14 +747,14 @@ static void sp_forward(const ml_conv_shape *s, float *y, const float *x, const f
 
 /* db, if not NULL, is reduced in the gather (which reads dy and y anyway): per (image,
  * channel) in 16 float lanes over the gathered rows, then over images in double, in order */
-static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, float *db, const float *dy,
-                        const float *y, const float *x, const float *w, float *ws) {
+static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db, const float *dy,
+                        const float *y, cat_in x, const float *w, float *ws) {
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo;
     const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
     const ml_conv_act act = s->act;
     float *wp = ws, *dwp = ws + (size_t)16 * C * O, *col = ws + (size_t)32 * C * O;
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
-    if (dx) sp_pack(wp, w, C, O);
+    if (dx.a) sp_pack(wp, w, C, O);
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * P;
@@ -768,27 +799,27 @@ static void sp_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
                 for (int l = 0; l < LANES; l++) sum += lanes[l];
                 part[(size_t)(i0 + i) * O + o] = sum;
             }
-        im2col(col, x + (size_t)i0 * C * HW, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
+        im2col(col, x, i0, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
         if (dw)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 4 * O, 4 * C, (int)n, 1.0f, g,
                         (int)n, col, (int)n, i0 ? 1.0f : 0.0f, dwp, 4 * C);
-        if (dx) {
+        if (dx.a) {
             /* dcol overwrites col, which the dw GEMM has consumed */
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 4 * C, (int)n, 4 * O, 1.0f, wp,
                         4 * C, g, (int)n, 0.0f, col, (int)n);
 #pragma omp parallel for collapse(2) schedule(static)
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++)
-                    sp_col2im(dx + ((size_t)(i0 + i) * C + c) * HW, col + (size_t)c * 4 * n + (size_t)i * P,
-                              n, H, W);
+                    sp_col2im(out_plane(dx, C, HW, i0 + i, c), col + (size_t)c * 4 * n + (size_t)i * P,
+                              n, H, W, dx.acc);
         }
     }
     if (dw) sp_unpack_add(dw, dwp, C, O);
     if (db) bias_finish(db, part, B, O);
 }
 
-void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
-                        const float *b, float *ws) {
+static void convt_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
+                          const float *b, float *ws) {
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = O * k * k;
@@ -800,7 +831,7 @@ void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const 
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HW;
         float *col = ws, *xt = ws + (size_t)K * n;
-        nchw_to_cn(xt, x + (size_t)i0 * C * HW, nb, C, HW);
+        nchw_to_cn(xt, x, i0, nb, C, HW);
         /* col (O k k, n) = w^T (O k k, C) xt (C, n) */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, C, 1.0f, w, K, xt,
                     (int)n, 0.0f, col, (int)n);
@@ -817,25 +848,24 @@ void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const 
     }
 }
 
-void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
-                         const float *dy, const float *y, const float *x, const float *w,
-                         float *ws) {
+static void convt_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db,
+                           const float *dy, const float *y, cat_in x, const float *w, float *ws) {
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = O * k * k;
     const ml_conv_act act = s->act;
-    if (s->subpixel && (dw || dx)) {
+    if (s->subpixel && (dw || dx.a)) {
         sp_backward(s, dx, dw, db, dy, y, x, w, ws);
         return;
     }
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
     /* with an activation the bias partials are summed from the chunk's pre-activation
      * gradient while it is in cache; without, in one pass here */
-    if (db && (act == ML_CONV_ACT_NONE || (!dw && !dx))) {
+    if (db && (act == ML_CONV_ACT_NONE || (!dw && !dx.a))) {
         bias_backward(db, dy, y, act, B, O, HWo, part);
         db = NULL;
     }
-    if (!dw && !dx) return;
+    if (!dw && !dx.a) return;
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HW;
@@ -855,23 +885,48 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
         }
         /* col (O k k, n): the output gradient seen through the kernel window at every input
          * position, i.e. conv2d's im2col of dy sampled on the input grid */
-        im2col(col, g, nb, O, s->Ho, s->Wo, s->H, s->W, k, s->stride, s->pad);
+        im2col(col, one_in(g, O), 0, nb, O, s->Ho, s->Wo, s->H, s->W, k, s->stride, s->pad);
         if (dw) {
-            nchw_to_cn(xt, x + (size_t)i0 * C * HW, nb, C, HW);
+            nchw_to_cn(xt, x, i0, nb, C, HW);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, K, (int)n, 1.0f, xt, (int)n,
                         col, (int)n, 1.0f, dw, K);
         }
-        if (dx) {
+        if (dx.a) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)n, K, 1.0f, w, K, col,
                         (int)n, 0.0f, xt, (int)n);
 #pragma omp parallel for collapse(2) schedule(static)
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++) {
-                    float *dst = dx + ((size_t)(i0 + i) * C + c) * HW;
+                    float *dst = out_plane(dx, C, HW, i0 + i, c);
                     const float *src = xt + (size_t)c * n + (size_t)i * HW;
-                    for (size_t j = 0; j < HW; j++) dst[j] += src[j];
+                    if (dx.acc)
+                        for (size_t j = 0; j < HW; j++) dst[j] += src[j];
+                    else
+                        memcpy(dst, src, sizeof(float) * HW);
                 }
         }
     }
     if (db) bias_finish(db, part, B, O);
+}
+
+void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                        const float *b, float *ws) {
+    convt_forward(s, y, one_in(x, s->C), w, b, ws);
+}
+
+void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
+                         const float *dy, const float *y, const float *x, const float *w,
+                         float *ws) {
+    convt_backward(s, (cat_out){dx, NULL, s->C, 1}, dw, db, dy, y, one_in(x, s->C), w, ws);
+}
+
+void ml_convt2d_forward_cat(const ml_conv_shape *s, int Ca, float *y, const float *xa,
+                            const float *xb, const float *w, const float *b, float *ws) {
+    convt_forward(s, y, (cat_in){xa, xb, Ca}, w, b, ws);
+}
+
+void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *dxb, float *dw,
+                             float *db, const float *dy, const float *y, const float *xa,
+                             const float *xb, const float *w, float *ws) {
+    convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca}, w, ws);
 }

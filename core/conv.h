@@ -17,7 +17,9 @@
  * sizes it with ml_conv_workspace_floats() (one workspace, sized to the largest layer, may
  * be shared by all layers of a model, never by two calls running at once).
  * Backward functions ACCUMULATE (+=) into dx, dw, db, dgamma, dbeta; any of these may be
- * NULL when that gradient is not wanted (e.g. dx of the first layer).
+ * NULL when that gradient is not wanted (e.g. dx of the first layer). Two exceptions, for
+ * buffers that get only one gradient: conv2d writes dx when the shape's write_dx is set, and
+ * the two-input transposed conv (ml_convt2d_backward_cat) always writes its dxa, dxb.
  */
 #ifndef MOELAB_CONV_H
 #define MOELAB_CONV_H
@@ -52,6 +54,9 @@ typedef struct ml_conv_shape {
     int subpixel;         /* 1: convt2d with kernel 4, stride 2, padding 1 computed in the
                              sub-pixel form (see conv.c); set by ml_convt2d_shape, a caller may
                              clear it (the general GEMM + col2im path then runs) */
+    int write_dx;         /* conv2d: 0 (set by the shape function): backward accumulates into
+                             dx; a caller may set 1: backward writes dx, which then needs no
+                             zeroing */
 } ml_conv_shape;
 
 /* Fill s for a conv2d / transposed conv2d; ML_ERR with a message on a bad shape. */
@@ -103,6 +108,32 @@ void ml_convt2d_backward(const ml_conv_shape *s,
                          const float *x,   // (B, C, H, W)
                          const float *w,   // (C, O, k, k)
                          float *ws);
+
+/*
+ * The U-Net decoder's transposed conv on the channel concatenation [xa, xb] without building
+ * it: s->C = Ca + Cb input channels, xa holds channels [0, Ca), xb the other Cb (the skip),
+ * both read in place. Backward WRITES (=, not +=) dxa and dxb, so they need no zeroing
+ * (both NULL: no input gradient), and accumulates dw and db as ml_convt2d_backward does.
+ * 0 < Ca < s->C.
+ */
+void ml_convt2d_forward_cat(const ml_conv_shape *s, int Ca,
+                            float *y,          // (B, O, Ho, Wo)
+                            const float *xa,   // (B, Ca, H, W)
+                            const float *xb,   // (B, C - Ca, H, W)
+                            const float *w,    // (C, O, k, k)
+                            const float *b,    // (O) or NULL
+                            float *ws);
+void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca,
+                             float *dxa,        // (B, Ca, H, W) written, or NULL
+                             float *dxb,        // (B, C - Ca, H, W) written, or NULL
+                             float *dw,         // (C, O, k, k) or NULL
+                             float *db,         // (O) or NULL
+                             const float *dy,   // (B, O, Ho, Wo)
+                             const float *y,    // (B, O, Ho, Wo), or NULL if act is NONE
+                             const float *xa,   // (B, Ca, H, W)
+                             const float *xb,   // (B, C - Ca, H, W)
+                             const float *w,    // (C, O, k, k)
+                             float *ws);
 
 /*
  * BatchNorm2d with PyTorch's semantics. Training: normalise with the batch mean and the

@@ -39,14 +39,12 @@ typedef struct srnn {
     float *mean[NB], *rstd[NB];   /* (ch_l) batch statistics */
     float *zin;                   /* (B, D) decoder input copy */
     float *t;                     /* (B, ch3 h w) dec.fc output */
-    float *cat[NB];               /* (B, ucin_j, h_j, w_j) up block inputs */
     float *u[NB];                 /* (B, out_j, 2h_j, 2w_j) up block outputs (post-ReLU) */
     float *xhat;                  /* (B, C, H, W) borrowed output */
     /* gradients (cap_B) */
     float *dskip[NB];             /* like skip: from the decoder, then the encoder */
     float *du[NB];                /* like u */
     float *dt;                    /* like t */
-    float *dcat;                  /* largest cat, scratch */
     float *dpre;                  /* largest pre, scratch */
     float *ws;                    /* shared conv workspace */
 } srnn;
@@ -57,20 +55,18 @@ static void free_acts(srnn *n) {
         free(n->skip[l]);
         free(n->mean[l]);
         free(n->rstd[l]);
-        free(n->cat[l]);
         free(n->u[l]);
         free(n->dskip[l]);
         free(n->du[l]);
-        n->pre[l] = n->skip[l] = n->mean[l] = n->rstd[l] = n->cat[l] = n->u[l] = NULL;
+        n->pre[l] = n->skip[l] = n->mean[l] = n->rstd[l] = n->u[l] = NULL;
         n->dskip[l] = n->du[l] = NULL;
     }
     free(n->zin);
     free(n->t);
     free(n->dt);
-    free(n->dcat);
     free(n->dpre);
     free(n->ws);
-    n->zin = n->t = n->dt = n->dcat = n->dpre = n->ws = NULL;
+    n->zin = n->t = n->dt = n->dpre = n->ws = NULL;
     n->cap_B = 0;
 }
 
@@ -195,22 +191,13 @@ static int shapes(srnn *n, int B) {
         H *= 2;
         W *= 2;
     }
-    return ml_conv2d_shape(&n->os, B, n->ch[0], n->H, n->W, n->C, 3, 1, 1, ML_CONV_ACT_SIGMOID);
+    if (ml_conv2d_shape(&n->os, B, n->ch[0], n->H, n->W, n->C, 3, 1, 1, ML_CONV_ACT_SIGMOID))
+        return ML_ERR;
+    n->os.write_dx = 1; /* du[NB - 1] gets only this gradient */
+    return ML_OK;
 }
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
-
-/* a (B, Ca, HW), b (B, Cb, HW) = the two channel ranges of y (B, Ca + Cb, HW), overwritten:
- * the decoder's concat backward where each half gets its only gradient from the decoder,
- * so the buffers need not be zeroed first. */
-static void split_channels(float *a, float *b, const float *y, int B, int Ca, int Cb, int HW) {
-    const size_t na = (size_t)Ca * HW, nb = (size_t)Cb * HW;
-#pragma omp parallel for schedule(static)
-    for (int i = 0; i < B; i++) {
-        memcpy(a + (size_t)i * na, y + (size_t)i * (na + nb), sizeof(float) * na);
-        memcpy(b + (size_t)i * nb, y + (size_t)i * (na + nb) + na, sizeof(float) * nb);
-    }
-}
 
 /* p[0, n) = 0 on all threads (the gradient buffers are up to 32 MB per step) */
 static void zero_floats(float *p, size_t n) {
@@ -224,33 +211,30 @@ static int srnn_reserve(void *net, int B) {
     if (B <= n->cap_B) return ML_OK;
     free_acts(n);
     if (shapes(n, B)) return ML_ERR;
-    size_t ws = ml_conv_workspace_floats(&n->os), dpre = 0, dcat = 0;
+    size_t ws = ml_conv_workspace_floats(&n->os), dpre = 0;
     for (int l = 0; l < NB; l++) {
         const size_t m = ml_conv_out_size(&n->es[l]);
         ws = max_sz(ws, ml_conv_workspace_floats(&n->es[l]));
         ws = max_sz(ws, ml_conv_workspace_floats(&n->us[l]));
         dpre = max_sz(dpre, m);
-        dcat = max_sz(dcat, ml_conv_in_size(&n->us[l]));
         n->pre[l] = ml_alloc_floats(m);
         n->skip[l] = ml_alloc_floats(m);
         n->dskip[l] = ml_alloc_floats(m);
         n->mean[l] = ml_alloc_floats((size_t)n->ch[l]);
         n->rstd[l] = ml_alloc_floats((size_t)n->ch[l]);
-        n->cat[l] = ml_alloc_floats(ml_conv_in_size(&n->us[l]));
         n->u[l] = ml_alloc_floats(ml_conv_out_size(&n->us[l]));
         n->du[l] = ml_alloc_floats(ml_conv_out_size(&n->us[l]));
         if (!n->pre[l] || !n->skip[l] || !n->dskip[l] || !n->mean[l] || !n->rstd[l] ||
-            !n->cat[l] || !n->u[l] || !n->du[l])
+            !n->u[l] || !n->du[l])
             goto fail;
     }
     const size_t flat = (size_t)B * n->ch[3] * n->h * n->w;
     n->zin = ml_alloc_floats((size_t)B * n->D);
     n->t = ml_alloc_floats(flat);
     n->dt = ml_alloc_floats(flat);
-    n->dcat = ml_alloc_floats(dcat);
     n->dpre = ml_alloc_floats(dpre);
     n->ws = ml_alloc_floats(ws);
-    if (!n->zin || !n->t || !n->dt || !n->dcat || !n->dpre || !n->ws) goto fail;
+    if (!n->zin || !n->t || !n->dt || !n->dpre || !n->ws) goto fail;
     n->cap_B = B;
     return ML_OK;
 fail:
@@ -304,9 +288,9 @@ static int srnn_decode(void *net, const float *z, int B, int training, float *xh
     const float *xin = n->t;
     for (int j = 0; j < NB; j++) {
         const ml_conv_shape *s = &n->us[j];
-        ml_concat_channels_forward(n->cat[j], xin, n->skip[NB - 1 - j], B, n->ucx[j],
-                                   s->C - n->ucx[j], s->H * s->W);
-        ml_convt2d_forward(s, n->u[j], n->cat[j], PW(uw[j]), PW(ub[j]), n->ws);
+        /* the up block reads [x, skip] in place: no concatenated copy */
+        ml_convt2d_forward_cat(s, n->ucx[j], n->u[j], xin, n->skip[NB - 1 - j], PW(uw[j]),
+                               PW(ub[j]), n->ws);
         xin = n->u[j];
     }
     ml_conv2d_forward(&n->os, xhat, n->u[NB - 1], PW(ow), PW(ob), n->ws);
@@ -318,18 +302,17 @@ static int srnn_decode_backward(void *net, const float *dxhat, float *dz) {
     srnn *n = net;
     if (!n->trained) return ml_errorf("srnn: backward needs a training forward first");
     const int B = n->B;
-    /* du[0..2], dt and the dskips get exactly one decoder gradient each, written (not added)
-     * by split_channels; the encoder then accumulates into the dskips */
-    zero_floats(n->du[NB - 1], ml_conv_out_size(&n->us[NB - 1]));
+    /* du, dt and the dskips get exactly one decoder gradient each, written (not added) by
+     * the output conv (write_dx) and the up blocks (ml_convt2d_backward_cat), so nothing is
+     * zeroed first; the encoder then accumulates into the dskips */
     ml_conv2d_backward(&n->os, n->du[NB - 1], PG(ow), PG(ob), dxhat, n->xhat, n->u[NB - 1],
                        PW(ow), n->ws);
     for (int j = NB - 1; j >= 0; j--) {
         const ml_conv_shape *s = &n->us[j];
-        zero_floats(n->dcat, ml_conv_in_size(s));
-        ml_convt2d_backward(s, n->dcat, PG(uw[j]), PG(ub[j]), n->du[j], n->u[j], n->cat[j],
-                            PW(uw[j]), n->ws);
-        split_channels(j > 0 ? n->du[j - 1] : n->dt, n->dskip[NB - 1 - j], n->dcat, B,
-                       n->ucx[j], s->C - n->ucx[j], s->H * s->W);
+        const float *xin = j > 0 ? n->u[j - 1] : n->t;
+        ml_convt2d_backward_cat(s, n->ucx[j], j > 0 ? n->du[j - 1] : n->dt, n->dskip[NB - 1 - j],
+                                PG(uw[j]), PG(ub[j]), n->du[j], n->u[j], xin,
+                                n->skip[NB - 1 - j], PW(uw[j]), n->ws);
     }
     ml_linear_backward(dz, PG(dfw), PG(dfb), n->dt, n->zin, PW(dfw), B, n->D,
                        n->ch[3] * n->h * n->w);

@@ -364,6 +364,112 @@ START_TEST(test_concat_gradcheck) {
 }
 END_TEST
 
+/* ---- the two-input transposed conv (U-Net [x, skip] read in place) and write_dx ---- */
+
+/* _i: 0 general path, 1 sub-pixel; both against concat + the one-input layer (the same
+ * arithmetic: bitwise equal), with dxa and dxb overwritten, determinism, and finite
+ * differences through xa and xb */
+struct cctx { ml_conv_shape s; int Ca; float *xa, *xb, *w, *b, *y, *r, *ws; };
+static double convt_cat_loss(void *p) {
+    struct cctx *g = p;
+    ml_convt2d_forward_cat(&g->s, g->Ca, g->y, g->xa, g->xb, g->w, g->b, g->ws);
+    double l = 0;
+    for (size_t j = 0; j < ml_conv_out_size(&g->s); j++) l += (double)g->y[j] * g->r[j];
+    return l;
+}
+
+START_TEST(test_convt_cat) {
+    struct cctx g;
+    const int B = 3, Ca = 4, Cb = 3, H = 5, W = 6, HW = H * W;
+    ck_assert_int_eq(ml_convt2d_shape(&g.s, B, Ca + Cb, H, W, 5, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
+    g.s.subpixel = _i;
+    g.s.chunk = 2;
+    g.Ca = Ca;
+    const size_t na = (size_t)B * Ca * HW, nbb = (size_t)B * Cb * HW, nx = na + nbb;
+    const size_t ny = ml_conv_out_size(&g.s), nw = ml_conv_weight_size(&g.s);
+    g.xa = fl(na), g.xb = fl(nbb), g.w = fl(nw), g.b = fl(5), g.y = fl(ny), g.r = fl(ny);
+    g.ws = fl(ml_conv_workspace_floats(&g.s));
+    tu_fill(g.xa, na, 61, -1, 1);
+    tu_fill(g.xb, nbb, 62, -1, 1);
+    tu_fill(g.w, nw, 63, -0.5f, 0.5f);
+    tu_fill(g.b, 5, 64, -0.5f, 0.5f);
+    tu_fill(g.r, ny, 65, -1, 1);
+    /* reference: the concatenated input through the one-input layer */
+    float *x = fl(nx), *y1 = fl(ny), *dx = fl(nx), *dw1 = fl(nw), *db1 = fl(5);
+    ml_concat_channels_forward(x, g.xa, g.xb, B, Ca, Cb, HW);
+    memset(dx, 0, nx * sizeof(float));
+    memset(dw1, 0, nw * sizeof(float));
+    memset(db1, 0, 5 * sizeof(float));
+    ml_convt2d_forward(&g.s, y1, x, g.w, g.b, g.ws);
+    ml_convt2d_backward(&g.s, dx, dw1, db1, g.r, y1, x, g.w, g.ws);
+    float *dxa[2], *dxb[2], *dw[2], *db[2];
+    for (int rep = 0; rep < 2; rep++) {
+        dxa[rep] = fl(na), dxb[rep] = fl(nbb), dw[rep] = fl(nw), db[rep] = fl(5);
+        for (size_t j = 0; j < na; j++) dxa[rep][j] = 7; /* overwritten, not added to */
+        for (size_t j = 0; j < nbb; j++) dxb[rep][j] = 7;
+        memset(dw[rep], 0, nw * sizeof(float));
+        memset(db[rep], 0, 5 * sizeof(float));
+        convt_cat_loss(&g);
+        ck_assert(memcmp(g.y, y1, ny * sizeof(float)) == 0);
+        ml_convt2d_backward_cat(&g.s, Ca, dxa[rep], dxb[rep], dw[rep], db[rep], g.r, g.y, g.xa,
+                                g.xb, g.w, g.ws);
+    }
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < (Ca + Cb) * HW; j++) {
+            const float ref = dx[(size_t)i * (Ca + Cb) * HW + j];
+            const float got = j < Ca * HW ? dxa[0][(size_t)i * Ca * HW + j]
+                                          : dxb[0][(size_t)i * Cb * HW + j - Ca * HW];
+            ck_assert_float_eq(got, ref);
+        }
+    ck_assert(memcmp(dw[0], dw1, nw * sizeof(float)) == 0);
+    ck_assert(memcmp(db[0], db1, 5 * sizeof(float)) == 0);
+    /* deterministic */
+    ck_assert(memcmp(dxa[0], dxa[1], na * sizeof(float)) == 0);
+    ck_assert(memcmp(dxb[0], dxb[1], nbb * sizeof(float)) == 0);
+    ck_assert(memcmp(dw[0], dw[1], nw * sizeof(float)) == 0);
+    ck_assert(memcmp(db[0], db[1], 5 * sizeof(float)) == 0);
+    /* finite differences through both inputs */
+    double ea = tu_gradcheck(convt_cat_loss, &g, g.xa, dxa[0], na, 40, 1e-3);
+    double eb = tu_gradcheck(convt_cat_loss, &g, g.xb, dxb[0], nbb, 40, 1e-3);
+    ck_assert_msg(ea < 1e-2 && eb < 1e-2, "path %d: dxa %g dxb %g", _i, ea, eb);
+    for (int rep = 0; rep < 2; rep++) free(dxa[rep]), free(dxb[rep]), free(dw[rep]), free(db[rep]);
+    free(x), free(y1), free(dx), free(dw1), free(db1);
+    free(g.xa), free(g.xb), free(g.w), free(g.b), free(g.y), free(g.r), free(g.ws);
+}
+END_TEST
+
+/* write_dx: conv2d backward writes dx (prefilled with garbage) exactly as accumulating into
+ * zeros does. _i: 0 the direct stride-1 path, 1 the GEMM path (stride 2) */
+START_TEST(test_conv_write_dx) {
+    ml_conv_shape s;
+    if (_i == 0) {
+        ck_assert_int_eq(ml_conv2d_shape(&s, 3, 5, 7, 9, 3, 3, 1, 1, ML_CONV_ACT_SIGMOID), ML_OK);
+        ck_assert_int_eq(s.direct, 1);
+    } else {
+        ck_assert_int_eq(ml_conv2d_shape(&s, 3, 5, 8, 9, 6, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+        ck_assert_int_eq(s.direct, 0);
+        s.chunk = 2;
+    }
+    const size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
+    float *x = fl(nx), *w = fl(nw), *b = fl(s.O), *y = fl(ny), *dy = fl(ny);
+    float *ws = fl(ml_conv_workspace_floats(&s)), *dx0 = fl(nx), *dx1 = fl(nx), *dx2 = fl(nx);
+    tu_fill(x, nx, 71, -1, 1);
+    tu_fill(w, nw, 72, -0.5f, 0.5f);
+    tu_fill(b, s.O, 73, -0.5f, 0.5f);
+    tu_fill(dy, ny, 74, -1, 1);
+    ml_conv2d_forward(&s, y, x, w, b, ws);
+    memset(dx0, 0, nx * sizeof(float));
+    ml_conv2d_backward(&s, dx0, NULL, NULL, dy, y, x, w, ws);
+    s.write_dx = 1;
+    for (size_t j = 0; j < nx; j++) dx1[j] = dx2[j] = 7;
+    ml_conv2d_backward(&s, dx1, NULL, NULL, dy, y, x, w, ws);
+    ml_conv2d_backward(&s, dx2, NULL, NULL, dy, y, x, w, ws);
+    for (size_t j = 0; j < nx; j++) ck_assert_float_eq(dx1[j], dx0[j]);
+    ck_assert(memcmp(dx1, dx2, nx * sizeof(float)) == 0);
+    free(x), free(w), free(b), free(y), free(dy), free(ws), free(dx0), free(dx1), free(dx2);
+}
+END_TEST
+
 /* ---- errors ---- */
 
 START_TEST(test_bad_shapes) {
@@ -470,6 +576,8 @@ static Suite *conv_suite(void) {
     tcase_add_test(t, test_bn_running_stats);
     tcase_add_loop_test(t, test_bn_gradcheck, 0, 2);
     tcase_add_test(t, test_concat_gradcheck);
+    tcase_add_loop_test(t, test_convt_cat, 0, 2);
+    tcase_add_loop_test(t, test_conv_write_dx, 0, 2);
     tcase_add_test(t, test_bad_shapes);
     tcase_add_loop_test(t, test_deterministic, 0, 3);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 2);
