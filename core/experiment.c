@@ -435,6 +435,10 @@ int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
         ml_exp_log(e, col, h.nmi_label);
         snprintf(col, sizeof col, "val_moe%d_mutual_info", l + 1);
         ml_exp_log(e, col, h.mutual_info);
+        snprintf(col, sizeof col, "val_moe%d_cv", l + 1);
+        ml_exp_log(e, col, h.cv);
+        snprintf(col, sizeof col, "val_moe%d_entropy_norm", l + 1);
+        ml_exp_log(e, col, h.marginal_entropy_norm);
         ml_health_free(&h);
     }
     if (out->loss < e->best_val) {

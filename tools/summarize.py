@@ -3,9 +3,9 @@
 layer 1 at the last epoch (summary.json; metrics.csv for the columns). Standard library only."""
 import csv, json, os, sys
 
-COLS = [("val_loss", "val loss"), ("moe1_active", "active"), ("moe1_experts", "experts"),
+COLS = [("val_loss", "val loss"), ("moe1_active", "active"), ("val_moe1_active", "val active"), ("moe1_experts", "experts"),
         ("moe1_cv", "CV"), ("moe1_entropy_norm", "H(u)/logN"), ("moe1_mutual_info", "MI (nats)"),
-        ("val_moe1_nmi", "NMI(label)"), ("moe1_load_balance", "Switch LB"), ("moe1_dropped", "dropped")]
+        ("val_moe1_nmi", "NMI(label)"), ("moe1_load_balance", "Switch LB"), ("moe1_dropped", "dropped"), ("val_moe1_cv", "val CV")]
 
 def main(dirs):
     print("| run | router | " + " | ".join(c[1] for c in COLS) + " |")
