@@ -228,12 +228,7 @@ int ml_exp_open_results(ml_experiment *e) {
     ml_json_int(&j, "train_images", e->train.n);
     ml_json_int(&j, "val_images", e->val.n);
     ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
-    const char *fields = ml_json_end(&j);
-    /* strip the braces: events take the fields of an object */
-    char *inner = ml_strdup(fields + 1);
-    if (inner) inner[strlen(inner) - 1] = 0;
-    int rc = ml_results_event(e->res, 0, 0, "run_start", inner ? inner : "");
-    free(inner);
+    int rc = ml_exp_event_json(e, "run_start", &j);
     ml_json_free(&j);
     return rc;
 }
@@ -270,6 +265,16 @@ static int flush_row(ml_experiment *e) {
 int ml_exp_event(ml_experiment *e, const char *kind, const char *fields_json) {
     if (!e->res) return ML_OK;
     return ml_results_event(e->res, e->epoch, e->step, kind, fields_json);
+}
+
+int ml_exp_event_json(ml_experiment *e, const char *kind, const ml_json *fields) {
+    if (!fields->buf || fields->len < 1) return ml_errorf("event '%s': no fields (out of memory?)", kind);
+    char *inner = ml_calloc(fields->len, 1); /* the fields without the opening brace */
+    if (!inner) return ML_ERR;
+    memcpy(inner, fields->buf + 1, fields->len - 1);
+    int rc = ml_exp_event(e, kind, inner);
+    free(inner);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ training */
@@ -461,10 +466,17 @@ int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
     if (ml_model_add_experts(m, layer, n)) return ML_ERR;
     if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
         return ML_ERR;
-    char f[256];
-    snprintf(f, sizeof f, "\"layer\":%d,\"added\":%d,\"from\":%d,\"to\":%d,\"images_seen\":%" PRId64 ",\"reason\":\"%s\"",
-             layer + 1, n, old, m->moe[layer]->N, e->images_seen, reason ? reason : "script");
-    return ml_exp_event(e, "experts_added", f);
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_int(&j, "layer", layer + 1);
+    ml_json_int(&j, "added", n);
+    ml_json_int(&j, "from", old);
+    ml_json_int(&j, "to", m->moe[layer]->N);
+    ml_json_int(&j, "images_seen", e->images_seen);
+    ml_json_str(&j, "reason", reason ? reason : "script");
+    int rc = ml_exp_event_json(e, "experts_added", &j);
+    ml_json_free(&j);
+    return rc;
 }
 
 int ml_exp_schedule_decide(ml_experiment *e, int *add) {
@@ -587,9 +599,13 @@ int ml_exp_save_checkpoint(ml_experiment *e, const char *tag) {
     free(t);
     free(names);
     if (rc) return ML_ERR;
-    char f[256];
-    snprintf(f, sizeof f, "\"tag\":\"%s\",\"images_seen\":%" PRId64, tag, e->images_seen);
-    return ml_exp_event(e, "checkpoint_saved", f);
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_str(&j, "tag", tag);
+    ml_json_int(&j, "images_seen", e->images_seen);
+    rc = ml_exp_event_json(e, "checkpoint_saved", &j);
+    ml_json_free(&j);
+    return rc;
 }
 
 static int has_tensor(const ml_st_file *f, const char *path, const char *name, int ndim, const int *shape) {
@@ -737,9 +753,13 @@ int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_
     snprintf(mine, sizeof mine, "%016" PRIx64, ml_config_hash(e->cfg));
     if (h && strcmp(h, mine) != 0) ml_log(ML_LOG_WARN, "%s was saved under a different config (hash %s, this run %s)", p, h, mine);
     ml_st_close(f);
-    char ev[256];
-    snprintf(ev, sizeof ev, "\"tag\":\"%s\",\"checkpoint_epoch\":%d", tag, *epoch);
-    return ml_exp_event(e, "checkpoint_loaded", ev);
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_str(&j, "tag", tag);
+    ml_json_int(&j, "checkpoint_epoch", *epoch);
+    int rc = ml_exp_event_json(e, "checkpoint_loaded", &j);
+    ml_json_free(&j);
+    return rc;
 }
 
 /* -------------------------------------------------------------------- finish */

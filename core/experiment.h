@@ -111,6 +111,8 @@ int ml_exp_loss_index(const ml_experiment *e, const char *name);
 /* a column of this epoch's metrics row (replaces a value of the same name) */
 int ml_exp_log(ml_experiment *e, const char *name, double value);
 int ml_exp_event(ml_experiment *e, const char *kind, const char *fields_json);
+/* the same, with the fields built by ml_json_begin + ml_json_* (not yet ended) */
+int ml_exp_event_json(ml_experiment *e, const char *kind, const ml_json *fields);
 /* checkpoints/<tag>.safetensors; tag: "best", "last" or a name of [A-Za-z0-9_.-] */
 int ml_exp_save_checkpoint(ml_experiment *e, const char *tag);
 int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_t *step);

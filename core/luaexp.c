@@ -255,12 +255,7 @@ static int l_event(lua_State *L) {
         luaL_checktype(L, 3, LUA_TTABLE);
         table_to_json(L, 3, &j);
     }
-    const char *obj = ml_json_end(&j);
-    size_t n = strlen(obj);
-    char *inner = ml_calloc(n, 1);
-    if (inner && n >= 2) memcpy(inner, obj + 1, n - 2);
-    int rc = inner ? ml_exp_event(e, kind, inner) : ML_ERR;
-    free(inner);
+    int rc = ml_exp_event_json(e, kind, &j);
     ml_json_free(&j);
     if (rc) return core_error(L);
     return 0;
@@ -477,12 +472,7 @@ static int l_warn(lua_State *L) {
         ml_json j;
         ml_json_begin(&j);
         ml_json_str(&j, "message", msg);
-        const char *obj = ml_json_end(&j);
-        size_t n = strlen(obj);
-        char *inner = ml_calloc(n, 1);
-        if (inner) memcpy(inner, obj + 1, n - 2);
-        int rc = inner ? ml_exp_event(l->e, "warning", inner) : ML_ERR;
-        free(inner);
+        int rc = ml_exp_event_json(l->e, "warning", &j);
         ml_json_free(&j);
         if (rc) return core_error(L);
     }
