@@ -10,8 +10,9 @@ OPT     ?= -O2 -march=native
 PKGS     = lua5.4 yaml-0.1 zlib
 # OpenBLAS built for OpenMP (Debian's libopenblas-openmp-dev): BLAS calls and moelab's own
 # OpenMP loops share one thread pool instead of two pools spinning against each other.
-BLAS_DIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
-BLAS_INC ?= /usr/include/x86_64-linux-gnu/openblas-openmp
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+BLAS_DIR ?= /usr/lib/$(MULTIARCH)/openblas-openmp
+BLAS_INC ?= /usr/include/$(MULTIARCH)/openblas-openmp
 PKG_CFLAGS := -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
@@ -30,7 +31,7 @@ TPLUGINS   := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(TPLUG_S
 TEST_SRC   := $(wildcard tests/check_*.c)
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps demo test bench asan clean
+.PHONY: all deps demo test check-build bench asan clean
 all: $(BUILD)/moelab $(PLUGINS)
 
 deps:
@@ -60,13 +61,20 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libmoelab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests $< $(BUILD)/libmoelab.a -o $@ $(LIBS) $(CHECK_LIBS)
 
-demo: deps all
+# demo, test and bench install packages first, then build in a fresh make: the compiler
+# flags come from pkg-config, which can only answer once the packages are there.
+demo: deps
+	@$(MAKE) --no-print-directory all
 	$(BUILD)/moelab run configs/demo.yaml
 
-test: deps all $(TPLUGINS) $(TESTS)
+test: deps
+	@$(MAKE) --no-print-directory all check-build
 	@sh tools/run-tests.sh $(BUILD) $(TESTS)
 
-bench: deps all
+check-build: all $(TPLUGINS) $(TESTS)
+
+bench: deps
+	@$(MAKE) --no-print-directory all
 	@sh bench/run.sh $(BUILD)
 
 asan:
