@@ -135,6 +135,38 @@ START_TEST(default_script_and_schedule) {
 }
 END_TEST
 
+/* train.lua's intervention: on collapse, double the coefficient and resume from best */
+START_TEST(collapse_intervention) {
+    char tmp[256], path[512], buf[1 << 15];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("coll"));
+    /* collapse_entropy 1.0 makes every epoch count as collapsed */
+    int rc = run(MOELAB " run " SYNTH " health.collapse_entropy=1.0 params.on_collapse=raise_coef "
+                 "params.warmup_loss=load_balance results.run_id=c results.dir=%s", tu_build(), tmp);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("has collapsed");
+    snprintf(path, sizeof path, "%s/test-synth/c/events.jsonl", tmp);
+    FILE *f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    ck_assert_msg(strstr(buf, "\"kind\":\"collapse\"") != NULL, "%s", buf);
+    ck_assert_msg(strstr(buf, "\"kind\":\"intervention\"") != NULL, "%s", buf);
+    ck_assert_msg(strstr(buf, "\"kind\":\"checkpoint_loaded\",\"tag\":\"best\"") != NULL, "%s", buf);
+    /* the coefficient was raised: at epoch 3 the warm-up gives 1e-5 + 3/20 (5e-4 - 1e-5) = 8.35e-5
+       without the intervention, and 1.59e-4 once coef_max has doubled */
+    snprintf(path, sizeof path, "%s/test-synth/c/summary.json", tmp);
+    f = fopen(path, "r");
+    ck_assert_ptr_nonnull(f);
+    n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    const char *c = strstr(buf, "\"coef_load_balance\":");
+    ck_assert_ptr_nonnull(c);
+    ck_assert_double_gt(atof(c + strlen("\"coef_load_balance\":")), 1.5e-4);
+}
+END_TEST
+
 static void loss_column(const char *dir, const char *exp, char *dst, size_t n) {
     char path[512], line[8192];
     snprintf(path, sizeof path, "%s/%s/d/metrics.csv", dir, exp);
@@ -292,6 +324,7 @@ int main(void) {
     tcase_add_test(t, fashion_mnist_end_to_end);
     tcase_add_test(t, shipped_configs_build);
     tcase_add_test(t, plugin_test_every_builtin);
+    tcase_add_test(t, collapse_intervention);
     suite_add_tcase(s, t);
     return tu_run(s);
 }
