@@ -496,12 +496,12 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
     }
     if (dw) {
         /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]. One input
-         * channel per thread; per image the channel is zero-padded once, then for each ky a
-         * block of DIRECT_DWB output channels x DIRECT_DWB kx taps accumulates over all rows
-         * in registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
+         * channel per thread; per image the channel is zero-padded once, then a block of
+         * DIRECT_DWB output channels x DIRECT_DWB ky x DIRECT_DWB kx taps (27 registers: each
+         * dy load feeds 9 FMAs, each x load 3) accumulates over all rows in registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
          * then lanes in order, images in double: a fixed order. */
         const int kk = k * k, kr = (k + DIRECT_DWB - 1) / DIRECT_DWB * DIRECT_DWB;
-        const int Wv = Wo / LANES * LANES, Hp = Ho + k - 1;
+        const int Wv = Wo / LANES * LANES, Hp = Ho + kr - 1; /* the ky blocks may overrun k */
         const int len = Wo + kr + LANES; /* padded row, x[ix] at ix + p; the kx blocks may overrun k */
 #pragma omp parallel
         {
@@ -523,17 +523,19 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                         const int n = W < len - p ? W : len - p;
                         pad_row(row, len, x + (((size_t)i * C + c) * H + iy) * W, n, p);
                     }
-                    for (int ky = 0; ky < k; ky++)
+                    for (int ky0 = 0; ky0 < kr; ky0 += DIRECT_DWB)
                         for (int o0 = 0; o0 < O; o0 += DIRECT_DWB)
                             for (int kx0 = 0; kx0 < kr; kx0 += DIRECT_DWB) {
-                                v16 acc[DIRECT_DWB][DIRECT_DWB];
-                                float tail[DIRECT_DWB][DIRECT_DWB] = {{0}};
+                                v16 acc[DIRECT_DWB][DIRECT_DWB][DIRECT_DWB]; /* [q][ky - ky0][u] */
+                                float tail[DIRECT_DWB][DIRECT_DWB][DIRECT_DWB] = {{{0}}};
 #pragma GCC unroll 8
                                 for (int q = 0; q < DIRECT_DWB; q++)
 #pragma GCC unroll 8
-                                    for (int u = 0; u < DIRECT_DWB; u++) acc[q][u] = (v16){0};
+                                    for (int e = 0; e < DIRECT_DWB; e++)
+#pragma GCC unroll 8
+                                        for (int u = 0; u < DIRECT_DWB; u++) acc[q][e][u] = (v16){0};
                                 for (int oy = 0; oy < Ho; oy++) {
-                                    const float *xr = xp + (size_t)(oy + ky) * len + kx0;
+                                    const float *xr = xp + (size_t)(oy + ky0) * len + kx0;
                                     const float *gq[DIRECT_DWB];
                                     for (int q = 0; q < DIRECT_DWB; q++) /* past O: a valid row, result dropped */
                                         gq[q] = g + (((size_t)i * O + (o0 + q < O ? o0 + q : o0)) * Ho + oy) * Wo;
@@ -542,23 +544,32 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
 #pragma GCC unroll 8
                                         for (int q = 0; q < DIRECT_DWB; q++) gv[q] = *(const v16u *)(gq[q] + j);
 #pragma GCC unroll 8
-                                        for (int u = 0; u < DIRECT_DWB; u++) {
-                                            const v16 xv = *(const v16u *)(xr + j + u);
+                                        for (int e = 0; e < DIRECT_DWB; e++)
 #pragma GCC unroll 8
-                                            for (int q = 0; q < DIRECT_DWB; q++) acc[q][u] += gv[q] * xv;
-                                        }
+                                            for (int u = 0; u < DIRECT_DWB; u++) {
+                                                v16 xv = *(const v16u *)(xr + (size_t)e * len + j + u);
+                                                /* one load for the DIRECT_DWB FMAs below: gcc
+                                                 * would fold it into each of them, and the
+                                                 * loop would run at one load per FMA */
+                                                __asm__("" : "+v"(xv));
+#pragma GCC unroll 8
+                                                for (int q = 0; q < DIRECT_DWB; q++) acc[q][e][u] += gv[q] * xv;
+                                            }
                                     }
                                     for (int j = Wv; j < Wo; j++)
                                         for (int q = 0; q < DIRECT_DWB; q++)
-                                            for (int u = 0; u < DIRECT_DWB; u++) tail[q][u] += gq[q][j] * xr[j + u];
+                                            for (int e = 0; e < DIRECT_DWB; e++)
+                                                for (int u = 0; u < DIRECT_DWB; u++)
+                                                    tail[q][e][u] += gq[q][j] * xr[(size_t)e * len + j + u];
                                 }
                                 for (int q = 0; q < DIRECT_DWB && o0 + q < O; q++)
-                                    for (int u = 0; u < DIRECT_DWB && kx0 + u < k; u++) {
-                                        float a[LANES], sum = 0;
-                                        memcpy(a, &acc[q][u], sizeof a);
-                                        for (int l = 0; l < LANES; l++) sum += a[l];
-                                        tot[((o0 + q) * k + ky) * k + kx0 + u] += sum + tail[q][u];
-                                    }
+                                    for (int e = 0; e < DIRECT_DWB && ky0 + e < k; e++)
+                                        for (int u = 0; u < DIRECT_DWB && kx0 + u < k; u++) {
+                                            float a[LANES], sum = 0;
+                                            memcpy(a, &acc[q][e][u], sizeof a);
+                                            for (int l = 0; l < LANES; l++) sum += a[l];
+                                            tot[((o0 + q) * k + ky0 + e) * k + kx0 + u] += sum + tail[q][e][u];
+                                        }
                             }
                 }
                 for (int o = 0; o < O; o++)
