@@ -21,6 +21,12 @@
 /* register block of the direct kernel: DIRECT_OB output channels x DIRECT_NV 16-float vectors */
 #define DIRECT_OB 3
 #define DIRECT_NV 4
+/* the same kernel's channel block when it has more output channels than DIRECT_OB (conv2d's
+ * dx): DIRECT_DXB x DIRECT_NV accumulators + DIRECT_NV inputs fit the 32 AVX-512 registers */
+#ifndef DIRECT_DXB
+#define DIRECT_DXB 6
+#endif
+#define DIRECT_OB_MAX (DIRECT_DXB > DIRECT_OB ? DIRECT_DXB : DIRECT_OB)
 /* register block of the direct kernel's dw: DIRECT_DWB output channels x DIRECT_DWB kx taps */
 #define DIRECT_DWB 3
 /* float partial sums per reduction: vectorisable without reassociation */
@@ -124,14 +130,19 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
     return (size_t)s->O * (size_t)s->C * (size_t)s->k * (size_t)s->k;
 }
 
+/* The direct kernel's output-channel block for Cout output channels, and Cout rounded up to
+ * it (the repacked weights' row length). */
+static int s1_block(int Cout) { return Cout > DIRECT_OB ? DIRECT_DXB : DIRECT_OB; }
+static int s1_padded(int Cout) { return (Cout + s1_block(Cout) - 1) / s1_block(Cout) * s1_block(Cout); }
+
 static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
         return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
     }
     if (s->direct) { /* the pre-activation gradient, then the repacked weights */
         const size_t kk = (size_t)s->k * s->k;
-        const size_t fw = (size_t)s->C * kk * (size_t)((s->O + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB);
-        const size_t bw = (size_t)s->O * kk * (size_t)((s->C + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB);
+        const size_t fw = (size_t)s->C * kk * (size_t)s1_padded(s->O);
+        const size_t bw = (size_t)s->O * kk * (size_t)s1_padded(s->C);
         return ml_conv_out_size(s) + (fw > bw ? fw : bw);
     }
     size_t n = (size_t)s->chunk * col_cols_per_image(s);
@@ -369,10 +380,11 @@ typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* u
  * separate multiplies and adds instead of FMAs (half the throughput) */
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
-static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, int Cout, int Ho,
-                    int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
-                    int accumulate) {
-    const int Opad = (Cout + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB;
+static inline __attribute__((always_inline)) void
+s1_conv_ob(const int OB, int B, const float *in, int Cin, int H, int W, float *out, int Cout,
+           int Ho, int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
+           int accumulate) {
+    const int Opad = s1_padded(Cout); /* (Cout + OB - 1) / OB * OB */
     const int BW = DIRECT_NV * 16;
     const int len = (Wo + BW - 1) / BW * BW + k - 1; /* padded row: in[ix] at ix + p */
     const int Hp = Ho + k - 1;                       /* padded rows: in[iy] at iy + p */
@@ -395,13 +407,13 @@ static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, i
                 pad_row(row, len, in + (((size_t)i * Cin + c) * H + iy) * W, n, p);
             }
         for (int oy = 0; oy < Ho; oy++) {
-            for (int o0 = 0; o0 < Cout; o0 += DIRECT_OB)
+            for (int o0 = 0; o0 < Cout; o0 += OB)
                 for (int j0 = 0; j0 < Wo; j0 += BW) {
                     /* fully unrolled, so that acc and xv live in registers (at -O2 gcc
                      * otherwise keeps them in memory: 3x slower) */
-                    v16 acc[DIRECT_OB][DIRECT_NV];
+                    v16 acc[DIRECT_OB_MAX][DIRECT_NV];
 #pragma GCC unroll 8
-                    for (int q = 0; q < DIRECT_OB; q++)
+                    for (int q = 0; q < OB; q++)
 #pragma GCC unroll 8
                         for (int v = 0; v < DIRECT_NV; v++) acc[q][v] = (v16){0};
                     for (int t = 0; t < Cin * k; t++) {
@@ -412,7 +424,7 @@ static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, i
 #pragma GCC unroll 8
                             for (int v = 0; v < DIRECT_NV; v++) xv[v] = *(const v16u *)(r + kx + 16 * v);
 #pragma GCC unroll 8
-                            for (int q = 0; q < DIRECT_OB; q++) {
+                            for (int q = 0; q < OB; q++) {
                                 const float wv = wr[kx * Opad + q];
 #pragma GCC unroll 8
                                 for (int v = 0; v < DIRECT_NV; v++) acc[q][v] += wv * xv[v];
@@ -420,7 +432,7 @@ static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, i
                         }
                     }
                     const int je = Wo - j0 < BW ? Wo - j0 : BW;
-                    for (int q = 0; q < DIRECT_OB && o0 + q < Cout; q++) {
+                    for (int q = 0; q < OB && o0 + q < Cout; q++) {
                         float a[DIRECT_NV * 16];
                         memcpy(a, acc[q], sizeof a);
                         float *dst = out + (((size_t)i * Cout + o0 + q) * Ho + oy) * Wo + j0;
@@ -443,10 +455,24 @@ static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, i
     }
 }
 
+/* s1_conv_ob with its channel block fixed at compile time: DIRECT_OB for few output
+ * channels (conv2d forward), DIRECT_DXB for conv2d's dx, which has many (the SRNN output
+ * conv: 3 dy channels -> 32 dx channels). There each 16-float dy load feeds DIRECT_DXB
+ * FMAs instead of DIRECT_OB, and the kernel stops being bound by loads (half of them
+ * unaligned ones that split a cache line). */
+static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, int Cout, int Ho,
+                    int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
+                    int accumulate) {
+    if (s1_block(Cout) == DIRECT_DXB)
+        s1_conv_ob(DIRECT_DXB, B, in, Cin, H, W, out, Cout, Ho, Wo, k, p, wt, bias, act, accumulate);
+    else
+        s1_conv_ob(DIRECT_OB, B, in, Cin, H, W, out, Cout, Ho, Wo, k, p, wt, bias, act, accumulate);
+}
+
 static void direct_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
                            const float *b, float *wt) {
     const int C = s->C, k = s->k, O = s->O, kk = k * k;
-    const int Opad = (O + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB;
+    const int Opad = s1_padded(O);
     for (int t = 0; t < C * kk; t++)
         for (int o = 0; o < Opad; o++) wt[(size_t)t * Opad + o] = o < O ? w[(size_t)o * C * kk + t] : 0.0f;
     s1_conv(s->B, x, C, s->H, s->W, y, O, s->Ho, s->Wo, k, s->pad, wt, b, s->act, 0);
@@ -458,7 +484,7 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
     const int Ho = s->Ho, Wo = s->Wo;
     if (dx) {
         /* dx = conv2d(dy, w flipped and transposed, padding k - 1 - p), accumulated */
-        const int kk = k * k, Cpad = (C + DIRECT_OB - 1) / DIRECT_OB * DIRECT_OB;
+        const int kk = k * k, Cpad = s1_padded(C);
         for (int o = 0; o < O; o++)
             for (int ky = 0; ky < k; ky++)
                 for (int kx = 0; kx < k; kx++)
@@ -470,12 +496,12 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
     }
     if (dw) {
         /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]. One input
-         * channel per thread; per image the channel is zero-padded once, then for each ky a
-         * block of DIRECT_DWB output channels x DIRECT_DWB kx taps accumulates over all rows
-         * in registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
+         * channel per thread; per image the channel is zero-padded once, then a block of
+         * DIRECT_DWB output channels x DIRECT_DWB ky x DIRECT_DWB kx taps (27 registers: each
+         * dy load feeds 9 FMAs, each x load 3) accumulates over all rows in registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
          * then lanes in order, images in double: a fixed order. */
         const int kk = k * k, kr = (k + DIRECT_DWB - 1) / DIRECT_DWB * DIRECT_DWB;
-        const int Wv = Wo / LANES * LANES, Hp = Ho + k - 1;
+        const int Wv = Wo / LANES * LANES, Hp = Ho + kr - 1; /* the ky blocks may overrun k */
         const int len = Wo + kr + LANES; /* padded row, x[ix] at ix + p; the kx blocks may overrun k */
 #pragma omp parallel
         {
@@ -497,17 +523,19 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                         const int n = W < len - p ? W : len - p;
                         pad_row(row, len, x + (((size_t)i * C + c) * H + iy) * W, n, p);
                     }
-                    for (int ky = 0; ky < k; ky++)
+                    for (int ky0 = 0; ky0 < kr; ky0 += DIRECT_DWB)
                         for (int o0 = 0; o0 < O; o0 += DIRECT_DWB)
                             for (int kx0 = 0; kx0 < kr; kx0 += DIRECT_DWB) {
-                                v16 acc[DIRECT_DWB][DIRECT_DWB];
-                                float tail[DIRECT_DWB][DIRECT_DWB] = {{0}};
+                                v16 acc[DIRECT_DWB][DIRECT_DWB][DIRECT_DWB]; /* [q][ky - ky0][u] */
+                                float tail[DIRECT_DWB][DIRECT_DWB][DIRECT_DWB] = {{{0}}};
 #pragma GCC unroll 8
                                 for (int q = 0; q < DIRECT_DWB; q++)
 #pragma GCC unroll 8
-                                    for (int u = 0; u < DIRECT_DWB; u++) acc[q][u] = (v16){0};
+                                    for (int e = 0; e < DIRECT_DWB; e++)
+#pragma GCC unroll 8
+                                        for (int u = 0; u < DIRECT_DWB; u++) acc[q][e][u] = (v16){0};
                                 for (int oy = 0; oy < Ho; oy++) {
-                                    const float *xr = xp + (size_t)(oy + ky) * len + kx0;
+                                    const float *xr = xp + (size_t)(oy + ky0) * len + kx0;
                                     const float *gq[DIRECT_DWB];
                                     for (int q = 0; q < DIRECT_DWB; q++) /* past O: a valid row, result dropped */
                                         gq[q] = g + (((size_t)i * O + (o0 + q < O ? o0 + q : o0)) * Ho + oy) * Wo;
@@ -516,23 +544,32 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
 #pragma GCC unroll 8
                                         for (int q = 0; q < DIRECT_DWB; q++) gv[q] = *(const v16u *)(gq[q] + j);
 #pragma GCC unroll 8
-                                        for (int u = 0; u < DIRECT_DWB; u++) {
-                                            const v16 xv = *(const v16u *)(xr + j + u);
+                                        for (int e = 0; e < DIRECT_DWB; e++)
 #pragma GCC unroll 8
-                                            for (int q = 0; q < DIRECT_DWB; q++) acc[q][u] += gv[q] * xv;
-                                        }
+                                            for (int u = 0; u < DIRECT_DWB; u++) {
+                                                v16 xv = *(const v16u *)(xr + (size_t)e * len + j + u);
+                                                /* one load for the DIRECT_DWB FMAs below: gcc
+                                                 * would fold it into each of them, and the
+                                                 * loop would run at one load per FMA */
+                                                __asm__("" : "+v"(xv));
+#pragma GCC unroll 8
+                                                for (int q = 0; q < DIRECT_DWB; q++) acc[q][e][u] += gv[q] * xv;
+                                            }
                                     }
                                     for (int j = Wv; j < Wo; j++)
                                         for (int q = 0; q < DIRECT_DWB; q++)
-                                            for (int u = 0; u < DIRECT_DWB; u++) tail[q][u] += gq[q][j] * xr[j + u];
+                                            for (int e = 0; e < DIRECT_DWB; e++)
+                                                for (int u = 0; u < DIRECT_DWB; u++)
+                                                    tail[q][e][u] += gq[q][j] * xr[(size_t)e * len + j + u];
                                 }
                                 for (int q = 0; q < DIRECT_DWB && o0 + q < O; q++)
-                                    for (int u = 0; u < DIRECT_DWB && kx0 + u < k; u++) {
-                                        float a[LANES], sum = 0;
-                                        memcpy(a, &acc[q][u], sizeof a);
-                                        for (int l = 0; l < LANES; l++) sum += a[l];
-                                        tot[((o0 + q) * k + ky) * k + kx0 + u] += sum + tail[q][u];
-                                    }
+                                    for (int e = 0; e < DIRECT_DWB && ky0 + e < k; e++)
+                                        for (int u = 0; u < DIRECT_DWB && kx0 + u < k; u++) {
+                                            float a[LANES], sum = 0;
+                                            memcpy(a, &acc[q][e][u], sizeof a);
+                                            for (int l = 0; l < LANES; l++) sum += a[l];
+                                            tot[((o0 + q) * k + ky0 + e) * k + kx0 + u] += sum + tail[q][e][u];
+                                        }
                             }
                 }
                 for (int o = 0; o < O; o++)

@@ -152,6 +152,12 @@ static const struct fwd_case fwd_cases[] = {
     {0, 5, 2, 8, 5, 4, 5, 3, 2, 2, ML_CONV_ACT_RELU, -1},
     {0, 2, 3, 5, 5, 2, 1, 1, 0, 0, ML_CONV_ACT_NONE, -1},
     {0, 3, 2, 5, 6, 16, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID, -1}, /* stride 1 through the GEMM path */
+    /* direct path with the wider channel block (more than 3 channels out of the kernel):
+     * dx with 13 channels (two blocks and a padded one) over rows longer than one 64-float
+     * register block; a forward with 7 output channels */
+    {0, 2, 13, 4, 70, 3, 3, 1, 1, 0, ML_CONV_ACT_SIGMOID, -1},
+    {0, 2, 2, 5, 9, 7, 3, 1, 1, 0, ML_CONV_ACT_NONE, -1},
+    {0, 2, 3, 6, 20, 2, 5, 1, 2, 0, ML_CONV_ACT_NONE, -1}, /* kernel 5: tap blocks overrun it */
     {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 0},
     {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE, -1},
     {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID, -1},
@@ -261,6 +267,48 @@ START_TEST(test_conv_gradcheck) {
     free(dw2);
     free(g.x), free(g.w), free(g.b), free(g.y), free(g.r), free(g.ws);
     free(dx), free(dw), free(db);
+}
+END_TEST
+
+/* conv2d backward against reference loops on every element of dx and dw (the sampled
+ * finite differences above can miss one bad channel block): the stride-1 cases of
+ * fwd_cases, whatever path the shape function picks, with the act-free gradient r */
+START_TEST(test_conv_backward_vs_ref) {
+    const struct fwd_case *c = &fwd_cases[_i];
+    if (c->transposed) return;
+    ml_conv_shape s;
+    ck_assert_int_eq(make_shape(&s, c), ML_OK);
+    s.act = ML_CONV_ACT_NONE;
+    const size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
+    float *x = fl(nx), *w = fl(nw), *g = fl(ny), *dx = fl(nx), *dw = fl(nw);
+    float *ws = fl(ml_conv_workspace_floats(&s));
+    double *rx = calloc(nx, sizeof *rx), *rw = calloc(nw, sizeof *rw);
+    tu_fill(x, nx, 81, -1, 1);
+    tu_fill(w, nw, 82, -1, 1);
+    tu_fill(g, ny, 83, -1, 1);
+    for (size_t j = 0; j < nx; j++) dx[j] = 0.5f; /* backward accumulates */
+    for (size_t j = 0; j < nw; j++) dw[j] = 0.5f;
+    ml_conv2d_backward(&s, dx, dw, NULL, g, NULL, x, w, ws);
+    const int k = s.k;
+    for (int i = 0; i < s.B; i++)
+        for (int o = 0; o < s.O; o++)
+            for (int oy = 0; oy < s.Ho; oy++)
+                for (int ox = 0; ox < s.Wo; ox++) {
+                    const double gv = g[((i * s.O + o) * s.Ho + oy) * s.Wo + ox];
+                    for (int ch = 0; ch < s.C; ch++)
+                        for (int ky = 0; ky < k; ky++)
+                            for (int kx = 0; kx < k; kx++) {
+                                int iy = oy * s.stride - s.pad + ky, ix = ox * s.stride - s.pad + kx;
+                                if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) continue;
+                                size_t xi = ((size_t)(i * s.C + ch) * s.H + iy) * s.W + ix;
+                                size_t wi = ((size_t)(o * s.C + ch) * k + ky) * k + kx;
+                                rx[xi] += gv * w[wi];
+                                rw[wi] += gv * x[xi];
+                            }
+                }
+    for (size_t j = 0; j < nx; j++) ck_assert_double_eq_tol(dx[j], 0.5 + rx[j], 1e-3);
+    for (size_t j = 0; j < nw; j++) ck_assert_double_eq_tol(dw[j], 0.5 + rw[j], 1e-2);
+    free(x), free(w), free(g), free(dx), free(dw), free(ws), free(rx), free(rw);
 }
 END_TEST
 
@@ -573,6 +621,7 @@ static Suite *conv_suite(void) {
     tcase_add_test(t, test_concat_hand);
     tcase_add_loop_test(t, test_forward_vs_direct, 0, nf);
     tcase_add_loop_test(t, test_conv_gradcheck, 0, nf);
+    tcase_add_loop_test(t, test_conv_backward_vs_ref, 0, nf);
     tcase_add_test(t, test_bn_running_stats);
     tcase_add_loop_test(t, test_bn_gradcheck, 0, 2);
     tcase_add_test(t, test_concat_gradcheck);
