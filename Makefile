@@ -78,7 +78,7 @@ bench: deps
 	@sh bench/run.sh $(BUILD)
 
 asan:
-	$(MAKE) BUILD=build-asan OPT="-O1" EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" test
+	$(MAKE) BUILD=build-asan OPT="-O1 -march=native" EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" test
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -551,7 +551,9 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                                                 /* one load for the DIRECT_DWB FMAs below: gcc
                                                  * would fold it into each of them, and the
                                                  * loop would run at one load per FMA */
+#if defined(__AVX512F__) /* one zmm register holds a v16; without AVX-512 it cannot */
                                                 __asm__("" : "+v"(xv));
+#endif
 #pragma GCC unroll 8
                                                 for (int q = 0; q < DIRECT_DWB; q++) acc[q][e][u] += gv[q] * xv;
                                             }
