@@ -138,32 +138,36 @@ static void set_threads(int n) {
 }
 
 ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides, int n_overrides,
-                          const char *build_plugin_dir, int *exit_code) {
+                          int *exit_code) {
     *exit_code = ML_EXIT_USAGE;
     ml_experiment *e = ml_calloc(1, sizeof *e);
     if (!e) return NULL;
     e->best_val = INFINITY;
-    ml_plugins_set_path(&build_plugin_dir, build_plugin_dir ? 1 : 0);
-    const char *envp = getenv("MOELAB_PLUGIN_PATH");
-    if (envp && *envp) {
-        char *dup = ml_strdup(envp), *save = NULL;
-        for (char *d = dup ? strtok_r(dup, ":", &save) : NULL; d; d = strtok_r(NULL, ":", &save)) ml_plugins_add_path(d);
-        free(dup);
-    }
     /* a first pass without plugin checks reads plugin_path (relative to the config file),
      * so the validating pass can find plugins there */
     ml_config *pre = ml_config_load(config_path, overrides, n_overrides, NULL, NULL);
     if (!pre) goto fail;
     int npp = ml_config_len(pre, "plugin_path");
+    char (*dirs)[4096] = ml_calloc(npp > 0 ? (size_t)npp : 1, sizeof *dirs);
+    const char **dirp = ml_calloc(npp > 0 ? (size_t)npp : 1, sizeof *dirp);
+    if (!dirs || !dirp) {
+        free(dirs);
+        free(dirp);
+        ml_config_free(pre);
+        goto fail;
+    }
     for (int i = 0; i < npp; i++) {
-        char key[64], dir[4096], cdir[4096];
+        char key[64], cdir[4096];
         snprintf(key, sizeof key, "plugin_path.%d", i);
         const char *d = ml_config_str(pre, key, "");
         snprintf(cdir, sizeof cdir, "%s", config_path);
-        if (d[0] == '/') snprintf(dir, sizeof dir, "%s", d);
-        else snprintf(dir, sizeof dir, "%s/%s", dirname(cdir), d);
-        ml_plugins_add_path(dir);
+        if (d[0] == '/') snprintf(dirs[i], sizeof dirs[i], "%s", d);
+        else snprintf(dirs[i], sizeof dirs[i], "%.2040s/%.2040s", dirname(cdir), d);
+        dirp[i] = dirs[i];
     }
+    ml_plugins_default_path(dirp, npp); /* build's plugins, then these, then $MOELAB_PLUGIN_PATH */
+    free(dirs);
+    free(dirp);
     ml_config_free(pre);
     e->cfg = ml_config_load(config_path, overrides, n_overrides, find_plugin, e);
     if (!e->cfg) goto fail;

@@ -94,7 +94,7 @@ typedef struct ml_experiment {
 /* overrides: "a.b=value" strings. Returns NULL with ml_error(); *exit_code says whether the
  * failure was a config/usage error (ML_EXIT_USAGE) or a runtime one (ML_EXIT_RUNTIME). */
 ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides, int n_overrides,
-                          const char *build_plugin_dir, int *exit_code);
+                          int *exit_code);
 void ml_exp_free(ml_experiment *e);
 /* Creates the run directory and writes config.yaml; called once the script has compiled. */
 int ml_exp_open_results(ml_experiment *e);

@@ -556,16 +556,12 @@ static int l_io_open(lua_State *L) {
 
 /* load() in text mode only: no bytecode */
 static int l_load(lua_State *L) {
-    int n = lua_gettop(L);
+    int n = lua_gettop(L); /* chunk [, chunkname [, mode [, env]]] */
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    if (n < 3) {
-        lua_settop(L, 3);
-        if (lua_isnil(L, 3) && n < 2) { /* keep chunkname nil */ }
-    }
-    lua_settop(L, n < 4 ? 4 : n + 1);
+    lua_settop(L, n < 3 ? 4 : n + 1); /* the original load, then at least chunk, chunkname, mode */
     lua_pushliteral(L, "t");
-    lua_replace(L, 4);
+    lua_replace(L, 4);                /* mode: text only */
     lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
     return lua_gettop(L);
 }

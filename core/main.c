@@ -38,8 +38,6 @@ static void find_root(void) {
     snprintf(g_root, sizeof g_root, "%s", dirname(exe));
 }
 
-static void plugin_dir(char *out, size_t n) { snprintf(out, n, "%s/plugins", g_root); }
-
 /* The installation's scripts/ (next to the build directory). */
 static void scripts_dir(char *out, size_t n, const char *sub) {
     snprintf(out, n, "%s/../scripts%s", g_root, sub);
@@ -77,11 +75,10 @@ static int cmd_run(int argc, char **argv) {
             fprintf(stderr, "moelab: override '%s': expected key.path=value\n", argv[i]);
             return ML_EXIT_USAGE;
         }
-    char pdir[PATH_MAX], lib[PATH_MAX], sbuf[PATH_MAX];
-    plugin_dir(pdir, sizeof pdir);
+    char lib[PATH_MAX], sbuf[PATH_MAX];
     scripts_dir(lib, sizeof lib, "/lib");
     int code;
-    ml_experiment *e = ml_exp_new(argv[0], (const char *const *)argv + 1, argc - 1, pdir, &code);
+    ml_experiment *e = ml_exp_new(argv[0], (const char *const *)argv + 1, argc - 1, &code);
     if (!e) {
         fprintf(stderr, "moelab: %s\n", ml_error());
         return code;
@@ -126,22 +123,10 @@ static void list_err(const char *file, const char *reason, void *ctx) {
     fprintf(stderr, "moelab: %s: %s\n", file, reason);
 }
 
-static void standard_path(void) {
-    char pdir[PATH_MAX];
-    plugin_dir(pdir, sizeof pdir);
-    const char *dirs[1] = {pdir};
-    ml_plugins_set_path(dirs, 1);
-    const char *envp = getenv("MOELAB_PLUGIN_PATH");
-    if (envp && *envp) {
-        char *dup = ml_strdup(envp), *save = NULL;
-        for (char *d = dup ? strtok_r(dup, ":", &save) : NULL; d; d = strtok_r(NULL, ":", &save)) ml_plugins_add_path(d);
-        free(dup);
-    }
-}
 
 static int cmd_lua(int argc, char **argv) {
     if (argc != 1) return usage(stderr);
-    standard_path();
+    ml_plugins_default_path(NULL, 0);
     char lib[PATH_MAX];
     scripts_dir(lib, sizeof lib, "/lib");
     ml_lua *lua = ml_lua_new(NULL, lib);
@@ -187,17 +172,17 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (!strcmp(cmd, "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(cmd, "plugins")) {
-        standard_path();
+        ml_plugins_default_path(NULL, 0);
         return ml_plugins_scan(list_one, list_err, NULL) < 0 ? ML_EXIT_RUNTIME : 0;
     }
     if (!strcmp(cmd, "plugin-test")) {
         if (argc != 3) return usage(stderr);
-        standard_path();
+        ml_plugins_default_path(NULL, 0);
         int failed = ml_plugin_conformance(argv[2], stdout);
         return failed == 0 ? 0 : ML_EXIT_RUNTIME;
     }
     if (!strcmp(cmd, "bench")) {
-        standard_path();
+        ml_plugins_default_path(NULL, 0);
         return ml_bench_main(argc - 2, argv + 2);
     }
     if (!strcmp(cmd, "lua")) return cmd_lua(argc - 2, argv + 2);
