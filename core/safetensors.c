@@ -4,6 +4,7 @@
 #include "json.h"
 #include "results.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,30 @@ static uint32_t crc_of(const unsigned char *p, uint64_t n) {
     return (uint32_t)c;
 }
 
+/* The checksum's 8 hex digits sit at this byte offset of every file moelab writes: right
+ * after the length prefix and `{"__metadata__":{"checksum":"`. */
+#define ST_CRC_PREFIX "{\"__metadata__\":{\"checksum\":\""
+#define ST_CRC_AT (8 + sizeof ST_CRC_PREFIX - 1)
+
+/* CRC32 of the whole file except the 8 checksum digits at byte `at`: the length prefix,
+ * the header (tensor names, shapes, offsets, every metadata value) and the data. */
+static uint32_t file_crc(const unsigned char *p, uint64_t n, uint64_t at) {
+    uLong c = crc32(0L, Z_NULL, 0);
+    const unsigned char *parts[2] = {p, p + at + 8};
+    uint64_t lens[2] = {at, n - at - 8};
+    for (int k = 0; k < 2; k++) {
+        const unsigned char *q = parts[k];
+        uint64_t m = lens[k];
+        while (m > 0) {
+            uInt chunk = m > (1u << 30) ? (1u << 30) : (uInt)m;
+            c = crc32(c, q, chunk);
+            q += chunk;
+            m -= chunk;
+        }
+    }
+    return (uint32_t)c;
+}
+
 /* Elements of a shape; -1 when a dimension is negative or the product is absurd. */
 static int64_t numel(int ndim, const int64_t *shape) {
     int64_t n = 1;
@@ -99,8 +124,8 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
     for (int i = 0; i < n_meta; i++) {
         if (!meta_keys[i] || !*meta_keys[i] || !meta_values[i])
             return ml_errorf("%s: metadata entry %d has no key or no value", path, i);
-        if (!strcmp(meta_keys[i], "checksum"))
-            return ml_errorf("%s: metadata key 'checksum' is reserved (ml_st_write adds it)", path);
+        if (!strcmp(meta_keys[i], "checksum") || !strcmp(meta_keys[i], "checksum_covers"))
+            return ml_errorf("%s: metadata key '%s' is reserved (ml_st_write adds it)", path, meta_keys[i]);
         for (int k = 0; k < i; k++)
             if (!strcmp(meta_keys[i], meta_keys[k]))
                 return ml_errorf("%s: metadata key '%s' given twice", path, meta_keys[i]);
@@ -116,13 +141,12 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
         if (ne) copy_le(data + off, t[i].data, ne);
         off += ne * 4;
     }
-    char crc[16];
-    snprintf(crc, sizeof crc, "%08x", crc_of(data, total));
-
-    /* Header: metadata first, as the reference writer does. */
+    /* Header: metadata first, as the reference writer does; the checksum is its first
+     * member, written as a placeholder and filled in once the whole file is laid out. */
     ml_json meta, h;
     ml_json_begin(&meta);
-    ml_json_str(&meta, "checksum", crc);
+    ml_json_str(&meta, "checksum", "00000000");
+    ml_json_str(&meta, "checksum_covers", "file");
     for (int i = 0; i < n_meta; i++) ml_json_str(&meta, meta_keys[i], meta_values[i]);
     ml_json_begin(&h);
     ml_json_raw(&h, "__metadata__", ml_json_end(&meta));
@@ -167,6 +191,9 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
     memcpy(file + 8, hdr, h.len);
     memset(file + 8 + h.len, ' ', hlen - h.len);
     memcpy(file + 8 + hlen, data, (size_t)total);
+    char crc[16];
+    snprintf(crc, sizeof crc, "%08x", file_crc(file, size, ST_CRC_AT));
+    memcpy(file + ST_CRC_AT, crc, 8);
     rc = ml_write_file_atomic(path, file, size);
 done:
     free(file);
@@ -269,7 +296,42 @@ static int parse_entry(const char *path, const char *name, const ml_jv *v, uint6
     return ML_OK;
 }
 
-ml_st_file *ml_st_open(const char *path) {
+/*
+ * The checksum: required unless flags allow its absence. "checksum_covers": "file" (every
+ * file written since checkpoint format 2) = CRC32 of the whole file but the 8 digits, which
+ * must sit at ST_CRC_AT; absent = an older moelab file whose CRC covers the data only.
+ */
+static int check_crc(const char *path, const ml_st_file *f, const unsigned char *buf, uint64_t size,
+                     const unsigned char *data, uint64_t data_size, int flags) {
+    const char *want = ml_st_meta(f, "checksum"), *covers = ml_st_meta(f, "checksum_covers");
+    if (!want) {
+        if (flags & ML_ST_ALLOW_NO_CHECKSUM) return ML_OK;
+        return ml_errorf("%s: metadata has no 'checksum' (every moelab checkpoint has one): the file was "
+                         "altered or not written by moelab", path);
+    }
+    char *end = NULL;
+    unsigned long v = strtoul(want, &end, 16);
+    if (strlen(want) != 8 || *end || !isxdigit((unsigned char)want[0]))
+        return ml_errorf("%s: metadata checksum '%s' is not 8 hex digits", path, want);
+    uint32_t have;
+    if (covers) {
+        if (strcmp(covers, "file") != 0)
+            return ml_errorf("%s: metadata checksum_covers is '%s', expected 'file'", path, covers);
+        if (size < ST_CRC_AT + 8 || memcmp(buf + 8, ST_CRC_PREFIX, sizeof ST_CRC_PREFIX - 1) != 0)
+            return ml_errorf("%s: the checksum is not the header's first entry (file is corrupt)", path);
+        have = file_crc(buf, size, ST_CRC_AT);
+    } else {
+        have = crc_of(data, data_size);
+    }
+    if ((uint32_t)v != have)
+        return ml_errorf("%s: checksum mismatch (file is corrupt): header says %s, the %s has %08x", path, want,
+                         covers ? "file" : "data", have);
+    return ML_OK;
+}
+
+ml_st_file *ml_st_open(const char *path) { return ml_st_open_flags(path, 0); }
+
+ml_st_file *ml_st_open_flags(const char *path, int flags) {
     uint64_t size = 0;
     unsigned char *buf = read_all(path, &size);
     if (!buf) return NULL;
@@ -283,14 +345,16 @@ ml_st_file *ml_st_open(const char *path) {
     }
     uint64_t hlen = 0;
     for (int b = 7; b >= 0; b--) hlen = (hlen << 8) | buf[b];
+    /* The messages below never print the bytes they read: the file may be anything (a
+     * script may name /etc/shadow), and its first 8 bytes as a number would leak them. */
     if (hlen > size - 8) {
-        ml_errorf("%s: header length %llu exceeds file size %llu", path, (unsigned long long)hlen,
-                  (unsigned long long)size);
+        ml_errorf("%s: not a safetensors file, or truncated: its header length field points past the end "
+                  "of the file (%llu bytes)", path, (unsigned long long)size);
         goto fail;
     }
-    if (hlen > ST_HEADER_MAX || hlen < 2) {
-        ml_errorf("%s: header length %llu is not plausible (expected 2 to %llu)", path,
-                  (unsigned long long)hlen, ST_HEADER_MAX);
+    if (hlen > ST_HEADER_MAX || hlen < 2 || buf[8] != '{') {
+        ml_errorf("%s: not a safetensors file: expected an 8-byte header length and a JSON header of 2 to "
+                  "%llu bytes starting with '{'", path, ST_HEADER_MAX);
         goto fail;
     }
     root = ml_jv_parse((const char *)buf + 8, (size_t)hlen);
@@ -356,20 +420,7 @@ ml_st_file *ml_st_open(const char *path) {
             if (!f->mkeys[i] || !f->mvals[i]) goto fail;
         }
     }
-    const char *want = ml_st_meta(f, "checksum");
-    if (want) {
-        char *end = NULL;
-        unsigned long v = strtoul(want, &end, 16);
-        if (strlen(want) != 8 || *end || want[0] == '-' || want[0] == '+' || want[0] == ' ') {
-            ml_errorf("%s: metadata checksum '%s' is not 8 hex digits", path, want);
-            goto fail;
-        }
-        uint32_t have = crc_of(data, data_size);
-        if ((uint32_t)v != have) {
-            ml_errorf("%s: checksum mismatch (file is corrupt): header says %s, data has %08x", path, want, have);
-            goto fail;
-        }
-    }
+    if (check_crc(path, f, buf, size, data, data_size, flags)) goto fail;
     for (int i = 0; i < f->n; i++) {
         st_entry *e = &f->t[i];
         size_t ne = (size_t)((e->end - e->begin) / 4);

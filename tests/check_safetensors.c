@@ -138,31 +138,60 @@ START_TEST(byte_layout) {
     unsigned char *b = slurp(p, &n);
     static const unsigned char data[8] = {0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0xc0};
     char header[256];
+    const char *head = "{\"__metadata__\":{\"checksum\":\"";
     int hl = snprintf(header, sizeof header,
-                      "{\"__metadata__\":{\"checksum\":\"%08lx\"},"
+                      "%s%s\",\"checksum_covers\":\"file\"},"
                       "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
-                      crc32(crc32(0L, Z_NULL, 0), data, 8));
+                      head, "00000000");
     size_t padded = ((size_t)hl + 7) / 8 * 8;
     ck_assert_uint_eq(n, 8 + padded + 8);
     uint64_t len = 0;
     for (int i = 7; i >= 0; i--) len = len << 8 | b[i]; /* little-endian u64 */
     ck_assert_uint_eq(len, padded);
+    /* The checksum: CRC32 of every byte of the file but its own 8 digits. */
+    size_t at = 8 + strlen(head);
+    char digits[9];
+    memcpy(digits, b + at, 8);
+    digits[8] = 0;
+    uLong c = crc32(crc32(0L, Z_NULL, 0), b, (uInt)at);
+    c = crc32(c, b + at + 8, (uInt)(n - at - 8));
+    char want[16];
+    snprintf(want, sizeof want, "%08lx", c);
+    ck_assert_str_eq(digits, want);
+    memcpy(b + at, "00000000", 8);
     ck_assert_int_eq(memcmp(b + 8, header, (size_t)hl), 0);
     for (size_t i = 8 + (size_t)hl; i < 8 + padded; i++) ck_assert_int_eq(b[i], ' ');
     ck_assert_int_eq(memcmp(b + 8 + padded, data, 8), 0);
     free(b);
 
     /* A file as the reference writer makes it (no checksum, header order unlike data
-     * order, no metadata) reads too. */
+     * order, no metadata) reads when the caller allows files without a checksum. */
     float two[2] = {5, 6};
     craft(p, "{\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
              "\"a\":{\"dtype\":\"F32\",\"shape\":[1,1],\"data_offsets\":[0,4]}}  ", two, 8);
-    ml_st_file *f = ml_st_open(p);
+    expect_error(p, "metadata has no 'checksum'");
+    ml_st_file *f = ml_st_open_flags(p, ML_ST_ALLOW_NO_CHECKSUM);
     ck_assert_msg(f != NULL, "%s", ml_error());
     ck_assert(ml_st_get(f, "a", NULL, NULL)[0] == 5);
     ck_assert(ml_st_get(f, "b", NULL, NULL)[0] == 6);
     ck_assert_ptr_null(ml_st_meta(f, "checksum"));
     ml_st_close(f);
+
+    /* A file of moelab before checkpoint format 2: its checksum covers the data only. */
+    char legacy[256];
+    snprintf(legacy, sizeof legacy,
+             "{\"__metadata__\":{\"checksum\":\"%08lx\"},"
+             "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+             crc32(crc32(0L, Z_NULL, 0), (const Bytef *)two, 8));
+    craft(p, legacy, two, 8);
+    f = ml_st_open(p);
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    ml_st_close(f);
+    unsigned char *lb = slurp(p, &n);
+    lb[n - 1] ^= 0x80;
+    spit(p, lb, n);
+    free(lb);
+    expect_error(p, "checksum mismatch (file is corrupt): header says");
 }
 END_TEST
 
@@ -180,17 +209,18 @@ START_TEST(corrupt_files) {
     expect_error(p, "outside the data section");
 
     spit(p, b, 40); /* truncated inside the header */
-    expect_error(p, "exceeds file size 40");
+    expect_error(p, "header length field points past the end of the file (40 bytes)");
 
     unsigned char *c = malloc(n);
     memcpy(c, b, n);
     uint64_t big = 9999999;
     for (int i = 0; i < 8; i++) c[i] = (unsigned char)(big >> (8 * i));
     spit(p, c, n);
-    expect_error(p, "header length 9999999 exceeds file size");
+    expect_error(p, "not a safetensors file, or truncated");
+    ck_assert_ptr_null(strstr(ml_error(), "9999999"));
     for (int i = 0; i < 8; i++) c[i] = 0xff;
     spit(p, c, n);
-    expect_error(p, "header length 18446744073709551615 exceeds file size");
+    expect_error(p, "not a safetensors file, or truncated");
 
     memcpy(c, b, n);
     char *colon = memchr(c + 8, ':', n - 8);
@@ -202,8 +232,51 @@ START_TEST(corrupt_files) {
     c[n - 3] ^= 0x01; /* one bit of tensor data */
     spit(p, c, n);
     expect_error(p, "checksum mismatch (file is corrupt)");
+
+    /* The header is covered too: one changed digit of a metadata value ("7" -> "8"), and
+     * of a shape in a way that keeps the file self-consistent. */
+    memcpy(c, b, n);
+    char *ep = memmem(c + 8, n - 8, "\"epoch\":\"7\"", 11);
+    ck_assert_ptr_nonnull(ep);
+    ep[9] = '8';
+    spit(p, c, n);
+    expect_error(p, "checksum mismatch (file is corrupt)");
+    memcpy(c, b, n);
+    char *sh = memmem(c + 8, n - 8, "\"shape\":[2,3]", 13);
+    ck_assert_ptr_nonnull(sh);
+    sh[9] = '3', sh[11] = '2';
+    spit(p, c, n);
+    expect_error(p, "checksum mismatch (file is corrupt)");
+
+    /* Removing the checksum (spaces keep the length) and flipping a data bit is refused:
+     * the checksum is required. */
+    memcpy(c, b, n);
+    char *ck = memmem(c + 8, n - 8, "\"checksum\"", 10);
+    char *covers = memmem(c + 8, n - 8, "\"checksum_covers\":\"file\",", 25);
+    ck_assert_ptr_nonnull(ck);
+    ck_assert_ptr_nonnull(covers);
+    memset(ck, ' ', (size_t)(covers + 25 - ck)); /* {   "format":... */
+    c[n - 3] ^= 0x01;
+    spit(p, c, n);
+    expect_error(p, "metadata has no 'checksum'");
     free(c);
     free(b);
+
+    /* A file that is not safetensors at all (a script may name /etc/shadow): the error
+     * quotes none of its bytes, not even its first 8 as a number. */
+    const char *secret = "root:$6$Zq9sEcReT$abcdefghijklmnop:19000:0:99999:7:::\n";
+    spit(p, secret, strlen(secret));
+    expect_error(p, "not a safetensors file");
+    uint64_t as_len = 0;
+    for (int i = 7; i >= 0; i--) as_len = as_len << 8 | (unsigned char)secret[i];
+    char num[32];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)as_len);
+    ck_assert_ptr_null(strstr(ml_error(), num));
+    ck_assert_ptr_null(strstr(ml_error(), "root"));
+    unsigned char small[16] = {4, 0, 0, 0, 0, 0, 0, 0, 'r', 'o', 'o', 't'};
+    spit(p, small, 12); /* a plausible length, but no JSON header */
+    expect_error(p, "not a safetensors file");
+    ck_assert_ptr_null(strstr(ml_error(), "root"));
 
     float d[4] = {1, 2, 3, 4};
     craft(p, "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,12]},"
@@ -223,8 +296,12 @@ START_TEST(corrupt_files) {
     expect_error(p, "__metadata__ value of 'epoch' is not a string");
     craft(p, "{\"__metadata__\":{\"checksum\":\"xyz\"}}", d, 0);
     expect_error(p, "metadata checksum 'xyz' is not 8 hex digits");
+    craft(p, "{\"__metadata__\":{\"checksum\":\"00000000\",\"checksum_covers\":\"header\"}}", d, 0);
+    expect_error(p, "checksum_covers is 'header', expected 'file'");
+    craft(p, "{\"__metadata__\":{\"checksum_covers\":\"file\",\"checksum\":\"00000000\"}}", d, 0);
+    expect_error(p, "the checksum is not the header's first entry");
     craft(p, "[1,2]", d, 0);
-    expect_error(p, "header is not a JSON object");
+    expect_error(p, "not a safetensors file");
     craft(p, "{\"a\":{},\"a\":{}}", d, 0);
     expect_error(p, "duplicate object key");
     expect_error(tmp_path("missing.safetensors"), "cannot open");
