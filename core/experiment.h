@@ -27,6 +27,7 @@
 typedef struct ml_loss_slot {
     const ml_plugin *plugin;
     const ml_loss_api *api;
+    const char *file;       /* the plugin's file (borrowed), for crash reports */
     void *self;
     char name[64];          /* the plugin name, or name#2 when used twice */
     double coef;
