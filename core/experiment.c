@@ -339,7 +339,7 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
 }
 
 int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
-    if (flush_row(e)) return ML_ERR;
+    if (flush_row(e) || write_summary(e, "running")) return ML_ERR; /* summary = metrics.csv so far */
     ml_model *m = e->model;
     e->epoch++;
     for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->acc[l]);
