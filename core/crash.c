@@ -256,12 +256,10 @@ int ml_crash_install(void) {
 #else
     size += SIGSTKSZ;
 #endif
-    stack_t ss = {.ss_sp = malloc(size), .ss_size = size, .ss_flags = 0};
-    if (!ss.ss_sp) return ml_errorf("crash: out of memory for the signal stack");
-    if (sigaltstack(&ss, NULL) != 0) {
-        free(ss.ss_sp);
-        return ml_errorf("crash: sigaltstack failed: %s", strerror(errno));
-    }
+    static void *altstack; /* kept for the life of the process (and reachable for LeakSanitizer) */
+    if (!altstack && !(altstack = malloc(size))) return ml_errorf("crash: out of memory for the signal stack");
+    stack_t ss = {.ss_sp = altstack, .ss_size = size, .ss_flags = 0};
+    if (sigaltstack(&ss, NULL) != 0) return ml_errorf("crash: sigaltstack failed: %s", strerror(errno));
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_fatal;
