@@ -22,8 +22,6 @@
 
 volatile int ml_exp_interrupted;
 
-static int write_summary(ml_experiment *e, const char *status);
-
 /* ------------------------------------------------------------------ building */
 
 static const ml_plugin *find_plugin(void *ctx, int kind, const char *name, char *err) {
@@ -248,7 +246,7 @@ int ml_exp_open_results(ml_experiment *e) {
     ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
     int rc = ml_exp_event_json(e, "run_start", &j);
     ml_json_free(&j);
-    if (write_summary(e, "running")) rc = ML_ERR;
+    if (ml_exp_write_summary(e, "running")) rc = ML_ERR;
     return rc;
 }
 
@@ -339,7 +337,7 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
 }
 
 int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
-    if (flush_row(e) || write_summary(e, "running")) return ML_ERR; /* summary = metrics.csv so far */
+    if (flush_row(e) || ml_exp_write_summary(e, "running")) return ML_ERR; /* summary = metrics.csv so far */
     ml_model *m = e->model;
     e->epoch++;
     for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->acc[l]);
@@ -422,7 +420,7 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         ml_health_free(&h);
         if (rc) return ML_ERR;
     }
-    return write_summary(e, "running");
+    return ml_exp_write_summary(e, "running");
 }
 
 int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
@@ -837,7 +835,7 @@ static const char *summary_json(ml_experiment *e, ml_json *j, ml_json *last, con
  * Rewrites summary.json atomically with this status ("running" while the run goes, then
  * "ok", "error" or "interrupted") and arms the crash handler with the "crashed" variant.
  */
-static int write_summary(ml_experiment *e, const char *status) {
+int ml_exp_write_summary(ml_experiment *e, const char *status) {
     if (!e->res) return ML_OK;
     ml_json j, last;
     const char *text = summary_json(e, &j, &last, status, 0);
@@ -858,7 +856,7 @@ static int write_summary(ml_experiment *e, const char *status) {
 int ml_exp_finish(ml_experiment *e, const char *status) {
     if (!e->res) return ML_OK;
     int rc = flush_row(e);
-    if (write_summary(e, status ? status : "error")) rc = ML_ERR;
+    if (ml_exp_write_summary(e, status ? status : "error")) rc = ML_ERR;
     return rc;
 }
 
