@@ -272,6 +272,7 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
     ml_route r;
     fill_route(m, &r, z, B, sample_id);
     char err[ML_ERR_MAX] = "";
+    m->n_disp = m->n_dropped = 0; /* nothing of a failed forward is kept */
     ml_crash_enter(m->file, "forward");
     int frc = m->api->forward(m->router, &r, err);
     ml_crash_leave();
@@ -279,7 +280,6 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
         ml_err_seal(err);
         return ml_errorf("router '%s' (%s): forward (layer %d): %s", m->plugin->name, m->file, m->layer, err);
     }
-    m->n_disp = m->n_dropped = 0;
     if (check_route(m, &r, B)) return ML_ERR;
     const int K = r.n_disp;
     m->n_disp = K;
