@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "crash.h"
 #include "model.h"
 #include "optim.h"
 #include "ops.h"
@@ -93,7 +94,10 @@ int ml_bench_main(int argc, char **argv) {
     ml_loss_init li = {sizeof li, lopt};
     char err[ML_ERR_MAX] = "";
     const ml_loss_api *lapi = lb->api;
+    ml_crash_enter(ml_plugin_file(lb), "create");
     void *loss = m ? lapi->create(ml_host_table(), &li, err) : NULL;
+    ml_crash_leave();
+    ml_err_seal(err);
     if (!m || !loss) {
         fprintf(stderr, "moelab: bench: %s\n", m ? err : ml_error());
         ml_model_free(m);
@@ -116,8 +120,13 @@ int ml_bench_main(int argc, char **argv) {
         ml_routing_record rec;
         ml_moe_record(m->moe[0], &rec);
         double v;
-        if (!rc && lapi->eval(loss, &rec, &v, 0.1f, m->moe[0]->dlogits, m->moe[0]->dprob, err))
-            rc = ml_errorf("load_balance: %s", err);
+        if (!rc) {
+            ml_crash_enter(ml_plugin_file(lb), "eval");
+            int erc = lapi->eval(loss, &rec, &v, 0.1f, m->moe[0]->dlogits, m->moe[0]->dprob, err);
+            ml_crash_leave();
+            ml_err_seal(err);
+            if (erc) rc = ml_errorf("load_balance: %s", err);
+        }
         if (!rc) rc = ml_model_backward(m);
         if (!rc) ml_optim_step(&opt, &m->P);
     }
@@ -136,7 +145,9 @@ int ml_bench_main(int argc, char **argv) {
                "gflops=%.1f sgemm_peak_gflops=%.1f peak_rss_mb=%.0f\n",
                o.H, o.W, o.C, o.B, o.E, o.T, ips, dt / o.S * 1e3, flops * ips / 1e9, peak, ru.ru_maxrss / 1024.0);
     }
+    ml_crash_enter(ml_plugin_file(lb), "destroy");
     lapi->destroy(loss);
+    ml_crash_leave();
     ml_model_free(m);
     free(x);
     free(ids);

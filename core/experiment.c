@@ -9,9 +9,12 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "crash.h"
 #include "pluginhost.h"
 #include "safetensors.h"
 
@@ -48,10 +51,14 @@ static int build_losses(ml_experiment *e) {
         if (plugin_opts(e, path, p, &opt)) { free(opt); return ML_ERR; }
         ml_loss_slot *s = &e->loss[e->n_losses];
         s->plugin = p;
+        s->file = ml_plugin_file(p);
         s->api = p->api;
         ml_loss_init init = {sizeof init, opt};
         char err[ML_ERR_MAX] = "";
+        ml_crash_enter(ml_plugin_file(p), "create");
         s->self = s->api->create(ml_host_table(), &init, err);
+        ml_crash_leave();
+        ml_err_seal(err);
         free(opt);
         if (!s->self) return ml_errorf("loss '%s' (%s): create failed: %s", p->name, ml_plugin_file(p), err);
         snprintf(s->name, sizeof s->name, "%s", p->name);
@@ -72,7 +79,10 @@ static int build_schedule(ml_experiment *e, int L) {
     ml_schedule_init init = {sizeof init, L, opt};
     char err[ML_ERR_MAX] = "";
     const ml_schedule_api *api = p->api;
+    ml_crash_enter(ml_plugin_file(p), "create");
     e->sched = api->create(ml_host_table(), &init, err);
+    ml_crash_leave();
+    ml_err_seal(err);
     free(opt);
     if (!e->sched) return ml_errorf("schedule '%s' (%s): create failed: %s", p->name, ml_plugin_file(p), err);
     e->sched_plugin = p;
@@ -88,7 +98,9 @@ static int build_model(ml_experiment *e) {
     int *experts = ml_calloc((size_t)L, sizeof(int));
     if (!experts) return ML_ERR;
     for (int l = 0; l < L; l++) {
+        ml_crash_enter(ml_plugin_file(e->sched_plugin), "initial_experts");
         experts[l] = sapi->initial_experts(e->sched, l, configured);
+        ml_crash_leave();
         if (experts[l] < 1) {
             free(experts);
             return ml_errorf("schedule '%s': initial_experts(layer %d) = %d, expected >= 1", e->sched_plugin->name, l + 1, experts[l]);
@@ -234,6 +246,7 @@ int ml_exp_open_results(ml_experiment *e) {
     ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
     int rc = ml_exp_event_json(e, "run_start", &j);
     ml_json_free(&j);
+    if (ml_exp_write_summary(e, "running")) rc = ML_ERR;
     return rc;
 }
 
@@ -309,9 +322,12 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
             double v = 0;
             char err[ML_ERR_MAX] = "";
             int grad = training && s->coef != 0;
-            if (s->api->eval(s->self, &rec, &v, (float)s->coef, grad ? m->moe[l]->dlogits : NULL,
-                             grad ? m->moe[l]->dprob : NULL, err))
-                return ml_errorf("loss '%s' (layer %d): %s", s->name, l + 1, err);
+            ml_crash_enter(s->file, "eval");
+            int rc = s->api->eval(s->self, &rec, &v, (float)s->coef, grad ? m->moe[l]->dlogits : NULL,
+                                  grad ? m->moe[l]->dprob : NULL, err);
+            ml_crash_leave();
+            ml_err_seal(err);
+            if (rc) return ml_errorf("loss '%s' (layer %d): %s", s->name, l + 1, err);
             if (!isfinite(v)) return ml_errorf("loss '%s' (layer %d) returned %g", s->name, l + 1, v);
             per_loss[i] += v;
             *total += s->coef * v;
@@ -321,7 +337,7 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
 }
 
 int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
-    if (flush_row(e)) return ML_ERR;
+    if (flush_row(e) || ml_exp_write_summary(e, "running")) return ML_ERR; /* summary = metrics.csv so far */
     ml_model *m = e->model;
     e->epoch++;
     for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->acc[l]);
@@ -404,7 +420,7 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         ml_health_free(&h);
         if (rc) return ML_ERR;
     }
-    return ML_OK;
+    return ml_exp_write_summary(e, "running");
 }
 
 int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
@@ -494,8 +510,11 @@ int ml_exp_schedule_decide(ml_experiment *e, int *add) {
     ml_progress p = {sizeof p, e->images_seen, e->step, e->epoch, L, ne, e->train.n};
     char err[ML_ERR_MAX] = "";
     const ml_schedule_api *api = e->sched_plugin->api;
-    if (api->decide(e->sched, &p, add, err))
-        return ml_errorf("schedule '%s': %s", e->sched_plugin->name, err);
+    ml_crash_enter(ml_plugin_file(e->sched_plugin), "decide");
+    int rc = api->decide(e->sched, &p, add, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (rc) return ml_errorf("schedule '%s': %s", e->sched_plugin->name, err);
     for (int l = 0; l < L; l++)
         if (add[l] < 0) return ml_errorf("schedule '%s': asked to add %d experts to layer %d", e->sched_plugin->name, add[l], l + 1);
     return ML_OK;
@@ -768,36 +787,76 @@ int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_
 
 /* -------------------------------------------------------------------- finish */
 
-int ml_exp_finish(ml_experiment *e, const char *status) {
-    if (!e->res) return ML_OK;
-    int rc = flush_row(e);
-    ml_json j;
-    ml_json_begin(&j);
-    ml_json_str(&j, "experiment", e->experiment);
-    ml_json_str(&j, "status", status);
-    if (status && strcmp(status, "ok") != 0) ml_json_str(&j, "error", e->last_error);
-    ml_json_int(&j, "epochs", e->epoch);
-    ml_json_int(&j, "steps", e->step);
-    ml_json_int(&j, "images_seen", e->images_seen);
-    ml_json_num(&j, "seconds", ml_now() - e->started);
-    ml_json_num(&j, "best_val_loss", isfinite(e->best_val) ? e->best_val : NAN);
-    ml_json_int(&j, "best_epoch", e->best_epoch);
-    ml_json_str(&j, "router", e->model->moe[0]->plugin->name);
+/*
+ * summary.json's object. crashed = 1 renders the variant the crash handler writes: status
+ * "crashed", without "error" and "updated" (the handler appends those).
+ */
+static const char *summary_json(ml_experiment *e, ml_json *j, ml_json *last, const char *status, int crashed) {
+    ml_json_begin(j);
+    ml_json_str(j, "experiment", e->experiment);
+    ml_json_str(j, "status", crashed ? "crashed" : status);
+    if (!crashed && strcmp(status, "ok") != 0 && strcmp(status, "running") != 0)
+        ml_json_str(j, "error", e->last_error);
+    ml_json_int(j, "pid", (int64_t)getpid());
+    char host[256] = "";
+    if (gethostname(host, sizeof host - 1) != 0) host[0] = 0;
+    ml_json_str(j, "host", host);
+    if (!crashed) {
+        char stamp[32];
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        ml_json_str(j, "updated", stamp);
+    }
+    ml_json_int(j, "epochs", e->epoch);
+    ml_json_int(j, "steps", e->step);
+    ml_json_int(j, "images_seen", e->images_seen);
+    ml_json_num(j, "seconds", ml_now() - e->started);
+    ml_json_num(j, "best_val_loss", isfinite(e->best_val) ? e->best_val : NAN);
+    ml_json_int(j, "best_epoch", e->best_epoch);
+    ml_json_str(j, "router", e->model->moe[0]->plugin->name);
     char experts[512] = "[";
     for (int l = 0; l < e->model->L; l++) {
         size_t len = strlen(experts);
         snprintf(experts + len, sizeof experts - len, "%s%d", l ? "," : "", e->model->moe[l]->N);
     }
     strcat(experts, "]");
-    ml_json_raw(&j, "experts", experts);
-    ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
-    ml_json last;
-    ml_json_begin(&last);
-    for (int i = 0; i < e->last_n; i++) ml_json_num(&last, e->last_name[i], e->last_value[i]);
-    ml_json_raw(&j, "last_epoch", ml_json_end(&last));
-    if (ml_results_summary(e->res, ml_json_end(&j))) rc = ML_ERR;
-    ml_json_free(&last);
+    ml_json_raw(j, "experts", experts);
+    ml_json_int(j, "parameters", (int64_t)ml_params_numel(&e->model->P));
+    ml_json_begin(last);
+    for (int i = 0; i < e->last_n; i++) ml_json_num(last, e->last_name[i], e->last_value[i]);
+    const char *lt = ml_json_end(last);
+    ml_json_raw(j, "last_epoch", lt ? lt : "{}");
+    return ml_json_end(j);
+}
+
+/*
+ * Rewrites summary.json atomically with this status ("running" while the run goes, then
+ * "ok", "error" or "interrupted") and arms the crash handler with the "crashed" variant.
+ */
+int ml_exp_write_summary(ml_experiment *e, const char *status) {
+    if (!e->res) return ML_OK;
+    ml_json j, last;
+    const char *text = summary_json(e, &j, &last, status, 0);
+    int rc = text ? ml_results_summary(e->res, text) : ML_ERR;
     ml_json_free(&j);
+    ml_json_free(&last);
+    char real[PATH_MAX], path[PATH_MAX + 16];
+    if (realpath(ml_results_dir(e->res), real)) {
+        snprintf(path, sizeof path, "%s/summary.json", real);
+        text = summary_json(e, &j, &last, status, 1);
+        if (!text || ml_crash_arm(path, text)) rc = ML_ERR;
+        ml_json_free(&j);
+        ml_json_free(&last);
+    }
+    return rc;
+}
+
+int ml_exp_finish(ml_experiment *e, const char *status) {
+    if (!e->res) return ML_OK;
+    int rc = flush_row(e);
+    if (ml_exp_write_summary(e, status ? status : "error")) rc = ML_ERR;
     return rc;
 }
 
@@ -806,8 +865,16 @@ void ml_exp_free(ml_experiment *e) {
     for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
     for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
     for (int i = 0; i < e->n_losses; i++)
-        if (e->loss[i].self) e->loss[i].api->destroy(e->loss[i].self);
-    if (e->sched) ((const ml_schedule_api *)e->sched_plugin->api)->destroy(e->sched);
+        if (e->loss[i].self) {
+            ml_crash_enter(e->loss[i].file, "destroy");
+            e->loss[i].api->destroy(e->loss[i].self);
+            ml_crash_leave();
+        }
+    if (e->sched) {
+        ml_crash_enter(ml_plugin_file(e->sched_plugin), "destroy");
+        ((const ml_schedule_api *)e->sched_plugin->api)->destroy(e->sched);
+        ml_crash_leave();
+    }
     if (e->model) {
         for (int l = 0; l < e->model->L; l++) {
             if (e->acc) ml_health_acc_free(e->acc[l]);
@@ -824,7 +891,10 @@ void ml_exp_free(ml_experiment *e) {
     free(e->xb);
     free(e->yb);
     free(e->ids);
-    if (e->res) ml_results_close(e->res);
+    if (e->res) {
+        ml_crash_disarm(); /* the summary written last stays */
+        ml_results_close(e->res);
+    }
     ml_config_free(e->cfg);
     free(e);
 }

@@ -27,6 +27,7 @@
 typedef struct ml_loss_slot {
     const ml_plugin *plugin;
     const ml_loss_api *api;
+    const char *file;       /* the plugin's file (borrowed), for crash reports */
     void *self;
     char name[64];          /* the plugin name, or name#2 when used twice */
     double coef;
@@ -117,5 +118,12 @@ int ml_exp_event_json(ml_experiment *e, const char *kind, const ml_json *fields)
 int ml_exp_save_checkpoint(ml_experiment *e, const char *tag);
 int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_t *step);
 int ml_exp_finish(ml_experiment *e, const char *status);
+/*
+ * Rewrites summary.json atomically (docs/results.md) with this status ("running", "ok",
+ * "error", "interrupted") and arms the crash handler with the "crashed" variant. Called
+ * when the run directory opens, at the start and end of every epoch and by ml_exp_finish;
+ * call it after reopening a run directory. ML_OK without a run directory.
+ */
+int ml_exp_write_summary(ml_experiment *e, const char *status);
 
 #endif

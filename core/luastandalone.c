@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "crash.h"
 #include "params.h"
 #include "pluginhost.h"
 
@@ -104,7 +105,9 @@ static void push_matrix(lua_State *L, const float *m, int B, int W) {
 static int declare(srouter *r, int state) {
     ml_tensor_decl d[MAXT];
     memset(d, 0, sizeof d);
+    ml_crash_enter(ml_plugin_file(r->p), state ? "states" : "params");
     int n = state ? r->api->states(r->self, d, MAXT) : r->api->params(r->self, d, MAXT);
+    ml_crash_leave();
     if (n < 0 || n > MAXT) return ml_errorf("router '%s' declared %d tensors", r->p->name, n);
     for (int i = 0; i < n; i++) {
         int shape[2] = {d[i].per_expert ? r->N : d[i].rows, d[i].cols};
@@ -167,7 +170,10 @@ static int l_router(lua_State *L) {
     ml_rng_seed(&r->rng, (uint64_t)seed);
     ml_router_init init = {sizeof init, 0, D, N, opt, (uint64_t)seed};
     char err[ML_ERR_MAX] = "";
+    ml_crash_enter(ml_plugin_file(p), "create");
     r->self = r->api->create(ml_host_table(), &init, err);
+    ml_crash_leave();
+    ml_err_seal(err);
     if (!r->self) return luaL_error(L, "router '%s': create failed: %s", p->name, err);
     if (declare(r, 0) || declare(r, 1) || ml_params_commit(&r->P, &r->rng) || ml_params_commit(&r->S, &r->rng))
         return luaL_error(L, "%s", ml_error());
@@ -176,7 +182,11 @@ static int l_router(lua_State *L) {
 
 static int router_gc(lua_State *L) {
     srouter *r = check_router(L);
-    if (r->self) r->api->destroy(r->self);
+    if (r->self) {
+        ml_crash_enter(ml_plugin_file(r->p), "destroy");
+        r->api->destroy(r->self);
+        ml_crash_leave();
+    }
     r->self = NULL;
     free_fwd(r);
     ml_params_free(&r->P);
@@ -255,7 +265,13 @@ static int router_forward(lua_State *L) {
     ml_route rt;
     fill_route(r, &rt, p, g, s, training);
     char err[ML_ERR_MAX] = "";
-    if (r->api->forward(r->self, &rt, err)) return luaL_error(L, "router '%s' forward: %s", r->p->name, err);
+    ml_crash_enter(ml_plugin_file(r->p), "forward");
+    int frc = r->api->forward(r->self, &rt, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (frc) return luaL_error(L, "router '%s' forward: %s", r->p->name, err);
+    if (rt.n_disp < 0 || rt.n_disp > B * r->N) /* the dispatch is read back below */
+        return luaL_error(L, "router '%s' forward: n_disp = %d, expected 0..%d", r->p->name, rt.n_disp, B * r->N);
     r->n_disp = rt.n_disp;
     r->n_dropped = rt.n_dropped;
     lua_createtable(L, 0, 4);
@@ -300,7 +316,10 @@ static int router_backward(lua_State *L) {
     fill_route(r, &rt, p, g, s, 1);
     ml_route_grad gr = {sizeof gr, dgate, dlogits, dprob, dx};
     char err[ML_ERR_MAX] = "";
+    ml_crash_enter(ml_plugin_file(r->p), "backward");
     int rc = r->api->backward(r->self, &rt, &gr, err);
+    ml_crash_leave();
+    ml_err_seal(err);
     free(dgate);
     free(dprob);
     free(dlogits);
@@ -379,7 +398,11 @@ static int router_add_experts(lua_State *L) {
         ptrs(r, p, g, s);
         ml_router_event ev = {sizeof ev, ML_EV_EXPERTS_ADDED, r->N, old, NULL, NULL, p, s, 0, r->step};
         char err[ML_ERR_MAX] = "";
-        if (r->api->event(r->self, &ev, err)) return luaL_error(L, "router '%s' experts-added: %s", r->p->name, err);
+        ml_crash_enter(ml_plugin_file(r->p), "event");
+        int erc = r->api->event(r->self, &ev, err);
+        ml_crash_leave();
+        ml_err_seal(err);
+        if (erc) return luaL_error(L, "router '%s' experts-added: %s", r->p->name, err);
     }
     lua_pushinteger(L, r->N);
     return 1;
@@ -405,7 +428,11 @@ static int router_after_backward(lua_State *L) {
     ptrs(r, p, g, s);
     ml_router_event ev = {sizeof ev, ML_EV_AFTER_BACKWARD, r->N, r->N, gm, ld, p, s, 0, r->step};
     char err[ML_ERR_MAX] = "";
-    if (r->api->event(r->self, &ev, err)) return luaL_error(L, "router '%s' event: %s", r->p->name, err);
+    ml_crash_enter(ml_plugin_file(r->p), "event");
+    int erc = r->api->event(r->self, &ev, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (erc) return luaL_error(L, "router '%s' event: %s", r->p->name, err);
     return 0;
 }
 
@@ -437,14 +464,21 @@ static int l_loss(lua_State *L) {
     s->api = p->api;
     ml_loss_init init = {sizeof init, opt};
     char err[ML_ERR_MAX] = "";
+    ml_crash_enter(ml_plugin_file(p), "create");
     s->self = s->api->create(ml_host_table(), &init, err);
+    ml_crash_leave();
+    ml_err_seal(err);
     if (!s->self) return luaL_error(L, "loss '%s': create failed: %s", p->name, err);
     return 1;
 }
 
 static int loss_gc(lua_State *L) {
     sloss *s = luaL_checkudata(L, 1, LOSS_T);
-    if (s->self) s->api->destroy(s->self);
+    if (s->self) {
+        ml_crash_enter(ml_plugin_file(s->p), "destroy");
+        s->api->destroy(s->self);
+        ml_crash_leave();
+    }
     s->self = NULL;
     return 0;
 }
@@ -506,7 +540,10 @@ static int loss_eval(lua_State *L) {
     ml_routing_record rec = {sizeof rec, B, N, logits, prob, ds, de, g, K, lab, classes};
     double v = 0;
     char err[ML_ERR_MAX] = "";
+    ml_crash_enter(ml_plugin_file(s->p), "eval");
     int rc = s->api->eval(s->self, &rec, &v, 1.0f, dl, dp, err);
+    ml_crash_leave();
+    ml_err_seal(err);
     if (!rc) {
         lua_pushnumber(L, v);
         lua_createtable(L, 0, 2);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "crash.h"
 #include "experiment.h"
 #include "luaexp.h"
 #include "pluginhost.h"
@@ -169,6 +170,8 @@ int main(int argc, char **argv) {
     pick_blas_kernel(argv);
     find_root();
     if (argc < 2) return usage(stderr);
+    /* a crashing plugin (or moelab) is reported in one line, in every command */
+    if (ml_crash_install()) fprintf(stderr, "moelab: warning: %s\n", ml_error());
     const char *cmd = argv[1];
     if (!strcmp(cmd, "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(cmd, "plugins")) {

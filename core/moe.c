@@ -2,10 +2,12 @@
 #include "moe.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "crash.h"
 #include "ops.h"
 #include "pluginhost.h"
 
@@ -27,8 +29,10 @@ static int declare_expert(ml_moe *m, int e) {
 static int declare_router_tensors(ml_moe *m, ml_params *blk, int state, int *handles, int *count) {
     ml_tensor_decl decl[ML_MOE_MAX_RTENSORS];
     memset(decl, 0, sizeof decl);
+    ml_crash_enter(m->file, state ? "states" : "params");
     int n = state ? m->api->states(m->router, decl, ML_MOE_MAX_RTENSORS)
                   : m->api->params(m->router, decl, ML_MOE_MAX_RTENSORS);
+    ml_crash_leave();
     if (n < 0 || n > ML_MOE_MAX_RTENSORS)
         return ml_errorf("router '%s': %s() returned %d declarations, expected 0..%d", m->plugin->name,
                          state ? "states" : "params", n, ML_MOE_MAX_RTENSORS);
@@ -61,6 +65,8 @@ ml_moe *ml_moe_new(int layer, int D, int H, int N, const ml_plugin *router, cons
     m->H = H;
     m->N = N;
     m->plugin = router;
+    m->file = ml_plugin_file(router);
+    if (!m->file) m->file = router->name; /* a descriptor not loaded from a file (tests) */
     m->api = router->api;
     m->P = P;
     m->S = S;
@@ -72,9 +78,12 @@ ml_moe *ml_moe_new(int layer, int D, int H, int N, const ml_plugin *router, cons
     if (!m->hw1 || !m->hb1 || !m->hw2 || !m->hb2) goto fail;
     ml_router_init init = {sizeof init, layer, D, N, opt, seed + (uint64_t)layer};
     char err[ML_ERR_MAX] = "";
+    ml_crash_enter(m->file, "create");
     m->router = m->api->create(ml_host_table(), &init, err);
+    ml_crash_leave();
+    ml_err_seal(err);
     if (!m->router) {
-        ml_errorf("router '%s' (%s): create failed: %s", router->name, ml_plugin_file(router), err);
+        ml_errorf("router '%s' (%s): create failed: %s", router->name, m->file, err);
         goto fail;
     }
     for (int e = 0; e < N; e++)
@@ -88,19 +97,24 @@ fail:
 }
 
 static void free_buffers(ml_moe *m) {
-    void *bufs[] = {m->logits, m->prob, m->ds, m->de, m->dg, m->order, m->estart, m->cursor, m->hits,
+    void *bufs[] = {m->logits, m->prob, m->ds, m->de, m->dg, m->order, m->estart, m->cursor, m->hits, m->pairs,
                     m->xg, m->hg, m->yg, m->dlogits, m->dprob, m->dgate, m->dyg, m->dhg,
                     m->dxg, m->grad_mag, m->load};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     m->logits = m->prob = m->dg = m->xg = m->hg = m->yg = NULL;
     m->dlogits = m->dprob = m->dgate = m->dyg = m->dhg = m->dxg = m->grad_mag = m->load = NULL;
     m->ds = m->de = m->order = m->estart = m->cursor = m->hits = NULL;
+    m->pairs = NULL;
     m->cap_B = m->cap_N = 0;
 }
 
 void ml_moe_free(ml_moe *m) {
     if (!m) return;
-    if (m->router) m->api->destroy(m->router);
+    if (m->router) {
+        ml_crash_enter(m->file, "destroy");
+        m->api->destroy(m->router);
+        ml_crash_leave();
+    }
     free_buffers(m);
     free(m->hw1);
     free(m->hb1);
@@ -126,6 +140,7 @@ static int reserve(ml_moe *m, int B) {
     m->estart = ml_calloc((size_t)m->N + 1, sizeof(int32_t));
     m->cursor = ml_calloc((size_t)m->N, sizeof(int32_t));
     m->hits = ml_calloc((size_t)B, sizeof(int32_t));
+    m->pairs = ml_calloc((BN + 63) / 64, sizeof(uint64_t));
     m->xg = ml_alloc_floats(K * m->D);
     m->yg = ml_alloc_floats(K * m->D);
     m->dyg = ml_alloc_floats(K * m->D);
@@ -135,7 +150,7 @@ static int reserve(ml_moe *m, int B) {
     m->grad_mag = ml_alloc_floats((size_t)m->N);
     m->load = ml_alloc_floats((size_t)m->N);
     if (!m->logits || !m->prob || !m->dlogits || !m->dprob || !m->ds || !m->de || !m->order ||
-        !m->dg || !m->dgate || !m->estart || !m->cursor || !m->hits || !m->xg || !m->yg || !m->dyg ||
+        !m->dg || !m->dgate || !m->estart || !m->cursor || !m->hits || !m->pairs || !m->xg || !m->yg || !m->dyg ||
         !m->dxg || !m->hg || !m->dhg || !m->grad_mag || !m->load) {
         free_buffers(m);
         return ml_errorf("moe layer %d: out of memory for a batch of %d with %d experts", m->layer, B, m->N);
@@ -176,6 +191,73 @@ static void fill_route(ml_moe *m, ml_route *r, const float *z, int B, const int3
     r->n_dropped = m->n_dropped;
 }
 
+/* "router 'x' (file): forward: <what>"; returns ML_ERR. */
+static int route_error(const ml_moe *m, const char *fmt, ...) ML_PRINTF(2, 3);
+static int route_error(const ml_moe *m, const char *fmt, ...) {
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return ml_errorf("router '%s' (%s): forward: %s", m->plugin->name, m->file, what);
+}
+
+#define PROB_TOL 1e-6f /* a probability may stray this far outside [0, 1] by rounding */
+#define ROW_TOL 1e-3   /* |sum of a prob row - 1|, as plugin-test allows */
+
+/*
+ * Everything the host reads of a forward, checked in one pass before any of it is used:
+ * n_disp and n_dropped in range, every triple inside (B, N) with a finite gate >= 0 and no
+ * (sample, expert) pair twice (a bitmap, not a search), prob finite in [0, 1] with rows
+ * summing to 1, logits finite. Also counts triples per expert (estart) and per sample
+ * (hits) for the counting sort that follows.
+ */
+static int check_route(ml_moe *m, const ml_route *r, int B) {
+    const int N = m->N, K = r->n_disp;
+    if (K < 0 || K > B * N) return route_error(m, "n_disp = %d, expected 0..%d (B*N)", K, B * N);
+    if (r->n_dropped < 0 || r->n_dropped > B)
+        return route_error(m, "n_dropped = %d, expected 0..%d (B)", r->n_dropped, B);
+    memset(m->estart, 0, (size_t)(N + 1) * sizeof(int32_t));
+    memset(m->hits, 0, (size_t)B * sizeof(int32_t));
+    memset(m->pairs, 0, ((size_t)B * N + 63) / 64 * sizeof(uint64_t));
+    for (int t = 0; t < K; t++) {
+        int b = m->ds[t], e = m->de[t];
+        float g = m->dg[t];
+        int why = 0; /* 1 sample, 2 expert, 3 gate, 4 duplicate */
+        if (b < 0 || b >= B) why = 1;
+        else if (e < 0 || e >= N) why = 2;
+        else if (!(g >= 0) || !isfinite(g)) why = 3;
+        else {
+            size_t bit = (size_t)b * N + e;
+            uint64_t mask = (uint64_t)1 << (bit & 63);
+            if (m->pairs[bit >> 6] & mask) why = 4;
+            m->pairs[bit >> 6] |= mask;
+        }
+        if (why) {
+            char bad[96];
+            if (why == 1) snprintf(bad, sizeof bad, "sample must be in 0..%d", B - 1);
+            else if (why == 2) snprintf(bad, sizeof bad, "expert must be in 0..%d", N - 1);
+            else if (why == 3) snprintf(bad, sizeof bad, "gate must be finite and >= 0");
+            else snprintf(bad, sizeof bad, "the pair (sample %d, expert %d) appears twice", b, e);
+            return route_error(m, "dispatch[%d] = (sample %d, expert %d, gate %g): %s", t, b, e, (double)g, bad);
+        }
+        m->estart[e + 1]++;
+        m->hits[b]++;
+    }
+    for (int b = 0; b < B; b++) {
+        const float *p = m->prob + (size_t)b * N, *z = m->logits + (size_t)b * N;
+        double s = 0;
+        for (int e = 0; e < N; e++) {
+            if (!(p[e] >= -PROB_TOL && p[e] <= 1 + PROB_TOL))
+                return route_error(m, "prob[%d, %d] = %g: must be finite and in [0, 1]", b, e, (double)p[e]);
+            if (!isfinite(z[e])) return route_error(m, "logits[%d, %d] = %g: must be finite", b, e, (double)z[e]);
+            s += p[e];
+        }
+        if (fabs(s - 1) > ROW_TOL) return route_error(m, "prob row %d sums to %.6g, expected 1", b, s);
+    }
+    return ML_OK;
+}
+
 int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
                    const int32_t *sample_id, const int32_t *label, int num_classes) {
     if (reserve(m, B)) return ML_ERR;
@@ -190,26 +272,21 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
     ml_route r;
     fill_route(m, &r, z, B, sample_id);
     char err[ML_ERR_MAX] = "";
-    if (m->api->forward(m->router, &r, err))
-        return ml_errorf("router '%s' forward (layer %d): %s", m->plugin->name, m->layer, err);
+    m->n_disp = m->n_dropped = 0; /* nothing of a failed forward is kept */
+    ml_crash_enter(m->file, "forward");
+    int frc = m->api->forward(m->router, &r, err);
+    ml_crash_leave();
+    if (frc) {
+        ml_err_seal(err);
+        return ml_errorf("router '%s' (%s): forward (layer %d): %s", m->plugin->name, m->file, m->layer, err);
+    }
+    if (check_route(m, &r, B)) return ML_ERR;
     const int K = r.n_disp;
-    if (K < 0 || K > B * N)
-        return ml_errorf("router '%s': n_disp = %d, expected 0..%d", m->plugin->name, K, B * N);
     m->n_disp = K;
     m->n_dropped = r.n_dropped;
 
-    /* counting sort of the triples by expert: each expert's rows become one contiguous GEMM */
-    memset(m->estart, 0, (size_t)(N + 1) * sizeof(int32_t));
-    memset(m->hits, 0, (size_t)B * sizeof(int32_t));
-    for (int t = 0; t < K; t++) {
-        int e = m->de[t], b = m->ds[t];
-        if (e < 0 || e >= N || b < 0 || b >= B || !isfinite(m->dg[t]))
-            return ml_errorf("router '%s': dispatch triple %d is (sample %d, expert %d, gate %g), "
-                             "expected sample < %d, expert < %d and a finite gate",
-                             m->plugin->name, t, b, e, (double)m->dg[t], B, N);
-        m->estart[e + 1]++;
-        m->hits[b]++;
-    }
+    /* counting sort of the triples by expert (check_route counted them): each expert's rows
+       become one contiguous GEMM */
     for (int e = 0; e < N; e++) m->estart[e + 1] += m->estart[e];
     memcpy(m->cursor, m->estart, (size_t)N * sizeof(int32_t));
     for (int t = 0; t < K; t++) m->order[m->cursor[m->de[t]]++] = t;
@@ -307,8 +384,11 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     fill_route(m, &r, z, B, m->sample_id);
     ml_route_grad g = {sizeof g, m->dgate, m->dlogits, m->dprob, dz};
     char err[ML_ERR_MAX] = "";
-    if (m->api->backward(m->router, &r, &g, err))
-        return ml_errorf("router '%s' backward (layer %d): %s", m->plugin->name, m->layer, err);
+    ml_crash_enter(m->file, "backward");
+    int brc = m->api->backward(m->router, &r, &g, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (brc) return ml_errorf("router '%s' backward (layer %d): %s", m->plugin->name, m->layer, err);
     if (!m->training) return ML_OK;
 
     /* the SRNN saturation signal: mean |dL/dtheta| over each expert's parameters */
@@ -325,8 +405,11 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     if (m->api->event) {
         ml_router_event ev = {sizeof ev, ML_EV_AFTER_BACKWARD, N, N, m->grad_mag, m->load,
                               m->rp_ptr, m->rs_ptr, m->epoch, m->step};
-        if (m->api->event(m->router, &ev, err))
-            return ml_errorf("router '%s' after-backward event (layer %d): %s", m->plugin->name, m->layer, err);
+        ml_crash_enter(m->file, "event");
+        int erc = m->api->event(m->router, &ev, err);
+        ml_crash_leave();
+        ml_err_seal(err);
+        if (erc) return ml_errorf("router '%s' after-backward event (layer %d): %s", m->plugin->name, m->layer, err);
     }
     return ML_OK;
 }
@@ -351,7 +434,9 @@ int ml_moe_grow_declare(ml_moe *m, int n_new) {
     /* per-expert router tensors grow along their leading dimension */
     ml_tensor_decl decl[ML_MOE_MAX_RTENSORS];
     memset(decl, 0, sizeof decl);
+    ml_crash_enter(m->file, "params");
     int n = m->api->params(m->router, decl, ML_MOE_MAX_RTENSORS);
+    ml_crash_leave();
     for (int i = 0; i < n && i < m->n_rp; i++)
         if (decl[i].per_expert && ml_params_grow(m->P, m->rp[i], N)) return ML_ERR;
     for (int i = 0; i < m->n_rs; i++)
@@ -366,8 +451,11 @@ int ml_moe_grow_finish(ml_moe *m, int old_n) {
     char err[ML_ERR_MAX] = "";
     ml_router_event ev = {sizeof ev, ML_EV_EXPERTS_ADDED, m->N, old_n, NULL, NULL,
                           m->rp_ptr, m->rs_ptr, m->epoch, m->step};
-    if (m->api->event(m->router, &ev, err))
-        return ml_errorf("router '%s' experts-added event (layer %d): %s", m->plugin->name, m->layer, err);
+    ml_crash_enter(m->file, "event");
+    int erc = m->api->event(m->router, &ev, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (erc) return ml_errorf("router '%s' experts-added event (layer %d): %s", m->plugin->name, m->layer, err);
     return ML_OK;
 }
 
@@ -377,8 +465,11 @@ int ml_moe_epoch_end(ml_moe *m, int epoch) {
     bind_router(m);
     char err[ML_ERR_MAX] = "";
     ml_router_event ev = {sizeof ev, ML_EV_EPOCH_END, m->N, m->N, NULL, NULL, m->rp_ptr, m->rs_ptr, epoch, m->step};
-    if (m->api->event(m->router, &ev, err))
-        return ml_errorf("router '%s' epoch-end event (layer %d): %s", m->plugin->name, m->layer, err);
+    ml_crash_enter(m->file, "event");
+    int erc = m->api->event(m->router, &ev, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (erc) return ml_errorf("router '%s' epoch-end event (layer %d): %s", m->plugin->name, m->layer, err);
     return ML_OK;
 }
 

@@ -28,6 +28,7 @@ typedef struct ml_moe {
     int layer;
     int D, H, N;                    /* width, expert hidden width, experts */
     const ml_plugin *plugin;        /* borrowed; plugins are never unloaded mid-run */
+    const char *file;               /* the plugin's file (borrowed), for errors and crash reports */
     const ml_router_api *api;
     void *router;
     ml_params *P, *S;               /* borrowed: trainable and state blocks */
@@ -54,6 +55,7 @@ typedef struct ml_moe {
     int32_t *estart;                /* (N + 1) */
     int32_t *cursor;                /* (N) */
     int32_t *hits;                  /* (B) triples per sample */
+    uint64_t *pairs;                /* (B*N bits) (sample, expert) pairs seen in this dispatch */
     float *xg, *hg, *yg;            /* (K, D), (K, H), (K, D) gathered, in order[] */
     float *dlogits, *dprob;         /* (B, N) losses accumulate here */
     float *dgate, *dyg, *dhg, *dxg; /* (K), (K, D), (K, H), (K, D) */

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -13,6 +14,8 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "crash.h"
 
 /* ------------------------------------------------------------------- host table */
 
@@ -390,9 +393,53 @@ static int file_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* Loads one file; kind 0 accepts any. The file must exist. */
+static const char *file_type(mode_t m) {
+    if (S_ISDIR(m)) return "directory";
+    if (S_ISCHR(m)) return "character device";
+    if (S_ISBLK(m)) return "block device";
+    if (S_ISFIFO(m)) return "FIFO";
+    if (S_ISSOCK(m)) return "socket";
+    return "special file";
+}
+
+/*
+ * Says what a file that cannot be a plugin is, before dlopen sees it: missing, a directory,
+ * a device or FIFO (dlopen would block on a FIFO or read /dev/zero forever), empty, not ELF,
+ * or an ELF file that is not a shared object. Never echoes the file's content.
+ */
+static int check_plugin_file(const char *file) {
+    struct stat st;
+    if (stat(file, &st) != 0)
+        return errno == ENOENT ? ml_errorf("plugin %s: file not found", file)
+                               : ml_errorf("plugin %s: %s", file, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return ml_errorf("plugin %s: is a directory, expected a shared object (.so)", file);
+    if (!S_ISREG(st.st_mode))
+        return ml_errorf("plugin %s: is not a regular file (%s)", file, file_type(st.st_mode));
+    /* O_NONBLOCK: if the file was swapped for a FIFO since the stat, open must not wait */
+    int fd = open(file, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return ml_errorf("plugin %s: cannot open: %s", file, strerror(errno));
+    unsigned char h[20];
+    ssize_t n = -1;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) n = read(fd, h, sizeof h);
+    int err = errno;
+    close(fd);
+    if (n < 0) return ml_errorf("plugin %s: cannot read: %s", file, strerror(err));
+    if (n == 0) return ml_errorf("plugin %s: is not a shared object (empty file)", file);
+    if (n < 4 || memcmp(h, "\x7f" "ELF", 4) != 0)
+        return ml_errorf("plugin %s: is not a shared object (not an ELF file)", file);
+    if (n == (ssize_t)sizeof h) {
+        int type = h[5] == 2 ? h[16] << 8 | h[17] : h[17] << 8 | h[16]; /* EI_DATA: 2 = big endian */
+        if (type == 1) return ml_errorf("plugin %s: is not a shared object (an ELF relocatable object; hint: link with -shared)", file);
+        if (type == 2) return ml_errorf("plugin %s: is not a shared object (an ELF executable)", file);
+        if (type == 4) return ml_errorf("plugin %s: is not a shared object (an ELF core dump)", file);
+    }
+    return ML_OK;
+}
+
+/* Loads one file; kind 0 accepts any. */
 static const ml_plugin *load_file(int kind, const char *file) {
     char real[PATH_MAX];
+    if (check_plugin_file(file) != ML_OK) return NULL;
     if (!realpath(file, real)) {
         ml_errorf("plugin %s: %s", file, strerror(errno));
         return NULL;
@@ -407,7 +454,9 @@ static const ml_plugin *load_file(int kind, const char *file) {
         return g_loaded[i].desc;
     }
     dlerror();
+    ml_crash_enter(file, "load"); /* constructors run inside dlopen */
     void *h = dlopen(file, RTLD_NOW | RTLD_LOCAL);
+    ml_crash_leave();
     if (!h) {
         const char *e = dlerror();
         ml_errorf("plugin %s: dlopen failed: %s", file, e ? e : "unknown error");
@@ -460,15 +509,13 @@ const ml_plugin *ml_plugin_load(int kind, const char *name_or_path) {
         /* a bare "x.so" would make dlopen search the system library path: anchor it */
         snprintf(file, sizeof file, "%s%s", strchr(name_or_path, '/') ? "" : "./",
                  name_or_path);
-        if (!file_exists(file)) {
-            ml_errorf("plugin %s: file not found", file);
-            return NULL;
-        }
         return load_file(kind, file);
     }
     for (int i = 0; i < g_npath; i++) {
         snprintf(file, sizeof file, "%s/%s.so", g_path[i], name_or_path);
-        if (file_exists(file)) return load_file(kind, file);
+        struct stat st;
+        /* the first entry that exists is the plugin: a directory or device there is reported */
+        if (stat(file, &st) == 0) return load_file(kind, file);
     }
     char dirs[768];
     size_t used = 0;

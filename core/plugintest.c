@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "crash.h"
 #include "pluginhost.h"
 
 #define MAXT 32        /* tensor declarations a router may make */
@@ -47,6 +48,13 @@ static int all_finite(const float *x, size_t n) {
     return 1;
 }
 
+/* The file named in a crash report: every plugin call below is bracketed by
+   ml_crash_enter(pf(p), "<call>") and ml_crash_leave(). */
+static const char *pf(const ml_plugin *p) {
+    const char *f = ml_plugin_file(p);
+    return f ? f : p->name;
+}
+
 /* ============================================================== router harness */
 
 /* A stand-in for the model: keeps the router's tensors the way the host does. */
@@ -78,7 +86,11 @@ static size_t decl_size(const ml_tensor_decl *d, int N) {
 }
 
 static void h_free(harness *h) {
-    if (h->self) h->api->destroy(h->self);
+    if (h->self) {
+        ml_crash_enter(pf(h->p), "destroy");
+        h->api->destroy(h->self);
+        ml_crash_leave();
+    }
     for (int i = 0; i < h->np; i++) free(h->param[i]), free(h->grad[i]);
     for (int i = 0; i < h->ns; i++) free(h->state[i]);
     memset(h, 0, sizeof *h);
@@ -95,13 +107,19 @@ static int h_new(harness *h, const ml_plugin *p, const ml_optval *opt, int D, in
     ml_rng_seed(&h->init_rng, seed);
     ml_rng_seed(&h->rng, seed + 1);
     ml_router_init init = {sizeof init, 0, D, N, opt, seed};
+    ml_crash_enter(pf(p), "create");
     h->self = h->api->create(ml_host_table(), &init, h->err);
+    ml_crash_leave();
+    ml_err_seal(h->err);
     if (!h->self) {
         snprintf(why, WHY, "create failed: %s", h->err[0] ? h->err : "(no message)");
         return ML_ERR;
     }
+    ml_crash_enter(pf(p), "params");
     h->np = h->api->params(h->self, h->pd, MAXT);
+    ml_crash_enter(pf(p), "states");
     h->ns = h->api->states(h->self, h->sd, MAXT);
+    ml_crash_leave();
     if (h->np < 0 || h->np > MAXT || h->ns < 0 || h->ns > MAXT) {
         snprintf(why, WHY, "params() returned %d and states() %d (0..%d expected)", h->np,
                  h->ns, MAXT);
@@ -156,8 +174,11 @@ static int h_grow(harness *h, int N2, char *why) {
     if (!h->api->event) return ML_OK;
     ml_router_event ev = {sizeof ev, ML_EV_EXPERTS_ADDED, N2, N1, NULL, NULL,
                           (const float *const *)h->param, h->state, 1, h->step};
-    if (h->api->event(h->self, &ev, h->err) != 0)
-        return snprintf(why, WHY, "event EXPERTS_ADDED failed: %s", h->err), ML_ERR;
+    ml_crash_enter(pf(h->p), "event");
+    int erc = h->api->event(h->self, &ev, h->err);
+    ml_crash_leave();
+    ml_err_seal(h->err);
+    if (erc != 0) return snprintf(why, WHY, "event EXPERTS_ADDED failed: %s", h->err), ML_ERR;
     return ML_OK;
 }
 
@@ -198,7 +219,11 @@ static int h_forward(harness *h, fwd *f, int training, char *why) {
     };
     f->r = r;
     h->err[0] = 0;
-    if (h->api->forward(h->self, &f->r, h->err) != 0)
+    ml_crash_enter(pf(h->p), "forward");
+    int frc = h->api->forward(h->self, &f->r, h->err);
+    ml_crash_leave();
+    ml_err_seal(h->err);
+    if (frc != 0)
         return snprintf(why, WHY, "forward failed: %s", h->err[0] ? h->err : "(no message)"),
                ML_ERR;
     return ML_OK;
@@ -208,7 +233,11 @@ static int h_backward(harness *h, fwd *f, const float *dgate, const float *dlogi
                       const float *dprob, float *dx, char *why) {
     ml_route_grad g = {sizeof g, dgate, dlogits, dprob, dx};
     h->err[0] = 0;
-    if (h->api->backward(h->self, &f->r, &g, h->err) != 0)
+    ml_crash_enter(pf(h->p), "backward");
+    int brc = h->api->backward(h->self, &f->r, &g, h->err);
+    ml_crash_leave();
+    ml_err_seal(h->err);
+    if (brc != 0)
         return snprintf(why, WHY, "backward failed: %s", h->err[0] ? h->err : "(no message)"),
                ML_ERR;
     return ML_OK;
@@ -576,13 +605,19 @@ static int train_step(harness *h, fwd *f, float **trace, size_t *tn, char *why) 
         }
         ml_router_event ev = {sizeof ev, ML_EV_AFTER_BACKWARD, h->N, h->N, mag, load,
                               (const float *const *)h->param, h->state, 1, h->step};
-        if (h->api->event(h->self, &ev, h->err) != 0)
-            ok = 0, snprintf(why, WHY, "event AFTER_BACKWARD failed: %s", h->err);
+        ml_crash_enter(pf(h->p), "event");
+        int erc = h->api->event(h->self, &ev, h->err);
+        ml_crash_leave();
+        ml_err_seal(h->err);
+        if (erc != 0) ok = 0, snprintf(why, WHY, "event AFTER_BACKWARD failed: %s", h->err);
         if (ok && h->step % 3 == 2) {
             ml_router_event ee = {sizeof ee, ML_EV_EPOCH_END, h->N, h->N, NULL, NULL,
                                   (const float *const *)h->param, h->state, 1, h->step};
-            if (h->api->event(h->self, &ee, h->err) != 0)
-                ok = 0, snprintf(why, WHY, "event EPOCH_END failed: %s", h->err);
+            ml_crash_enter(pf(h->p), "event");
+            erc = h->api->event(h->self, &ee, h->err);
+            ml_crash_leave();
+            ml_err_seal(h->err);
+            if (erc != 0) ok = 0, snprintf(why, WHY, "event EPOCH_END failed: %s", h->err);
         }
     }
     h->step++;
@@ -654,7 +689,9 @@ static void router_growth(suite *s, const ml_plugin *p, const ml_optval *opt) {
     if (ok) ok = h_grow(&h, 6, why) == ML_OK;
     if (ok) {
         ml_tensor_decl d[MAXT];
+        ml_crash_enter(pf(p), "params");
         int np = h.api->params(h.self, d, MAXT);
+        ml_crash_leave();
         if (np != h.np) ok = 0, snprintf(why, WHY, "params() gives %d tensors after growth, %d before", np, h.np);
     }
     if (ok) ok = router_roundtrip(&h, 16, 6, 1, why);
@@ -779,11 +816,17 @@ static ml_routing_record rec_view(const record *r, int labels) {
     return v;
 }
 
+static const char *g_loss_file; /* the loss under test, for crash reports */
+
 static int loss_eval(const ml_loss_api *api, void *self, const record *r, int labels,
                      double *value, float scale, float *dl, float *dp, char *why) {
     char err[ML_ERR_MAX] = "";
     ml_routing_record v = rec_view(r, labels);
-    if (api->eval(self, &v, value, scale, dl, dp, err) != 0)
+    ml_crash_enter(g_loss_file, "eval");
+    int rc = api->eval(self, &v, value, scale, dl, dp, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (rc != 0)
         return snprintf(why, WHY, "eval failed: %s", err[0] ? err : "(no message)"), 0;
     if (!isfinite(*value)) return snprintf(why, WHY, "value is %g", *value), 0;
     size_t bn = (size_t)r->B * r->N;
@@ -854,7 +897,11 @@ static void loss_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int f
     const ml_loss_api *api = p->api;
     char why[WHY] = "", err[ML_ERR_MAX] = "";
     ml_loss_init init = {sizeof init, opt};
+    g_loss_file = pf(p);
+    ml_crash_enter(pf(p), "create");
     void *self = api->create(ml_host_table(), &init, err);
+    ml_crash_leave();
+    ml_err_seal(err);
     if (!self) {
         report(s, 0, "create", "%s", err[0] ? err : "(no message)");
         return;
@@ -864,7 +911,9 @@ static void loss_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int f
     record r;
     if (rec_new(&r, B, N, C) != ML_OK) {
         report(s, 0, "record", "out of memory");
+        ml_crash_enter(pf(p), "destroy");
         api->destroy(self);
+        ml_crash_leave();
         return;
     }
     ml_rng rng;
@@ -928,7 +977,9 @@ static void loss_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int f
     }
     free(dl), free(dp), free(dl2), free(dp2);
     rec_free(&r);
+    ml_crash_enter(pf(p), "destroy");
     api->destroy(self);
+    ml_crash_leave();
 }
 
 /* =============================================================== schedules */
@@ -939,7 +990,10 @@ static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, i
     char why[WHY] = "", err[ML_ERR_MAX] = "";
     enum { L = 3 };
     ml_schedule_init init = {sizeof init, L, opt};
+    ml_crash_enter(pf(p), "create");
     void *self = api->create(ml_host_table(), &init, err);
+    ml_crash_leave();
+    ml_err_seal(err);
     if (!self) {
         report(s, 0, "create", "%s", err[0] ? err : "(no message)");
         return;
@@ -949,7 +1003,9 @@ static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, i
     const int configured[] = {1, 4, 64};
     for (int c = 0; c < 3 && ok; c++)
         for (int l = 0; l < L && ok; l++) {
+            ml_crash_enter(pf(p), "initial_experts");
             int n = api->initial_experts(self, l, configured[c]);
+            ml_crash_leave();
             if (n < 1) ok = 0, snprintf(why, WHY, "initial_experts(layer %d, configured %d) = %d",
                                         l, configured[c], n);
             if (c == 1) ne[l] = n;
@@ -965,7 +1021,11 @@ static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, i
         for (int l = 0; l < L; l++) add[l] = 0;
         add[L] = -777;
         err[0] = 0;
-        if (api->decide(self, &pr, add, err) != 0)
+        ml_crash_enter(pf(p), "decide");
+        int drc = api->decide(self, &pr, add, err);
+        ml_crash_leave();
+        ml_err_seal(err);
+        if (drc != 0)
             ok = 0, snprintf(why, WHY, "decide failed at %lld images: %s",
                              (long long)pr.images_seen, err[0] ? err : "(no message)");
         else if (add[L] != -777)
@@ -982,7 +1042,9 @@ static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, i
     }
     report(s, ok, "decide never negative over a simulated run", "%s", why);
     if (ok) fprintf(s->out, "     experts per layer after 300 epochs: %d %d %d\n", ne[0], ne[1], ne[2]);
+    ml_crash_enter(pf(p), "destroy");
     api->destroy(self);
+    ml_crash_leave();
 }
 
 /* ================================================================= options */

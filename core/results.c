@@ -31,6 +31,7 @@ struct ml_results {
     metrics_row *rows;
     /* routing.csv */
     FILE *routing;
+    long routing_header; /* bytes of its header line */
     int n_extra;
     char **extra_names;
     /* events.jsonl */
@@ -214,6 +215,10 @@ ml_results *ml_results_open(const char *dir, const char *experiment, const char 
     snprintf(ck, sizeof ck, "%s/checkpoints", r->dir);
     if (mkdir(ck, 0777) < 0 && errno != EEXIST) {
         ml_errorf("results: cannot create %s: %s", ck, strerror(errno));
+        free(r);
+        return NULL;
+    }
+    if (ml_results_clean_tmp(r->dir) < 0) {
         free(r);
         return NULL;
     }
@@ -424,6 +429,7 @@ int ml_results_routing_rows(ml_results *r, int epoch, int layer, const ml_health
             free(names);
             return ML_ERR;
         }
+        r->routing_header = (long)b.len;
         free(b.buf);
         r->routing = f;
         r->extra_names = names;
@@ -542,4 +548,341 @@ void ml_results_close(ml_results *r) {
     for (int i = 0; i < r->n_extra; i++) free(r->extra_names[i]);
     free(r->extra_names);
     free(r);
+}
+
+/* ========================================================= temp files, resume */
+
+/* Removes dir/ *.tmp (regular files); adds the count to *removed. */
+static int clean_tmp_in(const char *dir, int *removed) {
+    DIR *d = opendir(dir);
+    if (!d) return errno == ENOENT ? ML_OK : ml_errorf("results: cannot read %s: %s", dir, strerror(errno));
+    struct dirent *e;
+    int rc = ML_OK;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n < 5 || strcmp(e->d_name + n - 4, ".tmp") != 0) continue;
+        char path[RES_PATH_MAX + 300];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
+        if (unlink(path) != 0) {
+            rc = ml_errorf("results: cannot remove stale temporary file %s: %s", path, strerror(errno));
+            break;
+        }
+        (*removed)++;
+    }
+    closedir(d);
+    return rc;
+}
+
+int ml_results_clean_tmp(const char *run_dir) {
+    int removed = 0;
+    char ck[RES_PATH_MAX + 16];
+    if ((size_t)snprintf(ck, sizeof ck, "%s/checkpoints", run_dir) >= sizeof ck)
+        return ml_errorf("results: path %s is too long", run_dir);
+    if (clean_tmp_in(run_dir, &removed) || clean_tmp_in(ck, &removed)) return ML_ERR;
+    return removed;
+}
+
+/* Whole file into a NUL-terminated buffer (owned); NULL with *missing = 1 if absent. */
+static char *read_text(const char *path, size_t *len, int *missing) {
+    *missing = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (errno == ENOENT) *missing = 1;
+        else ml_errorf("results: cannot read %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    sbuf b = {0};
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) sb_put(&b, chunk, n);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad || b.oom) {
+        free(b.buf);
+        ml_errorf("results: cannot read %s: %s", path, bad ? "read error" : "out of memory");
+        return NULL;
+    }
+    if (!b.buf) sb_put(&b, "", 0);
+    *len = b.len;
+    return b.buf;
+}
+
+static void free_cells(char **cells, int n) {
+    for (int i = 0; i < n; i++) free(cells[i]);
+    free(cells);
+}
+
+/*
+ * One CSV record (RFC 4180, as sb_cell writes it) from *p: cells into a new array of owned
+ * strings ("" for an empty cell). Advances *p past the record's newline. Returns the cell
+ * count, or -1 (message set) on an unterminated quote or out of memory.
+ */
+static int csv_record(const char **p, const char *end, char ***cells_out, const char *path, int line) {
+    char **cells = NULL;
+    int n = 0;
+    const char *c = *p;
+    for (;;) {
+        sbuf cell = {0};
+        sb_put(&cell, "", 0);
+        if (c < end && *c == '"') {
+            c++;
+            for (;;) {
+                if (c >= end) {
+                    free(cell.buf);
+                    free_cells(cells, n);
+                    return ml_errorf("results: %s:%d: unterminated quoted cell", path, line), -1;
+                }
+                if (*c == '"') {
+                    if (c + 1 < end && c[1] == '"') {
+                        sb_put(&cell, "\"", 1);
+                        c += 2;
+                        continue;
+                    }
+                    c++;
+                    break;
+                }
+                sb_put(&cell, c, 1);
+                c++;
+            }
+        }
+        while (c < end && *c != ',' && *c != '\n') {
+            if (*c != '\r') sb_put(&cell, c, 1);
+            c++;
+        }
+        char **nc = cell.oom ? NULL : realloc(cells, (size_t)(n + 1) * sizeof *nc);
+        if (!nc) {
+            free(cell.buf);
+            free_cells(cells, n);
+            return ml_errorf("results: out of memory reading %s", path), -1;
+        }
+        cells = nc;
+        cells[n++] = cell.buf;
+        if (c < end && *c == ',') {
+            c++;
+            continue;
+        }
+        if (c < end) c++; /* the newline */
+        break;
+    }
+    *p = c;
+    *cells_out = cells;
+    return n;
+}
+
+/* Loads metrics.csv's header and rows into r (empty r). */
+static int load_metrics(ml_results *r, const char *path) {
+    size_t len;
+    int missing;
+    char *text = read_text(path, &len, &missing);
+    if (!text) return missing ? ML_OK : ML_ERR;
+    const char *p = text, *end = text + len;
+    int line = 1, rc = ML_OK;
+    char **cells;
+    int n = p < end ? csv_record(&p, end, &cells, path, line) : 0;
+    if (n < 0) rc = ML_ERR;
+    for (int i = 0; i < n && !rc; i++) {
+        if (!cells[i][0]) rc = ml_errorf("results: %s:1: column %d has no name", path, i + 1);
+        else if (metrics_col(r, cells[i]) != i)
+            rc = ml_errorf("results: %s:1: column '%s' appears twice", path, cells[i]);
+    }
+    if (n > 0) free_cells(cells, n);
+    while (!rc && p < end) {
+        line++;
+        n = csv_record(&p, end, &cells, path, line);
+        if (n < 0) {
+            rc = ML_ERR;
+            break;
+        }
+        if (n > r->ncols) {
+            free_cells(cells, n);
+            rc = ml_errorf("results: %s:%d: %d cells, the header has %d columns", path, line, n, r->ncols);
+            break;
+        }
+        if (r->nrows == r->caprows) {
+            int nc = r->caprows ? 2 * r->caprows : 64;
+            metrics_row *rows = realloc(r->rows, (size_t)nc * sizeof *rows);
+            if (!rows) {
+                free_cells(cells, n);
+                rc = ml_errorf("results: out of memory reading %s", path);
+                break;
+            }
+            r->rows = rows;
+            r->caprows = nc;
+        }
+        metrics_row row = {r->ncols, ml_calloc((size_t)(r->ncols ? r->ncols : 1), sizeof(char *))};
+        if (!row.cells) {
+            free_cells(cells, n);
+            rc = ML_ERR;
+            break;
+        }
+        for (int i = 0; i < n; i++) {
+            if (cells[i][0]) row.cells[i] = cells[i];
+            else free(cells[i]);
+        }
+        free(cells);
+        r->rows[r->nrows++] = row;
+    }
+    free(text);
+    return rc;
+}
+
+/* Reads routing.csv's header (fixing the extra columns) and opens it for appending. */
+static int load_routing(ml_results *r, const char *path) {
+    size_t len;
+    int missing;
+    char *text = read_text(path, &len, &missing);
+    if (!text) return missing ? ML_OK : ML_ERR;
+    if (len == 0) { /* created but never written: start it again with a header */
+        free(text);
+        return unlink(path) == 0 ? ML_OK : ml_errorf("results: cannot remove empty %s: %s", path, strerror(errno));
+    }
+    const char *p = text;
+    char **cells;
+    int n = csv_record(&p, text + len, &cells, path, 1);
+    static const char *fixed[] = {"epoch", "layer", "expert", "utilisation", "importance"};
+    int rc = n < 0 ? ML_ERR : ML_OK;
+    if (!rc && (n < 5 || p[-1] != '\n'))
+        rc = ml_errorf("results: %s:1: expected the header epoch,layer,expert,utilisation,importance[,...]", path);
+    for (int i = 0; i < 5 && !rc; i++)
+        if (strcmp(cells[i], fixed[i]) != 0)
+            rc = ml_errorf("results: %s:1: column %d is '%s', expected '%s'", path, i + 1, cells[i], fixed[i]);
+    if (!rc) {
+        r->routing_header = (long)(p - text);
+        r->n_extra = n - 5;
+        r->extra_names = ml_calloc((size_t)(n > 5 ? n - 5 : 1), sizeof(char *));
+        if (!r->extra_names) rc = ML_ERR;
+        for (int i = 5; i < n && !rc; i++) {
+            r->extra_names[i - 5] = cells[i];
+            cells[i] = NULL;
+        }
+    }
+    if (n > 0) free_cells(cells, n);
+    free(text);
+    if (!rc && !(r->routing = fopen(path, "a")))
+        rc = ml_errorf("results: cannot append to %s: %s", path, strerror(errno));
+    return rc;
+}
+
+ml_results *ml_results_reopen(const char *run_dir) {
+    struct stat st;
+    if (!run_dir || !*run_dir || stat(run_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        ml_errorf("results: %s is not a run directory (%s)", run_dir ? run_dir : "(null)",
+                  run_dir && *run_dir && stat(run_dir, &st) != 0 ? strerror(errno) : "not a directory");
+        return NULL;
+    }
+    size_t len = strlen(run_dir);
+    while (len > 1 && run_dir[len - 1] == '/') len--;
+    if (len >= RES_PATH_MAX - 64) {
+        ml_errorf("results: path %s is too long", run_dir);
+        return NULL;
+    }
+    ml_results *r = ml_calloc(1, sizeof *r);
+    if (!r) return NULL;
+    memcpy(r->dir, run_dir, len);
+    r->dir[len] = 0;
+    const char *slash = strrchr(r->dir, '/');
+    snprintf(r->run_id, sizeof r->run_id, "%.200s", slash ? slash + 1 : r->dir);
+    char path[RES_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/checkpoints", r->dir);
+    if (mkdir(path, 0777) < 0 && errno != EEXIST) {
+        ml_errorf("results: cannot create %s: %s", path, strerror(errno));
+        ml_results_close(r);
+        return NULL;
+    }
+    if (ml_results_clean_tmp(r->dir) < 0) goto fail;
+    snprintf(path, sizeof path, "%s/metrics.csv", r->dir);
+    if (load_metrics(r, path)) goto fail;
+    snprintf(path, sizeof path, "%s/routing.csv", r->dir);
+    if (load_routing(r, path)) goto fail;
+    snprintf(path, sizeof path, "%s/events.jsonl", r->dir);
+    if (!(r->events = fopen(path, "a")) && errno != ENOENT) {
+        ml_errorf("results: cannot append to %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (r->events && fstat(fileno(r->events), &st) == 0 && st.st_size == 0) {
+        fclose(r->events); /* fopen "a" created it: leave creation to the first event */
+        r->events = NULL;
+        unlink(path);
+    }
+    return r;
+fail:
+    ml_results_close(r);
+    return NULL;
+}
+
+static long file_size(FILE *f) {
+    struct stat st;
+    if (!f || fflush(f) != 0 || fstat(fileno(f), &st) != 0) return 0;
+    return (long)st.st_size;
+}
+
+void ml_results_sizes(ml_results *r, int *metrics_rows, long *routing_bytes, long *events_bytes) {
+    if (metrics_rows) *metrics_rows = r->nrows;
+    if (routing_bytes) *routing_bytes = file_size(r->routing);
+    if (events_bytes) *events_bytes = file_size(r->events);
+}
+
+/* Truncates (or, for 0 bytes, closes and removes) one line file. */
+static int cut_file(ml_results *r, FILE **f, const char *name, long bytes) {
+    char path[RES_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/%s", r->dir, name);
+    if (bytes == 0) {
+        if (*f) fclose(*f);
+        *f = NULL;
+        if (unlink(path) != 0 && errno != ENOENT)
+            return ml_errorf("results: cannot remove %s: %s", path, strerror(errno));
+        return ML_OK;
+    }
+    if (ftruncate(fileno(*f), (off_t)bytes) != 0)
+        return ml_errorf("results: cannot truncate %s to %ld bytes: %s", path, bytes, strerror(errno));
+    return ML_OK;
+}
+
+int ml_results_truncate(ml_results *r, int metrics_rows, long routing_bytes, long events_bytes) {
+    long rsize = file_size(r->routing), esize = file_size(r->events);
+    if (metrics_rows < 0 || metrics_rows > r->nrows)
+        return ml_errorf("results: cannot cut metrics.csv back to %d rows: it has %d", metrics_rows, r->nrows);
+    if (routing_bytes < 0 || routing_bytes > rsize)
+        return ml_errorf("results: cannot cut routing.csv back to %ld bytes: it has %ld", routing_bytes, rsize);
+    if (routing_bytes > 0 && routing_bytes < r->routing_header)
+        return ml_errorf("results: cannot cut routing.csv back to %ld bytes: its header alone has %ld",
+                         routing_bytes, r->routing_header);
+    if (events_bytes < 0 || events_bytes > esize)
+        return ml_errorf("results: cannot cut events.jsonl back to %ld bytes: it has %ld", events_bytes, esize);
+    if (cut_file(r, &r->routing, "routing.csv", routing_bytes)) return ML_ERR;
+    if (!r->routing) {
+        for (int i = 0; i < r->n_extra; i++) free(r->extra_names[i]);
+        free(r->extra_names);
+        r->extra_names = NULL;
+        r->n_extra = 0;
+        r->routing_header = 0;
+    }
+    if (cut_file(r, &r->events, "events.jsonl", events_bytes)) return ML_ERR;
+    if (metrics_rows == r->nrows) return ML_OK;
+    while (r->nrows > metrics_rows) {
+        metrics_row *row = &r->rows[--r->nrows];
+        for (int c = 0; c < row->n; c++) free(row->cells[c]);
+        free(row->cells);
+    }
+    /* columns are created in row order, so those only dropped rows used are a suffix */
+    int keep = 0;
+    for (int i = 0; i < r->nrows; i++)
+        for (int c = r->rows[i].n - 1; c >= keep; c--)
+            if (r->rows[i].cells[c]) {
+                keep = c + 1;
+                break;
+            }
+    while (r->ncols > keep) free(r->cols[--r->ncols]);
+    for (int i = 0; i < r->nrows; i++)
+        if (r->rows[i].n > keep) r->rows[i].n = keep; /* the cut cells are all NULL */
+    if (r->nrows == 0) {
+        char path[RES_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/metrics.csv", r->dir);
+        if (unlink(path) != 0 && errno != ENOENT)
+            return ml_errorf("results: cannot remove %s: %s", path, strerror(errno));
+        return ML_OK;
+    }
+    return metrics_write(r);
 }

@@ -70,6 +70,42 @@ int ml_results_summary(ml_results *r, const char *json_object);
 void ml_results_close(ml_results *r);
 
 /*
+ * Removes stale "*.tmp" files (regular files only) left in run_dir and run_dir/checkpoints
+ * by a process that died between writing a temp file and renaming it. ml_results_open and
+ * ml_results_reopen call it. Returns how many were removed, or ML_ERR (message set) when a
+ * directory cannot be read or a file cannot be removed.
+ */
+int ml_results_clean_tmp(const char *run_dir);
+
+/*
+ * Opens an existing run directory to continue it (resume): stale temp files are removed,
+ * metrics.csv's rows and columns are loaded so that later rows follow them (the file is
+ * rewritten whole, as always), routing.csv (its header fixes the extra columns as before)
+ * and events.jsonl are appended to. Files that do not exist yet are created when first
+ * written. Returns NULL with a message when run_dir is not a directory or a file cannot
+ * be read back (a malformed metrics.csv or routing.csv header is named with its line).
+ * Free with ml_results_close.
+ */
+ml_results *ml_results_reopen(const char *run_dir);
+
+/*
+ * The current extent of the growing files, for saving in a checkpoint: rows in
+ * metrics.csv, bytes in routing.csv and events.jsonl (0 when a file does not exist).
+ * Any pointer may be NULL.
+ */
+void ml_results_sizes(ml_results *r, int *metrics_rows, long *routing_bytes, long *events_bytes);
+
+/*
+ * Cuts the files back to an extent ml_results_sizes gave earlier (rows written after a
+ * checkpoint are dropped before a resumed run writes them again): metrics.csv keeps its
+ * first metrics_rows rows (columns only later rows used are dropped too) and is rewritten
+ * atomically; routing.csv and events.jsonl are truncated to the byte counts (0 removes the
+ * file; routing.csv is then re-created with a new header). ML_ERR, changing nothing, when
+ * an extent is larger than the file or would cut into routing.csv's header.
+ */
+int ml_results_truncate(ml_results *r, int metrics_rows, long routing_bytes, long events_bytes);
+
+/*
  * Writes data[0..n) to path atomically: "<path>.tmp" in the same directory, fsync,
  * rename over path, fsync the directory. On failure the temp file is removed and any
  * existing file at path is untouched; the error names the path and the step that failed.
