@@ -769,6 +769,7 @@ int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_
 /* -------------------------------------------------------------------- finish */
 
 int ml_exp_finish(ml_experiment *e, const char *status) {
+    e->finished = 1;
     if (!e->res) return ML_OK;
     int rc = flush_row(e);
     ml_json j;

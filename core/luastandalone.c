@@ -59,7 +59,16 @@ static int read_options(lua_State *L, int idx, const ml_plugin *p, ml_optval *ou
     return 0;
 }
 
+/* Scripts name plugins; they never give a path. dlopen runs a file's constructors before any
+ * check could refuse it, and a script can write files into its run directory, so a path is
+ * refused here, before pluginhost sees it (ml_plugin_load takes '/' or ".so" as a path). */
 static const ml_plugin *load_kind(lua_State *L, int kind, const char *name) {
+    size_t n = strlen(name);
+    const char *what = kind == ML_PLUGIN_ROUTER ? "router" : "loss";
+    if (!n || strchr(name, '/') || (n >= 3 && strcmp(name + n - 3, ".so") == 0))
+        luaL_error(L, "moelab.%s('%s'): scripts load plugins by name from the plugin search path, not by path; "
+                      "hint: put the plugin in a plugin_path directory of the config and pass its name",
+                   what, name);
     const ml_plugin *p = ml_plugin_load(kind, name);
     if (!p) luaL_error(L, "%s", ml_error());
     return p;
