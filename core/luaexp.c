@@ -757,8 +757,10 @@ static int l_load(lua_State *L) {
 }
 
 static int load_text_file(lua_State *L, const char *path) {
-    if (!may_read(L, path))
-        return luaL_error(L, "loading '%s' is not allowed by the sandbox; " READ_RULE, path);
+    if (!may_read(L, path)) { /* an error message, like a file that cannot be opened */
+        lua_pushfstring(L, "loading '%s' is not allowed by the sandbox; " READ_RULE, path);
+        return LUA_ERRFILE;
+    }
     return luaL_loadfilex(L, path, "t");
 }
 
