@@ -281,23 +281,19 @@ static int ro_len(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)luaL_len(L, -1));
     return 1;
 }
+/* pairs() over a proxy walks the hidden table without handing it out (the state is the
+ * proxy itself, so the writable original never reaches the script) */
 static int ro_next(lua_State *L) {
     lua_settop(L, 2);
-    if (lua_next(L, 1)) {
-        if (lua_istable(L, -1)) {
-            lua_getmetatable(L, -1);
-            lua_pop(L, 1);
-        }
-        return 2;
-    }
+    if (!lua_getmetatable(L, 1) || lua_getfield(L, 3, "__index") != LUA_TTABLE) return 0;
+    lua_pushvalue(L, 2);
+    if (lua_next(L, 4)) return 2;
     lua_pushnil(L);
     return 1;
 }
 static int ro_pairs(lua_State *L) {
     lua_pushcfunction(L, ro_next);
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "__index");
-    lua_remove(L, -2);
+    lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;
 }
@@ -969,6 +965,8 @@ static void sandbox(lua_State *L) {
     int loaded = lua_gettop(L);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, LOADED);
+    lua_pushvalue(L, -1); /* lauxlib names functions in messages from here ("io.open") */
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
 
     /* base: luaopen_base fills the global table; keep the listed names, drop the rest */
     open_lib(L, luaopen_base, "_G");
