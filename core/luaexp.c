@@ -33,6 +33,7 @@ struct ml_lua {
     double started;        /* ml_lua_exec's start (monotonic), 0 before */
     double int_seen;       /* when the hook first saw ml_exp_interrupted, 0: not yet */
     int stop;              /* ML_LUA_STOP_*: once set, no Lua code may continue */
+    int closing;           /* ml_lua_free: no Lua code may run any more */
     int n_warn;            /* warnings printed (capped) */
     int warn_len;
     char warn_buf[256];
@@ -166,6 +167,7 @@ static int stop_raise(lua_State *L, ml_lua *l) {
 static void sb_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     ml_lua *l = getself(L);
+    if (l->closing) luaL_error(L, "the script's state is closing");
     if (due_stop(l, 0)) stop_raise(L, l);
 }
 
@@ -1180,7 +1182,13 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
 
 void ml_lua_free(ml_lua *l) {
     if (!l) return;
-    if (l->L) lua_close(l->L); /* scripts cannot have Lua finalizers: nothing of theirs runs here */
+    if (l->L) {
+        /* Scripts cannot set Lua finalizers, so nothing of theirs should run in lua_close;
+         * should anything, it gets no more than one hook period. */
+        l->closing = 1;
+        lua_sethook(l->L, sb_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        lua_close(l->L);
+    }
     for (int i = 0; i < l->n_allow; i++) free(l->allow[i]);
     free(l->allow);
     for (int i = 0; i < l->n_env; i++) free(l->env[i]);

@@ -160,10 +160,14 @@ static int l_router(lua_State *L) {
     lua_getfield(L, 3, "dim");
     lua_getfield(L, 3, "experts");
     lua_getfield(L, 3, "seed");
-    int D = (int)luaL_checkinteger(L, -3), N = (int)luaL_checkinteger(L, -2);
+    lua_Integer Di = luaL_checkinteger(L, -3), Ni = luaL_checkinteger(L, -2);
     lua_Integer seed = luaL_optinteger(L, -1, 1);
     lua_pop(L, 3);
-    if (D < 1 || N < 1) return luaL_error(L, "moelab.router: dim and experts must be >= 1");
+    /* the router's tensors live outside the Lua allocator (lua.memory_mb does not see them) */
+    if (Di < 1 || Ni < 1 || Di > 65536 || Ni > 4096 || Di * Ni > (1 << 24))
+        return luaL_error(L, "moelab.router: expected dim in 1..65536 and experts in 1..4096 with dim*experts <= %d, "
+                             "got dim %I, experts %I", 1 << 24, Di, Ni);
+    int D = (int)Di, N = (int)Ni;
     srouter *r = lua_newuserdatauv(L, sizeof *r, 0);
     memset(r, 0, sizeof *r);
     luaL_setmetatable(L, ROUTER_T);
