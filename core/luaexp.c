@@ -53,6 +53,7 @@ struct ml_lua {
 #define ORIG_IOCLOSE "moelab.orig.io.close"
 #define ORIG_RESUME "moelab.orig.coroutine.resume"
 #define ORIG_CLOSE "moelab.orig.coroutine.close"
+#define ORIG_MOVE "moelab.orig.table.move"
 #define LOADED "moelab.loaded"
 
 /* Instructions between two checks of the interrupt flag and the clock. The hook is one C call
@@ -905,6 +906,17 @@ static int l_collectgarbage(lua_State *L) {
     return call_orig(L, ORIG_GC);
 }
 
+/* table.move is a C loop that runs no Lua code on plain tables, so the hook cannot stop it:
+ * a range of 2^50 nils would never end. No more elements than the memory cap could hold. */
+static int l_table_move(lua_State *L) {
+    ml_lua *l = getself(L);
+    lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+    if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= (lua_Unsigned)(l->mem_limit / 16))
+        return luaL_error(L, "table.move: %I elements is more than lua.memory_mb could ever hold",
+                          (lua_Integer)((lua_Unsigned)e - (lua_Unsigned)f + 1));
+    return call_orig(L, ORIG_MOVE);
+}
+
 static int l_getenv(lua_State *L) {
     ml_lua *l = getself(L);
     const char *name = luaL_checkstring(L, 1);
@@ -1019,6 +1031,9 @@ static void sandbox(lua_State *L) {
             stash(L, -2, "close", ORIG_CLOSE);
             set_fn(L, "resume", l_co_resume);
             set_fn(L, "close", l_co_close);
+        } else if (!strcmp(libs[i].name, "table")) {
+            stash(L, -2, "move", ORIG_MOVE);
+            set_fn(L, "move", l_table_move);
         } else if (!strcmp(libs[i].name, "os")) {
             set_fn(L, "getenv", l_getenv);
         } else if (!strcmp(libs[i].name, "io")) {
