@@ -4,9 +4,9 @@
  * the experiment script.
  *
  * The sandbox (docs/lua-api.md, "The sandbox") is built from an allow-list: the globals,
- * package.loaded and the string metatable hold only listed functions; there is no debug or
- * package library, no bytecode, no os.execute/io.popen/C modules, no __gc for tables, and
- * os.getenv reads only the names in lua.allow_env. io.open reads only under the run
+ * package.loaded and the string metatable hold only listed functions; there is no debug
+ * library, `package` holds only `loaded`, and there is no bytecode, no os.execute/io.popen/
+ * C modules, no __gc for tables; os.getenv reads only the names in lua.allow_env. io.open reads only under the run
  * directory, the script's directory, scripts/lib and lua.allow_read, and writes only under
  * the run directory (resolved paths: symlinks count where they point). `require` finds Lua
  * modules in the script's directory and scripts/lib. Plugins load by name only.
