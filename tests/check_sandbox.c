@@ -138,6 +138,58 @@ START_TEST(run_dir_escapes_and_plugin_by_path) {
 }
 END_TEST
 
+/* Walks every table reachable from the value at idx (and metatables a script could get, i.e.
+ * those without __metatable) and counts functions that carry upvalues. lua_getupvalue works
+ * on C closures too: an original kept as an upvalue is one debug.getupvalue away. Only
+ * function and table upvalues count. */
+static int count_upvalue_functions(lua_State *L, int idx, const void **seen, int *n_seen, char *where, size_t wn) {
+    idx = lua_absindex(L, idx);
+    int bad = 0;
+    if (lua_type(L, idx) == LUA_TFUNCTION) { /* math.random's state (a userdata) is harmless */
+        for (int u = 1; lua_getupvalue(L, idx, u); u++) {
+            int t = lua_type(L, -1);
+            lua_pop(L, 1);
+            if (t == LUA_TFUNCTION || t == LUA_TTABLE) return 1;
+        }
+        return 0;
+    }
+    if (lua_type(L, idx) != LUA_TTABLE) return 0;
+    const void *p = lua_topointer(L, idx);
+    for (int i = 0; i < *n_seen; i++)
+        if (seen[i] == p) return 0;
+    if (*n_seen >= 4096) return 0;
+    seen[(*n_seen)++] = p;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        int b = count_upvalue_functions(L, -1, seen, n_seen, where, wn);
+        if (b && !where[0] && lua_type(L, -2) == LUA_TSTRING) snprintf(where, wn, "%s", lua_tostring(L, -2));
+        bad += b;
+        lua_pop(L, 1);
+    }
+    if (lua_getmetatable(L, idx)) {
+        if (lua_getfield(L, -1, "__metatable") == LUA_TNIL) bad += count_upvalue_functions(L, -2, seen, n_seen, where, wn);
+        lua_pop(L, 2);
+    }
+    return bad;
+}
+
+START_TEST(no_function_handed_out_keeps_an_original) {
+    ml_lua *l = ml_lua_new(NULL, "scripts/lib");
+    lua_State *L = ml_lua_state(l);
+    static const void *seen[4096];
+    int n_seen = 0;
+    char where[128] = "";
+    lua_pushglobaltable(L);
+    int bad = count_upvalue_functions(L, -1, seen, &n_seen, where, sizeof where);
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1); /* the string metatable, as C sees it */
+    bad += count_upvalue_functions(L, -1, seen, &n_seen, where, sizeof where);
+    ck_assert_msg(bad == 0, "%d functions reachable from the script carry upvalues (first: %s)", bad, where);
+    ck_assert_int_gt(n_seen, 8);
+    ml_lua_free(l);
+}
+END_TEST
+
 /* Writes len bytes to path. */
 static void put_file(const char *path, const void *data, size_t len) {
     FILE *f = fopen(path, "wb");
@@ -419,6 +471,7 @@ static Suite *sandbox_suite(void) {
     tcase_set_timeout(t, 40);
     tcase_add_test(t, escapes_refused_normal_lua_works);
     tcase_add_test(t, run_dir_escapes_and_plugin_by_path);
+    tcase_add_test(t, no_function_handed_out_keeps_an_original);
     tcase_add_test(t, bytecode_files_refused);
     tcase_add_test(t, symlinks_resolve_to_their_target);
     tcase_add_test(t, finished_run_refuses_bindings);
