@@ -544,6 +544,10 @@ static int l_add_experts(lua_State *L) {
     moe_ud *u = check_moe(L);
     lua_Integer n = luaL_checkinteger(L, 2);
     luaL_argcheck(L, n >= 1 && n <= 4096, 2, "expected 1..4096 experts to add");
+    /* experts live outside the Lua allocator: a loop of additions must not exhaust memory */
+    if (u->e->model->moe[u->layer]->N + n > 4096)
+        return luaL_error(L, "add_experts: a layer holds at most 4096 experts (layer %d has %d, asked for %d more)",
+                          u->layer + 1, u->e->model->moe[u->layer]->N, (int)n);
     const char *reason = luaL_optstring(L, 3, "script");
     if (ml_exp_add_experts(u->e, u->layer, (int)n, reason)) return core_error(L);
     lua_pushinteger(L, u->e->model->moe[u->layer]->N);

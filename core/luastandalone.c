@@ -377,8 +377,12 @@ static int router_set(lua_State *L) {
 /* r:add_experts(n) -> new N */
 static int router_add_experts(lua_State *L) {
     srouter *r = check_router(L);
-    int n = (int)luaL_checkinteger(L, 2), old = r->N;
-    luaL_argcheck(L, n >= 1, 2, "expected >= 1");
+    lua_Integer ni = luaL_checkinteger(L, 2);
+    int old = r->N;
+    /* the same bounds as moelab.router(): these tensors are outside lua.memory_mb */
+    luaL_argcheck(L, ni >= 1 && old + ni <= 4096 && (old + ni) * r->D <= (1 << 24), 2,
+                  "expected >= 1, with at most 4096 experts and dim*experts <= 16777216");
+    int n = (int)ni;
     r->N += n;
     for (int i = 0; i < r->np; i++)
         if (r->pexp[i] && ml_params_grow(&r->P, r->hp[i], r->N)) return luaL_error(L, "%s", ml_error());
