@@ -172,6 +172,11 @@ static const cfg_key cfg_schema[] = {
     SEC("lua", "the script sandbox"),
     LIST("lua.allow_read", "[]", "extra paths scripts may read"),
     STR("lua.allow_read.*", NULL, 0, "a file or directory"),
+    LIST("lua.allow_env", "[]", "environment variables os.getenv may read; other names raise an error"),
+    STR("lua.allow_env.*", NULL, 0, "a variable name"),
+    INT("lua.memory_mb", "1024", 16, 1048576,
+        "memory cap of the script's Lua state in MiB; hitting it ends the run with a clear error"),
+    INT("lua.timeout_s", "0", 0, NOHI, "wall-clock limit of the whole script in seconds; 0 = none"),
 };
 #define CFG_NKEYS ((int)(sizeof cfg_schema / sizeof cfg_schema[0]))
 

@@ -854,6 +854,7 @@ int ml_exp_write_summary(ml_experiment *e, const char *status) {
 }
 
 int ml_exp_finish(ml_experiment *e, const char *status) {
+    e->finished = 1;
     if (!e->res) return ML_OK;
     int rc = flush_row(e);
     if (ml_exp_write_summary(e, status ? status : "error")) rc = ML_ERR;

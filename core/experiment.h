@@ -90,6 +90,7 @@ typedef struct ml_experiment {
     double best_val;               /* for summary.json */
     int best_epoch;
     char last_error[1024];
+    int finished;                  /* set by ml_exp_finish: the Lua bindings refuse from then on */
 } ml_experiment;
 
 /* overrides: "a.b=value" strings. Returns NULL with ml_error(); *exit_code says whether the

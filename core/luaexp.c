@@ -9,6 +9,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include "luastandalone.h"
 
@@ -20,7 +22,21 @@ struct ml_lua {
     char run_dir[PATH_MAX];
     char **allow;          /* extra readable paths (realpath'd) */
     int n_allow;
+    char **env;            /* lua.allow_env: the variables os.getenv may read */
+    int n_env;
     int loaded;
+    /* limits (the allocator and the count hook read these) */
+    size_t mem_used, mem_limit;
+    int mem_mb;
+    int mem_hit;           /* the allocator refused a block because of the cap */
+    int timeout_s;         /* 0: none */
+    double started;        /* ml_lua_exec's start (monotonic), 0 before */
+    double int_seen;       /* when the hook first saw ml_exp_interrupted, 0: not yet */
+    int stop;              /* ML_LUA_STOP_*: once set, no Lua code may continue */
+    int closing;           /* ml_lua_free: no Lua code may run any more */
+    int n_warn;            /* warnings printed (capped) */
+    int warn_len;
+    char warn_buf[256];
 };
 
 #define EXP_T "moelab.experiment"
@@ -29,15 +45,204 @@ struct ml_lua {
 #define SCHED_T "moelab.schedule"
 #define RO_T "moelab.readonly"
 
-static ml_lua *getself(lua_State *L) {
-    lua_getfield(L, LUA_REGISTRYINDEX, "moelab.self");
-    ml_lua *l = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return l;
-}
+/* Originals of wrapped functions live in the registry, never in upvalues or tables a script
+ * can reach (with the debug library absent, the registry is out of a script's reach). */
+#define ORIG_LOAD "moelab.orig.load"
+#define ORIG_GC "moelab.orig.collectgarbage"
+#define ORIG_OPEN "moelab.orig.io.open"
+#define ORIG_IOCLOSE "moelab.orig.io.close"
+#define ORIG_RESUME "moelab.orig.coroutine.resume"
+#define ORIG_CLOSE "moelab.orig.coroutine.close"
+#define ORIG_MOVE "moelab.orig.table.move"
+#define LOADED "moelab.loaded"
+
+/* Instructions between two checks of the interrupt flag and the clock. The cost is not the
+ * hook call (one per HOOK_COUNT instructions) but Lua 5.4 tracing every instruction once any
+ * hook is set: a tight pure-Lua loop runs about 2x slower (2e8 iterations: 3.5 s -> 7.6 s);
+ * scripts/train.lua spends its time in C and is not measurably slower. */
+#define HOOK_COUNT 1000
+/* After SIGINT/SIGTERM a script still in Lua code gets this long to reach its next exp call
+ * (where it stops at once) before the hook stops it wherever it is. */
+#define INTERRUPT_GRACE_S 1.0
+
+/* Every thread of the state carries the ml_lua pointer in its extra space (lua_newthread
+ * copies the main thread's), so the hook and the bindings find it without a table lookup. */
+static ml_lua *getself(lua_State *L) { return *(ml_lua **)lua_getextraspace(L); }
 
 /* A core failure becomes a Lua error at the script's line (luaL_error adds the position). */
 static int core_error(lua_State *L) { return luaL_error(L, "%s", ml_error()); }
+
+/* ------------------------------------------------------------- limits */
+
+/* lua_Alloc with a cap. Lua never asks a shrink to fail, so only growth is refused; when
+ * ptr is NULL, osize is a type tag, not a size. A refusal makes Lua run an emergency full
+ * collection and retry, so the cap bounds live memory. */
+static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    ml_lua *l = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        l->mem_used -= old;
+        return NULL;
+    }
+    if (nsize > old) {
+        size_t base = l->mem_used - old;
+        if (nsize > l->mem_limit || base > l->mem_limit - nsize) {
+            l->mem_hit = 1;
+            return NULL;
+        }
+    }
+    void *p = realloc(ptr, nsize);
+    if (p) l->mem_used = l->mem_used - old + nsize;
+    return p;
+}
+
+static int sb_panic(lua_State *L) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "moelab: lua: unprotected error: %s\n", msg ? msg : "(not a string)");
+    return 0; /* lua aborts */
+}
+
+/* Warnings (errors in finalizers of C objects, warn() is not offered to scripts): a few
+ * lines, each cut to fit, then silence, so a hostile script cannot flood stderr. */
+static void sb_warn(void *ud, const char *msg, int tocont) {
+    ml_lua *l = ud;
+    if (!l->warn_len && !tocont && msg[0] == '@') return; /* control message ("@on") */
+    size_t n = strlen(msg), room = sizeof l->warn_buf - 1 - (size_t)l->warn_len;
+    if (n > room) n = room;
+    memcpy(l->warn_buf + l->warn_len, msg, n);
+    l->warn_len += (int)n;
+    l->warn_buf[l->warn_len] = 0;
+    if (tocont) return;
+    if (l->n_warn < 5) ml_log(ML_LOG_WARN, "lua: %s", l->warn_buf);
+    else if (l->n_warn == 5) ml_log(ML_LOG_WARN, "lua: further warnings are not shown");
+    l->n_warn++;
+    l->warn_len = 0;
+}
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Decides whether the script must stop now. at_once: an exp call, where an interrupt needs no
+ * grace. Once decided the reason sticks. */
+static int due_stop(ml_lua *l, int at_once) {
+    if (l->stop) return l->stop;
+    if (ml_exp_interrupted) {
+        double now = mono_now();
+        if (at_once) return l->stop = ML_LUA_STOP_INTERRUPT;
+        if (l->int_seen == 0) l->int_seen = now;
+        else if (now - l->int_seen > INTERRUPT_GRACE_S) return l->stop = ML_LUA_STOP_INTERRUPT;
+    }
+    if (l->timeout_s > 0 && l->started > 0 && mono_now() - l->started > l->timeout_s)
+        return l->stop = ML_LUA_STOP_TIMEOUT;
+    return ML_LUA_STOP_NONE;
+}
+
+static const char *stop_message(ml_lua *l, char *buf, size_t n) {
+    switch (l->stop) {
+    case ML_LUA_STOP_INTERRUPT: snprintf(buf, n, "interrupted"); break;
+    case ML_LUA_STOP_TIMEOUT: snprintf(buf, n, "script exceeded lua.timeout_s = %d s", l->timeout_s); break;
+    case ML_LUA_STOP_MEMORY:
+        snprintf(buf, n, "script exceeded its memory limit of %d MB (lua.memory_mb)", l->mem_mb);
+        break;
+    default: snprintf(buf, n, "stopped"); break;
+    }
+    return buf;
+}
+
+static void sb_hook(lua_State *L, lua_Debug *ar);
+
+/* Raises the stop error. From here on this thread's hook runs at every instruction, so any
+ * Lua code that runs after a C function swallowed the error (a load reader, a coroutine, a
+ * pcall) raises again at its first instruction; the wrapped pcall/xpcall/resume/close/load
+ * re-raise on return. Together the script cannot continue. */
+static int stop_raise(lua_State *L, ml_lua *l) {
+    char msg[128];
+    lua_sethook(L, sb_hook, LUA_MASKCOUNT, 1);
+    lua_pushstring(L, stop_message(l, msg, sizeof msg));
+    return lua_error(L);
+}
+
+static void sb_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    ml_lua *l = getself(L);
+    if (l->closing) luaL_error(L, "the script's state is closing");
+    if (due_stop(l, 0)) stop_raise(L, l);
+}
+
+/* Every exp/moe/loss/schedule binding starts here. */
+static void guard(lua_State *L) {
+    ml_lua *l = getself(L);
+    if (l->e && l->e->finished) luaL_error(L, "the run has finished");
+    if (due_stop(l, 1)) stop_raise(L, l);
+}
+
+/* ------------------------------------------------------------------ paths */
+
+static int path_under(const char *path, const char *dir) {
+    size_t n = strlen(dir);
+    return n && strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == 0);
+}
+
+/* realpath of path, or of its directory when the file does not exist yet. A name that exists
+ * but does not resolve (a dangling symlink, a loop) resolves to nothing: opening it for
+ * writing would follow the link wherever it points. */
+static int resolve(const char *path, char *out) {
+    if (realpath(path, out)) return 1;
+    struct stat st;
+    if (lstat(path, &st) == 0) return 0;
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir) return 0;
+    char *slash = strrchr(dir, '/');
+    const char *base = path;
+    if (slash) {
+        *slash = 0;
+        base = path + (slash - dir) + 1;
+        if (!*dir) strcpy(dir, "/");
+    } else {
+        strcpy(dir, ".");
+    }
+    if (!*base || !strcmp(base, ".") || !strcmp(base, "..")) return 0;
+    char rd[PATH_MAX];
+    if (!realpath(dir, rd)) return 0;
+    size_t a = strlen(rd), b = strlen(base);
+    if (a + 1 + b >= PATH_MAX) return 0;
+    memcpy(out, rd, a);
+    out[a] = '/';
+    memcpy(out + a + 1, base, b + 1);
+    return 1;
+}
+
+static int allowed(ml_lua *l, const char *path, int write) {
+    char rp[PATH_MAX];
+    if (!resolve(path, rp)) return 0;
+    if (l->run_dir[0] && path_under(rp, l->run_dir)) return 1;
+    if (write) return 0;
+    if (path_under(rp, l->script_dir) || path_under(rp, l->lib_dir)) return 1;
+    for (int i = 0; i < l->n_allow; i++)
+        if (path_under(rp, l->allow[i])) return 1;
+    return 0;
+}
+
+#define READ_RULE "scripts read only under the run directory, the script's directory, scripts/lib and lua.allow_read"
+#define WRITE_RULE "scripts write only under the run directory"
+
+static void refresh_run_dir(ml_lua *l) {
+    if (!l->run_dir[0] && l->e && ml_exp_run_dir(l->e)) {
+        char rp[PATH_MAX];
+        if (realpath(ml_exp_run_dir(l->e), rp)) strcpy(l->run_dir, rp); /* same size */
+    }
+}
+
+/* The sandbox's read rule, for bindings that open files by path (exp:load_checkpoint). */
+static int may_read(lua_State *L, const char *path) {
+    ml_lua *l = getself(L);
+    refresh_run_dir(l);
+    return allowed(l, path, 0);
+}
 
 /* ------------------------------------------------------------ aux helpers */
 
@@ -80,23 +285,19 @@ static int ro_len(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)luaL_len(L, -1));
     return 1;
 }
+/* pairs() over a proxy walks the hidden table without handing it out (the state is the
+ * proxy itself, so the writable original never reaches the script) */
 static int ro_next(lua_State *L) {
     lua_settop(L, 2);
-    if (lua_next(L, 1)) {
-        if (lua_istable(L, -1)) {
-            lua_getmetatable(L, -1);
-            lua_pop(L, 1);
-        }
-        return 2;
-    }
+    if (!lua_getmetatable(L, 1) || lua_getfield(L, 3, "__index") != LUA_TTABLE) return 0;
+    lua_pushvalue(L, 2);
+    if (lua_next(L, 4)) return 2;
     lua_pushnil(L);
     return 1;
 }
 static int ro_pairs(lua_State *L) {
     lua_pushcfunction(L, ro_next);
-    lua_getmetatable(L, 1);
-    lua_getfield(L, -1, "__index");
-    lua_remove(L, -2);
+    lua_pushvalue(L, 1);
     lua_pushnil(L);
     return 3;
 }
@@ -158,6 +359,7 @@ static int table_to_json(lua_State *L, int idx, ml_json *j) {
 
 static ml_experiment *check_exp(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, EXP_T);
+    guard(L);
     return *p;
 }
 
@@ -168,9 +370,13 @@ typedef struct hook_ctx {
     ml_experiment *e;
 } hook_ctx;
 
+/* Runs at every step boundary of train_epoch: stops the epoch on a timeout (the C loop stops
+ * on an interrupt by itself), then calls the script's on_step if it gave one. */
 static int step_hook(void *ctx) {
     hook_ctx *h = ctx;
     lua_State *L = h->L;
+    if (due_stop(getself(L), 0)) return ml_errorf("the script is stopping");
+    if (h->fn_ref == LUA_NOREF) return ML_OK;
     lua_rawgeti(L, LUA_REGISTRYINDEX, h->fn_ref);
     lua_createtable(L, 0, 4);
     set_int(L, "epoch", h->e->epoch);
@@ -197,8 +403,12 @@ static int l_train_epoch(lua_State *L) {
         }
     }
     ml_epoch_stats st;
-    int rc = ml_exp_train_epoch(e, h.fn_ref != LUA_NOREF ? step_hook : NULL, &h, &st);
+    int rc = ml_exp_train_epoch(e, step_hook, &h, &st);
     luaL_unref(L, LUA_REGISTRYINDEX, h.fn_ref);
+    if (due_stop(getself(L), 1)) { /* interrupted during the epoch, or out of time */
+        luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
+        return stop_raise(L, getself(L));
+    }
     if (h.err_ref != LUA_NOREF) { /* re-raise the hook's own error, position intact */
         lua_rawgeti(L, LUA_REGISTRYINDEX, h.err_ref);
         luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
@@ -269,9 +479,14 @@ static int l_save_checkpoint(lua_State *L) {
 
 static int l_load_checkpoint(lua_State *L) {
     ml_experiment *e = check_exp(L);
+    const char *tag = luaL_checkstring(L, 2);
     int epoch;
     int64_t step;
-    if (ml_exp_load_checkpoint(e, luaL_checkstring(L, 2), &epoch, &step)) return core_error(L);
+    /* a path (a tag has no '/') obeys io.open's read rule, checked before anything opens it */
+    if (strchr(tag, '/') && !may_read(L, tag))
+        return luaL_error(L, "exp:load_checkpoint('%s'): not allowed by the sandbox; " READ_RULE
+                             "; hint: add the path to lua.allow_read", tag);
+    if (ml_exp_load_checkpoint(e, tag, &epoch, &step)) return core_error(L);
     lua_createtable(L, 0, 2);
     set_int(L, "epoch", epoch);
     set_int(L, "step", step);
@@ -310,7 +525,7 @@ static int exp_newindex(lua_State *L) {
 }
 
 static int exp_tostring(lua_State *L) {
-    ml_experiment *e = check_exp(L);
+    ml_experiment *e = *(ml_experiment **)luaL_checkudata(L, 1, EXP_T);
     lua_pushfstring(L, "experiment '%s' (epoch %d)", e->experiment, e->epoch);
     return 1;
 }
@@ -319,12 +534,20 @@ static int exp_tostring(lua_State *L) {
 
 typedef struct moe_ud { ml_experiment *e; int layer; } moe_ud;
 
-static moe_ud *check_moe(lua_State *L) { return luaL_checkudata(L, 1, MOE_T); }
+static moe_ud *check_moe(lua_State *L) {
+    moe_ud *u = luaL_checkudata(L, 1, MOE_T);
+    guard(L);
+    return u;
+}
 
 static int l_add_experts(lua_State *L) {
     moe_ud *u = check_moe(L);
     lua_Integer n = luaL_checkinteger(L, 2);
     luaL_argcheck(L, n >= 1 && n <= 4096, 2, "expected 1..4096 experts to add");
+    /* experts live outside the Lua allocator: a loop of additions must not exhaust memory */
+    if (u->e->model->moe[u->layer]->N + n > 4096)
+        return luaL_error(L, "add_experts: a layer holds at most 4096 experts (layer %d has %d, asked for %d more)",
+                          u->layer + 1, u->e->model->moe[u->layer]->N, (int)n);
     const char *reason = luaL_optstring(L, 3, "script");
     if (ml_exp_add_experts(u->e, u->layer, (int)n, reason)) return core_error(L);
     lua_pushinteger(L, u->e->model->moe[u->layer]->N);
@@ -394,7 +617,7 @@ static int moe_index(lua_State *L) {
 }
 
 static int moe_tostring(lua_State *L) {
-    moe_ud *u = check_moe(L);
+    moe_ud *u = luaL_checkudata(L, 1, MOE_T);
     lua_pushfstring(L, "moe layer %d (%d experts, router %s)", u->layer + 1, u->e->model->moe[u->layer]->N,
                     u->e->model->moe[u->layer]->plugin->name);
     return 1;
@@ -406,6 +629,7 @@ typedef struct loss_ud { ml_experiment *e; int idx; } loss_ud;
 
 static int loss_index(lua_State *L) {
     loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
+    guard(L);
     const char *k = luaL_checkstring(L, 2);
     ml_loss_slot *s = &u->e->loss[u->idx];
     if (strcmp(k, "coef") == 0) lua_pushnumber(L, s->coef);
@@ -417,6 +641,7 @@ static int loss_index(lua_State *L) {
 
 static int loss_newindex(lua_State *L) {
     loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
+    guard(L);
     const char *k = luaL_checkstring(L, 2);
     ml_loss_slot *s = &u->e->loss[u->idx];
     if (strcmp(k, "coef") != 0) return luaL_error(L, "loss '%s': only 'coef' can be set, not '%s'", s->name, k);
@@ -436,6 +661,8 @@ static int loss_tostring(lua_State *L) {
 
 static int l_decide(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
+    guard(L);
+    guard(L);
     ml_experiment *e = *p;
     int add[64];
     if (ml_exp_schedule_decide(e, add)) return core_error(L);
@@ -455,6 +682,8 @@ static int l_decide(lua_State *L) {
 
 static int sched_index(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
+    guard(L);
+    guard(L);
     const char *k = luaL_checkstring(L, 2);
     if (strcmp(k, "decide") == 0) lua_pushcfunction(L, l_decide);
     else if (strcmp(k, "name") == 0) lua_pushstring(L, (*p)->sched_plugin->name);
@@ -468,7 +697,7 @@ static int l_warn(lua_State *L) {
     const char *msg = luaL_checkstring(L, 1);
     ml_lua *l = getself(L);
     ml_log(ML_LOG_WARN, "%s", msg);
-    if (l->e && l->e->res) {
+    if (l->e && l->e->res && !l->e->finished) {
         ml_json j;
         ml_json_begin(&j);
         ml_json_str(&j, "message", msg);
@@ -492,51 +721,11 @@ static int l_print(lua_State *L) {
 
 /* ------------------------------------------------------------------ sandbox */
 
-static int path_under(const char *path, const char *dir) {
-    size_t n = strlen(dir);
-    return n && strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == 0);
-}
-
-/* realpath of path, or of its directory when the file does not exist yet */
-static int resolve(const char *path, char *out) {
-    if (realpath(path, out)) return 1;
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    const char *base = path;
-    if (slash) {
-        *slash = 0;
-        base = slash + 1;
-        if (!*dir) strcpy(dir, "/");
-    } else {
-        strcpy(dir, ".");
-    }
-    char rd[PATH_MAX];
-    if (!realpath(dir, rd)) return 0;
-    size_t a = strlen(rd), b = strlen(base);
-    if (a + 1 + b >= PATH_MAX) return 0;
-    memcpy(out, rd, a);
-    out[a] = '/';
-    memcpy(out + a + 1, base, b + 1);
-    return 1;
-}
-
-static int allowed(ml_lua *l, const char *path, int write) {
-    char rp[PATH_MAX];
-    if (!resolve(path, rp)) return 0;
-    if (l->run_dir[0] && path_under(rp, l->run_dir)) return 1;
-    if (write) return 0;
-    if (path_under(rp, l->script_dir) || path_under(rp, l->lib_dir)) return 1;
-    for (int i = 0; i < l->n_allow; i++)
-        if (path_under(rp, l->allow[i])) return 1;
-    return 0;
-}
-
-static void refresh_run_dir(ml_lua *l) {
-    if (!l->run_dir[0] && l->e && ml_exp_run_dir(l->e)) {
-        char rp[PATH_MAX];
-        if (realpath(ml_exp_run_dir(l->e), rp)) strcpy(l->run_dir, rp); /* same size */
-    }
+static int call_orig(lua_State *L, const char *key) {
+    lua_getfield(L, LUA_REGISTRYINDEX, key);
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
 }
 
 static int l_io_open(lua_State *L) {
@@ -546,59 +735,78 @@ static int l_io_open(lua_State *L) {
     int write = strpbrk(mode, "wa+") != NULL;
     refresh_run_dir(l);
     if (!allowed(l, path, write))
-        return luaL_error(L, "io.open('%s', '%s'): not allowed by the sandbox; scripts %s; hint: add the path to lua.allow_read",
-                          path, mode, write ? "write only under the run directory" : "read under the run directory, the script's directory, scripts/lib and lua.allow_read");
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+        return luaL_error(L, "io.open('%s', '%s'): not allowed by the sandbox; %s; hint: add the path to lua.allow_read",
+                          path, mode, write ? WRITE_RULE : READ_RULE);
+    return call_orig(L, ORIG_OPEN);
 }
 
-/* load() in text mode only: no bytecode */
+/* io.close() without a file would close stdout */
+static int l_io_close(lua_State *L) {
+    luaL_checkudata(L, 1, LUA_FILEHANDLE);
+    lua_settop(L, 1);
+    return call_orig(L, ORIG_IOCLOSE);
+}
+
+/* load() in text mode only: no bytecode, also not from a reader function */
 static int l_load(lua_State *L) {
-    int n = lua_gettop(L); /* chunk [, chunkname [, mode [, env]]] */
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_settop(L, n < 3 ? 4 : n + 1); /* the original load, then at least chunk, chunkname, mode */
+    int n = lua_gettop(L); /* chunk [, chunkname [, mode [, env]]]: env's presence matters */
+    luaL_checkany(L, 1);
+    if (n < 3) lua_settop(L, 3);
     lua_pushliteral(L, "t");
-    lua_replace(L, 4);                /* mode: text only */
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    lua_replace(L, 3);
+    int r = call_orig(L, ORIG_LOAD);
+    /* a reader function runs inside load's protected parser: it could swallow a stop */
+    if (due_stop(getself(L), 0)) return stop_raise(L, getself(L));
+    return r;
 }
 
 static int load_text_file(lua_State *L, const char *path) {
-    ml_lua *l = getself(L);
-    refresh_run_dir(l);
-    if (!allowed(l, path, 0)) return luaL_error(L, "loading '%s' is not allowed by the sandbox", path);
+    if (!may_read(L, path)) { /* an error message, like a file that cannot be opened */
+        lua_pushfstring(L, "loading '%s' is not allowed by the sandbox; " READ_RULE, path);
+        return LUA_ERRFILE;
+    }
     return luaL_loadfilex(L, path, "t");
 }
 
 static int l_dofile(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
+    lua_settop(L, 1);
     if (load_text_file(L, path) != LUA_OK) return lua_error(L);
     lua_call(L, 0, LUA_MULTRET);
     return lua_gettop(L) - 1;
 }
 
+/* loadfile(path [, mode [, env]]): mode is always "t" */
 static int l_loadfile(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
+    int env = !lua_isnone(L, 3);
+    lua_settop(L, 3);
     if (load_text_file(L, path) != LUA_OK) {
-        lua_pushnil(L);
+        luaL_pushfail(L);
         lua_insert(L, -2);
         return 2;
+    }
+    if (env) {
+        lua_pushvalue(L, 3);
+        if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
     }
     return 1;
 }
 
-/* package.searchers replacement: Lua files from the script's directory and scripts/lib only */
-static int l_searcher(lua_State *L) {
+/* require(name): package.loaded, else name.lua (dots become '/') from the script's directory
+ * and scripts/lib, text only. No package.searchers, preload, path or C modules. */
+static int l_require(lua_State *L) {
     ml_lua *l = getself(L);
     const char *name = luaL_checkstring(L, 1);
+    lua_settop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, LOADED);
+    if (lua_getfield(L, 2, name) != LUA_TNIL) return 1;
+    lua_pop(L, 1);
     char rel[PATH_MAX];
-    snprintf(rel, sizeof rel, "%s", name);
+    if (snprintf(rel, sizeof rel, "%s", name) >= (int)sizeof rel || strstr(rel, "..") || rel[0] == '/')
+        return luaL_error(L, "module '%s' not found (a module name is a dotted path inside the script's directory or scripts/lib)", name);
     for (char *c = rel; *c; c++)
         if (*c == '.') *c = '/';
-    if (strstr(rel, "..")) return 0;
     const char *dirs[2] = {l->script_dir, l->lib_dir};
     luaL_Buffer tried;
     luaL_buffinit(L, &tried);
@@ -607,7 +815,8 @@ static int l_searcher(lua_State *L) {
         char path[PATH_MAX + 8];
         snprintf(path, sizeof path, "%s/%s.lua", dirs[i], rel);
         FILE *f = fopen(path, "r");
-        if (!f) {
+        if (!f || !allowed(l, path, 0)) {
+            if (f) fclose(f);
             lua_pushfstring(L, "\n\tno file '%s'", path);
             luaL_addvalue(&tried);
             continue;
@@ -615,66 +824,256 @@ static int l_searcher(lua_State *L) {
         fclose(f);
         if (luaL_loadfilex(L, path, "t") != LUA_OK)
             return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, path, lua_tostring(L, -1));
+        lua_pushvalue(L, 1);
+        lua_pushstring(L, path);
+        lua_call(L, 2, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushboolean(L, 1);
+        }
+        lua_pushvalue(L, -1);
+        lua_setfield(L, 2, name);
         lua_pushstring(L, path);
         return 2;
     }
     luaL_pushresult(&tried);
+    return luaL_error(L, "module '%s' not found:%s", name, lua_tostring(L, -1));
+}
+
+/* pcall/xpcall as in lbaselib (yieldable through lua_pcallk), except that a stop (interrupt,
+ * timeout) is re-raised instead of returned: a script cannot swallow it. */
+static int finish_pcall(lua_State *L, int status, lua_KContext extra) {
+    ml_lua *l = getself(L);
+    if (status != LUA_OK && status != LUA_YIELD) {
+        if (due_stop(l, 0)) return stop_raise(L, l);
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+static int l_pcall(lua_State *L) {
+    luaL_checkany(L, 1);
+    lua_pushboolean(L, 1);
+    lua_insert(L, 1);
+    int status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, finish_pcall);
+    return finish_pcall(L, status, 0);
+}
+
+static int l_xpcall(lua_State *L) {
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2);
+    int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, finish_pcall);
+    return finish_pcall(L, status, 2);
+}
+
+/* coroutine.resume/close return a coroutine's error instead of raising it */
+static int l_co_resume(lua_State *L) {
+    int r = call_orig(L, ORIG_RESUME);
+    if (due_stop(getself(L), 0)) return stop_raise(L, getself(L));
+    return r;
+}
+
+static int l_co_close(lua_State *L) {
+    int r = call_orig(L, ORIG_CLOSE);
+    if (due_stop(getself(L), 0)) return stop_raise(L, getself(L));
+    return r;
+}
+
+/* A finalizer runs with hooks off (lgc.c GCTM), so a looping __gc could never be stopped:
+ * tables cannot get one. Lua marks an object for finalization only when its metatable has
+ * __gc at setmetatable time, so checking here is enough. */
+static int l_setmetatable(lua_State *L) {
+    int t = lua_type(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    if (t == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "setmetatable: __gc metamethods are not allowed in the sandbox "
+                                 "(a finalizer cannot be interrupted); hint: use a to-be-closed variable (<close>)");
+        lua_pop(L, 1);
+    }
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL) return luaL_error(L, "cannot change a protected metatable");
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
     return 1;
 }
 
+static int l_collectgarbage(lua_State *L) {
+    const char *opt = luaL_optstring(L, 1, "collect");
+    if (strcmp(opt, "collect") && strcmp(opt, "count") && strcmp(opt, "step"))
+        return luaL_argerror(L, 1, "the sandbox allows only \"collect\", \"count\" and \"step\"");
+    return call_orig(L, ORIG_GC);
+}
+
+/* table.move is a C loop that runs no Lua code on plain tables, so the hook cannot stop it:
+ * a range of 2^50 nils would never end. No more elements than the memory cap could hold. */
+static int l_table_move(lua_State *L) {
+    ml_lua *l = getself(L);
+    lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+    if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= (lua_Unsigned)(l->mem_limit / 16))
+        return luaL_error(L, "table.move: %I elements is more than lua.memory_mb could ever hold",
+                          (lua_Integer)((lua_Unsigned)e - (lua_Unsigned)f + 1));
+    return call_orig(L, ORIG_MOVE);
+}
+
+static int l_getenv(lua_State *L) {
+    ml_lua *l = getself(L);
+    const char *name = luaL_checkstring(L, 1);
+    for (int i = 0; i < l->n_env; i++)
+        if (strcmp(l->env[i], name) == 0) {
+            lua_pushstring(L, getenv(name));
+            return 1;
+        }
+    return luaL_error(L, "os.getenv('%s'): not allowed by the sandbox; hint: list the variable in lua.allow_env", name);
+}
+
+/* Moves the allowed fields of the table at src into the table at dst (names: NULL-terminated). */
+static void copy_fields(lua_State *L, int src, int dst, const char *const *names) {
+    src = lua_absindex(L, src);
+    dst = lua_absindex(L, dst);
+    for (int i = 0; names[i]; i++) {
+        lua_getfield(L, src, names[i]);
+        lua_setfield(L, dst, names[i]);
+    }
+}
+
+/* Calls a library's opener without registering it anywhere and leaves its table on the stack. */
+static void open_lib(lua_State *L, lua_CFunction opener, const char *name) {
+    lua_pushcfunction(L, opener);
+    lua_pushstring(L, name);
+    lua_call(L, 1, 1);
+}
+
+static void stash(lua_State *L, int t, const char *field, const char *key) {
+    lua_getfield(L, t, field);
+    lua_setfield(L, LUA_REGISTRYINDEX, key);
+}
+
+static void set_fn(lua_State *L, const char *name, lua_CFunction f) {
+    lua_pushcfunction(L, f);
+    lua_setfield(L, -2, name);
+}
+
+/* The library a script sees, built from an allow-list: globals, package.loaded and the string
+ * metatable hold only what is listed here, and the originals of wrapped functions sit in the
+ * registry. The debug and package libraries are never opened. */
 static void sandbox(lua_State *L) {
-    luaL_openlibs(L);
-    /* os: clocks and dates only */
-    lua_getglobal(L, "os");
-    const char *os_drop[] = {"execute", "exit", "remove", "rename", "tmpname", "setlocale", NULL};
-    for (int i = 0; os_drop[i]; i++) {
+    static const char *const base_ok[] = {"assert", "error", "getmetatable", "ipairs", "next", "pairs",
+                                          "rawequal", "rawget", "rawlen", "rawset", "select", "tonumber",
+                                          "tostring", "type", "_VERSION", NULL};
+    static const char *const string_ok[] = {"byte", "char", "find", "format", "gmatch", "gsub", "len",
+                                            "lower", "match", "rep", "reverse", "sub", "upper", "pack",
+                                            "packsize", "unpack", NULL};
+    static const char *const table_ok[] = {"concat", "insert", "move", "pack", "remove", "sort", "unpack", NULL};
+    static const char *const math_ok[] = {"abs", "acos", "asin", "atan", "ceil", "cos", "deg", "exp", "floor",
+                                          "fmod", "huge", "log", "max", "maxinteger", "min", "mininteger",
+                                          "modf", "pi", "rad", "random", "randomseed", "sin", "sqrt", "tan",
+                                          "tointeger", "type", "ult", NULL};
+    static const char *const utf8_ok[] = {"char", "charpattern", "codes", "codepoint", "len", "offset", NULL};
+    static const char *const co_ok[] = {"create", "isyieldable", "running", "status", "wrap", "yield", NULL};
+    static const char *const os_ok[] = {"clock", "date", "difftime", "time", NULL};
+    static const char *const io_ok[] = {"type", "write", NULL};
+
+    lua_newtable(L); /* package.loaded, also require's cache */
+    int loaded = lua_gettop(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOADED);
+    lua_pushvalue(L, -1); /* lauxlib names functions in messages from here ("io.open") */
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+
+    /* base: luaopen_base fills the global table; keep the listed names, drop the rest */
+    open_lib(L, luaopen_base, "_G");
+    int g = lua_gettop(L);
+    stash(L, g, "load", ORIG_LOAD);
+    stash(L, g, "collectgarbage", ORIG_GC);
+    lua_newtable(L);
+    copy_fields(L, g, -1, base_ok);
+    lua_pushnil(L);
+    while (lua_next(L, g)) { /* clearing existing fields during a traversal is allowed */
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
         lua_pushnil(L);
-        lua_setfield(L, -2, os_drop[i]);
+        lua_rawset(L, g);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, g);
     }
     lua_pop(L, 1);
-    /* io: open through the path check; no popen, no name-opening helpers */
-    lua_getglobal(L, "io");
-    lua_getfield(L, -1, "open");
-    lua_pushcclosure(L, l_io_open, 1);
-    lua_setfield(L, -2, "open");
-    const char *io_drop[] = {"popen", "lines", "input", "output", "tmpfile", NULL};
-    for (int i = 0; io_drop[i]; i++) {
-        lua_pushnil(L);
-        lua_setfield(L, -2, io_drop[i]);
+    lua_pushvalue(L, g);
+    lua_setfield(L, g, "_G");
+    set_fn(L, "setmetatable", l_setmetatable);
+    set_fn(L, "pcall", l_pcall);
+    set_fn(L, "xpcall", l_xpcall);
+    set_fn(L, "collectgarbage", l_collectgarbage);
+    set_fn(L, "load", l_load);
+    set_fn(L, "loadfile", l_loadfile);
+    set_fn(L, "dofile", l_dofile);
+    set_fn(L, "print", l_print);
+    set_fn(L, "require", l_require);
+    lua_pushvalue(L, g);
+    lua_setfield(L, loaded, "_G");
+
+    struct { const char *name; lua_CFunction open; const char *const *ok; } libs[] = {
+        {"string", luaopen_string, string_ok}, {"table", luaopen_table, table_ok},
+        {"math", luaopen_math, math_ok},       {"utf8", luaopen_utf8, utf8_ok},
+        {"coroutine", luaopen_coroutine, co_ok}, {"os", luaopen_os, os_ok},
+        {"io", luaopen_io, io_ok}};
+    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
+        open_lib(L, libs[i].open, libs[i].name);
+        lua_newtable(L);
+        copy_fields(L, -2, -1, libs[i].ok);
+        if (!strcmp(libs[i].name, "coroutine")) {
+            stash(L, -2, "resume", ORIG_RESUME);
+            stash(L, -2, "close", ORIG_CLOSE);
+            set_fn(L, "resume", l_co_resume);
+            set_fn(L, "close", l_co_close);
+        } else if (!strcmp(libs[i].name, "table")) {
+            stash(L, -2, "move", ORIG_MOVE);
+            set_fn(L, "move", l_table_move);
+        } else if (!strcmp(libs[i].name, "os")) {
+            set_fn(L, "getenv", l_getenv);
+        } else if (!strcmp(libs[i].name, "io")) {
+            stash(L, -2, "open", ORIG_OPEN);
+            stash(L, -2, "close", ORIG_IOCLOSE);
+            set_fn(L, "open", l_io_open);
+            set_fn(L, "close", l_io_close);
+        } else if (!strcmp(libs[i].name, "string")) {
+            /* the string metatable's __index was the full library (string.dump included) */
+            lua_pushliteral(L, "");
+            lua_getmetatable(L, -1);
+            lua_pushvalue(L, -3);
+            lua_setfield(L, -2, "__index");
+            lua_pushliteral(L, "string");
+            lua_setfield(L, -2, "__metatable");
+            lua_pop(L, 2);
+        }
+        lua_remove(L, -2);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, loaded, libs[i].name);
+        lua_setfield(L, g, libs[i].name);
     }
+    /* files: the methods are safe (they act on an open file); hide the metatable */
+    luaL_getmetatable(L, LUA_FILEHANDLE);
+    lua_pushliteral(L, "FILE*");
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
-    lua_pushnil(L);
-    lua_setglobal(L, "debug");
-    lua_getglobal(L, "string");
-    lua_pushnil(L);
-    lua_setfield(L, -2, "dump");
-    lua_pop(L, 1);
-    lua_getglobal(L, "load");
-    lua_pushcclosure(L, l_load, 1);
-    lua_setglobal(L, "load");
-    lua_pushcfunction(L, l_dofile);
-    lua_setglobal(L, "dofile");
-    lua_pushcfunction(L, l_loadfile);
-    lua_setglobal(L, "loadfile");
-    lua_pushcfunction(L, l_print);
-    lua_setglobal(L, "print");
-    /* package: no C libraries; our own searcher */
-    lua_getglobal(L, "package");
-    lua_pushnil(L);
-    lua_setfield(L, -2, "loadlib");
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "cpath");
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "path");
-    lua_createtable(L, 2, 0);
-    lua_getfield(L, -2, "searchers");
-    lua_rawgeti(L, -1, 1); /* preload */
-    lua_rawseti(L, -3, 1);
-    lua_pop(L, 1);
-    lua_pushcfunction(L, l_searcher);
-    lua_rawseti(L, -2, 2);
-    lua_setfield(L, -2, "searchers");
-    lua_pop(L, 1);
+
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, loaded);
+    lua_setfield(L, -2, "loaded");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, loaded, "package");
+    lua_setfield(L, g, "package");
+    lua_pop(L, 2);
 }
 
 /* ------------------------------------------------------------------ setup */
@@ -692,6 +1091,8 @@ static void new_type(lua_State *L, const char *name, lua_CFunction index, lua_CF
         lua_pushcfunction(L, tostring);
         lua_setfield(L, -2, "__tostring");
     }
+    lua_pushstring(L, name); /* getmetatable() gives the name, not the table */
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
 }
 
@@ -727,21 +1128,43 @@ static void push_exp(lua_State *L, ml_experiment *e) {
     lua_setiuservalue(L, -2, 1);
 }
 
+/* Realpaths of the config list `key` (entries that do not resolve grant nothing). */
+static void read_list(const ml_config *cfg, const char *key, int resolve_paths, char ***out, int *n_out) {
+    int n = ml_config_len(cfg, key);
+    for (int i = 0; i < n; i++) {
+        char item[96], rp[PATH_MAX];
+        snprintf(item, sizeof item, "%s.%d", key, i);
+        const char *v = ml_config_str(cfg, item, "");
+        if (resolve_paths) {
+            if (!realpath(v, rp)) continue;
+            v = rp;
+        }
+        char **a = realloc(*out, (size_t)(*n_out + 1) * sizeof *a);
+        if (!a) break;
+        *out = a;
+        if ((a[*n_out] = ml_strdup(v))) (*n_out)++;
+    }
+}
+
 ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     ml_lua *l = ml_calloc(1, sizeof *l);
     if (!l) return NULL;
-    l->L = luaL_newstate();
+    l->e = e;
+    l->mem_mb = e ? (int)ml_config_int(e->cfg, "lua.memory_mb", ML_LUA_DEFAULT_MEMORY_MB) : ML_LUA_DEFAULT_MEMORY_MB;
+    l->mem_limit = (size_t)l->mem_mb * 1024 * 1024;
+    l->timeout_s = e ? (int)ml_config_int(e->cfg, "lua.timeout_s", 0) : 0;
+    l->L = lua_newstate(sb_alloc, l);
     if (!l->L) {
         free(l);
         ml_errorf("lua: cannot create a state (out of memory)");
         return NULL;
     }
-    l->e = e;
     if (lib_dir && !realpath(lib_dir, l->lib_dir)) l->lib_dir[0] = 0;
     lua_State *L = l->L;
+    *(ml_lua **)lua_getextraspace(L) = l; /* before any thread exists: every thread copies it */
+    lua_atpanic(L, sb_panic);
+    lua_setwarnf(L, sb_warn, l);
     sandbox(L);
-    lua_pushlightuserdata(L, l);
-    lua_setfield(L, LUA_REGISTRYINDEX, "moelab.self");
     luaL_newmetatable(L, RO_T);
     lua_pushcfunction(L, ro_newindex);
     lua_setfield(L, -2, "__newindex");
@@ -769,28 +1192,31 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     if (e) {
         push_exp(L, e);
         lua_setglobal(L, "exp");
-        int n = ml_config_len(e->cfg, "lua.allow_read");
-        for (int i = 0; i < n; i++) {
-            char key[64], rp[PATH_MAX];
-            snprintf(key, sizeof key, "lua.allow_read.%d", i);
-            const char *p = ml_config_str(e->cfg, key, "");
-            if (!realpath(p, rp)) continue; /* a path that does not exist grants nothing */
-            char **a = realloc(l->allow, (size_t)(l->n_allow + 1) * sizeof *a);
-            if (!a) break;
-            l->allow = a;
-            if ((l->allow[l->n_allow] = ml_strdup(rp))) l->n_allow++;
-        }
+        read_list(e->cfg, "lua.allow_read", 1, &l->allow, &l->n_allow);
+        read_list(e->cfg, "lua.allow_env", 0, &l->env, &l->n_env);
     }
+    /* inherited by every coroutine created from here on (lua_newthread copies the hook) */
+    lua_sethook(L, sb_hook, LUA_MASKCOUNT, HOOK_COUNT);
     return l;
 }
 
 void ml_lua_free(ml_lua *l) {
     if (!l) return;
-    if (l->L) lua_close(l->L);
+    if (l->L) {
+        /* Scripts cannot set Lua finalizers, so nothing of theirs should run in lua_close;
+         * should anything, it gets no more than one hook period. */
+        l->closing = 1;
+        lua_sethook(l->L, sb_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        lua_close(l->L);
+    }
     for (int i = 0; i < l->n_allow; i++) free(l->allow[i]);
     free(l->allow);
+    for (int i = 0; i < l->n_env; i++) free(l->env[i]);
+    free(l->env);
     free(l);
 }
+
+int ml_lua_stop_reason(const ml_lua *l) { return l ? l->stop : ML_LUA_STOP_NONE; }
 
 lua_State *ml_lua_state(ml_lua *l) { return l->L; }
 
@@ -825,14 +1251,21 @@ int ml_lua_exec(ml_lua *l) {
     if (!l->loaded) return ml_errorf("lua: no script loaded");
     lua_State *L = l->L;
     refresh_run_dir(l);
+    l->started = mono_now();
     lua_pushcfunction(L, traceback);
     lua_insert(L, -2);
     int rc = lua_pcall(L, 0, 0, -2);
-    if (rc != LUA_OK) {
-        ml_errorf("%s", lua_tostring(L, -1));
-        lua_pop(L, 2);
-        return ML_ERR;
+    if (rc == LUA_OK && !l->stop) {
+        lua_pop(L, 1);
+        return ML_OK;
     }
-    lua_pop(L, 1);
-    return ML_OK;
+    const char *msg = rc != LUA_OK ? lua_tostring(L, -1) : NULL;
+    /* the cap's refusal surfaces as Lua's "not enough memory" (also when a script re-raised it) */
+    if (!l->stop && l->mem_hit && (rc == LUA_ERRMEM || (msg && strstr(msg, "not enough memory"))))
+        l->stop = ML_LUA_STOP_MEMORY;
+    char buf[128];
+    if (l->stop) ml_errorf("%s", stop_message(l, buf, sizeof buf));
+    else ml_errorf("%s", msg ? msg : "(error object is not a string)");
+    lua_settop(L, 0);
+    return ML_ERR;
 }

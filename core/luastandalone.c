@@ -60,7 +60,16 @@ static int read_options(lua_State *L, int idx, const ml_plugin *p, ml_optval *ou
     return 0;
 }
 
+/* Scripts name plugins; they never give a path. dlopen runs a file's constructors before any
+ * check could refuse it, and a script can write files into its run directory, so a path is
+ * refused here, before pluginhost sees it (ml_plugin_load takes '/' or ".so" as a path). */
 static const ml_plugin *load_kind(lua_State *L, int kind, const char *name) {
+    size_t n = strlen(name);
+    const char *what = kind == ML_PLUGIN_ROUTER ? "router" : "loss";
+    if (!n || strchr(name, '/') || (n >= 3 && strcmp(name + n - 3, ".so") == 0))
+        luaL_error(L, "moelab.%s('%s'): scripts load plugins by name from the plugin search path, not by path; "
+                      "hint: put the plugin in a plugin_path directory of the config and pass its name",
+                   what, name);
     const ml_plugin *p = ml_plugin_load(kind, name);
     if (!p) luaL_error(L, "%s", ml_error());
     return p;
@@ -154,10 +163,14 @@ static int l_router(lua_State *L) {
     lua_getfield(L, 3, "dim");
     lua_getfield(L, 3, "experts");
     lua_getfield(L, 3, "seed");
-    int D = (int)luaL_checkinteger(L, -3), N = (int)luaL_checkinteger(L, -2);
+    lua_Integer Di = luaL_checkinteger(L, -3), Ni = luaL_checkinteger(L, -2);
     lua_Integer seed = luaL_optinteger(L, -1, 1);
     lua_pop(L, 3);
-    if (D < 1 || N < 1) return luaL_error(L, "moelab.router: dim and experts must be >= 1");
+    /* the router's tensors live outside the Lua allocator (lua.memory_mb does not see them) */
+    if (Di < 1 || Ni < 1 || Di > 65536 || Ni > 4096 || Di * Ni > (1 << 24))
+        return luaL_error(L, "moelab.router: expected dim in 1..65536 and experts in 1..4096 with dim*experts <= %d, "
+                             "got dim %I, experts %I", 1 << 24, Di, Ni);
+    int D = (int)Di, N = (int)Ni;
     srouter *r = lua_newuserdatauv(L, sizeof *r, 0);
     memset(r, 0, sizeof *r);
     luaL_setmetatable(L, ROUTER_T);
@@ -383,8 +396,12 @@ static int router_set(lua_State *L) {
 /* r:add_experts(n) -> new N */
 static int router_add_experts(lua_State *L) {
     srouter *r = check_router(L);
-    int n = (int)luaL_checkinteger(L, 2), old = r->N;
-    luaL_argcheck(L, n >= 1, 2, "expected >= 1");
+    lua_Integer ni = luaL_checkinteger(L, 2);
+    int old = r->N;
+    /* the same bounds as moelab.router(): these tensors are outside lua.memory_mb */
+    luaL_argcheck(L, ni >= 1 && old + ni <= 4096 && (old + ni) * r->D <= (1 << 24), 2,
+                  "expected >= 1, with at most 4096 experts and dim*experts <= 16777216");
+    int n = (int)ni;
     r->N += n;
     for (int i = 0; i < r->np; i++)
         if (r->pexp[i] && ml_params_grow(&r->P, r->hp[i], r->N)) return luaL_error(L, "%s", ml_error());

@@ -1,0 +1,492 @@
+/* check_sandbox.c — the Lua sandbox as a security boundary: hostile scripts
+ * (tests/fixtures/sandbox/) try every escape a careful attacker would (the debug library by
+ * other paths, bytecode, files outside the allowed places, symlinks, plugins by path, the
+ * environment, memory, stuck loops that swallow Ctrl-C, finalizers after the run) and each
+ * must fail while ordinary Lua keeps working. Stuck scripts run as `moelab run` children that
+ * get a real SIGINT; the memory, timeout and stop-reason API is checked in-process too. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "experiment.h"
+#include "luaexp.h"
+#include "testutil.h"
+
+#define SYNTH "tests/fixtures/run/synth.yaml"
+#define FIX "tests/fixtures/sandbox/"
+
+static char out[1 << 16];
+
+static void assert_contains(const char *needle) { ck_assert_msg(strstr(out, needle) != NULL, "expected '%s' in:\n%s", needle, out); }
+static void assert_lacks(const char *needle) { ck_assert_msg(strstr(out, needle) == NULL, "unexpected '%s' in:\n%s", needle, out); }
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int exists(const char *path) {
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static void slurp(const char *path, char *buf, size_t n) {
+    buf[0] = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return;
+    size_t k = fread(buf, 1, n - 1, f);
+    buf[k] = 0;
+    fclose(f);
+}
+
+/* Spawns `<build>/moelab args...` with stdout+stderr into log. */
+static pid_t spawn(const char *log, const char *const *args) {
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+        }
+        char exe[512];
+        snprintf(exe, sizeof exe, "%s/moelab", tu_build());
+        const char *argv[32] = {exe};
+        int n = 1;
+        for (; args[n - 1] && n < 31; n++) argv[n] = args[n - 1];
+        argv[n] = NULL;
+        execv(exe, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Waits up to limit seconds; returns the exit status, -1 if killed by a signal, -2 if it had
+ * to be killed because it did not end in time. */
+static int wait_for(pid_t pid, double limit) {
+    double t0 = now_s();
+    int st;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        if (now_s() - t0 > limit) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -2;
+        }
+        usleep(20000);
+    }
+}
+
+/* Runs moelab to the end (limit seconds) and captures its output into `out`. */
+static int run_moelab(double limit, const char *const *args) {
+    char log[300]; /* not tu_tmpdir: its static buffer is the caller's results directory */
+    snprintf(log, sizeof log, "/tmp/moelab-test-sandbox-%d.log", (int)getpid());
+    int rc = wait_for(spawn(log, args), limit);
+    slurp(log, out, sizeof out);
+    unlink(log);
+    return rc;
+}
+
+/* ------------------------------------------------------------ escapes */
+
+START_TEST(escapes_refused_normal_lua_works) {
+    /* require("debug"), package.loaded paths, the string metatable, bytecode via load and a
+     * reader, collectgarbage options, io/os names, getenv, __gc, plugins by path */
+    const char *args[] = {"lua", FIX "escapes.lua", NULL};
+    int rc = run_moelab(20, args);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("escapes refused");
+}
+END_TEST
+
+START_TEST(run_dir_escapes_and_plugin_by_path) {
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("sbesc"));
+    char marker[300], rdir[300], plugdir[300], parent_escape[400];
+    snprintf(marker, sizeof marker, "%s/ctor-ran", tmp);
+    snprintf(rdir, sizeof rdir, "results.dir=%s/res", tmp);
+    snprintf(plugdir, sizeof plugdir, "lua.allow_read=[%s/tests/plugins]", tu_build());
+    setenv("MOELAB_CTOR_MARKER", marker, 1);
+    setenv("MOELAB_SB_OK", "yes", 1);
+    const char *args[] = {"run", SYNTH, "script=" FIX "run_escapes.lua", rdir, "results.run_id=r", "lua.memory_mb=64",
+                          "lua.allow_env=[MOELAB_SB_OK]", plugdir, NULL};
+    int rc = run_moelab(30, args);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("run escapes refused");
+    /* the copied plugin was never dlopen'ed: its constructor would have left the marker */
+    ck_assert_msg(!exists(marker), "the constructor of a plugin given by path ran");
+    snprintf(parent_escape, sizeof parent_escape, "%s/res/test-synth/escape.txt", tmp);
+    ck_assert_msg(!exists(parent_escape), "a write escaped the run directory");
+    ck_assert(!exists("/tmp/moelab-sandbox-escape.txt"));
+    /* the plugin copy is there: the refusal was not for lack of a file */
+    snprintf(parent_escape, sizeof parent_escape, "%s/res/test-synth/r/evil.so", tmp);
+    ck_assert(exists(parent_escape));
+}
+END_TEST
+
+/* Walks every table reachable from the value at idx (and metatables a script could get, i.e.
+ * those without __metatable) and counts functions that carry upvalues. lua_getupvalue works
+ * on C closures too: an original kept as an upvalue is one debug.getupvalue away. Only
+ * function and table upvalues count. */
+static int count_upvalue_functions(lua_State *L, int idx, const void **seen, int *n_seen, char *where, size_t wn) {
+    idx = lua_absindex(L, idx);
+    int bad = 0;
+    if (lua_type(L, idx) == LUA_TFUNCTION) { /* math.random's state (a userdata) is harmless */
+        for (int u = 1; lua_getupvalue(L, idx, u); u++) {
+            int t = lua_type(L, -1);
+            lua_pop(L, 1);
+            if (t == LUA_TFUNCTION || t == LUA_TTABLE) return 1;
+        }
+        return 0;
+    }
+    if (lua_type(L, idx) != LUA_TTABLE) return 0;
+    const void *p = lua_topointer(L, idx);
+    for (int i = 0; i < *n_seen; i++)
+        if (seen[i] == p) return 0;
+    if (*n_seen >= 4096) return 0;
+    seen[(*n_seen)++] = p;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        int b = count_upvalue_functions(L, -1, seen, n_seen, where, wn);
+        if (b && !where[0] && lua_type(L, -2) == LUA_TSTRING) snprintf(where, wn, "%s", lua_tostring(L, -2));
+        bad += b;
+        lua_pop(L, 1);
+    }
+    if (lua_getmetatable(L, idx)) {
+        if (lua_getfield(L, -1, "__metatable") == LUA_TNIL) bad += count_upvalue_functions(L, -2, seen, n_seen, where, wn);
+        lua_pop(L, 2);
+    }
+    return bad;
+}
+
+START_TEST(no_function_handed_out_keeps_an_original) {
+    ml_lua *l = ml_lua_new(NULL, "scripts/lib");
+    lua_State *L = ml_lua_state(l);
+    static const void *seen[4096];
+    int n_seen = 0;
+    char where[128] = "";
+    lua_pushglobaltable(L);
+    int bad = count_upvalue_functions(L, -1, seen, &n_seen, where, sizeof where);
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1); /* the string metatable, as C sees it */
+    bad += count_upvalue_functions(L, -1, seen, &n_seen, where, sizeof where);
+    ck_assert_msg(bad == 0, "%d functions reachable from the script carry upvalues (first: %s)", bad, where);
+    ck_assert_int_gt(n_seen, 8);
+    ml_lua_free(l);
+}
+END_TEST
+
+/* Writes len bytes to path. */
+static void put_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(data, 1, len, f), len);
+    fclose(f);
+}
+
+static int dump_writer(lua_State *L, const void *p, size_t sz, void *ud) {
+    (void)L;
+    return fwrite(p, 1, sz, ud) == sz ? 0 : 1;
+}
+
+/* A script (text) in its own directory, run in-process without an experiment. */
+static int run_in_dir(const char *dir, const char *script_text, ml_lua **keep) {
+    char path[400];
+    snprintf(path, sizeof path, "%s/script.lua", dir);
+    put_file(path, script_text, strlen(script_text));
+    ml_lua *l = ml_lua_new(NULL, "scripts/lib");
+    ck_assert_ptr_nonnull(l);
+    ck_assert_int_eq(ml_lua_load(l, path), ML_OK);
+    lua_pushstring(ml_lua_state(l), dir);
+    lua_setglobal(ml_lua_state(l), "DIR");
+    int rc = ml_lua_exec(l);
+    if (keep) *keep = l;
+    else ml_lua_free(l);
+    return rc;
+}
+
+START_TEST(bytecode_files_refused) {
+    /* real bytecode in files the script may read: loadfile, dofile and require refuse it */
+    const char *dir = tu_tmpdir("sbbc");
+    lua_State *T = luaL_newstate();
+    ck_assert_int_eq(luaL_loadstring(T, "return 'bytecode ran'"), LUA_OK);
+    char p[400];
+    snprintf(p, sizeof p, "%s/mod.lua", dir);
+    FILE *f = fopen(p, "wb");
+    ck_assert_int_eq(lua_dump(T, dump_writer, f, 0), 0);
+    fclose(f);
+    lua_close(T);
+    int rc = run_in_dir(dir,
+                        "assert(not pcall(require, 'mod'), 'require of bytecode')\n"
+                        "local f, msg = loadfile(DIR .. '/mod.lua')\n"
+                        "assert(not f and msg:find('binary'), 'loadfile of bytecode: ' .. tostring(msg))\n"
+                        "assert(not loadfile(DIR .. '/mod.lua', 'b'), 'loadfile mode b')\n"
+                        "assert(not pcall(dofile, DIR .. '/mod.lua'), 'dofile of bytecode')\n"
+                        "local src = io.open(DIR .. '/mod.lua', 'rb'):read('a')\n"
+                        "assert(not load(src, 'x', 'b'), 'load of bytecode read from a file')\n",
+                        NULL);
+    ck_assert_msg(rc == ML_OK, "%s", ml_error());
+}
+END_TEST
+
+/* An experiment on synth.yaml with its run directory open, in-process. */
+static ml_experiment *open_exp(const char *tmp, const char *script) {
+    char rdir[300], sc[300], pp[PATH_MAX + 32], plugins[PATH_MAX];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    snprintf(sc, sizeof sc, "script=%s", script);
+    ck_assert_ptr_nonnull(realpath(tu_path("%s/plugins", tu_build()), plugins));
+    snprintf(pp, sizeof pp, "plugin_path=[%s]", plugins); /* relative entries are the config's */
+    const char *ov[] = {rdir, "results.run_id=r", sc, pp, "train.epochs=1"};
+    int code;
+    ml_experiment *e = ml_exp_new(SYNTH, ov, 5, &code);
+    ck_assert_msg(e != NULL, "%s", ml_error());
+    ck_assert_msg(ml_exp_open_results(e) == ML_OK, "%s", ml_error());
+    return e;
+}
+
+START_TEST(symlinks_resolve_to_their_target) {
+    const char *tmp = tu_tmpdir("sbln");
+    char tmpdir[256];
+    snprintf(tmpdir, sizeof tmpdir, "%s", tmp);
+    ml_experiment *e = open_exp(tmpdir, FIX "symlinks.lua");
+    char a[600], outside[400];
+    snprintf(a, sizeof a, "%s/passwd", ml_exp_run_dir(e));
+    ck_assert_int_eq(symlink("/etc/passwd", a), 0);
+    snprintf(outside, sizeof outside, "%s/outside.txt", tmpdir);
+    snprintf(a, sizeof a, "%s/dangle", ml_exp_run_dir(e));
+    ck_assert_int_eq(symlink(outside, a), 0); /* points at a file that does not exist yet */
+    ml_lua *l = ml_lua_new(e, "scripts/lib");
+    ck_assert_int_eq(ml_lua_load(l, FIX "symlinks.lua"), ML_OK);
+    int rc = ml_lua_exec(l);
+    ck_assert_msg(rc == ML_OK, "%s", ml_error());
+    ck_assert_msg(!exists(outside), "a write followed a dangling symlink out of the run directory");
+    ml_exp_finish(e, "ok");
+    ml_lua_free(l);
+    ml_exp_free(e);
+}
+END_TEST
+
+/* ------------------------------------------------------- finished runs */
+
+START_TEST(finished_run_refuses_bindings) {
+    const char *tmp = tu_tmpdir("sbfin");
+    char tmpdir[256];
+    snprintf(tmpdir, sizeof tmpdir, "%s", tmp);
+    ml_experiment *e = open_exp(tmpdir, FIX "finish_bindings.lua");
+    ml_lua *l = ml_lua_new(e, "scripts/lib");
+    ck_assert_int_eq(ml_lua_load(l, FIX "finish_bindings.lua"), ML_OK);
+    ck_assert_msg(ml_lua_exec(l) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(ml_exp_finish(e, "ok"), ML_OK);
+    static char before[3][1 << 14], after[3][1 << 14];
+    const char *names[3] = {"summary.json", "metrics.csv", "events.jsonl"};
+    char p[600];
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", ml_exp_run_dir(e), names[i]);
+        slurp(p, before[i], sizeof before[i]);
+        ck_assert_msg(before[i][0], "%s is empty", names[i]);
+    }
+    /* what a finalizer or a kept reference would do after the script returned */
+    const char *late[] = {"kept:log{late = 1}", "kept:event('late')", "kept:save_checkpoint('late')",
+                          "kept:train_epoch()", "kept:evaluate()", "kept.moe[1]:add_experts(1)",
+                          "kept.moe[1]:stats()", "kept.losses.load_balance.coef = 5",
+                          "kept.schedule:decide()", "return kept.epoch"};
+    lua_State *L = ml_lua_state(l);
+    for (size_t i = 0; i < sizeof late / sizeof late[0]; i++) {
+        int rc = luaL_dostring(L, late[i]);
+        ck_assert_msg(rc != LUA_OK, "'%s' ran after the run finished", late[i]);
+        ck_assert_msg(strstr(lua_tostring(L, -1), "the run has finished"), "%s: %s", late[i], lua_tostring(L, -1));
+        lua_settop(L, 0);
+    }
+    ck_assert_int_eq(luaL_dostring(L, "moelab.warn('late warning')"), LUA_OK); /* logs, writes nothing */
+    ml_lua_free(l);
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof p, "%s/%s", ml_exp_run_dir(e), names[i]);
+        slurp(p, after[i], sizeof after[i]);
+        ck_assert_msg(strcmp(before[i], after[i]) == 0, "%s changed after the run finished:\n%s", names[i], after[i]);
+    }
+    size_t n = strlen(after[0]);
+    ck_assert_msg(n > 2 && after[0][0] == '{' && strstr(after[0], "}") && after[0][n - 1] == '\n', "%s", after[0]);
+    snprintf(p, sizeof p, "%s/checkpoints/late.safetensors", ml_exp_run_dir(e));
+    ck_assert(!exists(p));
+    ml_exp_free(e);
+}
+END_TEST
+
+START_TEST(gc_metamethod_cannot_outlive_the_run) {
+    /* on main a __gc set here ran at lua_close, after summary.json was written */
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("sbgc"));
+    char rdir[300], ev[400];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    const char *args[] = {"run", SYNTH, "script=" FIX "gc_after_finish.lua", rdir, "results.run_id=r", NULL};
+    int rc = run_moelab(30, args);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("finalizer refused");
+    snprintf(ev, sizeof ev, "%s/test-synth/r/events.jsonl", tmp);
+    slurp(ev, out, sizeof out);
+    assert_lacks("late");
+    snprintf(ev, sizeof ev, "%s/test-synth/r/summary.json", tmp);
+    slurp(ev, out, sizeof out);
+    assert_contains("\"ok\"");
+}
+END_TEST
+
+/* ------------------------------------------------------ stuck scripts */
+
+/* Starts `moelab run` on a stuck fixture, waits for it to start, sends SIGINT, and expects a
+ * clean end within a few seconds with the one-line "interrupted" message. */
+static void interrupt_stuck(const char *fixture) {
+    const char *tmp = tu_tmpdir("sbint");
+    char rdir[300], sc[300], started[400], log[400];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    snprintf(sc, sizeof sc, "script=" FIX "%s", fixture);
+    snprintf(started, sizeof started, "%s/test-synth/r/started", tmp);
+    snprintf(log, sizeof log, "%s/out.log", tmp);
+    const char *args[] = {"run", SYNTH, sc, rdir, "results.run_id=r", "train.epochs=1000", NULL};
+    pid_t pid = spawn(log, args);
+    double t0 = now_s();
+    while (!exists(started) && now_s() - t0 < 10) usleep(20000);
+    ck_assert_msg(exists(started), "%s did not start", fixture);
+    usleep(100000);
+    kill(pid, SIGINT);
+    double t1 = now_s();
+    int rc = wait_for(pid, 8);
+    slurp(log, out, sizeof out);
+    ck_assert_msg(rc != -2, "%s: still running 8 s after SIGINT:\n%s", fixture, out);
+    ck_assert_msg(rc > 0, "%s: ended by the signal itself (rc %d), not by the sandbox:\n%s", fixture, rc, out);
+    ck_assert_msg(now_s() - t1 < 5, "%s: took %.1f s to stop", fixture, now_s() - t1);
+    assert_contains("moelab: interrupted\n");
+    assert_lacks("stack traceback");
+}
+
+START_TEST(interrupt_plain_loop) { interrupt_stuck("stuck_loop.lua"); }
+END_TEST
+START_TEST(interrupt_swallowed_by_pcall) { interrupt_stuck("stuck_pcall.lua"); }
+END_TEST
+START_TEST(interrupt_swallowed_by_coroutines) { interrupt_stuck("stuck_coroutine.lua"); }
+END_TEST
+START_TEST(interrupt_in_load_reader_and_callbacks) { interrupt_stuck("stuck_load.lua"); }
+END_TEST
+START_TEST(interrupt_with_gc_attempts) { interrupt_stuck("stuck_gc.lua"); }
+END_TEST
+START_TEST(interrupt_at_next_exp_call) { interrupt_stuck("stuck_train.lua"); }
+END_TEST
+
+static void *set_interrupt(void *arg) {
+    usleep((useconds_t)(intptr_t)arg);
+    ml_exp_interrupted = SIGINT;
+    return NULL;
+}
+
+START_TEST(stop_reason_api) {
+    /* interrupt: a pcall-swallowing loop, in a coroutine created before the signal */
+    const char *dir = tu_tmpdir("sbapi");
+    pthread_t th;
+    pthread_create(&th, NULL, set_interrupt, (void *)(intptr_t)200000);
+    double t0 = now_s();
+    ml_lua *l;
+    int rc = run_in_dir(dir,
+                        "local co = coroutine.wrap(function() while true do pcall(function() while true do end end) end end)\n"
+                        "while true do pcall(co) end\n",
+                        &l);
+    pthread_join(th, NULL);
+    ck_assert_int_eq(rc, ML_ERR);
+    ck_assert_str_eq(ml_error(), "interrupted");
+    ck_assert_int_eq(ml_lua_stop_reason(l), ML_LUA_STOP_INTERRUPT);
+    ck_assert_msg(now_s() - t0 < 4, "took %.1f s", now_s() - t0);
+    ml_lua_free(l);
+    ml_exp_interrupted = 0;
+    /* memory: `moelab lua` (no config) has the default cap */
+    rc = run_in_dir(dir, "local s = string.rep('x', 2^31 - 1)\n", &l);
+    ck_assert_int_eq(rc, ML_ERR);
+    ck_assert_str_eq(ml_error(), "script exceeded its memory limit of 1024 MB (lua.memory_mb)");
+    ck_assert_int_eq(ml_lua_stop_reason(l), ML_LUA_STOP_MEMORY);
+    ml_lua_free(l);
+    /* a caught memory error is ordinary Lua; a later error of its own is not a memory stop */
+    rc = run_in_dir(dir, "assert(not pcall(string.rep, 'x', 2^31 - 1))\nerror('own error')\n", &l);
+    ck_assert_int_eq(rc, ML_ERR);
+    ck_assert_msg(strstr(ml_error(), "own error"), "%s", ml_error());
+    ck_assert_int_eq(ml_lua_stop_reason(l), ML_LUA_STOP_NONE);
+    ml_lua_free(l);
+    ck_assert_int_eq(ml_lua_stop_reason(NULL), ML_LUA_STOP_NONE);
+}
+END_TEST
+
+START_TEST(memory_cap_ends_the_run) {
+    const char *tmp = tu_tmpdir("sbmem");
+    char rdir[300];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    const char *args[] = {"run", SYNTH, "script=" FIX "mem_end.lua", rdir, "lua.memory_mb=32", NULL};
+    int rc = run_moelab(30, args);
+    ck_assert_msg(rc == 1, "%s", out);
+    assert_contains("moelab: script exceeded its memory limit of 32 MB (lua.memory_mb)\n");
+    const char *args2[] = {"lua", FIX "mem_default.lua", NULL};
+    rc = run_moelab(30, args2);
+    ck_assert_msg(rc == 1, "%s", out);
+    assert_contains("script exceeded its memory limit of 1024 MB (lua.memory_mb)");
+    const char *args3[] = {"run", SYNTH, "lua.memory_mb=0", NULL};
+    rc = run_moelab(30, args3);
+    ck_assert_msg(rc == 2, "lua.memory_mb=0 accepted:\n%s", out);
+}
+END_TEST
+
+START_TEST(timeout_in_lua_and_in_training) {
+    const char *tmp = tu_tmpdir("sbto");
+    char rdir[300];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    const char *args[] = {"run", SYNTH, "script=" FIX "stuck_pcall.lua", rdir, "lua.timeout_s=1", NULL};
+    double t0 = now_s();
+    int rc = run_moelab(10, args);
+    ck_assert_msg(rc == 1, "rc %d:\n%s", rc, out);
+    ck_assert_msg(now_s() - t0 < 5, "took %.1f s", now_s() - t0);
+    assert_contains("moelab: script exceeded lua.timeout_s = 1 s\n");
+    /* the default script, in the middle of a long run: the C loop stops at a step boundary */
+    const char *args2[] = {"run", SYNTH, "script=scripts/train.lua", rdir, "lua.timeout_s=1", "train.epochs=1000000",
+                           "data.synthetic_samples=65536", NULL};
+    t0 = now_s();
+    rc = run_moelab(20, args2);
+    ck_assert_msg(rc == 1, "rc %d:\n%s", rc, out);
+    ck_assert_msg(now_s() - t0 < 8, "took %.1f s", now_s() - t0);
+    assert_contains("moelab: script exceeded lua.timeout_s = 1 s\n");
+}
+END_TEST
+
+static Suite *sandbox_suite(void) {
+    Suite *s = suite_create("sandbox");
+    TCase *t = tcase_create("sandbox");
+    tcase_set_timeout(t, 40);
+    tcase_add_test(t, escapes_refused_normal_lua_works);
+    tcase_add_test(t, run_dir_escapes_and_plugin_by_path);
+    tcase_add_test(t, no_function_handed_out_keeps_an_original);
+    tcase_add_test(t, bytecode_files_refused);
+    tcase_add_test(t, symlinks_resolve_to_their_target);
+    tcase_add_test(t, finished_run_refuses_bindings);
+    tcase_add_test(t, gc_metamethod_cannot_outlive_the_run);
+    tcase_add_test(t, interrupt_plain_loop);
+    tcase_add_test(t, interrupt_swallowed_by_pcall);
+    tcase_add_test(t, interrupt_swallowed_by_coroutines);
+    tcase_add_test(t, interrupt_in_load_reader_and_callbacks);
+    tcase_add_test(t, interrupt_with_gc_attempts);
+    tcase_add_test(t, interrupt_at_next_exp_call);
+    tcase_add_test(t, stop_reason_api);
+    tcase_add_test(t, memory_cap_ends_the_run);
+    tcase_add_test(t, timeout_in_lua_and_in_training);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void) { return tu_run(sandbox_suite()); }
