@@ -543,3 +543,196 @@ void ml_results_close(ml_results *r) {
     free(r->extra_names);
     free(r);
 }
+
+/* ================================================================ resume */
+/* Interim versions of the resume functions (the results helper's branch has the final
+ * ones; same names and signatures). */
+
+/* One CSV record from *p (quotes doubled inside quoted cells); cells malloc'd, "" -> NULL. */
+static int csv_record(const char **p, char ***cells, int *n) {
+    *cells = NULL;
+    *n = 0;
+    int cap = 0;
+    const char *s = *p;
+    for (;;) {
+        sbuf b = {0};
+        sb_put(&b, "", 0);
+        if (*s == '"') {
+            s++;
+            for (;;) {
+                if (!*s) {
+                    free(b.buf);
+                    return ML_ERR;
+                }
+                if (*s == '"' && s[1] == '"') { sb_put(&b, "\"", 1); s += 2; continue; }
+                if (*s == '"') { s++; break; }
+                sb_put(&b, s++, 1);
+            }
+        } else {
+            while (*s && *s != ',' && *s != '\n' && *s != '\r') sb_put(&b, s++, 1);
+        }
+        if (b.oom) return ML_ERR;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            char **c = realloc(*cells, (size_t)cap * sizeof *c);
+            if (!c) {
+                free(b.buf);
+                return ML_ERR;
+            }
+            *cells = c;
+        }
+        if (b.len == 0) {
+            free(b.buf);
+            b.buf = NULL;
+        }
+        (*cells)[(*n)++] = b.buf;
+        if (*s == ',') { s++; continue; }
+        if (*s == '\r') s++;
+        if (*s == '\n') s++;
+        break;
+    }
+    *p = s;
+    return ML_OK;
+}
+
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    sbuf b = {0};
+    char tmp[8192];
+    size_t k;
+    sb_put(&b, "", 0);
+    while ((k = fread(tmp, 1, sizeof tmp, f)) > 0) sb_put(&b, tmp, k);
+    fclose(f);
+    if (b.oom) {
+        free(b.buf);
+        return NULL;
+    }
+    *len = b.len;
+    return b.buf;
+}
+
+ml_results *ml_results_reopen(const char *run_dir) {
+    ml_results *r = ml_calloc(1, sizeof *r);
+    if (!r) return NULL;
+    snprintf(r->dir, sizeof r->dir, "%s", run_dir);
+    const char *slash = strrchr(run_dir, '/');
+    snprintf(r->run_id, sizeof r->run_id, "%s", slash ? slash + 1 : run_dir);
+    char path[RES_PATH_MAX + 32];
+    size_t len;
+    snprintf(path, sizeof path, "%s/metrics.csv", r->dir);
+    char *text = slurp(path, &len);
+    if (text && len) {
+        const char *p = text;
+        char **cells;
+        int n;
+        if (csv_record(&p, &cells, &n)) goto bad_metrics;
+        r->cols = cells;
+        r->ncols = r->capcols = n;
+        for (int c = 0; c < n; c++)
+            if (!cells[c]) goto bad_metrics;
+        while (*p) {
+            if (csv_record(&p, &cells, &n) || n > r->ncols) {
+                for (int c = 0; c < n; c++) free(cells[c]);
+                free(cells);
+                goto bad_metrics;
+            }
+            if (r->nrows == r->caprows) {
+                int nc = r->caprows ? 2 * r->caprows : 64;
+                metrics_row *rows = realloc(r->rows, (size_t)nc * sizeof *rows);
+                if (!rows) goto bad_metrics;
+                r->rows = rows;
+                r->caprows = nc;
+            }
+            r->rows[r->nrows++] = (metrics_row){n, cells};
+        }
+    }
+    free(text);
+    snprintf(path, sizeof path, "%s/routing.csv", r->dir);
+    text = slurp(path, &len);
+    if (text && len) {
+        const char *p = text;
+        char **cells;
+        int n;
+        if (csv_record(&p, &cells, &n) || n < 5) {
+            free(text);
+            ml_errorf("%s: not a moelab routing.csv (bad header)", path);
+            ml_results_close(r);
+            return NULL;
+        }
+        for (int c = 0; c < 5; c++) free(cells[c]);
+        r->n_extra = n - 5;
+        r->extra_names = ml_calloc((size_t)(n > 5 ? n - 5 : 1), sizeof *r->extra_names);
+        for (int c = 5; c < n; c++) r->extra_names[c - 5] = cells[c];
+        free(cells);
+        r->routing = fopen(path, "a");
+    }
+    free(text);
+    snprintf(path, sizeof path, "%s/events.jsonl", r->dir);
+    struct stat st;
+    if (stat(path, &st) == 0) r->events = fopen(path, "a");
+    return r;
+bad_metrics:
+    free(text);
+    ml_errorf("%s: cannot read it back (not a metrics.csv moelab wrote)", path);
+    ml_results_close(r);
+    return NULL;
+}
+
+static long file_size(FILE *f) {
+    struct stat st;
+    if (!f) return 0;
+    fflush(f);
+    return fstat(fileno(f), &st) == 0 ? (long)st.st_size : 0;
+}
+
+void ml_results_sizes(ml_results *r, int *metrics_rows, long *routing_bytes, long *events_bytes) {
+    *metrics_rows = r->nrows;
+    *routing_bytes = file_size(r->routing);
+    *events_bytes = file_size(r->events);
+}
+
+/* Cuts a line file back to n bytes; 0 removes it, so the next write creates it afresh. */
+static int cut_file(ml_results *r, FILE **f, const char *name, long n) {
+    char path[RES_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/%s", r->dir, name);
+    long have = file_size(*f);
+    if (n > have) return ml_errorf("%s has %ld bytes, the checkpoint was taken when it had %ld (was it edited?)", path, have, n);
+    if (n == have) return ML_OK;
+    if (*f) fclose(*f);
+    *f = NULL;
+    if (n == 0) return unlink(path) == 0 ? ML_OK : ml_errorf("%s: cannot remove: %s", path, strerror(errno));
+    if (truncate(path, n) != 0) return ml_errorf("%s: cannot truncate to %ld bytes: %s", path, n, strerror(errno));
+    if (!(*f = fopen(path, "a"))) return ml_errorf("%s: cannot reopen: %s", path, strerror(errno));
+    return ML_OK;
+}
+
+int ml_results_truncate(ml_results *r, int metrics_rows, long routing_bytes, long events_bytes) {
+    if (metrics_rows > r->nrows)
+        return ml_errorf("%s/metrics.csv has %d rows, the checkpoint was taken when it had %d (was it edited?)", r->dir,
+                         r->nrows, metrics_rows);
+    if (metrics_rows < r->nrows) {
+        while (r->nrows > metrics_rows) {
+            metrics_row *row = &r->rows[--r->nrows];
+            for (int c = 0; c < row->n; c++) free(row->cells[c]);
+            free(row->cells);
+        }
+        /* columns only the removed rows had (new columns are only ever added at the right) */
+        int keep = 0;
+        for (int i = 0; i < r->nrows; i++)
+            for (int c = 0; c < r->rows[i].n; c++)
+                if (r->rows[i].cells[c] && c + 1 > keep) keep = c + 1;
+        while (r->ncols > keep) free(r->cols[--r->ncols]);
+        for (int i = 0; i < r->nrows; i++)
+            if (r->rows[i].n > r->ncols) r->rows[i].n = r->ncols;
+        if (metrics_write(r)) return ML_ERR;
+    }
+    if (cut_file(r, &r->routing, "routing.csv", routing_bytes)) return ML_ERR;
+    if (!r->routing) {
+        for (int i = 0; i < r->n_extra; i++) free(r->extra_names[i]);
+        free(r->extra_names);
+        r->extra_names = NULL;
+        r->n_extra = 0;
+    }
+    return cut_file(r, &r->events, "events.jsonl", events_bytes);
+}

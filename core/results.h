@@ -70,6 +70,16 @@ int ml_results_summary(ml_results *r, const char *json_object);
 void ml_results_close(ml_results *r);
 
 /*
+ * Resuming a run: reopen an existing run directory (metrics.csv read back, routing.csv and
+ * events.jsonl opened for appending), report the sizes a checkpoint records, and cut the
+ * files back to such sizes (rows of metrics.csv, bytes of the line files) so a resumed run
+ * continues them without duplicates.
+ */
+ml_results *ml_results_reopen(const char *run_dir);
+int ml_results_truncate(ml_results *r, int metrics_rows, long routing_bytes, long events_bytes);
+void ml_results_sizes(ml_results *r, int *metrics_rows, long *routing_bytes, long *events_bytes);
+
+/*
  * Writes data[0..n) to path atomically: "<path>.tmp" in the same directory, fsync,
  * rename over path, fsync the directory. On failure the temp file is removed and any
  * existing file at path is untouched; the error names the path and the step that failed.
