@@ -17,6 +17,27 @@
 
 #define SYNTH "tests/fixtures/run/synth.yaml"
 
+static char out[1 << 16];
+
+/* Runs a shell command (stdout+stderr into `out`), returns the exit status. */
+static int sh(const char *fmt, ...) ML_PRINTF(1, 2);
+static int sh(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
+    va_end(ap);
+    strcat(cmd, " 2>&1");
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void assert_out(const char *needle) { ck_assert_msg(strstr(out, needle) != NULL, "expected '%s' in:\n%s", needle, out); }
+
 static char *slurp(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     ck_assert_msg(f != NULL, "cannot open %s", path);
@@ -29,6 +50,11 @@ static char *slurp(const char *path, size_t *len) {
     fclose(f);
     if (len) *len = (size_t)n;
     return b;
+}
+
+static int exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
 }
 
 /* ------------------------------------------------------- in-process experiment */
@@ -285,6 +311,300 @@ START_TEST(older_checkpoint_keeps_newer_experts) {
 }
 END_TEST
 
+/* ------------------------------------------------------------- resume, end to end */
+
+/* metadata of a safetensors file as a parsed JSON object (owned) and the data section */
+static ml_jv *st_header(const char *path, char **data, size_t *dlen) {
+    size_t len;
+    char *raw = slurp(path, &len);
+    uint64_t hn;
+    memcpy(&hn, raw, 8);
+    ml_jv *h = ml_jv_parse(raw + 8, (size_t)hn);
+    ck_assert_ptr_nonnull(h);
+    *dlen = len - 8 - (size_t)hn;
+    *data = malloc(*dlen + 1);
+    memcpy(*data, raw + 8 + hn, *dlen);
+    free(raw);
+    return h;
+}
+
+/* Same tensors bit for bit, same metadata except the keys that record the events file's
+ * size (the resumed run has its "resumed" event), the wall clock, and the checksum. */
+static void same_checkpoint(const char *a, const char *b) {
+    char *da, *db;
+    size_t na, nb;
+    ml_jv *ha = st_header(a, &da, &na), *hb = st_header(b, &db, &nb);
+    ck_assert_msg(na == nb && memcmp(da, db, na) == 0, "tensor data of %s and %s differ", a, b);
+    ck_assert_int_eq(ha->n, hb->n);
+    for (int i = 0; i < ha->n; i++) {
+        if (!strcmp(ha->keys[i], "__metadata__")) continue;
+        const ml_jv *x = ml_jv_get(hb, ha->keys[i]);
+        ck_assert_msg(x != NULL, "%s missing in %s", ha->keys[i], b);
+    }
+    const ml_jv *ma = ml_jv_get(ha, "__metadata__"), *mb = ml_jv_get(hb, "__metadata__");
+    ck_assert_int_eq(ma->n, mb->n);
+    for (int i = 0; i < ma->n; i++) {
+        const char *k = ma->keys[i];
+        if (!strcmp(k, "checksum") || !strcmp(k, "run.events_bytes") || !strcmp(k, "run.clock")) continue;
+        const ml_jv *v = ml_jv_get(mb, k);
+        ck_assert_msg(v && !strcmp(v->str, ma->items[i].str), "metadata '%s' differs:\n%s\n%s", k, ma->items[i].str,
+                      v ? v->str : "(missing)");
+    }
+    ml_jv_free(ha);
+    ml_jv_free(hb);
+    free(da);
+    free(db);
+}
+
+/* metrics.csv without the wall-clock column (seconds) */
+static char *metrics_no_clock(const char *path) {
+    char *t = slurp(path, NULL);
+    char *o = calloc(strlen(t) + 1, 1);
+    int col = -1;
+    {   /* find "seconds" in the header */
+        int c = 0;
+        for (char *p = t; *p && *p != '\n'; c++) {
+            char *end = p + strcspn(p, ",\n");
+            if ((size_t)(end - p) == 7 && !strncmp(p, "seconds", 7)) col = c;
+            p = *end == ',' ? end + 1 : end;
+        }
+    }
+    ck_assert_int_ge(col, 0);
+    char *q = o;
+    int c = 0;
+    for (char *p = t; *p; p++) {
+        if (*p == '\n') {
+            *q++ = '\n';
+            c = 0;
+            continue;
+        }
+        if (*p == ',') {
+            c++;
+            if (c != col && !(col == 0 && c == 1)) *q++ = ',';
+            continue;
+        }
+        if (c != col) *q++ = *p;
+    }
+    free(t);
+    return o;
+}
+
+/* events.jsonl without the lines an interruption adds: "resumed" and the interrupt
+ * checkpoint's checkpoint_saved */
+static char *events_no_resume(const char *path) {
+    char *t = slurp(path, NULL), *o = calloc(strlen(t) + 1, 1), *q = o;
+    for (char *line = t; *line;) {
+        char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line + 1) : strlen(line);
+        if (nl) *nl = 0;
+        int drop = strstr(line, "\"kind\":\"resumed\"") || strstr(line, "\"tag\":\"interrupt\"");
+        if (nl) *nl = '\n';
+        if (!drop) {
+            memcpy(q, line, n);
+            q += n;
+        }
+        line += n;
+    }
+    free(t);
+    return o;
+}
+
+static void same_file_text(char *a, char *b, const char *what) {
+    ck_assert_msg(strcmp(a, b) == 0, "%s differ:\n--- straight\n%s\n--- resumed\n%s", what, a, b);
+    free(a);
+    free(b);
+}
+
+static void same_runs(const char *straight, const char *resumed) {
+    char a[512], b[512];
+    const char *ck[] = {"checkpoints/last.safetensors", "checkpoints/best.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(a, sizeof a, "%s/%s", straight, ck[i]);
+        snprintf(b, sizeof b, "%s/%s", resumed, ck[i]);
+        same_checkpoint(a, b);
+    }
+    snprintf(a, sizeof a, "%s/metrics.csv", straight);
+    snprintf(b, sizeof b, "%s/metrics.csv", resumed);
+    same_file_text(metrics_no_clock(a), metrics_no_clock(b), "metrics.csv rows");
+    snprintf(a, sizeof a, "%s/routing.csv", straight);
+    snprintf(b, sizeof b, "%s/routing.csv", resumed);
+    same_file_text(slurp(a, NULL), slurp(b, NULL), "routing.csv");
+    snprintf(a, sizeof a, "%s/events.jsonl", straight);
+    snprintf(b, sizeof b, "%s/events.jsonl", resumed);
+    same_file_text(slurp(a, NULL), events_no_resume(b), "events.jsonl (without the resumed and interrupt-checkpoint events)");
+    snprintf(b, sizeof b, "%s/summary.json", resumed);
+    char *s = slurp(b, NULL);
+    ck_assert_msg(strstr(s, "\"status\":\"ok\"") != NULL, "%s", s);
+    free(s);
+}
+
+/* 4 epochs straight, then the same run stopped at `stop_step` and resumed: same results.
+ * Both runs use the same run directory path (the straight one is moved away first), so
+ * their configs, and the checkpoints' config hashes, are the same. */
+static void equivalence(const char *tag, const char *args, int stop_step, int stop_epoch) {
+    const char *tmp = tu_tmpdir(tag);
+    char dir[256], run[512], straight[512];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    snprintf(run, sizeof run, "%s/test-synth/r", dir);
+    snprintf(straight, sizeof straight, "%s/straight", dir);
+    const char *b = tu_build();
+    int rc = sh("%s/moelab run " SYNTH " train.epochs=4 %s results.dir=%s results.run_id=r", b, args, dir);
+    ck_assert_msg(rc == 0, "%s", out);
+    ck_assert_int_eq(rename(run, straight), 0);
+    rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=%d %s/moelab run " SYNTH " train.epochs=4 %s results.dir=%s results.run_id=r",
+            stop_step, b, args, dir);
+    ck_assert_msg(rc == 130, "exit %d: %s", rc, out);
+    char line[1024];
+    snprintf(line, sizeof line, "moelab: interrupted at epoch %d step %d; resume with: moelab run --resume %s\n", stop_epoch,
+             stop_step, run);
+    assert_out(line);
+    ck_assert_msg(!strstr(out, "traceback"), "%s", out);
+    char p[600];
+    snprintf(p, sizeof p, "%s/checkpoints/interrupt.safetensors", run);
+    ck_assert(exists(p));
+    snprintf(p, sizeof p, "%s/summary.json", run);
+    char *s = slurp(p, NULL);
+    ck_assert_msg(strstr(s, "\"status\":\"interrupted\"") != NULL, "%s", s);
+    free(s);
+    rc = sh("%s/moelab run --resume %s", b, run);
+    ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
+    assert_out("from checkpoint 'interrupt'");
+    same_runs(straight, run);
+}
+
+START_TEST(resume_mid_epoch_is_exact) {
+    /* 48 steps per epoch: step 70 is in the middle of epoch 2 */
+    equivalence("eq", "", 70, 2);
+}
+END_TEST
+
+START_TEST(resume_between_expert_additions_is_exact) {
+    /* experts 2 -> 3 at 1500 images (step 47), -> 4 at 3000 (step 94); stopped at step 70 */
+    equivalence("eqgrow", "schedule.name=progressive schedule.start=2 schedule.every_images=1500 schedule.max=4", 70, 2);
+}
+END_TEST
+
+START_TEST(resume_at_epoch_end_and_from_last) {
+    /* stopped at the last step of epoch 1, then once more at step 150 (epoch 4); resume
+       from "last" with --from: the epoch after it is trained again, the same way */
+    const char *tmp = tu_tmpdir("eqlast");
+    char dir[256], run[512], straight[512];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    snprintf(run, sizeof run, "%s/test-synth/r", dir);
+    snprintf(straight, sizeof straight, "%s/straight", dir);
+    const char *b = tu_build();
+    ck_assert_int_eq(sh("%s/moelab run " SYNTH " train.epochs=4 results.dir=%s results.run_id=r", b, dir), 0);
+    ck_assert_int_eq(rename(run, straight), 0);
+    int rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=48 %s/moelab run " SYNTH " train.epochs=4 results.dir=%s results.run_id=r", b, dir);
+    ck_assert_msg(rc == 130, "%s", out);
+    rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=150 %s/moelab run --resume %s", b, run);
+    ck_assert_msg(rc == 130, "%s", out);
+    assert_out("interrupted at epoch 4 step 150");
+    rc = sh("%s/moelab run --resume %s --from last", b, run);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_out("from checkpoint 'last'");
+    same_runs(straight, run);
+}
+END_TEST
+
+START_TEST(script_state_round_trip) {
+    const char *tmp = tu_tmpdir("state");
+    char run[512];
+    snprintf(run, sizeof run, "%s/test-synth/r", tmp);
+    const char *b = tu_build();
+    int rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=10 %s/moelab run " SYNTH " script=tests/fixtures/resume/state.lua "
+                "results.dir=%s results.run_id=r",
+                b, tmp);
+    ck_assert_msg(rc == 130, "%s", out);
+    rc = sh("%s/moelab run --resume %s", b, run);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_out("state ok");
+}
+END_TEST
+
+/* A real SIGINT to a running child: exit 130, one line, summary "interrupted". */
+START_TEST(sigint_stops_cleanly) {
+    const char *tmp = tu_tmpdir("sig");
+    char dir[256], run[512], log[600], metrics[600];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    snprintf(run, sizeof run, "%s/test-synth/r", dir);
+    snprintf(log, sizeof log, "%s/stderr.txt", dir);
+    snprintf(metrics, sizeof metrics, "%s/metrics.csv", run);
+    char ov1[300];
+    snprintf(ov1, sizeof ov1, "results.dir=%s", dir);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        FILE *f = freopen(log, "w", stderr);
+        (void)f;
+        char exe[512];
+        snprintf(exe, sizeof exe, "%s/moelab", tu_build());
+        /* a long run on more data: most of its time is spent inside exp:train_epoch */
+        execl(exe, exe, "run", SYNTH, "train.epochs=5000", "data.synthetic_samples=8192", "data.val_images=64", ov1,
+              "results.run_id=r", (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 3000 && !exists(metrics); i++) usleep(10000); /* the first epoch is done */
+    ck_assert(exists(metrics));
+    usleep(20000);
+    kill(pid, SIGINT);
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 130);
+    char *err = slurp(log, NULL);
+    ck_assert_msg(strstr(err, "moelab: interrupted at epoch ") != NULL, "%s", err);
+    ck_assert_msg(strstr(err, "; resume with: moelab run --resume ") != NULL, "%s", err);
+    ck_assert_msg(!strstr(err, "traceback"), "%s", err);
+    /* the checkpoint exists unless the signal came outside train_epoch, which the line says */
+    char p[600];
+    snprintf(p, sizeof p, "%s/checkpoints/interrupt.safetensors", run);
+    ck_assert_msg(exists(p) || strstr(err, "no interrupt checkpoint"), "%s", err);
+    free(err);
+    snprintf(p, sizeof p, "%s/summary.json", run);
+    char *s = slurp(p, NULL);
+    ck_assert_msg(strstr(s, "\"status\":\"interrupted\"") != NULL, "%s", s);
+    free(s);
+}
+END_TEST
+
+START_TEST(resume_refusals) {
+    const char *tmp = tu_tmpdir("refuse");
+    char dir[256], run[512];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    snprintf(run, sizeof run, "%s/test-synth/r", dir);
+    const char *b = tu_build();
+    /* not a run directory */
+    int rc = sh("%s/moelab run --resume %s", b, dir);
+    ck_assert_int_eq(rc, 2);
+    assert_out("is not a moelab run directory");
+    rc = sh("%s/moelab run --resume %s/nonexistent", b, dir);
+    ck_assert_int_eq(rc, 2);
+    /* a finished run */
+    ck_assert_int_eq(sh("%s/moelab run " SYNTH " train.epochs=1 results.dir=%s results.run_id=r", b, dir), 0);
+    rc = sh("%s/moelab run --resume %s", b, run);
+    ck_assert_int_eq(rc, 2);
+    assert_out("nothing to resume");
+    /* overrides are not allowed, an unknown tag is refused */
+    rc = sh("%s/moelab run --resume %s train.epochs=9", b, run);
+    ck_assert_int_eq(rc, 2);
+    char p[600];
+    snprintf(p, sizeof p, "%s/summary.json", run);
+    unlink(p);
+    rc = sh("%s/moelab run --resume %s --from nosuch", b, run);
+    ck_assert_int_eq(rc, 2);
+    assert_out("no checkpoint 'nosuch'");
+    /* a run without any checkpoint */
+    snprintf(p, sizeof p, "%s/checkpoints/last.safetensors", run);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/checkpoints/best.safetensors", run);
+    unlink(p);
+    rc = sh("%s/moelab run --resume %s", b, run);
+    ck_assert_int_eq(rc, 2);
+    assert_out("no checkpoint to resume from");
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("resume");
     TCase *c = tcase_create("integrity");
@@ -294,6 +614,15 @@ static Suite *suite(void) {
     tcase_add_test(c, nonfinite_weights_never_saved);
     tcase_add_test(c, rng_of_every_layer_saved);
     tcase_add_test(c, older_checkpoint_keeps_newer_experts);
+    suite_add_tcase(s, c);
+    c = tcase_create("resume");
+    tcase_set_timeout(c, 120);
+    tcase_add_test(c, resume_mid_epoch_is_exact);
+    tcase_add_test(c, resume_between_expert_additions_is_exact);
+    tcase_add_test(c, resume_at_epoch_end_and_from_last);
+    tcase_add_test(c, script_state_round_trip);
+    tcase_add_test(c, sigint_stops_cleanly);
+    tcase_add_test(c, resume_refusals);
     suite_add_tcase(s, c);
     return s;
 }
