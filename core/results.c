@@ -696,9 +696,7 @@ void ml_results_sizes(ml_results *r, int *metrics_rows, long *routing_bytes, lon
 static int cut_file(ml_results *r, FILE **f, const char *name, long n) {
     char path[RES_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/%s", r->dir, name);
-    long have = file_size(*f);
-    if (n > have) return ml_errorf("%s has %ld bytes, the checkpoint was taken when it had %ld (was it edited?)", path, have, n);
-    if (n == have) return ML_OK;
+    if (n == file_size(*f)) return ML_OK;
     if (*f) fclose(*f);
     *f = NULL;
     if (n == 0) return unlink(path) == 0 ? ML_OK : ml_errorf("%s: cannot remove: %s", path, strerror(errno));
@@ -708,9 +706,15 @@ static int cut_file(ml_results *r, FILE **f, const char *name, long n) {
 }
 
 int ml_results_truncate(ml_results *r, int metrics_rows, long routing_bytes, long events_bytes) {
+    /* all checks before any change: a mismatch leaves every file as it was */
     if (metrics_rows > r->nrows)
         return ml_errorf("%s/metrics.csv has %d rows, the checkpoint was taken when it had %d (was it edited?)", r->dir,
                          r->nrows, metrics_rows);
+    long rb = file_size(r->routing), eb = file_size(r->events);
+    if (routing_bytes > rb || events_bytes > eb)
+        return ml_errorf("%s/%s has %ld bytes, the checkpoint was taken when it had %ld (was it edited?)", r->dir,
+                         routing_bytes > rb ? "routing.csv" : "events.jsonl", routing_bytes > rb ? rb : eb,
+                         routing_bytes > rb ? routing_bytes : events_bytes);
     if (metrics_rows < r->nrows) {
         while (r->nrows > metrics_rows) {
             metrics_row *row = &r->rows[--r->nrows];

@@ -605,6 +605,84 @@ START_TEST(resume_refusals) {
 }
 END_TEST
 
+/* train.lua's raise_coef intervention loads "best" after experts were added since: the
+ * run goes on with the newer experts instead of failing. */
+START_TEST(intervention_after_growth) {
+    const char *tmp = tu_tmpdir("interv");
+    int rc = sh("%s/moelab run " SYNTH " health.collapse_entropy=1.0 params.on_collapse=raise_coef "
+                "schedule.name=progressive schedule.start=2 schedule.every_images=1500 schedule.max=4 "
+                "results.dir=%s results.run_id=r",
+                tu_build(), tmp);
+    ck_assert_msg(rc == 0, "%s", out);
+    char p[512];
+    snprintf(p, sizeof p, "%s/test-synth/r/events.jsonl", tmp);
+    char *ev = slurp(p, NULL);
+    ck_assert_msg(strstr(ev, "\"kind\":\"checkpoint_loaded\",\"tag\":\"best\"") != NULL, "%s", ev);
+    ck_assert_msg(strstr(ev, "\"to\":4") != NULL, "%s", ev);
+    free(ev);
+    snprintf(p, sizeof p, "%s/test-synth/r/summary.json", tmp);
+    char *s = slurp(p, NULL);
+    ck_assert_msg(strstr(s, "\"experts\":[4]") != NULL, "%s", s);
+    free(s);
+}
+END_TEST
+
+/* Hostile run state in an interrupt checkpoint: --resume refuses it, naming the key, and
+ * changes no result file. */
+START_TEST(resume_validates_run_state) {
+    const char *tmp = tu_tmpdir("runmeta");
+    char run[512], ck[600], saved[600], p[600];
+    snprintf(run, sizeof run, "%s/test-synth/r", tmp);
+    snprintf(ck, sizeof ck, "%s/checkpoints/interrupt.safetensors", run);
+    snprintf(saved, sizeof saved, "%s/good.safetensors", run);
+    const char *b = tu_build();
+    int rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=60 %s/moelab run " SYNTH " results.dir=%s results.run_id=r", b, tmp);
+    ck_assert_msg(rc == 130, "%s", out);
+    ck_assert_int_eq(rename(ck, saved), 0);
+    static const struct { const char *key, *value, *needle; } cases[] = {
+        {"run.position", "-1", "metadata 'run.position' is '-1'"},
+        {"run.position", "999999", "metadata 'run.position' is '999999', expected an integer in [0, 1536]"},
+        {"run.in_epoch", "2", "metadata 'run.in_epoch' is '2'"},
+        {"run.coefs", "nan", "metadata 'run.coefs' is 'nan'"},
+        {"run.coefs", "-0x1p+0", "coefficients >= 0"},
+        {"run.loss_sum", "1e400", "metadata 'run.loss_sum'"},
+        {"run.health0", "4 4 1 2", "metadata 'run.health0'"},
+        {"run.health0", NULL, "metadata 'run.health0' is missing"},
+        {"run.row", "{\"a\":1}", "metadata 'run.row' is not a metrics row"},
+        {"run.clock", "x", "metadata 'run.clock' is 'x'"},
+        {"run.script_state", "[1]", "metadata 'run.script_state' is not a JSON object"},
+        {"run.moe_steps", "1,2", "metadata 'run.moe_steps' is '1,2'"},
+        {"run.events_bytes", "99999999", "events.jsonl has"},
+        {"run.metrics_rows", "7", "metrics.csv has 1 rows"},
+    };
+    size_t nm, ne;
+    snprintf(p, sizeof p, "%s/metrics.csv", run);
+    char *m0 = slurp(p, &nm);
+    snprintf(p, sizeof p, "%s/events.jsonl", run);
+    char *e0 = slurp(p, &ne);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        rewrite(saved, ck, cases[i].key, cases[i].value, NULL);
+        rc = sh("%s/moelab run --resume %s", b, run);
+        ck_assert_msg(rc == 1, "%s=%s: exit %d: %s", cases[i].key, cases[i].value, rc, out);
+        assert_out(cases[i].needle);
+        size_t n;
+        snprintf(p, sizeof p, "%s/metrics.csv", run);
+        char *m1 = slurp(p, &n);
+        ck_assert_msg(n == nm && !memcmp(m0, m1, n), "metrics.csv changed by a refused resume (%s)", cases[i].key);
+        free(m1);
+        snprintf(p, sizeof p, "%s/events.jsonl", run);
+        char *e1 = slurp(p, &n);
+        ck_assert_msg(n == ne && !memcmp(e0, e1, n), "events.jsonl changed by a refused resume (%s)", cases[i].key);
+        free(e1);
+    }
+    free(m0);
+    free(e0);
+    rewrite(saved, ck, NULL, NULL, NULL); /* the untouched checkpoint still resumes */
+    rc = sh("%s/moelab run --resume %s", b, run);
+    ck_assert_msg(rc == 0, "%s", out);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("resume");
     TCase *c = tcase_create("integrity");
@@ -623,6 +701,8 @@ static Suite *suite(void) {
     tcase_add_test(c, script_state_round_trip);
     tcase_add_test(c, sigint_stops_cleanly);
     tcase_add_test(c, resume_refusals);
+    tcase_add_test(c, intervention_after_growth);
+    tcase_add_test(c, resume_validates_run_state);
     suite_add_tcase(s, c);
     return s;
 }
