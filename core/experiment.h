@@ -51,7 +51,8 @@ typedef struct ml_eval_stats {
     int64_t samples;
 } ml_eval_stats;
 
-/* Set by a signal handler (SIGINT, SIGTERM): training stops cleanly after the current step. */
+/* Set by a signal handler (SIGINT, SIGTERM): training stops after the current step and saves
+ * the checkpoint "interrupt" (or at the start of the next epoch when set outside training). */
 extern volatile int ml_exp_interrupted;
 
 /* Called after every optimizer step of train_epoch; return ML_ERR to stop the epoch. */
