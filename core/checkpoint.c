@@ -313,8 +313,10 @@ int ml_exp_save_checkpoint(ml_experiment *e, const char *tag) {
 
 int ml_exp_interrupt(ml_experiment *e) {
     int epoch = e->epoch + (e->ep.in_epoch ? 0 : 1);
-    if (ml_exp_save_checkpoint(e, "interrupt"))
+    if (ml_exp_save_checkpoint(e, "interrupt")) {
+        e->ep.interrupt_saved = -epoch;
         return ml_error_prefix("interrupted at epoch %d step %" PRId64 "; saving the interrupt checkpoint failed", epoch, e->step);
+    }
     e->ep.interrupt_saved = epoch;
     return ml_errorf("interrupted at epoch %d step %" PRId64, epoch, e->step);
 }

@@ -71,7 +71,8 @@ typedef struct ml_epoch_acc {
     int hook_pending;              /* with resume_pending: the step hook of the last step
                                       had not run when the checkpoint was taken */
     int in_hook;                   /* the step hook is running */
-    int interrupt_saved;           /* the epoch an interrupt stopped, once "interrupt" is saved */
+    int interrupt_saved;           /* the epoch an interrupt stopped, once "interrupt" is saved;
+                                      minus that epoch when saving it failed */
     int64_t position;              /* samples of the epoch order served (resume_pending) */
     double loss_sum, task_sum, aux_sum[ML_MAX_LOSSES];
     int64_t seen, steps;

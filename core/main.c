@@ -158,10 +158,18 @@ static int cmd_run(int argc, char **argv) {
         rc = ML_ERR;
     }
     if (interrupted) { /* one line, no traceback: the interrupt is not a script error */
+        int saved = e->ep.interrupt_saved;
+        const char *why = "";
+        char failed[600];
+        if (saved < 0) { /* the message's first line says why */
+            snprintf(failed, sizeof failed, " (%.*s; --resume continues from 'last')",
+                     (int)strcspn(e->last_error, "\n"), e->last_error);
+            why = failed;
+        } else if (!saved) {
+            why = " (outside exp:train_epoch: no interrupt checkpoint, --resume continues from 'last')";
+        }
         fprintf(stderr, "moelab: interrupted at epoch %d step %" PRId64 "%s; resume with: moelab run --resume %s\n",
-                e->ep.interrupt_saved ? e->ep.interrupt_saved : e->epoch, e->step,
-                e->ep.interrupt_saved ? "" : " (outside exp:train_epoch: no interrupt checkpoint, --resume continues from 'last')",
-                ml_exp_run_dir(e));
+                saved ? abs(saved) : e->epoch, e->step, why, ml_exp_run_dir(e));
         ml_lua_free(lua);
         ml_exp_free(e);
         return ML_EXIT_INTERRUPTED;
