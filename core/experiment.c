@@ -342,7 +342,12 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     double t0 = ml_now(), last_draw = 0;
     double *aux_sum = a->aux_sum;
     int B;
-    if (run_hook && hook && hook(ctx)) return ML_ERR;
+    if (run_hook && hook) {
+        a->in_hook = 1;
+        int rc = hook(ctx);
+        a->in_hook = 0;
+        if (rc) return ML_ERR;
+    }
     while ((B = ml_batcher_next(e->train_b, e->xb, e->yb, e->ids)) > 0) {
         ml_params_zero_grad(&m->P);
         if (ml_model_forward(m, e->xb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
