@@ -16,9 +16,7 @@
 
 #include "crash.h"
 #include "pluginhost.h"
-#include "safetensors.h"
-
-#define CKPT_FORMAT_VERSION "1"
+#include "checkpoint.h"
 
 volatile int ml_exp_interrupted;
 
@@ -336,16 +334,36 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
     return ML_OK;
 }
 
-int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
+static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
+    ml_epoch_acc *a = &e->ep;
+    /* a signal that came outside training (script code, evaluate) stops at the epoch boundary */
+    if (ml_exp_interrupted && !a->resume_pending) return ml_exp_interrupt(e);
     if (flush_row(e) || ml_exp_write_summary(e, "running")) return ML_ERR; /* summary = metrics.csv so far */
     ml_model *m = e->model;
     e->epoch++;
-    for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->acc[l]);
     ml_batcher_begin_epoch(e->train_b, e->epoch);
-    double t0 = ml_now(), loss_sum = 0, task_sum = 0, last_draw = 0;
-    double aux_sum[ML_MAX_LOSSES] = {0};
-    int64_t seen = 0, steps = 0;
+    int run_hook = 0;
+    if (a->resume_pending) { /* continue the epoch an interrupt checkpoint stopped */
+        ml_batcher_seek(e->train_b, a->position);
+        run_hook = a->hook_pending;
+        a->resume_pending = 0;
+    } else {
+        for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->acc[l]);
+        memset(a, 0, sizeof *a);
+    }
+    a->in_epoch = 1;
+    /* test hook (docs/lua-api.md): behave as if SIGINT arrived during step N */
+    const char *stop = getenv("MOELAB_TEST_INTERRUPT_AT_STEP");
+    int64_t stop_step = stop ? strtoll(stop, NULL, 10) : 0;
+    double t0 = ml_now(), last_draw = 0;
+    double *aux_sum = a->aux_sum;
     int B;
+    if (run_hook && hook) {
+        a->in_hook = 1;
+        int rc = hook(ctx);
+        a->in_hook = 0;
+        if (rc) return ML_ERR;
+    }
     while ((B = ml_batcher_next(e->train_b, e->xb, e->yb, e->ids)) > 0) {
         ml_params_zero_grad(&m->P);
         if (ml_model_forward(m, e->xb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
@@ -358,29 +376,36 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         ml_optim_step(&e->opt, &m->P);
         e->step++;
         e->images_seen += B;
-        seen += B;
-        steps++;
-        loss_sum += total * B;
-        task_sum += m->task_loss * B;
+        a->seen += B;
+        a->steps++;
+        a->loss_sum += total * B;
+        a->task_sum += m->task_loss * B;
         for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux_step[i] / m->L * B;
         double now = ml_now();
         if (e->progress_tty && now - last_draw > 0.1) {
-            progress(e, seen, e->train.n, loss_sum / seen, t0, 0);
+            progress(e, a->seen, e->train.n, a->loss_sum / a->seen, t0, 0);
             last_draw = now;
         }
-        if (hook && hook(ctx)) return ML_ERR;
-        if (ml_exp_interrupted)
-            return ml_errorf("interrupted at epoch %d step %" PRId64 " (results so far are kept)", e->epoch, e->step);
+        if (stop_step > 0 && e->step == stop_step) ml_exp_interrupted = 2;
+        /* before the hook: a resume runs this step's hook first, as the uninterrupted run did */
+        if (ml_exp_interrupted) return ml_exp_interrupt(e);
+        if (hook) {
+            a->in_hook = 1;
+            int rc = hook(ctx);
+            a->in_hook = 0;
+            if (rc) return ML_ERR;
+        }
     }
     for (int l = 0; l < m->L; l++)
         if (ml_moe_epoch_end(m->moe[l], e->epoch)) return ML_ERR;
     memset(out, 0, sizeof *out);
     out->epoch = e->epoch;
     out->seconds = ml_now() - t0;
-    out->loss = seen ? loss_sum / seen : 0;
-    out->task_loss = seen ? task_sum / seen : 0;
+    int64_t seen = a->seen;
+    out->loss = seen ? a->loss_sum / seen : 0;
+    out->task_loss = seen ? a->task_sum / seen : 0;
     out->images_seen = e->images_seen;
-    out->steps = steps;
+    out->steps = a->steps;
     out->img_per_s = out->seconds > 0 ? seen / out->seconds : 0;
     out->n_aux = e->n_losses;
     for (int i = 0; i < e->n_losses; i++) {
@@ -421,6 +446,12 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         if (rc) return ML_ERR;
     }
     return ml_exp_write_summary(e, "running");
+}
+
+int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
+    int rc = train_epoch(e, hook, ctx, out);
+    e->ep.in_epoch = 0;
+    return rc;
 }
 
 int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
@@ -524,265 +555,6 @@ int ml_exp_loss_index(const ml_experiment *e, const char *name) {
     for (int i = 0; i < e->n_losses; i++)
         if (strcmp(e->loss[i].name, name) == 0) return i;
     return -1;
-}
-
-/* --------------------------------------------------------------- checkpoints */
-
-static int check_tag(const char *tag) {
-    if (!*tag || strlen(tag) > 64) return ml_errorf("checkpoint tag '%s': expected 1..64 characters", tag);
-    for (const char *c = tag; *c; c++)
-        if (!isalnum((unsigned char)*c) && *c != '_' && *c != '-' && *c != '.')
-            return ml_errorf("checkpoint tag '%s': only letters, digits, '_', '-' and '.' are allowed", tag);
-    if (tag[0] == '.') return ml_errorf("checkpoint tag '%s' must not start with '.'", tag);
-    return ML_OK;
-}
-
-static void ckpt_path(const ml_experiment *e, const char *tag, char *path, size_t n) {
-    snprintf(path, n, "%s/checkpoints/%s.safetensors", ml_results_dir(e->res), tag);
-}
-
-static void rng_hex(const ml_rng *r, char *out) {
-    snprintf(out, 80, "%016" PRIx64 "%016" PRIx64 "%016" PRIx64 "%016" PRIx64, r->s[0], r->s[1], r->s[2], r->s[3]);
-}
-
-static int rng_unhex(const char *s, ml_rng *r) {
-    if (!s || strlen(s) != 64) return ML_ERR;
-    for (int i = 0; i < 4; i++) {
-        char part[17];
-        memcpy(part, s + 16 * i, 16);
-        part[16] = 0;
-        char *end;
-        r->s[i] = strtoull(part, &end, 16);
-        if (*end) return ML_ERR;
-    }
-    return ML_OK;
-}
-
-int ml_exp_save_checkpoint(ml_experiment *e, const char *tag) {
-    if (check_tag(tag)) return ML_ERR;
-    if (!e->res) return ml_errorf("save_checkpoint: the run directory is not open");
-    ml_model *m = e->model;
-    int nP = m->P.count, nS = m->S.count, n = 3 * nP + nS;
-    ml_st_tensor *t = ml_calloc((size_t)n, sizeof *t);
-    char (*names)[ML_TENSOR_NAME_MAX + 16] = ml_calloc((size_t)n, sizeof *names);
-    if (!t || !names) { free(t); free(names); return ML_ERR; }
-    int k = 0;
-    for (int pass = 0; pass < 3; pass++)
-        for (int i = 0; i < nP; i++) {
-            const ml_tensor *x = &m->P.t[i];
-            const float *blk = pass == 0 ? m->P.data : pass == 1 ? m->P.m : m->P.v;
-            snprintf(names[k], sizeof names[k], "%s%s", pass == 0 ? "" : pass == 1 ? "optim.m." : "optim.v.", x->name);
-            t[k].name = names[k];
-            t[k].ndim = x->ndim;
-            for (int d = 0; d < x->ndim; d++) t[k].shape[d] = x->shape[d];
-            t[k].data = blk + x->off;
-            k++;
-        }
-    for (int i = 0; i < nS; i++) {
-        const ml_tensor *x = &m->S.t[i];
-        snprintf(names[k], sizeof names[k], "%s", x->name);
-        t[k].name = names[k];
-        t[k].ndim = x->ndim;
-        for (int d = 0; d < x->ndim; d++) t[k].shape[d] = x->shape[d];
-        t[k].data = m->S.data + x->off;
-        k++;
-    }
-    char epoch[32], step[32], seen[32], optt[32], hash[32], experts[512] = "", rngs[9][80];
-    snprintf(epoch, sizeof epoch, "%d", e->epoch);
-    snprintf(step, sizeof step, "%" PRId64, e->step);
-    snprintf(seen, sizeof seen, "%" PRId64, e->images_seen);
-    snprintf(optt, sizeof optt, "%" PRId64, e->opt.t);
-    snprintf(hash, sizeof hash, "%016" PRIx64, ml_config_hash(e->cfg));
-    for (int l = 0; l < m->L; l++) {
-        size_t len = strlen(experts);
-        snprintf(experts + len, sizeof experts - len, "%s%d", l ? "," : "", m->moe[l]->N);
-    }
-    /* per-tensor Adam step counts: "name=step;name=step" */
-    size_t cap = 64, len = 0;
-    for (int i = 0; i < nP; i++) cap += strlen(m->P.t[i].name) + 24;
-    char *steps = ml_calloc(cap, 1);
-    if (!steps) { free(t); free(names); return ML_ERR; }
-    for (int i = 0; i < nP; i++)
-        len += (size_t)snprintf(steps + len, cap - len, "%s%s=%" PRId64, i ? ";" : "", m->P.t[i].name, m->P.t[i].step);
-    const char *keys[18] = {"format", "format_version", "epoch", "step", "images_seen", "optim_t", "config_hash", "experts", "optim_steps", "rng.init"};
-    const char *vals[18] = {"moelab-checkpoint", CKPT_FORMAT_VERSION, epoch, step, seen, optt, hash, experts, steps, rngs[0]};
-    rng_hex(&m->init_rng, rngs[0]);
-    int nm = 10;
-    char rkeys[8][32];
-    for (int l = 0; l < m->L && l < 7; l++) {
-        snprintf(rkeys[l], sizeof rkeys[l], "rng.moe%d", l);
-        rng_hex(&m->moe[l]->rng, rngs[l + 1]);
-        keys[nm] = rkeys[l];
-        vals[nm++] = rngs[l + 1];
-    }
-    char path[4096];
-    ckpt_path(e, tag, path, sizeof path);
-    int rc = ml_st_write(path, t, k, keys, vals, nm);
-    free(steps);
-    free(t);
-    free(names);
-    if (rc) return ML_ERR;
-    ml_json j;
-    ml_json_begin(&j);
-    ml_json_str(&j, "tag", tag);
-    ml_json_int(&j, "images_seen", e->images_seen);
-    rc = ml_exp_event_json(e, "checkpoint_saved", &j);
-    ml_json_free(&j);
-    return rc;
-}
-
-static int has_tensor(const ml_st_file *f, const char *path, const char *name, int ndim, const int *shape) {
-    int nd;
-    int64_t sh[4];
-    if (!ml_st_get(f, name, &nd, sh))
-        return ml_errorf("%s: checkpoint has no tensor '%s' (it was saved from a different model)", path, name);
-    int same = nd == ndim;
-    for (int d = 0; same && d < nd; d++) same = sh[d] == shape[d];
-    if (!same) return ml_errorf("%s: tensor '%s' has a different shape in the checkpoint than in the model", path, name);
-    return ML_OK;
-}
-
-/* layer of a per-expert router tensor "moe<l>.router.*" whose leading dimension is N, else -1 */
-static int router_layer(const ml_model *m, const ml_tensor *x) {
-    int l;
-    if (sscanf(x->name, "moe%d.router.", &l) != 1 || l < 0 || l >= m->L || !strstr(x->name, ".router.")) return -1;
-    return x->shape[0] == m->moe[l]->N ? l : -1;
-}
-
-/* Every tensor the grown model will have must be in the file with its shape. */
-static int validate_checkpoint(const ml_model *m, const ml_st_file *f, const char *path, const int *want) {
-    char name[ML_TENSOR_NAME_MAX + 16];
-    for (int b = 0; b < 2; b++) {
-        const ml_params *P = b ? &m->S : &m->P;
-        for (int i = 0; i < P->count; i++) {
-            const ml_tensor *x = &P->t[i];
-            int shape[ML_MAX_DIMS];
-            memcpy(shape, x->shape, sizeof shape);
-            int l = router_layer(m, x);
-            if (l >= 0) shape[0] = want[l];
-            if (has_tensor(f, path, x->name, x->ndim, shape)) return ML_ERR;
-            for (int k = 0; !b && k < 2; k++) {
-                snprintf(name, sizeof name, "optim.%c.%s", k ? 'v' : 'm', x->name);
-                if (has_tensor(f, path, name, x->ndim, shape)) return ML_ERR;
-            }
-        }
-    }
-    for (int l = 0; l < m->L; l++) {
-        const ml_moe *q = m->moe[l];
-        int s_w1[2] = {q->H, q->D}, s_b1[1] = {q->H}, s_w2[2] = {q->D, q->H}, s_b2[1] = {q->D};
-        for (int e = q->N; e < want[l]; e++) {
-            snprintf(name, sizeof name, "moe%d.expert%d.w1", l, e);
-            if (has_tensor(f, path, name, 2, s_w1)) return ML_ERR;
-            snprintf(name, sizeof name, "moe%d.expert%d.b1", l, e);
-            if (has_tensor(f, path, name, 1, s_b1)) return ML_ERR;
-            snprintf(name, sizeof name, "moe%d.expert%d.w2", l, e);
-            if (has_tensor(f, path, name, 2, s_w2)) return ML_ERR;
-            snprintf(name, sizeof name, "moe%d.expert%d.b2", l, e);
-            if (has_tensor(f, path, name, 1, s_b2)) return ML_ERR;
-        }
-    }
-    return ML_OK;
-}
-
-static void copy_all(ml_model *m, const ml_st_file *f) {
-    char name[ML_TENSOR_NAME_MAX + 16];
-    int nd;
-    int64_t sh[4];
-    for (int i = 0; i < m->P.count; i++) {
-        const ml_tensor *x = &m->P.t[i];
-        size_t bytes = x->n * sizeof(float);
-        memcpy(m->P.data + x->off, ml_st_get(f, x->name, &nd, sh), bytes);
-        snprintf(name, sizeof name, "optim.m.%s", x->name);
-        memcpy(m->P.m + x->off, ml_st_get(f, name, &nd, sh), bytes);
-        snprintf(name, sizeof name, "optim.v.%s", x->name);
-        memcpy(m->P.v + x->off, ml_st_get(f, name, &nd, sh), bytes);
-    }
-    for (int i = 0; i < m->S.count; i++) {
-        const ml_tensor *x = &m->S.t[i];
-        memcpy(m->S.data + x->off, ml_st_get(f, x->name, &nd, sh), x->n * sizeof(float));
-    }
-}
-
-int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_t *step) {
-    char path[4096];
-    const char *p = tag;
-    if (!strchr(tag, '/')) {
-        if (check_tag(tag)) return ML_ERR;
-        if (!e->res) return ml_errorf("load_checkpoint: the run directory is not open");
-        ckpt_path(e, tag, path, sizeof path);
-        p = path;
-    }
-    ml_st_file *f = ml_st_open(p);
-    if (!f) return ML_ERR;
-    ml_model *m = e->model;
-    const char *fmt = ml_st_meta(f, "format"), *ver = ml_st_meta(f, "format_version");
-    if (!fmt || strcmp(fmt, "moelab-checkpoint") != 0) {
-        ml_st_close(f);
-        return ml_errorf("%s: not a moelab checkpoint (metadata 'format' is %s)", p, fmt ? fmt : "missing");
-    }
-    if (!ver || strcmp(ver, CKPT_FORMAT_VERSION) != 0) {
-        ml_st_close(f);
-        return ml_errorf("%s: checkpoint format version %s, this moelab reads version %s", p, ver ? ver : "missing", CKPT_FORMAT_VERSION);
-    }
-    /* grow layers to the checkpoint's expert counts before copying */
-    const char *ex = ml_st_meta(f, "experts");
-    int want[64], nl = 0;
-    for (const char *c = ex ? ex : ""; *c && nl < 64;) {
-        want[nl++] = atoi(c);
-        c = strchr(c, ',');
-        if (!c) break;
-        c++;
-    }
-    if (nl != m->L) {
-        ml_st_close(f);
-        return ml_errorf("%s: checkpoint has %d MoE layers, the model has %d", p, nl, m->L);
-    }
-    for (int l = 0; l < m->L; l++)
-        if (want[l] < m->moe[l]->N) {
-            ml_st_close(f);
-            return ml_errorf("%s: checkpoint has %d experts in layer %d, the model already has %d (experts cannot be removed)",
-                             p, want[l], l + 1, m->moe[l]->N);
-        }
-    /* validate every tensor before touching the model: a bad file changes nothing */
-    if (validate_checkpoint(m, f, p, want)) {
-        ml_st_close(f);
-        return ML_ERR;
-    }
-    for (int l = 0; l < m->L; l++)
-        if (want[l] > m->moe[l]->N && ml_exp_add_experts(e, l, want[l] - m->moe[l]->N, "checkpoint")) {
-            ml_st_close(f);
-            return ML_ERR;
-        }
-    copy_all(m, f);
-    const char *v;
-    if ((v = ml_st_meta(f, "optim_t"))) e->opt.t = strtoll(v, NULL, 10);
-    if ((v = ml_st_meta(f, "optim_steps")))
-        for (int i = 0; i < m->P.count; i++) {
-            const char *name = m->P.t[i].name, *hit = v;
-            size_t n = strlen(name);
-            while ((hit = strstr(hit, name)) && !((hit == v || hit[-1] == ';') && hit[n] == '=')) hit += n;
-            m->P.t[i].step = hit ? strtoll(hit + n + 1, NULL, 10) : e->opt.t;
-        }
-    rng_unhex(ml_st_meta(f, "rng.init"), &m->init_rng);
-    for (int l = 0; l < m->L; l++) {
-        char k[32];
-        snprintf(k, sizeof k, "rng.moe%d", l);
-        rng_unhex(ml_st_meta(f, k), &m->moe[l]->rng);
-    }
-    *epoch = (v = ml_st_meta(f, "epoch")) ? atoi(v) : 0;
-    *step = (v = ml_st_meta(f, "step")) ? strtoll(v, NULL, 10) : 0;
-    const char *h = ml_st_meta(f, "config_hash");
-    char mine[32];
-    snprintf(mine, sizeof mine, "%016" PRIx64, ml_config_hash(e->cfg));
-    if (h && strcmp(h, mine) != 0) ml_log(ML_LOG_WARN, "%s was saved under a different config (hash %s, this run %s)", p, h, mine);
-    ml_st_close(f);
-    ml_json j;
-    ml_json_begin(&j);
-    ml_json_str(&j, "tag", tag);
-    ml_json_int(&j, "checkpoint_epoch", *epoch);
-    int rc = ml_exp_event_json(e, "checkpoint_loaded", &j);
-    ml_json_free(&j);
-    return rc;
 }
 
 /* -------------------------------------------------------------------- finish */
@@ -897,5 +669,6 @@ void ml_exp_free(ml_experiment *e) {
         ml_results_close(e->res);
     }
     ml_config_free(e->cfg);
+    free(e->script_state);
     free(e);
 }

@@ -52,11 +52,32 @@ typedef struct ml_eval_stats {
     int64_t samples;
 } ml_eval_stats;
 
-/* Set by a signal handler (SIGINT, SIGTERM): training stops cleanly after the current step. */
+/* Set by a signal handler (SIGINT, SIGTERM): training stops after the current step and saves
+ * the checkpoint "interrupt" (or at the start of the next epoch when set outside training). */
 extern volatile int ml_exp_interrupted;
 
 /* Called after every optimizer step of train_epoch; return ML_ERR to stop the epoch. */
 typedef int (*ml_step_hook)(void *ctx);
+/* Serialises the script's own state (exp.state) for a checkpoint: *json is a malloc'd JSON
+ * text, or NULL when there is none. Set by the Lua binding (core/luaexp.c). */
+typedef int (*ml_state_save_fn)(void *ctx, char **json);
+
+/* The running sums of the epoch in progress, kept in the experiment (not on the stack of
+ * ml_exp_train_epoch) so an interrupt checkpoint can carry them and a resumed epoch ends
+ * with the same metrics row as an uninterrupted one. */
+typedef struct ml_epoch_acc {
+    int in_epoch;                  /* 1 between an epoch's first step and its end */
+    int resume_pending;            /* a resumed checkpoint was taken mid-epoch: the next
+                                      train_epoch continues it (runs the step hook first) */
+    int hook_pending;              /* with resume_pending: the step hook of the last step
+                                      had not run when the checkpoint was taken */
+    int in_hook;                   /* the step hook is running */
+    int interrupt_saved;           /* the epoch an interrupt stopped, once "interrupt" is saved;
+                                      minus that epoch when saving it failed */
+    int64_t position;              /* samples of the epoch order served (resume_pending) */
+    double loss_sum, task_sum, aux_sum[ML_MAX_LOSSES];
+    int64_t seen, steps;
+} ml_epoch_acc;
 
 typedef struct ml_experiment {
     ml_config *cfg;
@@ -91,6 +112,12 @@ typedef struct ml_experiment {
     int best_epoch;
     char last_error[1024];
     int finished;                  /* set by ml_exp_finish: the Lua bindings refuse from then on */
+    /* resume (core/checkpoint.c) */
+    ml_epoch_acc ep;
+    ml_state_save_fn state_save;   /* exp.state serialiser, or NULL */
+    void *state_ctx;
+    char *script_state;            /* exp.state JSON restored by a resume (owned), or NULL */
+    int resumed;                   /* the run continues from a checkpoint (exp.resumed) */
 } ml_experiment;
 
 /* overrides: "a.b=value" strings. Returns NULL with ml_error(); *exit_code says whether the
@@ -115,9 +142,7 @@ int ml_exp_log(ml_experiment *e, const char *name, double value);
 int ml_exp_event(ml_experiment *e, const char *kind, const char *fields_json);
 /* the same, with the fields built by ml_json_begin + ml_json_* (not yet ended) */
 int ml_exp_event_json(ml_experiment *e, const char *kind, const ml_json *fields);
-/* checkpoints/<tag>.safetensors; tag: "best", "last" or a name of [A-Za-z0-9_.-] */
-int ml_exp_save_checkpoint(ml_experiment *e, const char *tag);
-int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_t *step);
+/* Checkpoints and resume: core/checkpoint.h. */
 int ml_exp_finish(ml_experiment *e, const char *status);
 /*
  * Rewrites summary.json atomically (docs/results.md) with this status ("running", "ok",

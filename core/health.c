@@ -2,7 +2,10 @@
 #include "health.h"
 #include "common.h"
 
+#include <errno.h>
+#include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -230,5 +233,75 @@ int ml_health_compute(const ml_health_acc *a, const ml_health_cfg *cfg, ml_healt
     out->nmi_label = nmi_from_joint(a);
     out->collapsed = out->active < c.collapse_active_fraction * N ||
                      out->marginal_entropy_norm < c.collapse_entropy;
+    return ML_OK;
+}
+
+/* --------------------------------------------------- checkpoint text (resume) */
+
+/* "N C samples dropped labelled ent_sum slots[N] psum[N] joint[C*N]", doubles as C99 hex
+ * floats (%a) so a resumed epoch accumulates from exactly the same values. */
+char *ml_health_acc_to_text(const ml_health_acc *a) {
+    size_t cap = 128 + (size_t)a->N * 56 + (size_t)a->C * (size_t)a->N * 22, len = 0;
+    char *s = ml_calloc(cap, 1);
+    if (!s) return NULL;
+    len += (size_t)snprintf(s + len, cap - len, "%d %d %" PRId64 " %" PRId64 " %" PRId64 " %a", a->N, a->C,
+                            a->samples, a->dropped, a->labelled, a->ent_sum);
+    for (int i = 0; i < a->N; i++) len += (size_t)snprintf(s + len, cap - len, " %" PRId64, a->slots[i]);
+    for (int i = 0; i < a->N; i++) len += (size_t)snprintf(s + len, cap - len, " %a", a->psum[i]);
+    for (size_t i = 0; i < (size_t)a->C * (size_t)a->N; i++)
+        len += (size_t)snprintf(s + len, cap - len, " %" PRId64, a->joint[i]);
+    return s;
+}
+
+static int next_i64(const char **p, int64_t *v) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(*p, &end, 10);
+    if (end == *p || errno || x < 0 || (*end && *end != ' ')) return 0;
+    *v = x;
+    *p = end;
+    return 1;
+}
+
+static int next_f64(const char **p, double *v) {
+    char *end;
+    double x = strtod(*p, &end);
+    if (end == *p || !isfinite(x) || (*end && *end != ' ')) return 0;
+    *v = x;
+    *p = end;
+    return 1;
+}
+
+int ml_health_acc_from_text(ml_health_acc *a, const char *text) {
+    const char *p = text;
+    int64_t n, c, samples, dropped, labelled;
+    double ent;
+    if (!next_i64(&p, &n) || !next_i64(&p, &c) || n != a->N || c != a->C)
+        return ml_errorf("health state: expected %d experts and %d classes", a->N, a->C);
+    if (!next_i64(&p, &samples) || !next_i64(&p, &dropped) || !next_i64(&p, &labelled) || !next_f64(&p, &ent))
+        return ml_errorf("health state: bad counters");
+    int64_t *slots = ml_calloc((size_t)a->N, sizeof *slots);
+    double *psum = ml_calloc((size_t)a->N, sizeof *psum);
+    int64_t *joint = a->C ? ml_calloc((size_t)a->C * (size_t)a->N, sizeof *joint) : NULL;
+    int ok = slots && psum && (!a->C || joint);
+    for (int i = 0; ok && i < a->N; i++) ok = next_i64(&p, &slots[i]);
+    for (int i = 0; ok && i < a->N; i++) ok = next_f64(&p, &psum[i]);
+    for (size_t i = 0; ok && i < (size_t)a->C * (size_t)a->N; i++) ok = next_i64(&p, &joint[i]);
+    if (!ok || *p) {
+        free(slots);
+        free(psum);
+        free(joint);
+        return ml_errorf("health state: expected %d slot counts, %d sums and %d label counts", a->N, a->N, a->C * a->N);
+    }
+    free(a->slots);
+    free(a->psum);
+    free(a->joint);
+    a->slots = slots;
+    a->psum = psum;
+    a->joint = joint;
+    a->samples = samples;
+    a->dropped = dropped;
+    a->labelled = labelled;
+    a->ent_sum = ent;
     return ML_OK;
 }

@@ -66,6 +66,11 @@ typedef struct ml_health {
     int64_t labelled;              /* samples that counted towards nmi_label */
 } ml_health;
 
+/* The accumulator as one line of text (for checkpoints; owned, free()), and back: the
+ * text must be for the accumulator's N and num_classes; on error *a is unchanged. */
+char *ml_health_acc_to_text(const ml_health_acc *a);
+int ml_health_acc_from_text(ml_health_acc *a, const char *text);
+
 /* cfg NULL = defaults. On failure *out is left freeable (arrays NULL). */
 int ml_health_compute(const ml_health_acc *a, const ml_health_cfg *cfg, ml_health *out);
 void ml_health_free(ml_health *h); /* frees the arrays, not h; NULL-safe */

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "checkpoint.h"
 #include "luastandalone.h"
 
 struct ml_lua {
@@ -357,6 +358,9 @@ static int table_to_json(lua_State *L, int idx, ml_json *j) {
 
 /* ------------------------------------------------------------------ exp */
 
+static void state_init(lua_State *L, ml_experiment *e);
+static int state_save(void *ctx, char **json);
+
 static ml_experiment *check_exp(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, EXP_T);
     guard(L);
@@ -510,6 +514,7 @@ static int exp_index(lua_State *L) {
     else if (strcmp(k, "num_layers") == 0) lua_pushinteger(L, e->model->L);
     else if (strcmp(k, "run_dir") == 0) lua_pushstring(L, ml_exp_run_dir(e));
     else if (strcmp(k, "name") == 0) lua_pushstring(L, e->experiment);
+    else if (strcmp(k, "resumed") == 0) lua_pushboolean(L, e->resumed);
     else {
         luaL_getmetatable(L, EXP_T);
         lua_getfield(L, -1, "methods");
@@ -520,6 +525,13 @@ static int exp_index(lua_State *L) {
 }
 
 static int exp_newindex(lua_State *L) {
+    if (strcmp(luaL_checkstring(L, 2), "state") == 0) { /* the script's own table, saved in checkpoints */
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getiuservalue(L, 1, 1);
+        lua_pushvalue(L, 3);
+        lua_setfield(L, -2, "state");
+        return 0;
+    }
     return luaL_error(L, "exp.%s cannot be assigned; hint: coefficients are exp.losses[name].coef",
                       luaL_checkstring(L, 2));
 }
@@ -1125,6 +1137,8 @@ static void push_exp(lua_State *L, ml_experiment *e) {
     *s = e;
     luaL_setmetatable(L, SCHED_T);
     lua_setfield(L, -2, "schedule");
+    state_init(L, e);
+    lua_setfield(L, -2, "state");
     lua_setiuservalue(L, -2, 1);
 }
 
@@ -1192,6 +1206,8 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     if (e) {
         push_exp(L, e);
         lua_setglobal(L, "exp");
+        e->state_save = state_save;
+        e->state_ctx = l;
         read_list(e->cfg, "lua.allow_read", 1, &l->allow, &l->n_allow);
         read_list(e->cfg, "lua.allow_env", 0, &l->env, &l->n_env);
     }
@@ -1202,6 +1218,7 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
 
 void ml_lua_free(ml_lua *l) {
     if (!l) return;
+    if (l->e && l->e->state_ctx == l) l->e->state_save = NULL;
     if (l->L) {
         /* Scripts cannot set Lua finalizers, so nothing of theirs should run in lua_close;
          * should anything, it gets no more than one hook period. */
@@ -1268,4 +1285,205 @@ int ml_lua_exec(ml_lua *l) {
     else ml_errorf("%s", msg ? msg : "(error object is not a string)");
     lua_settop(L, 0);
     return ML_ERR;
+}
+
+/* ------------------------------------------------- exp.state in checkpoints */
+/*
+ * exp.state is a plain Lua table the script owns; checkpoints carry it as JSON (metadata
+ * "run.script_state") and a resumed run starts with it restored. Numbers keep their Lua
+ * subtype (integers as integers, floats always with a '.' or exponent, ±inf as ±1e999;
+ * NaN is refused), object keys are sorted so the same state gives the same bytes, and a
+ * table is either a list (keys exactly 1..n) or a map with string keys.
+ */
+
+#define STATE_MAX_DEPTH 32
+
+typedef struct state_enc {
+    ml_json j;      /* only its buffer is used (ml_json_append_string escapes into it) */
+    int any;
+    char path[256]; /* where in exp.state, for messages */
+} state_enc;
+
+static void state_put(ml_json *j, const char *t) {
+    size_t n = strlen(t);
+    if (!j->buf) return;
+    if (j->len + n + 1 > j->cap) {
+        size_t cap = j->cap * 2 + n + 64;
+        char *nb = realloc(j->buf, cap);
+        if (!nb) {
+            free(j->buf);
+            j->buf = NULL;
+            return;
+        }
+        j->buf = nb;
+        j->cap = cap;
+    }
+    memcpy(j->buf + j->len, t, n + 1);
+    j->len += n;
+}
+
+static int str_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void state_value(lua_State *L, state_enc *s, int idx, int depth);
+
+static void state_table(lua_State *L, state_enc *s, int idx, int depth) {
+    idx = lua_absindex(L, idx);
+    if (depth > STATE_MAX_DEPTH)
+        luaL_error(L, "exp.state%s: nested deeper than %d tables (a cycle?)", s->path, STATE_MAX_DEPTH);
+    lua_Integer n = 0, ints = 0;
+    int strs = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        n++;
+        if (lua_type(L, -1) == LUA_TSTRING) strs++;
+        else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) ints++;
+        else luaL_error(L, "exp.state%s: a key of type %s; keys must be strings, or 1..n for a list", s->path, luaL_typename(L, -1));
+    }
+    size_t plen = strlen(s->path);
+    if (ints && (strs || lua_rawlen(L, idx) != (size_t)n))
+        luaL_error(L, "exp.state%s: a table must be a list (keys 1..n) or have string keys only", s->path);
+    if (ints) {
+        state_put(&s->j, "[");
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (i > 1) state_put(&s->j, ",");
+            snprintf(s->path + plen, sizeof s->path - plen, "[%lld]", (long long)i);
+            lua_rawgeti(L, idx, i);
+            state_value(L, s, -1, depth + 1);
+            lua_pop(L, 1);
+        }
+        s->path[plen] = 0;
+        state_put(&s->j, "]");
+        return;
+    }
+    const char **keys = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *keys, 0); /* freed by the GC */
+    int k = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        keys[k++] = lua_tostring(L, -1); /* the strings stay alive in the table */
+    }
+    qsort(keys, (size_t)k, sizeof *keys, str_cmp);
+    state_put(&s->j, "{");
+    for (int i = 0; i < k; i++) {
+        if (i) state_put(&s->j, ",");
+        ml_json_append_string(&s->j, keys[i]);
+        state_put(&s->j, ":");
+        snprintf(s->path + plen, sizeof s->path - plen, ".%s", keys[i]);
+        lua_getfield(L, idx, keys[i]);
+        state_value(L, s, -1, depth + 1);
+        lua_pop(L, 1);
+    }
+    s->path[plen] = 0;
+    state_put(&s->j, "}");
+    lua_pop(L, 1); /* keys */
+}
+
+static void state_value(lua_State *L, state_enc *s, int idx, int depth) {
+    char num[64];
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN: state_put(&s->j, lua_toboolean(L, idx) ? "true" : "false"); break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
+        } else {
+            double v = lua_tonumber(L, idx);
+            if (isnan(v)) luaL_error(L, "exp.state%s is NaN, which a checkpoint cannot hold", s->path);
+            if (isinf(v)) snprintf(num, sizeof num, v > 0 ? "1e999" : "-1e999");
+            else {
+                snprintf(num, sizeof num, "%.17g", v);
+                if (!strpbrk(num, ".e")) strcat(num, ".0");
+            }
+        }
+        state_put(&s->j, num);
+        break;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *str = lua_tolstring(L, idx, &len);
+        if (strlen(str) != len) luaL_error(L, "exp.state%s: a string with a NUL byte cannot be saved", s->path);
+        ml_json_append_string(&s->j, str);
+        break;
+    }
+    case LUA_TTABLE: state_table(L, s, idx, depth); break;
+    default:
+        luaL_error(L, "exp.state%s is a %s; checkpoints hold numbers, strings, booleans and tables", s->path,
+                   luaL_typename(L, idx));
+    }
+}
+
+static int state_encode(lua_State *L) {
+    state_enc *s = lua_touserdata(L, 1);
+    lua_getglobal(L, "exp");
+    if (!luaL_testudata(L, -1, EXP_T)) return 0;
+    lua_getiuservalue(L, -1, 1);
+    lua_getfield(L, -1, "state");
+    if (lua_isnil(L, -1)) return 0;
+    s->any = 1;
+    state_value(L, s, -1, 0);
+    return 0;
+}
+
+/* ml_state_save_fn: exp.state as JSON (NULL when there is none). */
+static int state_save(void *ctx, char **json) {
+    ml_lua *l = ctx;
+    lua_State *L = l->L;
+    *json = NULL;
+    state_enc s;
+    memset(&s, 0, sizeof s);
+    ml_json_begin(&s.j); /* allocates the buffer; its "{" is dropped */
+    if (!s.j.buf) return ML_ERR;
+    s.j.len = 0;
+    s.j.buf[0] = 0;
+    lua_pushcfunction(L, state_encode);
+    lua_pushlightuserdata(L, &s);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        ml_errorf("%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        free(s.j.buf);
+        return ML_ERR;
+    }
+    if (!s.any) {
+        free(s.j.buf);
+        return ML_OK; /* no state */
+    }
+    if (!s.j.buf) return ml_errorf("exp.state: out of memory");
+    ml_jv *v = ml_jv_parse(s.j.buf, s.j.len); /* e.g. invalid UTF-8 in a string */
+    if (!v) {
+        ml_error_prefix("exp.state cannot be saved as JSON");
+        free(s.j.buf);
+        return ML_ERR;
+    }
+    ml_jv_free(v);
+    *json = s.j.buf;
+    return ML_OK;
+}
+
+static void state_push(lua_State *L, const ml_jv *v) {
+    switch (v->type) {
+    case ML_JV_BOOL: lua_pushboolean(L, v->boolean); break;
+    case ML_JV_NUM:
+        if (v->is_int) lua_pushinteger(L, (lua_Integer)v->i);
+        else lua_pushnumber(L, v->num);
+        break;
+    case ML_JV_STR: lua_pushstring(L, v->str); break;
+    case ML_JV_ARR:
+    case ML_JV_OBJ:
+        lua_createtable(L, v->type == ML_JV_ARR ? v->n : 0, v->type == ML_JV_OBJ ? v->n : 0);
+        for (int i = 0; i < v->n; i++) {
+            if (v->items[i].type == ML_JV_NULL) continue;
+            state_push(L, &v->items[i]);
+            if (v->type == ML_JV_ARR) lua_rawseti(L, -2, i + 1);
+            else lua_setfield(L, -2, v->keys[i]);
+        }
+        break;
+    default: lua_pushnil(L); break;
+    }
+}
+
+/* exp.state at start: the restored table on resume, else an empty one. */
+static void state_init(lua_State *L, ml_experiment *e) {
+    ml_jv *v = e->script_state ? ml_jv_parse(e->script_state, strlen(e->script_state)) : NULL;
+    if (v && v->type == ML_JV_OBJ) state_push(L, v);
+    else lua_newtable(L);
+    ml_jv_free(v);
 }

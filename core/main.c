@@ -2,14 +2,16 @@
  * main.c — the `moelab` command.
  *
  *   moelab run CONFIG [a.b=value ...]   run an experiment
+ *   moelab run --resume RUN_DIR [--from TAG]   continue an interrupted run in its directory
  *   moelab plugins                      list plugins with their options
  *   moelab plugin-test FILE.so          conformance suite for a router/loss/schedule plugin
  *   moelab bench [options]              time the SRNN training step (see docs/PERFORMANCE.md)
  *   moelab lua SCRIPT                   run a Lua script with `moelab` but no experiment
  *
  * Exit status: 0 success, 1 a run/script/plugin/data failure, 2 a bad command line or
- * config (nothing was run).
+ * config (nothing was run), 130 interrupted by SIGINT/SIGTERM (resume with --resume).
  */
+#include <inttypes.h>
 #include <libgen.h>
 #include <signal.h>
 #include <limits.h>
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "checkpoint.h"
 #include "crash.h"
 #include "experiment.h"
 #include "luaexp.h"
@@ -46,6 +49,7 @@ static void scripts_dir(char *out, size_t n, const char *sub) {
 
 static int usage(FILE *f) {
     fputs("usage: moelab run CONFIG [key.path=value ...]\n"
+          "       moelab run --resume RUN_DIR [--from TAG]\n"
           "       moelab plugins\n"
           "       moelab plugin-test FILE.so\n"
           "       moelab bench [--image HxWxC] [--batch B] [--experts E] [--top-k K] [--steps S] [--threads T]\n"
@@ -67,21 +71,69 @@ static void on_signal(int sig) {
     signal(sig, SIG_DFL); /* a second signal ends the process at once */
 }
 
+#define ML_EXIT_INTERRUPTED 130 /* 128 + SIGINT, as shells report it */
+
+/* --resume RUN_DIR [--from TAG]: checks the directory; the config is RUN_DIR/config.yaml */
+static int resume_args(int argc, char **argv, const char **run_dir, const char **tag, char *cfg, size_t n) {
+    if (argc != 2 && !(argc == 4 && strcmp(argv[2], "--from") == 0)) {
+        fprintf(stderr, "moelab: expected: moelab run --resume RUN_DIR [--from TAG] (no overrides: a resumed run "
+                        "keeps the config it was started with)\n");
+        return ML_EXIT_USAGE;
+    }
+    *run_dir = argv[1];
+    *tag = argc == 4 ? argv[3] : NULL;
+    snprintf(cfg, n, "%s/config.yaml", *run_dir);
+    if (access(cfg, R_OK) != 0) {
+        fprintf(stderr, "moelab: %s is not a moelab run directory (no readable config.yaml)\n", *run_dir);
+        return ML_EXIT_USAGE;
+    }
+    /* a finished run has nothing left to do */
+    char sum[PATH_MAX + 32], text[1 << 16];
+    snprintf(sum, sizeof sum, "%s/summary.json", *run_dir);
+    FILE *f = fopen(sum, "r");
+    if (f) {
+        size_t k = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+        ml_jv *v = ml_jv_parse(text, k);
+        const ml_jv *st = v ? ml_jv_get(v, "status") : NULL;
+        int done = st && st->type == ML_JV_STR && strcmp(st->str, "ok") == 0;
+        ml_jv_free(v);
+        if (done) {
+            fprintf(stderr, "moelab: %s finished (summary.json status \"ok\"): nothing to resume\n", *run_dir);
+            return ML_EXIT_USAGE;
+        }
+    }
+    return 0;
+}
+
 static int cmd_run(int argc, char **argv) {
     if (argc < 1) return usage(stderr);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    for (int i = 1; i < argc; i++)
-        if (!strchr(argv[i], '=')) {
-            fprintf(stderr, "moelab: override '%s': expected key.path=value\n", argv[i]);
-            return ML_EXIT_USAGE;
-        }
+    const char *run_dir = NULL, *from = NULL;
+    char cfg[PATH_MAX + 16];
+    if (strcmp(argv[0], "--resume") == 0) {
+        int rc = resume_args(argc, argv, &run_dir, &from, cfg, sizeof cfg);
+        if (rc) return rc;
+    } else {
+        for (int i = 1; i < argc; i++)
+            if (!strchr(argv[i], '=')) {
+                fprintf(stderr, "moelab: override '%s': expected key.path=value\n", argv[i]);
+                return ML_EXIT_USAGE;
+            }
+    }
     char lib[PATH_MAX], sbuf[PATH_MAX];
     scripts_dir(lib, sizeof lib, "/lib");
     int code;
-    ml_experiment *e = ml_exp_new(argv[0], (const char *const *)argv + 1, argc - 1, &code);
+    ml_experiment *e = run_dir ? ml_exp_new(cfg, NULL, 0, &code)
+                               : ml_exp_new(argv[0], (const char *const *)argv + 1, argc - 1, &code);
     if (!e) {
         fprintf(stderr, "moelab: %s\n", ml_error());
+        return code;
+    }
+    if (run_dir && ml_exp_resume(e, run_dir, from, &code)) {
+        fprintf(stderr, "moelab: resume: %s\n", ml_error());
+        ml_exp_free(e);
         return code;
     }
     ml_lua *lua = ml_lua_new(e, lib);
@@ -91,7 +143,7 @@ static int cmd_run(int argc, char **argv) {
         ml_exp_free(e);
         return ML_EXIT_USAGE;
     }
-    if (ml_exp_open_results(e)) {
+    if (!run_dir && ml_exp_open_results(e)) {
         fprintf(stderr, "moelab: %s\n", ml_error());
         ml_lua_free(lua);
         ml_exp_free(e);
@@ -99,13 +151,29 @@ static int cmd_run(int argc, char **argv) {
     }
     fprintf(stderr, "moelab: run directory %s\n", ml_exp_run_dir(e));
     int rc = ml_lua_exec(lua);
-    if (rc) {
-        snprintf(e->last_error, sizeof e->last_error, "%s", ml_error());
-        fprintf(stderr, "moelab: %s\n", e->last_error);
-    }
-    if (ml_exp_finish(e, !rc ? "ok" : ml_exp_interrupted ? "interrupted" : "error")) {
+    int interrupted = rc && (ml_exp_interrupted || ml_lua_stop_reason(lua) == ML_LUA_STOP_INTERRUPT);
+    if (rc) snprintf(e->last_error, sizeof e->last_error, "%s", ml_error());
+    if (rc && !interrupted) fprintf(stderr, "moelab: %s\n", e->last_error);
+    if (ml_exp_finish(e, !rc ? "ok" : interrupted ? "interrupted" : "error")) {
         fprintf(stderr, "moelab: writing the summary: %s\n", ml_error());
         rc = ML_ERR;
+    }
+    if (interrupted) { /* one line, no traceback: the interrupt is not a script error */
+        int saved = e->ep.interrupt_saved;
+        const char *why = "";
+        char failed[600];
+        if (saved < 0) { /* the message's first line says why */
+            snprintf(failed, sizeof failed, " (%.*s; --resume continues from 'last')",
+                     (int)strcspn(e->last_error, "\n"), e->last_error);
+            why = failed;
+        } else if (!saved) {
+            why = " (outside exp:train_epoch: no interrupt checkpoint, --resume continues from 'last')";
+        }
+        fprintf(stderr, "moelab: interrupted at epoch %d step %" PRId64 "%s; resume with: moelab run --resume %s\n",
+                saved ? abs(saved) : e->epoch, e->step, why, ml_exp_run_dir(e));
+        ml_lua_free(lua);
+        ml_exp_free(e);
+        return ML_EXIT_INTERRUPTED;
     }
     if (!rc) fprintf(stderr, "moelab: done; results in %s\n", ml_exp_run_dir(e));
     else fprintf(stderr, "moelab: the run failed; results written so far are in %s\n", ml_exp_run_dir(e));
@@ -131,7 +199,10 @@ static int cmd_lua(int argc, char **argv) {
     char lib[PATH_MAX];
     scripts_dir(lib, sizeof lib, "/lib");
     ml_lua *lua = ml_lua_new(NULL, lib);
+    signal(SIGINT, on_signal); /* Ctrl-C goes through the sandbox's hook: a clean stop, exit 130 */
+    signal(SIGTERM, on_signal);
     int rc = !lua || ml_lua_load(lua, argv[0]) ? ML_EXIT_USAGE : ml_lua_exec(lua) ? ML_EXIT_RUNTIME : 0;
+    if (rc == ML_EXIT_RUNTIME && ml_lua_stop_reason(lua) == ML_LUA_STOP_INTERRUPT) rc = ML_EXIT_INTERRUPTED;
     if (rc) fprintf(stderr, "moelab: %s\n", ml_error());
     ml_lua_free(lua);
     return rc;

@@ -12,6 +12,13 @@
 --     warmup_epochs: 20
 --     on_collapse: warn           # warn | raise_coef (multiply the coefficient by 2 and
 --                                 #   resume from the best checkpoint, the seed's intervention)
+--
+-- Resuming (`moelab run --resume RUN_DIR`): the script runs again with exp.resumed = true
+-- and exp.epoch = the epochs already done, so the loop starts at exp.epoch + 1. Whatever
+-- must survive an interruption lives in exp.state (saved in every checkpoint): here the
+-- best validation loss and the coefficient ceiling the intervention may have raised.
+-- An epoch's work ends with save_checkpoint("last"), after exp:log, so "last" holds the
+-- epoch complete; an interrupt mid-epoch is continued by exp:train_epoch itself.
 
 local cfg = exp.config
 local P = cfg.params or {}
@@ -20,7 +27,6 @@ local warmup = require("warmup")
 local warm_name = P.warmup_loss or "load_balance"
 local warm_loss = exp.losses[warm_name]
 local coef_min = P.coef_min or 1e-5
-local coef_max = P.coef_max or 5e-4
 local warm_epochs = P.warmup_epochs or 20
 local on_collapse = P.on_collapse or "warn"
 local ckpt_every = cfg.results.checkpoint_every or 0
@@ -35,10 +41,13 @@ local function grow()
   end
 end
 
-local best = math.huge
-for epoch = 1, cfg.train.epochs do
+local S = exp.state
+S.best = S.best or math.huge
+S.coef_max = S.coef_max or P.coef_max or 5e-4
+
+for epoch = exp.epoch + 1, cfg.train.epochs do
   if warm_loss then
-    warm_loss.coef = warmup.linear(epoch, coef_min, coef_max, warm_epochs)
+    warm_loss.coef = warmup.linear(epoch, coef_min, S.coef_max, warm_epochs)
   end
 
   local tr = exp:train_epoch{ on_step = grow }
@@ -52,9 +61,10 @@ for epoch = 1, cfg.train.epochs do
         epoch, i, s.active, s.num_experts, s.entropy_norm))
       exp:event("collapse", { layer = i, active = s.active, experts = s.num_experts,
                               entropy_norm = s.entropy_norm, cv = s.cv })
-      if on_collapse == "raise_coef" and warm_loss and best < math.huge then
-        coef_max = coef_max * 2
-        warm_loss.coef = math.max(warm_loss.coef * 2, coef_max)
+      if on_collapse == "raise_coef" and warm_loss and S.best < math.huge then
+        -- "best" may predate experts added since: load_checkpoint keeps the newer ones
+        S.coef_max = S.coef_max * 2
+        warm_loss.coef = math.max(warm_loss.coef * 2, S.coef_max)
         exp:load_checkpoint("best")
         exp:event("intervention", { action = "raise_coef_and_resume_best", loss = warm_name,
                                     coef = warm_loss.coef })
@@ -62,13 +72,13 @@ for epoch = 1, cfg.train.epochs do
     end
   end
 
-  if ev.loss < best then
-    best = ev.loss
+  if ev.loss < S.best then
+    S.best = ev.loss
     exp:save_checkpoint("best")
   end
-  exp:save_checkpoint("last")
+  exp:log{ best_val_loss = S.best }
   if ckpt_every > 0 and epoch % ckpt_every == 0 then
     exp:save_checkpoint(string.format("epoch%d", epoch))
   end
-  exp:log{ best_val_loss = best }
+  exp:save_checkpoint("last") -- last: everything of this epoch is in it
 end

@@ -369,7 +369,9 @@ static void interrupt_stuck(const char *fixture) {
     ck_assert_msg(rc != -2, "%s: still running 8 s after SIGINT:\n%s", fixture, out);
     ck_assert_msg(rc > 0, "%s: ended by the signal itself (rc %d), not by the sandbox:\n%s", fixture, rc, out);
     ck_assert_msg(now_s() - t1 < 5, "%s: took %.1f s to stop", fixture, now_s() - t1);
-    assert_contains("moelab: interrupted\n");
+    ck_assert_msg(rc == 130, "%s: exit status %d, expected 130:\n%s", fixture, rc, out);
+    assert_contains("moelab: interrupted at epoch ");
+    assert_contains("; resume with: moelab run --resume ");
     assert_lacks("stack traceback");
 }
 
