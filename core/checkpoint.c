@@ -1,5 +1,6 @@
 /* checkpoint.c — checkpoints of a run, their validation, and resuming a run exactly. */
 #include "checkpoint.h"
+#include "pluginhost.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -906,6 +907,7 @@ int ml_exp_resume(ml_experiment *e, const char *run_dir, const char *from_tag, i
         ck_free(&c);
         return ML_ERR;
     }
+    ml_plugins_forbid_dir(run_dir); /* the script writes there: never a plugin from it */
     if (!(e->res = ml_results_reopen(run_dir)) ||
         ml_results_truncate(e->res, (int)c.metrics_rows, (long)c.routing_bytes, (long)c.events_bytes) ||
         ck_apply_model(e, &c, 1) || ck_apply_run(e, &c)) {

@@ -232,6 +232,7 @@ int ml_exp_open_results(ml_experiment *e) {
     e->res = ml_results_open(ml_config_str(e->cfg, "results.dir", "results"), e->experiment,
                              ml_config_str(e->cfg, "results.run_id", ""));
     if (!e->res) return ML_ERR;
+    ml_plugins_forbid_dir(ml_results_dir(e->res)); /* the script writes there: never a plugin from it */
     char path[4096];
     snprintf(path, sizeof path, "%s/config.yaml", ml_results_dir(e->res));
     if (ml_config_write(e->cfg, path)) return ML_ERR;

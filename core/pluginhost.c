@@ -138,7 +138,15 @@ const char *ml_plugin_file(const ml_plugin *p) {
     return NULL;
 }
 
+/* Directories nothing new may be loaded from (the run directory, once it exists). */
+static char **g_forbid;
+static int g_nforbid;
+
 void ml_plugins_unload_all(void) {
+    for (int i = 0; i < g_nforbid; i++) free(g_forbid[i]);
+    free(g_forbid);
+    g_forbid = NULL;
+    g_nforbid = 0;
     for (int i = 0; i < g_nloaded; i++) {
         if (g_loaded[i].handle) dlclose(g_loaded[i].handle);
         free(g_loaded[i].file);
@@ -436,12 +444,36 @@ static int check_plugin_file(const char *file) {
     return ML_OK;
 }
 
+
+void ml_plugins_forbid_dir(const char *dir) {
+    char real[PATH_MAX];
+    if (!dir || !realpath(dir, real)) return;
+    char **f = realloc(g_forbid, (size_t)(g_nforbid + 1) * sizeof *f);
+    if (!f) return;
+    g_forbid = f;
+    if ((g_forbid[g_nforbid] = strdup(real))) g_nforbid++;
+}
+
+static const char *forbidden_dir(const char *real) {
+    for (int i = 0; i < g_nforbid; i++) {
+        size_t n = strlen(g_forbid[i]);
+        if (strncmp(real, g_forbid[i], n) == 0 && (real[n] == '/' || real[n] == 0)) return g_forbid[i];
+    }
+    return NULL;
+}
+
 /* Loads one file; kind 0 accepts any. */
 static const ml_plugin *load_file(int kind, const char *file) {
     char real[PATH_MAX];
     if (check_plugin_file(file) != ML_OK) return NULL;
     if (!realpath(file, real)) {
         ml_errorf("plugin %s: %s", file, strerror(errno));
+        return NULL;
+    }
+    const char *fd = forbidden_dir(real);
+    if (fd) {
+        ml_errorf("plugin %s: refused: it lies in the run directory %s, which the script can write to "
+                  "(plugins load only from the plugin search path outside the run directory)", file, fd);
         return NULL;
     }
     for (int i = 0; i < g_nloaded; i++) {

@@ -32,6 +32,13 @@ void ml_plugins_add_path(const char *dir);                /* appends a copy */
  * config entries, then each entry of $MOELAB_PLUGIN_PATH. Returns ML_OK.
  */
 int ml_plugins_default_path(const char *const *config_dirs, int n);
+/*
+ * From now on, refuse to load any plugin file whose real path lies under dir (copied,
+ * realpath'd; already-loaded plugins stay). The experiment forbids its run directory once
+ * it exists: a script can write files there, and must never get one dlopen'ed, whatever
+ * the search path says. ml_plugins_unload_all clears the list.
+ */
+void ml_plugins_forbid_dir(const char *dir);
 /* The current list; *n receives its length. Borrowed until the path changes. */
 const char *const *ml_plugins_path(int *n);
 

@@ -116,14 +116,15 @@ END_TEST
 START_TEST(run_dir_escapes_and_plugin_by_path) {
     char tmp[256];
     snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("sbesc"));
-    char marker[300], rdir[300], plugdir[300], parent_escape[400];
+    char marker[300], rdir[300], plugdir[300], parent_escape[400], ppath[400];
     snprintf(marker, sizeof marker, "%s/ctor-ran", tmp);
     snprintf(rdir, sizeof rdir, "results.dir=%s/res", tmp);
+    snprintf(ppath, sizeof ppath, "plugin_path=[%s/res/test-synth/r]", tmp); /* the run directory itself */
     snprintf(plugdir, sizeof plugdir, "lua.allow_read=[%s/tests/plugins]", tu_build());
     setenv("MOELAB_CTOR_MARKER", marker, 1);
     setenv("MOELAB_SB_OK", "yes", 1);
     const char *args[] = {"run", SYNTH, "script=" FIX "run_escapes.lua", rdir, "results.run_id=r", "lua.memory_mb=64",
-                          "lua.allow_env=[MOELAB_SB_OK]", plugdir, NULL};
+                          "lua.allow_env=[MOELAB_SB_OK]", plugdir, ppath, NULL};
     int rc = run_moelab(30, args);
     ck_assert_msg(rc == 0, "%s", out);
     assert_contains("run escapes refused");
