@@ -54,10 +54,46 @@ static int usage(FILE *f) {
           "       moelab plugin-test FILE.so\n"
           "       moelab bench [--image HxWxC] [--batch B] [--experts E] [--top-k K] [--steps S] [--threads T]\n"
           "       moelab lua SCRIPT\n"
-          "       moelab version\n",
+          "       moelab version\n"
+          "`moelab COMMAND --help` tells more about each command.\n",
           f);
     return f == stdout ? 0 : ML_EXIT_USAGE;
 }
+
+/* `moelab CMD --help`: what each subcommand does, its arguments and exit statuses. */
+static const struct { const char *cmd, *text; } g_help[] = {
+    {"run",
+     "usage: moelab run CONFIG [key.path=value ...]\n"
+     "       moelab run --resume RUN_DIR [--from TAG]\n\n"
+     "Runs the experiment CONFIG (YAML, docs/configs.md) with its Lua script (default\n"
+     "scripts/train.lua) and writes results/<experiment>/<run-id>/ (docs/results.md).\n"
+     "key.path=value overrides a config value, e.g. train.epochs=2 router.k=1.\n\n"
+     "Ctrl-C or SIGTERM stops the run after the current step, saves the checkpoint\n"
+     "'interrupt' and exits 130. --resume RUN_DIR continues that run in its directory,\n"
+     "with the config it was started with, from 'interrupt' (or 'last' when it is further,\n"
+     "or --from TAG), and gives the same results as a run never interrupted.\n"
+     "Scripts run in a sandbox (docs/lua-api.md, docs/reliability.md).\n\n"
+     "Exit status: 0 done; 1 a script, plugin, data or checkpoint failure; 2 a bad command\n"
+     "line or config (nothing was run); 130 interrupted; killed by the signal when a plugin\n"
+     "crashed (summary.json then says \"crashed\").\n"},
+    {"plugins",
+     "usage: moelab plugins\n\n"
+     "Lists every plugin on the search path (the build's plugins, then $MOELAB_PLUGIN_PATH)\n"
+     "with its kind, version, ABI and options (type, default, range, doc).\n"},
+    {"plugin-test",
+     "usage: moelab plugin-test FILE.so|NAME\n\n"
+     "Runs the conformance suite on a router, loss or schedule plugin: descriptor and\n"
+     "options, finite-difference gradients, dispatch rules, growth, checkpoint round trip.\n"
+     "Exit status 0 when every check passes, 1 otherwise.\n"},
+    {"bench",
+     "usage: moelab bench [--image HxWxC] [--batch B] [--experts E] [--top-k K] [--steps S] [--threads T]\n\n"
+     "Times the SRNN training step (docs/PERFORMANCE.md); `make bench` runs it beside PyTorch.\n"},
+    {"lua",
+     "usage: moelab lua SCRIPT\n\n"
+     "Runs a Lua script in the sandbox with the `moelab` table (standalone routers and\n"
+     "losses) but no experiment. Ctrl-C stops it (exit 130).\n"},
+    {"version", "usage: moelab version\n\nPrints moelab's version and plugin ABI version.\n"},
+};
 
 static const char *resolve_script(const ml_experiment *e, char *buf, size_t n) {
     const char *s = ml_config_str(e->cfg, "script", "scripts/train.lua");
@@ -244,6 +280,12 @@ int main(int argc, char **argv) {
     /* a crashing plugin (or moelab) is reported in one line, in every command */
     if (ml_crash_install()) fprintf(stderr, "moelab: warning: %s\n", ml_error());
     const char *cmd = argv[1];
+    if (argc >= 3 && (!strcmp(argv[2], "--help") || !strcmp(argv[2], "-h")))
+        for (size_t i = 0; i < sizeof g_help / sizeof *g_help; i++)
+            if (!strcmp(cmd, g_help[i].cmd)) {
+                fputs(g_help[i].text, stdout);
+                return 0;
+            }
     if (!strcmp(cmd, "run")) return cmd_run(argc - 2, argv + 2);
     if (!strcmp(cmd, "plugins")) {
         ml_plugins_default_path(NULL, 0);

@@ -258,6 +258,21 @@ START_TEST(plugin_commands) {
 }
 END_TEST
 
+/* Every subcommand answers --help on stdout with exit 0, and runs nothing. */
+START_TEST(every_subcommand_has_help) {
+    const char *cmds[] = {"run", "plugins", "plugin-test", "bench", "lua", "version"};
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        char want[64];
+        snprintf(want, sizeof want, "usage: moelab %s", cmds[i]);
+        int rc = run(MOELAB " %s --help 2>/dev/null", tu_build(), cmds[i]);
+        ck_assert_msg(rc == 0, "moelab %s --help: exit %d\n%s", cmds[i], rc, out);
+        assert_contains(want);
+    }
+    ck_assert_int_eq(run(MOELAB " --help%s", tu_build(), ""), 0);
+    assert_contains("moelab COMMAND --help");
+}
+END_TEST
+
 START_TEST(fashion_mnist_end_to_end) {
     struct stat st;
     if (stat("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz", &st) != 0) {
@@ -321,6 +336,7 @@ int main(void) {
     tcase_add_test(t, determinism_srnn_two_threads);
     tcase_add_test(t, out_of_tree_plugin_by_yaml);
     tcase_add_test(t, plugin_commands);
+    tcase_add_test(t, every_subcommand_has_help);
     tcase_add_test(t, fashion_mnist_end_to_end);
     tcase_add_test(t, shipped_configs_build);
     tcase_add_test(t, plugin_test_every_builtin);
