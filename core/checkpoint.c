@@ -870,18 +870,25 @@ static int file_exists(const char *path) {
 }
 
 /* "interrupt" when present and at least as far as "last" (by step), else "last". */
-static const char *pick_tag(const char *run_dir, char *why, size_t n) {
+static const char *pick_tag(const char *run_dir, char *why, size_t n, int *bad) {
     char pi[4200], pl[4200];
     snprintf(pi, sizeof pi, "%s/checkpoints/interrupt.safetensors", run_dir);
     snprintf(pl, sizeof pl, "%s/checkpoints/last.safetensors", run_dir);
     int hi = file_exists(pi), hl = file_exists(pl);
     if (!hi) return hl ? "last" : NULL;
     if (!hl) return "interrupt";
-    /* both: compare their steps (a file that does not open is not preferred) */
+    /* both: compare their steps. An interrupt checkpoint that does not read is an error,
+     * not a silent fallback to 'last' (which would redo an epoch without saying why). */
     int64_t si = -1, sl = -1;
     ml_st_file *f = ml_st_open(pi);
     const char *v;
-    if (f && (v = ml_st_meta(f, "step")) && !parse_u(v, strlen(v), &si)) si = -1;
+    if (!f || !(v = ml_st_meta(f, "step")) || !parse_u(v, strlen(v), &si)) {
+        ml_error_prefix("checkpoints/interrupt.safetensors cannot be used (hint: resume from the last complete "
+                        "epoch with --from last)");
+        ml_st_close(f);
+        *bad = 1;
+        return NULL;
+    }
     ml_st_close(f);
     f = ml_st_open(pl);
     if (f && (v = ml_st_meta(f, "step")) && !parse_u(v, strlen(v), &sl)) sl = -1;
@@ -895,9 +902,15 @@ int ml_exp_resume(ml_experiment *e, const char *run_dir, const char *from_tag, i
     char why[128] = "";
     const char *tag = from_tag;
     if (tag && check_tag(tag)) return ML_ERR;
-    if (!tag && !(tag = pick_tag(run_dir, why, sizeof why)))
+    int bad = 0;
+    if (!tag && !(tag = pick_tag(run_dir, why, sizeof why, &bad))) {
+        if (bad) {
+            *exit_code = ML_EXIT_RUNTIME;
+            return ML_ERR;
+        }
         return ml_errorf("%s: no checkpoint to resume from (neither checkpoints/interrupt.safetensors nor "
                          "checkpoints/last.safetensors exists; the run stopped before its first epoch ended)", run_dir);
+    }
     char path[4200];
     snprintf(path, sizeof path, "%s/checkpoints/%s.safetensors", run_dir, tag);
     if (!file_exists(path)) return ml_errorf("%s: no checkpoint '%s' to resume from", path, tag);

@@ -117,12 +117,20 @@ static void ob_uint(obuf *b, unsigned long v, int width) {
     while (k > 0) ob_char(b, d[--k]);
 }
 
-/* A JSON string: quotes, backslashes and control bytes escaped. */
+/* A JSON string: quotes, backslashes and control bytes escaped. At most ~1.5 KB of it
+ * (cut at a UTF-8 character boundary, marked "..."), so the three strings of the crash
+ * summary's tail always fit its buffer and the file stays valid JSON whatever the path. */
+#define OB_STR_BUDGET 1536
 static void ob_json_str(obuf *b, const char *s) {
     static const char hex[] = "0123456789abcdef";
     ob_char(b, '"');
+    size_t start = b->n;
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
+        if (b->n - start > OB_STR_BUDGET && (c & 0xC0) != 0x80) {
+            ob_put(b, "...");
+            break;
+        }
         if (c == '"' || c == '\\') {
             ob_char(b, '\\');
             ob_char(b, (char)c);

@@ -144,8 +144,6 @@ static int resume_args(int argc, char **argv, const char **run_dir, const char *
 
 static int cmd_run(int argc, char **argv) {
     if (argc < 1) return usage(stderr);
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
     const char *run_dir = NULL, *from = NULL;
     char cfg[PATH_MAX + 16];
     if (strcmp(argv[0], "--resume") == 0) {
@@ -185,6 +183,10 @@ static int cmd_run(int argc, char **argv) {
         ml_exp_free(e);
         return ML_EXIT_RUNTIME;
     }
+    /* Until here a signal ends the process at once (nothing is running that a checkpoint
+     * could save, and setup may take long); from here on it stops the run cleanly. */
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
     fprintf(stderr, "moelab: run directory %s\n", ml_exp_run_dir(e));
     int rc = ml_lua_exec(lua);
     int interrupted = rc && (ml_exp_interrupted || ml_lua_stop_reason(lua) == ML_LUA_STOP_INTERRUPT);

@@ -126,6 +126,11 @@ void ml_moe_free(ml_moe *m) {
 static int reserve(ml_moe *m, int B) {
     if (B <= m->cap_B && m->N <= m->cap_N) return ML_OK;
     if (B < m->cap_B) B = m->cap_B;
+    /* the ABI counts dispatch triples in an int (ml_route.n_disp), at most B*N of them */
+    if ((int64_t)B * m->N > INT32_MAX)
+        return ml_errorf("moe layer %d: batch of %d samples x %d experts = %lld routing slots, more than "
+                         "2^31-1 (lower train.batch_size or the number of experts)",
+                         m->layer + 1, B, m->N, (long long)B * m->N);
     free_buffers(m);
     size_t BN = (size_t)B * m->N, K = BN;
     m->logits = ml_alloc_floats(BN);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,7 +37,42 @@ struct ml_results {
     char **extra_names;
     /* events.jsonl */
     FILE *events;
+    /* <dir>/.lock, held (flock, exclusive) while the handle is open: one process per run */
+    int lock_fd, locked;
 };
+
+/* ================================================================ the run lock */
+
+/*
+ * Takes <dir>/.lock exclusively (flock, released when the process ends, however it ends):
+ * two processes never write one run directory, e.g. a requeued SLURM task resuming a run
+ * whose first task still runs. The file holds the owner's pid for the message.
+ */
+static int lock_dir(ml_results *r) {
+    char path[RES_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/.lock", r->dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0666);
+    if (fd < 0) return ml_errorf("results: cannot open %s: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int err = errno;
+        char pid[32] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        close(fd);
+        if (err == EWOULDBLOCK)
+            return ml_errorf("results: run directory %s is in use by another moelab process%s%s%s; "
+                             "wait for it to end, or stop it first", r->dir, *pid ? " (pid " : "", pid,
+                             *pid ? ")" : "");
+        return ml_errorf("results: cannot lock %s: %s", path, strerror(err));
+    }
+    char me[32];
+    int n = snprintf(me, sizeof me, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, me, (size_t)n, 0) != n) { /* the pid is a courtesy */ }
+    r->lock_fd = fd;
+    r->locked = 1;
+    return ML_OK;
+}
 
 /* ================================================================ atomic writes */
 
@@ -218,8 +254,8 @@ ml_results *ml_results_open(const char *dir, const char *experiment, const char 
         free(r);
         return NULL;
     }
-    if (ml_results_clean_tmp(r->dir) < 0) {
-        free(r);
+    if (lock_dir(r) || ml_results_clean_tmp(r->dir) < 0) {
+        ml_results_close(r);
         return NULL;
     }
     return r;
@@ -547,6 +583,7 @@ void ml_results_close(ml_results *r) {
     free(r->rows);
     for (int i = 0; i < r->n_extra; i++) free(r->extra_names[i]);
     free(r->extra_names);
+    if (r->locked) close(r->lock_fd); /* releases the run lock */
     free(r);
 }
 
@@ -791,7 +828,7 @@ ml_results *ml_results_reopen(const char *run_dir) {
         ml_results_close(r);
         return NULL;
     }
-    if (ml_results_clean_tmp(r->dir) < 0) goto fail;
+    if (lock_dir(r) || ml_results_clean_tmp(r->dir) < 0) goto fail;
     snprintf(path, sizeof path, "%s/metrics.csv", r->dir);
     if (load_metrics(r, path)) goto fail;
     snprintf(path, sizeof path, "%s/routing.csv", r->dir);

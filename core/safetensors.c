@@ -173,7 +173,13 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
         ml_error_prefix("%s: building the header", path);
         goto done;
     }
-    /* Never write what we could not read back (e.g. a name that is not UTF-8). */
+    /* Never write what we could not read back: a header the reader would refuse as too
+     * large (huge metadata), or one that is not valid JSON (a name that is not UTF-8). */
+    if (h.len > ST_HEADER_MAX) {
+        ml_errorf("%s: the header would be %zu bytes, more than the %llu a reader accepts (metadata too large)",
+                  path, h.len, ST_HEADER_MAX);
+        goto done;
+    }
     ml_jv *check = ml_jv_parse(hdr, h.len);
     if (!check) {
         ml_error_prefix("%s: header would not be valid JSON (is every name UTF-8?)", path);

@@ -398,6 +398,20 @@ START_TEST(handler_outside_plugin_and_escaping) {
     ck_assert_str_eq(jstr(s, "plugin"), "/p/we\"ird\\x.so");
     ck_assert_str_eq(jstr(s, "call"), "decide");
     ml_jv_free(s);
+    /* a very long file name full of quotes (escaped twice as long) still gives valid JSON:
+     * the strings of the summary are cut, not the summary */
+    static char longf[4000];
+    for (int i = 0; i < 3900; i++) longf[i] = i % 3 ? '"' : 'a';
+    longf[0] = '/';
+    longf[3900] = 0;
+    st = crash_child(tmp, longf, "forward", 1, SIGSEGV, err, sizeof err);
+    ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV, "status 0x%x", st);
+    s = summary(tmp);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_str_eq(jstr(s, "status"), "crashed");
+    ck_assert_str_eq(jstr(s, "call"), "forward");
+    ck_assert_int_eq(strncmp(jstr(s, "plugin"), longf, 500), 0);
+    ml_jv_free(s);
     /* disarmed (run directory closed): the line, but no summary */
     snprintf(path, sizeof path, "%s/summary.json", tmp);
     unlink(path);

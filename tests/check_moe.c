@@ -5,6 +5,7 @@
 
 #include "moe.h"
 #include "pluginhost.h"
+#include <stdint.h>
 #include "testutil.h"
 
 enum { B = 6, D = 4, H = 5 };
@@ -168,6 +169,18 @@ START_TEST(growth_keeps_old_experts) {
 }
 END_TEST
 
+/* A batch whose routing slots (B x N) exceed what the ABI's int counts is refused with a
+ * message before anything is allocated (it used to overflow an int in the checks). */
+START_TEST(routing_slots_bounded) {
+    ctx k;
+    setup(&k, "softmax_topk", 3, NULL, NULL);
+    int big = INT32_MAX / 3 + 1;
+    ck_assert_int_eq(ml_moe_forward(k.m, k.z, NULL, big, 0, k.ids, NULL, 0), ML_ERR);
+    ck_assert_msg(strstr(ml_error(), "routing slots, more than 2^31-1") != NULL, "%s", ml_error());
+    teardown(&k);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("moe");
     TCase *t = tcase_create("moe");
@@ -178,6 +191,7 @@ int main(void) {
     tcase_add_test(t, gradients_expert_choice);
     tcase_add_test(t, dropped_samples_pass_through);
     tcase_add_test(t, growth_keeps_old_experts);
+    tcase_add_test(t, routing_slots_bounded);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

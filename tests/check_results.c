@@ -110,6 +110,27 @@ START_TEST(run_dir_and_refusal) {
 }
 END_TEST
 
+/* One process per run directory: a second handle (a second `--resume`, a requeued task
+ * while the first still runs) is refused while the first is open, and allowed after. */
+START_TEST(run_dir_lock) {
+    char base[256];
+    fresh_dir(base, sizeof base);
+    ml_results *r = ml_results_open(base, "exp", "r");
+    ck_assert_msg(r != NULL, "%s", ml_error());
+    char dir[512], pid[64];
+    snprintf(dir, sizeof dir, "%s", ml_results_dir(r));
+    snprintf(pid, sizeof pid, "(pid %ld)", (long)getpid());
+    ck_assert_ptr_null(ml_results_reopen(dir));
+    ck_assert_msg(strstr(ml_error(), "is in use by another moelab process") && strstr(ml_error(), pid), "%s", ml_error());
+    ml_results_close(r);
+    ml_results *again = ml_results_reopen(dir);
+    ck_assert_msg(again != NULL, "%s", ml_error());
+    ck_assert_ptr_null(ml_results_reopen(dir));
+    ml_results_close(again);
+    rm_rf(base);
+}
+END_TEST
+
 START_TEST(metrics_columns_grow) {
     char base[256];
     fresh_dir(base, sizeof base);
@@ -341,6 +362,7 @@ static Suite *results_suite(void) {
     Suite *s = suite_create("results");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, run_dir_and_refusal);
+    tcase_add_test(tc, run_dir_lock);
     tcase_add_test(tc, metrics_columns_grow);
     tcase_add_test(tc, routing_rows);
     tcase_add_test(tc, events_lines);

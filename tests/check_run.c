@@ -258,6 +258,49 @@ START_TEST(plugin_commands) {
 }
 END_TEST
 
+/* A signal during setup (building a big model can take minutes) ends the process at once:
+ * there is nothing to save yet. Before, the flag was only read by the training loop. */
+START_TEST(sigterm_during_setup) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s/moelab run " SYNTH " results.dir=/tmp/moelab-test-setup-sig model.moe_layers=64 model.experts=4096 "
+             "model.latent=1 model.hidden=1 model.expert_hidden=1 >/dev/null 2>&1 & p=$!; sleep 1; kill -TERM $p; "
+             "sleep 2; if kill -0 $p 2>/dev/null; then kill -KILL $p; echo STILL-RUNNING; fi; wait $p; echo \"exit $?\"",
+             tu_build());
+    int rc = run("%s%s", cmd, "");
+    ck_assert_int_eq(rc, 0);
+    ck_assert_msg(strstr(out, "STILL-RUNNING") == NULL, "still running 2 s after SIGTERM:\n%s", out);
+    assert_contains("exit 143");
+    rc = run("rm -rf /tmp/moelab-test-setup-sig%s%s", "", "");
+}
+END_TEST
+
+/* A corrupt interrupt checkpoint stops --resume with the reason, instead of silently
+ * falling back to 'last'; --from last then continues. */
+START_TEST(corrupt_interrupt_checkpoint_named) {
+    const char *tmp = tu_tmpdir("ckbad");
+    char dir[512], ck[600];
+    snprintf(dir, sizeof dir, "%s/test-synth/r", tmp);
+    snprintf(ck, sizeof ck, "%s/checkpoints/interrupt.safetensors", dir);
+    int rc = run("MOELAB_TEST_INTERRUPT_AT_STEP=90 %s/moelab run " SYNTH " results.dir=%s results.run_id=r", tu_build(), tmp);
+    ck_assert_msg(rc == 130, "%s", out);
+    FILE *f = fopen(ck, "r+b");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fseek(f, -100, SEEK_END), 0);
+    int c = fgetc(f);
+    ck_assert_int_eq(fseek(f, -100, SEEK_END), 0);
+    fputc(c ^ 0xff, f);
+    fclose(f);
+    rc = run("%s/moelab run --resume %s", tu_build(), dir);
+    ck_assert_msg(rc == 1, "%s", out);
+    assert_contains("checkpoints/interrupt.safetensors cannot be used");
+    assert_contains("checksum mismatch");
+    rc = run("%s/moelab run --resume %s --from last", tu_build(), dir);
+    ck_assert_msg(rc == 0, "%s", out);
+    run("rm -rf %s%s", tmp, "");
+}
+END_TEST
+
 /* Every subcommand answers --help on stdout with exit 0, and runs nothing. */
 START_TEST(every_subcommand_has_help) {
     const char *cmds[] = {"run", "plugins", "plugin-test", "bench", "lua", "version"};
@@ -337,6 +380,8 @@ int main(void) {
     tcase_add_test(t, out_of_tree_plugin_by_yaml);
     tcase_add_test(t, plugin_commands);
     tcase_add_test(t, every_subcommand_has_help);
+    tcase_add_test(t, sigterm_during_setup);
+    tcase_add_test(t, corrupt_interrupt_checkpoint_named);
     tcase_add_test(t, fashion_mnist_end_to_end);
     tcase_add_test(t, shipped_configs_build);
     tcase_add_test(t, plugin_test_every_builtin);

@@ -382,6 +382,15 @@ START_TEST(failed_write_keeps_old_file) {
     ml_st_tensor notutf8 = {"bad\xff", 1, {1}, big};
     ck_assert_int_eq(ml_st_write(p, &notutf8, 1, NULL, NULL, 0), ML_ERR);
     ck_assert_ptr_nonnull(strstr(ml_error(), "UTF-8"));
+    /* metadata so large that no reader would accept the header: refused at write time */
+    size_t hn = 100000001;
+    char *huge = malloc(hn + 1);
+    memset(huge, 'x', hn);
+    huge[hn] = 0;
+    const char *hk[] = {"state"}, *hv[] = {huge};
+    ck_assert_int_eq(ml_st_write(p, &t, 1, hk, hv, 1), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "more than the 100000000 a reader accepts"));
+    free(huge);
     assert_unchanged(p, before, n);
     free(before);
 }
