@@ -7,6 +7,11 @@
 #include "moelab/plugin.h"
 
 #define BROKEN 0
+/* tests/plugins/ctor_marker.c builds this router again under another name */
+#ifndef ROUTER_NAME
+#define ROUTER_NAME "good_router"
+#define ROUTER_DOC "a valid minimal router"
+#endif
 
 typedef struct rt { const ml_host *host; int dim; } rt;
 
@@ -92,9 +97,9 @@ static const ml_router_api api = {
 
 ML_PLUGIN_EXPORT = {
     ML_PLUGIN_HEADER(ML_PLUGIN_ROUTER),
-    .name = "good_router",
+    .name = ROUTER_NAME,
     .version = "1.0",
-    .doc = "a valid minimal router",
+    .doc = ROUTER_DOC,
     .options = NULL,
     .num_options = 0,
     .api = &api,
