@@ -3,6 +3,8 @@
 #   make test    install, build, run every test suite
 #   make bench   time the SRNN step beside PyTorch
 #   make asan    build and test with AddressSanitizer + UBSan into build-asan/
+#   make fuzz    libFuzzer targets (clang) into build-fuzz/, FUZZ_SECONDS per target
+#   make valgrind  a build without AVX-512 into build-valgrind/, a subset under valgrind
 
 BUILD   ?= build
 CC      ?= cc
@@ -31,7 +33,7 @@ TPLUGINS   := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(TPLUG_S
 TEST_SRC   := $(wildcard tests/check_*.c)
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps demo test check-build bench asan clean
+.PHONY: all deps demo test check-build bench asan fuzz fuzz-build valgrind clean
 all: $(BUILD)/moelab $(PLUGINS)
 
 deps:
@@ -80,7 +82,31 @@ bench: deps
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -march=native" EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" test
 
+# libFuzzer: the core built by clang with coverage hooks and ASan/UBSan, one binary per
+# harness in tests/fuzz/targets.h; tools/fuzz.sh runs each for FUZZ_SECONDS on
+# tests/fuzz/corpus/<target>/ and copies findings to tests/fuzz/crashes/<target>/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= config safetensors idx cifar
+FUZZ_CC      ?= clang
+FUZZ_SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_BINS     = $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+
+fuzz:
+	@MOELAB_FUZZ=1 sh tools/install-deps.sh
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=$(FUZZ_CC) OPT="-O1" \
+	    EXTRA_CFLAGS="-fsanitize=fuzzer-no-link $(FUZZ_SAN) -Wno-unknown-pragmas -Wno-pass-failed" fuzz-build
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    sh tools/fuzz.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-build: $(FUZZ_BINS)
+
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/targets.h $(BUILD)/libmoelab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -Itests/fuzz $< $(BUILD)/libmoelab.a -o $@ $(LIBS)
+
+$(BUILD)/tests/check_fuzz: tests/fuzz/targets.h
+
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz build-valgrind
 
 -include $(CORE_OBJ:.o=.d) $(BUILD)/obj/core/main.d
