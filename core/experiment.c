@@ -320,6 +320,34 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
     return ML_OK;
 }
 
+/* train.nonfinite: stop — the error names the step and the first tensor at fault. */
+static int nonfinite_grad_error(ml_experiment *e, int64_t step) {
+    int k = 0, h = ml_params_grad_first_nonfinite(&e->model->P, &k);
+    return ml_errorf("epoch %d step %" PRId64 ": non-finite gradient in tensor '%s' (first of %d tensors); "
+                     "hint: lower optim.lr or the loss coefficients, check the plugins' gradients, "
+                     "or set train.nonfinite: skip_step to skip such steps",
+                     e->epoch, step, h >= 0 ? e->model->P.t[h].name : "?", k);
+}
+
+/* train.nonfinite: skip_step — the step's update is dropped, an event records why. */
+static int nonfinite_skip(ml_experiment *e, int64_t step, double loss, int warn) {
+    int k = 0, h = isfinite(loss) ? ml_params_grad_first_nonfinite(&e->model->P, &k) : -1;
+    const char *tensor = h >= 0 ? e->model->P.t[h].name : NULL;
+    if (warn)
+        ml_log(ML_LOG_WARN, "epoch %d step %" PRId64 ": non-finite %s%s%s; update skipped (train.nonfinite: skip_step)",
+               e->epoch, step, tensor ? "gradient in tensor '" : "loss", tensor ? tensor : "", tensor ? "'" : "");
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_int(&j, "skipped_step", step);
+    ml_json_str(&j, "reason", tensor ? "gradient" : "loss");
+    ml_json_num(&j, "loss", loss);
+    ml_json_str(&j, "tensor", tensor);
+    ml_json_int(&j, "tensors", k);
+    int rc = ml_exp_event_json(e, "nonfinite_step", &j);
+    ml_json_free(&j);
+    return rc;
+}
+
 int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
     if (flush_row(e)) return ML_ERR;
     ml_model *m = e->model;
@@ -328,28 +356,42 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     ml_batcher_begin_epoch(e->train_b, e->epoch);
     double t0 = ml_now(), loss_sum = 0, task_sum = 0, last_draw = 0;
     double aux_sum[ML_MAX_LOSSES] = {0};
-    int64_t seen = 0, steps = 0;
+    int64_t seen = 0, steps = 0, used = 0, skipped = 0; /* used: samples of the steps applied */
+    int skip_nonfinite = !strcmp(ml_config_str(e->cfg, "train.nonfinite", "stop"), "skip_step");
     int B;
     while ((B = ml_batcher_next(e->train_b, e->xb, e->yb, e->ids)) > 0) {
         ml_params_zero_grad(&m->P);
         if (ml_model_forward(m, e->xb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
         double total = m->task_loss, aux_step[ML_MAX_LOSSES] = {0};
         if (aux_losses(e, 1, &total, aux_step)) return ML_ERR;
-        if (!isfinite(total))
-            return ml_errorf("epoch %d step %" PRId64 ": the loss is %g (diverged); hint: lower optim.lr or the loss coefficients",
-                             e->epoch, e->step + 1, total);
-        if (ml_model_backward(m)) return ML_ERR;
-        ml_optim_step(&e->opt, &m->P);
+        /* train.nonfinite: a non-finite loss or gradient never reaches the weights */
+        int skip = 0;
+        if (!isfinite(total)) {
+            if (!skip_nonfinite)
+                return ml_errorf("epoch %d step %" PRId64 ": the loss is %g (diverged); hint: lower optim.lr or the loss coefficients",
+                                 e->epoch, e->step + 1, total);
+            skip = 1;
+        } else if (ml_model_backward(m)) {
+            return ML_ERR;
+        } else if (!ml_params_grad_finite(&m->P)) {
+            if (!skip_nonfinite) return nonfinite_grad_error(e, e->step + 1);
+            skip = 1;
+        }
+        if (skip && nonfinite_skip(e, e->step + 1, total, skipped++ == 0)) return ML_ERR;
+        if (!skip) ml_optim_step(&e->opt, &m->P);
         e->step++;
         e->images_seen += B;
         seen += B;
         steps++;
-        loss_sum += total * B;
-        task_sum += m->task_loss * B;
-        for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux_step[i] / m->L * B;
+        if (!skip) {
+            used += B;
+            loss_sum += total * B;
+            task_sum += m->task_loss * B;
+            for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux_step[i] / m->L * B;
+        }
         double now = ml_now();
         if (e->progress_tty && now - last_draw > 0.1) {
-            progress(e, seen, e->train.n, loss_sum / seen, t0, 0);
+            progress(e, seen, e->train.n, used ? loss_sum / used : 0, t0, 0);
             last_draw = now;
         }
         if (hook && hook(ctx)) return ML_ERR;
@@ -361,15 +403,15 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     memset(out, 0, sizeof *out);
     out->epoch = e->epoch;
     out->seconds = ml_now() - t0;
-    out->loss = seen ? loss_sum / seen : 0;
-    out->task_loss = seen ? task_sum / seen : 0;
+    out->loss = used ? loss_sum / used : 0;
+    out->task_loss = used ? task_sum / used : 0;
     out->images_seen = e->images_seen;
     out->steps = steps;
     out->img_per_s = out->seconds > 0 ? seen / out->seconds : 0;
     out->n_aux = e->n_losses;
     for (int i = 0; i < e->n_losses; i++) {
         snprintf(out->aux_name[i], sizeof out->aux_name[i], "%s", e->loss[i].name);
-        out->aux_value[i] = seen ? aux_sum[i] / seen : 0;
+        out->aux_value[i] = used ? aux_sum[i] / used : 0;
     }
     progress(e, seen, e->train.n, out->loss, t0, 1);
 
@@ -379,6 +421,12 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     ml_exp_log(e, "seconds", out->seconds);
     ml_exp_log(e, "loss", out->loss);
     ml_exp_log(e, "task_loss", out->task_loss);
+    if (skip_nonfinite) {
+        ml_exp_log(e, "skipped_steps", (double)skipped);
+        if (skipped > 1)
+            ml_log(ML_LOG_WARN, "epoch %d: %" PRId64 " steps skipped for non-finite values (train.nonfinite: skip_step)",
+                   e->epoch, skipped);
+    }
     char col[128];
     for (int i = 0; i < e->n_losses; i++) {
         ml_exp_log(e, e->loss[i].name, out->aux_value[i]);
