@@ -171,11 +171,11 @@ static int zin_expect_end(zin *r, const char *what) {
     do {
         if (zin_read(r, extra, sizeof extra, &got)) return ML_ERR;
         more += got;
-    } while (got == sizeof extra && more < ((size_t)1 << 30));
+    } while (got == sizeof extra && more < ((size_t)1 << 20));
     if (more)
         return ml_errorf("%s: %s%zu bytes after the %s, expected the end of the file "
                          "(the header's sizes do not match the data)",
-                         r->path, more >= ((size_t)1 << 30) ? "at least " : "", more, what);
+                         r->path, more >= ((size_t)1 << 20) ? "at least " : "", more, what);
     if (r->gz && !r->member_done)
         return ml_errorf("%s: the gzip stream does not end, expected a complete gzip file",
                          r->path);
