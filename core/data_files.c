@@ -6,11 +6,13 @@
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #define FMNIST_HINT "hint: install Debian's dataset-fashion-mnist package (make deps does)"
@@ -24,6 +26,27 @@ enum { IDX_MAGIC_IMAGES = 2051, IDX_MAGIC_LABELS = 2049, CIFAR_RECORD = 1 + 3072
 static int is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/*
+ * Opens path for reading only if it is a regular file. O_NONBLOCK keeps the open of a FIFO
+ * from waiting for a writer; fstat on the descriptor leaves no window for a swap. NULL with
+ * errno set (cannot open) or with *not_regular set.
+ */
+static FILE *open_regular(const char *path, int *not_regular) {
+    *not_regular = 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        *not_regular = 1;
+        return NULL;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) close(fd);
+    return f;
 }
 
 static uint32_t be32(const unsigned char *p) {
@@ -54,12 +77,16 @@ typedef struct zin {
 static int zin_open(zin *r, const char *path) {
     memset(r, 0, sizeof *r);
     r->path = path;
-    if (!(r->f = fopen(path, "rb"))) return ML_ERR; /* errno kept for the caller */
+    int not_regular;
+    if (!(r->f = open_regular(path, &not_regular)))
+        return not_regular
+                   ? ml_errorf("%s: not a regular file, expected an IDX file (gzip or plain)", path)
+                   : ml_errorf("%s: cannot open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(r->f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fileno(r->f), &st) != 0) {
         fclose(r->f);
         r->f = NULL;
-        return ml_errorf("%s: not a regular file, expected an IDX file (gzip or plain)", path);
+        return ml_errorf("%s: cannot stat: %s", path, strerror(errno));
     }
     r->fsize = st.st_size;
     size_t n = fread(r->in, 1, sizeof r->in, r->f);
@@ -295,12 +322,16 @@ int ml_data_src_idx(ml_data_src *s, const char *dir) {
 /* The records of one batch file; its size is re-checked on the open file (no race with a
  * stat of the name). */
 static int cifar_open(const char *path, FILE **fp, int64_t *records) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return ml_errorf("%s: cannot open: %s", path, strerror(errno));
+    int not_regular;
+    FILE *f = open_regular(path, &not_regular);
+    if (!f)
+        return not_regular
+                   ? ml_errorf("%s: not a regular file, expected a CIFAR-10 binary batch", path)
+                   : ml_errorf("%s: cannot open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fileno(f), &st) != 0) {
         fclose(f);
-        return ml_errorf("%s: not a regular file, expected a CIFAR-10 binary batch", path);
+        return ml_errorf("%s: cannot stat: %s", path, strerror(errno));
     }
     if (st.st_size == 0 || st.st_size % CIFAR_RECORD != 0) {
         fclose(f);

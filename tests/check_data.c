@@ -389,6 +389,20 @@ START_TEST(t_idx_gz_name_not_gzip) {
 }
 END_TEST
 
+/* A FIFO (or any non-regular file) is refused at once: opening it must not wait for a writer. */
+START_TEST(t_idx_fifo_refused) {
+    write_idx((idx_spec){.n = 5, .rows = 2, .cols = 2, .gz = 1, .constant = -1});
+    remove(in_dir("train-images-idx3-ubyte.gz"));
+    ck_assert_int_eq(mkfifo(in_dir("train-images-idx3-ubyte.gz"), 0600), 0);
+    expect_idx_error("train-images-idx3-ubyte.gz", "not a regular file");
+    ck_assert_int_eq(mkfifo(in_dir("data_batch_1.bin"), 0600), 0);
+    ml_data_cfg c = {.dataset = "cifar10", .path = g_dir};
+    ml_dataset tr;
+    ck_assert_int_eq(ml_data_load(&c, &tr, NULL), ML_ERR);
+    ck_assert_msg(strstr(ml_error(), "data_batch_1.bin: not a regular file"), "%s", ml_error());
+}
+END_TEST
+
 /* A copy of the real Fashion-MNIST file with 64 bytes inverted (when installed). */
 START_TEST(t_real_fashion_mnist_corrupt) {
     const char *src = FMNIST_DIR "/train-labels-idx1-ubyte.gz";
@@ -935,6 +949,7 @@ static Suite *data_suite(void) {
     tcase_add_test(files, t_idx_plain_size_mismatch);
     tcase_add_test(files, t_idx_header_too_large);
     tcase_add_test(files, t_idx_gz_name_not_gzip);
+    tcase_add_test(files, t_idx_fifo_refused);
     tcase_add_test(files, t_real_fashion_mnist_corrupt);
     tcase_add_test(files, t_cifar_file_entry);
     tcase_add_test(files, t_split_deterministic);
