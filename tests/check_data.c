@@ -584,7 +584,8 @@ START_TEST(t_real_fashion_mnist) {
     }
     ck_assert_float_eq(lo, 0.0f);
     ck_assert_float_eq(hi, 1.0f);
-    ck_assert_double_lt(dt, 3.0);
+    /* the speed bound holds at native speed, not under valgrind (make valgrind sets this) */
+    ck_assert_double_lt(dt, getenv("MOELAB_UNDER_VALGRIND") ? 600.0 : 3.0);
     /* padded to 32 with a validation split: borders of 2 are zero, content matches */
     c.val_images = 10000;
     c.image_size = 32;
