@@ -18,8 +18,9 @@ for t in "$@"; do
         left=$((SECONDS_PER - ($(date +%s) - start)))
         [ "$left" -gt 0 ] || break
         runs=$((runs + 1))
+        dict=""; [ -f "tests/fuzz/$t.dict" ] && dict="-dict=tests/fuzz/$t.dict"
         # stdin from /dev/null: a config whose base: names /dev/stdin must not wait for a tty
-        "$bin" -max_total_time="$left" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
+        "$bin" $dict -max_total_time="$left" -print_final_stats=1 -timeout=10 -rss_limit_mb=2048 \
             -max_len=65536 -artifact_prefix="$art" "$corpus" "tests/fuzz/corpus/$t" \
             < /dev/null >> "$log" 2>&1
         rc=$?
