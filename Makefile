@@ -3,6 +3,8 @@
 #   make test    install, build, run every test suite
 #   make bench   time the SRNN step beside PyTorch
 #   make asan    build and test with AddressSanitizer + UBSan into build-asan/
+#   make fuzz    libFuzzer targets (clang) into build-fuzz/, FUZZ_SECONDS per target
+#   make valgrind  a build without AVX-512 into build-valgrind/, a subset under valgrind
 
 BUILD   ?= build
 CC      ?= cc
@@ -20,7 +22,8 @@ WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  ?= $(OPT) -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -fno-math-errno -Icore -Icore/include $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
 LIBS     = $(PKG_LIBS) -ldl -lm -lpthread -fopenmp
-PLUGIN_CFLAGS = -std=c11 $(WARN) -O2 -march=native -g -fPIC -shared -fvisibility=hidden -Icore/include $(EXTRA_CFLAGS)
+PLUGIN_OPT ?= -O2 -march=native
+PLUGIN_CFLAGS = -std=c11 $(WARN) $(PLUGIN_OPT) -g -fPIC -shared -fvisibility=hidden -Icore/include $(EXTRA_CFLAGS)
 
 CORE_SRC   := $(filter-out core/main.c,$(wildcard core/*.c))
 CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
@@ -31,7 +34,7 @@ TPLUGINS   := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(TPLUG_S
 TEST_SRC   := $(wildcard tests/check_*.c)
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps demo test check-build bench asan clean
+.PHONY: all deps demo test check-build bench asan fuzz fuzz-build valgrind clean
 all: $(BUILD)/moelab $(PLUGINS)
 
 deps:
@@ -77,10 +80,53 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@sh bench/run.sh $(BUILD)
 
+# Sanitizers: any report fails the run. The first error halts the process (no recovery),
+# leaks are checked at every exit, and the reports of every process — the suites and the
+# moelab commands they spawn, which inherit the options through the environment — go to
+# build-asan/sanitizer-logs/, which tools/run-tests.sh checks after each suite and prints.
+SAN_LOGS     = $(CURDIR)/build-asan/sanitizer-logs
+ASAN_ENV     = ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_string_checks=1:check_initialization_order=1:detect_stack_use_after_return=1:log_path=$(SAN_LOGS)/asan \
+               UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1:log_path=$(SAN_LOGS)/ubsan \
+               LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp:print_suppressions=0 \
+               MOELAB_SANITIZER_LOGS=$(SAN_LOGS)
 asan:
-	$(MAKE) BUILD=build-asan OPT="-O1 -march=native" EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" test
+	@rm -rf $(SAN_LOGS) && mkdir -p $(SAN_LOGS)
+	$(ASAN_ENV) $(MAKE) BUILD=build-asan OPT="-O1 -march=native" \
+	    EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test
+
+# libFuzzer: the core built by clang with coverage hooks and ASan/UBSan, one binary per
+# harness in tests/fuzz/targets.h; tools/fuzz.sh runs each for FUZZ_SECONDS on
+# tests/fuzz/corpus/<target>/ and copies findings to tests/fuzz/crashes/<target>/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= config safetensors idx cifar
+FUZZ_CC      ?= clang
+FUZZ_SAN      = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_BINS     = $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+
+fuzz:
+	@MOELAB_FUZZ=1 sh tools/install-deps.sh
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CC=$(FUZZ_CC) OPT="-O1" \
+	    EXTRA_CFLAGS="-fsanitize=fuzzer-no-link $(FUZZ_SAN) -Wno-unknown-pragmas -Wno-pass-failed" fuzz-build
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	    sh tools/fuzz.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-build: $(FUZZ_BINS)
+
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/targets.h $(BUILD)/libmoelab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -Itests/fuzz $< $(BUILD)/libmoelab.a -o $@ $(LIBS)
+
+$(BUILD)/tests/check_fuzz: tests/fuzz/targets.h
+
+# valgrind 3.19 cannot decode AVX-512: core and plugins for x86-64-v3 (AVX2, FMA), and
+# OpenBLAS held to its Haswell kernel (tools/valgrind.sh sets the environment).
+VALGRIND_OPT ?= -O1 -march=x86-64-v3
+valgrind:
+	@MOELAB_VALGRIND=1 sh tools/install-deps.sh
+	@$(MAKE) --no-print-directory BUILD=build-valgrind OPT="$(VALGRIND_OPT)" PLUGIN_OPT="$(VALGRIND_OPT)" check-build
+	sh tools/valgrind.sh build-valgrind $(VALGRIND_SUITES)
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz build-valgrind
 
 -include $(CORE_OBJ:.o=.d) $(BUILD)/obj/core/main.d

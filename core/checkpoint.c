@@ -221,6 +221,8 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     meta_add(md, "run.aux_sums", "%s", aux);
     meta_add(md, "run.seen", "%" PRId64, a->in_epoch ? a->seen : 0);
     meta_add(md, "run.steps", "%" PRId64, a->in_epoch ? a->steps : 0);
+    meta_add(md, "run.used", "%" PRId64, a->in_epoch ? a->used : 0);
+    meta_add(md, "run.skipped", "%" PRId64, a->in_epoch ? a->skipped : 0);
     free(coefs);
     free(aux);
     for (int l = 0; l < m->L; l++)
@@ -334,7 +336,7 @@ typedef struct ck {
     /* run state (resume only) */
     int64_t moe_step[CK_MAX_LAYERS], moe_epoch[CK_MAX_LAYERS];
     double coef[ML_MAX_LOSSES], aux[ML_MAX_LOSSES], best_val, loss_sum, task_sum;
-    int64_t best_epoch, in_epoch, hook_pending, position, ep_seen, ep_steps;
+    int64_t best_epoch, in_epoch, hook_pending, position, ep_seen, ep_steps, ep_used, ep_skipped;
     int64_t metrics_rows, routing_bytes, events_bytes;
     const char *health[CK_MAX_LAYERS], *vhealth[CK_MAX_LAYERS];
     ml_jv *row, *last_row;
@@ -560,11 +562,15 @@ static int parse_run_meta(ml_experiment *e, ck *c) {
         meta_u(c, "run.position", e->train.n, &c->position) || meta_f_list(c, "run.loss_sum", 1, 0, &c->loss_sum) ||
         meta_f_list(c, "run.task_sum", 1, 0, &c->task_sum) || meta_f_list(c, "run.aux_sums", e->n_losses, 0, c->aux) ||
         meta_u(c, "run.seen", INT64_MAX, &c->ep_seen) || meta_u(c, "run.steps", INT64_MAX, &c->ep_steps) ||
+        meta_u(c, "run.used", INT64_MAX, &c->ep_used) || meta_u(c, "run.skipped", INT64_MAX, &c->ep_skipped) ||
         meta_u(c, "run.metrics_rows", INT32_MAX, &c->metrics_rows) ||
         meta_u(c, "run.routing_bytes", INT64_MAX, &c->routing_bytes) ||
         meta_u(c, "run.events_bytes", INT64_MAX, &c->events_bytes) || meta_row(c, "run.row", &c->row) ||
         meta_row(c, "run.last_row", &c->last_row))
         return ML_ERR;
+    if (c->ep_used > c->ep_seen || c->ep_skipped > c->ep_steps)
+        return ml_errorf("%s: metadata run.used/run.skipped (%" PRId64 "/%" PRId64 ") exceed run.seen/run.steps "
+                         "(%" PRId64 "/%" PRId64 ")", c->path, c->ep_used, c->ep_skipped, c->ep_seen, c->ep_steps);
     const char *clk = need(c, "run.clock");
     if (!clk) return ML_ERR;
     const char *comma = strchr(clk, ',');
@@ -853,6 +859,8 @@ static int ck_apply_run(ml_experiment *e, ck *c) {
         memcpy(a->aux_sum, c->aux, sizeof a->aux_sum);
         a->seen = c->ep_seen;
         a->steps = c->ep_steps;
+        a->used = c->ep_used;
+        a->skipped = c->ep_skipped;
     }
     if (set_row(e->col_name, e->col_value, &e->n_cols, c->row, c->clock[0]) ||
         set_row(e->last_name, e->last_value, &e->last_n, c->last_row, c->clock[1]))

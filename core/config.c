@@ -154,6 +154,9 @@ static const cfg_key cfg_schema[] = {
     INT("train.seed", "1", 0, NOHI, "seed of every random choice in the run"),
     INT("train.threads", "0", 0, 1024, "worker threads; 0 = all cores"),
     INT("train.eval_every", "1", 1, NOHI, "evaluate every N epochs"),
+    ENUM("train.nonfinite", "stop", 0, "stop|skip_step",
+         "a non-finite loss or gradient: stop the run (naming the step and tensor), or skip "
+         "that step's update and count it (metrics column `skipped_steps`)"),
 
     SEC("health", "routing-health thresholds"),
     FLT("health.active_threshold", "0.1", 0, 1, F_LO_OPEN,

@@ -25,6 +25,18 @@ typedef struct ml_data_src {
 int ml_data_src_idx(ml_data_src *s, const char *dir);
 /* CIFAR-10 binary: data_batch_{1..5}.bin in dir. */
 int ml_data_src_cifar(ml_data_src *s, const char *dir);
+/* One CIFAR-10 binary batch file (the fuzz target's entry). */
+int ml_data_src_cifar_file(ml_data_src *s, const char *path);
+
+#define ML_IDX_MAX_DIMS 3
+/*
+ * One IDX file of unsigned bytes, gzip or plain, whose magic must be `magic` (2051: images
+ * n x rows x cols; 2049: labels n). Fills dims[0..magic & 0xff) and *data (owned, free());
+ * the whole file is checked: magic, dimensions (n <= INT32_MAX, sides <= 4096), exactly the
+ * bytes the header announces, a gzip stream complete with valid CRC-32 and length and
+ * nothing after it. On error *data is NULL and the message names the file.
+ */
+int ml_data_idx_read(const char *path, uint32_t magic, uint32_t *dims, uint8_t **data);
 /* dir/<class>/<name>.{png,jpg,jpeg,bmp}; size 0 = native (all equal) else resized to size. */
 int ml_data_src_folder(ml_data_src *s, const char *dir, int channels, int size);
 /* Decodes files[i] into dst (C, H, W). Sets ml_error only when report is set, so threads

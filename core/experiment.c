@@ -100,8 +100,9 @@ static int build_model(ml_experiment *e) {
         experts[l] = sapi->initial_experts(e->sched, l, configured);
         ml_crash_leave();
         if (experts[l] < 1) {
+            int bad = experts[l];
             free(experts);
-            return ml_errorf("schedule '%s': initial_experts(layer %d) = %d, expected >= 1", e->sched_plugin->name, l + 1, experts[l]);
+            return ml_errorf("schedule '%s': initial_experts(layer %d) = %d, expected >= 1", e->sched_plugin->name, l + 1, bad);
         }
     }
     const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, ml_config_str(c, "router.name", "softmax_topk"));
@@ -335,6 +336,34 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
     return ML_OK;
 }
 
+/* train.nonfinite: stop — the error names the step and the first tensor at fault. */
+static int nonfinite_grad_error(ml_experiment *e, int64_t step) {
+    int k = 0, h = ml_params_grad_first_nonfinite(&e->model->P, &k);
+    return ml_errorf("epoch %d step %" PRId64 ": non-finite gradient in tensor '%s' (first of %d tensors); "
+                     "hint: lower optim.lr or the loss coefficients, check the plugins' gradients, "
+                     "or set train.nonfinite: skip_step to skip such steps",
+                     e->epoch, step, h >= 0 ? e->model->P.t[h].name : "?", k);
+}
+
+/* train.nonfinite: skip_step — the step's update is dropped, an event records why. */
+static int nonfinite_skip(ml_experiment *e, int64_t step, double loss, int warn) {
+    int k = 0, h = isfinite(loss) ? ml_params_grad_first_nonfinite(&e->model->P, &k) : -1;
+    const char *tensor = h >= 0 ? e->model->P.t[h].name : NULL;
+    if (warn)
+        ml_log(ML_LOG_WARN, "epoch %d step %" PRId64 ": non-finite %s%s%s; update skipped (train.nonfinite: skip_step)",
+               e->epoch, step, tensor ? "gradient in tensor '" : "loss", tensor ? tensor : "", tensor ? "'" : "");
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_int(&j, "skipped_step", step);
+    ml_json_str(&j, "reason", tensor ? "gradient" : "loss");
+    ml_json_num(&j, "loss", loss);
+    ml_json_str(&j, "tensor", tensor);
+    ml_json_int(&j, "tensors", k);
+    int rc = ml_exp_event_json(e, "nonfinite_step", &j);
+    ml_json_free(&j);
+    return rc;
+}
+
 static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
     ml_epoch_acc *a = &e->ep;
     /* a signal that came outside training (script code, evaluate) stops at the epoch boundary */
@@ -358,6 +387,7 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     int64_t stop_step = stop ? strtoll(stop, NULL, 10) : 0;
     double t0 = ml_now(), last_draw = 0;
     double *aux_sum = a->aux_sum;
+    int skip_nonfinite = !strcmp(ml_config_str(e->cfg, "train.nonfinite", "stop"), "skip_step");
     int B;
     if (run_hook && hook) {
         a->in_hook = 1;
@@ -370,21 +400,34 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         if (ml_model_forward(m, e->xb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
         double total = m->task_loss, aux_step[ML_MAX_LOSSES] = {0};
         if (aux_losses(e, 1, &total, aux_step)) return ML_ERR;
-        if (!isfinite(total))
-            return ml_errorf("epoch %d step %" PRId64 ": the loss is %g (diverged); hint: lower optim.lr or the loss coefficients",
-                             e->epoch, e->step + 1, total);
-        if (ml_model_backward(m)) return ML_ERR;
-        ml_optim_step(&e->opt, &m->P);
+        /* train.nonfinite: a non-finite loss or gradient never reaches the weights */
+        int skip = 0;
+        if (!isfinite(total)) {
+            if (!skip_nonfinite)
+                return ml_errorf("epoch %d step %" PRId64 ": the loss is %g (diverged); hint: lower optim.lr or the loss coefficients",
+                                 e->epoch, e->step + 1, total);
+            skip = 1;
+        } else if (ml_model_backward(m)) {
+            return ML_ERR;
+        } else if (!ml_params_grad_finite(&m->P)) {
+            if (!skip_nonfinite) return nonfinite_grad_error(e, e->step + 1);
+            skip = 1;
+        }
+        if (skip && nonfinite_skip(e, e->step + 1, total, a->skipped++ == 0)) return ML_ERR;
+        if (!skip) ml_optim_step(&e->opt, &m->P);
         e->step++;
         e->images_seen += B;
         a->seen += B;
         a->steps++;
-        a->loss_sum += total * B;
-        a->task_sum += m->task_loss * B;
-        for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux_step[i] / m->L * B;
+        if (!skip) { /* a skipped step counts in seen/steps, not in the epoch's losses */
+            a->used += B;
+            a->loss_sum += total * B;
+            a->task_sum += m->task_loss * B;
+            for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux_step[i] / m->L * B;
+        }
         double now = ml_now();
         if (e->progress_tty && now - last_draw > 0.1) {
-            progress(e, a->seen, e->train.n, a->loss_sum / a->seen, t0, 0);
+            progress(e, a->seen, e->train.n, a->used ? a->loss_sum / a->used : 0, t0, 0);
             last_draw = now;
         }
         if (stop_step > 0 && e->step == stop_step) ml_exp_interrupted = 2;
@@ -403,15 +446,15 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     out->epoch = e->epoch;
     out->seconds = ml_now() - t0;
     int64_t seen = a->seen;
-    out->loss = seen ? a->loss_sum / seen : 0;
-    out->task_loss = seen ? a->task_sum / seen : 0;
+    out->loss = a->used ? a->loss_sum / a->used : 0;
+    out->task_loss = a->used ? a->task_sum / a->used : 0;
     out->images_seen = e->images_seen;
     out->steps = a->steps;
     out->img_per_s = out->seconds > 0 ? seen / out->seconds : 0;
     out->n_aux = e->n_losses;
     for (int i = 0; i < e->n_losses; i++) {
         snprintf(out->aux_name[i], sizeof out->aux_name[i], "%s", e->loss[i].name);
-        out->aux_value[i] = seen ? aux_sum[i] / seen : 0;
+        out->aux_value[i] = a->used ? aux_sum[i] / a->used : 0;
     }
     progress(e, seen, e->train.n, out->loss, t0, 1);
 
@@ -421,6 +464,12 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     ml_exp_log(e, "seconds", out->seconds);
     ml_exp_log(e, "loss", out->loss);
     ml_exp_log(e, "task_loss", out->task_loss);
+    if (skip_nonfinite) {
+        ml_exp_log(e, "skipped_steps", (double)a->skipped);
+        if (a->skipped > 1)
+            ml_log(ML_LOG_WARN, "epoch %d: %" PRId64 " steps skipped for non-finite values (train.nonfinite: skip_step)",
+                   e->epoch, a->skipped);
+    }
     char col[128];
     for (int i = 0; i < e->n_losses; i++) {
         ml_exp_log(e, e->loss[i].name, out->aux_value[i]);

@@ -75,8 +75,9 @@ typedef struct ml_epoch_acc {
     int interrupt_saved;           /* the epoch an interrupt stopped, once "interrupt" is saved;
                                       minus that epoch when saving it failed */
     int64_t position;              /* samples of the epoch order served (resume_pending) */
-    double loss_sum, task_sum, aux_sum[ML_MAX_LOSSES];
-    int64_t seen, steps;
+    double loss_sum, task_sum, aux_sum[ML_MAX_LOSSES]; /* over the applied steps */
+    int64_t seen, steps;           /* samples and steps served, skipped ones included */
+    int64_t used, skipped;         /* samples of the applied steps; steps skipped (train.nonfinite) */
 } ml_epoch_acc;
 
 typedef struct ml_experiment {

@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 void ml_params_init(ml_params *p, int trainable) {
@@ -129,4 +130,33 @@ int ml_params_commit(ml_params *p, ml_rng *rng) {
 
 void ml_params_zero_grad(ml_params *p) {
     if (p->grad) memset(p->grad, 0, p->total * sizeof(float));
+}
+
+/* Exponent bits all ones: Inf or NaN. Integer tests vectorise, and stay correct even under
+ * -ffinite-math-only, where isfinite() may be folded to 1. */
+static int span_finite(const float *x, size_t n) {
+    uint32_t bad = 0;
+#pragma omp simd reduction(| : bad)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
+int ml_params_grad_finite(const ml_params *p) {
+    /* the whole block: padding between tensors is zeroed with the gradients */
+    return !p->grad || span_finite(p->grad, p->total);
+}
+
+int ml_params_grad_first_nonfinite(const ml_params *p, int *count) {
+    int first = -1, k = 0;
+    for (int h = 0; p->grad && h < p->count; h++)
+        if (!span_finite(p->grad + p->t[h].off, p->t[h].n)) {
+            if (first < 0) first = h;
+            k++;
+        }
+    if (count) *count = k;
+    return first;
 }

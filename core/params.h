@@ -58,6 +58,13 @@ int ml_params_find(const ml_params *p, const char *name);
 /* Lays out the blocks; copies old values, initialises new elements from rng. */
 int ml_params_commit(ml_params *p, ml_rng *rng);
 void ml_params_zero_grad(ml_params *p);
+/* 1 when every gradient in the block is finite: one vectorised pass over p->grad (run
+ * before each optimizer step). 1 for a block without gradients. */
+int ml_params_grad_finite(const ml_params *p);
+/* The handle of the first tensor (declaration order) holding a non-finite gradient, or
+ * -1; *count (may be NULL) receives how many tensors hold one. The slow path after
+ * ml_params_grad_finite said no. */
+int ml_params_grad_first_nonfinite(const ml_params *p, int *count);
 
 static inline float *ml_params_data(const ml_params *p, int h) { return p->data + p->t[h].off; }
 static inline float *ml_params_grad(const ml_params *p, int h) { return p->grad + p->t[h].off; }

@@ -323,7 +323,7 @@ START_TEST(test_overrides) {
     ck_fails(load_ov(FIX "good_minimal.yaml", "train.epoch=3"), "override 'train.epoch=3': ",
              "unknown key 'epoch' in 'train' (did you mean 'epochs'?)");
     ck_fails(load_ov(FIX "good_minimal.yaml", "train.x=1"), "override 'train.x=1': ",
-             "unknown key 'x' in 'train' (valid keys: epochs, batch_size, seed, threads, eval_every)");
+             "unknown key 'x' in 'train' (valid keys: epochs, batch_size, seed, threads, eval_every, nonfinite)");
     ck_fails(load_ov(FIX "good_minimal.yaml", "train.epochs=abc"), "override 'train.epochs=abc': ",
              "train.epochs: expected an integer, got 'abc'");
     ck_fails(load_ov(FIX "good_minimal.yaml", "router.kk=1"), "override 'router.kk=1': ",

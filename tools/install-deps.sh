@@ -4,6 +4,9 @@
 set -e
 PKGS="build-essential pkg-config liblua5.4-dev libopenblas-openmp-dev libyaml-dev zlib1g-dev check libstb-dev dataset-fashion-mnist"
 [ "${MOELAB_BENCH:-0}" = 1 ] && PKGS="$PKGS python3-torch"
+# make fuzz: clang, its libFuzzer/sanitizer runtimes (libclang_rt.fuzzer*.a) and OpenMP
+[ "${MOELAB_FUZZ:-0}" = 1 ] && PKGS="$PKGS clang-14 libclang-rt-14-dev libomp-14-dev"
+[ "${MOELAB_VALGRIND:-0}" = 1 ] && PKGS="$PKGS valgrind"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,0 +1,5 @@
+/* fuzz_config.c — libFuzzer entry for the config harness in targets.h (make fuzz). */
+#include "targets.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return fz_config(data, size); }
