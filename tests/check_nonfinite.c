@@ -126,6 +126,47 @@ START_TEST(t_stop_names_step_and_tensor) {
 }
 END_TEST
 
+/* The cell of column `name` in data row `row` (0-based) of a metrics.csv text. */
+static double cell(const char *m, const char *name, int row) {
+    const char *col = strstr(m, name);
+    ck_assert_msg(col != NULL, "no column %s in\n%s", name, m);
+    if (*name == ',') col++; /* ",loss," names the column loss exactly */
+    int idx = 0;
+    for (const char *q = m; q < col; q++) idx += *q == ',';
+    const char *line = strchr(m, '\n');
+    for (int r = 0; r < row; r++) line = strchr(line + 1, '\n');
+    ck_assert_ptr_nonnull(line);
+    const char *f = line + 1;
+    for (int i = 0; i < idx; i++) f = strchr(f, ',') + 1;
+    return strtod(f, NULL);
+}
+
+/* A skipped step before an interrupt stays counted after --resume (the partial epoch's
+ * skipped count and applied-sample count are in the interrupt checkpoint). */
+START_TEST(t_skip_step_survives_resume) {
+    char straight[256], resumed[256], run[400], cmd[1024];
+    snprintf(straight, sizeof straight, "%s", tu_tmpdir("nf-straight"));
+    snprintf(resumed, sizeof resumed, "%s", tu_tmpdir("nf-resumed"));
+    const char *args = "train.epochs=2 train.nonfinite=skip_step 'losses=[{name: nan_grad, coef: 1, at_step: 60}]'";
+    ck_assert_msg(run_synth(straight, args) == 0, "%s", out);
+    setenv("MOELAB_TEST_INTERRUPT_AT_STEP", "70", 1);
+    int rc = run_synth(resumed, args);
+    unsetenv("MOELAB_TEST_INTERRUPT_AT_STEP");
+    ck_assert_msg(rc == 130, "exit %d: %s", rc, out);
+    snprintf(run, sizeof run, "%s/test-synth/r", resumed);
+    snprintf(cmd, sizeof cmd, "%s/moelab run --resume %s >/dev/null 2>&1", tu_build(), run);
+    rc = system(cmd);
+    ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "resume failed: %d", rc);
+    static char a[1 << 16];
+    snprintf(a, sizeof a, "%s", slurp(straight, "metrics.csv"));
+    const char *b = slurp(resumed, "metrics.csv");
+    ck_assert(cell(a, "skipped_steps", 1) == 1);
+    ck_assert(cell(b, "skipped_steps", 1) == 1);
+    ck_assert(cell(a, ",loss,", 1) == cell(b, ",loss,", 1));
+    ck_assert(cell(a, "task_loss", 1) == cell(b, "task_loss", 1));
+}
+END_TEST
+
 START_TEST(t_skip_step_counts_and_continues) {
     const char *dir = tu_tmpdir("nf-skip");
     int rc = run_synth(dir, "train.nonfinite=skip_step "
@@ -201,6 +242,7 @@ int main(void) {
     tcase_set_timeout(run, 120);
     tcase_add_test(run, t_stop_names_step_and_tensor);
     tcase_add_test(run, t_skip_step_counts_and_continues);
+    tcase_add_test(run, t_skip_step_survives_resume);
     tcase_add_test(run, t_nonfinite_loss);
     tcase_add_test(run, t_config_values);
     suite_add_tcase(s, run);
