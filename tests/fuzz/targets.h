@@ -72,8 +72,33 @@ static inline int fz_config(const uint8_t *data, size_t size) {
 }
 
 /* safetensors reader: open, then touch every tensor and its data. */
+static inline void fz_st_read(const char *path);
+
+/*
+ * The input as given, and again with its checksum made right: the checksum covers the
+ * whole file, so almost every mutation would otherwise stop at the CRC check and never
+ * reach the header parser, the offset and shape checks or the metadata.
+ */
 static inline int fz_safetensors(const uint8_t *data, size_t size) {
-    const char *path = fz_write("ckpt.safetensors", data, size);
+    fz_st_read(fz_write("ckpt.safetensors", data, size));
+    static const char prefix[] = "{\"__metadata__\":{\"checksum\":\"";
+    size_t at = 8 + sizeof prefix - 1;
+    if (size < at + 8 || memcmp(data + 8, prefix, sizeof prefix - 1) != 0) return 0;
+    uint8_t *fixed = malloc(size);
+    if (!fixed) return 0;
+    memcpy(fixed, data, size);
+    uLong c = crc32(0L, Z_NULL, 0);
+    c = crc32(c, fixed, (uInt)at);
+    c = crc32(c, fixed + at + 8, (uInt)(size - at - 8));
+    char hex[9];
+    snprintf(hex, sizeof hex, "%08lx", c & 0xffffffffUL);
+    memcpy(fixed + at, hex, 8);
+    fz_st_read(fz_write("ckpt.safetensors", fixed, size));
+    free(fixed);
+    return 0;
+}
+
+static inline void fz_st_read(const char *path) {
     ml_st_file *f = ml_st_open(path);
     if (f) {
         volatile float sink = 0;
@@ -92,7 +117,6 @@ static inline int fz_safetensors(const uint8_t *data, size_t size) {
         (void)sink;
     }
     ml_st_close(f);
-    return 0;
 }
 
 static inline void fz_idx_file(const char *path) {
