@@ -21,11 +21,13 @@ struct ml_lua {
     char script_dir[PATH_MAX];
     char lib_dir[PATH_MAX];
     char run_dir[PATH_MAX];
+    char files_dir[PATH_MAX + 8]; /* run_dir/files: the only place scripts may write */
     char **allow;          /* extra readable paths (realpath'd) */
     int n_allow;
     char **env;            /* lua.allow_env: the variables os.getenv may read */
     int n_env;
     int loaded;
+    int in_epoch;          /* inside exp:train_epoch (its on_step may not start another) */
     /* limits (the allocator and the count hook read these) */
     size_t mem_used, mem_limit;
     int mem_mb;
@@ -185,6 +187,7 @@ static void guard(lua_State *L) {
 
 static int path_under(const char *path, const char *dir) {
     size_t n = strlen(dir);
+    if (n && dir[n - 1] == '/') return strncmp(path, dir, n) == 0; /* "/" (a realpath ends in '/' only then) */
     return n && strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == 0);
 }
 
@@ -220,8 +223,10 @@ static int resolve(const char *path, char *out) {
 static int allowed(ml_lua *l, const char *path, int write) {
     char rp[PATH_MAX];
     if (!resolve(path, rp)) return 0;
+    /* Writes go to files/ only: the rest of the run directory (config.yaml, checkpoints/,
+     * the results files) is what --resume trusts, so a script must not be able to forge it. */
+    if (write) return l->files_dir[0] && path_under(rp, l->files_dir);
     if (l->run_dir[0] && path_under(rp, l->run_dir)) return 1;
-    if (write) return 0;
     if (path_under(rp, l->script_dir) || path_under(rp, l->lib_dir)) return 1;
     for (int i = 0; i < l->n_allow; i++)
         if (path_under(rp, l->allow[i])) return 1;
@@ -229,12 +234,15 @@ static int allowed(ml_lua *l, const char *path, int write) {
 }
 
 #define READ_RULE "scripts read only under the run directory, the script's directory, scripts/lib and lua.allow_read"
-#define WRITE_RULE "scripts write only under the run directory"
+#define WRITE_RULE "scripts write only under exp.files_dir (the run directory's files/)"
 
 static void refresh_run_dir(ml_lua *l) {
     if (!l->run_dir[0] && l->e && ml_exp_run_dir(l->e)) {
         char rp[PATH_MAX];
-        if (realpath(ml_exp_run_dir(l->e), rp)) strcpy(l->run_dir, rp); /* same size */
+        if (realpath(ml_exp_run_dir(l->e), rp)) {
+            strcpy(l->run_dir, rp); /* same size */
+            snprintf(l->files_dir, sizeof l->files_dir, "%s/files", rp);
+        }
     }
 }
 
@@ -513,6 +521,10 @@ static int exp_index(lua_State *L) {
     else if (strcmp(k, "images_seen") == 0) lua_pushinteger(L, e->images_seen);
     else if (strcmp(k, "num_layers") == 0) lua_pushinteger(L, e->model->L);
     else if (strcmp(k, "run_dir") == 0) lua_pushstring(L, ml_exp_run_dir(e));
+    else if (strcmp(k, "files_dir") == 0) {
+        if (ml_exp_run_dir(e)) lua_pushfstring(L, "%s/files", ml_exp_run_dir(e));
+        else lua_pushnil(L);
+    }
     else if (strcmp(k, "name") == 0) lua_pushstring(L, e->experiment);
     else if (strcmp(k, "resumed") == 0) lua_pushboolean(L, e->resumed);
     else {
@@ -747,8 +759,9 @@ static int l_io_open(lua_State *L) {
     int write = strpbrk(mode, "wa+") != NULL;
     refresh_run_dir(l);
     if (!allowed(l, path, write))
-        return luaL_error(L, "io.open('%s', '%s'): not allowed by the sandbox; %s; hint: add the path to lua.allow_read",
-                          path, mode, write ? WRITE_RULE : READ_RULE);
+        return luaL_error(L, "io.open('%s', '%s'): not allowed by the sandbox; %s; hint: %s", path, mode,
+                          write ? WRITE_RULE : READ_RULE,
+                          write ? "write into exp.files_dir" : "add the path to lua.allow_read");
     return call_orig(L, ORIG_OPEN);
 }
 

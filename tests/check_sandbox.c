@@ -119,7 +119,7 @@ START_TEST(run_dir_escapes_and_plugin_by_path) {
     char marker[300], rdir[300], plugdir[300], parent_escape[400], ppath[400];
     snprintf(marker, sizeof marker, "%s/ctor-ran", tmp);
     snprintf(rdir, sizeof rdir, "results.dir=%s/res", tmp);
-    snprintf(ppath, sizeof ppath, "plugin_path=[%s/res/test-synth/r]", tmp); /* the run directory itself */
+    snprintf(ppath, sizeof ppath, "plugin_path=[%s/res/test-synth/r/files]", tmp); /* where the script writes */
     snprintf(plugdir, sizeof plugdir, "lua.allow_read=[%s/tests/plugins]", tu_build());
     setenv("MOELAB_CTOR_MARKER", marker, 1);
     setenv("MOELAB_SB_OK", "yes", 1);
@@ -134,7 +134,7 @@ START_TEST(run_dir_escapes_and_plugin_by_path) {
     ck_assert_msg(!exists(parent_escape), "a write escaped the run directory");
     ck_assert(!exists("/tmp/moelab-sandbox-escape.txt"));
     /* the plugin copy is there: the refusal was not for lack of a file */
-    snprintf(parent_escape, sizeof parent_escape, "%s/res/test-synth/r/evil.so", tmp);
+    snprintf(parent_escape, sizeof parent_escape, "%s/res/test-synth/r/files/evil.so", tmp);
     ck_assert(exists(parent_escape));
 }
 END_TEST
@@ -265,10 +265,10 @@ START_TEST(symlinks_resolve_to_their_target) {
     snprintf(tmpdir, sizeof tmpdir, "%s", tmp);
     ml_experiment *e = open_exp(tmpdir, FIX "symlinks.lua");
     char a[600], outside[400];
-    snprintf(a, sizeof a, "%s/passwd", ml_exp_run_dir(e));
+    snprintf(a, sizeof a, "%s/files/passwd", ml_exp_run_dir(e));
     ck_assert_int_eq(symlink("/etc/passwd", a), 0);
     snprintf(outside, sizeof outside, "%s/outside.txt", tmpdir);
-    snprintf(a, sizeof a, "%s/dangle", ml_exp_run_dir(e));
+    snprintf(a, sizeof a, "%s/files/dangle", ml_exp_run_dir(e));
     ck_assert_int_eq(symlink(outside, a), 0); /* points at a file that does not exist yet */
     ml_lua *l = ml_lua_new(e, "scripts/lib");
     ck_assert_int_eq(ml_lua_load(l, FIX "symlinks.lua"), ML_OK);
@@ -355,7 +355,7 @@ static void interrupt_stuck(const char *fixture) {
     char rdir[300], sc[300], started[400], log[400];
     snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
     snprintf(sc, sizeof sc, "script=" FIX "%s", fixture);
-    snprintf(started, sizeof started, "%s/test-synth/r/started", tmp);
+    snprintf(started, sizeof started, "%s/test-synth/r/files/started", tmp);
     snprintf(log, sizeof log, "%s/out.log", tmp);
     const char *args[] = {"run", SYNTH, sc, rdir, "results.run_id=r", "train.epochs=1000", NULL};
     pid_t pid = spawn(log, args);
