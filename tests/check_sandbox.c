@@ -441,6 +441,22 @@ START_TEST(table_functions_bound_lengths) {
 }
 END_TEST
 
+START_TEST(table_loops_stop_on_timeout) {
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("fbtlt"));
+    char rdir[300];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    const char *args[] = {"run", SYNTH, "script=" FIX "fixb_table_timeout.lua", rdir, "lua.memory_mb=65536",
+                          "lua.timeout_s=1", NULL};
+    double t0 = now_s();
+    int rc = run_moelab(15, args);
+    ck_assert_msg(rc == 1, "rc %d:\n%s", rc, out);
+    ck_assert_msg(now_s() - t0 < 6, "took %.1f s", now_s() - t0);
+    assert_contains("moelab: script exceeded lua.timeout_s = 1 s\n");
+    assert_lacks("never");
+}
+END_TEST
+
 START_TEST(allow_read_root) {
     char tmp[256];
     snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("fbroot"));
@@ -593,6 +609,7 @@ static Suite *sandbox_suite(void) {
     tcase_add_test(t, log_column_names_bounded);
     tcase_add_test(t, train_epoch_not_from_on_step);
     tcase_add_test(t, table_functions_bound_lengths);
+    tcase_add_test(t, table_loops_stop_on_timeout);
     tcase_add_test(t, allow_read_root);
     tcase_add_test(t, state_decoder_depth_capped);
     tcase_add_test(t, run_dir_escapes_and_plugin_by_path);
