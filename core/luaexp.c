@@ -21,11 +21,13 @@ struct ml_lua {
     char script_dir[PATH_MAX];
     char lib_dir[PATH_MAX];
     char run_dir[PATH_MAX];
+    char files_dir[PATH_MAX + 8]; /* run_dir/files: the only place scripts may write */
     char **allow;          /* extra readable paths (realpath'd) */
     int n_allow;
     char **env;            /* lua.allow_env: the variables os.getenv may read */
     int n_env;
     int loaded;
+    int in_epoch;          /* inside exp:train_epoch (its on_step may not start another) */
     /* limits (the allocator and the count hook read these) */
     size_t mem_used, mem_limit;
     int mem_mb;
@@ -55,6 +57,8 @@ struct ml_lua {
 #define ORIG_RESUME "moelab.orig.coroutine.resume"
 #define ORIG_CLOSE "moelab.orig.coroutine.close"
 #define ORIG_MOVE "moelab.orig.table.move"
+#define ORIG_CONCAT "moelab.orig.table.concat"
+#define ORIG_SORT "moelab.orig.table.sort"
 #define LOADED "moelab.loaded"
 
 /* Instructions between two checks of the interrupt flag and the clock. The cost is not the
@@ -185,6 +189,7 @@ static void guard(lua_State *L) {
 
 static int path_under(const char *path, const char *dir) {
     size_t n = strlen(dir);
+    if (n && dir[n - 1] == '/') return strncmp(path, dir, n) == 0; /* "/" (a realpath ends in '/' only then) */
     return n && strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == 0);
 }
 
@@ -220,8 +225,10 @@ static int resolve(const char *path, char *out) {
 static int allowed(ml_lua *l, const char *path, int write) {
     char rp[PATH_MAX];
     if (!resolve(path, rp)) return 0;
+    /* Writes go to files/ only: the rest of the run directory (config.yaml, checkpoints/,
+     * the results files) is what --resume trusts, so a script must not be able to forge it. */
+    if (write) return l->files_dir[0] && path_under(rp, l->files_dir);
     if (l->run_dir[0] && path_under(rp, l->run_dir)) return 1;
-    if (write) return 0;
     if (path_under(rp, l->script_dir) || path_under(rp, l->lib_dir)) return 1;
     for (int i = 0; i < l->n_allow; i++)
         if (path_under(rp, l->allow[i])) return 1;
@@ -229,12 +236,15 @@ static int allowed(ml_lua *l, const char *path, int write) {
 }
 
 #define READ_RULE "scripts read only under the run directory, the script's directory, scripts/lib and lua.allow_read"
-#define WRITE_RULE "scripts write only under the run directory"
+#define WRITE_RULE "scripts write only under exp.files_dir (the run directory's files/)"
 
 static void refresh_run_dir(ml_lua *l) {
     if (!l->run_dir[0] && l->e && ml_exp_run_dir(l->e)) {
         char rp[PATH_MAX];
-        if (realpath(ml_exp_run_dir(l->e), rp)) strcpy(l->run_dir, rp); /* same size */
+        if (realpath(ml_exp_run_dir(l->e), rp)) {
+            strcpy(l->run_dir, rp); /* same size */
+            snprintf(l->files_dir, sizeof l->files_dir, "%s/files", rp);
+        }
     }
 }
 
@@ -358,7 +368,7 @@ static int table_to_json(lua_State *L, int idx, ml_json *j) {
 
 /* ------------------------------------------------------------------ exp */
 
-static void state_init(lua_State *L, ml_experiment *e);
+static int state_init(lua_State *L, ml_experiment *e);
 static int state_save(void *ctx, char **json);
 
 static ml_experiment *check_exp(lua_State *L) {
@@ -395,6 +405,9 @@ static int step_hook(void *ctx) {
 
 static int l_train_epoch(lua_State *L) {
     ml_experiment *e = check_exp(L);
+    ml_lua *self = getself(L);
+    /* a nested epoch would train inside the outer one's step and lose its metrics row */
+    if (self->in_epoch) return luaL_error(L, "exp:train_epoch cannot be called from on_step");
     hook_ctx h = {L, LUA_NOREF, LUA_NOREF, e};
     if (!lua_isnoneornil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
@@ -407,7 +420,9 @@ static int l_train_epoch(lua_State *L) {
         }
     }
     ml_epoch_stats st;
+    self->in_epoch = 1;
     int rc = ml_exp_train_epoch(e, step_hook, &h, &st);
+    self->in_epoch = 0;
     luaL_unref(L, LUA_REGISTRYINDEX, h.fn_ref);
     if (due_stop(getself(L), 1)) { /* interrupted during the epoch, or out of time */
         luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
@@ -449,7 +464,15 @@ static int l_log(lua_State *L) {
     lua_pushnil(L);
     while (lua_next(L, 2)) {
         if (lua_type(L, -2) != LUA_TSTRING) return luaL_argerror(L, 2, "keys must be column names (strings)");
-        const char *k = lua_tostring(L, -2);
+        size_t kl;
+        const char *k = lua_tolstring(L, -2, &kl);
+        /* names are copied out of the Lua allocator and become metrics.csv's header */
+        int bad = kl == 0 || kl > 128;
+        for (size_t i = 0; i < kl && !bad; i++)
+            bad = (unsigned char)k[i] < 0x20 || (unsigned char)k[i] > 0x7e || k[i] == ',' || k[i] == '"';
+        if (bad)
+            return luaL_error(L, "exp:log: a column name (here %d bytes) must be 1..128 printable ASCII characters "
+                                 "without ',' or '\"'", (int)(kl > INT_MAX ? INT_MAX : kl));
         int ok;
         double v = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : lua_tonumberx(L, -1, &ok);
         if (!lua_isboolean(L, -1) && !ok)
@@ -513,6 +536,10 @@ static int exp_index(lua_State *L) {
     else if (strcmp(k, "images_seen") == 0) lua_pushinteger(L, e->images_seen);
     else if (strcmp(k, "num_layers") == 0) lua_pushinteger(L, e->model->L);
     else if (strcmp(k, "run_dir") == 0) lua_pushstring(L, ml_exp_run_dir(e));
+    else if (strcmp(k, "files_dir") == 0) {
+        if (ml_exp_run_dir(e)) lua_pushfstring(L, "%s/files", ml_exp_run_dir(e));
+        else lua_pushnil(L);
+    }
     else if (strcmp(k, "name") == 0) lua_pushstring(L, e->experiment);
     else if (strcmp(k, "resumed") == 0) lua_pushboolean(L, e->resumed);
     else {
@@ -747,8 +774,9 @@ static int l_io_open(lua_State *L) {
     int write = strpbrk(mode, "wa+") != NULL;
     refresh_run_dir(l);
     if (!allowed(l, path, write))
-        return luaL_error(L, "io.open('%s', '%s'): not allowed by the sandbox; %s; hint: add the path to lua.allow_read",
-                          path, mode, write ? WRITE_RULE : READ_RULE);
+        return luaL_error(L, "io.open('%s', '%s'): not allowed by the sandbox; %s; hint: %s", path, mode,
+                          write ? WRITE_RULE : READ_RULE,
+                          write ? "write into exp.files_dir" : "add the path to lua.allow_read");
     return call_orig(L, ORIG_OPEN);
 }
 
@@ -934,6 +962,101 @@ static int l_table_move(lua_State *L) {
     return call_orig(L, ORIG_MOVE);
 }
 
+/* table.insert/remove/concat/sort loop in C over a length a script controls (a __len, or the
+ * border of a sparse table): the length is asked once, bounded like table.move, and the
+ * loops moelab runs itself check for a stop every 1024 elements, since the hook does not
+ * run inside them. */
+static lua_Integer max_elems(lua_State *L) { return (lua_Integer)(getself(L)->mem_limit / 16); }
+
+static void loop_check(lua_State *L, lua_Integer i) {
+    if ((i & 1023) == 0 && due_stop(getself(L), 0)) stop_raise(L, getself(L));
+}
+
+static lua_Integer table_len(lua_State *L, const char *fn) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, 1);
+    if (n > max_elems(L))
+        luaL_error(L, "table.%s: a length of %I is more than lua.memory_mb could ever hold", fn, n);
+    return n;
+}
+
+/* as ltablib.c's tinsert, with the length asked once */
+static int l_table_insert(lua_State *L) {
+    lua_Integer e = table_len(L, "insert") + 1, pos;
+    switch (lua_gettop(L)) {
+    case 2: pos = e; break;
+    case 3:
+        pos = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
+        for (lua_Integer i = e; i > pos; i--) {
+            loop_check(L, i);
+            lua_geti(L, 1, i - 1);
+            lua_seti(L, 1, i);
+        }
+        break;
+    default: return luaL_error(L, "wrong number of arguments to 'insert'");
+    }
+    lua_seti(L, 1, pos);
+    return 0;
+}
+
+static int l_table_remove(lua_State *L) {
+    lua_Integer size = table_len(L, "remove");
+    lua_Integer pos = luaL_optinteger(L, 2, size);
+    if (pos != size) luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
+    lua_geti(L, 1, pos);
+    for (; pos < size; pos++) {
+        loop_check(L, pos);
+        lua_geti(L, 1, pos + 1);
+        lua_seti(L, 1, pos);
+    }
+    lua_pushnil(L);
+    lua_seti(L, 1, pos);
+    return 1;
+}
+
+/* the original with an explicit, bounded range (then it does not ask __len again) */
+static int l_table_concat(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer i = luaL_optinteger(L, 3, 1);
+    lua_Integer j = lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4);
+    if (j >= i && (lua_Unsigned)j - (lua_Unsigned)i >= (lua_Unsigned)max_elems(L))
+        return luaL_error(L, "table.concat: %I elements is more than lua.memory_mb could ever hold",
+                          (lua_Integer)((lua_Unsigned)j - (lua_Unsigned)i + 1));
+    lua_settop(L, 2);
+    lua_pushinteger(L, i);
+    lua_pushinteger(L, j);
+    return call_orig(L, ORIG_CONCAT);
+}
+
+/* A plain table's length is backed by memory; a table with a metatable (a __len, an __index
+ * written in C) is copied into a plain one, sorted there and written back. */
+static int l_table_sort(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_getmetatable(L, 1)) return call_orig(L, ORIG_SORT);
+    lua_pop(L, 1);
+    lua_Integer n = table_len(L, "sort");
+    if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    if (n < 2) return 0;
+    lua_createtable(L, (int)n, 0); /* n <= memory cap / 16 < INT_MAX */
+    for (lua_Integer i = 1; i <= n; i++) {
+        loop_check(L, i);
+        lua_geti(L, 1, i);
+        lua_rawseti(L, 3, i);
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, ORIG_SORT);
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 2);
+    lua_call(L, 2, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        loop_check(L, i);
+        lua_rawgeti(L, 3, i);
+        lua_seti(L, 1, i);
+    }
+    return 0;
+}
+
 static int l_getenv(lua_State *L) {
     ml_lua *l = getself(L);
     const char *name = luaL_checkstring(L, 1);
@@ -1050,7 +1173,13 @@ static void sandbox(lua_State *L) {
             set_fn(L, "close", l_co_close);
         } else if (!strcmp(libs[i].name, "table")) {
             stash(L, -2, "move", ORIG_MOVE);
+            stash(L, -2, "concat", ORIG_CONCAT);
+            stash(L, -2, "sort", ORIG_SORT);
             set_fn(L, "move", l_table_move);
+            set_fn(L, "insert", l_table_insert);
+            set_fn(L, "remove", l_table_remove);
+            set_fn(L, "concat", l_table_concat);
+            set_fn(L, "sort", l_table_sort);
         } else if (!strcmp(libs[i].name, "os")) {
             set_fn(L, "getenv", l_getenv);
         } else if (!strcmp(libs[i].name, "io")) {
@@ -1108,7 +1237,7 @@ static void new_type(lua_State *L, const char *name, lua_CFunction index, lua_CF
     lua_pop(L, 1);
 }
 
-static void push_exp(lua_State *L, ml_experiment *e) {
+static int push_exp(lua_State *L, ml_experiment *e) {
     ml_experiment **p = lua_newuserdatauv(L, sizeof *p, 1);
     *p = e;
     luaL_setmetatable(L, EXP_T);
@@ -1137,9 +1266,10 @@ static void push_exp(lua_State *L, ml_experiment *e) {
     *s = e;
     luaL_setmetatable(L, SCHED_T);
     lua_setfield(L, -2, "schedule");
-    state_init(L, e);
+    int rc = state_init(L, e);
     lua_setfield(L, -2, "state");
     lua_setiuservalue(L, -2, 1);
+    return rc;
 }
 
 /* Realpaths of the config list `key` (entries that do not resolve grant nothing). */
@@ -1204,7 +1334,10 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     ml_lua_open_standalone(L);
     lua_setglobal(L, "moelab");
     if (e) {
-        push_exp(L, e);
+        if (push_exp(L, e)) {
+            ml_lua_free(l);
+            return NULL;
+        }
         lua_setglobal(L, "exp");
         e->state_save = state_save;
         e->state_ctx = l;
@@ -1297,6 +1430,10 @@ int ml_lua_exec(ml_lua *l) {
  */
 
 #define STATE_MAX_DEPTH 32
+/* The serialised exp.state is bounded well below the checkpoint reader's 100 MB header limit,
+ * so every checkpoint written can be read back; a bigger state fails save_checkpoint before
+ * anything is written. */
+#define STATE_MAX_BYTES (16u << 20)
 
 typedef struct state_enc {
     ml_json j;      /* only its buffer is used (ml_json_append_string escapes into it) */
@@ -1306,7 +1443,7 @@ typedef struct state_enc {
 
 static void state_put(ml_json *j, const char *t) {
     size_t n = strlen(t);
-    if (!j->buf) return;
+    if (!j->buf || j->len > STATE_MAX_BYTES) return; /* state_encode reports the overflow */
     if (j->len + n + 1 > j->cap) {
         size_t cap = j->cap * 2 + n + 64;
         char *nb = realloc(j->buf, cap);
@@ -1322,6 +1459,18 @@ static void state_put(ml_json *j, const char *t) {
     j->len += n;
 }
 
+/* Appends str as a JSON string unless the state would outgrow STATE_MAX_BYTES (escapes
+ * counted first, so a big string never reaches the buffer). */
+static void state_string(lua_State *L, state_enc *s, const char *str) {
+    size_t n = 2;
+    for (const unsigned char *p = (const unsigned char *)str; *p; p++)
+        n += strchr("\"\\\n\r\t\b\f", *p) ? 2 : (*p < 0x20 || *p == 0x7f) ? 6 : 1;
+    if (n > STATE_MAX_BYTES || s->j.len > STATE_MAX_BYTES - n)
+        luaL_error(L, "exp.state is larger than %d MB serialised (at exp.state%s); a checkpoint cannot hold it",
+                   (int)(STATE_MAX_BYTES >> 20), s->path);
+    ml_json_append_string(&s->j, str);
+}
+
 static int str_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 static void state_value(lua_State *L, state_enc *s, int idx, int depth);
@@ -1330,14 +1479,25 @@ static void state_table(lua_State *L, state_enc *s, int idx, int depth) {
     idx = lua_absindex(L, idx);
     if (depth > STATE_MAX_DEPTH)
         luaL_error(L, "exp.state%s: nested deeper than %d tables (a cycle?)", s->path, STATE_MAX_DEPTH);
+    /* Only raw access from here on: no metamethod (Lua code) may run while a checkpoint is
+     * being built, and a table with a metatable would not mean what its raw contents say. */
+    if (lua_getmetatable(L, idx))
+        luaL_error(L, "exp.state%s: a table with a metatable cannot be saved; use plain tables", s->path);
+    luaL_checkstack(L, 8, "exp.state");
+    if (s->j.len > STATE_MAX_BYTES)
+        luaL_error(L, "exp.state is larger than %d MB serialised; a checkpoint cannot hold it", (int)(STATE_MAX_BYTES >> 20));
     lua_Integer n = 0, ints = 0;
     int strs = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
         n++;
-        if (lua_type(L, -1) == LUA_TSTRING) strs++;
-        else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) ints++;
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            size_t kl;
+            const char *ks = lua_tolstring(L, -1, &kl);
+            if (strlen(ks) != kl) luaL_error(L, "exp.state%s: a key with a NUL byte cannot be saved", s->path);
+            strs++;
+        } else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) ints++;
         else luaL_error(L, "exp.state%s: a key of type %s; keys must be strings, or 1..n for a list", s->path, luaL_typename(L, -1));
     }
     size_t plen = strlen(s->path);
@@ -1367,10 +1527,11 @@ static void state_table(lua_State *L, state_enc *s, int idx, int depth) {
     state_put(&s->j, "{");
     for (int i = 0; i < k; i++) {
         if (i) state_put(&s->j, ",");
-        ml_json_append_string(&s->j, keys[i]);
+        state_string(L, s, keys[i]);
         state_put(&s->j, ":");
         snprintf(s->path + plen, sizeof s->path - plen, ".%s", keys[i]);
-        lua_getfield(L, idx, keys[i]);
+        lua_pushstring(L, keys[i]); /* no NUL in keys: the same string */
+        lua_rawget(L, idx);
         state_value(L, s, -1, depth + 1);
         lua_pop(L, 1);
     }
@@ -1401,7 +1562,7 @@ static void state_value(lua_State *L, state_enc *s, int idx, int depth) {
         size_t len;
         const char *str = lua_tolstring(L, idx, &len);
         if (strlen(str) != len) luaL_error(L, "exp.state%s: a string with a NUL byte cannot be saved", s->path);
-        ml_json_append_string(&s->j, str);
+        state_string(L, s, str);
         break;
     }
     case LUA_TTABLE: state_table(L, s, idx, depth); break;
@@ -1447,6 +1608,11 @@ static int state_save(void *ctx, char **json) {
         return ML_OK; /* no state */
     }
     if (!s.j.buf) return ml_errorf("exp.state: out of memory");
+    if (s.j.len > STATE_MAX_BYTES) {
+        free(s.j.buf);
+        return ml_errorf("exp.state is larger than %d MB serialised; a checkpoint cannot hold it (the checkpoint "
+                         "was not written)", (int)(STATE_MAX_BYTES >> 20));
+    }
     ml_jv *v = ml_jv_parse(s.j.buf, s.j.len); /* e.g. invalid UTF-8 in a string */
     if (!v) {
         ml_error_prefix("exp.state cannot be saved as JSON");
@@ -1458,7 +1624,10 @@ static int state_save(void *ctx, char **json) {
     return ML_OK;
 }
 
-static void state_push(lua_State *L, const ml_jv *v) {
+/* Runs protected (state_init): a checkpoint's state nested deeper than the encoder allows is
+ * refused, and the stack grows as the tables nest. */
+static void state_push(lua_State *L, const ml_jv *v, int depth) {
+    luaL_checkstack(L, 4, "exp.state");
     switch (v->type) {
     case ML_JV_BOOL: lua_pushboolean(L, v->boolean); break;
     case ML_JV_NUM:
@@ -1468,10 +1637,12 @@ static void state_push(lua_State *L, const ml_jv *v) {
     case ML_JV_STR: lua_pushstring(L, v->str); break;
     case ML_JV_ARR:
     case ML_JV_OBJ:
+        if (depth > STATE_MAX_DEPTH)
+            luaL_error(L, "the checkpoint's exp.state nests deeper than %d tables", STATE_MAX_DEPTH);
         lua_createtable(L, v->type == ML_JV_ARR ? v->n : 0, v->type == ML_JV_OBJ ? v->n : 0);
         for (int i = 0; i < v->n; i++) {
             if (v->items[i].type == ML_JV_NULL) continue;
-            state_push(L, &v->items[i]);
+            state_push(L, &v->items[i], depth + 1);
             if (v->type == ML_JV_ARR) lua_rawseti(L, -2, i + 1);
             else lua_setfield(L, -2, v->keys[i]);
         }
@@ -1480,10 +1651,27 @@ static void state_push(lua_State *L, const ml_jv *v) {
     }
 }
 
-/* exp.state at start: the restored table on resume, else an empty one. */
-static void state_init(lua_State *L, ml_experiment *e) {
+static int state_decode(lua_State *L) {
+    state_push(L, lua_touserdata(L, 1), 0);
+    return 1;
+}
+
+/* Pushes exp.state at start: the restored table on resume, else an empty one. Fails (an
+ * empty table pushed) when the checkpoint's state cannot be restored. */
+static int state_init(lua_State *L, ml_experiment *e) {
     ml_jv *v = e->script_state ? ml_jv_parse(e->script_state, strlen(e->script_state)) : NULL;
-    if (v && v->type == ML_JV_OBJ) state_push(L, v);
-    else lua_newtable(L);
+    int rc = ML_OK;
+    if (v && v->type == ML_JV_OBJ) {
+        lua_pushcfunction(L, state_decode);
+        lua_pushlightuserdata(L, v);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+            rc = ml_errorf("resume: %s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+            lua_newtable(L);
+        }
+    } else {
+        lua_newtable(L);
+    }
     ml_jv_free(v);
+    return rc;
 }

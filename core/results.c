@@ -248,11 +248,13 @@ ml_results *ml_results_open(const char *dir, const char *experiment, const char 
         }
     }
     char ck[RES_PATH_MAX + 16];
-    snprintf(ck, sizeof ck, "%s/checkpoints", r->dir);
-    if (mkdir(ck, 0777) < 0 && errno != EEXIST) {
-        ml_errorf("results: cannot create %s: %s", ck, strerror(errno));
-        free(r);
-        return NULL;
+    for (int i = 0; i < 2; i++) { /* files/: the only place the script may write */
+        snprintf(ck, sizeof ck, "%s/%s", r->dir, i ? "files" : "checkpoints");
+        if (mkdir(ck, 0777) < 0 && errno != EEXIST) {
+            ml_errorf("results: cannot create %s: %s", ck, strerror(errno));
+            free(r);
+            return NULL;
+        }
     }
     if (lock_dir(r) || ml_results_clean_tmp(r->dir) < 0) {
         ml_results_close(r);
@@ -822,11 +824,13 @@ ml_results *ml_results_reopen(const char *run_dir) {
     const char *slash = strrchr(r->dir, '/');
     snprintf(r->run_id, sizeof r->run_id, "%.200s", slash ? slash + 1 : r->dir);
     char path[RES_PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/checkpoints", r->dir);
-    if (mkdir(path, 0777) < 0 && errno != EEXIST) {
-        ml_errorf("results: cannot create %s: %s", path, strerror(errno));
-        ml_results_close(r);
-        return NULL;
+    for (int i = 0; i < 2; i++) { /* files/ too: runs from before it existed get one */
+        snprintf(path, sizeof path, "%s/%s", r->dir, i ? "files" : "checkpoints");
+        if (mkdir(path, 0777) < 0 && errno != EEXIST) {
+            ml_errorf("results: cannot create %s: %s", path, strerror(errno));
+            ml_results_close(r);
+            return NULL;
+        }
     }
     if (lock_dir(r) || ml_results_clean_tmp(r->dir) < 0) goto fail;
     snprintf(path, sizeof path, "%s/metrics.csv", r->dir);

@@ -22,6 +22,7 @@
 #include "common.h"
 #include "experiment.h"
 #include "luaexp.h"
+#include "results.h"
 #include "testutil.h"
 
 #define SYNTH "tests/fixtures/run/synth.yaml"
@@ -119,7 +120,7 @@ START_TEST(run_dir_escapes_and_plugin_by_path) {
     char marker[300], rdir[300], plugdir[300], parent_escape[400], ppath[400];
     snprintf(marker, sizeof marker, "%s/ctor-ran", tmp);
     snprintf(rdir, sizeof rdir, "results.dir=%s/res", tmp);
-    snprintf(ppath, sizeof ppath, "plugin_path=[%s/res/test-synth/r]", tmp); /* the run directory itself */
+    snprintf(ppath, sizeof ppath, "plugin_path=[%s/res/test-synth/r/files]", tmp); /* where the script writes */
     snprintf(plugdir, sizeof plugdir, "lua.allow_read=[%s/tests/plugins]", tu_build());
     setenv("MOELAB_CTOR_MARKER", marker, 1);
     setenv("MOELAB_SB_OK", "yes", 1);
@@ -134,7 +135,7 @@ START_TEST(run_dir_escapes_and_plugin_by_path) {
     ck_assert_msg(!exists(parent_escape), "a write escaped the run directory");
     ck_assert(!exists("/tmp/moelab-sandbox-escape.txt"));
     /* the plugin copy is there: the refusal was not for lack of a file */
-    snprintf(parent_escape, sizeof parent_escape, "%s/res/test-synth/r/evil.so", tmp);
+    snprintf(parent_escape, sizeof parent_escape, "%s/res/test-synth/r/files/evil.so", tmp);
     ck_assert(exists(parent_escape));
 }
 END_TEST
@@ -265,10 +266,10 @@ START_TEST(symlinks_resolve_to_their_target) {
     snprintf(tmpdir, sizeof tmpdir, "%s", tmp);
     ml_experiment *e = open_exp(tmpdir, FIX "symlinks.lua");
     char a[600], outside[400];
-    snprintf(a, sizeof a, "%s/passwd", ml_exp_run_dir(e));
+    snprintf(a, sizeof a, "%s/files/passwd", ml_exp_run_dir(e));
     ck_assert_int_eq(symlink("/etc/passwd", a), 0);
     snprintf(outside, sizeof outside, "%s/outside.txt", tmpdir);
-    snprintf(a, sizeof a, "%s/dangle", ml_exp_run_dir(e));
+    snprintf(a, sizeof a, "%s/files/dangle", ml_exp_run_dir(e));
     ck_assert_int_eq(symlink(outside, a), 0); /* points at a file that does not exist yet */
     ml_lua *l = ml_lua_new(e, "scripts/lib");
     ck_assert_int_eq(ml_lua_load(l, FIX "symlinks.lua"), ML_OK);
@@ -355,7 +356,7 @@ static void interrupt_stuck(const char *fixture) {
     char rdir[300], sc[300], started[400], log[400];
     snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
     snprintf(sc, sizeof sc, "script=" FIX "%s", fixture);
-    snprintf(started, sizeof started, "%s/test-synth/r/started", tmp);
+    snprintf(started, sizeof started, "%s/test-synth/r/files/started", tmp);
     snprintf(log, sizeof log, "%s/out.log", tmp);
     const char *args[] = {"run", SYNTH, sc, rdir, "results.run_id=r", "train.epochs=1000", NULL};
     pid_t pid = spawn(log, args);
@@ -375,6 +376,136 @@ static void interrupt_stuck(const char *fixture) {
     assert_contains("; resume with: moelab run --resume ");
     assert_lacks("stack traceback");
 }
+
+/* ------------------------------------------------ red-team fixes (rel-fixb) */
+
+/* Runs a fixture in-process against an open experiment (synth.yaml, one epoch). */
+static void run_fixture_in_exp(const char *tag, const char *fixture) {
+    const char *tmp = tu_tmpdir(tag);
+    char tmpdir[256];
+    snprintf(tmpdir, sizeof tmpdir, "%s", tmp);
+    ml_experiment *e = open_exp(tmpdir, fixture);
+    ml_lua *l = ml_lua_new(e, "scripts/lib");
+    ck_assert_ptr_nonnull(l);
+    ck_assert_int_eq(ml_lua_load(l, fixture), ML_OK);
+    int rc = ml_lua_exec(l);
+    ck_assert_msg(rc == ML_OK, "%s: %s", fixture, ml_error());
+    ml_exp_finish(e, "ok");
+    ml_lua_free(l);
+    ml_exp_free(e);
+}
+
+START_TEST(writes_only_in_files_dir) {
+    /* finding 1: the script rewrote config.yaml and re-signed checkpoints/last, and --resume
+     * trusted both. The escape itself, run as the red team wrote it (writes in the run dir). */
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("fbres"));
+    char rdir[300], p[400];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    const char *args[] = {"run", SYNTH, "script=" FIX "fixb_forge.lua", rdir, "results.run_id=r", NULL};
+    int rc = run_moelab(30, args);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("forging refused");
+    snprintf(p, sizeof p, "%s/test-synth/r/config.yaml", tmp);
+    slurp(p, out, sizeof out);
+    assert_lacks("FORGED");
+    /* files/ is made again by a resume when it is missing */
+    snprintf(p, sizeof p, "%s/test-synth/r/files/forged.txt", tmp);
+    ck_assert(exists(p));
+    unlink(p);
+    snprintf(p, sizeof p, "%s/test-synth/r/files", tmp);
+    ck_assert_int_eq(rmdir(p), 0);
+    snprintf(p, sizeof p, "%s/test-synth/r", tmp);
+    ml_results *r = ml_results_reopen(p);
+    ck_assert_msg(r != NULL, "%s", ml_error());
+    ml_results_close(r);
+    snprintf(p, sizeof p, "%s/test-synth/r/files", tmp);
+    ck_assert(exists(p));
+}
+END_TEST
+
+START_TEST(state_encoder_raw_and_bounded) { run_fixture_in_exp("fbstate", FIX "fixb_state.lua"); }
+END_TEST
+
+START_TEST(log_column_names_bounded) { run_fixture_in_exp("fblog", FIX "fixb_log_names.lua"); }
+END_TEST
+
+START_TEST(train_epoch_not_from_on_step) { run_fixture_in_exp("fbnest", FIX "fixb_nested_train.lua"); }
+END_TEST
+
+START_TEST(table_functions_bound_lengths) {
+    const char *args[] = {"lua", FIX "fixb_table_len.lua", NULL};
+    int rc = run_moelab(20, args);
+    ck_assert_msg(rc == 0, "rc %d:\n%s", rc, out);
+    assert_contains("table lengths bounded");
+}
+END_TEST
+
+START_TEST(table_loops_stop_on_timeout) {
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("fbtlt"));
+    char rdir[300];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    const char *args[] = {"run", SYNTH, "script=" FIX "fixb_table_timeout.lua", rdir, "lua.memory_mb=65536",
+                          "lua.timeout_s=1", NULL};
+    double t0 = now_s();
+    int rc = run_moelab(15, args);
+    ck_assert_msg(rc == 1, "rc %d:\n%s", rc, out);
+    ck_assert_msg(now_s() - t0 < 6, "took %.1f s", now_s() - t0);
+    assert_contains("moelab: script exceeded lua.timeout_s = 1 s\n");
+    assert_lacks("never");
+}
+END_TEST
+
+START_TEST(allow_read_root) {
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir("fbroot"));
+    char rdir[300];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    const char *args[] = {"run", SYNTH, "script=" FIX "fixb_allow_root.lua", rdir, "lua.allow_read=[/]", NULL};
+    int rc = run_moelab(30, args);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("allow_read root ok");
+    ck_assert(!exists("/tmp/moelab-fixb-root-write"));
+}
+END_TEST
+
+/* A checkpoint's exp.state (JSON) nested n tables deep below exp.state. */
+static ml_lua *lua_with_state(ml_experiment *e, int n) {
+    static char js[256];
+    char *p = js + sprintf(js, "{\"a\":");
+    for (int i = 0; i < n; i++) *p++ = '[';
+    *p++ = '1';
+    for (int i = 0; i < n; i++) *p++ = ']';
+    strcpy(p, "}");
+    free(e->script_state);
+    e->script_state = ml_strdup(js);
+    return ml_lua_new(e, "scripts/lib");
+}
+
+START_TEST(state_decoder_depth_capped) {
+    /* finding 5: on resume, a state nested ~45+ deep overflowed the Lua stack (heap corruption) */
+    const char *tmp = tu_tmpdir("fbdeep");
+    char tmpdir[256];
+    snprintf(tmpdir, sizeof tmpdir, "%s", tmp);
+    ml_experiment *e = open_exp(tmpdir, FIX "fixb_state.lua");
+    int depths[] = {33, 45, 63};
+    for (int i = 0; i < 3; i++) {
+        ml_lua *l = lua_with_state(e, depths[i]);
+        ck_assert_msg(l == NULL, "a state %d tables deep was restored", depths[i] + 1);
+        ck_assert_msg(strstr(ml_error(), "nests deeper than 32 tables"), "%s", ml_error());
+    }
+    /* the deepest state the encoder writes (exp.state + 32 tables) restores and saves again */
+    ml_lua *l = lua_with_state(e, 32);
+    ck_assert_msg(l != NULL, "%s", ml_error());
+    lua_State *L = ml_lua_state(l);
+    ck_assert_int_eq(luaL_dostring(L, "local t, d = exp.state.a, 0 while type(t) == 'table' do t, d = t[1], d + 1 end "
+                                      "assert(d == 32 and t == 1, d) exp:save_checkpoint('deep')"), LUA_OK);
+    ml_lua_free(l);
+    ml_exp_finish(e, "ok");
+    ml_exp_free(e);
+}
+END_TEST
 
 START_TEST(interrupt_plain_loop) { interrupt_stuck("stuck_loop.lua"); }
 END_TEST
@@ -556,6 +687,14 @@ static Suite *sandbox_suite(void) {
     TCase *t = tcase_create("sandbox");
     tcase_set_timeout(t, 40);
     tcase_add_test(t, escapes_refused_normal_lua_works);
+    tcase_add_test(t, writes_only_in_files_dir);
+    tcase_add_test(t, state_encoder_raw_and_bounded);
+    tcase_add_test(t, log_column_names_bounded);
+    tcase_add_test(t, train_epoch_not_from_on_step);
+    tcase_add_test(t, table_functions_bound_lengths);
+    tcase_add_test(t, table_loops_stop_on_timeout);
+    tcase_add_test(t, allow_read_root);
+    tcase_add_test(t, state_decoder_depth_capped);
     tcase_add_test(t, run_dir_escapes_and_plugin_by_path);
     tcase_add_test(t, no_function_handed_out_keeps_an_original);
     tcase_add_test(t, bytecode_files_refused);
