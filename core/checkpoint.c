@@ -15,7 +15,7 @@
 #include "safetensors.h"
 
 #define CK_MAX_LAYERS 64
-#define CK_MAX_EXPERTS 65536
+#define CK_MAX_EXPERTS ML_MOE_MAX_EXPERTS
 
 /* ------------------------------------------------------------------ helpers */
 

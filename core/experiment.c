@@ -564,6 +564,9 @@ int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
     ml_model *m = e->model;
     if (layer < 0 || layer >= m->L) return ml_errorf("add_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
     int old = m->moe[layer]->N;
+    if (n < 1 || n > ML_MOE_MAX_EXPERTS - old)
+        return ml_errorf("add_experts: a layer holds at most %d experts (layer %d has %d, asked for %d more)",
+                         ML_MOE_MAX_EXPERTS, layer + 1, old, n);
     if (ml_model_add_experts(m, layer, n)) return ML_ERR;
     if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
         return ML_ERR;

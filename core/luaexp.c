@@ -1,6 +1,8 @@
 /* luaexp.c — the sandboxed Lua state, the `exp` and `moelab` bindings, protected script runs. */
 #include "luaexp.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <limits.h>
@@ -38,6 +40,7 @@ struct ml_lua {
     int stop;              /* ML_LUA_STOP_*: once set, no Lua code may continue */
     int closing;           /* ml_lua_free: no Lua code may run any more */
     int n_warn;            /* warnings printed (capped) */
+    int fd_base;           /* descriptors the process held when the state was made, -1: unknown */
     int warn_len;
     char warn_buf[256];
 };
@@ -343,14 +346,29 @@ static void push_node(lua_State *L, const ml_cfg_node *n) {
 }
 
 /* Lua table of scalar fields -> JSON object fields (without braces). */
-static int table_to_json(lua_State *L, int idx, ml_json *j) {
+/*
+ * Checks an event's field table without running any script code (lua_next is raw; no
+ * __tostring): string keys, values number, boolean or string. Raises before the caller
+ * allocates anything, so an error can never leave a C buffer behind.
+ */
+static void check_event_fields(lua_State *L, int idx) {
     idx = lua_absindex(L, idx);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        if (lua_type(L, -2) != LUA_TSTRING) {
-            lua_pop(L, 2);
-            return luaL_error(L, "event/log tables need string keys");
-        }
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "exp:event: field names must be strings, got a %s", luaL_typename(L, -2));
+        int t = lua_type(L, -1);
+        if (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TSTRING)
+            luaL_error(L, "exp:event: field '%s' is a %s, expected a number, boolean or string", lua_tostring(L, -2),
+                       luaL_typename(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
+/* Fields of a checked table (check_event_fields) -> JSON object members. Raises nothing. */
+static void table_to_json(lua_State *L, int idx, ml_json *j) {
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
         const char *k = lua_tostring(L, -2);
         switch (lua_type(L, -1)) {
         case LUA_TNUMBER:
@@ -358,12 +376,10 @@ static int table_to_json(lua_State *L, int idx, ml_json *j) {
             else ml_json_num(j, k, lua_tonumber(L, -1));
             break;
         case LUA_TBOOLEAN: ml_json_raw(j, k, lua_toboolean(L, -1) ? "true" : "false"); break;
-        case LUA_TSTRING: ml_json_str(j, k, lua_tostring(L, -1)); break;
-        default: ml_json_str(j, k, luaL_tolstring(L, -1, NULL)); lua_pop(L, 1); break;
+        default: ml_json_str(j, k, lua_tostring(L, -1)); break;
         }
         lua_pop(L, 1);
     }
-    return 0;
 }
 
 /* ------------------------------------------------------------------ exp */
@@ -486,12 +502,18 @@ static int l_log(lua_State *L) {
 static int l_event(lua_State *L) {
     ml_experiment *e = check_exp(L);
     const char *kind = luaL_checkstring(L, 2);
+    size_t kn = strlen(kind);
+    int ok = kn >= 1 && kn <= 64;
+    for (size_t i = 0; ok && i < kn; i++) ok = isalnum((unsigned char)kind[i]) || strchr("_.-", kind[i]);
+    luaL_argcheck(L, ok, 2, "an event kind is 1..64 letters, digits, '_', '.' or '-'");
+    int fields = !lua_isnoneornil(L, 3);
+    if (fields) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        check_event_fields(L, 3); /* every error before the buffer exists */
+    }
     ml_json j;
     ml_json_begin(&j);
-    if (!lua_isnoneornil(L, 3)) {
-        luaL_checktype(L, 3, LUA_TTABLE);
-        table_to_json(L, 3, &j);
-    }
+    if (fields) table_to_json(L, 3, &j);
     int rc = ml_exp_event_json(e, kind, &j);
     ml_json_free(&j);
     if (rc) return core_error(L);
@@ -582,9 +604,9 @@ static moe_ud *check_moe(lua_State *L) {
 static int l_add_experts(lua_State *L) {
     moe_ud *u = check_moe(L);
     lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, n >= 1 && n <= 4096, 2, "expected 1..4096 experts to add");
+    luaL_argcheck(L, n >= 1 && n <= ML_MOE_MAX_EXPERTS, 2, "expected 1..4096 experts to add");
     /* experts live outside the Lua allocator: a loop of additions must not exhaust memory */
-    if (u->e->model->moe[u->layer]->N + n > 4096)
+    if (u->e->model->moe[u->layer]->N + n > ML_MOE_MAX_EXPERTS)
         return luaL_error(L, "add_experts: a layer holds at most 4096 experts (layer %d has %d, asked for %d more)",
                           u->layer + 1, u->e->model->moe[u->layer]->N, (int)n);
     const char *reason = luaL_optstring(L, 3, "script");
@@ -767,8 +789,26 @@ static int call_orig(lua_State *L, const char *key) {
     return lua_gettop(L);
 }
 
+/* Files a script may hold open at once: the host needs descriptors of its own (checkpoints,
+ * results, the crash summary), and a script that opens files in a loop must not take them. */
+#define LUA_MAX_OPEN_FILES 128
+
+static int count_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
 static int l_io_open(lua_State *L) {
     ml_lua *l = getself(L);
+    int now = l->fd_base >= 0 ? count_fds() : -1;
+    if (now >= 0 && now - l->fd_base >= LUA_MAX_OPEN_FILES)
+        return luaL_error(L, "io.open: the script holds %d open files, at most %d are allowed; close files it no "
+                          "longer needs (f:close())", now - l->fd_base, LUA_MAX_OPEN_FILES);
     const char *path = luaL_checkstring(L, 1);
     const char *mode = luaL_optstring(L, 2, "r");
     int write = strpbrk(mode, "wa+") != NULL;
@@ -977,6 +1017,7 @@ static lua_Integer table_len(lua_State *L, const char *fn) {
     lua_Integer n = luaL_len(L, 1);
     if (n > max_elems(L))
         luaL_error(L, "table.%s: a length of %I is more than lua.memory_mb could ever hold", fn, n);
+    if (n < 0) luaL_error(L, "table.%s: the table's length is %I, expected >= 0", fn, n);
     return n;
 }
 
@@ -1294,6 +1335,7 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     ml_lua *l = ml_calloc(1, sizeof *l);
     if (!l) return NULL;
     l->e = e;
+    l->fd_base = count_fds();
     l->mem_mb = e ? (int)ml_config_int(e->cfg, "lua.memory_mb", ML_LUA_DEFAULT_MEMORY_MB) : ML_LUA_DEFAULT_MEMORY_MB;
     l->mem_limit = (size_t)l->mem_mb * 1024 * 1024;
     l->timeout_s = e ? (int)ml_config_int(e->cfg, "lua.timeout_s", 0) : 0;
@@ -1438,6 +1480,7 @@ int ml_lua_exec(ml_lua *l) {
 typedef struct state_enc {
     ml_json j;      /* only its buffer is used (ml_json_append_string escapes into it) */
     int any;
+    int seen;       /* stack index of the set of tables already saved */
     char path[256]; /* where in exp.state, for messages */
 } state_enc;
 
@@ -1484,6 +1527,15 @@ static void state_table(lua_State *L, state_enc *s, int idx, int depth) {
     if (lua_getmetatable(L, idx))
         luaL_error(L, "exp.state%s: a table with a metatable cannot be saved; use plain tables", s->path);
     luaL_checkstack(L, 8, "exp.state");
+    /* a tree, not a graph: a table reached twice would be saved (and restored) twice, so a
+     * small shared state could decode into far more than it was */
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, s->seen) != LUA_TNIL)
+        luaL_error(L, "exp.state%s: this table appears twice in exp.state; checkpoints hold trees (copy it)", s->path);
+    lua_pop(L, 1);
+    lua_pushvalue(L, idx);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, s->seen);
     if (s->j.len > STATE_MAX_BYTES)
         luaL_error(L, "exp.state is larger than %d MB serialised; a checkpoint cannot hold it", (int)(STATE_MAX_BYTES >> 20));
     lua_Integer n = 0, ints = 0;
@@ -1580,7 +1632,20 @@ static int state_encode(lua_State *L) {
     lua_getfield(L, -1, "state");
     if (lua_isnil(L, -1)) return 0;
     s->any = 1;
-    state_value(L, s, -1, 0);
+    int top = lua_gettop(L);
+    if (lua_type(L, top) != LUA_TTABLE)
+        return luaL_error(L, "exp.state is a %s; it must be a table with string keys", luaL_typename(L, top));
+    lua_newtable(L);
+    s->seen = lua_gettop(L);
+    lua_Integer n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, top)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) n++;
+    }
+    if (n) return luaL_error(L, "exp.state must be a table with string keys (a list, or a key that is not a string, "
+                             "cannot be restored as exp.state)");
+    state_value(L, s, top, 0);
     return 0;
 }
 

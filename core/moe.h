@@ -23,6 +23,8 @@
 #include "params.h"
 
 #define ML_MOE_MAX_RTENSORS 16
+/* Experts one MoE layer may hold, however it grows (config, add_experts, a checkpoint). */
+#define ML_MOE_MAX_EXPERTS 4096
 
 typedef struct ml_moe {
     int layer;

@@ -178,6 +178,7 @@ START_TEST(metadata_is_validated) {
         {"experts", "4,4", "2 MoE layers, the model has 1"},
         {"experts", "0", "metadata 'experts' is '0'"},
         {"experts", "x", "metadata 'experts' is 'x'"},
+        {"experts", "5000", "metadata 'experts' is '5000'"}, /* past ML_MOE_MAX_EXPERTS */
         {"optim_steps", "a=1;b", "metadata 'optim_steps'"},
         {"optim_steps", "nosuch=3", "names tensor 'nosuch'"},
         {"config_hash", "nothex", "metadata 'config_hash' is 'nothex', expected 16 hexadecimal digits"},

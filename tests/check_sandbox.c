@@ -682,11 +682,28 @@ START_TEST(standalone_errors_do_not_leak) {
 }
 END_TEST
 
+/* Second red-team round: event fields run no script code while a C buffer is live; event
+ * kinds bounded; exp.state a string-keyed tree; negative table lengths; open-file cap; the
+ * expert cap. The run must still end ok with a loadable checkpoint. */
+START_TEST(second_round_attacks_refused) {
+    const char *tmp = tu_tmpdir("sbr2");
+    char rdir[300], ck[400];
+    snprintf(rdir, sizeof rdir, "results.dir=%s", tmp);
+    const char *args[] = {"run", SYNTH, "script=" FIX "round2.lua", rdir, "results.run_id=r", "lua.memory_mb=256", NULL};
+    int rc = run_moelab(60, args);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("round2 refused");
+    snprintf(ck, sizeof ck, "%s/test-synth/r/checkpoints/last.safetensors", tmp);
+    ck_assert(exists(ck));
+}
+END_TEST
+
 static Suite *sandbox_suite(void) {
     Suite *s = suite_create("sandbox");
     TCase *t = tcase_create("sandbox");
     tcase_set_timeout(t, 40);
     tcase_add_test(t, escapes_refused_normal_lua_works);
+    tcase_add_test(t, second_round_attacks_refused);
     tcase_add_test(t, writes_only_in_files_dir);
     tcase_add_test(t, state_encoder_raw_and_bounded);
     tcase_add_test(t, log_column_names_bounded);
@@ -718,5 +735,6 @@ static Suite *sandbox_suite(void) {
     suite_add_tcase(s, t);
     return s;
 }
+
 
 int main(void) { return tu_run(sandbox_suite()); }
