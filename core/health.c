@@ -56,6 +56,16 @@ void ml_health_acc_free(ml_health_acc *a) {
 
 int ml_health_acc_num_experts(const ml_health_acc *a) { return a ? a->N : 0; }
 
+/* Replaces the accumulator's arrays with new ones (owned from now on). */
+static void adopt(ml_health_acc *a, int64_t *slots, double *psum, int64_t *joint) {
+    free(a->slots);
+    free(a->psum);
+    free(a->joint);
+    a->slots = slots;
+    a->psum = psum;
+    a->joint = joint;
+}
+
 int ml_health_acc_resize(ml_health_acc *a, int num_experts) {
     if (num_experts < a->N)
         return ml_errorf("health: resize to %d experts, expected at least the current %d "
@@ -75,12 +85,7 @@ int ml_health_acc_resize(ml_health_acc *a, int num_experts) {
     memcpy(psum, a->psum, (size_t)a->N * sizeof *psum);
     for (int y = 0; y < a->C; y++)
         memcpy(joint + (size_t)y * n, a->joint + (size_t)y * (size_t)a->N, (size_t)a->N * sizeof *joint);
-    free(a->slots);
-    free(a->psum);
-    free(a->joint);
-    a->slots = slots;
-    a->psum = psum;
-    a->joint = joint;
+    adopt(a, slots, psum, joint);
     a->N = num_experts;
     return ML_OK;
 }
@@ -293,12 +298,7 @@ int ml_health_acc_from_text(ml_health_acc *a, const char *text) {
         free(joint);
         return ml_errorf("health state: expected %d slot counts, %d sums and %d label counts", a->N, a->N, a->C * a->N);
     }
-    free(a->slots);
-    free(a->psum);
-    free(a->joint);
-    a->slots = slots;
-    a->psum = psum;
-    a->joint = joint;
+    adopt(a, slots, psum, joint);
     a->samples = samples;
     a->dropped = dropped;
     a->labelled = labelled;

@@ -48,16 +48,18 @@ static void copy_le(void *dst, const void *src, size_t n) {
     for (size_t i = 0; i < n; i++) w[i] = bswap32(w[i]);
 }
 
-static uint32_t crc_of(const unsigned char *p, uint64_t n) {
-    uLong c = crc32(0L, Z_NULL, 0);
+/* zlib's crc32 continued over n bytes (in chunks: its length argument is 32-bit). */
+static uLong crc_more(uLong c, const unsigned char *p, uint64_t n) {
     while (n > 0) {
         uInt chunk = n > (1u << 30) ? (1u << 30) : (uInt)n;
         c = crc32(c, p, chunk);
         p += chunk;
         n -= chunk;
     }
-    return (uint32_t)c;
+    return c;
 }
+
+static uint32_t crc_of(const unsigned char *p, uint64_t n) { return (uint32_t)crc_more(crc32(0L, Z_NULL, 0), p, n); }
 
 /* The checksum's 8 hex digits sit at this byte offset of every file moelab writes: right
  * after the length prefix and `{"__metadata__":{"checksum":"`. */
@@ -67,20 +69,8 @@ static uint32_t crc_of(const unsigned char *p, uint64_t n) {
 /* CRC32 of the whole file except the 8 checksum digits at byte `at`: the length prefix,
  * the header (tensor names, shapes, offsets, every metadata value) and the data. */
 static uint32_t file_crc(const unsigned char *p, uint64_t n, uint64_t at) {
-    uLong c = crc32(0L, Z_NULL, 0);
-    const unsigned char *parts[2] = {p, p + at + 8};
-    uint64_t lens[2] = {at, n - at - 8};
-    for (int k = 0; k < 2; k++) {
-        const unsigned char *q = parts[k];
-        uint64_t m = lens[k];
-        while (m > 0) {
-            uInt chunk = m > (1u << 30) ? (1u << 30) : (uInt)m;
-            c = crc32(c, q, chunk);
-            q += chunk;
-            m -= chunk;
-        }
-    }
-    return (uint32_t)c;
+    uLong c = crc_more(crc32(0L, Z_NULL, 0), p, at);
+    return (uint32_t)crc_more(c, p + at + 8, n - at - 8);
 }
 
 /* Elements of a shape; -1 when a dimension is negative or the product is absurd. */
