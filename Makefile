@@ -25,7 +25,7 @@ LIBS     = $(PKG_LIBS) -ldl -lm -lpthread -fopenmp
 PLUGIN_OPT ?= -O2 -march=native
 PLUGIN_CFLAGS = -std=c11 $(WARN) $(PLUGIN_OPT) -g -fPIC -shared -fvisibility=hidden -Icore/include $(EXTRA_CFLAGS)
 
-CORE_SRC   := $(filter-out core/main.c,$(wildcard core/*.c))
+CORE_SRC   := $(wildcard core/*/*.c)
 CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 PLUGIN_SRC := $(wildcard plugins/*/*.c)
 PLUGINS    := $(patsubst %.c,$(BUILD)/plugins/%.so,$(notdir $(PLUGIN_SRC)))
@@ -34,7 +34,7 @@ TPLUGINS   := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(TPLUG_S
 TEST_SRC   := $(wildcard tests/check_*.c)
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps demo test check-build bench asan fuzz fuzz-build valgrind clean
+.PHONY: all deps demo test check-build check-layers bench asan fuzz fuzz-build valgrind clean
 all: $(BUILD)/moelab $(PLUGINS)
 
 deps:
@@ -72,9 +72,13 @@ demo: deps
 
 test: deps
 	@$(MAKE) --no-print-directory all check-build
+	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test
 	@sh tools/run-tests.sh $(BUILD) $(TESTS)
 
 check-build: all $(TPLUGINS) $(TESTS)
+
+check-layers:
+	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test
 
 bench: deps
 	@$(MAKE) --no-print-directory all

@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "conv.h"
+#include "base/common.h"
+#include "nn/conv.h"
 
 static double sgemm_peak(void) {
     const int n = 1536; /* not a power of two: 1024 aliases in the cache and reads half the peak */

@@ -21,9 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "net.h"
-#include "params.h"
+#include "base/common.h"
+#include "model/net.h"
+#include "nn/params.h"
 
 void openblas_set_num_threads(int n);
 

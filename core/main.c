@@ -21,13 +21,13 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "bench.h"
-#include "checkpoint.h"
-#include "crash.h"
-#include "experiment.h"
-#include "luaexp.h"
-#include "pluginhost.h"
-#include "plugintest.h"
+#include "run/bench.h"
+#include "run/checkpoint.h"
+#include "base/crash.h"
+#include "run/experiment.h"
+#include "lua/luaexp.h"
+#include "plugin/pluginhost.h"
+#include "plugin/plugintest.h"
 
 static char g_root[2048]; /* directory holding the executable (the build dir) */
 

@@ -7,8 +7,8 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "config.h"
+#include "base/common.h"
+#include "io/config.h"
 #include "testutil.h"
 
 #define FIX "tests/fixtures/configs/"

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "conv.h"
+#include "base/common.h"
+#include "nn/conv.h"
 #include "testutil.h"
 
 static float *fl(size_t n) {

@@ -12,12 +12,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "crash.h"
-#include "json.h"
-#include "moe.h"
-#include "pluginhost.h"
-#include "results.h"
-#include "safetensors.h"
+#include "base/crash.h"
+#include "base/json.h"
+#include "model/moe.h"
+#include "plugin/pluginhost.h"
+#include "io/results.h"
+#include "io/safetensors.h"
 #include "testutil.h"
 
 /* ---------------------------------------------------------------- helpers */

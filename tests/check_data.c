@@ -4,9 +4,9 @@
  * and resampling, the synthetic set, the batcher, and real Fashion-MNIST when installed.
  */
 #include "testutil.h"
-#include "common.h"
-#include "data.h"
-#include "data_impl.h"
+#include "base/common.h"
+#include "data/data.h"
+#include "data/source.h"
 
 #include <ftw.h>
 #include <sys/stat.h>

@@ -1,7 +1,7 @@
 /* check_health.c — routing-health metrics on hand-computed cases. */
 #include "testutil.h"
-#include "common.h"
-#include "health.h"
+#include "base/common.h"
+#include "model/health.h"
 
 #define EPS 1e-9
 

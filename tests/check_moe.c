@@ -3,8 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "moe.h"
-#include "pluginhost.h"
+#include "model/moe.h"
+#include "plugin/pluginhost.h"
 #include <stdint.h>
 #include "testutil.h"
 

@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include "testutil.h"
-#include "common.h"
-#include "params.h"
-#include "safetensors.h"
+#include "base/common.h"
+#include "nn/params.h"
+#include "io/safetensors.h"
 
 static char out[1 << 16];
 

@@ -2,9 +2,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ops.h"
-#include "optim.h"
-#include "params.h"
+#include "nn/ops.h"
+#include "nn/optim.h"
+#include "nn/params.h"
 #include "testutil.h"
 
 enum { B = 5, IN = 7, OUT = 4 };

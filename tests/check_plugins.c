@@ -2,9 +2,9 @@
 #include <limits.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "pluginhost.h"
-#include "plugintest.h"
+#include "base/common.h"
+#include "plugin/pluginhost.h"
+#include "plugin/plugintest.h"
 #include "testutil.h"
 
 static void setup(void) {

@@ -1,8 +1,9 @@
 /* check_results.c — run directory, metrics/routing/events/summary files, JSON helpers. */
 #include "testutil.h"
-#include "common.h"
-#include "json.h"
-#include "results.h"
+#include "base/common.h"
+#include "base/json.h"
+#include "io/results.h"
+#include "base/file.h"
 
 #include <dirent.h>
 #include <ftw.h>

@@ -10,9 +10,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "checkpoint.h"
-#include "json.h"
-#include "safetensors.h"
+#include "run/checkpoint.h"
+#include "base/json.h"
+#include "io/safetensors.h"
 #include "testutil.h"
 
 #define SYNTH "tests/fixtures/run/synth.yaml"

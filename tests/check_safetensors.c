@@ -1,8 +1,8 @@
 /* check_safetensors.c — round trip, byte layout, corrupt files, failed writes. */
 #include "testutil.h"
-#include "common.h"
-#include "json.h"
-#include "safetensors.h"
+#include "base/common.h"
+#include "base/json.h"
+#include "io/safetensors.h"
 
 #include <ftw.h>
 #include <signal.h>

@@ -19,10 +19,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "experiment.h"
-#include "luaexp.h"
-#include "results.h"
+#include "base/common.h"
+#include "run/experiment.h"
+#include "lua/luaexp.h"
+#include "io/results.h"
 #include "testutil.h"
 
 #define SYNTH "tests/fixtures/run/synth.yaml"

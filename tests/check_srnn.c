@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "net.h"
-#include "params.h"
+#include "base/common.h"
+#include "model/net.h"
+#include "nn/params.h"
 #include "testutil.h"
 
 typedef struct fixture {

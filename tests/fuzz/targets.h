@@ -16,10 +16,10 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "common.h"
-#include "config.h"
-#include "data_impl.h"
-#include "safetensors.h"
+#include "base/common.h"
+#include "io/config.h"
+#include "data/source.h"
+#include "io/safetensors.h"
 
 static char fz_dirname[128];
 static const char *const fz_names[] = {"config.yaml", "ckpt.safetensors", "train-idx-ubyte",

@@ -1,6 +1,6 @@
 /*
  * bad_router.c — test plugin: a router whose forward returns one chosen defect, for the
- * host's dispatch validation (core/moe.c). The valid base: prob and logits uniform
+ * host's dispatch validation (core/model/moe.c). The valid base: prob and logits uniform
  * (1/N, 0), sample b to expert b % N with gate 1. `mode` picks the defect:
  *   ok, neg_gate, nan_gate, inf_gate (triple 2's gate), dup_pair (triple 2 repeats triple
  *   1's pair), bad_sample, bad_expert (triple 2), big_n_disp, neg_n_disp, neg_dropped,

@@ -1,6 +1,6 @@
 /*
  * crash_router.c — test plugin: a valid top-1 softmax router (as good_router) that can be
- * told to crash, for the crash reports of core/crash.c:
+ * told to crash, for the crash reports of core/base/crash.c:
  *   crash: none | create | forward | backward | kill
  *   how:   segv | abort | fpe | stack   (kill: SIGKILL itself, as `kill -9` would)
  *   after: forward calls that succeed before `forward`/`kill` strikes (0: the first one)

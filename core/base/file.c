@@ -1,0 +1,152 @@
+/* file.c — whole-file reads, atomic whole-file writes, directories, regular-file opens. */
+#include "base/file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/common.h"
+
+
+static int write_all(int fd, const void *data, size_t n) {
+    const char *p = data;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void dir_of(const char *path, char *out, size_t cap) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(out, cap, ".");
+    else if (slash == path) snprintf(out, cap, "/");
+    else snprintf(out, cap, "%.*s", (int)(slash - path), path);
+}
+
+static int fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    /* Some file systems refuse fsync on directories; the rename is still done. */
+    if (rc < 0 && (errno == EINVAL || errno == EBADF)) rc = 0;
+    close(fd);
+    return rc;
+}
+
+int ml_write_file_atomic(const char *path, const void *data, size_t n) {
+    char tmp[ML_PATH_MAX + 8], dir[ML_PATH_MAX];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+        return ml_errorf("%s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) return ml_errorf("%s: cannot create temporary file %s: %s", path, tmp, strerror(errno));
+    const char *step = NULL;
+    if (write_all(fd, data, n) < 0) step = "write";
+    else if (fsync(fd) < 0) step = "fsync";
+    int err = errno;
+    if (close(fd) < 0 && !step) {
+        step = "close";
+        err = errno;
+    }
+    if (!step && rename(tmp, path) < 0) {
+        step = "rename";
+        err = errno;
+    }
+    if (step) {
+        unlink(tmp);
+        return ml_errorf("%s: %s failed: %s (the previous file, if any, is untouched)", path, step,
+                         strerror(err));
+    }
+    dir_of(path, dir, sizeof dir);
+    if (fsync_dir(dir) < 0)
+        return ml_errorf("%s: written, but fsync of directory %s failed: %s", path, dir, strerror(errno));
+    return ML_OK;
+}
+
+int ml_mkdir_p(const char *path) {
+    char buf[ML_PATH_MAX];
+    if ((size_t)snprintf(buf, sizeof buf, "%s", path) >= sizeof buf)
+        return ml_errorf("%s: path too long", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0777) < 0 && errno != EEXIST)
+                return ml_errorf("cannot create directory %s: %s", buf, strerror(errno));
+            struct stat st;
+            if (stat(buf, &st) < 0 || !S_ISDIR(st.st_mode))
+                return ml_errorf("cannot create directory %s: a file of that name exists", buf);
+            *p = c;
+            if (!c) break;
+        }
+    }
+    return ML_OK;
+}
+
+int ml_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+FILE *ml_open_regular(const char *path, int *not_regular) {
+    *not_regular = 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        *not_regular = 1;
+        return NULL;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) close(fd);
+    return f;
+}
+
+int ml_read_file(const char *path, size_t max, char **text, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return ml_errorf("%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    int rc = ML_OK;
+    while (buf) {
+        if (n == cap) {
+            if (cap >= max) {
+                rc = ml_errorf("%s: larger than %zu bytes", path, max);
+                break;
+            }
+            char *b = realloc(buf, (cap *= 2) + 1);
+            if (!b) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = b;
+        }
+        size_t k = fread(buf + n, 1, cap - n, f);
+        n += k;
+        if (k == 0) {
+            if (ferror(f)) rc = ml_errorf("%s: cannot read: %s", path, strerror(errno));
+            break;
+        }
+    }
+    fclose(f);
+    if (!buf) return ml_errorf("out of memory reading %s", path);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    buf[n] = 0;
+    *text = buf;
+    *len = n;
+    return ML_OK;
+}

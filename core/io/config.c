@@ -1,0 +1,1541 @@
+/*
+ * config.c — experiment configs: YAML (libyaml events) → tree → base merge → overrides →
+ * validation against the schema table and the plugins' option tables → resolved tree.
+ *
+ * Every node remembers where it came from (file:line:col of its key and its value, or the
+ * override it was set by), so any later check can report the exact place. The first
+ * error stops the load.
+ */
+#include "io/config.h"
+#include "base/file.h"
+#include "base/strbuf.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "base/common.h"
+
+#define CFG_MAX_NEST 64          /* nesting levels in one document */
+#define CFG_MAX_BASES 8          /* base: chain length */
+#define CFG_MAX_FILE (16u << 20) /* bytes */
+#define CFG_MSG 768
+#define CFG_PATH 512
+
+struct ml_cfg_node {
+    ml_cfg_kind kind;
+    char *key;           /* map entries; NULL for seq items and the root */
+    char *text;          /* scalars */
+    int quoted;          /* scalar written quoted (or tagged !!str): always a string */
+    const char *src;     /* file, "override '...'" or "default"; owned by the config */
+    int line, col;       /* of the value, 1-based; 0 when src has no positions */
+    int key_line, key_col;
+    ml_cfg_node **item;  /* map entries / seq items */
+    int n, cap;
+};
+
+struct ml_config {
+    char *path;
+    ml_cfg_node *root;
+    char **srcs; /* interned source names */
+    int n_srcs, cap_srcs;
+    char *yaml;  /* resolved text */
+    size_t yaml_len;
+    uint64_t hash;
+    ml_config_find_plugin find; /* during load only */
+    void *find_ctx;
+};
+
+/* ------------------------------------------------------------------------ schema */
+
+typedef enum {
+    T_MAP = 1, /* fixed keys: the rows below it */
+    T_STR,
+    T_INT,
+    T_FLOAT,
+    T_BOOL,
+    T_ENUM,
+    T_LIST,  /* items described by the row "<path>.*" */
+    T_FREE,  /* any mapping, keys unchecked */
+    T_PLUGIN /* name (+ coef) from rows below, other keys from the plugin's option table */
+} cfg_type;
+
+enum {
+    F_REQ = 1,     /* required */
+    F_LO_OPEN = 2, /* min excluded */
+    F_HI_OPEN = 4, /* max excluded */
+    F_NAME = 8     /* a relative path without '..' (becomes part of a directory name) */
+};
+
+typedef struct cfg_key {
+    const char *path;    /* dotted; "*" stands for list items */
+    cfg_type type;
+    const char *def;     /* default as YAML text; NULL: none (required, or omitted) */
+    double min, max;     /* inclusive unless F_*_OPEN; +-INFINITY: unbounded */
+    int flags;
+    const char *choices; /* T_ENUM: "a|b|c" */
+    int plugin_kind;     /* T_PLUGIN */
+    const char *doc;
+} cfg_key;
+
+#define NOLO (-INFINITY)
+#define NOHI INFINITY
+#define ANY NOLO, NOHI
+#define SEC(p, doc) {p, T_MAP, "{}", ANY, 0, NULL, 0, doc}
+#define STR(p, def, fl, doc) {p, T_STR, def, ANY, fl, NULL, 0, doc}
+#define INT(p, def, lo, hi, doc) {p, T_INT, def, lo, hi, 0, NULL, 0, doc}
+#define FLT(p, def, lo, hi, fl, doc) {p, T_FLOAT, def, lo, hi, fl, NULL, 0, doc}
+#define ENUM(p, def, fl, ch, doc) {p, T_ENUM, def, ANY, fl, ch, 0, doc}
+#define LIST(p, def, doc) {p, T_LIST, def, ANY, 0, NULL, 0, doc}
+#define PLUG(p, kind, doc) {p, T_PLUGIN, "{}", ANY, 0, NULL, kind, doc}
+
+static const cfg_key cfg_schema[] = {
+    STR("experiment", NULL, F_REQ | F_NAME,
+        "name of the experiment: runs go to `<results.dir>/<experiment>/<run-id>/`"),
+    STR("base", NULL, 0,
+        "a config this file is deep-merged over (path relative to this file); consumed "
+        "while loading, absent from the resolved config"),
+    STR("script", "scripts/train.lua", 0, "the Lua script that drives the run"),
+    LIST("plugin_path", "[]", "extra directories searched for plugins"),
+    STR("plugin_path.*", NULL, 0, "a directory"),
+    {"params", T_FREE, "{}", ANY, 0, NULL, 0,
+     "free-form values for the script (`exp.config.params`); keys unchecked"},
+
+    SEC("data", "the dataset"),
+    ENUM("data.dataset", NULL, F_REQ, "fashion_mnist|synthetic|cifar10|image_folder",
+         "which dataset"),
+    STR("data.path", "", 0,
+        "dataset location; \"\" = the dataset's default (`/usr/share/datasets/fashion-mnist`)"),
+    INT("data.train_images", "0", 0, NOHI, "training images used; 0 = all available"),
+    INT("data.val_images", "10000", 0, NOHI, "validation images, held out from the training files"),
+    INT("data.image_size", "0", 0, 1024,
+        "0 = native size; else pad (fashion 28 -> 32) or resize to S x S"),
+    INT("data.synthetic_samples", "4096", 1, 10000000, "synthetic: number of samples"),
+    INT("data.synthetic_dim", "64", 1, 100000, "synthetic: features per sample"),
+    INT("data.synthetic_classes", "8", 2, 1000, "synthetic: number of classes"),
+
+    SEC("model", "the network"),
+    ENUM("model.type", NULL, F_REQ, "mlp|srnn", "model family"),
+    INT("model.experts", "4", 1, 4096, "experts per MoE layer at the start (a schedule may override)"),
+    INT("model.latent", "128", 1, 65536, "D, the width of the MoE layer"),
+    INT("model.hidden", "256", 1, 65536, "mlp: encoder/decoder hidden width"),
+    INT("model.expert_hidden", "256", 1, 65536, "H, hidden width inside each residual-MLP expert"),
+    INT("model.moe_layers", "1", 1, 64, "number of MoE layers"),
+    LIST("model.channels", "[32, 64, 128, 256]", "srnn: encoder channels per stage"),
+    INT("model.channels.*", NULL, 1, 65536, "channels of one stage"),
+
+    PLUG("router", ML_PLUGIN_ROUTER, "the router plugin and its options"),
+    STR("router.name", "softmax_topk", 0, "router plugin name"),
+
+    LIST("losses", "[]", "balancing losses, each a loss plugin section"),
+    PLUG("losses.*", ML_PLUGIN_LOSS, "one loss plugin and its options"),
+    STR("losses.*.name", NULL, F_REQ, "loss plugin name"),
+    FLT("losses.*.coef", "1.0", 0, NOHI, 0, "coefficient (settable from Lua while running)"),
+
+    PLUG("schedule", ML_PLUGIN_SCHEDULE, "the growth schedule plugin and its options"),
+    STR("schedule.name", "fixed", 0, "schedule plugin name"),
+
+    SEC("optim", "the optimizer"),
+    ENUM("optim.name", "adam", 0, "adam|sgd", "optimizer"),
+    FLT("optim.lr", "0.001", 0, 10, F_LO_OPEN, "learning rate"),
+    FLT("optim.beta1", "0.9", 0, 1, F_HI_OPEN, "adam: first-moment decay"),
+    FLT("optim.beta2", "0.999", 0, 1, F_HI_OPEN, "adam: second-moment decay"),
+    FLT("optim.eps", "1e-8", 0, 1, F_LO_OPEN, "adam: denominator epsilon"),
+    FLT("optim.weight_decay", "0", 0, NOHI, 0, "decoupled weight decay"),
+    FLT("optim.momentum", "0", 0, 1, F_HI_OPEN, "sgd: momentum"),
+
+    SEC("train", "the training loop"),
+    INT("train.epochs", "10", 1, 1000000, "epochs"),
+    INT("train.batch_size", "64", 1, 1000000, "samples per step"),
+    INT("train.seed", "1", 0, NOHI, "seed of every random choice in the run"),
+    INT("train.threads", "0", 0, 1024, "worker threads; 0 = all cores"),
+    INT("train.eval_every", "1", 1, NOHI, "evaluate every N epochs"),
+    ENUM("train.nonfinite", "stop", 0, "stop|skip_step",
+         "a non-finite loss or gradient: stop the run (naming the step and tensor), or skip "
+         "that step's update and count it (metrics column `skipped_steps`)"),
+
+    SEC("health", "routing-health thresholds"),
+    FLT("health.active_threshold", "0.1", 0, 1, F_LO_OPEN,
+        "an expert is active when its utilisation >= active_threshold / N"),
+    FLT("health.collapse_active_fraction", "0.5", 0, 1, 0,
+        "collapse warning when fewer than this fraction of experts are active"),
+    FLT("health.collapse_entropy", "0.5", 0, 1, 0,
+        "collapse warning when normalised marginal entropy H(u)/log N falls below this"),
+
+    SEC("results", "where results go"),
+    STR("results.dir", "results", 0, "results root"),
+    STR("results.run_id", "", F_NAME, "run directory name; \"\" = a timestamp"),
+    INT("results.checkpoint_every", "0", 0, NOHI,
+        "also save checkpoint `epoch<N>` every N epochs; 0 = only best/last"),
+
+    SEC("lua", "the script sandbox"),
+    LIST("lua.allow_read", "[]", "extra paths scripts may read"),
+    STR("lua.allow_read.*", NULL, 0, "a file or directory"),
+    LIST("lua.allow_env", "[]", "environment variables os.getenv may read; other names raise an error"),
+    STR("lua.allow_env.*", NULL, 0, "a variable name"),
+    INT("lua.memory_mb", "1024", 16, 1048576,
+        "memory cap of the script's Lua state in MiB; hitting it ends the run with a clear error"),
+    INT("lua.timeout_s", "0", 0, NOHI, "wall-clock limit of the whole script in seconds; 0 = none"),
+};
+#define CFG_NKEYS ((int)(sizeof cfg_schema / sizeof cfg_schema[0]))
+
+/* Length of the parent part of a schema path ("a.b.c" -> 3; "a" -> 0). */
+static size_t parent_len(const char *path) {
+    const char *dot = strrchr(path, '.');
+    return dot ? (size_t)(dot - path) : 0;
+}
+
+static const char *leaf_of(const char *path) {
+    const char *dot = strrchr(path, '.');
+    return dot ? dot + 1 : path;
+}
+
+static int is_child(int si, const char *parent) {
+    const char *p = cfg_schema[si].path;
+    size_t pl = parent_len(p);
+    return strlen(parent) == pl && strncmp(p, parent, pl) == 0;
+}
+
+/* Index of the schema row parent.leaf (parent "" for top level), or -1. */
+static int schema_child(const char *parent, const char *leaf) {
+    for (int i = 0; i < CFG_NKEYS; i++)
+        if (is_child(i, parent) && strcmp(leaf_of(cfg_schema[i].path), leaf) == 0) return i;
+    return -1;
+}
+
+/* ------------------------------------------------------------------------- nodes */
+
+static ml_cfg_node *node_new(ml_cfg_kind kind, const char *src, int line, int col) {
+    ml_cfg_node *n = ml_calloc(1, sizeof *n);
+    if (!n) return NULL;
+    n->kind = kind;
+    n->src = src;
+    n->line = n->key_line = line;
+    n->col = n->key_col = col;
+    return n;
+}
+
+static void node_free(ml_cfg_node *n) {
+    if (!n) return;
+    for (int i = 0; i < n->n; i++) node_free(n->item[i]);
+    free(n->item);
+    free(n->key);
+    free(n->text);
+    free(n);
+}
+
+static int node_push(ml_cfg_node *parent, ml_cfg_node *child) {
+    if (parent->n == parent->cap) {
+        int cap = parent->cap ? 2 * parent->cap : 8;
+        ml_cfg_node **it = realloc(parent->item, (size_t)cap * sizeof *it);
+        if (!it) return ml_errorf("out of memory");
+        parent->item = it;
+        parent->cap = cap;
+    }
+    parent->item[parent->n++] = child;
+    return ML_OK;
+}
+
+static void node_remove(ml_cfg_node *parent, int i) {
+    node_free(parent->item[i]);
+    memmove(parent->item + i, parent->item + i + 1, (size_t)(parent->n - i - 1) * sizeof *parent->item);
+    parent->n--;
+}
+
+static int map_findn(const ml_cfg_node *map, const char *key, size_t len) {
+    if (!map || map->kind != ML_CFG_MAP) return -1;
+    for (int i = 0; i < map->n; i++)
+        if (strncmp(map->item[i]->key, key, len) == 0 && map->item[i]->key[len] == 0) return i;
+    return -1;
+}
+
+static int map_find(const ml_cfg_node *map, const char *key) { return map_findn(map, key, strlen(key)); }
+
+static ml_cfg_node *map_get(const ml_cfg_node *map, const char *key) {
+    int i = map_find(map, key);
+    return i < 0 ? NULL : map->item[i];
+}
+
+/* Plain "", "~", "null": YAML's null, which the schema reads as "use the default". */
+static int is_null(const ml_cfg_node *n) {
+    if (n->kind != ML_CFG_SCALAR || n->quoted) return 0;
+    const char *t = n->text;
+    return !*t || !strcmp(t, "~") || !strcmp(t, "null") || !strcmp(t, "Null") || !strcmp(t, "NULL");
+}
+
+static const char *kind_name(ml_cfg_kind k) {
+    return k == ML_CFG_MAP ? "a mapping" : k == ML_CFG_SEQ ? "a list" : "a single value";
+}
+
+static int set_text(ml_cfg_node *n, const char *text) {
+    char *t = ml_strdup(text);
+    if (!t) return ML_ERR;
+    free(n->text);
+    n->text = t;
+    return ML_OK;
+}
+
+/* Turns a null scalar into an empty map or seq, keeping its place. */
+static void null_to(ml_cfg_node *n, ml_cfg_kind kind) {
+    free(n->text);
+    n->text = NULL;
+    n->quoted = 0;
+    n->kind = kind;
+}
+
+static const char *cfg_intern(ml_config *c, const char *s) {
+    for (int i = 0; i < c->n_srcs; i++)
+        if (!strcmp(c->srcs[i], s)) return c->srcs[i];
+    if (c->n_srcs == c->cap_srcs) {
+        int cap = c->cap_srcs ? 2 * c->cap_srcs : 8;
+        char **p = realloc(c->srcs, (size_t)cap * sizeof *p);
+        if (!p) {
+            ml_errorf("out of memory");
+            return NULL;
+        }
+        c->srcs = p;
+        c->cap_srcs = cap;
+    }
+    char *d = ml_strdup(s);
+    if (d) c->srcs[c->n_srcs++] = d;
+    return d;
+}
+
+/* ------------------------------------------------------------------------ errors */
+
+static int err_pos(const char *src, int line, int col, const char *fmt, ...) ML_PRINTF(4, 5);
+static int err_pos(const char *src, int line, int col, const char *fmt, ...) {
+    char msg[CFG_MSG];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (line > 0) return ml_errorf("%s:%d:%d: %s", src, line, col, msg);
+    return ml_errorf("%s: %s", src, msg);
+}
+
+#define ERR_AT(n, ...) err_pos((n)->src, (n)->line, (n)->col, __VA_ARGS__)
+#define ERR_KEY(n, ...) err_pos((n)->src, (n)->key_line, (n)->key_col, __VA_ARGS__)
+
+/* Optimal-string-alignment distance, capped inputs. */
+static int edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63) return 99;
+    int d[64][64];
+    for (size_t i = 0; i <= la; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= lb; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= la; i++)
+        for (size_t j = 1; j <= lb; j++) {
+            int cost = a[i - 1] != b[j - 1];
+            int v = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
+            if (d[i - 1][j - 1] + cost < v) v = d[i - 1][j - 1] + cost;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < v)
+                v = d[i - 2][j - 2] + 1;
+            d[i][j] = v;
+        }
+    return d[la][lb];
+}
+
+/* "Did you mean": the closest candidate within distance 2, else one sharing a prefix. */
+typedef struct suggest {
+    const char *word;
+    char best[64];
+    int score;        /* lower is better; 99 = none */
+    char all[200];    /* the candidates, comma-separated, while they fit */
+    int all_overflow;
+} suggest;
+
+static void suggest_init(suggest *s, const char *word) {
+    memset(s, 0, sizeof *s);
+    s->word = word;
+    s->score = 99;
+}
+
+static void suggest_try(suggest *s, const char *cand, size_t len) {
+    char c[64];
+    if (len >= sizeof c) return;
+    memcpy(c, cand, len);
+    c[len] = 0;
+    size_t used = strlen(s->all);
+    if (!s->all_overflow) {
+        int k = snprintf(s->all + used, sizeof s->all - used, "%s%s", used ? ", " : "", c);
+        if (k < 0 || (size_t)k >= sizeof s->all - used) {
+            s->all[used] = 0;
+            s->all_overflow = 1;
+        }
+    }
+    size_t lw = strlen(s->word);
+    int d = edit_distance(s->word, c), score = 99;
+    if (d <= 2 && (size_t)d < lw && (size_t)d < len) score = d;
+    else if (lw >= 2 && (strncmp(s->word, c, lw) == 0 || strncmp(s->word, c, len) == 0)) score = 3;
+    if (score < s->score) {
+        s->score = score;
+        memcpy(s->best, c, len + 1);
+    }
+}
+
+static void suggest_str(suggest *s, const char *cand) { suggest_try(s, cand, strlen(cand)); }
+
+/* " (did you mean 'x'?)", " (valid: a, b)" or "". */
+static const char *suggest_text(const suggest *s, char *buf, size_t size, const char *what) {
+    if (s->score < 99) snprintf(buf, size, " (did you mean '%s'?)", s->best);
+    else if (s->all[0] && !s->all_overflow) snprintf(buf, size, " (%s: %s)", what, s->all);
+    else buf[0] = 0;
+    return buf;
+}
+
+/* ------------------------------------------------------------------------ parser */
+
+typedef struct frame {
+    ml_cfg_node *node;
+    char *key; /* pending key of a map entry */
+    int kl, kc;
+} frame;
+
+static int yaml_syntax_error(const char *src, const yaml_parser_t *p, const char *text,
+                             size_t len, int positions) {
+    const char *problem = p->problem ? p->problem : "invalid YAML";
+    if (p->error == YAML_READER_ERROR || !positions) {
+        if (p->error == YAML_READER_ERROR)
+            return ml_errorf("%s: %s at byte %zu", src, problem, p->problem_offset);
+        return ml_errorf("%s: invalid YAML value: %s", src, problem);
+    }
+    const char *hint = "";
+    if (strstr(problem, "cannot start any token") && p->problem_mark.index < len &&
+        text[p->problem_mark.index] == '\t')
+        hint = " (hint: YAML does not allow tabs; indent with spaces)";
+    if (p->context)
+        return ml_errorf("%s:%zu:%zu: %s, %s started at %zu:%zu%s", src, p->problem_mark.line + 1,
+                         p->problem_mark.column + 1, problem, p->context, p->context_mark.line + 1,
+                         p->context_mark.column + 1, hint);
+    return ml_errorf("%s:%zu:%zu: %s%s", src, p->problem_mark.line + 1, p->problem_mark.column + 1,
+                     problem, hint);
+}
+
+/*
+ * Parses one YAML document into *out (NULL for an empty document). positions = 0 for
+ * override values, whose nodes carry no line/col.
+ */
+static int parse_yaml(const char *src, const char *text, size_t len, int positions,
+                      ml_cfg_node **out) {
+    yaml_parser_t p;
+    yaml_event_t ev;
+    frame st[CFG_MAX_NEST];
+    int top = -1, docs = 0, done = 0, rc = ML_ERR;
+    ml_cfg_node *root = NULL;
+    *out = NULL;
+    if (!yaml_parser_initialize(&p)) return ml_errorf("out of memory");
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    while (!done) {
+        if (!yaml_parser_parse(&p, &ev)) {
+            yaml_syntax_error(src, &p, text, len, positions);
+            goto out;
+        }
+        int line = positions ? (int)ev.start_mark.line + 1 : 0;
+        int col = positions ? (int)ev.start_mark.column + 1 : 0;
+        int bad = 0;
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT:
+            done = 1;
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (docs++) bad = err_pos(src, line, col, "multiple documents are not supported");
+            break;
+        case YAML_ALIAS_EVENT:
+            bad = err_pos(src, line, col, "aliases are not supported (found '*%s')",
+                          (const char *)ev.data.alias.anchor);
+            break;
+        case YAML_SCALAR_EVENT:
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT: {
+            ml_cfg_kind kind = ev.type == YAML_SCALAR_EVENT ? ML_CFG_SCALAR
+                             : ev.type == YAML_SEQUENCE_START_EVENT ? ML_CFG_SEQ : ML_CFG_MAP;
+            const yaml_char_t *anchor = kind == ML_CFG_SCALAR ? ev.data.scalar.anchor
+                                      : kind == ML_CFG_SEQ ? ev.data.sequence_start.anchor
+                                                           : ev.data.mapping_start.anchor;
+            const yaml_char_t *tag = kind == ML_CFG_SCALAR ? ev.data.scalar.tag
+                                   : kind == ML_CFG_SEQ ? ev.data.sequence_start.tag
+                                                        : ev.data.mapping_start.tag;
+            int str_tag = tag && !strcmp((const char *)tag, YAML_STR_TAG);
+            if (anchor) {
+                bad = err_pos(src, line, col,
+                              "anchors and aliases are not supported (found '&%s')",
+                              (const char *)anchor);
+                break;
+            }
+            if (tag && !(str_tag && kind == ML_CFG_SCALAR)) {
+                bad = err_pos(src, line, col, "tags are not supported (found '%s')",
+                              (const char *)tag);
+                break;
+            }
+            if (top >= 0 && st[top].node->kind == ML_CFG_MAP && !st[top].key) {
+                if (kind != ML_CFG_SCALAR) {
+                    bad = err_pos(src, line, col, "keys must be single values, not %s",
+                                  kind_name(kind));
+                    break;
+                }
+                st[top].key = malloc(ev.data.scalar.length + 1);
+                if (!st[top].key) {
+                    bad = ml_errorf("out of memory");
+                    break;
+                }
+                memcpy(st[top].key, ev.data.scalar.value, ev.data.scalar.length);
+                st[top].key[ev.data.scalar.length] = 0;
+                st[top].kl = line;
+                st[top].kc = col;
+                break;
+            }
+            ml_cfg_node *n = node_new(kind, src, line, col);
+            if (!n) {
+                bad = ML_ERR;
+                break;
+            }
+            if (kind == ML_CFG_SCALAR) {
+                n->text = malloc(ev.data.scalar.length + 1);
+                if (!n->text) {
+                    node_free(n);
+                    bad = ml_errorf("out of memory");
+                    break;
+                }
+                memcpy(n->text, ev.data.scalar.value, ev.data.scalar.length);
+                n->text[ev.data.scalar.length] = 0;
+                n->quoted = ev.data.scalar.style != YAML_PLAIN_SCALAR_STYLE || str_tag;
+            }
+            if (top < 0) {
+                root = n;
+            } else if (st[top].node->kind == ML_CFG_SEQ) {
+                if (node_push(st[top].node, n)) {
+                    node_free(n);
+                    bad = ML_ERR;
+                    break;
+                }
+            } else {
+                n->key = st[top].key;
+                st[top].key = NULL;
+                n->key_line = st[top].kl;
+                n->key_col = st[top].kc;
+                int j = map_find(st[top].node, n->key);
+                if (node_push(st[top].node, n)) {
+                    node_free(n);
+                    bad = ML_ERR;
+                    break;
+                }
+                if (j >= 0) {
+                    const ml_cfg_node *first = st[top].node->item[j];
+                    if (first->key_line > 0)
+                        bad = ERR_KEY(n, "duplicate key '%s' (first defined at %d:%d)", n->key,
+                                      first->key_line, first->key_col);
+                    else
+                        bad = ERR_KEY(n, "duplicate key '%s'", n->key);
+                    break;
+                }
+            }
+            if (kind != ML_CFG_SCALAR) {
+                if (top + 1 >= CFG_MAX_NEST) {
+                    bad = err_pos(src, line, col, "nested deeper than %d levels", CFG_MAX_NEST);
+                    break;
+                }
+                top++;
+                st[top].node = n;
+                st[top].key = NULL;
+            }
+            break;
+        }
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT:
+            top--;
+            break;
+        default:
+            break;
+        }
+        yaml_event_delete(&ev);
+        if (bad) goto out;
+    }
+    *out = root;
+    root = NULL;
+    rc = ML_OK;
+out:
+    for (int i = 0; i <= top; i++) free(st[i].key);
+    node_free(root);
+    yaml_parser_delete(&p);
+    return rc;
+}
+
+/* A node from YAML text with no positions (override values, defaults). */
+static ml_cfg_node *node_from_text(const char *src, const char *text) {
+    ml_cfg_node *n;
+    if (parse_yaml(src, text, strlen(text), 0, &n)) return NULL;
+    if (!n) {
+        n = node_new(ML_CFG_SCALAR, src, 0, 0);
+        if (n && !(n->text = ml_strdup(""))) {
+            node_free(n);
+            n = NULL;
+        }
+    }
+    return n;
+}
+
+/* -------------------------------------------------------------- files and bases */
+
+
+/* Deep merge: over's entries win; maps present in both merge; under is consumed. */
+static int merge_maps(ml_cfg_node *over, ml_cfg_node *under) {
+    int total = over->n + under->n;
+    ml_cfg_node **it = malloc((size_t)(total ? total : 1) * sizeof *it);
+    char *used = calloc((size_t)over->n + 1, 1);
+    if (!it || !used) {
+        free(it);
+        free(used);
+        return ml_errorf("out of memory");
+    }
+    int k = 0;
+    for (int i = 0; i < under->n; i++) {
+        ml_cfg_node *u = under->item[i];
+        int j = map_find(over, u->key);
+        if (j < 0) {
+            it[k++] = u;
+            continue;
+        }
+        ml_cfg_node *o = over->item[j];
+        used[j] = 1;
+        it[k++] = o;
+        if (o->kind == ML_CFG_MAP && u->kind == ML_CFG_MAP) {
+            if (merge_maps(o, u)) { /* u consumed either way */
+                for (int r = i + 1; r < under->n; r++) node_free(under->item[r]);
+                for (int r = 0; r < over->n; r++)
+                    if (!used[r]) node_free(over->item[r]);
+                for (int r = 0; r < k; r++) node_free(it[r]);
+                free(it);
+                free(used);
+                free(over->item);
+                over->item = NULL;
+                over->n = over->cap = 0;
+                under->n = 0;
+                node_free(under);
+                return ML_ERR;
+            }
+        } else {
+            node_free(u);
+        }
+    }
+    for (int j = 0; j < over->n; j++)
+        if (!used[j]) it[k++] = over->item[j];
+    free(over->item);
+    free(used);
+    over->item = it;
+    over->n = k;
+    over->cap = total ? total : 1;
+    under->n = 0;
+    node_free(under);
+    return ML_OK;
+}
+
+/* Loads path and, through its base: key, the chain under it; returns the merged map. */
+static ml_cfg_node *load_tree(ml_config *c, const char *path, int depth, const ml_cfg_node *via) {
+    char *text = NULL;
+    size_t len = 0;
+    if (ml_read_file(path, CFG_MAX_FILE, &text, &len)) {
+        if (via) ml_error_prefix("%s:%d:%d: base", via->src, via->line, via->col);
+        return NULL;
+    }
+    const char *src = cfg_intern(c, path);
+    ml_cfg_node *root = NULL;
+    int rc = src ? parse_yaml(src, text, len, 1, &root) : ML_ERR;
+    free(text);
+    if (rc) return NULL;
+    if (!root && !(root = node_new(ML_CFG_MAP, src, 1, 1))) return NULL;
+    if (root->kind != ML_CFG_MAP) {
+        ERR_AT(root, "the top level must be a mapping, got %s", kind_name(root->kind));
+        node_free(root);
+        return NULL;
+    }
+    int bi = map_find(root, "base");
+    if (bi < 0) return root;
+    ml_cfg_node *b = root->item[bi];
+    if (b->kind != ML_CFG_SCALAR || is_null(b)) {
+        ERR_AT(b, "base: expected a file name, got %s", is_null(b) ? "nothing" : kind_name(b->kind));
+        node_free(root);
+        return NULL;
+    }
+    if (depth >= CFG_MAX_BASES) {
+        ERR_AT(b, "base: more than %d levels of base configs (is there a cycle?)", CFG_MAX_BASES);
+        node_free(root);
+        return NULL;
+    }
+    char bpath[4096];
+    const char *slash = strrchr(path, '/');
+    size_t dl = slash ? (size_t)(slash - path) : 0;
+    int k = b->text[0] == '/' || !slash ? snprintf(bpath, sizeof bpath, "%s", b->text)
+                                        : snprintf(bpath, sizeof bpath, "%.*s/%s", (int)dl, path, b->text);
+    if (k < 0 || (size_t)k >= sizeof bpath) {
+        ERR_AT(b, "base: path too long");
+        node_free(root);
+        return NULL;
+    }
+    ml_cfg_node *under = load_tree(c, bpath, depth + 1, b);
+    if (!under) {
+        node_free(root);
+        return NULL;
+    }
+    node_remove(root, bi);
+    if (merge_maps(root, under)) {
+        node_free(root);
+        return NULL;
+    }
+    return root;
+}
+
+/* --------------------------------------------------------------------- overrides */
+
+static int is_index(const char *s, size_t len) {
+    if (!len || len > 9) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] < '0' || s[i] > '9') return 0;
+    return 1;
+}
+
+static int apply_override(ml_config *c, ml_cfg_node *root, const char *ov) {
+    char *label = malloc(strlen(ov) + 16);
+    if (!label) return ml_errorf("out of memory");
+    sprintf(label, "override '%s'", ov);
+    const char *src = cfg_intern(c, label);
+    free(label);
+    if (!src) return ML_ERR;
+    const char *eq = strchr(ov, '=');
+    if (!eq || eq == ov) return err_pos(src, 0, 0, "expected KEY=VALUE, e.g. train.epochs=3");
+    const char *key = ov;
+    size_t klen = (size_t)(eq - ov);
+    if (klen >= 4 && !strncmp(key, "base", 4) && (klen == 4 || key[4] == '.'))
+        return err_pos(src, 0, 0, "base can only be set in a config file");
+    for (size_t i = 0; i <= klen; i++)
+        if ((i == klen || key[i] == '.') && (i == 0 || key[i - 1] == '.'))
+            return err_pos(src, 0, 0, "empty key component in '%.*s'", (int)klen, key);
+    ml_cfg_node *val = node_from_text(src, eq + 1);
+    if (!val) return ML_ERR;
+
+    ml_cfg_node *cur = root;
+    const char *comp = key;
+    for (;;) {
+        const char *dot = memchr(comp, '.', klen - (size_t)(comp - key));
+        size_t cl = dot ? (size_t)(dot - comp) : klen - (size_t)(comp - key);
+        int last = !dot;
+        int plen = (int)(comp - key) - 1; /* display path of cur */
+        if (plen < 0) plen = 0;
+        if (cur->kind == ML_CFG_SCALAR && is_null(cur))
+            null_to(cur, is_index(comp, cl) ? ML_CFG_SEQ : ML_CFG_MAP);
+        int j;
+        if (cur->kind == ML_CFG_MAP) {
+            j = map_findn(cur, comp, cl);
+        } else if (cur->kind == ML_CFG_SEQ) {
+            if (!is_index(comp, cl)) {
+                node_free(val);
+                return err_pos(src, 0, 0, "'%.*s' is a list: expected an index, got '%.*s'", plen,
+                               key, (int)cl, comp);
+            }
+            j = atoi(comp);
+            if (j > cur->n) {
+                node_free(val);
+                return err_pos(src, 0, 0, "index %d out of range for '%.*s' (%d items)", j, plen,
+                               key, cur->n);
+            }
+            if (j == cur->n) j = -1; /* append */
+        } else {
+            node_free(val);
+            return err_pos(src, 0, 0, "'%.*s' is a single value, not a section", plen, key);
+        }
+        ml_cfg_node *next;
+        if (last) {
+            next = val;
+            val = NULL;
+        } else if (j >= 0) {
+            cur = cur->item[j];
+            comp = dot + 1;
+            continue;
+        } else {
+            const char *nc = dot + 1;
+            const char *nd = memchr(nc, '.', klen - (size_t)(nc - key));
+            size_t nl = nd ? (size_t)(nd - nc) : klen - (size_t)(nc - key);
+            next = node_new(is_index(nc, nl) ? ML_CFG_SEQ : ML_CFG_MAP, src, 0, 0);
+            if (!next) {
+                node_free(val);
+                return ML_ERR;
+            }
+        }
+        next->src = src;
+        next->line = next->col = next->key_line = next->key_col = 0;
+        if (cur->kind == ML_CFG_MAP) {
+            next->key = malloc(cl + 1);
+            if (!next->key) {
+                node_free(next);
+                node_free(val);
+                return ml_errorf("out of memory");
+            }
+            memcpy(next->key, comp, cl);
+            next->key[cl] = 0;
+        }
+        if (j >= 0) {
+            node_free(cur->item[j]);
+            cur->item[j] = next;
+        } else if (node_push(cur, next)) {
+            node_free(next);
+            node_free(val);
+            return ML_ERR;
+        }
+        if (last) return ML_OK;
+        cur = next;
+        comp = dot + 1;
+    }
+}
+
+/* ---------------------------------------------------------------- value checking */
+
+/* Shortest %g text that reads back as the same double. */
+static void fmt_num(double v, char *buf, size_t size) {
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, size, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) return;
+    }
+}
+
+static int parse_int(const char *s, int64_t *out) {
+    const char *p = s;
+    if (*p == '+' || *p == '-') p++;
+    if (*p < '0' || *p > '9') return ML_ERR;
+    for (const char *q = p; *q; q++)
+        if (*q < '0' || *q > '9') return ML_ERR;
+    errno = 0;
+    long long v = strtoll(s, NULL, 10);
+    if (errno) return ML_ERR;
+    *out = v;
+    return ML_OK;
+}
+
+static int parse_float(const char *s, double *out) {
+    char *end;
+    if (!*s || strchr(" \t\n", *s)) return ML_ERR;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end || !isfinite(v) || errno == ERANGE) return ML_ERR;
+    /* strtod also reads hex floats; YAML configs mean decimals */
+    if (strchr(s, 'x') || strchr(s, 'X')) return ML_ERR;
+    *out = v;
+    return ML_OK;
+}
+
+static int parse_bool(const char *s, int *out) {
+    if (!strcmp(s, "true")) *out = 1;
+    else if (!strcmp(s, "false")) *out = 0;
+    else return ML_ERR;
+    return ML_OK;
+}
+
+/* Index of word in "a|b|c", or -1. */
+static int enum_index(const char *choices, const char *word) {
+    size_t wl = strlen(word);
+    int i = 0;
+    for (const char *p = choices; p && *p; i++) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == wl && !strncmp(p, word, wl)) return i;
+        p = bar ? bar + 1 : NULL;
+    }
+    return -1;
+}
+
+/* "[1, 1000000]", ">= 0", "(0, 10]" or "" for no range. */
+static void fmt_range(double lo, double hi, int flags, char *buf, size_t size) {
+    char a[40], b[40];
+    fmt_num(lo, a, sizeof a);
+    fmt_num(hi, b, sizeof b);
+    int has_lo = isfinite(lo), has_hi = isfinite(hi);
+    if (has_lo && has_hi)
+        snprintf(buf, size, "%c%s, %s%c", flags & F_LO_OPEN ? '(' : '[', a, b, flags & F_HI_OPEN ? ')' : ']');
+    else if (has_lo)
+        snprintf(buf, size, "%s %s", flags & F_LO_OPEN ? ">" : ">=", a);
+    else if (has_hi)
+        snprintf(buf, size, "%s %s", flags & F_HI_OPEN ? "<" : "<=", b);
+    else
+        buf[0] = 0;
+}
+
+/* What a scalar must be: a schema row or a plugin option. */
+typedef struct vspec {
+    cfg_type type;
+    double min, max;
+    int flags;
+    const char *choices;
+} vspec;
+
+static const char *type_article(cfg_type t) {
+    switch (t) {
+    case T_INT: return "an integer";
+    case T_FLOAT: return "a number";
+    case T_BOOL: return "true or false";
+    case T_ENUM: return "one of";
+    default: return "a string";
+    }
+}
+
+/* Checks scalar n against v and rewrites its text in canonical form. */
+static int check_scalar(ml_cfg_node *n, const vspec *v, const char *path) {
+    if (n->kind != ML_CFG_SCALAR)
+        return ERR_AT(n, "%s: expected %s, got %s", path,
+                      v->type == T_ENUM ? "a single value" : type_article(v->type), kind_name(n->kind));
+    if (v->type == T_STR) {
+        n->quoted = 1;
+        if (v->flags & F_NAME) {
+            const char *t = n->text;
+            int dotdot = !strcmp(t, "..") || !strncmp(t, "../", 3) || strstr(t, "/../") ||
+                         (strlen(t) >= 3 && !strcmp(t + strlen(t) - 3, "/.."));
+            if ((v->flags & F_REQ && !*t) || *t == '/' || dotdot)
+                return ERR_AT(n, "%s: expected a non-empty relative name without '..', got '%s'",
+                              path, t);
+        }
+        return ML_OK;
+    }
+    char got[CFG_MSG / 2];
+    snprintf(got, sizeof got, n->quoted ? "\"%s\" (quoted, so a string)" : "'%s'", n->text);
+    if (v->type == T_ENUM) {
+        if (n->quoted || enum_index(v->choices, n->text) < 0) {
+            suggest s;
+            char hint[300];
+            suggest_init(&s, n->text);
+            for (const char *p = v->choices; p && *p;) {
+                const char *bar = strchr(p, '|');
+                size_t len = bar ? (size_t)(bar - p) : strlen(p);
+                suggest_try(&s, p, len);
+                p = bar ? bar + 1 : NULL;
+            }
+            s.all[0] = 0;
+            return ERR_AT(n, "%s: expected one of %s, got %s%s", path, v->choices, got,
+                          suggest_text(&s, hint, sizeof hint, ""));
+        }
+        n->quoted = 0;
+        return ML_OK;
+    }
+    if (v->type == T_BOOL) {
+        int b;
+        if (n->quoted || parse_bool(n->text, &b))
+            return ERR_AT(n, "%s: expected true or false, got %s", path, got);
+        return ML_OK;
+    }
+    double x;
+    char canon[48];
+    if (v->type == T_INT) {
+        int64_t i;
+        if (n->quoted || parse_int(n->text, &i)) {
+            const char *hint = !n->quoted && !parse_float(n->text, &x) && x == floor(x) && fabs(x) < 1e18
+                                   ? " (hint: write integers without '.' or exponent)" : "";
+            return ERR_AT(n, "%s: expected an integer, got %s%s", path, got, hint);
+        }
+        x = (double)i;
+        snprintf(canon, sizeof canon, "%" PRId64, i);
+    } else {
+        if (n->quoted || parse_float(n->text, &x))
+            return ERR_AT(n, "%s: expected a number, got %s", path, got);
+        fmt_num(x, canon, sizeof canon);
+        if (!strpbrk(canon, ".e")) strcat(canon, ".0");
+    }
+    int low = isfinite(v->min) && (v->flags & F_LO_OPEN ? x <= v->min : x < v->min);
+    int high = isfinite(v->max) && (v->flags & F_HI_OPEN ? x >= v->max : x > v->max);
+    if (low || high) {
+        char range[100];
+        fmt_range(v->min, v->max, v->flags, range, sizeof range);
+        int both = isfinite(v->min) && isfinite(v->max);
+        return ERR_AT(n, "%s must be %s%s, got %s", path, both ? "in " : "", range, n->text);
+    }
+    return set_text(n, canon);
+}
+
+/* ------------------------------------------------------------------- resolution */
+
+static int resolve_map(ml_config *c, ml_cfg_node *n, const char *spath, const char *path);
+static int resolve_plugin(ml_config *c, ml_cfg_node *n, int si, const char *path);
+
+static void join_path(char *buf, size_t size, const char *a, const char *b) {
+    int k = snprintf(buf, size, "%s%s%s", a, *a ? "." : "", b);
+    if (k < 0 || (size_t)k >= size) snprintf(buf + size - 4, 4, "...");
+}
+
+static int err_missing(const ml_cfg_node *parent, const char *ppath, const char *leaf) {
+    const char *src = parent->src;
+    int line = parent->key ? parent->key_line : parent->line;
+    int col = parent->key ? parent->key_col : parent->col;
+    if (*ppath) return err_pos(src, line, col, "missing required key '%s' in '%s'", leaf, ppath);
+    return err_pos(src, line, col, "missing required key '%s'", leaf);
+}
+
+/*
+ * Checks and completes the value at parent->item[idx] (idx < 0: absent, so parent is a
+ * map) against schema row si; ppath is the parent's display path.
+ */
+static int resolve(ml_config *c, ml_cfg_node *parent, int idx, int si, const char *ppath,
+                   const char *leaf) {
+    const cfg_key *k = &cfg_schema[si];
+    ml_cfg_node *n = idx >= 0 ? parent->item[idx] : NULL;
+    char path[CFG_PATH];
+    join_path(path, sizeof path, ppath, leaf);
+    if (!n || is_null(n)) {
+        if (k->flags & F_REQ) {
+            if (n) return ERR_AT(n, "%s: missing value for required key", path);
+            return err_missing(parent, ppath, leaf);
+        }
+        if (!k->def) {
+            if (n) node_remove(parent, idx);
+            return ML_OK;
+        }
+        ml_cfg_node *d = node_from_text("default", k->def);
+        if (!d) return ML_ERR;
+        const ml_cfg_node *from = n ? n : parent;
+        d->src = from->src;
+        d->line = d->key_line = n ? from->line : (from->key ? from->key_line : from->line);
+        d->col = d->key_col = n ? from->col : (from->key ? from->key_col : from->col);
+        if (parent->kind == ML_CFG_MAP && !(d->key = ml_strdup(leaf))) {
+            node_free(d);
+            return ML_ERR;
+        }
+        if (n) {
+            d->key_line = n->key_line;
+            d->key_col = n->key_col;
+            node_free(n);
+            parent->item[idx] = d;
+        } else if (node_push(parent, d)) {
+            node_free(d);
+            return ML_ERR;
+        }
+        n = d;
+    }
+    switch (k->type) {
+    case T_MAP:
+    case T_FREE:
+    case T_PLUGIN:
+        if (n->kind != ML_CFG_MAP) return ERR_AT(n, "%s: expected a mapping, got %s", path, kind_name(n->kind));
+        if (k->type == T_MAP) return resolve_map(c, n, k->path, path);
+        if (k->type == T_PLUGIN) return resolve_plugin(c, n, si, path);
+        return ML_OK;
+    case T_LIST: {
+        if (n->kind != ML_CFG_SEQ) return ERR_AT(n, "%s: expected a list, got %s", path, kind_name(n->kind));
+        int ci = schema_child(k->path, "*");
+        for (int i = 0; i < n->n; i++) {
+            char num[16];
+            snprintf(num, sizeof num, "%d", i);
+            if (is_null(n->item[i])) return ERR_AT(n->item[i], "%s.%s: empty list item", path, num);
+            if (ci >= 0 && resolve(c, n, i, ci, path, num)) return ML_ERR;
+        }
+        return ML_OK;
+    }
+    default: {
+        vspec v = {k->type, k->min, k->max, k->flags, k->choices};
+        return check_scalar(n, &v, path);
+    }
+    }
+}
+
+/* Puts n's entries in schema order, then desc's option order, then the rest. */
+static int reorder(ml_cfg_node *n, const char *spath, const ml_plugin *desc) {
+    if (!n->n) return ML_OK;
+    ml_cfg_node **it = malloc((size_t)n->n * sizeof *it);
+    char *taken = calloc((size_t)n->n, 1);
+    if (!it || !taken) {
+        free(it);
+        free(taken);
+        return ml_errorf("out of memory");
+    }
+    int k = 0;
+    for (int si = 0; si < CFG_NKEYS; si++) {
+        int j = is_child(si, spath) ? map_find(n, leaf_of(cfg_schema[si].path)) : -1;
+        if (j >= 0 && !taken[j]) {
+            it[k++] = n->item[j];
+            taken[j] = 1;
+        }
+    }
+    for (int o = 0; desc && o < desc->num_options; o++) {
+        int j = desc->options[o].name ? map_find(n, desc->options[o].name) : -1;
+        if (j >= 0 && !taken[j]) {
+            it[k++] = n->item[j];
+            taken[j] = 1;
+        }
+    }
+    for (int j = 0; j < n->n; j++)
+        if (!taken[j]) it[k++] = n->item[j];
+    memcpy(n->item, it, (size_t)k * sizeof *it);
+    free(it);
+    free(taken);
+    return ML_OK;
+}
+
+static int resolve_map(ml_config *c, ml_cfg_node *n, const char *spath, const char *path) {
+    for (int j = 0; j < n->n; j++) {
+        ml_cfg_node *e = n->item[j];
+        if (schema_child(spath, e->key) >= 0) continue;
+        suggest s;
+        char hint[300];
+        suggest_init(&s, e->key);
+        for (int si = 0; si < CFG_NKEYS; si++)
+            if (is_child(si, spath)) suggest_str(&s, leaf_of(cfg_schema[si].path));
+        suggest_text(&s, hint, sizeof hint, "valid keys");
+        if (*path) return ERR_KEY(e, "unknown key '%s' in '%s'%s", e->key, path, hint);
+        return ERR_KEY(e, "unknown key '%s'%s", e->key, hint);
+    }
+    for (int si = 0; si < CFG_NKEYS; si++) {
+        if (!is_child(si, spath)) continue;
+        const char *leaf = leaf_of(cfg_schema[si].path);
+        if (resolve(c, n, map_find(n, leaf), si, path, leaf)) return ML_ERR;
+    }
+    return reorder(n, spath, NULL);
+}
+
+static const char *plugin_kind_name(int kind) {
+    return kind == ML_PLUGIN_ROUTER ? "router" : kind == ML_PLUGIN_LOSS ? "loss"
+         : kind == ML_PLUGIN_SCHEDULE ? "schedule" : "unknown";
+}
+
+static vspec option_spec(const ml_option *o) {
+    vspec v = {T_STR, NOLO, NOHI, 0, o->choices};
+    v.type = o->type == ML_OPT_INT ? T_INT : o->type == ML_OPT_FLOAT ? T_FLOAT
+           : o->type == ML_OPT_BOOL ? T_BOOL : T_ENUM;
+    if ((v.type == T_INT || v.type == T_FLOAT) && o->min <= o->max) {
+        v.min = o->min;
+        v.max = o->max;
+    }
+    return v;
+}
+
+static int option_index(const ml_plugin *desc, const char *name) {
+    for (int o = 0; o < desc->num_options; o++)
+        if (desc->options[o].name && !strcmp(desc->options[o].name, name)) return o;
+    return -1;
+}
+
+static int resolve_plugin(ml_config *c, ml_cfg_node *n, int si, const char *path) {
+    const cfg_key *k = &cfg_schema[si];
+    for (int ci = 0; ci < CFG_NKEYS; ci++) {
+        if (!is_child(ci, k->path)) continue;
+        const char *leaf = leaf_of(cfg_schema[ci].path);
+        if (resolve(c, n, map_find(n, leaf), ci, path, leaf)) return ML_ERR;
+    }
+    const ml_cfg_node *name = map_get(n, "name");
+    if (!c->find || !name) return reorder(n, k->path, NULL);
+    char err[ML_ERR_MAX] = "";
+    const ml_plugin *desc = c->find(c->find_ctx, k->plugin_kind, name->text, err);
+    if (!desc)
+        return ERR_AT(name, "%s", err[0] ? err : "plugin not found");
+    if ((int)desc->kind != k->plugin_kind)
+        return ERR_AT(name, "'%s' is a %s plugin, %s expects a %s plugin", name->text,
+                      plugin_kind_name((int)desc->kind), path, plugin_kind_name(k->plugin_kind));
+    for (int j = 0; j < n->n; j++) {
+        ml_cfg_node *e = n->item[j];
+        if (schema_child(k->path, e->key) >= 0) continue;
+        char opath[CFG_PATH];
+        join_path(opath, sizeof opath, path, e->key);
+        int o = option_index(desc, e->key);
+        if (o < 0) {
+            suggest s;
+            char hint[300];
+            suggest_init(&s, e->key);
+            for (int ci = 0; ci < CFG_NKEYS; ci++)
+                if (is_child(ci, k->path)) suggest_str(&s, leaf_of(cfg_schema[ci].path));
+            for (int q = 0; q < desc->num_options; q++)
+                if (desc->options[q].name) suggest_str(&s, desc->options[q].name);
+            return ERR_KEY(e, "unknown option '%s' for %s plugin '%s' in '%s'%s", e->key,
+                           plugin_kind_name(k->plugin_kind), desc->name, path,
+                           suggest_text(&s, hint, sizeof hint, "valid keys"));
+        }
+        vspec v = option_spec(&desc->options[o]);
+        if (is_null(e))
+            return ERR_AT(e, "%s: missing value (omit the key for the default, %s)", opath,
+                          desc->options[o].def ? desc->options[o].def : "none");
+        if (check_scalar(e, &v, opath)) return ML_ERR;
+    }
+    for (int o = 0; o < desc->num_options; o++) {
+        const ml_option *opt = &desc->options[o];
+        if (!opt->name || !opt->def || map_find(n, opt->name) >= 0) continue;
+        char opath[CFG_PATH];
+        join_path(opath, sizeof opath, path, opt->name);
+        ml_cfg_node *d = node_from_text("default", opt->def);
+        vspec v = option_spec(opt);
+        if (!d || check_scalar(d, &v, opath)) {
+            node_free(d);
+            return ERR_AT(n, "%s plugin '%s' has an invalid default for option '%s': %s",
+                          plugin_kind_name(k->plugin_kind), desc->name, opt->name, ml_error());
+        }
+        d->src = n->src;
+        d->line = d->key_line = n->key ? n->key_line : n->line;
+        d->col = d->key_col = n->key ? n->key_col : n->col;
+        if (!(d->key = ml_strdup(opt->name)) || node_push(n, d)) {
+            node_free(d);
+            return ML_ERR;
+        }
+    }
+    return reorder(n, k->path, desc);
+}
+
+/* ----------------------------------------------------------------------- emitter */
+
+static int sb_write(void *data, unsigned char *buf, size_t size) {
+    ml_strbuf *b = data;
+    ml_strbuf_put(b, (const char *)buf, size);
+    return !b->oom;
+}
+
+static int emit_scalar(yaml_emitter_t *em, const char *text, int quoted) {
+    yaml_event_t ev;
+    if (!yaml_scalar_event_initialize(&ev, NULL, NULL, (yaml_char_t *)text, (int)strlen(text), 1, 1,
+                                      quoted ? YAML_DOUBLE_QUOTED_SCALAR_STYLE : YAML_PLAIN_SCALAR_STYLE))
+        return ML_ERR;
+    return yaml_emitter_emit(em, &ev) ? ML_OK : ML_ERR;
+}
+
+static int emit_node(yaml_emitter_t *em, const ml_cfg_node *n) {
+    yaml_event_t ev;
+    if (n->kind == ML_CFG_SCALAR) return emit_scalar(em, n->text, n->quoted);
+    if (n->kind == ML_CFG_MAP) {
+        if (!yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1, YAML_BLOCK_MAPPING_STYLE) ||
+            !yaml_emitter_emit(em, &ev))
+            return ML_ERR;
+        for (int i = 0; i < n->n; i++)
+            if (emit_scalar(em, n->item[i]->key, 0) || emit_node(em, n->item[i])) return ML_ERR;
+        if (!yaml_mapping_end_event_initialize(&ev) || !yaml_emitter_emit(em, &ev)) return ML_ERR;
+        return ML_OK;
+    }
+    int flat = 1;
+    for (int i = 0; i < n->n; i++)
+        if (n->item[i]->kind != ML_CFG_SCALAR) flat = 0;
+    if (!yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1,
+                                              flat ? YAML_FLOW_SEQUENCE_STYLE : YAML_BLOCK_SEQUENCE_STYLE) ||
+        !yaml_emitter_emit(em, &ev))
+        return ML_ERR;
+    for (int i = 0; i < n->n; i++)
+        if (emit_node(em, n->item[i])) return ML_ERR;
+    if (!yaml_sequence_end_event_initialize(&ev) || !yaml_emitter_emit(em, &ev)) return ML_ERR;
+    return ML_OK;
+}
+
+static int emit_yaml(ml_config *c) {
+    yaml_emitter_t em;
+    yaml_event_t ev;
+    ml_strbuf b = {0};
+    if (!yaml_emitter_initialize(&em)) return ml_errorf("out of memory");
+    yaml_emitter_set_output(&em, sb_write, &b);
+    yaml_emitter_set_unicode(&em, 1);
+    yaml_emitter_set_width(&em, -1);
+    yaml_emitter_set_indent(&em, 2);
+    int ok = yaml_stream_start_event_initialize(&ev, YAML_UTF8_ENCODING) && yaml_emitter_emit(&em, &ev) &&
+             yaml_document_start_event_initialize(&ev, NULL, NULL, NULL, 1) && yaml_emitter_emit(&em, &ev) &&
+             !emit_node(&em, c->root) && yaml_document_end_event_initialize(&ev, 1) &&
+             yaml_emitter_emit(&em, &ev) && yaml_stream_end_event_initialize(&ev) &&
+             yaml_emitter_emit(&em, &ev) && yaml_emitter_flush(&em);
+    const char *problem = em.problem;
+    yaml_emitter_delete(&em);
+    if (!ok || !b.buf) {
+        free(b.buf);
+        return ml_errorf("%s: cannot render the resolved config: %s", c->path,
+                         problem ? problem : "out of memory");
+    }
+    c->yaml = b.buf;
+    c->yaml_len = b.len;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < b.len; i++) {
+        h ^= (unsigned char)b.buf[i];
+        h *= 0x100000001b3ULL;
+    }
+    c->hash = h;
+    return ML_OK;
+}
+
+/* --------------------------------------------------------------------------- API */
+
+ml_config *ml_config_load(const char *path, const char *const *overrides, int n_overrides,
+                          ml_config_find_plugin find, void *find_ctx) {
+    ml_config *c = ml_calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->find = find;
+    c->find_ctx = find_ctx;
+    if (!(c->path = ml_strdup(path)) || !(c->root = load_tree(c, path, 0, NULL))) goto fail;
+    for (int i = 0; i < n_overrides; i++)
+        if (apply_override(c, c->root, overrides[i])) goto fail;
+    if (resolve_map(c, c->root, "", "") || emit_yaml(c)) goto fail;
+    c->find = NULL;
+    c->find_ctx = NULL;
+    return c;
+fail:
+    ml_config_free(c);
+    return NULL;
+}
+
+void ml_config_free(ml_config *c) {
+    if (!c) return;
+    node_free(c->root);
+    for (int i = 0; i < c->n_srcs; i++) free(c->srcs[i]);
+    free(c->srcs);
+    free(c->yaml);
+    free(c->path);
+    free(c);
+}
+
+const ml_cfg_node *ml_config_get(const ml_config *c, const char *path) {
+    const ml_cfg_node *n = c ? c->root : NULL;
+    const char *p = path;
+    while (n && p && *p) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (n->kind == ML_CFG_MAP) {
+            int j = map_findn(n, p, len);
+            n = j < 0 ? NULL : n->item[j];
+        } else if (n->kind == ML_CFG_SEQ && is_index(p, len)) {
+            int j = atoi(p);
+            n = j < n->n ? n->item[j] : NULL;
+        } else {
+            n = NULL;
+        }
+        p = dot ? dot + 1 : NULL;
+    }
+    return n;
+}
+
+static const char *plain_text(const ml_config *c, const char *path) {
+    const ml_cfg_node *n = ml_config_get(c, path);
+    return n && n->kind == ML_CFG_SCALAR && !n->quoted ? n->text : NULL;
+}
+
+int64_t ml_config_int(const ml_config *c, const char *path, int64_t fallback) {
+    const char *t = plain_text(c, path);
+    int64_t v;
+    return t && !parse_int(t, &v) ? v : fallback;
+}
+
+double ml_config_float(const ml_config *c, const char *path, double fallback) {
+    const char *t = plain_text(c, path);
+    double v;
+    return t && !parse_float(t, &v) ? v : fallback;
+}
+
+int ml_config_bool(const ml_config *c, const char *path, int fallback) {
+    const char *t = plain_text(c, path);
+    int v;
+    return t && !parse_bool(t, &v) ? v : fallback;
+}
+
+const char *ml_config_str(const ml_config *c, const char *path, const char *fallback) {
+    const ml_cfg_node *n = ml_config_get(c, path);
+    return n && n->kind == ML_CFG_SCALAR ? n->text : fallback;
+}
+
+int ml_config_len(const ml_config *c, const char *path) {
+    const ml_cfg_node *n = ml_config_get(c, path);
+    return n && n->kind == ML_CFG_SEQ ? n->n : -1;
+}
+
+int ml_config_plugin_options(const ml_config *c, const char *path, const ml_plugin *desc,
+                             ml_optval *out) {
+    const ml_cfg_node *sec = ml_config_get(c, path);
+    if (!sec || sec->kind != ML_CFG_MAP)
+        return ml_errorf("config: no plugin section '%s'", path);
+    /* the section may name the plugin by path, so its keys (not its name) must fit desc */
+    for (int k = 0; k < sec->n; k++) {
+        const char *key = sec->item[k]->key;
+        if (!key || !strcmp(key, "name") || !strcmp(key, "coef")) continue;
+        int known = 0;
+        for (int o = 0; o < desc->num_options && !known; o++) known = desc->options[o].name && !strcmp(desc->options[o].name, key);
+        if (!known)
+            return ml_errorf("config: '%s' has option '%s', which plugin '%s' does not declare", path, key, desc->name);
+    }
+    for (int o = 0; o < desc->num_options; o++) {
+        const ml_option *opt = &desc->options[o];
+        const ml_cfg_node *n = opt->name ? map_get(sec, opt->name) : NULL;
+        const char *text = n && n->kind == ML_CFG_SCALAR ? n->text : opt->def;
+        ml_optval *v = &out[o];
+        memset(v, 0, sizeof *v);
+        if (!text) continue;
+        int bad = n && n->quoted && opt->type != ML_OPT_ENUM;
+        switch (opt->type) {
+        case ML_OPT_INT:
+            bad = bad || parse_int(text, &v->i);
+            v->f = (double)v->i;
+            break;
+        case ML_OPT_FLOAT:
+            bad = bad || parse_float(text, &v->f);
+            break;
+        case ML_OPT_BOOL: {
+            int b = 0;
+            bad = bad || parse_bool(text, &b);
+            v->i = b;
+            v->f = b;
+            break;
+        }
+        case ML_OPT_ENUM:
+            v->i = enum_index(opt->choices, text);
+            v->s = text;
+            bad = v->i < 0;
+            break;
+        default:
+            bad = 1;
+        }
+        if (bad)
+            return ml_errorf("config: %s.%s: '%s' is not a valid %s value for plugin '%s'", path,
+                             opt->name ? opt->name : "?", text,
+                             opt->type == ML_OPT_INT ? "integer" : opt->type == ML_OPT_FLOAT ? "number"
+                             : opt->type == ML_OPT_BOOL ? "boolean" : "choice", desc->name);
+    }
+    return ML_OK;
+}
+
+const ml_cfg_node *ml_config_root(const ml_config *c) { return c ? c->root : NULL; }
+ml_cfg_kind ml_cfg_node_kind(const ml_cfg_node *n) { return n->kind; }
+int ml_cfg_node_len(const ml_cfg_node *n) { return n->kind == ML_CFG_SCALAR ? 0 : n->n; }
+const ml_cfg_node *ml_cfg_node_at(const ml_cfg_node *n, int i) {
+    return n->kind != ML_CFG_SCALAR && i >= 0 && i < n->n ? n->item[i] : NULL;
+}
+const char *ml_cfg_node_key(const ml_cfg_node *n) { return n->key; }
+const char *ml_cfg_node_text(const ml_cfg_node *n) { return n->kind == ML_CFG_SCALAR ? n->text : NULL; }
+int ml_cfg_node_is_quoted(const ml_cfg_node *n) { return n->kind == ML_CFG_SCALAR && n->quoted; }
+
+const char *ml_cfg_node_source(const ml_cfg_node *n, int *line, int *col) {
+    if (line) *line = n->line;
+    if (col) *col = n->col;
+    return n->src;
+}
+
+int ml_config_write(const ml_config *c, const char *path) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return ml_errorf("%s: cannot open for writing: %s", path, strerror(errno));
+    int ok = fwrite(c->yaml, 1, c->yaml_len, f) == c->yaml_len;
+    int e = errno;
+    if (fclose(f) != 0 && ok) {
+        ok = 0;
+        e = errno;
+    }
+    if (!ok) return ml_errorf("%s: cannot write: %s", path, strerror(e));
+    return ML_OK;
+}
+
+const char *ml_config_yaml(const ml_config *c) { return c->yaml; }
+uint64_t ml_config_hash(const ml_config *c) { return c->hash; }
+const char *ml_config_path(const ml_config *c) { return c->path; }
+
+/* ------------------------------------------------------------------ schema docs */
+
+
+/* "losses.*.coef" -> "losses.N.coef" */
+static void doc_path(const char *p, char *buf, size_t size) {
+    size_t k = 0;
+    for (; *p && k + 1 < size; p++) buf[k++] = *p == '*' ? 'N' : *p;
+    buf[k] = 0;
+}
+
+static void doc_type(int si, char *buf, size_t size) {
+    const cfg_key *k = &cfg_schema[si];
+    switch (k->type) {
+    case T_STR: snprintf(buf, size, "string"); break;
+    case T_INT: snprintf(buf, size, "int"); break;
+    case T_FLOAT: snprintf(buf, size, "float"); break;
+    case T_BOOL: snprintf(buf, size, "bool"); break;
+    case T_FREE: snprintf(buf, size, "mapping, free-form"); break;
+    case T_MAP: snprintf(buf, size, "section"); break;
+    case T_PLUGIN: snprintf(buf, size, "%s plugin section", plugin_kind_name(k->plugin_kind)); break;
+    case T_ENUM: {
+        size_t n = (size_t)snprintf(buf, size, "one of `");
+        for (const char *p = k->choices; *p && n + 6 < size; p++) {
+            if (*p == '|') {
+                memcpy(buf + n, "`, `", 4);
+                n += 4;
+            } else {
+                buf[n++] = *p;
+            }
+        }
+        snprintf(buf + n, size - n, "`");
+        break;
+    }
+    case T_LIST: {
+        int ci = schema_child(k->path, "*");
+        char item[200] = "any";
+        if (ci >= 0) doc_type(ci, item, sizeof item);
+        snprintf(buf, size, "list of %s%s", item,
+                 ci >= 0 && cfg_schema[ci].type == T_PLUGIN ? "s" : "");
+        break;
+    }
+    }
+}
+
+static void doc_row(ml_strbuf *b, int si) {
+    const cfg_key *k = &cfg_schema[si];
+    char path[CFG_PATH], type[300], def[200], range[100] = "";
+    doc_path(k->path, path, sizeof path);
+    doc_type(si, type, sizeof type);
+    if (k->flags & F_REQ) snprintf(def, sizeof def, "**required**");
+    else if (!k->def) snprintf(def, sizeof def, "none");
+    else if (k->type == T_STR) snprintf(def, sizeof def, "`\"%s\"`", k->def);
+    else snprintf(def, sizeof def, "`%s`", k->def);
+    int item = k->type == T_LIST ? schema_child(k->path, "*") : si;
+    if (item >= 0 && (cfg_schema[item].type == T_INT || cfg_schema[item].type == T_FLOAT)) {
+        const cfg_key *r = &cfg_schema[item];
+        char t[80];
+        fmt_range(r->min, r->max, r->flags, t, sizeof t);
+        /* backticks keep > and < out of HTML */
+        if (*t) snprintf(range, sizeof range, "%s%s%s%s", item != si ? "each " : "",
+                         *t == '>' || *t == '<' ? "`" : "", t, *t == '>' || *t == '<' ? "`" : "");
+    }
+    ml_strbuf_printf(b, "| `%s` | %s | %s | %s | %s |\n", path, type, def, range, k->doc);
+}
+
+static void doc_table_head(ml_strbuf *b) {
+    ml_strbuf_printf(b, "| key | type | default | range | meaning |\n|---|---|---|---|---|\n");
+}
+
+static void doc_options_row(ml_strbuf *b, int si) {
+    char path[CFG_PATH];
+    doc_path(cfg_schema[si].path, path, sizeof path);
+    ml_strbuf_printf(b, "| `%s.<option>` | per option | the option's default | per option | "
+                 "options of the named %s plugin (`moelab plugins` lists them) |\n",
+              path, plugin_kind_name(cfg_schema[si].plugin_kind));
+}
+
+/* All rows under the section row si (recursively, skipping scalar list-item rows). */
+static void doc_section_rows(ml_strbuf *b, const char *spath) {
+    for (int si = 0; si < CFG_NKEYS; si++) {
+        if (!is_child(si, spath)) continue;
+        const cfg_key *k = &cfg_schema[si];
+        if (!strcmp(leaf_of(k->path), "*") && k->type != T_PLUGIN) continue;
+        if (k->type != T_PLUGIN) doc_row(b, si);
+        if (k->type == T_MAP || k->type == T_PLUGIN) doc_section_rows(b, k->path);
+        if (k->type == T_PLUGIN) doc_options_row(b, si);
+    }
+}
+
+/* Rows with a heading of their own: sections, plugin sections, lists of plugin sections. */
+static int doc_is_section(int si) {
+    const cfg_key *k = &cfg_schema[si];
+    int item = k->type == T_LIST ? schema_child(k->path, "*") : -1;
+    return k->type == T_MAP || k->type == T_PLUGIN || (item >= 0 && cfg_schema[item].type == T_PLUGIN);
+}
+
+char *ml_config_schema_markdown(void) {
+    ml_strbuf b = {0};
+    ml_strbuf_printf(&b, "### Top level\n\n");
+    doc_table_head(&b);
+    for (int si = 0; si < CFG_NKEYS; si++) {
+        if (is_child(si, "") && !doc_is_section(si)) doc_row(&b, si);
+    }
+    for (int si = 0; si < CFG_NKEYS; si++) {
+        const cfg_key *k = &cfg_schema[si];
+        if (!is_child(si, "") || !doc_is_section(si)) continue;
+        char type[300];
+        doc_type(si, type, sizeof type);
+        char first = k->doc[0] >= 'a' && k->doc[0] <= 'z' ? (char)(k->doc[0] - 'a' + 'A') : k->doc[0];
+        ml_strbuf_printf(&b, "\n### `%s` — %s\n\n%c%s.\n\n", k->path, type, first, k->doc + 1);
+        doc_table_head(&b);
+        if (k->type == T_LIST) doc_row(&b, si);
+        doc_section_rows(&b, k->path);
+        if (k->type == T_PLUGIN) doc_options_row(&b, si);
+    }
+    char *md = ml_strbuf_take(&b);
+    if (!md) ml_errorf("out of memory");
+    return md;
+}

@@ -1,0 +1,1726 @@
+/* luaexp.c — the sandboxed Lua state, the `exp` and `moelab` bindings, protected script runs. */
+#include "lua/luaexp.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <limits.h>
+#include <lua.h>
+#include <lualib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "run/checkpoint.h"
+#include "lua/luastandalone.h"
+
+struct ml_lua {
+    lua_State *L;
+    ml_experiment *e;
+    char script_dir[PATH_MAX];
+    char lib_dir[PATH_MAX];
+    char run_dir[PATH_MAX];
+    char files_dir[PATH_MAX + 8]; /* run_dir/files: the only place scripts may write */
+    char **allow;          /* extra readable paths (realpath'd) */
+    int n_allow;
+    char **env;            /* lua.allow_env: the variables os.getenv may read */
+    int n_env;
+    int loaded;
+    int in_epoch;          /* inside exp:train_epoch (its on_step may not start another) */
+    /* limits (the allocator and the count hook read these) */
+    size_t mem_used, mem_limit;
+    int mem_mb;
+    int mem_hit;           /* the allocator refused a block because of the cap */
+    int timeout_s;         /* 0: none */
+    double started;        /* ml_lua_exec's start (monotonic), 0 before */
+    double int_seen;       /* when the hook first saw ml_exp_interrupted, 0: not yet */
+    int stop;              /* ML_LUA_STOP_*: once set, no Lua code may continue */
+    int closing;           /* ml_lua_free: no Lua code may run any more */
+    int n_warn;            /* warnings printed (capped) */
+    int fd_base;           /* descriptors the process held when the state was made, -1: unknown */
+    int warn_len;
+    char warn_buf[256];
+};
+
+#define EXP_T "moelab.experiment"
+#define MOE_T "moelab.moe"
+#define LOSS_T "moelab.loss"
+#define SCHED_T "moelab.schedule"
+#define RO_T "moelab.readonly"
+
+/* Originals of wrapped functions live in the registry, never in upvalues or tables a script
+ * can reach (with the debug library absent, the registry is out of a script's reach). */
+#define ORIG_LOAD "moelab.orig.load"
+#define ORIG_GC "moelab.orig.collectgarbage"
+#define ORIG_OPEN "moelab.orig.io.open"
+#define ORIG_IOCLOSE "moelab.orig.io.close"
+#define ORIG_RESUME "moelab.orig.coroutine.resume"
+#define ORIG_CLOSE "moelab.orig.coroutine.close"
+#define ORIG_MOVE "moelab.orig.table.move"
+#define ORIG_CONCAT "moelab.orig.table.concat"
+#define ORIG_SORT "moelab.orig.table.sort"
+#define LOADED "moelab.loaded"
+
+/* Instructions between two checks of the interrupt flag and the clock. The cost is not the
+ * hook call (one per HOOK_COUNT instructions) but Lua 5.4 tracing every instruction once any
+ * hook is set: a tight pure-Lua loop runs about 2x slower (2e8 iterations: 3.5 s -> 7.6 s);
+ * scripts/train.lua spends its time in C and is not measurably slower. */
+#define HOOK_COUNT 1000
+/* After SIGINT/SIGTERM a script still in Lua code gets this long to reach its next exp call
+ * (where it stops at once) before the hook stops it wherever it is. */
+#define INTERRUPT_GRACE_S 1.0
+
+/* Every thread of the state carries the ml_lua pointer in its extra space (lua_newthread
+ * copies the main thread's), so the hook and the bindings find it without a table lookup. */
+static ml_lua *getself(lua_State *L) { return *(ml_lua **)lua_getextraspace(L); }
+
+/* A core failure becomes a Lua error at the script's line (luaL_error adds the position). */
+static int core_error(lua_State *L) { return luaL_error(L, "%s", ml_error()); }
+
+/* ------------------------------------------------------------- limits */
+
+/* lua_Alloc with a cap. Lua never asks a shrink to fail, so only growth is refused; when
+ * ptr is NULL, osize is a type tag, not a size. A refusal makes Lua run an emergency full
+ * collection and retry, so the cap bounds live memory. */
+static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    ml_lua *l = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        l->mem_used -= old;
+        return NULL;
+    }
+    if (nsize > old) {
+        size_t base = l->mem_used - old;
+        if (nsize > l->mem_limit || base > l->mem_limit - nsize) {
+            l->mem_hit = 1;
+            return NULL;
+        }
+    }
+    void *p = realloc(ptr, nsize);
+    if (p) l->mem_used = l->mem_used - old + nsize;
+    return p;
+}
+
+static int sb_panic(lua_State *L) {
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "moelab: lua: unprotected error: %s\n", msg ? msg : "(not a string)");
+    return 0; /* lua aborts */
+}
+
+/* Warnings (errors in finalizers of C objects, warn() is not offered to scripts): a few
+ * lines, each cut to fit, then silence, so a hostile script cannot flood stderr. */
+static void sb_warn(void *ud, const char *msg, int tocont) {
+    ml_lua *l = ud;
+    if (!l->warn_len && !tocont && msg[0] == '@') return; /* control message ("@on") */
+    size_t n = strlen(msg), room = sizeof l->warn_buf - 1 - (size_t)l->warn_len;
+    if (n > room) n = room;
+    memcpy(l->warn_buf + l->warn_len, msg, n);
+    l->warn_len += (int)n;
+    l->warn_buf[l->warn_len] = 0;
+    if (tocont) return;
+    if (l->n_warn < 5) ml_log(ML_LOG_WARN, "lua: %s", l->warn_buf);
+    else if (l->n_warn == 5) ml_log(ML_LOG_WARN, "lua: further warnings are not shown");
+    l->n_warn++;
+    l->warn_len = 0;
+}
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Decides whether the script must stop now. at_once: an exp call, where an interrupt needs no
+ * grace. Once decided the reason sticks. */
+static int due_stop(ml_lua *l, int at_once) {
+    if (l->stop) return l->stop;
+    if (ml_exp_interrupted) {
+        double now = mono_now();
+        if (at_once) return l->stop = ML_LUA_STOP_INTERRUPT;
+        if (l->int_seen == 0) l->int_seen = now;
+        else if (now - l->int_seen > INTERRUPT_GRACE_S) return l->stop = ML_LUA_STOP_INTERRUPT;
+    }
+    if (l->timeout_s > 0 && l->started > 0 && mono_now() - l->started > l->timeout_s)
+        return l->stop = ML_LUA_STOP_TIMEOUT;
+    return ML_LUA_STOP_NONE;
+}
+
+static const char *stop_message(ml_lua *l, char *buf, size_t n) {
+    switch (l->stop) {
+    case ML_LUA_STOP_INTERRUPT: snprintf(buf, n, "interrupted"); break;
+    case ML_LUA_STOP_TIMEOUT: snprintf(buf, n, "script exceeded lua.timeout_s = %d s", l->timeout_s); break;
+    case ML_LUA_STOP_MEMORY:
+        snprintf(buf, n, "script exceeded its memory limit of %d MB (lua.memory_mb)", l->mem_mb);
+        break;
+    default: snprintf(buf, n, "stopped"); break;
+    }
+    return buf;
+}
+
+static void sb_hook(lua_State *L, lua_Debug *ar);
+
+/* Raises the stop error. From here on this thread's hook runs at every instruction, so any
+ * Lua code that runs after a C function swallowed the error (a load reader, a coroutine, a
+ * pcall) raises again at its first instruction; the wrapped pcall/xpcall/resume/close/load
+ * re-raise on return. Together the script cannot continue. */
+static int stop_raise(lua_State *L, ml_lua *l) {
+    char msg[128];
+    lua_sethook(L, sb_hook, LUA_MASKCOUNT, 1);
+    lua_pushstring(L, stop_message(l, msg, sizeof msg));
+    return lua_error(L);
+}
+
+static void sb_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    ml_lua *l = getself(L);
+    if (l->closing) luaL_error(L, "the script's state is closing");
+    if (due_stop(l, 0)) stop_raise(L, l);
+}
+
+/* Every exp/moe/loss/schedule binding starts here. */
+static void guard(lua_State *L) {
+    ml_lua *l = getself(L);
+    if (l->e && l->e->finished) luaL_error(L, "the run has finished");
+    if (due_stop(l, 1)) stop_raise(L, l);
+}
+
+/* ------------------------------------------------------------------ paths */
+
+static int path_under(const char *path, const char *dir) {
+    size_t n = strlen(dir);
+    if (n && dir[n - 1] == '/') return strncmp(path, dir, n) == 0; /* "/" (a realpath ends in '/' only then) */
+    return n && strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == 0);
+}
+
+/* realpath of path, or of its directory when the file does not exist yet. A name that exists
+ * but does not resolve (a dangling symlink, a loop) resolves to nothing: opening it for
+ * writing would follow the link wherever it points. */
+static int resolve(const char *path, char *out) {
+    if (realpath(path, out)) return 1;
+    struct stat st;
+    if (lstat(path, &st) == 0) return 0;
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof dir, "%s", path) >= (int)sizeof dir) return 0;
+    char *slash = strrchr(dir, '/');
+    const char *base = path;
+    if (slash) {
+        *slash = 0;
+        base = path + (slash - dir) + 1;
+        if (!*dir) strcpy(dir, "/");
+    } else {
+        strcpy(dir, ".");
+    }
+    if (!*base || !strcmp(base, ".") || !strcmp(base, "..")) return 0;
+    char rd[PATH_MAX];
+    if (!realpath(dir, rd)) return 0;
+    size_t a = strlen(rd), b = strlen(base);
+    if (a + 1 + b >= PATH_MAX) return 0;
+    memcpy(out, rd, a);
+    out[a] = '/';
+    memcpy(out + a + 1, base, b + 1);
+    return 1;
+}
+
+static int allowed(ml_lua *l, const char *path, int write) {
+    char rp[PATH_MAX];
+    if (!resolve(path, rp)) return 0;
+    /* Writes go to files/ only: the rest of the run directory (config.yaml, checkpoints/,
+     * the results files) is what --resume trusts, so a script must not be able to forge it. */
+    if (write) return l->files_dir[0] && path_under(rp, l->files_dir);
+    if (l->run_dir[0] && path_under(rp, l->run_dir)) return 1;
+    if (path_under(rp, l->script_dir) || path_under(rp, l->lib_dir)) return 1;
+    for (int i = 0; i < l->n_allow; i++)
+        if (path_under(rp, l->allow[i])) return 1;
+    return 0;
+}
+
+#define READ_RULE "scripts read only under the run directory, the script's directory, scripts/lib and lua.allow_read"
+#define WRITE_RULE "scripts write only under exp.files_dir (the run directory's files/)"
+
+static void refresh_run_dir(ml_lua *l) {
+    if (!l->run_dir[0] && l->e && ml_exp_run_dir(l->e)) {
+        char rp[PATH_MAX];
+        if (realpath(ml_exp_run_dir(l->e), rp)) {
+            strcpy(l->run_dir, rp); /* same size */
+            snprintf(l->files_dir, sizeof l->files_dir, "%s/files", rp);
+        }
+    }
+}
+
+/* The sandbox's read rule, for bindings that open files by path (exp:load_checkpoint). */
+static int may_read(lua_State *L, const char *path) {
+    ml_lua *l = getself(L);
+    refresh_run_dir(l);
+    return allowed(l, path, 0);
+}
+
+/* ------------------------------------------------------------ aux helpers */
+
+static void set_num(lua_State *L, const char *k, double v) {
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, k);
+}
+static void set_int(lua_State *L, const char *k, lua_Integer v) {
+    lua_pushinteger(L, v);
+    lua_setfield(L, -2, k);
+}
+
+/* Pushes a read-only view of the table at idx: reads pass through, writes raise. */
+static void push_readonly(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    lua_newtable(L);
+    luaL_getmetatable(L, RO_T);
+    lua_newtable(L); /* per-proxy metatable so __index can differ */
+    lua_pushvalue(L, idx);
+    lua_setfield(L, -2, "__index");
+    lua_getfield(L, -2, "__newindex");
+    lua_setfield(L, -2, "__newindex");
+    lua_getfield(L, -2, "__len");
+    lua_setfield(L, -2, "__len");
+    lua_getfield(L, -2, "__pairs");
+    lua_setfield(L, -2, "__pairs");
+    lua_pushliteral(L, "read-only table");
+    lua_setfield(L, -2, "__metatable");
+    lua_remove(L, -2);
+    lua_setmetatable(L, -2);
+}
+
+static int ro_newindex(lua_State *L) {
+    return luaL_error(L, "exp.config is read-only (tried to set '%s'); hint: use exp:log or a local variable",
+                      luaL_tolstring(L, 2, NULL));
+}
+static int ro_len(lua_State *L) {
+    lua_getmetatable(L, 1);
+    lua_getfield(L, -1, "__index");
+    lua_pushinteger(L, (lua_Integer)luaL_len(L, -1));
+    return 1;
+}
+/* pairs() over a proxy walks the hidden table without handing it out (the state is the
+ * proxy itself, so the writable original never reaches the script) */
+static int ro_next(lua_State *L) {
+    lua_settop(L, 2);
+    if (!lua_getmetatable(L, 1) || lua_getfield(L, 3, "__index") != LUA_TTABLE) return 0;
+    lua_pushvalue(L, 2);
+    if (lua_next(L, 4)) return 2;
+    lua_pushnil(L);
+    return 1;
+}
+static int ro_pairs(lua_State *L) {
+    lua_pushcfunction(L, ro_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* Config node -> Lua value (maps/seqs become read-only tables). */
+static void push_node(lua_State *L, const ml_cfg_node *n) {
+    switch (ml_cfg_node_kind(n)) {
+    case ML_CFG_MAP:
+    case ML_CFG_SEQ: {
+        int map = ml_cfg_node_kind(n) == ML_CFG_MAP, len = ml_cfg_node_len(n);
+        lua_createtable(L, map ? 0 : len, map ? len : 0);
+        for (int i = 0; i < len; i++) {
+            const ml_cfg_node *c = ml_cfg_node_at(n, i);
+            push_node(L, c);
+            if (map) lua_setfield(L, -2, ml_cfg_node_key(c));
+            else lua_rawseti(L, -2, i + 1);
+        }
+        push_readonly(L, -1);
+        lua_remove(L, -2);
+        break;
+    }
+    case ML_CFG_SCALAR: {
+        const char *t = ml_cfg_node_text(n);
+        if (ml_cfg_node_is_quoted(n)) lua_pushstring(L, t);
+        else if (strcmp(t, "true") == 0) lua_pushboolean(L, 1);
+        else if (strcmp(t, "false") == 0) lua_pushboolean(L, 0);
+        else if (strcmp(t, "null") == 0 || strcmp(t, "~") == 0 || !*t) lua_pushnil(L);
+        else if (!lua_stringtonumber(L, t)) lua_pushstring(L, t);
+        break;
+    }
+    }
+}
+
+/* Lua table of scalar fields -> JSON object fields (without braces). */
+/*
+ * Checks an event's field table without running any script code (lua_next is raw; no
+ * __tostring): string keys, values number, boolean or string. Raises before the caller
+ * allocates anything, so an error can never leave a C buffer behind.
+ */
+static void check_event_fields(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "exp:event: field names must be strings, got a %s", luaL_typename(L, -2));
+        int t = lua_type(L, -1);
+        if (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TSTRING)
+            luaL_error(L, "exp:event: field '%s' is a %s, expected a number, boolean or string", lua_tostring(L, -2),
+                       luaL_typename(L, -1));
+        lua_pop(L, 1);
+    }
+}
+
+/* Fields of a checked table (check_event_fields) -> JSON object members. Raises nothing. */
+static void table_to_json(lua_State *L, int idx, ml_json *j) {
+    idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        const char *k = lua_tostring(L, -2);
+        switch (lua_type(L, -1)) {
+        case LUA_TNUMBER:
+            if (lua_isinteger(L, -1)) ml_json_int(j, k, lua_tointeger(L, -1));
+            else ml_json_num(j, k, lua_tonumber(L, -1));
+            break;
+        case LUA_TBOOLEAN: ml_json_raw(j, k, lua_toboolean(L, -1) ? "true" : "false"); break;
+        default: ml_json_str(j, k, lua_tostring(L, -1)); break;
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* ------------------------------------------------------------------ exp */
+
+static int state_init(lua_State *L, ml_experiment *e);
+static int state_save(void *ctx, char **json);
+
+static ml_experiment *check_exp(lua_State *L) {
+    ml_experiment **p = luaL_checkudata(L, 1, EXP_T);
+    guard(L);
+    return *p;
+}
+
+typedef struct hook_ctx {
+    lua_State *L;
+    int fn_ref;
+    int err_ref;
+    ml_experiment *e;
+} hook_ctx;
+
+/* Runs at every step boundary of train_epoch: stops the epoch on a timeout (the C loop stops
+ * on an interrupt by itself), then calls the script's on_step if it gave one. */
+static int step_hook(void *ctx) {
+    hook_ctx *h = ctx;
+    lua_State *L = h->L;
+    if (due_stop(getself(L), 0)) return ml_errorf("the script is stopping");
+    if (h->fn_ref == LUA_NOREF) return ML_OK;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h->fn_ref);
+    lua_createtable(L, 0, 4);
+    set_int(L, "epoch", h->e->epoch);
+    set_int(L, "step", h->e->step);
+    set_int(L, "images_seen", h->e->images_seen);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        h->err_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        return ml_errorf("on_step hook failed");
+    }
+    return ML_OK;
+}
+
+static int l_train_epoch(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    ml_lua *self = getself(L);
+    /* a nested epoch would train inside the outer one's step and lose its metrics row */
+    if (self->in_epoch) return luaL_error(L, "exp:train_epoch cannot be called from on_step");
+    hook_ctx h = {L, LUA_NOREF, LUA_NOREF, e};
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_getfield(L, 2, "on_step");
+        if (!lua_isnil(L, -1)) {
+            luaL_argexpected(L, lua_isfunction(L, -1), 2, "table with on_step = function");
+            h.fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    ml_epoch_stats st;
+    self->in_epoch = 1;
+    int rc = ml_exp_train_epoch(e, step_hook, &h, &st);
+    self->in_epoch = 0;
+    luaL_unref(L, LUA_REGISTRYINDEX, h.fn_ref);
+    if (due_stop(getself(L), 1)) { /* interrupted during the epoch, or out of time */
+        luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
+        return stop_raise(L, getself(L));
+    }
+    if (h.err_ref != LUA_NOREF) { /* re-raise the hook's own error, position intact */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, h.err_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
+        return lua_error(L);
+    }
+    if (rc) return core_error(L);
+    lua_createtable(L, 0, 8 + st.n_aux);
+    set_int(L, "epoch", st.epoch);
+    set_num(L, "loss", st.loss);
+    set_num(L, "task_loss", st.task_loss);
+    set_int(L, "images_seen", st.images_seen);
+    set_int(L, "steps", st.steps);
+    set_num(L, "seconds", st.seconds);
+    set_num(L, "img_per_s", st.img_per_s);
+    for (int i = 0; i < st.n_aux; i++) set_num(L, st.aux_name[i], st.aux_value[i]);
+    return 1;
+}
+
+static int l_evaluate(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    ml_eval_stats st;
+    if (ml_exp_evaluate(e, &st)) return core_error(L);
+    lua_createtable(L, 0, 4 + st.n_aux);
+    set_num(L, "loss", st.loss);
+    set_num(L, "val_loss", st.loss);
+    set_int(L, "samples", st.samples);
+    for (int i = 0; i < st.n_aux; i++) set_num(L, st.aux_name[i], st.aux_value[i]);
+    return 1;
+}
+
+static int l_log(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+        if (lua_type(L, -2) != LUA_TSTRING) return luaL_argerror(L, 2, "keys must be column names (strings)");
+        size_t kl;
+        const char *k = lua_tolstring(L, -2, &kl);
+        /* names are copied out of the Lua allocator and become metrics.csv's header */
+        int bad = kl == 0 || kl > 128;
+        for (size_t i = 0; i < kl && !bad; i++)
+            bad = (unsigned char)k[i] < 0x20 || (unsigned char)k[i] > 0x7e || k[i] == ',' || k[i] == '"';
+        if (bad)
+            return luaL_error(L, "exp:log: a column name (here %d bytes) must be 1..128 printable ASCII characters "
+                                 "without ',' or '\"'", (int)(kl > INT_MAX ? INT_MAX : kl));
+        int ok;
+        double v = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : lua_tonumberx(L, -1, &ok);
+        if (!lua_isboolean(L, -1) && !ok)
+            return luaL_error(L, "exp:log: column '%s' has a %s value, expected a number or boolean", k, luaL_typename(L, -1));
+        if (ml_exp_log(e, k, v)) return core_error(L);
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+static int l_event(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    const char *kind = luaL_checkstring(L, 2);
+    size_t kn = strlen(kind);
+    int ok = kn >= 1 && kn <= 64;
+    for (size_t i = 0; ok && i < kn; i++) ok = isalnum((unsigned char)kind[i]) || strchr("_.-", kind[i]);
+    luaL_argcheck(L, ok, 2, "an event kind is 1..64 letters, digits, '_', '.' or '-'");
+    int fields = !lua_isnoneornil(L, 3);
+    if (fields) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        check_event_fields(L, 3); /* every error before the buffer exists */
+    }
+    ml_json j;
+    ml_json_begin(&j);
+    if (fields) table_to_json(L, 3, &j);
+    int rc = ml_exp_event_json(e, kind, &j);
+    ml_json_free(&j);
+    if (rc) return core_error(L);
+    return 0;
+}
+
+static int l_save_checkpoint(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    if (ml_exp_save_checkpoint(e, luaL_checkstring(L, 2))) return core_error(L);
+    return 0;
+}
+
+static int l_load_checkpoint(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    const char *tag = luaL_checkstring(L, 2);
+    int epoch;
+    int64_t step;
+    /* a path (a tag has no '/') obeys io.open's read rule, checked before anything opens it */
+    if (strchr(tag, '/') && !may_read(L, tag))
+        return luaL_error(L, "exp:load_checkpoint('%s'): not allowed by the sandbox; " READ_RULE
+                             "; hint: add the path to lua.allow_read", tag);
+    if (ml_exp_load_checkpoint(e, tag, &epoch, &step)) return core_error(L);
+    lua_createtable(L, 0, 2);
+    set_int(L, "epoch", epoch);
+    set_int(L, "step", step);
+    return 1;
+}
+
+static const luaL_Reg exp_methods[] = {
+    {"train_epoch", l_train_epoch}, {"evaluate", l_evaluate}, {"log", l_log}, {"event", l_event},
+    {"save_checkpoint", l_save_checkpoint}, {"load_checkpoint", l_load_checkpoint}, {NULL, NULL}};
+
+static int exp_index(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    const char *k = luaL_checkstring(L, 2);
+    lua_getiuservalue(L, 1, 1); /* cached tables: config, moe, losses, schedule */
+    lua_getfield(L, -1, k);
+    if (!lua_isnil(L, -1)) return 1;
+    lua_pop(L, 2);
+    if (strcmp(k, "epoch") == 0) lua_pushinteger(L, e->epoch);
+    else if (strcmp(k, "step") == 0) lua_pushinteger(L, e->step);
+    else if (strcmp(k, "images_seen") == 0) lua_pushinteger(L, e->images_seen);
+    else if (strcmp(k, "num_layers") == 0) lua_pushinteger(L, e->model->L);
+    else if (strcmp(k, "run_dir") == 0) lua_pushstring(L, ml_exp_run_dir(e));
+    else if (strcmp(k, "files_dir") == 0) {
+        if (ml_exp_run_dir(e)) lua_pushfstring(L, "%s/files", ml_exp_run_dir(e));
+        else lua_pushnil(L);
+    }
+    else if (strcmp(k, "name") == 0) lua_pushstring(L, e->experiment);
+    else if (strcmp(k, "resumed") == 0) lua_pushboolean(L, e->resumed);
+    else {
+        luaL_getmetatable(L, EXP_T);
+        lua_getfield(L, -1, "methods");
+        lua_getfield(L, -1, k);
+        if (lua_isnil(L, -1)) return luaL_error(L, "exp has no field '%s'", k);
+    }
+    return 1;
+}
+
+static int exp_newindex(lua_State *L) {
+    if (strcmp(luaL_checkstring(L, 2), "state") == 0) { /* the script's own table, saved in checkpoints */
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getiuservalue(L, 1, 1);
+        lua_pushvalue(L, 3);
+        lua_setfield(L, -2, "state");
+        return 0;
+    }
+    return luaL_error(L, "exp.%s cannot be assigned; hint: coefficients are exp.losses[name].coef",
+                      luaL_checkstring(L, 2));
+}
+
+static int exp_tostring(lua_State *L) {
+    ml_experiment *e = *(ml_experiment **)luaL_checkudata(L, 1, EXP_T);
+    lua_pushfstring(L, "experiment '%s' (epoch %d)", e->experiment, e->epoch);
+    return 1;
+}
+
+/* ----------------------------------------------------------------- moe[i] */
+
+typedef struct moe_ud { ml_experiment *e; int layer; } moe_ud;
+
+static moe_ud *check_moe(lua_State *L) {
+    moe_ud *u = luaL_checkudata(L, 1, MOE_T);
+    guard(L);
+    return u;
+}
+
+static int l_add_experts(lua_State *L) {
+    moe_ud *u = check_moe(L);
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n >= 1 && n <= ML_MOE_MAX_EXPERTS, 2, "expected 1..4096 experts to add");
+    /* experts live outside the Lua allocator: a loop of additions must not exhaust memory */
+    if (u->e->model->moe[u->layer]->N + n > ML_MOE_MAX_EXPERTS)
+        return luaL_error(L, "add_experts: a layer holds at most 4096 experts (layer %d has %d, asked for %d more)",
+                          u->layer + 1, u->e->model->moe[u->layer]->N, (int)n);
+    const char *reason = luaL_optstring(L, 3, "script");
+    if (ml_exp_add_experts(u->e, u->layer, (int)n, reason)) return core_error(L);
+    lua_pushinteger(L, u->e->model->moe[u->layer]->N);
+    return 1;
+}
+
+static void push_array(lua_State *L, const double *v, int n) {
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushnumber(L, v[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+}
+
+static int l_stats(lua_State *L) {
+    moe_ud *u = check_moe(L);
+    const char *which = luaL_optstring(L, 2, "train");
+    luaL_argcheck(L, !strcmp(which, "train") || !strcmp(which, "val"), 2, "expected 'train' or 'val'");
+    ml_health h;
+    if (ml_exp_health(u->e, u->layer, which[0] == 'v', &h)) return core_error(L);
+    lua_createtable(L, 0, 20);
+    set_int(L, "num_experts", h.num_experts);
+    push_array(L, h.utilisation, h.num_experts);
+    lua_setfield(L, -2, "utilisation");
+    push_array(L, h.importance, h.num_experts);
+    lua_setfield(L, -2, "importance");
+    set_num(L, "cv", h.cv);
+    set_int(L, "active", h.active);
+    set_int(L, "dead", h.dead);
+    set_num(L, "entropy_norm", h.marginal_entropy_norm);
+    set_num(L, "sample_entropy", h.mean_sample_entropy);
+    set_num(L, "mutual_info", h.mutual_info);
+    set_num(L, "max_load", h.max_load_ratio);
+    set_num(L, "dropped", h.dropped_share);
+    set_num(L, "nmi", h.nmi_label);
+    set_num(L, "load_balance", h.load_balance);
+    set_int(L, "samples", h.samples);
+    lua_pushboolean(L, h.collapsed);
+    lua_setfield(L, -2, "collapsed");
+    const char *names[ML_MOE_MAX_RTENSORS];
+    const float *vals[ML_MOE_MAX_RTENSORS];
+    ml_moe *m = u->e->model->moe[u->layer];
+    int nx = ml_moe_reported_state(m, names, vals, ML_MOE_MAX_RTENSORS);
+    for (int i = 0; i < nx; i++) {
+        lua_createtable(L, m->N, 0);
+        for (int k = 0; k < m->N; k++) {
+            lua_pushnumber(L, vals[i][k]);
+            lua_rawseti(L, -2, k + 1);
+        }
+        lua_setfield(L, -2, names[i]);
+    }
+    ml_health_free(&h);
+    return 1;
+}
+
+static int moe_index(lua_State *L) {
+    moe_ud *u = check_moe(L);
+    const char *k = luaL_checkstring(L, 2);
+    ml_moe *m = u->e->model->moe[u->layer];
+    if (strcmp(k, "num_experts") == 0) lua_pushinteger(L, m->N);
+    else if (strcmp(k, "layer") == 0) lua_pushinteger(L, u->layer + 1);
+    else if (strcmp(k, "router") == 0) lua_pushstring(L, m->plugin->name);
+    else if (strcmp(k, "add_experts") == 0) lua_pushcfunction(L, l_add_experts);
+    else if (strcmp(k, "stats") == 0) lua_pushcfunction(L, l_stats);
+    else return luaL_error(L, "moe layer has no field '%s' (fields: num_experts, layer, router, add_experts, stats)", k);
+    return 1;
+}
+
+static int moe_tostring(lua_State *L) {
+    moe_ud *u = luaL_checkudata(L, 1, MOE_T);
+    lua_pushfstring(L, "moe layer %d (%d experts, router %s)", u->layer + 1, u->e->model->moe[u->layer]->N,
+                    u->e->model->moe[u->layer]->plugin->name);
+    return 1;
+}
+
+/* ------------------------------------------------------------- losses[name] */
+
+typedef struct loss_ud { ml_experiment *e; int idx; } loss_ud;
+
+static int loss_index(lua_State *L) {
+    loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
+    guard(L);
+    const char *k = luaL_checkstring(L, 2);
+    ml_loss_slot *s = &u->e->loss[u->idx];
+    if (strcmp(k, "coef") == 0) lua_pushnumber(L, s->coef);
+    else if (strcmp(k, "name") == 0) lua_pushstring(L, s->name);
+    else if (strcmp(k, "plugin") == 0) lua_pushstring(L, s->plugin->name);
+    else return luaL_error(L, "loss '%s' has no field '%s' (fields: coef, name, plugin)", s->name, k);
+    return 1;
+}
+
+static int loss_newindex(lua_State *L) {
+    loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
+    guard(L);
+    const char *k = luaL_checkstring(L, 2);
+    ml_loss_slot *s = &u->e->loss[u->idx];
+    if (strcmp(k, "coef") != 0) return luaL_error(L, "loss '%s': only 'coef' can be set, not '%s'", s->name, k);
+    double v = luaL_checknumber(L, 3);
+    if (!isfinite(v) || v < 0) return luaL_error(L, "loss '%s': coef must be a finite number >= 0, got %f", s->name, v);
+    s->coef = v;
+    return 0;
+}
+
+static int loss_tostring(lua_State *L) {
+    loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
+    lua_pushfstring(L, "loss '%s' (coef %f)", u->e->loss[u->idx].name, u->e->loss[u->idx].coef);
+    return 1;
+}
+
+/* ----------------------------------------------------------------- schedule */
+
+static int l_decide(lua_State *L) {
+    ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
+    guard(L);
+    guard(L);
+    ml_experiment *e = *p;
+    int add[64];
+    if (ml_exp_schedule_decide(e, add)) return core_error(L);
+    int any = 0;
+    for (int l = 0; l < e->model->L && l < 64; l++) any |= add[l] > 0;
+    if (!any) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_createtable(L, e->model->L, 0);
+    for (int l = 0; l < e->model->L && l < 64; l++) {
+        lua_pushinteger(L, add[l]);
+        lua_rawseti(L, -2, l + 1);
+    }
+    return 1;
+}
+
+static int sched_index(lua_State *L) {
+    ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
+    guard(L);
+    guard(L);
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "decide") == 0) lua_pushcfunction(L, l_decide);
+    else if (strcmp(k, "name") == 0) lua_pushstring(L, (*p)->sched_plugin->name);
+    else return luaL_error(L, "schedule has no field '%s' (fields: name, decide)", k);
+    return 1;
+}
+
+/* ------------------------------------------------------------------ moelab */
+
+static int l_warn(lua_State *L) {
+    const char *msg = luaL_checkstring(L, 1);
+    ml_lua *l = getself(L);
+    ml_log(ML_LOG_WARN, "%s", msg);
+    if (l->e && l->e->res && !l->e->finished) {
+        ml_json j;
+        ml_json_begin(&j);
+        ml_json_str(&j, "message", msg);
+        int rc = ml_exp_event_json(l->e, "warning", &j);
+        ml_json_free(&j);
+        if (rc) return core_error(L);
+    }
+    return 0;
+}
+
+static int l_print(lua_State *L) {
+    int n = lua_gettop(L);
+    for (int i = 1; i <= n; i++) {
+        fputs(luaL_tolstring(L, i, NULL), stderr);
+        lua_pop(L, 1);
+        if (i < n) fputc('\t', stderr);
+    }
+    fputc('\n', stderr);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ sandbox */
+
+static int call_orig(lua_State *L, const char *key) {
+    lua_getfield(L, LUA_REGISTRYINDEX, key);
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Files a script may hold open at once: the host needs descriptors of its own (checkpoints,
+ * results, the crash summary), and a script that opens files in a loop must not take them. */
+#define LUA_MAX_OPEN_FILES 128
+
+static int count_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+static int l_io_open(lua_State *L) {
+    ml_lua *l = getself(L);
+    int now = l->fd_base >= 0 ? count_fds() : -1;
+    if (now >= 0 && now - l->fd_base >= LUA_MAX_OPEN_FILES)
+        return luaL_error(L, "io.open: the script holds %d open files, at most %d are allowed; close files it no "
+                          "longer needs (f:close())", now - l->fd_base, LUA_MAX_OPEN_FILES);
+    const char *path = luaL_checkstring(L, 1);
+    const char *mode = luaL_optstring(L, 2, "r");
+    int write = strpbrk(mode, "wa+") != NULL;
+    refresh_run_dir(l);
+    if (!allowed(l, path, write))
+        return luaL_error(L, "io.open('%s', '%s'): not allowed by the sandbox; %s; hint: %s", path, mode,
+                          write ? WRITE_RULE : READ_RULE,
+                          write ? "write into exp.files_dir" : "add the path to lua.allow_read");
+    return call_orig(L, ORIG_OPEN);
+}
+
+/* io.close() without a file would close stdout */
+static int l_io_close(lua_State *L) {
+    luaL_checkudata(L, 1, LUA_FILEHANDLE);
+    lua_settop(L, 1);
+    return call_orig(L, ORIG_IOCLOSE);
+}
+
+/* load() in text mode only: no bytecode, also not from a reader function */
+static int l_load(lua_State *L) {
+    int n = lua_gettop(L); /* chunk [, chunkname [, mode [, env]]]: env's presence matters */
+    luaL_checkany(L, 1);
+    if (n < 3) lua_settop(L, 3);
+    lua_pushliteral(L, "t");
+    lua_replace(L, 3);
+    int r = call_orig(L, ORIG_LOAD);
+    /* a reader function runs inside load's protected parser: it could swallow a stop */
+    if (due_stop(getself(L), 0)) return stop_raise(L, getself(L));
+    return r;
+}
+
+static int load_text_file(lua_State *L, const char *path) {
+    if (!may_read(L, path)) { /* an error message, like a file that cannot be opened */
+        lua_pushfstring(L, "loading '%s' is not allowed by the sandbox; " READ_RULE, path);
+        return LUA_ERRFILE;
+    }
+    return luaL_loadfilex(L, path, "t");
+}
+
+static int l_dofile(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    lua_settop(L, 1);
+    if (load_text_file(L, path) != LUA_OK) return lua_error(L);
+    lua_call(L, 0, LUA_MULTRET);
+    return lua_gettop(L) - 1;
+}
+
+/* loadfile(path [, mode [, env]]): mode is always "t" */
+static int l_loadfile(lua_State *L) {
+    const char *path = luaL_checkstring(L, 1);
+    int env = !lua_isnone(L, 3);
+    lua_settop(L, 3);
+    if (load_text_file(L, path) != LUA_OK) {
+        luaL_pushfail(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    if (env) {
+        lua_pushvalue(L, 3);
+        if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+    }
+    return 1;
+}
+
+/* require(name): package.loaded, else name.lua (dots become '/') from the script's directory
+ * and scripts/lib, text only. No package.searchers, preload, path or C modules. */
+static int l_require(lua_State *L) {
+    ml_lua *l = getself(L);
+    const char *name = luaL_checkstring(L, 1);
+    lua_settop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, LOADED);
+    if (lua_getfield(L, 2, name) != LUA_TNIL) return 1;
+    lua_pop(L, 1);
+    char rel[PATH_MAX];
+    if (snprintf(rel, sizeof rel, "%s", name) >= (int)sizeof rel || strstr(rel, "..") || rel[0] == '/')
+        return luaL_error(L, "module '%s' not found (a module name is a dotted path inside the script's directory or scripts/lib)", name);
+    for (char *c = rel; *c; c++)
+        if (*c == '.') *c = '/';
+    const char *dirs[2] = {l->script_dir, l->lib_dir};
+    luaL_Buffer tried;
+    luaL_buffinit(L, &tried);
+    for (int i = 0; i < 2; i++) {
+        if (!dirs[i][0]) continue;
+        char path[PATH_MAX + 8];
+        snprintf(path, sizeof path, "%s/%s.lua", dirs[i], rel);
+        FILE *f = fopen(path, "r");
+        if (!f || !allowed(l, path, 0)) {
+            if (f) fclose(f);
+            lua_pushfstring(L, "\n\tno file '%s'", path);
+            luaL_addvalue(&tried);
+            continue;
+        }
+        fclose(f);
+        if (luaL_loadfilex(L, path, "t") != LUA_OK)
+            return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, path, lua_tostring(L, -1));
+        lua_pushvalue(L, 1);
+        lua_pushstring(L, path);
+        lua_call(L, 2, 1);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushboolean(L, 1);
+        }
+        lua_pushvalue(L, -1);
+        lua_setfield(L, 2, name);
+        lua_pushstring(L, path);
+        return 2;
+    }
+    luaL_pushresult(&tried);
+    return luaL_error(L, "module '%s' not found:%s", name, lua_tostring(L, -1));
+}
+
+/* pcall/xpcall as in lbaselib (yieldable through lua_pcallk), except that a stop (interrupt,
+ * timeout) is re-raised instead of returned: a script cannot swallow it. */
+static int finish_pcall(lua_State *L, int status, lua_KContext extra) {
+    ml_lua *l = getself(L);
+    if (status != LUA_OK && status != LUA_YIELD) {
+        if (due_stop(l, 0)) return stop_raise(L, l);
+        lua_pushboolean(L, 0);
+        lua_pushvalue(L, -2);
+        return 2;
+    }
+    return lua_gettop(L) - (int)extra;
+}
+
+static int l_pcall(lua_State *L) {
+    luaL_checkany(L, 1);
+    lua_pushboolean(L, 1);
+    lua_insert(L, 1);
+    int status = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, 0, finish_pcall);
+    return finish_pcall(L, status, 0);
+}
+
+static int l_xpcall(lua_State *L) {
+    int n = lua_gettop(L);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushboolean(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rotate(L, 3, 2);
+    int status = lua_pcallk(L, n - 2, LUA_MULTRET, 2, 2, finish_pcall);
+    return finish_pcall(L, status, 2);
+}
+
+/* coroutine.resume/close return a coroutine's error instead of raising it */
+static int l_co_resume(lua_State *L) {
+    int r = call_orig(L, ORIG_RESUME);
+    if (due_stop(getself(L), 0)) return stop_raise(L, getself(L));
+    return r;
+}
+
+static int l_co_close(lua_State *L) {
+    int r = call_orig(L, ORIG_CLOSE);
+    if (due_stop(getself(L), 0)) return stop_raise(L, getself(L));
+    return r;
+}
+
+/* A finalizer runs with hooks off (lgc.c GCTM), so a looping __gc could never be stopped:
+ * tables cannot get one. Lua marks an object for finalization only when its metatable has
+ * __gc at setmetatable time, so checking here is enough. */
+static int l_setmetatable(lua_State *L) {
+    int t = lua_type(L, 2);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+    if (t == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) != LUA_TNIL)
+            return luaL_error(L, "setmetatable: __gc metamethods are not allowed in the sandbox "
+                                 "(a finalizer cannot be interrupted); hint: use a to-be-closed variable (<close>)");
+        lua_pop(L, 1);
+    }
+    if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL) return luaL_error(L, "cannot change a protected metatable");
+    lua_settop(L, 2);
+    lua_setmetatable(L, 1);
+    return 1;
+}
+
+static int l_collectgarbage(lua_State *L) {
+    const char *opt = luaL_optstring(L, 1, "collect");
+    if (strcmp(opt, "collect") && strcmp(opt, "count") && strcmp(opt, "step"))
+        return luaL_argerror(L, 1, "the sandbox allows only \"collect\", \"count\" and \"step\"");
+    return call_orig(L, ORIG_GC);
+}
+
+/* table.move is a C loop that runs no Lua code on plain tables, so the hook cannot stop it:
+ * a range of 2^50 nils would never end. No more elements than the memory cap could hold. */
+static int l_table_move(lua_State *L) {
+    ml_lua *l = getself(L);
+    lua_Integer f = luaL_checkinteger(L, 2), e = luaL_checkinteger(L, 3);
+    if (e >= f && (lua_Unsigned)e - (lua_Unsigned)f >= (lua_Unsigned)(l->mem_limit / 16))
+        return luaL_error(L, "table.move: %I elements is more than lua.memory_mb could ever hold",
+                          (lua_Integer)((lua_Unsigned)e - (lua_Unsigned)f + 1));
+    return call_orig(L, ORIG_MOVE);
+}
+
+/* table.insert/remove/concat/sort loop in C over a length a script controls (a __len, or the
+ * border of a sparse table): the length is asked once, bounded like table.move, and the
+ * loops moelab runs itself check for a stop every 1024 elements, since the hook does not
+ * run inside them. */
+static lua_Integer max_elems(lua_State *L) { return (lua_Integer)(getself(L)->mem_limit / 16); }
+
+static void loop_check(lua_State *L, lua_Integer i) {
+    if ((i & 1023) == 0 && due_stop(getself(L), 0)) stop_raise(L, getself(L));
+}
+
+static lua_Integer table_len(lua_State *L, const char *fn) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, 1);
+    if (n > max_elems(L))
+        luaL_error(L, "table.%s: a length of %I is more than lua.memory_mb could ever hold", fn, n);
+    if (n < 0) luaL_error(L, "table.%s: the table's length is %I, expected >= 0", fn, n);
+    return n;
+}
+
+/* as ltablib.c's tinsert, with the length asked once */
+static int l_table_insert(lua_State *L) {
+    lua_Integer e = table_len(L, "insert") + 1, pos;
+    switch (lua_gettop(L)) {
+    case 2: pos = e; break;
+    case 3:
+        pos = luaL_checkinteger(L, 2);
+        luaL_argcheck(L, (lua_Unsigned)pos - 1u < (lua_Unsigned)e, 2, "position out of bounds");
+        for (lua_Integer i = e; i > pos; i--) {
+            loop_check(L, i);
+            lua_geti(L, 1, i - 1);
+            lua_seti(L, 1, i);
+        }
+        break;
+    default: return luaL_error(L, "wrong number of arguments to 'insert'");
+    }
+    lua_seti(L, 1, pos);
+    return 0;
+}
+
+static int l_table_remove(lua_State *L) {
+    lua_Integer size = table_len(L, "remove");
+    lua_Integer pos = luaL_optinteger(L, 2, size);
+    if (pos != size) luaL_argcheck(L, (lua_Unsigned)pos - 1u <= (lua_Unsigned)size, 2, "position out of bounds");
+    lua_geti(L, 1, pos);
+    for (; pos < size; pos++) {
+        loop_check(L, pos);
+        lua_geti(L, 1, pos + 1);
+        lua_seti(L, 1, pos);
+    }
+    lua_pushnil(L);
+    lua_seti(L, 1, pos);
+    return 1;
+}
+
+/* the original with an explicit, bounded range (then it does not ask __len again) */
+static int l_table_concat(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer i = luaL_optinteger(L, 3, 1);
+    lua_Integer j = lua_isnoneornil(L, 4) ? luaL_len(L, 1) : luaL_checkinteger(L, 4);
+    if (j >= i && (lua_Unsigned)j - (lua_Unsigned)i >= (lua_Unsigned)max_elems(L))
+        return luaL_error(L, "table.concat: %I elements is more than lua.memory_mb could ever hold",
+                          (lua_Integer)((lua_Unsigned)j - (lua_Unsigned)i + 1));
+    lua_settop(L, 2);
+    lua_pushinteger(L, i);
+    lua_pushinteger(L, j);
+    return call_orig(L, ORIG_CONCAT);
+}
+
+/* A plain table's length is backed by memory; a table with a metatable (a __len, an __index
+ * written in C) is copied into a plain one, sorted there and written back. */
+static int l_table_sort(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_getmetatable(L, 1)) return call_orig(L, ORIG_SORT);
+    lua_pop(L, 1);
+    lua_Integer n = table_len(L, "sort");
+    if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    if (n < 2) return 0;
+    lua_createtable(L, (int)n, 0); /* n <= memory cap / 16 < INT_MAX */
+    for (lua_Integer i = 1; i <= n; i++) {
+        loop_check(L, i);
+        lua_geti(L, 1, i);
+        lua_rawseti(L, 3, i);
+    }
+    lua_getfield(L, LUA_REGISTRYINDEX, ORIG_SORT);
+    lua_pushvalue(L, 3);
+    lua_pushvalue(L, 2);
+    lua_call(L, 2, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        loop_check(L, i);
+        lua_rawgeti(L, 3, i);
+        lua_seti(L, 1, i);
+    }
+    return 0;
+}
+
+static int l_getenv(lua_State *L) {
+    ml_lua *l = getself(L);
+    const char *name = luaL_checkstring(L, 1);
+    for (int i = 0; i < l->n_env; i++)
+        if (strcmp(l->env[i], name) == 0) {
+            lua_pushstring(L, getenv(name));
+            return 1;
+        }
+    return luaL_error(L, "os.getenv('%s'): not allowed by the sandbox; hint: list the variable in lua.allow_env", name);
+}
+
+/* Moves the allowed fields of the table at src into the table at dst (names: NULL-terminated). */
+static void copy_fields(lua_State *L, int src, int dst, const char *const *names) {
+    src = lua_absindex(L, src);
+    dst = lua_absindex(L, dst);
+    for (int i = 0; names[i]; i++) {
+        lua_getfield(L, src, names[i]);
+        lua_setfield(L, dst, names[i]);
+    }
+}
+
+/* Calls a library's opener without registering it anywhere and leaves its table on the stack. */
+static void open_lib(lua_State *L, lua_CFunction opener, const char *name) {
+    lua_pushcfunction(L, opener);
+    lua_pushstring(L, name);
+    lua_call(L, 1, 1);
+}
+
+static void stash(lua_State *L, int t, const char *field, const char *key) {
+    lua_getfield(L, t, field);
+    lua_setfield(L, LUA_REGISTRYINDEX, key);
+}
+
+static void set_fn(lua_State *L, const char *name, lua_CFunction f) {
+    lua_pushcfunction(L, f);
+    lua_setfield(L, -2, name);
+}
+
+/* The library a script sees, built from an allow-list: globals, package.loaded and the string
+ * metatable hold only what is listed here, and the originals of wrapped functions sit in the
+ * registry. The debug and package libraries are never opened. */
+static void sandbox(lua_State *L) {
+    static const char *const base_ok[] = {"assert", "error", "getmetatable", "ipairs", "next", "pairs",
+                                          "rawequal", "rawget", "rawlen", "rawset", "select", "tonumber",
+                                          "tostring", "type", "_VERSION", NULL};
+    static const char *const string_ok[] = {"byte", "char", "find", "format", "gmatch", "gsub", "len",
+                                            "lower", "match", "rep", "reverse", "sub", "upper", "pack",
+                                            "packsize", "unpack", NULL};
+    static const char *const table_ok[] = {"concat", "insert", "move", "pack", "remove", "sort", "unpack", NULL};
+    static const char *const math_ok[] = {"abs", "acos", "asin", "atan", "ceil", "cos", "deg", "exp", "floor",
+                                          "fmod", "huge", "log", "max", "maxinteger", "min", "mininteger",
+                                          "modf", "pi", "rad", "random", "randomseed", "sin", "sqrt", "tan",
+                                          "tointeger", "type", "ult", NULL};
+    static const char *const utf8_ok[] = {"char", "charpattern", "codes", "codepoint", "len", "offset", NULL};
+    static const char *const co_ok[] = {"create", "isyieldable", "running", "status", "wrap", "yield", NULL};
+    static const char *const os_ok[] = {"clock", "date", "difftime", "time", NULL};
+    static const char *const io_ok[] = {"type", "write", NULL};
+
+    lua_newtable(L); /* package.loaded, also require's cache */
+    int loaded = lua_gettop(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, LOADED);
+    lua_pushvalue(L, -1); /* lauxlib names functions in messages from here ("io.open") */
+    lua_setfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+
+    /* base: luaopen_base fills the global table; keep the listed names, drop the rest */
+    open_lib(L, luaopen_base, "_G");
+    int g = lua_gettop(L);
+    stash(L, g, "load", ORIG_LOAD);
+    stash(L, g, "collectgarbage", ORIG_GC);
+    lua_newtable(L);
+    copy_fields(L, g, -1, base_ok);
+    lua_pushnil(L);
+    while (lua_next(L, g)) { /* clearing existing fields during a traversal is allowed */
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, g);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, g);
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, g);
+    lua_setfield(L, g, "_G");
+    set_fn(L, "setmetatable", l_setmetatable);
+    set_fn(L, "pcall", l_pcall);
+    set_fn(L, "xpcall", l_xpcall);
+    set_fn(L, "collectgarbage", l_collectgarbage);
+    set_fn(L, "load", l_load);
+    set_fn(L, "loadfile", l_loadfile);
+    set_fn(L, "dofile", l_dofile);
+    set_fn(L, "print", l_print);
+    set_fn(L, "require", l_require);
+    lua_pushvalue(L, g);
+    lua_setfield(L, loaded, "_G");
+
+    struct { const char *name; lua_CFunction open; const char *const *ok; } libs[] = {
+        {"string", luaopen_string, string_ok}, {"table", luaopen_table, table_ok},
+        {"math", luaopen_math, math_ok},       {"utf8", luaopen_utf8, utf8_ok},
+        {"coroutine", luaopen_coroutine, co_ok}, {"os", luaopen_os, os_ok},
+        {"io", luaopen_io, io_ok}};
+    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
+        open_lib(L, libs[i].open, libs[i].name);
+        lua_newtable(L);
+        copy_fields(L, -2, -1, libs[i].ok);
+        if (!strcmp(libs[i].name, "coroutine")) {
+            stash(L, -2, "resume", ORIG_RESUME);
+            stash(L, -2, "close", ORIG_CLOSE);
+            set_fn(L, "resume", l_co_resume);
+            set_fn(L, "close", l_co_close);
+        } else if (!strcmp(libs[i].name, "table")) {
+            stash(L, -2, "move", ORIG_MOVE);
+            stash(L, -2, "concat", ORIG_CONCAT);
+            stash(L, -2, "sort", ORIG_SORT);
+            set_fn(L, "move", l_table_move);
+            set_fn(L, "insert", l_table_insert);
+            set_fn(L, "remove", l_table_remove);
+            set_fn(L, "concat", l_table_concat);
+            set_fn(L, "sort", l_table_sort);
+        } else if (!strcmp(libs[i].name, "os")) {
+            set_fn(L, "getenv", l_getenv);
+        } else if (!strcmp(libs[i].name, "io")) {
+            stash(L, -2, "open", ORIG_OPEN);
+            stash(L, -2, "close", ORIG_IOCLOSE);
+            set_fn(L, "open", l_io_open);
+            set_fn(L, "close", l_io_close);
+        } else if (!strcmp(libs[i].name, "string")) {
+            /* the string metatable's __index was the full library (string.dump included) */
+            lua_pushliteral(L, "");
+            lua_getmetatable(L, -1);
+            lua_pushvalue(L, -3);
+            lua_setfield(L, -2, "__index");
+            lua_pushliteral(L, "string");
+            lua_setfield(L, -2, "__metatable");
+            lua_pop(L, 2);
+        }
+        lua_remove(L, -2);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, loaded, libs[i].name);
+        lua_setfield(L, g, libs[i].name);
+    }
+    /* files: the methods are safe (they act on an open file); hide the metatable */
+    luaL_getmetatable(L, LUA_FILEHANDLE);
+    lua_pushliteral(L, "FILE*");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, loaded);
+    lua_setfield(L, -2, "loaded");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, loaded, "package");
+    lua_setfield(L, g, "package");
+    lua_pop(L, 2);
+}
+
+/* ------------------------------------------------------------------ setup */
+
+static void new_type(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex,
+                     lua_CFunction tostring) {
+    luaL_newmetatable(L, name);
+    lua_pushcfunction(L, index);
+    lua_setfield(L, -2, "__index");
+    if (newindex) {
+        lua_pushcfunction(L, newindex);
+        lua_setfield(L, -2, "__newindex");
+    }
+    if (tostring) {
+        lua_pushcfunction(L, tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pushstring(L, name); /* getmetatable() gives the name, not the table */
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
+
+static int push_exp(lua_State *L, ml_experiment *e) {
+    ml_experiment **p = lua_newuserdatauv(L, sizeof *p, 1);
+    *p = e;
+    luaL_setmetatable(L, EXP_T);
+    lua_newtable(L); /* cached fields */
+    push_node(L, ml_config_root(e->cfg));
+    lua_setfield(L, -2, "config");
+    lua_createtable(L, e->model->L, 0);
+    for (int l = 0; l < e->model->L; l++) {
+        moe_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+        u->e = e;
+        u->layer = l;
+        luaL_setmetatable(L, MOE_T);
+        lua_rawseti(L, -2, l + 1);
+    }
+    lua_setfield(L, -2, "moe");
+    lua_createtable(L, 0, e->n_losses);
+    for (int i = 0; i < e->n_losses; i++) {
+        loss_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+        u->e = e;
+        u->idx = i;
+        luaL_setmetatable(L, LOSS_T);
+        lua_setfield(L, -2, e->loss[i].name);
+    }
+    lua_setfield(L, -2, "losses");
+    ml_experiment **s = lua_newuserdatauv(L, sizeof *s, 0);
+    *s = e;
+    luaL_setmetatable(L, SCHED_T);
+    lua_setfield(L, -2, "schedule");
+    int rc = state_init(L, e);
+    lua_setfield(L, -2, "state");
+    lua_setiuservalue(L, -2, 1);
+    return rc;
+}
+
+/* Realpaths of the config list `key` (entries that do not resolve grant nothing). */
+static void read_list(const ml_config *cfg, const char *key, int resolve_paths, char ***out, int *n_out) {
+    int n = ml_config_len(cfg, key);
+    for (int i = 0; i < n; i++) {
+        char item[96], rp[PATH_MAX];
+        snprintf(item, sizeof item, "%s.%d", key, i);
+        const char *v = ml_config_str(cfg, item, "");
+        if (resolve_paths) {
+            if (!realpath(v, rp)) continue;
+            v = rp;
+        }
+        char **a = realloc(*out, (size_t)(*n_out + 1) * sizeof *a);
+        if (!a) break;
+        *out = a;
+        if ((a[*n_out] = ml_strdup(v))) (*n_out)++;
+    }
+}
+
+ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
+    ml_lua *l = ml_calloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->e = e;
+    l->fd_base = count_fds();
+    l->mem_mb = e ? (int)ml_config_int(e->cfg, "lua.memory_mb", ML_LUA_DEFAULT_MEMORY_MB) : ML_LUA_DEFAULT_MEMORY_MB;
+    l->mem_limit = (size_t)l->mem_mb * 1024 * 1024;
+    l->timeout_s = e ? (int)ml_config_int(e->cfg, "lua.timeout_s", 0) : 0;
+    l->L = lua_newstate(sb_alloc, l);
+    if (!l->L) {
+        free(l);
+        ml_errorf("lua: cannot create a state (out of memory)");
+        return NULL;
+    }
+    if (lib_dir && !realpath(lib_dir, l->lib_dir)) l->lib_dir[0] = 0;
+    lua_State *L = l->L;
+    *(ml_lua **)lua_getextraspace(L) = l; /* before any thread exists: every thread copies it */
+    lua_atpanic(L, sb_panic);
+    lua_setwarnf(L, sb_warn, l);
+    sandbox(L);
+    luaL_newmetatable(L, RO_T);
+    lua_pushcfunction(L, ro_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, ro_len);
+    lua_setfield(L, -2, "__len");
+    lua_pushcfunction(L, ro_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_pop(L, 1);
+    new_type(L, EXP_T, exp_index, exp_newindex, exp_tostring);
+    luaL_getmetatable(L, EXP_T);
+    luaL_newlib(L, exp_methods);
+    lua_setfield(L, -2, "methods");
+    lua_pop(L, 1);
+    new_type(L, MOE_T, moe_index, NULL, moe_tostring);
+    new_type(L, LOSS_T, loss_index, loss_newindex, loss_tostring);
+    new_type(L, SCHED_T, sched_index, NULL, NULL);
+    /* moelab.* */
+    lua_newtable(L);
+    lua_pushcfunction(L, l_warn);
+    lua_setfield(L, -2, "warn");
+    lua_pushliteral(L, "0.1.0");
+    lua_setfield(L, -2, "version");
+    ml_lua_open_standalone(L);
+    lua_setglobal(L, "moelab");
+    if (e) {
+        if (push_exp(L, e)) {
+            ml_lua_free(l);
+            return NULL;
+        }
+        lua_setglobal(L, "exp");
+        e->state_save = state_save;
+        e->state_ctx = l;
+        read_list(e->cfg, "lua.allow_read", 1, &l->allow, &l->n_allow);
+        read_list(e->cfg, "lua.allow_env", 0, &l->env, &l->n_env);
+    }
+    /* inherited by every coroutine created from here on (lua_newthread copies the hook) */
+    lua_sethook(L, sb_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    return l;
+}
+
+void ml_lua_free(ml_lua *l) {
+    if (!l) return;
+    if (l->e && l->e->state_ctx == l) l->e->state_save = NULL;
+    if (l->L) {
+        /* Scripts cannot set Lua finalizers, so nothing of theirs should run in lua_close;
+         * should anything, it gets no more than one hook period. */
+        l->closing = 1;
+        lua_sethook(l->L, sb_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        lua_close(l->L);
+    }
+    for (int i = 0; i < l->n_allow; i++) free(l->allow[i]);
+    free(l->allow);
+    for (int i = 0; i < l->n_env; i++) free(l->env[i]);
+    free(l->env);
+    free(l);
+}
+
+int ml_lua_stop_reason(const ml_lua *l) { return l ? l->stop : ML_LUA_STOP_NONE; }
+
+lua_State *ml_lua_state(ml_lua *l) { return l->L; }
+
+int ml_lua_load(ml_lua *l, const char *script_path) {
+    char rp[PATH_MAX];
+    if (!realpath(script_path, rp))
+        return ml_errorf("%s: cannot open script: %s", script_path, strerror(errno));
+    char *slash = strrchr(rp, '/');
+    if (slash) {
+        *slash = 0;
+        strcpy(l->script_dir, rp); /* same size */
+    }
+    /* chunk name "@path" makes messages read "path:LINE: msg" */
+    int rc = luaL_loadfilex(l->L, script_path, "t");
+    if (rc != LUA_OK) {
+        ml_errorf("%s", lua_tostring(l->L, -1));
+        lua_pop(l->L, 1);
+        return ML_ERR;
+    }
+    l->loaded = 1;
+    return ML_OK;
+}
+
+static int traceback(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+int ml_lua_exec(ml_lua *l) {
+    if (!l->loaded) return ml_errorf("lua: no script loaded");
+    lua_State *L = l->L;
+    refresh_run_dir(l);
+    l->started = mono_now();
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, -2);
+    int rc = lua_pcall(L, 0, 0, -2);
+    if (rc == LUA_OK && !l->stop) {
+        lua_pop(L, 1);
+        return ML_OK;
+    }
+    const char *msg = rc != LUA_OK ? lua_tostring(L, -1) : NULL;
+    /* the cap's refusal surfaces as Lua's "not enough memory" (also when a script re-raised it) */
+    if (!l->stop && l->mem_hit && (rc == LUA_ERRMEM || (msg && strstr(msg, "not enough memory"))))
+        l->stop = ML_LUA_STOP_MEMORY;
+    char buf[128];
+    if (l->stop) ml_errorf("%s", stop_message(l, buf, sizeof buf));
+    else ml_errorf("%s", msg ? msg : "(error object is not a string)");
+    lua_settop(L, 0);
+    return ML_ERR;
+}
+
+/* ------------------------------------------------- exp.state in checkpoints */
+/*
+ * exp.state is a plain Lua table the script owns; checkpoints carry it as JSON (metadata
+ * "run.script_state") and a resumed run starts with it restored. Numbers keep their Lua
+ * subtype (integers as integers, floats always with a '.' or exponent, ±inf as ±1e999;
+ * NaN is refused), object keys are sorted so the same state gives the same bytes, and a
+ * table is either a list (keys exactly 1..n) or a map with string keys.
+ */
+
+#define STATE_MAX_DEPTH 32
+/* The serialised exp.state is bounded well below the checkpoint reader's 100 MB header limit,
+ * so every checkpoint written can be read back; a bigger state fails save_checkpoint before
+ * anything is written. */
+#define STATE_MAX_BYTES (16u << 20)
+
+typedef struct state_enc {
+    ml_strbuf j;    /* the JSON text */
+    int any;
+    int seen;       /* stack index of the set of tables already saved */
+    char path[256]; /* where in exp.state, for messages */
+} state_enc;
+
+/* Appends t unless the state already outgrew STATE_MAX_BYTES (state_encode reports it). */
+static void state_put(ml_strbuf *b, const char *t) {
+    if (b->len > STATE_MAX_BYTES) return;
+    ml_strbuf_puts(b, t);
+}
+
+/* Appends str as a JSON string unless the state would outgrow STATE_MAX_BYTES (escapes
+ * counted first, so a big string never reaches the buffer). */
+static void state_string(lua_State *L, state_enc *s, const char *str) {
+    size_t n = 2;
+    for (const unsigned char *p = (const unsigned char *)str; *p; p++)
+        n += strchr("\"\\\n\r\t\b\f", *p) ? 2 : (*p < 0x20 || *p == 0x7f) ? 6 : 1;
+    if (n > STATE_MAX_BYTES || s->j.len > STATE_MAX_BYTES - n)
+        luaL_error(L, "exp.state is larger than %d MB serialised (at exp.state%s); a checkpoint cannot hold it",
+                   (int)(STATE_MAX_BYTES >> 20), s->path);
+    ml_strbuf_json_string(&s->j, str);
+}
+
+static int str_cmp(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void state_value(lua_State *L, state_enc *s, int idx, int depth);
+
+static void state_table(lua_State *L, state_enc *s, int idx, int depth) {
+    idx = lua_absindex(L, idx);
+    if (depth > STATE_MAX_DEPTH)
+        luaL_error(L, "exp.state%s: nested deeper than %d tables (a cycle?)", s->path, STATE_MAX_DEPTH);
+    /* Only raw access from here on: no metamethod (Lua code) may run while a checkpoint is
+     * being built, and a table with a metatable would not mean what its raw contents say. */
+    if (lua_getmetatable(L, idx))
+        luaL_error(L, "exp.state%s: a table with a metatable cannot be saved; use plain tables", s->path);
+    luaL_checkstack(L, 8, "exp.state");
+    /* a tree, not a graph: a table reached twice would be saved (and restored) twice, so a
+     * small shared state could decode into far more than it was */
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, s->seen) != LUA_TNIL)
+        luaL_error(L, "exp.state%s: this table appears twice in exp.state; checkpoints hold trees (copy it)", s->path);
+    lua_pop(L, 1);
+    lua_pushvalue(L, idx);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, s->seen);
+    if (s->j.len > STATE_MAX_BYTES)
+        luaL_error(L, "exp.state is larger than %d MB serialised; a checkpoint cannot hold it", (int)(STATE_MAX_BYTES >> 20));
+    lua_Integer n = 0, ints = 0;
+    int strs = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        n++;
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            size_t kl;
+            const char *ks = lua_tolstring(L, -1, &kl);
+            if (strlen(ks) != kl) luaL_error(L, "exp.state%s: a key with a NUL byte cannot be saved", s->path);
+            strs++;
+        } else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) ints++;
+        else luaL_error(L, "exp.state%s: a key of type %s; keys must be strings, or 1..n for a list", s->path, luaL_typename(L, -1));
+    }
+    size_t plen = strlen(s->path);
+    if (ints && (strs || lua_rawlen(L, idx) != (size_t)n))
+        luaL_error(L, "exp.state%s: a table must be a list (keys 1..n) or have string keys only", s->path);
+    if (ints) {
+        state_put(&s->j, "[");
+        for (lua_Integer i = 1; i <= n; i++) {
+            if (i > 1) state_put(&s->j, ",");
+            snprintf(s->path + plen, sizeof s->path - plen, "[%lld]", (long long)i);
+            lua_rawgeti(L, idx, i);
+            state_value(L, s, -1, depth + 1);
+            lua_pop(L, 1);
+        }
+        s->path[plen] = 0;
+        state_put(&s->j, "]");
+        return;
+    }
+    const char **keys = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *keys, 0); /* freed by the GC */
+    int k = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        keys[k++] = lua_tostring(L, -1); /* the strings stay alive in the table */
+    }
+    qsort(keys, (size_t)k, sizeof *keys, str_cmp);
+    state_put(&s->j, "{");
+    for (int i = 0; i < k; i++) {
+        if (i) state_put(&s->j, ",");
+        state_string(L, s, keys[i]);
+        state_put(&s->j, ":");
+        snprintf(s->path + plen, sizeof s->path - plen, ".%s", keys[i]);
+        lua_pushstring(L, keys[i]); /* no NUL in keys: the same string */
+        lua_rawget(L, idx);
+        state_value(L, s, -1, depth + 1);
+        lua_pop(L, 1);
+    }
+    s->path[plen] = 0;
+    state_put(&s->j, "}");
+    lua_pop(L, 1); /* keys */
+}
+
+static void state_value(lua_State *L, state_enc *s, int idx, int depth) {
+    char num[64];
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN: state_put(&s->j, lua_toboolean(L, idx) ? "true" : "false"); break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx)) {
+            snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
+        } else {
+            double v = lua_tonumber(L, idx);
+            if (isnan(v)) luaL_error(L, "exp.state%s is NaN, which a checkpoint cannot hold", s->path);
+            if (isinf(v)) snprintf(num, sizeof num, v > 0 ? "1e999" : "-1e999");
+            else {
+                snprintf(num, sizeof num, "%.17g", v);
+                if (!strpbrk(num, ".e")) strcat(num, ".0");
+            }
+        }
+        state_put(&s->j, num);
+        break;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *str = lua_tolstring(L, idx, &len);
+        if (strlen(str) != len) luaL_error(L, "exp.state%s: a string with a NUL byte cannot be saved", s->path);
+        state_string(L, s, str);
+        break;
+    }
+    case LUA_TTABLE: state_table(L, s, idx, depth); break;
+    default:
+        luaL_error(L, "exp.state%s is a %s; checkpoints hold numbers, strings, booleans and tables", s->path,
+                   luaL_typename(L, idx));
+    }
+}
+
+static int state_encode(lua_State *L) {
+    state_enc *s = lua_touserdata(L, 1);
+    lua_getglobal(L, "exp");
+    if (!luaL_testudata(L, -1, EXP_T)) return 0;
+    lua_getiuservalue(L, -1, 1);
+    lua_getfield(L, -1, "state");
+    if (lua_isnil(L, -1)) return 0;
+    s->any = 1;
+    int top = lua_gettop(L);
+    if (lua_type(L, top) != LUA_TTABLE)
+        return luaL_error(L, "exp.state is a %s; it must be a table with string keys", luaL_typename(L, top));
+    lua_newtable(L);
+    s->seen = lua_gettop(L);
+    lua_Integer n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, top)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) n++;
+    }
+    if (n) return luaL_error(L, "exp.state must be a table with string keys (a list, or a key that is not a string, "
+                             "cannot be restored as exp.state)");
+    state_value(L, s, top, 0);
+    return 0;
+}
+
+/* ml_state_save_fn: exp.state as JSON (NULL when there is none). */
+static int state_save(void *ctx, char **json) {
+    ml_lua *l = ctx;
+    lua_State *L = l->L;
+    *json = NULL;
+    state_enc s;
+    memset(&s, 0, sizeof s);
+    lua_pushcfunction(L, state_encode);
+    lua_pushlightuserdata(L, &s);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        ml_errorf("%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        free(s.j.buf);
+        return ML_ERR;
+    }
+    if (!s.any) {
+        free(s.j.buf);
+        return ML_OK; /* no state */
+    }
+    if (s.j.oom) return ml_errorf("exp.state: out of memory");
+    if (s.j.len > STATE_MAX_BYTES) {
+        free(s.j.buf);
+        return ml_errorf("exp.state is larger than %d MB serialised; a checkpoint cannot hold it (the checkpoint "
+                         "was not written)", (int)(STATE_MAX_BYTES >> 20));
+    }
+    ml_jv *v = ml_jv_parse(s.j.buf, s.j.len); /* e.g. invalid UTF-8 in a string */
+    if (!v) {
+        ml_error_prefix("exp.state cannot be saved as JSON");
+        free(s.j.buf);
+        return ML_ERR;
+    }
+    ml_jv_free(v);
+    *json = s.j.buf;
+    return ML_OK;
+}
+
+/* Runs protected (state_init): a checkpoint's state nested deeper than the encoder allows is
+ * refused, and the stack grows as the tables nest. */
+static void state_push(lua_State *L, const ml_jv *v, int depth) {
+    luaL_checkstack(L, 4, "exp.state");
+    switch (v->type) {
+    case ML_JV_BOOL: lua_pushboolean(L, v->boolean); break;
+    case ML_JV_NUM:
+        if (v->is_int) lua_pushinteger(L, (lua_Integer)v->i);
+        else lua_pushnumber(L, v->num);
+        break;
+    case ML_JV_STR: lua_pushstring(L, v->str); break;
+    case ML_JV_ARR:
+    case ML_JV_OBJ:
+        if (depth > STATE_MAX_DEPTH)
+            luaL_error(L, "the checkpoint's exp.state nests deeper than %d tables", STATE_MAX_DEPTH);
+        lua_createtable(L, v->type == ML_JV_ARR ? v->n : 0, v->type == ML_JV_OBJ ? v->n : 0);
+        for (int i = 0; i < v->n; i++) {
+            if (v->items[i].type == ML_JV_NULL) continue;
+            state_push(L, &v->items[i], depth + 1);
+            if (v->type == ML_JV_ARR) lua_rawseti(L, -2, i + 1);
+            else lua_setfield(L, -2, v->keys[i]);
+        }
+        break;
+    default: lua_pushnil(L); break;
+    }
+}
+
+static int state_decode(lua_State *L) {
+    state_push(L, lua_touserdata(L, 1), 0);
+    return 1;
+}
+
+/* Pushes exp.state at start: the restored table on resume, else an empty one. Fails (an
+ * empty table pushed) when the checkpoint's state cannot be restored. */
+static int state_init(lua_State *L, ml_experiment *e) {
+    ml_jv *v = e->script_state ? ml_jv_parse(e->script_state, strlen(e->script_state)) : NULL;
+    int rc = ML_OK;
+    if (v && v->type == ML_JV_OBJ) {
+        lua_pushcfunction(L, state_decode);
+        lua_pushlightuserdata(L, v);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+            rc = ml_errorf("resume: %s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+            lua_newtable(L);
+        }
+    } else {
+        lua_newtable(L);
+    }
+    ml_jv_free(v);
+    return rc;
+}

@@ -1,0 +1,120 @@
+/* model.c — encoder -> MoE layers -> decoder with MSE reconstruction loss. */
+#include "model/model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/ops.h"
+
+static const ml_net_ops *net_for(const char *type) {
+    if (strcmp(type, "mlp") == 0) return &ml_net_mlp;
+    if (strcmp(type, "srnn") == 0) return &ml_net_srnn;
+    return NULL;
+}
+
+ml_model *ml_model_new(const ml_model_cfg *cfg, const int *experts_per_layer) {
+    ml_model *m = ml_calloc(1, sizeof *m);
+    if (!m) return NULL;
+    ml_params_init(&m->P, 1);
+    ml_params_init(&m->S, 0);
+    ml_rng_seed(&m->init_rng, cfg->seed);
+    m->ops = net_for(cfg->type);
+    if (!m->ops) {
+        ml_errorf("model type '%s' is unknown, expected mlp or srnn", cfg->type);
+        goto fail;
+    }
+    ml_net_shape shape = {cfg->C, cfg->H, cfg->W, cfg->latent, cfg->hidden, cfg->channels, cfg->n_channels};
+    m->net = m->ops->create(&shape, &m->P, &m->S);
+    if (!m->net) goto fail;
+    m->D = cfg->latent;
+    m->Din = cfg->C * cfg->H * cfg->W;
+    m->L = cfg->moe_layers;
+    m->moe = ml_calloc((size_t)m->L, sizeof *m->moe);
+    m->z = ml_calloc((size_t)m->L + 1, sizeof *m->z);
+    m->dz = ml_calloc((size_t)m->L + 1, sizeof *m->dz);
+    if (!m->moe || !m->z || !m->dz) goto fail;
+    for (int l = 0; l < m->L; l++) {
+        int n = experts_per_layer ? experts_per_layer[l] : cfg->experts;
+        m->moe[l] = ml_moe_new(l, m->D, cfg->expert_hidden, n, cfg->router, cfg->router_opt, &m->P, &m->S, cfg->seed);
+        if (!m->moe[l]) goto fail;
+    }
+    if (ml_params_commit(&m->P, &m->init_rng) || ml_params_commit(&m->S, &m->init_rng)) goto fail;
+    return m;
+fail:
+    ml_model_free(m);
+    return NULL;
+}
+
+static void free_acts(ml_model *m) {
+    for (int l = 0; l <= m->L; l++) {
+        if (m->z) free(m->z[l]);
+        if (m->dz) free(m->dz[l]);
+    }
+    free(m->xhat);
+    free(m->dxhat);
+    m->xhat = m->dxhat = NULL;
+    m->cap_B = 0;
+}
+
+void ml_model_free(ml_model *m) {
+    if (!m) return;
+    if (m->z && m->dz) free_acts(m);
+    for (int l = 0; m->moe && l < m->L; l++) ml_moe_free(m->moe[l]);
+    free(m->moe);
+    free(m->z);
+    free(m->dz);
+    if (m->net) m->ops->free(m->net);
+    ml_params_free(&m->P);
+    ml_params_free(&m->S);
+    free(m);
+}
+
+static int reserve(ml_model *m, int B) {
+    if (B <= m->cap_B) return ML_OK;
+    free_acts(m);
+    for (int l = 0; l <= m->L; l++) {
+        m->z[l] = ml_alloc_floats((size_t)B * m->D);
+        m->dz[l] = ml_alloc_floats((size_t)B * m->D);
+        if (!m->z[l] || !m->dz[l]) return ML_ERR;
+    }
+    m->xhat = ml_alloc_floats((size_t)B * m->Din);
+    m->dxhat = ml_alloc_floats((size_t)B * m->Din);
+    if (!m->xhat || !m->dxhat) return ML_ERR;
+    m->cap_B = B;
+    return m->ops->reserve(m->net, B);
+}
+
+int ml_model_forward(ml_model *m, const float *x, int B, int training, const int32_t *ids,
+                     const int32_t *labels, int num_classes) {
+    if (reserve(m, B)) return ML_ERR;
+    m->x = x;
+    m->B = B;
+    if (m->ops->encode(m->net, x, B, training, m->z[0])) return ML_ERR;
+    for (int l = 0; l < m->L; l++)
+        if (ml_moe_forward(m->moe[l], m->z[l], m->z[l + 1], B, training, ids, labels, num_classes)) return ML_ERR;
+    if (m->ops->decode(m->net, m->z[m->L], B, training, m->xhat)) return ML_ERR;
+    m->task_loss = ml_mse_forward(m->xhat, x, (size_t)B * m->Din);
+    return ML_OK;
+}
+
+int ml_model_backward(ml_model *m) {
+    const int B = m->B;
+    memset(m->dxhat, 0, (size_t)B * m->Din * sizeof(float));
+    ml_mse_backward(m->dxhat, m->xhat, m->x, (size_t)B * m->Din, 1.0f);
+    for (int l = 0; l <= m->L; l++) memset(m->dz[l], 0, (size_t)B * m->D * sizeof(float));
+    if (m->ops->decode_backward(m->net, m->dxhat, m->dz[m->L])) return ML_ERR;
+    for (int l = m->L - 1; l >= 0; l--)
+        if (ml_moe_backward(m->moe[l], m->dz[l + 1], m->dz[l])) return ML_ERR;
+    return m->ops->encode_backward(m->net, m->dz[0]);
+}
+
+int ml_model_add_experts(ml_model *m, int layer, int n) {
+    if (layer < 0 || layer >= m->L) return ml_errorf("add_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
+    if (n < 1) return ml_errorf("add_experts: n = %d, expected >= 1", n);
+    int old = m->moe[layer]->N;
+    if (ml_moe_grow_declare(m->moe[layer], n)) return ML_ERR;
+    if (ml_params_commit(&m->P, &m->init_rng) || ml_params_commit(&m->S, &m->init_rng)) return ML_ERR;
+    return ml_moe_grow_finish(m->moe[layer], old);
+}
+
+double ml_model_net_flops(const ml_model *m) { return m->ops->flops_per_sample(m->net); }

@@ -1,0 +1,971 @@
+/* conv.c — conv2d and transposed conv2d as chunked im2col/col2im + cblas_sgemm. */
+#include "nn/conv.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/common.h"
+
+/* Target size of one chunk's column matrix: big enough that the GEMM's N dimension is
+ * thousands wide, small enough that col stays in the L3 cache between the GEMM that
+ * writes it and the col2im that reads it. */
+#ifndef COL_TARGET_FLOATS
+#define COL_TARGET_FLOATS ((size_t)1 << 20)
+#endif
+/* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
+#define DIRECT_MAX_O 16
+#define DIRECT_MAX_W 1024
+#define DIRECT_MAX_K 16
+/* register block of the direct kernel: DIRECT_OB output channels x DIRECT_NV 16-float vectors */
+#define DIRECT_OB 3
+#define DIRECT_NV 4
+/* the same kernel's channel block when it has more output channels than DIRECT_OB (conv2d's
+ * dx): DIRECT_DXB x DIRECT_NV accumulators + DIRECT_NV inputs fit the 32 AVX-512 registers */
+#ifndef DIRECT_DXB
+#define DIRECT_DXB 6
+#endif
+#define DIRECT_OB_MAX (DIRECT_DXB > DIRECT_OB ? DIRECT_DXB : DIRECT_OB)
+/* register block of the direct kernel's dw: DIRECT_DWB output channels x DIRECT_DWB kx taps */
+#define DIRECT_DWB 3
+/* float partial sums per reduction: vectorisable without reassociation */
+#define LANES 16
+/* bound on the padded input rows one output row needs (C k rows): the direct path is for
+ * layers with few channels */
+#define DIRECT_MAX_ROWS 16384
+
+/* Threads: OpenBLAS is the OpenMP build, so its GEMMs and the loops below share one
+ * libgomp thread pool. Every loop that moves data is an OpenMP loop with a static schedule
+ * over independent outputs (images, channels, rows); reductions keep a fixed order, so the
+ * results are bitwise identical for the same thread count. */
+
+/* ------------------------------------------------------------------------------------ */
+/* shapes */
+
+/* Rows of the column matrix and its columns per image. */
+static size_t col_rows(const ml_conv_shape *s) {
+    return (size_t)(s->transposed ? s->O : s->C) * (size_t)s->k * (size_t)s->k;
+}
+static size_t col_cols_per_image(const ml_conv_shape *s) {
+    return s->transposed ? (size_t)s->H * (size_t)s->W : (size_t)s->Ho * (size_t)s->Wo;
+}
+
+/* Sub-pixel convt2d: window positions per image ((H + 1) x (W + 1), see below), and floats
+ * of its per-image workspace (col 4C and the phase outputs 4O per position). */
+static size_t sp_cols_per_image(const ml_conv_shape *s) {
+    return (size_t)(s->H + 1) * (size_t)(s->W + 1);
+}
+static size_t sp_floats_per_image(const ml_conv_shape *s) {
+    return (size_t)4 * (size_t)(s->C + s->O) * sp_cols_per_image(s);
+}
+
+static void pick_chunk(ml_conv_shape *s) {
+    size_t per = s->subpixel ? sp_floats_per_image(s) : col_rows(s) * col_cols_per_image(s);
+    size_t c = per ? COL_TARGET_FLOATS / per : 1;
+    if (c < 1) c = 1;
+    if (c > (size_t)s->B) c = (size_t)s->B;
+    s->chunk = (int)c;
+}
+
+static int check_common(const char *op, int B, int C, int H, int W, int O, int k, int stride,
+                        int pad, ml_conv_act act) {
+    if (B < 1 || C < 1 || H < 1 || W < 1)
+        return ml_errorf("%s: input shape (B %d, C %d, H %d, W %d) must be positive", op, B, C,
+                         H, W);
+    if (O < 1) return ml_errorf("%s: output channels must be >= 1, got %d", op, O);
+    if (k < 1) return ml_errorf("%s: kernel size must be >= 1, got %d", op, k);
+    if (stride < 1) return ml_errorf("%s: stride must be >= 1, got %d", op, stride);
+    if (pad < 0 || pad >= k)
+        return ml_errorf("%s: padding must be in [0, kernel size %d), got %d", op, k, pad);
+    if (act != ML_CONV_ACT_NONE && act != ML_CONV_ACT_RELU && act != ML_CONV_ACT_SIGMOID)
+        return ml_errorf("%s: unknown activation %d (expected 0 none, 1 relu, 2 sigmoid)", op,
+                         (int)act);
+    return ML_OK;
+}
+
+int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, int stride,
+                    int pad, ml_conv_act act) {
+    if (check_common("conv2d", B, C, H, W, O, k, stride, pad, act)) return ML_ERR;
+    if (H + 2 * pad < k || W + 2 * pad < k)
+        return ml_errorf("conv2d: padded input %dx%d is smaller than the %dx%d kernel",
+                         H + 2 * pad, W + 2 * pad, k, k);
+    *s = (ml_conv_shape){.B = B, .C = C, .H = H, .W = W, .O = O, .k = k, .stride = stride,
+                         .pad = pad, .Ho = (H + 2 * pad - k) / stride + 1,
+                         .Wo = (W + 2 * pad - k) / stride + 1, .transposed = 0, .act = act};
+    /* the SRNN output conv (32 -> 3 channels): a 3-row GEMM over a 9x blown-up im2col
+     * matrix is memory bound; direct loops read x once */
+    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W &&
+                W <= DIRECT_MAX_W && (size_t)C * k * (size_t)(s->Wo + DIRECT_NV * 16 + k) <= DIRECT_MAX_ROWS &&
+                (size_t)O * k * (size_t)(W + DIRECT_NV * 16 + k) <= DIRECT_MAX_ROWS;
+    pick_chunk(s);
+    return ML_OK;
+}
+
+int ml_convt2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, int stride,
+                     int pad, ml_conv_act act) {
+    if (check_common("convt2d", B, C, H, W, O, k, stride, pad, act)) return ML_ERR;
+    int Ho = (H - 1) * stride - 2 * pad + k, Wo = (W - 1) * stride - 2 * pad + k;
+    if (Ho < 1 || Wo < 1)
+        return ml_errorf("convt2d: output %dx%d is empty (input %dx%d, kernel %d, stride %d, "
+                         "padding %d)", Ho, Wo, H, W, k, stride, pad);
+    *s = (ml_conv_shape){.B = B, .C = C, .H = H, .W = W, .O = O, .k = k, .stride = stride,
+                         .pad = pad, .Ho = Ho, .Wo = Wo, .transposed = 1, .act = act};
+    /* the sub-pixel GEMMs run on (H + 1) x (W + 1) window positions; below about 32 x 32
+     * those extra 6% columns, and im2col over short rows, cost more than the general
+     * path's col2im (bench/conv_bench.c: 4x4 to 16x16 inputs are faster on the general path) */
+    s->subpixel = k == 4 && stride == 2 && pad == 1 &&
+                  (size_t)(H + 1) * (size_t)(W + 1) * 100 <= (size_t)H * (size_t)W * 108;
+    pick_chunk(s);
+    return ML_OK;
+}
+
+size_t ml_conv_in_size(const ml_conv_shape *s) {
+    return (size_t)s->B * (size_t)s->C * (size_t)s->H * (size_t)s->W;
+}
+size_t ml_conv_out_size(const ml_conv_shape *s) {
+    return (size_t)s->B * (size_t)s->O * (size_t)s->Ho * (size_t)s->Wo;
+}
+size_t ml_conv_weight_size(const ml_conv_shape *s) {
+    return (size_t)s->O * (size_t)s->C * (size_t)s->k * (size_t)s->k;
+}
+
+/* The direct kernel's output-channel block for Cout output channels, and Cout rounded up to
+ * it (the repacked weights' row length). */
+static int s1_block(int Cout) { return Cout > DIRECT_OB ? DIRECT_DXB : DIRECT_OB; }
+static int s1_padded(int Cout) { return (Cout + s1_block(Cout) - 1) / s1_block(Cout) * s1_block(Cout); }
+
+static size_t layer_workspace(const ml_conv_shape *s) {
+    if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
+        return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
+    }
+    if (s->direct) { /* the pre-activation gradient, then the repacked weights */
+        const size_t kk = (size_t)s->k * s->k;
+        const size_t fw = (size_t)s->C * kk * (size_t)s1_padded(s->O);
+        const size_t bw = (size_t)s->O * kk * (size_t)s1_padded(s->C);
+        return ml_conv_out_size(s) + (fw > bw ? fw : bw);
+    }
+    size_t n = (size_t)s->chunk * col_cols_per_image(s);
+    size_t cm = (size_t)(s->C > s->O ? s->C : s->O);
+    size_t ws = col_rows(s) * n + cm * n;
+    /* transposed backward with an activation keeps the chunk's pre-activation gradient */
+    if (s->transposed && s->act != ML_CONV_ACT_NONE)
+        ws += (size_t)s->chunk * (size_t)s->O * (size_t)s->Ho * (size_t)s->Wo;
+    return ws;
+}
+
+size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
+    return layer_workspace(s) + (size_t)s->B * (size_t)s->O; /* + the bias partials */
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* data movement */
+
+/*
+ * A layer's input as one or two channel ranges read in place: channels [0, Ca) of image i
+ * are plane c of image i in a (B, Ca, HW), channels [Ca, C) plane c - Ca of image i in b
+ * (B, C - Ca, HW). One buffer is {x, NULL, C}; the U-Net decoder's [x, skip] is two.
+ */
+typedef struct cat_in {
+    const float *a, *b;
+    int Ca;
+} cat_in;
+/* The gradient of such an input: dx planes, written (acc 0) or accumulated into (acc 1);
+ * a NULL: no input gradient. */
+typedef struct cat_out {
+    float *a, *b;
+    int Ca, acc;
+} cat_out;
+
+static const float *in_plane(cat_in x, int C, size_t HW, int i, int c) {
+    return c < x.Ca ? x.a + ((size_t)i * x.Ca + c) * HW
+                    : x.b + ((size_t)i * (C - x.Ca) + (c - x.Ca)) * HW;
+}
+static float *out_plane(cat_out d, int C, size_t HW, int i, int c) {
+    return c < d.Ca ? d.a + ((size_t)i * d.Ca + c) * HW
+                    : d.b + ((size_t)i * (C - d.Ca) + (c - d.Ca)) * HW;
+}
+static cat_in one_in(const float *x, int C) { return (cat_in){x, NULL, C}; }
+
+/*
+ * Column matrix of images i0 .. i0 + nb - 1 of x (C, IH, IW planes) seen through a k x k
+ * window with the given stride and padding, sampled at CH x CW positions:
+ *   col[(c k + ky) k + kx][(i CH + cy) CW + cx] = x[i0 + i, c, cy s - p + ky, cx s - p + kx] (0 outside)
+ */
+static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH, int CW,
+                   int k, int s, int p) {
+    const size_t ncol = (size_t)nb * CH * CW;
+    const int rows = C * k * k;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int r = 0; r < rows; r++) {
+        for (int i = 0; i < nb; i++) {
+            const int c = r / (k * k), ky = (r / k) % k, kx = r % k;
+            const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
+            float *cp = col + (size_t)r * ncol + (size_t)i * CH * CW;
+            /* valid cx range: 0 <= cx s - p + kx < IW */
+            int cx0 = 0, cx1 = CW;
+            while (cx0 < CW && cx0 * s - p + kx < 0) cx0++;
+            while (cx1 > cx0 && (cx1 - 1) * s - p + kx >= IW) cx1--;
+            for (int cy = 0; cy < CH; cy++) {
+                const int iy = cy * s - p + ky;
+                float *o = cp + (size_t)cy * CW;
+                if (iy < 0 || iy >= IH) {
+                    memset(o, 0, sizeof(float) * (size_t)CW);
+                    continue;
+                }
+                const float *row = xp + (size_t)iy * IW - p + kx;
+                for (int cx = 0; cx < cx0; cx++) o[cx] = 0;
+                if (s == 1) {
+                    memcpy(o + cx0, row + cx0, sizeof(float) * (size_t)(cx1 - cx0));
+                } else if (s == 2) {
+#pragma omp simd
+                    for (int cx = cx0; cx < cx1; cx++) o[cx] = row[2 * cx];
+                } else {
+                    for (int cx = cx0; cx < cx1; cx++) o[cx] = row[(size_t)cx * s];
+                }
+                for (int cx = cx1; cx < CW; cx++) o[cx] = 0;
+            }
+        }
+    }
+}
+
+/*
+ * The adjoint of im2col for one image plane: img (IH, IW) += sum over the k*k rows
+ * col_r[(cy CW + cx)] of row r = ky k + kx at position (cy s - p + ky, cx s - p + kx).
+ * col points at the first of the plane's k*k rows, which are ncol apart. Fixed order.
+ */
+static void col2im_plane(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
+                         int CW, int k, int s, int p) {
+    for (int ky = 0; ky < k; ky++) {
+        for (int kx = 0; kx < k; kx++) {
+            const float *cp = col + (size_t)(ky * k + kx) * ncol;
+            int cx0 = 0, cx1 = CW;
+            while (cx0 < CW && cx0 * s - p + kx < 0) cx0++;
+            while (cx1 > cx0 && (cx1 - 1) * s - p + kx >= IW) cx1--;
+            for (int cy = 0; cy < CH; cy++) {
+                const int iy = cy * s - p + ky;
+                if (iy < 0 || iy >= IH) continue;
+                float *row = img + (size_t)iy * IW - p + kx;
+                const float *c = cp + (size_t)cy * CW;
+                if (s == 1) {
+                    for (int cx = cx0; cx < cx1; cx++) row[cx] += c[cx];
+                } else if (s == 2) {
+                    for (int cx = cx0; cx < cx1; cx++) row[2 * cx] += c[cx];
+                } else {
+                    for (int cx = cx0; cx < cx1; cx++) row[(size_t)cx * s] += c[cx];
+                }
+            }
+        }
+    }
+}
+
+/* t (C, nb*HW) <- images i0 .. i0 + nb - 1 of x: the chunk's channels side by side. */
+static void nchw_to_cn(float *t, cat_in x, int i0, int nb, int C, size_t HW) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < nb; i++)
+            memcpy(t + ((size_t)c * nb + i) * HW, in_plane(x, C, HW, i0 + i, c),
+                   sizeof(float) * HW);
+}
+
+/* expf for the vectorised sigmoid: e^v = 2^n e^r, n = v / ln 2 rounded to nearest (rintf
+ * in the default rounding mode; roundevenf does not vectorise), |r| <= ln 2 / 2, e^r by
+ * its degree-6 Taylor polynomial (relative error < 2.3e-7, about 2 ulp; sigmoid within
+ * 1e-7 of the exact value), 2^n built in the exponent bits. v is clamped to [-87, 87]
+ * (sigmoid is 0 or 1 to float precision well inside that). Branch-free, so loops over it
+ * vectorise. */
+static inline float exp_approx(float v) {
+    v = v < -87.0f ? -87.0f : v > 87.0f ? 87.0f : v;
+    const float n = __builtin_rintf(v * 1.44269504088896341f);
+    const float r = (v - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
+    float p = 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const union { int i; float f; } scale = {((int)n + 127) << 23};
+    return p * scale.f;
+}
+
+static float act_fwd(ml_conv_act act, float v) {
+    if (act == ML_CONV_ACT_RELU) return v > 0 ? v : 0;
+    if (act == ML_CONV_ACT_SIGMOID) return 1.0f / (1.0f + expf(-v));
+    return v;
+}
+
+/* Gradient before the activation from the gradient after it and the output y. */
+static float act_bwd(ml_conv_act act, float dy, float y) {
+    if (act == ML_CONV_ACT_RELU) return y > 0 ? dy : 0;
+    if (act == ML_CONV_ACT_SIGMOID) return dy * y * (1 - y);
+    return dy;
+}
+
+/* sum over j < n of act_bwd(act, d[j], y[j]) in LANES float partials (lane = j mod LANES,
+ * so the loop vectorises without reassociating anything), then the lanes in order. */
+static float act_bwd_sum(ml_conv_act act, const float *d, const float *y, size_t n) {
+    float acc[LANES] = {0};
+    size_t j = 0;
+    if (act == ML_CONV_ACT_RELU)
+        for (; j + LANES <= n; j += LANES)
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) acc[l] += y[j + l] > 0 ? d[j + l] : 0.0f;
+    else if (act == ML_CONV_ACT_SIGMOID)
+        for (; j + LANES <= n; j += LANES)
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) acc[l] += d[j + l] * y[j + l] * (1 - y[j + l]);
+    else
+        for (; j + LANES <= n; j += LANES)
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) acc[l] += d[j + l];
+    for (int l = 0; j < n; j++, l++) acc[l] += act_bwd(act, d[j], y ? y[j] : 0);
+    float sum = 0;
+    for (int l = 0; l < LANES; l++) sum += acc[l];
+    return sum;
+}
+
+/* db[o] += sum over images and pixels of the pre-activation gradient: one float partial
+ * per (image, channel) in parallel, then summed over images in double, in a fixed order.
+ * part holds B O floats. */
+static void bias_finish(float *db, const float *part, int B, int O) {
+    for (int o = 0; o < O; o++) {
+        double acc = 0;
+        for (int i = 0; i < B; i++) acc += part[(size_t)i * O + o];
+        db[o] += (float)acc;
+    }
+}
+
+static void bias_backward(float *db, const float *dy, const float *y, ml_conv_act act, int B,
+                          int O, size_t HW, float *part) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < B; i++)
+        for (int o = 0; o < O; o++) {
+            const float *d = dy + ((size_t)i * O + o) * HW;
+            const float *yy = y ? y + ((size_t)i * O + o) * HW : NULL;
+            part[(size_t)i * O + o] = act_bwd_sum(act, d, yy, HW);
+        }
+    bias_finish(db, part, B, O);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* direct stride-1 conv2d: register-blocked loops over zero-padded image copies */
+
+/* Every kernel below works on a zero-padded copy of an input plane, so the inner loops are
+ * branch-free runs over contiguous floats, and keeps its accumulators (a few channels x a
+ * few 16-float vectors of an output row, or a few 16-lane partials per weight) in
+ * registers. */
+#define DIRECT_CB 16 /* input channels per dx accumulator block */
+
+/* dst[0, lp) = 0, dst[lp, lp + n) = src, dst[lp + n, len) = 0 */
+static void pad_row(float *dst, int len, const float *src, int n, int lp) {
+    for (int j = 0; j < lp; j++) dst[j] = 0;
+    memcpy(dst + lp, src, sizeof(float) * (size_t)n);
+    for (int j = lp + n; j < len; j++) dst[j] = 0;
+}
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* unaligned view */
+
+/*
+ * Stride-1 convolution, register blocked: out[i][o][oy][ox] (=, or += when accumulate) of
+ * act(bias[o] + sum in[i][c][oy - p + ky][ox - p + kx] wt[(c k + ky) k + kx][o]), with wt
+ * repacked as (Cin k k, Opad), Opad = Cout rounded up to DIRECT_OB (zero columns). Each
+ * image is copied once, zero-padded, into a per-thread buffer (every input row is read by k
+ * output rows); then for each output row DIRECT_OB channels x DIRECT_NV vectors accumulate
+ * in registers over all Cin k k taps. conv2d forward is this kernel; conv2d's dx is too, on
+ * dy with the kernel flipped and transposed and padding k - 1 - p.
+ */
+/* -std=c11 implies -ffp-contract=off: without this the register-blocked loops below run as
+ * separate multiplies and adds instead of FMAs (half the throughput) */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+static inline __attribute__((always_inline)) void
+s1_conv_ob(const int OB, int B, const float *in, int Cin, int H, int W, float *out, int Cout,
+           int Ho, int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
+           int accumulate) {
+    const int Opad = s1_padded(Cout); /* (Cout + OB - 1) / OB * OB */
+    const int BW = DIRECT_NV * 16;
+    const int len = (Wo + BW - 1) / BW * BW + k - 1; /* padded row: in[ix] at ix + p */
+    const int Hp = Ho + k - 1;                       /* padded rows: in[iy] at iy + p */
+#pragma omp parallel
+    {
+        /* one padded image, Cin Hp len floats: on the heap, not an OpenMP thread's stack */
+        float *pad = malloc(sizeof(float) * (size_t)Cin * Hp * len);
+        if (!pad) abort(); /* no way to report from inside a kernel */
+#pragma omp for schedule(static)
+    for (int i = 0; i < B; i++) {
+        for (int c = 0; c < Cin; c++)
+            for (int r = 0; r < Hp; r++) {
+                float *row = pad + ((size_t)c * Hp + r) * len;
+                const int iy = r - p;
+                if (iy < 0 || iy >= H) {
+                    memset(row, 0, sizeof(float) * (size_t)len);
+                    continue;
+                }
+                const int n = W < len - p ? W : len - p;
+                pad_row(row, len, in + (((size_t)i * Cin + c) * H + iy) * W, n, p);
+            }
+        for (int oy = 0; oy < Ho; oy++) {
+            for (int o0 = 0; o0 < Cout; o0 += OB)
+                for (int j0 = 0; j0 < Wo; j0 += BW) {
+                    /* fully unrolled, so that acc and xv live in registers (at -O2 gcc
+                     * otherwise keeps them in memory: 3x slower) */
+                    v16 acc[DIRECT_OB_MAX][DIRECT_NV];
+#pragma GCC unroll 8
+                    for (int q = 0; q < OB; q++)
+#pragma GCC unroll 8
+                        for (int v = 0; v < DIRECT_NV; v++) acc[q][v] = (v16){0};
+                    for (int t = 0; t < Cin * k; t++) {
+                        const float *r = pad + ((size_t)(t / k) * Hp + oy + t % k) * len + j0;
+                        const float *wr = wt + (size_t)t * k * Opad + o0;
+                        for (int kx = 0; kx < k; kx++) {
+                            v16 xv[DIRECT_NV];
+#pragma GCC unroll 8
+                            for (int v = 0; v < DIRECT_NV; v++) xv[v] = *(const v16u *)(r + kx + 16 * v);
+#pragma GCC unroll 8
+                            for (int q = 0; q < OB; q++) {
+                                const float wv = wr[kx * Opad + q];
+#pragma GCC unroll 8
+                                for (int v = 0; v < DIRECT_NV; v++) acc[q][v] += wv * xv[v];
+                            }
+                        }
+                    }
+                    const int je = Wo - j0 < BW ? Wo - j0 : BW;
+                    for (int q = 0; q < OB && o0 + q < Cout; q++) {
+                        float a[DIRECT_NV * 16];
+                        memcpy(a, acc[q], sizeof a);
+                        float *dst = out + (((size_t)i * Cout + o0 + q) * Ho + oy) * Wo + j0;
+                        if (accumulate)
+                            for (int j = 0; j < je; j++) dst[j] += a[j];
+                        else {
+                            const float bv = bias ? bias[o0 + q] : 0.0f;
+                            if (act == ML_CONV_ACT_SIGMOID) { /* the SRNN output, vectorised */
+                                for (int j = 0; j < je; j++) dst[j] = a[j] + bv;
+#pragma omp simd
+                                for (int j = 0; j < je; j++) dst[j] = 1.0f / (1.0f + exp_approx(-dst[j]));
+                            } else
+                                for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
+                        }
+                    }
+                }
+        }
+    }
+        free(pad);
+    }
+}
+
+/* s1_conv_ob with its channel block fixed at compile time: DIRECT_OB for few output
+ * channels (conv2d forward), DIRECT_DXB for conv2d's dx, which has many (the SRNN output
+ * conv: 3 dy channels -> 32 dx channels). There each 16-float dy load feeds DIRECT_DXB
+ * FMAs instead of DIRECT_OB, and the kernel stops being bound by loads (half of them
+ * unaligned ones that split a cache line). */
+static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, int Cout, int Ho,
+                    int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
+                    int accumulate) {
+    if (s1_block(Cout) == DIRECT_DXB)
+        s1_conv_ob(DIRECT_DXB, B, in, Cin, H, W, out, Cout, Ho, Wo, k, p, wt, bias, act, accumulate);
+    else
+        s1_conv_ob(DIRECT_OB, B, in, Cin, H, W, out, Cout, Ho, Wo, k, p, wt, bias, act, accumulate);
+}
+
+static void direct_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                           const float *b, float *wt) {
+    const int C = s->C, k = s->k, O = s->O, kk = k * k;
+    const int Opad = s1_padded(O);
+    for (int t = 0; t < C * kk; t++)
+        for (int o = 0; o < Opad; o++) wt[(size_t)t * Opad + o] = o < O ? w[(size_t)o * C * kk + t] : 0.0f;
+    s1_conv(s->B, x, C, s->H, s->W, y, O, s->Ho, s->Wo, k, s->pad, wt, b, s->act, 0);
+}
+
+static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const float *g,
+                            const float *x, const float *w, float *wt) {
+    const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, O = s->O;
+    const int Ho = s->Ho, Wo = s->Wo;
+    if (dx) {
+        /* dx = conv2d(dy, w flipped and transposed, padding k - 1 - p), accumulated */
+        const int kk = k * k, Cpad = s1_padded(C);
+        for (int o = 0; o < O; o++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++)
+                    for (int c = 0; c < Cpad; c++)
+                        wt[(((size_t)o * k + ky) * k + kx) * Cpad + c] =
+                            c < C ? w[((size_t)o * C + c) * kk + (k - 1 - ky) * k + (k - 1 - kx)] : 0.0f;
+        s1_conv(s->B, g, O, Ho, Wo, dx, C, H, W, k, k - 1 - p, wt, NULL, ML_CONV_ACT_NONE,
+                !s->write_dx);
+    }
+    if (dw) {
+        /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]. One input
+         * channel per thread; per image the channel is zero-padded once, then a block of
+         * DIRECT_DWB output channels x DIRECT_DWB ky x DIRECT_DWB kx taps (27 registers: each
+         * dy load feeds 9 FMAs, each x load 3) accumulates over all rows in registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
+         * then lanes in order, images in double: a fixed order. */
+        const int kk = k * k, kr = (k + DIRECT_DWB - 1) / DIRECT_DWB * DIRECT_DWB;
+        const int Wv = Wo / LANES * LANES, Hp = Ho + kr - 1; /* the ky blocks may overrun k */
+        const int len = Wo + kr + LANES; /* padded row, x[ix] at ix + p; the kx blocks may overrun k */
+#pragma omp parallel
+        {
+            /* on the heap, not an OpenMP thread's stack */
+            double *tot = malloc(sizeof(double) * (size_t)(O * kk));
+            float *xp = malloc(sizeof(float) * (size_t)Hp * len);
+            if (!tot || !xp) abort(); /* no way to report from inside a kernel */
+#pragma omp for schedule(static)
+            for (int c = 0; c < C; c++) {
+                for (int t = 0; t < O * kk; t++) tot[t] = 0;
+                for (int i = 0; i < s->B; i++) {
+                    for (int r = 0; r < Hp; r++) {
+                        float *row = xp + (size_t)r * len;
+                        const int iy = r - p;
+                        if (iy < 0 || iy >= H) {
+                            memset(row, 0, sizeof(float) * (size_t)len);
+                            continue;
+                        }
+                        const int n = W < len - p ? W : len - p;
+                        pad_row(row, len, x + (((size_t)i * C + c) * H + iy) * W, n, p);
+                    }
+                    for (int ky0 = 0; ky0 < kr; ky0 += DIRECT_DWB)
+                        for (int o0 = 0; o0 < O; o0 += DIRECT_DWB)
+                            for (int kx0 = 0; kx0 < kr; kx0 += DIRECT_DWB) {
+                                v16 acc[DIRECT_DWB][DIRECT_DWB][DIRECT_DWB]; /* [q][ky - ky0][u] */
+                                float tail[DIRECT_DWB][DIRECT_DWB][DIRECT_DWB] = {{{0}}};
+#pragma GCC unroll 8
+                                for (int q = 0; q < DIRECT_DWB; q++)
+#pragma GCC unroll 8
+                                    for (int e = 0; e < DIRECT_DWB; e++)
+#pragma GCC unroll 8
+                                        for (int u = 0; u < DIRECT_DWB; u++) acc[q][e][u] = (v16){0};
+                                for (int oy = 0; oy < Ho; oy++) {
+                                    const float *xr = xp + (size_t)(oy + ky0) * len + kx0;
+                                    const float *gq[DIRECT_DWB];
+                                    for (int q = 0; q < DIRECT_DWB; q++) /* past O: a valid row, result dropped */
+                                        gq[q] = g + (((size_t)i * O + (o0 + q < O ? o0 + q : o0)) * Ho + oy) * Wo;
+                                    for (int j = 0; j < Wv; j += LANES) {
+                                        v16 gv[DIRECT_DWB];
+#pragma GCC unroll 8
+                                        for (int q = 0; q < DIRECT_DWB; q++) gv[q] = *(const v16u *)(gq[q] + j);
+#pragma GCC unroll 8
+                                        for (int e = 0; e < DIRECT_DWB; e++)
+#pragma GCC unroll 8
+                                            for (int u = 0; u < DIRECT_DWB; u++) {
+                                                v16 xv = *(const v16u *)(xr + (size_t)e * len + j + u);
+                                                /* one load for the DIRECT_DWB FMAs below: gcc
+                                                 * would fold it into each of them, and the
+                                                 * loop would run at one load per FMA */
+#if defined(__AVX512F__) /* one zmm register holds a v16; without AVX-512 it cannot */
+                                                __asm__("" : "+v"(xv));
+#endif
+#pragma GCC unroll 8
+                                                for (int q = 0; q < DIRECT_DWB; q++) acc[q][e][u] += gv[q] * xv;
+                                            }
+                                    }
+                                    for (int j = Wv; j < Wo; j++)
+                                        for (int q = 0; q < DIRECT_DWB; q++)
+                                            for (int e = 0; e < DIRECT_DWB; e++)
+                                                for (int u = 0; u < DIRECT_DWB; u++)
+                                                    tail[q][e][u] += gq[q][j] * xr[(size_t)e * len + j + u];
+                                }
+                                for (int q = 0; q < DIRECT_DWB && o0 + q < O; q++)
+                                    for (int e = 0; e < DIRECT_DWB && ky0 + e < k; e++)
+                                        for (int u = 0; u < DIRECT_DWB && kx0 + u < k; u++) {
+                                            float a[LANES], sum = 0;
+                                            memcpy(a, &acc[q][e][u], sizeof a);
+                                            for (int l = 0; l < LANES; l++) sum += a[l];
+                                            tot[((o0 + q) * k + ky0 + e) * k + kx0 + u] += sum + tail[q][e][u];
+                                        }
+                            }
+                }
+                for (int o = 0; o < O; o++)
+                    for (int t = 0; t < kk; t++)
+                        dw[((size_t)o * C + c) * kk + t] += (float)tot[o * kk + t];
+            }
+            free(tot);
+            free(xp);
+        }
+    }
+}
+
+#pragma GCC pop_options
+
+/* ------------------------------------------------------------------------------------ */
+/* conv2d */
+
+void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                       const float *b, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, k = s->k;
+    const size_t HWo = (size_t)s->Ho * s->Wo;
+    const int K = C * k * k;
+    if (s->direct) {
+        direct_forward(s, y, x, w, b, ws);
+        return;
+    }
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * HWo;
+        float *col = ws, *yt = ws + (size_t)K * n;
+        im2col(col, one_in(x, C), i0, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride, s->pad);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, (int)n, K, 1.0f, w, K, col,
+                    (int)n, 0.0f, yt, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < nb; i++)
+            for (int o = 0; o < O; o++) {
+                const float *src = yt + (size_t)o * n + (size_t)i * HWo;
+                float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
+                const float bias = b ? b[o] : 0.0f;
+                for (size_t j = 0; j < HWo; j++) dst[j] = act_fwd(s->act, src[j] + bias);
+            }
+    }
+}
+
+void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db, const float *dy,
+                        const float *y, const float *x, const float *w, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, k = s->k;
+    const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
+    const int K = C * k * k;
+    const ml_conv_act act = s->act;
+    float *part = ws + layer_workspace(s); /* (B, O) bias partials */
+    if (db && (s->direct || (!dw && !dx))) bias_backward(db, dy, y, act, B, O, HWo, part);
+    if (!dw && !dx) return;
+    if (s->direct) {
+        const float *g = dy;
+        if (act != ML_CONV_ACT_NONE) {
+            const size_t m = ml_conv_out_size(s);
+#pragma omp parallel for schedule(static)
+            for (size_t j = 0; j < m; j++) ws[j] = act_bwd(act, dy[j], y[j]);
+            g = ws;
+        }
+        direct_backward(s, dx, dw, g, x, w, ws + ml_conv_out_size(s));
+        return;
+    }
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * HWo;
+        float *col = ws, *dyt = ws + (size_t)K * n;
+        /* dyt (O, n): the chunk's pre-activation output gradient, channels side by side; the
+         * bias gradient's partials are summed from it while it is in cache */
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int o = 0; o < O; o++)
+            for (int i = 0; i < nb; i++) {
+                const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
+                float *dst = dyt + (size_t)o * n + (size_t)i * HWo;
+                if (act == ML_CONV_ACT_NONE)
+                    memcpy(dst, dy + off, sizeof(float) * HWo);
+                else
+                    for (size_t j = 0; j < HWo; j++) dst[j] = act_bwd(act, dy[off + j], y[off + j]);
+                if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, dst, NULL, HWo);
+            }
+        if (dw) {
+            im2col(col, one_in(x, C), i0, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride, s->pad);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, O, K, (int)n, 1.0f, dyt, (int)n,
+                        col, (int)n, 1.0f, dw, K);
+        }
+        if (dx) {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, O, 1.0f, w, K, dyt,
+                        (int)n, 0.0f, col, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int i = 0; i < nb; i++)
+                for (int c = 0; c < C; c++) {
+                    float *dst = dx + ((size_t)(i0 + i) * C + c) * HW;
+                    if (s->write_dx) memset(dst, 0, sizeof(float) * HW);
+                    col2im_plane(dst, col + (size_t)c * k * k * n + (size_t)i * HWo, n, s->H,
+                                 s->W, s->Ho, s->Wo, k, s->stride, s->pad);
+                }
+        }
+    }
+    if (db) bias_finish(db, part, B, O);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* transposed conv2d: the adjoint of conv2d with the roles of x and y swapped, so its
+ * forward is GEMM + col2im and its backward im2col + two GEMMs. */
+
+/*
+ * Sub-pixel form of the kernel-4, stride-2, padding-1 transposed convolution (every SRNN
+ * decoder block). Output pixel (oy, ox) = (2m + py, 2n + px) receives input rows m - 1 + py
+ * and m + py (kernel rows ky = 3 - py - 2 ty for tap ty = 0, 1) and likewise columns, so
+ * each of the 4 phases p = 2 py + px is a 2x2 stride-1 convolution of x with a 2x2 slice
+ * of the kernel, and the 4 slices tile the 16 taps. All phases read the same 2x2 windows
+ * of x (zero-padded by 1), only shifted by (py, px): with col = im2col_2x2(x) over the
+ * (H + 1) x (W + 1) window positions (4C rows, c-major: row 4c + 2ty + tx),
+ *   Yt (4O, n) = Wp (4O, 4C) col (4C, n),   Wp[p O + o][4c + t] = w[c][o][ky][kx],
+ * is ONE GEMM with K = 4C (the general path's has K = C), no overlapping col2im scatter,
+ * and phase p of output (m, n) is Yt[p O + o] at window (m + py, n + px). 1 + 1/H extra
+ * columns per row and image are computed and dropped. Backward is the adjoint:
+ *   G (4O, n) = the pre-activation gradient gathered to those positions (0 elsewhere),
+ *   dWp += G col^T,   dcol = Wp^T G,   dx += col2im_2x2(dcol).
+ */
+static void sp_tap(int p, int t, int *ky, int *kx) {
+    const int py = p >> 1, px = p & 1, ty = t >> 1, tx = t & 1;
+    *ky = 3 - py - 2 * ty;
+    *kx = 3 - px - 2 * tx;
+}
+
+/* col2im_plane for the 2x2 windows, in one pass: dx[iy][ix] += (acc) or = the 4 taps'
+ * columns at window (iy + 1 - ty, ix + 1 - tx), added in tap order as col2im_plane does */
+static void sp_col2im(float *dx, const float *col, size_t n, int H, int W, int acc) {
+    const int W1 = W + 1;
+    const float *c0 = col, *c1 = col + n, *c2 = col + 2 * n, *c3 = col + 3 * n;
+    for (int iy = 0; iy < H; iy++) {
+        float *d = dx + (size_t)iy * W;
+        const float *a = c0 + (size_t)(iy + 1) * W1 + 1, *b = c1 + (size_t)(iy + 1) * W1;
+        const float *e = c2 + (size_t)iy * W1 + 1, *f = c3 + (size_t)iy * W1;
+        if (acc)
+#pragma omp simd
+            for (int ix = 0; ix < W; ix++) d[ix] = d[ix] + a[ix] + b[ix] + e[ix] + f[ix];
+        else
+#pragma omp simd
+            for (int ix = 0; ix < W; ix++) d[ix] = a[ix] + b[ix] + e[ix] + f[ix];
+    }
+}
+
+/* wp (4O, 4C) from w (C, O, 4, 4) */
+static void sp_pack(float *wp, const float *w, int C, int O) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int p = 0; p < 4; p++)
+        for (int o = 0; o < O; o++)
+            for (int c = 0; c < C; c++)
+                for (int t = 0; t < 4; t++) {
+                    int ky, kx;
+                    sp_tap(p, t, &ky, &kx);
+                    wp[((size_t)p * O + o) * 4 * C + 4 * c + t] = w[(((size_t)c * O + o) * 4 + ky) * 4 + kx];
+                }
+}
+
+/* dw (C, O, 4, 4) += dwp (4O, 4C) */
+static void sp_unpack_add(float *dw, const float *dwp, int C, int O) {
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int o = 0; o < O; o++)
+            for (int p = 0; p < 4; p++)
+                for (int t = 0; t < 4; t++) {
+                    int ky, kx;
+                    sp_tap(p, t, &ky, &kx);
+                    dw[(((size_t)c * O + o) * 4 + ky) * 4 + kx] += dwp[((size_t)p * O + o) * 4 * C + 4 * c + t];
+                }
+}
+
+static void sp_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
+                       const float *b, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo;
+    const size_t HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
+    float *wp = ws, *col = ws + (size_t)32 * C * O;
+    sp_pack(wp, w, C, O);
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * P;
+        float *yt = col + (size_t)4 * C * n;
+        im2col(col, x, i0, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 4 * O, (int)n, 4 * C, 1.0f, wp,
+                    4 * C, col, (int)n, 0.0f, yt, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < nb; i++)
+            for (int o = 0; o < O; o++) {
+                float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
+                const float bias = b ? b[o] : 0.0f;
+                for (int oy = 0; oy < s->Ho; oy++) {
+                    const int py = oy & 1, r = (oy >> 1) + py;
+                    /* px = 0 reads window column q, px = 1 column q + 1 */
+                    const float *s0 = yt + (size_t)(2 * py * O + o) * n + (size_t)i * P + (size_t)r * (W + 1);
+                    const float *s1 = s0 + (size_t)O * n + 1;
+                    float *d = dst + (size_t)oy * Wo;
+                    if (s->act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+#pragma omp simd
+                        for (int q = 0; q < W; q++) {
+                            const float v0 = s0[q] + bias, v1 = s1[q] + bias;
+                            d[2 * q] = v0 > 0 ? v0 : 0.0f;
+                            d[2 * q + 1] = v1 > 0 ? v1 : 0.0f;
+                        }
+                    else
+                        for (int q = 0; q < W; q++) {
+                            d[2 * q] = act_fwd(s->act, s0[q] + bias);
+                            d[2 * q + 1] = act_fwd(s->act, s1[q] + bias);
+                        }
+                }
+            }
+    }
+}
+
+/* db, if not NULL, is reduced in the gather (which reads dy and y anyway): per (image,
+ * channel) in 16 float lanes over the gathered rows, then over images in double, in order */
+static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db, const float *dy,
+                        const float *y, cat_in x, const float *w, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo;
+    const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, P = sp_cols_per_image(s);
+    const ml_conv_act act = s->act;
+    float *wp = ws, *dwp = ws + (size_t)16 * C * O, *col = ws + (size_t)32 * C * O;
+    float *part = ws + layer_workspace(s); /* (B, O) bias partials */
+    if (dx.a) sp_pack(wp, w, C, O);
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * P;
+        float *g = col + (size_t)4 * C * n;
+        /* G: phase p, channel o, window (r, q) <- output (2 (r - py) + py, 2 (q - px) + px) */
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < nb; i++)
+            for (int o = 0; o < O; o++) {
+                const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
+                float lanes[LANES] = {0};
+                for (int p = 0; p < 4; p++) {
+                    const int py = p >> 1, px = p & 1;
+                    float *gp = g + ((size_t)p * O + o) * n + (size_t)i * P;
+                    for (int r = 0; r <= H; r++) {
+                        float *gr = gp + (size_t)r * (W + 1);
+                        const int m = r - py;
+                        if (m < 0 || m >= H) {
+                            memset(gr, 0, sizeof(float) * (size_t)(W + 1));
+                            continue;
+                        }
+                        const float *d = dy + off + (size_t)(2 * m + py) * Wo + px;
+                        const float *yy = y ? y + off + (size_t)(2 * m + py) * Wo + px : NULL;
+                        gr[px ? 0 : W] = 0;
+                        float *gq = gr + px;
+                        if (act == ML_CONV_ACT_NONE)
+#pragma omp simd
+                            for (int q = 0; q < W; q++) gq[q] = d[2 * q];
+                        else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+#pragma omp simd
+                            for (int q = 0; q < W; q++) gq[q] = yy[2 * q] > 0 ? d[2 * q] : 0.0f;
+                        else
+                            for (int q = 0; q < W; q++) gq[q] = act_bwd(act, d[2 * q], yy[2 * q]);
+                        if (!db) continue;
+                        int q = 0;
+                        for (; q + LANES <= W; q += LANES)
+#pragma omp simd
+                            for (int l = 0; l < LANES; l++) lanes[l] += gq[q + l];
+                        for (int l = 0; q < W; q++, l++) lanes[l] += gq[q];
+                    }
+                }
+                float sum = 0;
+                for (int l = 0; l < LANES; l++) sum += lanes[l];
+                part[(size_t)(i0 + i) * O + o] = sum;
+            }
+        im2col(col, x, i0, nb, C, H, W, H + 1, W + 1, 2, 1, 1);
+        if (dw)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 4 * O, 4 * C, (int)n, 1.0f, g,
+                        (int)n, col, (int)n, i0 ? 1.0f : 0.0f, dwp, 4 * C);
+        if (dx.a) {
+            /* dcol overwrites col, which the dw GEMM has consumed */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, 4 * C, (int)n, 4 * O, 1.0f, wp,
+                        4 * C, g, (int)n, 0.0f, col, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int i = 0; i < nb; i++)
+                for (int c = 0; c < C; c++)
+                    sp_col2im(out_plane(dx, C, HW, i0 + i, c), col + (size_t)c * 4 * n + (size_t)i * P,
+                              n, H, W, dx.acc);
+        }
+    }
+    if (dw) sp_unpack_add(dw, dwp, C, O);
+    if (db) bias_finish(db, part, B, O);
+}
+
+static void convt_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
+                          const float *b, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, k = s->k;
+    const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
+    const int K = O * k * k;
+    if (s->subpixel) {
+        sp_forward(s, y, x, w, b, ws);
+        return;
+    }
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * HW;
+        float *col = ws, *xt = ws + (size_t)K * n;
+        nchw_to_cn(xt, x, i0, nb, C, HW);
+        /* col (O k k, n) = w^T (O k k, C) xt (C, n) */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, C, 1.0f, w, K, xt,
+                    (int)n, 0.0f, col, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int i = 0; i < nb; i++)
+            for (int o = 0; o < O; o++) {
+                float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
+                memset(dst, 0, sizeof(float) * HWo);
+                col2im_plane(dst, col + (size_t)o * k * k * n + (size_t)i * HW, n, s->Ho, s->Wo,
+                             s->H, s->W, k, s->stride, s->pad);
+                const float bias = b ? b[o] : 0.0f;
+                for (size_t j = 0; j < HWo; j++) dst[j] = act_fwd(s->act, dst[j] + bias);
+            }
+    }
+}
+
+static void convt_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db,
+                           const float *dy, const float *y, cat_in x, const float *w, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, k = s->k;
+    const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
+    const int K = O * k * k;
+    const ml_conv_act act = s->act;
+    if (s->subpixel && (dw || dx.a)) {
+        sp_backward(s, dx, dw, db, dy, y, x, w, ws);
+        return;
+    }
+    float *part = ws + layer_workspace(s); /* (B, O) bias partials */
+    /* with an activation the bias partials are summed from the chunk's pre-activation
+     * gradient while it is in cache; without, in one pass here */
+    if (db && (act == ML_CONV_ACT_NONE || (!dw && !dx.a))) {
+        bias_backward(db, dy, y, act, B, O, HWo, part);
+        db = NULL;
+    }
+    if (!dw && !dx.a) return;
+    for (int i0 = 0; i0 < B; i0 += s->chunk) {
+        const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+        const size_t n = (size_t)nb * HW;
+        float *col = ws, *xt = ws + (size_t)K * n;
+        const float *g = dy + (size_t)i0 * O * HWo;
+        if (act != ML_CONV_ACT_NONE) {
+            float *pre = xt + (size_t)(C > O ? C : O) * n;
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int i = 0; i < nb; i++)
+                for (int o = 0; o < O; o++) {
+                    const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
+                    float *dst = pre + ((size_t)i * O + o) * HWo;
+                    for (size_t j = 0; j < HWo; j++) dst[j] = act_bwd(act, dy[off + j], y[off + j]);
+                    if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, dst, NULL, HWo);
+                }
+            g = pre;
+        }
+        /* col (O k k, n): the output gradient seen through the kernel window at every input
+         * position, i.e. conv2d's im2col of dy sampled on the input grid */
+        im2col(col, one_in(g, O), 0, nb, O, s->Ho, s->Wo, s->H, s->W, k, s->stride, s->pad);
+        if (dw) {
+            nchw_to_cn(xt, x, i0, nb, C, HW);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, K, (int)n, 1.0f, xt, (int)n,
+                        col, (int)n, 1.0f, dw, K);
+        }
+        if (dx.a) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)n, K, 1.0f, w, K, col,
+                        (int)n, 0.0f, xt, (int)n);
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int i = 0; i < nb; i++)
+                for (int c = 0; c < C; c++) {
+                    float *dst = out_plane(dx, C, HW, i0 + i, c);
+                    const float *src = xt + (size_t)c * n + (size_t)i * HW;
+                    if (dx.acc)
+                        for (size_t j = 0; j < HW; j++) dst[j] += src[j];
+                    else
+                        memcpy(dst, src, sizeof(float) * HW);
+                }
+        }
+    }
+    if (db) bias_finish(db, part, B, O);
+}
+
+void ml_convt2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                        const float *b, float *ws) {
+    convt_forward(s, y, one_in(x, s->C), w, b, ws);
+}
+
+void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
+                         const float *dy, const float *y, const float *x, const float *w,
+                         float *ws) {
+    convt_backward(s, (cat_out){dx, NULL, s->C, 1}, dw, db, dy, y, one_in(x, s->C), w, ws);
+}
+
+void ml_convt2d_forward_cat(const ml_conv_shape *s, int Ca, float *y, const float *xa,
+                            const float *xb, const float *w, const float *b, float *ws) {
+    convt_forward(s, y, (cat_in){xa, xb, Ca}, w, b, ws);
+}
+
+void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *dxb, float *dw,
+                             float *db, const float *dy, const float *y, const float *xa,
+                             const float *xb, const float *w, float *ws) {
+    convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca}, w, ws);
+}

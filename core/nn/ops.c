@@ -1,0 +1,69 @@
+/* ops.c — linear, ReLU, sigmoid and MSE kernels. */
+#include "nn/ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+void ml_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* sgemm with K = 0 must still scale C */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0 ? 0 : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void ml_linear_forward(float *y, const float *x, const float *w, const float *b, int B, int In, int Out) {
+    if (b) {
+        for (int r = 0; r < B; r++) memcpy(y + (size_t)r * Out, b, (size_t)Out * sizeof(float));
+        ml_sgemm(0, 1, B, Out, In, 1.0f, x, In, w, In, 1.0f, y, Out);
+    } else {
+        ml_sgemm(0, 1, B, Out, In, 1.0f, x, In, w, In, 0.0f, y, Out);
+    }
+}
+
+void ml_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, int B, int In, int Out) {
+    if (B <= 0) return;
+    if (dx) ml_sgemm(0, 0, B, In, Out, 1.0f, dy, Out, w, In, 1.0f, dx, In);
+    if (dw) ml_sgemm(1, 0, Out, In, B, 1.0f, dy, Out, x, In, 1.0f, dw, In);
+    if (db)
+        for (int r = 0; r < B; r++) {
+            const float *row = dy + (size_t)r * Out;
+            for (int o = 0; o < Out; o++) db[o] += row[o];
+        }
+}
+
+void ml_relu_forward(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : 0;
+}
+
+void ml_relu_backward(float *dx, const float *dy, const float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) dx[i] += y[i] > 0 ? dy[i] : 0;
+}
+
+void ml_sigmoid_forward(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+
+void ml_sigmoid_backward(float *dx, const float *dy, const float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) dx[i] += dy[i] * y[i] * (1.0f - y[i]);
+}
+
+double ml_mse_forward(const float *a, const float *target, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - target[i];
+        s += d * d;
+    }
+    return n ? s / (double)n : 0;
+}
+
+void ml_mse_backward(float *da, const float *a, const float *target, size_t n, float scale) {
+    float k = 2.0f * scale / (float)n;
+    for (size_t i = 0; i < n; i++) da[i] += k * (a[i] - target[i]);
+}

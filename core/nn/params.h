@@ -1,0 +1,80 @@
+/*
+ * params.h — named tensors laid out in one contiguous block.
+ *
+ * A model's trainable parameters live in one ml_params block (trainable = 1): values,
+ * gradients and the optimizer's two moment buffers share one layout, so zeroing gradients
+ * is one memset, an optimizer step one loop, a checkpoint one header plus blobs. Router
+ * state and batch-norm running statistics live in a second block (trainable = 0) with
+ * values only.
+ *
+ * Tensors are declared by name, then ml_params_commit() lays the block out. Declaring
+ * more tensors or growing a tensor's leading dimension and committing again re-lays the
+ * block out by name: old values (and moments) are copied, new elements initialised, their
+ * moments zero. Handles (the int returned by declare) stay valid across commits; pointers
+ * do not, so code re-reads ml_params_data() after any commit.
+ *
+ * Ownership: ml_params is embedded by its owner; ml_params_free releases the buffers.
+ */
+#ifndef MOELAB_PARAMS_H
+#define MOELAB_PARAMS_H
+
+#include <stddef.h>
+#include "base/common.h"
+
+#define ML_TENSOR_NAME_MAX 96
+#define ML_MAX_DIMS 4
+
+typedef struct ml_tensor {
+    char name[ML_TENSOR_NAME_MAX];
+    int ndim;
+    int shape[ML_MAX_DIMS];
+    size_t n;          /* elements */
+    size_t off;        /* offset in the block, in floats; 16-float aligned */
+    ml_init init;
+    float init_value;
+    int fan_in;
+    size_t committed;  /* elements holding values from an earlier commit */
+    int64_t step;      /* optimizer steps this tensor has taken (Adam bias correction, as torch keeps per parameter) */
+} ml_tensor;
+
+typedef struct ml_params {
+    int trainable;
+    int count, cap;
+    ml_tensor *t;      /* (count) */
+    size_t total;      /* floats in each block */
+    float *data;       /* (total) */
+    float *grad;       /* (total), trainable only */
+    float *m, *v;      /* (total) optimizer moments, trainable only */
+} ml_params;
+
+void ml_params_init(ml_params *p, int trainable);
+void ml_params_free(ml_params *p);
+/* Declares a tensor; returns its handle, or ML_ERR (duplicate name, bad shape). */
+int ml_params_declare(ml_params *p, const char *name, int ndim, const int *shape,
+                      ml_init init, float init_value, int fan_in);
+/* Changes the leading dimension of a tensor (growth); takes effect at the next commit. */
+int ml_params_grow(ml_params *p, int h, int dim0);
+int ml_params_find(const ml_params *p, const char *name);
+/* Lays out the blocks; copies old values, initialises new elements from rng. */
+int ml_params_commit(ml_params *p, ml_rng *rng);
+void ml_params_zero_grad(ml_params *p);
+/* 1 when every gradient in the block is finite: one vectorised pass over p->grad (run
+ * before each optimizer step). 1 for a block without gradients. */
+int ml_params_grad_finite(const ml_params *p);
+/* The handle of the first tensor (declaration order) holding a non-finite gradient, or
+ * -1; *count (may be NULL) receives how many tensors hold one. The slow path after
+ * ml_params_grad_finite said no. */
+int ml_params_grad_first_nonfinite(const ml_params *p, int *count);
+
+static inline float *ml_params_data(const ml_params *p, int h) { return p->data + p->t[h].off; }
+static inline float *ml_params_grad(const ml_params *p, int h) { return p->grad + p->t[h].off; }
+static inline size_t ml_params_numel(const ml_params *p) {
+    size_t n = 0;
+    for (int i = 0; i < p->count; i++) n += p->t[i].n;
+    return n;
+}
+
+/* Initialises x[0..n) per init kind. */
+void ml_init_fill(float *x, size_t n, ml_init init, float value, int fan_in, ml_rng *rng);
+
+#endif

@@ -1,0 +1,155 @@
+/* bench.c — the SRNN training-step benchmark, the same work as torch_srnn_ref.py. */
+#include "run/bench.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "base/crash.h"
+#include "model/model.h"
+#include "nn/optim.h"
+#include "nn/ops.h"
+#include "plugin/pluginhost.h"
+
+typedef struct bench_opts {
+    int H, W, C, B, E, K, S, T;
+} bench_opts;
+
+static int parse(int argc, char **argv, bench_opts *o) {
+    *o = (bench_opts){64, 64, 3, 64, 16, 2, 10, 1};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int *dst = NULL;
+        if (!strcmp(a, "--image")) {
+            if (!v || sscanf(v, "%dx%dx%d", &o->H, &o->W, &o->C) != 3 || o->H < 16 || o->W < 16 || o->C < 1 ||
+                o->H % 16 || o->W % 16)
+                return ml_errorf("bench: --image expects HxWxC with H and W multiples of 16, got '%s'", v ? v : "");
+            i++;
+            continue;
+        }
+        if (!strcmp(a, "--batch")) dst = &o->B;
+        else if (!strcmp(a, "--experts")) dst = &o->E;
+        else if (!strcmp(a, "--top-k")) dst = &o->K;
+        else if (!strcmp(a, "--steps")) dst = &o->S;
+        else if (!strcmp(a, "--threads")) dst = &o->T;
+        else return ml_errorf("bench: unknown option '%s'", a);
+        char *end;
+        long x = v ? strtol(v, &end, 10) : 0;
+        if (!v || *end || x < 1 || x > 1000000) return ml_errorf("bench: %s expects a positive integer, got '%s'", a, v ? v : "");
+        *dst = (int)x;
+        i++;
+    }
+    if (o->K > o->E) return ml_errorf("bench: --top-k %d exceeds --experts %d", o->K, o->E);
+    return ML_OK;
+}
+
+/* Best of several timed runs of a large square sgemm, GFLOP/s. */
+static double sgemm_peak(void) {
+    const int n = 1536;
+    float *a = ml_alloc_floats((size_t)n * n), *b = ml_alloc_floats((size_t)n * n), *c = ml_alloc_floats((size_t)n * n);
+    if (!a || !b || !c) return 0;
+    for (size_t i = 0; i < (size_t)n * n; i++) a[i] = b[i] = 0.5f;
+    double best = 0;
+    for (int r = 0; r < 5; r++) {
+        double t0 = ml_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        double g = 2.0 * n * n * n / (ml_now() - t0) / 1e9;
+        if (g > best) best = g;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return best;
+}
+
+int ml_bench_main(int argc, char **argv) {
+    bench_opts o;
+    if (parse(argc, argv, &o)) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        return ML_EXIT_USAGE;
+    }
+    openblas_set_num_threads(o.T);
+    omp_set_num_threads(o.T);
+    const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, "saturation");
+    const ml_plugin *lb = router ? ml_plugin_load(ML_PLUGIN_LOSS, "load_balance") : NULL;
+    if (!router || !lb) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+        return ML_EXIT_RUNTIME;
+    }
+    ml_optval ropt[32], lopt[8];
+    if (router->num_options > 32 || ml_option_defaults(router, ropt) || ml_option_defaults(lb, lopt)) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+        return ML_EXIT_RUNTIME;
+    }
+    for (int i = 0; i < router->num_options; i++)
+        if (!strcmp(router->options[i].name, "k")) ropt[i].i = o.K, ropt[i].f = o.K;
+    static const int channels[4] = {32, 64, 128, 256};
+    ml_model_cfg mc = {.type = "srnn", .C = o.C, .H = o.H, .W = o.W, .latent = 128, .hidden = 256,
+                       .expert_hidden = 256, .experts = o.E, .moe_layers = 1, .channels = channels,
+                       .n_channels = 4, .router = router, .router_opt = ropt, .seed = 0};
+    ml_model *m = ml_model_new(&mc, NULL);
+    ml_loss_init li = {sizeof li, lopt};
+    char err[ML_ERR_MAX] = "";
+    const ml_loss_api *lapi = lb->api;
+    ml_crash_enter(ml_plugin_file(lb), "create");
+    void *loss = m ? lapi->create(ml_host_table(), &li, err) : NULL;
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (!m || !loss) {
+        fprintf(stderr, "moelab: bench: %s\n", m ? err : ml_error());
+        ml_model_free(m);
+        return ML_EXIT_RUNTIME;
+    }
+    ml_optim opt = {ML_OPTIM_ADAM, 1e-3f, 0.9f, 0.999f, 1e-8f, 0, 0, 0};
+    size_t n = (size_t)o.B * o.C * o.H * o.W;
+    float *x = ml_alloc_floats(n);
+    int32_t *ids = ml_calloc((size_t)o.B, sizeof(int32_t));
+    ml_rng rng;
+    ml_rng_seed(&rng, 0);
+    for (size_t i = 0; i < n; i++) x[i] = (float)ml_rng_uniform(&rng);
+    for (int b = 0; b < o.B; b++) ids[b] = b;
+    double t0 = 0;
+    int rc = 0;
+    for (int s = 0; s < o.S + 2 && !rc; s++) {
+        if (s == 2) t0 = ml_now(); /* two warm-up steps, as the PyTorch peer */
+        ml_params_zero_grad(&m->P);
+        rc = ml_model_forward(m, x, o.B, 1, ids, NULL, 0);
+        ml_routing_record rec;
+        ml_moe_record(m->moe[0], &rec);
+        double v;
+        if (!rc) {
+            ml_crash_enter(ml_plugin_file(lb), "eval");
+            int erc = lapi->eval(loss, &rec, &v, 0.1f, m->moe[0]->dlogits, m->moe[0]->dprob, err);
+            ml_crash_leave();
+            ml_err_seal(err);
+            if (erc) rc = ml_errorf("load_balance: %s", err);
+        }
+        if (!rc) rc = ml_model_backward(m);
+        if (!rc) ml_optim_step(&opt, &m->P);
+    }
+    double dt = ml_now() - t0;
+    if (rc) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+    } else {
+        /* useful work: the nets' convolutions and linears, plus k experts per sample (fwd + 2x bwd) */
+        double D = 128, Hh = 256;
+        double flops = ml_model_net_flops(m) + 3.0 * o.K * 2.0 * (2 * D * Hh) + 3.0 * 2.0 * D * o.E;
+        double ips = o.S * o.B / dt;
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        double peak = sgemm_peak();
+        printf("srnn_step image=%dx%dx%d batch=%d experts=%d threads=%d img_per_s=%.1f ms_per_step=%.1f "
+               "gflops=%.1f sgemm_peak_gflops=%.1f peak_rss_mb=%.0f\n",
+               o.H, o.W, o.C, o.B, o.E, o.T, ips, dt / o.S * 1e3, flops * ips / 1e9, peak, ru.ru_maxrss / 1024.0);
+    }
+    ml_crash_enter(ml_plugin_file(lb), "destroy");
+    lapi->destroy(loss);
+    ml_crash_leave();
+    ml_model_free(m);
+    free(x);
+    free(ids);
+    return rc ? ML_EXIT_RUNTIME : 0;
+}

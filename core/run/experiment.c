@@ -1,0 +1,727 @@
+/* experiment.c — one run: build from config, train/evaluate, health, growth, checkpoints. */
+#include "run/experiment.h"
+
+#include <cblas.h>
+#include <ctype.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/crash.h"
+#include "plugin/pluginhost.h"
+#include "run/checkpoint.h"
+
+volatile int ml_exp_interrupted;
+
+/* ------------------------------------------------------------------ building */
+
+static const ml_plugin *find_plugin(void *ctx, int kind, const char *name, char *err) {
+    (void)ctx;
+    const ml_plugin *p = ml_plugin_load(kind, name);
+    if (!p) snprintf(err, ML_ERR_MAX, "%s", ml_error());
+    return p;
+}
+
+static int plugin_opts(ml_experiment *e, const char *path, const ml_plugin *p, ml_optval **out) {
+    *out = ml_calloc((size_t)(p->num_options > 0 ? p->num_options : 1), sizeof(ml_optval));
+    if (!*out) return ML_ERR;
+    return ml_config_plugin_options(e->cfg, path, p, *out);
+}
+
+static int build_losses(ml_experiment *e) {
+    int n = ml_config_len(e->cfg, "losses");
+    if (n > ML_MAX_LOSSES) return ml_errorf("%s: %d losses, at most %d are supported", ml_config_path(e->cfg), n, ML_MAX_LOSSES);
+    for (int i = 0; i < n; i++) {
+        char path[64], key[80];
+        snprintf(path, sizeof path, "losses.%d", i);
+        snprintf(key, sizeof key, "%s.name", path);
+        const char *name = ml_config_str(e->cfg, key, "");
+        const ml_plugin *p = ml_plugin_load(ML_PLUGIN_LOSS, name);
+        if (!p) return ML_ERR;
+        ml_optval *opt = NULL;
+        if (plugin_opts(e, path, p, &opt)) { free(opt); return ML_ERR; }
+        ml_loss_slot *s = &e->loss[e->n_losses];
+        s->plugin = p;
+        s->file = ml_plugin_file(p);
+        s->api = p->api;
+        ml_loss_init init = {sizeof init, opt};
+        char err[ML_ERR_MAX] = "";
+        ml_crash_enter(ml_plugin_file(p), "create");
+        s->self = s->api->create(ml_host_table(), &init, err);
+        ml_crash_leave();
+        ml_err_seal(err);
+        free(opt);
+        if (!s->self) return ml_errorf("loss '%s' (%s): create failed: %s", p->name, ml_plugin_file(p), err);
+        snprintf(s->name, sizeof s->name, "%s", p->name);
+        for (int j = 0; j < e->n_losses; j++)
+            if (strcmp(e->loss[j].name, s->name) == 0) snprintf(s->name, sizeof s->name, "%s#%d", p->name, i + 1);
+        snprintf(key, sizeof key, "%s.coef", path);
+        s->coef = ml_config_float(e->cfg, key, 1.0);
+        e->n_losses++;
+    }
+    return ML_OK;
+}
+
+static int build_schedule(ml_experiment *e, int L) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_SCHEDULE, ml_config_str(e->cfg, "schedule.name", "fixed"));
+    if (!p) return ML_ERR;
+    ml_optval *opt = NULL;
+    if (plugin_opts(e, "schedule", p, &opt)) { free(opt); return ML_ERR; }
+    ml_schedule_init init = {sizeof init, L, opt};
+    char err[ML_ERR_MAX] = "";
+    const ml_schedule_api *api = p->api;
+    ml_crash_enter(ml_plugin_file(p), "create");
+    e->sched = api->create(ml_host_table(), &init, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    free(opt);
+    if (!e->sched) return ml_errorf("schedule '%s' (%s): create failed: %s", p->name, ml_plugin_file(p), err);
+    e->sched_plugin = p;
+    return ML_OK;
+}
+
+static int build_model(ml_experiment *e) {
+    const ml_config *c = e->cfg;
+    int L = (int)ml_config_int(c, "model.moe_layers", 1);
+    if (build_schedule(e, L)) return ML_ERR;
+    const ml_schedule_api *sapi = e->sched_plugin->api;
+    int configured = (int)ml_config_int(c, "model.experts", 4);
+    int *experts = ml_calloc((size_t)L, sizeof(int));
+    if (!experts) return ML_ERR;
+    for (int l = 0; l < L; l++) {
+        ml_crash_enter(ml_plugin_file(e->sched_plugin), "initial_experts");
+        experts[l] = sapi->initial_experts(e->sched, l, configured);
+        ml_crash_leave();
+        if (experts[l] < 1) {
+            int bad = experts[l];
+            free(experts);
+            return ml_errorf("schedule '%s': initial_experts(layer %d) = %d, expected >= 1", e->sched_plugin->name, l + 1, bad);
+        }
+    }
+    const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, ml_config_str(c, "router.name", "softmax_topk"));
+    ml_optval *ropt = NULL;
+    if (!router || plugin_opts(e, "router", router, &ropt)) { free(experts); free(ropt); return ML_ERR; }
+    int channels[16], nch = ml_config_len(c, "model.channels");
+    if (nch > 16) nch = 16;
+    for (int i = 0; i < nch; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "model.channels.%d", i);
+        channels[i] = (int)ml_config_int(c, key, 0);
+    }
+    ml_model_cfg mc = {
+        .type = ml_config_str(c, "model.type", "mlp"),
+        .C = e->train.C, .H = e->train.H, .W = e->train.W,
+        .latent = (int)ml_config_int(c, "model.latent", 128),
+        .hidden = (int)ml_config_int(c, "model.hidden", 256),
+        .expert_hidden = (int)ml_config_int(c, "model.expert_hidden", 256),
+        .experts = configured, .moe_layers = L,
+        .channels = channels, .n_channels = nch < 0 ? 0 : nch,
+        .router = router, .router_opt = ropt,
+        .seed = (uint64_t)ml_config_int(c, "train.seed", 1),
+    };
+    e->model = ml_model_new(&mc, experts);
+    free(experts);
+    free(ropt);
+    if (!e->model) return ml_error_prefix("model");
+    e->acc = ml_calloc((size_t)L, sizeof *e->acc);
+    e->vacc = ml_calloc((size_t)L, sizeof *e->vacc);
+    if (!e->acc || !e->vacc) return ML_ERR;
+    for (int l = 0; l < L; l++) {
+        e->acc[l] = ml_health_acc_new(e->model->moe[l]->N, e->train.num_classes);
+        e->vacc[l] = ml_health_acc_new(e->model->moe[l]->N, e->train.num_classes);
+        if (!e->acc[l] || !e->vacc[l]) return ML_ERR;
+    }
+    return ML_OK;
+}
+
+static void set_threads(int n) {
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    openblas_set_num_threads(n);
+    omp_set_num_threads(n);
+}
+
+ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides, int n_overrides,
+                          int *exit_code) {
+    *exit_code = ML_EXIT_USAGE;
+    ml_experiment *e = ml_calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->best_val = INFINITY;
+    /* a first pass without plugin checks reads plugin_path (relative to the config file),
+     * so the validating pass can find plugins there */
+    ml_config *pre = ml_config_load(config_path, overrides, n_overrides, NULL, NULL);
+    if (!pre) goto fail;
+    int npp = ml_config_len(pre, "plugin_path");
+    char (*dirs)[4096] = ml_calloc(npp > 0 ? (size_t)npp : 1, sizeof *dirs);
+    const char **dirp = ml_calloc(npp > 0 ? (size_t)npp : 1, sizeof *dirp);
+    if (!dirs || !dirp) {
+        free(dirs);
+        free(dirp);
+        ml_config_free(pre);
+        goto fail;
+    }
+    for (int i = 0; i < npp; i++) {
+        char key[64], cdir[4096];
+        snprintf(key, sizeof key, "plugin_path.%d", i);
+        const char *d = ml_config_str(pre, key, "");
+        snprintf(cdir, sizeof cdir, "%s", config_path);
+        if (d[0] == '/') snprintf(dirs[i], sizeof dirs[i], "%s", d);
+        else snprintf(dirs[i], sizeof dirs[i], "%.2040s/%.2040s", dirname(cdir), d);
+        dirp[i] = dirs[i];
+    }
+    ml_plugins_default_path(dirp, npp); /* build's plugins, then these, then $MOELAB_PLUGIN_PATH */
+    free(dirs);
+    free(dirp);
+    ml_config_free(pre);
+    e->cfg = ml_config_load(config_path, overrides, n_overrides, find_plugin, e);
+    if (!e->cfg) goto fail;
+    snprintf(e->experiment, sizeof e->experiment, "%s", ml_config_str(e->cfg, "experiment", "default"));
+    *exit_code = ML_EXIT_RUNTIME;
+    set_threads((int)ml_config_int(e->cfg, "train.threads", 0));
+    const char *dpath = ml_config_str(e->cfg, "data.path", "");
+    ml_data_cfg dc = {
+        .dataset = ml_config_str(e->cfg, "data.dataset", "synthetic"),
+        .path = dpath,
+        .train_images = ml_config_int(e->cfg, "data.train_images", 0),
+        .val_images = ml_config_int(e->cfg, "data.val_images", 10000),
+        .image_size = (int)ml_config_int(e->cfg, "data.image_size", 0),
+        .synthetic_samples = ml_config_int(e->cfg, "data.synthetic_samples", 4096),
+        .synthetic_dim = (int)ml_config_int(e->cfg, "data.synthetic_dim", 64),
+        .synthetic_classes = (int)ml_config_int(e->cfg, "data.synthetic_classes", 8),
+        .seed = (uint64_t)ml_config_int(e->cfg, "train.seed", 1),
+    };
+    if (ml_data_load(&dc, &e->train, &e->val)) { ml_error_prefix("data"); goto fail; }
+    if (e->train.n < 1) { ml_errorf("data: the training split is empty (check data.train_images / data.val_images)"); goto fail; }
+    if (build_model(e) || build_losses(e)) goto fail;
+    const char *on = ml_config_str(e->cfg, "optim.name", "adam");
+    e->opt = (ml_optim){
+        .kind = strcmp(on, "sgd") == 0 ? ML_OPTIM_SGD : ML_OPTIM_ADAM,
+        .lr = (float)ml_config_float(e->cfg, "optim.lr", 1e-3),
+        .beta1 = (float)ml_config_float(e->cfg, "optim.beta1", 0.9),
+        .beta2 = (float)ml_config_float(e->cfg, "optim.beta2", 0.999),
+        .eps = (float)ml_config_float(e->cfg, "optim.eps", 1e-8),
+        .weight_decay = (float)ml_config_float(e->cfg, "optim.weight_decay", 0),
+        .momentum = (float)ml_config_float(e->cfg, "optim.momentum", 0),
+    };
+    e->hcfg = (ml_health_cfg){ml_config_float(e->cfg, "health.active_threshold", 0.1),
+                              ml_config_float(e->cfg, "health.collapse_active_fraction", 0.5),
+                              ml_config_float(e->cfg, "health.collapse_entropy", 0.5)};
+    e->B = (int)ml_config_int(e->cfg, "train.batch_size", 64);
+    uint64_t seed = (uint64_t)ml_config_int(e->cfg, "train.seed", 1);
+    e->train_b = ml_batcher_new(&e->train, e->B, 1, seed);
+    e->val_b = e->val.n > 0 ? ml_batcher_new(&e->val, e->B, 0, seed) : NULL;
+    size_t D = (size_t)e->train.C * e->train.H * e->train.W;
+    e->xb = ml_alloc_floats((size_t)e->B * D);
+    e->yb = ml_calloc((size_t)e->B, sizeof(int32_t));
+    e->ids = ml_calloc((size_t)e->B, sizeof(int32_t));
+    if (!e->train_b || (e->val.n > 0 && !e->val_b) || !e->xb || !e->yb || !e->ids) goto fail;
+    e->progress_tty = isatty(2);
+    return e;
+fail:
+    ml_exp_free(e);
+    return NULL;
+}
+
+int ml_exp_open_results(ml_experiment *e) {
+    e->res = ml_results_open(ml_config_str(e->cfg, "results.dir", "results"), e->experiment,
+                             ml_config_str(e->cfg, "results.run_id", ""));
+    if (!e->res) return ML_ERR;
+    ml_plugins_forbid_dir(ml_results_dir(e->res)); /* the script writes there: never a plugin from it */
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.yaml", ml_results_dir(e->res));
+    if (ml_config_write(e->cfg, path)) return ML_ERR;
+    e->started = ml_now();
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_str(&j, "config", ml_config_path(e->cfg));
+    ml_json_int(&j, "train_images", e->train.n);
+    ml_json_int(&j, "val_images", e->val.n);
+    ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
+    int rc = ml_exp_event_json(e, "run_start", &j);
+    ml_json_free(&j);
+    if (ml_exp_write_summary(e, "running")) rc = ML_ERR;
+    return rc;
+}
+
+const char *ml_exp_run_dir(const ml_experiment *e) { return e->res ? ml_results_dir(e->res) : NULL; }
+
+/* ------------------------------------------------------------- metrics row */
+
+int ml_exp_log(ml_experiment *e, const char *name, double value) {
+    for (int i = 0; i < e->n_cols; i++)
+        if (strcmp(e->col_name[i], name) == 0) {
+            e->col_value[i] = value;
+            return ML_OK;
+        }
+    if (e->n_cols == ML_MAX_COLS) return ml_errorf("log: more than %d metrics columns in one epoch", ML_MAX_COLS);
+    if (!(e->col_name[e->n_cols] = ml_strdup(name))) return ML_ERR;
+    e->col_value[e->n_cols++] = value;
+    e->row_pending = 1;
+    return ML_OK;
+}
+
+static int flush_row(ml_experiment *e) {
+    if (!e->row_pending || !e->res) return ML_OK;
+    int rc = ml_results_metrics_row(e->res, (const char *const *)e->col_name, e->col_value, e->n_cols);
+    for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
+    memcpy(e->last_name, e->col_name, sizeof e->last_name);
+    memcpy(e->last_value, e->col_value, sizeof e->last_value);
+    e->last_n = e->n_cols;
+    e->n_cols = 0;
+    e->row_pending = 0;
+    return rc;
+}
+
+int ml_exp_event(ml_experiment *e, const char *kind, const char *fields_json) {
+    if (!e->res) return ML_OK;
+    return ml_results_event(e->res, e->epoch, e->step, kind, fields_json);
+}
+
+int ml_exp_event_json(ml_experiment *e, const char *kind, const ml_json *fields) {
+    if (!fields->b.buf || fields->b.len < 1) return ml_errorf("event '%s': no fields (out of memory?)", kind);
+    char *inner = ml_calloc(fields->b.len, 1); /* the fields without the opening brace */
+    if (!inner) return ML_ERR;
+    memcpy(inner, fields->b.buf + 1, fields->b.len - 1);
+    int rc = ml_exp_event(e, kind, inner);
+    free(inner);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ training */
+
+static void progress(ml_experiment *e, int64_t done, int64_t total, double loss, double t0, int final) {
+    double dt = ml_now() - t0;
+    if (e->progress_tty) {
+        int w = 30, fill = total ? (int)(w * done / total) : w;
+        char bar[64];
+        for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+        bar[w] = 0;
+        fprintf(stderr, "\repoch %d [%s] %3d%% loss %.5f %.0f img/s%s", e->epoch, bar,
+                total ? (int)(100 * done / total) : 100, loss, dt > 0 ? done / dt : 0, final ? "\n" : "");
+    } else if (final) {
+        fprintf(stderr, "epoch %d: %" PRId64 " images, loss %.6f, %.1f s, %.0f img/s\n", e->epoch, done, loss, dt,
+                dt > 0 ? done / dt : 0);
+    }
+}
+
+static int aux_losses(ml_experiment *e, int training, double *total, double *per_loss) {
+    ml_model *m = e->model;
+    for (int l = 0; l < m->L; l++) {
+        ml_routing_record rec;
+        ml_moe_record(m->moe[l], &rec);
+        ml_health_acc_add(training ? e->acc[l] : e->vacc[l], &rec, m->moe[l]->n_dropped);
+        for (int i = 0; i < e->n_losses; i++) {
+            ml_loss_slot *s = &e->loss[i];
+            double v = 0;
+            char err[ML_ERR_MAX] = "";
+            int grad = training && s->coef != 0;
+            ml_crash_enter(s->file, "eval");
+            int rc = s->api->eval(s->self, &rec, &v, (float)s->coef, grad ? m->moe[l]->dlogits : NULL,
+                                  grad ? m->moe[l]->dprob : NULL, err);
+            ml_crash_leave();
+            ml_err_seal(err);
+            if (rc) return ml_errorf("loss '%s' (layer %d): %s", s->name, l + 1, err);
+            if (!isfinite(v)) return ml_errorf("loss '%s' (layer %d) returned %g", s->name, l + 1, v);
+            per_loss[i] += v;
+            *total += s->coef * v;
+        }
+    }
+    return ML_OK;
+}
+
+/* train.nonfinite: stop — the error names the step and the first tensor at fault. */
+static int nonfinite_grad_error(ml_experiment *e, int64_t step) {
+    int k = 0, h = ml_params_grad_first_nonfinite(&e->model->P, &k);
+    return ml_errorf("epoch %d step %" PRId64 ": non-finite gradient in tensor '%s' (first of %d tensors); "
+                     "hint: lower optim.lr or the loss coefficients, check the plugins' gradients, "
+                     "or set train.nonfinite: skip_step to skip such steps",
+                     e->epoch, step, h >= 0 ? e->model->P.t[h].name : "?", k);
+}
+
+/* train.nonfinite: skip_step — the step's update is dropped, an event records why. */
+static int nonfinite_skip(ml_experiment *e, int64_t step, double loss, int warn) {
+    int k = 0, h = isfinite(loss) ? ml_params_grad_first_nonfinite(&e->model->P, &k) : -1;
+    const char *tensor = h >= 0 ? e->model->P.t[h].name : NULL;
+    if (warn)
+        ml_log(ML_LOG_WARN, "epoch %d step %" PRId64 ": non-finite %s%s%s; update skipped (train.nonfinite: skip_step)",
+               e->epoch, step, tensor ? "gradient in tensor '" : "loss", tensor ? tensor : "", tensor ? "'" : "");
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_int(&j, "skipped_step", step);
+    ml_json_str(&j, "reason", tensor ? "gradient" : "loss");
+    ml_json_num(&j, "loss", loss);
+    ml_json_str(&j, "tensor", tensor);
+    ml_json_int(&j, "tensors", k);
+    int rc = ml_exp_event_json(e, "nonfinite_step", &j);
+    ml_json_free(&j);
+    return rc;
+}
+
+static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
+    ml_epoch_acc *a = &e->ep;
+    /* a signal that came outside training (script code, evaluate) stops at the epoch boundary */
+    if (ml_exp_interrupted && !a->resume_pending) return ml_exp_interrupt(e);
+    if (flush_row(e) || ml_exp_write_summary(e, "running")) return ML_ERR; /* summary = metrics.csv so far */
+    ml_model *m = e->model;
+    e->epoch++;
+    ml_batcher_begin_epoch(e->train_b, e->epoch);
+    int run_hook = 0;
+    if (a->resume_pending) { /* continue the epoch an interrupt checkpoint stopped */
+        ml_batcher_seek(e->train_b, a->position);
+        run_hook = a->hook_pending;
+        a->resume_pending = 0;
+    } else {
+        for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->acc[l]);
+        memset(a, 0, sizeof *a);
+    }
+    a->in_epoch = 1;
+    /* test hook (docs/lua-api.md): behave as if SIGINT arrived during step N */
+    const char *stop = getenv("MOELAB_TEST_INTERRUPT_AT_STEP");
+    int64_t stop_step = stop ? strtoll(stop, NULL, 10) : 0;
+    double t0 = ml_now(), last_draw = 0;
+    double *aux_sum = a->aux_sum;
+    int skip_nonfinite = !strcmp(ml_config_str(e->cfg, "train.nonfinite", "stop"), "skip_step");
+    int B;
+    if (run_hook && hook) {
+        a->in_hook = 1;
+        int rc = hook(ctx);
+        a->in_hook = 0;
+        if (rc) return ML_ERR;
+    }
+    while ((B = ml_batcher_next(e->train_b, e->xb, e->yb, e->ids)) > 0) {
+        ml_params_zero_grad(&m->P);
+        if (ml_model_forward(m, e->xb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
+        double total = m->task_loss, aux_step[ML_MAX_LOSSES] = {0};
+        if (aux_losses(e, 1, &total, aux_step)) return ML_ERR;
+        /* train.nonfinite: a non-finite loss or gradient never reaches the weights */
+        int skip = 0;
+        if (!isfinite(total)) {
+            if (!skip_nonfinite)
+                return ml_errorf("epoch %d step %" PRId64 ": the loss is %g (diverged); hint: lower optim.lr or the loss coefficients",
+                                 e->epoch, e->step + 1, total);
+            skip = 1;
+        } else if (ml_model_backward(m)) {
+            return ML_ERR;
+        } else if (!ml_params_grad_finite(&m->P)) {
+            if (!skip_nonfinite) return nonfinite_grad_error(e, e->step + 1);
+            skip = 1;
+        }
+        if (skip && nonfinite_skip(e, e->step + 1, total, a->skipped++ == 0)) return ML_ERR;
+        if (!skip) ml_optim_step(&e->opt, &m->P);
+        e->step++;
+        e->images_seen += B;
+        a->seen += B;
+        a->steps++;
+        if (!skip) { /* a skipped step counts in seen/steps, not in the epoch's losses */
+            a->used += B;
+            a->loss_sum += total * B;
+            a->task_sum += m->task_loss * B;
+            for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux_step[i] / m->L * B;
+        }
+        double now = ml_now();
+        if (e->progress_tty && now - last_draw > 0.1) {
+            progress(e, a->seen, e->train.n, a->used ? a->loss_sum / a->used : 0, t0, 0);
+            last_draw = now;
+        }
+        if (stop_step > 0 && e->step == stop_step) ml_exp_interrupted = 2;
+        /* before the hook: a resume runs this step's hook first, as the uninterrupted run did */
+        if (ml_exp_interrupted) return ml_exp_interrupt(e);
+        if (hook) {
+            a->in_hook = 1;
+            int rc = hook(ctx);
+            a->in_hook = 0;
+            if (rc) return ML_ERR;
+        }
+    }
+    for (int l = 0; l < m->L; l++)
+        if (ml_moe_epoch_end(m->moe[l], e->epoch)) return ML_ERR;
+    memset(out, 0, sizeof *out);
+    out->epoch = e->epoch;
+    out->seconds = ml_now() - t0;
+    int64_t seen = a->seen;
+    out->loss = a->used ? a->loss_sum / a->used : 0;
+    out->task_loss = a->used ? a->task_sum / a->used : 0;
+    out->images_seen = e->images_seen;
+    out->steps = a->steps;
+    out->img_per_s = out->seconds > 0 ? seen / out->seconds : 0;
+    out->n_aux = e->n_losses;
+    for (int i = 0; i < e->n_losses; i++) {
+        snprintf(out->aux_name[i], sizeof out->aux_name[i], "%s", e->loss[i].name);
+        out->aux_value[i] = a->used ? aux_sum[i] / a->used : 0;
+    }
+    progress(e, seen, e->train.n, out->loss, t0, 1);
+
+    /* the epoch's row: progress, losses, coefficients, routing health per layer */
+    ml_exp_log(e, "epoch", e->epoch);
+    ml_exp_log(e, "images_seen", (double)e->images_seen);
+    ml_exp_log(e, "seconds", out->seconds);
+    ml_exp_log(e, "loss", out->loss);
+    ml_exp_log(e, "task_loss", out->task_loss);
+    if (skip_nonfinite) {
+        ml_exp_log(e, "skipped_steps", (double)a->skipped);
+        if (a->skipped > 1)
+            ml_log(ML_LOG_WARN, "epoch %d: %" PRId64 " steps skipped for non-finite values (train.nonfinite: skip_step)",
+                   e->epoch, a->skipped);
+    }
+    char col[128];
+    for (int i = 0; i < e->n_losses; i++) {
+        ml_exp_log(e, e->loss[i].name, out->aux_value[i]);
+        snprintf(col, sizeof col, "coef_%s", e->loss[i].name);
+        ml_exp_log(e, col, e->loss[i].coef);
+    }
+    for (int l = 0; l < m->L; l++) {
+        ml_health h;
+        if (ml_exp_health(e, l, 0, &h)) return ML_ERR;
+        struct { const char *k; double v; } cols[] = {
+            {"experts", h.num_experts}, {"active", h.active}, {"dead", h.dead}, {"cv", h.cv},
+            {"entropy_norm", h.marginal_entropy_norm}, {"sample_entropy", h.mean_sample_entropy},
+            {"mutual_info", h.mutual_info}, {"max_load", h.max_load_ratio}, {"dropped", h.dropped_share},
+            {"nmi", h.nmi_label}, {"load_balance", h.load_balance}, {"collapsed", h.collapsed}};
+        for (size_t i = 0; i < sizeof cols / sizeof *cols; i++) {
+            snprintf(col, sizeof col, "moe%d_%s", l + 1, cols[i].k);
+            ml_exp_log(e, col, cols[i].v);
+        }
+        const char *names[ML_MOE_MAX_RTENSORS];
+        const float *vals[ML_MOE_MAX_RTENSORS];
+        int nx = ml_moe_reported_state(m->moe[l], names, vals, ML_MOE_MAX_RTENSORS);
+        int rc = e->res ? ml_results_routing_rows(e->res, e->epoch, l + 1, &h, names, vals, nx) : ML_OK;
+        ml_health_free(&h);
+        if (rc) return ML_ERR;
+    }
+    return ml_exp_write_summary(e, "running");
+}
+
+int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
+    int rc = train_epoch(e, hook, ctx, out);
+    e->ep.in_epoch = 0;
+    return rc;
+}
+
+int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
+    memset(out, 0, sizeof *out);
+    ml_model *m = e->model;
+    for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->vacc[l]);
+    out->n_aux = e->n_losses;
+    for (int i = 0; i < e->n_losses; i++) snprintf(out->aux_name[i], sizeof out->aux_name[i], "%s", e->loss[i].name);
+    if (!e->val_b) return ml_errorf("evaluate: there is no validation split (data.val_images is 0)");
+    ml_batcher_begin_epoch(e->val_b, 1);
+    double sum = 0, aux_sum[ML_MAX_LOSSES] = {0};
+    int64_t n = 0;
+    int B;
+    while ((B = ml_batcher_next(e->val_b, e->xb, e->yb, e->ids)) > 0) {
+        if (ml_model_forward(m, e->xb, B, 0, e->ids, e->val.y ? e->yb : NULL, e->val.num_classes)) return ML_ERR;
+        double total = 0, aux[ML_MAX_LOSSES] = {0};
+        if (aux_losses(e, 0, &total, aux)) return ML_ERR;
+        sum += m->task_loss * B;
+        for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux[i] / m->L * B;
+        n += B;
+    }
+    out->samples = n;
+    out->loss = n ? sum / n : 0;
+    for (int i = 0; i < e->n_losses; i++) out->aux_value[i] = n ? aux_sum[i] / n : 0;
+    ml_exp_log(e, "val_loss", out->loss);
+    char col[128];
+    for (int i = 0; i < e->n_losses; i++) {
+        snprintf(col, sizeof col, "val_%s", e->loss[i].name);
+        ml_exp_log(e, col, out->aux_value[i]);
+    }
+    for (int l = 0; l < m->L; l++) {
+        ml_health h;
+        if (ml_exp_health(e, l, 1, &h)) return ML_ERR;
+        snprintf(col, sizeof col, "val_moe%d_active", l + 1);
+        ml_exp_log(e, col, h.active);
+        snprintf(col, sizeof col, "val_moe%d_nmi", l + 1);
+        ml_exp_log(e, col, h.nmi_label);
+        snprintf(col, sizeof col, "val_moe%d_mutual_info", l + 1);
+        ml_exp_log(e, col, h.mutual_info);
+        snprintf(col, sizeof col, "val_moe%d_cv", l + 1);
+        ml_exp_log(e, col, h.cv);
+        snprintf(col, sizeof col, "val_moe%d_entropy_norm", l + 1);
+        ml_exp_log(e, col, h.marginal_entropy_norm);
+        ml_health_free(&h);
+    }
+    if (out->loss < e->best_val) {
+        e->best_val = out->loss;
+        e->best_epoch = e->epoch;
+    }
+    return ML_OK;
+}
+
+int ml_exp_health(ml_experiment *e, int layer, int val, ml_health *out) {
+    if (layer < 0 || layer >= e->model->L)
+        return ml_errorf("health: layer %d does not exist (model has %d)", layer + 1, e->model->L);
+    return ml_health_compute(val ? e->vacc[layer] : e->acc[layer], &e->hcfg, out);
+}
+
+int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
+    ml_model *m = e->model;
+    if (layer < 0 || layer >= m->L) return ml_errorf("add_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
+    int old = m->moe[layer]->N;
+    if (n < 1 || n > ML_MOE_MAX_EXPERTS - old)
+        return ml_errorf("add_experts: a layer holds at most %d experts (layer %d has %d, asked for %d more)",
+                         ML_MOE_MAX_EXPERTS, layer + 1, old, n);
+    if (ml_model_add_experts(m, layer, n)) return ML_ERR;
+    if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
+        return ML_ERR;
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_int(&j, "layer", layer + 1);
+    ml_json_int(&j, "added", n);
+    ml_json_int(&j, "from", old);
+    ml_json_int(&j, "to", m->moe[layer]->N);
+    ml_json_int(&j, "images_seen", e->images_seen);
+    ml_json_str(&j, "reason", reason ? reason : "script");
+    int rc = ml_exp_event_json(e, "experts_added", &j);
+    ml_json_free(&j);
+    return rc;
+}
+
+int ml_exp_schedule_decide(ml_experiment *e, int *add) {
+    ml_model *m = e->model;
+    int ne[64];
+    int L = m->L < 64 ? m->L : 64;
+    for (int l = 0; l < L; l++) {
+        ne[l] = m->moe[l]->N;
+        add[l] = 0;
+    }
+    ml_progress p = {sizeof p, e->images_seen, e->step, e->epoch, L, ne, e->train.n};
+    char err[ML_ERR_MAX] = "";
+    const ml_schedule_api *api = e->sched_plugin->api;
+    ml_crash_enter(ml_plugin_file(e->sched_plugin), "decide");
+    int rc = api->decide(e->sched, &p, add, err);
+    ml_crash_leave();
+    ml_err_seal(err);
+    if (rc) return ml_errorf("schedule '%s': %s", e->sched_plugin->name, err);
+    for (int l = 0; l < L; l++)
+        if (add[l] < 0) return ml_errorf("schedule '%s': asked to add %d experts to layer %d", e->sched_plugin->name, add[l], l + 1);
+    return ML_OK;
+}
+
+int ml_exp_loss_index(const ml_experiment *e, const char *name) {
+    for (int i = 0; i < e->n_losses; i++)
+        if (strcmp(e->loss[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* -------------------------------------------------------------------- finish */
+
+/*
+ * summary.json's object. crashed = 1 renders the variant the crash handler writes: status
+ * "crashed", without "error" and "updated" (the handler appends those).
+ */
+static const char *summary_json(ml_experiment *e, ml_json *j, ml_json *last, const char *status, int crashed) {
+    ml_json_begin(j);
+    ml_json_str(j, "experiment", e->experiment);
+    ml_json_str(j, "status", crashed ? "crashed" : status);
+    if (!crashed && strcmp(status, "ok") != 0 && strcmp(status, "running") != 0)
+        ml_json_str(j, "error", e->last_error);
+    ml_json_int(j, "pid", (int64_t)getpid());
+    char host[256] = "";
+    if (gethostname(host, sizeof host - 1) != 0) host[0] = 0;
+    ml_json_str(j, "host", host);
+    if (!crashed) {
+        char stamp[32];
+        time_t now = time(NULL);
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        ml_json_str(j, "updated", stamp);
+    }
+    ml_json_int(j, "epochs", e->epoch);
+    ml_json_int(j, "steps", e->step);
+    ml_json_int(j, "images_seen", e->images_seen);
+    ml_json_num(j, "seconds", ml_now() - e->started);
+    ml_json_num(j, "best_val_loss", isfinite(e->best_val) ? e->best_val : NAN);
+    ml_json_int(j, "best_epoch", e->best_epoch);
+    ml_json_str(j, "router", e->model->moe[0]->plugin->name);
+    char experts[512] = "[";
+    for (int l = 0; l < e->model->L; l++) {
+        size_t len = strlen(experts);
+        snprintf(experts + len, sizeof experts - len, "%s%d", l ? "," : "", e->model->moe[l]->N);
+    }
+    strcat(experts, "]");
+    ml_json_raw(j, "experts", experts);
+    ml_json_int(j, "parameters", (int64_t)ml_params_numel(&e->model->P));
+    ml_json_begin(last);
+    for (int i = 0; i < e->last_n; i++) ml_json_num(last, e->last_name[i], e->last_value[i]);
+    const char *lt = ml_json_end(last);
+    ml_json_raw(j, "last_epoch", lt ? lt : "{}");
+    return ml_json_end(j);
+}
+
+/*
+ * Rewrites summary.json atomically with this status ("running" while the run goes, then
+ * "ok", "error" or "interrupted") and arms the crash handler with the "crashed" variant.
+ */
+int ml_exp_write_summary(ml_experiment *e, const char *status) {
+    if (!e->res) return ML_OK;
+    ml_json j, last;
+    const char *text = summary_json(e, &j, &last, status, 0);
+    int rc = text ? ml_results_summary(e->res, text) : ML_ERR;
+    ml_json_free(&j);
+    ml_json_free(&last);
+    char real[PATH_MAX], path[PATH_MAX + 16];
+    if (realpath(ml_results_dir(e->res), real)) {
+        snprintf(path, sizeof path, "%s/summary.json", real);
+        text = summary_json(e, &j, &last, status, 1);
+        if (!text || ml_crash_arm(path, text)) rc = ML_ERR;
+        ml_json_free(&j);
+        ml_json_free(&last);
+    }
+    return rc;
+}
+
+int ml_exp_finish(ml_experiment *e, const char *status) {
+    e->finished = 1;
+    if (!e->res) return ML_OK;
+    int rc = flush_row(e);
+    if (ml_exp_write_summary(e, status ? status : "error")) rc = ML_ERR;
+    return rc;
+}
+
+void ml_exp_free(ml_experiment *e) {
+    if (!e) return;
+    for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
+    for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
+    for (int i = 0; i < e->n_losses; i++)
+        if (e->loss[i].self) {
+            ml_crash_enter(e->loss[i].file, "destroy");
+            e->loss[i].api->destroy(e->loss[i].self);
+            ml_crash_leave();
+        }
+    if (e->sched) {
+        ml_crash_enter(ml_plugin_file(e->sched_plugin), "destroy");
+        ((const ml_schedule_api *)e->sched_plugin->api)->destroy(e->sched);
+        ml_crash_leave();
+    }
+    if (e->model) {
+        for (int l = 0; l < e->model->L; l++) {
+            if (e->acc) ml_health_acc_free(e->acc[l]);
+            if (e->vacc) ml_health_acc_free(e->vacc[l]);
+        }
+    }
+    free(e->acc);
+    free(e->vacc);
+    ml_model_free(e->model);
+    ml_batcher_free(e->train_b);
+    ml_batcher_free(e->val_b);
+    ml_dataset_free(&e->train);
+    ml_dataset_free(&e->val);
+    free(e->xb);
+    free(e->yb);
+    free(e->ids);
+    if (e->res) {
+        ml_crash_disarm(); /* the summary written last stays */
+        ml_results_close(e->res);
+    }
+    ml_config_free(e->cfg);
+    free(e->script_state);
+    free(e);
+}

@@ -1,0 +1,156 @@
+/*
+ * experiment.h — one run: config -> data, model, router/loss/schedule plugins, optimizer,
+ * run directory; then the operations a Lua script drives (train an epoch, evaluate, read
+ * routing health, add experts, set loss coefficients, log, raise events, checkpoints).
+ *
+ * Building is all-or-nothing: ml_exp_new validates and builds everything before it creates
+ * the run directory, so a bad config or plugin leaves no trace. Every file the run writes is
+ * append-only or replaced atomically, so a failure never damages results already written.
+ *
+ * Ownership: ml_exp_new returns an owned experiment (ml_exp_free, which also flushes the
+ * pending metrics row and writes summary.json).
+ */
+#ifndef MOELAB_EXPERIMENT_H
+#define MOELAB_EXPERIMENT_H
+
+#include <stdio.h>
+#include "io/config.h"
+#include "data/data.h"
+#include "model/health.h"
+#include "model/model.h"
+#include "nn/optim.h"
+#include "io/results.h"
+
+#define ML_MAX_LOSSES 16
+#define ML_MAX_COLS 256
+
+typedef struct ml_loss_slot {
+    const ml_plugin *plugin;
+    const ml_loss_api *api;
+    const char *file;       /* the plugin's file (borrowed), for crash reports */
+    void *self;
+    char name[64];          /* the plugin name, or name#2 when used twice */
+    double coef;
+    double epoch_sum;       /* sum over steps and layers of the value, this epoch */
+    int64_t epoch_steps;
+} ml_loss_slot;
+
+typedef struct ml_epoch_stats {
+    int epoch;
+    double loss, task_loss, seconds, img_per_s;
+    int64_t images_seen, steps;
+    int n_aux;
+    char aux_name[ML_MAX_LOSSES][64];
+    double aux_value[ML_MAX_LOSSES];
+} ml_epoch_stats;
+
+typedef struct ml_eval_stats {
+    double loss;            /* validation reconstruction MSE */
+    int n_aux;
+    char aux_name[ML_MAX_LOSSES][64];
+    double aux_value[ML_MAX_LOSSES];
+    int64_t samples;
+} ml_eval_stats;
+
+/* Set by a signal handler (SIGINT, SIGTERM): training stops after the current step and saves
+ * the checkpoint "interrupt" (or at the start of the next epoch when set outside training). */
+extern volatile int ml_exp_interrupted;
+
+/* Called after every optimizer step of train_epoch; return ML_ERR to stop the epoch. */
+typedef int (*ml_step_hook)(void *ctx);
+/* Serialises the script's own state (exp.state) for a checkpoint: *json is a malloc'd JSON
+ * text, or NULL when there is none. Set by the Lua binding (core/lua/luaexp.c). */
+typedef int (*ml_state_save_fn)(void *ctx, char **json);
+
+/* The running sums of the epoch in progress, kept in the experiment (not on the stack of
+ * ml_exp_train_epoch) so an interrupt checkpoint can carry them and a resumed epoch ends
+ * with the same metrics row as an uninterrupted one. */
+typedef struct ml_epoch_acc {
+    int in_epoch;                  /* 1 between an epoch's first step and its end */
+    int resume_pending;            /* a resumed checkpoint was taken mid-epoch: the next
+                                      train_epoch continues it (runs the step hook first) */
+    int hook_pending;              /* with resume_pending: the step hook of the last step
+                                      had not run when the checkpoint was taken */
+    int in_hook;                   /* the step hook is running */
+    int interrupt_saved;           /* the epoch an interrupt stopped, once "interrupt" is saved;
+                                      minus that epoch when saving it failed */
+    int64_t position;              /* samples of the epoch order served (resume_pending) */
+    double loss_sum, task_sum, aux_sum[ML_MAX_LOSSES]; /* over the applied steps */
+    int64_t seen, steps;           /* samples and steps served, skipped ones included */
+    int64_t used, skipped;         /* samples of the applied steps; steps skipped (train.nonfinite) */
+} ml_epoch_acc;
+
+typedef struct ml_experiment {
+    ml_config *cfg;
+    char experiment[128];
+    ml_dataset train, val;
+    ml_batcher *train_b, *val_b;
+    ml_model *model;
+    ml_optim opt;
+    int n_losses;
+    ml_loss_slot loss[ML_MAX_LOSSES];
+    const ml_plugin *sched_plugin;
+    void *sched;
+    ml_results *res;
+    ml_health_cfg hcfg;
+    ml_health_acc **acc, **vacc;   /* (L) training and validation accumulators */
+    int epoch;                     /* epochs started, from 1 */
+    int64_t step, images_seen;
+    int B;
+    float *xb;
+    int32_t *yb, *ids;
+    double started;
+    /* the metrics row of the current epoch, flushed when the next one starts or at the end */
+    int n_cols;
+    char *col_name[ML_MAX_COLS];
+    double col_value[ML_MAX_COLS];
+    int row_pending;
+    int last_n;                    /* the last row written, for summary.json */
+    char *last_name[ML_MAX_COLS];
+    double last_value[ML_MAX_COLS];
+    int progress_tty;
+    double best_val;               /* for summary.json */
+    int best_epoch;
+    char last_error[1024];
+    int finished;                  /* set by ml_exp_finish: the Lua bindings refuse from then on */
+    /* resume (core/run/checkpoint.c) */
+    ml_epoch_acc ep;
+    ml_state_save_fn state_save;   /* exp.state serialiser, or NULL */
+    void *state_ctx;
+    char *script_state;            /* exp.state JSON restored by a resume (owned), or NULL */
+    int resumed;                   /* the run continues from a checkpoint (exp.resumed) */
+} ml_experiment;
+
+/* overrides: "a.b=value" strings. Returns NULL with ml_error(); *exit_code says whether the
+ * failure was a config/usage error (ML_EXIT_USAGE) or a runtime one (ML_EXIT_RUNTIME). */
+ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides, int n_overrides,
+                          int *exit_code);
+void ml_exp_free(ml_experiment *e);
+/* Creates the run directory and writes config.yaml; called once the script has compiled. */
+int ml_exp_open_results(ml_experiment *e);
+const char *ml_exp_run_dir(const ml_experiment *e);
+
+int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out);
+int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out);
+/* routing health of a layer (0-based) over the last training epoch (val = 0) or the last evaluate (val = 1) */
+int ml_exp_health(ml_experiment *e, int layer, int val, ml_health *out);
+int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason);
+/* asks the schedule plugin; add (L) receives the number of experts to add to each layer */
+int ml_exp_schedule_decide(ml_experiment *e, int *add);
+int ml_exp_loss_index(const ml_experiment *e, const char *name);
+/* a column of this epoch's metrics row (replaces a value of the same name) */
+int ml_exp_log(ml_experiment *e, const char *name, double value);
+int ml_exp_event(ml_experiment *e, const char *kind, const char *fields_json);
+/* the same, with the fields built by ml_json_begin + ml_json_* (not yet ended) */
+int ml_exp_event_json(ml_experiment *e, const char *kind, const ml_json *fields);
+/* Checkpoints and resume: core/run/checkpoint.h. */
+int ml_exp_finish(ml_experiment *e, const char *status);
+/*
+ * Rewrites summary.json atomically (docs/results.md) with this status ("running", "ok",
+ * "error", "interrupted") and arms the crash handler with the "crashed" variant. Called
+ * when the run directory opens, at the start and end of every epoch and by ml_exp_finish;
+ * call it after reopening a run directory. ML_OK without a run directory.
+ */
+int ml_exp_write_summary(ml_experiment *e, const char *status);
+
+#endif
