@@ -26,7 +26,7 @@
 #include "base/crash.h"
 #include "run/experiment.h"
 #include "lua/luaexp.h"
-#include "plugin/pluginhost.h"
+#include "plugin/loader.h"
 #include "plugin/plugintest.h"
 
 static char g_root[2048]; /* directory holding the executable (the build dir) */

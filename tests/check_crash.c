@@ -15,7 +15,8 @@
 #include "base/crash.h"
 #include "base/json.h"
 #include "model/moe.h"
-#include "plugin/pluginhost.h"
+#include "plugin/loader.h"
+#include "plugin/options.h"
 #include "io/results.h"
 #include "io/safetensors.h"
 #include "testutil.h"
@@ -440,7 +441,7 @@ static const ml_plugin *test_plugin(int kind, const char *name, char *file, size
 static ml_moe *bad_layer(const char *mode, ml_params *P, ml_params *S, char *file, size_t cap) {
     const ml_plugin *p = test_plugin(ML_PLUGIN_ROUTER, "bad_router", file, cap);
     ml_optval opt[1];
-    ck_assert_int_eq(ml_option_parse(&p->options[0], mode, &opt[0]), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&p->options[0], mode, 0, &opt[0]), ML_OK);
     ml_params_init(P, 1);
     ml_params_init(S, 0);
     ml_moe *m = ml_moe_new(0, D, H, N, p, opt, P, S, 7);
@@ -482,9 +483,9 @@ START_TEST(dispatch_defects_named) {
     tu_fill(z, B * D, 5, -1, 1);
     for (int b = 0; b < B; b++) ids[b] = b;
     ck_assert_int_eq(ml_moe_forward(m, z, y, B, 1, ids, NULL, 0), ML_ERR);
-    snprintf(want, sizeof want, "router 'bad_router' (%s): forward: %s", file, defects[_i].what);
+    snprintf(want, sizeof want, "router 'bad_router' (%s): forward (layer 1): %s", file, defects[_i].what);
     ck_assert_str_eq(ml_error(), want);
-    ck_assert_int_eq(m->n_disp, 0); /* nothing of the bad forward is kept */
+    ck_assert_int_eq(m->router.n_disp, 0); /* nothing of the bad forward is kept */
     ml_moe_free(m);
     ml_params_free(&P);
     ml_params_free(&S);
@@ -501,7 +502,7 @@ START_TEST(valid_dispatch_passes) {
     tu_fill(z, B * D, 5, -1, 1);
     for (int b = 0; b < B; b++) ids[b] = b;
     for (int k = 0; k < 3; k++) ck_assert_msg(ml_moe_forward(m, z, y, B, 1, ids, NULL, 0) == ML_OK, "%s", ml_error());
-    ck_assert_int_eq(m->n_disp, B);
+    ck_assert_int_eq(m->router.n_disp, B);
     ml_moe_free(m);
     ml_params_free(&P);
     ml_params_free(&S);
@@ -544,9 +545,9 @@ START_TEST(unterminated_error_buffers) {
     snprintf(plugin, sizeof plugin, "%s/tests/plugins/crash_loss.so", tu_build());
     int st = run_moelab(NULL, NULL, SYNTH " results.dir=%s losses.0.name=%s losses.0.fail=noterm", tmp, plugin);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == ML_EXIT_RUNTIME, "status 0x%x\n%s", st, err_out);
-    const char *at = strstr(err_out, "loss 'crash_loss' (layer 1): L");
-    ck_assert_msg(at != NULL, "%s", err_out);
-    at += strlen("loss 'crash_loss' (layer 1): ");
+    const char *at = strstr(err_out, "eval (layer 1): L");
+    ck_assert_msg(at != NULL && strstr(err_out, "loss 'crash_loss' ("), "%s", err_out);
+    at += strlen("eval (layer 1): ");
     ck_assert_int_eq((int)strspn(at, "L"), ML_ERR_MAX - 1);
     ck_assert_int_eq(at[ML_ERR_MAX - 1], '\n');
     rm_rf(tmp);
@@ -561,7 +562,7 @@ START_TEST(bad_dispatch_ends_run) {
     int st = run_moelab(NULL, NULL, SYNTH " results.dir=%s results.run_id=r router.name=%s router.mode=neg_gate", tmp,
                         plugin);
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == ML_EXIT_RUNTIME, "status 0x%x\n%s", st, err_out);
-    ck_assert_msg(strstr(err_out, "forward: dispatch[2] = (sample 2, expert 2, gate -0.5): gate must be finite and >= 0"),
+    ck_assert_msg(strstr(err_out, "forward (layer 1): dispatch[2] = (sample 2, expert 2, gate -0.5): gate must be finite and >= 0"),
                   "%s", err_out);
     snprintf(run, sizeof run, "%s/test-synth/r", tmp);
     ml_jv *s = summary(run);

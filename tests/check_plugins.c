@@ -3,7 +3,10 @@
 #include <unistd.h>
 
 #include "base/common.h"
-#include "plugin/pluginhost.h"
+#include "plugin/loader.h"
+#include "plugin/loss_host.h"
+#include "plugin/options.h"
+#include "plugin/schedule_host.h"
 #include "plugin/plugintest.h"
 #include "testutil.h"
 
@@ -228,39 +231,48 @@ END_TEST
 
 /* ------------------------------------------------------------------- options */
 
+/* One set of scalar rules (base/scalar.h) for YAML, the command line and Lua: an int is
+   digits only, a bool is true/false, a quoted value is a string. */
 START_TEST(option_parse) {
-    ml_option k = {"k", ML_OPT_INT, "2", 1, 64, NULL, ""};
+    ml_option k = {"k", ML_OPT_INT, "2", 1, 64, NULL, "", 0};
     ml_optval v;
-    ck_assert_int_eq(ml_option_parse(&k, "7", &v), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&k, "7", 0, &v), ML_OK);
     ck_assert_int_eq(v.i, 7);
-    ck_assert_int_eq(ml_option_parse(&k, " 1e1 ", &v), ML_OK);
-    ck_assert_int_eq(v.i, 10);
-    ck_assert_int_eq(ml_option_parse(&k, "100", &v), ML_ERR);
-    ck_assert_str_eq(ml_error(), "expected an integer in [1, 64], got \"100\"");
-    ck_assert_int_eq(ml_option_parse(&k, "2.5", &v), ML_ERR);
-    ck_assert_int_eq(ml_option_parse(&k, "two", &v), ML_ERR);
-    ml_option f = {"t", ML_OPT_FLOAT, "1", 0.01, 100, NULL, ""};
-    ck_assert_int_eq(ml_option_parse(&f, "0.5", &v), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&k, "1e1", 0, &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected an integer, got '1e1' (hint: write integers without '.' or exponent)");
+    ck_assert_int_eq(ml_option_parse(&k, "2.0", 0, &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&k, "2", 1, &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected an integer, got \"2\" (quoted, so a string)");
+    ck_assert_int_eq(ml_option_parse(&k, "100", 0, &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "must be in [1, 64], got 100");
+    ck_assert_int_eq(ml_option_parse(&k, "2.5", 0, &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&k, "two", 0, &v), ML_ERR);
+    ml_option f = {"t", ML_OPT_FLOAT, "1", 0.01, 100, NULL, "", 0};
+    ck_assert_int_eq(ml_option_parse(&f, "0.5", 0, &v), ML_OK);
     ck_assert_double_eq(v.f, 0.5);
-    ck_assert_int_eq(ml_option_parse(&f, "1000", &v), ML_ERR);
-    ck_assert_int_eq(ml_option_parse(&f, "nan", &v), ML_ERR);
-    ml_option free_ = {"u", ML_OPT_FLOAT, "1", 1, 0, NULL, ""}; /* no range */
-    ck_assert_int_eq(ml_option_parse(&free_, "-1e30", &v), ML_OK);
-    ck_assert_int_eq(ml_option_parse(&free_, "x", &v), ML_ERR);
-    ck_assert_str_eq(ml_error(), "expected a number, got \"x\"");
-    ml_option b = {"b", ML_OPT_BOOL, "true", 0, -1, NULL, ""};
-    ck_assert_int_eq(ml_option_parse(&b, "False", &v), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&f, "2", 0, &v), ML_OK); /* an integer is a number */
+    ck_assert_double_eq(v.f, 2);
+    ck_assert_int_eq(ml_option_parse(&f, "1000", 0, &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&f, "nan", 0, &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&f, "0x10", 0, &v), ML_ERR);
+    ml_option free_ = {"u", ML_OPT_FLOAT, "1", 1, 0, NULL, "", 0}; /* no range */
+    ck_assert_int_eq(ml_option_parse(&free_, "-1e30", 0, &v), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&free_, "x", 0, &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected a number, got 'x'");
+    ml_option b = {"b", ML_OPT_BOOL, "true", 0, -1, NULL, "", 0};
+    ck_assert_int_eq(ml_option_parse(&b, "false", 0, &v), ML_OK);
     ck_assert_int_eq(v.i, 0);
-    ck_assert_int_eq(ml_option_parse(&b, "yes", &v), ML_OK);
-    ck_assert_int_eq(v.i, 1);
-    ck_assert_int_eq(ml_option_parse(&b, "maybe", &v), ML_ERR);
-    ck_assert_str_eq(ml_error(), "expected true or false, got \"maybe\"");
-    ml_option e = {"m", ML_OPT_ENUM, "mean", 0, -1, "none|max|mean", ""};
-    ck_assert_int_eq(ml_option_parse(&e, "max", &v), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&b, "False", 0, &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&b, "yes", 0, &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&b, "true", 1, &v), ML_ERR);
+    ck_assert_int_eq(ml_option_parse(&b, "maybe", 0, &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected true or false, got 'maybe'");
+    ml_option e = {"m", ML_OPT_ENUM, "mean", 0, -1, "none|max|mean", "", 0};
+    ck_assert_int_eq(ml_option_parse(&e, "max", 0, &v), ML_OK);
     ck_assert_int_eq(v.i, 1);
     ck_assert_str_eq(v.s, "max");
-    ck_assert_int_eq(ml_option_parse(&e, "ma", &v), ML_ERR);
-    ck_assert_str_eq(ml_error(), "expected one of none|max|mean, got \"ma\"");
+    ck_assert_int_eq(ml_option_parse(&e, "ma", 0, &v), ML_ERR);
+    ck_assert_str_eq(ml_error(), "expected one of none|max|mean, got 'ma'");
 }
 END_TEST
 
@@ -310,31 +322,27 @@ END_TEST
 /* ------------------------------------------------------------------- losses */
 
 typedef struct loss_case {
-    const ml_loss_api *api;
-    void *self;
+    ml_loss_inst li; /* the loss, hosted as a run hosts it */
     int B, N, C;
     float logits[64 * 8], prob[64 * 8], gate[64 * 8];
     int32_t ds[64 * 8], de[64 * 8], label[64];
     int n_disp, labels;
 } loss_case;
 
-static void *loss_new(loss_case *c, const char *name, const char *opt_name, const char *opt_value) {
+static void loss_new(loss_case *c, const char *name, const char *opt_name, const char *opt_value) {
     const ml_plugin *p = ml_plugin_load(ML_PLUGIN_LOSS, name);
     ck_assert_msg(p != NULL, "%s", ml_error());
-    ml_optval v[8];
+    ml_optval v[ML_MAX_OPTIONS];
     ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
     if (opt_name) {
         int i = ml_option_find(p, opt_name);
         ck_assert_int_ge(i, 0);
-        ck_assert_int_eq(ml_option_parse(&p->options[i], opt_value, &v[i]), ML_OK);
+        ck_assert_int_eq(ml_option_parse(&p->options[i], opt_value, 0, &v[i]), ML_OK);
     }
-    ml_loss_init init = {sizeof init, v};
-    char err[ML_ERR_MAX] = "";
-    c->api = p->api;
-    c->self = c->api->create(ml_host_table(), &init, err);
-    ck_assert_msg(c->self != NULL, "%s", err);
-    return c->self;
+    ck_assert_msg(ml_loss_inst_init(&c->li, p, v, 0, 1, 8, NULL, "") == ML_OK, "%s", ml_error());
 }
+
+static void loss_free(loss_case *c) { ml_loss_inst_release(&c->li); }
 
 static double loss_value(loss_case *c, float *dl, float *dp) {
     /* gates follow prob at dispatched pairs (the importance loss differentiates so) */
@@ -342,8 +350,7 @@ static double loss_value(loss_case *c, float *dl, float *dp) {
     ml_routing_record r = {sizeof r, c->B, c->N, c->logits, c->prob, c->ds, c->de, c->gate,
                            c->n_disp, c->labels ? c->label : NULL, c->C};
     double v = NAN;
-    char err[ML_ERR_MAX] = "";
-    ck_assert_msg(c->api->eval(c->self, &r, &v, 1.0f, dl, dp, err) == 0, "%s", err);
+    ck_assert_msg(ml_loss_inst_eval(&c->li, &r, 1.0f, dl, dp, NULL, &v) == ML_OK, "%s", ml_error());
     return v;
 }
 
@@ -409,16 +416,13 @@ static const struct { const char *name, *opt, *val; } loss_variants[] = {
 
 START_TEST(loss_fd_gradient) {
     loss_case c;
-    loss_new(&c, loss_variants[_i].name, loss_variants[_i].opt, loss_variants[_i].val);
-    void *self = c.self;
-    const ml_loss_api *api = c.api;
     case_random(&c, 16, 4, 3);
-    c.api = api, c.self = self;
+    loss_new(&c, loss_variants[_i].name, loss_variants[_i].opt, loss_variants[_i].val);
     c.labels = 1;
     loss_gradcheck(&c);
     c.labels = 0;
     loss_gradcheck(&c);
-    api->destroy(self);
+    loss_free(&c);
 }
 END_TEST
 
@@ -430,7 +434,7 @@ END_TEST
         double v_ = loss_value(c_, NULL, NULL);                               \
         ck_assert_msg(fabs(v_ - (expect)) < 1e-5, "%s(%s=%s) = %.9g, expected %.9g", name, \
                       opt ? opt : "", val ? val : "", v_, (double)(expect));  \
-        c_->api->destroy(c_->self);                                           \
+        loss_free(c_);                                                        \
     } while (0)
 
 START_TEST(loss_hand_values) {
@@ -480,62 +484,61 @@ START_TEST(z_loss_known) {
     c.logits[0] = 1e4f, c.logits[1] = -1e4f;
     v = loss_value(&c, dl, dp);
     ck_assert(isfinite(v) && v > 1e7);
-    c.api->destroy(c.self);
+    loss_free(&c);
 }
 END_TEST
 
 /* ---------------------------------------------------------------- schedules */
 
-static void *sched_new(const ml_schedule_api **api, const char *name, const char *const *kv, int n) {
+static void sched_new(ml_schedule_inst *si, const char *name, const char *const *kv, int n) {
     const ml_plugin *p = ml_plugin_load(ML_PLUGIN_SCHEDULE, name);
     ck_assert_msg(p != NULL, "%s", ml_error());
-    ml_optval v[8];
+    ml_optval v[ML_MAX_OPTIONS];
     ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
     for (int i = 0; i < n; i++) {
         int k = ml_option_find(p, kv[2 * i]);
         ck_assert_int_ge(k, 0);
-        ck_assert_int_eq(ml_option_parse(&p->options[k], kv[2 * i + 1], &v[k]), ML_OK);
+        ck_assert_int_eq(ml_option_parse(&p->options[k], kv[2 * i + 1], 0, &v[k]), ML_OK);
     }
-    ml_schedule_init init = {sizeof init, 2, v};
-    char err[ML_ERR_MAX];
-    *api = p->api;
-    void *s = (*api)->create(ml_host_table(), &init, err);
-    ck_assert_ptr_nonnull(s);
-    return s;
+    ck_assert_msg(ml_schedule_inst_init(si, p, v, 2, 4096) == ML_OK, "%s", ml_error());
 }
 
-static void decide(const ml_schedule_api *api, void *s, int64_t images, int n0, int n1,
-                   int want0, int want1) {
+static void decide(ml_schedule_inst *si, int64_t images, int n0, int n1, int want0, int want1) {
     int ne[2] = {n0, n1}, add[2] = {0, 0};
-    ml_progress p = {sizeof p, images, images / 64, 1, 2, ne, 60000};
-    char err[ML_ERR_MAX];
-    ck_assert_int_eq(api->decide(s, &p, add, err), 0);
+    ml_progress p = {sizeof p, images, images / 64, 1, 2, ne, 60000, NULL, NULL};
+    ck_assert_msg(ml_schedule_inst_decide(si, &p, add) == ML_OK, "%s", ml_error());
     ck_assert_msg(add[0] == want0 && add[1] == want1, "at %lld images with (%d, %d): add "
                   "(%d, %d), expected (%d, %d)", (long long)images, n0, n1, add[0], add[1],
                   want0, want1);
 }
 
+static int initial(ml_schedule_inst *si, int layer, int configured) {
+    int n = 0;
+    ck_assert_msg(ml_schedule_inst_initial(si, layer, configured, &n) == ML_OK, "%s", ml_error());
+    return n;
+}
+
 START_TEST(progressive_arithmetic) {
-    const ml_schedule_api *api;
-    void *s = sched_new(&api, "progressive", NULL, 0); /* start 2, every 7000, add 1, max 16 */
-    ck_assert_int_eq(api->initial_experts(s, 0, 8), 2);
-    decide(api, s, 0, 2, 2, 0, 0);
-    decide(api, s, 6999, 2, 2, 0, 0);
-    decide(api, s, 7000, 2, 2, 1, 1);
-    decide(api, s, 35000, 3, 2, 4, 5);    /* target 2 + 5 = 7 */
-    decide(api, s, 1000000000, 20, 3, 0, 13); /* capped at 16; never negative */
-    api->destroy(s);
+    ml_schedule_inst s;
+    sched_new(&s, "progressive", NULL, 0); /* start 2, every 7000, add 1, max 16 */
+    ck_assert_int_eq(initial(&s, 0, 8), 2);
+    decide(&s, 0, 2, 2, 0, 0);
+    decide(&s, 6999, 2, 2, 0, 0);
+    decide(&s, 7000, 2, 2, 1, 1);
+    decide(&s, 35000, 3, 2, 4, 5);    /* target 2 + 5 = 7 */
+    decide(&s, 1000000000, 20, 3, 0, 13); /* capped at 16; never negative */
+    ml_schedule_inst_release(&s);
     const char *kv[] = {"start", "4", "every_images", "100", "add", "3", "max", "10"};
-    s = sched_new(&api, "progressive", kv, 4);
-    ck_assert_int_eq(api->initial_experts(s, 1, 2), 4);
-    decide(api, s, 199, 4, 4, 3, 3);      /* 4 + 1*3 = 7 */
-    decide(api, s, 200, 7, 4, 3, 6);      /* 4 + 2*3 = 10 */
-    decide(api, s, 100000, 10, 10, 0, 0);
-    api->destroy(s);
-    s = sched_new(&api, "fixed", NULL, 0);
-    ck_assert_int_eq(api->initial_experts(s, 0, 5), 5);
-    decide(api, s, 1000000, 5, 5, 0, 0);
-    api->destroy(s);
+    sched_new(&s, "progressive", kv, 4);
+    ck_assert_int_eq(initial(&s, 1, 2), 4);
+    decide(&s, 199, 4, 4, 3, 3);      /* 4 + 1*3 = 7 */
+    decide(&s, 200, 7, 4, 3, 6);      /* 4 + 2*3 = 10 */
+    decide(&s, 100000, 10, 10, 0, 0);
+    ml_schedule_inst_release(&s);
+    sched_new(&s, "fixed", NULL, 0);
+    ck_assert_int_eq(initial(&s, 0, 5), 5);
+    decide(&s, 1000000, 5, 5, 0, 0);
+    ml_schedule_inst_release(&s);
 }
 END_TEST
 

@@ -247,13 +247,13 @@ START_TEST(rng_of_every_layer_saved) {
     snprintf(dir, sizeof dir, "%s", tmp);
     ml_experiment *e = new_exp(dir, "model.moe_layers=9");
     ck_assert_int_eq(ml_exp_save_checkpoint(e, "a"), ML_OK);
-    ml_rng want = e->model->moe[8]->rng, want0 = e->model->init_rng;
-    ml_rng_u64(&e->model->moe[8]->rng);
+    ml_rng want = e->model->moe[8]->router.rng, want0 = e->model->init_rng;
+    ml_rng_u64(&e->model->moe[8]->router.rng);
     ml_rng_u64(&e->model->init_rng);
     int ep;
     int64_t st;
     ck_assert_msg(ml_exp_load_checkpoint(e, "a", &ep, &st) == ML_OK, "%s", ml_error());
-    ck_assert_int_eq(memcmp(&want, &e->model->moe[8]->rng, sizeof want), 0);
+    ck_assert_int_eq(memcmp(&want, &e->model->moe[8]->router.rng, sizeof want), 0);
     ck_assert_int_eq(memcmp(&want0, &e->model->init_rng, sizeof want0), 0);
     ml_exp_free(e);
 }

@@ -1,7 +1,7 @@
 /*
  * check_routers.c — the router plugins in plugins/routers/, loaded straight from
  * <build>/plugins/<name>.so with dlopen and driven by a small host written here (the
- * real loader lives in core/plugin/pluginhost.c): tensors allocated from the plugin's
+ * real loader lives in core/plugin/loader.c): tensors allocated from the plugin's
  * declarations, forward, backward, events, growth.
  *
  * Every router: finite-difference gradients of L = Σ_triples gate·c + Σ prob·d + Σ logits·f

@@ -8,7 +8,9 @@
  */
 #include "io/config.h"
 #include "base/file.h"
+#include "base/scalar.h"
 #include "base/strbuf.h"
+#include "plugin/options.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -796,73 +798,15 @@ static int apply_override(ml_config *c, ml_cfg_node *root, const char *ov) {
 
 /* ---------------------------------------------------------------- value checking */
 
-/* Shortest %g text that reads back as the same double. */
-static void fmt_num(double v, char *buf, size_t size) {
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(buf, size, "%.*g", prec, v);
-        if (strtod(buf, NULL) == v) return;
-    }
-}
+/* The scalar rules themselves live in base/scalar.c, shared with plugin options and Lua. */
+#define parse_int ml_scalar_parse_int
+#define parse_float ml_scalar_parse_float
+#define parse_bool ml_scalar_parse_bool
+#define enum_index ml_scalar_choice
 
-static int parse_int(const char *s, int64_t *out) {
-    const char *p = s;
-    if (*p == '+' || *p == '-') p++;
-    if (*p < '0' || *p > '9') return ML_ERR;
-    for (const char *q = p; *q; q++)
-        if (*q < '0' || *q > '9') return ML_ERR;
-    errno = 0;
-    long long v = strtoll(s, NULL, 10);
-    if (errno) return ML_ERR;
-    *out = v;
-    return ML_OK;
-}
-
-static int parse_float(const char *s, double *out) {
-    char *end;
-    if (!*s || strchr(" \t\n", *s)) return ML_ERR;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (*end || !isfinite(v) || errno == ERANGE) return ML_ERR;
-    /* strtod also reads hex floats; YAML configs mean decimals */
-    if (strchr(s, 'x') || strchr(s, 'X')) return ML_ERR;
-    *out = v;
-    return ML_OK;
-}
-
-static int parse_bool(const char *s, int *out) {
-    if (!strcmp(s, "true")) *out = 1;
-    else if (!strcmp(s, "false")) *out = 0;
-    else return ML_ERR;
-    return ML_OK;
-}
-
-/* Index of word in "a|b|c", or -1. */
-static int enum_index(const char *choices, const char *word) {
-    size_t wl = strlen(word);
-    int i = 0;
-    for (const char *p = choices; p && *p; i++) {
-        const char *bar = strchr(p, '|');
-        size_t len = bar ? (size_t)(bar - p) : strlen(p);
-        if (len == wl && !strncmp(p, word, wl)) return i;
-        p = bar ? bar + 1 : NULL;
-    }
-    return -1;
-}
-
-/* "[1, 1000000]", ">= 0", "(0, 10]" or "" for no range. */
 static void fmt_range(double lo, double hi, int flags, char *buf, size_t size) {
-    char a[40], b[40];
-    fmt_num(lo, a, sizeof a);
-    fmt_num(hi, b, sizeof b);
-    int has_lo = isfinite(lo), has_hi = isfinite(hi);
-    if (has_lo && has_hi)
-        snprintf(buf, size, "%c%s, %s%c", flags & F_LO_OPEN ? '(' : '[', a, b, flags & F_HI_OPEN ? ')' : ']');
-    else if (has_lo)
-        snprintf(buf, size, "%s %s", flags & F_LO_OPEN ? ">" : ">=", a);
-    else if (has_hi)
-        snprintf(buf, size, "%s %s", flags & F_HI_OPEN ? "<" : "<=", b);
-    else
-        buf[0] = 0;
+    ml_scalar_spec sp = {ML_SC_FLOAT, lo, hi, (flags & F_LO_OPEN ? ML_SC_LO_OPEN : 0) | (flags & F_HI_OPEN ? ML_SC_HI_OPEN : 0), NULL};
+    ml_scalar_fmt_range(&sp, buf, size);
 }
 
 /* What a scalar must be: a schema row or a plugin option. */
@@ -873,13 +817,13 @@ typedef struct vspec {
     const char *choices;
 } vspec;
 
-static const char *type_article(cfg_type t) {
+static int sc_type(cfg_type t) {
     switch (t) {
-    case T_INT: return "an integer";
-    case T_FLOAT: return "a number";
-    case T_BOOL: return "true or false";
-    case T_ENUM: return "one of";
-    default: return "a string";
+    case T_INT: return ML_SC_INT;
+    case T_FLOAT: return ML_SC_FLOAT;
+    case T_BOOL: return ML_SC_BOOL;
+    case T_ENUM: return ML_SC_ENUM;
+    default: return ML_SC_STR;
     }
 }
 
@@ -887,7 +831,7 @@ static const char *type_article(cfg_type t) {
 static int check_scalar(ml_cfg_node *n, const vspec *v, const char *path) {
     if (n->kind != ML_CFG_SCALAR)
         return ERR_AT(n, "%s: expected %s, got %s", path,
-                      v->type == T_ENUM ? "a single value" : type_article(v->type), kind_name(n->kind));
+                      v->type == T_ENUM ? "a single value" : ml_scalar_article(sc_type(v->type)), kind_name(n->kind));
     if (v->type == T_STR) {
         n->quoted = 1;
         if (v->flags & F_NAME) {
@@ -900,57 +844,35 @@ static int check_scalar(ml_cfg_node *n, const vspec *v, const char *path) {
         }
         return ML_OK;
     }
-    char got[CFG_MSG / 2];
-    snprintf(got, sizeof got, n->quoted ? "\"%s\" (quoted, so a string)" : "'%s'", n->text);
-    if (v->type == T_ENUM) {
-        if (n->quoted || enum_index(v->choices, n->text) < 0) {
-            suggest s;
+    ml_scalar_spec sp = {sc_type(v->type), v->min, v->max,
+                         (v->flags & F_LO_OPEN ? ML_SC_LO_OPEN : 0) | (v->flags & F_HI_OPEN ? ML_SC_HI_OPEN : 0),
+                         v->choices};
+    char canon[48];
+    int rc = ml_scalar_check(&sp, n->text, n->quoted, NULL, canon, sizeof canon);
+    if (rc == ML_SC_BAD_RANGE) return ERR_AT(n, "%s %s", path, ml_error());
+    if (rc != ML_SC_OK) {
+        char msg[CFG_MSG];
+        snprintf(msg, sizeof msg, "%s", ml_error());
+        if (v->type == T_ENUM) { /* the nearest choice as a hint */
+            suggest sg;
             char hint[300];
-            suggest_init(&s, n->text);
+            suggest_init(&sg, n->text);
             for (const char *p = v->choices; p && *p;) {
                 const char *bar = strchr(p, '|');
                 size_t len = bar ? (size_t)(bar - p) : strlen(p);
-                suggest_try(&s, p, len);
+                suggest_try(&sg, p, len);
                 p = bar ? bar + 1 : NULL;
             }
-            s.all[0] = 0;
-            return ERR_AT(n, "%s: expected one of %s, got %s%s", path, v->choices, got,
-                          suggest_text(&s, hint, sizeof hint, ""));
+            sg.all[0] = 0;
+            return ERR_AT(n, "%s: %s%s", path, msg, suggest_text(&sg, hint, sizeof hint, ""));
         }
+        return ERR_AT(n, "%s: %s", path, msg);
+    }
+    if (v->type == T_ENUM) {
         n->quoted = 0;
         return ML_OK;
     }
-    if (v->type == T_BOOL) {
-        int b;
-        if (n->quoted || parse_bool(n->text, &b))
-            return ERR_AT(n, "%s: expected true or false, got %s", path, got);
-        return ML_OK;
-    }
-    double x;
-    char canon[48];
-    if (v->type == T_INT) {
-        int64_t i;
-        if (n->quoted || parse_int(n->text, &i)) {
-            const char *hint = !n->quoted && !parse_float(n->text, &x) && x == floor(x) && fabs(x) < 1e18
-                                   ? " (hint: write integers without '.' or exponent)" : "";
-            return ERR_AT(n, "%s: expected an integer, got %s%s", path, got, hint);
-        }
-        x = (double)i;
-        snprintf(canon, sizeof canon, "%" PRId64, i);
-    } else {
-        if (n->quoted || parse_float(n->text, &x))
-            return ERR_AT(n, "%s: expected a number, got %s", path, got);
-        fmt_num(x, canon, sizeof canon);
-        if (!strpbrk(canon, ".e")) strcat(canon, ".0");
-    }
-    int low = isfinite(v->min) && (v->flags & F_LO_OPEN ? x <= v->min : x < v->min);
-    int high = isfinite(v->max) && (v->flags & F_HI_OPEN ? x >= v->max : x > v->max);
-    if (low || high) {
-        char range[100];
-        fmt_range(v->min, v->max, v->flags, range, sizeof range);
-        int both = isfinite(v->min) && isfinite(v->max);
-        return ERR_AT(n, "%s must be %s%s, got %s", path, both ? "in " : "", range, n->text);
-    }
+    if (v->type == T_BOOL) return ML_OK;
     return set_text(n, canon);
 }
 
@@ -1097,14 +1019,13 @@ static const char *plugin_kind_name(int kind) {
          : kind == ML_PLUGIN_SCHEDULE ? "schedule" : "unknown";
 }
 
+/* A plugin option's rule, as the plugin layer states it (plugin/options.h): one rule for
+   YAML, the command line and Lua. */
 static vspec option_spec(const ml_option *o) {
-    vspec v = {T_STR, NOLO, NOHI, 0, o->choices};
-    v.type = o->type == ML_OPT_INT ? T_INT : o->type == ML_OPT_FLOAT ? T_FLOAT
-           : o->type == ML_OPT_BOOL ? T_BOOL : T_ENUM;
-    if ((v.type == T_INT || v.type == T_FLOAT) && o->min <= o->max) {
-        v.min = o->min;
-        v.max = o->max;
-    }
+    ml_scalar_spec sp = ml_option_spec(o);
+    vspec v = {T_STR, sp.min, sp.max, 0, sp.choices};
+    v.type = sp.type == ML_SC_INT ? T_INT : sp.type == ML_SC_FLOAT ? T_FLOAT : sp.type == ML_SC_BOOL ? T_BOOL
+           : sp.type == ML_SC_ENUM ? T_ENUM : T_STR;
     return v;
 }
 
@@ -1351,38 +1272,11 @@ int ml_config_plugin_options(const ml_config *c, const char *path, const ml_plug
         const ml_option *opt = &desc->options[o];
         const ml_cfg_node *n = opt->name ? map_get(sec, opt->name) : NULL;
         const char *text = n && n->kind == ML_CFG_SCALAR ? n->text : opt->def;
-        ml_optval *v = &out[o];
-        memset(v, 0, sizeof *v);
+        memset(&out[o], 0, sizeof out[o]);
         if (!text) continue;
-        int bad = n && n->quoted && opt->type != ML_OPT_ENUM;
-        switch (opt->type) {
-        case ML_OPT_INT:
-            bad = bad || parse_int(text, &v->i);
-            v->f = (double)v->i;
-            break;
-        case ML_OPT_FLOAT:
-            bad = bad || parse_float(text, &v->f);
-            break;
-        case ML_OPT_BOOL: {
-            int b = 0;
-            bad = bad || parse_bool(text, &b);
-            v->i = b;
-            v->f = b;
-            break;
-        }
-        case ML_OPT_ENUM:
-            v->i = enum_index(opt->choices, text);
-            v->s = text;
-            bad = v->i < 0;
-            break;
-        default:
-            bad = 1;
-        }
-        if (bad)
-            return ml_errorf("config: %s.%s: '%s' is not a valid %s value for plugin '%s'", path,
-                             opt->name ? opt->name : "?", text,
-                             opt->type == ML_OPT_INT ? "integer" : opt->type == ML_OPT_FLOAT ? "number"
-                             : opt->type == ML_OPT_BOOL ? "boolean" : "choice", desc->name);
+        if (ml_option_parse(opt, text, n && n->quoted, &out[o]) != ML_OK)
+            return ml_errorf("config: %s.%s: %s (plugin '%s')", path, opt->name ? opt->name : "?", ml_error(),
+                             desc->name);
     }
     return ML_OK;
 }

@@ -648,10 +648,10 @@ static int l_stats(lua_State *L) {
     set_int(L, "samples", h.samples);
     lua_pushboolean(L, h.collapsed);
     lua_setfield(L, -2, "collapsed");
-    const char *names[ML_MOE_MAX_RTENSORS];
-    const float *vals[ML_MOE_MAX_RTENSORS];
+    const char *names[ML_MAX_TENSORS];
+    const float *vals[ML_MAX_TENSORS];
     ml_moe *m = u->e->model->moe[u->layer];
-    int nx = ml_moe_reported_state(m, names, vals, ML_MOE_MAX_RTENSORS);
+    int nx = ml_moe_reported_state(m, names, vals, ML_MAX_TENSORS);
     for (int i = 0; i < nx; i++) {
         lua_createtable(L, m->N, 0);
         for (int k = 0; k < m->N; k++) {
@@ -670,7 +670,7 @@ static int moe_index(lua_State *L) {
     ml_moe *m = u->e->model->moe[u->layer];
     if (strcmp(k, "num_experts") == 0) lua_pushinteger(L, m->N);
     else if (strcmp(k, "layer") == 0) lua_pushinteger(L, u->layer + 1);
-    else if (strcmp(k, "router") == 0) lua_pushstring(L, m->plugin->name);
+    else if (strcmp(k, "router") == 0) lua_pushstring(L, m->router.plugin->name);
     else if (strcmp(k, "add_experts") == 0) lua_pushcfunction(L, l_add_experts);
     else if (strcmp(k, "stats") == 0) lua_pushcfunction(L, l_stats);
     else return luaL_error(L, "moe layer has no field '%s' (fields: num_experts, layer, router, add_experts, stats)", k);
@@ -680,7 +680,7 @@ static int moe_index(lua_State *L) {
 static int moe_tostring(lua_State *L) {
     moe_ud *u = luaL_checkudata(L, 1, MOE_T);
     lua_pushfstring(L, "moe layer %d (%d experts, router %s)", u->layer + 1, u->e->model->moe[u->layer]->N,
-                    u->e->model->moe[u->layer]->plugin->name);
+                    u->e->model->moe[u->layer]->router.plugin->name);
     return 1;
 }
 
@@ -747,7 +747,7 @@ static int sched_index(lua_State *L) {
     guard(L);
     const char *k = luaL_checkstring(L, 2);
     if (strcmp(k, "decide") == 0) lua_pushcfunction(L, l_decide);
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, (*p)->sched_plugin->name);
+    else if (strcmp(k, "name") == 0) lua_pushstring(L, (*p)->sched.plugin->name);
     else return luaL_error(L, "schedule has no field '%s' (fields: name, decide)", k);
     return 1;
 }

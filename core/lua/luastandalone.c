@@ -1,4 +1,5 @@
-/* luastandalone.c — routers and losses created from Lua, run on Lua tables. */
+/* luastandalone.c — routers and losses created from Lua, run on Lua tables, through the
+   same router and loss hosts a run uses (plugin/router_host.h, plugin/loss_host.h). */
 #include "lua/luastandalone.h"
 
 #include <lauxlib.h>
@@ -8,75 +9,49 @@
 #include <string.h>
 
 #include "base/common.h"
-#include "base/crash.h"
+#include "lua/luaaux.h"
+#include "model/moe.h"
 #include "nn/params.h"
-#include "plugin/pluginhost.h"
+#include "plugin/loader.h"
+#include "plugin/loss_host.h"
+#include "plugin/options.h"
+#include "plugin/router_host.h"
 
 #define ROUTER_T "moelab.standalone_router"
 #define LOSS_T "moelab.standalone_loss"
 #define GUARD_T "moelab.standalone_guard"
 #define BUDGET_KEY "moelab.standalone_budget"
-#define MAXT 16
 
 /* What a script can make the host hold outside its own memory (docs/lua-api.md, "Memory").
- * Per call: rows and rows*width of any matrix it passes. The buffers of a call and of a
- * router's last forward are Lua userdata, so they count against lua.memory_mb and are freed
- * by the collector on any error. Router tensors (params, grads, moments, states) are plain C
- * blocks; all standalone routers of one Lua state share TENSOR_BUDGET for them. */
+ * Per call: rows and rows*width of any matrix it passes. The buffers of a call are Lua
+ * userdata, so they count against lua.memory_mb and are freed by the collector on any error;
+ * so is a router's copy of the input of its last forward. What the hosts keep in C — router
+ * and loss tensors (params, grads, moments, states) and a router's buffers of its last
+ * forward — all standalone routers and losses of one Lua state share TENSOR_BUDGET for. */
 #define MAX_ROWS 65536
 #define MAX_ELEMS (1 << 24)
-#define MAX_EXPERTS 4096
+#define MAX_EXPERTS ML_MOE_MAX_EXPERTS
 #define MAX_CLASSES 65536
 #define TENSOR_BUDGET ((size_t)1 << 30)
 
 typedef struct srouter {
     unsigned busy, gen; /* busy: the generation of the call in progress, 0 when idle */
-    size_t charged;     /* bytes of P and S counted in *budget */
+    size_t charged;     /* bytes counted in *budget */
     size_t *budget;
-    const ml_plugin *p;
-    const ml_router_api *api;
-    void *self;
-    int D, N;
     ml_params P, S;
-    int np, ns, hp[MAXT], hs[MAXT], pexp[MAXT], sexp[MAXT];
-    ml_rng rng;
-    int64_t step;
-    /* last forward: pointers into the block in user value 2 */
-    int B;
-    float *x, *logits, *prob, *gate;
-    int32_t *ds, *de, *ids;
-    int n_disp, n_dropped;
+    ml_router_inst ri;
+    int live;           /* ri holds a created router */
 } srouter;
 
 typedef struct sloss {
     unsigned busy, gen;
-    const ml_plugin *p;
-    const ml_loss_api *api;
-    void *self;
+    size_t charged;
+    size_t *budget;
+    ml_params S;
+    ml_loss_inst li;
+    int N;              /* experts its per-expert state was laid out for (0: none) */
+    int live;
 } sloss;
-
-/* Options from a Lua table, validated against the plugin's table; unknown keys are errors. */
-static int read_options(lua_State *L, int idx, const ml_plugin *p, ml_optval *out) {
-    if (ml_option_defaults(p, out)) return luaL_error(L, "%s", ml_error());
-    if (lua_isnoneornil(L, idx)) return 0;
-    luaL_checktype(L, idx, LUA_TTABLE);
-    idx = lua_absindex(L, idx);
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        int top = lua_gettop(L); /* key at top - 1, value at top */
-        if (lua_type(L, -2) != LUA_TSTRING) return luaL_error(L, "plugin '%s': option names must be strings", p->name);
-        const char *k = lua_tostring(L, -2);
-        int found = -1;
-        for (int i = 0; i < p->num_options; i++)
-            if (strcmp(p->options[i].name, k) == 0) found = i;
-        if (found < 0) return luaL_error(L, "plugin '%s' has no option '%s'", p->name, k);
-        const char *text = lua_isboolean(L, -1) ? (lua_toboolean(L, -1) ? "true" : "false") : luaL_tolstring(L, -1, NULL);
-        if (ml_option_parse(&p->options[found], text, &out[found]))
-            return luaL_error(L, "plugin '%s' option '%s': %s", p->name, k, ml_error());
-        lua_settop(L, top - 1); /* keep the key for lua_next */
-    }
-    return 0;
-}
 
 /* Scripts name plugins; they never give a path. dlopen runs a file's constructors before any
  * check could refuse it, and a script can write files into its run directory, so a path is
@@ -198,64 +173,45 @@ static void push_matrix(lua_State *L, const float *m, int B, int W) {
     }
 }
 
-static int declare(srouter *r, int state) {
-    ml_tensor_decl d[MAXT];
-    memset(d, 0, sizeof d);
-    ml_crash_enter(ml_plugin_file(r->p), state ? "states" : "params");
-    int n = state ? r->api->states(r->self, d, MAXT) : r->api->params(r->self, d, MAXT);
-    ml_crash_leave();
-    if (n < 0 || n > MAXT) return ml_errorf("router '%s' declared %d tensors", r->p->name, n);
-    for (int i = 0; i < n; i++) {
-        int shape[2] = {d[i].per_expert ? r->N : d[i].rows, d[i].cols};
-        int h = ml_params_declare(state ? &r->S : &r->P, d[i].name, 2, shape, d[i].init, d[i].init_value, d[i].fan_in);
-        if (h < 0) return ML_ERR;
-        (state ? r->hs : r->hp)[i] = h;
-        (state ? r->sexp : r->pexp)[i] = d[i].per_expert;
-    }
-    if (state) r->ns = n;
-    else r->np = n;
-    return ML_OK;
+static size_t block_bytes(const ml_params *P) {
+    return P->total * (P->trainable ? 4 : 1) * sizeof(float);
 }
 
-static void ptrs(srouter *r, const float **p, float **g, float **s) {
-    for (int i = 0; i < r->np; i++) {
-        p[i] = ml_params_data(&r->P, r->hp[i]);
-        g[i] = ml_params_grad(&r->P, r->hp[i]);
-    }
-    for (int i = 0; i < r->ns; i++) s[i] = ml_params_data(&r->S, r->hs[i]);
+/* What the router host keeps for a forward of B rows with N experts (router_host.c reserve). */
+static size_t fwd_bytes(size_t B, size_t N) {
+    size_t BN = B * N;
+    return BN * (3 * sizeof(float) + 2 * sizeof(int32_t)) + BN / 8 + 8 + N * sizeof(int32_t) + B * sizeof(int32_t) + 6 * 64;
 }
 
-/* forgets the last forward; its block (user value 2 of the router at idx) becomes garbage */
-static void drop_fwd(lua_State *L, int idx, srouter *r) {
-    r->x = r->logits = r->prob = r->gate = NULL;
-    r->ds = r->de = r->ids = NULL;
-    r->B = r->n_disp = r->n_dropped = 0;
-    lua_pushnil(L);
-    lua_setiuservalue(L, idx, 2);
-}
-
-static size_t tensor_bytes(const srouter *r) {
-    return (r->P.total * (r->P.trainable ? 4 : 1) + r->S.total * (r->S.trainable ? 4 : 1)) * sizeof(float);
-}
-
-/* Counts `want` bytes of r's tensors against the state's budget; 0 when they do not fit
- * (nothing changes then). */
-static int charge(srouter *r, size_t want) {
-    size_t others = *r->budget - r->charged;
+/* Counts `want` bytes against the state's budget in place of what was counted before;
+   0 when they do not fit (nothing changes then). */
+static int charge(size_t *budget, size_t *charged, size_t want) {
+    size_t others = *budget - *charged;
     if (want > TENSOR_BUDGET || others > TENSOR_BUDGET - want) return 0;
-    *r->budget = others + want;
-    r->charged = want;
+    *budget = others + want;
+    *charged = want;
     return 1;
+}
+
+static size_t router_bytes(const srouter *r, size_t B, size_t N) {
+    return block_bytes(&r->P) + block_bytes(&r->S) + fwd_bytes(B, N);
 }
 
 static srouter *check_router(lua_State *L) { return luaL_checkudata(L, 1, ROUTER_T); }
 
+static size_t *get_budget(lua_State *L) {
+    lua_getfield(L, LUA_REGISTRYINDEX, BUDGET_KEY);
+    size_t *budget = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return budget;
+}
+
 /* moelab.router(name, options, {dim=, experts=, seed=}) */
 static int l_router(lua_State *L) {
     const ml_plugin *p = load_kind(L, ML_PLUGIN_ROUTER, luaL_checkstring(L, 1));
-    ml_optval opt[64];
-    if (p->num_options > 64) return luaL_error(L, "plugin '%s' has too many options", p->name);
-    read_options(L, 2, p, opt);
+    ml_optval opt[ML_MAX_OPTIONS];
+    if (ml_option_defaults(p, opt)) return luaL_error(L, "%s", ml_error());
+    ml_lua_read_options(L, 2, p, opt, NULL, "moelab.router");
     luaL_checktype(L, 3, LUA_TTABLE);
     lua_getfield(L, 3, "dim");
     lua_getfield(L, 3, "experts");
@@ -264,79 +220,37 @@ static int l_router(lua_State *L) {
     lua_Integer seed = luaL_optinteger(L, -1, 1);
     lua_pop(L, 3);
     /* the router's tensors live outside the Lua allocator (lua.memory_mb does not see them) */
-    if (Di < 1 || Ni < 1 || Di > 65536 || Ni > 4096 || Di * Ni > (1 << 24))
-        return luaL_error(L, "moelab.router: expected dim in 1..65536 and experts in 1..4096 with dim*experts <= %d, "
-                             "got dim %I, experts %I", 1 << 24, Di, Ni);
+    if (Di < 1 || Ni < 1 || Di > 65536 || Ni > MAX_EXPERTS || Di * Ni > (1 << 24))
+        return luaL_error(L, "moelab.router: expected dim in 1..65536 and experts in 1..%d with dim*experts <= %d, "
+                             "got dim %I, experts %I", MAX_EXPERTS, 1 << 24, Di, Ni);
     int D = (int)Di, N = (int)Ni;
-    lua_getfield(L, LUA_REGISTRYINDEX, BUDGET_KEY);
-    size_t *budget = lua_touserdata(L, -1);
-    lua_pop(L, 1);
     srouter *r = lua_newuserdatauv(L, sizeof *r, 2);
     memset(r, 0, sizeof *r);
-    r->budget = budget;
-    luaL_setmetatable(L, ROUTER_T);
-    r->p = p;
-    r->api = p->api;
-    r->D = D;
-    r->N = N;
+    r->budget = get_budget(L);
     ml_params_init(&r->P, 1);
     ml_params_init(&r->S, 0);
-    ml_rng_seed(&r->rng, (uint64_t)seed);
-    ml_router_init init = {sizeof init, 0, D, N, opt, (uint64_t)seed};
-    char err[ML_ERR_MAX] = "";
-    ml_crash_enter(ml_plugin_file(p), "create");
-    r->self = r->api->create(ml_host_table(), &init, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (!r->self) return luaL_error(L, "router '%s': create failed: %s", p->name, err);
-    if (declare(r, 0) || declare(r, 1) || ml_params_commit(&r->P, &r->rng) || ml_params_commit(&r->S, &r->rng))
+    luaL_setmetatable(L, ROUTER_T); /* from here __gc releases whatever init made */
+    r->live = 1;
+    /* one RNG initialises the tensors and then drives the routing, as it always has here */
+    if (ml_router_inst_init(&r->ri, p, opt, 0, D, N, (uint64_t)seed, (uint64_t)seed, &r->P, &r->S, "") ||
+        ml_params_commit(&r->P, &r->ri.rng) || ml_params_commit(&r->S, &r->ri.rng))
         return luaL_error(L, "%s", ml_error());
-    if (!charge(r, tensor_bytes(r)))
+    if (!charge(r->budget, &r->charged, router_bytes(r, 0, 0)))
         return luaL_error(L, "moelab.router: its tensors (%d MB) do not fit in what is left of the %d MB all "
-                             "standalone routers of a script may hold",
-                          (int)(tensor_bytes(r) >> 20), (int)(TENSOR_BUDGET >> 20));
+                             "standalone routers and losses of a script may hold",
+                          (int)(router_bytes(r, 0, 0) >> 20), (int)(TENSOR_BUDGET >> 20));
     return 1;
 }
 
 static int router_gc(lua_State *L) {
     srouter *r = check_router(L);
-    if (r->self) {
-        ml_crash_enter(ml_plugin_file(r->p), "destroy");
-        r->api->destroy(r->self);
-        ml_crash_leave();
-    }
-    r->self = NULL;
-    r->x = r->logits = r->prob = r->gate = NULL; /* the block is the collector's */
-    r->ds = r->de = r->ids = NULL;
-    r->B = 0;
+    if (r->live) ml_router_inst_release(&r->ri);
+    r->live = 0;
     if (r->budget) *r->budget -= r->charged;
     r->charged = 0;
     ml_params_free(&r->P);
     ml_params_free(&r->S);
     return 0;
-}
-
-static void fill_route(srouter *r, ml_route *rt, const float **p, float **g, float **s, int training) {
-    memset(rt, 0, sizeof *rt);
-    rt->size = sizeof *rt;
-    rt->B = r->B;
-    rt->D = r->D;
-    rt->N = r->N;
-    rt->training = training;
-    rt->x = r->x;
-    rt->sample_id = r->ids;
-    rt->param = p;
-    rt->grad = g;
-    rt->state = s;
-    rt->rng = &r->rng;
-    rt->step = r->step;
-    rt->logits = r->logits;
-    rt->prob = r->prob;
-    rt->disp_sample = r->ds;
-    rt->disp_expert = r->de;
-    rt->disp_gate = r->gate;
-    rt->n_disp = r->n_disp;
-    rt->n_dropped = r->n_dropped;
 }
 
 static void push_dispatch(lua_State *L, const int32_t *ds, const int32_t *de, const float *g, int n) {
@@ -353,24 +267,23 @@ static void push_dispatch(lua_State *L, const int32_t *ds, const int32_t *de, co
     }
 }
 
+
 /* r:forward(x_rows [, {training=bool, ids={...}}]) -> {logits, prob, dispatch, dropped} */
 static int router_forward(lua_State *L) {
     srouter *r = check_router(L);
     lua_settop(L, 3);
     luaL_checkstack(L, 16, NULL);
     enter(L, &r->busy, &r->gen, "router"); /* 4 */
-    /* every argument is read and checked before the router's buffers are sized from it */
-    int B = count_rows(L, 2, r->D, "forward: x"), training = 0;
-    if ((int64_t)B * r->N > MAX_ELEMS)
-        return luaL_error(L, "forward: rows * experts must be <= %d, got %d rows for %d experts", MAX_ELEMS, B, r->N);
-    size_t BD = (size_t)B * r->D, BN = (size_t)B * r->N;
-    size_t o_l = up64(BD * sizeof(float)), o_p = o_l + up64(BN * sizeof(float)), o_g = o_p + up64(BN * sizeof(float));
-    size_t o_ds = o_g + up64(BN * sizeof(float)), o_de = o_ds + up64(BN * sizeof(int32_t));
-    size_t o_id = o_de + up64(BN * sizeof(int32_t)), total = o_id + up64((size_t)B * sizeof(int32_t));
-    char *blk = scratch(L, total); /* 5 */
+    ml_router_inst *ri = &r->ri;
+    /* every argument is read and checked before anything is sized from it */
+    int B = count_rows(L, 2, ri->D, "forward: x"), training = 0;
+    if ((int64_t)B * ri->N > MAX_ELEMS)
+        return luaL_error(L, "forward: rows * experts must be <= %d, got %d rows for %d experts", MAX_ELEMS, B, ri->N);
+    size_t BD = (size_t)B * ri->D, o_id = up64(BD * sizeof(float)), total = o_id + up64((size_t)B * sizeof(int32_t));
+    char *blk = scratch(L, total); /* 5: the input, kept (user value 2) until the next forward */
     float *x = (float *)blk;
     int32_t *ids = (int32_t *)(blk + o_id);
-    fill_rows(L, 2, x, B, r->D, "forward: x");
+    fill_rows(L, 2, x, B, ri->D, "forward: x");
     for (int b = 0; b < B; b++) ids[b] = b;
     if (lua_istable(L, 3)) {
         rawfield(L, 3, "training");
@@ -387,44 +300,23 @@ static int router_forward(lua_State *L) {
             }
         lua_pop(L, 1);
     }
-    /* the new forward replaces the last one (the old block becomes garbage) */
+    size_t cap = (size_t)(B > ri->cap_B ? B : ri->cap_B);
+    if (!charge(r->budget, &r->charged, router_bytes(r, cap, (size_t)ri->N)))
+        return luaL_error(L, "forward: the router's buffers for %d rows (%d MB) do not fit in what is left of the %d MB "
+                             "all standalone routers and losses of a script may hold",
+                          B, (int)(fwd_bytes(cap, (size_t)ri->N) >> 20), (int)(TENSOR_BUDGET >> 20));
+    /* the new forward replaces the last one (the old input becomes garbage) */
     lua_pushvalue(L, 5);
     lua_setiuservalue(L, 1, 2);
-    r->x = x;
-    r->logits = (float *)(blk + o_l);
-    r->prob = (float *)(blk + o_p);
-    r->gate = (float *)(blk + o_g);
-    r->ds = (int32_t *)(blk + o_ds);
-    r->de = (int32_t *)(blk + o_de);
-    r->ids = ids;
-    r->B = B;
-    r->n_disp = r->n_dropped = 0;
-    const float *p[MAXT];
-    float *g[MAXT], *s[MAXT];
-    ptrs(r, p, g, s);
-    ml_route rt;
-    fill_route(r, &rt, p, g, s, training);
-    char err[ML_ERR_MAX] = "";
-    ml_crash_enter(ml_plugin_file(r->p), "forward");
-    int frc = r->api->forward(r->self, &rt, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (frc || rt.n_disp < 0 || (size_t)rt.n_disp > BN) {
-        drop_fwd(L, 1, r); /* a backward needs a forward that succeeded */
-        if (frc) return luaL_error(L, "router '%s' forward: %s", r->p->name, err);
-        /* the dispatch is read back below */
-        return luaL_error(L, "router '%s' forward: n_disp = %d, expected 0..%d", r->p->name, rt.n_disp, (int)BN);
-    }
-    r->n_disp = rt.n_disp;
-    r->n_dropped = rt.n_dropped;
+    if (ml_router_inst_forward(ri, x, B, training, ids)) return luaL_error(L, "%s", ml_error());
     lua_createtable(L, 0, 4);
-    push_matrix(L, r->logits, B, r->N);
+    push_matrix(L, ri->logits, B, ri->N);
     lua_setfield(L, -2, "logits");
-    push_matrix(L, r->prob, B, r->N);
+    push_matrix(L, ri->prob, B, ri->N);
     lua_setfield(L, -2, "prob");
-    push_dispatch(L, r->ds, r->de, r->gate, r->n_disp);
+    push_dispatch(L, ri->disp_sample, ri->disp_expert, ri->disp_gate, ri->n_disp);
     lua_setfield(L, -2, "dispatch");
-    lua_pushinteger(L, r->n_dropped);
+    lua_pushinteger(L, ri->n_dropped);
     lua_setfield(L, -2, "dropped");
     return 1;
 }
@@ -440,16 +332,18 @@ static float *opt_rows(lua_State *L, const char *k, int B, int W, const char *wh
     return m;
 }
 
-/* r:backward{dgate={...}, dprob=rows, dlogits=rows} -> dx rows, {param name -> flat grad} */
+/* r:backward{dgate={...}, dprob=rows, dlogits=rows} -> dx rows, {param name -> flat grad};
+   the gradient of the last forward, with the training flag that forward had */
 static int router_backward(lua_State *L) {
     srouter *r = check_router(L);
     lua_settop(L, 2);
     luaL_checktype(L, 2, LUA_TTABLE);
     luaL_checkstack(L, 16, NULL);
     enter(L, &r->busy, &r->gen, "router"); /* 3 */
-    if (!r->B) return luaL_error(L, "backward: call forward first");
+    ml_router_inst *ri = &r->ri;
+    if (!ri->valid) return luaL_error(L, "backward: call forward first (and it must have succeeded)");
     /* every argument is read before the plugin sees the buffers; all of them are scratch */
-    int B = r->B, K = r->n_disp;
+    int B = ri->B, K = ri->n_disp;
     float *dgate = scratch(L, ((size_t)K + 1) * sizeof(float));
     if (rawfield(L, 2, "dgate") == LUA_TTABLE)
         for (int t = 0; t < K; t++) {
@@ -458,29 +352,19 @@ static int router_backward(lua_State *L) {
             lua_pop(L, 1);
         }
     lua_pop(L, 1);
-    float *dprob = opt_rows(L, "dprob", B, r->N, "backward: dprob");
-    float *dlogits = opt_rows(L, "dlogits", B, r->N, "backward: dlogits");
-    float *dx = scratch(L, (size_t)B * r->D * sizeof(float));
+    float *dprob = opt_rows(L, "dprob", B, ri->N, "backward: dprob");
+    float *dlogits = opt_rows(L, "dlogits", B, ri->N, "backward: dlogits");
+    float *dx = scratch(L, (size_t)B * ri->D * sizeof(float));
     ml_params_zero_grad(&r->P);
-    const float *p[MAXT];
-    float *g[MAXT], *s[MAXT];
-    ptrs(r, p, g, s);
-    ml_route rt;
-    fill_route(r, &rt, p, g, s, 1);
-    ml_route_grad gr = {sizeof gr, dgate, dlogits, dprob, dx};
-    char err[ML_ERR_MAX] = "";
-    ml_crash_enter(ml_plugin_file(r->p), "backward");
-    int rc = r->api->backward(r->self, &rt, &gr, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (rc) return luaL_error(L, "router '%s' backward: %s", r->p->name, err);
-    push_matrix(L, dx, B, r->D);
+    if (ml_router_inst_backward(ri, dgate, dlogits, dprob, dx)) return luaL_error(L, "%s", ml_error());
+    push_matrix(L, dx, B, ri->D);
     lua_newtable(L);
-    for (int i = 0; i < r->np; i++) {
-        const ml_tensor *t = &r->P.t[r->hp[i]];
+    for (int i = 0; i < ri->param.n; i++) {
+        const ml_tensor *t = &r->P.t[ri->param.handle[i]];
+        const float *g = ml_params_grad(&r->P, ri->param.handle[i]);
         lua_createtable(L, (int)t->n, 0);
         for (size_t j = 0; j < t->n; j++) {
-            lua_pushnumber(L, g[i][j]);
+            lua_pushnumber(L, g[j]);
             lua_rawseti(L, -2, (lua_Integer)j + 1);
         }
         lua_setfield(L, -2, t->name);
@@ -488,7 +372,7 @@ static int router_backward(lua_State *L) {
     return 2;
 }
 
-/* r:tensors() -> {name -> flat array} of params and state; r:set(name, flat array) */
+/* r:tensors() -> {name -> flat array} of params and state */
 static int router_tensors(lua_State *L) {
     srouter *r = check_router(L);
     lua_settop(L, 1);
@@ -508,11 +392,20 @@ static int router_tensors(lua_State *L) {
     return 1;
 }
 
+/* r:set(name, flat) writes a tensor; r:set{option = value, ...} changes options at run time
+   (ABI 1.1, options the plugin flags ML_OPTF_RUNTIME), validated as the YAML would be */
 static int router_set(lua_State *L) {
     srouter *r = check_router(L);
+    check_idle(L, r->busy, "router");
+    if (lua_istable(L, 2)) {
+        ml_optval opt[ML_MAX_OPTIONS];
+        memcpy(opt, r->ri.opt, (size_t)r->ri.plugin->num_options * sizeof *opt);
+        ml_lua_read_options(L, 2, r->ri.plugin, opt, NULL, "set");
+        if (ml_router_inst_set_options(&r->ri, opt)) return luaL_error(L, "%s", ml_error());
+        return 0;
+    }
     const char *name = luaL_checkstring(L, 2);
     luaL_checktype(L, 3, LUA_TTABLE);
-    check_idle(L, r->busy, "router");
     for (int b = 0; b < 2; b++) {
         ml_params *P = b ? &r->S : &r->P;
         int h = ml_params_find(P, name);
@@ -526,137 +419,166 @@ static int router_set(lua_State *L) {
         }
         return 0;
     }
-    return luaL_error(L, "set: router '%s' has no tensor '%s'", r->p->name, name);
+    return luaL_error(L, "set: router '%s' has no tensor '%s'", r->ri.plugin->name, name);
 }
 
 /* r:add_experts(n) -> new N */
 static int router_add_experts(lua_State *L) {
     srouter *r = check_router(L);
     lua_Integer ni = luaL_checkinteger(L, 2);
-    int old = r->N;
+    ml_router_inst *ri = &r->ri;
+    int old = ri->N;
     /* the same bounds as moelab.router(): these tensors are outside lua.memory_mb */
-    luaL_argcheck(L, ni >= 1 && old + ni <= 4096 && (old + ni) * r->D <= (1 << 24), 2,
+    luaL_argcheck(L, ni >= 1 && old + ni <= MAX_EXPERTS && (old + ni) * ri->D <= (1 << 24), 2,
                   "expected >= 1, with at most 4096 experts and dim*experts <= 16777216");
     check_idle(L, r->busy, "router");
     int n = (int)ni;
     /* the grown tensors must fit the state's budget (per-expert rows scale with N; 16-float
      * padding per tensor); checked before anything grows */
     size_t want = 0;
+    const ml_tensor_set *sets[2] = {&ri->param, &ri->state};
     for (int b = 0; b < 2; b++) {
         const ml_params *P = b ? &r->S : &r->P;
         size_t fl = 0;
-        for (int i = 0; i < (b ? r->ns : r->np); i++) {
-            const ml_tensor *t = &P->t[b ? r->hs[i] : r->hp[i]];
-            fl += ((b ? r->sexp[i] : r->pexp[i]) ? t->n / (size_t)old * (size_t)(old + n) : t->n) + 16;
+        for (int i = 0; i < sets[b]->n; i++) {
+            const ml_tensor *t = &P->t[sets[b]->handle[i]];
+            fl += (sets[b]->decl[i].per_expert ? t->n / (size_t)old * (size_t)(old + n) : t->n) + 16;
         }
         want += fl * (P->trainable ? 4 : 1) * sizeof(float);
     }
-    if (!charge(r, want))
+    if (!charge(r->budget, &r->charged, want))
         return luaL_error(L, "add_experts: the router's tensors (%d MB) would not fit in what is left of the %d MB "
-                             "all standalone routers of a script may hold",
+                             "all standalone routers and losses of a script may hold",
                           (int)(want >> 20), (int)(TENSOR_BUDGET >> 20));
-    r->N += n;
-    for (int i = 0; i < r->np; i++)
-        if (r->pexp[i] && ml_params_grow(&r->P, r->hp[i], r->N)) return luaL_error(L, "%s", ml_error());
-    for (int i = 0; i < r->ns; i++)
-        if (r->sexp[i] && ml_params_grow(&r->S, r->hs[i], r->N)) return luaL_error(L, "%s", ml_error());
-    if (ml_params_commit(&r->P, &r->rng) || ml_params_commit(&r->S, &r->rng)) return luaL_error(L, "%s", ml_error());
-    charge(r, tensor_bytes(r)); /* the estimate above is an upper bound */
-    drop_fwd(L, 1, r);
-    if (r->api->event) {
-        const float *p[MAXT];
-        float *g[MAXT], *s[MAXT];
-        ptrs(r, p, g, s);
-        ml_router_event ev = {sizeof ev, ML_EV_EXPERTS_ADDED, r->N, old, NULL, NULL, p, s, 0, r->step};
-        char err[ML_ERR_MAX] = "";
-        ml_crash_enter(ml_plugin_file(r->p), "event");
-        int erc = r->api->event(r->self, &ev, err);
-        ml_crash_leave();
-        ml_err_seal(err);
-        if (erc) return luaL_error(L, "router '%s' experts-added: %s", r->p->name, err);
-    }
-    lua_pushinteger(L, r->N);
+    lua_pushnil(L);
+    lua_setiuservalue(L, 1, 2); /* the last forward is gone with the growth */
+    if (ml_router_inst_grow_declare(ri, n) || ml_params_commit(&r->P, &ri->rng) || ml_params_commit(&r->S, &ri->rng))
+        return luaL_error(L, "%s", ml_error());
+    charge(r->budget, &r->charged, router_bytes(r, 0, 0)); /* the estimate above is an upper bound */
+    if (ml_router_inst_grow_finish(ri, old)) return luaL_error(L, "%s", ml_error());
+    lua_pushinteger(L, ri->N);
     return 1;
 }
 
 /* r:after_backward(grad_mag, load) sends ML_EV_AFTER_BACKWARD with the given per-expert arrays */
 static int router_after_backward(lua_State *L) {
     srouter *r = check_router(L);
-    float gm[4096], ld[4096];
-    if (r->N > 4096) return luaL_error(L, "after_backward: too many experts");
     check_idle(L, r->busy, "router");
-    for (int t = 0; t < 2; t++) {
-        luaL_checktype(L, 2 + t, LUA_TTABLE);
-        for (int e = 0; e < r->N; e++) {
+    int N = r->ri.N;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3);
+    float *gm = scratch(L, (size_t)N * sizeof(float)), *ld = scratch(L, (size_t)N * sizeof(float));
+    for (int t = 0; t < 2; t++)
+        for (int e = 0; e < N; e++) {
             lua_rawgeti(L, 2 + t, e + 1);
             (t ? ld : gm)[e] = (float)lua_tonumber(L, -1);
             lua_pop(L, 1);
         }
-    }
-    r->step++;
-    if (!r->api->event) return 0;
-    const float *p[MAXT];
-    float *g[MAXT], *s[MAXT];
-    ptrs(r, p, g, s);
-    ml_router_event ev = {sizeof ev, ML_EV_AFTER_BACKWARD, r->N, r->N, gm, ld, p, s, 0, r->step};
-    char err[ML_ERR_MAX] = "";
-    ml_crash_enter(ml_plugin_file(r->p), "event");
-    int erc = r->api->event(r->self, &ev, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (erc) return luaL_error(L, "router '%s' event: %s", r->p->name, err);
+    if (ml_router_inst_after_backward(&r->ri, gm, ld)) return luaL_error(L, "%s", ml_error());
     return 0;
 }
 
-static int router_index(lua_State *L) {
+/* r:epoch_end() sends ML_EV_EPOCH_END (the epoch counts from 1) */
+static int router_epoch_end(lua_State *L) {
     srouter *r = check_router(L);
-    const char *k = luaL_checkstring(L, 2);
-    if (!strcmp(k, "num_experts")) lua_pushinteger(L, r->N);
-    else if (!strcmp(k, "dim")) lua_pushinteger(L, r->D);
-    else if (!strcmp(k, "name")) lua_pushstring(L, r->p->name);
-    else {
-        luaL_getmetatable(L, ROUTER_T);
-        lua_getfield(L, -1, "methods");
-        lua_getfield(L, -1, k);
-        if (lua_isnil(L, -1)) return luaL_error(L, "router has no field '%s'", k);
+    check_idle(L, r->busy, "router");
+    if (ml_router_inst_epoch_end(&r->ri, r->ri.epoch + 1)) return luaL_error(L, "%s", ml_error());
+    return 0;
+}
+
+/* r:metrics() -> {train = {name = mean}, eval = {...}, epoch = {...}} since the last call */
+static int router_metrics(lua_State *L) {
+    srouter *r = check_router(L);
+    static const char *wn[3] = {"train", "eval", "epoch"};
+    lua_createtable(L, 0, 3);
+    for (int w = 0; w < 3; w++) {
+        const char *names[ML_ROUTER_MAX_METRICS];
+        double vals[ML_ROUTER_MAX_METRICS];
+        int n = ml_router_inst_metrics(&r->ri, w, names, vals, ML_ROUTER_MAX_METRICS);
+        lua_createtable(L, 0, n);
+        for (int i = 0; i < n; i++) {
+            lua_pushnumber(L, vals[i]);
+            lua_setfield(L, -2, names[i]);
+        }
+        lua_setfield(L, -2, wn[w]);
+        ml_router_inst_metrics_reset(&r->ri, w);
     }
     return 1;
 }
 
-/* moelab.loss(name, options) */
+static const luaL_Reg router_methods[] = {
+    {"forward", router_forward},   {"backward", router_backward},     {"tensors", router_tensors},
+    {"set", router_set},           {"add_experts", router_add_experts}, {"after_backward", router_after_backward},
+    {"epoch_end", router_epoch_end}, {"metrics", router_metrics},     {NULL, NULL}};
+
+static int router_index(lua_State *L) {
+    srouter *r = check_router(L);
+    const char *k = luaL_checkstring(L, 2);
+    if (!strcmp(k, "num_experts")) lua_pushinteger(L, r->ri.N);
+    else if (!strcmp(k, "dim")) lua_pushinteger(L, r->ri.D);
+    else if (!strcmp(k, "name")) lua_pushstring(L, r->ri.plugin->name);
+    else if (!strcmp(k, "options")) ml_lua_push_options(L, r->ri.plugin, r->ri.opt);
+    else {
+        lua_pushvalue(L, lua_upvalueindex(1)); /* the methods table */
+        if (lua_getfield(L, -1, k) == LUA_TNIL) return luaL_error(L, "router has no field '%s'", k);
+    }
+    return 1;
+}
+
+/* moelab.loss(name, options [, {experts=N, layer=L}]) */
 static int l_loss(lua_State *L) {
     const ml_plugin *p = load_kind(L, ML_PLUGIN_LOSS, luaL_checkstring(L, 1));
-    ml_optval opt[64];
-    if (p->num_options > 64) return luaL_error(L, "plugin '%s' has too many options", p->name);
-    read_options(L, 2, p, opt);
+    ml_optval opt[ML_MAX_OPTIONS];
+    if (ml_option_defaults(p, opt)) return luaL_error(L, "%s", ml_error());
+    ml_lua_read_options(L, 2, p, opt, NULL, "moelab.loss");
+    lua_Integer N = 0, layer = 1;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_getfield(L, 3, "experts");
+        lua_getfield(L, 3, "layer");
+        N = luaL_optinteger(L, -2, 0);
+        layer = luaL_optinteger(L, -1, 1);
+        lua_pop(L, 2);
+        if (N < 0 || N > MAX_EXPERTS || layer < 1 || layer > 64)
+            return luaL_error(L, "moelab.loss: expected experts in 1..%d and layer in 1..64, got experts %I, layer %I",
+                              MAX_EXPERTS, N, layer);
+    }
     sloss *s = lua_newuserdatauv(L, sizeof *s, 1);
     memset(s, 0, sizeof *s);
+    s->budget = get_budget(L);
+    ml_params_init(&s->S, 0);
     luaL_setmetatable(L, LOSS_T);
-    s->p = p;
-    s->api = p->api;
-    ml_loss_init init = {sizeof init, opt};
-    char err[ML_ERR_MAX] = "";
-    ml_crash_enter(ml_plugin_file(p), "create");
-    s->self = s->api->create(ml_host_table(), &init, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (!s->self) return luaL_error(L, "loss '%s': create failed: %s", p->name, err);
+    s->live = 1;
+    s->N = (int)N;
+    ml_rng rng;
+    ml_rng_seed(&rng, 1);
+    if (ml_loss_inst_init(&s->li, p, opt, (int)layer - 1, (int)layer, N ? (int)N : 1, &s->S, "") ||
+        ml_params_commit(&s->S, &rng))
+        return luaL_error(L, "%s", ml_error());
+    int per_expert = 0;
+    for (int i = 0; i < s->li.state.n; i++) per_expert |= s->li.state.decl[i].per_expert;
+    if (per_expert && !N)
+        return luaL_error(L, "moelab.loss: loss '%s' keeps per-expert state: give {experts = N}", p->name);
+    if (!charge(s->budget, &s->charged, block_bytes(&s->S)))
+        return luaL_error(L, "moelab.loss: its state (%d MB) does not fit in what is left of the %d MB all standalone "
+                             "routers and losses of a script may hold",
+                          (int)(block_bytes(&s->S) >> 20), (int)(TENSOR_BUDGET >> 20));
     return 1;
 }
 
 static int loss_gc(lua_State *L) {
     sloss *s = luaL_checkudata(L, 1, LOSS_T);
-    if (s->self) {
-        ml_crash_enter(ml_plugin_file(s->p), "destroy");
-        s->api->destroy(s->self);
-        ml_crash_leave();
-    }
-    s->self = NULL;
+    if (s->live) ml_loss_inst_release(&s->li);
+    s->live = 0;
+    if (s->budget) *s->budget -= s->charged;
+    s->charged = 0;
+    ml_params_free(&s->S);
     return 0;
 }
 
-/* l:eval{prob=rows, logits=rows, dispatch={{sample,expert,gate}...}, labels={...}, classes=C}
- * -> value, {dprob=rows, dlogits=rows} */
+/* l:eval{prob=rows, logits=rows, dispatch={{sample,expert,gate}...}, labels={...}, classes=C,
+ * training=bool} -> value, {dprob=rows, dlogits=rows, dgate={...}} */
 static int loss_eval(lua_State *L) {
     sloss *s = luaL_checkudata(L, 1, LOSS_T);
     lua_settop(L, 2);
@@ -672,19 +594,19 @@ static int loss_eval(lua_State *L) {
     lua_pop(L, 1);
     if (w < 1 || w > MAX_EXPERTS) return luaL_error(L, "eval: prob must be a table of rows of 1..%d numbers", MAX_EXPERTS);
     N = (int)w;
+    if (s->N && N != s->N)
+        return luaL_error(L, "eval: prob has %d columns, the loss was created for %d experts", N, s->N);
     float *prob = read_matrix(L, 4, &B, N, "eval: prob");
     size_t BN = (size_t)B * N;
-    float *logits;
-    if (rawfield(L, 2, "logits") != LUA_TNIL) {
-        logits = read_matrix(L, -1, &B2, N, "eval: logits");
-        if (B2 != B) return luaL_error(L, "eval: logits has %d rows, prob has %d", B2, B);
-    } else {
-        logits = scratch(L, BN * sizeof(float));
-        for (size_t i = 0; i < BN; i++) logits[i] = logf(prob[i] > 1e-30f ? prob[i] : 1e-30f);
-    }
+    /* the logits are the router's own scores, not something moelab could make up from prob
+       (z_loss of log(prob) is ~0 whatever the logits were): required */
+    if (rawfield(L, 2, "logits") == LUA_TNIL)
+        return luaL_error(L, "eval: logits missing (give the router's logits, e.g. out.logits of r:forward)");
+    float *logits = read_matrix(L, -1, &B2, N, "eval: logits");
+    if (B2 != B) return luaL_error(L, "eval: logits has %d rows, prob has %d", B2, B);
     int32_t *ds = scratch(L, BN * sizeof(int32_t)), *de = scratch(L, BN * sizeof(int32_t)), *lab = NULL;
-    float *g = scratch(L, BN * sizeof(float));
-    int K = 0, classes = 0;
+    float *g = scratch(L, BN * sizeof(float) + 4);
+    int K = 0, classes = 0, training = 0;
     if (rawfield(L, 2, "dispatch") == LUA_TTABLE) {
         int d = lua_gettop(L);
         lua_Unsigned k = lua_rawlen(L, d);
@@ -715,6 +637,9 @@ static int loss_eval(lua_State *L) {
         maxc = classes = (int)c;
     }
     lua_pop(L, 1);
+    rawfield(L, 2, "training");
+    training = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if (rawfield(L, 2, "labels") == LUA_TTABLE) {
         lab = scratch(L, (size_t)B * sizeof(int32_t));
         for (int b = 0; b < B; b++) {
@@ -730,36 +655,37 @@ static int loss_eval(lua_State *L) {
         }
     } else if (classes) classes = 0; /* no labels: the plugin sees none */
     float *dp = scratch(L, BN * sizeof(float)), *dl = scratch(L, BN * sizeof(float));
-    ml_routing_record rec = {sizeof rec, B, N, logits, prob, ds, de, g, K, lab, classes};
+    float *dg = scratch(L, ((size_t)K + 1) * sizeof(float));
+    ml_routing_record rec;
+    memset(&rec, 0, sizeof rec);
+    rec.size = sizeof rec;
+    rec.B = B, rec.N = N, rec.logits = logits, rec.prob = prob;
+    rec.disp_sample = ds, rec.disp_expert = de, rec.disp_gate = g, rec.n_disp = K;
+    rec.label = lab, rec.num_classes = classes, rec.training = training;
     double v = 0;
-    char err[ML_ERR_MAX] = "";
-    ml_crash_enter(ml_plugin_file(s->p), "eval");
-    int rc = s->api->eval(s->self, &rec, &v, 1.0f, dl, dp, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (rc) return luaL_error(L, "loss '%s': %s", s->p->name, err);
+    if (ml_loss_inst_eval(&s->li, &rec, 1.0f, dl, dp, dg, &v)) return luaL_error(L, "%s", ml_error());
     lua_pushnumber(L, v);
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 3);
     push_matrix(L, dp, B, N);
     lua_setfield(L, -2, "dprob");
     push_matrix(L, dl, B, N);
     lua_setfield(L, -2, "dlogits");
+    lua_createtable(L, K, 0);
+    for (int t = 0; t < K; t++) {
+        lua_pushnumber(L, dg[t]);
+        lua_rawseti(L, -2, t + 1);
+    }
+    lua_setfield(L, -2, "dgate");
     return 2;
 }
 
-static const luaL_Reg router_methods[] = {{"forward", router_forward}, {"backward", router_backward},
-                                          {"tensors", router_tensors}, {"set", router_set},
-                                          {"add_experts", router_add_experts},
-                                          {"after_backward", router_after_backward}, {NULL, NULL}};
-
 void ml_lua_open_standalone(lua_State *L) {
     luaL_newmetatable(L, ROUTER_T);
-    lua_pushcfunction(L, router_index);
+    luaL_newlib(L, router_methods);
+    lua_pushcclosure(L, router_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, router_gc);
     lua_setfield(L, -2, "__gc");
-    luaL_newlib(L, router_methods);
-    lua_setfield(L, -2, "methods");
     /* getmetatable(r) must not hand out __gc: called by hand it frees what a call is using */
     lua_pushliteral(L, "moelab.router");
     lua_setfield(L, -2, "__metatable");
@@ -778,8 +704,8 @@ void ml_lua_open_standalone(lua_State *L) {
     lua_pushcfunction(L, guard_close);
     lua_setfield(L, -2, "__close");
     lua_pop(L, 1);
-    /* bytes of standalone router tensors held by this state (reached through the registry,
-     * which scripts cannot see) */
+    /* bytes of standalone router and loss tensors held by this state (reached through the
+     * registry, which scripts cannot see) */
     size_t *budget = lua_newuserdatauv(L, sizeof *budget, 0);
     *budget = 0;
     lua_setfield(L, LUA_REGISTRYINDEX, BUDGET_KEY);

@@ -108,13 +108,21 @@ int ml_model_backward(ml_model *m) {
     return m->ops->encode_backward(m->net, m->dz[0]);
 }
 
-int ml_model_add_experts(ml_model *m, int layer, int n) {
+int ml_model_grow_begin(ml_model *m, int layer, int n) {
     if (layer < 0 || layer >= m->L) return ml_errorf("add_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
     if (n < 1) return ml_errorf("add_experts: n = %d, expected >= 1", n);
-    int old = m->moe[layer]->N;
-    if (ml_moe_grow_declare(m->moe[layer], n)) return ML_ERR;
+    return ml_moe_grow_declare(m->moe[layer], n);
+}
+
+int ml_model_grow_end(ml_model *m, int layer, int old_n) {
     if (ml_params_commit(&m->P, &m->init_rng) || ml_params_commit(&m->S, &m->init_rng)) return ML_ERR;
-    return ml_moe_grow_finish(m->moe[layer], old);
+    return ml_moe_grow_finish(m->moe[layer], old_n);
+}
+
+int ml_model_add_experts(ml_model *m, int layer, int n) {
+    int old = layer >= 0 && layer < m->L ? m->moe[layer]->N : 0;
+    if (ml_model_grow_begin(m, layer, n)) return ML_ERR;
+    return ml_model_grow_end(m, layer, old);
 }
 
 double ml_model_net_flops(const ml_model *m) { return m->ops->flops_per_sample(m->net); }

@@ -49,6 +49,11 @@ int ml_model_forward(ml_model *m, const float *x, int B, int training, const int
 /* Gradients of task loss (scaled by 1) plus whatever losses put in the MoE layers. */
 int ml_model_backward(ml_model *m);
 int ml_model_add_experts(ml_model *m, int layer, int n);
+/* The same in two halves, for owners that keep more per-expert tensors in the blocks (loss
+   state): begin declares the growth, the owner declares its own, end commits the blocks
+   and tells the router (EXPERTS_ADDED). */
+int ml_model_grow_begin(ml_model *m, int layer, int n);
+int ml_model_grow_end(ml_model *m, int layer, int old_n);
 /* useful FLOPs of one training step per sample, excluding the MoE layers */
 double ml_model_net_flops(const ml_model *m);
 

@@ -1,4 +1,10 @@
-/* plugintest.c — conformance checks for router, loss and schedule plugins (plugin-test). */
+/* plugintest.c — conformance checks for router, loss and schedule plugins (plugin-test).
+ *
+ * Every check drives the plugin through the same hosts a run uses (router_host, loss_host,
+ * schedule_host), so what passes here is what a run accepts: the same tensor limits, the
+ * same checks of every forward, the same option rules. Gradients are checked by the one
+ * policy of nn/gradcheck.h.
+ */
 #include "plugin/plugintest.h"
 
 #include <math.h>
@@ -8,13 +14,16 @@
 
 #include "base/common.h"
 #include "base/crash.h"
-#include "plugin/pluginhost.h"
+#include "nn/gradcheck.h"
+#include "nn/params.h"
+#include "plugin/loader.h"
+#include "plugin/loss_host.h"
+#include "plugin/options.h"
+#include "plugin/router_host.h"
+#include "plugin/schedule_host.h"
 
-#define MAXT 32        /* tensor declarations a router may make */
-#define GRAD_TOL 2e-2  /* relative error of analytic vs finite-difference gradients */
-#define GRAD_EPS 1e-2  /* central-difference step */
-#define GRAD_MAX 96    /* entries checked per tensor */
-#define WHY 512
+#define WHY 768
+#define MAX_VARIANTS 8
 
 typedef struct suite {
     FILE *out;
@@ -48,272 +57,134 @@ static int all_finite(const float *x, size_t n) {
     return 1;
 }
 
-/* The file named in a crash report: every plugin call below is bracketed by
-   ml_crash_enter(pf(p), "<call>") and ml_crash_leave(). */
-static const char *pf(const ml_plugin *p) {
-    const char *f = ml_plugin_file(p);
-    return f ? f : p->name;
+static void why_set(char *why, const char *fmt, ...) ML_PRINTF(2, 3);
+static void why_set(char *why, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, WHY, fmt, ap);
+    va_end(ap);
 }
 
 /* ============================================================== router harness */
 
-/* A stand-in for the model: keeps the router's tensors the way the host does. */
+/* A stand-in for the model: the router hosted as a run hosts it, in blocks of its own. */
 typedef struct harness {
     const ml_plugin *p;
-    const ml_router_api *api;
-    const ml_optval *opt;
-    void *self;
+    ml_params P, S;
+    ml_router_inst ri;
+    ml_rng init_rng;
     int D, N;
-    int np, ns;
-    ml_tensor_decl pd[MAXT], sd[MAXT];
-    float *param[MAXT], *grad[MAXT], *state[MAXT];
-    ml_rng init_rng; /* parameter initialisation */
-    ml_rng rng;      /* the route's RNG */
-    int64_t step;
-    char err[ML_ERR_MAX];
+    float *x;    /* (cap_B, D) the input */
+    int cap_B;
 } harness;
 
-/* Buffers of one forward call, kept for the backward that follows it. */
-typedef struct fwd {
-    int B, N, D;
-    float *x, *logits, *prob, *gate;
-    int32_t *ds, *de, *sid;
-    ml_route r;
-} fwd;
-
-static size_t decl_size(const ml_tensor_decl *d, int N) {
-    return (size_t)ml_tensor_decl_rows(d, N) * (size_t)d->cols;
-}
-
 static void h_free(harness *h) {
-    if (h->self) {
-        ml_crash_enter(pf(h->p), "destroy");
-        h->api->destroy(h->self);
-        ml_crash_leave();
-    }
-    for (int i = 0; i < h->np; i++) free(h->param[i]), free(h->grad[i]);
-    for (int i = 0; i < h->ns; i++) free(h->state[i]);
+    ml_router_inst_release(&h->ri);
+    ml_params_free(&h->P);
+    ml_params_free(&h->S);
+    free(h->x);
     memset(h, 0, sizeof *h);
 }
 
-static int h_new(harness *h, const ml_plugin *p, const ml_optval *opt, int D, int N,
-                 uint64_t seed, char *why) {
+static int h_new(harness *h, const ml_plugin *p, const ml_optval *opt, int D, int N, uint64_t seed, char *why) {
     memset(h, 0, sizeof *h);
     h->p = p;
-    h->api = p->api;
-    h->opt = opt;
     h->D = D;
     h->N = N;
+    ml_params_init(&h->P, 1);
+    ml_params_init(&h->S, 0);
     ml_rng_seed(&h->init_rng, seed);
-    ml_rng_seed(&h->rng, seed + 1);
-    ml_router_init init = {sizeof init, 0, D, N, opt, seed};
-    ml_crash_enter(pf(p), "create");
-    h->self = h->api->create(ml_host_table(), &init, h->err);
-    ml_crash_leave();
-    ml_err_seal(h->err);
-    if (!h->self) {
-        snprintf(why, WHY, "create failed: %s", h->err[0] ? h->err : "(no message)");
+    if (ml_router_inst_init(&h->ri, p, opt, 0, D, N, seed, seed + 1, &h->P, &h->S, "") ||
+        ml_params_commit(&h->P, &h->init_rng) || ml_params_commit(&h->S, &h->init_rng)) {
+        why_set(why, "%s", ml_error());
         return ML_ERR;
-    }
-    ml_crash_enter(pf(p), "params");
-    h->np = h->api->params(h->self, h->pd, MAXT);
-    ml_crash_enter(pf(p), "states");
-    h->ns = h->api->states(h->self, h->sd, MAXT);
-    ml_crash_leave();
-    if (h->np < 0 || h->np > MAXT || h->ns < 0 || h->ns > MAXT) {
-        snprintf(why, WHY, "params() returned %d and states() %d (0..%d expected)", h->np,
-                 h->ns, MAXT);
-        h->np = h->ns = 0;
-        return ML_ERR;
-    }
-    if (ml_tensor_decls_check(h->pd, h->np, "parameter") != ML_OK ||
-        ml_tensor_decls_check(h->sd, h->ns, "state tensor") != ML_OK) {
-        snprintf(why, WHY, "%s", ml_error());
-        return ML_ERR;
-    }
-    for (int i = 0; i < h->np; i++) {
-        h->param[i] = ml_calloc(decl_size(&h->pd[i], N), sizeof(float));
-        h->grad[i] = ml_calloc(decl_size(&h->pd[i], N), sizeof(float));
-        if (!h->param[i] || !h->grad[i]) return snprintf(why, WHY, "out of memory"), ML_ERR;
-        ml_tensor_decl_init(&h->pd[i], h->param[i], 0, ml_tensor_decl_rows(&h->pd[i], N),
-                            &h->init_rng);
-    }
-    for (int i = 0; i < h->ns; i++) {
-        h->state[i] = ml_calloc(decl_size(&h->sd[i], N), sizeof(float));
-        if (!h->state[i]) return snprintf(why, WHY, "out of memory"), ML_ERR;
-        ml_tensor_decl_init(&h->sd[i], h->state[i], 0, ml_tensor_decl_rows(&h->sd[i], N),
-                            &h->init_rng);
     }
     return ML_OK;
 }
 
-/* Grows per-expert tensors to N2 rows as the host does (old rows kept, new rows
-   initialised by their declaration), then sends ML_EV_EXPERTS_ADDED. */
+/* The input buffer for B samples, x filled uniform in [-scale, scale] from seed. */
+static float *h_input(harness *h, int B, uint64_t seed, float scale) {
+    if (B > h->cap_B) {
+        free(h->x);
+        h->x = ml_calloc((size_t)B * h->D, sizeof(float));
+        h->cap_B = h->x ? B : 0;
+        if (!h->x) return NULL;
+    }
+    ml_rng r;
+    ml_rng_seed(&r, seed);
+    fill_uniform(&r, h->x, (size_t)B * h->D, -scale, scale);
+    return h->x;
+}
+
+static int h_forward(harness *h, int B, int training, char *why) {
+    static const int32_t *no_ids = NULL;
+    int32_t ids[4096];
+    const int32_t *sid = no_ids;
+    if (B <= 4096) {
+        for (int b = 0; b < B; b++) ids[b] = 1000 + b;
+        sid = ids;
+    }
+    if (ml_router_inst_forward(&h->ri, h->x, B, training, sid)) {
+        why_set(why, "%s", ml_error());
+        return ML_ERR;
+    }
+    return ML_OK;
+}
+
+static int h_backward(harness *h, const float *dgate, const float *dlogits, const float *dprob, float *dx, char *why) {
+    if (ml_router_inst_backward(&h->ri, dgate, dlogits, dprob, dx)) {
+        why_set(why, "%s", ml_error());
+        return ML_ERR;
+    }
+    return ML_OK;
+}
+
+/* Grows to N2 experts as a run does: declare, commit, EXPERTS_ADDED. */
 static int h_grow(harness *h, int N2, char *why) {
     int N1 = h->N;
-    for (int k = 0; k < 2; k++) {
-        int n = k ? h->ns : h->np;
-        for (int i = 0; i < n; i++) {
-            ml_tensor_decl *d = k ? &h->sd[i] : &h->pd[i];
-            if (!d->per_expert) continue;
-            float **slot = k ? &h->state[i] : &h->param[i];
-            float *t = ml_calloc(decl_size(d, N2), sizeof(float));
-            if (!t) return snprintf(why, WHY, "out of memory"), ML_ERR;
-            memcpy(t, *slot, decl_size(d, N1) * sizeof(float));
-            ml_tensor_decl_init(d, t, N1, N2, &h->init_rng);
-            free(*slot);
-            *slot = t;
-            if (!k) {
-                free(h->grad[i]);
-                h->grad[i] = ml_calloc(decl_size(d, N2), sizeof(float));
-                if (!h->grad[i]) return snprintf(why, WHY, "out of memory"), ML_ERR;
-            }
-        }
-    }
-    h->N = N2;
-    if (!h->api->event) return ML_OK;
-    ml_router_event ev = {sizeof ev, ML_EV_EXPERTS_ADDED, N2, N1, NULL, NULL,
-                          (const float *const *)h->param, h->state, 1, h->step};
-    ml_crash_enter(pf(h->p), "event");
-    int erc = h->api->event(h->self, &ev, h->err);
-    ml_crash_leave();
-    ml_err_seal(h->err);
-    if (erc != 0) return snprintf(why, WHY, "event EXPERTS_ADDED failed: %s", h->err), ML_ERR;
-    return ML_OK;
-}
-
-static void fwd_free(fwd *f) {
-    free(f->x), free(f->logits), free(f->prob), free(f->gate);
-    free(f->ds), free(f->de), free(f->sid);
-    memset(f, 0, sizeof *f);
-}
-
-static int fwd_new(fwd *f, int B, int N, int D) {
-    memset(f, 0, sizeof *f);
-    f->B = B, f->N = N, f->D = D;
-    size_t bn = (size_t)B * N;
-    f->x = ml_calloc((size_t)B * D, sizeof(float));
-    f->logits = ml_calloc(bn, sizeof(float));
-    f->prob = ml_calloc(bn, sizeof(float));
-    f->gate = ml_calloc(bn, sizeof(float));
-    f->ds = ml_calloc(bn, sizeof(int32_t));
-    f->de = ml_calloc(bn, sizeof(int32_t));
-    f->sid = ml_calloc((size_t)B, sizeof(int32_t));
-    if (!f->x || !f->logits || !f->prob || !f->gate || !f->ds || !f->de || !f->sid) {
-        fwd_free(f);
+    if (ml_router_inst_grow_declare(&h->ri, N2 - N1) || ml_params_commit(&h->P, &h->init_rng) ||
+        ml_params_commit(&h->S, &h->init_rng) || ml_router_inst_grow_finish(&h->ri, N1)) {
+        why_set(why, "%s", ml_error());
         return ML_ERR;
     }
-    for (int b = 0; b < B; b++) f->sid[b] = b;
+    h->N = N2;
     return ML_OK;
 }
 
-static int h_forward(harness *h, fwd *f, int training, char *why) {
-    size_t bn = (size_t)f->B * f->N;
-    for (size_t i = 0; i < bn; i++) f->logits[i] = f->prob[i] = f->gate[i] = NAN;
-    ml_route r = {
-        .size = sizeof(ml_route), .B = f->B, .D = f->D, .N = f->N, .training = training,
-        .x = f->x, .sample_id = f->sid, .param = (const float *const *)h->param,
-        .grad = h->grad, .state = h->state, .rng = &h->rng, .step = h->step,
-        .logits = f->logits, .prob = f->prob, .disp_sample = f->ds, .disp_expert = f->de,
-        .disp_gate = f->gate, .n_disp = -1, .n_dropped = -1,
-    };
-    f->r = r;
-    h->err[0] = 0;
-    ml_crash_enter(pf(h->p), "forward");
-    int frc = h->api->forward(h->self, &f->r, h->err);
-    ml_crash_leave();
-    ml_err_seal(h->err);
-    if (frc != 0)
-        return snprintf(why, WHY, "forward failed: %s", h->err[0] ? h->err : "(no message)"),
-               ML_ERR;
-    return ML_OK;
+static size_t tensor_len(const harness *h, const ml_tensor_set *s, int i) {
+    return (size_t)ml_tensor_decl_rows(&s->decl[i], h->N) * (size_t)s->decl[i].cols;
 }
 
-static int h_backward(harness *h, fwd *f, const float *dgate, const float *dlogits,
-                      const float *dprob, float *dx, char *why) {
-    ml_route_grad g = {sizeof g, dgate, dlogits, dprob, dx};
-    h->err[0] = 0;
-    ml_crash_enter(pf(h->p), "backward");
-    int brc = h->api->backward(h->self, &f->r, &g, h->err);
-    ml_crash_leave();
-    ml_err_seal(h->err);
-    if (brc != 0)
-        return snprintf(why, WHY, "backward failed: %s", h->err[0] ? h->err : "(no message)"),
-               ML_ERR;
-    return ML_OK;
-}
+static void zero_grads(harness *h) { ml_params_zero_grad(&h->P); }
 
-/* What the host relies on after a forward: ranges, uniqueness, finiteness, rows of 1. */
-static int validate(const fwd *f, char *why) {
-    const ml_route *r = &f->r;
-    int B = f->B, N = f->N;
-    if (r->n_disp < 0 || r->n_disp > B * N)
-        return snprintf(why, WHY, "n_disp = %d, expected 0..B*N = %d", r->n_disp, B * N), 0;
-    unsigned char *seen = calloc((size_t)B * N + (size_t)B, 1);
-    if (!seen) return snprintf(why, WHY, "out of memory"), 0;
-    unsigned char *hit = seen + (size_t)B * N;
-    int ok = 1;
-    for (int t = 0; t < r->n_disp && ok; t++) {
-        int b = f->ds[t], e = f->de[t];
-        if (b < 0 || b >= B || e < 0 || e >= N)
-            ok = 0, snprintf(why, WHY, "triple %d is (sample %d, expert %d), outside (%d, %d)",
-                             t, b, e, B, N);
-        else if (seen[(size_t)b * N + e]++)
-            ok = 0, snprintf(why, WHY, "(sample %d, expert %d) dispatched twice", b, e);
-        else if (!isfinite(f->gate[t]))
-            ok = 0, snprintf(why, WHY, "gate of triple %d is %g", t, f->gate[t]);
-        else
-            hit[b] = 1;
-    }
-    int dropped = 0;
-    for (int b = 0; b < B; b++) dropped += !hit[b];
-    if (ok && r->n_dropped != dropped)
-        ok = 0, snprintf(why, WHY, "n_dropped = %d but %d samples have no triple",
-                         r->n_dropped, dropped);
-    for (int b = 0; b < B && ok; b++) {
-        double s = 0;
-        for (int e = 0; e < N && ok; e++) {
-            float z = f->logits[(size_t)b * N + e], p = f->prob[(size_t)b * N + e];
-            if (!isfinite(z)) ok = 0, snprintf(why, WHY, "logits[%d, %d] = %g", b, e, z);
-            else if (!isfinite(p) || p < -1e-6f)
-                ok = 0, snprintf(why, WHY, "prob[%d, %d] = %g", b, e, p);
-            s += p;
-        }
-        if (ok && fabs(s - 1) > 1e-3)
-            ok = 0, snprintf(why, WHY, "prob row %d sums to %.6f, not 1", b, s);
-    }
-    free(seen);
-    return ok;
-}
-
+/* What a checkpoint keeps of a router between steps: its state block, RNG and step. */
 typedef struct snapshot {
-    float *state[MAXT];
+    float *state;
+    size_t n;
     ml_rng rng;
     int64_t step;
 } snapshot;
 
 static int snap_take(harness *h, snapshot *s) {
     memset(s, 0, sizeof *s);
-    for (int i = 0; i < h->ns; i++) {
-        size_t n = decl_size(&h->sd[i], h->N);
-        s->state[i] = ml_calloc(n, sizeof(float));
-        if (!s->state[i]) return ML_ERR;
-        memcpy(s->state[i], h->state[i], n * sizeof(float));
-    }
-    s->rng = h->rng;
-    s->step = h->step;
+    s->n = h->S.total;
+    s->state = ml_calloc(s->n ? s->n : 1, sizeof(float));
+    if (!s->state) return ML_ERR;
+    if (s->n) memcpy(s->state, h->S.data, s->n * sizeof(float));
+    s->rng = h->ri.rng;
+    s->step = h->ri.step;
     return ML_OK;
 }
 
 static void snap_restore(harness *h, const snapshot *s) {
-    for (int i = 0; i < h->ns; i++)
-        memcpy(h->state[i], s->state[i], decl_size(&h->sd[i], h->N) * sizeof(float));
-    h->rng = s->rng;
-    h->step = s->step;
+    if (s->n) memcpy(h->S.data, s->state, s->n * sizeof(float));
+    h->ri.rng = s->rng;
+    h->ri.step = s->step;
 }
 
 static void snap_free(snapshot *s) {
-    for (int i = 0; i < MAXT; i++) free(s->state[i]);
+    free(s->state);
+    s->state = NULL;
 }
 
 /*
@@ -322,305 +193,248 @@ static void snap_free(snapshot *s) {
  * losses reading prob and logits). Accumulated in double.
  */
 typedef struct functional {
+    harness *h;
+    int B;
     const float *v; /* (N, D) */
     const float *a; /* (B, N) */
     const float *c; /* (B, N) */
+    const snapshot *snap;
+    const unsigned char *mask0; /* (B, N) the dispatch of the unperturbed forward */
+    unsigned char *mask;
+    char *why;      /* the first failure of a perturbed forward */
 } functional;
 
-static double eval_functional(const functional *fn, const fwd *f) {
+static double eval_functional(const functional *fn) {
+    const ml_router_inst *ri = &fn->h->ri;
+    const int D = fn->h->D, N = fn->h->N;
     double L = 0;
-    for (int t = 0; t < f->r.n_disp; t++) {
-        const float *v = fn->v + (size_t)f->de[t] * f->D, *x = f->x + (size_t)f->ds[t] * f->D;
+    for (int t = 0; t < ri->n_disp; t++) {
+        const float *v = fn->v + (size_t)ri->disp_expert[t] * D, *x = fn->h->x + (size_t)ri->disp_sample[t] * D;
         double dot = 0;
-        for (int d = 0; d < f->D; d++) dot += (double)v[d] * x[d];
-        L += f->gate[t] * dot;
+        for (int d = 0; d < D; d++) dot += (double)v[d] * x[d];
+        L += ri->disp_gate[t] * dot;
     }
-    for (size_t i = 0; i < (size_t)f->B * f->N; i++)
-        L += (double)fn->a[i] * f->prob[i] + (double)fn->c[i] * f->logits[i];
+    for (size_t i = 0; i < (size_t)fn->B * N; i++) L += (double)fn->a[i] * ri->prob[i] + (double)fn->c[i] * ri->logits[i];
     return L;
 }
 
-/* Dispatch set as a B*N mask, to notice top-k flips under perturbation. */
-static void dispatch_mask(const fwd *f, unsigned char *m) {
-    memset(m, 0, (size_t)f->B * f->N);
-    for (int t = 0; t < f->r.n_disp; t++) m[(size_t)f->ds[t] * f->N + f->de[t]] = 1;
+static void dispatch_mask(const ml_router_inst *ri, int B, unsigned char *m) {
+    memset(m, 0, (size_t)B * ri->N);
+    for (int t = 0; t < ri->n_disp; t++) m[(size_t)ri->disp_sample[t] * ri->N + ri->disp_expert[t]] = 1;
 }
 
-/* Forward from the snapshot; returns the functional or NAN when the dispatch changed. */
-static double fd_point(harness *h, const snapshot *s, fwd *f, const functional *fn,
-                       const unsigned char *mask0, unsigned char *mask, char *why) {
-    snap_restore(h, s);
-    if (h_forward(h, f, 1, why) != ML_OK) return NAN;
-    dispatch_mask(f, mask);
-    if (memcmp(mask, mask0, (size_t)f->B * f->N) != 0) return NAN;
-    return eval_functional(fn, f);
+/* ml_gc_fn: a forward from the snapshot; NaN when the dispatch changed (a discrete choice,
+   not a gradient) or the forward failed (the failure is kept in why). */
+static double fd_point(void *ctx) {
+    functional *fn = ctx;
+    char why[WHY];
+    snap_restore(fn->h, fn->snap);
+    if (h_forward(fn->h, fn->B, 1, why) != ML_OK) {
+        if (!fn->why[0]) snprintf(fn->why, WHY, "%s", why);
+        return NAN;
+    }
+    dispatch_mask(&fn->h->ri, fn->B, fn->mask);
+    if (memcmp(fn->mask, fn->mask0, (size_t)fn->B * fn->h->N) != 0) return NAN;
+    return eval_functional(fn);
 }
 
 /* Finite-difference check of dL/dx and dL/dparam; one reported check per tensor. */
 static void router_gradcheck(suite *s, harness *h, int B, uint64_t seed) {
     char why[WHY] = "", name[128];
-    int N = h->N, D = h->D;
-    fwd f;
+    const int N = h->N, D = h->D;
+    size_t bn = (size_t)B * N;
     ml_rng r;
     ml_rng_seed(&r, seed);
-    if (fwd_new(&f, B, N, D) != ML_OK) {
-        report(s, 0, "gradient", "out of memory");
-        return;
-    }
-    size_t bn = (size_t)B * N;
     float *v = ml_calloc((size_t)N * D, sizeof(float)), *a = ml_calloc(bn, sizeof(float));
     float *c = ml_calloc(bn, sizeof(float)), *dx = ml_calloc((size_t)B * D, sizeof(float));
-    float *dgate = ml_calloc(bn, sizeof(float));
+    float *dgate = ml_calloc(bn + 1, sizeof(float));
     unsigned char *mask0 = ml_calloc(bn, 1), *mask = ml_calloc(bn, 1);
+    float **grads = ml_calloc((size_t)h->ri.param.n + 1, sizeof *grads);
     snapshot snap = {0};
-    int ok = v && a && c && dx && dgate && mask0 && mask;
-    if (!ok) {
+    if (!v || !a || !c || !dx || !dgate || !mask0 || !mask || !grads || !h_input(h, B, seed ^ 0x9e37, 1) ||
+        snap_take(h, &snap) != ML_OK) {
         report(s, 0, "gradient", "out of memory");
         goto done;
     }
-    fill_uniform(&r, f.x, (size_t)B * D, -1, 1);
     fill_uniform(&r, v, (size_t)N * D, -1, 1);
     fill_uniform(&r, a, bn, -1, 1);
     fill_uniform(&r, c, bn, -0.5f, 0.5f);
-    functional fn = {v, a, c};
-    if (snap_take(h, &snap) != ML_OK) {
-        report(s, 0, "gradient", "out of memory");
-        goto done;
-    }
-    if (h_forward(h, &f, 1, why) != ML_OK || !validate(&f, why)) {
+    if (h_forward(h, B, 1, why) != ML_OK) {
         report(s, 0, "gradient", "%s", why);
         goto done;
     }
-    dispatch_mask(&f, mask0);
-    for (int t = 0; t < f.r.n_disp; t++) {
+    const ml_router_inst *ri = &h->ri;
+    dispatch_mask(ri, B, mask0);
+    for (int t = 0; t < ri->n_disp; t++) {
         double dot = 0;
-        for (int d = 0; d < D; d++) dot += (double)v[(size_t)f.de[t] * D + d] * f.x[(size_t)f.ds[t] * D + d];
+        for (int d = 0; d < D; d++) dot += (double)v[(size_t)ri->disp_expert[t] * D + d] * h->x[(size_t)ri->disp_sample[t] * D + d];
         dgate[t] = (float)dot;
     }
-    for (int i = 0; i < h->np; i++) memset(h->grad[i], 0, decl_size(&h->pd[i], N) * sizeof(float));
-    if (h_backward(h, &f, dgate, c, a, dx, why) != ML_OK) {
+    zero_grads(h);
+    if (h_backward(h, dgate, c, a, dx, why) != ML_OK) {
         report(s, 0, "gradient", "%s", why);
         goto done;
     }
     /* the stand-in experts' own dependence on x, which the host would add */
-    for (int t = 0; t < f.r.n_disp; t++)
-        for (int d = 0; d < D; d++)
-            dx[(size_t)f.ds[t] * D + d] += f.gate[t] * v[(size_t)f.de[t] * D + d];
-
-    /* one scale for the error floor over every tensor, so tiny entries of one tensor are
-       judged against the gradient's overall size */
-    double scale = 0;
-    for (size_t i = 0; i < (size_t)B * D; i++) scale = fmax(scale, fabs(dx[i]));
-    for (int p = 0; p < h->np; p++)
-        for (size_t i = 0; i < decl_size(&h->pd[p], N); i++) scale = fmax(scale, fabs(h->grad[p][i]));
-    double floor_ = fmax(1e-3, 1e-2 * scale);
-
-    for (int p = -1; p < h->np; p++) {
-        float *t = p < 0 ? f.x : h->param[p];
-        const float *an = p < 0 ? dx : h->grad[p];
-        size_t n = p < 0 ? (size_t)B * D : decl_size(&h->pd[p], N);
-        snprintf(name, sizeof name, "gradient %s", p < 0 ? "dx" : h->pd[p].name);
-        size_t stride = n > GRAD_MAX ? n / GRAD_MAX : 1;
-        double worst = 0;
-        size_t worst_i = 0, checked = 0, skipped = 0;
-        double worst_a = 0, worst_fd = 0;
-        int failed = 0;
-        for (size_t i = 0; i < n && !failed; i += stride) {
-            float x0 = t[i];
-            double g = NAN;
-            for (double eps = GRAD_EPS; eps > GRAD_EPS / 200 && isnan(g); eps /= 10) {
-                t[i] = (float)(x0 + eps);
-                double lp = fd_point(h, &snap, &f, &fn, mask0, mask, why);
-                t[i] = (float)(x0 - eps);
-                double lm = fd_point(h, &snap, &f, &fn, mask0, mask, why);
-                t[i] = x0;
-                if (why[0]) failed = 1;
-                g = (lp - lm) / ((double)(float)(x0 + eps) - (double)(float)(x0 - eps));
-            }
-            if (failed) break;
-            if (isnan(g)) {
-                skipped++;
-                continue;
-            }
-            checked++;
-            double err = fabs(an[i] - g) / fmax(floor_, fabs(an[i]) + fabs(g));
-            if (!(err <= worst)) {
-                worst = isnan(err) ? INFINITY : err;
-                worst_i = i, worst_a = an[i], worst_fd = g;
-            }
+    for (int t = 0; t < ri->n_disp; t++)
+        for (int d = 0; d < D; d++) dx[(size_t)ri->disp_sample[t] * D + d] += ri->disp_gate[t] * v[(size_t)ri->disp_expert[t] * D + d];
+    /* the analytic gradients, copied: the perturbed forwards below do not touch them, but
+       a plugin's forward might (it must not; then the check says so) */
+    double scale = ml_gc_scale(dx, (size_t)B * D);
+    for (int p = 0; p < ri->param.n; p++) {
+        size_t n = tensor_len(h, &ri->param, p);
+        if (!(grads[p] = ml_calloc(n, sizeof(float)))) {
+            report(s, 0, "gradient", "out of memory");
+            goto done;
         }
-        if (failed) report(s, 0, name, "%s", why);
-        else if (checked == 0)
-            report(s, 0, name, "the dispatch changes under every perturbation (%zu skipped)",
-                   skipped);
-        else if (worst > GRAD_TOL)
-            report(s, 0, name, "d/d%s[%zu]: backward gives %.6g, finite differences %.6g "
-                   "(relative error %.3g > %.3g; %zu entries checked)",
-                   p < 0 ? "x" : h->pd[p].name, worst_i, worst_a, worst_fd, worst, GRAD_TOL,
-                   checked);
+        memcpy(grads[p], ri->param.grad[p], n * sizeof(float));
+        scale = fmax(scale, ml_gc_scale(grads[p], n));
+    }
+    functional fn = {h, B, v, a, c, &snap, mask0, mask, why};
+    for (int p = -1; p < ri->param.n; p++) {
+        why[0] = 0;
+        float *t = p < 0 ? h->x : ri->param.data[p];
+        const float *an = p < 0 ? dx : grads[p];
+        size_t n = p < 0 ? (size_t)B * D : tensor_len(h, &ri->param, p);
+        snprintf(name, sizeof name, "gradient %s", p < 0 ? "dx" : ri->param.decl[p].name);
+        ml_gc_result res;
+        int ok = ml_gradcheck(NULL, fd_point, &fn, t, n, an, scale, &res);
+        if (why[0] && !res.checked) report(s, 0, name, "%s", why);
+        else if (!res.checked)
+            report(s, 0, name, "the dispatch changes under every perturbation (%d skipped)", res.skipped);
+        else if (!ok)
+            report(s, 0, name, "d/d%s[%zu]: backward gives %.6g, finite differences %.6g (relative error %.3g > %.3g; "
+                   "%d entries checked)", p < 0 ? "x" : ri->param.decl[p].name, res.index, res.analytic,
+                   res.numeric, res.worst, ml_gc_default().tol, res.checked);
         else
             report(s, 1, name, NULL);
     }
     snap_restore(h, &snap);
 done:
     snap_free(&snap);
+    for (int p = 0; grads && p < h->ri.param.n; p++) free(grads[p]);
+    free(grads);
     free(v), free(a), free(c), free(dx), free(dgate), free(mask0), free(mask);
-    fwd_free(&f);
 }
 
 /* Forward (training and eval) + backward with random upstream gradients; all finite. */
 static int router_roundtrip(harness *h, int B, uint64_t seed, float xscale, char *why) {
-    fwd f;
-    if (fwd_new(&f, B, h->N, h->D) != ML_OK) return snprintf(why, WHY, "out of memory"), 0;
     ml_rng r;
     ml_rng_seed(&r, seed);
     size_t bn = (size_t)B * h->N;
-    float *dg = ml_calloc(bn, sizeof(float)), *dl = ml_calloc(bn, sizeof(float));
+    float *dg = ml_calloc(bn + 1, sizeof(float)), *dl = ml_calloc(bn, sizeof(float));
     float *dp = ml_calloc(bn, sizeof(float)), *dx = ml_calloc((size_t)B * h->D, sizeof(float));
-    int ok = dg && dl && dp && dx;
-    if (!ok) snprintf(why, WHY, "out of memory");
-    fill_uniform(&r, f.x, (size_t)B * h->D, -xscale, xscale);
+    int ok = dg && dl && dp && dx && h_input(h, B, seed, xscale);
+    if (!ok) why_set(why, "out of memory");
     fill_uniform(&r, dg, bn, -1, 1);
     fill_uniform(&r, dl, bn, -1, 1);
     fill_uniform(&r, dp, bn, -1, 1);
-    for (int training = 0; training < 2 && ok; training++) {
-        if (h_forward(h, &f, training, why) != ML_OK || !validate(&f, why)) {
-            ok = 0;
-            if (strncmp(why, "forward", 7) != 0) {
-                char tmp[WHY];
-                snprintf(tmp, sizeof tmp, "%s forward: %s", training ? "training" : "eval", why);
-                memcpy(why, tmp, WHY);
-            }
-        }
-    }
+    for (int training = 0; training < 2 && ok; training++)
+        if (h_forward(h, B, training, why) != ML_OK) ok = 0;
     if (ok) {
-        for (int i = 0; i < h->np; i++) memset(h->grad[i], 0, decl_size(&h->pd[i], h->N) * sizeof(float));
-        if (h_backward(h, &f, dg, dl, dp, dx, why) != ML_OK) ok = 0;
-        else if (!all_finite(dx, (size_t)B * h->D)) ok = 0, snprintf(why, WHY, "dx not finite");
-        for (int i = 0; i < h->np && ok; i++)
-            if (!all_finite(h->grad[i], decl_size(&h->pd[i], h->N)))
-                ok = 0, snprintf(why, WHY, "gradient of %s not finite", h->pd[i].name);
+        zero_grads(h);
+        if (h_backward(h, dg, dl, dp, dx, why) != ML_OK) ok = 0;
+        else if (!all_finite(dx, (size_t)B * h->D)) ok = 0, why_set(why, "dx not finite");
+        for (int i = 0; i < h->ri.param.n && ok; i++)
+            if (!all_finite(h->ri.param.grad[i], tensor_len(h, &h->ri.param, i)))
+                ok = 0, why_set(why, "gradient of %s not finite", h->ri.param.decl[i].name);
     }
     free(dg), free(dl), free(dp), free(dx);
-    fwd_free(&f);
     return ok;
 }
 
-/* Backward must add into dx and the gradients, not overwrite them. */
+/* Backward must add into dx and the gradients, not overwrite them; and an eval forward
+   followed by backward must take the eval forward's gradient (the training flag is the
+   forward's, as the host passes it). */
 static void router_accumulates(suite *s, harness *h, int B, uint64_t seed) {
     char why[WHY] = "";
-    fwd f;
     ml_rng r;
     ml_rng_seed(&r, seed);
-    if (fwd_new(&f, B, h->N, h->D) != ML_OK) {
-        report(s, 0, "backward accumulates", "out of memory");
-        return;
-    }
     size_t bn = (size_t)B * h->N, bd = (size_t)B * h->D;
-    float *dg = ml_calloc(bn, sizeof(float)), *dx1 = ml_calloc(bd, sizeof(float));
-    float *dx2 = ml_calloc(bd, sizeof(float)), *g1[MAXT] = {0};
-    int ok = dg && dx1 && dx2;
-    fill_uniform(&r, f.x, bd, -1, 1);
-    fill_uniform(&r, dg, bn, -1, 1);
-    snapshot snap;
-    ok = ok && snap_take(h, &snap) == ML_OK;
-    if (ok && (h_forward(h, &f, 1, why) != ML_OK)) ok = 0;
-    for (int i = 0; i < h->np && ok; i++) {
-        memset(h->grad[i], 0, decl_size(&h->pd[i], h->N) * sizeof(float));
-    }
-    if (ok && h_backward(h, &f, dg, NULL, NULL, dx1, why) != ML_OK) ok = 0;
-    for (int i = 0; i < h->np && ok; i++) {
-        size_t n = decl_size(&h->pd[i], h->N);
-        g1[i] = ml_calloc(n, sizeof(float));
-        if (!g1[i]) ok = 0;
-        else memcpy(g1[i], h->grad[i], n * sizeof(float));
-        for (size_t j = 0; j < n; j++) h->grad[i][j] = 1.0f;
+    float *dg = ml_calloc(bn + 1, sizeof(float)), *dx1 = ml_calloc(bd, sizeof(float));
+    float *dx2 = ml_calloc(bd, sizeof(float));
+    float **g1 = ml_calloc((size_t)h->ri.param.n + 1, sizeof *g1);
+    snapshot snap = {0};
+    int ok = dg && dx1 && dx2 && g1 && h_input(h, B, seed, 1) && snap_take(h, &snap) == ML_OK;
+    if (!ok) why_set(why, "out of memory");
+    if (ok) fill_uniform(&r, dg, bn, -1, 1);
+    if (ok && h_forward(h, B, 1, why) != ML_OK) ok = 0;
+    if (ok) zero_grads(h);
+    if (ok && h_backward(h, dg, NULL, NULL, dx1, why) != ML_OK) ok = 0;
+    for (int i = 0; i < h->ri.param.n && ok; i++) {
+        size_t n = tensor_len(h, &h->ri.param, i);
+        if (!(g1[i] = ml_calloc(n, sizeof(float)))) ok = 0, why_set(why, "out of memory");
+        else memcpy(g1[i], h->ri.param.grad[i], n * sizeof(float));
+        for (size_t j = 0; ok && j < n; j++) h->ri.param.grad[i][j] = 1.0f;
     }
     for (size_t j = 0; j < bd; j++) dx2[j] = 1.0f;
     if (ok) {
         snap_restore(h, &snap);
-        if (h_forward(h, &f, 1, why) != ML_OK || h_backward(h, &f, dg, NULL, NULL, dx2, why) != ML_OK)
-            ok = 0;
+        if (h_forward(h, B, 1, why) != ML_OK || h_backward(h, dg, NULL, NULL, dx2, why) != ML_OK) ok = 0;
     }
     for (size_t j = 0; j < bd && ok; j++)
         if (fabsf(dx2[j] - 1.0f - dx1[j]) > 1e-4f * (1 + fabsf(dx1[j])))
-            ok = 0, snprintf(why, WHY, "dx[%zu]: %g on a zeroed buffer, %g added to 1 "
-                             "(backward must add with +=)", j, dx1[j], dx2[j] - 1.0f);
-    for (int i = 0; i < h->np && ok; i++)
-        for (size_t j = 0; j < decl_size(&h->pd[i], h->N) && ok; j++)
-            if (fabsf(h->grad[i][j] - 1.0f - g1[i][j]) > 1e-4f * (1 + fabsf(g1[i][j])))
-                ok = 0, snprintf(why, WHY, "gradient of %s[%zu]: %g on a zeroed buffer, %g "
-                                 "added to 1 (backward must add with +=)",
-                                 h->pd[i].name, j, g1[i][j], h->grad[i][j] - 1.0f);
-    if (ok || why[0]) report(s, ok, "backward accumulates", "%s", why);
-    else report(s, 0, "backward accumulates", "out of memory");
+            ok = 0, why_set(why, "dx[%zu]: %g on a zeroed buffer, %g added to 1 (backward must add with +=)", j,
+                            dx1[j], dx2[j] - 1.0f);
+    for (int i = 0; i < h->ri.param.n && ok; i++)
+        for (size_t j = 0; j < tensor_len(h, &h->ri.param, i) && ok; j++)
+            if (fabsf(h->ri.param.grad[i][j] - 1.0f - g1[i][j]) > 1e-4f * (1 + fabsf(g1[i][j])))
+                ok = 0, why_set(why, "gradient of %s[%zu]: %g on a zeroed buffer, %g added to 1 (backward must add "
+                                "with +=)", h->ri.param.decl[i].name, j, g1[i][j], h->ri.param.grad[i][j] - 1.0f);
+    report(s, ok, "backward accumulates", "%s", why);
     snap_free(&snap);
-    for (int i = 0; i < h->np; i++) free(g1[i]);
-    free(dg), free(dx1), free(dx2);
-    fwd_free(&f);
+    for (int i = 0; g1 && i < h->ri.param.n; i++) free(g1[i]);
+    free(g1), free(dg), free(dx1), free(dx2);
 }
 
 /*
  * One training step as the host runs it: forward, backward with random upstream
- * gradients, AFTER_BACKWARD event (grad_mag, load). Outputs appended to trace.
+ * gradients, AFTER_BACKWARD (grad_mag, load), EPOCH_END every third step. Outputs
+ * appended to trace.
  */
-static int train_step(harness *h, fwd *f, float **trace, size_t *tn, char *why) {
+static int train_step(harness *h, int B, float **trace, size_t *tn, char *why) {
+    const int64_t step = h->ri.step;
     ml_rng r;
-    ml_rng_seed(&r, 1000 + (uint64_t)h->step);
-    size_t bn = (size_t)f->B * f->N, bd = (size_t)f->B * f->D;
-    fill_uniform(&r, f->x, bd, -1, 1);
-    float *dg = ml_calloc(bn, sizeof(float)), *dx = ml_calloc(bd, sizeof(float));
+    ml_rng_seed(&r, 1000 + (uint64_t)step);
+    size_t bn = (size_t)B * h->N, bd = (size_t)B * h->D;
+    float *dg = ml_calloc(bn + 1, sizeof(float)), *dx = ml_calloc(bd, sizeof(float));
     float *mag = ml_calloc((size_t)h->N, sizeof(float)), *load = ml_calloc((size_t)h->N, sizeof(float));
-    int ok = dg && dx && mag && load;
-    if (!ok) snprintf(why, WHY, "out of memory");
+    int ok = dg && dx && mag && load && h_input(h, B, 2000 + (uint64_t)step, 1);
+    if (!ok) why_set(why, "out of memory");
     if (ok) fill_uniform(&r, dg, bn, -1, 1);
     /* every step starts from zero gradients, as the host's does: the AFTER_BACKWARD
        magnitudes are then this step's, which a restored instance can reproduce */
-    for (int i = 0; ok && i < h->np; i++) memset(h->grad[i], 0, decl_size(&h->pd[i], h->N) * sizeof(float));
-    if (ok && (h_forward(h, f, 1, why) != ML_OK || h_backward(h, f, dg, NULL, NULL, dx, why) != ML_OK))
-        ok = 0;
+    if (ok) zero_grads(h);
+    if (ok && (h_forward(h, B, 1, why) != ML_OK || h_backward(h, dg, NULL, NULL, dx, why) != ML_OK)) ok = 0;
+    const ml_router_inst *ri = &h->ri;
     if (ok) {
-        size_t add = 2 * bn + 3 * (size_t)f->r.n_disp + 2;
+        size_t add = 2 * bn + 3 * (size_t)ri->n_disp + 2;
         float *t = realloc(*trace, (*tn + add) * sizeof(float));
-        if (!t) ok = 0, snprintf(why, WHY, "out of memory");
+        if (!t) ok = 0, why_set(why, "out of memory");
         else {
             *trace = t;
             float *o = t + *tn;
-            memcpy(o, f->logits, bn * sizeof(float)), o += bn;
-            memcpy(o, f->prob, bn * sizeof(float)), o += bn;
-            *o++ = (float)f->r.n_disp;
-            *o++ = (float)f->r.n_dropped;
-            for (int k = 0; k < f->r.n_disp; k++)
-                *o++ = (float)f->ds[k], *o++ = (float)f->de[k], *o++ = f->gate[k];
+            memcpy(o, ri->logits, bn * sizeof(float)), o += bn;
+            memcpy(o, ri->prob, bn * sizeof(float)), o += bn;
+            *o++ = (float)ri->n_disp;
+            *o++ = (float)ri->n_dropped;
+            for (int k = 0; k < ri->n_disp; k++)
+                *o++ = (float)ri->disp_sample[k], *o++ = (float)ri->disp_expert[k], *o++ = ri->disp_gate[k];
             *tn += add;
         }
     }
-    if (ok && h->api->event) {
-        for (int k = 0; k < f->r.n_disp; k++) load[f->de[k]] += 1;
-        for (int i = 0; i < h->np; i++) {
-            if (!h->pd[i].per_expert) continue;
+    if (ok) {
+        for (int k = 0; k < ri->n_disp; k++) load[ri->disp_expert[k]] += 1;
+        for (int i = 0; i < ri->param.n; i++) {
+            if (!ri->param.decl[i].per_expert) continue;
+            int cols = ri->param.decl[i].cols;
             for (int e = 0; e < h->N; e++)
-                for (int c = 0; c < h->pd[i].cols; c++)
-                    mag[e] += fabsf(h->grad[i][(size_t)e * h->pd[i].cols + c]) / h->pd[i].cols;
+                for (int c = 0; c < cols; c++) mag[e] += fabsf(ri->param.grad[i][(size_t)e * cols + c]) / cols;
         }
-        ml_router_event ev = {sizeof ev, ML_EV_AFTER_BACKWARD, h->N, h->N, mag, load,
-                              (const float *const *)h->param, h->state, 1, h->step};
-        ml_crash_enter(pf(h->p), "event");
-        int erc = h->api->event(h->self, &ev, h->err);
-        ml_crash_leave();
-        ml_err_seal(h->err);
-        if (erc != 0) ok = 0, snprintf(why, WHY, "event AFTER_BACKWARD failed: %s", h->err);
-        if (ok && h->step % 3 == 2) {
-            ml_router_event ee = {sizeof ee, ML_EV_EPOCH_END, h->N, h->N, NULL, NULL,
-                                  (const float *const *)h->param, h->state, 1, h->step};
-            ml_crash_enter(pf(h->p), "event");
-            erc = h->api->event(h->self, &ee, h->err);
-            ml_crash_leave();
-            ml_err_seal(h->err);
-            if (erc != 0) ok = 0, snprintf(why, WHY, "event EPOCH_END failed: %s", h->err);
-        }
+        if (ml_router_inst_after_backward(&h->ri, mag, load)) ok = 0, why_set(why, "%s", ml_error());
+        if (ok && step % 3 == 2 && ml_router_inst_epoch_end(&h->ri, 1 + (int)(step / 3)))
+            ok = 0, why_set(why, "%s", ml_error());
     }
-    h->step++;
     free(dg), free(dx), free(mag), free(load);
     return ok;
 }
@@ -628,58 +442,50 @@ static int train_step(harness *h, fwd *f, float **trace, size_t *tn, char *why) 
 static void router_determinism(suite *s, const ml_plugin *p, const ml_optval *opt) {
     char why[WHY] = "";
     harness h[2];
+    memset(h, 0, sizeof h);
     float *trace[2] = {NULL, NULL};
     size_t tn[2] = {0, 0};
     int ok = 1;
-    fwd f[2];
-    memset(f, 0, sizeof f);
     for (int k = 0; k < 2 && ok; k++) {
         if (h_new(&h[k], p, opt, 8, 4, 42, why) != ML_OK) ok = 0;
-        else if (fwd_new(&f[k], 16, 4, 8) != ML_OK) ok = 0, snprintf(why, WHY, "out of memory");
-        for (int st = 0; st < 3 && ok; st++) ok = train_step(&h[k], &f[k], &trace[k], &tn[k], why);
+        for (int st = 0; st < 3 && ok; st++) ok = train_step(&h[k], 16, &trace[k], &tn[k], why);
     }
     if (ok) {
         if (tn[0] != tn[1] || memcmp(trace[0], trace[1], tn[0] * sizeof(float)) != 0)
-            ok = 0, snprintf(why, WHY, "two instances with seed 42 produce different outputs");
-        for (int i = 0; i < h[0].np && ok; i++)
-            if (memcmp(h[0].grad[i], h[1].grad[i], decl_size(&h[0].pd[i], 4) * sizeof(float)))
-                ok = 0, snprintf(why, WHY, "gradients of %s differ between two instances",
-                                 h[0].pd[i].name);
+            ok = 0, why_set(why, "two instances with seed 42 produce different outputs");
+        for (int i = 0; i < h[0].ri.param.n && ok; i++)
+            if (memcmp(h[0].ri.param.grad[i], h[1].ri.param.grad[i], tensor_len(&h[0], &h[0].ri.param, i) * sizeof(float)))
+                ok = 0, why_set(why, "gradients of %s differ between two instances", h[0].ri.param.decl[i].name);
     }
     report(s, ok, "determinism", "%s", why);
-    for (int k = 0; k < 2; k++) h_free(&h[k]), fwd_free(&f[k]), free(trace[k]);
+    for (int k = 0; k < 2; k++) h_free(&h[k]), free(trace[k]);
 }
 
-/* Checkpoint: state tensors + RNG copied after 2 steps into a fresh instance must make it
-   continue exactly as the original does. */
+/* Checkpoint: state tensors, RNG and step copied after 2 steps into a fresh instance must
+   make it continue exactly as the original does. */
 static void router_checkpoint(suite *s, const ml_plugin *p, const ml_optval *opt) {
     char why[WHY] = "";
     harness a, b;
-    fwd fa, fb;
     memset(&a, 0, sizeof a), memset(&b, 0, sizeof b);
-    memset(&fa, 0, sizeof fa), memset(&fb, 0, sizeof fb);
     float *ta = NULL, *tb = NULL, *junk = NULL;
     size_t na = 0, nb = 0, nj = 0;
     snapshot snap = {0};
     int ok = h_new(&a, p, opt, 8, 4, 7, why) == ML_OK && h_new(&b, p, opt, 8, 4, 7, why) == ML_OK;
-    if (ok && (fwd_new(&fa, 16, 4, 8) != ML_OK || fwd_new(&fb, 16, 4, 8) != ML_OK))
-        ok = 0, snprintf(why, WHY, "out of memory");
-    for (int st = 0; st < 2 && ok; st++) ok = train_step(&a, &fa, &junk, &nj, why);
-    if (ok && snap_take(&a, &snap) != ML_OK) ok = 0, snprintf(why, WHY, "out of memory");
-    for (int st = 0; st < 4 && ok; st++) ok = train_step(&a, &fa, &ta, &na, why);
+    for (int st = 0; st < 2 && ok; st++) ok = train_step(&a, 16, &junk, &nj, why);
+    if (ok && snap_take(&a, &snap) != ML_OK) ok = 0, why_set(why, "out of memory");
+    for (int st = 0; st < 4 && ok; st++) ok = train_step(&a, 16, &ta, &na, why);
     if (ok) {
         /* b starts fresh: its parameters equal a's (same seed, no optimizer here) */
         snap_restore(&b, &snap);
-        for (int st = 0; st < 4 && ok; st++) ok = train_step(&b, &fb, &tb, &nb, why);
+        for (int st = 0; st < 4 && ok; st++) ok = train_step(&b, 16, &tb, &nb, why);
     }
     if (ok && (na != nb || memcmp(ta, tb, na * sizeof(float)) != 0))
-        ok = 0, snprintf(why, WHY, "a fresh instance given the saved state tensors and RNG "
-                         "continues differently (state kept outside the declared state "
-                         "tensors is lost in checkpoints)");
+        ok = 0, why_set(why, "a fresh instance given the saved state tensors and RNG continues differently (state kept "
+                        "outside the declared state tensors is lost in checkpoints)");
     report(s, ok, "checkpoint state round trip", "%s", why);
     snap_free(&snap);
     free(ta), free(tb), free(junk);
-    h_free(&a), h_free(&b), fwd_free(&fa), fwd_free(&fb);
+    h_free(&a), h_free(&b);
 }
 
 static void router_growth(suite *s, const ml_plugin *p, const ml_optval *opt) {
@@ -688,11 +494,11 @@ static void router_growth(suite *s, const ml_plugin *p, const ml_optval *opt) {
     int ok = h_new(&h, p, opt, 8, 4, 11, why) == ML_OK && router_roundtrip(&h, 16, 5, 1, why);
     if (ok) ok = h_grow(&h, 6, why) == ML_OK;
     if (ok) {
-        ml_tensor_decl d[MAXT];
-        ml_crash_enter(pf(p), "params");
-        int np = h.api->params(h.self, d, MAXT);
-        ml_crash_leave();
-        if (np != h.np) ok = 0, snprintf(why, WHY, "params() gives %d tensors after growth, %d before", np, h.np);
+        ml_tensor_decl d[ML_MAX_TENSORS];
+        int np = ml_tensor_decls_read(p, "params", h.ri.api->params, h.ri.self, d);
+        if (np < 0) ok = 0, why_set(why, "%s", ml_error());
+        else if (np != h.ri.param.n)
+            ok = 0, why_set(why, "params() gives %d tensors after growth, %d before", np, h.ri.param.n);
     }
     if (ok) ok = router_roundtrip(&h, 16, 6, 1, why);
     report(s, ok, "experts added (N 4 -> 6)", "%s", why);
@@ -710,31 +516,100 @@ static void router_growth(suite *s, const ml_plugin *p, const ml_optval *opt) {
 static void router_extreme(suite *s, const ml_plugin *p, const ml_optval *opt) {
     char why[WHY] = "";
     harness h;
-    fwd f;
-    memset(&f, 0, sizeof f);
-    int ok = h_new(&h, p, opt, 8, 4, 13, why) == ML_OK;
-    if (ok && fwd_new(&f, 16, 4, 8) != ML_OK) ok = 0, snprintf(why, WHY, "out of memory");
-    ml_rng r;
-    ml_rng_seed(&r, 3);
     float xscale = 1;
-    if (ok) {
-        fill_uniform(&r, f.x, 16 * 8, -1, 1);
-        ok = h_forward(&h, &f, 0, why) == ML_OK;
-    }
+    int ok = h_new(&h, p, opt, 8, 4, 13, why) == ML_OK && h_input(&h, 16, 3, 1) && h_forward(&h, 16, 0, why) == ML_OK;
     if (ok) {
         double m = 0;
-        for (int i = 0; i < 64; i++) m = fmax(m, fabs(f.logits[i]));
+        for (int i = 0; i < 64; i++) m = fmax(m, fabs(h.ri.logits[i]));
         double k = 1e4 / fmax(m, 1e-6);
-        for (int i = 0; i < h.np; i++)
-            for (size_t j = 0; j < decl_size(&h.pd[i], 4); j++) h.param[i][j] *= (float)k;
-        ok = h_forward(&h, &f, 0, why) == ML_OK;
+        for (int i = 0; i < h.ri.param.n; i++)
+            for (size_t j = 0; j < tensor_len(&h, &h.ri.param, i); j++) h.ri.param.data[i][j] *= (float)k;
+        ok = h_forward(&h, 16, 0, why) == ML_OK;
         m = 0;
-        for (int i = 0; i < 64 && ok; i++) m = fmax(m, fabs(f.logits[i]));
+        for (int i = 0; i < 64 && ok; i++) m = fmax(m, fabs(h.ri.logits[i]));
         if (ok && m < 5e3) xscale = (float)fmin(1e4 / fmax(m, 1e-6), 1e4); /* not linear in params */
     }
     if (ok) ok = router_roundtrip(&h, 16, 3, xscale, why);
     report(s, ok, "extreme logits (about 1e4), training and eval", "%s", why);
-    fwd_free(&f);
+    h_free(&h);
+}
+
+/* ABI 1.1: the named metrics a router reports (a bad name fails the forward or event that
+   reported it, so getting here means they were accepted); listed for the author. */
+static void router_metrics(suite *s, const ml_plugin *p, const ml_optval *opt) {
+    char why[WHY] = "";
+    harness h;
+    float *junk = NULL;
+    size_t nj = 0;
+    int ok = h_new(&h, p, opt, 8, 4, 17, why) == ML_OK;
+    for (int st = 0; st < 3 && ok; st++) ok = train_step(&h, 16, &junk, &nj, why);
+    if (ok) ok = h_forward(&h, 16, 0, why) == ML_OK;
+    report(s, ok, "metrics (names, training and eval forwards, epoch end)", "%s", why);
+    if (ok) {
+        static const char *wname[3] = {"training", "eval", "epoch end"};
+        for (int w = 0; w < 3; w++) {
+            const char *names[ML_ROUTER_MAX_METRICS];
+            double vals[ML_ROUTER_MAX_METRICS];
+            int n = ml_router_inst_metrics(&h.ri, w, names, vals, ML_ROUTER_MAX_METRICS);
+            if (!n) continue;
+            fprintf(s->out, "     %s metrics:", wname[w]);
+            for (int i = 0; i < n; i++) fprintf(s->out, " %s=%.6g", names[i], vals[i]);
+            fputc('\n', s->out);
+        }
+    }
+    free(junk);
+    h_free(&h);
+}
+
+/* ABI 1.1: each option flagged ML_OPTF_RUNTIME changed on a running router (another valid
+   value: bool flipped, enum's other choice, a number moved inside its range); the router
+   must accept it and keep routing validly with the new value; the change of an option not
+   flagged is refused by the host. */
+static void router_runtime_options(suite *s, const ml_plugin *p, const ml_optval *opt) {
+    int flagged = 0;
+    for (int i = 0; i < p->num_options; i++) flagged += !!(p->options[i].flags & ML_OPTF_RUNTIME);
+    char why[WHY] = "";
+    harness h;
+    if (h_new(&h, p, opt, 8, 4, 19, why) != ML_OK) {
+        report(s, 0, "options at run time", "%s", why);
+        return;
+    }
+    for (int i = 0; i < p->num_options; i++) {
+        const ml_option *o = &p->options[i];
+        ml_optval nv[ML_MAX_OPTIONS];
+        memcpy(nv, h.ri.opt, (size_t)p->num_options * sizeof *nv);
+        char text[64] = "";
+        if (o->type == ML_OPT_BOOL) snprintf(text, sizeof text, "%s", nv[i].i ? "false" : "true");
+        else if (o->type == ML_OPT_ENUM) {
+            const char *bar = strchr(o->choices, '|');
+            if (nv[i].i == 0 && bar) snprintf(text, sizeof text, "%.*s", (int)strcspn(bar + 1, "|"), bar + 1);
+            else snprintf(text, sizeof text, "%.*s", (int)strcspn(o->choices, "|"), o->choices);
+        } else if (o->min <= o->max) {
+            double x = o->type == ML_OPT_INT ? (double)nv[i].i : nv[i].f;
+            double y = x > o->min ? (o->type == ML_OPT_INT ? x - 1 : 0.5 * (x + o->min))
+                                  : (o->type == ML_OPT_INT ? x + 1 : 0.5 * (x + fmin(o->max, x + 1)));
+            if (y < o->min || y > o->max || y == x) continue;
+            if (o->type == ML_OPT_INT) snprintf(text, sizeof text, "%.0f", y);
+            else ml_scalar_fmt_num(y, text, sizeof text);
+        } else {
+            double x = o->type == ML_OPT_INT ? (double)nv[i].i : nv[i].f;
+            if (o->type == ML_OPT_INT) snprintf(text, sizeof text, "%.0f", x + 1);
+            else ml_scalar_fmt_num(x * 0.5 + 0.25, text, sizeof text);
+        }
+        if (!text[0] || ml_option_parse(o, text, 0, &nv[i]) != ML_OK) continue;
+        char name[128];
+        snprintf(name, sizeof name, "option %s=%s at run time", o->name, text);
+        int rc = ml_router_inst_set_options(&h.ri, nv);
+        if (!(o->flags & ML_OPTF_RUNTIME)) {
+            if (rc == ML_OK) report(s, 0, name, "the host accepted a change of an option not flagged ML_OPTF_RUNTIME");
+            continue; /* refused, as it must be: nothing to report */
+        }
+        int ok = rc == ML_OK;
+        if (!ok) why_set(why, "%s", ml_error());
+        if (ok) ok = router_roundtrip(&h, 16, 31 + (uint64_t)i, 1, why);
+        report(s, ok, name, "%s", why);
+    }
+    if (!flagged) fprintf(s->out, "     (no option is flagged ML_OPTF_RUNTIME: none can change while it runs)\n");
     h_free(&h);
 }
 
@@ -758,6 +633,8 @@ static void router_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int
         router_checkpoint(s, p, opt);
         router_growth(s, p, opt);
         router_extreme(s, p, opt);
+        router_metrics(s, p, opt);
+        router_runtime_options(s, p, opt);
     }
     h_free(&h);
 }
@@ -765,10 +642,11 @@ static void router_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int
 /* ================================================================== losses */
 
 typedef struct record {
-    int B, N, C, K;
+    int B, N, C;
     float *logits, *prob, *gate;
     int32_t *ds, *de, *label;
     int n_disp;
+    int coupled; /* a 1.0 loss reads gates as the probabilities they were taken from */
 } record;
 
 static void rec_free(record *r) {
@@ -810,147 +688,251 @@ static void rec_route(record *r, int k) {
     }
 }
 
-static ml_routing_record rec_view(const record *r, int labels) {
-    ml_routing_record v = {sizeof v, r->B, r->N, r->logits, r->prob, r->ds, r->de, r->gate,
-                           r->n_disp, labels ? r->label : NULL, labels ? r->C : 0};
+static ml_routing_record rec_view(const record *r, int labels, int training) {
+    ml_routing_record v;
+    memset(&v, 0, sizeof v);
+    v.size = sizeof v;
+    v.B = r->B, v.N = r->N, v.logits = r->logits, v.prob = r->prob;
+    v.disp_sample = r->ds, v.disp_expert = r->de, v.disp_gate = r->gate, v.n_disp = r->n_disp;
+    v.label = labels ? r->label : NULL;
+    v.num_classes = labels ? r->C : 0;
+    v.training = training;
     return v;
 }
 
-static const char *g_loss_file; /* the loss under test, for crash reports */
-
-static int loss_eval(const ml_loss_api *api, void *self, const record *r, int labels,
-                     double *value, float scale, float *dl, float *dp, char *why) {
-    char err[ML_ERR_MAX] = "";
-    ml_routing_record v = rec_view(r, labels);
-    ml_crash_enter(g_loss_file, "eval");
-    int rc = api->eval(self, &v, value, scale, dl, dp, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (rc != 0)
-        return snprintf(why, WHY, "eval failed: %s", err[0] ? err : "(no message)"), 0;
-    if (!isfinite(*value)) return snprintf(why, WHY, "value is %g", *value), 0;
+static int loss_eval(ml_loss_inst *li, const record *r, int labels, int training, double *value, float scale,
+                     float *dl, float *dp, float *dg, char *why) {
+    ml_routing_record v = rec_view(r, labels, training);
+    if (ml_loss_inst_eval(li, &v, scale, dl, dp, dg, value)) return why_set(why, "%s", ml_error()), 0;
     size_t bn = (size_t)r->B * r->N;
-    if ((dl && !all_finite(dl, bn)) || (dp && !all_finite(dp, bn)))
-        return snprintf(why, WHY, "gradient not finite (value %g)", *value), 0;
+    if ((dl && !all_finite(dl, bn)) || (dp && !all_finite(dp, bn)) || (dg && !all_finite(dg, (size_t)r->n_disp)))
+        return why_set(why, "gradient not finite (value %g)", *value), 0;
     return 1;
 }
 
-/* Gate of each dispatched pair, if any, so that prob perturbations carry to the gate:
-   the record's gates equal prob at dispatched pairs (see rec_route). */
+/* The gate of a dispatched pair, or NULL. */
 static float *gate_of(record *r, int b, int e) {
     for (int t = 0; t < r->n_disp; t++)
         if (r->ds[t] == b && r->de[t] == e) return &r->gate[t];
     return NULL;
 }
 
-static void loss_gradcheck(suite *s, const ml_loss_api *api, void *self, record *r, int labels,
-                           const char *what) {
+typedef struct loss_fd {
+    ml_loss_inst *li;
+    record *r;
+    int labels;
+    float *t;     /* the tensor perturbed */
+    int which;    /* 0 prob, 1 logits, 2 gates */
+    char *why;
+} loss_fd;
+
+/* ml_gc_fn; a 1.0 loss (no eval_v2) sees gates that follow the perturbed probability, as
+   its gradient assumes (d gate / d prob = 1); a 1.1 loss gets them as the independent
+   inputs they are and reports their gradient itself. Training is off: state stays. */
+static double loss_point(void *ctx) {
+    loss_fd *f = ctx;
+    double v;
+    char why[WHY];
+    if (!loss_eval(f->li, f->r, f->labels, 0, &v, 1, NULL, NULL, NULL, why)) {
+        if (!f->why[0]) snprintf(f->why, WHY, "%s", why);
+        return NAN;
+    }
+    return v;
+}
+
+/* The coupling above needs the entry index: the probability entries are perturbed through
+   this wrapper, which moves the matching gate with them. */
+typedef struct coupled_fd {
+    loss_fd base;
+    float *shadow; /* (B, N) the probabilities the check perturbs */
+} coupled_fd;
+
+static double coupled_point(void *ctx) {
+    coupled_fd *c = ctx;
+    record *r = c->base.r;
+    const size_t bn = (size_t)r->B * r->N;
+    /* find the one entry that differs from the record and carry it into prob and gate */
+    size_t i = bn;
+    for (size_t k = 0; k < bn && i == bn; k++)
+        if (c->shadow[k] != r->prob[k]) i = k;
+    float p0 = 0, g0 = 0, *g = NULL;
+    if (i < bn) {
+        p0 = r->prob[i];
+        r->prob[i] = c->shadow[i];
+        if ((g = gate_of(r, (int)(i / r->N), (int)(i % r->N)))) g0 = *g, *g = c->shadow[i];
+    }
+    double v = loss_point(&c->base);
+    if (i < bn) {
+        r->prob[i] = p0;
+        if (g) *g = g0;
+    }
+    return v;
+}
+
+static void loss_gradcheck(suite *s, ml_loss_inst *li, record *r, int labels, const char *what) {
     char why[WHY] = "", name[96];
     size_t bn = (size_t)r->B * r->N;
+    int v2 = ml_loss_inst_has_gate_grad(li);
+    r->coupled = !v2;
     float *dl = ml_calloc(bn, sizeof(float)), *dp = ml_calloc(bn, sizeof(float));
+    float *dg = ml_calloc(bn + 1, sizeof(float)), *shadow = ml_calloc(bn, sizeof(float));
     double v;
-    if (!dl || !dp || !loss_eval(api, self, r, labels, &v, 1, dl, dp, why)) {
+    if (!dl || !dp || !dg || !shadow || !loss_eval(li, r, labels, 0, &v, 1, dl, dp, v2 ? dg : NULL, why)) {
         report(s, 0, "gradient", "%s", why[0] ? why : "out of memory");
-        free(dl), free(dp);
+        free(dl), free(dp), free(dg), free(shadow);
         return;
     }
-    double scale = 0;
-    for (size_t i = 0; i < bn; i++) scale = fmax(scale, fmax(fabs(dl[i]), fabs(dp[i])));
-    double floor_ = fmax(1e-4, 1e-2 * scale);
-    for (int which = 0; which < 2; which++) {
-        float *t = which ? r->logits : r->prob, *an = which ? dl : dp;
-        snprintf(name, sizeof name, "gradient wrt %s%s", which ? "logits" : "prob", what);
-        double worst = 0, wa = 0, wf = 0;
-        size_t wi = 0;
-        int ok = 1;
-        const double eps = 1e-3;
-        for (size_t i = 0; i < bn && ok; i++) {
-            float x0 = t[i];
-            float *g = which ? NULL : gate_of(r, (int)(i / r->N), (int)(i % r->N));
-            double lp, lm;
-            t[i] = (float)(x0 + eps);
-            if (g) *g = t[i];
-            double hp = t[i];
-            ok = loss_eval(api, self, r, labels, &lp, 1, NULL, NULL, why);
-            t[i] = (float)(x0 - eps);
-            if (g) *g = t[i];
-            double hm = t[i];
-            ok = ok && loss_eval(api, self, r, labels, &lm, 1, NULL, NULL, why);
-            t[i] = x0;
-            if (g) *g = x0;
-            if (!ok) break;
-            double fd = (lp - lm) / (hp - hm);
-            double err = fabs(an[i] - fd) / fmax(floor_, fabs(an[i]) + fabs(fd));
-            if (!(err <= worst)) worst = isnan(err) ? INFINITY : err, wi = i, wa = an[i], wf = fd;
+    double scale = fmax(ml_gc_scale(dl, bn), ml_gc_scale(dp, bn));
+    if (v2) scale = fmax(scale, ml_gc_scale(dg, (size_t)r->n_disp));
+    ml_gc_policy pol = ml_gc_default();
+    pol.eps = 1e-3;
+    pol.max_entries = (int)bn;
+    for (int which = 0; which < (v2 ? 3 : 2); which++) {
+        static const char *tn[3] = {"prob", "logits", "gates"};
+        snprintf(name, sizeof name, "gradient wrt %s%s", tn[which], what);
+        why[0] = 0;
+        ml_gc_result res;
+        int ok;
+        if (which == 0 && r->coupled) {
+            memcpy(shadow, r->prob, bn * sizeof(float));
+            coupled_fd c = {{li, r, labels, shadow, 0, why}, shadow};
+            ok = ml_gradcheck(&pol, coupled_point, &c, shadow, bn, dp, scale, &res);
+        } else {
+            float *t = which == 0 ? r->prob : which == 1 ? r->logits : r->gate;
+            size_t n = which == 2 ? (size_t)r->n_disp : bn;
+            loss_fd f = {li, r, labels, t, which, why};
+            ok = ml_gradcheck(&pol, loss_point, &f, t, n, which == 0 ? dp : which == 1 ? dl : dg, scale, &res);
         }
-        if (!ok) report(s, 0, name, "%s", why);
-        else if (worst > GRAD_TOL)
-            report(s, 0, name, "d/d%s[%zu, %zu]: eval gives %.6g, finite differences %.6g "
-                   "(relative error %.3g > %.3g)", which ? "logits" : "prob", wi / r->N,
-                   wi % r->N, wa, wf, worst, GRAD_TOL);
+        if (!res.checked) report(s, 0, name, "%s", why[0] ? why : "no entry could be checked");
+        else if (!ok)
+            report(s, 0, name, "d/d%s[%zu]: eval gives %.6g, finite differences %.6g (relative error %.3g > %.3g)",
+                   tn[which], res.index, res.analytic, res.numeric, res.worst, pol.tol);
         else report(s, 1, name, NULL);
     }
-    free(dl), free(dp);
+    free(dl), free(dp), free(dg), free(shadow);
+}
+
+/* ABI 1.1: a loss with state tensors — evaluation (training off) leaves them alone, two
+   instances given the same records agree, and a fresh instance given the saved state
+   continues as the original. */
+static void loss_state_checks(suite *s, const ml_plugin *p, const ml_optval *opt, record *r) {
+    char why[WHY] = "";
+    ml_params S[2];
+    ml_loss_inst li[2];
+    memset(li, 0, sizeof li);
+    ml_rng rng;
+    int ok = 1;
+    for (int k = 0; k < 2; k++) {
+        ml_params_init(&S[k], 0);
+        ml_rng_seed(&rng, 3);
+        if (ok && (ml_loss_inst_init(&li[k], p, opt, 0, 1, r->N, &S[k], "") || ml_params_commit(&S[k], &rng)))
+            ok = 0, why_set(why, "%s", ml_error());
+    }
+    if (ok && !li[0].state.n) goto done;
+    double v[2][6];
+    float *saved = NULL;
+    for (int st = 0; st < 6 && ok; st++) {
+        if (st == 3) {
+            saved = ml_calloc(S[0].total + 1, sizeof(float));
+            if (!saved) ok = 0, why_set(why, "out of memory");
+            else memcpy(saved, S[0].data, S[0].total * sizeof(float));
+        }
+        for (int k = 0; k < 2 && ok; k++) {
+            float *before = ml_calloc(S[k].total + 1, sizeof(float));
+            if (!before) { ok = 0; break; }
+            memcpy(before, S[k].data, S[k].total * sizeof(float));
+            double e;
+            ok = loss_eval(&li[k], r, 1, 0, &e, 1, NULL, NULL, NULL, why);
+            if (ok && memcmp(before, S[k].data, S[k].total * sizeof(float)))
+                ok = 0, why_set(why, "an evaluation with training = 0 changed the loss's state tensors");
+            free(before);
+            ok = ok && loss_eval(&li[k], r, 1, 1, &v[k][st], 1, NULL, NULL, NULL, why);
+        }
+    }
+    for (int st = 0; st < 6 && ok; st++)
+        if (v[0][st] != v[1][st]) ok = 0, why_set(why, "two instances fed the same records give %.9g and %.9g at step %d",
+                                                v[0][st], v[1][st], st + 1);
+    report(s, ok, "state: eval leaves it, determinism", "%s", why);
+    if (ok && saved) {
+        /* a third instance restored from the state after 3 steps must continue as the first */
+        ml_params S3;
+        ml_loss_inst l3;
+        memset(&l3, 0, sizeof l3);
+        ml_params_init(&S3, 0);
+        ml_rng_seed(&rng, 3);
+        int ok3 = ml_loss_inst_init(&l3, p, opt, 0, 1, r->N, &S3, "") == ML_OK && ml_params_commit(&S3, &rng) == ML_OK;
+        if (!ok3) why_set(why, "%s", ml_error());
+        if (ok3) memcpy(S3.data, saved, S3.total * sizeof(float));
+        for (int st = 3; st < 6 && ok3; st++) {
+            double e;
+            ok3 = loss_eval(&l3, r, 1, 1, &e, 1, NULL, NULL, NULL, why);
+            if (ok3 && e != v[0][st])
+                ok3 = 0, why_set(why, "restored from the state after 3 steps, step %d gives %.9g, the original %.9g "
+                                 "(state kept outside the declared tensors is lost in checkpoints)", st + 1, e, v[0][st]);
+        }
+        report(s, ok3, "state: checkpoint round trip", "%s", why);
+        ml_loss_inst_release(&l3);
+        ml_params_free(&S3);
+    }
+    free(saved);
+done:
+    for (int k = 0; k < 2; k++) ml_loss_inst_release(&li[k]), ml_params_free(&S[k]);
 }
 
 static void loss_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int full) {
-    const ml_loss_api *api = p->api;
-    char why[WHY] = "", err[ML_ERR_MAX] = "";
-    ml_loss_init init = {sizeof init, opt};
-    g_loss_file = pf(p);
-    ml_crash_enter(pf(p), "create");
-    void *self = api->create(ml_host_table(), &init, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (!self) {
-        report(s, 0, "create", "%s", err[0] ? err : "(no message)");
+    char why[WHY] = "";
+    const int B = 16, N = 4, C = 3;
+    ml_params S;
+    ml_params_init(&S, 0);
+    ml_loss_inst li;
+    ml_rng rng;
+    ml_rng_seed(&rng, 1);
+    if (ml_loss_inst_init(&li, p, opt, 0, 1, N, &S, "") || ml_params_commit(&S, &rng)) {
+        report(s, 0, "create", "%s", ml_error());
+        ml_loss_inst_release(&li);
+        ml_params_free(&S);
         return;
     }
     report(s, 1, "create", NULL);
-    const int B = 16, N = 4, C = 3;
     record r;
     if (rec_new(&r, B, N, C) != ML_OK) {
         report(s, 0, "record", "out of memory");
-        ml_crash_enter(pf(p), "destroy");
-        api->destroy(self);
-        ml_crash_leave();
-        return;
+        goto end;
     }
-    ml_rng rng;
     ml_rng_seed(&rng, 5);
     fill_uniform(&rng, r.logits, (size_t)B * N, -2, 2);
     for (int b = 0; b < B; b++) r.label[b] = b % C;
     rec_route(&r, 2);
-    loss_gradcheck(s, api, self, &r, 1, "");
-    loss_gradcheck(s, api, self, &r, 0, " (no labels)");
+    loss_gradcheck(s, &li, &r, 1, "");
+    loss_gradcheck(s, &li, &r, 0, " (no labels)");
     size_t bn = (size_t)B * N;
     float *dl = ml_calloc(bn, sizeof(float)), *dp = ml_calloc(bn, sizeof(float));
     float *dl2 = ml_calloc(bn, sizeof(float)), *dp2 = ml_calloc(bn, sizeof(float));
-    if (full && dl && dp && dl2 && dp2) {
+    float *dg = ml_calloc(bn + 1, sizeof(float)), *dg2 = ml_calloc(bn + 1, sizeof(float));
+    if (full && dl && dp && dl2 && dp2 && dg && dg2) {
         /* value without gradients equals the value with them; gradients add scale * g */
         double v1, v2, v3;
-        int ok = loss_eval(api, self, &r, 1, &v1, 1, dl, dp, why) &&
-                 loss_eval(api, self, &r, 1, &v2, 1, NULL, NULL, why);
-        for (size_t i = 0; i < bn; i++) dl2[i] = dp2[i] = 1;
-        ok = ok && loss_eval(api, self, &r, 1, &v3, 2.5f, dl2, dp2, why);
+        int ok = loss_eval(&li, &r, 1, 0, &v1, 1, dl, dp, dg, why) && loss_eval(&li, &r, 1, 0, &v2, 1, NULL, NULL, NULL, why);
+        for (size_t i = 0; i < bn; i++) dl2[i] = dp2[i] = dg2[i] = 1;
+        ok = ok && loss_eval(&li, &r, 1, 0, &v3, 2.5f, dl2, dp2, dg2, why);
         if (ok && (v1 != v2 || v1 != v3))
-            ok = 0, snprintf(why, WHY, "value %.9g with gradients, %.9g without, %.9g with "
-                             "scale 2.5", v1, v2, v3);
+            ok = 0, why_set(why, "value %.9g with gradients, %.9g without, %.9g with scale 2.5", v1, v2, v3);
         for (size_t i = 0; i < bn && ok; i++)
             if (fabsf(dl2[i] - 1 - 2.5f * dl[i]) > 1e-4f * (1 + fabsf(dl[i])) ||
-                fabsf(dp2[i] - 1 - 2.5f * dp[i]) > 1e-4f * (1 + fabsf(dp[i])))
-                ok = 0, snprintf(why, WHY, "entry %zu: gradient with scale 2.5 added to 1 is "
-                                 "(%g, %g), expected (%g, %g) (eval must add scale * gradient)",
-                                 i, dl2[i] - 1, dp2[i] - 1, 2.5 * dl[i], 2.5 * dp[i]);
+                fabsf(dp2[i] - 1 - 2.5f * dp[i]) > 1e-4f * (1 + fabsf(dp[i])) ||
+                (i < (size_t)r.n_disp && fabsf(dg2[i] - 1 - 2.5f * dg[i]) > 1e-4f * (1 + fabsf(dg[i]))))
+                ok = 0, why_set(why, "entry %zu: gradient with scale 2.5 added to 1 is (%g, %g), expected (%g, %g) (eval "
+                                "must add scale * gradient)", i, dl2[i] - 1, dp2[i] - 1, 2.5 * dl[i], 2.5 * dp[i]);
         report(s, ok, "accumulates scale * gradient; NULL gradients allowed", "%s", why);
+
+        loss_state_checks(s, p, opt, &r);
 
         /* perfect balance: uniform prob, dispatch spread evenly */
         memset(r.logits, 0, bn * sizeof(float));
         rec_route(&r, 2);
         for (int t = 0; t < r.n_disp; t++) r.de[t] = (2 * r.ds[t] + t % 2) % N;
-        memset(dl, 0, bn * sizeof(float)), memset(dp, 0, bn * sizeof(float));
         double v;
-        ok = loss_eval(api, self, &r, 1, &v, 1, dl, dp, why);
+        ok = loss_eval(&li, &r, 1, 0, &v, 1, dl, dp, dg, why);
         report(s, ok, "perfect balance: finite", "%s", why);
         if (ok) fprintf(s->out, "     value at perfect balance: %.6g\n", v);
 
@@ -960,42 +942,57 @@ static void loss_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int f
         rec_route(&r, 1);
         for (size_t i = 0; i < bn; i++) r.prob[i] = (i % N) == 0 ? 1.0f : 0.0f;
         for (int t = 0; t < r.n_disp; t++) r.gate[t] = 1.0f;
-        memset(dl, 0, bn * sizeof(float)), memset(dp, 0, bn * sizeof(float));
-        ok = loss_eval(api, self, &r, 1, &v, 1, dl, dp, why);
+        ok = loss_eval(&li, &r, 1, 0, &v, 1, dl, dp, dg, why);
         report(s, ok, "total collapse: finite", "%s", why);
         if (ok) fprintf(s->out, "     value at total collapse: %.6g\n", v);
 
         /* one-hot rows on varied experts, logits at +-1e4 */
         for (int b = 0; b < B; b++)
-            for (int e = 0; e < N; e++)
-                r.logits[(size_t)b * N + e] = e == (b * 7) % N ? 1e4f : -1e4f;
+            for (int e = 0; e < N; e++) r.logits[(size_t)b * N + e] = e == (b * 7) % N ? 1e4f : -1e4f;
         rec_route(&r, 2);
-        memset(dl, 0, bn * sizeof(float)), memset(dp, 0, bn * sizeof(float));
-        ok = loss_eval(api, self, &r, 1, &v, 1, dl, dp, why) &&
-             loss_eval(api, self, &r, 0, &v, 1, dl, dp, why);
+        ok = loss_eval(&li, &r, 1, 0, &v, 1, dl, dp, dg, why) && loss_eval(&li, &r, 0, 0, &v, 1, dl, dp, dg, why);
         report(s, ok, "one-hot probabilities, logits +-1e4: no NaN/Inf", "%s", why);
     }
-    free(dl), free(dp), free(dl2), free(dp2);
+    free(dl), free(dp), free(dl2), free(dp2), free(dg), free(dg2);
     rec_free(&r);
-    ml_crash_enter(pf(p), "destroy");
-    api->destroy(self);
-    ml_crash_leave();
+end:
+    ml_loss_inst_release(&li);
+    ml_params_free(&S);
 }
 
 /* =============================================================== schedules */
 
+/* A synthetic health record for layer l: balanced when collapsed is 0, one expert taking
+   everything when it is 1. */
+static void fake_health(ml_layer_health *h, double *u, int l, int N, int collapsed, int epoch) {
+    memset(h, 0, sizeof *h);
+    h->size = sizeof *h;
+    h->layer = l;
+    h->num_experts = N;
+    h->epoch = epoch;
+    h->samples = 1000;
+    h->slots = 2000;
+    for (int e = 0; e < N; e++) u[e] = collapsed ? (e == 0) : 1.0 / N;
+    h->utilisation = h->importance = u;
+    h->cv = collapsed ? sqrt((double)N - 1) : 0;
+    h->marginal_entropy_norm = collapsed ? 0 : 1;
+    h->effective_experts = collapsed ? 1 : N;
+    h->slots_per_sample = 2;
+    h->max_load_ratio = collapsed ? N - 1 : 0;
+    h->load_balance = collapsed ? N : 1;
+    h->active = collapsed ? 1 : N;
+    h->dead = collapsed ? N - 1 : 0;
+    h->collapsed = collapsed;
+}
+
 static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int full) {
     (void)full;
-    const ml_schedule_api *api = p->api;
-    char why[WHY] = "", err[ML_ERR_MAX] = "";
-    enum { L = 3 };
-    ml_schedule_init init = {sizeof init, L, opt};
-    ml_crash_enter(pf(p), "create");
-    void *self = api->create(ml_host_table(), &init, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (!self) {
-        report(s, 0, "create", "%s", err[0] ? err : "(no message)");
+    char why[WHY] = "";
+    enum { L = 3, CAP = 1 << 12 };
+    ml_schedule_inst si;
+    if (ml_schedule_inst_init(&si, p, opt, L, CAP)) {
+        report(s, 0, "create", "%s", ml_error());
+        ml_schedule_inst_release(&si);
         return;
     }
     report(s, 1, "create", NULL);
@@ -1003,48 +1000,42 @@ static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, i
     const int configured[] = {1, 4, 64};
     for (int c = 0; c < 3 && ok; c++)
         for (int l = 0; l < L && ok; l++) {
-            ml_crash_enter(pf(p), "initial_experts");
-            int n = api->initial_experts(self, l, configured[c]);
-            ml_crash_leave();
-            if (n < 1) ok = 0, snprintf(why, WHY, "initial_experts(layer %d, configured %d) = %d",
-                                        l, configured[c], n);
-            if (c == 1) ne[l] = n;
+            int n;
+            if (ml_schedule_inst_initial(&si, l, configured[c], &n)) ok = 0, why_set(why, "%s", ml_error());
+            else if (c == 1) ne[l] = n;
         }
-    report(s, ok, "initial_experts >= 1", "%s", why);
-    /* a simulated run: 300 epochs of 60000 images, a decision every 1000 images */
-    int add[L + 1];
-    ml_progress pr = {sizeof pr, 0, 0, 1, L, ne, 60000};
+    report(s, ok, "initial_experts in 1..4096", "%s", why);
+    /* a simulated run: 300 epochs of 60000 images, a decision every 1000 images, with
+       routing health that collapses in epochs 100-150 (ABI 1.1 schedules read it) */
+    int add[L];
+    double *u = ml_calloc((size_t)2 * L * CAP, sizeof(double));
+    ml_layer_health hc[L], hl[L];
+    const ml_layer_health *pc[L], *pl[L];
+    if (!u) ok = 0, why_set(why, "out of memory");
+    ml_progress pr = {sizeof pr, 0, 0, 1, L, ne, 60000, NULL, NULL};
     for (int k = 0; ok && k <= 300 * 60; k++) {
         pr.images_seen = (int64_t)k * 1000;
         pr.step = k * 8;
         pr.epoch = 1 + k / 60;
-        for (int l = 0; l < L; l++) add[l] = 0;
-        add[L] = -777;
-        err[0] = 0;
-        ml_crash_enter(pf(p), "decide");
-        int drc = api->decide(self, &pr, add, err);
-        ml_crash_leave();
-        ml_err_seal(err);
-        if (drc != 0)
-            ok = 0, snprintf(why, WHY, "decide failed at %lld images: %s",
-                             (long long)pr.images_seen, err[0] ? err : "(no message)");
-        else if (add[L] != -777)
-            ok = 0, snprintf(why, WHY, "decide wrote past add[num_layers - 1]");
-        for (int l = 0; l < L && ok; l++) {
-            if (add[l] < 0 || add[l] > 1 << 20)
-                ok = 0, snprintf(why, WHY, "decide at %lld images: add[%d] = %d",
-                                 (long long)pr.images_seen, l, add[l]);
-            else if (ne[l] + add[l] > 1 << 20)
-                ok = 0, snprintf(why, WHY, "layer %d grows past 2^20 experts", l);
-            else
-                ne[l] += add[l];
+        int bad = pr.epoch >= 100 && pr.epoch <= 150;
+        for (int l = 0; l < L; l++) {
+            fake_health(&hc[l], u + (size_t)l * CAP, l, ne[l], bad, pr.epoch);
+            fake_health(&hl[l], u + (size_t)(L + l) * CAP, l, ne[l], bad, pr.epoch - 1);
+            pc[l] = &hc[l];
+            pl[l] = &hl[l];
         }
+        pr.health = pc;
+        pr.last_health = pr.epoch > 1 ? pl : NULL;
+        if (ml_schedule_inst_decide(&si, &pr, add)) {
+            ok = 0, why_set(why, "at %lld images: %s", (long long)pr.images_seen, ml_error());
+            break;
+        }
+        for (int l = 0; l < L; l++) ne[l] += add[l];
     }
-    report(s, ok, "decide never negative over a simulated run", "%s", why);
+    report(s, ok, "decide never negative nor past 4096 experts over a simulated run", "%s", why);
     if (ok) fprintf(s->out, "     experts per layer after 300 epochs: %d %d %d\n", ne[0], ne[1], ne[2]);
-    ml_crash_enter(pf(p), "destroy");
-    api->destroy(self);
-    ml_crash_leave();
+    free(u);
+    ml_schedule_inst_release(&si);
 }
 
 /* ================================================================= options */
@@ -1056,7 +1047,7 @@ static void option_checks(suite *s, const ml_plugin *p) {
         const ml_option *o = &p->options[i];
         ml_optval v;
         snprintf(name, sizeof name, "option %s", o->name);
-        if (ml_option_parse(o, o->def, &v) != ML_OK) {
+        if (ml_option_parse(o, o->def, 0, &v) != ML_OK) {
             report(s, 0, name, "default \"%s\": %s", o->def, ml_error());
             continue;
         }
@@ -1064,8 +1055,13 @@ static void option_checks(suite *s, const ml_plugin *p) {
         char b0[64], b1[64];
         if ((o->type == ML_OPT_INT || o->type == ML_OPT_FLOAT) && o->min <= o->max) {
             double step = o->type == ML_OPT_INT ? 1 : fmax(1e-6, 1e-3 * (o->max - o->min));
-            snprintf(b0, sizeof b0, "%.17g", o->max + fmax(step, fabs(o->max) * 1e-3));
-            snprintf(b1, sizeof b1, "%.17g", o->min - fmax(step, fabs(o->min) * 1e-3));
+            if (o->type == ML_OPT_INT) {
+                snprintf(b0, sizeof b0, "%.0f", o->max + fmax(step, fabs(o->max) * 1e-3));
+                snprintf(b1, sizeof b1, "%.0f", o->min - fmax(step, fabs(o->min) * 1e-3));
+            } else {
+                snprintf(b0, sizeof b0, "%.17g", o->max + fmax(step, fabs(o->max) * 1e-3));
+                snprintf(b1, sizeof b1, "%.17g", o->min - fmax(step, fabs(o->min) * 1e-3));
+            }
             bad[0] = b0, bad[1] = b1;
         } else if (o->type == ML_OPT_BOOL) {
             bad[0] = "maybe";
@@ -1074,7 +1070,7 @@ static void option_checks(suite *s, const ml_plugin *p) {
         }
         int ok = 1;
         for (int k = 0; k < 2 && ok; k++)
-            if (bad[k] && ml_option_parse(o, bad[k], &v) == ML_OK)
+            if (bad[k] && ml_option_parse(o, bad[k], 0, &v) == ML_OK)
                 ok = 0, report(s, 0, name, "value \"%s\" is accepted", bad[k]);
         if (ok) report(s, 1, name, NULL);
     }
@@ -1082,7 +1078,7 @@ static void option_checks(suite *s, const ml_plugin *p) {
 
 /* Option sets to run besides the defaults: each bool flipped, each other enum choice,
    each ranged int at its minimum and maximum. */
-static int option_variants(const ml_plugin *p, ml_optval *base, ml_optval (*out)[16],
+static int option_variants(const ml_plugin *p, const ml_optval *base, ml_optval (*out)[ML_MAX_OPTIONS],
                            char (*label)[96], int cap) {
     int n = 0;
     for (int i = 0; i < p->num_options && n < cap; i++) {
@@ -1106,7 +1102,7 @@ static int option_variants(const ml_plugin *p, ml_optval *base, ml_optval (*out)
         }
         for (int k = 0; k < nt && n < cap; k++) {
             memcpy(out[n], base, (size_t)p->num_options * sizeof *base);
-            if (ml_option_parse(o, texts[k], &out[n][i]) != ML_OK) continue;
+            if (ml_option_parse(o, texts[k], 0, &out[n][i]) != ML_OK) continue;
             snprintf(label[n], 96, "%s=%s: ", o->name, texts[k]);
             n++;
         }
@@ -1121,25 +1117,21 @@ int ml_plugin_conformance(const char *path, FILE *out) {
         return -1;
     }
     suite s = {out, 0, 0, ""};
-    fprintf(out, "plugin-test: %s: %s plugin %s, version %s\n", ml_plugin_file(p),
-            ml_plugin_kind_name((int)p->kind), p->name, p->version ? p->version : "?");
+    fprintf(out, "plugin-test: %s: %s plugin %s, version %s, abi %u.%u\n", ml_plugin_file(p),
+            ml_plugin_kind_name((int)p->kind), p->name, p->version ? p->version : "?", (unsigned)p->abi_major,
+            (unsigned)p->abi_minor);
     report(&s, 1, "load (abi, descriptor, option table)", NULL);
-    if (p->num_options > 16) {
-        report(&s, 0, "options", "%d options; plugin-test handles up to 16", p->num_options);
-        goto end;
-    }
-    ml_optval base[16];
+    static ml_optval base[ML_MAX_OPTIONS];
+    static ml_optval var[MAX_VARIANTS][ML_MAX_OPTIONS];
+    static char label[MAX_VARIANTS][96];
     if (ml_option_defaults(p, base) != ML_OK) {
         report(&s, 0, "option defaults", "%s", ml_error());
         goto end;
     }
     option_checks(&s, p);
-    ml_optval var[8][16];
-    char label[8][96];
-    int nv = option_variants(p, base, var, label, 8);
+    int nv = option_variants(p, base, var, label, MAX_VARIANTS);
     void (*run)(suite *, const ml_plugin *, const ml_optval *, int) =
-        p->kind == ML_PLUGIN_ROUTER ? router_suite
-        : p->kind == ML_PLUGIN_LOSS ? loss_suite : schedule_suite;
+        p->kind == ML_PLUGIN_ROUTER ? router_suite : p->kind == ML_PLUGIN_LOSS ? loss_suite : schedule_suite;
     run(&s, p, base, 1);
     for (int k = 0; k < nv; k++) {
         s.tag = label[k];

@@ -12,7 +12,9 @@
 #include "model/model.h"
 #include "nn/optim.h"
 #include "nn/ops.h"
-#include "plugin/pluginhost.h"
+#include "plugin/loader.h"
+#include "plugin/loss_host.h"
+#include "plugin/options.h"
 
 typedef struct bench_opts {
     int H, W, C, B, E, K, S, T;
@@ -79,8 +81,8 @@ int ml_bench_main(int argc, char **argv) {
         fprintf(stderr, "moelab: bench: %s\n", ml_error());
         return ML_EXIT_RUNTIME;
     }
-    ml_optval ropt[32], lopt[8];
-    if (router->num_options > 32 || ml_option_defaults(router, ropt) || ml_option_defaults(lb, lopt)) {
+    ml_optval ropt[ML_MAX_OPTIONS];
+    if (ml_option_defaults(router, ropt)) {
         fprintf(stderr, "moelab: bench: %s\n", ml_error());
         return ML_EXIT_RUNTIME;
     }
@@ -91,15 +93,11 @@ int ml_bench_main(int argc, char **argv) {
                        .expert_hidden = 256, .experts = o.E, .moe_layers = 1, .channels = channels,
                        .n_channels = 4, .router = router, .router_opt = ropt, .seed = 0};
     ml_model *m = ml_model_new(&mc, NULL);
-    ml_loss_init li = {sizeof li, lopt};
-    char err[ML_ERR_MAX] = "";
-    const ml_loss_api *lapi = lb->api;
-    ml_crash_enter(ml_plugin_file(lb), "create");
-    void *loss = m ? lapi->create(ml_host_table(), &li, err) : NULL;
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (!m || !loss) {
-        fprintf(stderr, "moelab: bench: %s\n", m ? err : ml_error());
+    ml_loss_inst loss;
+    memset(&loss, 0, sizeof loss);
+    if (!m || ml_loss_inst_init(&loss, lb, NULL, 0, 1, o.E, &m->S, "moe0.loss0.")) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+        ml_loss_inst_release(&loss);
         ml_model_free(m);
         return ML_EXIT_RUNTIME;
     }
@@ -120,13 +118,7 @@ int ml_bench_main(int argc, char **argv) {
         ml_routing_record rec;
         ml_moe_record(m->moe[0], &rec);
         double v;
-        if (!rc) {
-            ml_crash_enter(ml_plugin_file(lb), "eval");
-            int erc = lapi->eval(loss, &rec, &v, 0.1f, m->moe[0]->dlogits, m->moe[0]->dprob, err);
-            ml_crash_leave();
-            ml_err_seal(err);
-            if (erc) rc = ml_errorf("load_balance: %s", err);
-        }
+        if (!rc) rc = ml_loss_inst_eval(&loss, &rec, 0.1f, m->moe[0]->dlogits, m->moe[0]->dprob, m->moe[0]->dgate_loss, &v);
         if (!rc) rc = ml_model_backward(m);
         if (!rc) ml_optim_step(&opt, &m->P);
     }
@@ -145,9 +137,7 @@ int ml_bench_main(int argc, char **argv) {
                "gflops=%.1f sgemm_peak_gflops=%.1f peak_rss_mb=%.0f\n",
                o.H, o.W, o.C, o.B, o.E, o.T, ips, dt / o.S * 1e3, flops * ips / 1e9, peak, ru.ru_maxrss / 1024.0);
     }
-    ml_crash_enter(ml_plugin_file(lb), "destroy");
-    lapi->destroy(loss);
-    ml_crash_leave();
+    ml_loss_inst_release(&loss);
     ml_model_free(m);
     free(x);
     free(ids);

@@ -1,6 +1,6 @@
 /* checkpoint.c — checkpoints of a run, their validation, and resuming a run exactly. */
 #include "run/checkpoint.h"
-#include "plugin/pluginhost.h"
+#include "plugin/loader.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -175,8 +175,8 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     for (int l = 0; l < m->L; l++) {
         size_t a = strlen(experts), b = strlen(msteps), c = strlen(mepochs);
         snprintf(experts + a, sizeof experts - a, "%s%d", l ? "," : "", m->moe[l]->N);
-        snprintf(msteps + b, sizeof msteps - b, "%s%" PRId64, l ? "," : "", m->moe[l]->step);
-        snprintf(mepochs + c, sizeof mepochs - c, "%s%d", l ? "," : "", m->moe[l]->epoch);
+        snprintf(msteps + b, sizeof msteps - b, "%s%" PRId64, l ? "," : "", m->moe[l]->router.step);
+        snprintf(mepochs + c, sizeof mepochs - c, "%s%d", l ? "," : "", m->moe[l]->router.epoch);
     }
     meta_add(md, "experts", "%s", experts);
     /* per-tensor Adam step counts: "name=step;name=step" */
@@ -193,7 +193,7 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     for (int l = 0; l < m->L; l++) {
         char key[32];
         snprintf(key, sizeof key, "rng.moe%d", l);
-        rng_hex(&m->moe[l]->rng, buf);
+        rng_hex(&m->moe[l]->router.rng, buf);
         meta_add(md, key, "%s", buf);
     }
     /* run state: what --resume needs beyond the model */
@@ -761,8 +761,7 @@ static int grow_to(ml_experiment *e, const ck *c, int silent) {
         if (n <= 0) continue;
         if (!silent) {
             if (ml_exp_add_experts(e, l, n, "checkpoint")) return ML_ERR;
-        } else if (ml_model_add_experts(m, l, n) || ml_health_acc_resize(e->acc[l], m->moe[l]->N) ||
-                   ml_health_acc_resize(e->vacc[l], m->moe[l]->N)) {
+        } else if (ml_exp_grow_layer(e, l, n)) {
             return ML_ERR;
         }
     }
@@ -787,7 +786,7 @@ static int ck_apply_model(ml_experiment *e, ck *c, int silent) {
     e->opt.t = c->optt;
     apply_steps(m, c);
     m->init_rng = c->rng_init;
-    for (int l = 0; l < m->L; l++) m->moe[l]->rng = c->rng_moe[l];
+    for (int l = 0; l < m->L; l++) m->moe[l]->router.rng = c->rng_moe[l];
     return ML_OK;
 }
 
@@ -840,8 +839,8 @@ static int ck_apply_run(ml_experiment *e, ck *c) {
     e->step = c->step;
     e->images_seen = c->seen;
     for (int l = 0; l < m->L; l++) {
-        m->moe[l]->step = c->moe_step[l];
-        m->moe[l]->epoch = (int)c->moe_epoch[l];
+        m->moe[l]->router.step = c->moe_step[l];
+        m->moe[l]->router.epoch = (int)c->moe_epoch[l];
         if (ml_health_acc_from_text(e->acc[l], c->health[l]) || ml_health_acc_from_text(e->vacc[l], c->vhealth[l]))
             return ML_ERR;
     }

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "base/crash.h"
-#include "plugin/pluginhost.h"
+#include "plugin/loader.h"
 #include "run/checkpoint.h"
 
 volatile int ml_exp_interrupted;
@@ -35,9 +35,12 @@ static int plugin_opts(ml_experiment *e, const char *path, const ml_plugin *p, m
     return ml_config_plugin_options(e->cfg, path, p, *out);
 }
 
+/* One instance of each configured loss per MoE layer (ABI 1.1: per-layer state). */
 static int build_losses(ml_experiment *e) {
     int n = ml_config_len(e->cfg, "losses");
     if (n > ML_MAX_LOSSES) return ml_errorf("%s: %d losses, at most %d are supported", ml_config_path(e->cfg), n, ML_MAX_LOSSES);
+    ml_model *m = e->model;
+    int states = 0;
     for (int i = 0; i < n; i++) {
         char path[64], key[80];
         snprintf(path, sizeof path, "losses.%d", i);
@@ -49,23 +52,25 @@ static int build_losses(ml_experiment *e) {
         if (plugin_opts(e, path, p, &opt)) { free(opt); return ML_ERR; }
         ml_loss_slot *s = &e->loss[e->n_losses];
         s->plugin = p;
-        s->file = ml_plugin_file(p);
-        s->api = p->api;
-        ml_loss_init init = {sizeof init, opt};
-        char err[ML_ERR_MAX] = "";
-        ml_crash_enter(ml_plugin_file(p), "create");
-        s->self = s->api->create(ml_host_table(), &init, err);
-        ml_crash_leave();
-        ml_err_seal(err);
+        s->inst = ml_calloc((size_t)m->L, sizeof *s->inst);
+        if (!s->inst) { free(opt); return ML_ERR; }
+        e->n_losses++; /* from here ml_exp_free releases the slot */
+        for (int l = 0; l < m->L; l++) {
+            char prefix[48];
+            snprintf(prefix, sizeof prefix, "moe%d.loss%d.", l, i);
+            if (ml_loss_inst_init(&s->inst[l], p, opt, l, m->L, m->moe[l]->N, &m->S, prefix)) { free(opt); return ML_ERR; }
+            states += s->inst[l].state.n;
+        }
         free(opt);
-        if (!s->self) return ml_errorf("loss '%s' (%s): create failed: %s", p->name, ml_plugin_file(p), err);
         snprintf(s->name, sizeof s->name, "%s", p->name);
-        for (int j = 0; j < e->n_losses; j++)
+        for (int j = 0; j < e->n_losses - 1; j++)
             if (strcmp(e->loss[j].name, s->name) == 0) snprintf(s->name, sizeof s->name, "%s#%d", p->name, i + 1);
         snprintf(key, sizeof key, "%s.coef", path);
         s->coef = ml_config_float(e->cfg, key, 1.0);
-        e->n_losses++;
     }
+    /* loss state lives in the state block: lay it out (only when there is some, so runs
+       without it draw exactly the initialisations they always did) */
+    if (states && ml_params_commit(&m->S, &m->init_rng)) return ML_ERR;
     return ML_OK;
 }
 
@@ -74,37 +79,23 @@ static int build_schedule(ml_experiment *e, int L) {
     if (!p) return ML_ERR;
     ml_optval *opt = NULL;
     if (plugin_opts(e, "schedule", p, &opt)) { free(opt); return ML_ERR; }
-    ml_schedule_init init = {sizeof init, L, opt};
-    char err[ML_ERR_MAX] = "";
-    const ml_schedule_api *api = p->api;
-    ml_crash_enter(ml_plugin_file(p), "create");
-    e->sched = api->create(ml_host_table(), &init, err);
-    ml_crash_leave();
-    ml_err_seal(err);
+    int rc = ml_schedule_inst_init(&e->sched, p, opt, L, ML_MOE_MAX_EXPERTS);
     free(opt);
-    if (!e->sched) return ml_errorf("schedule '%s' (%s): create failed: %s", p->name, ml_plugin_file(p), err);
-    e->sched_plugin = p;
-    return ML_OK;
+    return rc;
 }
 
 static int build_model(ml_experiment *e) {
     const ml_config *c = e->cfg;
     int L = (int)ml_config_int(c, "model.moe_layers", 1);
     if (build_schedule(e, L)) return ML_ERR;
-    const ml_schedule_api *sapi = e->sched_plugin->api;
     int configured = (int)ml_config_int(c, "model.experts", 4);
     int *experts = ml_calloc((size_t)L, sizeof(int));
     if (!experts) return ML_ERR;
-    for (int l = 0; l < L; l++) {
-        ml_crash_enter(ml_plugin_file(e->sched_plugin), "initial_experts");
-        experts[l] = sapi->initial_experts(e->sched, l, configured);
-        ml_crash_leave();
-        if (experts[l] < 1) {
-            int bad = experts[l];
+    for (int l = 0; l < L; l++)
+        if (ml_schedule_inst_initial(&e->sched, l, configured, &experts[l])) {
             free(experts);
-            return ml_errorf("schedule '%s': initial_experts(layer %d) = %d, expected >= 1", e->sched_plugin->name, l + 1, bad);
+            return ML_ERR;
         }
-    }
     const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, ml_config_str(c, "router.name", "softmax_topk"));
     ml_optval *ropt = NULL;
     if (!router || plugin_opts(e, "router", router, &ropt)) { free(experts); free(ropt); return ML_ERR; }
@@ -132,11 +123,13 @@ static int build_model(ml_experiment *e) {
     if (!e->model) return ml_error_prefix("model");
     e->acc = ml_calloc((size_t)L, sizeof *e->acc);
     e->vacc = ml_calloc((size_t)L, sizeof *e->vacc);
-    if (!e->acc || !e->vacc) return ML_ERR;
+    e->last_acc = ml_calloc((size_t)L, sizeof *e->last_acc);
+    if (!e->acc || !e->vacc || !e->last_acc) return ML_ERR;
     for (int l = 0; l < L; l++) {
         e->acc[l] = ml_health_acc_new(e->model->moe[l]->N, e->train.num_classes);
         e->vacc[l] = ml_health_acc_new(e->model->moe[l]->N, e->train.num_classes);
-        if (!e->acc[l] || !e->vacc[l]) return ML_ERR;
+        e->last_acc[l] = ml_health_acc_new(e->model->moe[l]->N, e->train.num_classes);
+        if (!e->acc[l] || !e->vacc[l] || !e->last_acc[l]) return ML_ERR;
     }
     return ML_OK;
 }
@@ -314,21 +307,17 @@ static void progress(ml_experiment *e, int64_t done, int64_t total, double loss,
 static int aux_losses(ml_experiment *e, int training, double *total, double *per_loss) {
     ml_model *m = e->model;
     for (int l = 0; l < m->L; l++) {
+        ml_moe *q = m->moe[l];
         ml_routing_record rec;
-        ml_moe_record(m->moe[l], &rec);
-        ml_health_acc_add(training ? e->acc[l] : e->vacc[l], &rec, m->moe[l]->n_dropped);
+        ml_moe_record(q, &rec);
+        ml_health_acc_add(training ? e->acc[l] : e->vacc[l], &rec, ml_moe_dropped(q));
         for (int i = 0; i < e->n_losses; i++) {
             ml_loss_slot *s = &e->loss[i];
             double v = 0;
-            char err[ML_ERR_MAX] = "";
             int grad = training && s->coef != 0;
-            ml_crash_enter(s->file, "eval");
-            int rc = s->api->eval(s->self, &rec, &v, (float)s->coef, grad ? m->moe[l]->dlogits : NULL,
-                                  grad ? m->moe[l]->dprob : NULL, err);
-            ml_crash_leave();
-            ml_err_seal(err);
-            if (rc) return ml_errorf("loss '%s' (layer %d): %s", s->name, l + 1, err);
-            if (!isfinite(v)) return ml_errorf("loss '%s' (layer %d) returned %g", s->name, l + 1, v);
+            if (ml_loss_inst_eval(&s->inst[l], &rec, (float)s->coef, grad ? q->dlogits : NULL, grad ? q->dprob : NULL,
+                                  grad ? q->dgate_loss : NULL, &v))
+                return ML_ERR;
             per_loss[i] += v;
             *total += s->coef * v;
         }
@@ -378,7 +367,10 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         run_hook = a->hook_pending;
         a->resume_pending = 0;
     } else {
-        for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->acc[l]);
+        for (int l = 0; l < m->L; l++) {
+            ml_health_acc_reset(e->acc[l]);
+            ml_router_inst_metrics_reset(&m->moe[l]->router, ML_METRIC_TRAIN);
+        }
         memset(a, 0, sizeof *a);
     }
     a->in_epoch = 1;
@@ -440,8 +432,15 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
             if (rc) return ML_ERR;
         }
     }
-    for (int l = 0; l < m->L; l++)
+    for (int l = 0; l < m->L; l++) {
         if (ml_moe_epoch_end(m->moe[l], e->epoch)) return ML_ERR;
+        /* the completed epoch's routing, for growth schedules (ml_progress.last_health) */
+        char *t = ml_health_acc_to_text(e->acc[l]);
+        int rc = t ? ml_health_acc_from_text(e->last_acc[l], t) : ML_ERR;
+        free(t);
+        if (rc) return ML_ERR;
+    }
+    e->have_last = 1;
     memset(out, 0, sizeof *out);
     out->epoch = e->epoch;
     out->seconds = ml_now() - t0;
@@ -488,9 +487,23 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
             snprintf(col, sizeof col, "moe%d_%s", l + 1, cols[i].k);
             ml_exp_log(e, col, cols[i].v);
         }
-        const char *names[ML_MOE_MAX_RTENSORS];
-        const float *vals[ML_MOE_MAX_RTENSORS];
-        int nx = ml_moe_reported_state(m->moe[l], names, vals, ML_MOE_MAX_RTENSORS);
+        /* what the router reported (ABI 1.1 metrics): the epoch's mean of its training
+           forwards, then its epoch-end values */
+        const char *mn[ML_ROUTER_MAX_METRICS];
+        double mv[ML_ROUTER_MAX_METRICS];
+        static const int windows[2] = {ML_METRIC_TRAIN, ML_METRIC_EPOCH};
+        for (int wi = 0; wi < 2; wi++) {
+            int w = windows[wi];
+            int k = ml_router_inst_metrics(&m->moe[l]->router, w, mn, mv, ML_ROUTER_MAX_METRICS);
+            for (int i = 0; i < k; i++) {
+                snprintf(col, sizeof col, "moe%d_%s", l + 1, mn[i]);
+                ml_exp_log(e, col, mv[i]);
+            }
+            ml_router_inst_metrics_reset(&m->moe[l]->router, w);
+        }
+        const char *names[ML_MAX_TENSORS];
+        const float *vals[ML_MAX_TENSORS];
+        int nx = ml_moe_reported_state(m->moe[l], names, vals, ML_MAX_TENSORS);
         int rc = e->res ? ml_results_routing_rows(e->res, e->epoch, l + 1, &h, names, vals, nx) : ML_OK;
         ml_health_free(&h);
         if (rc) return ML_ERR;
@@ -507,7 +520,10 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
 int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
     memset(out, 0, sizeof *out);
     ml_model *m = e->model;
-    for (int l = 0; l < m->L; l++) ml_health_acc_reset(e->vacc[l]);
+    for (int l = 0; l < m->L; l++) {
+        ml_health_acc_reset(e->vacc[l]);
+        ml_router_inst_metrics_reset(&m->moe[l]->router, ML_METRIC_EVAL);
+    }
     out->n_aux = e->n_losses;
     for (int i = 0; i < e->n_losses; i++) snprintf(out->aux_name[i], sizeof out->aux_name[i], "%s", e->loss[i].name);
     if (!e->val_b) return ml_errorf("evaluate: there is no validation split (data.val_images is 0)");
@@ -546,6 +562,13 @@ int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
         snprintf(col, sizeof col, "val_moe%d_entropy_norm", l + 1);
         ml_exp_log(e, col, h.marginal_entropy_norm);
         ml_health_free(&h);
+        const char *mn[ML_ROUTER_MAX_METRICS];
+        double mv[ML_ROUTER_MAX_METRICS];
+        int k = ml_router_inst_metrics(&m->moe[l]->router, ML_METRIC_EVAL, mn, mv, ML_ROUTER_MAX_METRICS);
+        for (int i = 0; i < k; i++) {
+            snprintf(col, sizeof col, "val_moe%d_%s", l + 1, mn[i]);
+            ml_exp_log(e, col, mv[i]);
+        }
     }
     if (out->loss < e->best_val) {
         e->best_val = out->loss;
@@ -560,6 +583,19 @@ int ml_exp_health(ml_experiment *e, int layer, int val, ml_health *out) {
     return ml_health_compute(val ? e->vacc[layer] : e->acc[layer], &e->hcfg, out);
 }
 
+int ml_exp_grow_layer(ml_experiment *e, int layer, int n) {
+    ml_model *m = e->model;
+    int old = layer >= 0 && layer < m->L ? m->moe[layer]->N : 0;
+    if (ml_model_grow_begin(m, layer, n)) return ML_ERR;
+    for (int i = 0; i < e->n_losses; i++)
+        if (ml_loss_inst_grow_declare(&e->loss[i].inst[layer], old + n)) return ML_ERR;
+    if (ml_model_grow_end(m, layer, old)) return ML_ERR;
+    if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
+        return ML_ERR;
+    if (e->last_acc && e->last_acc[layer] && ml_health_acc_resize(e->last_acc[layer], m->moe[layer]->N)) return ML_ERR;
+    return ML_OK;
+}
+
 int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
     ml_model *m = e->model;
     if (layer < 0 || layer >= m->L) return ml_errorf("add_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
@@ -567,9 +603,7 @@ int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
     if (n < 1 || n > ML_MOE_MAX_EXPERTS - old)
         return ml_errorf("add_experts: a layer holds at most %d experts (layer %d has %d, asked for %d more)",
                          ML_MOE_MAX_EXPERTS, layer + 1, old, n);
-    if (ml_model_add_experts(m, layer, n)) return ML_ERR;
-    if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
-        return ML_ERR;
+    if (ml_exp_grow_layer(e, layer, n)) return ML_ERR;
     ml_json j;
     ml_json_begin(&j);
     ml_json_int(&j, "layer", layer + 1);
@@ -583,25 +617,62 @@ int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
     return rc;
 }
 
+/* The ABI's view of a layer's health (plugin.h, ml_layer_health). */
+static void health_to_abi(const ml_health *h, int layer, int epoch, ml_layer_health *o) {
+    memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
+    o->layer = layer;
+    o->num_experts = h->num_experts;
+    o->epoch = epoch;
+    o->samples = h->samples;
+    o->slots = h->slots;
+    o->utilisation = h->utilisation;
+    o->importance = h->importance;
+    o->cv = h->cv;
+    o->marginal_entropy_norm = h->marginal_entropy_norm;
+    o->effective_experts = h->num_experts > 1 ? exp(h->marginal_entropy_norm * log((double)h->num_experts))
+                                              : (h->slots ? 1.0 : 0.0);
+    o->slots_per_sample = h->samples ? (double)h->slots / (double)h->samples : 0;
+    o->mean_sample_entropy = h->mean_sample_entropy;
+    o->mutual_info = h->mutual_info;
+    o->max_load_ratio = h->max_load_ratio;
+    o->dropped_share = h->dropped_share;
+    o->load_balance = h->load_balance;
+    o->active = h->active;
+    o->dead = h->dead;
+    o->collapsed = h->collapsed;
+}
+
 int ml_exp_schedule_decide(ml_experiment *e, int *add) {
     ml_model *m = e->model;
-    int ne[64];
-    int L = m->L < 64 ? m->L : 64;
-    for (int l = 0; l < L; l++) {
+    const int L = m->L;
+    int *ne = ml_calloc((size_t)L, sizeof *ne);
+    ml_health *h = ml_calloc((size_t)L * 2, sizeof *h);
+    ml_layer_health *lh = ml_calloc((size_t)L * 2, sizeof *lh);
+    const ml_layer_health **ph = ml_calloc((size_t)L * 2, sizeof *ph);
+    int rc = ne && h && lh && ph ? ML_OK : ML_ERR;
+    for (int l = 0; l < L && rc == ML_OK; l++) {
         ne[l] = m->moe[l]->N;
         add[l] = 0;
     }
-    ml_progress p = {sizeof p, e->images_seen, e->step, e->epoch, L, ne, e->train.n};
-    char err[ML_ERR_MAX] = "";
-    const ml_schedule_api *api = e->sched_plugin->api;
-    ml_crash_enter(ml_plugin_file(e->sched_plugin), "decide");
-    int rc = api->decide(e->sched, &p, add, err);
-    ml_crash_leave();
-    ml_err_seal(err);
-    if (rc) return ml_errorf("schedule '%s': %s", e->sched_plugin->name, err);
-    for (int l = 0; l < L; l++)
-        if (add[l] < 0) return ml_errorf("schedule '%s': asked to add %d experts to layer %d", e->sched_plugin->name, add[l], l + 1);
-    return ML_OK;
+    ml_progress p = {sizeof p, e->images_seen, e->step, e->epoch, L, ne, e->train.n, NULL, NULL};
+    /* routing health for schedules that can read it (ABI 1.1): this epoch so far and the last one */
+    if (rc == ML_OK && e->sched.plugin->abi_minor >= 1) {
+        for (int l = 0; l < L && rc == ML_OK; l++) {
+            rc = ml_health_compute(e->acc[l], &e->hcfg, &h[l]);
+            if (rc == ML_OK) health_to_abi(&h[l], l, e->epoch, &lh[l]), ph[l] = &lh[l];
+            if (rc == ML_OK && e->have_last) {
+                rc = ml_health_compute(e->last_acc[l], &e->hcfg, &h[L + l]);
+                if (rc == ML_OK) health_to_abi(&h[L + l], l, e->epoch - 1, &lh[L + l]), ph[L + l] = &lh[L + l];
+            }
+        }
+        p.health = ph;
+        p.last_health = e->have_last ? ph + L : NULL;
+    }
+    if (rc == ML_OK) rc = ml_schedule_inst_decide(&e->sched, &p, add);
+    for (int k = 0; h && k < 2 * L; k++) ml_health_free(&h[k]);
+    free(ne), free(h), free(lh), free(ph);
+    return rc;
 }
 
 int ml_exp_loss_index(const ml_experiment *e, const char *name) {
@@ -640,7 +711,7 @@ static const char *summary_json(ml_experiment *e, ml_json *j, ml_json *last, con
     ml_json_num(j, "seconds", ml_now() - e->started);
     ml_json_num(j, "best_val_loss", isfinite(e->best_val) ? e->best_val : NAN);
     ml_json_int(j, "best_epoch", e->best_epoch);
-    ml_json_str(j, "router", e->model->moe[0]->plugin->name);
+    ml_json_str(j, "router", e->model->moe[0]->router.plugin->name);
     char experts[512] = "[";
     for (int l = 0; l < e->model->L; l++) {
         size_t len = strlen(experts);
@@ -690,25 +761,21 @@ void ml_exp_free(ml_experiment *e) {
     if (!e) return;
     for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
     for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
-    for (int i = 0; i < e->n_losses; i++)
-        if (e->loss[i].self) {
-            ml_crash_enter(e->loss[i].file, "destroy");
-            e->loss[i].api->destroy(e->loss[i].self);
-            ml_crash_leave();
-        }
-    if (e->sched) {
-        ml_crash_enter(ml_plugin_file(e->sched_plugin), "destroy");
-        ((const ml_schedule_api *)e->sched_plugin->api)->destroy(e->sched);
-        ml_crash_leave();
+    for (int i = 0; i < e->n_losses; i++) {
+        for (int l = 0; e->loss[i].inst && e->model && l < e->model->L; l++) ml_loss_inst_release(&e->loss[i].inst[l]);
+        free(e->loss[i].inst);
     }
+    ml_schedule_inst_release(&e->sched);
     if (e->model) {
         for (int l = 0; l < e->model->L; l++) {
             if (e->acc) ml_health_acc_free(e->acc[l]);
             if (e->vacc) ml_health_acc_free(e->vacc[l]);
+            if (e->last_acc) ml_health_acc_free(e->last_acc[l]);
         }
     }
     free(e->acc);
     free(e->vacc);
+    free(e->last_acc);
     ml_model_free(e->model);
     ml_batcher_free(e->train_b);
     ml_batcher_free(e->val_b);

@@ -20,19 +20,17 @@
 #include "model/model.h"
 #include "nn/optim.h"
 #include "io/results.h"
+#include "plugin/loss_host.h"
+#include "plugin/schedule_host.h"
 
 #define ML_MAX_LOSSES 16
 #define ML_MAX_COLS 256
 
 typedef struct ml_loss_slot {
     const ml_plugin *plugin;
-    const ml_loss_api *api;
-    const char *file;       /* the plugin's file (borrowed), for crash reports */
-    void *self;
+    ml_loss_inst *inst;     /* (L) one instance per MoE layer (plugin/loss_host.h) */
     char name[64];          /* the plugin name, or name#2 when used twice */
     double coef;
-    double epoch_sum;       /* sum over steps and layers of the value, this epoch */
-    int64_t epoch_steps;
 } ml_loss_slot;
 
 typedef struct ml_epoch_stats {
@@ -89,11 +87,12 @@ typedef struct ml_experiment {
     ml_optim opt;
     int n_losses;
     ml_loss_slot loss[ML_MAX_LOSSES];
-    const ml_plugin *sched_plugin;
-    void *sched;
+    ml_schedule_inst sched;        /* the growth schedule (plugin/schedule_host.h) */
     ml_results *res;
     ml_health_cfg hcfg;
     ml_health_acc **acc, **vacc;   /* (L) training and validation accumulators */
+    ml_health_acc **last_acc;      /* (L) the last completed training epoch's */
+    int have_last;                 /* last_acc holds an epoch */
     int epoch;                     /* epochs started, from 1 */
     int64_t step, images_seen;
     int B;
@@ -135,6 +134,9 @@ int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out);
 /* routing health of a layer (0-based) over the last training epoch (val = 0) or the last evaluate (val = 1) */
 int ml_exp_health(ml_experiment *e, int layer, int val, ml_health *out);
 int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason);
+/* Grows layer by n experts everywhere they live (model, loss state, health accumulators),
+   without an event: add_experts and checkpoint loading use it. */
+int ml_exp_grow_layer(ml_experiment *e, int layer, int n);
 /* asks the schedule plugin; add (L) receives the number of experts to add to each layer */
 int ml_exp_schedule_decide(ml_experiment *e, int *add);
 int ml_exp_loss_index(const ml_experiment *e, const char *name);

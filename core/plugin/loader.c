@@ -1,5 +1,6 @@
-/* pluginhost.c — host function table, search path, plugin loading and validation, options. */
-#include "plugin/pluginhost.h"
+/* loader.c — the host function table, the search path, loading plugins and validating and
+   normalising their descriptors (loader.h). The only dlopen user of moelab. */
+#include "plugin/loader.h"
 
 #include <cblas.h>
 #include <dirent.h>
@@ -9,13 +10,14 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/crash.h"
+#include "plugin/options.h"
 
 /* ------------------------------------------------------------------- host table */
 
@@ -111,17 +113,30 @@ const char *const *ml_plugins_path(int *n) {
 
 /* --------------------------------------------------------------------- registry */
 
+/*
+ * One loaded plugin. The host never reads the plugin's own descriptor, option table or api
+ * table after loading: it reads `desc`, a copy laid out as this host's header defines it,
+ * whose options and api point at host-sized copies. Fields the plugin's (older) structs do
+ * not cover are zero there: NULL functions, no flags (plugin.h, "Versioning").
+ */
 typedef struct loaded {
     void *handle;
-    const ml_plugin *desc;
-    char *file; /* as given or found */
-    char *real; /* realpath, for recognising the same file twice */
+    const ml_plugin *orig;  /* the plugin's descriptor, as it exported it */
+    ml_plugin desc;         /* the host's view */
+    ml_option *options;     /* (num_options) host-sized */
+    union {
+        ml_router_api router;
+        ml_loss_api loss;
+        ml_schedule_api schedule;
+    } api;
+    uint32_t optval_size;   /* the plugin's sizeof(ml_optval) */
+    uint32_t decl_size;     /* the plugin's sizeof(ml_tensor_decl) */
+    char *file;             /* as given or found */
+    char *real;             /* realpath, for recognising the same file twice */
 } loaded;
 
-static loaded *g_loaded;
+static loaded **g_loaded; /* entries are never moved: &desc is handed out */
 static int g_nloaded;
-static char **g_interned;
-static int g_ninterned;
 
 const char *ml_plugin_kind_name(int kind) {
     switch (kind) {
@@ -132,52 +147,97 @@ const char *ml_plugin_kind_name(int kind) {
     }
 }
 
-const char *ml_plugin_file(const ml_plugin *p) {
+static const loaded *entry_of(const ml_plugin *p) {
     for (int i = 0; i < g_nloaded; i++)
-        if (g_loaded[i].desc == p) return g_loaded[i].file;
+        if (&g_loaded[i]->desc == p || g_loaded[i]->orig == p) return g_loaded[i];
     return NULL;
+}
+
+const char *ml_plugin_file(const ml_plugin *p) {
+    const loaded *l = entry_of(p);
+    return l ? l->file : NULL;
+}
+
+size_t ml_plugin_optval_size(const ml_plugin *p) {
+    const loaded *l = entry_of(p);
+    return l ? l->optval_size : sizeof(ml_optval);
+}
+
+size_t ml_plugin_decl_size(const ml_plugin *p) {
+    const loaded *l = entry_of(p);
+    return l ? l->decl_size : sizeof(ml_tensor_decl);
 }
 
 /* Directories nothing new may be loaded from (the run directory, once it exists). */
 static char **g_forbid;
 static int g_nforbid;
 
+static void entry_free(loaded *e) {
+    if (!e) return;
+    if (e->handle) dlclose(e->handle);
+    free(e->options);
+    free(e->file);
+    free(e->real);
+    free(e);
+}
+
 void ml_plugins_unload_all(void) {
     for (int i = 0; i < g_nforbid; i++) free(g_forbid[i]);
     free(g_forbid);
     g_forbid = NULL;
     g_nforbid = 0;
-    for (int i = 0; i < g_nloaded; i++) {
-        if (g_loaded[i].handle) dlclose(g_loaded[i].handle);
-        free(g_loaded[i].file);
-        free(g_loaded[i].real);
-    }
+    for (int i = 0; i < g_nloaded; i++) entry_free(g_loaded[i]);
     free(g_loaded);
     g_loaded = NULL;
     g_nloaded = 0;
-    for (int i = 0; i < g_ninterned; i++) free(g_interned[i]);
-    free(g_interned);
-    g_interned = NULL;
-    g_ninterned = 0;
+    ml_options_release();
 }
 
-static const char *intern(const char *s, size_t n) {
-    for (int i = 0; i < g_ninterned; i++)
-        if (strlen(g_interned[i]) == n && memcmp(g_interned[i], s, n) == 0) return g_interned[i];
-    char **p = realloc(g_interned, (size_t)(g_ninterned + 1) * sizeof *p);
-    if (!p) return NULL;
-    g_interned = p;
-    char *c = malloc(n + 1);
-    if (!c) return NULL;
-    memcpy(c, s, n);
-    c[n] = 0;
-    g_interned[g_ninterned++] = c;
-    return c;
+/* ------------------------------------------------------------- ABI 1.0 sizes */
+
+/*
+ * The element and struct sizes of each minor version, for plugins whose descriptor does not
+ * say (ABI 1.0 had no option_size, optval_size or decl_size). tests/check_abi.c checks the
+ * 1.0 column against the frozen 1.0 header. A struct's size at a minor is the offset of the
+ * first field a later minor added.
+ */
+static size_t option_size_at(int minor) { return minor < 1 ? offsetof(ml_option, flags) : sizeof(ml_option); }
+static size_t optval_size_at(int minor) { (void)minor; return sizeof(ml_optval); }
+static size_t decl_size_at(int minor) { (void)minor; return sizeof(ml_tensor_decl); }
+
+size_t ml_abi_size_1_0(const char *what) {
+    if (!strcmp(what, "ml_plugin")) return offsetof(ml_plugin, option_size);
+    if (!strcmp(what, "ml_option")) return option_size_at(0);
+    if (!strcmp(what, "ml_optval")) return optval_size_at(0);
+    if (!strcmp(what, "ml_tensor_decl")) return decl_size_at(0);
+    if (!strcmp(what, "ml_router_api")) return sizeof(ml_router_api);
+    if (!strcmp(what, "ml_loss_api")) return offsetof(ml_loss_api, states);
+    if (!strcmp(what, "ml_schedule_api")) return sizeof(ml_schedule_api);
+    if (!strcmp(what, "ml_host")) return sizeof(ml_host);
+    if (!strcmp(what, "ml_route")) return offsetof(ml_route, layer);
+    if (!strcmp(what, "ml_router_event")) return offsetof(ml_router_event, opt);
+    if (!strcmp(what, "ml_routing_record")) return offsetof(ml_routing_record, layer);
+    if (!strcmp(what, "ml_loss_init")) return offsetof(ml_loss_init, layer);
+    if (!strcmp(what, "ml_progress")) return offsetof(ml_progress, health);
+    return 0;
 }
 
-/* --------------------------------------------------------------------- options */
+/* The end of a struct member: a struct of at least this size holds the member. */
+#define END_OF(type, member) (offsetof(type, member) + sizeof(((type *)0)->member))
 
-static const char *opt_type_name(ml_opt_type t) {
+/* One of the descriptor's element sizes: the field when the descriptor holds it and it is
+   set, else the size at the plugin's minor. Smaller than 1.0's is an error. */
+static int element_size(const ml_plugin *d, size_t end, uint32_t field, size_t at_minor, size_t v1_0,
+                        const char *what, uint32_t *out) {
+    size_t sz = d->size >= end && field ? field : at_minor;
+    if (sz < v1_0)
+        return ml_errorf("descriptor says sizeof(%s) is %zu, smaller than ABI 1.0's %zu", what, sz, v1_0);
+    if (sz > (1u << 16)) return ml_errorf("descriptor says sizeof(%s) is %zu, which no moelab header gives", what, sz);
+    *out = (uint32_t)sz;
+    return ML_OK;
+}
+
+static const char *opt_type_name(int t) {
     switch (t) {
     case ML_OPT_INT: return "int";
     case ML_OPT_FLOAT: return "float";
@@ -187,139 +247,22 @@ static const char *opt_type_name(ml_opt_type t) {
     }
 }
 
-static int has_range(const ml_option *o) { return o->min <= o->max; }
-
-/* Finds word [s, s+n) in "a|b|c"; returns its index or -1. */
-static int choice_index(const char *choices, const char *s, size_t n, const char **start) {
-    int idx = 0;
-    const char *c = choices;
-    while (c) {
-        const char *bar = strchr(c, '|');
-        size_t len = bar ? (size_t)(bar - c) : strlen(c);
-        if (len == n && len > 0 && memcmp(c, s, n) == 0) {
-            if (start) *start = c;
-            return idx;
-        }
-        idx++;
-        c = bar ? bar + 1 : NULL;
-    }
-    return -1;
-}
-
-static void trim(const char *text, const char **s, size_t *n) {
-    const char *b = text, *e = text + strlen(text);
-    while (b < e && (*b == ' ' || *b == '\t')) b++;
-    while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\n' || e[-1] == '\r')) e--;
-    *s = b;
-    *n = (size_t)(e - b);
-}
-
-static int range_error(const ml_option *o, const char *what, const char *text) {
-    return ml_errorf("expected %s in [%.17g, %.17g], got \"%s\"", what, o->min, o->max, text);
-}
-
-int ml_option_parse(const ml_option *o, const char *text, ml_optval *out) {
-    ml_optval v = {0, 0, NULL};
-    if (!text) text = "";
-    const char *s;
-    size_t n;
-    trim(text, &s, &n);
-    char buf[128];
-    if (n >= sizeof buf) n = sizeof buf - 1;
-    memcpy(buf, s, n);
-    buf[n] = 0;
-    char *end = NULL;
-    switch (o->type) {
-    case ML_OPT_INT: {
-        errno = 0;
-        long long iv = n ? strtoll(buf, &end, 10) : 0;
-        if (!n || *end || errno) {
-            /* an integral real such as 1e6 or 7000.0 */
-            double d = n ? strtod(buf, &end) : 0;
-            if (!n || *end || !isfinite(d) || d != floor(d) || fabs(d) > 9007199254740992.0)
-                return has_range(o) ? range_error(o, "an integer", text)
-                                    : ml_errorf("expected an integer, got \"%s\"", text);
-            iv = (long long)d;
-        }
-        if (has_range(o) && ((double)iv < o->min || (double)iv > o->max))
-            return range_error(o, "an integer", text);
-        v.i = iv;
-        v.f = (double)iv;
-        break;
-    }
-    case ML_OPT_FLOAT: {
-        double d = n ? strtod(buf, &end) : NAN;
-        if (!n || *end || !isfinite(d))
-            return has_range(o) ? range_error(o, "a number", text)
-                                : ml_errorf("expected a number, got \"%s\"", text);
-        if (has_range(o) && (d < o->min || d > o->max)) return range_error(o, "a number", text);
-        v.f = d;
-        v.i = fabs(d) < 9.2e18 ? (int64_t)d : (d < 0 ? INT64_MIN : INT64_MAX);
-        break;
-    }
-    case ML_OPT_BOOL: {
-        static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
-        int found = -1;
-        for (int i = 0; i < 4 && found < 0; i++) {
-            if (strcasecmp(buf, yes[i]) == 0) found = 1;
-            else if (strcasecmp(buf, no[i]) == 0) found = 0;
-        }
-        if (found < 0) return ml_errorf("expected true or false, got \"%s\"", text);
-        v.i = found;
-        v.f = found;
-        break;
-    }
-    case ML_OPT_ENUM: {
-        if (!o->choices) return ml_errorf("option has no choices");
-        const char *start = NULL;
-        int idx = choice_index(o->choices, buf, n, &start);
-        if (idx < 0) return ml_errorf("expected one of %s, got \"%s\"", o->choices, text);
-        v.i = idx;
-        v.f = idx;
-        v.s = intern(start, n);
-        if (!v.s) return ml_errorf("out of memory");
-        break;
-    }
-    default:
-        return ml_errorf("unknown option type %d", (int)o->type);
-    }
-    *out = v;
-    return ML_OK;
-}
-
-int ml_option_defaults(const ml_plugin *p, ml_optval *out) {
-    for (int i = 0; i < p->num_options; i++) {
-        const ml_option *o = &p->options[i];
-        if (ml_option_parse(o, o->def, &out[i]) != ML_OK)
-            return ml_error_prefix("plugin %s: option %s: default", p->name, o->name);
-    }
-    return ML_OK;
-}
-
-int ml_option_find(const ml_plugin *p, const char *name) {
-    for (int i = 0; i < p->num_options; i++)
-        if (strcmp(p->options[i].name, name) == 0) return i;
-    return -1;
-}
-
-/* Checks the option table of a descriptor (name, type, choices, default, range). */
-static int check_options(const ml_plugin *d) {
-    if (d->num_options < 0) return ml_errorf("num_options is %d", d->num_options);
-    if (d->num_options > 0 && !d->options)
-        return ml_errorf("num_options is %d but the option table is NULL", d->num_options);
-    for (int i = 0; i < d->num_options; i++) {
-        const ml_option *o = &d->options[i];
+/* Checks the (host-sized) option table: name, type, choices, default, range. */
+static int check_options(const ml_option *opt, int n) {
+    if (n < 0 || n > ML_MAX_OPTIONS) return ml_errorf("num_options is %d, expected 0..%d", n, ML_MAX_OPTIONS);
+    for (int i = 0; i < n; i++) {
+        const ml_option *o = &opt[i];
         if (!o->name || !*o->name) return ml_errorf("option %d has no name", i);
         for (int j = 0; j < i; j++)
-            if (strcmp(d->options[j].name, o->name) == 0)
-                return ml_errorf("option %s is declared twice", o->name);
+            if (strcmp(opt[j].name, o->name) == 0) return ml_errorf("option %s is declared twice", o->name);
         if (o->type < ML_OPT_INT || o->type > ML_OPT_ENUM)
             return ml_errorf("option %s has unknown type %d", o->name, (int)o->type);
         if (o->type == ML_OPT_ENUM && (!o->choices || !*o->choices))
             return ml_errorf("option %s is an enum without choices", o->name);
         if (!o->def) return ml_errorf("option %s has no default", o->name);
+        if (o->flags & ~ML_OPTF_RUNTIME) return ml_errorf("option %s has unknown flags 0x%x", o->name, (unsigned)o->flags);
         ml_optval v;
-        if (ml_option_parse(o, o->def, &v) != ML_OK)
+        if (ml_option_parse(o, o->def, 0, &v) != ML_OK)
             return ml_error_prefix("option %s: default \"%s\" is invalid", o->name, o->def);
     }
     return ML_OK;
@@ -327,32 +270,50 @@ static int check_options(const ml_plugin *d) {
 
 /* ----------------------------------------------------------------- validation */
 
-static int check_api(const ml_plugin *d) {
+/* The api table's size must cover every required function; later fields default to NULL. */
+static int check_api_size(const char *what, uint32_t size, size_t need, const char *fields) {
+    if (size < need)
+        return ml_errorf("%s api size %u is smaller than %zu, the end of its required functions (%s)",
+                         what, (unsigned)size, need, fields);
+    return ML_OK;
+}
+
+/* Copies the plugin's api table into e->api (host layout, zero beyond the plugin's size)
+   and checks the required functions. */
+static int normalise_api(loaded *e, const ml_plugin *d) {
+    const uint32_t size = *(const uint32_t *)d->api;
+    size_t host = d->kind == ML_PLUGIN_ROUTER ? sizeof(ml_router_api)
+                : d->kind == ML_PLUGIN_LOSS ? sizeof(ml_loss_api) : sizeof(ml_schedule_api);
+    memset(&e->api, 0, sizeof e->api);
+    memcpy(&e->api, d->api, size < host ? size : host);
     switch (d->kind) {
     case ML_PLUGIN_ROUTER: {
-        const ml_router_api *a = d->api;
-        if (a->size < sizeof(ml_router_api))
-            return ml_errorf("router api size %u is smaller than %zu", (unsigned)a->size,
-                             sizeof(ml_router_api));
+        ml_router_api *a = &e->api.router;
+        if (check_api_size("router", size, END_OF(ml_router_api, backward),
+                           "create, destroy, params, states, forward, backward"))
+            return ML_ERR;
+        a->size = sizeof *a;
         if (!a->create || !a->destroy || !a->params || !a->states || !a->forward || !a->backward)
             return ml_errorf("router api lacks a required function (create, destroy, params, "
                              "states, forward and backward must be set)");
         return ML_OK;
     }
     case ML_PLUGIN_LOSS: {
-        const ml_loss_api *a = d->api;
-        if (a->size < sizeof(ml_loss_api))
-            return ml_errorf("loss api size %u is smaller than %zu", (unsigned)a->size,
-                             sizeof(ml_loss_api));
-        if (!a->create || !a->destroy || !a->eval)
-            return ml_errorf("loss api lacks a required function (create, destroy, eval)");
+        ml_loss_api *a = &e->api.loss;
+        if (check_api_size("loss", size, END_OF(ml_loss_api, eval), "create, destroy, eval")) return ML_ERR;
+        a->size = sizeof *a;
+        if (!a->create || !a->destroy || (!a->eval && !a->eval_v2))
+            return ml_errorf("loss api lacks a required function (create, destroy, and eval or eval_v2)");
+        if (!a->eval && d->abi_minor < 1)
+            return ml_errorf("loss api has no eval (an ABI 1.0 loss must define eval)");
         return ML_OK;
     }
     case ML_PLUGIN_SCHEDULE: {
-        const ml_schedule_api *a = d->api;
-        if (a->size < sizeof(ml_schedule_api))
-            return ml_errorf("schedule api size %u is smaller than %zu", (unsigned)a->size,
-                             sizeof(ml_schedule_api));
+        ml_schedule_api *a = &e->api.schedule;
+        if (check_api_size("schedule", size, END_OF(ml_schedule_api, decide),
+                           "create, destroy, initial_experts, decide"))
+            return ML_ERR;
+        a->size = sizeof *a;
         if (!a->create || !a->destroy || !a->initial_experts || !a->decide)
             return ml_errorf("schedule api lacks a required function (create, destroy, "
                              "initial_experts, decide)");
@@ -363,8 +324,9 @@ static int check_api(const ml_plugin *d) {
     }
 }
 
-/* Validates a descriptor; the message does not yet name the file. */
-static int check_descriptor(const ml_plugin *d, int kind) {
+/* Validates a descriptor and fills e with the host's view of it; the message does not yet
+   name the file. */
+static int normalise(loaded *e, const ml_plugin *d, int kind) {
     /* the version fields come first so that they are readable whatever the size */
     if (d->abi_major != ML_ABI_MAJOR)
         return ml_errorf("plugin abi %u.%u, host abi %d.%d: major versions differ",
@@ -376,19 +338,44 @@ static int check_descriptor(const ml_plugin *d, int kind) {
                          "moelab's plugin.h)",
                          (unsigned)d->abi_major, (unsigned)d->abi_minor, ML_ABI_MAJOR,
                          ML_ABI_MINOR);
-    if (d->size < sizeof(ml_plugin))
-        return ml_errorf("descriptor size %u is smaller than %zu", (unsigned)d->size,
-                         sizeof(ml_plugin));
-    if (d->kind < ML_PLUGIN_ROUTER || d->kind > ML_PLUGIN_SCHEDULE)
-        return ml_errorf("unknown plugin kind %d", (int)d->kind);
-    if (kind && (int)d->kind != kind)
-        return ml_errorf("is a %s plugin, expected a %s", ml_plugin_kind_name((int)d->kind),
+    const size_t need = END_OF(ml_plugin, api);
+    if (d->size < need)
+        return ml_errorf("descriptor size %u is smaller than %zu, ABI 1.0's descriptor", (unsigned)d->size, need);
+    memset(&e->desc, 0, sizeof e->desc);
+    memcpy(&e->desc, d, d->size < sizeof(ml_plugin) ? d->size : sizeof(ml_plugin));
+    ml_plugin *h = &e->desc;
+    if (h->kind < ML_PLUGIN_ROUTER || h->kind > ML_PLUGIN_SCHEDULE)
+        return ml_errorf("unknown plugin kind %d", (int)h->kind);
+    if (kind && (int)h->kind != kind)
+        return ml_errorf("is a %s plugin, expected a %s", ml_plugin_kind_name((int)h->kind),
                          ml_plugin_kind_name(kind));
-    if (!d->name || !*d->name) return ml_errorf("descriptor has no name");
-    if (!d->api) return ml_errorf("descriptor has no api table");
-    if (check_api(d) != ML_OK) return ML_ERR;
-    if (check_options(d) != ML_OK) return ML_ERR;
-    return ML_OK;
+    if (!h->name || !*h->name) return ml_errorf("descriptor has no name");
+    if (!h->api) return ml_errorf("descriptor has no api table");
+    int minor = d->abi_minor;
+    uint32_t osz = 0;
+    if (element_size(d, END_OF(ml_plugin, option_size), d->size >= END_OF(ml_plugin, option_size) ? d->option_size : 0,
+                     option_size_at(minor), option_size_at(0), "ml_option", &osz) ||
+        element_size(d, END_OF(ml_plugin, optval_size), d->size >= END_OF(ml_plugin, optval_size) ? d->optval_size : 0,
+                     optval_size_at(minor), optval_size_at(0), "ml_optval", &e->optval_size) ||
+        element_size(d, END_OF(ml_plugin, decl_size), d->size >= END_OF(ml_plugin, decl_size) ? d->decl_size : 0,
+                     decl_size_at(minor), decl_size_at(0), "ml_tensor_decl", &e->decl_size))
+        return ML_ERR;
+    if (h->num_options < 0 || h->num_options > ML_MAX_OPTIONS)
+        return ml_errorf("num_options is %d, expected 0..%d", h->num_options, ML_MAX_OPTIONS);
+    if (h->num_options > 0 && !h->options)
+        return ml_errorf("num_options is %d but the option table is NULL", h->num_options);
+    e->options = calloc((size_t)(h->num_options ? h->num_options : 1), sizeof(ml_option));
+    if (!e->options) return ml_errorf("out of memory");
+    for (int i = 0; i < h->num_options; i++)
+        memcpy(&e->options[i], (const char *)d->options + (size_t)i * osz, osz < sizeof(ml_option) ? osz : sizeof(ml_option));
+    h->options = e->options;
+    h->size = sizeof(ml_plugin);
+    h->option_size = sizeof(ml_option);
+    h->optval_size = sizeof(ml_optval);
+    h->decl_size = sizeof(ml_tensor_decl);
+    if (normalise_api(e, d)) return ML_ERR;
+    h->api = &e->api;
+    return check_options(e->options, h->num_options);
 }
 
 static int is_path(const char *s) {
@@ -477,57 +464,48 @@ static const ml_plugin *load_file(int kind, const char *file) {
         return NULL;
     }
     for (int i = 0; i < g_nloaded; i++) {
-        if (strcmp(g_loaded[i].real, real) != 0) continue;
-        if (kind && (int)g_loaded[i].desc->kind != kind) {
+        if (strcmp(g_loaded[i]->real, real) != 0) continue;
+        if (kind && (int)g_loaded[i]->desc.kind != kind) {
             ml_errorf("plugin %s: is a %s plugin, expected a %s", file,
-                      ml_plugin_kind_name((int)g_loaded[i].desc->kind), ml_plugin_kind_name(kind));
+                      ml_plugin_kind_name((int)g_loaded[i]->desc.kind), ml_plugin_kind_name(kind));
             return NULL;
         }
-        return g_loaded[i].desc;
+        return &g_loaded[i]->desc;
+    }
+    loaded **grown = realloc(g_loaded, (size_t)(g_nloaded + 1) * sizeof *grown);
+    loaded *e = calloc(1, sizeof *e);
+    if (grown) g_loaded = grown;
+    if (!grown || !e || !(e->file = strdup(file)) || !(e->real = strdup(real))) {
+        entry_free(e);
+        ml_errorf("plugin %s: out of memory", file);
+        return NULL;
     }
     dlerror();
     ml_crash_enter(file, "load"); /* constructors run inside dlopen */
-    void *h = dlopen(file, RTLD_NOW | RTLD_LOCAL);
+    e->handle = dlopen(file, RTLD_NOW | RTLD_LOCAL);
     ml_crash_leave();
-    if (!h) {
-        const char *e = dlerror();
-        ml_errorf("plugin %s: dlopen failed: %s", file, e ? e : "unknown error");
+    if (!e->handle) {
+        const char *err = dlerror();
+        ml_errorf("plugin %s: dlopen failed: %s", file, err ? err : "unknown error");
+        entry_free(e);
         return NULL;
     }
-    const ml_plugin *d = dlsym(h, ML_PLUGIN_SYMBOL);
+    const ml_plugin *d = dlsym(e->handle, ML_PLUGIN_SYMBOL);
     if (!d) {
         ml_errorf("plugin %s: missing symbol `%s` (hint: define the descriptor with "
                   "ML_PLUGIN_EXPORT, which gives it default visibility)",
                   file, ML_PLUGIN_SYMBOL);
-        dlclose(h);
+        entry_free(e);
         return NULL;
     }
-    if (check_descriptor(d, kind) != ML_OK) {
+    e->orig = d;
+    if (normalise(e, d, kind) != ML_OK) {
         ml_error_prefix("plugin %s", file);
-        dlclose(h);
+        entry_free(e);
         return NULL;
     }
-    loaded *l = realloc(g_loaded, (size_t)(g_nloaded + 1) * sizeof *l);
-    if (!l) {
-        dlclose(h);
-        ml_errorf("plugin %s: out of memory", file);
-        return NULL;
-    }
-    g_loaded = l;
-    loaded *e = &g_loaded[g_nloaded];
-    e->handle = h;
-    e->desc = d;
-    e->file = strdup(file);
-    e->real = strdup(real);
-    if (!e->file || !e->real) {
-        free(e->file);
-        free(e->real);
-        dlclose(h);
-        ml_errorf("plugin %s: out of memory", file);
-        return NULL;
-    }
-    g_nloaded++;
-    return d;
+    g_loaded[g_nloaded++] = e;
+    return &e->desc;
 }
 
 const ml_plugin *ml_plugin_load(int kind, const char *name_or_path) {
@@ -646,55 +624,11 @@ void ml_plugin_print(const ml_plugin *p, const char *file, FILE *out) {
         const ml_option *o = &p->options[i];
         char range[160] = "";
         if (o->type == ML_OPT_ENUM) snprintf(range, sizeof range, "%s", o->choices);
-        else if (o->type != ML_OPT_BOOL && has_range(o))
+        else if (o->type != ML_OPT_BOOL && o->min <= o->max)
             snprintf(range, sizeof range, "[%g, %g]", o->min, o->max);
-        fprintf(out, "    %-*s  %-5s  default %-10s  %-22s  %s\n", w, o->name,
-                opt_type_name(o->type), o->def ? o->def : "?", range, o->doc ? o->doc : "");
+        fprintf(out, "    %-*s  %-5s  default %-10s  %-22s  %s%s\n", w, o->name,
+                opt_type_name(o->type), o->def ? o->def : "?", range, o->doc ? o->doc : "",
+                o->flags & ML_OPTF_RUNTIME ? " (settable at run time)" : "");
     }
 }
 
-/* ---------------------------------------------------------- tensor declarations */
-
-int ml_tensor_decl_rows(const ml_tensor_decl *d, int num_experts) {
-    return d->per_expert ? num_experts : d->rows;
-}
-
-void ml_tensor_decl_init(const ml_tensor_decl *d, float *x, int row0, int row1, ml_rng *rng) {
-    size_t cols = (size_t)d->cols;
-    float *p = x + (size_t)row0 * cols;
-    size_t n = (size_t)(row1 - row0) * cols;
-    switch (d->init) {
-    case ML_INIT_ZEROS:
-        memset(p, 0, n * sizeof *p);
-        break;
-    case ML_INIT_CONST:
-        for (size_t i = 0; i < n; i++) p[i] = d->init_value;
-        break;
-    case ML_INIT_NORMAL:
-        for (size_t i = 0; i < n; i++) p[i] = (float)(d->init_value * ml_rng_normal(rng));
-        break;
-    case ML_INIT_UNIFORM_FANIN: {
-        double a = 1.0 / sqrt(d->fan_in > 0 ? d->fan_in : 1);
-        for (size_t i = 0; i < n; i++) p[i] = (float)(a * (2 * ml_rng_uniform(rng) - 1));
-        break;
-    }
-    }
-}
-
-int ml_tensor_decls_check(const ml_tensor_decl *d, int n, const char *what) {
-    for (int i = 0; i < n; i++) {
-        if (!d[i].name || !*d[i].name) return ml_errorf("%s %d has no name", what, i);
-        for (int j = 0; j < i; j++)
-            if (strcmp(d[j].name, d[i].name) == 0)
-                return ml_errorf("%s %s is declared twice", what, d[i].name);
-        if (d[i].cols < 1 || (!d[i].per_expert && d[i].rows < 1))
-            return ml_errorf("%s %s has rows %d, cols %d; both must be >= 1", what, d[i].name,
-                             d[i].per_expert ? 1 : d[i].rows, d[i].cols);
-        if ((int)d[i].init < ML_INIT_ZEROS || (int)d[i].init > ML_INIT_UNIFORM_FANIN)
-            return ml_errorf("%s %s has unknown init %d", what, d[i].name, (int)d[i].init);
-        if (d[i].init == ML_INIT_UNIFORM_FANIN && d[i].fan_in < 1)
-            return ml_errorf("%s %s: UNIFORM_FANIN needs fan_in >= 1, got %d", what, d[i].name,
-                             d[i].fan_in);
-    }
-    return ML_OK;
-}

@@ -1,7 +1,14 @@
 /*
- * pluginhost.h — the host side of the plugin ABI (core/include/moelab/plugin.h): the host
- * function table given to every plugin, the search path, loading and validating plugin
- * shared objects, option parsing against a plugin's option table, and listings.
+ * loader.h — the host side of the plugin ABI (core/include/moelab/plugin.h): the host
+ * function table given to every plugin, the search path, loading, validating and
+ * normalising plugin shared objects, and listings. Options are in plugin/options.h, tensor
+ * declarations in plugin/tensors.h, the instances in plugin/{router,loss,schedule}_host.h.
+ *
+ * Normalising: ml_plugin_load returns the host's view of a plugin, an ml_plugin laid out
+ * as this host's plugin.h defines it, whose option table and api table are host-sized
+ * copies (fields an older plugin's structs lack are 0 / NULL). Host code therefore reads
+ * p->options[i] and p->api as plain C; only values passed back to the plugin are laid out
+ * at the plugin's own element sizes (ml_plugin_optval_size, ml_plugin_decl_size).
  *
  * Ownership: a loaded plugin (its descriptor, name, option table and file path) stays
  * valid until ml_plugins_unload_all(), which dlcloses every plugin; destroy all plugin
@@ -53,6 +60,13 @@ const char *const *ml_plugins_path(int *n);
 const ml_plugin *ml_plugin_load(int kind, const char *name_or_path);
 /* The path a loaded plugin came from (borrowed), or NULL for a descriptor not loaded here. */
 const char *ml_plugin_file(const ml_plugin *p);
+/* The plugin's sizeof(ml_optval) and sizeof(ml_tensor_decl); this host's for a descriptor
+   not loaded here (built into a test). */
+size_t ml_plugin_optval_size(const ml_plugin *p);
+size_t ml_plugin_decl_size(const ml_plugin *p);
+/* sizeof of an ABI struct in version 1.0 ("ml_plugin", "ml_option", "ml_loss_api", ...),
+   0 for a name it does not know; tests/check_abi.c compares them with the frozen header. */
+size_t ml_abi_size_1_0(const char *what);
 /* "router", "loss", "schedule" or "unknown". */
 const char *ml_plugin_kind_name(int kind);
 
@@ -69,32 +83,9 @@ int ml_plugins_scan(void (*on_plugin)(const ml_plugin *p, const char *file, void
 void ml_plugins_unload_all(void);
 
 /*
- * Parses a YAML scalar text against an option: INT (decimal, or an integral real such as
- * 1e6), FLOAT, BOOL (true/false, yes/no, on/off, any case), ENUM (one of the choices).
- * Range-checked (inclusive) when o->min <= o->max. On failure returns ML_ERR with the
- * message `expected <what>, got "<text>"`; callers prefix the option and location.
- * For ENUM, out->s points to an interned copy of the choice, valid until unload_all.
- */
-int ml_option_parse(const ml_option *o, const char *text, ml_optval *out);
-/* Fills out[0 .. p->num_options) with the parsed defaults. */
-int ml_option_defaults(const ml_plugin *p, ml_optval *out);
-/* Index of the option called name in p's table, or -1. */
-int ml_option_find(const ml_plugin *p, const char *name);
-
-/*
  * Prints a plugin's listing: name, kind, version, file and doc, then one line per option:
  * name, type, default, range or choices, doc.
  */
 void ml_plugin_print(const ml_plugin *p, const char *file, FILE *out);
-
-/*
- * Tensor declarations (ml_tensor_decl) as the host lays them out: rows for N experts, and
- * initialisation of rows [row0, row1) by the declaration's init (per-expert tensors grow
- * by initialising only their new rows). x points at row 0 of the tensor.
- */
-int ml_tensor_decl_rows(const ml_tensor_decl *d, int num_experts);
-void ml_tensor_decl_init(const ml_tensor_decl *d, float *x, int row0, int row1, ml_rng *rng);
-/* Checks a plugin's declarations (names set and unique, sizes >= 1, known init). */
-int ml_tensor_decls_check(const ml_tensor_decl *d, int n, const char *what);
 
 #endif

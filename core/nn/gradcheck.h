@@ -1,0 +1,55 @@
+/*
+ * gradcheck.h — the one finite-difference gradient check of moelab, used by every test of a
+ * layer, loss or router backward (tests/) and by `moelab plugin-test`. One policy, so that a
+ * gradient the tests accept is judged the same way as a stranger's plugin.
+ *
+ * The policy (docs/plugins.md, "How gradients are checked"):
+ *   - Entries: at most max_entries of a tensor of n, spread over it (stride n / max_entries).
+ *   - Central differences fd = (f(x + h) - f(x - h)) / ((x + h) - (x - h)), the denominator
+ *     the step that float storage actually took; f accumulates in double.
+ *   - Error of an entry: |a - fd| / max(floor, |a| + |fd|), with floor = max(abs_floor,
+ *     rel_floor * scale) and scale the largest |analytic| over every tensor of one check, so
+ *     an entry near zero is judged against the size of the gradient, not its own.
+ *   - Steps: h = eps, eps/4, eps/16, eps/64; the smallest error of the steps counts. A kink
+ *     (ReLU, max) or float rounding spoils one step; a wrong gradient is wrong at every step.
+ *     f may return NaN when the point is not comparable (a discrete choice such as the
+ *     top-k selection changed under the step): that step is skipped; an entry where every
+ *     step is skipped is counted as skipped, not checked.
+ *   - A tensor passes when every checked entry's error is <= tol and at least one entry was
+ *     checked. Defaults: eps 1e-2, tol 1e-2, abs_floor 1e-3, rel_floor 1e-2, 96 entries.
+ */
+#ifndef MOELAB_GRADCHECK_H
+#define MOELAB_GRADCHECK_H
+
+#include <stddef.h>
+
+typedef double (*ml_gc_fn)(void *ctx); /* f at the current x; NaN: not comparable here */
+
+typedef struct ml_gc_policy {
+    double eps;        /* first step */
+    double tol;        /* largest error accepted */
+    double abs_floor;  /* floor of the error's denominator */
+    double rel_floor;  /* ... times the check's largest |analytic| */
+    int max_entries;   /* entries checked per tensor */
+} ml_gc_policy;
+
+typedef struct ml_gc_result {
+    double worst;      /* largest error over the checked entries (0 when none) */
+    size_t index;      /* the entry that gave it */
+    double analytic, numeric;
+    int checked, skipped;
+} ml_gc_result;
+
+/* The defaults above. */
+ml_gc_policy ml_gc_default(void);
+/* The largest |a[i]| of a tensor: the scale to pass (take the max over a check's tensors). */
+double ml_gc_scale(const float *a, size_t n);
+/*
+ * Checks analytic (n) against central differences of f in x (n; perturbed one entry at a
+ * time and restored). p NULL = defaults. Returns 1 when the tensor passes, 0 when not;
+ * r (may be NULL) receives the details for the message.
+ */
+int ml_gradcheck(const ml_gc_policy *p, ml_gc_fn f, void *ctx, float *x, size_t n, const float *analytic,
+                 double scale, ml_gc_result *r);
+
+#endif
