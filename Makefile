@@ -30,7 +30,15 @@ CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/obj/%.o)
 PLUGIN_SRC := $(wildcard plugins/*/*.c)
 PLUGINS    := $(patsubst %.c,$(BUILD)/plugins/%.so,$(notdir $(PLUGIN_SRC)))
 TPLUG_SRC  := $(wildcard tests/plugins/*.c)
-TPLUGINS   := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(TPLUG_SRC))
+# builds of tests/plugins/good_router.c with other -D flags (see its header)
+TPLUG_VARIANTS := broken_grad states20_router states33_router
+TPLUGINS   := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(TPLUG_SRC)) \
+              $(TPLUG_VARIANTS:%=$(BUILD)/tests/plugins/%.so)
+# the frozen ABI 1.0 plugins (tests/abi/1.0): built against the frozen header, and against
+# today's for comparison (tests/check_abi.c)
+ABI10_SRC  := $(wildcard tests/abi/1.0/*.c)
+ABI10_SO   := $(patsubst tests/abi/1.0/%.c,$(BUILD)/tests/abi/1.0/%.so,$(ABI10_SRC)) \
+              $(patsubst tests/abi/1.0/%.c,$(BUILD)/tests/abi/now/%.so,$(ABI10_SRC))
 TEST_SRC   := $(wildcard tests/check_*.c)
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
@@ -60,6 +68,21 @@ $(BUILD)/tests/plugins/%.so: tests/plugins/%.c core/include/moelab/plugin.h
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) -Wno-missing-field-initializers $< -o $@ -lm
 
+VARIANT_broken_grad = -DROUTER_BROKEN=1 -DROUTER_NAME='"broken_grad"' -DROUTER_DOC='"a router whose backward misses the softmax Jacobian"'
+VARIANT_states20_router = -DROUTER_STATES=20 -DROUTER_NAME='"states20_router"' -DROUTER_DOC='"20 state tensors"'
+VARIANT_states33_router = -DROUTER_STATES=33 -DROUTER_NAME='"states33_router"' -DROUTER_DOC='"33 state tensors, more than a host keeps"'
+$(TPLUG_VARIANTS:%=$(BUILD)/tests/plugins/%.so): $(BUILD)/tests/plugins/%.so: tests/plugins/good_router.c core/include/moelab/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) $(VARIANT_$*) $< -o $@ -lm
+
+# the frozen 1.0 plugins: -I the frozen header (never core/include), and once against today's
+$(BUILD)/tests/abi/1.0/%.so: tests/abi/1.0/%.c tests/abi/1.0/moelab/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) $(PLUGIN_OPT) -g -fPIC -shared -fvisibility=hidden -Itests/abi/1.0 $(EXTRA_CFLAGS) $< -o $@ -lm
+$(BUILD)/tests/abi/now/%.so: tests/abi/1.0/%.c core/include/moelab/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) $(PLUGIN_CFLAGS) -Wno-missing-field-initializers $< -o $@ -lm
+
 $(BUILD)/tests/%: tests/%.c tests/testutil.h $(BUILD)/libmoelab.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests $< $(BUILD)/libmoelab.a -o $@ $(LIBS) $(CHECK_LIBS)
@@ -75,7 +98,7 @@ test: deps
 	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test
 	@sh tools/run-tests.sh $(BUILD) $(TESTS)
 
-check-build: all $(TPLUGINS) $(TESTS)
+check-build: all $(TPLUGINS) $(ABI10_SO) $(TESTS)
 
 check-layers:
 	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test

@@ -404,8 +404,8 @@ static void loss_gradcheck(loss_case *c) {
     size_t n = (size_t)c->B * c->N;
     double e1 = tu_gradcheck(loss_fn, c, c->prob, dp, n, 64, 1e-3);
     double e2 = tu_gradcheck(loss_fn, c, c->logits, dl, n, 64, 1e-3);
-    ck_assert_msg(e1 < 1e-2, "gradient wrt prob: relative error %g", e1);
-    ck_assert_msg(e2 < 1e-2, "gradient wrt logits: relative error %g", e2);
+    ck_assert_msg(e1 <= TU_GC_TOL, "gradient wrt prob: relative error %g", e1);
+    ck_assert_msg(e2 <= TU_GC_TOL, "gradient wrt logits: relative error %g", e2);
 }
 
 static const struct { const char *name, *opt, *val; } loss_variants[] = {

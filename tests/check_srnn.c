@@ -158,43 +158,8 @@ START_TEST(test_bad_shapes) {
 }
 END_TEST
 
-/*
- * Central differences for a few elements of x spread over the tensor, compared with the
- * analytic gradient g. No single step size suits every point of a ReLU network in float:
- * large steps cross ReLU kinks (a unit flips inside the step, most of all for the first
- * layers, upstream of every kink), small steps drown small gradients in float rounding of
- * the loss. So each point is tried at eps, eps/3, eps/10, eps/30 and keeps its best
- * agreement |a - fd| / max(FLOOR, |a| + |fd|): the loss (~10) carries ~1e-6 of float
- * rounding, which a 2e-2 step turns into ~5e-5 of noise on fd, so gradients below FLOOR are
- * compared in absolute terms. Even so a point now and then has a kink within every step
- * (an isolated disagreement, while a wrong gradient disagrees everywhere): returns the
- * number of points worse than tol, *worst the largest error.
- */
-#define FLOOR 2.5e-3
-static int gradcheck(fixture *f, float *x, const float *g, size_t n, int checks, double eps,
-                     double tol, double *worst) {
-    static const double scale[4] = {1, 1.0 / 3, 0.1, 1.0 / 30};
-    int bad = 0;
-    *worst = 0;
-    for (int k = 0; k < checks && (size_t)k < n; k++) {
-        const size_t i = ((size_t)k * 7919u + 13u) % n; /* spread, not aligned to kernel taps */
-        const float x0 = x[i];
-        double best = INFINITY;
-        for (int q = 0; q < 4 && best > tol / 4; q++) {
-            const double e = eps * scale[q];
-            x[i] = (float)(x0 + e);
-            const double lp = fx_loss(f);
-            x[i] = (float)(x0 - e);
-            const double lm = fx_loss(f);
-            x[i] = x0;
-            const double fd = (lp - lm) / (2 * e);
-            best = fmin(best, fabs(g[i] - fd) / fmax(FLOOR, fabs(g[i]) + fabs(fd)));
-        }
-        if (best > tol) bad++;
-        *worst = fmax(*worst, best);
-    }
-    return bad;
-}
+/* ml_gc_fn: the fixture's loss (BN in training mode recomputes the batch statistics). */
+static double fx_loss_fn(void *ctx) { return fx_loss(ctx); }
 
 /* Every tensor, a few elements each, on a tiny net; BN in training mode, so each evaluation
  * recomputes the batch statistics as the analytic gradient assumes. The encoder's conv
@@ -206,6 +171,8 @@ START_TEST(test_gradients) {
     fx_forward(&f, 1);
     fx_backward(&f);
     int bad_all = 0, checked = 0;
+    /* the policy's scale: the largest gradient of the check, over every tensor */
+    const double scale = ml_gc_scale(f.P.grad, f.P.total);
     for (int t = 0; t < f.P.count; t++) {
         const ml_tensor *T = &f.P.t[t];
         const float *g = ml_params_grad(&f.P, t);
@@ -220,13 +187,17 @@ START_TEST(test_gradients) {
          * bias_backward as dec.out.b's (checked here) and check_conv covers it */
         if (!strncmp(T->name, "dec.up", 6) && strstr(T->name, ".b")) continue;
         ck_assert_msg(gmax > 0, "%s has a zero gradient", T->name);
-        const int checks = T->n < 8 ? (int)T->n : 8;
-        double worst;
-        const int bad = gradcheck(&f, ml_params_data(&f.P, t), g, T->n, checks, 1e-2, 2e-2, &worst);
-        ck_assert_msg(bad <= (checks >= 4), "%s: %d of %d points off, worst relative error %g",
-                      T->name, bad, checks, worst);
-        bad_all += bad;
-        checked += checks;
+        /* the one policy (nn/gradcheck.h), with its allowance for a deep ReLU net in float:
+           one entry of eight may have a kink within every step */
+        ml_gc_policy pol = ml_gc_default();
+        pol.max_entries = T->n < 8 ? (int)T->n : 8;
+        pol.max_outliers = pol.max_entries >= 4;
+        ml_gc_result r;
+        int ok = ml_gradcheck(&pol, fx_loss_fn, &f, ml_params_data(&f.P, t), T->n, g, scale, &r);
+        ck_assert_msg(ok, "%s: %d of %d points off, worst relative error %g (at %zu: %g vs %g)", T->name, r.outliers,
+                      r.checked, r.worst, r.index, r.analytic, r.numeric);
+        bad_all += r.outliers;
+        checked += r.checked;
     }
     ck_assert_msg(bad_all * 25 <= checked, "%d of %d points off", bad_all, checked);
     fx_close(&f);

@@ -1,15 +1,20 @@
 /*
- * testutil.h — helpers shared by the Check suites: finite-difference gradient checks,
- * paths into the build, temporary directories. Header-only; every function is static.
+ * testutil.h — helpers shared by the Check suites: finite-difference gradient checks (by
+ * the one policy of core/nn/gradcheck.h), paths into the build, temporary directories,
+ * running a shell command, reading a file. Header-only; every function is static.
  */
 #ifndef MOELAB_TESTUTIL_H
 #define MOELAB_TESTUTIL_H
 
 #include <check.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+
+#include "nn/gradcheck.h"
 
 /* The build directory (make test exports MOELAB_BUILD). */
 static inline const char *tu_build(void) {
@@ -36,28 +41,72 @@ static inline const char *tu_tmpdir(const char *tag) {
 
 typedef double (*tu_scalar_fn)(void *ctx);
 
+/* The one gradient-check policy of moelab (core/nn/gradcheck.h, docs/plugins.md "How
+ * gradients are checked"): a check passes when tu_gradcheck's result is <= TU_GC_TOL. */
+#define TU_GC_TOL (ml_gc_default().tol)
+
 /*
  * Central differences of f with respect to x[i] for up to max_checks indices spread over
- * [0, n), compared with analytic[i]. Returns the largest error
- * |a - fd| / max(1e-3, |a| + |fd|); callers assert it is below ~1e-2.
- * f should accumulate in double; x is restored on return.
+ * [0, n), compared with analytic[i] by ml_gradcheck (steps eps, eps/4, ...; the error floor
+ * scaled by the tensor's largest |analytic|). Returns the largest error; f may return NaN
+ * at points that are not comparable. x is restored on return.
  */
 static inline double tu_gradcheck(tu_scalar_fn f, void *ctx, float *x, const float *analytic,
                                   size_t n, int max_checks, double eps) {
-    double worst = 0;
-    size_t stride = n > (size_t)max_checks ? n / (size_t)max_checks : 1;
-    for (size_t i = 0; i < n; i += stride) {
-        float x0 = x[i];
-        x[i] = (float)(x0 + eps);
-        double fp = f(ctx);
-        x[i] = (float)(x0 - eps);
-        double fm = f(ctx);
-        x[i] = x0;
-        double fd = (fp - fm) / (2 * eps);
-        double err = fabs(analytic[i] - fd) / fmax(1e-3, fabs(analytic[i]) + fabs(fd));
-        if (err > worst) worst = err;
-    }
-    return worst;
+    ml_gc_policy p = ml_gc_default();
+    p.eps = eps;
+    p.max_entries = max_checks;
+    ml_gc_result r;
+    ml_gradcheck(&p, f, ctx, x, n, analytic, ml_gc_scale(analytic, n), &r);
+    return r.checked ? r.worst : INFINITY;
+}
+
+/* The output of the last tu_sh (stdout and stderr), NUL-terminated. */
+static inline char *tu_outbuf(void) {
+    static char b[1 << 16];
+    return b;
+}
+#define tu_out (tu_outbuf())
+
+/* Runs a shell command with stdout and stderr into tu_out; returns its exit status (-1
+   when it did not exit). */
+static inline int tu_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline int tu_sh(const char *fmt, ...) {
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
+    va_end(ap);
+    strcat(cmd, " 2>&1");
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t n = fread(tu_out, 1, (1 << 16) - 1, p);
+    tu_out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The whole file (owned, free(); NUL-terminated), or NULL; *len (may be NULL) its size. */
+static inline char *tu_slurp(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) n = 0;
+    if (b) b[n] = 0;
+    fclose(f);
+    if (len) *len = (size_t)n;
+    return b;
+}
+
+/* rm -rf dir (a directory the test made under /tmp). */
+static inline void tu_rm_rf(const char *dir) {
+    if (strncmp(dir, "/tmp/", 5) != 0) return;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) { /* best effort */ }
 }
 
 /* Fills x with uniform values in [lo, hi) from a small LCG (tests need no core RNG). */

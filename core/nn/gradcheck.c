@@ -3,7 +3,7 @@
 
 #include <math.h>
 
-ml_gc_policy ml_gc_default(void) { return (ml_gc_policy){1e-2, 1e-2, 1e-3, 1e-2, 96}; }
+ml_gc_policy ml_gc_default(void) { return (ml_gc_policy){1e-2, 1e-2, 1e-3, 1e-2, 96, 0}; }
 
 double ml_gc_scale(const float *a, size_t n) {
     double s = 0;
@@ -14,7 +14,7 @@ double ml_gc_scale(const float *a, size_t n) {
 int ml_gradcheck(const ml_gc_policy *pol, ml_gc_fn f, void *ctx, float *x, size_t n, const float *analytic,
                  double scale, ml_gc_result *out) {
     ml_gc_policy p = pol ? *pol : ml_gc_default();
-    ml_gc_result r = {0, 0, 0, 0, 0, 0};
+    ml_gc_result r = {0, 0, 0, 0, 0, 0, 0};
     double floor_ = fmax(p.abs_floor, p.rel_floor * scale);
     size_t max = p.max_entries > 0 ? (size_t)p.max_entries : 1;
     size_t stride = n > max ? n / max : 1;
@@ -44,6 +44,7 @@ int ml_gradcheck(const ml_gc_policy *pol, ml_gc_fn f, void *ctx, float *x, size_
             continue;
         }
         r.checked++;
+        if (!(best <= p.tol)) r.outliers++;
         if (best >= r.worst) {
             r.worst = best;
             r.index = i;
@@ -52,5 +53,5 @@ int ml_gradcheck(const ml_gc_policy *pol, ml_gc_fn f, void *ctx, float *x, size_
         }
     }
     if (out) *out = r;
-    return r.checked > 0 && r.worst <= p.tol;
+    return r.checked > 0 && r.outliers <= (p.max_outliers > 0 ? p.max_outliers : 0);
 }

@@ -21,8 +21,23 @@
 
 /* ------------------------------------------------------------------- host table */
 
-static void *host_alloc(size_t nbytes) { return calloc(nbytes ? nbytes : 1, 1); }
-static void host_free(void *p) { free(p); }
+/* Live plugin allocations, for the tests' leak checks (atomic: instances may run on
+   different threads, plugin.h "Threads"). */
+static long g_live_allocs;
+
+static void *host_alloc(size_t nbytes) {
+    void *p = calloc(nbytes ? nbytes : 1, 1);
+    if (p) __atomic_add_fetch(&g_live_allocs, 1, __ATOMIC_RELAXED);
+    return p;
+}
+
+static void host_free(void *p) {
+    if (!p) return;
+    __atomic_sub_fetch(&g_live_allocs, 1, __ATOMIC_RELAXED);
+    free(p);
+}
+
+long ml_host_live_allocs(void) { return __atomic_load_n(&g_live_allocs, __ATOMIC_RELAXED); }
 
 static void host_log(int level, const char *fmt, ...) {
     if (level < ml_log_level) return;
@@ -195,30 +210,34 @@ void ml_plugins_unload_all(void) {
 
 /* ------------------------------------------------------------- ABI 1.0 sizes */
 
+/* sizeof a struct as it was before `member` was added: its offset rounded up to the
+   struct's alignment (the padding the compiler put at the end then). */
+#define SIZE_BEFORE(type, member) ((offsetof(type, member) + _Alignof(type) - 1) & ~(_Alignof(type) - 1))
+
 /*
  * The element and struct sizes of each minor version, for plugins whose descriptor does not
  * say (ABI 1.0 had no option_size, optval_size or decl_size). tests/check_abi.c checks the
  * 1.0 column against the frozen 1.0 header. A struct's size at a minor is the offset of the
  * first field a later minor added.
  */
-static size_t option_size_at(int minor) { return minor < 1 ? offsetof(ml_option, flags) : sizeof(ml_option); }
+static size_t option_size_at(int minor) { return minor < 1 ? SIZE_BEFORE(ml_option, flags) : sizeof(ml_option); }
 static size_t optval_size_at(int minor) { (void)minor; return sizeof(ml_optval); }
 static size_t decl_size_at(int minor) { (void)minor; return sizeof(ml_tensor_decl); }
 
 size_t ml_abi_size_1_0(const char *what) {
-    if (!strcmp(what, "ml_plugin")) return offsetof(ml_plugin, option_size);
+    if (!strcmp(what, "ml_plugin")) return SIZE_BEFORE(ml_plugin, option_size);
     if (!strcmp(what, "ml_option")) return option_size_at(0);
     if (!strcmp(what, "ml_optval")) return optval_size_at(0);
     if (!strcmp(what, "ml_tensor_decl")) return decl_size_at(0);
     if (!strcmp(what, "ml_router_api")) return sizeof(ml_router_api);
-    if (!strcmp(what, "ml_loss_api")) return offsetof(ml_loss_api, states);
+    if (!strcmp(what, "ml_loss_api")) return SIZE_BEFORE(ml_loss_api, states);
     if (!strcmp(what, "ml_schedule_api")) return sizeof(ml_schedule_api);
     if (!strcmp(what, "ml_host")) return sizeof(ml_host);
-    if (!strcmp(what, "ml_route")) return offsetof(ml_route, layer);
-    if (!strcmp(what, "ml_router_event")) return offsetof(ml_router_event, opt);
-    if (!strcmp(what, "ml_routing_record")) return offsetof(ml_routing_record, layer);
-    if (!strcmp(what, "ml_loss_init")) return offsetof(ml_loss_init, layer);
-    if (!strcmp(what, "ml_progress")) return offsetof(ml_progress, health);
+    if (!strcmp(what, "ml_route")) return SIZE_BEFORE(ml_route, layer);
+    if (!strcmp(what, "ml_router_event")) return SIZE_BEFORE(ml_router_event, opt);
+    if (!strcmp(what, "ml_routing_record")) return SIZE_BEFORE(ml_routing_record, layer);
+    if (!strcmp(what, "ml_loss_init")) return SIZE_BEFORE(ml_loss_init, layer);
+    if (!strcmp(what, "ml_progress")) return SIZE_BEFORE(ml_progress, health);
     return 0;
 }
 

@@ -26,6 +26,8 @@
 
 /* The host function table given to every plugin (alloc/free/log/rng/sgemm). Static. */
 const ml_host *ml_host_table(void);
+/* Blocks plugins allocated through the table and have not freed (for leak checks). */
+long ml_host_live_allocs(void);
 
 /*
  * Search path: directories tried in order when a plugin is named without a '/'. The host

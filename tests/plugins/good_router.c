@@ -1,13 +1,23 @@
 /*
- * good_router.c — test plugin: a valid minimal router
- * Top-1 softmax router over x W^T, gate = prob.
+ * good_router.c — test plugin: a valid minimal router, top-1 softmax over x W^T with
+ * gate = prob. One source, several builds (the Makefile passes the -D flags):
+ *   good_router.so      as it is
+ *   broken_grad.so      -DROUTER_BROKEN=1: the backward misses the softmax Jacobian
+ *   states20_router.so  -DROUTER_STATES=20: 20 state tensors, within ML_MAX_TENSORS
+ *   states33_router.so  -DROUTER_STATES=33: 33 state tensors, one more than any host keeps
+ * and tests/plugins/ctor_marker.c includes it under another name with a constructor.
  */
 #include <math.h>
+#include <stdio.h>
 
 #include "moelab/plugin.h"
 
-#define BROKEN 0
-/* tests/plugins/ctor_marker.c builds this router again under another name */
+#ifndef ROUTER_BROKEN
+#define ROUTER_BROKEN 0
+#endif
+#ifndef ROUTER_STATES
+#define ROUTER_STATES 0
+#endif
 #ifndef ROUTER_NAME
 #define ROUTER_NAME "good_router"
 #define ROUTER_DOC "a valid minimal router"
@@ -37,8 +47,16 @@ static int params(void *self, ml_tensor_decl *out, int cap) {
 }
 
 static int states(void *self, ml_tensor_decl *out, int cap) {
-    (void)self, (void)out, (void)cap;
-    return 0;
+    (void)self;
+    static char names[ROUTER_STATES + 1][16];
+    int n = ROUTER_STATES < cap ? ROUTER_STATES : cap;
+    if (ROUTER_STATES > cap) return ROUTER_STATES; /* more than the host asked for: it must refuse */
+    for (int i = 0; i < n; i++) {
+        snprintf(names[i], sizeof names[i], "s%d", i);
+        ml_tensor_decl d = {.name = names[i], .per_expert = 1, .cols = 1, .init = ML_INIT_ZEROS};
+        out[i] = d;
+    }
+    return n;
 }
 
 static int forward(void *self, ml_route *r, char *err) {
@@ -72,7 +90,7 @@ static int backward(void *self, const ml_route *r, const ml_route_grad *g, char 
         const float *p = r->prob + (size_t)b * r->N;
         for (int e = 0; e < r->N; e++) dz[e] = g->dprob ? g->dprob[(size_t)b * r->N + e] : 0;
         dz[r->disp_expert[b]] += g->dgate[b];
-#if !BROKEN
+#if !ROUTER_BROKEN
         double dot = 0;
         for (int e = 0; e < r->N; e++) dot += (double)p[e] * dz[e];
         for (int e = 0; e < r->N; e++) dz[e] = (float)(p[e] * (dz[e] - dot));
