@@ -159,8 +159,8 @@ START_TEST(growth_keeps_old_experts) {
         /* old values are a prefix of the (possibly grown) tensor */
         ck_assert_int_eq(memcmp(ml_params_data(&k.P, h), w_old + t_old[i].off, t_old[i].n * sizeof(float)), 0);
     }
-    ck_assert_int_ge(ml_params_find(&k.P, "moe0.expert4.w2"), 0);
-    ck_assert_int_eq(k.P.t[ml_params_find(&k.P, "moe0.router.w")].shape[0], 5);
+    ck_assert_int_ge(ml_params_find(&k.P, "moe1.expert4.w2"), 0);
+    ck_assert_int_eq(k.P.t[ml_params_find(&k.P, "moe1.router.w")].shape[0], 5);
     float y[B * D], dz[B * D] = {0};
     ck_assert_int_eq(ml_moe_forward(k.m, k.z, y, B, 1, k.ids, NULL, 0), ML_OK);
     ck_assert_int_eq(ml_moe_backward(k.m, k.c, dz), ML_OK);

@@ -154,6 +154,101 @@ static void refused(ml_experiment *e, const char *path, const char *needle) {
     free(before);
 }
 
+/* "moe1.x" -> "moe0.x" (also after "optim.m." / "optim.v."): names as format 2 wrote them */
+static void to_v2_name(const char *name, char *dst, size_t cap) {
+    size_t pre = !strncmp(name, "optim.m.", 8) || !strncmp(name, "optim.v.", 8) ? 8 : 0;
+    int l, n = 0;
+    if (sscanf(name + pre, "moe%d.%n", &l, &n) == 1 && n) snprintf(dst, cap, "%.*smoe%d.%s", (int)pre, name, l - 1, name + pre + n);
+    else snprintf(dst, cap, "%s", name);
+}
+
+/* A checkpoint of format version 2 (layers counted from 0 in its names) loads into the
+   same tensors: old runs' checkpoints keep working after the renumbering. */
+START_TEST(format_2_checkpoints_load) {
+    const char *tmp = tu_tmpdir("ckv2");
+    char dir[256], v3[512], v2[512];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    ml_experiment *e = new_exp(dir, NULL);
+    ck_assert_int_eq(ml_exp_save_checkpoint(e, "v3"), ML_OK);
+    snprintf(v3, sizeof v3, "%s/test-synth/r/checkpoints/v3.safetensors", dir);
+    snprintf(v2, sizeof v2, "%s/v2.safetensors", dir);
+    ml_st_file *f = ml_st_open(v3);
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    ck_assert_str_eq(ml_st_meta(f, "format_version"), "3");
+    ck_assert_ptr_nonnull(ml_st_get(f, "moe1.expert0.w1", NULL, NULL));
+    ck_assert_ptr_nonnull(ml_st_meta(f, "rng.moe1"));
+    /* downgrade: names, rng.moe<l>, optim_steps, the version */
+    int n = ml_st_count(f);
+    ml_st_tensor *t = calloc((size_t)n, sizeof *t);
+    char (*names)[128] = calloc((size_t)n, 128);
+    for (int i = 0; i < n; i++) {
+        int nd;
+        int64_t sh[4];
+        to_v2_name(ml_st_name(f, i), names[i], 128);
+        t[i].name = names[i];
+        t[i].data = ml_st_get(f, ml_st_name(f, i), &nd, sh);
+        t[i].ndim = nd;
+        for (int d = 0; d < nd; d++) t[i].shape[d] = sh[d];
+    }
+    size_t len;
+    char *raw = slurp(v3, &len);
+    uint64_t hn;
+    memcpy(&hn, raw, 8);
+    ml_jv *h = ml_jv_parse(raw + 8, (size_t)hn);
+    const ml_jv *md = ml_jv_get(h, "__metadata__");
+    const char *keys[256], *vals[256];
+    char steps[1 << 14] = "";
+    int nm = 0;
+    for (int i = 0; i < md->n; i++) {
+        const char *k = md->keys[i], *v = md->items[i].str;
+        if (!strcmp(k, "checksum") || !strcmp(k, "checksum_covers")) continue;
+        if (!strcmp(k, "format_version")) v = "2";
+        if (!strcmp(k, "rng.moe1")) k = "rng.moe0";
+        if (!strcmp(k, "optim_steps")) {
+            for (const char *p = v; *p;) {
+                const char *end = strchr(p, ';'), *eq = strchr(p, '=');
+                char nmb[128], old[128];
+                snprintf(nmb, sizeof nmb, "%.*s", (int)(eq - p), p);
+                to_v2_name(nmb, old, sizeof old);
+                size_t used = strlen(steps);
+                snprintf(steps + used, sizeof steps - used, "%s%s=%.*s", used ? ";" : "", old,
+                         (int)(end ? end - eq - 1 : (long)strlen(eq + 1)), eq + 1);
+                if (!end) break;
+                p = end + 1;
+            }
+            v = steps;
+        }
+        keys[nm] = k;
+        vals[nm++] = v;
+    }
+    ck_assert_msg(ml_st_write(v2, t, n, keys, vals, nm) == ML_OK, "%s", ml_error());
+    ml_jv_free(h);
+    free(raw);
+    free(t);
+    free(names);
+    ml_st_close(f);
+    /* the model moves on, then the version-2 file takes it back exactly */
+    ml_model *m = e->model;
+    float *p0 = snapshot(m), *v0 = malloc(m->P.total * sizeof(float));
+    memcpy(v0, m->P.v, m->P.total * sizeof(float));
+    ml_rng r0 = m->moe[0]->router.rng;
+    int64_t s0 = m->P.t[0].step;
+    ml_epoch_stats st;
+    ck_assert_msg(ml_exp_train_epoch(e, NULL, NULL, &st) == ML_OK, "%s", ml_error());
+    ck_assert(memcmp(p0, m->P.data, m->P.total * sizeof(float)) != 0);
+    int ep;
+    int64_t stp;
+    ck_assert_msg(ml_exp_load_checkpoint(e, v2, &ep, &stp) == ML_OK, "%s", ml_error());
+    ck_assert(memcmp(p0, m->P.data, m->P.total * sizeof(float)) == 0);
+    ck_assert(memcmp(v0, m->P.v, m->P.total * sizeof(float)) == 0);
+    ck_assert(memcmp(&r0, &m->moe[0]->router.rng, sizeof r0) == 0);
+    ck_assert_int_eq(m->P.t[0].step, s0);
+    free(p0), free(v0);
+    ml_exp_free(e);
+    tu_rm_rf(dir);
+}
+END_TEST
+
 START_TEST(metadata_is_validated) {
     const char *tmp = tu_tmpdir("ckmeta");
     char dir[256], good[512], bad[512];
@@ -170,10 +265,10 @@ START_TEST(metadata_is_validated) {
         {"optim_t", "99999999999999999999", "metadata 'optim_t' is '99999999999999999999'"},
         {"optim_t", NULL, "metadata 'optim_t' is missing"},
         {"rng.init", "zz", "metadata 'rng.init' is 'zz', expected 64 hexadecimal digits"},
-        {"rng.moe0", "0000000000000000000000000000000000000000000000000000000000000000", "metadata 'rng.moe0'"},
-        {"rng.moe0", NULL, "metadata 'rng.moe0' is missing"},
+        {"rng.moe1", "0000000000000000000000000000000000000000000000000000000000000000", "metadata 'rng.moe1'"},
+        {"rng.moe1", NULL, "metadata 'rng.moe1' is missing"},
         {"format", "other", "metadata 'format' is 'other'"},
-        {"format_version", "999", "checkpoint format version '999', this moelab reads version 2"},
+        {"format_version", "999", "checkpoint format version '999', this moelab reads versions 2 and 3"},
         {"format_version", "1", "format version 1 (an older moelab) is not supported"},
         {"experts", "4,4", "2 MoE layers, the model has 1"},
         {"experts", "0", "metadata 'experts' is '0'"},
@@ -204,10 +299,10 @@ START_TEST(nonfinite_checkpoint_refused) {
     ck_assert_int_eq(ml_exp_save_checkpoint(e, "good"), ML_OK);
     snprintf(good, sizeof good, "%s/test-synth/r/checkpoints/good.safetensors", dir);
     snprintf(bad, sizeof bad, "%s/bad.safetensors", dir);
-    rewrite(good, bad, NULL, NULL, "moe0.expert1.w1");
-    refused(e, bad, "tensor 'moe0.expert1.w1' holds non-finite values");
-    rewrite(good, bad, NULL, NULL, "optim.v.moe0.expert0.b2");
-    refused(e, bad, "tensor 'optim.v.moe0.expert0.b2' holds non-finite values");
+    rewrite(good, bad, NULL, NULL, "moe1.expert1.w1");
+    refused(e, bad, "tensor 'moe1.expert1.w1' holds non-finite values");
+    rewrite(good, bad, NULL, NULL, "optim.v.moe1.expert0.b2");
+    refused(e, bad, "tensor 'optim.v.moe1.expert0.b2' holds non-finite values");
     ml_exp_free(e);
 }
 END_TEST
@@ -222,16 +317,16 @@ START_TEST(nonfinite_weights_never_saved) {
     size_t n0, n1;
     char *before = slurp(last, &n0);
     ml_model *m = e->model;
-    int h = ml_params_find(&m->P, "moe0.expert2.w2");
+    int h = ml_params_find(&m->P, "moe1.expert2.w2");
     ck_assert_int_ge(h, 0);
     float keep = ml_params_data(&m->P, h)[5];
     ml_params_data(&m->P, h)[5] = NAN;
     ck_assert_int_eq(ml_exp_save_checkpoint(e, "last"), ML_ERR);
-    ck_assert_msg(strstr(ml_error(), "tensor 'moe0.expert2.w2' holds non-finite values") != NULL, "%s", ml_error());
+    ck_assert_msg(strstr(ml_error(), "tensor 'moe1.expert2.w2' holds non-finite values") != NULL, "%s", ml_error());
     ml_params_data(&m->P, h)[5] = keep;
     m->P.v[m->P.t[h].off + 1] = INFINITY; /* the moments too */
     ck_assert_int_eq(ml_exp_save_checkpoint(e, "last"), ML_ERR);
-    ck_assert_msg(strstr(ml_error(), "'optim.v.moe0.expert2.w2'") != NULL, "%s", ml_error());
+    ck_assert_msg(strstr(ml_error(), "'optim.v.moe1.expert2.w2'") != NULL, "%s", ml_error());
     char *after = slurp(last, &n1);
     ck_assert_int_eq(n0, n1);
     ck_assert_int_eq(memcmp(before, after, n0), 0); /* the good file is untouched */
@@ -269,7 +364,7 @@ START_TEST(older_checkpoint_keeps_newer_experts) {
     ml_model *m = e->model;
     ck_assert_int_eq(ml_exp_save_checkpoint(e, "pre"), ML_OK);
     float *pre = snapshot(m);
-    int h0 = ml_params_find(&m->P, "moe0.expert0.w1");
+    int h0 = ml_params_find(&m->P, "moe1.expert0.w1");
     size_t n0 = m->P.t[h0].n;
     float *e0 = malloc(n0 * sizeof(float));
     memcpy(e0, ml_params_data(&m->P, h0), n0 * sizeof(float));
@@ -277,7 +372,7 @@ START_TEST(older_checkpoint_keeps_newer_experts) {
     ck_assert_int_eq(ml_exp_add_experts(e, 0, 2, "test"), ML_OK);
     ml_epoch_stats es;
     ck_assert_int_eq(ml_exp_train_epoch(e, NULL, NULL, &es), ML_OK);
-    int h5 = ml_params_find(&m->P, "moe0.expert5.w1");
+    int h5 = ml_params_find(&m->P, "moe1.expert5.w1");
     ck_assert_int_ge(h5, 0);
     size_t n5 = m->P.t[h5].n;
     float *e5 = malloc(n5 * sizeof(float)), *e5m = malloc(n5 * sizeof(float));
@@ -286,7 +381,7 @@ START_TEST(older_checkpoint_keeps_newer_experts) {
     int64_t step5 = m->P.t[h5].step;
     int hr = -1;
     for (int i = 0; i < m->P.count; i++)
-        if (strncmp(m->P.t[i].name, "moe0.router.", 12) == 0 && m->P.t[i].shape[0] == 6) hr = i;
+        if (strncmp(m->P.t[i].name, "moe1.router.", 12) == 0 && m->P.t[i].shape[0] == 6) hr = i;
     ck_assert_int_ge(hr, 0);
     size_t row = m->P.t[hr].n / 6;
     float *rrows = malloc(2 * row * sizeof(float));
@@ -295,8 +390,8 @@ START_TEST(older_checkpoint_keeps_newer_experts) {
     int64_t st;
     ck_assert_msg(ml_exp_load_checkpoint(e, "pre", &ep, &st) == ML_OK, "%s", ml_error());
     ck_assert_int_eq(m->moe[0]->N, 6);
-    h0 = ml_params_find(&m->P, "moe0.expert0.w1");
-    h5 = ml_params_find(&m->P, "moe0.expert5.w1");
+    h0 = ml_params_find(&m->P, "moe1.expert0.w1");
+    h5 = ml_params_find(&m->P, "moe1.expert5.w1");
     ck_assert_int_eq(memcmp(e0, ml_params_data(&m->P, h0), n0 * sizeof(float)), 0);
     ck_assert_int_eq(memcmp(e5, ml_params_data(&m->P, h5), n5 * sizeof(float)), 0);
     ck_assert_int_eq(memcmp(e5m, m->P.m + m->P.t[h5].off, n5 * sizeof(float)), 0);
@@ -689,6 +784,7 @@ static Suite *suite(void) {
     TCase *c = tcase_create("integrity");
     tcase_set_timeout(c, 60);
     tcase_add_test(c, metadata_is_validated);
+    tcase_add_test(c, format_2_checkpoints_load);
     tcase_add_test(c, nonfinite_checkpoint_refused);
     tcase_add_test(c, nonfinite_weights_never_saved);
     tcase_add_test(c, rng_of_every_layer_saved);

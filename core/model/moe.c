@@ -13,13 +13,13 @@ static int declare_expert(ml_moe *m, int e) {
     char name[ML_TENSOR_NAME_MAX];
     int D = m->D, H = m->H;
     int s_w1[2] = {H, D}, s_b1[1] = {H}, s_w2[2] = {D, H}, s_b2[1] = {D};
-    snprintf(name, sizeof name, "moe%d.expert%d.w1", m->layer, e);
+    snprintf(name, sizeof name, "moe%d.expert%d.w1", m->layer + 1, e);
     if ((m->hw1[e] = ml_params_declare(m->P, name, 2, s_w1, ML_INIT_UNIFORM_FANIN, 0, D)) < 0) return ML_ERR;
-    snprintf(name, sizeof name, "moe%d.expert%d.b1", m->layer, e);
+    snprintf(name, sizeof name, "moe%d.expert%d.b1", m->layer + 1, e);
     if ((m->hb1[e] = ml_params_declare(m->P, name, 1, s_b1, ML_INIT_UNIFORM_FANIN, 0, D)) < 0) return ML_ERR;
-    snprintf(name, sizeof name, "moe%d.expert%d.w2", m->layer, e);
+    snprintf(name, sizeof name, "moe%d.expert%d.w2", m->layer + 1, e);
     if ((m->hw2[e] = ml_params_declare(m->P, name, 2, s_w2, ML_INIT_UNIFORM_FANIN, 0, H)) < 0) return ML_ERR;
-    snprintf(name, sizeof name, "moe%d.expert%d.b2", m->layer, e);
+    snprintf(name, sizeof name, "moe%d.expert%d.b2", m->layer + 1, e);
     if ((m->hb2[e] = ml_params_declare(m->P, name, 1, s_b2, ML_INIT_UNIFORM_FANIN, 0, H)) < 0) return ML_ERR;
     return ML_OK;
 }
@@ -43,7 +43,7 @@ ml_moe *ml_moe_new(int layer, int D, int H, int N, const ml_plugin *router, cons
     for (int e = 0; e < N; e++)
         if (declare_expert(m, e)) goto fail;
     char prefix[32];
-    snprintf(prefix, sizeof prefix, "moe%d.router.", layer);
+    snprintf(prefix, sizeof prefix, "moe%d.router.", layer + 1); /* layers from 1, as everywhere users see them */
     if (ml_router_inst_init(&m->router, router, opt, layer, D, N, seed + (uint64_t)layer,
                             seed ^ (0x5851f42d4c957f2dULL * (uint64_t)(layer + 1)), P, S, prefix))
         goto fail;

@@ -7,7 +7,8 @@
  * The router plugin maps z (B, D) to probabilities (B, N) and dispatch triples; the samples
  * routed to one expert go through it as one GEMM per expert layer (gathered rows). The
  * layer's tensors live in the model's blocks: "moe<L>.expert<e>.{w1,b1,w2,b2}" and the
- * router's "moe<L>.router.<name>" in the parameter block, router state in the state block.
+ * router's "moe<L>.router.<name>" in the parameter block, router state in the state block
+ * (L = layer + 1: layers count from 1 wherever users see them; experts from 0).
  *
  * Losses add their gradients into dlogits/dprob (and, through eval_v2, dgate_loss) between
  * forward and backward (the buffers are zeroed by forward). Growth is two-phase because the blocks are shared by all layers:

@@ -192,7 +192,7 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     meta_add(md, "rng.init", "%s", buf);
     for (int l = 0; l < m->L; l++) {
         char key[32];
-        snprintf(key, sizeof key, "rng.moe%d", l);
+        snprintf(key, sizeof key, "rng.moe%d", l + 1);
         rng_hex(&m->moe[l]->router.rng, buf);
         meta_add(md, key, "%s", buf);
     }
@@ -342,7 +342,30 @@ typedef struct ck {
     ml_jv *row, *last_row;
     double clock[2];
     const char *state;
+    int v2;          /* format version 2: layers numbered from 0 in names ("moe0.") */
 } ck;
+
+/*
+ * A tensor's name in the file: the model's own, except in a version-2 file, whose layers
+ * count from 0 ("moe0.expert1.w1" for the model's "moe1.expert1.w1"; also after "optim.m."
+ * and "optim.v."). to_model turns a file's name into the model's instead.
+ */
+static const char *renumber(const ck *c, const char *name, char *buf, size_t cap, int to_model) {
+    if (!c->v2) return name;
+    const char *p = name;
+    size_t pre = 0;
+    if (!strncmp(p, "optim.m.", 8) || !strncmp(p, "optim.v.", 8)) pre = 8;
+    int l, n = 0;
+    if (sscanf(p + pre, "moe%d.%n", &l, &n) != 1 || n == 0) return name;
+    snprintf(buf, cap, "%.*smoe%d.%s", (int)pre, p, to_model ? l + 1 : l - 1, p + pre + n);
+    return buf;
+}
+
+/* ml_st_get by the model's name of the tensor. */
+static const float *ck_get(const ck *c, const char *name, int *nd, int64_t *sh) {
+    char buf[ML_TENSOR_NAME_MAX + 32];
+    return ml_st_get(c->f, renumber(c, name, buf, sizeof buf, 0), nd, sh);
+}
 
 static void ck_free(ck *c) {
     ml_st_close(c->f);
@@ -496,9 +519,10 @@ static int parse_model_meta(ml_experiment *e, ck *c, int strict_hash) {
     if (strcmp(ver, "1") == 0)
         return ml_errorf("%s: checkpoint format version 1 (an older moelab) is not supported; this moelab reads version %s, "
                          "which also holds the run state and every RNG stream", c->path, ML_CKPT_FORMAT_VERSION);
-    if (strcmp(ver, ML_CKPT_FORMAT_VERSION) != 0) {
+    c->v2 = strcmp(ver, "2") == 0; /* layers numbered from 0; read with renumber() */
+    if (strcmp(ver, ML_CKPT_FORMAT_VERSION) != 0 && !c->v2) {
         char b[64];
-        return ml_errorf("%s: checkpoint format version '%s', this moelab reads version %s", c->path,
+        return ml_errorf("%s: checkpoint format version '%s', this moelab reads versions 2 and %s", c->path,
                          shown(ver, b, sizeof b), ML_CKPT_FORMAT_VERSION);
     }
     if (meta_u(c, "epoch", INT32_MAX, &c->epoch) || meta_u(c, "step", INT64_MAX, &c->step) ||
@@ -532,7 +556,7 @@ static int parse_model_meta(ml_experiment *e, ck *c, int strict_hash) {
     if (meta_rng(c, "rng.init", &c->rng_init)) return ML_ERR;
     for (int l = 0; l < c->L; l++) {
         char key[32];
-        snprintf(key, sizeof key, "rng.moe%d", l);
+        snprintf(key, sizeof key, "rng.moe%d", c->v2 ? l : l + 1);
         if (meta_rng(c, key, &c->rng_moe[l])) return ML_ERR;
     }
     /* optim_steps: "name=step;..." — checked for syntax here, names after growth */
@@ -609,10 +633,10 @@ static int parse_run_meta(ml_experiment *e, ck *c) {
     return ML_OK;
 }
 
-static int has_tensor(const ml_st_file *f, const char *path, const char *name, int ndim, const int *shape) {
+static int has_tensor(const ck *c, const char *path, const char *name, int ndim, const int *shape) {
     int nd;
     int64_t sh[4];
-    if (!ml_st_get(f, name, &nd, sh))
+    if (!ck_get(c, name, &nd, sh))
         return ml_errorf("%s: checkpoint has no tensor '%s' (it was saved from a different model)", path, name);
     int same = nd == ndim;
     for (int d = 0; same && d < nd; d++) same = sh[d] == shape[d];
@@ -623,7 +647,7 @@ static int has_tensor(const ml_st_file *f, const char *path, const char *name, i
 /* layer of a per-expert router tensor "moe<l>.router.*" whose leading dimension is N, else -1 */
 static int router_layer(const ml_model *m, const ml_tensor *x) {
     int l;
-    if (sscanf(x->name, "moe%d.router.", &l) != 1 || l < 0 || l >= m->L || !strstr(x->name, ".router.")) return -1;
+    if (sscanf(x->name, "moe%d.router.", &l) != 1 || --l < 0 || l >= m->L || !strstr(x->name, ".router.")) return -1;
     return x->shape[0] == m->moe[l]->N ? l : -1;
 }
 
@@ -631,7 +655,7 @@ static int router_layer(const ml_model *m, const ml_tensor *x) {
 static int expert_of(const ml_tensor *x, int *layer) {
     int l, k, n = 0;
     if (sscanf(x->name, "moe%d.expert%d.%n", &l, &k, &n) != 2 || n == 0) return -1;
-    *layer = l;
+    *layer = l - 1; /* names count layers from 1 */
     return k;
 }
 
@@ -661,10 +685,10 @@ static int validate_tensors(const ml_model *m, const ck *c) {
             memcpy(shape, x->shape, sizeof shape);
             int l = router_layer(m, x);
             if (l >= 0) shape[0] = want[l];
-            if (has_tensor(c->f, c->path, x->name, x->ndim, shape)) return ML_ERR;
+            if (has_tensor(c, c->path, x->name, x->ndim, shape)) return ML_ERR;
             for (int k = 0; !b && k < 2; k++) {
                 snprintf(name, sizeof name, "optim.%c.%s", k ? 'v' : 'm', x->name);
-                if (has_tensor(c->f, c->path, name, x->ndim, shape)) return ML_ERR;
+                if (has_tensor(c, c->path, name, x->ndim, shape)) return ML_ERR;
             }
         }
     }
@@ -676,9 +700,9 @@ static int validate_tensors(const ml_model *m, const ck *c) {
         for (int e = q->N; e < want[l]; e++)
             for (int p = 0; p < 4; p++)
                 for (int k = 0; k < 3; k++) {
-                    snprintf(name, sizeof name, "%smoe%d.expert%d.%s", k == 0 ? "" : k == 1 ? "optim.m." : "optim.v.", l, e,
-                             part[p]);
-                    if (has_tensor(c->f, c->path, name, p % 2 ? 1 : 2, shp[p])) return ML_ERR;
+                    snprintf(name, sizeof name, "%smoe%d.expert%d.%s", k == 0 ? "" : k == 1 ? "optim.m." : "optim.v.", l + 1,
+                             e, part[p]);
+                    if (has_tensor(c, c->path, name, p % 2 ? 1 : 2, shp[p])) return ML_ERR;
                 }
     }
     /* refuse non-finite values anywhere in the file (one pass over each tensor) */
@@ -703,16 +727,16 @@ static void copy_tensors(ml_model *m, const ck *c) {
         const ml_tensor *x = &m->P.t[i];
         if (newer_expert(m, x, c->want)) continue;
         size_t bytes = file_elems(m, x, c->want) * sizeof(float);
-        memcpy(m->P.data + x->off, ml_st_get(c->f, x->name, &nd, sh), bytes);
+        memcpy(m->P.data + x->off, ck_get(c, x->name, &nd, sh), bytes);
         snprintf(name, sizeof name, "optim.m.%s", x->name);
-        memcpy(m->P.m + x->off, ml_st_get(c->f, name, &nd, sh), bytes);
+        memcpy(m->P.m + x->off, ck_get(c, name, &nd, sh), bytes);
         snprintf(name, sizeof name, "optim.v.%s", x->name);
-        memcpy(m->P.v + x->off, ml_st_get(c->f, name, &nd, sh), bytes);
+        memcpy(m->P.v + x->off, ck_get(c, name, &nd, sh), bytes);
     }
     for (int i = 0; i < m->S.count; i++) {
         const ml_tensor *x = &m->S.t[i];
         if (newer_expert(m, x, c->want)) continue;
-        memcpy(m->S.data + x->off, ml_st_get(c->f, x->name, &nd, sh), file_elems(m, x, c->want) * sizeof(float));
+        memcpy(m->S.data + x->off, ck_get(c, x->name, &nd, sh), file_elems(m, x, c->want) * sizeof(float));
     }
 }
 
@@ -721,9 +745,10 @@ static int check_steps(const ml_model *m, const ck *c) {
     const char *st = ml_st_meta(c->f, "optim_steps");
     for (const char *p = st; *p;) {
         const char *eq = strchr(p, '='), *end = strchr(p, ';');
-        char nm[ML_TENSOR_NAME_MAX + 1];
+        char nm[ML_TENSOR_NAME_MAX + 1], mn[ML_TENSOR_NAME_MAX + 32];
         size_t len = (size_t)(eq - p);
-        if (len >= sizeof nm || ml_params_find(&m->P, (memcpy(nm, p, len), nm[len] = 0, nm)) < 0) {
+        if (len >= sizeof nm ||
+            ml_params_find(&m->P, renumber(c, (memcpy(nm, p, len), nm[len] = 0, nm), mn, sizeof mn, 1)) < 0) {
             char b[64];
             snprintf(nm, sizeof nm, "%.*s", (int)(len < 60 ? len : 60), p);
             return ml_errorf("%s: metadata 'optim_steps' names tensor '%s', which the model does not have", c->path,
@@ -739,11 +764,11 @@ static void apply_steps(ml_model *m, const ck *c) {
     const char *st = ml_st_meta(c->f, "optim_steps");
     for (const char *p = st; *p;) {
         const char *eq = strchr(p, '='), *end = strchr(p, ';');
-        char nm[ML_TENSOR_NAME_MAX + 1];
+        char nm[ML_TENSOR_NAME_MAX + 1], mn[ML_TENSOR_NAME_MAX + 32];
         size_t len = (size_t)(eq - p);
         memcpy(nm, p, len);
         nm[len] = 0;
-        int h = ml_params_find(&m->P, nm);
+        int h = ml_params_find(&m->P, renumber(c, nm, mn, sizeof mn, 1));
         int64_t v = 0;
         parse_u(eq + 1, end ? (size_t)(end - eq - 1) : strlen(eq + 1), &v);
         if (h >= 0) m->P.t[h].step = v;

@@ -24,7 +24,8 @@
 
 #include "run/experiment.h"
 
-#define ML_CKPT_FORMAT_VERSION "2"
+/* 3: layers count from 1 in tensor names and rng.moe<l> (2, read too: from 0) */
+#define ML_CKPT_FORMAT_VERSION "3"
 
 /* checkpoints/<tag>.safetensors; tag: "best", "last" or a name of [A-Za-z0-9_.-] */
 int ml_exp_save_checkpoint(ml_experiment *e, const char *tag);

@@ -57,7 +57,7 @@ static int build_losses(ml_experiment *e) {
         e->n_losses++; /* from here ml_exp_free releases the slot */
         for (int l = 0; l < m->L; l++) {
             char prefix[48];
-            snprintf(prefix, sizeof prefix, "moe%d.loss%d.", l, i);
+            snprintf(prefix, sizeof prefix, "moe%d.loss%d.", l + 1, i); /* losses.<i> of the config */
             if (ml_loss_inst_init(&s->inst[l], p, opt, l, m->L, m->moe[l]->N, &m->S, prefix)) { free(opt); return ML_ERR; }
             states += s->inst[l].state.n;
         }
