@@ -7,6 +7,7 @@
  * plugin-test and a real run alike.
  */
 #include <dlfcn.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,6 +187,50 @@ START_TEST(one_tensor_limit_for_plugin_test_and_runs) {
 }
 END_TEST
 
+/* ABI 1.1 in a run: router metrics land in metrics.csv, each layer's loss instance keeps its
+   own state tensor (checkpointed as moe<L>.loss0.f_ema), the schedule reads health. */
+START_TEST(abi_1_1_entry_points_in_a_run) {
+    const char *root = tu_tmpdir("abi11");
+    const char *b = tu_build();
+    int rc = tu_sh("%s/moelab run tests/fixtures/run/synth.yaml results.dir=%s results.run_id=r train.epochs=3 "
+                   "model.moe_layers=2 router.name=%s losses.0.name=%s schedule.name=%s schedule.below=2.0 schedule.max=5",
+                   b, root, so("plugins", "good_router"), so("plugins", "window_loss"), so("plugins", "health_schedule"));
+    ck_assert_msg(rc == 0, "%s", tu_out);
+    char run[512];
+    snprintf(run, sizeof run, "%s/test-synth/r", root);
+    char *metrics = tu_slurp(tu_path("%s/metrics.csv", run), NULL);
+    ck_assert_msg(strstr(metrics, "moe1_gate_mean") && strstr(metrics, "moe2_gate_mean") &&
+                  strstr(metrics, "val_moe1_gate_mean"), "%s", metrics);
+    free(metrics);
+    /* the schedule saw epoch 1's routing and grew each layer once, at the start of epoch 2
+       (4 -> 5, its max); never in epoch 1, which has no last_health */
+    char *ev = tu_slurp(tu_path("%s/events.jsonl", run), NULL);
+    int added = 0;
+    for (char *line = strtok(ev, "\n"); line; line = strtok(NULL, "\n"))
+        if (strstr(line, "\"experts_added\"")) {
+            added++;
+            ck_assert_msg(!strncmp(line, "{\"epoch\":2,", 11), "grown outside epoch 2: %s", line);
+            ck_assert_ptr_nonnull(strstr(line, "\"reason\":\"health_schedule\""));
+        }
+    ck_assert_msg(added == 2, "%d experts_added events:\n%s", added, ev);
+    free(ev);
+    ml_st_file *f = ml_st_open(tu_path("%s/checkpoints/last.safetensors", run));
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    int nd;
+    int64_t sh[4];
+    const float *f1 = ml_st_get(f, "moe1.loss0.f_ema", &nd, sh), *f2 = ml_st_get(f, "moe2.loss0.f_ema", &nd, sh);
+    ck_assert_msg(f1 && f2, "loss state tensors missing");
+    ck_assert_int_eq(sh[0], 5);
+    double s1 = 0, s2 = 0;
+    int same = 1;
+    for (int i = 0; i < 5; i++) s1 += f1[i], s2 += f2[i], same &= f1[i] == f2[i];
+    ck_assert_msg(!same, "both layers' loss state is the same: one instance served both");
+    ck_assert_msg(fabs(s1 - 1) < 0.3 && fabs(s2 - 1) < 0.3, "EMA of shares: sums %g %g", s1, s2);
+    ml_st_close(f);
+    tu_rm_rf(root);
+}
+END_TEST
+
 static Suite *abi_suite(void) {
     Suite *s = suite_create("abi");
     TCase *t = tcase_create("abi");
@@ -195,6 +240,7 @@ static Suite *abi_suite(void) {
     tcase_add_loop_test(t, plugins_of_1_0_pass_plugin_test, 0, 3);
     tcase_add_test(t, plugins_of_1_0_train_as_today);
     tcase_add_test(t, one_tensor_limit_for_plugin_test_and_runs);
+    tcase_add_test(t, abi_1_1_entry_points_in_a_run);
     suite_add_tcase(s, t);
     return s;
 }

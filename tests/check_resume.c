@@ -580,6 +580,19 @@ START_TEST(resume_between_expert_additions_is_exact) {
 }
 END_TEST
 
+/* ABI 1.1 state in the run: per-layer loss state tensors, a schedule reading routing health
+   (this epoch's and the last one's) and a router reporting metrics, two MoE layers; stopped
+   mid-epoch 2 after the schedule grew both layers, resumed: the same results. */
+START_TEST(resume_with_abi_1_1_state_is_exact) {
+    char args[1024];
+    const char *b = tu_build();
+    snprintf(args, sizeof args, "model.moe_layers=2 router.name=%s/tests/plugins/good_router.so "
+             "losses.0.name=%s/tests/plugins/window_loss.so schedule.name=%s/tests/plugins/health_schedule.so "
+             "schedule.below=2.0 schedule.max=6", b, b, b);
+    equivalence("eqabi11", args, 70, 2);
+}
+END_TEST
+
 START_TEST(resume_at_epoch_end_and_from_last) {
     /* stopped at the last step of epoch 1, then once more at step 150 (epoch 4); resume
        from "last" with --from: the epoch after it is trained again, the same way */
@@ -742,8 +755,11 @@ START_TEST(resume_validates_run_state) {
         {"run.coefs", "nan", "metadata 'run.coefs' is 'nan'"},
         {"run.coefs", "-0x1p+0", "coefficients >= 0"},
         {"run.loss_sum", "1e400", "metadata 'run.loss_sum'"},
-        {"run.health0", "4 4 1 2", "metadata 'run.health0'"},
-        {"run.health0", NULL, "metadata 'run.health0' is missing"},
+        {"run.health1", "4 4 1 2", "metadata 'run.health1'"},
+        {"run.health1", NULL, "metadata 'run.health1' is missing"},
+        {"run.lasthealth1", NULL, "metadata 'run.lasthealth1' is missing"},
+        {"run.rmetrics1", "gate_mean=0x1p-1", "metadata 'run.rmetrics1'"},
+        {"run.have_last", "2", "metadata 'run.have_last'"},
         {"run.row", "{\"a\":1}", "metadata 'run.row' is not a metrics row"},
         {"run.clock", "x", "metadata 'run.clock' is 'x'"},
         {"run.script_state", "[1]", "metadata 'run.script_state' is not a JSON object"},
@@ -794,6 +810,7 @@ static Suite *suite(void) {
     tcase_set_timeout(c, 120);
     tcase_add_test(c, resume_mid_epoch_is_exact);
     tcase_add_test(c, resume_between_expert_additions_is_exact);
+    tcase_add_test(c, resume_with_abi_1_1_state_is_exact);
     tcase_add_test(c, resume_at_epoch_end_and_from_last);
     tcase_add_test(c, script_state_round_trip);
     tcase_add_test(c, sigint_stops_cleanly);

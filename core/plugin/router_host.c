@@ -83,6 +83,48 @@ int ml_router_inst_metrics(const ml_router_inst *ri, int window, const char **na
     return n;
 }
 
+char *ml_router_inst_metrics_to_text(const ml_router_inst *ri, int window) {
+    size_t cap = 8 + (size_t)ri->n_metrics * (ML_METRIC_NAME_MAX + 64), len = 0;
+    char *t = ml_calloc(cap, 1);
+    if (!t) return NULL;
+    for (int i = 0; i < ri->n_metrics; i++) {
+        const ml_router_metric *m = &ri->metric[i];
+        if (!m->count[window]) continue;
+        len += (size_t)snprintf(t + len, cap - len, "%s%s=%a:%lld", len ? ";" : "", m->name, m->sum[window],
+                                (long long)m->count[window]);
+    }
+    return t;
+}
+
+int ml_router_inst_metrics_from_text(ml_router_inst *ri, int window, const char *text) {
+    ml_router_inst_metrics_reset(ri, window);
+    for (const char *p = text; p && *p;) {
+        const char *end = strchr(p, ';'), *eq = strchr(p, '=');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char name[ML_METRIC_NAME_MAX];
+        double sum;
+        long long count;
+        int n = 0;
+        if (!eq || (size_t)(eq - p) >= len || (size_t)(eq - p) >= sizeof name)
+            return ml_errorf("router metrics: '%.*s' is not name=sum:count", (int)(len < 60 ? len : 60), p);
+        memcpy(name, p, (size_t)(eq - p));
+        name[eq - p] = 0;
+        if (bad_metric_name(name) || sscanf(eq + 1, "%la:%lld%n", &sum, &count, &n) != 2 ||
+            (size_t)(eq + 1 - p) + (size_t)n != len || count < 1)
+            return ml_errorf("router metrics: '%.*s' is not name=sum:count", (int)(len < 60 ? len : 60), p);
+        int saved = ri->metric_window;
+        ri->metric_window = window;
+        ri->metric_err[0] = 0;
+        metric_cb(ri, name, 0); /* finds or adds the slot */
+        ri->metric_window = saved;
+        if (ri->metric_err[0]) return ml_errorf("router metrics: %s", ri->metric_err);
+        for (int i = 0; i < ri->n_metrics; i++)
+            if (!strcmp(ri->metric[i].name, name)) ri->metric[i].sum[window] = sum, ri->metric[i].count[window] = count;
+        p = end ? end + 1 : NULL;
+    }
+    return ML_OK;
+}
+
 void ml_router_inst_metrics_reset(ml_router_inst *ri, int window) {
     for (int i = 0; i < ri->n_metrics; i++) ri->metric[i].sum[window] = 0, ri->metric[i].count[window] = 0;
 }

@@ -113,5 +113,9 @@ int ml_router_inst_reported_state(const ml_router_inst *ri, const char **names, 
    last reset; epoch: the last value), only those reported; returns how many. */
 int ml_router_inst_metrics(const ml_router_inst *ri, int window, const char **names, double *values, int cap);
 void ml_router_inst_metrics_reset(ml_router_inst *ri, int window);
+/* A window's sums and counts as text "name=<sum %a>:<count>;..." (owned, free()), and back
+   (the window is reset first): checkpoints carry the epoch in progress. */
+char *ml_router_inst_metrics_to_text(const ml_router_inst *ri, int window);
+int ml_router_inst_metrics_from_text(ml_router_inst *ri, int window, const char *text);
 
 #endif

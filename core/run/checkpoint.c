@@ -225,15 +225,24 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     meta_add(md, "run.skipped", "%" PRId64, a->in_epoch ? a->skipped : 0);
     free(coefs);
     free(aux);
-    for (int l = 0; l < m->L; l++)
-        for (int v = 0; v < 2; v++) {
+    for (int l = 0; l < m->L; l++) {
+        /* training, validation and the last completed epoch's routing (ml_progress.last_health) */
+        for (int v = 0; v < 3; v++) {
             char key[32];
-            snprintf(key, sizeof key, "run.%shealth%d", v ? "v" : "", l);
-            char *t = ml_health_acc_to_text(v ? e->vacc[l] : e->acc[l]);
+            snprintf(key, sizeof key, "run.%shealth%d", v == 1 ? "v" : v == 2 ? "last" : "", l + 1);
+            char *t = ml_health_acc_to_text(v == 1 ? e->vacc[l] : v == 2 ? e->last_acc[l] : e->acc[l]);
             if (!t) return ML_ERR;
             meta_add(md, key, "%s", t);
             free(t);
         }
+        /* the router's metrics of the epoch in progress (its training forwards) */
+        char key[32], *t = ml_router_inst_metrics_to_text(&m->moe[l]->router, ML_METRIC_TRAIN);
+        if (!t) return ML_ERR;
+        snprintf(key, sizeof key, "run.rmetrics%d", l + 1);
+        meta_add(md, key, "%s", a->in_epoch ? t : "");
+        free(t);
+    }
+    meta_add(md, "run.have_last", "%d", e->have_last);
     char c1[64], c2[64];
     char *row = row_json(e->col_name, e->col_value, e->n_cols, c1, sizeof c1);
     char *last = row_json(e->last_name, e->last_value, e->last_n, c2, sizeof c2);
@@ -338,7 +347,9 @@ typedef struct ck {
     double coef[ML_MAX_LOSSES], aux[ML_MAX_LOSSES], best_val, loss_sum, task_sum;
     int64_t best_epoch, in_epoch, hook_pending, position, ep_seen, ep_steps, ep_used, ep_skipped;
     int64_t metrics_rows, routing_bytes, events_bytes;
-    const char *health[CK_MAX_LAYERS], *vhealth[CK_MAX_LAYERS];
+    const char *health[CK_MAX_LAYERS], *vhealth[CK_MAX_LAYERS], *lhealth[CK_MAX_LAYERS];
+    const char *rmetrics[CK_MAX_LAYERS]; /* format 3 */
+    int have_last;
     ml_jv *row, *last_row;
     double clock[2];
     const char *state;
@@ -609,9 +620,10 @@ static int parse_run_meta(ml_experiment *e, ck *c) {
         if (c->coef[i] < 0) return bad_value(c, "run.coefs", ml_st_meta(c->f, "run.coefs"), "coefficients >= 0");
     if (c->in_epoch && c->epoch < 1) return bad_value(c, "epoch", ml_st_meta(c->f, "epoch"), "an epoch >= 1 for a mid-epoch checkpoint");
     for (int l = 0; l < L; l++)
-        for (int v = 0; v < 2; v++) {
+        for (int v = 0; v < 3; v++) {
             char key[32];
-            snprintf(key, sizeof key, "run.%shealth%d", v ? "v" : "", l);
+            if (v == 2 && c->v2) continue; /* format 2 did not keep the last epoch's routing */
+            snprintf(key, sizeof key, "run.%shealth%d", v == 1 ? "v" : v == 2 ? "last" : "", c->v2 ? l : l + 1);
             const char *t = need(c, key);
             if (!t) return ML_ERR;
             ml_health_acc *tmp = ml_health_acc_new(c->want[l] > e->model->moe[l]->N ? c->want[l] : e->model->moe[l]->N,
@@ -619,8 +631,22 @@ static int parse_run_meta(ml_experiment *e, ck *c) {
             int rc = tmp ? ml_health_acc_from_text(tmp, t) : ML_ERR;
             ml_health_acc_free(tmp);
             if (rc) return ml_error_prefix("%s: metadata '%s'", c->path, key);
-            (v ? c->vhealth : c->health)[l] = t;
+            (v == 1 ? c->vhealth : v == 2 ? c->lhealth : c->health)[l] = t;
         }
+    if (!c->v2) {
+        int64_t hl;
+        if (meta_u(c, "run.have_last", 1, &hl)) return ML_ERR;
+        c->have_last = (int)hl;
+        for (int l = 0; l < L; l++) {
+            char key[32];
+            snprintf(key, sizeof key, "run.rmetrics%d", l + 1);
+            if (!(c->rmetrics[l] = need(c, key))) return ML_ERR;
+            ml_router_inst probe;
+            memset(&probe, 0, sizeof probe);
+            if (ml_router_inst_metrics_from_text(&probe, ML_METRIC_TRAIN, c->rmetrics[l]))
+                return ml_error_prefix("%s: metadata '%s'", c->path, key);
+        }
+    }
     const char *s = need(c, "run.script_state");
     if (!s) return ML_ERR;
     if (strcmp(s, "null") != 0) {
@@ -644,11 +670,9 @@ static int has_tensor(const ck *c, const char *path, const char *name, int ndim,
     return ML_OK;
 }
 
-/* layer of a per-expert router tensor "moe<l>.router.*" whose leading dimension is N, else -1 */
-static int router_layer(const ml_model *m, const ml_tensor *x) {
-    int l;
-    if (sscanf(x->name, "moe%d.router.", &l) != 1 || --l < 0 || l >= m->L || !strstr(x->name, ".router.")) return -1;
-    return x->shape[0] == m->moe[l]->N ? l : -1;
+/* layer of a per-expert router or loss tensor (its rows grow with the layer), else -1 */
+static int growing_layer(const ml_experiment *e, const ml_params *blk, const ml_tensor *x) {
+    return ml_exp_growing_layer(e, blk, (int)(x - blk->t));
 }
 
 /* expert index of "moe<l>.expert<e>.*" in layer *layer, else -1 */
@@ -665,15 +689,16 @@ static int newer_expert(const ml_model *m, const ml_tensor *x, const int *want) 
     return k >= 0 && l >= 0 && l < m->L && k >= want[l];
 }
 
-/* Rows of a per-expert router tensor to take from the file (all of them otherwise). */
-static size_t file_elems(const ml_model *m, const ml_tensor *x, const int *want) {
-    int l = router_layer(m, x);
+/* Rows of a per-expert router or loss tensor to take from the file (all of them otherwise). */
+static size_t file_elems(const ml_experiment *e, const ml_params *blk, const ml_tensor *x, const int *want) {
+    int l = growing_layer(e, blk, x);
     if (l < 0 || want[l] >= x->shape[0]) return x->n;
     return x->n / (size_t)x->shape[0] * (size_t)want[l];
 }
 
 /* Every tensor the (grown) model takes from the file is there with its shape, and finite. */
-static int validate_tensors(const ml_model *m, const ck *c) {
+static int validate_tensors(const ml_experiment *e, const ck *c) {
+    const ml_model *m = e->model;
     const int *want = c->want;
     char name[ML_TENSOR_NAME_MAX + 16];
     for (int b = 0; b < 2; b++) {
@@ -683,7 +708,7 @@ static int validate_tensors(const ml_model *m, const ck *c) {
             if (newer_expert(m, x, want)) continue;
             int shape[ML_MAX_DIMS];
             memcpy(shape, x->shape, sizeof shape);
-            int l = router_layer(m, x);
+            int l = growing_layer(e, P, x);
             if (l >= 0) shape[0] = want[l];
             if (has_tensor(c, c->path, x->name, x->ndim, shape)) return ML_ERR;
             for (int k = 0; !b && k < 2; k++) {
@@ -697,11 +722,11 @@ static int validate_tensors(const ml_model *m, const ck *c) {
         int s_w1[2] = {q->H, q->D}, s_b1[1] = {q->H}, s_w2[2] = {q->D, q->H}, s_b2[1] = {q->D};
         const char *part[4] = {"w1", "b1", "w2", "b2"};
         const int *shp[4] = {s_w1, s_b1, s_w2, s_b2};
-        for (int e = q->N; e < want[l]; e++)
+        for (int x = q->N; x < want[l]; x++)
             for (int p = 0; p < 4; p++)
                 for (int k = 0; k < 3; k++) {
                     snprintf(name, sizeof name, "%smoe%d.expert%d.%s", k == 0 ? "" : k == 1 ? "optim.m." : "optim.v.", l + 1,
-                             e, part[p]);
+                             x, part[p]);
                     if (has_tensor(c, c->path, name, p % 2 ? 1 : 2, shp[p])) return ML_ERR;
                 }
     }
@@ -719,14 +744,15 @@ static int validate_tensors(const ml_model *m, const ck *c) {
     return ML_OK;
 }
 
-static void copy_tensors(ml_model *m, const ck *c) {
+static void copy_tensors(ml_experiment *e, const ck *c) {
+    ml_model *m = e->model;
     char name[ML_TENSOR_NAME_MAX + 16];
     int nd;
     int64_t sh[4];
     for (int i = 0; i < m->P.count; i++) {
         const ml_tensor *x = &m->P.t[i];
         if (newer_expert(m, x, c->want)) continue;
-        size_t bytes = file_elems(m, x, c->want) * sizeof(float);
+        size_t bytes = file_elems(e, &m->P, x, c->want) * sizeof(float);
         memcpy(m->P.data + x->off, ck_get(c, x->name, &nd, sh), bytes);
         snprintf(name, sizeof name, "optim.m.%s", x->name);
         memcpy(m->P.m + x->off, ck_get(c, name, &nd, sh), bytes);
@@ -736,7 +762,7 @@ static void copy_tensors(ml_model *m, const ck *c) {
     for (int i = 0; i < m->S.count; i++) {
         const ml_tensor *x = &m->S.t[i];
         if (newer_expert(m, x, c->want)) continue;
-        memcpy(m->S.data + x->off, ck_get(c, x->name, &nd, sh), file_elems(m, x, c->want) * sizeof(float));
+        memcpy(m->S.data + x->off, ck_get(c, x->name, &nd, sh), file_elems(e, &m->S, x, c->want) * sizeof(float));
     }
 }
 
@@ -778,9 +804,32 @@ static void apply_steps(ml_model *m, const ck *c) {
 }
 
 /* Grows layers to the checkpoint's experts; the experiment's own growth writes an event,
- * a resume grows silently (the events file already has those events). */
+ * a resume grows silently (the events file already has those events). A resume grows in the
+ * order the run grew (the order of the experts' tensors in optim_steps, which lists the
+ * parameter block in its layout), so the resumed block has the layout of the uninterrupted
+ * one and writes the same checkpoints, byte for byte, even when several layers grew. */
 static int grow_to(ml_experiment *e, const ck *c, int silent) {
     ml_model *m = e->model;
+    if (silent) {
+        const char *st = ml_st_meta(c->f, "optim_steps");
+        for (const char *p = st; p && *p;) {
+            const char *end = strchr(p, ';');
+            char nm[ML_TENSOR_NAME_MAX + 1], mn[ML_TENSOR_NAME_MAX + 32];
+            size_t len = end ? (size_t)(end - p) : strlen(p);
+            const char *eq = memchr(p, '=', len);
+            len = eq ? (size_t)(eq - p) : len;
+            if (len < sizeof nm) {
+                memcpy(nm, p, len);
+                nm[len] = 0;
+                const char *name = renumber(c, nm, mn, sizeof mn, 1);
+                int l, k, n = 0;
+                if (sscanf(name, "moe%d.expert%d.w1%n", &l, &k, &n) == 2 && name[n] == 0 && --l >= 0 && l < m->L &&
+                    k >= m->moe[l]->N && k < c->want[l] && ml_exp_grow_layer(e, l, k + 1 - m->moe[l]->N))
+                    return ML_ERR;
+            }
+            p = end ? end + 1 : NULL;
+        }
+    }
     for (int l = 0; l < m->L; l++) {
         int n = c->want[l] - m->moe[l]->N;
         if (n <= 0) continue;
@@ -800,14 +849,14 @@ static int ck_open(ml_experiment *e, ck *c, const char *path, int resume) {
     c->f = ml_st_open(path);
     if (!c->f) return ML_ERR;
     if (parse_model_meta(e, c, resume) || (resume && parse_run_meta(e, c))) return ML_ERR;
-    return validate_tensors(e->model, c);
+    return validate_tensors(e, c);
 }
 
 /* Loads the model-level state of an opened, validated checkpoint. */
 static int ck_apply_model(ml_experiment *e, ck *c, int silent) {
     ml_model *m = e->model;
     if (grow_to(e, c, silent) || check_steps(m, c)) return ML_ERR;
-    copy_tensors(m, c);
+    copy_tensors(e, c);
     e->opt.t = c->optt;
     apply_steps(m, c);
     m->init_rng = c->rng_init;
@@ -868,7 +917,11 @@ static int ck_apply_run(ml_experiment *e, ck *c) {
         m->moe[l]->router.epoch = (int)c->moe_epoch[l];
         if (ml_health_acc_from_text(e->acc[l], c->health[l]) || ml_health_acc_from_text(e->vacc[l], c->vhealth[l]))
             return ML_ERR;
+        if (c->lhealth[l] && ml_health_acc_from_text(e->last_acc[l], c->lhealth[l])) return ML_ERR;
+        if (ml_router_inst_metrics_from_text(&m->moe[l]->router, ML_METRIC_TRAIN, c->rmetrics[l] ? c->rmetrics[l] : ""))
+            return ML_ERR;
     }
+    e->have_last = c->v2 ? 0 : c->have_last;
     for (int i = 0; i < e->n_losses; i++) e->loss[i].coef = c->coef[i];
     e->best_val = c->best_val;
     e->best_epoch = (int)c->best_epoch;

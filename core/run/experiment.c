@@ -583,6 +583,26 @@ int ml_exp_health(ml_experiment *e, int layer, int val, ml_health *out) {
     return ml_health_compute(val ? e->vacc[layer] : e->acc[layer], &e->hcfg, out);
 }
 
+/* The layer whose experts a tensor's rows follow (per-expert router or loss tensors). */
+static int set_layer(const ml_tensor_set *s, const ml_params *blk, int h, int l) {
+    if (s->blk != blk) return -2;
+    for (int i = 0; i < s->n; i++)
+        if (s->handle[i] == h) return s->decl[i].per_expert ? l : -1;
+    return -2;
+}
+
+int ml_exp_growing_layer(const ml_experiment *e, const ml_params *blk, int h) {
+    const ml_model *m = e->model;
+    for (int l = 0; l < m->L; l++) {
+        const ml_router_inst *ri = &m->moe[l]->router;
+        int r = set_layer(&ri->param, blk, h, l);
+        if (r == -2) r = set_layer(&ri->state, blk, h, l);
+        for (int i = 0; r == -2 && i < e->n_losses; i++) r = set_layer(&e->loss[i].inst[l].state, blk, h, l);
+        if (r != -2) return r;
+    }
+    return -1;
+}
+
 int ml_exp_grow_layer(ml_experiment *e, int layer, int n) {
     ml_model *m = e->model;
     int old = layer >= 0 && layer < m->L ? m->moe[layer]->N : 0;

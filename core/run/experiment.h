@@ -137,6 +137,9 @@ int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason);
 /* Grows layer by n experts everywhere they live (model, loss state, health accumulators),
    without an event: add_experts and checkpoint loading use it. */
 int ml_exp_grow_layer(ml_experiment *e, int layer, int n);
+/* The layer (from 0) whose experts the rows of tensor h of blk follow (a per-expert router
+   or loss tensor), or -1 for any other tensor. */
+int ml_exp_growing_layer(const ml_experiment *e, const ml_params *blk, int h);
 /* asks the schedule plugin; add (L) receives the number of experts to add to each layer */
 int ml_exp_schedule_decide(ml_experiment *e, int *add);
 int ml_exp_loss_index(const ml_experiment *e, const char *name);

@@ -78,6 +78,10 @@ static int forward(void *self, ml_route *r, char *err) {
         for (int e = 0; e < r->N; e++) p[e] = (float)(p[e] / sum);
         r->disp_sample[b] = b, r->disp_expert[b] = best, r->disp_gate[b] = p[best];
     }
+    /* ABI 1.1: a metric of the step (the host averages it over the epoch's forwards) */
+    double g = 0;
+    for (int b = 0; b < r->B; b++) g += r->disp_gate[b];
+    if (r->B) r->metric(r->metric_ctx, "gate_mean", g / r->B);
     return 0;
 }
 
