@@ -33,10 +33,7 @@ int ml_loss_inst_init(ml_loss_inst *li, const ml_plugin *p, const ml_optval *opt
     if ((int)p->kind != ML_PLUGIN_LOSS)
         return ml_errorf("plugin '%s' (%s) is a %s plugin, expected a loss", p->name, li->file,
                          ml_plugin_kind_name((int)p->kind));
-    if (p->num_options > ML_MAX_OPTIONS) return lerr(li, "create", "%d options, at most %d", p->num_options, ML_MAX_OPTIONS);
-    if (opt) memcpy(li->opt, opt, (size_t)p->num_options * sizeof *opt);
-    else if (ml_option_defaults(p, li->opt)) return ML_ERR;
-    if (!(li->opt_packed = ml_optvals_pack(p, li->opt))) return ML_ERR;
+    if (ml_optvals_resolve(p, opt, li->opt, &li->opt_packed)) return ML_ERR;
     ml_loss_init init = {sizeof init, li->opt_packed, layer, num_layers, N};
     char err[ML_ERR_MAX] = "";
     ml_crash_enter(li->file, "create");

@@ -108,3 +108,12 @@ void *ml_optvals_pack(const ml_plugin *p, const ml_optval *v) {
     for (int i = 0; i < p->num_options; i++) memcpy(out + (size_t)i * stride, &v[i], each);
     return out;
 }
+
+int ml_optvals_resolve(const ml_plugin *p, const ml_optval *given, ml_optval *out, void **packed) {
+    if (p->num_options > ML_MAX_OPTIONS)
+        return ml_errorf("%s '%s': %d options, at most %d", ml_plugin_kind_name((int)p->kind), p->name, p->num_options,
+                         ML_MAX_OPTIONS);
+    if (given) memcpy(out, given, (size_t)p->num_options * sizeof *out);
+    else if (ml_option_defaults(p, out)) return ML_ERR;
+    return (*packed = ml_optvals_pack(p, out)) ? ML_OK : ML_ERR;
+}

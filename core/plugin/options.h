@@ -40,6 +40,10 @@ void ml_option_names(const ml_plugin *p, char *buf, size_t size);
    passing to it (plugin.h, "Versioning"). Owned; NULL with a message when out of memory. */
 void *ml_optvals_pack(const ml_plugin *p, const ml_optval *v);
 
+/* What every host does first: out = given (or the defaults when given is NULL), and
+   *packed = the same at the plugin's ml_optval size (owned). */
+int ml_optvals_resolve(const ml_plugin *p, const ml_optval *given, ml_optval *out, void **packed);
+
 /* Frees the interned ENUM strings (ml_plugins_unload_all calls it). */
 void ml_options_release(void);
 

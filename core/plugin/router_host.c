@@ -155,13 +155,8 @@ int ml_router_inst_init(ml_router_inst *ri, const ml_plugin *p, const ml_optval 
     if ((int)p->kind != ML_PLUGIN_ROUTER)
         return ml_errorf("plugin '%s' (%s) is a %s plugin, expected a router", p->name, ri->file,
                          ml_plugin_kind_name((int)p->kind));
-    if (p->num_options > ML_MAX_OPTIONS)
-        return ml_errorf("router '%s' (%s): %d options, at most %d", p->name, ri->file, p->num_options,
-                         ML_MAX_OPTIONS);
     if (D < 1 || N < 1) return rerr(ri, "create", "dim %d, experts %d: both must be >= 1", D, N);
-    if (opt) memcpy(ri->opt, opt, (size_t)p->num_options * sizeof *opt);
-    else if (ml_option_defaults(p, ri->opt)) return ML_ERR;
-    if (!(ri->opt_packed = ml_optvals_pack(p, ri->opt))) return ML_ERR;
+    if (ml_optvals_resolve(p, opt, ri->opt, &ri->opt_packed)) return ML_ERR;
     ml_rng_seed(&ri->rng, rng_seed);
     ml_router_init init = {sizeof init, layer, D, N, ri->opt_packed, create_seed};
     char err[ML_ERR_MAX] = "";

@@ -20,12 +20,7 @@ int ml_schedule_inst_init(ml_schedule_inst *si, const ml_plugin *p, const ml_opt
     if ((int)p->kind != ML_PLUGIN_SCHEDULE)
         return ml_errorf("plugin '%s' (%s) is a %s plugin, expected a schedule", p->name, si->file,
                          ml_plugin_kind_name((int)p->kind));
-    if (p->num_options > ML_MAX_OPTIONS)
-        return ml_errorf("schedule '%s' (%s): %d options, at most %d", p->name, si->file, p->num_options,
-                         ML_MAX_OPTIONS);
-    if (opt) memcpy(si->opt, opt, (size_t)p->num_options * sizeof *opt);
-    else if (ml_option_defaults(p, si->opt)) return ML_ERR;
-    if (!(si->opt_packed = ml_optvals_pack(p, si->opt))) return ML_ERR;
+    if (ml_optvals_resolve(p, opt, si->opt, &si->opt_packed)) return ML_ERR;
     ml_schedule_init init = {sizeof init, num_layers, si->opt_packed};
     char err[ML_ERR_MAX] = "";
     ml_crash_enter(si->file, "create");
