@@ -131,7 +131,9 @@ START_TEST(plugins_of_1_0_train_as_today) {
     snprintf(a, sizeof a, "%s", train_with(root, "abi/1.0", "a"));
     snprintf(b, sizeof b, "%s", train_with(root, "abi/now", "b"));
     /* the schedule grew the layer: the 1.0 schedule really ran */
-    ck_assert_ptr_nonnull(strstr(tu_slurp(tu_path("%s/events.jsonl", a), NULL), "\"experts_added\""));
+    char *events = tu_slurp(tu_path("%s/events.jsonl", a), NULL);
+    ck_assert_ptr_nonnull(strstr(events, "\"experts_added\""));
+    free(events);
     char *ma = metrics_without_time(a), *mb = metrics_without_time(b);
     ck_assert_msg(!strcmp(ma, mb), "metrics differ:\n%s\n---\n%s", ma, mb);
     free(ma), free(mb);

@@ -14,21 +14,21 @@
 #define FIX "tests/fixtures/configs/"
 
 static const ml_option softmax_opts[] = {
-    {"k", ML_OPT_INT, "2", 1, 64, NULL, "experts per sample"},
-    {"noise", ML_OPT_FLOAT, "0", 0, 10, NULL, "noise std"},
-    {"normalize", ML_OPT_BOOL, "true", 0, 0, NULL, "renormalise top-k gates"},
-    {"capacity", ML_OPT_ENUM, "none", 0, 0, "none|drop|reroute", "over-capacity policy"},
+    {"k", ML_OPT_INT, "2", 1, 64, NULL, "experts per sample", 0},
+    {"noise", ML_OPT_FLOAT, "0", 0, 10, NULL, "noise std", 0},
+    {"normalize", ML_OPT_BOOL, "true", 0, 0, NULL, "renormalise top-k gates", 0},
+    {"capacity", ML_OPT_ENUM, "none", 0, 0, "none|drop|reroute", "over-capacity policy", 0},
 };
 static const ml_option noisy_opts[] = {
-    {"k", ML_OPT_INT, "2", 1, 64, NULL, "experts per sample"},
-    {"noise_std", ML_OPT_FLOAT, "1.0", 0, -1, NULL, "noise std, unbounded"},
+    {"k", ML_OPT_INT, "2", 1, 64, NULL, "experts per sample", 0},
+    {"noise_std", ML_OPT_FLOAT, "1.0", 0, -1, NULL, "noise std, unbounded", 0},
 };
 static const ml_option zloss_opts[] = {
-    {"mode", ML_OPT_ENUM, "mean", 0, 0, "mean|sum", "reduction"},
+    {"mode", ML_OPT_ENUM, "mean", 0, 0, "mean|sum", "reduction", 0},
 };
 static const ml_option progressive_opts[] = {
-    {"target", ML_OPT_INT, "16", 1, 4096, NULL, "experts at the end"},
-    {"every", ML_OPT_INT, "1", 1, 1000000, NULL, "epochs between additions"},
+    {"target", ML_OPT_INT, "16", 1, 4096, NULL, "experts at the end", 0},
+    {"every", ML_OPT_INT, "1", 1, 1000000, NULL, "epochs between additions", 0},
 };
 
 #define FAKE(kind, nm, opts, n) {ML_PLUGIN_HEADER(kind), nm, "0", "fake", opts, n, NULL}

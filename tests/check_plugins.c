@@ -347,8 +347,11 @@ static void loss_free(loss_case *c) { ml_loss_inst_release(&c->li); }
 static double loss_value(loss_case *c, float *dl, float *dp) {
     /* gates follow prob at dispatched pairs (the importance loss differentiates so) */
     for (int t = 0; t < c->n_disp; t++) c->gate[t] = c->prob[c->ds[t] * c->N + c->de[t]];
-    ml_routing_record r = {sizeof r, c->B, c->N, c->logits, c->prob, c->ds, c->de, c->gate,
-                           c->n_disp, c->labels ? c->label : NULL, c->C};
+    ml_routing_record r;
+    memset(&r, 0, sizeof r);
+    r.size = sizeof r, r.B = c->B, r.N = c->N, r.logits = c->logits, r.prob = c->prob;
+    r.disp_sample = c->ds, r.disp_expert = c->de, r.disp_gate = c->gate, r.n_disp = c->n_disp;
+    r.label = c->labels ? c->label : NULL, r.num_classes = c->C;
     double v = NAN;
     ck_assert_msg(ml_loss_inst_eval(&c->li, &r, 1.0f, dl, dp, NULL, &v) == ML_OK, "%s", ml_error());
     return v;

@@ -58,7 +58,12 @@ void ml_strbuf_printf(ml_strbuf *b, const char *fmt, ...) {
 
 void ml_strbuf_json_string(ml_strbuf *b, const char *s) {
     ml_strbuf_put(b, "\"", 1);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    const unsigned char *p = (const unsigned char *)s, *run = p;
+    for (;; p++) {
+        if (*p && *p >= 0x20 && *p != 0x7f && *p != '"' && *p != '\\') continue;
+        /* the run of characters that need no escape, in one append */
+        if (p > run) ml_strbuf_put(b, (const char *)run, (size_t)(p - run));
+        if (!*p) break;
         char esc[8];
         switch (*p) {
         case '"': ml_strbuf_put(b, "\\\"", 2); break;
@@ -69,13 +74,10 @@ void ml_strbuf_json_string(ml_strbuf *b, const char *s) {
         case '\b': ml_strbuf_put(b, "\\b", 2); break;
         case '\f': ml_strbuf_put(b, "\\f", 2); break;
         default:
-            if (*p < 0x20 || *p == 0x7f) {
-                snprintf(esc, sizeof esc, "\\u%04x", *p);
-                ml_strbuf_put(b, esc, 6);
-            } else {
-                ml_strbuf_put(b, (const char *)p, 1);
-            }
+            snprintf(esc, sizeof esc, "\\u%04x", *p);
+            ml_strbuf_put(b, esc, 6);
         }
+        run = p + 1;
     }
     ml_strbuf_put(b, "\"", 1);
 }
