@@ -57,9 +57,11 @@ for epoch = exp.epoch + 1, cfg.train.epochs do
     local s = layer:stats()
     if s.collapsed then
       moelab.warn(string.format(
-        "epoch %d: MoE layer %d has collapsed: %d of %d experts active, normalised marginal entropy %.3f",
-        epoch, i, s.active, s.num_experts, s.entropy_norm))
+        "epoch %d: MoE layer %d has collapsed: %d of %d experts active, effective experts %.2f "
+          .. "for %.2f per sample, normalised marginal entropy %.3f",
+        epoch, i, s.active, s.num_experts, s.effective_experts, s.slots_per_sample, s.entropy_norm))
       exp:event("collapse", { layer = i, active = s.active, experts = s.num_experts,
+                              effective_experts = s.effective_experts, k = s.slots_per_sample,
                               entropy_norm = s.entropy_norm, cv = s.cv })
       if on_collapse == "raise_coef" and warm_loss and S.best < math.huge then
         -- "best" may predate experts added since: load_checkpoint keeps the newer ones

@@ -38,8 +38,10 @@ static void batch_dispatch(batch *t, int b, int e) {
 }
 
 static ml_routing_record batch_record(const batch *t, int labelled, int num_classes) {
-    ml_routing_record r = {sizeof r, t->B, t->N, t->logits, t->prob, t->ds, t->de, t->dg,
-                           t->n_disp, labelled ? t->label : NULL, num_classes};
+    ml_routing_record r = {.size = sizeof r, .B = t->B, .N = t->N, .logits = t->logits, .prob = t->prob,
+                           .disp_sample = t->ds, .disp_expert = t->de, .disp_gate = t->dg,
+                           .n_disp = t->n_disp, .label = labelled ? t->label : NULL,
+                           .num_classes = num_classes};
     return r;
 }
 
@@ -366,6 +368,166 @@ START_TEST(edge_cases) {
 }
 END_TEST
 
+/* Every sample on the same k experts (the seed's "always same 2 experts"), with top-k
+   dispatch: collapsed at N = 4/k = 2 (which the k = 1 rules miss: active 2 is not < 2 and
+   H(u)/log N is exactly 0.5), N = 6/k = 2 and N = 8/k = 1; balanced top-k is not. */
+static void topk_case(int N, int k, int collapse, ml_health *h) {
+    batch t;
+    batch_init(&t, 48, N);
+    for (int b = 0; b < t.B; b++) {
+        int first = collapse ? 0 : (b * k) % N; /* balanced: consecutive blocks of k */
+        for (int e = 0; e < N; e++) t.prob[b * N + e] = 0.1f / (float)(N - k);
+        for (int j = 0; j < k; j++) {
+            int e = (first + j) % N;
+            t.prob[b * N + e] = 0.9f / (float)k;
+            batch_dispatch(&t, b, e);
+        }
+    }
+    ml_health_acc *a = ml_health_acc_new(N, 0);
+    ml_routing_record r = batch_record(&t, 0, 0);
+    ml_health_acc_add(a, &r, 0);
+    compute(a, h);
+    ml_health_acc_free(a);
+}
+
+START_TEST(topk_collapse_flag) {
+    static const int cases[][2] = {{4, 2}, {6, 2}, {8, 1}, {8, 2}, {3, 2}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int N = cases[i][0], k = cases[i][1];
+        ml_health h;
+        topk_case(N, k, 1, &h);
+        ck_assert_double_eq_tol(h.slots_per_sample, k, EPS);
+        ck_assert_double_eq_tol(h.effective_experts, k, 1e-9);   /* the top-k collapse endpoint */
+        ck_assert_int_eq(h.active, k);
+        ck_assert_double_eq_tol(h.cv, sqrt((double)N / k - 1), 1e-9);
+        ck_assert_double_eq_tol(h.marginal_entropy_norm, log((double)k) / log((double)N), 1e-9);
+        ck_assert_msg(h.collapsed, "N=%d k=%d: every sample on the same %d experts is not flagged", N, k, k);
+        ml_health_free(&h);
+        topk_case(N, k, 0, &h);
+        ck_assert_double_eq_tol(h.effective_experts, N, 1e-9);
+        ck_assert_int_eq(h.active, N);
+        ck_assert_msg(!h.collapsed, "N=%d k=%d: balanced top-k flagged as collapsed", N, k);
+        ml_health_free(&h);
+    }
+    /* the N = 4/k = 2 collapse: the first two rules alone (margin 0) do not see it */
+    ml_health h;
+    topk_case(4, 2, 1, &h);
+    ml_health_free(&h);
+    batch t;
+    batch_init(&t, 8, 4);
+    for (int b = 0; b < 8; b++) {
+        batch_uniform(&t, b);
+        batch_dispatch(&t, b, 0);
+        batch_dispatch(&t, b, 1);
+    }
+    ml_health_acc *a = ml_health_acc_new(4, 0);
+    ml_routing_record r = batch_record(&t, 0, 0);
+    ml_health_acc_add(a, &r, 0);
+    ml_health_cfg c = ml_health_cfg_default();
+    c.collapse_margin = 0;
+    ck_assert(ml_health_compute(a, &c, &h) == ML_OK);
+    ck_assert_int_eq(h.active, 2);
+    ck_assert_double_eq_tol(h.marginal_entropy_norm, 0.5, 1e-12);
+    ck_assert_int_eq(h.collapsed, 1); /* effective experts 2 <= k + 0 */
+    ml_health_free(&h);
+    c.collapse_margin = -1;
+    ck_assert(ml_health_compute(a, &c, &h) == ML_ERR);
+    ml_health_acc_free(a);
+    /* dense routing (k = N) is never a load collapse */
+    batch_init(&t, 8, 3);
+    for (int b = 0; b < 8; b++) {
+        batch_onehot(&t, b, 0);
+        for (int e = 0; e < 3; e++) batch_dispatch(&t, b, e);
+    }
+    a = ml_health_acc_new(3, 0);
+    r = batch_record(&t, 0, 0);
+    ml_health_acc_add(a, &r, 0);
+    compute(a, &h);
+    ck_assert_double_eq_tol(h.effective_experts, 3, 1e-9);
+    ck_assert_int_eq(h.collapsed, 0);
+    ml_health_free(&h);
+    ml_health_acc_free(a);
+}
+END_TEST
+
+/* Rows that do not sum to exactly 1 (float drift, which the host accepts up to 1e-3) are
+   normalised before they count: near one-hot routing, the mutual information equals the
+   one of the normalised rows to 1e-12 (the mean alone normalised was 1.9e-4 off). */
+/* A top-2 layer grown 2 -> 3 at the window's last batch is judged against its 2 experts:
+   the new one could not have had its share yet. The same load with 3 experts from the
+   window's start is a collapse onto two of them. */
+START_TEST(growth_window_judged_by_start_experts) {
+    batch t;
+    ml_health_acc *a = ml_health_acc_new(2, 0);
+    for (int rep = 0; rep < 2; rep++) {
+        int N = rep ? 3 : 2;
+        batch_init(&t, 16, N);
+        for (int b = 0; b < 16; b++) {
+            for (int e = 0; e < N; e++) t.prob[b * N + e] = e < 2 ? 0.5f : 0.0f;
+            batch_dispatch(&t, b, 0);
+            batch_dispatch(&t, b, 1);
+        }
+        ml_routing_record r = batch_record(&t, 0, 0);
+        ml_health_acc_add(a, &r, 0);
+    }
+    ml_health h;
+    compute(a, &h);
+    ck_assert_int_eq(h.num_experts, 3);
+    ck_assert_int_eq(h.window_experts, 2);
+    ck_assert_int_eq(h.collapsed, 0);
+    ml_health_free(&h);
+    /* the window state survives a checkpoint */
+    char *txt = ml_health_acc_to_text(a);
+    ml_health_acc *b2 = ml_health_acc_new(3, 0);
+    ck_assert(ml_health_acc_from_text(b2, txt) == ML_OK);
+    compute(b2, &h);
+    ck_assert_int_eq(h.window_experts, 2);
+    ml_health_free(&h);
+    free(txt);
+    ml_health_acc_reset(a);
+    ml_routing_record r = batch_record(&t, 0, 0);
+    ml_health_acc_add(a, &r, 0);
+    compute(a, &h);
+    ck_assert_int_eq(h.window_experts, 3);
+    ck_assert_int_eq(h.collapsed, 1);
+    ml_health_free(&h);
+    ml_health_acc_free(a);
+    ml_health_acc_free(b2);
+}
+END_TEST
+
+START_TEST(mutual_info_rows_normalised) {
+    batch t, u;
+    batch_init(&t, 16, 4);
+    batch_init(&u, 16, 4);
+    for (int b = 0; b < 16; b++) {
+        for (int e = 0; e < 4; e++) {
+            float v = e == b % 4 ? 0.9995f : 1e-4f;
+            t.prob[b * 4 + e] = v * (1.0f + 4e-4f); /* rows sum to 1.0004 */
+            u.prob[b * 4 + e] = v;
+        }
+        batch_dispatch(&t, b, b % 4);
+        batch_dispatch(&u, b, b % 4);
+    }
+    /* the reference: the exact normalised rows, in double */
+    double hrow = 0, r0 = 0.9995 / 0.9998, r1 = 1e-4 / 0.9998;
+    hrow = -(r0 * log(r0) + 3 * r1 * log(r1));
+    double mi_ref = log(4.0) - hrow;
+    ml_health_acc *a = ml_health_acc_new(4, 0);
+    ml_routing_record r = batch_record(&t, 0, 0);
+    ml_health_acc_add(a, &r, 0);
+    ml_health h;
+    compute(a, &h);
+    ck_assert_msg(fabs(h.mutual_info - mi_ref) < 1e-6 * mi_ref, "mi %.10g, expected %.10g", h.mutual_info, mi_ref);
+    ck_assert_double_eq_tol(h.mean_sample_entropy, hrow, 1e-6 * hrow);
+    double isum = 0;
+    for (int e = 0; e < 4; e++) isum += h.importance[e];
+    ck_assert_double_eq_tol(isum, 1.0, 1e-12);
+    ml_health_free(&h);
+    ml_health_acc_free(a);
+}
+END_TEST
+
 START_TEST(active_threshold) {
     /* Utilisation (0.7, 0.28, 0.02): with threshold 0.1/N = 0.0333 expert 2 is inactive. */
     ml_health_acc *a = ml_health_acc_new(3, 0);
@@ -406,6 +568,9 @@ static Suite *health_suite(void) {
     tcase_add_test(tc, dropped_share);
     tcase_add_test(tc, edge_cases);
     tcase_add_test(tc, active_threshold);
+    tcase_add_test(tc, topk_collapse_flag);
+    tcase_add_test(tc, mutual_info_rows_normalised);
+    tcase_add_test(tc, growth_window_judged_by_start_experts);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -186,6 +186,30 @@ static void loss_column(const char *dir, const char *exp, char *dst, size_t n) {
     fclose(f);
 }
 
+/* Two runs of one config: every tensor of the last and best checkpoints (weights, Adam
+ * moments, router and loss state) bit for bit, and the same routing.csv. */
+static void same_state(const char *d1, const char *d2, const char *exp) {
+    static const char *files[] = {"checkpoints/last.safetensors", "checkpoints/best.safetensors"};
+    for (size_t i = 0; i < 2; i++) {
+        char pa[512], pb[512];
+        snprintf(pa, sizeof pa, "%s/%s/d/%s", d1, exp, files[i]);
+        snprintf(pb, sizeof pb, "%s/%s/d/%s", d2, exp, files[i]);
+        size_t na = 0, nb = 0;
+        char *ta = tu_tensor_bytes(pa, &na), *tb = tu_tensor_bytes(pb, &nb);
+        ck_assert_msg(ta && tb, "cannot read %s or %s", pa, pb);
+        ck_assert_msg(na == nb && na > 1000 && memcmp(ta, tb, na) == 0, "tensors of %s and %s differ", pa, pb);
+        free(ta);
+        free(tb);
+    }
+    char pa[512], pb[512];
+    snprintf(pa, sizeof pa, "%s/%s/d/routing.csv", d1, exp);
+    snprintf(pb, sizeof pb, "%s/%s/d/routing.csv", d2, exp);
+    char *ra = tu_slurp(pa, NULL), *rb = tu_slurp(pb, NULL);
+    ck_assert_msg(ra && rb && strlen(ra) > 100 && strcmp(ra, rb) == 0, "routing.csv of the two runs differ");
+    free(ra);
+    free(rb);
+}
+
 START_TEST(determinism) {
     char a[4096], b[4096];
     const char *d1 = tu_tmpdir("det1");
@@ -200,6 +224,7 @@ START_TEST(determinism) {
     loss_column(d2, "test-synth", b, sizeof b);
     ck_assert_str_eq(a, b);
     ck_assert_int_gt((int)strlen(a), 20);
+    same_state(d1s, d2, "test-synth");
 }
 END_TEST
 
@@ -216,6 +241,7 @@ START_TEST(determinism_srnn_two_threads) {
     loss_column(d2, "test-srnn", b, sizeof b);
     ck_assert_str_eq(a, b);
     ck_assert_int_gt((int)strlen(a), 20);
+    same_state(d1, d2, "test-srnn");
 }
 END_TEST
 

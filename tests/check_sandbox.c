@@ -695,6 +695,11 @@ START_TEST(second_round_attacks_refused) {
     assert_contains("round2 refused");
     snprintf(ck, sizeof ck, "%s/test-synth/r/checkpoints/last.safetensors", tmp);
     ck_assert(exists(ck));
+    snprintf(ck, sizeof ck, "%s/test-synth/r/events.jsonl", tmp);
+    char *ev = tu_slurp(ck, NULL);
+    ck_assert_msg(ev && strstr(ev, "\"kind\":\"sorted\",\"alpha\":2.5,\"beta\":true,\"mid\":\"m\",\"zeta\":1}"),
+                  "event fields not sorted by name:\n%s", ev ? ev : "(no events.jsonl)");
+    free(ev);
 }
 END_TEST
 

@@ -9,6 +9,7 @@
 #include <check.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,6 +100,22 @@ static inline char *tu_slurp(const char *path, size_t *len) {
     fclose(f);
     if (len) *len = (size_t)n;
     return b;
+}
+
+/* The tensor bytes of a safetensors file (what follows the 8-byte header length and the
+ * JSON header; owned, free()), or NULL; *len their size. Two runs are bitwise the same when
+ * these are (metadata holds the wall clock and the checksum that covers it). */
+static inline char *tu_tensor_bytes(const char *path, size_t *len) {
+    size_t n;
+    char *raw = tu_slurp(path, &n);
+    uint64_t hn = 0;
+    if (!raw || n < 8 || (memcpy(&hn, raw, 8), hn > n - 8)) {
+        free(raw);
+        return NULL;
+    }
+    *len = n - 8 - (size_t)hn;
+    memmove(raw, raw + 8 + hn, *len);
+    return raw;
 }
 
 /* rm -rf dir (a directory the test made under /tmp). */

@@ -169,6 +169,8 @@ static const cfg_key cfg_schema[] = {
         "collapse warning when fewer than this fraction of experts are active"),
     FLT("health.collapse_entropy", "0.5", 0, 1, 0,
         "collapse warning when normalised marginal entropy H(u)/log N falls below this"),
+    FLT("health.collapse_margin", "0.5", 0, 64, 0,
+        "collapse warning when exp(H(u)) <= k + this (k = slots per routed sample; top-k collapse)"),
 
     SEC("results", "where results go"),
     STR("results.dir", "results", 0, "results root"),

@@ -351,8 +351,28 @@ static void push_node(lua_State *L, const ml_cfg_node *n) {
  * __tostring): string keys, values number, boolean or string. Raises before the caller
  * allocates anything, so an error can never leave a C buffer behind.
  */
-static void check_event_fields(lua_State *L, int idx) {
+#define EVENT_MAX_FIELDS 256
+
+/* One field of exp:event's table, read before the JSON buffer exists (so nothing can raise
+   while it does). Keys and string values point into the table, which anchors them. */
+typedef struct event_field {
+    const char *k, *s;
+    int type, b;
+    int isint;
+    lua_Integer i;
+    lua_Number n;
+} event_field;
+
+static int event_field_cmp(const void *a, const void *b) {
+    return strcmp(((const event_field *)a)->k, ((const event_field *)b)->k);
+}
+
+/* Checks exp:event's field table (raw) and reads it into a userdata array sorted by name,
+   left on the stack: events.jsonl then lists a table's fields in the same order in every
+   process (pairs() order depends on Lua's per-process string hash seed). */
+static event_field *read_event_fields(lua_State *L, int idx, int *count) {
     idx = lua_absindex(L, idx);
+    int n = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "exp:event: field names must be strings, got a %s", luaL_typename(L, -2));
@@ -360,25 +380,38 @@ static void check_event_fields(lua_State *L, int idx) {
         if (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TSTRING)
             luaL_error(L, "exp:event: field '%s' is a %s, expected a number, boolean or string", lua_tostring(L, -2),
                        luaL_typename(L, -1));
+        if (++n > EVENT_MAX_FIELDS) luaL_error(L, "exp:event: more than %d fields", EVENT_MAX_FIELDS);
         lua_pop(L, 1);
     }
-}
-
-/* Fields of a checked table (check_event_fields) -> JSON object members. Raises nothing. */
-static void table_to_json(lua_State *L, int idx, ml_json *j) {
-    idx = lua_absindex(L, idx);
+    event_field *f = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *f, 0);
+    int k = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
-        const char *k = lua_tostring(L, -2);
-        switch (lua_type(L, -1)) {
-        case LUA_TNUMBER:
-            if (lua_isinteger(L, -1)) ml_json_int(j, k, lua_tointeger(L, -1));
-            else ml_json_num(j, k, lua_tonumber(L, -1));
-            break;
-        case LUA_TBOOLEAN: ml_json_raw(j, k, lua_toboolean(L, -1) ? "true" : "false"); break;
-        default: ml_json_str(j, k, lua_tostring(L, -1)); break;
-        }
+        event_field *x = &f[k++];
+        memset(x, 0, sizeof *x);
+        x->k = lua_tostring(L, -2);
+        x->type = lua_type(L, -1);
+        if (x->type == LUA_TNUMBER) {
+            x->isint = lua_isinteger(L, -1);
+            if (x->isint) x->i = lua_tointeger(L, -1);
+            else x->n = lua_tonumber(L, -1);
+        } else if (x->type == LUA_TBOOLEAN) x->b = lua_toboolean(L, -1);
+        else x->s = lua_tostring(L, -1);
         lua_pop(L, 1);
+    }
+    qsort(f, (size_t)n, sizeof *f, event_field_cmp);
+    *count = n;
+    return f;
+}
+
+/* Fields read by read_event_fields -> JSON object members. Raises nothing. */
+static void fields_to_json(const event_field *f, int n, ml_json *j) {
+    for (int i = 0; i < n; i++) {
+        if (f[i].type == LUA_TNUMBER) {
+            if (f[i].isint) ml_json_int(j, f[i].k, f[i].i);
+            else ml_json_num(j, f[i].k, f[i].n);
+        } else if (f[i].type == LUA_TBOOLEAN) ml_json_raw(j, f[i].k, f[i].b ? "true" : "false");
+        else ml_json_str(j, f[i].k, f[i].s);
     }
 }
 
@@ -506,14 +539,15 @@ static int l_event(lua_State *L) {
     int ok = kn >= 1 && kn <= 64;
     for (size_t i = 0; ok && i < kn; i++) ok = isalnum((unsigned char)kind[i]) || strchr("_.-", kind[i]);
     luaL_argcheck(L, ok, 2, "an event kind is 1..64 letters, digits, '_', '.' or '-'");
-    int fields = !lua_isnoneornil(L, 3);
-    if (fields) {
+    int nf = 0;
+    event_field *f = NULL;
+    if (!lua_isnoneornil(L, 3)) {
         luaL_checktype(L, 3, LUA_TTABLE);
-        check_event_fields(L, 3); /* every error before the buffer exists */
+        f = read_event_fields(L, 3, &nf); /* every error before the buffer exists */
     }
     ml_json j;
     ml_json_begin(&j);
-    if (fields) table_to_json(L, 3, &j);
+    fields_to_json(f, nf, &j);
     int rc = ml_exp_event_json(e, kind, &j);
     ml_json_free(&j);
     if (rc) return core_error(L);
@@ -639,6 +673,8 @@ static int l_stats(lua_State *L) {
     set_int(L, "active", h.active);
     set_int(L, "dead", h.dead);
     set_num(L, "entropy_norm", h.marginal_entropy_norm);
+    set_num(L, "effective_experts", h.effective_experts);
+    set_num(L, "slots_per_sample", h.slots_per_sample);
     set_num(L, "sample_entropy", h.mean_sample_entropy);
     set_num(L, "mutual_info", h.mutual_info);
     set_num(L, "max_load", h.max_load_ratio);

@@ -11,6 +11,7 @@
 
 struct ml_health_acc {
     int N, C;
+    int N0;              /* experts when the window's first batch came (0: none yet) */
     int64_t *slots;      /* (N) dispatched slots per expert */
     double *psum;        /* (N) summed probabilities */
     int64_t *joint;      /* (C, N) labelled samples by (label, top-1 expert); NULL when C == 0 */
@@ -19,7 +20,7 @@ struct ml_health_acc {
 };
 
 ml_health_cfg ml_health_cfg_default(void) {
-    ml_health_cfg c = {0.1, 0.5, 0.5};
+    ml_health_cfg c = {0.1, 0.5, 0.5, 0.5};
     return c;
 }
 
@@ -97,6 +98,7 @@ void ml_health_acc_reset(ml_health_acc *a) {
     if (a->joint) memset(a->joint, 0, (size_t)a->C * (size_t)a->N * sizeof *a->joint);
     a->ent_sum = 0;
     a->samples = a->dropped = a->labelled = 0;
+    a->N0 = 0;
 }
 
 void ml_health_acc_add(ml_health_acc *a, const ml_routing_record *r, int n_dropped) {
@@ -106,15 +108,23 @@ void ml_health_acc_add(ml_health_acc *a, const ml_routing_record *r, int n_dropp
         return;
     }
     const int N = r->N;
+    if (!a->samples) a->N0 = a->N;
     for (int b = 0; b < r->B; b++) {
         const float *p = r->prob + (size_t)b * (size_t)N;
-        double h = 0;
+        /* Rows are meant to sum to 1 but carry float drift (the host accepts 1e-3): each row
+           is normalised in double first, so H(p_b) and the mean row are those of the
+           distributions, and I = H(mean) - mean H(p_b) stays exact near one-hot rows. */
+        double s = 0;
         int top = 0;
         for (int e = 0; e < N; e++) {
-            double pe = p[e];
-            if (pe > 0) h -= pe * log(pe); /* 0·log 0 = 0; negative noise ignored */
-            a->psum[e] += pe;
+            if (p[e] > 0) s += p[e]; /* negative noise ignored */
             if (p[e] > p[top]) top = e;
+        }
+        double h = 0, inv = s > 0 ? 1.0 / s : 0;
+        for (int e = 0; e < N; e++) {
+            double pe = p[e] > 0 ? p[e] * inv : 0;
+            if (pe > 0) h -= pe * log(pe); /* 0·log 0 = 0 */
+            a->psum[e] += pe;
         }
         a->ent_sum += h;
         if (a->C && r->label) {
@@ -190,10 +200,10 @@ int ml_health_compute(const ml_health_acc *a, const ml_health_cfg *cfg, ml_healt
     if (!a) return ml_errorf("health: compute: accumulator is NULL");
     ml_health_cfg c = cfg ? *cfg : ml_health_cfg_default();
     if (!(c.active_threshold >= 0) || !(c.collapse_active_fraction >= 0 && c.collapse_active_fraction <= 1) ||
-        !(c.collapse_entropy >= 0 && c.collapse_entropy <= 1))
+        !(c.collapse_entropy >= 0 && c.collapse_entropy <= 1) || !(c.collapse_margin >= 0 && isfinite(c.collapse_margin)))
         return ml_errorf("health: config active_threshold=%g collapse_active_fraction=%g "
-                         "collapse_entropy=%g, expected >= 0, in [0, 1] and in [0, 1]",
-                         c.active_threshold, c.collapse_active_fraction, c.collapse_entropy);
+                         "collapse_entropy=%g collapse_margin=%g, expected >= 0, in [0, 1], in [0, 1] and >= 0",
+                         c.active_threshold, c.collapse_active_fraction, c.collapse_entropy, c.collapse_margin);
     const int N = a->N;
     out->num_experts = N;
     out->utilisation = ml_calloc((size_t)N, sizeof(double));
@@ -219,11 +229,15 @@ int ml_health_compute(const ml_health_acc *a, const ml_health_cfg *cfg, ml_healt
         if (slots && u >= c.active_threshold / N) out->active++;
     }
     out->cv = slots ? sqrt(var / N) / mean : NAN;
+    int64_t routed = a->samples - a->dropped;
+    out->slots_per_sample = routed > 0 ? (double)slots / (double)routed : 0;
     out->max_load_ratio = slots ? umax / mean - 1.0 : NAN;
+    double hu = entropy_w(out->utilisation, N, slots ? 1.0 : 0.0);
     if (N == 1) out->marginal_entropy_norm = slots ? 1.0 : 0.0;
-    else out->marginal_entropy_norm = entropy_w(out->utilisation, N, slots ? 1.0 : 0.0) / log((double)N);
+    else out->marginal_entropy_norm = hu / log((double)N);
+    out->effective_experts = slots ? exp(hu) : 0;
 
-    /* Rows are meant to sum to 1; normalise the mean anyway so float drift stays out. */
+    /* the rows were normalised as they came; the mean's total is 1 up to rounding */
     double imp_tot = 0;
     for (int e = 0; e < N; e++) imp_tot += out->importance[e];
     double h_mean = entropy_w(out->importance, N, imp_tot);
@@ -236,17 +250,30 @@ int ml_health_compute(const ml_health_acc *a, const ml_health_cfg *cfg, ml_healt
     out->load_balance = N * lb;
     out->dropped_share = a->samples ? (double)a->dropped / (double)a->samples : 0;
     out->nmi_label = nmi_from_joint(a);
-    out->collapsed = out->active < c.collapse_active_fraction * N ||
-                     out->marginal_entropy_norm < c.collapse_entropy;
+    /* With top-k routing every sample fills k different experts, so the load can never
+       concentrate on fewer than k: total collapse (every sample on the same k experts) is
+       effective_experts = k, active = k, H(u)/log N = log k / log N, which the two k = 1
+       rules miss when k >= N/2 (N = 4, k = 2: active 2 is not < 2, entropy 0.5 is not
+       < 0.5). The third rule measures against that floor: the load is spread over no more
+       than k + margin experts' worth (k = slots per routed sample). Dense routing (k = N)
+       cannot collapse in load and is never flagged by it. */
+    double kbar = out->slots_per_sample;
+    /* A layer that grew during the window is judged against the experts it had when the
+       window began: the new ones could not yet have had their share. */
+    const int Nw = a->N0 > 0 && a->N0 < N ? a->N0 : N;
+    out->window_experts = Nw;
+    double hnorm_w = Nw > 1 ? hu / log((double)Nw) : 1.0;
+    out->collapsed = !slots || out->active < c.collapse_active_fraction * Nw || hnorm_w < c.collapse_entropy ||
+                     (kbar + c.collapse_margin < Nw && out->effective_experts <= kbar + c.collapse_margin);
     return ML_OK;
 }
 
 /* --------------------------------------------------- checkpoint text (resume) */
 
-/* "N C samples dropped labelled ent_sum slots[N] psum[N] joint[C*N]", doubles as C99 hex
+/* "N C samples dropped labelled ent_sum slots[N] psum[N] joint[C*N] N0", doubles as C99 hex
  * floats (%a) so a resumed epoch accumulates from exactly the same values. */
 char *ml_health_acc_to_text(const ml_health_acc *a) {
-    size_t cap = 128 + (size_t)a->N * 56 + (size_t)a->C * (size_t)a->N * 22, len = 0;
+    size_t cap = 144 + (size_t)a->N * 56 + (size_t)a->C * (size_t)a->N * 22, len = 0;
     char *s = ml_calloc(cap, 1);
     if (!s) return NULL;
     len += (size_t)snprintf(s + len, cap - len, "%d %d %" PRId64 " %" PRId64 " %" PRId64 " %a", a->N, a->C,
@@ -255,6 +282,7 @@ char *ml_health_acc_to_text(const ml_health_acc *a) {
     for (int i = 0; i < a->N; i++) len += (size_t)snprintf(s + len, cap - len, " %a", a->psum[i]);
     for (size_t i = 0; i < (size_t)a->C * (size_t)a->N; i++)
         len += (size_t)snprintf(s + len, cap - len, " %" PRId64, a->joint[i]);
+    len += (size_t)snprintf(s + len, cap - len, " %d", a->N0);
     return s;
 }
 
@@ -292,6 +320,8 @@ int ml_health_acc_from_text(ml_health_acc *a, const char *text) {
     for (int i = 0; ok && i < a->N; i++) ok = next_i64(&p, &slots[i]);
     for (int i = 0; ok && i < a->N; i++) ok = next_f64(&p, &psum[i]);
     for (size_t i = 0; ok && i < (size_t)a->C * (size_t)a->N; i++) ok = next_i64(&p, &joint[i]);
+    int64_t n0 = samples ? a->N : 0; /* older checkpoints do not have it */
+    if (ok && *p) ok = next_i64(&p, &n0) && n0 <= a->N && (n0 > 0 || !samples);
     if (!ok || *p) {
         free(slots);
         free(psum);
@@ -303,5 +333,6 @@ int ml_health_acc_from_text(ml_health_acc *a, const char *text) {
     a->dropped = dropped;
     a->labelled = labelled;
     a->ent_sum = ent;
+    a->N0 = (int)n0;
     return ML_OK;
 }

@@ -9,6 +9,7 @@
  *
  * The top-1 expert of a sample is the argmax of its probability row (lowest index on
  * ties), whatever the dispatch did with it. Entropies are in nats, with 0·log 0 = 0.
+ * Each probability row is normalised to sum 1 (in double) before it is counted.
  *
  * Ownership: ml_health_acc_new() returns an owned accumulator (ml_health_acc_free);
  * ml_health_compute() fills an ml_health whose arrays it owns (ml_health_free). Both
@@ -41,6 +42,8 @@ typedef struct ml_health_cfg {
     double active_threshold;         /* active: utilisation >= active_threshold / N; 0.1 */
     double collapse_active_fraction; /* collapsed when active < this · N; 0.5 */
     double collapse_entropy;         /* collapsed when marginal_entropy_norm < this; 0.5 */
+    double collapse_margin;          /* collapsed when effective_experts <= k + this (k =
+                                        slots_per_sample < N - this); 0.5 */
 } ml_health_cfg;
 
 /* The defaults above. */
@@ -54,13 +57,18 @@ typedef struct ml_health {
     int active;                    /* experts with utilisation >= active_threshold / N */
     int dead;                      /* experts with zero dispatched slots */
     double marginal_entropy_norm;  /* H(utilisation) / log N; 1 when N == 1 */
+    double effective_experts;      /* exp(H(utilisation)): N balanced, k at top-k collapse; 0 if no slots */
+    double slots_per_sample;       /* slots / routed samples: the k of top-k (0 if none routed) */
+    int window_experts;            /* experts the layer had when the window began (N without growth):
+                                      the collapse rules compare against this many */
     double mean_sample_entropy;    /* mean over samples of H(p_b), nats */
     double mutual_info;            /* I(x; expert) = H(importance) - mean H(p_b), nats, >= 0 */
     double max_load_ratio;         /* max(u)/mean(u) - 1 = N·max(u) - 1; NaN if no slots */
     double dropped_share;          /* dropped samples / samples */
     double nmi_label;              /* 2·I(Y;E) / (H(Y) + H(E)), E = top-1 expert; NaN unlabelled */
     double load_balance;           /* Switch N·Σ utilisation_i·importance_i over the window */
-    int collapsed;                 /* active < fraction·N or marginal_entropy_norm < collapse_entropy */
+    int collapsed;                 /* no slots, active < fraction·N, marginal_entropy_norm <
+                                      collapse_entropy, or effective_experts <= k + margin < N */
     int64_t samples;               /* samples accumulated */
     int64_t slots;                 /* dispatched (sample, expert) slots accumulated */
     int64_t labelled;              /* samples that counted towards nmi_label */

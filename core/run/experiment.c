@@ -205,7 +205,8 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     };
     e->hcfg = (ml_health_cfg){ml_config_float(e->cfg, "health.active_threshold", 0.1),
                               ml_config_float(e->cfg, "health.collapse_active_fraction", 0.5),
-                              ml_config_float(e->cfg, "health.collapse_entropy", 0.5)};
+                              ml_config_float(e->cfg, "health.collapse_entropy", 0.5),
+                              ml_config_float(e->cfg, "health.collapse_margin", 0.5)};
     e->B = (int)ml_config_int(e->cfg, "train.batch_size", 64);
     uint64_t seed = (uint64_t)ml_config_int(e->cfg, "train.seed", 1);
     e->train_b = ml_batcher_new(&e->train, e->B, 1, seed);
@@ -480,7 +481,8 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         if (ml_exp_health(e, l, 0, &h)) return ML_ERR;
         struct { const char *k; double v; } cols[] = {
             {"experts", h.num_experts}, {"active", h.active}, {"dead", h.dead}, {"cv", h.cv},
-            {"entropy_norm", h.marginal_entropy_norm}, {"sample_entropy", h.mean_sample_entropy},
+            {"entropy_norm", h.marginal_entropy_norm}, {"effective_experts", h.effective_experts},
+            {"sample_entropy", h.mean_sample_entropy},
             {"mutual_info", h.mutual_info}, {"max_load", h.max_load_ratio}, {"dropped", h.dropped_share},
             {"nmi", h.nmi_label}, {"load_balance", h.load_balance}, {"collapsed", h.collapsed}};
         for (size_t i = 0; i < sizeof cols / sizeof *cols; i++) {
@@ -650,9 +652,8 @@ static void health_to_abi(const ml_health *h, int layer, int epoch, ml_layer_hea
     o->importance = h->importance;
     o->cv = h->cv;
     o->marginal_entropy_norm = h->marginal_entropy_norm;
-    o->effective_experts = h->num_experts > 1 ? exp(h->marginal_entropy_norm * log((double)h->num_experts))
-                                              : (h->slots ? 1.0 : 0.0);
-    o->slots_per_sample = h->samples ? (double)h->slots / (double)h->samples : 0;
+    o->effective_experts = h->effective_experts;
+    o->slots_per_sample = h->slots_per_sample;
     o->mean_sample_entropy = h->mean_sample_entropy;
     o->mutual_info = h->mutual_info;
     o->max_load_ratio = h->max_load_ratio;

@@ -365,7 +365,7 @@ typedef struct ml_layer_health {
     double cv;                    /* std / mean of utilisation */
     double marginal_entropy_norm; /* H(utilisation) / log N */
     double effective_experts;     /* exp(H(utilisation)) */
-    double slots_per_sample;      /* slots / samples (k of top-k) */
+    double slots_per_sample;      /* slots / samples that got a slot (k of top-k) */
     double mean_sample_entropy;   /* mean H(p_b), nats */
     double mutual_info;           /* I(x; expert), nats */
     double max_load_ratio;        /* N * max(utilisation) - 1 */
