@@ -7,6 +7,7 @@
  *   moelab plugin-test FILE.so          conformance suite for a router/loss/schedule plugin
  *   moelab bench [options]              time the SRNN training step (see docs/PERFORMANCE.md)
  *   moelab lua SCRIPT                   run a Lua script with `moelab` but no experiment
+ *   moelab sweep CONFIG [key=v1,v2 ...] a study: many runs, locally or as a SLURM array
  *
  * Exit status: 0 success, 1 a run/script/plugin/data failure, 2 a bad command line or
  * config (nothing was run), 130 interrupted by SIGINT/SIGTERM (resume with --resume).
@@ -24,10 +25,12 @@
 #include "run/bench.h"
 #include "run/checkpoint.h"
 #include "base/crash.h"
+#include "base/strbuf.h"
 #include "run/experiment.h"
 #include "lua/luaexp.h"
 #include "plugin/loader.h"
 #include "plugin/plugintest.h"
+#include "study/sweep.h"
 
 static char g_root[2048]; /* directory holding the executable (the build dir) */
 
@@ -54,6 +57,8 @@ static int usage(FILE *f) {
           "       moelab plugin-test FILE.so\n"
           "       moelab bench [--image HxWxC] [--batch B] [--experts E] [--top-k K] [--steps S] [--threads T]\n"
           "       moelab lua SCRIPT\n"
+          "       moelab sweep CONFIG [key=v1,v2,... ...] [--jobs N] [--launcher local|slurm] [--name NAME]\n"
+          "       moelab sweep --resume DIR | --status DIR\n"
           "       moelab version\n"
           "`moelab COMMAND --help` tells more about each command.\n",
           f);
@@ -92,6 +97,32 @@ static const struct { const char *cmd, *text; } g_help[] = {
      "usage: moelab lua SCRIPT\n\n"
      "Runs a Lua script in the sandbox with the `moelab` table (standalone routers and\n"
      "losses) but no experiment. Ctrl-C stops it (exit 130).\n"},
+    {"sweep",
+     "usage: moelab sweep CONFIG [key=v1,v2,... | key=range(a,b[,step]) | key=value ...] [options]\n"
+     "       moelab sweep --resume DIR [--jobs N] [--launcher local|slurm]\n"
+     "       moelab sweep --status DIR\n"
+     "       moelab sweep --task DIR INDEX\n\n"
+     "Runs a study: the Cartesian product of the command line's lists (and the config's\n"
+     "sweep: grid and runs), one ordinary run directory each, under\n"
+     "<results.dir>/<experiment>/sweeps/<sweep-id>/ with the manifest sweep.yaml\n"
+     "(docs/studies.md). train.seed=1,2,3 is one more axis; key=value (one value) applies to\n"
+     "every run. Every run's config is checked before anything starts. Running the same\n"
+     "command again finishes what is missing: finished runs are kept, interrupted ones\n"
+     "resume from their checkpoint, failed ones start again (the failed directory is kept\n"
+     "as <id>.attempt-<k>).\n\n"
+     "Options:\n"
+     "  --jobs N            runs at a time (default: one per CPU, or sweep.jobs); each run gets\n"
+     "                      CPUs / N threads, so the machine is never oversubscribed\n"
+     "  --launcher L        local (default, or launcher.name) or slurm (a job array)\n"
+     "  --name NAME         the sweep id (default: config name + a hash of config and grid)\n"
+     "  --dry-run           print the runs and their overrides, start nothing\n"
+     "  --resume DIR        continue the sweep in DIR (same as re-running its command)\n"
+     "  --status DIR        each run's status, from the run directories\n"
+     "  --task DIR INDEX    run one run of the sweep in this process (what a SLURM array\n"
+     "                      task runs; INDEX counts from 0)\n\n"
+     "Exit status: 0 every run finished; 1 some run failed (the lines above say which);\n"
+     "2 a bad command line, config or grid (nothing was started); 130 interrupted (the runs\n"
+     "saved their interrupt checkpoints; run the command again to continue).\n"},
     {"version", "usage: moelab version\n\nPrints moelab's version and plugin ABI version.\n"},
 };
 
@@ -246,6 +277,143 @@ static int cmd_lua(int argc, char **argv) {
     return rc;
 }
 
+/* --opt VALUE or --opt=VALUE at argv[*i]; advances *i past what it used. */
+static const char *opt_value(int argc, char **argv, int *i, const char *name) {
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n)) return NULL;
+    if (argv[*i][n] == '=') return argv[*i] + n + 1;
+    if (argv[*i][n] || *i + 1 >= argc) return NULL;
+    return argv[++*i];
+}
+
+static int sweep_summary(ml_sweep *s, int rc) {
+    if (rc < 0) {
+        fprintf(stderr, "moelab sweep: interrupted; run the same command again (or moelab sweep --resume %s) "
+                        "to continue\n", s->dir);
+        return ML_EXIT_INTERRUPTED;
+    }
+    int failed = 0;
+    for (int i = 0; i < s->n_runs; i++)
+        if (s->run[i].state != ML_RUN_OK) {
+            if (!failed++) fprintf(stderr, "moelab sweep: not finished:\n");
+            fprintf(stderr, "  %s %s (exit %d) %s  log: %s/logs/%s.log\n", s->run[i].id, ml_run_state_name(s->run[i].state),
+                    s->run[i].exit_code, s->run[i].label, s->dir, s->run[i].id);
+        }
+    fprintf(stderr, "moelab sweep: %d of %d runs finished; results in %s\n", s->n_runs - failed, s->n_runs, s->dir);
+    return failed ? ML_EXIT_RUNTIME : 0;
+}
+
+static int cmd_sweep(int argc, char **argv) {
+    ml_sweep_opts o = {0};
+    const char *config = NULL, *resume = NULL, *status = NULL, *task = NULL, *task_index = NULL;
+    const char **axes = ml_calloc((size_t)argc + 1, sizeof *axes), **sb = ml_calloc((size_t)argc + 1, sizeof *sb);
+    int n_axes = 0;
+    if (!axes || !sb) return ML_EXIT_RUNTIME;
+    ml_strbuf cmd = {0};
+    ml_strbuf_puts(&cmd, "moelab sweep");
+    for (int i = 0; i < argc; i++) {
+        ml_strbuf_puts(&cmd, " ");
+        ml_strbuf_puts(&cmd, argv[i]);
+    }
+    o.command = cmd.buf;
+    int rc = ML_EXIT_USAGE;
+    const char *v;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if ((v = opt_value(argc, argv, &i, "--jobs"))) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*end || n < 1 || n > 65536) {
+                fprintf(stderr, "moelab sweep: --jobs '%s': expected a whole number >= 1\n", v);
+                goto out;
+            }
+            o.jobs = (int)n;
+        } else if ((v = opt_value(argc, argv, &i, "--launcher"))) o.launcher = v;
+        else if ((v = opt_value(argc, argv, &i, "--name"))) o.name = v;
+        else if ((v = opt_value(argc, argv, &i, "--partition"))) o.partition = v;
+        else if ((v = opt_value(argc, argv, &i, "--time"))) o.time = v;
+        else if ((v = opt_value(argc, argv, &i, "--mem"))) o.mem = v;
+        else if ((v = opt_value(argc, argv, &i, "--account"))) o.account = v;
+        else if ((v = opt_value(argc, argv, &i, "--qos"))) o.qos = v;
+        else if ((v = opt_value(argc, argv, &i, "--sbatch"))) sb[o.n_sbatch++] = v;
+        else if ((v = opt_value(argc, argv, &i, "--max-parallel"))) o.max_parallel = atoi(v);
+        else if ((v = opt_value(argc, argv, &i, "--resume"))) resume = v;
+        else if ((v = opt_value(argc, argv, &i, "--status"))) status = v;
+        else if (!strcmp(a, "--task") && i + 2 < argc) {
+            task = argv[++i];
+            task_index = argv[++i];
+        } else if (!strcmp(a, "--dry-run")) o.dry_run = 1;
+        else if (a[0] == '-') {
+            fprintf(stderr, "moelab sweep: unknown option '%s' (moelab sweep --help)\n", a);
+            goto out;
+        } else if (!config && !strchr(a, '=')) config = a;
+        else if (strchr(a, '=')) axes[n_axes++] = a;
+        else {
+            fprintf(stderr, "moelab sweep: '%s': expected key.path=v1,v2,... (moelab sweep --help)\n", a);
+            goto out;
+        }
+    }
+    o.sbatch = sb;
+    int modes = !!config + !!resume + !!status + !!task;
+    if (modes != 1 || ((resume || status || task) && n_axes)) {
+        fprintf(stderr, "moelab sweep: expected one of CONFIG [axes...], --resume DIR, --status DIR or --task DIR INDEX "
+                        "(moelab sweep --help)\n");
+        goto out;
+    }
+    ml_plugins_default_path(NULL, 0);
+    ml_sweep *s = NULL;
+    if (config) s = ml_sweep_create(config, axes, n_axes, &o);
+    else s = ml_sweep_open(resume ? resume : status ? status : task);
+    if (!s) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        goto out;
+    }
+    if (status) {
+        rc = ml_sweep_print_status(s, stdout) ? ML_EXIT_RUNTIME : 0;
+    } else if (task) {
+        char *end;
+        long k = strtol(task_index, &end, 10);
+        if (*end || k < 0 || k >= s->n_runs) {
+            fprintf(stderr, "moelab sweep: --task %s %s: expected a run index in 0..%d\n", task, task_index, s->n_runs - 1);
+        } else if (ml_sweep_exec(s, (int)k, 0)) {
+            fprintf(stderr, "moelab: %s\n", ml_error());
+            rc = ML_EXIT_RUNTIME;
+        } else {
+            fprintf(stderr, "moelab sweep: run %s has finished; nothing to do\n", s->run[k].id);
+            rc = 0;
+        }
+    } else if (o.dry_run) {
+        printf("sweep %s: %d runs, %d at a time with %d thread%s each, in %s\n", s->id, s->n_runs, s->jobs, s->threads,
+               s->threads == 1 ? "" : "s", s->dir);
+        for (int i = 0; i < s->n_runs; i++) {
+            printf("%s", s->run[i].id);
+            for (int j = 0; j < s->run[i].n; j++) printf(" %s", s->run[i].over[j]);
+            putchar('\n');
+        }
+        rc = 0;
+    } else {
+        if (resume) {
+            if (o.jobs > 0) {
+                s->jobs = o.jobs;
+                s->threads = ml_sweep_cpus() / o.jobs > 0 ? ml_sweep_cpus() / o.jobs : 1;
+            }
+            if (o.launcher) snprintf(s->launcher.name, sizeof s->launcher.name, "%s", o.launcher);
+        }
+        if (strcmp(s->launcher.name, "local")) {
+            fprintf(stderr, "moelab sweep: launcher '%s' is not available in this build\n", s->launcher.name);
+            rc = ML_EXIT_USAGE;
+        } else {
+            rc = sweep_summary(s, ml_sweep_run_local(s, stderr));
+        }
+    }
+    ml_sweep_free(s);
+out:
+    free(axes);
+    free(sb);
+    ml_strbuf_free(&cmd);
+    return rc;
+}
+
 char *openblas_get_corename(void);
 
 /*
@@ -304,6 +472,7 @@ int main(int argc, char **argv) {
         return ml_bench_main(argc - 2, argv + 2);
     }
     if (!strcmp(cmd, "lua")) return cmd_lua(argc - 2, argv + 2);
+    if (!strcmp(cmd, "sweep")) return cmd_sweep(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("moelab 0.1.0 (plugin ABI %d.%d)\n", ML_ABI_MAJOR, ML_ABI_MINOR);
         return 0;

@@ -22,6 +22,7 @@ data|base data|zlib.h stb/stb_image.h omp.h
 io|base nn plugin model data io|yaml.h zlib.h
 run|base nn plugin model data io run|cblas.h omp.h mpi.h
 lua|base nn plugin model data io run lua|lua.h lauxlib.h lualib.h
+study|base nn plugin model data io run study|
 '
 # headers that name an external library (anything else in <...> is the C library or POSIX)
 EXTERNAL='cblas.h omp.h dlfcn.h zlib.h stb/stb_image.h yaml.h lua.h lauxlib.h lualib.h mpi.h'
@@ -39,7 +40,7 @@ check() {
         esac
         case "$layer" in
         public|plugin-so) allow=''; ext='' ;;
-        main) allow='base nn plugin model data io run lua'; ext='' ;;
+        main) allow='base nn plugin model data io run lua study'; ext='' ;;
         *)
             row=$(echo "$RULES" | grep "^$layer|")
             if [ -z "$row" ]; then

@@ -108,6 +108,12 @@ static const cfg_key cfg_schema[] = {
     STR("plugin_path.*", NULL, 0, "a directory"),
     {"params", T_FREE, "{}", ANY, 0, NULL, 0,
      "free-form values for the script (`exp.config.params`); keys unchecked"},
+    {"sweep", T_FREE, "{}", ANY, 0, NULL, 0,
+     "a study's grid (`grid:`, `runs:`, `jobs:`, `name:`), read by `moelab sweep` and checked "
+     "there (docs/studies.md); `moelab run` ignores it"},
+    {"launcher", T_FREE, "{}", ANY, 0, NULL, 0,
+     "where `moelab sweep` runs the grid (`name: local|slurm`, SLURM's partition, time, ...; "
+     "docs/studies.md); `moelab run` ignores it"},
 
     SEC("data", "the dataset"),
     ENUM("data.dataset", NULL, F_REQ, "fashion_mnist|synthetic|cifar10|image_folder",
@@ -175,6 +181,9 @@ static const cfg_key cfg_schema[] = {
     SEC("results", "where results go"),
     STR("results.dir", "results", 0, "results root"),
     STR("results.run_id", "", F_NAME, "run directory name; \"\" = a timestamp"),
+    STR("results.run_dir", "", 0,
+        "the run directory itself, instead of `<dir>/<experiment>/<run_id>` (set by `moelab "
+        "sweep`); it must not exist or be empty"),
     INT("results.checkpoint_every", "0", 0, NOHI,
         "also save checkpoint `epoch<N>` every N epochs; 0 = only best/last"),
 
@@ -1173,7 +1182,99 @@ static int emit_yaml(ml_config *c) {
     return ML_OK;
 }
 
+/* A node as one line of flow YAML (owned, free()): what an override's value is written as. */
+char *ml_cfg_node_flow(const ml_cfg_node *n) {
+    yaml_emitter_t em;
+    yaml_event_t ev;
+    ml_strbuf b = {0};
+    if (!yaml_emitter_initialize(&em)) {
+        ml_errorf("out of memory");
+        return NULL;
+    }
+    yaml_emitter_set_output(&em, sb_write, &b);
+    yaml_emitter_set_unicode(&em, 1);
+    yaml_emitter_set_width(&em, -1);
+    int ok = yaml_stream_start_event_initialize(&ev, YAML_UTF8_ENCODING) && yaml_emitter_emit(&em, &ev) &&
+             yaml_document_start_event_initialize(&ev, NULL, NULL, NULL, 1) && yaml_emitter_emit(&em, &ev);
+    /* a flow rendering of n: maps and sequences in flow style, scalars as they were */
+    const ml_cfg_node *stack[CFG_MAX_NEST];
+    int idx[CFG_MAX_NEST], top = 0;
+    stack[0] = n;
+    idx[0] = -1;
+    while (ok && top >= 0) {
+        const ml_cfg_node *x = stack[top];
+        if (x->kind == ML_CFG_SCALAR) {
+            ok = !emit_scalar(&em, x->text, x->quoted);
+            top--;
+            continue;
+        }
+        if (idx[top] < 0) {
+            ok = x->kind == ML_CFG_MAP
+                     ? yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1, YAML_FLOW_MAPPING_STYLE)
+                     : yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1, YAML_FLOW_SEQUENCE_STYLE);
+            ok = ok && yaml_emitter_emit(&em, &ev);
+            idx[top] = 0;
+            continue;
+        }
+        if (idx[top] >= x->n) {
+            ok = (x->kind == ML_CFG_MAP ? yaml_mapping_end_event_initialize(&ev) : yaml_sequence_end_event_initialize(&ev)) &&
+                 yaml_emitter_emit(&em, &ev);
+            top--;
+            continue;
+        }
+        const ml_cfg_node *child = x->item[idx[top]++];
+        if (x->kind == ML_CFG_MAP) ok = !emit_scalar(&em, child->key, 0);
+        if (ok && top + 1 >= CFG_MAX_NEST) ok = 0;
+        if (ok) {
+            stack[++top] = child;
+            idx[top] = -1;
+        }
+    }
+    ok = ok && yaml_document_end_event_initialize(&ev, 1) && yaml_emitter_emit(&em, &ev) &&
+         yaml_stream_end_event_initialize(&ev) && yaml_emitter_emit(&em, &ev) && yaml_emitter_flush(&em);
+    yaml_emitter_delete(&em);
+    if (!ok || !b.buf) {
+        free(b.buf);
+        ml_errorf("cannot render a config value as YAML");
+        return NULL;
+    }
+    /* one document: drop a "--- " start, "..." end and the trailing newline */
+    char *t = b.buf;
+    size_t len = b.len;
+    while (len && (t[len - 1] == '\n' || t[len - 1] == ' ')) len--;
+    if (len >= 3 && !strncmp(t + len - 3, "...", 3)) {
+        len -= 3;
+        while (len && (t[len - 1] == '\n' || t[len - 1] == ' ')) len--;
+    }
+    size_t start = !strncmp(t, "--- ", 4) ? 4 : 0;
+    memmove(t, t + start, len - start);
+    t[len - start] = 0;
+    return t;
+}
+
 /* --------------------------------------------------------------------------- API */
+
+ml_config *ml_config_load_plain(const char *path) {
+    ml_config *c = ml_calloc(1, sizeof *c);
+    if (!c) return NULL;
+    if (!(c->path = ml_strdup(path))) goto fail;
+    char *text = NULL;
+    size_t len = 0;
+    if (ml_read_file(path, CFG_MAX_FILE, &text, &len)) goto fail;
+    const char *src = cfg_intern(c, path);
+    int rc = src ? parse_yaml(src, text, len, 1, &c->root) : ML_ERR;
+    free(text);
+    if (rc) goto fail;
+    if (!c->root && !(c->root = node_new(ML_CFG_MAP, src, 1, 1))) goto fail;
+    if (c->root->kind != ML_CFG_MAP) {
+        err_pos(src, c->root->line, c->root->col, "the top level must be a mapping, got %s", kind_name(c->root->kind));
+        goto fail;
+    }
+    return c;
+fail:
+    ml_config_free(c);
+    return NULL;
+}
 
 ml_config *ml_config_load(const char *path, const char *const *overrides, int n_overrides,
                           ml_config_find_plugin find, void *find_ctx) {
@@ -1297,6 +1398,11 @@ const char *ml_cfg_node_source(const ml_cfg_node *n, int *line, int *col) {
     if (line) *line = n->line;
     if (col) *col = n->col;
     return n->src;
+}
+
+void ml_cfg_node_key_pos(const ml_cfg_node *n, int *line, int *col) {
+    *line = n->key ? n->key_line : n->line;
+    *col = n->key ? n->key_col : n->col;
 }
 
 int ml_config_write(const ml_config *c, const char *path) {

@@ -85,6 +85,19 @@ int ml_cfg_node_is_quoted(const ml_cfg_node *n);                /* quoted scalar
  */
 const char *ml_cfg_node_source(const ml_cfg_node *n, int *line, int *col);
 
+/*
+ * Loads a YAML file whose top level is a mapping as a plain tree (no base:, no schema, no
+ * overrides), for the other YAML files moelab reads (a sweep's sweep.yaml). The tree
+ * functions below and ml_config_get work on it; the typed getters read its scalars.
+ */
+ml_config *ml_config_load_plain(const char *path);
+/* A node as one line of flow YAML, e.g. `[1, 2]`, `{name: z_loss, coef: 0.1}`, `"a b"`:
+   the value text of a `key=value` override that recreates it. Owned, free(). */
+char *ml_cfg_node_flow(const ml_cfg_node *n);
+
+/* Where a map entry's key was written (1-based; the value's place for seq items). */
+void ml_cfg_node_key_pos(const ml_cfg_node *n, int *line, int *col);
+
 /* Writes the resolved config as YAML (defaults filled, no comments); ML_OK or ML_ERR. */
 int ml_config_write(const ml_config *c, const char *path);
 /* The resolved YAML text ml_config_write writes. */

@@ -113,6 +113,75 @@ static int check_component(const char *what, const char *s) {
     return ML_OK;
 }
 
+/* Creates r->dir (an explicit name: it may exist when empty), then checkpoints/, files/,
+   the lock and a clean of stale temp files. Frees r on failure. */
+static ml_results *open_explicit(ml_results *r) {
+    if (mkdir(r->dir, 0777) < 0) {
+        int err = errno;
+        int empty = err == EEXIST ? dir_is_empty(r->dir) : -1;
+        if (empty == 0) {
+            ml_errorf("results: run directory %s already exists and is not empty; refusing to "
+                      "overwrite it (hint: choose another run id, or none for a timestamp)", r->dir);
+            free(r);
+            return NULL;
+        }
+        if (empty < 0) {
+            ml_errorf("results: cannot create run directory %s: %s", r->dir, strerror(err));
+            free(r);
+            return NULL;
+        }
+    }
+    return r;
+}
+
+static ml_results *open_finish(ml_results *r) {
+    char ck[RES_PATH_MAX + 16];
+    for (int i = 0; i < 2; i++) { /* files/: the only place the script may write */
+        snprintf(ck, sizeof ck, "%s/%s", r->dir, i ? "files" : "checkpoints");
+        if (mkdir(ck, 0777) < 0 && errno != EEXIST) {
+            ml_errorf("results: cannot create %s: %s", ck, strerror(errno));
+            free(r);
+            return NULL;
+        }
+    }
+    if (lock_dir(r) || ml_results_clean_tmp(r->dir) < 0) {
+        ml_results_close(r);
+        return NULL;
+    }
+    return r;
+}
+
+ml_results *ml_results_open_at(const char *run_dir) {
+    size_t n = run_dir ? strlen(run_dir) : 0;
+    while (n > 1 && run_dir[n - 1] == '/') n--;
+    if (!n) {
+        ml_errorf("results: the run directory is empty");
+        return NULL;
+    }
+    const char *slash = memrchr(run_dir, '/', n);
+    const char *base = slash ? slash + 1 : run_dir;
+    char id[256], parent[RES_PATH_MAX];
+    if (n >= RES_PATH_MAX - 256 || (size_t)(run_dir + n - base) >= sizeof id) {
+        ml_errorf("results: run directory '%.60s...' is too long", run_dir);
+        return NULL;
+    }
+    snprintf(id, sizeof id, "%.*s", (int)(run_dir + n - base), base);
+    if (check_component("run directory name", id)) return NULL;
+    if (!slash) strcpy(parent, ".");
+    else if (slash == run_dir) strcpy(parent, "/");
+    else snprintf(parent, sizeof parent, "%.*s", (int)(slash - run_dir), run_dir);
+    if (ml_mkdir_p(parent)) {
+        ml_error_prefix("results");
+        return NULL;
+    }
+    ml_results *r = ml_calloc(1, sizeof *r);
+    if (!r) return NULL;
+    snprintf(r->run_id, sizeof r->run_id, "%s", id);
+    snprintf(r->dir, sizeof r->dir, "%.*s", (int)n, run_dir);
+    r = open_explicit(r);
+    return r ? open_finish(r) : NULL;
+}
+
 ml_results *ml_results_open(const char *dir, const char *experiment, const char *run_id) {
     if (!dir || !*dir) dir = ".";
     if (check_component("experiment", experiment)) return NULL;
@@ -129,21 +198,7 @@ ml_results *ml_results_open(const char *dir, const char *experiment, const char 
     if (explicit_id) {
         snprintf(r->run_id, sizeof r->run_id, "%s", run_id);
         path_join(r->dir, sizeof r->dir, parent, run_id); /* fits: parent < 3840, id < 200 */
-        if (mkdir(r->dir, 0777) < 0) {
-            int err = errno;
-            int empty = err == EEXIST ? dir_is_empty(r->dir) : -1;
-            if (empty == 0) {
-                ml_errorf("results: run directory %s already exists and is not empty; refusing to "
-                          "overwrite it (hint: choose another run id, or none for a timestamp)", r->dir);
-                free(r);
-                return NULL;
-            }
-            if (empty < 0) {
-                ml_errorf("results: cannot create run directory %s: %s", r->dir, strerror(err));
-                free(r);
-                return NULL;
-            }
-        }
+        if (!(r = open_explicit(r))) return NULL;
     } else {
         char stamp[32];
         time_t now = time(NULL);
@@ -168,20 +223,7 @@ ml_results *ml_results_open(const char *dir, const char *experiment, const char 
             return NULL;
         }
     }
-    char ck[RES_PATH_MAX + 16];
-    for (int i = 0; i < 2; i++) { /* files/: the only place the script may write */
-        snprintf(ck, sizeof ck, "%s/%s", r->dir, i ? "files" : "checkpoints");
-        if (mkdir(ck, 0777) < 0 && errno != EEXIST) {
-            ml_errorf("results: cannot create %s: %s", ck, strerror(errno));
-            free(r);
-            return NULL;
-        }
-    }
-    if (lock_dir(r) || ml_results_clean_tmp(r->dir) < 0) {
-        ml_results_close(r);
-        return NULL;
-    }
-    return r;
+    return open_finish(r);
 }
 
 const char *ml_results_dir(const ml_results *r) { return r->dir; }

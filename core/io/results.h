@@ -28,6 +28,9 @@ typedef struct ml_results ml_results;
  * experiment and run_id are single path components (no '/', not "." or "..").
  */
 ml_results *ml_results_open(const char *dir, const char *experiment, const char *run_id);
+/* The same at an explicit run directory (config results.run_dir, which moelab sweep sets):
+   parents are created; the directory itself must not exist or be empty. */
+ml_results *ml_results_open_at(const char *run_dir);
 const char *ml_results_dir(const ml_results *r);  /* the run directory; borrowed */
 const char *ml_results_run_id(const ml_results *r);
 /* Writes "<run dir>/<rel>" into out[cap]; ML_ERR when it does not fit. */

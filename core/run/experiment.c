@@ -141,16 +141,11 @@ static void set_threads(int n) {
     omp_set_num_threads(n);
 }
 
-ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides, int n_overrides,
-                          int *exit_code) {
-    *exit_code = ML_EXIT_USAGE;
-    ml_experiment *e = ml_calloc(1, sizeof *e);
-    if (!e) return NULL;
-    e->best_val = INFINITY;
+ml_config *ml_exp_load_config(const char *config_path, const char *const *overrides, int n_overrides) {
     /* a first pass without plugin checks reads plugin_path (relative to the config file),
      * so the validating pass can find plugins there */
     ml_config *pre = ml_config_load(config_path, overrides, n_overrides, NULL, NULL);
-    if (!pre) goto fail;
+    if (!pre) return NULL;
     int npp = ml_config_len(pre, "plugin_path");
     char (*dirs)[4096] = ml_calloc(npp > 0 ? (size_t)npp : 1, sizeof *dirs);
     const char **dirp = ml_calloc(npp > 0 ? (size_t)npp : 1, sizeof *dirp);
@@ -158,7 +153,7 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
         free(dirs);
         free(dirp);
         ml_config_free(pre);
-        goto fail;
+        return NULL;
     }
     for (int i = 0; i < npp; i++) {
         char key[64], cdir[4096];
@@ -173,7 +168,16 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     free(dirs);
     free(dirp);
     ml_config_free(pre);
-    e->cfg = ml_config_load(config_path, overrides, n_overrides, find_plugin, e);
+    return ml_config_load(config_path, overrides, n_overrides, find_plugin, NULL);
+}
+
+ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides, int n_overrides,
+                          int *exit_code) {
+    *exit_code = ML_EXIT_USAGE;
+    ml_experiment *e = ml_calloc(1, sizeof *e);
+    if (!e) return NULL;
+    e->best_val = INFINITY;
+    e->cfg = ml_exp_load_config(config_path, overrides, n_overrides);
     if (!e->cfg) goto fail;
     snprintf(e->experiment, sizeof e->experiment, "%s", ml_config_str(e->cfg, "experiment", "default"));
     *exit_code = ML_EXIT_RUNTIME;
@@ -224,8 +228,10 @@ fail:
 }
 
 int ml_exp_open_results(ml_experiment *e) {
-    e->res = ml_results_open(ml_config_str(e->cfg, "results.dir", "results"), e->experiment,
-                             ml_config_str(e->cfg, "results.run_id", ""));
+    const char *at = ml_config_str(e->cfg, "results.run_dir", "");
+    e->res = *at ? ml_results_open_at(at)
+                 : ml_results_open(ml_config_str(e->cfg, "results.dir", "results"), e->experiment,
+                                   ml_config_str(e->cfg, "results.run_id", ""));
     if (!e->res) return ML_ERR;
     ml_plugins_forbid_dir(ml_results_dir(e->res)); /* the script writes there: never a plugin from it */
     char path[4096];

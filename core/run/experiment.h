@@ -120,6 +120,10 @@ typedef struct ml_experiment {
     int resumed;                   /* the run continues from a checkpoint (exp.resumed) */
 } ml_experiment;
 
+/* The validated config of a run (plugins found on the search path the config extends),
+ * as ml_exp_new loads it; owned (ml_config_free), or NULL with ml_error(). moelab sweep
+ * checks every grid point with it before anything starts. */
+ml_config *ml_exp_load_config(const char *config_path, const char *const *overrides, int n_overrides);
 /* overrides: "a.b=value" strings. Returns NULL with ml_error(); *exit_code says whether the
  * failure was a config/usage error (ML_EXIT_USAGE) or a runtime one (ML_EXIT_RUNTIME). */
 ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides, int n_overrides,
