@@ -52,7 +52,19 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/libmoelab.a: $(CORE_OBJ)
+# Provenance: the commit and flags of this build (core/base/version.h), regenerated at
+# every make, replaced only when its text changes.
+GEN_VERSION = $(BUILD)/gen/version.c
+.PHONY: FORCE
+$(GEN_VERSION): FORCE
+	@mkdir -p $(dir $@)
+	@sh tools/gen-version.sh "$(CC) $(CFLAGS) $(EXTRA_CFLAGS)" > $@.tmp && \
+	    if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+$(BUILD)/obj/gen/version.o: $(GEN_VERSION) core/base/version.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libmoelab.a: $(CORE_OBJ) $(BUILD)/obj/gen/version.o
 	@rm -f $@
 	ar rcs $@ $^
 

@@ -27,12 +27,16 @@
 #include "base/crash.h"
 #include "base/strbuf.h"
 #include "run/experiment.h"
+#include "run/provenance.h"
+#include "base/version.h"
 #include "lua/luaexp.h"
 #include "plugin/loader.h"
 #include "plugin/plugintest.h"
 #include "study/sweep.h"
 
 static char g_root[2048]; /* directory holding the executable (the build dir) */
+static int g_argc;         /* the command line, for provenance */
+static char **g_argv;
 
 static void find_root(void) {
     char exe[PATH_MAX];
@@ -68,11 +72,13 @@ static int usage(FILE *f) {
 /* `moelab CMD --help`: what each subcommand does, its arguments and exit statuses. */
 static const struct { const char *cmd, *text; } g_help[] = {
     {"run",
-     "usage: moelab run CONFIG [key.path=value ...]\n"
+     "usage: moelab run CONFIG [key.path=value ...] [--print-config]\n"
      "       moelab run --resume RUN_DIR [--from TAG]\n\n"
      "Runs the experiment CONFIG (YAML, docs/configs.md) with its Lua script (default\n"
      "scripts/train.lua) and writes results/<experiment>/<run-id>/ (docs/results.md).\n"
-     "key.path=value overrides a config value, e.g. train.epochs=2 router.k=1.\n\n"
+     "key.path=value overrides a config value, e.g. train.epochs=2 router.k=1.\n"
+     "--print-config prints the resolved config (defaults filled in, paths made absolute,\n"
+     "plugin options checked) as the run would save it, and exits.\n\n"
      "Ctrl-C or SIGTERM stops the run after the current step, saves the checkpoint\n"
      "'interrupt' and exits 130. --resume RUN_DIR continues that run in its directory,\n"
      "with the config it was started with, from 'interrupt' (or 'last' when it is further,\n"
@@ -173,8 +179,41 @@ static int resume_args(int argc, char **argv, const char **run_dir, const char *
     return 0;
 }
 
+/* moelab run --print-config CONFIG [overrides]: the resolved config, as a run would save it. */
+static int print_config(int argc, char **argv) {
+    const char *cfgp = NULL;
+    const char **ov = ml_calloc((size_t)argc + 1, sizeof *ov);
+    int n = 0;
+    if (!ov) return ML_EXIT_RUNTIME;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--print-config")) continue;
+        if (!cfgp) cfgp = argv[i];
+        else if (strchr(argv[i], '=')) ov[n++] = argv[i];
+        else {
+            fprintf(stderr, "moelab: override '%s': expected key.path=value\n", argv[i]);
+            free(ov);
+            return ML_EXIT_USAGE;
+        }
+    }
+    if (!cfgp) {
+        free(ov);
+        return usage(stderr);
+    }
+    ml_config *c = ml_exp_load_config(cfgp, ov, n);
+    free(ov);
+    if (!c) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        return ML_EXIT_USAGE;
+    }
+    fputs(ml_config_yaml(c), stdout);
+    ml_config_free(c);
+    return 0;
+}
+
 static int cmd_run(int argc, char **argv) {
     if (argc < 1) return usage(stderr);
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--print-config")) return print_config(argc, argv);
     const char *run_dir = NULL, *from = NULL;
     char cfg[PATH_MAX + 16];
     if (strcmp(argv[0], "--resume") == 0) {
@@ -195,6 +234,11 @@ static int cmd_run(int argc, char **argv) {
     if (!e) {
         fprintf(stderr, "moelab: %s\n", ml_error());
         return code;
+    }
+    if (ml_prov_set_command(e, g_argc, g_argv, run_dir ? NULL : (const char *const *)argv + 1, run_dir ? 0 : argc - 1)) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        ml_exp_free(e);
+        return ML_EXIT_RUNTIME;
     }
     if (run_dir && ml_exp_resume(e, run_dir, from, &code)) {
         fprintf(stderr, "moelab: resume: %s\n", ml_error());
@@ -445,6 +489,8 @@ static void pick_blas_kernel(char **argv) {
 
 int main(int argc, char **argv) {
     pick_blas_kernel(argv);
+    g_argc = argc;
+    g_argv = argv;
     find_root();
     if (argc < 2) return usage(stderr);
     /* a crashing plugin (or moelab) is reported in one line, in every command */
@@ -474,7 +520,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "lua")) return cmd_lua(argc - 2, argv + 2);
     if (!strcmp(cmd, "sweep")) return cmd_sweep(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
-        printf("moelab 0.1.0 (plugin ABI %d.%d)\n", ML_ABI_MAJOR, ML_ABI_MINOR);
+        printf("moelab %s (plugin ABI %d.%d, commit %s)\n", ML_VERSION, ML_ABI_MAJOR, ML_ABI_MINOR, ml_build_commit());
         return 0;
     }
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) return usage(stdout);

@@ -4,7 +4,9 @@
  * the written config reloads to the same text and hash, docs/configs.md matches the schema.
  * Plugins are fakes: descriptors with small option tables, found by fake_find.
  */
+#include <limits.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/common.h"
@@ -77,7 +79,8 @@ START_TEST(test_minimal_defaults) {
     ck_assert_msg(c, "%s", ml_error());
     ck_assert_str_eq(ml_config_path(c), FIX "good_minimal.yaml");
     ck_assert_str_eq(ml_config_str(c, "experiment", NULL), "minimal");
-    ck_assert_str_eq(ml_config_str(c, "script", NULL), "scripts/train.lua");
+    ck_assert_ptr_nonnull(strstr(ml_config_str(c, "script", NULL), "/scripts/train.lua"));
+    ck_assert_int_eq(ml_config_str(c, "script", NULL)[0], '/'); /* the path rule: absolute, in moelab's tree */
     ck_assert_str_eq(ml_config_str(c, "data.dataset", NULL), "fashion_mnist");
     ck_assert_str_eq(ml_config_str(c, "data.path", NULL), "");
     ck_assert_int_eq(ml_config_int(c, "data.val_images", -1), 10000);
@@ -441,6 +444,68 @@ START_TEST(test_docs_match_schema) {
 }
 END_TEST
 
+/* One path rule: relative paths are relative to the file that names them (a base file's to
+   the base file), a command-line override's to the working directory, then moelab's tree;
+   the resolved config holds absolute paths; a missing script names the places tried. */
+static void put(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+START_TEST(test_path_rule) {
+    char dir[256], sub[300], p[400], want[PATH_MAX + 64], cwd[512];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("paths"));
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    ck_assert_int_eq(mkdir(sub, 0777), 0);
+    snprintf(p, sizeof p, "%s/loop.lua", sub);
+    put(p, "-- a script\n");
+    snprintf(p, sizeof p, "%s/base.yaml", sub);
+    put(p, "experiment: e\nscript: loop.lua\ndata: {dataset: synthetic}\nmodel: {type: mlp}\n"
+           "plugin_path: [my_plugins]\nlua: {allow_read: [../nothing_here]}\n");
+    snprintf(p, sizeof p, "%s/top.yaml", dir);
+    put(p, "base: sub/base.yaml\n");
+    ml_config *c = ml_config_load(p, NULL, 0, NULL, NULL);
+    ck_assert_msg(c != NULL, "%s", ml_error());
+    char real[PATH_MAX];
+    ck_assert_ptr_nonnull(realpath(sub, real));
+    snprintf(want, sizeof want, "%s/loop.lua", real);
+    ck_assert_str_eq(ml_config_str(c, "script", NULL), want); /* the base file's directory */
+    snprintf(want, sizeof want, "%s/my_plugins", real);
+    ck_assert_str_eq(ml_config_str(c, "plugin_path.0", NULL), want);
+    snprintf(want, sizeof want, "%s/../nothing_here", real);
+    ck_assert_str_eq(ml_config_str(c, "lua.allow_read.0", NULL), want);
+    ck_assert_ptr_nonnull(strstr(ml_config_yaml(c), want));
+    ml_config_free(c);
+    /* an override is relative to the working directory */
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    ck_assert_int_eq(chdir(sub), 0);
+    char top[400];
+    snprintf(top, sizeof top, "%s/top.yaml", dir);
+    c = ml_config_load(top, (const char *[]){"script=loop.lua"}, 1, NULL, NULL);
+    ck_assert_int_eq(chdir(cwd), 0);
+    ck_assert_msg(c != NULL, "%s", ml_error());
+    snprintf(want, sizeof want, "%s/loop.lua", real);
+    ck_assert_str_eq(ml_config_str(c, "script", NULL), want);
+    ml_config_free(c);
+    /* moelab's tree: scripts/train.lua named from anywhere */
+    c = ml_config_load(top, (const char *[]){"script=scripts/train.lua"}, 1, NULL, NULL);
+    ck_assert_msg(c != NULL, "%s", ml_error());
+    ck_assert_ptr_nonnull(strstr(ml_config_str(c, "script", NULL), "/scripts/train.lua"));
+    ck_assert_int_eq(access(ml_config_str(c, "script", NULL), R_OK), 0);
+    ml_config_free(c);
+    /* missing: both places named, at the value's position */
+    snprintf(p, sizeof p, "%s/bad.yaml", dir);
+    put(p, "base: sub/base.yaml\nscript: nowhere.lua\n");
+    ck_assert_ptr_null(ml_config_load(p, NULL, 0, NULL, NULL));
+    ck_assert_msg(strstr(ml_error(), "bad.yaml:2:9: script: 'nowhere.lua' not found (tried ") &&
+                      strstr(ml_error(), "/nowhere.lua and "),
+                  "%s", ml_error());
+    tu_rm_rf(dir);
+}
+END_TEST
+
 static Suite *config_suite(void) {
     Suite *s = suite_create("config");
     TCase *t = tcase_create("config");
@@ -461,6 +526,7 @@ static Suite *config_suite(void) {
     tcase_add_test(t, test_base_merge);
     tcase_add_test(t, test_write_roundtrip);
     tcase_add_test(t, test_docs_match_schema);
+    tcase_add_test(t, test_path_rule);
     suite_add_tcase(s, t);
     return s;
 }

@@ -8,6 +8,9 @@
 #include <unistd.h>
 
 #include "testutil.h"
+#include "base/json.h"
+#include "base/sha256.h"
+#include "base/version.h"
 
 static char out[1 << 16];
 
@@ -329,7 +332,7 @@ END_TEST
 
 /* Every subcommand answers --help on stdout with exit 0, and runs nothing. */
 START_TEST(every_subcommand_has_help) {
-    const char *cmds[] = {"run", "plugins", "plugin-test", "bench", "lua", "version"};
+    const char *cmds[] = {"run", "plugins", "plugin-test", "bench", "lua", "version", "sweep"};
     for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
         char want[64];
         snprintf(want, sizeof want, "usage: moelab %s", cmds[i]);
@@ -390,6 +393,102 @@ START_TEST(shipped_configs_build) {
 }
 END_TEST
 
+/* summary.json ties the result to what made it: seed, overrides, group, times, and the
+   provenance (version, commit, command, config, plugins with their sha256, threads, BLAS);
+   a resume keeps the start's and adds itself to "resumes". --print-config prints the
+   resolved config. SHA-256 itself is checked against FIPS 180-4's examples. */
+static const ml_jv *member(const ml_jv *v, const char *k) {
+    const ml_jv *m = ml_jv_get(v, k);
+    ck_assert_msg(m != NULL, "summary.json lacks '%s'", k);
+    return m;
+}
+
+START_TEST(provenance_in_summary) {
+    ml_sha256 h;
+    unsigned char d[32];
+    char hex[65];
+    ml_sha256_init(&h);
+    ml_sha256_update(&h, "abc", 3);
+    ml_sha256_final(&h, d);
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    ck_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    ml_sha256_init(&h);
+    const char *two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    for (size_t i = 0; i < strlen(two); i++) ml_sha256_update(&h, two + i, 1); /* byte by byte */
+    ml_sha256_final(&h, d);
+    for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    ck_assert_str_eq(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("prov"));
+    int rc = run(MOELAB " run " SYNTH " results.dir=%s results.run_id=p train.seed=7 router.k=1 train.epochs=2", tu_build(),
+                 dir);
+    ck_assert_msg(rc == 0, "%s", out);
+    char path[600];
+    snprintf(path, sizeof path, "%s/test-synth/p/summary.json", dir);
+    char *text = tu_slurp(path, NULL);
+    ck_assert_ptr_nonnull(text);
+    ml_jv *v = ml_jv_parse(text, strlen(text));
+    ck_assert_ptr_nonnull(v);
+    ck_assert_int_eq(member(v, "seed")->i, 7);
+    ck_assert_int_eq(member(v, "overrides")->n, 5);
+    ck_assert_str_eq(member(v, "group")->str, "router.k=1 train.epochs=2");
+    ck_assert_int_eq((int)strlen(member(v, "started")->str), 20);
+    ck_assert_int_eq((int)strlen(member(v, "ended")->str), 20);
+    const ml_jv *p = member(v, "provenance");
+    ck_assert_str_eq(member(p, "moelab")->str, ML_VERSION);
+    const char *commit = member(p, "commit")->str;
+    ck_assert_msg(strlen(commit) >= 40 || !strcmp(commit, "unknown"), "commit '%s'", commit);
+    ck_assert_ptr_nonnull(strstr(member(p, "command")->str, " run " SYNTH " results.dir="));
+    ck_assert_int_eq(member(p, "config")->str[0], '/');
+    ck_assert_int_eq(member(p, "threads")->i, 1);
+    ck_assert_ptr_nonnull(member(p, "blas")->str);
+    const ml_jv *pl = member(p, "plugins");
+    ck_assert_int_eq(pl->n, 3); /* softmax_topk, load_balance, fixed */
+    for (int i = 0; i < pl->n; i++) {
+        const char *f = member(&pl->items[i], "path")->str;
+        ck_assert_int_eq(ml_sha256_file(f, hex), ML_OK);
+        ck_assert_str_eq(member(&pl->items[i], "sha256")->str, hex);
+        ck_assert_str_eq(member(&pl->items[i], "abi")->str, "1.1");
+    }
+    ck_assert_int_eq(run("sha256sum %s | cut -c1-64", member(&pl->items[0], "path")->str, ""), 0);
+    ck_assert_int_eq(strncmp(out, member(&pl->items[0], "sha256")->str, 64), 0);
+    ml_jv_free(v);
+    free(text);
+    /* a resume keeps the start's provenance and lists itself */
+    char cmd[1200], cwd[512];
+    ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
+    snprintf(cmd, sizeof cmd, "MOELAB_TEST_INTERRUPT_AT_STEP=60 %s/moelab run " SYNTH " results.dir=%s results.run_id=q "
+             "train.epochs=2", tu_build(), dir);
+    rc = run("%s%s", cmd, "");
+    ck_assert_int_eq(rc, 130);
+    snprintf(cmd, sizeof cmd, "cd /tmp && %s/%s/moelab run --resume %s/test-synth/q", cwd, tu_build(), dir);
+    rc = run("%s%s", cmd, "");
+    ck_assert_msg(rc == 0, "%s", out);
+    snprintf(path, sizeof path, "%s/test-synth/q/summary.json", dir);
+    text = tu_slurp(path, NULL);
+    v = ml_jv_parse(text, strlen(text));
+    ck_assert_ptr_nonnull(v);
+    ck_assert_str_eq(member(v, "group")->str, "train.epochs=2");
+    ck_assert_ptr_nonnull(strstr(member(member(v, "provenance"), "command")->str, " results.run_id=q "));
+    const ml_jv *rs = member(v, "resumes");
+    ck_assert_int_eq(rs->n, 1);
+    ck_assert_str_eq(member(&rs->items[0], "from")->str, "interrupt");
+    ck_assert_ptr_nonnull(strstr(member(&rs->items[0], "command")->str, "--resume"));
+    ml_jv_free(v);
+    free(text);
+    /* --print-config */
+    rc = run(MOELAB " run " SYNTH " router.k=1 --print-config%s", tu_build(), "");
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("experiment: \"test-synth\"\nscript: \"/");
+    assert_contains("  k: 1\n");
+    rc = run(MOELAB " run " SYNTH " router.k=100 --print-config%s", tu_build(), "");
+    ck_assert_int_eq(rc, 2);
+    assert_contains("router.k must be in [1, 64], got 100");
+    tu_rm_rf(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("run");
     TCase *t = tcase_create("run");
@@ -406,6 +505,7 @@ int main(void) {
     tcase_add_test(t, out_of_tree_plugin_by_yaml);
     tcase_add_test(t, plugin_commands);
     tcase_add_test(t, every_subcommand_has_help);
+    tcase_add_test(t, provenance_in_summary);
     tcase_add_test(t, sigterm_during_setup);
     tcase_add_test(t, corrupt_interrupt_checkpoint_named);
     tcase_add_test(t, fashion_mnist_end_to_end);

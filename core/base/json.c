@@ -3,6 +3,7 @@
 #include "base/common.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -451,4 +452,31 @@ const ml_jv *ml_jv_get(const ml_jv *v, const char *key) {
     for (int i = 0; i < v->n; i++)
         if (strcmp(v->keys[i], key) == 0) return &v->items[i];
     return NULL;
+}
+
+void ml_jv_write(const ml_jv *v, ml_strbuf *b) {
+    char num[40];
+    switch (v->type) {
+    case ML_JV_NULL: ml_strbuf_puts(b, "null"); break;
+    case ML_JV_BOOL: ml_strbuf_puts(b, v->boolean ? "true" : "false"); break;
+    case ML_JV_NUM:
+        if (v->is_int) snprintf(num, sizeof num, "%" PRId64, v->i);
+        else snprintf(num, sizeof num, "%.17g", v->num);
+        ml_strbuf_puts(b, num);
+        break;
+    case ML_JV_STR: ml_strbuf_json_string(b, v->str); break;
+    case ML_JV_ARR:
+    case ML_JV_OBJ:
+        ml_strbuf_puts(b, v->type == ML_JV_ARR ? "[" : "{");
+        for (int i = 0; i < v->n; i++) {
+            if (i) ml_strbuf_puts(b, ",");
+            if (v->type == ML_JV_OBJ) {
+                ml_strbuf_json_string(b, v->keys[i]);
+                ml_strbuf_puts(b, ":");
+            }
+            ml_jv_write(&v->items[i], b);
+        }
+        ml_strbuf_puts(b, v->type == ML_JV_ARR ? "]" : "}");
+        break;
+    }
 }

@@ -68,5 +68,7 @@ ml_jv *ml_jv_parse(const char *text, size_t n);
 void ml_jv_free(ml_jv *v);
 /* Member of an object by key, or NULL (also when v is not an object). */
 const ml_jv *ml_jv_get(const ml_jv *v, const char *key);
+/* Appends v as compact JSON text (numbers round-trip: integers exact, reals %.17g). */
+void ml_jv_write(const ml_jv *v, ml_strbuf *b);
 
 #endif

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "base/common.h"
@@ -1252,6 +1253,115 @@ char *ml_cfg_node_flow(const ml_cfg_node *n) {
     return t;
 }
 
+/* ------------------------------------------------------------------------- paths */
+
+/*
+ * One path rule (docs/configs.md, "Paths"): a relative path in a config is relative to the
+ * file that names it (a base: file's paths to that base file, a command-line override's to
+ * the working directory); when nothing is there, moelab's own tree is tried (scripts/,
+ * configs/ and the tests' fixtures ship with it). The resolved config holds absolute paths,
+ * so a run means the same wherever it is started or resumed from.
+ */
+static char g_install[ML_PATH_MAX];
+
+void ml_config_set_install_dir(const char *dir) {
+    char real[PATH_MAX];
+    snprintf(g_install, sizeof g_install, "%s", dir && realpath(dir, real) ? real : (dir ? dir : ""));
+}
+
+/* The tree the running binary belongs to: the first directory above it holding
+   scripts/train.lua. */
+static const char *install_dir(void) {
+    if (g_install[0]) return g_install;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return "";
+    exe[n] = 0;
+    for (int up = 0; up < 4; up++) {
+        char *slash = strrchr(exe, '/');
+        if (!slash || slash == exe) break;
+        *slash = 0;
+        char probe[PATH_MAX + 32];
+        snprintf(probe, sizeof probe, "%s/scripts/train.lua", exe);
+        if (access(probe, R_OK) == 0) {
+            snprintf(g_install, sizeof g_install, "%s", exe);
+            break;
+        }
+    }
+    return g_install;
+}
+
+/* The directory a node's relative paths are relative to: its file's, or the working one. */
+static void base_dir(const ml_cfg_node *n, char *out, size_t cap) {
+    char real[PATH_MAX];
+    if (!strcmp(n->src, "default")) {
+        snprintf(out, cap, "%s", install_dir());
+        return;
+    }
+    if (!strncmp(n->src, "override '", 10) || !realpath(n->src, real)) {
+        if (!getcwd(out, cap)) snprintf(out, cap, ".");
+        return;
+    }
+    char *slash = strrchr(real, '/');
+    if (slash && slash != real) *slash = 0;
+    else strcpy(real, "/");
+    snprintf(out, cap, "%s", real);
+}
+
+/* Makes a relative path scalar absolute by the rule above. must_exist: fail, listing the
+   places tried, when neither holds it; else the first place is taken. */
+static int resolve_path(ml_cfg_node *n, const char *key, int must_exist) {
+    if (!n || n->kind != ML_CFG_SCALAR || !n->text || !n->text[0] || n->text[0] == '/') return ML_OK;
+    char dir[PATH_MAX], a[2 * PATH_MAX], b[2 * PATH_MAX];
+    base_dir(n, dir, sizeof dir);
+    snprintf(a, sizeof a, "%s/%s", dir, n->text);
+    const char *inst = install_dir();
+    int same = !*inst || !strcmp(inst, dir);
+    snprintf(b, sizeof b, "%s/%s", inst, n->text);
+    const char *pick = a;
+    if (access(a, F_OK) != 0) {
+        if (!same && access(b, F_OK) == 0) pick = b;
+        else if (must_exist) {
+            if (same) return ERR_AT(n, "%s: '%s' not found (tried %s)", key, n->text, a);
+            return ERR_AT(n, "%s: '%s' not found (tried %s and %s)", key, n->text, a, b);
+        }
+    }
+    return set_text(n, pick);
+}
+
+static int is_path_name(const char *s) {
+    size_t n = s ? strlen(s) : 0;
+    return n && (strchr(s, '/') || (n >= 3 && !strcmp(s + n - 3, ".so")));
+}
+
+/* The written paths, before validation (plugins named by path are loaded during it). */
+static int resolve_paths(ml_config *c) {
+    ml_cfg_node *r = c->root, *x;
+    if (resolve_path(map_get(r, "script"), "script", 1)) return ML_ERR;
+    if ((x = map_get(r, "data")) && x->kind == ML_CFG_MAP && resolve_path(map_get(x, "path"), "data.path", 1))
+        return ML_ERR;
+    if ((x = map_get(r, "plugin_path")) && x->kind == ML_CFG_SEQ)
+        for (int i = 0; i < x->n; i++)
+            if (resolve_path(x->item[i], "plugin_path", 0)) return ML_ERR;
+    if ((x = map_get(r, "lua")) && x->kind == ML_CFG_MAP && (x = map_get(x, "allow_read")) && x->kind == ML_CFG_SEQ)
+        for (int i = 0; i < x->n; i++)
+            if (resolve_path(x->item[i], "lua.allow_read", 0)) return ML_ERR;
+    static const char *const plug[] = {"router", "schedule"};
+    for (int i = 0; i < 2; i++) {
+        ml_cfg_node *sec = map_get(r, plug[i]), *nm;
+        if (sec && sec->kind == ML_CFG_MAP && (nm = map_get(sec, "name")) && nm->kind == ML_CFG_SCALAR &&
+            is_path_name(nm->text) && resolve_path(nm, plug[i], 1))
+            return ML_ERR;
+    }
+    if ((x = map_get(r, "losses")) && x->kind == ML_CFG_SEQ)
+        for (int i = 0; i < x->n; i++) {
+            ml_cfg_node *nm = x->item[i]->kind == ML_CFG_MAP ? map_get(x->item[i], "name") : NULL;
+            if (nm && nm->kind == ML_CFG_SCALAR && is_path_name(nm->text) && resolve_path(nm, "losses.name", 1))
+                return ML_ERR;
+        }
+    return ML_OK;
+}
+
 /* --------------------------------------------------------------------------- API */
 
 ml_config *ml_config_load_plain(const char *path) {
@@ -1285,7 +1395,9 @@ ml_config *ml_config_load(const char *path, const char *const *overrides, int n_
     if (!(c->path = ml_strdup(path)) || !(c->root = load_tree(c, path, 0, NULL))) goto fail;
     for (int i = 0; i < n_overrides; i++)
         if (apply_override(c, c->root, overrides[i])) goto fail;
-    if (resolve_map(c, c->root, "", "") || emit_yaml(c)) goto fail;
+    if (resolve_paths(c) || resolve_map(c, c->root, "", "")) goto fail;
+    /* the default script lives in moelab's tree */
+    if (resolve_path(map_get(c->root, "script"), "script", 1) || emit_yaml(c)) goto fail;
     c->find = NULL;
     c->find_ctx = NULL;
     return c;

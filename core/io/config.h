@@ -98,6 +98,13 @@ char *ml_cfg_node_flow(const ml_cfg_node *n);
 /* Where a map entry's key was written (1-based; the value's place for seq items). */
 void ml_cfg_node_key_pos(const ml_cfg_node *n, int *line, int *col);
 
+/*
+ * Relative paths in a config (script, data.path, plugin_path, lua.allow_read, plugins named
+ * by path) are relative to the file that names them, then to moelab's tree (this directory;
+ * by default the first one above the running binary that holds scripts/train.lua).
+ */
+void ml_config_set_install_dir(const char *dir);
+
 /* Writes the resolved config as YAML (defaults filled, no comments); ML_OK or ML_ERR. */
 int ml_config_write(const ml_config *c, const char *path);
 /* The resolved YAML text ml_config_write writes. */

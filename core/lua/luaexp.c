@@ -1,5 +1,6 @@
 /* luaexp.c — the sandboxed Lua state, the `exp` and `moelab` bindings, protected script runs. */
 #include "lua/luaexp.h"
+#include "base/version.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -1407,7 +1408,7 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     lua_newtable(L);
     lua_pushcfunction(L, l_warn);
     lua_setfield(L, -2, "warn");
-    lua_pushliteral(L, "0.1.0");
+    lua_pushliteral(L, ML_VERSION);
     lua_setfield(L, -2, "version");
     ml_lua_open_standalone(L);
     lua_setglobal(L, "moelab");

@@ -1,5 +1,6 @@
 /* checkpoint.c — checkpoints of a run, their validation, and resuming a run exactly. */
 #include "run/checkpoint.h"
+#include "run/provenance.h"
 #include "plugin/loader.h"
 
 #include <ctype.h>
@@ -1023,6 +1024,7 @@ int ml_exp_resume(ml_experiment *e, const char *run_dir, const char *from_tag, i
     ml_json_raw(&j, "mid_epoch", e->ep.resume_pending ? "true" : "false");
     int rc = ml_exp_event_json(e, "resumed", &j);
     ml_json_free(&j);
+    if (!rc) rc = ml_prov_resume(e, run_dir, tag);
     if (!rc) rc = ml_exp_write_summary(e, "running"); /* also arms the crash report for this directory */
     if (!rc) ml_log(ML_LOG_INFO, "resuming %s from checkpoint '%s' (epoch %d%s, step %" PRId64 ")%s%s%s", run_dir, tag,
                     e->epoch + (e->ep.resume_pending ? 1 : 0), e->ep.resume_pending ? " in progress" : " done", e->step,

@@ -1,5 +1,6 @@
 /* experiment.c — one run: build from config, train/evaluate, health, growth, checkpoints. */
 #include "run/experiment.h"
+#include "run/provenance.h"
 
 #include <cblas.h>
 #include <ctype.h>
@@ -234,6 +235,7 @@ int ml_exp_open_results(ml_experiment *e) {
                                    ml_config_str(e->cfg, "results.run_id", ""));
     if (!e->res) return ML_ERR;
     ml_plugins_forbid_dir(ml_results_dir(e->res)); /* the script writes there: never a plugin from it */
+    if (ml_prov_begin(e)) return ML_ERR;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.yaml", ml_results_dir(e->res));
     if (ml_config_write(e->cfg, path)) return ML_ERR;
@@ -751,6 +753,7 @@ static const char *summary_json(ml_experiment *e, ml_json *j, ml_json *last, con
     for (int i = 0; i < e->last_n; i++) ml_json_num(last, e->last_name[i], e->last_value[i]);
     const char *lt = ml_json_end(last);
     ml_json_raw(j, "last_epoch", lt ? lt : "{}");
+    ml_prov_summary(e, j, crashed || strcmp(status, "running") != 0);
     return ml_json_end(j);
 }
 
@@ -786,6 +789,7 @@ int ml_exp_finish(ml_experiment *e, const char *status) {
 
 void ml_exp_free(ml_experiment *e) {
     if (!e) return;
+    ml_prov_free(e);
     for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
     for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
     for (int i = 0; i < e->n_losses; i++) {

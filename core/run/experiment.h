@@ -118,6 +118,13 @@ typedef struct ml_experiment {
     void *state_ctx;
     char *script_state;            /* exp.state JSON restored by a resume (owned), or NULL */
     int resumed;                   /* the run continues from a checkpoint (exp.resumed) */
+    /* provenance (run/provenance.h), owned */
+    char *command;                 /* the command line that started this process */
+    char *overrides;               /* JSON array of the run's command-line overrides */
+    char *group;                   /* the overrides but the seed and bookkeeping, space-separated */
+    char *prov;                    /* JSON object: summary.json's "provenance" */
+    char *resumes;                 /* JSON array of the resumes, or NULL */
+    char started_at[32];           /* when the run began (UTC, ISO 8601) */
 } ml_experiment;
 
 /* The validated config of a run (plugins found on the search path the config extends),
