@@ -10,6 +10,12 @@
  *   C = round(capacity_factor · B · k / N), clipped to [1, B]     (the paper's k = n·c/e)
  *   gate of (b, e) = S[b, e] for every chosen pair
  *
+ * The paper's per-expert capacity k = n·c/e (n tokens, e experts, c the capacity factor:
+ * how many experts a token uses on average) is C here with n = B, e = N and
+ * c = capacity_factor · k: the option capacity_factor is the paper's c only at k = 1;
+ * otherwise it is c / k, the capacity relative to top-k routing (defaults 1.0 and k = 2
+ * give the paper's c = 2, its EC-CF2).
+ *
  * The paper's gating matrix has no bias, so neither does this router. A sample can be
  * chosen by several experts (gates need not sum to 1) or by none: such a sample gets no
  * triple and is counted in n_dropped (it passes through the residual). Ties in S[:, e]
