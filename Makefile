@@ -72,7 +72,7 @@ $(BUILD)/moelab: $(BUILD)/obj/core/main.o $(BUILD)/libmoelab.a
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LIBS)
 
 vpath %.c plugins/routers plugins/losses plugins/schedules
-$(BUILD)/plugins/%.so: %.c core/include/moelab/plugin.h
+$(BUILD)/plugins/%.so: %.c core/include/moelab/plugin.h core/include/moelab/plugin_aux.h
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) $< -o $@ -lm
 
@@ -156,6 +156,7 @@ $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/targets.h $(BUILD)/libmoela
 	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer -Itests/fuzz $< $(BUILD)/libmoelab.a -o $@ $(LIBS)
 
 $(BUILD)/tests/check_fuzz: tests/fuzz/targets.h
+$(BUILD)/tests/check_aux: core/include/moelab/plugin_aux.h core/include/moelab/plugin.h
 
 # valgrind 3.19 cannot decode AVX-512: core and plugins for x86-64-v3 (AVX2, FMA), and
 # OpenBLAS held to its Haswell kernel (tools/valgrind.sh sets the environment).

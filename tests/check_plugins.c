@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "base/common.h"
+#include "moelab/plugin_aux.h"
 #include "plugin/loader.h"
 #include "plugin/loss_host.h"
 #include "plugin/options.h"
@@ -327,6 +328,8 @@ typedef struct loss_case {
     float logits[64 * 8], prob[64 * 8], gate[64 * 8];
     int32_t ds[64 * 8], de[64 * 8], label[64];
     int n_disp, labels;
+    int32_t first[64]; /* guard_first: each row's argmax of prob at the reference point */
+    int guard_first;
 } loss_case;
 
 static void loss_new(loss_case *c, const char *name, const char *opt_name, const char *opt_value) {
@@ -357,7 +360,14 @@ static double loss_value(loss_case *c, float *dl, float *dp) {
     return v;
 }
 
-static double loss_fn(void *ctx) { return loss_value(ctx, NULL, NULL); }
+/* ml_gc_fn of the loss; NaN (not comparable) where a discrete choice the loss counts — the
+   first choice argmax prob[b, :] — differs from the reference point's. */
+static double loss_fn(void *ctx) {
+    loss_case *c = ctx;
+    for (int b = 0; c->guard_first && b < c->B; b++)
+        if (ml_aux_argmax(c->prob + b * c->N, c->N) != c->first[b]) return NAN;
+    return loss_value(c, NULL, NULL);
+}
 
 /* B samples, uniform prob, sample b to experts (k*b + j) % N: a perfectly even dispatch. */
 static void case_uniform(loss_case *c, int B, int N, int k) {
@@ -403,6 +413,7 @@ static void case_random(loss_case *c, int B, int N, unsigned seed) {
 
 static void loss_gradcheck(loss_case *c) {
     float dl[64 * 8] = {0}, dp[64 * 8] = {0};
+    for (int b = 0; b < c->B; b++) c->first[b] = ml_aux_argmax(c->prob + b * c->N, c->N);
     loss_value(c, dl, dp);
     size_t n = (size_t)c->B * c->N;
     double e1 = tu_gradcheck(loss_fn, c, c->prob, dp, n, 64, 1e-3);
@@ -414,13 +425,14 @@ static void loss_gradcheck(loss_case *c) {
 static const struct { const char *name, *opt, *val; } loss_variants[] = {
     {"load_balance", NULL, NULL}, {"entropy", NULL, NULL},      {"entropy", "mode", "marginal"},
     {"importance_cv2", NULL, NULL}, {"z_loss", NULL, NULL},     {"mutual_info", NULL, NULL},
-    {"mutual_info", "conditional", "true"},
+    {"mutual_info", "conditional", "true"}, {"load_balance", "count", "first_choice"},
 };
 
 START_TEST(loss_fd_gradient) {
     loss_case c;
     case_random(&c, 16, 4, 3);
     loss_new(&c, loss_variants[_i].name, loss_variants[_i].opt, loss_variants[_i].val);
+    c.guard_first = loss_variants[_i].val && !strcmp(loss_variants[_i].val, "first_choice");
     c.labels = 1;
     loss_gradcheck(&c);
     c.labels = 0;
@@ -445,6 +457,8 @@ START_TEST(loss_hand_values) {
     /* load_balance: 1 at perfect balance, N at total collapse */
     LOSS_AT(&c, "load_balance", NULL, NULL, case_uniform(&c, 8, 4, 2), 1.0);
     LOSS_AT(&c, "load_balance", NULL, NULL, case_onehot(&c, 8, 4, 1), 4.0);
+    LOSS_AT(&c, "load_balance", "count", "first_choice", case_onehot(&c, 8, 4, 0), 1.0);
+    LOSS_AT(&c, "load_balance", "count", "first_choice", case_onehot(&c, 8, 4, 1), 4.0);
     /* entropy: -log N at uniform; 0 on one-hot rows; marginal -log N on even one-hot */
     LOSS_AT(&c, "entropy", NULL, NULL, case_uniform(&c, 8, 4, 2), -log(4.0));
     LOSS_AT(&c, "entropy", NULL, NULL, case_onehot(&c, 8, 4, 0), 0.0);
@@ -466,6 +480,58 @@ START_TEST(loss_hand_values) {
     /* ... and without labels the conditional form falls back to -I(x; E) */
     LOSS_AT(&c, "mutual_info", "conditional", "true", (case_onehot(&c, 8, 4, 0), c.labels = 0),
             -log(4.0));
+}
+END_TEST
+
+/*
+ * load_balance's two counts. B = 4, N = 4, top-2 dispatch; prob rows (first choice):
+ *   b0 .7 .2 .1 0 (0)   b1 .6 .1 .3 0 (0)   b2 .1 .5 0 .4 (1)   b3 .4 .4 .1 .1 (0: a tie)
+ * P = (.45, .3, .125, .125). all_slots: triples 0 1 | 0 2 | 1 3 | 0 1, f = (3, 3, 1, 1) / 8,
+ * value 4 (.375 .45 + .375 .3 + 2 .125 .125) = 1.25. first_choice: f = (3, 1, 0, 0) / 4,
+ * value 4 (.75 .45 + .25 .3) = 1.65, gradient N f_i / B = f_i in every row; with only two
+ * samples dispatched (the others dropped) first_choice is unchanged and all_slots counts
+ * the two triples, f = (.5, .5, 0, 0), value 1.5.
+ */
+START_TEST(load_balance_counts) {
+    static loss_case c;
+    static const float prob[16] = {.7f, .2f, .1f, 0, .6f, .1f, .3f, 0, .1f, .5f, 0, .4f, .4f, .4f, .1f, .1f};
+    static const int32_t top2[8] = {0, 1, 0, 2, 1, 3, 0, 1};
+    static const char *const counts[2] = {"all_slots", "first_choice"};
+    static const double full[2] = {1.25, 1.65}, dropped[2] = {1.5, 1.65};
+    for (int m = 0; m < 2; m++) {
+        case_uniform(&c, 4, 4, 2);
+        memcpy(c.prob, prob, sizeof prob);
+        memcpy(c.de, top2, sizeof top2);
+        loss_new(&c, "load_balance", "count", counts[m]);
+        float dl[16] = {0}, dp[16] = {0};
+        double v = loss_value(&c, dl, dp);
+        ck_assert_msg(fabs(v - full[m]) < 1e-6, "count %s: %.9g, expected %g", counts[m], v, full[m]);
+        static const float f_first[4] = {.75f, .25f, 0, 0}, f_all[4] = {.375f, .375f, .125f, .125f};
+        for (int i = 0; i < 16; i++) {
+            ck_assert_float_eq_tol(dp[i], m ? f_first[i % 4] : f_all[i % 4], 1e-7f);
+            ck_assert_float_eq(dl[i], 0);
+        }
+        /* samples 1 and 3 dropped: triples (0, 0) and (2, 1) only */
+        c.n_disp = 2;
+        c.ds[0] = 0, c.de[0] = 0, c.ds[1] = 2, c.de[1] = 1;
+        v = loss_value(&c, NULL, NULL);
+        ck_assert_msg(fabs(v - dropped[m]) < 1e-6, "count %s, two dropped: %.9g, expected %g", counts[m], v,
+                      dropped[m]);
+        loss_free(&c);
+    }
+    /* top-1 without drops: the counts agree */
+    for (int m = 0; m < 2; m++) {
+        case_random(&c, 16, 4, 7);
+        for (int b = 0; b < 16; b++)
+            c.ds[b] = b, c.de[b] = ml_aux_argmax(c.prob + b * 4, 4);
+        c.n_disp = 16;
+        loss_new(&c, "load_balance", "count", counts[m]);
+        double v = loss_value(&c, NULL, NULL);
+        loss_free(&c);
+        static double v0;
+        if (m == 0) v0 = v;
+        else ck_assert_msg(fabs(v - v0) < 1e-12, "top-1: all_slots %.17g, first_choice %.17g", v0, v);
+    }
 }
 END_TEST
 
@@ -637,6 +703,7 @@ static Suite *plugins_suite(void) {
     tcase_add_checked_fixture(l, setup, teardown);
     tcase_add_loop_test(l, loss_fd_gradient, 0, (int)(sizeof loss_variants / sizeof loss_variants[0]));
     tcase_add_test(l, loss_hand_values);
+    tcase_add_test(l, load_balance_counts);
     tcase_add_test(l, z_loss_known);
     tcase_add_test(l, progressive_arithmetic);
     suite_add_tcase(s, l);

@@ -7,7 +7,8 @@
  * Every router: finite-difference gradients of L = Σ_triples gate·c + Σ prob·d + Σ logits·f
  * with respect to x and every parameter; dispatch validity over batch sizes and expert
  * counts; bitwise determinism; growth 4 → 7 experts; no NaN/Inf at logits of ±1e4; no
- * leaked host allocations. Then what is particular to each router.
+ * leaked host allocations; one softmax: every softmax router gives bitwise the probabilities
+ * of moelab/plugin_aux.h for the same logits. Then what is particular to each router.
  */
 #include <math.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 
 #include "base/common.h"
+#include "moelab/plugin_aux.h"
 #include "nn/gradcheck.h"
 #include "plugin/loader.h"
 #include "plugin/options.h"
@@ -481,6 +483,46 @@ START_TEST(test_extreme_logits) {
 }
 END_TEST
 
+/* The routers whose prob is a softmax of their logits, with options that make the logits
+   x W^T (+ b = 0): same W, same x, so the same logits and, from the one softmax of
+   plugin_aux.h, bitwise the same probabilities. */
+static const struct { const char *name, *opt, *val; } softmax_routers[] = {
+    {"softmax_topk", NULL, NULL},   {"switch", NULL, NULL},
+    {"saturation", "capacity_bias", "0"}, {"expert_choice", NULL, NULL},
+    {"noisy_topk", NULL, NULL},     {"aux_free_bias", "score", "softmax"},
+};
+
+START_TEST(test_one_softmax) {
+    enum { B = 16, D = 6, N = 6 };
+    int nr = (int)(sizeof softmax_routers / sizeof *softmax_routers);
+    float w[N * D], z0[B * N], p0[B * N], want[B * N];
+    tu_fill(w, N * D, 77, -1.5f, 1.5f);
+    for (int i = 0; i < nr; i++) {
+        rt t;
+        rt_open(&t, softmax_routers[i].name);
+        if (softmax_routers[i].opt) rt_opt(&t, softmax_routers[i].opt, softmax_routers[i].val);
+        rt_create(&t, B, D, N, 5);
+        memcpy(t.param[0], w, sizeof w);
+        for (int j = 1; j < t.np; j++) /* b, or noisy_topk's w_noise (unused in evaluation) */
+            memset(t.param[j], 0, (size_t)decl_rows(&t.pd[j], N) * t.pd[j].cols * sizeof(float));
+        t.training = 0;
+        rt_forward(&t);
+        if (i == 0) {
+            memcpy(z0, t.logits, sizeof z0), memcpy(p0, t.prob, sizeof p0);
+            ml_aux_softmax(z0, want, B, N);
+            ck_assert_msg(!memcmp(p0, want, sizeof want), "softmax_topk: prob is not plugin_aux.h's softmax");
+        }
+        for (int j = 0; j < B * N; j++) {
+            ck_assert_msg(t.logits[j] == z0[j], "%s: logit %d is %.9g, softmax_topk's %.9g", t.pl->name, j,
+                          t.logits[j], z0[j]);
+            ck_assert_msg(!memcmp(&t.prob[j], &p0[j], sizeof *p0), "%s: prob %d is %.9g, softmax_topk's %.9g",
+                          t.pl->name, j, t.prob[j], p0[j]);
+        }
+        rt_close(&t);
+    }
+}
+END_TEST
+
 /* ---------------------------------------------------------- router-specific */
 
 /* Every sample prefers expert 2: capacity floor(1.25 * 16 / 4) = 5, 11 overflow. */
@@ -840,6 +882,7 @@ static Suite *routers_suite(void) {
     tcase_add_loop_test(tc, test_determinism, 0, NUM_ROUTERS);
     tcase_add_loop_test(tc, test_growth, 0, NUM_ROUTERS);
     tcase_add_loop_test(tc, test_extreme_logits, 0, NUM_ROUTERS);
+    tcase_add_test(tc, test_one_softmax);
     tcase_add_test(tc, test_switch_capacity);
     tcase_add_test(tc, test_expert_choice_capacity);
     tcase_add_test(tc, test_aux_free_bias);

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Checks that core/ keeps its layers (docs/architecture.md): a file in core/<layer>/ may
 # include only headers of the layers its row below allows, and only the external libraries
-# of its row; core/main.c (the command) may include any layer; plugins include nothing of
-# the host but core/include/moelab/. Run by `make test`; prints every violation as
+# of its row; core/main.c (the command) may include any layer; plugins (and the public
+# headers) include nothing of the host but the public headers, moelab/plugin.h and the
+# optional moelab/plugin_aux.h. Run by `make test`; prints every violation as
 # file:line and exits 1 when there is one.
 #
 #   sh tools/check-layers.sh [ROOT]     check ROOT (default: the repository)
@@ -24,6 +25,8 @@ run|base nn plugin model data io run|cblas.h omp.h mpi.h
 lua|base nn plugin model data io run lua|lua.h lauxlib.h lualib.h
 study|base nn plugin model data io run study|
 '
+# the public headers, core/include/moelab/: all a plugin may include of moelab
+PUBLIC='moelab/plugin.h moelab/plugin_aux.h'
 # headers that name an external library (anything else in <...> is the C library or POSIX)
 EXTERNAL='cblas.h omp.h dlfcn.h zlib.h stb/stb_image.h yaml.h lua.h lauxlib.h lualib.h mpi.h'
 
@@ -52,16 +55,17 @@ check() {
             ext=$(echo "$row" | cut -d'|' -f3)
             ;;
         esac
-        out=$(awk -v f="$f" -v layer="$layer" -v allow=" $allow " -v ext=" $ext " -v external=" $EXTERNAL " '
+        out=$(awk -v f="$f" -v layer="$layer" -v allow=" $allow " -v ext=" $ext " -v external=" $EXTERNAL " -v public=" $PUBLIC " '
             /^[ \t]*#[ \t]*include/ {
                 line = $0
                 if (match(line, /"[^"]*"/)) {
                     h = substr(line, RSTART + 1, RLENGTH - 2)
-                    if (h ~ /^moelab\//) next
                     if (layer == "public" || layer == "plugin-so") {
-                        printf "%s:%d: includes \"%s\": plugins and the public headers may include only moelab/*.h\n", f, NR, h
+                        if (index(public, " " h " ") == 0)
+                            printf "%s:%d: includes \"%s\": plugins and the public headers may include only%s\n", f, NR, h, public
                         next
                     }
+                    if (h ~ /^moelab\//) next
                     n = index(h, "/")
                     if (n == 0) {
                         printf "%s:%d: includes \"%s\" without its layer (write \"<layer>/%s\")\n", f, NR, h, h
@@ -94,21 +98,24 @@ if [ "${1:-}" = "--self-test" ]; then
     printf '#include <lua.h>\n#include "run/experiment.h"\n' > "$tmp/core/lua/ok.c"
     printf '#include "base/common.h"\n' > "$tmp/core/extra/c.c"
     printf '#include "moelab/plugin.h"\n#include "nn/ops.h"\n' > "$tmp/plugins/routers/d.c"
+    printf '#include "moelab/plugin_aux.h"\n#include "moelab/plugin_private.h"\n' > "$tmp/plugins/routers/e.c"
     out=$(check "$tmp")
     rc=$?
     want='core/base/a.c:2: includes "model/moe.h"
 core/extra/c.c: core/extra/ is not a layer
 core/nn/b.c:2: includes <lua.h>
 core/nn/b.c:3: includes "params.h" without its layer
-plugins/routers/d.c:2: includes "nn/ops.h"'
+plugins/routers/d.c:2: includes "nn/ops.h"
+plugins/routers/e.c:2: includes "moelab/plugin_private.h"'
     ok=1
     [ "$rc" -ne 0 ] || { echo "check-layers self-test: violations planted, but the check passed"; ok=0; }
     echo "$want" | while IFS= read -r w; do
         echo "$out" | grep -qF "$w" || { echo "check-layers self-test: not reported: $w"; exit 1; }
     done || ok=0
     echo "$out" | grep -q 'core/lua/ok.c' && { echo "check-layers self-test: an allowed include was reported"; ok=0; }
-    [ "$(echo "$out" | wc -l)" -eq 5 ] || { echo "check-layers self-test: expected 5 reports, got:"; echo "$out"; ok=0; }
-    [ "$ok" -eq 1 ] && echo "check-layers self-test: passed (5 planted violations found)"
+    echo "$out" | grep -q 'plugins/routers/e.c:1' && { echo "check-layers self-test: moelab/plugin_aux.h was reported"; ok=0; }
+    [ "$(echo "$out" | wc -l)" -eq 6 ] || { echo "check-layers self-test: expected 6 reports, got:"; echo "$out"; ok=0; }
+    [ "$ok" -eq 1 ] && echo "check-layers self-test: passed (6 planted violations found)"
     [ "$ok" -eq 1 ]
     exit $?
 fi

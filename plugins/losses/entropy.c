@@ -10,35 +10,38 @@
  * H(p) = -sum_i p_i log p_i with the log clamped at p >= 1e-12, so one-hot rows are finite.
  * With h(p) = p log max(p, 1e-12): value = sum h, dh/dp = log p + 1 (p >= 1e-12), log 1e-12 below.
  */
-#include <math.h>
 #include <stdio.h>
+#include <string.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
-#define P_MIN 1e-12
+enum { NUM_OPTS = 1 };
 
-typedef struct loss { const ml_host *host; int marginal; } loss;
-
-static const ml_option options[] = {
+static const ml_option options[NUM_OPTS] = {
     {"mode", ML_OPT_ENUM, "per_sample", 0, -1, "per_sample|marginal",
-     "entropy of each sample's distribution, or of the batch-mean distribution"},
+     "entropy of each sample's distribution, or of the batch-mean distribution", 0},
 };
 
-static double h(double p) { return p * log(p > P_MIN ? p : P_MIN); }
-static double dh(double p) { return p >= P_MIN ? log(p) + 1 : log(P_MIN); }
+typedef struct loss {
+    const ml_host *host;
+    int marginal;
+    ml_aux_buf m; /* (N) double: mean_b p_b */
+} loss;
 
 static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
-    (void)err;
-    loss *l = host->alloc(sizeof *l);
+    const ml_optval *mode = ml_aux_option(options, NUM_OPTS, init->opt, "mode");
+    loss *l = ml_aux_new(host, sizeof *l, "entropy", err);
     if (!l) return NULL;
     l->host = host;
-    l->marginal = init->opt[0].i == 1;
+    l->marginal = mode->i == 1;
     return l;
 }
 
 static void destroy(void *self) {
     loss *l = self;
-    if (l) l->host->free(l);
+    if (!l) return;
+    ml_aux_buf_free(l->host, &l->m);
+    l->host->free(l);
 }
 
 static int eval(void *self, const ml_routing_record *r, double *value, float scale,
@@ -51,26 +54,26 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
     if (!l->marginal) {
         double v = 0;
         for (size_t j = 0; j < (size_t)B * N; j++) {
-            v += h(r->prob[j]);
-            if (dprob) dprob[j] += (float)(scale * dh(r->prob[j]) / B);
+            v += ml_aux_xlogx(r->prob[j]);
+            if (dprob) dprob[j] += (float)(scale * ml_aux_xlogx_grad(r->prob[j]) / B);
         }
         *value = v / B;
         return 0;
     }
-    double *m = l->host->alloc((size_t)N * sizeof *m);
+    double *m = ml_aux_buf_get(l->host, &l->m, (size_t)N * sizeof *m);
     if (!m) {
         snprintf(err, ML_ERR_MAX, "entropy: out of memory");
         return -1;
     }
+    memset(m, 0, (size_t)N * sizeof *m);
     for (int b = 0; b < B; b++)
         for (int i = 0; i < N; i++) m[i] += r->prob[(size_t)b * N + i] / (double)B;
     double v = 0;
-    for (int i = 0; i < N; i++) v += h(m[i]);
+    for (int i = 0; i < N; i++) v += ml_aux_xlogx(m[i]);
     *value = v;
     if (dprob)
         for (int b = 0; b < B; b++)
-            for (int i = 0; i < N; i++) dprob[(size_t)b * N + i] += (float)(scale * dh(m[i]) / B);
-    l->host->free(m);
+            for (int i = 0; i < N; i++) dprob[(size_t)b * N + i] += (float)(scale * ml_aux_xlogx_grad(m[i]) / B);
     return 0;
 }
 
@@ -84,6 +87,6 @@ ML_PLUGIN_EXPORT = {
     .version = "1.0",
     .doc = "negative routing entropy, per sample (anti-collapse bonus) or of the batch mean",
     .options = options,
-    .num_options = 1,
+    .num_options = NUM_OPTS,
     .api = &api,
 };

@@ -16,21 +16,28 @@
  *     d value / d importance_j = (2/N) (importance_j - mean) / mean^2 - (2/N) var / mean^3
  */
 #include <stdio.h>
+#include <string.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
-typedef struct loss { const ml_host *host; } loss;
+typedef struct loss {
+    const ml_host *host;
+    ml_aux_buf imp; /* (N) double: importance */
+} loss;
 
 static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
-    (void)init, (void)err;
-    loss *l = host->alloc(sizeof *l);
-    if (l) l->host = host;
+    (void)init;
+    loss *l = ml_aux_new(host, sizeof *l, "importance_cv2", err);
+    if (!l) return NULL;
+    l->host = host;
     return l;
 }
 
 static void destroy(void *self) {
     loss *l = self;
-    if (l) l->host->free(l);
+    if (!l) return;
+    ml_aux_buf_free(l->host, &l->imp);
+    l->host->free(l);
 }
 
 static int eval(void *self, const ml_routing_record *r, double *value, float scale,
@@ -40,17 +47,17 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
     int N = r->N;
     *value = 0;
     if (r->B <= 0 || N <= 0) return 0;
-    double *imp = l->host->alloc((size_t)N * sizeof *imp);
+    double *imp = ml_aux_buf_get(l->host, &l->imp, (size_t)N * sizeof *imp);
     if (!imp) {
         snprintf(err, ML_ERR_MAX, "importance_cv2: out of memory");
         return -1;
     }
+    memset(imp, 0, (size_t)N * sizeof *imp);
     for (int t = 0; t < r->n_disp; t++) {
         int e = r->disp_expert[t], b = r->disp_sample[t];
         if (e < 0 || e >= N || b < 0 || b >= r->B) {
             snprintf(err, ML_ERR_MAX, "importance_cv2: dispatch %d is (sample %d, expert %d), "
                      "outside (%d, %d)", t, b, e, r->B, N);
-            l->host->free(imp);
             return -1;
         }
         imp[e] += r->disp_gate[t];
@@ -68,7 +75,6 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
                 dprob[(size_t)r->disp_sample[t] * N + e] += (float)(scale * d);
             }
     }
-    l->host->free(imp);
     return 0;
 }
 

@@ -16,35 +16,38 @@
  *     unconditional d/dp[b,i] = (h'(m_i) - h'(p[b,i])) / B
  *     conditional   d/dp[b,i] = (h'(m_i) - h'(m_{y_b, i})) / B
  */
-#include <math.h>
 #include <stdio.h>
+#include <string.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
-#define P_MIN 1e-12
+enum { NUM_OPTS = 1 };
 
-typedef struct loss { const ml_host *host; int conditional; } loss;
-
-static const ml_option options[] = {
+static const ml_option options[NUM_OPTS] = {
     {"conditional", ML_OPT_BOOL, "false", 0, -1, NULL,
-     "use the class labels: maximise I(expert; class) instead of I(input; expert)"},
+     "use the class labels: maximise I(expert; class) instead of I(input; expert)", 0},
 };
 
-static double h(double p) { return p * log(p > P_MIN ? p : P_MIN); }
-static double dh(double p) { return p >= P_MIN ? log(p) + 1 : log(P_MIN); }
+typedef struct loss {
+    const ml_host *host;
+    int conditional;
+    ml_aux_buf m; /* (N + C + C N) double: m, class counts, class means */
+} loss;
 
 static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
-    (void)err;
-    loss *l = host->alloc(sizeof *l);
+    const ml_optval *cond = ml_aux_option(options, NUM_OPTS, init->opt, "conditional");
+    loss *l = ml_aux_new(host, sizeof *l, "mutual_info", err);
     if (!l) return NULL;
     l->host = host;
-    l->conditional = (int)init->opt[0].i;
+    l->conditional = (int)cond->i;
     return l;
 }
 
 static void destroy(void *self) {
     loss *l = self;
-    if (l) l->host->free(l);
+    if (!l) return;
+    ml_aux_buf_free(l->host, &l->m);
+    l->host->free(l);
 }
 
 static int eval(void *self, const ml_routing_record *r, double *value, float scale,
@@ -57,11 +60,13 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
     *value = 0;
     if (B <= 0 || N <= 0) return 0;
     /* m (N), then for the conditional form count (C) and class means (C, N) */
-    double *m = l->host->alloc((size_t)(N + C + (size_t)C * N) * sizeof *m);
+    size_t nm = (size_t)N + (size_t)C + (size_t)C * N;
+    double *m = ml_aux_buf_get(l->host, &l->m, nm * sizeof *m);
     if (!m) {
         snprintf(err, ML_ERR_MAX, "mutual_info: out of memory");
         return -1;
     }
+    memset(m, 0, nm * sizeof *m);
     double *cnt = m + N, *mc = cnt + C;
     for (int b = 0; b < B; b++) {
         const float *p = r->prob + (size_t)b * N;
@@ -71,7 +76,6 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
             if (y < 0 || y >= C) {
                 snprintf(err, ML_ERR_MAX, "mutual_info: label %d of sample %d is outside "
                          "[0, %d)", y, b, C);
-                l->host->free(m);
                 return -1;
             }
             cnt[y] += 1;
@@ -79,26 +83,26 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
         }
     }
     double v = 0; /* -H(E) = sum h(m) */
-    for (int i = 0; i < N; i++) v += h(m[i]);
+    for (int i = 0; i < N; i++) v += ml_aux_xlogx(m[i]);
     if (cond) {
         for (int y = 0; y < C; y++)
             if (cnt[y] > 0)
                 for (int i = 0; i < N; i++) {
                     mc[(size_t)y * N + i] /= cnt[y];
-                    v -= cnt[y] / B * h(mc[(size_t)y * N + i]);
+                    v -= cnt[y] / B * ml_aux_xlogx(mc[(size_t)y * N + i]);
                 }
     } else {
-        for (size_t j = 0; j < (size_t)B * N; j++) v -= h(r->prob[j]) / B;
+        for (size_t j = 0; j < (size_t)B * N; j++) v -= ml_aux_xlogx(r->prob[j]) / B;
     }
     *value = v;
     if (dprob)
         for (int b = 0; b < B; b++)
             for (int i = 0; i < N; i++) {
                 size_t j = (size_t)b * N + i;
-                double inner = cond ? dh(mc[(size_t)r->label[b] * N + i]) : dh(r->prob[j]);
-                dprob[j] += (float)(scale * (dh(m[i]) - inner) / B);
+                double inner = cond ? ml_aux_xlogx_grad(mc[(size_t)r->label[b] * N + i])
+                                    : ml_aux_xlogx_grad(r->prob[j]);
+                dprob[j] += (float)(scale * (ml_aux_xlogx_grad(m[i]) - inner) / B);
             }
-    l->host->free(m);
     return 0;
 }
 
@@ -112,6 +116,6 @@ ML_PLUGIN_EXPORT = {
     .version = "1.0",
     .doc = "negated mutual information I(x; expert), or I(class; expert) with labels",
     .options = options,
-    .num_options = 1,
+    .num_options = NUM_OPTS,
     .api = &api,
 };

@@ -6,13 +6,13 @@
  */
 #include <math.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
 typedef struct loss { const ml_host *host; } loss;
 
 static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
-    (void)init, (void)err;
-    loss *l = host->alloc(sizeof *l);
+    (void)init;
+    loss *l = ml_aux_new(host, sizeof *l, "z_loss", err);
     if (l) l->host = host;
     return l;
 }
@@ -26,20 +26,18 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
                 float *dlogits, float *dprob, char *err) {
     (void)self, (void)dprob, (void)err;
     int B = r->B, N = r->N;
+    *value = 0;
+    if (B <= 0 || N <= 0) return 0;
     double v = 0;
     for (int b = 0; b < B; b++) {
         const float *z = r->logits + (size_t)b * N;
-        double m = -INFINITY, s = 0;
-        for (int i = 0; i < N; i++)
-            if (z[i] > m) m = z[i];
-        for (int i = 0; i < N; i++) s += exp(z[i] - m);
-        double lse = m + log(s);
+        double lse = ml_aux_logsumexp(z, N);
         v += lse * lse;
-        if (dlogits)
+        if (dlogits) /* d lse / dz_i = softmax(z)_i = exp(z_i − lse) */
             for (int i = 0; i < N; i++)
-                dlogits[(size_t)b * N + i] += (float)(scale * 2.0 / B * lse * exp(z[i] - m) / s);
+                dlogits[(size_t)b * N + i] += (float)(scale * 2.0 / B * lse * exp(z[i] - lse));
     }
-    *value = B > 0 ? v / B : 0;
+    *value = v / B;
     return 0;
 }
 

@@ -23,12 +23,10 @@
  * Growth: a new expert's bias starts at the mean of the existing biases, neither favoured
  * nor penalised relative to the average expert (DeepSeek-V3 does not grow; this is ours).
  */
-#include <math.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
 enum { OPT_K, OPT_RATE, OPT_SCORE, NUM_OPTS };
 enum { SCORE_SIGMOID, SCORE_SOFTMAX };
@@ -45,81 +43,15 @@ static const ml_option options[NUM_OPTS] = {
 enum { P_W, NUM_PARAMS };
 enum { S_BIAS, NUM_STATES };
 
-/* A scratch buffer that only grows. */
-typedef struct buf {
-    void *p;
-    size_t cap; /* bytes */
-} buf;
-
 typedef struct afb {
     const ml_host *host;
     int D, k, score;
     float rate;
-    buf ls;     /* (N) forward: log affinities of one sample */
-    buf sb;     /* (N) forward: affinity + bias of one sample */
-    buf mark;   /* (N) top-k marks */
-    buf dz;     /* (B, N) backward: dL/dlogits */
-    buf rowsum; /* (B) backward scratch */
+    ml_aux_buf ls; /* (N) forward: log affinities of one sample */
+    ml_aux_buf sb; /* (N) forward: affinity + bias of one sample */
+    ml_aux_buf dz; /* (B, N) backward: dL/dlogits */
+    ml_aux_buf dp; /* (B, N) backward: dL/dprob */
 } afb;
-
-/* ------------------------------------------------------------------ helpers */
-
-/* b->p grown to at least n bytes (contents not kept when it grows); NULL when out of memory. */
-static void *need(const ml_host *h, buf *b, size_t n) {
-    if (n > b->cap) {
-        void *q = h->alloc(n);
-        if (!q) return NULL;
-        h->free(b->p);
-        b->p = q;
-        b->cap = n;
-    }
-    return b->p;
-}
-
-/* log sigmoid(v) = −softplus(−v), without overflow. */
-static float log_sigmoid(float v) { return v < 0 ? v - log1pf(expf(v)) : -log1pf(expf(-v)); }
-
-static float sigmoid(float v) {
-    if (v >= 0) return 1.0f / (1.0f + expf(-v));
-    float e = expf(v);
-    return e / (1.0f + e);
-}
-
-/* p = softmax(z) over n entries, max subtracted first. */
-static void softmax_row(const float *z, float *p, int n) {
-    float m = z[0];
-    for (int i = 1; i < n; i++)
-        if (z[i] > m) m = z[i];
-    double s = 0;
-    for (int i = 0; i < n; i++) s += p[i] = expf(z[i] - m);
-    float inv = (float)(1.0 / s);
-    for (int i = 0; i < n; i++) p[i] *= inv;
-}
-
-/* sel[0..k) = indices of the k largest z, largest first; ties go to the lower index. */
-static void topk_row(const float *z, int n, int k, int *sel, uint8_t *mark) {
-    memset(mark, 0, (size_t)n);
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int i = 0; i < n; i++)
-            if (!mark[i] && (best < 0 || z[i] > z[best])) best = i;
-        mark[best] = 1;
-        sel[j] = best;
-    }
-}
-
-/* z (B, N) = x (B, D) · w (N, D)^T */
-static void linear_fwd(const ml_host *h, const float *x, const float *w, int B, int D, int N,
-                       float *z) {
-    h->sgemm(0, 1, B, N, D, 1.0f, x, D, w, D, 0.0f, z, N);
-}
-
-/* gw (N, D) += dz^T x;  dx (B, D) += dz w */
-static void linear_bwd(const ml_host *h, const float *x, const float *w, const float *dz,
-                       int B, int D, int N, float *gw, float *dx) {
-    if (gw) h->sgemm(1, 0, N, D, B, 1.0f, dz, N, x, D, 1.0f, gw, D);
-    if (dx) h->sgemm(0, 0, B, D, N, 1.0f, dz, N, w, D, 1.0f, dx, D);
-}
 
 /* --------------------------------------------------------------------- api */
 
@@ -140,11 +72,8 @@ static void *afb_create(const ml_host *host, const ml_router_init *init, char *e
         snprintf(err, ML_ERR_MAX, "aux_free_bias: option score must be sigmoid|softmax");
         return NULL;
     }
-    afb *s = host->alloc(sizeof *s);
-    if (!s) {
-        snprintf(err, ML_ERR_MAX, "aux_free_bias: out of memory");
-        return NULL;
-    }
+    afb *s = ml_aux_new(host, sizeof *s, "aux_free_bias", err);
+    if (!s) return NULL;
     s->host = host;
     s->D = init->dim;
     s->k = (int)o[OPT_K].i;
@@ -157,18 +86,17 @@ static void afb_destroy(void *self) {
     afb *s = self;
     if (!s) return;
     const ml_host *h = s->host;
-    h->free(s->ls.p);
-    h->free(s->sb.p);
-    h->free(s->mark.p);
-    h->free(s->dz.p);
-    h->free(s->rowsum.p);
+    ml_aux_buf_free(h, &s->ls);
+    ml_aux_buf_free(h, &s->sb);
+    ml_aux_buf_free(h, &s->dz);
+    ml_aux_buf_free(h, &s->dp);
     h->free(s);
 }
 
 static int afb_params(void *self, ml_tensor_decl *out, int cap) {
     afb *s = self;
     if (cap < NUM_PARAMS) return -1;
-    out[P_W] = (ml_tensor_decl){"w", 1, 0, s->D, ML_INIT_UNIFORM_FANIN, 0, s->D, 0};
+    out[P_W] = ml_aux_linear_decl("w", s->D, s->D);
     return NUM_PARAMS;
 }
 
@@ -192,42 +120,35 @@ static int afb_forward(void *self, ml_route *r, char *err) {
     r->n_disp = 0;
     r->n_dropped = 0;
     if (B == 0) return 0;
-    float *ls = need(h, &s->ls, (size_t)N * sizeof(float));
-    float *sb = need(h, &s->sb, (size_t)N * sizeof(float));
-    uint8_t *mark = need(h, &s->mark, (size_t)N);
-    if (!ls || !sb || !mark) {
+    float *ls = ml_aux_buf_get(h, &s->ls, (size_t)N * sizeof(float));
+    float *sb = ml_aux_buf_get(h, &s->sb, (size_t)N * sizeof(float));
+    if (!ls || !sb) {
         snprintf(err, ML_ERR_MAX, "aux_free_bias: out of memory for N=%d", N);
         return -1;
     }
     const float *bias = r->state[S_BIAS];
-    linear_fwd(h, r->x, r->param[P_W], B, D, N, r->logits);
+    ml_aux_linear(h, r->x, r->param[P_W], NULL, B, D, N, r->logits);
     int k = s->k < N ? s->k : N;
-    int sel[64];
-    float lsel[64], gs[64];
+    int32_t sel[64];
+    float gs[64];
     for (int b = 0; b < B; b++) {
         const float *zb = r->logits + (size_t)b * N;
         float *pb = r->prob + (size_t)b * N;
         if (s->score == SCORE_SIGMOID) {
             for (int n = 0; n < N; n++) {
-                ls[n] = log_sigmoid(zb[n]);
-                sb[n] = sigmoid(zb[n]) + bias[n];
+                ls[n] = ml_aux_log_sigmoid(zb[n]);
+                sb[n] = ml_aux_sigmoid(zb[n]) + bias[n];
             }
-            softmax_row(ls, pb, N); /* s / Σ s */
+            ml_aux_softmax(ls, pb, 1, N); /* s / Σ s */
         } else {
             /* log softmax differs from z by a constant, which both softmaxes below ignore */
             memcpy(ls, zb, (size_t)N * sizeof(float));
-            softmax_row(zb, pb, N);
+            ml_aux_softmax(zb, pb, 1, N);
             for (int n = 0; n < N; n++) sb[n] = pb[n] + bias[n];
         }
-        topk_row(sb, N, k, sel, mark);
-        for (int j = 0; j < k; j++) lsel[j] = ls[sel[j]];
-        softmax_row(lsel, gs, k); /* s_i / Σ_selected s_j */
-        for (int j = 0; j < k; j++) {
-            r->disp_sample[r->n_disp] = b;
-            r->disp_expert[r->n_disp] = sel[j];
-            r->disp_gate[r->n_disp] = gs[j];
-            r->n_disp++;
-        }
+        ml_aux_topk(sb, N, k, sel);
+        ml_aux_topk_gates(ls, sel, k, gs); /* s_i / Σ_selected s_j */
+        for (int j = 0; j < k; j++) ml_aux_dispatch(r, b, sel[j], gs[j]);
     }
     return 0;
 }
@@ -235,40 +156,26 @@ static int afb_forward(void *self, ml_route *r, char *err) {
 static int afb_backward(void *self, const ml_route *r, const ml_route_grad *g, char *err) {
     afb *s = self;
     const ml_host *h = s->host;
-    int B = r->B, D = r->D, N = r->N;
+    int B = r->B, D = r->D, N = r->N, k = s->k < N ? s->k : N;
     if (B == 0) return 0;
     size_t bn = (size_t)B * (size_t)N;
-    float *dz = need(h, &s->dz, bn * sizeof(float));
-    float *rowsum = need(h, &s->rowsum, (size_t)B * sizeof(float));
-    if (!dz || !rowsum) {
+    float *dz = ml_aux_buf_get(h, &s->dz, bn * sizeof(float));
+    float *dp = ml_aux_buf_get(h, &s->dp, bn * sizeof(float));
+    if (!dz || !dp) {
         snprintf(err, ML_ERR_MAX, "aux_free_bias: out of memory in backward for B=%d N=%d", B, N);
         return -1;
     }
-    /* First dL/d(log s) into dz, both prob and gates being softmaxes of log s. */
-    memset(dz, 0, bn * sizeof(float));
-    if (g->dprob)
-        for (int b = 0; b < B; b++) {
-            const float *p = r->prob + (size_t)b * N, *dp = g->dprob + (size_t)b * N;
-            float *d = dz + (size_t)b * N;
-            double dot = 0;
-            for (int n = 0; n < N; n++) dot += (double)p[n] * dp[n];
-            for (int n = 0; n < N; n++) d[n] += p[n] * (dp[n] - (float)dot);
-        }
-    if (g->dgate) {
-        memset(rowsum, 0, (size_t)B * sizeof(float));
-        for (int t = 0; t < r->n_disp; t++)
-            rowsum[r->disp_sample[t]] += r->disp_gate[t] * g->dgate[t];
-        for (int t = 0; t < r->n_disp; t++) {
-            int b = r->disp_sample[t];
-            dz[(size_t)b * N + r->disp_expert[t]] += r->disp_gate[t] * (g->dgate[t] - rowsum[b]);
-        }
-    }
+    /* First dL/d(log s) into dz: prob and the gates are softmaxes of log s (the gates over
+       the k selected, k triples per sample); dlogits joins after the chain rule below. */
+    ml_route_grad gs = *g;
+    gs.dlogits = NULL;
+    ml_aux_softmax_router_bwd(r, &gs, k, dz, dp);
     /* Then to z: d log sigmoid(z)/dz = sigmoid(−z); for softmax scores log s = z + const. */
     if (s->score == SCORE_SIGMOID)
-        for (size_t i = 0; i < bn; i++) dz[i] *= sigmoid(-r->logits[i]);
+        for (size_t i = 0; i < bn; i++) dz[i] *= ml_aux_sigmoid(-r->logits[i]);
     if (g->dlogits)
         for (size_t i = 0; i < bn; i++) dz[i] += g->dlogits[i];
-    linear_bwd(h, r->x, r->param[P_W], dz, B, D, N, r->grad[P_W], g->dx);
+    ml_aux_linear_bwd(h, r->x, r->param[P_W], dz, B, D, N, r->grad[P_W], NULL, g->dx);
     return 0;
 }
 

@@ -10,6 +10,12 @@
  *   C = round(capacity_factor · B · k / N), clipped to [1, B]     (the paper's k = n·c/e)
  *   gate of (b, e) = S[b, e] for every chosen pair
  *
+ * The paper's per-expert capacity k = n·c/e (n tokens, e experts, c the capacity factor:
+ * how many experts a token uses on average) is C here with n = B, e = N and
+ * c = capacity_factor · k: the option capacity_factor is the paper's c only at k = 1;
+ * otherwise it is c / k, the capacity relative to top-k routing (defaults 1.0 and k = 2
+ * give the paper's c = 2, its EC-CF2).
+ *
  * The paper's gating matrix has no bias, so neither does this router. A sample can be
  * chosen by several experts (gates need not sum to 1) or by none: such a sample gets no
  * triple and is counted in n_dropped (it passes through the residual). Ties in S[:, e]
@@ -26,7 +32,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
 enum { OPT_CF, OPT_K, NUM_OPTS };
 
@@ -39,47 +45,18 @@ static const ml_option options[NUM_OPTS] = {
 
 enum { P_W, NUM_PARAMS };
 
-/* A scratch buffer that only grows. */
-typedef struct buf {
-    void *p;
-    size_t cap; /* bytes */
-} buf;
-
 typedef struct ec {
     const ml_host *host;
     int D, k;
     double cf;
-    buf idx, tmp; /* (B) forward: sample order by score */
-    buf chosen;   /* (B) forward: chosen by the current expert */
-    buf covered;  /* (B) forward: chosen by any expert */
-    buf dz;       /* (B, N) backward: dL/dlogits */
-    buf dp;       /* (B, N) backward: dL/dS */
+    ml_aux_buf idx, tmp; /* (B) forward: sample order by score */
+    ml_aux_buf chosen;   /* (B) forward: chosen by the current expert */
+    ml_aux_buf covered;  /* (B) forward: chosen by any expert */
+    ml_aux_buf dz;       /* (B, N) backward: dL/dlogits */
+    ml_aux_buf dp;       /* (B, N) backward: dL/dS */
 } ec;
 
 /* ------------------------------------------------------------------ helpers */
-
-/* b->p grown to at least n bytes (contents not kept when it grows); NULL when out of memory. */
-static void *need(const ml_host *h, buf *b, size_t n) {
-    if (n > b->cap) {
-        void *q = h->alloc(n);
-        if (!q) return NULL;
-        h->free(b->p);
-        b->p = q;
-        b->cap = n;
-    }
-    return b->p;
-}
-
-/* p = softmax(z) over n entries, max subtracted first. */
-static void softmax_row(const float *z, float *p, int n) {
-    float m = z[0];
-    for (int i = 1; i < n; i++)
-        if (z[i] > m) m = z[i];
-    double s = 0;
-    for (int i = 0; i < n; i++) s += p[i] = expf(z[i] - m);
-    float inv = (float)(1.0 / s);
-    for (int i = 0; i < n; i++) p[i] *= inv;
-}
 
 /* Sorts idx[0..n) by key[idx * stride] descending; stable, so ties keep idx order. */
 static void sort_desc(int *idx, int *tmp, int n, const float *key, int stride) {
@@ -95,19 +72,6 @@ static void sort_desc(int *idx, int *tmp, int n, const float *key, int stride) {
         }
         memcpy(idx, tmp, (size_t)n * sizeof *idx);
     }
-}
-
-/* z (B, N) = x (B, D) · w (N, D)^T */
-static void linear_fwd(const ml_host *h, const float *x, const float *w, int B, int D, int N,
-                       float *z) {
-    h->sgemm(0, 1, B, N, D, 1.0f, x, D, w, D, 0.0f, z, N);
-}
-
-/* gw (N, D) += dz^T x;  dx (B, D) += dz w */
-static void linear_bwd(const ml_host *h, const float *x, const float *w, const float *dz,
-                       int B, int D, int N, float *gw, float *dx) {
-    if (gw) h->sgemm(1, 0, N, D, B, 1.0f, dz, N, x, D, 1.0f, gw, D);
-    if (dx) h->sgemm(0, 0, B, D, N, 1.0f, dz, N, w, D, 1.0f, dx, D);
 }
 
 /* --------------------------------------------------------------------- api */
@@ -130,11 +94,8 @@ static void *ec_create(const ml_host *host, const ml_router_init *init, char *er
                  (long long)o[OPT_K].i);
         return NULL;
     }
-    ec *s = host->alloc(sizeof *s);
-    if (!s) {
-        snprintf(err, ML_ERR_MAX, "expert_choice: out of memory");
-        return NULL;
-    }
+    ec *s = ml_aux_new(host, sizeof *s, "expert_choice", err);
+    if (!s) return NULL;
     s->host = host;
     s->D = init->dim;
     s->cf = o[OPT_CF].f;
@@ -146,19 +107,19 @@ static void ec_destroy(void *self) {
     ec *s = self;
     if (!s) return;
     const ml_host *h = s->host;
-    h->free(s->idx.p);
-    h->free(s->tmp.p);
-    h->free(s->chosen.p);
-    h->free(s->covered.p);
-    h->free(s->dz.p);
-    h->free(s->dp.p);
+    ml_aux_buf_free(h, &s->idx);
+    ml_aux_buf_free(h, &s->tmp);
+    ml_aux_buf_free(h, &s->chosen);
+    ml_aux_buf_free(h, &s->covered);
+    ml_aux_buf_free(h, &s->dz);
+    ml_aux_buf_free(h, &s->dp);
     h->free(s);
 }
 
 static int ec_params(void *self, ml_tensor_decl *out, int cap) {
     ec *s = self;
     if (cap < NUM_PARAMS) return -1;
-    out[P_W] = (ml_tensor_decl){"w", 1, 0, s->D, ML_INIT_UNIFORM_FANIN, 0, s->D, 0};
+    out[P_W] = ml_aux_linear_decl("w", s->D, s->D);
     return NUM_PARAMS;
 }
 
@@ -180,10 +141,10 @@ static int ec_forward(void *self, ml_route *r, char *err) {
     r->n_disp = 0;
     r->n_dropped = 0;
     if (B == 0) return 0;
-    int *idx = need(h, &s->idx, (size_t)B * sizeof(int));
-    int *tmp = need(h, &s->tmp, (size_t)B * sizeof(int));
-    uint8_t *chosen = need(h, &s->chosen, (size_t)B);
-    uint8_t *covered = need(h, &s->covered, (size_t)B);
+    int *idx = ml_aux_buf_get(h, &s->idx, (size_t)B * sizeof(int));
+    int *tmp = ml_aux_buf_get(h, &s->tmp, (size_t)B * sizeof(int));
+    uint8_t *chosen = ml_aux_buf_get(h, &s->chosen, (size_t)B);
+    uint8_t *covered = ml_aux_buf_get(h, &s->covered, (size_t)B);
     if (!idx || !tmp || !chosen || !covered) {
         snprintf(err, ML_ERR_MAX, "expert_choice: out of memory for B=%d", B);
         return -1;
@@ -191,8 +152,8 @@ static int ec_forward(void *self, ml_route *r, char *err) {
     double c = floor(s->cf * B * s->k / N + 0.5);
     int C = c < 1 ? 1 : c > B ? B : (int)c;
     float *S = r->prob;
-    linear_fwd(h, r->x, r->param[P_W], B, D, N, r->logits);
-    for (int b = 0; b < B; b++) softmax_row(r->logits + (size_t)b * N, S + (size_t)b * N, N);
+    ml_aux_linear(h, r->x, r->param[P_W], NULL, B, D, N, r->logits);
+    ml_aux_softmax(r->logits, S, B, N);
     memset(covered, 0, (size_t)B);
     for (int e = 0; e < N; e++) {
         for (int b = 0; b < B; b++) idx[b] = b;
@@ -202,10 +163,7 @@ static int ec_forward(void *self, ml_route *r, char *err) {
         for (int b = 0; b < B; b++) {
             if (!chosen[b]) continue;
             covered[b] = 1;
-            r->disp_sample[r->n_disp] = b;
-            r->disp_expert[r->n_disp] = e;
-            r->disp_gate[r->n_disp] = S[(size_t)b * N + e];
-            r->n_disp++;
+            ml_aux_dispatch(r, b, e, S[(size_t)b * N + e]);
         }
     }
     for (int b = 0; b < B; b++) r->n_dropped += !covered[b];
@@ -218,27 +176,14 @@ static int ec_backward(void *self, const ml_route *r, const ml_route_grad *g, ch
     int B = r->B, D = r->D, N = r->N;
     if (B == 0) return 0;
     size_t bn = (size_t)B * (size_t)N;
-    float *dz = need(h, &s->dz, bn * sizeof(float));
-    float *dp = need(h, &s->dp, bn * sizeof(float));
+    float *dz = ml_aux_buf_get(h, &s->dz, bn * sizeof(float));
+    float *dp = ml_aux_buf_get(h, &s->dp, bn * sizeof(float));
     if (!dz || !dp) {
         snprintf(err, ML_ERR_MAX, "expert_choice: out of memory in backward for B=%d N=%d", B, N);
         return -1;
     }
-    if (g->dlogits) memcpy(dz, g->dlogits, bn * sizeof(float));
-    else memset(dz, 0, bn * sizeof(float));
-    if (g->dprob) memcpy(dp, g->dprob, bn * sizeof(float));
-    else memset(dp, 0, bn * sizeof(float));
-    if (g->dgate)
-        for (int t = 0; t < r->n_disp; t++)
-            dp[(size_t)r->disp_sample[t] * N + r->disp_expert[t]] += g->dgate[t];
-    for (int b = 0; b < B; b++) {
-        const float *p = r->prob + (size_t)b * N, *dpb = dp + (size_t)b * N;
-        float *d = dz + (size_t)b * N;
-        double dot = 0;
-        for (int n = 0; n < N; n++) dot += (double)p[n] * dpb[n];
-        for (int n = 0; n < N; n++) d[n] += p[n] * (dpb[n] - (float)dot);
-    }
-    linear_bwd(h, r->x, r->param[P_W], dz, B, D, N, r->grad[P_W], g->dx);
+    ml_aux_softmax_router_bwd(r, g, 0, dz, dp);
+    ml_aux_linear_bwd(h, r->x, r->param[P_W], dz, B, D, N, r->grad[P_W], NULL, g->dx);
     return 0;
 }
 

@@ -24,7 +24,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
 enum { OPT_K, NUM_OPTS };
 
@@ -36,8 +36,7 @@ static const ml_option options[NUM_OPTS] = {
 typedef struct hashr {
     const ml_host *host;
     int k;
-    int *perm;   /* (N) shuffle scratch */
-    size_t cap;  /* elements of perm */
+    ml_aux_buf perm; /* (N) int: shuffle scratch */
 } hashr;
 
 /* splitmix64 step: advances *x and returns the mixed value. */
@@ -59,11 +58,8 @@ static void *hash_create(const ml_host *host, const ml_router_init *init, char *
                  (long long)o[OPT_K].i);
         return NULL;
     }
-    hashr *s = host->alloc(sizeof *s);
-    if (!s) {
-        snprintf(err, ML_ERR_MAX, "hash: out of memory");
-        return NULL;
-    }
+    hashr *s = ml_aux_new(host, sizeof *s, "hash", err);
+    if (!s) return NULL;
     s->host = host;
     s->k = (int)o[OPT_K].i;
     return s;
@@ -72,7 +68,7 @@ static void *hash_create(const ml_host *host, const ml_router_init *init, char *
 static void hash_destroy(void *self) {
     hashr *s = self;
     if (!s) return;
-    s->host->free(s->perm);
+    ml_aux_buf_free(s->host, &s->perm);
     s->host->free(s);
 }
 
@@ -95,15 +91,10 @@ static int hash_forward(void *self, ml_route *r, char *err) {
         snprintf(err, ML_ERR_MAX, "hash: the host passed no sample_id, which hash routing needs");
         return -1;
     }
-    if ((size_t)N > s->cap) {
-        int *p = s->host->alloc((size_t)N * sizeof *p);
-        if (!p) {
-            snprintf(err, ML_ERR_MAX, "hash: out of memory for N=%d", N);
-            return -1;
-        }
-        s->host->free(s->perm);
-        s->perm = p;
-        s->cap = (size_t)N;
+    int *perm = ml_aux_buf_get(s->host, &s->perm, (size_t)N * sizeof(int));
+    if (!perm) {
+        snprintf(err, ML_ERR_MAX, "hash: out of memory for N=%d", N);
+        return -1;
     }
     int k = s->k < N ? s->k : N;
     float gate = 1.0f / (float)k;
@@ -112,17 +103,14 @@ static int hash_forward(void *self, ml_route *r, char *err) {
     memset(r->prob, 0, bn * sizeof(float));
     for (int b = 0; b < B; b++) {
         uint64_t st = (uint64_t)(uint32_t)r->sample_id[b];
-        for (int n = 0; n < N; n++) s->perm[n] = n;
+        for (int n = 0; n < N; n++) perm[n] = n;
         for (int j = 0; j < k; j++) {
             int pick = j + (int)(splitmix64(&st) % (uint64_t)(N - j));
-            int e = s->perm[pick];
-            s->perm[pick] = s->perm[j];
-            s->perm[j] = e;
+            int e = perm[pick];
+            perm[pick] = perm[j];
+            perm[j] = e;
             r->prob[(size_t)b * N + e] = gate;
-            r->disp_sample[r->n_disp] = b;
-            r->disp_expert[r->n_disp] = e;
-            r->disp_gate[r->n_disp] = gate;
-            r->n_disp++;
+            ml_aux_dispatch(r, b, e, gate);
         }
     }
     return 0;

@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
 enum { OPT_K, NUM_OPTS };
 
@@ -27,8 +27,7 @@ static const ml_option options[NUM_OPTS] = {
 typedef struct rnd {
     const ml_host *host;
     int k;
-    int *perm;  /* (N) shuffle scratch */
-    size_t cap; /* elements of perm */
+    ml_aux_buf perm; /* (N) int: shuffle scratch */
 } rnd;
 
 static void *rnd_create(const ml_host *host, const ml_router_init *init, char *err) {
@@ -42,11 +41,8 @@ static void *rnd_create(const ml_host *host, const ml_router_init *init, char *e
                  (long long)o[OPT_K].i);
         return NULL;
     }
-    rnd *s = host->alloc(sizeof *s);
-    if (!s) {
-        snprintf(err, ML_ERR_MAX, "random: out of memory");
-        return NULL;
-    }
+    rnd *s = ml_aux_new(host, sizeof *s, "random", err);
+    if (!s) return NULL;
     s->host = host;
     s->k = (int)o[OPT_K].i;
     return s;
@@ -55,7 +51,7 @@ static void *rnd_create(const ml_host *host, const ml_router_init *init, char *e
 static void rnd_destroy(void *self) {
     rnd *s = self;
     if (!s) return;
-    s->host->free(s->perm);
+    ml_aux_buf_free(s->host, &s->perm);
     s->host->free(s);
 }
 
@@ -79,15 +75,10 @@ static int rnd_forward(void *self, ml_route *r, char *err) {
         snprintf(err, ML_ERR_MAX, "random: the host passed no rng, which random routing needs");
         return -1;
     }
-    if ((size_t)N > s->cap) {
-        int *p = h->alloc((size_t)N * sizeof *p);
-        if (!p) {
-            snprintf(err, ML_ERR_MAX, "random: out of memory for N=%d", N);
-            return -1;
-        }
-        h->free(s->perm);
-        s->perm = p;
-        s->cap = (size_t)N;
+    int *perm = ml_aux_buf_get(h, &s->perm, (size_t)N * sizeof(int));
+    if (!perm) {
+        snprintf(err, ML_ERR_MAX, "random: out of memory for N=%d", N);
+        return -1;
     }
     int k = s->k < N ? s->k : N;
     float gate = 1.0f / (float)k, uni = 1.0f / (float)N;
@@ -95,16 +86,13 @@ static int rnd_forward(void *self, ml_route *r, char *err) {
     memset(r->logits, 0, bn * sizeof(float));
     for (size_t i = 0; i < bn; i++) r->prob[i] = uni;
     for (int b = 0; b < B; b++) {
-        for (int n = 0; n < N; n++) s->perm[n] = n;
+        for (int n = 0; n < N; n++) perm[n] = n;
         for (int j = 0; j < k; j++) {
             int pick = j + (int)(h->rng_u64(r->rng) % (uint64_t)(N - j));
-            int e = s->perm[pick];
-            s->perm[pick] = s->perm[j];
-            s->perm[j] = e;
-            r->disp_sample[r->n_disp] = b;
-            r->disp_expert[r->n_disp] = e;
-            r->disp_gate[r->n_disp] = gate;
-            r->n_disp++;
+            int e = perm[pick];
+            perm[pick] = perm[j];
+            perm[j] = e;
+            ml_aux_dispatch(r, b, e, gate);
         }
     }
     return 0;

@@ -25,11 +25,9 @@
  * softmax saw); prob is the dense softmax the gates are cut from.
  */
 #include <math.h>
-#include <stdint.h>
 #include <stdio.h>
-#include <string.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
 enum { OPT_K, OPT_RENORM, OPT_NORM, OPT_EMA, OPT_BIAS, NUM_OPTS };
 enum { NORM_NONE, NORM_MAX, NORM_MEAN };
@@ -52,76 +50,13 @@ enum { S_SAT, NUM_STATES };
 
 #define SAT_INIT 0.5f
 
-/* A scratch buffer that only grows. */
-typedef struct buf {
-    void *p;
-    size_t cap; /* bytes */
-} buf;
-
 typedef struct sat {
     const ml_host *host;
     int D, k, renorm, norm;
     float alpha, beta;
-    buf dz;     /* (B, N) backward: dL/dlogits */
-    buf dp;     /* (B, N) backward: dL/dprob including gates that are probs */
-    buf rowsum; /* (B) backward scratch */
-    buf mark;   /* (N) top-k marks */
+    ml_aux_buf dz; /* (B, N) backward: dL/dlogits */
+    ml_aux_buf dp; /* (B, N) backward: dL/dprob including gates that are probs */
 } sat;
-
-/* ------------------------------------------------------------------ helpers */
-
-/* b->p grown to at least n bytes (contents not kept when it grows); NULL when out of memory. */
-static void *need(const ml_host *h, buf *b, size_t n) {
-    if (n > b->cap) {
-        void *q = h->alloc(n);
-        if (!q) return NULL;
-        h->free(b->p);
-        b->p = q;
-        b->cap = n;
-    }
-    return b->p;
-}
-
-/* p = softmax(z) over n entries, max subtracted first. */
-static void softmax_row(const float *z, float *p, int n) {
-    float m = z[0];
-    for (int i = 1; i < n; i++)
-        if (z[i] > m) m = z[i];
-    double s = 0;
-    for (int i = 0; i < n; i++) s += p[i] = expf(z[i] - m);
-    float inv = (float)(1.0 / s);
-    for (int i = 0; i < n; i++) p[i] *= inv;
-}
-
-/* sel[0..k) = indices of the k largest z, largest first; ties go to the lower index. */
-static void topk_row(const float *z, int n, int k, int *sel, uint8_t *mark) {
-    memset(mark, 0, (size_t)n);
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int i = 0; i < n; i++)
-            if (!mark[i] && (best < 0 || z[i] > z[best])) best = i;
-        mark[best] = 1;
-        sel[j] = best;
-    }
-}
-
-/* z (B, N) = x (B, D) · w (N, D)^T + b (N) */
-static void linear_fwd(const ml_host *h, const float *x, const float *w, const float *bias,
-                       int B, int D, int N, float *z) {
-    h->sgemm(0, 1, B, N, D, 1.0f, x, D, w, D, 0.0f, z, N);
-    for (int b = 0; b < B; b++)
-        for (int n = 0; n < N; n++) z[(size_t)b * N + n] += bias[n];
-}
-
-/* gw (N, D) += dz^T x;  gb (N) += Σ_b dz;  dx (B, D) += dz w */
-static void linear_bwd(const ml_host *h, const float *x, const float *w, const float *dz,
-                       int B, int D, int N, float *gw, float *gb, float *dx) {
-    if (gw) h->sgemm(1, 0, N, D, B, 1.0f, dz, N, x, D, 1.0f, gw, D);
-    if (gb)
-        for (int b = 0; b < B; b++)
-            for (int n = 0; n < N; n++) gb[n] += dz[(size_t)b * N + n];
-    if (dx) h->sgemm(0, 0, B, D, N, 1.0f, dz, N, w, D, 1.0f, dx, D);
-}
 
 /* --------------------------------------------------------------------- api */
 
@@ -146,11 +81,8 @@ static void *sat_create(const ml_host *host, const ml_router_init *init, char *e
         snprintf(err, ML_ERR_MAX, "saturation: option norm must be none|max|mean");
         return NULL;
     }
-    sat *s = host->alloc(sizeof *s);
-    if (!s) {
-        snprintf(err, ML_ERR_MAX, "saturation: out of memory");
-        return NULL;
-    }
+    sat *s = ml_aux_new(host, sizeof *s, "saturation", err);
+    if (!s) return NULL;
     s->host = host;
     s->D = init->dim;
     s->k = (int)o[OPT_K].i;
@@ -165,18 +97,16 @@ static void sat_destroy(void *self) {
     sat *s = self;
     if (!s) return;
     const ml_host *h = s->host;
-    h->free(s->dz.p);
-    h->free(s->dp.p);
-    h->free(s->rowsum.p);
-    h->free(s->mark.p);
+    ml_aux_buf_free(h, &s->dz);
+    ml_aux_buf_free(h, &s->dp);
     h->free(s);
 }
 
 static int sat_params(void *self, ml_tensor_decl *out, int cap) {
     sat *s = self;
     if (cap < NUM_PARAMS) return -1;
-    out[P_W] = (ml_tensor_decl){"w", 1, 0, s->D, ML_INIT_UNIFORM_FANIN, 0, s->D, 0};
-    out[P_B] = (ml_tensor_decl){"b", 1, 0, 1, ML_INIT_UNIFORM_FANIN, 0, s->D, 0};
+    out[P_W] = ml_aux_linear_decl("w", s->D, s->D);
+    out[P_B] = ml_aux_linear_decl("b", 1, s->D);
     return NUM_PARAMS;
 }
 
@@ -199,35 +129,23 @@ static int sat_forward(void *self, ml_route *r, char *err) {
     r->n_disp = 0;
     r->n_dropped = 0;
     if (B == 0) return 0;
-    uint8_t *mark = need(h, &s->mark, (size_t)N);
-    if (!mark) {
-        snprintf(err, ML_ERR_MAX, "saturation: out of memory for N=%d", N);
-        return -1;
-    }
     const float *satv = r->state[S_SAT];
     float *z = r->logits;
-    linear_fwd(h, r->x, r->param[P_W], r->param[P_B], B, D, N, z);
+    ml_aux_linear(h, r->x, r->param[P_W], r->param[P_B], B, D, N, z);
     for (int b = 0; b < B; b++)
         for (int n = 0; n < N; n++) z[(size_t)b * N + n] += s->beta * (1.0f - satv[n]);
     int k = s->k < N ? s->k : N;
-    int sel[64];
-    float zs[64], gs[64];
+    int32_t sel[64];
+    float gs[64];
+    ml_aux_softmax(z, r->prob, B, N);
     for (int b = 0; b < B; b++) {
-        const float *zb = z + (size_t)b * N;
-        const float *pb = r->prob + (size_t)b * N;
-        softmax_row(zb, r->prob + (size_t)b * N, N);
-        topk_row(zb, N, k, sel, mark);
-        for (int j = 0; j < k; j++) zs[j] = zb[sel[j]];
+        const float *zb = z + (size_t)b * N, *pb = r->prob + (size_t)b * N;
+        ml_aux_topk(zb, N, k, sel);
         /* prob restricted to the top k and renormalised = softmax over their logits */
-        if (s->renorm) softmax_row(zs, gs, k);
+        if (s->renorm) ml_aux_topk_gates(zb, sel, k, gs);
         else
             for (int j = 0; j < k; j++) gs[j] = pb[sel[j]];
-        for (int j = 0; j < k; j++) {
-            r->disp_sample[r->n_disp] = b;
-            r->disp_expert[r->n_disp] = sel[j];
-            r->disp_gate[r->n_disp] = gs[j];
-            r->n_disp++;
-        }
+        for (int j = 0; j < k; j++) ml_aux_dispatch(r, b, sel[j], gs[j]);
     }
     return 0;
 }
@@ -235,49 +153,17 @@ static int sat_forward(void *self, ml_route *r, char *err) {
 static int sat_backward(void *self, const ml_route *r, const ml_route_grad *g, char *err) {
     sat *s = self;
     const ml_host *h = s->host;
-    int B = r->B, D = r->D, N = r->N;
+    int B = r->B, D = r->D, N = r->N, k = s->k < N ? s->k : N;
     if (B == 0) return 0;
     size_t bn = (size_t)B * (size_t)N;
-    float *dz = need(h, &s->dz, bn * sizeof(float));
-    float *rowsum = need(h, &s->rowsum, (size_t)B * sizeof(float));
-    if (!dz || !rowsum) {
+    float *dz = ml_aux_buf_get(h, &s->dz, bn * sizeof(float));
+    float *dp = ml_aux_buf_get(h, &s->dp, bn * sizeof(float));
+    if (!dz || !dp) {
         snprintf(err, ML_ERR_MAX, "saturation: out of memory in backward for B=%d N=%d", B, N);
         return -1;
     }
-    if (g->dlogits) memcpy(dz, g->dlogits, bn * sizeof(float));
-    else memset(dz, 0, bn * sizeof(float));
-    if (g->dgate && s->renorm) {
-        /* gates = softmax over the selected logits: dz_j = G_j (dgate_j − Σ_sel G dgate) */
-        memset(rowsum, 0, (size_t)B * sizeof(float));
-        for (int t = 0; t < r->n_disp; t++)
-            rowsum[r->disp_sample[t]] += r->disp_gate[t] * g->dgate[t];
-        for (int t = 0; t < r->n_disp; t++) {
-            int b = r->disp_sample[t];
-            dz[(size_t)b * N + r->disp_expert[t]] += r->disp_gate[t] * (g->dgate[t] - rowsum[b]);
-        }
-    }
-    /* Through the dense softmax: dprob, plus dgate when gate = prob (no renormalisation). */
-    int gate_is_prob = g->dgate && !s->renorm;
-    if (g->dprob || gate_is_prob) {
-        float *dp = need(h, &s->dp, bn * sizeof(float));
-        if (!dp) {
-            snprintf(err, ML_ERR_MAX, "saturation: out of memory in backward for B=%d N=%d", B, N);
-            return -1;
-        }
-        if (g->dprob) memcpy(dp, g->dprob, bn * sizeof(float));
-        else memset(dp, 0, bn * sizeof(float));
-        if (gate_is_prob)
-            for (int t = 0; t < r->n_disp; t++)
-                dp[(size_t)r->disp_sample[t] * N + r->disp_expert[t]] += g->dgate[t];
-        for (int b = 0; b < B; b++) {
-            const float *p = r->prob + (size_t)b * N, *dpb = dp + (size_t)b * N;
-            float *d = dz + (size_t)b * N;
-            double dot = 0;
-            for (int n = 0; n < N; n++) dot += (double)p[n] * dpb[n];
-            for (int n = 0; n < N; n++) d[n] += p[n] * (dpb[n] - (float)dot);
-        }
-    }
-    linear_bwd(h, r->x, r->param[P_W], dz, B, D, N, r->grad[P_W], r->grad[P_B], g->dx);
+    ml_aux_softmax_router_bwd(r, g, s->renorm ? k : 0, dz, dp);
+    ml_aux_linear_bwd(h, r->x, r->param[P_W], dz, B, D, N, r->grad[P_W], r->grad[P_B], g->dx);
     return 0;
 }
 

@@ -6,32 +6,36 @@
  *
  * Parameters: w (N, D) and b (N, 1), both U(-1/sqrt(D), 1/sqrt(D)) like nn.Linear.
  * No state; works for any B and any N (N is read from each call, so growth needs nothing).
+ * The numerics are moelab/plugin_aux.h's: its softmax, top-k by logits (finer than
+ * probabilities that underflowed to 0), renormalised gates and their backward.
  */
-#include <math.h>
-#include <string.h>
+#include <stdio.h>
 
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
+
+enum { NUM_OPTS = 2 };
+
+static const ml_option options[NUM_OPTS] = {
+    {"k", ML_OPT_INT, "2", 1, 64, NULL, "experts per sample (clipped to N)", 0},
+    {"renormalize", ML_OPT_BOOL, "true", 0, -1, NULL,
+     "divide each gate by the sum of the sample's top-k probabilities", 0},
+};
 
 typedef struct router {
     const ml_host *host;
     int k, renorm, dim;
-    float *scratch; /* (B, N) dprob in backward */
-    size_t scratch_n;
+    ml_aux_buf dz; /* (B, N) backward: dL/dlogits */
+    ml_aux_buf dp; /* (B, N) backward: dL/dprob, gates that are probabilities included */
 } router;
 
-static const ml_option options[] = {
-    {"k", ML_OPT_INT, "2", 1, 64, NULL, "experts per sample (clipped to N)"},
-    {"renormalize", ML_OPT_BOOL, "true", 0, -1, NULL,
-     "divide each gate by the sum of the sample's top-k probabilities"},
-};
-
 static void *create(const ml_host *host, const ml_router_init *init, char *err) {
-    (void)err;
-    router *r = host->alloc(sizeof *r);
+    const ml_optval *k = ml_aux_option(options, NUM_OPTS, init->opt, "k");
+    const ml_optval *renorm = ml_aux_option(options, NUM_OPTS, init->opt, "renormalize");
+    router *r = ml_aux_new(host, sizeof *r, "softmax_topk", err);
     if (!r) return NULL;
     r->host = host;
-    r->k = (int)init->opt[0].i;
-    r->renorm = (int)init->opt[1].i;
+    r->k = (int)k->i;
+    r->renorm = (int)renorm->i;
     r->dim = init->dim;
     return r;
 }
@@ -39,17 +43,16 @@ static void *create(const ml_host *host, const ml_router_init *init, char *err) 
 static void destroy(void *self) {
     router *r = self;
     if (!r) return;
-    r->host->free(r->scratch);
+    ml_aux_buf_free(r->host, &r->dz);
+    ml_aux_buf_free(r->host, &r->dp);
     r->host->free(r);
 }
 
 static int params(void *self, ml_tensor_decl *out, int cap) {
     router *r = self;
     if (cap < 2) return -1;
-    ml_tensor_decl w = {"w", 1, 0, r->dim, ML_INIT_UNIFORM_FANIN, 0, r->dim, 0};
-    ml_tensor_decl b = {"b", 1, 0, 1, ML_INIT_UNIFORM_FANIN, 0, r->dim, 0};
-    out[0] = w;
-    out[1] = b;
+    out[0] = ml_aux_linear_decl("w", r->dim, r->dim);
+    out[1] = ml_aux_linear_decl("b", 1, r->dim);
     return 2;
 }
 
@@ -58,109 +61,39 @@ static int states(void *self, ml_tensor_decl *out, int cap) {
     return 0;
 }
 
-/* Scratch of at least n floats, zeroed. */
-static float *scratch(router *r, size_t n, char *err) {
-    if (n > r->scratch_n) {
-        r->host->free(r->scratch);
-        r->scratch = r->host->alloc(n * sizeof(float));
-        r->scratch_n = r->scratch ? n : 0;
-        if (!r->scratch) {
-            strcpy(err, "softmax_topk: out of memory");
-            return NULL;
-        }
-    }
-    memset(r->scratch, 0, n * sizeof(float));
-    return r->scratch;
-}
-
 static int forward(void *self, ml_route *rt, char *err) {
     router *r = self;
     (void)err;
     int B = rt->B, D = rt->D, N = rt->N, k = r->k < N ? r->k : N;
-    const float *W = rt->param[0], *bias = rt->param[1];
     rt->n_disp = 0;
     rt->n_dropped = 0;
     if (B <= 0 || N <= 0) return 0;
-    r->host->sgemm(0, 1, B, N, D, 1.0f, rt->x, D, W, D, 0.0f, rt->logits, N);
+    ml_aux_linear(r->host, rt->x, rt->param[0], rt->param[1], B, D, N, rt->logits);
+    ml_aux_softmax(rt->logits, rt->prob, B, N);
+    int32_t sel[64];
+    float g[64];
     for (int b = 0; b < B; b++) {
-        float *z = rt->logits + (size_t)b * N, *p = rt->prob + (size_t)b * N;
-        float m = -INFINITY;
-        for (int e = 0; e < N; e++) {
-            z[e] += bias[e];
-            if (z[e] > m) m = z[e];
-        }
-        double s = 0;
-        for (int e = 0; e < N; e++) s += (p[e] = expf(z[e] - m)); /* the max term is 1 */
-        for (int e = 0; e < N; e++) p[e] = (float)(p[e] / s);
-        /* top-k by logits (finer than probabilities that underflowed to 0); strict > keeps
-           the lower index on ties */
-        int first = rt->n_disp;
-        double mass = 0;
-        for (int j = 0; j < k; j++) {
-            int best = -1;
-            for (int e = 0; e < N; e++) {
-                int taken = 0;
-                for (int t = first; t < rt->n_disp && !taken; t++) taken = rt->disp_expert[t] == e;
-                if (!taken && (best < 0 || z[e] > z[best])) best = e;
-            }
-            rt->disp_sample[rt->n_disp] = b;
-            rt->disp_expert[rt->n_disp] = best;
-            rt->disp_gate[rt->n_disp] = p[best];
-            mass += p[best];
-            rt->n_disp++;
-        }
-        if (r->renorm && mass > 0)
-            for (int t = first; t < rt->n_disp; t++)
-                rt->disp_gate[t] = (float)(rt->disp_gate[t] / mass);
+        const float *z = rt->logits + (size_t)b * N, *p = rt->prob + (size_t)b * N;
+        ml_aux_topk(z, N, k, sel);
+        if (r->renorm) ml_aux_topk_gates(z, sel, k, g);
+        for (int j = 0; j < k; j++) ml_aux_dispatch(rt, b, sel[j], r->renorm ? g[j] : p[sel[j]]);
     }
     return 0;
 }
 
 static int backward(void *self, const ml_route *rt, const ml_route_grad *g, char *err) {
     router *r = self;
-    int B = rt->B, D = rt->D, N = rt->N;
+    int B = rt->B, D = rt->D, N = rt->N, k = r->k < N ? r->k : N;
     if (B <= 0 || N <= 0) return 0;
-    float *dz = scratch(r, (size_t)B * N, err);
-    if (!dz) return -1;
-    /* dgate -> dprob. Renormalised: g_e = p_e / s, s = sum of the sample's top-k p, so
-       dp_j = dg_j / s - (sum_e dg_e p_e) / s^2 for each selected j. The triples of one
-       sample are contiguous (forward writes them so). */
-    for (int t = 0; t < rt->n_disp;) {
-        int b = rt->disp_sample[t], u = t;
-        while (u < rt->n_disp && rt->disp_sample[u] == b) u++;
-        const float *p = rt->prob + (size_t)b * N;
-        float *dp = dz + (size_t)b * N;
-        if (r->renorm) {
-            double s = 0, dot = 0;
-            for (int v = t; v < u; v++) {
-                s += p[rt->disp_expert[v]];
-                dot += (double)g->dgate[v] * p[rt->disp_expert[v]];
-            }
-            if (s > 0)
-                for (int v = t; v < u; v++)
-                    dp[rt->disp_expert[v]] += (float)(g->dgate[v] / s - dot / (s * s));
-        } else {
-            for (int v = t; v < u; v++) dp[rt->disp_expert[v]] += g->dgate[v];
-        }
-        t = u;
+    size_t bn = (size_t)B * N;
+    float *dz = ml_aux_buf_get(r->host, &r->dz, bn * sizeof(float));
+    float *dp = ml_aux_buf_get(r->host, &r->dp, bn * sizeof(float));
+    if (!dz || !dp) {
+        snprintf(err, ML_ERR_MAX, "softmax_topk: out of memory in backward for B=%d N=%d", B, N);
+        return -1;
     }
-    /* + dprob from losses, then the softmax Jacobian: dz = p * (dp - <p, dp>), + dlogits */
-    for (int b = 0; b < B; b++) {
-        const float *p = rt->prob + (size_t)b * N;
-        float *d = dz + (size_t)b * N;
-        if (g->dprob)
-            for (int e = 0; e < N; e++) d[e] += g->dprob[(size_t)b * N + e];
-        double dot = 0;
-        for (int e = 0; e < N; e++) dot += (double)p[e] * d[e];
-        for (int e = 0; e < N; e++) d[e] = (float)(p[e] * (d[e] - dot));
-        if (g->dlogits)
-            for (int e = 0; e < N; e++) d[e] += g->dlogits[(size_t)b * N + e];
-    }
-    float *dW = rt->grad[0], *db = rt->grad[1];
-    r->host->sgemm(1, 0, N, D, B, 1.0f, dz, N, rt->x, D, 1.0f, dW, D); /* dW += dz^T x */
-    for (int b = 0; b < B; b++)
-        for (int e = 0; e < N; e++) db[e] += dz[(size_t)b * N + e];
-    if (g->dx) r->host->sgemm(0, 0, B, D, N, 1.0f, dz, N, rt->param[0], D, 1.0f, g->dx, D);
+    ml_aux_softmax_router_bwd(rt, g, r->renorm ? k : 0, dz, dp);
+    ml_aux_linear_bwd(r->host, rt->x, rt->param[0], dz, B, D, N, rt->grad[0], rt->grad[1], g->dx);
     return 0;
 }
 
@@ -181,6 +114,6 @@ ML_PLUGIN_EXPORT = {
     .version = "1.0",
     .doc = "softmax over linear logits, top-k dispatch (Shazeer et al. 2017; Switch k=1)",
     .options = options,
-    .num_options = 2,
+    .num_options = NUM_OPTS,
     .api = &api,
 };

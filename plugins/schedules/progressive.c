@@ -8,29 +8,34 @@
  * Stateless: the decision depends only on the progress record, so resuming from a
  * checkpoint (images_seen and num_experts restored) continues the same schedule.
  */
-#include "moelab/plugin.h"
+#include "moelab/plugin_aux.h"
 
 typedef struct sched {
     const ml_host *host;
     int64_t start, every, add, max;
 } sched;
 
-static const ml_option options[] = {
-    {"start", ML_OPT_INT, "2", 1, 4096, NULL, "experts per layer at the start"},
-    {"every_images", ML_OPT_INT, "7000", 1, 1e12, NULL, "training images between additions"},
-    {"add", ML_OPT_INT, "1", 1, 4096, NULL, "experts added to each layer per addition"},
-    {"max", ML_OPT_INT, "16", 1, 4096, NULL, "experts per layer at most"},
+enum { NUM_OPTS = 4 };
+
+static const ml_option options[NUM_OPTS] = {
+    {"start", ML_OPT_INT, "2", 1, 4096, NULL, "experts per layer at the start", 0},
+    {"every_images", ML_OPT_INT, "7000", 1, 1e12, NULL, "training images between additions", 0},
+    {"add", ML_OPT_INT, "1", 1, 4096, NULL, "experts added to each layer per addition", 0},
+    {"max", ML_OPT_INT, "16", 1, 4096, NULL, "experts per layer at most", 0},
 };
 
 static void *create(const ml_host *host, const ml_schedule_init *init, char *err) {
-    (void)err;
-    sched *s = host->alloc(sizeof *s);
+    const ml_optval *start = ml_aux_option(options, NUM_OPTS, init->opt, "start");
+    const ml_optval *every = ml_aux_option(options, NUM_OPTS, init->opt, "every_images");
+    const ml_optval *add = ml_aux_option(options, NUM_OPTS, init->opt, "add");
+    const ml_optval *max = ml_aux_option(options, NUM_OPTS, init->opt, "max");
+    sched *s = ml_aux_new(host, sizeof *s, "progressive", err);
     if (!s) return NULL;
     s->host = host;
-    s->start = init->opt[0].i;
-    s->every = init->opt[1].i;
-    s->add = init->opt[2].i;
-    s->max = init->opt[3].i;
+    s->start = start->i;
+    s->every = every->i;
+    s->add = add->i;
+    s->max = max->i;
     return s;
 }
 
@@ -73,6 +78,6 @@ ML_PLUGIN_EXPORT = {
     .version = "1.0",
     .doc = "add `add` experts per layer every `every_images` images, from `start` to `max`",
     .options = options,
-    .num_options = 4,
+    .num_options = NUM_OPTS,
     .api = &api,
 };
