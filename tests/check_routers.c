@@ -23,6 +23,7 @@
 #include "plugin/loader.h"
 #include "plugin/options.h"
 #include "plugin/router_host.h"
+#include "plugin/loss_host.h"
 #include "testutil.h"
 
 /* --------------------------------------------------------------- the harness */
@@ -872,6 +873,100 @@ START_TEST(test_bad_options) {
 }
 END_TEST
 
+/* ------------------------------------------ a loss of the gates, through the router */
+
+/* importance_cv2 (ABI 1.1 eval_v2) gives d/dgate; the router's backward carries it through
+   its renormalised top-k gates, so the gradient of CV(importance)^2 with respect to the
+   router's weights and input is exact (the 1.0 eval's dprob shortcut is not: cosine
+   0.82-0.995, and non-zero at k = 1 where every renormalised gate is 1). */
+typedef struct gl {
+    rt *t;
+    ml_loss_inst *li;
+    int n_disp;
+    int32_t *s0, *e0;
+} gl;
+
+static double gl_loss(void *ctx) {
+    gl *g = ctx;
+    rt *t = g->t;
+    rt_forward(t);
+    if (t->n_disp != g->n_disp || memcmp(t->sample, g->s0, (size_t)g->n_disp * 4) ||
+        memcmp(t->expert, g->e0, (size_t)g->n_disp * 4))
+        return NAN;
+    ml_routing_record rec;
+    ml_router_inst_record(&t->ri, &rec);
+    double v = 0;
+    ck_assert_msg(ml_loss_inst_eval(g->li, &rec, 1.0f, NULL, NULL, NULL, &v) == ML_OK, "%s", ml_error());
+    return v;
+}
+
+static double gate_loss_check(int k, double *cosine_v1) {
+    rt t;
+    rt_open(&t, "softmax_topk");
+    char kk[8];
+    snprintf(kk, sizeof kk, "%d", k);
+    rt_opt(&t, "k", kk);
+    rt_opt(&t, "renormalize", "true");
+    rt_create(&t, 32, 6, 5, 11);
+    const ml_plugin *lp = ml_plugin_load(ML_PLUGIN_LOSS, tu_path("%s/plugins/importance_cv2.so", tu_build()));
+    ck_assert_msg(lp != NULL, "%s", ml_error());
+    ml_loss_inst li = {0};
+    ck_assert_msg(ml_loss_inst_init(&li, lp, NULL, 0, 1, t.N, NULL, "") == ML_OK, "%s", ml_error());
+    ck_assert(ml_loss_inst_has_gate_grad(&li));
+    rt_forward(&t);
+    size_t bn = (size_t)t.B * t.N;
+    float *dgate = calloc(bn + 1, 4), *dprob = calloc(bn + 1, 4), *dprob1 = calloc(bn + 1, 4);
+    ml_routing_record rec;
+    ml_router_inst_record(&t.ri, &rec);
+    double v;
+    ck_assert(ml_loss_inst_eval(&li, &rec, 1.0f, NULL, dprob, dgate, &v) == ML_OK);
+    gl g = {&t, &li, t.n_disp, malloc(bn * 4 + 4), malloc(bn * 4 + 4)};
+    memcpy(g.s0, t.sample, (size_t)t.n_disp * 4);
+    memcpy(g.e0, t.expert, (size_t)t.n_disp * 4);
+    rt_zero_grads(&t);
+    rt_backward(&t, dgate, NULL, dprob);
+    size_t nw = (size_t)t.N * t.D;
+    float *aw = malloc(nw * 4), *ax = malloc((size_t)t.B * t.D * 4);
+    memcpy(aw, t.grad[0], nw * 4);
+    memcpy(ax, t.dx, (size_t)t.B * t.D * 4);
+    /* the 1.0 shortcut: dprob only, through eval (what a 1.0 host would call) */
+    rt_forward(&t);
+    ml_router_inst_record(&t.ri, &rec);
+    double v1;
+    ck_assert(li.api->eval(li.self, &rec, &v1, 1.0f, NULL, dprob1, (char[ML_ERR_MAX]){0}) == 0);
+    rt_zero_grads(&t);
+    rt_backward(&t, NULL, NULL, dprob1);
+    double dot = 0, na = 0, nb = 0;
+    for (size_t i = 0; i < nw; i++) dot += (double)aw[i] * t.grad[0][i], na += (double)aw[i] * aw[i], nb += (double)t.grad[0][i] * t.grad[0][i];
+    *cosine_v1 = na > 0 && nb > 0 ? dot / sqrt(na * nb) : (na == 0 && nb == 0 ? 1 : 0);
+    double scale = fmax(ml_gc_scale(aw, nw), ml_gc_scale(ax, (size_t)t.B * t.D)), worst = 0;
+    ml_gc_result r;
+    t.reseed = 1;
+    ml_gradcheck(NULL, gl_loss, &g, t.param[0], nw, aw, scale, &r);
+    ck_assert(r.checked > 0);
+    worst = fmax(worst, r.worst);
+    ml_gradcheck(NULL, gl_loss, &g, t.x, (size_t)t.B * t.D, ax, scale, &r);
+    ck_assert(r.checked > 0);
+    worst = fmax(worst, r.worst);
+    if (k == 1) { /* every gate is 1: no gradient at all */
+        for (size_t i = 0; i < nw; i++) ck_assert_msg(aw[i] == 0, "k=1: dW[%zu] = %g", i, aw[i]);
+        ck_assert_msg(nb > 0, "k=1: the 1.0 shortcut is expected to be (wrongly) non-zero");
+    }
+    ml_loss_inst_release(&li);
+    free(dgate), free(dprob), free(dprob1), free(aw), free(ax), free(g.s0), free(g.e0);
+    rt_close(&t);
+    return worst;
+}
+
+START_TEST(test_gate_loss_exact) {
+    double cos2, cos1;
+    double w2 = gate_loss_check(2, &cos2), w1 = gate_loss_check(1, &cos1);
+    ck_assert_msg(w2 <= ml_gc_default().tol, "k=2: gradient error %g", w2);
+    ck_assert_msg(w1 <= ml_gc_default().tol, "k=1: gradient error %g", w1);
+    ck_assert_msg(cos2 < 0.9999, "k=2: the 1.0 shortcut agrees with the exact gradient (cosine %g)", cos2);
+}
+END_TEST
+
 static Suite *routers_suite(void) {
     Suite *s = suite_create("routers");
     TCase *tc = tcase_create("all");
@@ -883,6 +978,7 @@ static Suite *routers_suite(void) {
     tcase_add_loop_test(tc, test_growth, 0, NUM_ROUTERS);
     tcase_add_loop_test(tc, test_extreme_logits, 0, NUM_ROUTERS);
     tcase_add_test(tc, test_one_softmax);
+    tcase_add_test(tc, test_gate_loss_exact);
     tcase_add_test(tc, test_switch_capacity);
     tcase_add_test(tc, test_expert_choice_capacity);
     tcase_add_test(tc, test_aux_free_bias);

@@ -5,15 +5,18 @@
  *
  *     value = CV(importance)^2 = var(importance) / mean(importance)^2   (population variance)
  *
- * Gradient. The gates come from the router's probabilities, but the loss API carries only
- * dL/dprob and dL/dlogits. We treat each dispatched gate as a function of prob with
- * d gate / d prob = 1 at its own (sample, expert) entry and 0 elsewhere, i.e. importance_i
- * is differentiated as if it were the sum of prob over the dispatched (b, i) pairs. That is
- * exact for gate = prob (softmax_topk with renormalize: false) and for renormalised gates it
- * drops the coupling through the normaliser — the pressure on each dispatched probability
- * still points the right way (towards less-used experts).
- *
  *     d value / d importance_j = (2/N) (importance_j - mean) / mean^2 - (2/N) var / mean^3
+ *
+ * Gradient (ABI 1.1, eval_v2): d value / d gate_t = d value / d importance_e(t), given with
+ * respect to the gates themselves; the router's backward carries it through however it made
+ * the gates (renormalised top-k, capacity, ...), so the gradient is exact for every router.
+ * With top-1 and renormalised gates every gate is 1 and the true gradient is 0.
+ *
+ * A 1.0 host calls eval, which can only give dL/dprob: there each dispatched gate is taken as
+ * the prob at its (sample, expert) pair (d gate / d prob = 1 there, 0 elsewhere). That is
+ * exact for gate = prob (softmax_topk with renormalize: false); for renormalised gates it
+ * drops the coupling through the normaliser (cosine 0.82-0.995 with the true gradient, and
+ * non-zero at k = 1 where the true one is 0).
  */
 #include <stdio.h>
 #include <string.h>
@@ -40,12 +43,12 @@ static void destroy(void *self) {
     l->host->free(l);
 }
 
-static int eval(void *self, const ml_routing_record *r, double *value, float scale,
-                float *dlogits, float *dprob, char *err) {
-    loss *l = self;
-    (void)dlogits;
+/* importance, its mean and variance; *value the loss. d (N) receives d value / d importance
+   (zeros when the mean is 0: no gate mass, no gradient). */
+static int cv2(loss *l, const ml_routing_record *r, double *value, double **d, char *err) {
     int N = r->N;
     *value = 0;
+    *d = NULL;
     if (r->B <= 0 || N <= 0) return 0;
     double *imp = ml_aux_buf_get(l->host, &l->imp, (size_t)N * sizeof *imp);
     if (!imp) {
@@ -65,27 +68,41 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
     double mean = 0, var = 0;
     for (int i = 0; i < N; i++) mean += imp[i] / N;
     for (int i = 0; i < N; i++) var += (imp[i] - mean) * (imp[i] - mean) / N;
-    if (mean > 0) {
-        *value = var / (mean * mean);
-        if (dprob)
-            for (int t = 0; t < r->n_disp; t++) {
-                int e = r->disp_expert[t];
-                double m2 = mean * mean;
-                double d = 2.0 / N * (imp[e] - mean) / m2 - 2.0 / N * var / (m2 * mean);
-                dprob[(size_t)r->disp_sample[t] * N + e] += (float)(scale * d);
-            }
-    }
+    /* imp becomes d value / d importance in place */
+    double m2 = mean * mean;
+    if (mean > 0) *value = var / m2;
+    for (int i = 0; i < N; i++) imp[i] = mean > 0 ? 2.0 / N * (imp[i] - mean) / m2 - 2.0 / N * var / (m2 * mean) : 0;
+    *d = imp;
+    return 0;
+}
+
+static int eval(void *self, const ml_routing_record *r, double *value, float scale,
+                float *dlogits, float *dprob, char *err) {
+    (void)dlogits;
+    double *d;
+    if (cv2(self, r, value, &d, err)) return -1;
+    if (d && dprob)
+        for (int t = 0; t < r->n_disp; t++)
+            dprob[(size_t)r->disp_sample[t] * r->N + r->disp_expert[t]] += (float)(scale * d[r->disp_expert[t]]);
+    return 0;
+}
+
+static int eval_v2(void *self, const ml_routing_record *r, ml_loss_eval *io, char *err) {
+    double *d;
+    if (cv2(self, r, &io->value, &d, err)) return -1;
+    if (d && io->dgate)
+        for (int t = 0; t < r->n_disp; t++) io->dgate[t] += (float)(io->scale * d[r->disp_expert[t]]);
     return 0;
 }
 
 static const ml_loss_api api = {
-    .size = sizeof(ml_loss_api), .create = create, .destroy = destroy, .eval = eval,
+    .size = sizeof(ml_loss_api), .create = create, .destroy = destroy, .eval = eval, .eval_v2 = eval_v2,
 };
 
 ML_PLUGIN_EXPORT = {
     ML_PLUGIN_HEADER(ML_PLUGIN_LOSS),
     .name = "importance_cv2",
-    .version = "1.0",
+    .version = "1.1",
     .doc = "squared coefficient of variation of per-expert gate mass (Shazeer et al. 2017)",
     .options = NULL,
     .num_options = 0,
