@@ -348,7 +348,7 @@ static void loss_new(loss_case *c, const char *name, const char *opt_name, const
 static void loss_free(loss_case *c) { ml_loss_inst_release(&c->li); }
 
 static double loss_value(loss_case *c, float *dl, float *dp) {
-    /* gates follow prob at dispatched pairs (the importance loss differentiates so) */
+    /* gates follow prob at dispatched pairs: a loss of the gates is then one of prob */
     for (int t = 0; t < c->n_disp; t++) c->gate[t] = c->prob[c->ds[t] * c->N + c->de[t]];
     ml_routing_record r;
     memset(&r, 0, sizeof r);
@@ -356,7 +356,10 @@ static double loss_value(loss_case *c, float *dl, float *dp) {
     r.disp_sample = c->ds, r.disp_expert = c->de, r.disp_gate = c->gate, r.n_disp = c->n_disp;
     r.label = c->labels ? c->label : NULL, r.num_classes = c->C;
     double v = NAN;
-    ck_assert_msg(ml_loss_inst_eval(&c->li, &r, 1.0f, dl, dp, NULL, &v) == ML_OK, "%s", ml_error());
+    float dg[64 * 8] = {0};
+    ck_assert_msg(ml_loss_inst_eval(&c->li, &r, 1.0f, dl, dp, dp ? dg : NULL, &v) == ML_OK, "%s", ml_error());
+    /* a loss of the gates (eval_v2): here gate = prob at the pair, so d/dprob += d/dgate */
+    for (int t = 0; dp && t < c->n_disp; t++) dp[c->ds[t] * c->N + c->de[t]] += dg[t];
     return v;
 }
 
