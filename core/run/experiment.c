@@ -134,6 +134,44 @@ static int build_model(ml_experiment *e) {
     return ML_OK;
 }
 
+/* The optimizer and its parameter groups (optim.groups), each tensor placed in its group. */
+static int build_optim(ml_experiment *e) {
+    const ml_config *c = e->cfg;
+    int kind = ml_optim_kind_from_name(ml_config_str(c, "optim.name", "adam"));
+    e->opt = (ml_optim){
+        .kind = kind < 0 ? ML_OPTIM_ADAM : (ml_optim_kind)kind,
+        .lr = (float)ml_config_float(c, "optim.lr", 1e-3),
+        .beta1 = (float)ml_config_float(c, "optim.beta1", 0.9),
+        .beta2 = (float)ml_config_float(c, "optim.beta2", 0.999),
+        .eps = (float)ml_config_float(c, "optim.eps", 1e-8),
+        .weight_decay = (float)ml_config_float(c, "optim.weight_decay", 0),
+        .momentum = (float)ml_config_float(c, "optim.momentum", 0),
+    };
+    int n = ml_config_len(c, "optim.groups");
+    for (int g = 0; g < n; g++) {
+        char key[32], name[64], match[64], lr[64], wd[64], frozen[64];
+        snprintf(key, sizeof key, "optim.groups.%d", g);
+        snprintf(name, sizeof name, "%s.name", key);
+        snprintf(match, sizeof match, "%s.match", key);
+        snprintf(lr, sizeof lr, "%s.lr", key);
+        snprintf(wd, sizeof wd, "%s.weight_decay", key);
+        snprintf(frozen, sizeof frozen, "%s.frozen", key);
+        if (ml_optim_add_group(&e->opt, ml_config_str(c, name, ""), ml_config_str(c, match, ""),
+                               (float)ml_config_float(c, lr, NAN), (float)ml_config_float(c, wd, NAN),
+                               ml_config_bool(c, frozen, 0)))
+            return ml_error_prefix("%s: optim.groups.%d", ml_config_path(c), g);
+    }
+    ml_optim_place(&e->opt, &e->model->P);
+    for (int g = 0; g < n; g++) { /* most likely a typo; experts added later may still match */
+        int members = 0;
+        for (int k = 0; k < e->model->P.count; k++) members += e->model->P.t[k].group == g;
+        if (!members)
+            ml_log(ML_LOG_WARN, "optim.groups.%d '%s': pattern '%s' matches no parameter tensor (yet)", g,
+                   e->opt.group[g].name, e->opt.group[g].match);
+    }
+    return ML_OK;
+}
+
 static void set_threads(int n) {
     if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) n = 1;
@@ -193,16 +231,7 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     if (ml_data_load(&dc, &e->train, &e->val)) { ml_error_prefix("data"); goto fail; }
     if (e->train.n < 1) { ml_errorf("data: the training split is empty (check data.train_images / data.val_images)"); goto fail; }
     if (build_model(e) || build_losses(e)) goto fail;
-    const char *on = ml_config_str(e->cfg, "optim.name", "adam");
-    e->opt = (ml_optim){
-        .kind = strcmp(on, "sgd") == 0 ? ML_OPTIM_SGD : ML_OPTIM_ADAM,
-        .lr = (float)ml_config_float(e->cfg, "optim.lr", 1e-3),
-        .beta1 = (float)ml_config_float(e->cfg, "optim.beta1", 0.9),
-        .beta2 = (float)ml_config_float(e->cfg, "optim.beta2", 0.999),
-        .eps = (float)ml_config_float(e->cfg, "optim.eps", 1e-8),
-        .weight_decay = (float)ml_config_float(e->cfg, "optim.weight_decay", 0),
-        .momentum = (float)ml_config_float(e->cfg, "optim.momentum", 0),
-    };
+    if (build_optim(e)) goto fail;
     e->hcfg = (ml_health_cfg){ml_config_float(e->cfg, "health.active_threshold", 0.1),
                               ml_config_float(e->cfg, "health.collapse_active_fraction", 0.5),
                               ml_config_float(e->cfg, "health.collapse_entropy", 0.5)};
@@ -610,6 +639,7 @@ int ml_exp_grow_layer(ml_experiment *e, int layer, int n) {
     for (int i = 0; i < e->n_losses; i++)
         if (ml_loss_inst_grow_declare(&e->loss[i].inst[layer], old + n)) return ML_ERR;
     if (ml_model_grow_end(m, layer, old)) return ML_ERR;
+    ml_optim_place(&e->opt, &m->P); /* the new experts join the groups their names match */
     if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
         return ML_ERR;
     if (e->last_acc && e->last_acc[layer] && ml_health_acc_resize(e->last_acc[layer], m->moe[layer]->N)) return ML_ERR;
