@@ -269,6 +269,132 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
     lua_setfield(L, -2, k);
 }
 
+/*
+ * The types of the exp API, in the manner of lauxlib: one metatable per type (with
+ * __name, __metatable, __tostring), one luaL_Reg table of methods, one of field getters and
+ * one of field setters. __index looks a key up among the getters, then the methods; a
+ * getter and a setter are called with the stack __index / __newindex got: (object, key)
+ * and (object, key, value). The tables are upvalues of the two metamethods, out of a
+ * script's reach. Every access goes through guard(): nothing answers once the run is over.
+ */
+typedef struct class_def {
+    const char *tname;  /* the metatable's name (luaL_checkudata) */
+    const char *label;  /* the object in messages: "moe layer" */
+    const luaL_Reg *getters, *setters, *methods;
+    lua_CFunction tostring;
+    const char *hint;   /* after "is read-only" (or NULL) */
+    int named;          /* messages name the object by its name field: "loss 'load_balance'" */
+} class_def;
+
+static void guard(lua_State *L);
+
+/* "a, b, c" of the names of one or two luaL_Reg tables */
+static void reg_names(const luaL_Reg *a, const luaL_Reg *b, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = 0;
+    const luaL_Reg *r[2] = {a, b};
+    for (int t = 0; t < 2; t++)
+        for (const luaL_Reg *q = r[t]; q && q->name && used < n; q++)
+            used += (size_t)snprintf(buf + used, n - used, "%s%s", used ? ", " : "", q->name);
+}
+
+/* The object's label for messages: "loss 'load_balance'" for a named type. */
+static const char *class_label(lua_State *L, int getters, const char *label, int named) {
+    if (named && lua_getfield(L, getters, "name") == LUA_TFUNCTION) {
+        lua_pushvalue(L, 1);
+        lua_pushliteral(L, "name");
+        lua_call(L, 2, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) return lua_pushfstring(L, "%s '%s'", label, lua_tostring(L, -1));
+    }
+    return label;
+}
+
+/* __index: upvalues getters, methods, label, "fields", named */
+static int class_index(lua_State *L) {
+    guard(L);
+    luaL_checkstring(L, 2);
+    lua_settop(L, 2);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TFUNCTION) {
+        lua_CFunction get = lua_tocfunction(L, -1);
+        lua_settop(L, 2);
+        return get(L);
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 1;
+    return luaL_error(L, "%s has no field '%s' (fields: %s)",
+                      class_label(L, lua_upvalueindex(1), lua_tostring(L, lua_upvalueindex(3)),
+                                  lua_toboolean(L, lua_upvalueindex(5))),
+                      lua_tostring(L, 2),
+                      lua_tostring(L, lua_upvalueindex(4)));
+}
+
+/* __newindex: upvalues setters, getters, label, hint, named */
+static int class_newindex(lua_State *L) {
+    guard(L);
+    const char *k = luaL_checkstring(L, 2);
+    lua_settop(L, 3);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TFUNCTION) {
+        lua_CFunction set = lua_tocfunction(L, -1);
+        lua_settop(L, 3);
+        return set(L);
+    }
+    lua_pushvalue(L, 2);
+    int known = lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL;
+    const char *label = class_label(L, lua_upvalueindex(2), lua_tostring(L, lua_upvalueindex(3)),
+                                    lua_toboolean(L, lua_upvalueindex(5)));
+    const char *hint = lua_tostring(L, lua_upvalueindex(4));
+    return luaL_error(L, "%s: '%s' %s%s%s", label, k, known ? "is read-only" : "is not a field", *hint ? "; " : "", hint);
+}
+
+static void new_class(lua_State *L, const class_def *c) {
+    char names[512];
+    luaL_newmetatable(L, c->tname);
+    lua_newtable(L);
+    if (c->getters) luaL_setfuncs(L, c->getters, 0);
+    lua_newtable(L);
+    if (c->methods) luaL_setfuncs(L, c->methods, 0);
+    lua_pushstring(L, c->label);
+    reg_names(c->getters, c->methods, names, sizeof names);
+    lua_pushstring(L, names);
+    lua_pushboolean(L, c->named);
+    lua_pushcclosure(L, class_index, 5);
+    lua_setfield(L, -2, "__index");
+    lua_newtable(L);
+    if (c->setters) luaL_setfuncs(L, c->setters, 0);
+    lua_newtable(L);
+    if (c->getters) luaL_setfuncs(L, c->getters, 0);
+    lua_pushstring(L, c->label);
+    lua_pushstring(L, c->hint ? c->hint : "");
+    lua_pushboolean(L, c->named);
+    lua_pushcclosure(L, class_newindex, 5);
+    lua_setfield(L, -2, "__newindex");
+    if (c->tostring) {
+        lua_pushcfunction(L, c->tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pushstring(L, c->tname); /* getmetatable() gives the name, not the table */
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
+
+/* A setter's error, as luaL_argerror words an argument's: "bad value for exp.optim.lr
+   (must be in (0, 10], got 20)". */
+static int set_error(lua_State *L, const char *field, const char *msg) {
+    return luaL_error(L, "bad value for %s (%s)", field, msg);
+}
+
+/* The number a setter was given (stack index 3): a number, finite. */
+static double set_number(lua_State *L, const char *field) {
+    if (lua_type(L, 3) != LUA_TNUMBER)
+        set_error(L, field, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, 3)));
+    double v = lua_tonumber(L, 3);
+    if (!isfinite(v)) set_error(L, field, lua_pushfstring(L, "a finite number expected, got %f", v));
+    return v;
+}
+
 /* Pushes a read-only view of the table at idx: reads pass through, writes raise. */
 static void push_readonly(lua_State *L, int idx) {
     idx = lua_absindex(L, idx);
@@ -395,25 +521,37 @@ static ml_experiment *check_exp(lua_State *L) {
 
 typedef struct hook_ctx {
     lua_State *L;
-    int fn_ref;
-    int err_ref;
+    int fn;      /* stack index of on_step, 0: none */
+    int failed;  /* on_step raised: its error is on top of the stack */
     ml_experiment *e;
 } hook_ctx;
 
+/* on_step(p), protected: called with (on_step, e) */
+static int call_on_step(lua_State *L) {
+    ml_experiment *e = lua_touserdata(L, 2);
+    lua_settop(L, 1);
+    lua_createtable(L, 0, 4);
+    set_int(L, "epoch", e->epoch);
+    set_int(L, "step", e->step);
+    set_int(L, "images_seen", e->images_seen);
+    lua_call(L, 1, 0);
+    return 0;
+}
+
 /* Runs at every step boundary of train_epoch: stops the epoch on a timeout (the C loop stops
- * on an interrupt by itself), then calls the script's on_step if it gave one. */
+ * on an interrupt by itself), then calls the script's on_step if it gave one. Nothing here
+ * may raise (it runs inside the core's training loop): the call and everything that
+ * allocates is inside lua_pcall, and an error stays on the stack for l_train_epoch. */
 static int step_hook(void *ctx) {
     hook_ctx *h = ctx;
     lua_State *L = h->L;
     if (due_stop(getself(L), 0)) return ml_errorf("the script is stopping");
-    if (h->fn_ref == LUA_NOREF) return ML_OK;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->fn_ref);
-    lua_createtable(L, 0, 4);
-    set_int(L, "epoch", h->e->epoch);
-    set_int(L, "step", h->e->step);
-    set_int(L, "images_seen", h->e->images_seen);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-        h->err_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (!h->fn) return ML_OK;
+    lua_pushcfunction(L, call_on_step);
+    lua_pushvalue(L, h->fn);
+    lua_pushlightuserdata(L, h->e);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        h->failed = 1;
         return ml_errorf("on_step hook failed");
     }
     return ML_OK;
@@ -424,31 +562,24 @@ static int l_train_epoch(lua_State *L) {
     ml_lua *self = getself(L);
     /* a nested epoch would train inside the outer one's step and lose its metrics row */
     if (self->in_epoch) return luaL_error(L, "exp:train_epoch cannot be called from on_step");
-    hook_ctx h = {L, LUA_NOREF, LUA_NOREF, e};
-    if (!lua_isnoneornil(L, 2)) {
+    hook_ctx h = {L, 0, 0, e};
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
-        lua_getfield(L, 2, "on_step");
-        if (!lua_isnil(L, -1)) {
-            luaL_argexpected(L, lua_isfunction(L, -1), 2, "table with on_step = function");
-            h.fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        } else {
-            lua_pop(L, 1);
+        lua_getfield(L, 2, "on_step"); /* 3 */
+        if (!lua_isnil(L, 3)) {
+            luaL_argexpected(L, lua_isfunction(L, 3), 2, "table with on_step = function");
+            h.fn = 3;
         }
     }
+    luaL_checkstack(L, 8, "exp:train_epoch"); /* room for the hook's calls */
     ml_epoch_stats st;
     self->in_epoch = 1;
     int rc = ml_exp_train_epoch(e, step_hook, &h, &st);
     self->in_epoch = 0;
-    luaL_unref(L, LUA_REGISTRYINDEX, h.fn_ref);
-    if (due_stop(getself(L), 1)) { /* interrupted during the epoch, or out of time */
-        luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
+    if (due_stop(getself(L), 1)) /* interrupted during the epoch, or out of time */
         return stop_raise(L, getself(L));
-    }
-    if (h.err_ref != LUA_NOREF) { /* re-raise the hook's own error, position intact */
-        lua_rawgeti(L, LUA_REGISTRYINDEX, h.err_ref);
-        luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
-        return lua_error(L);
-    }
+    if (h.failed) return lua_error(L); /* re-raise the hook's own error, position intact */
     if (rc) return core_error(L);
     lua_createtable(L, 0, 8 + st.n_aux);
     set_int(L, "epoch", st.epoch);
@@ -542,47 +673,57 @@ static int l_load_checkpoint(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg exp_methods[] = {
-    {"train_epoch", l_train_epoch}, {"evaluate", l_evaluate}, {"log", l_log}, {"event", l_event},
-    {"save_checkpoint", l_save_checkpoint}, {"load_checkpoint", l_load_checkpoint}, {NULL, NULL}};
-
-static int exp_index(lua_State *L) {
+static int exp_epoch(lua_State *L) {
+    lua_pushinteger(L, check_exp(L)->epoch);
+    return 1;
+}
+static int exp_step(lua_State *L) {
+    lua_pushinteger(L, check_exp(L)->step);
+    return 1;
+}
+static int exp_images_seen(lua_State *L) {
+    lua_pushinteger(L, check_exp(L)->images_seen);
+    return 1;
+}
+static int exp_num_layers(lua_State *L) {
+    lua_pushinteger(L, check_exp(L)->model->L);
+    return 1;
+}
+static int exp_run_dir(lua_State *L) {
+    lua_pushstring(L, ml_exp_run_dir(check_exp(L)));
+    return 1;
+}
+static int exp_files_dir(lua_State *L) {
     ml_experiment *e = check_exp(L);
-    const char *k = luaL_checkstring(L, 2);
-    lua_getiuservalue(L, 1, 1); /* cached tables: config, moe, losses, schedule */
-    lua_getfield(L, -1, k);
-    if (!lua_isnil(L, -1)) return 1;
-    lua_pop(L, 2);
-    if (strcmp(k, "epoch") == 0) lua_pushinteger(L, e->epoch);
-    else if (strcmp(k, "step") == 0) lua_pushinteger(L, e->step);
-    else if (strcmp(k, "images_seen") == 0) lua_pushinteger(L, e->images_seen);
-    else if (strcmp(k, "num_layers") == 0) lua_pushinteger(L, e->model->L);
-    else if (strcmp(k, "run_dir") == 0) lua_pushstring(L, ml_exp_run_dir(e));
-    else if (strcmp(k, "files_dir") == 0) {
-        if (ml_exp_run_dir(e)) lua_pushfstring(L, "%s/files", ml_exp_run_dir(e));
-        else lua_pushnil(L);
-    }
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, e->experiment);
-    else if (strcmp(k, "resumed") == 0) lua_pushboolean(L, e->resumed);
-    else {
-        luaL_getmetatable(L, EXP_T);
-        lua_getfield(L, -1, "methods");
-        lua_getfield(L, -1, k);
-        if (lua_isnil(L, -1)) return luaL_error(L, "exp has no field '%s'", k);
-    }
+    if (ml_exp_run_dir(e)) lua_pushfstring(L, "%s/files", ml_exp_run_dir(e));
+    else lua_pushnil(L);
+    return 1;
+}
+static int exp_name(lua_State *L) {
+    lua_pushstring(L, check_exp(L)->experiment);
+    return 1;
+}
+static int exp_resumed(lua_State *L) {
+    lua_pushboolean(L, check_exp(L)->resumed);
+    return 1;
+}
+/* the objects made once (push_exp): config, moe, losses, schedule, state */
+static int exp_cached(lua_State *L) {
+    check_exp(L);
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
     return 1;
 }
 
-static int exp_newindex(lua_State *L) {
-    if (strcmp(luaL_checkstring(L, 2), "state") == 0) { /* the script's own table, saved in checkpoints */
-        luaL_checktype(L, 3, LUA_TTABLE);
-        lua_getiuservalue(L, 1, 1);
-        lua_pushvalue(L, 3);
-        lua_setfield(L, -2, "state");
-        return 0;
-    }
-    return luaL_error(L, "exp.%s cannot be assigned; hint: coefficients are exp.losses[name].coef",
-                      luaL_checkstring(L, 2));
+/* exp.state = {...}: the script's own table, saved in checkpoints */
+static int exp_set_state(lua_State *L) {
+    check_exp(L);
+    if (!lua_istable(L, 3)) return set_error(L, "exp.state", lua_pushfstring(L, "table expected, got %s", luaL_typename(L, 3)));
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "state");
+    return 0;
 }
 
 static int exp_tostring(lua_State *L) {
@@ -590,6 +731,18 @@ static int exp_tostring(lua_State *L) {
     lua_pushfstring(L, "experiment '%s' (epoch %d)", e->experiment, e->epoch);
     return 1;
 }
+
+static const luaL_Reg exp_getters[] = {
+    {"config", exp_cached}, {"moe", exp_cached}, {"losses", exp_cached}, {"schedule", exp_cached},
+    {"state", exp_cached}, {"epoch", exp_epoch}, {"step", exp_step}, {"images_seen", exp_images_seen},
+    {"num_layers", exp_num_layers}, {"run_dir", exp_run_dir}, {"files_dir", exp_files_dir}, {"name", exp_name},
+    {"resumed", exp_resumed}, {NULL, NULL}};
+static const luaL_Reg exp_setters[] = {{"state", exp_set_state}, {NULL, NULL}};
+static const luaL_Reg exp_methods[] = {
+    {"train_epoch", l_train_epoch}, {"evaluate", l_evaluate}, {"log", l_log}, {"event", l_event},
+    {"save_checkpoint", l_save_checkpoint}, {"load_checkpoint", l_load_checkpoint}, {NULL, NULL}};
+static const class_def exp_class = {EXP_T, "exp", exp_getters, exp_setters, exp_methods, exp_tostring,
+                                    "hint: coefficients are exp.losses[name].coef", 0};
 
 /* ----------------------------------------------------------------- moe[i] */
 
@@ -623,12 +776,26 @@ static void push_array(lua_State *L, const double *v, int n) {
     }
 }
 
+/* An ml_health whose arrays are freed when the holder closes (return or error): building
+   the result table allocates, and a memory error must not leave the arrays behind. */
+#define HEALTH_T "moelab.health"
+
+static int health_close(lua_State *L) {
+    ml_health_free(lua_touserdata(L, 1));
+    return 0;
+}
+
 static int l_stats(lua_State *L) {
     moe_ud *u = check_moe(L);
     const char *which = luaL_optstring(L, 2, "train");
     luaL_argcheck(L, !strcmp(which, "train") || !strcmp(which, "val"), 2, "expected 'train' or 'val'");
-    ml_health h;
-    if (ml_exp_health(u->e, u->layer, which[0] == 'v', &h)) return core_error(L);
+    lua_settop(L, 2);
+    ml_health *hp = lua_newuserdatauv(L, sizeof *hp, 0);
+    memset(hp, 0, sizeof *hp);
+    luaL_setmetatable(L, HEALTH_T);
+    lua_toclose(L, 3);
+    if (ml_exp_health(u->e, u->layer, which[0] == 'v', hp)) return core_error(L);
+    const ml_health h = *hp;
     lua_createtable(L, 0, 20);
     set_int(L, "num_experts", h.num_experts);
     push_array(L, h.utilisation, h.num_experts);
@@ -660,20 +827,21 @@ static int l_stats(lua_State *L) {
         }
         lua_setfield(L, -2, names[i]);
     }
-    ml_health_free(&h);
-    return 1;
+    return 1; /* the holder closes: the arrays are freed */
 }
 
-static int moe_index(lua_State *L) {
+static int moe_num_experts(lua_State *L) {
     moe_ud *u = check_moe(L);
-    const char *k = luaL_checkstring(L, 2);
-    ml_moe *m = u->e->model->moe[u->layer];
-    if (strcmp(k, "num_experts") == 0) lua_pushinteger(L, m->N);
-    else if (strcmp(k, "layer") == 0) lua_pushinteger(L, u->layer + 1);
-    else if (strcmp(k, "router") == 0) lua_pushstring(L, m->router.plugin->name);
-    else if (strcmp(k, "add_experts") == 0) lua_pushcfunction(L, l_add_experts);
-    else if (strcmp(k, "stats") == 0) lua_pushcfunction(L, l_stats);
-    else return luaL_error(L, "moe layer has no field '%s' (fields: num_experts, layer, router, add_experts, stats)", k);
+    lua_pushinteger(L, u->e->model->moe[u->layer]->N);
+    return 1;
+}
+static int moe_layer(lua_State *L) {
+    lua_pushinteger(L, check_moe(L)->layer + 1);
+    return 1;
+}
+static int moe_router(lua_State *L) {
+    moe_ud *u = check_moe(L);
+    lua_pushstring(L, u->e->model->moe[u->layer]->router.plugin->name);
     return 1;
 }
 
@@ -684,30 +852,41 @@ static int moe_tostring(lua_State *L) {
     return 1;
 }
 
+static const luaL_Reg moe_getters[] = {
+    {"num_experts", moe_num_experts}, {"layer", moe_layer}, {"router", moe_router}, {NULL, NULL}};
+static const luaL_Reg moe_methods[] = {{"add_experts", l_add_experts}, {"stats", l_stats}, {NULL, NULL}};
+static const class_def moe_class = {MOE_T, "moe layer", moe_getters, NULL, moe_methods, moe_tostring, NULL, 0};
+
 /* ------------------------------------------------------------- losses[name] */
 
 typedef struct loss_ud { ml_experiment *e; int idx; } loss_ud;
 
-static int loss_index(lua_State *L) {
+static loss_ud *check_loss(lua_State *L) {
     loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
     guard(L);
-    const char *k = luaL_checkstring(L, 2);
-    ml_loss_slot *s = &u->e->loss[u->idx];
-    if (strcmp(k, "coef") == 0) lua_pushnumber(L, s->coef);
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, s->name);
-    else if (strcmp(k, "plugin") == 0) lua_pushstring(L, s->plugin->name);
-    else return luaL_error(L, "loss '%s' has no field '%s' (fields: coef, name, plugin)", s->name, k);
+    return u;
+}
+static int loss_coef(lua_State *L) {
+    loss_ud *u = check_loss(L);
+    lua_pushnumber(L, u->e->loss[u->idx].coef);
     return 1;
 }
-
-static int loss_newindex(lua_State *L) {
-    loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
-    guard(L);
-    const char *k = luaL_checkstring(L, 2);
+static int loss_name(lua_State *L) {
+    loss_ud *u = check_loss(L);
+    lua_pushstring(L, u->e->loss[u->idx].name);
+    return 1;
+}
+static int loss_plugin(lua_State *L) {
+    loss_ud *u = check_loss(L);
+    lua_pushstring(L, u->e->loss[u->idx].plugin->name);
+    return 1;
+}
+static int loss_set_coef(lua_State *L) {
+    loss_ud *u = check_loss(L);
     ml_loss_slot *s = &u->e->loss[u->idx];
-    if (strcmp(k, "coef") != 0) return luaL_error(L, "loss '%s': only 'coef' can be set, not '%s'", s->name, k);
-    double v = luaL_checknumber(L, 3);
-    if (!isfinite(v) || v < 0) return luaL_error(L, "loss '%s': coef must be a finite number >= 0, got %f", s->name, v);
+    const char *field = lua_pushfstring(L, "exp.losses['%s'].coef", s->name);
+    double v = set_number(L, field);
+    if (v < 0) return set_error(L, field, lua_pushfstring(L, "must be >= 0, got %f", v));
     s->coef = v;
     return 0;
 }
@@ -718,11 +897,15 @@ static int loss_tostring(lua_State *L) {
     return 1;
 }
 
+static const luaL_Reg loss_getters[] = {{"coef", loss_coef}, {"name", loss_name}, {"plugin", loss_plugin}, {NULL, NULL}};
+static const luaL_Reg loss_setters[] = {{"coef", loss_set_coef}, {NULL, NULL}};
+static const class_def loss_class = {LOSS_T, "loss", loss_getters, loss_setters, NULL, loss_tostring,
+                                     "only coef can be set", 1};
+
 /* ----------------------------------------------------------------- schedule */
 
 static int l_decide(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
-    guard(L);
     guard(L);
     ml_experiment *e = *p;
     int add[64];
@@ -741,16 +924,16 @@ static int l_decide(lua_State *L) {
     return 1;
 }
 
-static int sched_index(lua_State *L) {
+static int sched_name(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
     guard(L);
-    guard(L);
-    const char *k = luaL_checkstring(L, 2);
-    if (strcmp(k, "decide") == 0) lua_pushcfunction(L, l_decide);
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, (*p)->sched.plugin->name);
-    else return luaL_error(L, "schedule has no field '%s' (fields: name, decide)", k);
+    lua_pushstring(L, (*p)->sched.plugin->name);
     return 1;
 }
+
+static const luaL_Reg sched_getters[] = {{"name", sched_name}, {NULL, NULL}};
+static const luaL_Reg sched_methods[] = {{"decide", l_decide}, {NULL, NULL}};
+static const class_def sched_class = {SCHED_T, "schedule", sched_getters, NULL, sched_methods, NULL, NULL, 0};
 
 /* ------------------------------------------------------------------ moelab */
 
@@ -1260,24 +1443,6 @@ static void sandbox(lua_State *L) {
 
 /* ------------------------------------------------------------------ setup */
 
-static void new_type(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex,
-                     lua_CFunction tostring) {
-    luaL_newmetatable(L, name);
-    lua_pushcfunction(L, index);
-    lua_setfield(L, -2, "__index");
-    if (newindex) {
-        lua_pushcfunction(L, newindex);
-        lua_setfield(L, -2, "__newindex");
-    }
-    if (tostring) {
-        lua_pushcfunction(L, tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pushstring(L, name); /* getmetatable() gives the name, not the table */
-    lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
-}
-
 static int push_exp(lua_State *L, ml_experiment *e) {
     ml_experiment **p = lua_newuserdatauv(L, sizeof *p, 1);
     *p = e;
@@ -1359,14 +1524,14 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     lua_pushcfunction(L, ro_pairs);
     lua_setfield(L, -2, "__pairs");
     lua_pop(L, 1);
-    new_type(L, EXP_T, exp_index, exp_newindex, exp_tostring);
-    luaL_getmetatable(L, EXP_T);
-    luaL_newlib(L, exp_methods);
-    lua_setfield(L, -2, "methods");
+    luaL_newmetatable(L, HEALTH_T);
+    lua_pushcfunction(L, health_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, health_close);
+    lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    new_type(L, MOE_T, moe_index, NULL, moe_tostring);
-    new_type(L, LOSS_T, loss_index, loss_newindex, loss_tostring);
-    new_type(L, SCHED_T, sched_index, NULL, NULL);
+    static const class_def *const classes[] = {&exp_class, &moe_class, &loss_class, &sched_class};
+    for (size_t i = 0; i < sizeof classes / sizeof *classes; i++) new_class(L, classes[i]);
     /* moelab.* */
     lua_newtable(L);
     lua_pushcfunction(L, l_warn);
