@@ -66,12 +66,36 @@ START_TEST(messages_read_like_lua) {
 }
 END_TEST
 
+/* exp.optim: settings read and written by the YAML's rules, groups, freezing by group and by
+   pattern (a frozen tensor takes no step), parameter names, new experts joining their group;
+   each freeze that changed something is an event. */
+START_TEST(optim_from_scripts) {
+    char run[512], p[600];
+    int rc = run_script("optim.lua",
+                        "train.epochs=1 optim.name=adamw optim.weight_decay=0.01 \"optim.groups=[{name: backbone, "
+                        "match: 'enc.*', lr: 1e-4, frozen: true}, {name: experts, match: 'moe1.expert*'}]\"",
+                        run, sizeof run, NULL);
+    ck_assert_msg(rc == 0, "exit %d:\n%s", rc, tu_out);
+    assert_out("optim ok");
+    snprintf(p, sizeof p, "%s/events.jsonl", run);
+    char *ev = tu_slurp(p, NULL);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_msg(strstr(ev, "\"kind\":\"frozen\",\"pattern\":\"moe1.expert0.*\",\"tensors\":4}"), "%s", ev);
+    ck_assert_msg(strstr(ev, "\"kind\":\"unfrozen\",\"group\":\"backbone\",\"tensors\":4}"), "%s", ev);
+    free(ev);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("luaapi");
     TCase *c = tcase_create("errors");
     tcase_set_timeout(c, 60);
     tcase_add_test(c, binding_errors_leave_nothing_behind);
     tcase_add_test(c, messages_read_like_lua);
+    suite_add_tcase(s, c);
+    c = tcase_create("api");
+    tcase_set_timeout(c, 60);
+    tcase_add_test(c, optim_from_scripts);
     suite_add_tcase(s, c);
     return s;
 }

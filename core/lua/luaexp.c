@@ -14,6 +14,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "base/glob.h"
+#include "base/scalar.h"
 #include "run/checkpoint.h"
 #include "lua/luastandalone.h"
 
@@ -49,6 +51,8 @@ struct ml_lua {
 #define MOE_T "moelab.moe"
 #define LOSS_T "moelab.loss"
 #define SCHED_T "moelab.schedule"
+#define OPTIM_T "moelab.optim"
+#define GROUP_T "moelab.optim_group"
 #define RO_T "moelab.readonly"
 
 /* Originals of wrapped functions live in the registry, never in upvalues or tables a script
@@ -707,7 +711,7 @@ static int exp_resumed(lua_State *L) {
     lua_pushboolean(L, check_exp(L)->resumed);
     return 1;
 }
-/* the objects made once (push_exp): config, moe, losses, schedule, state */
+/* the objects made once (push_exp): config, moe, losses, schedule, optim, state */
 static int exp_cached(lua_State *L) {
     check_exp(L);
     lua_getiuservalue(L, 1, 1);
@@ -732,15 +736,22 @@ static int exp_tostring(lua_State *L) {
     return 1;
 }
 
+/* exp.optim's section below */
+static int l_freeze(lua_State *L);
+static int l_unfreeze(lua_State *L);
+static int l_param_names(lua_State *L);
+static int l_params(lua_State *L);
+
 static const luaL_Reg exp_getters[] = {
     {"config", exp_cached}, {"moe", exp_cached}, {"losses", exp_cached}, {"schedule", exp_cached},
-    {"state", exp_cached}, {"epoch", exp_epoch}, {"step", exp_step}, {"images_seen", exp_images_seen},
+    {"optim", exp_cached}, {"state", exp_cached}, {"epoch", exp_epoch}, {"step", exp_step}, {"images_seen", exp_images_seen},
     {"num_layers", exp_num_layers}, {"run_dir", exp_run_dir}, {"files_dir", exp_files_dir}, {"name", exp_name},
     {"resumed", exp_resumed}, {NULL, NULL}};
 static const luaL_Reg exp_setters[] = {{"state", exp_set_state}, {NULL, NULL}};
 static const luaL_Reg exp_methods[] = {
     {"train_epoch", l_train_epoch}, {"evaluate", l_evaluate}, {"log", l_log}, {"event", l_event},
-    {"save_checkpoint", l_save_checkpoint}, {"load_checkpoint", l_load_checkpoint}, {NULL, NULL}};
+    {"save_checkpoint", l_save_checkpoint}, {"load_checkpoint", l_load_checkpoint}, {"freeze", l_freeze},
+    {"unfreeze", l_unfreeze}, {"param_names", l_param_names}, {"params", l_params}, {NULL, NULL}};
 static const class_def exp_class = {EXP_T, "exp", exp_getters, exp_setters, exp_methods, exp_tostring,
                                     "hint: coefficients are exp.losses[name].coef", 0};
 
@@ -901,6 +912,267 @@ static const luaL_Reg loss_getters[] = {{"coef", loss_coef}, {"name", loss_name}
 static const luaL_Reg loss_setters[] = {{"coef", loss_set_coef}, {NULL, NULL}};
 static const class_def loss_class = {LOSS_T, "loss", loss_getters, loss_setters, NULL, loss_tostring,
                                      "only coef can be set", 1};
+
+/* ---------------------------------------------------------------- exp.optim */
+
+static void loop_check(lua_State *L, lua_Integer i);
+
+static ml_experiment *check_optim(lua_State *L) {
+    ml_experiment **p = luaL_checkudata(L, 1, OPTIM_T);
+    guard(L);
+    return *p;
+}
+
+/* The value at stack index 3 for the schema setting `key`, checked by the rule the YAML
+   is checked by (io/config.h, ml_config_key_spec): "bad value for exp.optim.lr (must be in
+   (0, 10], got 20)". */
+static double set_setting(lua_State *L, const char *key, const char *field) {
+    ml_scalar_spec sp;
+    if (ml_config_key_spec(key, &sp)) return core_error(L);
+    double v = set_number(L, field);
+    char text[48];
+    ml_scalar_fmt_num(v, text, sizeof text);
+    if (ml_scalar_check(&sp, text, 0, NULL, NULL, 0) != ML_SC_OK) set_error(L, field, ml_error());
+    return v;
+}
+
+/* the optimizer's settings, by name: getters and setters share one table */
+static float *optim_field(ml_optim *o, const char *k) {
+    if (!strcmp(k, "lr")) return &o->lr;
+    if (!strcmp(k, "beta1")) return &o->beta1;
+    if (!strcmp(k, "beta2")) return &o->beta2;
+    if (!strcmp(k, "eps")) return &o->eps;
+    if (!strcmp(k, "weight_decay")) return &o->weight_decay;
+    if (!strcmp(k, "momentum")) return &o->momentum;
+    return NULL;
+}
+
+static int optim_get(lua_State *L) {
+    ml_experiment *e = check_optim(L);
+    lua_pushnumber(L, *optim_field(&e->opt, lua_tostring(L, 2)));
+    return 1;
+}
+
+static int optim_set(lua_State *L) {
+    ml_experiment *e = check_optim(L);
+    const char *k = lua_tostring(L, 2);
+    char key[32], field[48];
+    snprintf(key, sizeof key, "optim.%s", k);
+    snprintf(field, sizeof field, "exp.optim.%s", k);
+    *optim_field(&e->opt, k) = (float)set_setting(L, key, field);
+    return 0;
+}
+
+static int optim_name(lua_State *L) {
+    lua_pushstring(L, ml_optim_kind_name(check_optim(L)->opt.kind));
+    return 1;
+}
+
+static int optim_steps(lua_State *L) {
+    lua_pushinteger(L, check_optim(L)->opt.t);
+    return 1;
+}
+
+static int optim_groups(lua_State *L) {
+    check_optim(L);
+    lua_getiuservalue(L, 1, 1);
+    return 1;
+}
+
+static int optim_tostring(lua_State *L) {
+    ml_experiment *e = *(ml_experiment **)luaL_checkudata(L, 1, OPTIM_T);
+    lua_pushfstring(L, "optimizer %s (lr %f, %d groups)", ml_optim_kind_name(e->opt.kind), (double)e->opt.lr,
+                    e->opt.n_groups);
+    return 1;
+}
+
+static const luaL_Reg optim_getters[] = {
+    {"name", optim_name}, {"steps", optim_steps}, {"lr", optim_get}, {"beta1", optim_get}, {"beta2", optim_get},
+    {"eps", optim_get}, {"weight_decay", optim_get}, {"momentum", optim_get}, {"groups", optim_groups}, {NULL, NULL}};
+static const luaL_Reg optim_setters[] = {{"lr", optim_set},  {"beta1", optim_set},        {"beta2", optim_set},
+                                         {"eps", optim_set}, {"weight_decay", optim_set}, {"momentum", optim_set},
+                                         {NULL, NULL}};
+static const class_def optim_class = {OPTIM_T, "exp.optim", optim_getters, optim_setters, NULL, optim_tostring,
+                                      "settable: lr, beta1, beta2, eps, weight_decay, momentum", 0};
+
+/* exp.optim.groups[name] */
+typedef struct group_ud { ml_experiment *e; int g; } group_ud;
+
+static group_ud *check_group(lua_State *L) {
+    group_ud *u = luaL_checkudata(L, 1, GROUP_T);
+    guard(L);
+    return u;
+}
+
+/* Freezes or unfreezes a group (g >= 0) or the tensors a pattern matches; records a
+   "frozen" / "unfrozen" event when any tensor changed. Returns the tensors matched. */
+static int set_frozen(lua_State *L, ml_experiment *e, int g, const char *pattern, int frozen) {
+    int changed = 0, matched = ml_optim_set_frozen(&e->opt, &e->model->P, g, pattern, frozen, &changed);
+    if (!changed) return matched;
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_str(&j, g >= 0 ? "group" : "pattern", g >= 0 ? e->opt.group[g].name : pattern);
+    ml_json_int(&j, "tensors", changed);
+    int rc = ml_exp_event_json(e, frozen ? "frozen" : "unfrozen", &j);
+    ml_json_free(&j);
+    if (rc) core_error(L);
+    return matched;
+}
+
+static int group_name(lua_State *L) {
+    group_ud *u = check_group(L);
+    lua_pushstring(L, u->e->opt.group[u->g].name);
+    return 1;
+}
+static int group_match(lua_State *L) {
+    group_ud *u = check_group(L);
+    lua_pushstring(L, u->e->opt.group[u->g].match);
+    return 1;
+}
+/* the value the group's tensors are updated with (its own or the base one) */
+static int group_lr(lua_State *L) {
+    group_ud *u = check_group(L);
+    const ml_optim *o = &u->e->opt;
+    lua_pushnumber(L, isnan(o->group[u->g].lr) ? o->lr : o->group[u->g].lr);
+    return 1;
+}
+static int group_wd(lua_State *L) {
+    group_ud *u = check_group(L);
+    const ml_optim *o = &u->e->opt;
+    lua_pushnumber(L, isnan(o->group[u->g].weight_decay) ? o->weight_decay : o->group[u->g].weight_decay);
+    return 1;
+}
+static int group_frozen(lua_State *L) {
+    group_ud *u = check_group(L);
+    lua_pushboolean(L, u->e->opt.group[u->g].frozen);
+    return 1;
+}
+static int group_tensors(lua_State *L) {
+    group_ud *u = check_group(L);
+    const ml_params *P = &u->e->model->P;
+    int n = 0;
+    for (int k = 0; k < P->count; k++) n += P->t[k].group == u->g;
+    lua_pushinteger(L, n);
+    return 1;
+}
+/* lr and weight_decay: a number by optim.groups' rule, or nil to follow exp.optim's */
+static int group_set(lua_State *L) {
+    group_ud *u = check_group(L);
+    const char *k = lua_tostring(L, 2);
+    ml_optim_group *g = &u->e->opt.group[u->g];
+    float *dst = !strcmp(k, "lr") ? &g->lr : &g->weight_decay;
+    if (lua_isnil(L, 3)) {
+        *dst = NAN;
+        return 0;
+    }
+    char key[48];
+    snprintf(key, sizeof key, "optim.groups.*.%s", k);
+    *dst = (float)set_setting(L, key, lua_pushfstring(L, "exp.optim.groups.%s.%s", g->name, k));
+    return 0;
+}
+static int group_set_frozen(lua_State *L) {
+    group_ud *u = check_group(L);
+    if (lua_type(L, 3) != LUA_TBOOLEAN)
+        return set_error(L, lua_pushfstring(L, "exp.optim.groups.%s.frozen", u->e->opt.group[u->g].name),
+                         lua_pushfstring(L, "boolean expected, got %s", luaL_typename(L, 3)));
+    set_frozen(L, u->e, u->g, NULL, lua_toboolean(L, 3));
+    return 0;
+}
+static int group_tostring(lua_State *L) {
+    group_ud *u = luaL_checkudata(L, 1, GROUP_T);
+    const ml_optim_group *g = &u->e->opt.group[u->g];
+    lua_pushfstring(L, "parameter group '%s' (%s%s)", g->name, g->match, g->frozen ? ", frozen" : "");
+    return 1;
+}
+
+static const luaL_Reg group_getters[] = {{"name", group_name},     {"match", group_match},   {"lr", group_lr},
+                                         {"weight_decay", group_wd}, {"frozen", group_frozen}, {"tensors", group_tensors},
+                                         {NULL, NULL}};
+static const luaL_Reg group_setters[] = {
+    {"lr", group_set}, {"weight_decay", group_set}, {"frozen", group_set_frozen}, {NULL, NULL}};
+static const class_def group_class = {GROUP_T, "parameter group", group_getters, group_setters, NULL, group_tostring,
+                                      "settable: lr, weight_decay (nil: exp.optim's), frozen", 1};
+
+/* exp:freeze(target), exp:unfreeze(target): a group's name, else a pattern on tensor names */
+static int freeze(lua_State *L, int frozen) {
+    ml_experiment *e = check_exp(L);
+    size_t n;
+    const char *target = luaL_checklstring(L, 2, &n);
+    luaL_argcheck(L, n >= 1 && n <= ML_GLOB_MAX && strlen(target) == n, 2,
+                  "a group name or a pattern of 1..127 bytes expected");
+    int g = ml_optim_find_group(&e->opt, target);
+    if (g < 0 && ml_glob_check(target)) return luaL_argerror(L, 2, ml_error());
+    int matched = set_frozen(L, e, g, target, frozen);
+    if (g < 0 && !matched)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "no parameter group is named '%s' and no parameter tensor's "
+                                                      "name matches it (hint: exp:param_names())", target));
+    lua_pushinteger(L, matched);
+    return 1;
+}
+static int l_freeze(lua_State *L) { return freeze(L, 1); }
+static int l_unfreeze(lua_State *L) { return freeze(L, 0); }
+
+/* The optional pattern at stack index 2 (NULL: every tensor). */
+static const char *opt_pattern(lua_State *L) {
+    if (lua_isnoneornil(L, 2)) return NULL;
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    if (strlen(p) != n) luaL_argerror(L, 2, "a pattern without NUL bytes expected");
+    if (ml_glob_check(p)) luaL_argerror(L, 2, ml_error());
+    return p;
+}
+
+/* exp:param_names([pattern]) -> {name, ...} in the parameter block's order */
+static int l_param_names(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    const char *pat = opt_pattern(L);
+    const ml_params *P = &e->model->P;
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (int k = 0; k < P->count; k++) {
+        loop_check(L, k);
+        if (pat && !ml_glob_match(pat, P->t[k].name)) continue;
+        lua_pushstring(L, P->t[k].name);
+        lua_rawseti(L, -2, ++n);
+    }
+    return 1;
+}
+
+/* exp:params([pattern]) -> {{name, shape, numel, group, frozen, lr, weight_decay, step}, ...} */
+static int l_params(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    const char *pat = opt_pattern(L);
+    const ml_params *P = &e->model->P;
+    const ml_optim *o = &e->opt;
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (int k = 0; k < P->count; k++) {
+        loop_check(L, k);
+        const ml_tensor *t = &P->t[k];
+        if (pat && !ml_glob_match(pat, t->name)) continue;
+        lua_createtable(L, 0, 8);
+        lua_pushstring(L, t->name);
+        lua_setfield(L, -2, "name");
+        lua_createtable(L, t->ndim, 0);
+        for (int d = 0; d < t->ndim; d++) {
+            lua_pushinteger(L, t->shape[d]);
+            lua_rawseti(L, -2, d + 1);
+        }
+        lua_setfield(L, -2, "shape");
+        set_int(L, "numel", (lua_Integer)t->n);
+        if (t->group >= 0) {
+            lua_pushstring(L, o->group[t->group].name);
+            lua_setfield(L, -2, "group");
+        }
+        lua_pushboolean(L, t->frozen);
+        lua_setfield(L, -2, "frozen");
+        set_num(L, "lr", ml_optim_tensor_lr(o, t));
+        set_num(L, "weight_decay", ml_optim_tensor_wd(o, t));
+        set_int(L, "step", t->step);
+        lua_rawseti(L, -2, ++n);
+    }
+    return 1;
+}
 
 /* ----------------------------------------------------------------- schedule */
 
@@ -1472,6 +1744,19 @@ static int push_exp(lua_State *L, ml_experiment *e) {
     *s = e;
     luaL_setmetatable(L, SCHED_T);
     lua_setfield(L, -2, "schedule");
+    ml_experiment **o = lua_newuserdatauv(L, sizeof *o, 1);
+    *o = e;
+    luaL_setmetatable(L, OPTIM_T);
+    lua_createtable(L, 0, e->opt.n_groups); /* exp.optim.groups */
+    for (int g = 0; g < e->opt.n_groups; g++) {
+        group_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+        u->e = e;
+        u->g = g;
+        luaL_setmetatable(L, GROUP_T);
+        lua_setfield(L, -2, e->opt.group[g].name);
+    }
+    lua_setiuservalue(L, -2, 1);
+    lua_setfield(L, -2, "optim");
     int rc = state_init(L, e);
     lua_setfield(L, -2, "state");
     lua_setiuservalue(L, -2, 1);
@@ -1530,7 +1815,8 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     lua_pushcfunction(L, health_close);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    static const class_def *const classes[] = {&exp_class, &moe_class, &loss_class, &sched_class};
+    static const class_def *const classes[] = {&exp_class, &moe_class, &loss_class, &sched_class, &optim_class,
+                                               &group_class};
     for (size_t i = 0; i < sizeof classes / sizeof *classes; i++) new_class(L, classes[i]);
     /* moelab.* */
     lua_newtable(L);
