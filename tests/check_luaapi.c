@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/common.h"
+#include "io/safetensors.h"
 #include "testutil.h"
 
 #define SYNTH "tests/fixtures/run/synth.yaml"
@@ -86,6 +88,75 @@ START_TEST(optim_from_scripts) {
 }
 END_TEST
 
+/* Every tensor of checkpoint a is in b with the same shape and bytes. */
+static void same_tensors(const char *a, const char *b) {
+    ml_st_file *fa = ml_st_open(a), *fb = ml_st_open(b);
+    ck_assert_msg(fa && fb, "%s", ml_error());
+    ck_assert_int_eq(ml_st_count(fa), ml_st_count(fb));
+    for (int i = 0; i < ml_st_count(fa); i++) {
+        const char *name = ml_st_name(fa, i);
+        int na, nb;
+        int64_t sa[4], sb[4];
+        const float *da = ml_st_get(fa, name, &na, sa), *db = ml_st_get(fb, name, &nb, sb);
+        ck_assert_msg(db != NULL && na == nb, "tensor '%s' missing or reshaped in %s", name, b);
+        size_t n = 1;
+        for (int d = 0; d < na; d++) {
+            ck_assert_int_eq(sa[d], sb[d]);
+            n *= (size_t)sa[d];
+        }
+        ck_assert_msg(memcmp(da, db, n * sizeof(float)) == 0, "tensor '%s' differs between %s and %s", name, a, b);
+    }
+    ml_st_close(fa);
+    ml_st_close(fb);
+}
+
+/* exp.moe[i].router: the object (name, layer, options as a copy, string form the name),
+   :set validated like the YAML and refused for options the plugin does not flag, each
+   change one router_options event. */
+START_TEST(router_object) {
+    char run[512], p[600];
+    int rc = run_script("router.lua", "train.epochs=2 params.mode=types", run, sizeof run, NULL);
+    ck_assert_msg(rc == 0, "exit %d:\n%s", rc, tu_out);
+    assert_out("router types ok");
+    snprintf(p, sizeof p, "%s/events.jsonl", run);
+    char *ev = tu_slurp(p, NULL);
+    ck_assert_ptr_nonnull(ev);
+    ck_assert_msg(strstr(ev, "{\"epoch\":0,\"step\":0,\"kind\":\"router_options\",\"layer\":1,\"router\":\"softmax_topk\","
+                             "\"values\":{\"k\":1,\"renormalize\":false},\"previous\":{\"k\":2,\"renormalize\":true}}\n"),
+                  "%s", ev);
+    ck_assert_msg(strstr(ev, "\"values\":{\"renormalize\":true},\"previous\":{\"renormalize\":false}}"), "%s", ev);
+    int n = 0;
+    for (const char *q = ev; (q = strstr(q, "router_options")); q++) n++;
+    ck_assert_int_eq(n, 2); /* set{k = 1} again changed nothing */
+    free(ev);
+    rc = run_script("router.lua", "train.epochs=1 params.mode=refused router.name=switch", run, sizeof run, NULL);
+    ck_assert_msg(rc == 0, "exit %d:\n%s", rc, tu_out);
+    assert_out("router refused ok");
+}
+END_TEST
+
+/* A router option set from the script before the first step trains exactly as the same
+   value in the config: softmax_topk's k, noisy_topk's noise and k. */
+START_TEST(router_options_apply) {
+    static const char *const cases[][2] = {
+        {"router.k=1", ""},
+        {"router.name=noisy_topk router.noise=false router.k=1", "router.name=noisy_topk"},
+    };
+    for (int i = 0; i < 2; i++) {
+        char a[512], b[512], pa[600], pb[600], args[256];
+        snprintf(args, sizeof args, "train.epochs=1 params.mode=%s %s", i ? "noise" : "k1", cases[i][0]);
+        int rc = run_script("router.lua", args, a, sizeof a, NULL);
+        ck_assert_msg(rc == 0, "exit %d:\n%s", rc, tu_out);
+        snprintf(args, sizeof args, "train.epochs=1 params.mode=%s %s", i ? "noise" : "k1", cases[i][1]);
+        rc = run_script("router.lua", args, b, sizeof b, NULL);
+        ck_assert_msg(rc == 0, "exit %d:\n%s", rc, tu_out);
+        snprintf(pa, sizeof pa, "%s/checkpoints/last.safetensors", a);
+        snprintf(pb, sizeof pb, "%s/checkpoints/last.safetensors", b);
+        same_tensors(pa, pb);
+    }
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("luaapi");
     TCase *c = tcase_create("errors");
@@ -96,6 +167,8 @@ static Suite *suite(void) {
     c = tcase_create("api");
     tcase_set_timeout(c, 60);
     tcase_add_test(c, optim_from_scripts);
+    tcase_add_test(c, router_object);
+    tcase_add_test(c, router_options_apply);
     suite_add_tcase(s, c);
     return s;
 }

@@ -17,6 +17,7 @@
 #include "base/glob.h"
 #include "base/scalar.h"
 #include "run/checkpoint.h"
+#include "lua/luaaux.h"
 #include "lua/luastandalone.h"
 
 struct ml_lua {
@@ -53,6 +54,7 @@ struct ml_lua {
 #define SCHED_T "moelab.schedule"
 #define OPTIM_T "moelab.optim"
 #define GROUP_T "moelab.optim_group"
+#define ROUTER_T "moelab.moe_router"
 #define RO_T "moelab.readonly"
 
 /* Originals of wrapped functions live in the registry, never in upvalues or tables a script
@@ -850,9 +852,10 @@ static int moe_layer(lua_State *L) {
     lua_pushinteger(L, check_moe(L)->layer + 1);
     return 1;
 }
+/* exp.moe[i].router, made once per layer (user value 1) */
 static int moe_router(lua_State *L) {
-    moe_ud *u = check_moe(L);
-    lua_pushstring(L, u->e->model->moe[u->layer]->router.plugin->name);
+    check_moe(L);
+    lua_getiuservalue(L, 1, 1);
     return 1;
 }
 
@@ -867,6 +870,71 @@ static const luaL_Reg moe_getters[] = {
     {"num_experts", moe_num_experts}, {"layer", moe_layer}, {"router", moe_router}, {NULL, NULL}};
 static const luaL_Reg moe_methods[] = {{"add_experts", l_add_experts}, {"stats", l_stats}, {NULL, NULL}};
 static const class_def moe_class = {MOE_T, "moe layer", moe_getters, NULL, moe_methods, moe_tostring, NULL, 0};
+
+/* ------------------------------------------------------------ moe[i].router */
+
+/* The router of a layer: .name, .options, :set{...}. Its string form is the plugin's name,
+   so print() and concatenation read as before it was an object. */
+static moe_ud *check_router_ref(lua_State *L) {
+    moe_ud *u = luaL_checkudata(L, 1, ROUTER_T);
+    guard(L);
+    return u;
+}
+
+static ml_router_inst *router_of(const moe_ud *u) { return &u->e->model->moe[u->layer]->router; }
+
+static int router_name(lua_State *L) {
+    lua_pushstring(L, router_of(check_router_ref(L))->plugin->name);
+    return 1;
+}
+
+static int router_layer(lua_State *L) {
+    lua_pushinteger(L, check_router_ref(L)->layer + 1);
+    return 1;
+}
+
+/* a fresh table of the current values: writing into it changes nothing (use :set) */
+static int router_options(lua_State *L) {
+    const ml_router_inst *ri = router_of(check_router_ref(L));
+    ml_lua_push_options(L, ri->plugin, ri->opt);
+    return 1;
+}
+
+/* router:set{name = value, ...}: options the plugin flags ML_OPTF_RUNTIME, by the rules the
+   YAML is read by; the plugin is told (ML_EV_OPTIONS_CHANGED) and may refuse; a change is a
+   router_options event. Applies from the next forward. */
+static int router_set(lua_State *L) {
+    moe_ud *u = check_router_ref(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    ml_router_inst *ri = router_of(u);
+    ml_optval opt[ML_MAX_OPTIONS];
+    memcpy(opt, ri->opt, (size_t)ri->plugin->num_options * sizeof *opt);
+    char what[64];
+    snprintf(what, sizeof what, "exp.moe[%d].router:set", u->layer + 1);
+    ml_lua_read_options(L, 2, ri->plugin, opt, NULL, what);
+    if (ml_exp_set_router_options(u->e, u->layer, opt)) return luaL_error(L, "%s: %s", what, ml_error());
+    return 0;
+}
+
+static int router_tostring(lua_State *L) {
+    moe_ud *u = luaL_checkudata(L, 1, ROUTER_T);
+    lua_pushstring(L, router_of(u)->plugin->name);
+    return 1;
+}
+
+/* "router " .. exp.moe[1].router, as when it was the name */
+static int router_concat(lua_State *L) {
+    luaL_tolstring(L, 1, NULL);
+    luaL_tolstring(L, 2, NULL);
+    lua_concat(L, 2);
+    return 1;
+}
+
+static const luaL_Reg router_getters[] = {
+    {"name", router_name}, {"layer", router_layer}, {"options", router_options}, {NULL, NULL}};
+static const luaL_Reg router_methods[] = {{"set", router_set}, {NULL, NULL}};
+static const class_def router_class = {ROUTER_T, "router", router_getters, NULL, router_methods, router_tostring,
+                                       "options change with :set{...}", 1};
 
 /* ------------------------------------------------------------- losses[name] */
 
@@ -1724,10 +1792,14 @@ static int push_exp(lua_State *L, ml_experiment *e) {
     lua_setfield(L, -2, "config");
     lua_createtable(L, e->model->L, 0);
     for (int l = 0; l < e->model->L; l++) {
-        moe_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+        moe_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
         u->e = e;
         u->layer = l;
         luaL_setmetatable(L, MOE_T);
+        moe_ud *r = lua_newuserdatauv(L, sizeof *r, 0); /* its router */
+        *r = *u;
+        luaL_setmetatable(L, ROUTER_T);
+        lua_setiuservalue(L, -2, 1);
         lua_rawseti(L, -2, l + 1);
     }
     lua_setfield(L, -2, "moe");
@@ -1815,9 +1887,13 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     lua_pushcfunction(L, health_close);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    static const class_def *const classes[] = {&exp_class, &moe_class, &loss_class, &sched_class, &optim_class,
-                                               &group_class};
+    static const class_def *const classes[] = {&exp_class, &moe_class,   &loss_class,  &sched_class,
+                                               &optim_class, &group_class, &router_class};
     for (size_t i = 0; i < sizeof classes / sizeof *classes; i++) new_class(L, classes[i]);
+    luaL_getmetatable(L, ROUTER_T);
+    lua_pushcfunction(L, router_concat);
+    lua_setfield(L, -2, "__concat");
+    lua_pop(L, 1);
     /* moelab.* */
     lua_newtable(L);
     lua_pushcfunction(L, l_warn);

@@ -725,6 +725,49 @@ int ml_exp_schedule_decide(ml_experiment *e, int *add) {
     return rc;
 }
 
+/* An option value as JSON: integers, numbers, true/false, enum choices as strings. */
+static void option_json(ml_json *j, const ml_option *o, const ml_optval *v) {
+    switch (o->type) {
+    case ML_OPT_INT: ml_json_int(j, o->name, v->i); break;
+    case ML_OPT_FLOAT: ml_json_num(j, o->name, v->f); break;
+    case ML_OPT_BOOL: ml_json_raw(j, o->name, v->i ? "true" : "false"); break;
+    default: ml_json_str(j, o->name, v->s); break;
+    }
+}
+
+int ml_exp_set_router_options(ml_experiment *e, int layer, const ml_optval *opt) {
+    if (layer < 0 || layer >= e->model->L) return ml_errorf("router options: layer %d does not exist", layer + 1);
+    ml_router_inst *ri = &e->model->moe[layer]->router;
+    const ml_plugin *p = ri->plugin;
+    ml_optval old[ML_MAX_OPTIONS];
+    memcpy(old, ri->opt, (size_t)p->num_options * sizeof *old);
+    if (ml_router_inst_set_options(ri, opt)) return ML_ERR;
+    ml_json now, was, j;
+    ml_json_begin(&now);
+    ml_json_begin(&was);
+    int changed = 0;
+    for (int i = 0; i < p->num_options; i++) {
+        if (old[i].i == ri->opt[i].i && (old[i].f == ri->opt[i].f || (isnan(old[i].f) && isnan(ri->opt[i].f)))) continue;
+        option_json(&now, &p->options[i], &ri->opt[i]);
+        option_json(&was, &p->options[i], &old[i]);
+        changed++;
+    }
+    const char *tn = ml_json_end(&now), *tw = ml_json_end(&was);
+    int rc = ML_OK;
+    if (changed) {
+        ml_json_begin(&j);
+        ml_json_int(&j, "layer", layer + 1);
+        ml_json_str(&j, "router", p->name);
+        ml_json_raw(&j, "values", tn ? tn : "{}");
+        ml_json_raw(&j, "previous", tw ? tw : "{}");
+        rc = tn && tw ? ml_exp_event_json(e, "router_options", &j) : ML_ERR;
+        ml_json_free(&j);
+    }
+    ml_json_free(&now);
+    ml_json_free(&was);
+    return rc;
+}
+
 int ml_exp_loss_index(const ml_experiment *e, const char *name) {
     for (int i = 0; i < e->n_losses; i++)
         if (strcmp(e->loss[i].name, name) == 0) return i;
