@@ -24,6 +24,17 @@ static void assert_out(const char *needle) { ck_assert_msg(strstr(tu_out, needle
 /* `moelab run SYNTH script=FIX<script> results.dir=<tmp> results.run_id=r <extra>`; returns
    the exit status, the output in tu_out, the run directory in run (cap bytes) and, when
    maxrss_kb is given, the child's peak RSS. */
+/* rm -rf of the temporary directory a run_script run was made in */
+static void remove_run(const char *run) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s", run);
+    char *cut = strstr(dir, "/test-synth/");
+    if (cut) {
+        *cut = 0;
+        tu_rm_rf(dir);
+    }
+}
+
 static int run_script(const char *script, const char *extra, char *run, size_t cap, long *maxrss_kb) {
     const char *tmp = tu_tmpdir("luaapi");
     ck_assert_ptr_nonnull(tmp);
@@ -55,6 +66,7 @@ START_TEST(binding_errors_leave_nothing_behind) {
     assert_out("error paths done");
     if (!getenv("MOELAB_SANITIZER_LOGS")) /* sanitizers keep freed memory in quarantine */
         ck_assert_msg(rss < 120 * 1024, "peak RSS %ld MB after failed calls (a leak? 90 MB expected)", rss / 1024);
+    remove_run(run);
 }
 END_TEST
 
@@ -65,6 +77,7 @@ START_TEST(messages_read_like_lua) {
     int rc = run_script("messages.lua", "train.epochs=1", run, sizeof run, NULL);
     ck_assert_msg(rc == 0, "exit %d:\n%s", rc, tu_out);
     assert_out("messages ok");
+    remove_run(run);
 }
 END_TEST
 
@@ -85,6 +98,7 @@ START_TEST(optim_from_scripts) {
     ck_assert_msg(strstr(ev, "\"kind\":\"frozen\",\"pattern\":\"moe1.expert0.*\",\"tensors\":4}"), "%s", ev);
     ck_assert_msg(strstr(ev, "\"kind\":\"unfrozen\",\"group\":\"backbone\",\"tensors\":4}"), "%s", ev);
     free(ev);
+    remove_run(run);
 }
 END_TEST
 
@@ -129,9 +143,11 @@ START_TEST(router_object) {
     for (const char *q = ev; (q = strstr(q, "router_options")); q++) n++;
     ck_assert_int_eq(n, 2); /* set{k = 1} again changed nothing */
     free(ev);
+    remove_run(run);
     rc = run_script("router.lua", "train.epochs=1 params.mode=refused router.name=switch", run, sizeof run, NULL);
     ck_assert_msg(rc == 0, "exit %d:\n%s", rc, tu_out);
     assert_out("router refused ok");
+    remove_run(run);
 }
 END_TEST
 
@@ -153,6 +169,8 @@ START_TEST(router_options_apply) {
         snprintf(pa, sizeof pa, "%s/checkpoints/last.safetensors", a);
         snprintf(pb, sizeof pb, "%s/checkpoints/last.safetensors", b);
         same_tensors(pa, pb);
+        remove_run(a);
+        remove_run(b);
     }
 }
 END_TEST

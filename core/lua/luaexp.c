@@ -9,6 +9,7 @@
 #include <lua.h>
 #include <lualib.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1004,15 +1005,16 @@ static double set_setting(lua_State *L, const char *key, const char *field) {
     return v;
 }
 
-/* the optimizer's settings, by name: getters and setters share one table */
+/* the optimizer's settings by name (the getter and setter tables hold these names) */
+static const struct { const char *name; size_t off; } optim_settings[] = {
+    {"lr", offsetof(ml_optim, lr)},       {"beta1", offsetof(ml_optim, beta1)},
+    {"beta2", offsetof(ml_optim, beta2)}, {"eps", offsetof(ml_optim, eps)},
+    {"weight_decay", offsetof(ml_optim, weight_decay)}, {"momentum", offsetof(ml_optim, momentum)}};
+
 static float *optim_field(ml_optim *o, const char *k) {
-    if (!strcmp(k, "lr")) return &o->lr;
-    if (!strcmp(k, "beta1")) return &o->beta1;
-    if (!strcmp(k, "beta2")) return &o->beta2;
-    if (!strcmp(k, "eps")) return &o->eps;
-    if (!strcmp(k, "weight_decay")) return &o->weight_decay;
-    if (!strcmp(k, "momentum")) return &o->momentum;
-    return NULL;
+    for (size_t i = 0; i < sizeof optim_settings / sizeof *optim_settings; i++)
+        if (!strcmp(k, optim_settings[i].name)) return (float *)((char *)o + optim_settings[i].off);
+    return &o->lr; /* unreachable: only registered names get here */
 }
 
 static int optim_get(lua_State *L) {
