@@ -416,6 +416,56 @@ START_TEST(test_write_roundtrip) {
 }
 END_TEST
 
+/* optim.groups: a list of mappings with required keys, unique names, patterns checked, at
+   most 32 groups; lr and weight_decay stay absent (they follow optim.*) when not given, and
+   a config without groups resolves without the key (its text and hash as before). */
+START_TEST(test_optim_groups) {
+    ml_config *c = load(FIX "good_groups.yaml");
+    ck_assert_msg(c != NULL, "%s", ml_error());
+    ck_assert_str_eq(ml_config_str(c, "optim.name", ""), "adamw");
+    ck_assert_int_eq(ml_config_len(c, "optim.groups"), 2);
+    ck_assert_str_eq(ml_config_str(c, "optim.groups.0.match", ""), "enc.*");
+    ck_assert_double_eq(ml_config_float(c, "optim.groups.0.lr", 0), 1e-4);
+    ck_assert_int_eq(ml_config_bool(c, "optim.groups.0.frozen", 0), 1);
+    ck_assert_int_eq(ml_config_bool(c, "optim.groups.1.frozen", 1), 0);
+    ck_assert_ptr_null(ml_config_get(c, "optim.groups.1.lr"));
+    ck_assert_ptr_null(ml_config_get(c, "optim.groups.0.weight_decay"));
+    ck_assert_double_eq(ml_config_float(c, "optim.groups.1.weight_decay", 1), 0);
+    ml_config_free(c);
+    c = load(FIX "good_minimal.yaml");
+    ck_assert_ptr_null(ml_config_get(c, "optim.groups"));
+    ck_assert_ptr_null(strstr(ml_config_yaml(c), "groups"));
+    ml_config_free(c);
+    ck_fails(load(FIX "bad_group_twice.yaml"), FIX "bad_group_twice.yaml:9:14: ",
+             "optim.groups.1.name: 'enc' is used twice (first at 8:14)");
+    ck_fails(load(FIX "bad_group_glob.yaml"), FIX "bad_group_glob.yaml:9:14: ",
+             "optim.groups.0.match: pattern 'enc.[fc': '[' is not closed");
+    ck_fails(load_ov(FIX "good_groups.yaml", "optim.groups.0.name=a b"), "override 'optim.groups.0.name=a b': ",
+             "optim.groups.0.name: expected 1..63 letters, digits, '_' or '-', got 'a b'");
+    ck_fails(load_ov(FIX "good_groups.yaml", "optim.groups.2.name=x"), "override 'optim.groups.2.name=x': ",
+             "missing required key 'match' in 'optim.groups.2'");
+    ck_fails(load_ov(FIX "good_groups.yaml", "optim.groups.0.lr=0"), "override 'optim.groups.0.lr=0': ",
+             "optim.groups.0.lr must be in (0, 10], got 0");
+    ck_fails(load_ov(FIX "good_groups.yaml", "optim.groups.1.frozen=yes"), "override 'optim.groups.1.frozen=yes': ",
+             "optim.groups.1.frozen: expected true or false");
+    ck_fails(load_ov(FIX "good_groups.yaml", "optim.name=adam_w"), "override 'optim.name=adam_w': ", "(did you mean 'adamw'?)");
+    char many[4096] = "optim.groups=[";
+    for (int i = 0; i < 33; i++) {
+        size_t k = strlen(many);
+        snprintf(many + k, sizeof many - k, "%s{name: g%d, match: x}", i ? "," : "", i);
+    }
+    strcat(many, "]");
+    ck_fails(load_ov(FIX "good_minimal.yaml", many), "override 'optim.groups=", "optim.groups: at most 32 items, got 33");
+    ml_scalar_spec sp;
+    ck_assert_int_eq(ml_config_key_spec("optim.lr", &sp), ML_OK);
+    ck_assert_int_eq(sp.type, ML_SC_FLOAT);
+    ck_assert_double_eq(sp.max, 10);
+    ck_assert_int_eq(sp.flags, ML_SC_LO_OPEN);
+    ck_assert_int_eq(ml_config_key_spec("optim.groups.*.weight_decay", &sp), ML_OK);
+    ck_assert_int_eq(ml_config_key_spec("optim", &sp), ML_ERR);
+}
+END_TEST
+
 /* docs/configs.md holds ml_config_schema_markdown() between two markers. */
 START_TEST(test_docs_match_schema) {
     char *want = ml_config_schema_markdown();
@@ -525,6 +575,7 @@ static Suite *config_suite(void) {
     tcase_add_test(t, test_overrides);
     tcase_add_test(t, test_base_merge);
     tcase_add_test(t, test_write_roundtrip);
+    tcase_add_test(t, test_optim_groups);
     tcase_add_test(t, test_docs_match_schema);
     tcase_add_test(t, test_path_rule);
     suite_add_tcase(s, t);

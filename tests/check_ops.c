@@ -139,7 +139,7 @@ START_TEST(adam_matches_formula) {
     int s[1] = {1};
     int h = ml_params_declare(&p, "w", 1, s, ML_INIT_CONST, 1.0f, 0);
     ml_params_commit(&p, &rng);
-    ml_optim o = {ML_OPTIM_ADAM, 0.1f, 0.9f, 0.999f, 1e-8f, 0, 0, 0};
+    ml_optim o = {.kind = ML_OPTIM_ADAM, .lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
     double w = 1, m = 0, v = 0;
     for (int t = 1; t <= 3; t++) {
         double g = 0.5 * t;
@@ -169,7 +169,7 @@ START_TEST(sgd_momentum) {
     int s[1] = {1};
     int h = ml_params_declare(&p, "w", 1, s, ML_INIT_ZEROS, 0, 0);
     ml_params_commit(&p, &rng);
-    ml_optim o = {ML_OPTIM_SGD, 0.1f, 0, 0, 0, 0, 0.5f, 0};
+    ml_optim o = {.kind = ML_OPTIM_SGD, .lr = 0.1f, .momentum = 0.5f};
     ml_params_grad(&p, h)[0] = 1;
     ml_optim_step(&o, &p);
     ml_optim_step(&o, &p);

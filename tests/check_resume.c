@@ -593,6 +593,18 @@ START_TEST(resume_with_abi_1_1_state_is_exact) {
 }
 END_TEST
 
+/* What a script changes while the run goes — exp.optim's lr and weight_decay, a group's lr,
+   a frozen group and a frozen pattern, noisy_topk's noise and k — changed in on_step before
+   the interrupt (step 70) and after it: the resumed run ends bit for bit as the straight one,
+   so all of it was in the interrupt checkpoint and set again. */
+START_TEST(resume_after_script_changes_is_exact) {
+    equivalence("eqscript",
+                "script=tests/fixtures/resume/optim.lua router.name=noisy_topk optim.name=adamw "
+                "\"optim.groups=[{name: backbone, match: 'enc.*'}, {name: experts, match: 'moe1.expert*'}]\"",
+                70, 2);
+}
+END_TEST
+
 START_TEST(resume_at_epoch_end_and_from_last) {
     /* stopped at the last step of epoch 1, then once more at step 150 (epoch 4); resume
        from "last" with --from: the epoch after it is trained again, the same way */
@@ -766,6 +778,18 @@ START_TEST(resume_validates_run_state) {
         {"run.moe_steps", "1,2", "metadata 'run.moe_steps' is '1,2'"},
         {"run.events_bytes", "99999999", "cannot cut events.jsonl back to 99999999 bytes"},
         {"run.metrics_rows", "7", "cannot cut metrics.csv back to 7 rows: it has 1"},
+        {"run.optim", "lr=0,beta1=0.9,beta2=0.999,eps=1e-08,weight_decay=0,momentum=0", "metadata 'run.optim' is 'lr=0,"},
+        {"run.optim", "lr=0.1,beta1=0.9", "metadata 'run.optim' is 'lr=0.1,beta1=0.9', expected lr=,beta1="},
+        {"run.optim", "beta1=0.9,lr=0.1,beta2=0.999,eps=1e-08,weight_decay=0,momentum=0", "metadata 'run.optim'"},
+        {"run.optim", "lr=0.1,beta1=1,beta2=0.999,eps=1e-08,weight_decay=0,momentum=0", "metadata 'run.optim'"},
+        {"run.groups", "{\"g\":{\"lr\":null,\"weight_decay\":null,\"frozen\":false}}",
+         "metadata 'run.groups' does not hold the config's 0 parameter groups"},
+        {"run.frozen", "enc.fc1.w;nosuch", "metadata 'run.frozen' names tensor 'nosuch'"},
+        {"run.frozen", "moe1.expert9.w1", "metadata 'run.frozen' names tensor 'moe1.expert9.w1'"},
+        {"run.frozen", "enc.fc1.w;", "metadata 'run.frozen'"},
+        {"run.router1", "kk=1", "metadata 'run.router1': router 'softmax_topk' has no option 'kk'"},
+        {"run.router1", "k=100", "metadata 'run.router1': option 'k': must be in [1, 64], got 100"},
+        {"run.router1", "k", "metadata 'run.router1' is 'k', expected 'option=value' pairs"},
     };
     size_t nm, ne;
     snprintf(p, sizeof p, "%s/metrics.csv", run);
@@ -789,7 +813,45 @@ START_TEST(resume_validates_run_state) {
     }
     free(m0);
     free(e0);
-    rewrite(saved, ck, NULL, NULL, NULL); /* the untouched checkpoint still resumes */
+    /* a format-3 checkpoint from before the script settings were saved resumes with the
+       config's (nothing could change them then) */
+    char t1[600], t2[600], t3[600];
+    snprintf(t1, sizeof t1, "%s/t1.safetensors", run);
+    snprintf(t2, sizeof t2, "%s/t2.safetensors", run);
+    snprintf(t3, sizeof t3, "%s/t3.safetensors", run);
+    rewrite(saved, t1, "run.optim", NULL, NULL);
+    rewrite(t1, t2, "run.groups", NULL, NULL);
+    rewrite(t2, t3, "run.frozen", NULL, NULL);
+    rewrite(t3, ck, "run.router1", NULL, NULL);
+    ml_st_file *f = ml_st_open(ck);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_ptr_null(ml_st_meta(f, "run.optim"));
+    ck_assert_ptr_null(ml_st_meta(f, "run.router1"));
+    ml_st_close(f);
+    rc = sh("%s/moelab run --resume %s", b, run);
+    ck_assert_msg(rc == 0, "%s", out);
+}
+END_TEST
+
+/* A router option the plugin does not flag as settable at run time cannot come back from a
+   checkpoint with another value than the config's. */
+START_TEST(resume_refuses_fixed_router_options) {
+    const char *tmp = tu_tmpdir("runfix");
+    char run[512], ck[600], saved[600];
+    snprintf(run, sizeof run, "%s/test-synth/r", tmp);
+    snprintf(ck, sizeof ck, "%s/checkpoints/interrupt.safetensors", run);
+    snprintf(saved, sizeof saved, "%s/good.safetensors", run);
+    const char *b = tu_build();
+    int rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=20 %s/moelab run " SYNTH " router.name=switch results.dir=%s results.run_id=r",
+                b, tmp);
+    ck_assert_msg(rc == 130, "%s", out);
+    ck_assert_int_eq(rename(ck, saved), 0);
+    rewrite(saved, ck, "run.router1", "capacity_factor=2;eval_capacity=true", NULL);
+    rc = sh("%s/moelab run --resume %s", b, run);
+    ck_assert_msg(rc == 1, "exit %d: %s", rc, out);
+    assert_out("metadata 'run.router1': option 'capacity_factor' is 2, not the config's value, and router 'switch' "
+               "cannot change it while it runs");
+    rewrite(saved, ck, "run.router1", "capacity_factor=1.25;eval_capacity=true", NULL); /* the config's: fine */
     rc = sh("%s/moelab run --resume %s", b, run);
     ck_assert_msg(rc == 0, "%s", out);
 }
@@ -811,12 +873,14 @@ static Suite *suite(void) {
     tcase_add_test(c, resume_mid_epoch_is_exact);
     tcase_add_test(c, resume_between_expert_additions_is_exact);
     tcase_add_test(c, resume_with_abi_1_1_state_is_exact);
+    tcase_add_test(c, resume_after_script_changes_is_exact);
     tcase_add_test(c, resume_at_epoch_end_and_from_last);
     tcase_add_test(c, script_state_round_trip);
     tcase_add_test(c, sigint_stops_cleanly);
     tcase_add_test(c, resume_refusals);
     tcase_add_test(c, intervention_after_growth);
     tcase_add_test(c, resume_validates_run_state);
+    tcase_add_test(c, resume_refuses_fixed_router_options);
     suite_add_tcase(s, c);
     return s;
 }

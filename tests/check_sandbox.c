@@ -305,7 +305,10 @@ START_TEST(finished_run_refuses_bindings) {
     const char *late[] = {"kept:log{late = 1}", "kept:event('late')", "kept:save_checkpoint('late')",
                           "kept:train_epoch()", "kept:evaluate()", "kept.moe[1]:add_experts(1)",
                           "kept.moe[1]:stats()", "kept.losses.load_balance.coef = 5",
-                          "kept.schedule:decide()", "return kept.epoch"};
+                          "kept.schedule:decide()", "return kept.epoch", "kept.optim.lr = 0.5",
+                          "return kept.optim.lr", "kept:freeze('enc.*')", "kept:unfreeze('enc.*')",
+                          "return kept:param_names()", "return kept:params()", "kept_optim.lr = 0.5",
+                          "return kept_optim.name"};
     lua_State *L = ml_lua_state(l);
     for (size_t i = 0; i < sizeof late / sizeof late[0]; i++) {
         int rc = luaL_dostring(L, late[i]);

@@ -8,6 +8,7 @@
  */
 #include "io/config.h"
 #include "base/file.h"
+#include "base/glob.h"
 #include "base/scalar.h"
 #include "base/strbuf.h"
 #include "plugin/options.h"
@@ -73,7 +74,10 @@ enum {
     F_REQ = 1,     /* required */
     F_LO_OPEN = 2, /* min excluded */
     F_HI_OPEN = 4, /* max excluded */
-    F_NAME = 8     /* a relative path without '..' (becomes part of a directory name) */
+    F_NAME = 8,    /* a relative path without '..' (becomes part of a directory name) */
+    F_IDENT = 16,  /* 1..63 letters, digits, '_' or '-' */
+    F_GLOB = 32,   /* a name pattern (base/glob.h) */
+    F_UNIQUE = 64  /* in a list of mappings: no two items have the same value */
 };
 
 typedef struct cfg_key {
@@ -95,7 +99,9 @@ typedef struct cfg_key {
 #define INT(p, def, lo, hi, doc) {p, T_INT, def, lo, hi, 0, NULL, 0, doc}
 #define FLT(p, def, lo, hi, fl, doc) {p, T_FLOAT, def, lo, hi, fl, NULL, 0, doc}
 #define ENUM(p, def, fl, ch, doc) {p, T_ENUM, def, ANY, fl, ch, 0, doc}
+#define BOOL(p, def, doc) {p, T_BOOL, def, ANY, 0, NULL, 0, doc}
 #define LIST(p, def, doc) {p, T_LIST, def, ANY, 0, NULL, 0, doc}
+#define LISTN(p, def, max, doc) {p, T_LIST, def, 0, max, 0, NULL, 0, doc} /* at most max items */
 #define PLUG(p, kind, doc) {p, T_PLUGIN, "{}", ANY, 0, NULL, kind, doc}
 
 static const cfg_key cfg_schema[] = {
@@ -151,13 +157,30 @@ static const cfg_key cfg_schema[] = {
     STR("schedule.name", "fixed", 0, "schedule plugin name"),
 
     SEC("optim", "the optimizer"),
-    ENUM("optim.name", "adam", 0, "adam|sgd", "optimizer"),
+    ENUM("optim.name", "adam", 0, "adam|adamw|sgd",
+         "optimizer: `adam` (torch.optim.Adam), `adamw` (torch.optim.AdamW, decoupled weight decay), "
+         "`sgd` (with momentum)"),
     FLT("optim.lr", "0.001", 0, 10, F_LO_OPEN, "learning rate"),
-    FLT("optim.beta1", "0.9", 0, 1, F_HI_OPEN, "adam: first-moment decay"),
-    FLT("optim.beta2", "0.999", 0, 1, F_HI_OPEN, "adam: second-moment decay"),
-    FLT("optim.eps", "1e-8", 0, 1, F_LO_OPEN, "adam: denominator epsilon"),
-    FLT("optim.weight_decay", "0", 0, NOHI, 0, "decoupled weight decay"),
+    FLT("optim.beta1", "0.9", 0, 1, F_HI_OPEN, "adam, adamw: first-moment decay"),
+    FLT("optim.beta2", "0.999", 0, 1, F_HI_OPEN, "adam, adamw: second-moment decay"),
+    FLT("optim.eps", "1e-8", 0, 1, F_LO_OPEN, "adam, adamw: denominator epsilon"),
+    FLT("optim.weight_decay", "0", 0, NOHI, 0,
+        "weight decay: adam and sgd add `weight_decay * p` to the gradient (an L2 term, torch's "
+        "`weight_decay`); adamw decays the weights, `p -= lr * weight_decay * p`, before the update "
+        "(decoupled, Loshchilov & Hutter 2019)"),
     FLT("optim.momentum", "0", 0, 1, F_HI_OPEN, "sgd: momentum"),
+    LISTN("optim.groups", NULL, 32,
+          "parameter groups, at most 32: tensors whose names match a group's pattern take its settings "
+          "(the first matching group; tensors matching none use the ones above)"),
+    SEC("optim.groups.*", "one parameter group"),
+    STR("optim.groups.*.name", NULL, F_REQ | F_IDENT | F_UNIQUE,
+        "the group's name: 1 to 63 letters, digits, `_` or `-`"),
+    STR("optim.groups.*.match", NULL, F_REQ | F_GLOB,
+        "the tensors, by a pattern on their names as fnmatch reads it: `enc.*`, `moe1.expert*`"),
+    FLT("optim.groups.*.lr", NULL, 0, 10, F_LO_OPEN, "learning rate of the group; absent: `optim.lr`"),
+    FLT("optim.groups.*.weight_decay", NULL, 0, NOHI, 0, "weight decay of the group; absent: `optim.weight_decay`"),
+    BOOL("optim.groups.*.frozen", "false",
+         "frozen: no update, no weight decay, optimizer moments and step counts unchanged"),
 
     SEC("train", "the training loop"),
     INT("train.epochs", "10", 1, 1000000, "epochs"),
@@ -854,6 +877,16 @@ static int check_scalar(ml_cfg_node *n, const vspec *v, const char *path) {
                 return ERR_AT(n, "%s: expected a non-empty relative name without '..', got '%s'",
                               path, t);
         }
+        if (v->flags & F_IDENT) {
+            const char *t = n->text;
+            size_t len = strlen(t);
+            int ok = len >= 1 && len <= 63;
+            for (size_t i = 0; ok && i < len; i++)
+                ok = (t[i] >= 'a' && t[i] <= 'z') || (t[i] >= 'A' && t[i] <= 'Z') || (t[i] >= '0' && t[i] <= '9') ||
+                     t[i] == '_' || t[i] == '-';
+            if (!ok) return ERR_AT(n, "%s: expected 1..63 letters, digits, '_' or '-', got '%s'", path, t);
+        }
+        if (v->flags & F_GLOB && ml_glob_check(n->text)) return ERR_AT(n, "%s: %s", path, ml_error());
         return ML_OK;
     }
     ml_scalar_spec sp = {sc_type(v->type), v->min, v->max,
@@ -892,6 +925,7 @@ static int check_scalar(ml_cfg_node *n, const vspec *v, const char *path) {
 
 static int resolve_map(ml_config *c, ml_cfg_node *n, const char *spath, const char *path);
 static int resolve_plugin(ml_config *c, ml_cfg_node *n, int si, const char *path);
+static int check_unique(const ml_cfg_node *list, const char *spath, const char *path);
 
 static void join_path(char *buf, size_t size, const char *a, const char *b) {
     int k = snprintf(buf, size, "%s%s%s", a, *a ? "." : "", b);
@@ -956,6 +990,7 @@ static int resolve(ml_config *c, ml_cfg_node *parent, int idx, int si, const cha
         return ML_OK;
     case T_LIST: {
         if (n->kind != ML_CFG_SEQ) return ERR_AT(n, "%s: expected a list, got %s", path, kind_name(n->kind));
+        if (n->n > k->max) return ERR_AT(n, "%s: at most %.0f items, got %d", path, k->max, n->n);
         int ci = schema_child(k->path, "*");
         for (int i = 0; i < n->n; i++) {
             char num[16];
@@ -963,13 +998,34 @@ static int resolve(ml_config *c, ml_cfg_node *parent, int idx, int si, const cha
             if (is_null(n->item[i])) return ERR_AT(n->item[i], "%s.%s: empty list item", path, num);
             if (ci >= 0 && resolve(c, n, i, ci, path, num)) return ML_ERR;
         }
-        return ML_OK;
+        return ci >= 0 && cfg_schema[ci].type == T_MAP ? check_unique(n, cfg_schema[ci].path, path) : ML_OK;
     }
     default: {
         vspec v = {k->type, k->min, k->max, k->flags, k->choices};
         return check_scalar(n, &v, path);
     }
     }
+}
+
+/* A list of mappings (schema row spath for its items): keys flagged F_UNIQUE differ
+   between items. */
+static int check_unique(const ml_cfg_node *list, const char *spath, const char *path) {
+    for (int si = 0; si < CFG_NKEYS; si++) {
+        if (!is_child(si, spath) || !(cfg_schema[si].flags & F_UNIQUE)) continue;
+        const char *leaf = leaf_of(cfg_schema[si].path);
+        for (int i = 0; i < list->n; i++) {
+            const ml_cfg_node *a = map_get(list->item[i], leaf);
+            for (int j = 0; a && a->kind == ML_CFG_SCALAR && j < i; j++) {
+                const ml_cfg_node *b = map_get(list->item[j], leaf);
+                if (!b || b->kind != ML_CFG_SCALAR || strcmp(a->text, b->text) != 0) continue;
+                if (b->line > 0)
+                    return ERR_AT(a, "%s.%d.%s: '%s' is used twice (first at %d:%d)", path, i, leaf, a->text, b->line,
+                                  b->col);
+                return ERR_AT(a, "%s.%d.%s: '%s' is used twice (first in %s.%d)", path, i, leaf, a->text, path, j);
+            }
+        }
+    }
+    return ML_OK;
 }
 
 /* Puts n's entries in schema order, then desc's option order, then the rest. */
@@ -1534,6 +1590,19 @@ const char *ml_config_yaml(const ml_config *c) { return c->yaml; }
 uint64_t ml_config_hash(const ml_config *c) { return c->hash; }
 const char *ml_config_path(const ml_config *c) { return c->path; }
 
+int ml_config_key_spec(const char *path, ml_scalar_spec *out) {
+    for (int si = 0; si < CFG_NKEYS; si++) {
+        const cfg_key *k = &cfg_schema[si];
+        if (strcmp(k->path, path) != 0) continue;
+        if (k->type != T_INT && k->type != T_FLOAT && k->type != T_BOOL && k->type != T_ENUM && k->type != T_STR) break;
+        *out = (ml_scalar_spec){sc_type(k->type), k->min, k->max,
+                                (k->flags & F_LO_OPEN ? ML_SC_LO_OPEN : 0) | (k->flags & F_HI_OPEN ? ML_SC_HI_OPEN : 0),
+                                k->choices};
+        return ML_OK;
+    }
+    return ml_errorf("config: '%s' is not a setting of the schema", path);
+}
+
 /* ------------------------------------------------------------------ schema docs */
 
 
@@ -1571,6 +1640,7 @@ static void doc_type(int si, char *buf, size_t size) {
         int ci = schema_child(k->path, "*");
         char item[200] = "any";
         if (ci >= 0) doc_type(ci, item, sizeof item);
+        if (ci >= 0 && cfg_schema[ci].type == T_MAP) snprintf(item, sizeof item, "mappings");
         snprintf(buf, size, "list of %s%s", item,
                  ci >= 0 && cfg_schema[ci].type == T_PLUGIN ? "s" : "");
         break;
@@ -1620,6 +1690,8 @@ static void doc_section_rows(ml_strbuf *b, const char *spath) {
         if (k->type != T_PLUGIN) doc_row(b, si);
         if (k->type == T_MAP || k->type == T_PLUGIN) doc_section_rows(b, k->path);
         if (k->type == T_PLUGIN) doc_options_row(b, si);
+        int item = k->type == T_LIST ? schema_child(k->path, "*") : -1;
+        if (item >= 0 && cfg_schema[item].type == T_MAP) doc_section_rows(b, cfg_schema[item].path);
     }
 }
 

@@ -24,6 +24,7 @@
 #define MOELAB_CONFIG_H
 
 #include <stdint.h>
+#include "base/scalar.h"
 #include "moelab/plugin.h"
 
 typedef struct ml_config ml_config;
@@ -113,6 +114,11 @@ const char *ml_config_yaml(const ml_config *c);
 uint64_t ml_config_hash(const ml_config *c);
 /* The path the config was loaded from, as given. */
 const char *ml_config_path(const ml_config *c);
+
+/* The rule of the scalar schema key path ("optim.lr", "optim.groups.*.lr": list items as
+   "*"), for values set while a run goes (Lua's exp.optim): the same type and range the
+   YAML is checked against. ML_ERR when path is not a scalar key of the schema. */
+int ml_config_key_spec(const char *path, ml_scalar_spec *out);
 
 /* The schema reference (docs/configs.md's generated part) as Markdown; free with free(). */
 char *ml_config_schema_markdown(void);

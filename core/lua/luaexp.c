@@ -10,12 +10,16 @@
 #include <lua.h>
 #include <lualib.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 
+#include "base/glob.h"
+#include "base/scalar.h"
 #include "run/checkpoint.h"
+#include "lua/luaaux.h"
 #include "lua/luastandalone.h"
 
 struct ml_lua {
@@ -50,6 +54,9 @@ struct ml_lua {
 #define MOE_T "moelab.moe"
 #define LOSS_T "moelab.loss"
 #define SCHED_T "moelab.schedule"
+#define OPTIM_T "moelab.optim"
+#define GROUP_T "moelab.optim_group"
+#define ROUTER_T "moelab.moe_router"
 #define RO_T "moelab.readonly"
 
 /* Originals of wrapped functions live in the registry, never in upvalues or tables a script
@@ -270,6 +277,132 @@ static void set_int(lua_State *L, const char *k, lua_Integer v) {
     lua_setfield(L, -2, k);
 }
 
+/*
+ * The types of the exp API, in the manner of lauxlib: one metatable per type (with
+ * __name, __metatable, __tostring), one luaL_Reg table of methods, one of field getters and
+ * one of field setters. __index looks a key up among the getters, then the methods; a
+ * getter and a setter are called with the stack __index / __newindex got: (object, key)
+ * and (object, key, value). The tables are upvalues of the two metamethods, out of a
+ * script's reach. Every access goes through guard(): nothing answers once the run is over.
+ */
+typedef struct class_def {
+    const char *tname;  /* the metatable's name (luaL_checkudata) */
+    const char *label;  /* the object in messages: "moe layer" */
+    const luaL_Reg *getters, *setters, *methods;
+    lua_CFunction tostring;
+    const char *hint;   /* after "is read-only" (or NULL) */
+    int named;          /* messages name the object by its name field: "loss 'load_balance'" */
+} class_def;
+
+static void guard(lua_State *L);
+
+/* "a, b, c" of the names of one or two luaL_Reg tables */
+static void reg_names(const luaL_Reg *a, const luaL_Reg *b, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = 0;
+    const luaL_Reg *r[2] = {a, b};
+    for (int t = 0; t < 2; t++)
+        for (const luaL_Reg *q = r[t]; q && q->name && used < n; q++)
+            used += (size_t)snprintf(buf + used, n - used, "%s%s", used ? ", " : "", q->name);
+}
+
+/* The object's label for messages: "loss 'load_balance'" for a named type. */
+static const char *class_label(lua_State *L, int getters, const char *label, int named) {
+    if (named && lua_getfield(L, getters, "name") == LUA_TFUNCTION) {
+        lua_pushvalue(L, 1);
+        lua_pushliteral(L, "name");
+        lua_call(L, 2, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) return lua_pushfstring(L, "%s '%s'", label, lua_tostring(L, -1));
+    }
+    return label;
+}
+
+/* __index: upvalues getters, methods, label, "fields", named */
+static int class_index(lua_State *L) {
+    guard(L);
+    luaL_checkstring(L, 2);
+    lua_settop(L, 2);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TFUNCTION) {
+        lua_CFunction get = lua_tocfunction(L, -1);
+        lua_settop(L, 2);
+        return get(L);
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL) return 1;
+    return luaL_error(L, "%s has no field '%s' (fields: %s)",
+                      class_label(L, lua_upvalueindex(1), lua_tostring(L, lua_upvalueindex(3)),
+                                  lua_toboolean(L, lua_upvalueindex(5))),
+                      lua_tostring(L, 2),
+                      lua_tostring(L, lua_upvalueindex(4)));
+}
+
+/* __newindex: upvalues setters, getters, label, hint, named */
+static int class_newindex(lua_State *L) {
+    guard(L);
+    const char *k = luaL_checkstring(L, 2);
+    lua_settop(L, 3);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) == LUA_TFUNCTION) {
+        lua_CFunction set = lua_tocfunction(L, -1);
+        lua_settop(L, 3);
+        return set(L);
+    }
+    lua_pushvalue(L, 2);
+    int known = lua_rawget(L, lua_upvalueindex(2)) != LUA_TNIL;
+    const char *label = class_label(L, lua_upvalueindex(2), lua_tostring(L, lua_upvalueindex(3)),
+                                    lua_toboolean(L, lua_upvalueindex(5)));
+    const char *hint = lua_tostring(L, lua_upvalueindex(4));
+    return luaL_error(L, "%s: '%s' %s%s%s", label, k, known ? "is read-only" : "is not a field", *hint ? "; " : "", hint);
+}
+
+static void new_class(lua_State *L, const class_def *c) {
+    char names[512];
+    luaL_newmetatable(L, c->tname);
+    lua_newtable(L);
+    if (c->getters) luaL_setfuncs(L, c->getters, 0);
+    lua_newtable(L);
+    if (c->methods) luaL_setfuncs(L, c->methods, 0);
+    lua_pushstring(L, c->label);
+    reg_names(c->getters, c->methods, names, sizeof names);
+    lua_pushstring(L, names);
+    lua_pushboolean(L, c->named);
+    lua_pushcclosure(L, class_index, 5);
+    lua_setfield(L, -2, "__index");
+    lua_newtable(L);
+    if (c->setters) luaL_setfuncs(L, c->setters, 0);
+    lua_newtable(L);
+    if (c->getters) luaL_setfuncs(L, c->getters, 0);
+    lua_pushstring(L, c->label);
+    lua_pushstring(L, c->hint ? c->hint : "");
+    lua_pushboolean(L, c->named);
+    lua_pushcclosure(L, class_newindex, 5);
+    lua_setfield(L, -2, "__newindex");
+    if (c->tostring) {
+        lua_pushcfunction(L, c->tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pushstring(L, c->tname); /* getmetatable() gives the name, not the table */
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
+
+/* A setter's error, as luaL_argerror words an argument's: "bad value for exp.optim.lr
+   (must be in (0, 10], got 20)". */
+static int set_error(lua_State *L, const char *field, const char *msg) {
+    return luaL_error(L, "bad value for %s (%s)", field, msg);
+}
+
+/* The number a setter was given (stack index 3): a number, finite. */
+static double set_number(lua_State *L, const char *field) {
+    if (lua_type(L, 3) != LUA_TNUMBER)
+        set_error(L, field, lua_pushfstring(L, "number expected, got %s", luaL_typename(L, 3)));
+    double v = lua_tonumber(L, 3);
+    if (!isfinite(v)) set_error(L, field, lua_pushfstring(L, "a finite number expected, got %f", v));
+    return v;
+}
+
 /* Pushes a read-only view of the table at idx: reads pass through, writes raise. */
 static void push_readonly(lua_State *L, int idx) {
     idx = lua_absindex(L, idx);
@@ -429,25 +562,37 @@ static ml_experiment *check_exp(lua_State *L) {
 
 typedef struct hook_ctx {
     lua_State *L;
-    int fn_ref;
-    int err_ref;
+    int fn;      /* stack index of on_step, 0: none */
+    int failed;  /* on_step raised: its error is on top of the stack */
     ml_experiment *e;
 } hook_ctx;
 
+/* on_step(p), protected: called with (on_step, e) */
+static int call_on_step(lua_State *L) {
+    ml_experiment *e = lua_touserdata(L, 2);
+    lua_settop(L, 1);
+    lua_createtable(L, 0, 4);
+    set_int(L, "epoch", e->epoch);
+    set_int(L, "step", e->step);
+    set_int(L, "images_seen", e->images_seen);
+    lua_call(L, 1, 0);
+    return 0;
+}
+
 /* Runs at every step boundary of train_epoch: stops the epoch on a timeout (the C loop stops
- * on an interrupt by itself), then calls the script's on_step if it gave one. */
+ * on an interrupt by itself), then calls the script's on_step if it gave one. Nothing here
+ * may raise (it runs inside the core's training loop): the call and everything that
+ * allocates is inside lua_pcall, and an error stays on the stack for l_train_epoch. */
 static int step_hook(void *ctx) {
     hook_ctx *h = ctx;
     lua_State *L = h->L;
     if (due_stop(getself(L), 0)) return ml_errorf("the script is stopping");
-    if (h->fn_ref == LUA_NOREF) return ML_OK;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h->fn_ref);
-    lua_createtable(L, 0, 4);
-    set_int(L, "epoch", h->e->epoch);
-    set_int(L, "step", h->e->step);
-    set_int(L, "images_seen", h->e->images_seen);
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-        h->err_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (!h->fn) return ML_OK;
+    lua_pushcfunction(L, call_on_step);
+    lua_pushvalue(L, h->fn);
+    lua_pushlightuserdata(L, h->e);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        h->failed = 1;
         return ml_errorf("on_step hook failed");
     }
     return ML_OK;
@@ -458,31 +603,24 @@ static int l_train_epoch(lua_State *L) {
     ml_lua *self = getself(L);
     /* a nested epoch would train inside the outer one's step and lose its metrics row */
     if (self->in_epoch) return luaL_error(L, "exp:train_epoch cannot be called from on_step");
-    hook_ctx h = {L, LUA_NOREF, LUA_NOREF, e};
-    if (!lua_isnoneornil(L, 2)) {
+    hook_ctx h = {L, 0, 0, e};
+    lua_settop(L, 2);
+    if (!lua_isnil(L, 2)) {
         luaL_checktype(L, 2, LUA_TTABLE);
-        lua_getfield(L, 2, "on_step");
-        if (!lua_isnil(L, -1)) {
-            luaL_argexpected(L, lua_isfunction(L, -1), 2, "table with on_step = function");
-            h.fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        } else {
-            lua_pop(L, 1);
+        lua_getfield(L, 2, "on_step"); /* 3 */
+        if (!lua_isnil(L, 3)) {
+            luaL_argexpected(L, lua_isfunction(L, 3), 2, "table with on_step = function");
+            h.fn = 3;
         }
     }
+    luaL_checkstack(L, 8, "exp:train_epoch"); /* room for the hook's calls */
     ml_epoch_stats st;
     self->in_epoch = 1;
     int rc = ml_exp_train_epoch(e, step_hook, &h, &st);
     self->in_epoch = 0;
-    luaL_unref(L, LUA_REGISTRYINDEX, h.fn_ref);
-    if (due_stop(getself(L), 1)) { /* interrupted during the epoch, or out of time */
-        luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
+    if (due_stop(getself(L), 1)) /* interrupted during the epoch, or out of time */
         return stop_raise(L, getself(L));
-    }
-    if (h.err_ref != LUA_NOREF) { /* re-raise the hook's own error, position intact */
-        lua_rawgeti(L, LUA_REGISTRYINDEX, h.err_ref);
-        luaL_unref(L, LUA_REGISTRYINDEX, h.err_ref);
-        return lua_error(L);
-    }
+    if (h.failed) return lua_error(L); /* re-raise the hook's own error, position intact */
     if (rc) return core_error(L);
     lua_createtable(L, 0, 8 + st.n_aux);
     set_int(L, "epoch", st.epoch);
@@ -577,47 +715,57 @@ static int l_load_checkpoint(lua_State *L) {
     return 1;
 }
 
-static const luaL_Reg exp_methods[] = {
-    {"train_epoch", l_train_epoch}, {"evaluate", l_evaluate}, {"log", l_log}, {"event", l_event},
-    {"save_checkpoint", l_save_checkpoint}, {"load_checkpoint", l_load_checkpoint}, {NULL, NULL}};
-
-static int exp_index(lua_State *L) {
+static int exp_epoch(lua_State *L) {
+    lua_pushinteger(L, check_exp(L)->epoch);
+    return 1;
+}
+static int exp_step(lua_State *L) {
+    lua_pushinteger(L, check_exp(L)->step);
+    return 1;
+}
+static int exp_images_seen(lua_State *L) {
+    lua_pushinteger(L, check_exp(L)->images_seen);
+    return 1;
+}
+static int exp_num_layers(lua_State *L) {
+    lua_pushinteger(L, check_exp(L)->model->L);
+    return 1;
+}
+static int exp_run_dir(lua_State *L) {
+    lua_pushstring(L, ml_exp_run_dir(check_exp(L)));
+    return 1;
+}
+static int exp_files_dir(lua_State *L) {
     ml_experiment *e = check_exp(L);
-    const char *k = luaL_checkstring(L, 2);
-    lua_getiuservalue(L, 1, 1); /* cached tables: config, moe, losses, schedule */
-    lua_getfield(L, -1, k);
-    if (!lua_isnil(L, -1)) return 1;
-    lua_pop(L, 2);
-    if (strcmp(k, "epoch") == 0) lua_pushinteger(L, e->epoch);
-    else if (strcmp(k, "step") == 0) lua_pushinteger(L, e->step);
-    else if (strcmp(k, "images_seen") == 0) lua_pushinteger(L, e->images_seen);
-    else if (strcmp(k, "num_layers") == 0) lua_pushinteger(L, e->model->L);
-    else if (strcmp(k, "run_dir") == 0) lua_pushstring(L, ml_exp_run_dir(e));
-    else if (strcmp(k, "files_dir") == 0) {
-        if (ml_exp_run_dir(e)) lua_pushfstring(L, "%s/files", ml_exp_run_dir(e));
-        else lua_pushnil(L);
-    }
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, e->experiment);
-    else if (strcmp(k, "resumed") == 0) lua_pushboolean(L, e->resumed);
-    else {
-        luaL_getmetatable(L, EXP_T);
-        lua_getfield(L, -1, "methods");
-        lua_getfield(L, -1, k);
-        if (lua_isnil(L, -1)) return luaL_error(L, "exp has no field '%s'", k);
-    }
+    if (ml_exp_run_dir(e)) lua_pushfstring(L, "%s/files", ml_exp_run_dir(e));
+    else lua_pushnil(L);
+    return 1;
+}
+static int exp_name(lua_State *L) {
+    lua_pushstring(L, check_exp(L)->experiment);
+    return 1;
+}
+static int exp_resumed(lua_State *L) {
+    lua_pushboolean(L, check_exp(L)->resumed);
+    return 1;
+}
+/* the objects made once (push_exp): config, moe, losses, schedule, optim, state */
+static int exp_cached(lua_State *L) {
+    check_exp(L);
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
     return 1;
 }
 
-static int exp_newindex(lua_State *L) {
-    if (strcmp(luaL_checkstring(L, 2), "state") == 0) { /* the script's own table, saved in checkpoints */
-        luaL_checktype(L, 3, LUA_TTABLE);
-        lua_getiuservalue(L, 1, 1);
-        lua_pushvalue(L, 3);
-        lua_setfield(L, -2, "state");
-        return 0;
-    }
-    return luaL_error(L, "exp.%s cannot be assigned; hint: coefficients are exp.losses[name].coef",
-                      luaL_checkstring(L, 2));
+/* exp.state = {...}: the script's own table, saved in checkpoints */
+static int exp_set_state(lua_State *L) {
+    check_exp(L);
+    if (!lua_istable(L, 3)) return set_error(L, "exp.state", lua_pushfstring(L, "table expected, got %s", luaL_typename(L, 3)));
+    lua_getiuservalue(L, 1, 1);
+    lua_pushvalue(L, 3);
+    lua_setfield(L, -2, "state");
+    return 0;
 }
 
 static int exp_tostring(lua_State *L) {
@@ -625,6 +773,25 @@ static int exp_tostring(lua_State *L) {
     lua_pushfstring(L, "experiment '%s' (epoch %d)", e->experiment, e->epoch);
     return 1;
 }
+
+/* exp.optim's section below */
+static int l_freeze(lua_State *L);
+static int l_unfreeze(lua_State *L);
+static int l_param_names(lua_State *L);
+static int l_params(lua_State *L);
+
+static const luaL_Reg exp_getters[] = {
+    {"config", exp_cached}, {"moe", exp_cached}, {"losses", exp_cached}, {"schedule", exp_cached},
+    {"optim", exp_cached}, {"state", exp_cached}, {"epoch", exp_epoch}, {"step", exp_step}, {"images_seen", exp_images_seen},
+    {"num_layers", exp_num_layers}, {"run_dir", exp_run_dir}, {"files_dir", exp_files_dir}, {"name", exp_name},
+    {"resumed", exp_resumed}, {NULL, NULL}};
+static const luaL_Reg exp_setters[] = {{"state", exp_set_state}, {NULL, NULL}};
+static const luaL_Reg exp_methods[] = {
+    {"train_epoch", l_train_epoch}, {"evaluate", l_evaluate}, {"log", l_log}, {"event", l_event},
+    {"save_checkpoint", l_save_checkpoint}, {"load_checkpoint", l_load_checkpoint}, {"freeze", l_freeze},
+    {"unfreeze", l_unfreeze}, {"param_names", l_param_names}, {"params", l_params}, {NULL, NULL}};
+static const class_def exp_class = {EXP_T, "exp", exp_getters, exp_setters, exp_methods, exp_tostring,
+                                    "hint: coefficients are exp.losses[name].coef", 0};
 
 /* ----------------------------------------------------------------- moe[i] */
 
@@ -658,12 +825,26 @@ static void push_array(lua_State *L, const double *v, int n) {
     }
 }
 
+/* An ml_health whose arrays are freed when the holder closes (return or error): building
+   the result table allocates, and a memory error must not leave the arrays behind. */
+#define HEALTH_T "moelab.health"
+
+static int health_close(lua_State *L) {
+    ml_health_free(lua_touserdata(L, 1));
+    return 0;
+}
+
 static int l_stats(lua_State *L) {
     moe_ud *u = check_moe(L);
     const char *which = luaL_optstring(L, 2, "train");
     luaL_argcheck(L, !strcmp(which, "train") || !strcmp(which, "val"), 2, "expected 'train' or 'val'");
-    ml_health h;
-    if (ml_exp_health(u->e, u->layer, which[0] == 'v', &h)) return core_error(L);
+    lua_settop(L, 2);
+    ml_health *hp = lua_newuserdatauv(L, sizeof *hp, 0);
+    memset(hp, 0, sizeof *hp);
+    luaL_setmetatable(L, HEALTH_T);
+    lua_toclose(L, 3);
+    if (ml_exp_health(u->e, u->layer, which[0] == 'v', hp)) return core_error(L);
+    const ml_health h = *hp;
     lua_createtable(L, 0, 20);
     set_int(L, "num_experts", h.num_experts);
     push_array(L, h.utilisation, h.num_experts);
@@ -697,20 +878,22 @@ static int l_stats(lua_State *L) {
         }
         lua_setfield(L, -2, names[i]);
     }
-    ml_health_free(&h);
-    return 1;
+    return 1; /* the holder closes: the arrays are freed */
 }
 
-static int moe_index(lua_State *L) {
+static int moe_num_experts(lua_State *L) {
     moe_ud *u = check_moe(L);
-    const char *k = luaL_checkstring(L, 2);
-    ml_moe *m = u->e->model->moe[u->layer];
-    if (strcmp(k, "num_experts") == 0) lua_pushinteger(L, m->N);
-    else if (strcmp(k, "layer") == 0) lua_pushinteger(L, u->layer + 1);
-    else if (strcmp(k, "router") == 0) lua_pushstring(L, m->router.plugin->name);
-    else if (strcmp(k, "add_experts") == 0) lua_pushcfunction(L, l_add_experts);
-    else if (strcmp(k, "stats") == 0) lua_pushcfunction(L, l_stats);
-    else return luaL_error(L, "moe layer has no field '%s' (fields: num_experts, layer, router, add_experts, stats)", k);
+    lua_pushinteger(L, u->e->model->moe[u->layer]->N);
+    return 1;
+}
+static int moe_layer(lua_State *L) {
+    lua_pushinteger(L, check_moe(L)->layer + 1);
+    return 1;
+}
+/* exp.moe[i].router, made once per layer (user value 1) */
+static int moe_router(lua_State *L) {
+    check_moe(L);
+    lua_getiuservalue(L, 1, 1);
     return 1;
 }
 
@@ -721,30 +904,106 @@ static int moe_tostring(lua_State *L) {
     return 1;
 }
 
+static const luaL_Reg moe_getters[] = {
+    {"num_experts", moe_num_experts}, {"layer", moe_layer}, {"router", moe_router}, {NULL, NULL}};
+static const luaL_Reg moe_methods[] = {{"add_experts", l_add_experts}, {"stats", l_stats}, {NULL, NULL}};
+static const class_def moe_class = {MOE_T, "moe layer", moe_getters, NULL, moe_methods, moe_tostring, NULL, 0};
+
+/* ------------------------------------------------------------ moe[i].router */
+
+/* The router of a layer: .name, .options, :set{...}. Its string form is the plugin's name,
+   so print() and concatenation read as before it was an object. */
+static moe_ud *check_router_ref(lua_State *L) {
+    moe_ud *u = luaL_checkudata(L, 1, ROUTER_T);
+    guard(L);
+    return u;
+}
+
+static ml_router_inst *router_of(const moe_ud *u) { return &u->e->model->moe[u->layer]->router; }
+
+static int router_name(lua_State *L) {
+    lua_pushstring(L, router_of(check_router_ref(L))->plugin->name);
+    return 1;
+}
+
+static int router_layer(lua_State *L) {
+    lua_pushinteger(L, check_router_ref(L)->layer + 1);
+    return 1;
+}
+
+/* a fresh table of the current values: writing into it changes nothing (use :set) */
+static int router_options(lua_State *L) {
+    const ml_router_inst *ri = router_of(check_router_ref(L));
+    ml_lua_push_options(L, ri->plugin, ri->opt);
+    return 1;
+}
+
+/* router:set{name = value, ...}: options the plugin flags ML_OPTF_RUNTIME, by the rules the
+   YAML is read by; the plugin is told (ML_EV_OPTIONS_CHANGED) and may refuse; a change is a
+   router_options event. Applies from the next forward. */
+static int router_set(lua_State *L) {
+    moe_ud *u = check_router_ref(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    ml_router_inst *ri = router_of(u);
+    ml_optval opt[ML_MAX_OPTIONS];
+    memcpy(opt, ri->opt, (size_t)ri->plugin->num_options * sizeof *opt);
+    char what[64];
+    snprintf(what, sizeof what, "exp.moe[%d].router:set", u->layer + 1);
+    ml_lua_read_options(L, 2, ri->plugin, opt, NULL, what);
+    if (ml_exp_set_router_options(u->e, u->layer, opt)) return luaL_error(L, "%s: %s", what, ml_error());
+    return 0;
+}
+
+static int router_tostring(lua_State *L) {
+    moe_ud *u = luaL_checkudata(L, 1, ROUTER_T);
+    lua_pushstring(L, router_of(u)->plugin->name);
+    return 1;
+}
+
+/* "router " .. exp.moe[1].router, as when it was the name */
+static int router_concat(lua_State *L) {
+    luaL_tolstring(L, 1, NULL);
+    luaL_tolstring(L, 2, NULL);
+    lua_concat(L, 2);
+    return 1;
+}
+
+static const luaL_Reg router_getters[] = {
+    {"name", router_name}, {"layer", router_layer}, {"options", router_options}, {NULL, NULL}};
+static const luaL_Reg router_methods[] = {{"set", router_set}, {NULL, NULL}};
+static const class_def router_class = {ROUTER_T, "router", router_getters, NULL, router_methods, router_tostring,
+                                       "options change with :set{...}", 1};
+
 /* ------------------------------------------------------------- losses[name] */
 
 typedef struct loss_ud { ml_experiment *e; int idx; } loss_ud;
 
-static int loss_index(lua_State *L) {
+static loss_ud *check_loss(lua_State *L) {
     loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
     guard(L);
-    const char *k = luaL_checkstring(L, 2);
-    ml_loss_slot *s = &u->e->loss[u->idx];
-    if (strcmp(k, "coef") == 0) lua_pushnumber(L, s->coef);
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, s->name);
-    else if (strcmp(k, "plugin") == 0) lua_pushstring(L, s->plugin->name);
-    else return luaL_error(L, "loss '%s' has no field '%s' (fields: coef, name, plugin)", s->name, k);
+    return u;
+}
+static int loss_coef(lua_State *L) {
+    loss_ud *u = check_loss(L);
+    lua_pushnumber(L, u->e->loss[u->idx].coef);
     return 1;
 }
-
-static int loss_newindex(lua_State *L) {
-    loss_ud *u = luaL_checkudata(L, 1, LOSS_T);
-    guard(L);
-    const char *k = luaL_checkstring(L, 2);
+static int loss_name(lua_State *L) {
+    loss_ud *u = check_loss(L);
+    lua_pushstring(L, u->e->loss[u->idx].name);
+    return 1;
+}
+static int loss_plugin(lua_State *L) {
+    loss_ud *u = check_loss(L);
+    lua_pushstring(L, u->e->loss[u->idx].plugin->name);
+    return 1;
+}
+static int loss_set_coef(lua_State *L) {
+    loss_ud *u = check_loss(L);
     ml_loss_slot *s = &u->e->loss[u->idx];
-    if (strcmp(k, "coef") != 0) return luaL_error(L, "loss '%s': only 'coef' can be set, not '%s'", s->name, k);
-    double v = luaL_checknumber(L, 3);
-    if (!isfinite(v) || v < 0) return luaL_error(L, "loss '%s': coef must be a finite number >= 0, got %f", s->name, v);
+    const char *field = lua_pushfstring(L, "exp.losses['%s'].coef", s->name);
+    double v = set_number(L, field);
+    if (v < 0) return set_error(L, field, lua_pushfstring(L, "must be >= 0, got %f", v));
     s->coef = v;
     return 0;
 }
@@ -755,11 +1014,277 @@ static int loss_tostring(lua_State *L) {
     return 1;
 }
 
+static const luaL_Reg loss_getters[] = {{"coef", loss_coef}, {"name", loss_name}, {"plugin", loss_plugin}, {NULL, NULL}};
+static const luaL_Reg loss_setters[] = {{"coef", loss_set_coef}, {NULL, NULL}};
+static const class_def loss_class = {LOSS_T, "loss", loss_getters, loss_setters, NULL, loss_tostring,
+                                     "only coef can be set", 1};
+
+/* ---------------------------------------------------------------- exp.optim */
+
+static void loop_check(lua_State *L, lua_Integer i);
+
+static ml_experiment *check_optim(lua_State *L) {
+    ml_experiment **p = luaL_checkudata(L, 1, OPTIM_T);
+    guard(L);
+    return *p;
+}
+
+/* The value at stack index 3 for the schema setting `key`, checked by the rule the YAML
+   is checked by (io/config.h, ml_config_key_spec): "bad value for exp.optim.lr (must be in
+   (0, 10], got 20)". */
+static double set_setting(lua_State *L, const char *key, const char *field) {
+    ml_scalar_spec sp;
+    if (ml_config_key_spec(key, &sp)) return core_error(L);
+    double v = set_number(L, field);
+    char text[48];
+    ml_scalar_fmt_num(v, text, sizeof text);
+    if (ml_scalar_check(&sp, text, 0, NULL, NULL, 0) != ML_SC_OK) set_error(L, field, ml_error());
+    return v;
+}
+
+/* the optimizer's settings by name (the getter and setter tables hold these names) */
+static const struct { const char *name; size_t off; } optim_settings[] = {
+    {"lr", offsetof(ml_optim, lr)},       {"beta1", offsetof(ml_optim, beta1)},
+    {"beta2", offsetof(ml_optim, beta2)}, {"eps", offsetof(ml_optim, eps)},
+    {"weight_decay", offsetof(ml_optim, weight_decay)}, {"momentum", offsetof(ml_optim, momentum)}};
+
+static float *optim_field(ml_optim *o, const char *k) {
+    for (size_t i = 0; i < sizeof optim_settings / sizeof *optim_settings; i++)
+        if (!strcmp(k, optim_settings[i].name)) return (float *)((char *)o + optim_settings[i].off);
+    return &o->lr; /* unreachable: only registered names get here */
+}
+
+static int optim_get(lua_State *L) {
+    ml_experiment *e = check_optim(L);
+    lua_pushnumber(L, *optim_field(&e->opt, lua_tostring(L, 2)));
+    return 1;
+}
+
+static int optim_set(lua_State *L) {
+    ml_experiment *e = check_optim(L);
+    const char *k = lua_tostring(L, 2);
+    char key[32], field[48];
+    snprintf(key, sizeof key, "optim.%s", k);
+    snprintf(field, sizeof field, "exp.optim.%s", k);
+    *optim_field(&e->opt, k) = (float)set_setting(L, key, field);
+    return 0;
+}
+
+static int optim_name(lua_State *L) {
+    lua_pushstring(L, ml_optim_kind_name(check_optim(L)->opt.kind));
+    return 1;
+}
+
+static int optim_steps(lua_State *L) {
+    lua_pushinteger(L, check_optim(L)->opt.t);
+    return 1;
+}
+
+static int optim_groups(lua_State *L) {
+    check_optim(L);
+    lua_getiuservalue(L, 1, 1);
+    return 1;
+}
+
+static int optim_tostring(lua_State *L) {
+    ml_experiment *e = *(ml_experiment **)luaL_checkudata(L, 1, OPTIM_T);
+    lua_pushfstring(L, "optimizer %s (lr %f, %d groups)", ml_optim_kind_name(e->opt.kind), (double)e->opt.lr,
+                    e->opt.n_groups);
+    return 1;
+}
+
+static const luaL_Reg optim_getters[] = {
+    {"name", optim_name}, {"steps", optim_steps}, {"lr", optim_get}, {"beta1", optim_get}, {"beta2", optim_get},
+    {"eps", optim_get}, {"weight_decay", optim_get}, {"momentum", optim_get}, {"groups", optim_groups}, {NULL, NULL}};
+static const luaL_Reg optim_setters[] = {{"lr", optim_set},  {"beta1", optim_set},        {"beta2", optim_set},
+                                         {"eps", optim_set}, {"weight_decay", optim_set}, {"momentum", optim_set},
+                                         {NULL, NULL}};
+static const class_def optim_class = {OPTIM_T, "exp.optim", optim_getters, optim_setters, NULL, optim_tostring,
+                                      "settable: lr, beta1, beta2, eps, weight_decay, momentum", 0};
+
+/* exp.optim.groups[name] */
+typedef struct group_ud { ml_experiment *e; int g; } group_ud;
+
+static group_ud *check_group(lua_State *L) {
+    group_ud *u = luaL_checkudata(L, 1, GROUP_T);
+    guard(L);
+    return u;
+}
+
+/* Freezes or unfreezes a group (g >= 0) or the tensors a pattern matches; records a
+   "frozen" / "unfrozen" event when any tensor changed. Returns the tensors matched. */
+static int set_frozen(lua_State *L, ml_experiment *e, int g, const char *pattern, int frozen) {
+    int changed = 0, matched = ml_optim_set_frozen(&e->opt, &e->model->P, g, pattern, frozen, &changed);
+    if (!changed) return matched;
+    ml_json j;
+    ml_json_begin(&j);
+    ml_json_str(&j, g >= 0 ? "group" : "pattern", g >= 0 ? e->opt.group[g].name : pattern);
+    ml_json_int(&j, "tensors", changed);
+    int rc = ml_exp_event_json(e, frozen ? "frozen" : "unfrozen", &j);
+    ml_json_free(&j);
+    if (rc) core_error(L);
+    return matched;
+}
+
+static int group_name(lua_State *L) {
+    group_ud *u = check_group(L);
+    lua_pushstring(L, u->e->opt.group[u->g].name);
+    return 1;
+}
+static int group_match(lua_State *L) {
+    group_ud *u = check_group(L);
+    lua_pushstring(L, u->e->opt.group[u->g].match);
+    return 1;
+}
+/* the value the group's tensors are updated with (its own or the base one) */
+static int group_lr(lua_State *L) {
+    group_ud *u = check_group(L);
+    const ml_optim *o = &u->e->opt;
+    lua_pushnumber(L, isnan(o->group[u->g].lr) ? o->lr : o->group[u->g].lr);
+    return 1;
+}
+static int group_wd(lua_State *L) {
+    group_ud *u = check_group(L);
+    const ml_optim *o = &u->e->opt;
+    lua_pushnumber(L, isnan(o->group[u->g].weight_decay) ? o->weight_decay : o->group[u->g].weight_decay);
+    return 1;
+}
+static int group_frozen(lua_State *L) {
+    group_ud *u = check_group(L);
+    lua_pushboolean(L, u->e->opt.group[u->g].frozen);
+    return 1;
+}
+static int group_tensors(lua_State *L) {
+    group_ud *u = check_group(L);
+    const ml_params *P = &u->e->model->P;
+    int n = 0;
+    for (int k = 0; k < P->count; k++) n += P->t[k].group == u->g;
+    lua_pushinteger(L, n);
+    return 1;
+}
+/* lr and weight_decay: a number by optim.groups' rule, or nil to follow exp.optim's */
+static int group_set(lua_State *L) {
+    group_ud *u = check_group(L);
+    const char *k = lua_tostring(L, 2);
+    ml_optim_group *g = &u->e->opt.group[u->g];
+    float *dst = !strcmp(k, "lr") ? &g->lr : &g->weight_decay;
+    if (lua_isnil(L, 3)) {
+        *dst = NAN;
+        return 0;
+    }
+    char key[48];
+    snprintf(key, sizeof key, "optim.groups.*.%s", k);
+    *dst = (float)set_setting(L, key, lua_pushfstring(L, "exp.optim.groups.%s.%s", g->name, k));
+    return 0;
+}
+static int group_set_frozen(lua_State *L) {
+    group_ud *u = check_group(L);
+    if (lua_type(L, 3) != LUA_TBOOLEAN)
+        return set_error(L, lua_pushfstring(L, "exp.optim.groups.%s.frozen", u->e->opt.group[u->g].name),
+                         lua_pushfstring(L, "boolean expected, got %s", luaL_typename(L, 3)));
+    set_frozen(L, u->e, u->g, NULL, lua_toboolean(L, 3));
+    return 0;
+}
+static int group_tostring(lua_State *L) {
+    group_ud *u = luaL_checkudata(L, 1, GROUP_T);
+    const ml_optim_group *g = &u->e->opt.group[u->g];
+    lua_pushfstring(L, "parameter group '%s' (%s%s)", g->name, g->match, g->frozen ? ", frozen" : "");
+    return 1;
+}
+
+static const luaL_Reg group_getters[] = {{"name", group_name},     {"match", group_match},   {"lr", group_lr},
+                                         {"weight_decay", group_wd}, {"frozen", group_frozen}, {"tensors", group_tensors},
+                                         {NULL, NULL}};
+static const luaL_Reg group_setters[] = {
+    {"lr", group_set}, {"weight_decay", group_set}, {"frozen", group_set_frozen}, {NULL, NULL}};
+static const class_def group_class = {GROUP_T, "parameter group", group_getters, group_setters, NULL, group_tostring,
+                                      "settable: lr, weight_decay (nil: exp.optim's), frozen", 1};
+
+/* exp:freeze(target), exp:unfreeze(target): a group's name, else a pattern on tensor names */
+static int freeze(lua_State *L, int frozen) {
+    ml_experiment *e = check_exp(L);
+    size_t n;
+    const char *target = luaL_checklstring(L, 2, &n);
+    luaL_argcheck(L, n >= 1 && n <= ML_GLOB_MAX && strlen(target) == n, 2,
+                  "a group name or a pattern of 1..127 bytes expected");
+    int g = ml_optim_find_group(&e->opt, target);
+    if (g < 0 && ml_glob_check(target)) return luaL_argerror(L, 2, ml_error());
+    int matched = set_frozen(L, e, g, target, frozen);
+    if (g < 0 && !matched)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "no parameter group is named '%s' and no parameter tensor's "
+                                                      "name matches it (hint: exp:param_names())", target));
+    lua_pushinteger(L, matched);
+    return 1;
+}
+static int l_freeze(lua_State *L) { return freeze(L, 1); }
+static int l_unfreeze(lua_State *L) { return freeze(L, 0); }
+
+/* The optional pattern at stack index 2 (NULL: every tensor). */
+static const char *opt_pattern(lua_State *L) {
+    if (lua_isnoneornil(L, 2)) return NULL;
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    if (strlen(p) != n) luaL_argerror(L, 2, "a pattern without NUL bytes expected");
+    if (ml_glob_check(p)) luaL_argerror(L, 2, ml_error());
+    return p;
+}
+
+/* exp:param_names([pattern]) -> {name, ...} in the parameter block's order */
+static int l_param_names(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    const char *pat = opt_pattern(L);
+    const ml_params *P = &e->model->P;
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (int k = 0; k < P->count; k++) {
+        loop_check(L, k);
+        if (pat && !ml_glob_match(pat, P->t[k].name)) continue;
+        lua_pushstring(L, P->t[k].name);
+        lua_rawseti(L, -2, ++n);
+    }
+    return 1;
+}
+
+/* exp:params([pattern]) -> {{name, shape, numel, group, frozen, lr, weight_decay, step}, ...} */
+static int l_params(lua_State *L) {
+    ml_experiment *e = check_exp(L);
+    const char *pat = opt_pattern(L);
+    const ml_params *P = &e->model->P;
+    const ml_optim *o = &e->opt;
+    lua_newtable(L);
+    lua_Integer n = 0;
+    for (int k = 0; k < P->count; k++) {
+        loop_check(L, k);
+        const ml_tensor *t = &P->t[k];
+        if (pat && !ml_glob_match(pat, t->name)) continue;
+        lua_createtable(L, 0, 8);
+        lua_pushstring(L, t->name);
+        lua_setfield(L, -2, "name");
+        lua_createtable(L, t->ndim, 0);
+        for (int d = 0; d < t->ndim; d++) {
+            lua_pushinteger(L, t->shape[d]);
+            lua_rawseti(L, -2, d + 1);
+        }
+        lua_setfield(L, -2, "shape");
+        set_int(L, "numel", (lua_Integer)t->n);
+        if (t->group >= 0) {
+            lua_pushstring(L, o->group[t->group].name);
+            lua_setfield(L, -2, "group");
+        }
+        lua_pushboolean(L, t->frozen);
+        lua_setfield(L, -2, "frozen");
+        set_num(L, "lr", ml_optim_tensor_lr(o, t));
+        set_num(L, "weight_decay", ml_optim_tensor_wd(o, t));
+        set_int(L, "step", t->step);
+        lua_rawseti(L, -2, ++n);
+    }
+    return 1;
+}
+
 /* ----------------------------------------------------------------- schedule */
 
 static int l_decide(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
-    guard(L);
     guard(L);
     ml_experiment *e = *p;
     int add[64];
@@ -778,16 +1303,16 @@ static int l_decide(lua_State *L) {
     return 1;
 }
 
-static int sched_index(lua_State *L) {
+static int sched_name(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
     guard(L);
-    guard(L);
-    const char *k = luaL_checkstring(L, 2);
-    if (strcmp(k, "decide") == 0) lua_pushcfunction(L, l_decide);
-    else if (strcmp(k, "name") == 0) lua_pushstring(L, (*p)->sched.plugin->name);
-    else return luaL_error(L, "schedule has no field '%s' (fields: name, decide)", k);
+    lua_pushstring(L, (*p)->sched.plugin->name);
     return 1;
 }
+
+static const luaL_Reg sched_getters[] = {{"name", sched_name}, {NULL, NULL}};
+static const luaL_Reg sched_methods[] = {{"decide", l_decide}, {NULL, NULL}};
+static const class_def sched_class = {SCHED_T, "schedule", sched_getters, NULL, sched_methods, NULL, NULL, 0};
 
 /* ------------------------------------------------------------------ moelab */
 
@@ -1297,24 +1822,6 @@ static void sandbox(lua_State *L) {
 
 /* ------------------------------------------------------------------ setup */
 
-static void new_type(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex,
-                     lua_CFunction tostring) {
-    luaL_newmetatable(L, name);
-    lua_pushcfunction(L, index);
-    lua_setfield(L, -2, "__index");
-    if (newindex) {
-        lua_pushcfunction(L, newindex);
-        lua_setfield(L, -2, "__newindex");
-    }
-    if (tostring) {
-        lua_pushcfunction(L, tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pushstring(L, name); /* getmetatable() gives the name, not the table */
-    lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 1);
-}
-
 static int push_exp(lua_State *L, ml_experiment *e) {
     ml_experiment **p = lua_newuserdatauv(L, sizeof *p, 1);
     *p = e;
@@ -1324,10 +1831,14 @@ static int push_exp(lua_State *L, ml_experiment *e) {
     lua_setfield(L, -2, "config");
     lua_createtable(L, e->model->L, 0);
     for (int l = 0; l < e->model->L; l++) {
-        moe_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+        moe_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
         u->e = e;
         u->layer = l;
         luaL_setmetatable(L, MOE_T);
+        moe_ud *r = lua_newuserdatauv(L, sizeof *r, 0); /* its router */
+        *r = *u;
+        luaL_setmetatable(L, ROUTER_T);
+        lua_setiuservalue(L, -2, 1);
         lua_rawseti(L, -2, l + 1);
     }
     lua_setfield(L, -2, "moe");
@@ -1344,6 +1855,19 @@ static int push_exp(lua_State *L, ml_experiment *e) {
     *s = e;
     luaL_setmetatable(L, SCHED_T);
     lua_setfield(L, -2, "schedule");
+    ml_experiment **o = lua_newuserdatauv(L, sizeof *o, 1);
+    *o = e;
+    luaL_setmetatable(L, OPTIM_T);
+    lua_createtable(L, 0, e->opt.n_groups); /* exp.optim.groups */
+    for (int g = 0; g < e->opt.n_groups; g++) {
+        group_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+        u->e = e;
+        u->g = g;
+        luaL_setmetatable(L, GROUP_T);
+        lua_setfield(L, -2, e->opt.group[g].name);
+    }
+    lua_setiuservalue(L, -2, 1);
+    lua_setfield(L, -2, "optim");
     int rc = state_init(L, e);
     lua_setfield(L, -2, "state");
     lua_setiuservalue(L, -2, 1);
@@ -1396,14 +1920,19 @@ ml_lua *ml_lua_new(ml_experiment *e, const char *lib_dir) {
     lua_pushcfunction(L, ro_pairs);
     lua_setfield(L, -2, "__pairs");
     lua_pop(L, 1);
-    new_type(L, EXP_T, exp_index, exp_newindex, exp_tostring);
-    luaL_getmetatable(L, EXP_T);
-    luaL_newlib(L, exp_methods);
-    lua_setfield(L, -2, "methods");
+    luaL_newmetatable(L, HEALTH_T);
+    lua_pushcfunction(L, health_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, health_close);
+    lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
-    new_type(L, MOE_T, moe_index, NULL, moe_tostring);
-    new_type(L, LOSS_T, loss_index, loss_newindex, loss_tostring);
-    new_type(L, SCHED_T, sched_index, NULL, NULL);
+    static const class_def *const classes[] = {&exp_class, &moe_class,   &loss_class,  &sched_class,
+                                               &optim_class, &group_class, &router_class};
+    for (size_t i = 0; i < sizeof classes / sizeof *classes; i++) new_class(L, classes[i]);
+    luaL_getmetatable(L, ROUTER_T);
+    lua_pushcfunction(L, router_concat);
+    lua_setfield(L, -2, "__concat");
+    lua_pop(L, 1);
     /* moelab.* */
     lua_newtable(L);
     lua_pushcfunction(L, l_warn);

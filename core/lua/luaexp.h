@@ -17,9 +17,14 @@
  * and every exp call raises it at once (an interrupt gets 1 s of grace in plain Lua code, so
  * the script normally stops at its next exp call).
  *
+ * The exp API's types (exp, exp.moe[i], its router, exp.losses[name], exp.schedule,
+ * exp.optim and its groups) are built as lauxlib builds its own: a metatable each, with
+ * luaL_Reg tables of methods, field getters and field setters (docs/lua-api.md).
+ *
  * Errors: the binding is the only place a core status becomes a Lua error (luaL_error
- * after releasing what it holds); a script error ends the run with "file.lua:LINE: msg"
- * and a traceback in ml_error().
+ * after releasing what it holds: no C buffer lives across a Lua error, a memory error
+ * included); a script error ends the run with "file.lua:LINE: msg" and a traceback in
+ * ml_error().
  *
  * Ownership: ml_lua_new returns an owned state (ml_lua_free); the experiment is borrowed.
  */

@@ -1,39 +1,144 @@
-/* optim.c — SGD and Adam over the contiguous parameter block. */
+/* optim.c — SGD, Adam and AdamW over the parameter block, tensor by tensor. */
 #include "nn/optim.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/glob.h"
+
+static const char *const kind_names[] = {"adam", "sgd", "adamw"};
+
+int ml_optim_kind_from_name(const char *name) {
+    for (int k = 0; k < 3; k++)
+        if (!strcmp(name, kind_names[k])) return k;
+    return -1;
+}
+
+const char *ml_optim_kind_name(ml_optim_kind kind) {
+    return (int)kind >= 0 && (int)kind < 3 ? kind_names[kind] : "?";
+}
+
+int ml_optim_find_group(const ml_optim *o, const char *name) {
+    for (int g = 0; g < o->n_groups; g++)
+        if (!strcmp(o->group[g].name, name)) return g;
+    return -1;
+}
+
+int ml_optim_add_group(ml_optim *o, const char *name, const char *match, float lr, float weight_decay, int frozen) {
+    size_t n = strlen(name);
+    int ok = n >= 1 && n < ML_OPTIM_GROUP_NAME_MAX;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+             (name[i] >= '0' && name[i] <= '9') || name[i] == '_' || name[i] == '-';
+    if (!ok) return ml_errorf("group name '%s': expected 1..%d letters, digits, '_' or '-'", name, ML_OPTIM_GROUP_NAME_MAX - 1);
+    if (ml_optim_find_group(o, name) >= 0) return ml_errorf("group '%s' is defined twice", name);
+    if (o->n_groups == ML_OPTIM_MAX_GROUPS) return ml_errorf("at most %d parameter groups", ML_OPTIM_MAX_GROUPS);
+    if (ml_glob_check(match)) return ml_error_prefix("group '%s': match", name);
+    ml_optim_group *g = &o->group[o->n_groups++];
+    memset(g, 0, sizeof *g);
+    snprintf(g->name, sizeof g->name, "%s", name);
+    snprintf(g->match, sizeof g->match, "%s", match);
+    g->lr = lr;
+    g->weight_decay = weight_decay;
+    g->frozen = frozen;
+    return ML_OK;
+}
+
+void ml_optim_place(const ml_optim *o, ml_params *p) {
+    for (int k = 0; k < p->count; k++) {
+        ml_tensor *t = &p->t[k];
+        if (t->placed) continue;
+        t->placed = 1;
+        t->group = -1;
+        for (int g = 0; g < o->n_groups && t->group < 0; g++)
+            if (ml_glob_match(o->group[g].match, t->name)) t->group = (int16_t)g;
+        t->frozen = t->group >= 0 && o->group[t->group].frozen;
+    }
+}
+
+int ml_optim_set_frozen(ml_optim *o, ml_params *p, int g, const char *pattern, int frozen, int *changed) {
+    int matched = 0, moved = 0;
+    frozen = !!frozen;
+    if (g >= 0) o->group[g].frozen = frozen;
+    for (int k = 0; k < p->count; k++) {
+        ml_tensor *t = &p->t[k];
+        if (g >= 0 ? t->group != g : !ml_glob_match(pattern, t->name)) continue;
+        matched++;
+        moved += t->frozen != frozen;
+        t->frozen = (uint8_t)frozen;
+    }
+    if (changed) *changed = moved;
+    return matched;
+}
+
+float ml_optim_tensor_lr(const ml_optim *o, const ml_tensor *t) {
+    float v = t->group >= 0 && t->group < o->n_groups ? o->group[t->group].lr : NAN;
+    return isnan(v) ? o->lr : v;
+}
+
+float ml_optim_tensor_wd(const ml_optim *o, const ml_tensor *t) {
+    float v = t->group >= 0 && t->group < o->n_groups ? o->group[t->group].weight_decay : NAN;
+    return isnan(v) ? o->weight_decay : v;
+}
+
+/* The element loops. Each runs over one tensor (n floats); the per-element arithmetic is
+   the same expression for every tensor, so a run without groups updates bit for bit as the
+   single loop over the block did. */
+
+static void sgd_span(float *w, const float *g, float *m, size_t n, float lr, float wd, float mu) {
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] + wd * w[i];
+        if (mu > 0) {
+            m[i] = mu * m[i] + gi;
+            gi = m[i];
+        }
+        w[i] -= lr * gi;
+    }
+}
+
+/* Adam, decay as L2: g + wd*w */
+static void adam_span(float *w, const float *g, float *m, float *v, size_t n, float b1, float b2, float eps,
+                      float step, float rc2, float wd) {
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] + wd * w[i];
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        w[i] -= step * m[i] / (sqrtf(v[i]) * rc2 + eps);
+    }
+}
+
+/* AdamW: w*(1 - lr*wd) first (torch's p.mul_(1 - lr * weight_decay)), then Adam on g */
+static void adamw_span(float *w, const float *g, float *m, float *v, size_t n, float b1, float b2, float eps,
+                       float step, float rc2, float decay) {
+    #pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i], wi = w[i] * decay;
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        w[i] = wi - step * m[i] / (sqrtf(v[i]) * rc2 + eps);
+    }
+}
 
 void ml_optim_step(ml_optim *o, ml_params *p) {
-    float *w = p->data, *g = p->grad, *m = p->m, *v = p->v;
-    const float wd = o->weight_decay, lr = o->lr;
     o->t++;
-    if (o->kind == ML_OPTIM_SGD) {
-        const float mu = o->momentum;
-        for (size_t i = 0; i < p->total; i++) {
-            float gi = g[i] + wd * w[i];
-            if (mu > 0) {
-                m[i] = mu * m[i] + gi;
-                gi = m[i];
-            }
-            w[i] -= lr * gi;
-        }
-        return;
-    }
     const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
     for (int k = 0; k < p->count; k++) {
         ml_tensor *t = &p->t[k];
+        if (t->frozen) continue;
+        const float lr = ml_optim_tensor_lr(o, t), wd = ml_optim_tensor_wd(o, t);
+        float *tw = p->data + t->off, *tg = p->grad + t->off, *tm = p->m + t->off, *tv = p->v + t->off;
+        if (o->kind == ML_OPTIM_SGD) {
+            sgd_span(tw, tg, tm, t->n, lr, wd, o->momentum);
+            continue;
+        }
         t->step++;
         const float c1 = 1.0f - (float)pow(b1, (double)t->step);
         const float c2 = 1.0f - (float)pow(b2, (double)t->step);
         const float step = lr / c1, rc2 = 1.0f / sqrtf(c2);
-        float *tw = w + t->off, *tg = g + t->off, *tm = m + t->off, *tv = v + t->off;
-        const size_t tn = t->n;
-        #pragma omp parallel for schedule(static) if (tn > 65536)
-        for (size_t i = 0; i < tn; i++) {
-            float gi = tg[i] + wd * tw[i];
-            tm[i] = b1 * tm[i] + (1.0f - b1) * gi;
-            tv[i] = b2 * tv[i] + (1.0f - b2) * gi * gi;
-            tw[i] -= step * tm[i] / (sqrtf(tv[i]) * rc2 + eps);
-        }
+        if (o->kind == ML_OPTIM_ADAMW) adamw_span(tw, tg, tm, tv, t->n, b1, b2, eps, step, rc2, 1.0f - lr * wd);
+        else adam_span(tw, tg, tm, tv, t->n, b1, b2, eps, step, rc2, wd);
     }
 }

@@ -57,6 +57,7 @@ int ml_params_declare(ml_params *p, const char *name, int ndim, const int *shape
     t->init = init;
     t->init_value = init_value;
     t->fan_in = fan_in;
+    t->group = -1;
     return p->count++;
 }
 

@@ -35,6 +35,10 @@ typedef struct ml_tensor {
     int fan_in;
     size_t committed;  /* elements holding values from an earlier commit */
     int64_t step;      /* optimizer steps this tensor has taken (Adam bias correction, as torch keeps per parameter) */
+    /* set by the optimizer (nn/optim.h) */
+    int16_t group;     /* its parameter group, -1: the base settings */
+    uint8_t frozen;    /* 1: the optimizer leaves it exactly as it is */
+    uint8_t placed;    /* ml_optim_place has given it its group */
 } ml_tensor;
 
 typedef struct ml_params {

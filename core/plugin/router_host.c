@@ -448,6 +448,7 @@ int ml_router_inst_set_options(ml_router_inst *ri, const ml_optval *opt) {
     free(ri->opt_packed);
     ri->opt_packed = packed;
     memcpy(ri->opt, opt, (size_t)p->num_options * sizeof *opt);
+    ri->valid = 0; /* a backward of the last forward would mix the old options with the new */
     return ML_OK;
 }
 

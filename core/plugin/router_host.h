@@ -100,7 +100,8 @@ int ml_router_inst_grow_finish(ml_router_inst *ri, int old_n);
  * Changes options at run time: opt holds every option's new value (validated by the
  * caller with ml_option_parse). Only options the plugin flags ML_OPTF_RUNTIME may differ,
  * and only a plugin built against ABI 1.1 or later is asked; it may refuse. On any error
- * nothing changes.
+ * nothing changes. A change drops the last forward (backward then refuses until the next
+ * forward): its backward would mix the old options with the new.
  */
 int ml_router_inst_set_options(ml_router_inst *ri, const ml_optval *opt);
 

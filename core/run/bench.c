@@ -101,7 +101,7 @@ int ml_bench_main(int argc, char **argv) {
         ml_model_free(m);
         return ML_EXIT_RUNTIME;
     }
-    ml_optim opt = {ML_OPTIM_ADAM, 1e-3f, 0.9f, 0.999f, 1e-8f, 0, 0, 0};
+    ml_optim opt = {.kind = ML_OPTIM_ADAM, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
     size_t n = (size_t)o.B * o.C * o.H * o.W;
     float *x = ml_alloc_floats(n);
     int32_t *ids = ml_calloc((size_t)o.B, sizeof(int32_t));

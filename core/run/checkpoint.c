@@ -13,7 +13,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/scalar.h"
 #include "io/safetensors.h"
+#include "plugin/options.h"
 
 #define CK_MAX_LAYERS 64
 #define CK_MAX_EXPERTS ML_MOE_MAX_EXPERTS
@@ -162,6 +164,78 @@ static long saved_event_bytes(const ml_experiment *e, const char *tag) {
     return n;
 }
 
+/*
+ * What a script may change while the run goes, which --resume sets again (a format-3 file
+ * without these keys resumes with the config's values, which nothing could change then):
+ *   run.optim    exp.optim's settings, "lr=<%a>,beta1=...,beta2=...,eps=...,weight_decay=...,momentum=..."
+ *   run.groups   each parameter group's settings, {"<name>":{"lr":"<%a>"|null,"weight_decay":...,
+ *                "frozen":true|false},...} in config order (null: follows run.optim)
+ *   run.frozen   the frozen tensors' names, ';'-separated ("" for none)
+ *   run.router<l>  layer l's router options, "name=value;..." as YAML text
+ */
+static const char *const optim_keys[6] = {"lr", "beta1", "beta2", "eps", "weight_decay", "momentum"};
+
+static void optim_values(const ml_optim *o, double *v) {
+    const float f[6] = {o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->momentum};
+    for (int i = 0; i < 6; i++) v[i] = f[i];
+}
+
+static void hex_or_null(ml_json *j, const char *key, float v) {
+    char num[64];
+    snprintf(num, sizeof num, "%a", (double)v);
+    if (isnan(v)) ml_json_raw(j, key, "null");
+    else ml_json_str(j, key, num);
+}
+
+static int script_settings_meta(const ml_experiment *e, meta *md) {
+    const ml_optim *o = &e->opt;
+    double v[6];
+    optim_values(o, v);
+    meta_add(md, "run.optim", "lr=%a,beta1=%a,beta2=%a,eps=%a,weight_decay=%a,momentum=%a", v[0], v[1], v[2], v[3],
+             v[4], v[5]);
+    ml_json j;
+    ml_json_begin(&j);
+    for (int g = 0; g < o->n_groups; g++) {
+        ml_json one;
+        ml_json_begin(&one);
+        hex_or_null(&one, "lr", o->group[g].lr);
+        hex_or_null(&one, "weight_decay", o->group[g].weight_decay);
+        ml_json_raw(&one, "frozen", o->group[g].frozen ? "true" : "false");
+        const char *t = ml_json_end(&one);
+        ml_json_raw(&j, o->group[g].name, t ? t : "");
+        ml_json_free(&one);
+    }
+    const char *gt = ml_json_end(&j);
+    if (gt) meta_add(md, "run.groups", "%s", gt);
+    ml_json_free(&j);
+    if (!gt) return ML_ERR;
+    const ml_params *P = &e->model->P;
+    ml_strbuf fz = {0};
+    for (int k = 0; k < P->count; k++)
+        if (P->t[k].frozen) {
+            if (fz.len) ml_strbuf_put(&fz, ";", 1);
+            ml_strbuf_puts(&fz, P->t[k].name);
+        }
+    if (fz.oom) return ml_errorf("out of memory");
+    meta_add(md, "run.frozen", "%s", fz.buf ? fz.buf : "");
+    free(fz.buf);
+    for (int l = 0; l < e->model->L; l++) {
+        const ml_router_inst *ri = &e->model->moe[l]->router;
+        ml_strbuf rb = {0};
+        for (int i = 0; i < ri->plugin->num_options; i++) {
+            char val[128];
+            ml_option_format(&ri->plugin->options[i], &ri->opt[i], val, sizeof val);
+            ml_strbuf_printf(&rb, "%s%s=%s", i ? ";" : "", ri->plugin->options[i].name, val);
+        }
+        if (rb.oom) return ml_errorf("out of memory");
+        char key[32];
+        snprintf(key, sizeof key, "run.router%d", l + 1);
+        meta_add(md, key, "%s", rb.buf ? rb.buf : "");
+        free(rb.buf);
+    }
+    return ML_OK;
+}
+
 static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     ml_model *m = e->model;
     char buf[128];
@@ -263,6 +337,7 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     if (e->state_save && e->state_save(e->state_ctx, &state)) return ML_ERR;
     meta_add(md, "run.script_state", "%s", state ? state : "null");
     free(state);
+    if (script_settings_meta(e, md)) return ML_ERR;
     if (md->oom) return ml_errorf("out of memory");
     return ML_OK;
 }
@@ -355,6 +430,14 @@ typedef struct ck {
     double clock[2];
     const char *state;
     int v2;          /* format version 2: layers numbered from 0 in names ("moe0.") */
+    /* what scripts change (absent from older format-3 files: NULL / 0) */
+    int has_optim;
+    double optim[6];            /* run.optim, in optim_keys order */
+    int has_groups;
+    float glr[ML_OPTIM_MAX_GROUPS], gwd[ML_OPTIM_MAX_GROUPS]; /* NAN: follows run.optim */
+    int gfrozen[ML_OPTIM_MAX_GROUPS];
+    const char *frozen;         /* run.frozen */
+    const char *router[CK_MAX_LAYERS]; /* run.router<l> */
 } ck;
 
 /*
@@ -587,6 +670,8 @@ static int parse_model_meta(ml_experiment *e, ck *c, int strict_hash) {
     return ML_OK;
 }
 
+static int parse_script_settings(ml_experiment *e, ck *c);
+
 /* Run-level metadata: what --resume needs on top. */
 static int parse_run_meta(ml_experiment *e, ck *c) {
     int L = c->L;
@@ -657,6 +742,198 @@ static int parse_run_meta(ml_experiment *e, ck *c) {
         if (!ok) return ml_errorf("%s: metadata 'run.script_state' is not a JSON object (exp.state)", c->path);
     }
     c->state = s;
+    return parse_script_settings(e, c);
+}
+
+/* A value of a script setting, checked by the rule of its config key. */
+static int setting_ok(const char *key, double v) {
+    ml_scalar_spec sp;
+    char text[48];
+    if (!isfinite(v) || ml_config_key_spec(key, &sp)) return 0;
+    ml_scalar_fmt_num(v, text, sizeof text);
+    return ml_scalar_check(&sp, text, 0, NULL, NULL, 0) == ML_SC_OK;
+}
+
+static int parse_optim(ck *c, const char *v) {
+    const char *p = v;
+    for (int i = 0; i < 6; i++) {
+        size_t kl = strlen(optim_keys[i]);
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char key[32];
+        snprintf(key, sizeof key, "optim.%s", optim_keys[i]);
+        if (len <= kl + 1 || strncmp(p, optim_keys[i], kl) != 0 || p[kl] != '=' ||
+            !parse_double(p + kl + 1, len - kl - 1, &c->optim[i]) || !setting_ok(key, c->optim[i]) ||
+            (i < 5) != (end != NULL))
+            return bad_value(c, "run.optim", v, "lr=,beta1=,beta2=,eps=,weight_decay=,momentum= within the optim.* ranges");
+        p = end ? end + 1 : p + len;
+    }
+    c->has_optim = 1;
+    return ML_OK;
+}
+
+/* "lr" or "weight_decay" of one group: a number (hex, as a string) in the key's range, or null */
+static int group_value(const ml_jv *g, const char *k, float *out) {
+    const ml_jv *x = ml_jv_get(g, k);
+    char key[48];
+    snprintf(key, sizeof key, "optim.groups.*.%s", k);
+    double d;
+    if (x && x->type == ML_JV_NULL) *out = NAN;
+    else if (x && x->type == ML_JV_STR && parse_double(x->str, strlen(x->str), &d) && setting_ok(key, d)) *out = (float)d;
+    else return 0;
+    return 1;
+}
+
+static int parse_groups(const ml_experiment *e, ck *c, const char *v) {
+    const ml_optim *o = &e->opt;
+    ml_jv *j = ml_jv_parse(v, strlen(v));
+    int ok = j && j->type == ML_JV_OBJ && j->n == o->n_groups;
+    for (int g = 0; ok && g < j->n; g++) {
+        const ml_jv *x = &j->items[g], *fz = ml_jv_get(x, "frozen");
+        ok = !strcmp(j->keys[g], o->group[g].name) && x->type == ML_JV_OBJ && x->n == 3 && fz && fz->type == ML_JV_BOOL &&
+             group_value(x, "lr", &c->glr[g]) && group_value(x, "weight_decay", &c->gwd[g]);
+        if (ok) c->gfrozen[g] = fz->boolean;
+    }
+    ml_jv_free(j);
+    if (!ok)
+        return ml_errorf("%s: metadata 'run.groups' does not hold the config's %d parameter groups (in config order: "
+                         "{\"name\": {\"lr\", \"weight_decay\", \"frozen\"}}, values in their ranges)", c->path, o->n_groups);
+    c->has_groups = 1;
+    return ML_OK;
+}
+
+/* A name in run.frozen: a parameter of the model, or of an expert the checkpoint's growth adds. */
+static int frozen_name_ok(const ml_experiment *e, const ck *c, const char *name) {
+    const ml_model *m = e->model;
+    if (ml_params_find(&m->P, name) >= 0) return 1;
+    int l, k, n = 0;
+    if (sscanf(name, "moe%d.expert%d.%n", &l, &k, &n) != 2 || n == 0 || --l < 0 || l >= m->L || k < m->moe[l]->N ||
+        k >= c->want[l])
+        return 0;
+    const char *part = name + n;
+    return !strcmp(part, "w1") || !strcmp(part, "b1") || !strcmp(part, "w2") || !strcmp(part, "b2");
+}
+
+/* Calls fn(ctx, name) for each name of the ';'-separated list v (names < ML_TENSOR_NAME_MAX
+   bytes); stops at the first that returns 0 and returns 0 then, with the name in bad. */
+static int each_name(const char *v, int (*fn)(void *ctx, const char *name), void *ctx, char *bad, size_t cap) {
+    for (const char *p = v; *p;) {
+        const char *end = strchr(p, ';');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        char nm[ML_TENSOR_NAME_MAX];
+        snprintf(bad, cap, "%.*s", (int)(len < 60 ? len : 60), p);
+        if (len == 0 || len >= sizeof nm) return 0;
+        memcpy(nm, p, len);
+        nm[len] = 0;
+        if (!fn(ctx, nm)) return 0;
+        if (!end) break;
+        p = end + 1;
+        if (!*p) {
+            snprintf(bad, cap, "%s", ""); /* a trailing ';' */
+            return 0;
+        }
+    }
+    return 1;
+}
+
+typedef struct frozen_ctx { const ml_experiment *e; const ck *c; ml_params *P; } frozen_ctx;
+
+static int frozen_check(void *ctx, const char *name) {
+    frozen_ctx *f = ctx;
+    return frozen_name_ok(f->e, f->c, name);
+}
+
+static int frozen_set(void *ctx, const char *name) {
+    frozen_ctx *f = ctx;
+    int h = ml_params_find(f->P, name);
+    if (h >= 0) f->P->t[h].frozen = 1;
+    return h >= 0;
+}
+
+/* run.router<l> into out, from the layer's options (the config's when the checkpoint is
+   read): every name an option of the plugin, every value valid, and only options the
+   plugin flags ML_OPTF_RUNTIME different from the config's. */
+static int parse_router_opts(const ml_router_inst *ri, const ck *c, const char *key, const char *v, ml_optval *out) {
+    const ml_plugin *p = ri->plugin;
+    memcpy(out, ri->opt, (size_t)p->num_options * sizeof *out);
+    for (const char *q = v; *q;) {
+        const char *end = strchr(q, ';');
+        size_t len = end ? (size_t)(end - q) : strlen(q);
+        const char *eq = memchr(q, '=', len);
+        char name[128], val[128], b[64];
+        if (!eq || eq == q || (size_t)(eq - q) >= sizeof name || len - (size_t)(eq - q) - 1 >= sizeof val)
+            return bad_value(c, key, v, "'option=value' pairs separated by ';'");
+        snprintf(name, sizeof name, "%.*s", (int)(eq - q), q);
+        snprintf(val, sizeof val, "%.*s", (int)(len - (size_t)(eq - q) - 1), eq + 1);
+        int o = ml_option_find(p, name);
+        if (o < 0)
+            return ml_errorf("%s: metadata '%s': router '%s' has no option '%s'", c->path, key, p->name, shown(name, b, sizeof b));
+        ml_optval x;
+        if (ml_option_parse(&p->options[o], val, 0, &x))
+            return ml_error_prefix("%s: metadata '%s': option '%s'", c->path, key, name);
+        int differs = x.i != ri->opt[o].i || !(x.f == ri->opt[o].f || (isnan(x.f) && isnan(ri->opt[o].f)));
+        if (differs && !(p->options[o].flags & ML_OPTF_RUNTIME))
+            return ml_errorf("%s: metadata '%s': option '%s' is %s, not the config's value, and router '%s' cannot "
+                             "change it while it runs", c->path, key, name, shown(val, b, sizeof b), p->name);
+        out[o] = x;
+        if (!end) break;
+        q = end + 1;
+    }
+    return ML_OK;
+}
+
+/* The keys of what scripts change; each is optional (format-3 files before them). */
+static int parse_script_settings(ml_experiment *e, ck *c) {
+    const char *v;
+    if ((v = ml_st_meta(c->f, "run.optim")) && parse_optim(c, v)) return ML_ERR;
+    if ((v = ml_st_meta(c->f, "run.groups")) && parse_groups(e, c, v)) return ML_ERR;
+    if ((v = ml_st_meta(c->f, "run.frozen"))) {
+        char bad[64], b[64];
+        frozen_ctx f = {e, c, NULL};
+        if (!each_name(v, frozen_check, &f, bad, sizeof bad))
+            return ml_errorf("%s: metadata 'run.frozen' names tensor '%s', which the model does not have (or is not "
+                             "a ';'-separated list of names)", c->path, shown(bad, b, sizeof b));
+        c->frozen = v;
+    }
+    for (int l = 0; l < c->L; l++) {
+        char key[32];
+        snprintf(key, sizeof key, "run.router%d", l + 1);
+        if (!(v = ml_st_meta(c->f, key))) continue;
+        ml_optval opt[ML_MAX_OPTIONS];
+        if (parse_router_opts(&e->model->moe[l]->router, c, key, v, opt)) return ML_ERR;
+        c->router[l] = v;
+    }
+    return ML_OK;
+}
+
+/* Sets again what the script had set (after growth: every frozen name is a tensor). */
+static int apply_script_settings(ml_experiment *e, const ck *c) {
+    ml_optim *o = &e->opt;
+    if (c->has_optim) {
+        float *dst[6] = {&o->lr, &o->beta1, &o->beta2, &o->eps, &o->weight_decay, &o->momentum};
+        for (int i = 0; i < 6; i++) *dst[i] = (float)c->optim[i];
+    }
+    for (int g = 0; c->has_groups && g < o->n_groups; g++) {
+        o->group[g].lr = c->glr[g];
+        o->group[g].weight_decay = c->gwd[g];
+        o->group[g].frozen = c->gfrozen[g];
+    }
+    if (c->frozen) {
+        ml_params *P = &e->model->P;
+        for (int k = 0; k < P->count; k++) P->t[k].frozen = 0;
+        char bad[64];
+        frozen_ctx f = {e, c, P};
+        if (!each_name(c->frozen, frozen_set, &f, bad, sizeof bad))
+            return ml_errorf("%s: metadata 'run.frozen' names tensor '%s', which the model does not have", c->path, bad);
+    }
+    for (int l = 0; l < e->model->L; l++) {
+        if (!c->router[l]) continue;
+        char key[32];
+        snprintf(key, sizeof key, "run.router%d", l + 1);
+        ml_optval opt[ML_MAX_OPTIONS];
+        ml_router_inst *ri = &e->model->moe[l]->router;
+        if (parse_router_opts(ri, c, key, c->router[l], opt) || ml_router_inst_set_options(ri, opt)) return ML_ERR;
+    }
     return ML_OK;
 }
 
@@ -947,7 +1224,7 @@ static int ck_apply_run(ml_experiment *e, ck *c) {
     free(e->script_state);
     e->script_state = strcmp(c->state, "null") != 0 ? ml_strdup(c->state) : NULL;
     if (strcmp(c->state, "null") != 0 && !e->script_state) return ML_ERR;
-    return ML_OK;
+    return apply_script_settings(e, c);
 }
 
 static int file_exists(const char *path) {

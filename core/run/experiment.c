@@ -135,6 +135,44 @@ static int build_model(ml_experiment *e) {
     return ML_OK;
 }
 
+/* The optimizer and its parameter groups (optim.groups), each tensor placed in its group. */
+static int build_optim(ml_experiment *e) {
+    const ml_config *c = e->cfg;
+    int kind = ml_optim_kind_from_name(ml_config_str(c, "optim.name", "adam"));
+    e->opt = (ml_optim){
+        .kind = kind < 0 ? ML_OPTIM_ADAM : (ml_optim_kind)kind,
+        .lr = (float)ml_config_float(c, "optim.lr", 1e-3),
+        .beta1 = (float)ml_config_float(c, "optim.beta1", 0.9),
+        .beta2 = (float)ml_config_float(c, "optim.beta2", 0.999),
+        .eps = (float)ml_config_float(c, "optim.eps", 1e-8),
+        .weight_decay = (float)ml_config_float(c, "optim.weight_decay", 0),
+        .momentum = (float)ml_config_float(c, "optim.momentum", 0),
+    };
+    int n = ml_config_len(c, "optim.groups");
+    for (int g = 0; g < n; g++) {
+        char key[32], name[64], match[64], lr[64], wd[64], frozen[64];
+        snprintf(key, sizeof key, "optim.groups.%d", g);
+        snprintf(name, sizeof name, "%s.name", key);
+        snprintf(match, sizeof match, "%s.match", key);
+        snprintf(lr, sizeof lr, "%s.lr", key);
+        snprintf(wd, sizeof wd, "%s.weight_decay", key);
+        snprintf(frozen, sizeof frozen, "%s.frozen", key);
+        if (ml_optim_add_group(&e->opt, ml_config_str(c, name, ""), ml_config_str(c, match, ""),
+                               (float)ml_config_float(c, lr, NAN), (float)ml_config_float(c, wd, NAN),
+                               ml_config_bool(c, frozen, 0)))
+            return ml_error_prefix("%s: optim.groups.%d", ml_config_path(c), g);
+    }
+    ml_optim_place(&e->opt, &e->model->P);
+    for (int g = 0; g < n; g++) { /* most likely a typo; experts added later may still match */
+        int members = 0;
+        for (int k = 0; k < e->model->P.count; k++) members += e->model->P.t[k].group == g;
+        if (!members)
+            ml_log(ML_LOG_WARN, "optim.groups.%d '%s': pattern '%s' matches no parameter tensor (yet)", g,
+                   e->opt.group[g].name, e->opt.group[g].match);
+    }
+    return ML_OK;
+}
+
 static void set_threads(int n) {
     if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) n = 1;
@@ -198,16 +236,7 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     if (ml_data_load(&dc, &e->train, &e->val)) { ml_error_prefix("data"); goto fail; }
     if (e->train.n < 1) { ml_errorf("data: the training split is empty (check data.train_images / data.val_images)"); goto fail; }
     if (build_model(e) || build_losses(e)) goto fail;
-    const char *on = ml_config_str(e->cfg, "optim.name", "adam");
-    e->opt = (ml_optim){
-        .kind = strcmp(on, "sgd") == 0 ? ML_OPTIM_SGD : ML_OPTIM_ADAM,
-        .lr = (float)ml_config_float(e->cfg, "optim.lr", 1e-3),
-        .beta1 = (float)ml_config_float(e->cfg, "optim.beta1", 0.9),
-        .beta2 = (float)ml_config_float(e->cfg, "optim.beta2", 0.999),
-        .eps = (float)ml_config_float(e->cfg, "optim.eps", 1e-8),
-        .weight_decay = (float)ml_config_float(e->cfg, "optim.weight_decay", 0),
-        .momentum = (float)ml_config_float(e->cfg, "optim.momentum", 0),
-    };
+    if (build_optim(e)) goto fail;
     e->hcfg = (ml_health_cfg){ml_config_float(e->cfg, "health.active_threshold", 0.1),
                               ml_config_float(e->cfg, "health.collapse_active_fraction", 0.5),
                               ml_config_float(e->cfg, "health.collapse_entropy", 0.5),
@@ -620,6 +649,7 @@ int ml_exp_grow_layer(ml_experiment *e, int layer, int n) {
     for (int i = 0; i < e->n_losses; i++)
         if (ml_loss_inst_grow_declare(&e->loss[i].inst[layer], old + n)) return ML_ERR;
     if (ml_model_grow_end(m, layer, old)) return ML_ERR;
+    ml_optim_place(&e->opt, &m->P); /* the new experts join the groups their names match */
     if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
         return ML_ERR;
     if (e->last_acc && e->last_acc[layer] && ml_health_acc_resize(e->last_acc[layer], m->moe[layer]->N)) return ML_ERR;
@@ -701,6 +731,49 @@ int ml_exp_schedule_decide(ml_experiment *e, int *add) {
     if (rc == ML_OK) rc = ml_schedule_inst_decide(&e->sched, &p, add);
     for (int k = 0; h && k < 2 * L; k++) ml_health_free(&h[k]);
     free(ne), free(h), free(lh), free(ph);
+    return rc;
+}
+
+/* An option value as JSON: integers, numbers, true/false, enum choices as strings. */
+static void option_json(ml_json *j, const ml_option *o, const ml_optval *v) {
+    switch (o->type) {
+    case ML_OPT_INT: ml_json_int(j, o->name, v->i); break;
+    case ML_OPT_FLOAT: ml_json_num(j, o->name, v->f); break;
+    case ML_OPT_BOOL: ml_json_raw(j, o->name, v->i ? "true" : "false"); break;
+    default: ml_json_str(j, o->name, v->s); break;
+    }
+}
+
+int ml_exp_set_router_options(ml_experiment *e, int layer, const ml_optval *opt) {
+    if (layer < 0 || layer >= e->model->L) return ml_errorf("router options: layer %d does not exist", layer + 1);
+    ml_router_inst *ri = &e->model->moe[layer]->router;
+    const ml_plugin *p = ri->plugin;
+    ml_optval old[ML_MAX_OPTIONS];
+    memcpy(old, ri->opt, (size_t)p->num_options * sizeof *old);
+    if (ml_router_inst_set_options(ri, opt)) return ML_ERR;
+    ml_json now, was, j;
+    ml_json_begin(&now);
+    ml_json_begin(&was);
+    int changed = 0;
+    for (int i = 0; i < p->num_options; i++) {
+        if (old[i].i == ri->opt[i].i && (old[i].f == ri->opt[i].f || (isnan(old[i].f) && isnan(ri->opt[i].f)))) continue;
+        option_json(&now, &p->options[i], &ri->opt[i]);
+        option_json(&was, &p->options[i], &old[i]);
+        changed++;
+    }
+    const char *tn = ml_json_end(&now), *tw = ml_json_end(&was);
+    int rc = ML_OK;
+    if (changed) {
+        ml_json_begin(&j);
+        ml_json_int(&j, "layer", layer + 1);
+        ml_json_str(&j, "router", p->name);
+        ml_json_raw(&j, "values", tn ? tn : "{}");
+        ml_json_raw(&j, "previous", tw ? tw : "{}");
+        rc = tn && tw ? ml_exp_event_json(e, "router_options", &j) : ML_ERR;
+        ml_json_free(&j);
+    }
+    ml_json_free(&now);
+    ml_json_free(&was);
     return rc;
 }
 

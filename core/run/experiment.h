@@ -151,6 +151,11 @@ int ml_exp_grow_layer(ml_experiment *e, int layer, int n);
 /* The layer (from 0) whose experts the rows of tensor h of blk follow (a per-expert router
    or loss tensor), or -1 for any other tensor. */
 int ml_exp_growing_layer(const ml_experiment *e, const ml_params *blk, int h);
+/* Changes the router options of layer (0-based) while the run goes: opt holds every option
+   (option-table order); only options the plugin flags ML_OPTF_RUNTIME may differ
+   (ml_router_inst_set_options). Records a router_options event with the values that
+   changed and what they were; does nothing when nothing changes. */
+int ml_exp_set_router_options(ml_experiment *e, int layer, const ml_optval *opt);
 /* asks the schedule plugin; add (L) receives the number of experts to add to each layer */
 int ml_exp_schedule_decide(ml_experiment *e, int *add);
 int ml_exp_loss_index(const ml_experiment *e, const char *name);

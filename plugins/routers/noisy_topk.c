@@ -30,11 +30,13 @@
 
 enum { OPT_K, OPT_NOISE, NUM_OPTS };
 
+/* both may change while the router runs (Lua exp.moe[i].router:set{noise = false}):
+   nt_event takes the new values, and the next forward uses them */
 static const ml_option options[NUM_OPTS] = {
     [OPT_K] = {"k", ML_OPT_INT, "2", 1, 64, NULL,
-               "experts per sample (clipped to the number of experts)"},
+               "experts per sample (clipped to the number of experts)", ML_OPTF_RUNTIME},
     [OPT_NOISE] = {"noise", ML_OPT_BOOL, "true", 1, 0, NULL,
-                   "add eps*softplus(x W_noise) to the logits in training steps"},
+                   "add eps*softplus(x W_noise) to the logits in training steps", ML_OPTF_RUNTIME},
 };
 
 enum { P_W_GATE, P_W_NOISE, NUM_PARAMS };
@@ -163,9 +165,19 @@ static int nt_backward(void *self, const ml_route *r, const ml_route_grad *g, ch
     return 0;
 }
 
+static int nt_event(void *self, const ml_router_event *ev, char *err) {
+    noisy *s = self;
+    (void)err;
+    if (ev->kind == ML_EV_OPTIONS_CHANGED) {
+        s->k = (int)ev->opt[OPT_K].i;
+        s->noise = (int)ev->opt[OPT_NOISE].i;
+    }
+    return 0;
+}
+
 static const ml_router_api api = {
     sizeof(ml_router_api), nt_create, nt_destroy, nt_params, nt_states,
-    nt_forward, nt_backward, NULL,
+    nt_forward, nt_backward, nt_event,
 };
 
 ML_PLUGIN_EXPORT = {

@@ -15,10 +15,12 @@
 
 enum { NUM_OPTS = 2 };
 
+/* both may change while the router runs (Lua exp.moe[i].router:set{k = 1}): event() takes
+   the new values, and the next forward uses them */
 static const ml_option options[NUM_OPTS] = {
-    {"k", ML_OPT_INT, "2", 1, 64, NULL, "experts per sample (clipped to N)", 0},
+    {"k", ML_OPT_INT, "2", 1, 64, NULL, "experts per sample (clipped to N)", ML_OPTF_RUNTIME},
     {"renormalize", ML_OPT_BOOL, "true", 0, -1, NULL,
-     "divide each gate by the sum of the sample's top-k probabilities", 0},
+     "divide each gate by the sum of the sample's top-k probabilities", ML_OPTF_RUNTIME},
 };
 
 typedef struct router {
@@ -97,6 +99,16 @@ static int backward(void *self, const ml_route *rt, const ml_route_grad *g, char
     return 0;
 }
 
+static int event(void *self, const ml_router_event *ev, char *err) {
+    router *r = self;
+    (void)err;
+    if (ev->kind == ML_EV_OPTIONS_CHANGED) {
+        r->k = (int)ml_aux_option(options, NUM_OPTS, ev->opt, "k")->i;
+        r->renorm = (int)ml_aux_option(options, NUM_OPTS, ev->opt, "renormalize")->i;
+    }
+    return 0;
+}
+
 static const ml_router_api api = {
     .size = sizeof(ml_router_api),
     .create = create,
@@ -105,7 +117,7 @@ static const ml_router_api api = {
     .states = states,
     .forward = forward,
     .backward = backward,
-    .event = NULL,
+    .event = event,
 };
 
 ML_PLUGIN_EXPORT = {
