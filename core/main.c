@@ -72,13 +72,16 @@ static int usage(FILE *f) {
 /* `moelab CMD --help`: what each subcommand does, its arguments and exit statuses. */
 static const struct { const char *cmd, *text; } g_help[] = {
     {"run",
-     "usage: moelab run CONFIG [key.path=value ...] [--print-config]\n"
-     "       moelab run --resume RUN_DIR [--from TAG]\n\n"
+     "usage: moelab run CONFIG [key.path=value ...] [--print-config] [--quiet]\n"
+     "       moelab run --resume RUN_DIR [--from TAG] [--quiet]\n\n"
      "Runs the experiment CONFIG (YAML, docs/configs.md) with its Lua script (default\n"
      "scripts/train.lua) and writes results/<experiment>/<run-id>/ (docs/results.md).\n"
      "key.path=value overrides a config value, e.g. train.epochs=2 router.k=1.\n"
      "--print-config prints the resolved config (defaults filled in, paths made absolute,\n"
-     "plugin options checked) as the run would save it, and exits.\n\n"
+     "plugin options checked) as the run would save it, and exits.\n"
+     "Progress: a bar on a terminal, a line per epoch (task and validation loss, experts and\n"
+     "active experts per layer, the collapse flag, time and ETA), growth and interventions\n"
+     "as they happen; --quiet (-q) prints none of it (warnings and errors still).\n\n"
      "Ctrl-C or SIGTERM stops the run after the current step, saves the checkpoint\n"
      "'interrupt' and exits 130. --resume RUN_DIR continues that run in its directory,\n"
      "with the config it was started with, from 'interrupt' (or 'last' when it is further,\n"
@@ -214,6 +217,14 @@ static int cmd_run(int argc, char **argv) {
     if (argc < 1) return usage(stderr);
     for (int i = 0; i < argc; i++)
         if (!strcmp(argv[i], "--print-config")) return print_config(argc, argv);
+    int quiet = 0;
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q")) { /* drop it from the arguments */
+            quiet = 1;
+            memmove(argv + i, argv + i + 1, (size_t)(argc - i - 1) * sizeof *argv);
+            argc--, i--;
+        }
+    if (argc < 1) return usage(stderr);
     const char *run_dir = NULL, *from = NULL;
     char cfg[PATH_MAX + 16];
     if (strcmp(argv[0], "--resume") == 0) {
@@ -240,6 +251,7 @@ static int cmd_run(int argc, char **argv) {
         ml_exp_free(e);
         return ML_EXIT_RUNTIME;
     }
+    e->quiet = quiet;
     if (run_dir && ml_exp_resume(e, run_dir, from, &code)) {
         fprintf(stderr, "moelab: resume: %s\n", ml_error());
         ml_exp_free(e);

@@ -489,6 +489,29 @@ START_TEST(provenance_in_summary) {
 }
 END_TEST
 
+/* Progress: one line per epoch with task and validation loss, experts and active experts per
+   layer and the ETA; growth printed as it happens; --quiet prints none of it. */
+START_TEST(progress_lines) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("progress"));
+    int rc = run(MOELAB " run " SYNTH " results.dir=%s schedule.name=progressive schedule.start=2 "
+                 "schedule.every_images=1000 schedule.max=4", tu_build(), dir);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("epoch 1/3: task ");
+    assert_contains(", val ");
+    assert_contains(" | moe1 ");
+    assert_contains("/4 active | ");
+    assert_contains(", ETA ");
+    assert_contains("epoch 3/3: task ");
+    assert_contains(": experts_added {\"layer\":1,\"added\":1,\"from\":2,\"to\":3,");
+    rc = run(MOELAB " run " SYNTH " results.dir=%s --quiet", tu_build(), dir);
+    ck_assert_msg(rc == 0, "%s", out);
+    ck_assert_msg(!strstr(out, "epoch 1"), "--quiet printed progress:\n%s", out);
+    assert_contains("moelab: done; results in ");
+    tu_rm_rf(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("run");
     TCase *t = tcase_create("run");
@@ -506,6 +529,7 @@ int main(void) {
     tcase_add_test(t, plugin_commands);
     tcase_add_test(t, every_subcommand_has_help);
     tcase_add_test(t, provenance_in_summary);
+    tcase_add_test(t, progress_lines);
     tcase_add_test(t, sigterm_during_setup);
     tcase_add_test(t, corrupt_interrupt_checkpoint_named);
     tcase_add_test(t, fashion_mnist_end_to_end);

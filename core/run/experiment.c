@@ -1,6 +1,7 @@
 /* experiment.c — one run: build from config, train/evaluate, health, growth, checkpoints. */
 #include "run/experiment.h"
 #include "run/provenance.h"
+#include "base/strbuf.h"
 
 #include <cblas.h>
 #include <ctype.h>
@@ -298,8 +299,11 @@ int ml_exp_log(ml_experiment *e, const char *name, double value) {
     return ML_OK;
 }
 
+static void epoch_line(ml_experiment *e);
+
 static int flush_row(ml_experiment *e) {
     if (!e->row_pending || !e->res) return ML_OK;
+    epoch_line(e);
     int rc = ml_results_metrics_row(e->res, (const char *const *)e->col_name, e->col_value, e->n_cols);
     for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
     memcpy(e->last_name, e->col_name, sizeof e->last_name);
@@ -310,9 +314,21 @@ static int flush_row(ml_experiment *e) {
     return rc;
 }
 
+/* Events a researcher wants to see as they happen (warnings print themselves). */
+static int echoed(const char *kind) {
+    static const char *const k[] = {"experts_added", "intervention", "router_options", "frozen", "unfrozen", "resumed"};
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++)
+        if (!strcmp(kind, k[i])) return 1;
+    return 0;
+}
+
 int ml_exp_event(ml_experiment *e, const char *kind, const char *fields_json) {
     if (!e->res) return ML_OK;
-    return ml_results_event(e->res, e->epoch, e->step, kind, fields_json);
+    int rc = ml_results_event(e->res, e->epoch, e->step, kind, fields_json);
+    if (!rc && !e->quiet && echoed(kind))
+        fprintf(stderr, "%sepoch %d step %" PRId64 ": %s {%s}\n", e->progress_tty ? "\r\033[K" : "", e->epoch, e->step,
+                kind, fields_json && *fields_json ? fields_json : "}");
+    return rc;
 }
 
 int ml_exp_event_json(ml_experiment *e, const char *kind, const ml_json *fields) {
@@ -327,19 +343,93 @@ int ml_exp_event_json(ml_experiment *e, const char *kind, const ml_json *fields)
 
 /* ------------------------------------------------------------------ training */
 
-static void progress(ml_experiment *e, int64_t done, int64_t total, double loss, double t0, int final) {
-    double dt = ml_now() - t0;
-    if (e->progress_tty) {
-        int w = 30, fill = total ? (int)(w * done / total) : w;
-        char bar[64];
-        for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
-        bar[w] = 0;
-        fprintf(stderr, "\repoch %d [%s] %3d%% loss %.5f %.0f img/s%s", e->epoch, bar,
-                total ? (int)(100 * done / total) : 100, loss, dt > 0 ? done / dt : 0, final ? "\n" : "");
-    } else if (final) {
-        fprintf(stderr, "epoch %d: %" PRId64 " images, loss %.6f, %.1f s, %.0f img/s\n", e->epoch, done, loss, dt,
-                dt > 0 ? done / dt : 0);
+/* h:mm:ss (or m:ss) of a duration in seconds. */
+static void fmt_eta(double s, char *out, size_t cap) {
+    if (!(s >= 0) || s > 1e8) {
+        snprintf(out, cap, "?");
+        return;
     }
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(out, cap, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(out, cap, "%ld:%02ld", t / 60, t % 60);
+}
+
+/* Seconds left: the rest of this epoch at its pace, then the config's remaining epochs at
+   the mean pace of the epochs this process trained. */
+static double eta(const ml_experiment *e, double epoch_left) {
+    int64_t total = ml_config_int(e->cfg, "train.epochs", 0);
+    double per = e->timed_epochs ? e->epoch_seconds / e->timed_epochs : 0;
+    double rest = total > e->epoch ? (double)(total - e->epoch) * per : 0;
+    return epoch_left + rest;
+}
+
+/* The bar of the epoch in progress, on a terminal: task and balancing loss apart (the total
+   hides a task loss that is small beside its balance term). */
+static void progress(ml_experiment *e, int64_t done, int64_t total, double task, double aux, double t0, int final) {
+    if (!e->progress_tty || e->quiet) return;
+    if (final) {
+        fputs("\r\033[K", stderr); /* the epoch's line follows when its row is complete */
+        return;
+    }
+    double dt = ml_now() - t0, rate = dt > 0 ? done / dt : 0;
+    int w = 24, fill = total ? (int)(w * done / total) : w;
+    char bar[64], left[32];
+    for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+    bar[w] = 0;
+    fmt_eta(eta(e, rate > 0 ? (double)(total - done) / rate : 0), left, sizeof left);
+    int64_t epochs = ml_config_int(e->cfg, "train.epochs", 0);
+    char of[32] = "";
+    if (epochs >= e->epoch) snprintf(of, sizeof of, "/%" PRId64, epochs);
+    fprintf(stderr, "\r\033[Kepoch %d%s [%s] %3d%% task %.5g aux %.3g %.0f img/s ETA %s", e->epoch, of, bar,
+            total ? (int)(100 * done / total) : 100, task, aux, rate, left);
+}
+
+/* The value of a column of the row being written, or NAN. */
+static double row_value(const ml_experiment *e, const char *name) {
+    for (int i = 0; i < e->n_cols; i++)
+        if (!strcmp(e->col_name[i], name)) return e->col_value[i];
+    return NAN;
+}
+
+/* One line per epoch once its metrics row is complete (the script's evaluate and log
+   included): task and validation loss, experts and active experts per layer, the collapse
+   flag, time and ETA. */
+static void epoch_line(ml_experiment *e) {
+    if (e->quiet || !e->n_cols) return;
+    double ep = row_value(e, "epoch");
+    if (ep != ep) return;
+    ml_strbuf b = {0};
+    int64_t epochs = ml_config_int(e->cfg, "train.epochs", 0);
+    ml_strbuf_printf(&b, "epoch %.0f", ep);
+    if (epochs >= ep) ml_strbuf_printf(&b, "/%" PRId64, epochs);
+    double task = row_value(e, "task_loss"), val = row_value(e, "val_loss");
+    ml_strbuf_puts(&b, ":");
+    if (task == task) ml_strbuf_printf(&b, " task %.6g", task);
+    if (val == val) ml_strbuf_printf(&b, "%s val %.6g", task == task ? "," : "", val);
+    char col[64], collapsed[256] = "";
+    for (int l = 0; l < e->model->L; l++) {
+        snprintf(col, sizeof col, "moe%d_experts", l + 1);
+        double n = row_value(e, col);
+        snprintf(col, sizeof col, "moe%d_active", l + 1);
+        double act = row_value(e, col);
+        snprintf(col, sizeof col, "moe%d_collapsed", l + 1);
+        double c = row_value(e, col);
+        if (n == n && act == act) ml_strbuf_printf(&b, "%s moe%d %.0f/%.0f active", l ? "," : " |", l + 1, act, n);
+        if (c == 1) {
+            size_t k = strlen(collapsed);
+            snprintf(collapsed + k, sizeof collapsed - k, "%smoe%d", k ? ", " : "", l + 1);
+        }
+    }
+    if (*collapsed) ml_strbuf_printf(&b, " | COLLAPSED: %s", collapsed);
+    double sec = row_value(e, "seconds");
+    if (sec == sec) {
+        char left[32];
+        fmt_eta(eta(e, 0), left, sizeof left);
+        ml_strbuf_printf(&b, " | %.1f s", sec);
+        if (epochs > ep) ml_strbuf_printf(&b, ", ETA %s", left);
+    }
+    if (b.buf) fprintf(stderr, "%s%s\n", e->progress_tty ? "\r\033[K" : "", b.buf);
+    ml_strbuf_free(&b);
 }
 
 static int aux_losses(ml_experiment *e, int training, double *total, double *per_loss) {
@@ -457,7 +547,8 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         }
         double now = ml_now();
         if (e->progress_tty && now - last_draw > 0.1) {
-            progress(e, a->seen, e->train.n, a->used ? a->loss_sum / a->used : 0, t0, 0);
+            double task = a->used ? a->task_sum / a->used : 0;
+            progress(e, a->seen, e->train.n, task, a->used ? a->loss_sum / a->used - task : 0, t0, 0);
             last_draw = now;
         }
         if (stop_step > 0 && e->step == stop_step) ml_exp_interrupted = 2;
@@ -493,7 +584,9 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         snprintf(out->aux_name[i], sizeof out->aux_name[i], "%s", e->loss[i].name);
         out->aux_value[i] = a->used ? aux_sum[i] / a->used : 0;
     }
-    progress(e, seen, e->train.n, out->loss, t0, 1);
+    progress(e, seen, e->train.n, 0, 0, t0, 1);
+    e->epoch_seconds += out->seconds;
+    e->timed_epochs++;
 
     /* the epoch's row: progress, losses, coefficients, routing health per layer */
     ml_exp_log(e, "epoch", e->epoch);

@@ -107,7 +107,10 @@ typedef struct ml_experiment {
     int last_n;                    /* the last row written, for summary.json */
     char *last_name[ML_MAX_COLS];
     double last_value[ML_MAX_COLS];
-    int progress_tty;
+    int progress_tty;              /* stderr is a terminal: a live bar */
+    int quiet;                     /* moelab run --quiet: no progress, epoch or event lines */
+    double epoch_seconds;          /* training time of the epochs this process ran, for the ETA */
+    int timed_epochs;
     double best_val;               /* for summary.json */
     int best_epoch;
     char last_error[1024];
