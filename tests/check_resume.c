@@ -525,6 +525,12 @@ static void same_runs(const char *straight, const char *resumed) {
     snprintf(a, sizeof a, "%s/routing.csv", straight);
     snprintf(b, sizeof b, "%s/routing.csv", resumed);
     same_file_text(slurp(a, NULL), slurp(b, NULL), "routing.csv");
+    const char *steps[] = {"steps.csv", "routing_steps.csv"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(a, sizeof a, "%s/%s", straight, steps[i]);
+        snprintf(b, sizeof b, "%s/%s", resumed, steps[i]);
+        if (exists(a) || exists(b)) same_file_text(slurp(a, NULL), slurp(b, NULL), steps[i]);
+    }
     snprintf(a, sizeof a, "%s/events.jsonl", straight);
     snprintf(b, sizeof b, "%s/events.jsonl", resumed);
     same_file_text(slurp(a, NULL), events_no_resume(b), "events.jsonl (without the resumed and interrupt-checkpoint events)");
@@ -575,8 +581,10 @@ START_TEST(resume_mid_epoch_is_exact) {
 END_TEST
 
 START_TEST(resume_between_expert_additions_is_exact) {
-    /* experts 2 -> 3 at 1500 images (step 47), -> 4 at 3000 (step 94); stopped at step 70 */
-    equivalence("eqgrow", "schedule.name=progressive schedule.start=2 schedule.every_images=1500 schedule.max=4", 70, 2);
+    /* experts 2 -> 3 at 1500 images (step 47), -> 4 at 3000 (step 94); stopped at step 70, in
+       the middle of a steps.csv window (every 8 steps) and of the new expert's 30-step watch */
+    equivalence("eqgrow", "schedule.name=progressive schedule.start=2 schedule.every_images=1500 schedule.max=4 "
+                "results.log_every_steps=8 health.new_expert_steps=30", 70, 2);
 }
 END_TEST
 

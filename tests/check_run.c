@@ -500,7 +500,8 @@ START_TEST(progress_lines) {
     assert_contains("epoch 1/3: task ");
     assert_contains(", val ");
     assert_contains(" | moe1 ");
-    assert_contains("/4 active | ");
+    assert_contains("/4 active");
+    assert_contains("(new experts ");
     assert_contains(", ETA ");
     assert_contains("epoch 3/3: task ");
     assert_contains(": experts_added {\"layer\":1,\"added\":1,\"from\":2,\"to\":3,");

@@ -199,12 +199,17 @@ static const cfg_key cfg_schema[] = {
         "collapse warning when fewer than this fraction of experts are active"),
     FLT("health.collapse_entropy", "0.5", 0, 1, 0,
         "collapse warning when normalised marginal entropy H(u)/log N falls below this"),
+    INT("health.new_expert_steps", "50", 0, 1000000,
+        "watch each added expert this many training steps: its dispatch share relative to 1/N "
+        "(new_expert_share); 0 = off"),
     FLT("health.collapse_margin", "0.5", 0, 64, 0,
         "collapse warning when exp(H(u)) <= k + this (k = slots per routed sample; top-k collapse)"),
 
     SEC("results", "where results go"),
     STR("results.dir", "results", 0, "results root"),
     STR("results.run_id", "", F_NAME, "run directory name; \"\" = a timestamp"),
+    INT("results.log_every_steps", "0", 0, NOHI,
+        "also write steps.csv and routing_steps.csv every N optimizer steps (window means); 0 = off"),
     STR("results.run_dir", "", 0,
         "the run directory itself, instead of `<dir>/<experiment>/<run_id>` (set by `moelab "
         "sweep`); it must not exist or be empty"),

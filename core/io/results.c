@@ -795,6 +795,46 @@ static long file_size(FILE *f) {
     return (long)st.st_size;
 }
 
+/* ------------------------------------------------------- other line files */
+
+int ml_results_append(ml_results *r, const char *name, const char *header, const char *text) {
+    char path[RES_PATH_MAX + 64];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", r->dir, name) >= sizeof path)
+        return ml_errorf("results: path %s/%s is too long", r->dir, name);
+    FILE *f = fopen(path, "a");
+    if (!f) return ml_errorf("results: cannot append to %s: %s", path, strerror(errno));
+    struct stat st;
+    int ok = fstat(fileno(f), &st) == 0;
+    if (ok && st.st_size == 0 && header) ok = fputs(header, f) >= 0;
+    ok = ok && fputs(text, f) >= 0;
+    ok = fflush(f) == 0 && ok;
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) return ml_errorf("results: writing %s: %s", path, strerror(errno));
+    return ML_OK;
+}
+
+long ml_results_extent(const ml_results *r, const char *name) {
+    char path[RES_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", r->dir, name);
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+int ml_results_cut(ml_results *r, const char *name, long bytes) {
+    char path[RES_PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", r->dir, name);
+    long now = ml_results_extent(r, name);
+    if (bytes < 0 || bytes > now)
+        return ml_errorf("results: cannot cut %s back to %ld bytes: it has %ld", name, bytes, now);
+    if (bytes == 0) {
+        if (unlink(path) != 0 && errno != ENOENT) return ml_errorf("results: cannot remove %s: %s", path, strerror(errno));
+        return ML_OK;
+    }
+    if (truncate(path, (off_t)bytes) != 0)
+        return ml_errorf("results: cannot truncate %s to %ld bytes: %s", path, bytes, strerror(errno));
+    return ML_OK;
+}
+
 void ml_results_sizes(ml_results *r, int *metrics_rows, long *routing_bytes, long *events_bytes) {
     if (metrics_rows) *metrics_rows = r->nrows;
     if (routing_bytes) *routing_bytes = file_size(r->routing);

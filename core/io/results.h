@@ -108,5 +108,15 @@ void ml_results_sizes(ml_results *r, int *metrics_rows, long *routing_bytes, lon
  */
 int ml_results_truncate(ml_results *r, int metrics_rows, long routing_bytes, long events_bytes);
 
+/*
+ * The run's other line files (steps.csv, routing_steps.csv): append whole lines to
+ * <dir>/<name>, flushed, the header written first when the file is new or empty; their
+ * extent in bytes (0 when absent), for checkpoints; and cutting one back to an extent
+ * (0 removes it) when a run resumes.
+ */
+int ml_results_append(ml_results *r, const char *name, const char *header, const char *text);
+long ml_results_extent(const ml_results *r, const char *name);
+int ml_results_cut(ml_results *r, const char *name, long bytes);
+
 
 #endif

@@ -333,6 +333,13 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     meta_add(md, "run.metrics_rows", "%d", rows);
     meta_add(md, "run.routing_bytes", "%ld", rbytes);
     meta_add(md, "run.events_bytes", "%ld", ebytes + saved_event_bytes(e, tag));
+    /* steps.csv and the new-expert watches (run/steplog.h) */
+    char *sl = ml_steplog_to_text(e);
+    if (!sl) return ML_ERR;
+    meta_add(md, "run.steplog", "%s", sl);
+    free(sl);
+    meta_add(md, "run.steps_bytes", "%ld", ml_results_extent(e->res, "steps.csv"));
+    meta_add(md, "run.rsteps_bytes", "%ld", ml_results_extent(e->res, "routing_steps.csv"));
     char *state = NULL;
     if (e->state_save && e->state_save(e->state_ctx, &state)) return ML_ERR;
     meta_add(md, "run.script_state", "%s", state ? state : "null");
@@ -438,6 +445,9 @@ typedef struct ck {
     int gfrozen[ML_OPTIM_MAX_GROUPS];
     const char *frozen;         /* run.frozen */
     const char *router[CK_MAX_LAYERS]; /* run.router<l> */
+    /* steps.csv, routing_steps.csv and watches (absent from older files: NULL / 0) */
+    const char *steplog;
+    int64_t steps_bytes, rsteps_bytes;
 } ck;
 
 /*
@@ -895,6 +905,16 @@ static int parse_script_settings(ml_experiment *e, ck *c) {
                              "a ';'-separated list of names)", c->path, shown(bad, b, sizeof b));
         c->frozen = v;
     }
+    if ((v = ml_st_meta(c->f, "run.steplog"))) {
+        int N[CK_MAX_LAYERS];
+        for (int l = 0; l < c->L; l++)
+            N[l] = c->want[l] > e->model->moe[l]->N ? c->want[l] : e->model->moe[l]->N;
+        if (ml_steplog_check_text(e, N, v)) return ml_error_prefix("%s: metadata 'run.steplog'", c->path);
+        if (meta_u(c, "run.steps_bytes", INT64_MAX, &c->steps_bytes) ||
+            meta_u(c, "run.rsteps_bytes", INT64_MAX, &c->rsteps_bytes))
+            return ML_ERR;
+        c->steplog = v;
+    }
     for (int l = 0; l < c->L; l++) {
         char key[32];
         snprintf(key, sizeof key, "run.router%d", l + 1);
@@ -1224,6 +1244,7 @@ static int ck_apply_run(ml_experiment *e, ck *c) {
     free(e->script_state);
     e->script_state = strcmp(c->state, "null") != 0 ? ml_strdup(c->state) : NULL;
     if (strcmp(c->state, "null") != 0 && !e->script_state) return ML_ERR;
+    if (c->steplog && ml_steplog_from_text(e, c->steplog)) return ML_ERR;
     return apply_script_settings(e, c);
 }
 
@@ -1284,8 +1305,17 @@ int ml_exp_resume(ml_experiment *e, const char *run_dir, const char *from_tag, i
         return ML_ERR;
     }
     ml_plugins_forbid_dir(run_dir); /* the script writes there: never a plugin from it */
-    if (!(e->res = ml_results_reopen(run_dir)) ||
+    if ((e->res = ml_results_reopen(run_dir)) && c.steplog &&
+        (ml_results_extent(e->res, "steps.csv") < c.steps_bytes ||
+         ml_results_extent(e->res, "routing_steps.csv") < c.rsteps_bytes)) { /* before anything is cut */
+        ck_free(&c);
+        return ml_errorf("%s: steps.csv or routing_steps.csv is shorter than checkpoint '%s' says (%" PRId64 " and %" PRId64
+                         " bytes): was it edited?", run_dir, tag, c.steps_bytes, c.rsteps_bytes);
+    }
+    if (!e->res ||
         ml_results_truncate(e->res, (int)c.metrics_rows, (long)c.routing_bytes, (long)c.events_bytes) ||
+        (c.steplog && (ml_results_cut(e->res, "steps.csv", (long)c.steps_bytes) ||
+                       ml_results_cut(e->res, "routing_steps.csv", (long)c.rsteps_bytes))) ||
         ck_apply_model(e, &c, 1) || ck_apply_run(e, &c)) {
         ck_free(&c);
         return ML_ERR;

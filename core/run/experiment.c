@@ -252,6 +252,7 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     e->ids = ml_calloc((size_t)e->B, sizeof(int32_t));
     if (!e->train_b || (e->val.n > 0 && !e->val_b) || !e->xb || !e->yb || !e->ids) goto fail;
     e->progress_tty = isatty(2);
+    if (ml_steplog_init(e)) goto fail;
     return e;
 fail:
     ml_exp_free(e);
@@ -415,6 +416,9 @@ static void epoch_line(ml_experiment *e) {
         snprintf(col, sizeof col, "moe%d_collapsed", l + 1);
         double c = row_value(e, col);
         if (n == n && act == act) ml_strbuf_printf(&b, "%s moe%d %.0f/%.0f active", l ? "," : " |", l + 1, act, n);
+        snprintf(col, sizeof col, "moe%d_new_expert_share", l + 1);
+        double share = row_value(e, col);
+        if (share == share) ml_strbuf_printf(&b, " (new experts %.2fx fair)", share);
         if (c == 1) {
             size_t k = strlen(collapsed);
             snprintf(collapsed + k, sizeof collapsed - k, "%smoe%d", k ? ", " : "", l + 1);
@@ -439,6 +443,7 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
         ml_routing_record rec;
         ml_moe_record(q, &rec);
         ml_health_acc_add(training ? e->acc[l] : e->vacc[l], &rec, ml_moe_dropped(q));
+        if (training && ml_steplog_route(e, l, &rec, ml_moe_dropped(q))) return ML_ERR;
         for (int i = 0; i < e->n_losses; i++) {
             ml_loss_slot *s = &e->loss[i];
             double v = 0;
@@ -545,6 +550,8 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
             a->task_sum += m->task_loss * B;
             for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux_step[i] / m->L * B;
         }
+        for (int i = 0; i < e->n_losses; i++) aux_step[i] /= m->L;
+        if (ml_steplog_step(e, !skip, B, total, m->task_loss, aux_step)) return ML_ERR;
         double now = ml_now();
         if (e->progress_tty && now - last_draw > 0.1) {
             double task = a->used ? a->task_sum / a->used : 0;
@@ -640,6 +647,7 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         ml_health_free(&h);
         if (rc) return ML_ERR;
     }
+    if (ml_steplog_epoch_end(e)) return ML_ERR;
     return ml_exp_write_summary(e, "running");
 }
 
@@ -746,7 +754,7 @@ int ml_exp_grow_layer(ml_experiment *e, int layer, int n) {
     if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
         return ML_ERR;
     if (e->last_acc && e->last_acc[layer] && ml_health_acc_resize(e->last_acc[layer], m->moe[layer]->N)) return ML_ERR;
-    return ML_OK;
+    return ml_steplog_grow(e, layer, old, m->moe[layer]->N, 0);
 }
 
 int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
@@ -756,7 +764,7 @@ int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
     if (n < 1 || n > ML_MOE_MAX_EXPERTS - old)
         return ml_errorf("add_experts: a layer holds at most %d experts (layer %d has %d, asked for %d more)",
                          ML_MOE_MAX_EXPERTS, layer + 1, old, n);
-    if (ml_exp_grow_layer(e, layer, n)) return ML_ERR;
+    if (ml_exp_grow_layer(e, layer, n) || ml_steplog_grow(e, layer, old, m->moe[layer]->N, 1)) return ML_ERR;
     ml_json j;
     ml_json_begin(&j);
     ml_json_int(&j, "layer", layer + 1);
@@ -948,7 +956,9 @@ int ml_exp_write_summary(ml_experiment *e, const char *status) {
 int ml_exp_finish(ml_experiment *e, const char *status) {
     e->finished = 1;
     if (!e->res) return ML_OK;
-    int rc = flush_row(e);
+    /* a run that is done reports the watches of experts added near its end, marked partial */
+    int rc = status && !strcmp(status, "ok") ? ml_steplog_finish(e) : ML_OK;
+    if (flush_row(e)) rc = ML_ERR;
     if (ml_exp_write_summary(e, status ? status : "error")) rc = ML_ERR;
     return rc;
 }
@@ -956,6 +966,7 @@ int ml_exp_finish(ml_experiment *e, const char *status) {
 void ml_exp_free(ml_experiment *e) {
     if (!e) return;
     ml_prov_free(e);
+    ml_steplog_free(&e->steplog);
     for (int i = 0; i < e->n_cols; i++) free(e->col_name[i]);
     for (int i = 0; i < e->last_n; i++) free(e->last_name[i]);
     for (int i = 0; i < e->n_losses; i++) {

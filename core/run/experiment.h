@@ -22,6 +22,7 @@
 #include "io/results.h"
 #include "plugin/loss_host.h"
 #include "plugin/schedule_host.h"
+#include "run/steplog.h"
 
 #define ML_MAX_LOSSES 16
 #define ML_MAX_COLS 256
@@ -121,6 +122,7 @@ typedef struct ml_experiment {
     void *state_ctx;
     char *script_state;            /* exp.state JSON restored by a resume (owned), or NULL */
     int resumed;                   /* the run continues from a checkpoint (exp.resumed) */
+    ml_steplog steplog;            /* steps.csv, routing_steps.csv, new-expert share (run/steplog.h) */
     /* provenance (run/provenance.h), owned */
     char *command;                 /* the command line that started this process */
     char *overrides;               /* JSON array of the run's command-line overrides */
