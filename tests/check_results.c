@@ -3,6 +3,7 @@
 #include "base/common.h"
 #include "base/json.h"
 #include "io/results.h"
+#include "io/safetensors.h"
 #include "base/file.h"
 
 #include <dirent.h>
@@ -359,6 +360,44 @@ START_TEST(json_parser_strict) {
 }
 END_TEST
 
+/* docs/results.md's recipe for Python reads a checkpoint moelab wrote: every tensor's name,
+   shape and values (compared with moelab's own reader) and the whole-file checksum. */
+START_TEST(python_reads_checkpoints) {
+    char dir[256], ck[512];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("pyread"));
+    int rc = tu_sh("%s/moelab run tests/fixtures/run/synth.yaml train.epochs=1 results.dir=%s results.run_id=r", tu_build(), dir);
+    ck_assert_msg(rc == 0, "%s", tu_out);
+    snprintf(ck, sizeof ck, "%s/test-synth/r/checkpoints/last.safetensors", dir);
+    rc = tu_sh("python3 tests/fixtures/results/read_checkpoint.py %s", ck);
+    ck_assert_msg(rc == 0, "python3 could not read the checkpoint (make test installs python3):\n%s", tu_out);
+    ck_assert_msg(strstr(tu_out, "checksum ok 1\n"), "%s", tu_out);
+    ml_st_file *f = ml_st_open(ck);
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    ck_assert_int_gt(ml_st_count(f), 20);
+    for (int i = 0; i < ml_st_count(f); i++) {
+        const char *name = ml_st_name(f, i);
+        int nd;
+        int64_t shape[8], n = 1;
+        const float *v = ml_st_get(f, name, &nd, shape);
+        ck_assert_ptr_nonnull(v);
+        char want[256];
+        int k = snprintf(want, sizeof want, "%s ", name);
+        for (int d = 0; d < nd; d++) {
+            k += snprintf(want + k, sizeof want - (size_t)k, "%s%lld", d ? "x" : "", (long long)shape[d]);
+            n *= shape[d];
+        }
+        double sum = 0; /* Python's sum(): doubles, left to right */
+        for (int64_t j = 0; j < n; j++) sum += v[j];
+        snprintf(want + k, sizeof want - (size_t)k, " %.9g\n", sum);
+        ck_assert_msg(strstr(tu_out, want), "Python did not read '%s' as moelab does:\n%s", want, tu_out);
+    }
+    ck_assert_ptr_nonnull(strstr(tu_out, "moe1.router.w 4x16 "));
+    ck_assert_ptr_nonnull(strstr(tu_out, "moe1.expert0.w1 32x16 "));
+    ml_st_close(f);
+    tu_rm_rf(dir);
+}
+END_TEST
+
 static Suite *results_suite(void) {
     Suite *s = suite_create("results");
     TCase *tc = tcase_create("core");
@@ -370,6 +409,7 @@ static Suite *results_suite(void) {
     tcase_add_test(tc, summary_atomic);
     tcase_add_test(tc, json_builder_escaping);
     tcase_add_test(tc, json_parser_strict);
+    tcase_add_test(tc, python_reads_checkpoints);
     suite_add_tcase(s, tc);
     return s;
 }
