@@ -9,6 +9,7 @@
  *   moelab lua SCRIPT                   run a Lua script with `moelab` but no experiment
  *   moelab sweep CONFIG [key=v1,v2 ...] a study: many runs, locally or as a SLURM array
  *   moelab summarize DIR...             mean ± sd and 95% CI per group of seeds (docs/studies.md)
+ *   moelab plot DIR...                  PNG plots of runs and studies, drawn by gnuplot
  *
  * Exit status: 0 success, 1 a run/script/plugin/data failure, 2 a bad command line or
  * config (nothing was run), 130 interrupted by SIGINT/SIGTERM (resume with --resume).
@@ -33,6 +34,7 @@
 #include "plugin/plugintest.h"
 #include "study/sweep.h"
 #include "study/summarize.h"
+#include "study/plot.h"
 
 static char g_root[2048]; /* directory holding the executable (the build dir) */
 
@@ -62,6 +64,7 @@ static int usage(FILE *f) {
           "       moelab sweep CONFIG [key=v1,v2,... ...] [--jobs N] [--launcher local|slurm] [--name NAME]\n"
           "       moelab sweep --resume DIR | --status DIR\n"
           "       moelab summarize DIR... [--cols C,...] [--at last|best|epoch=N] [--by KEY,...] [--format markdown|csv|json]\n"
+          "       moelab plot RUN_OR_SWEEP_DIR... [--metric COL] [--at last|best|epoch=N] [--size WxH] [--runs]\n"
           "       moelab version\n"
           "`moelab COMMAND --help` tells more about each command.\n",
           f);
@@ -155,6 +158,31 @@ static const struct { const char *cmd, *text; } g_help[] = {
      "in n; stderr names the runs that lack them.\n\n"
      "Exit status: 0 done; 1 nothing could be summarised; 2 a bad command line (unknown\n"
      "option or column, a DIR that does not exist).\n"},
+    {"plot",
+     "usage: moelab plot RUN_OR_SWEEP_DIR... [--metric COL] [--at last|best|epoch=N] [--best-by COL[:max]]\n"
+     "                   [--by KEY1,KEY2,...] [--size WxH] [--runs] [--include-unfinished]\n\n"
+     "Draws PNGs with gnuplot into DIR/plots/, beside the data files and gnuplot scripts that\n"
+     "made them (edit a script and run `gnuplot NAME.gp` there to change a plot). Each PNG\n"
+     "written is named on stdout. docs/studies.md shows them.\n\n"
+     "A run directory gets loss.png (task loss and each balancing loss, training and\n"
+     "validation), routing.png (active experts, H(u)/log N and I(x; expert) per MoE layer),\n"
+     "heatmap_moe<L>.png (expert utilisation, expert x epoch, with experts_added, collapse and\n"
+     "intervention events from events.jsonl), and from routing_steps.csv and steps.csv when\n"
+     "the run has them, heatmap_steps_moe<L>.png and steps.png (per step).\n"
+     "A sweep directory, or a directory of runs, gets per group of runs that differ only in\n"
+     "the seed (as moelab summarize groups them) curve_<metric>.png (mean over epochs with a\n"
+     "95% CI band) and compare_<metric>_<at>.png (mean and 95% CI at the last or best epoch).\n\n"
+     "Options:\n"
+     "  --metric COL        the metrics.csv column of the study plots (default val_loss)\n"
+     "  --at last|best|epoch=N  the comparison's epoch (default last; best: lowest val_loss)\n"
+     "  --best-by COL[:max] judge 'best' by COL, lowest (or highest with :max)\n"
+     "  --by KEY1,KEY2,...  group by these config keys (as moelab summarize --by)\n"
+     "  --size WxH          pixels of every PNG (default 1000x600)\n"
+     "  --runs              with a study, also plot each of its runs\n"
+     "  --include-unfinished  keep runs whose status is not ok\n\n"
+     "Needs gnuplot with the pngcairo terminal (Debian: gnuplot-nox, which make test installs).\n\n"
+     "Exit status: 0 every plot written; 1 a plot failed, a run had no metrics.csv rows, or\n"
+     "gnuplot is missing; 2 a bad command line.\n"},
     {"version", "usage: moelab version\n\nPrints moelab's version and plugin ABI version.\n"},
 };
 
@@ -507,6 +535,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "lua")) return cmd_lua(argc - 2, argv + 2);
     if (!strcmp(cmd, "sweep")) return cmd_sweep(argc - 2, argv + 2);
     if (!strcmp(cmd, "summarize")) return ml_summarize_main(argc - 2, argv + 2);
+    if (!strcmp(cmd, "plot")) return ml_plot_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("moelab 0.1.0 (plugin ABI %d.%d)\n", ML_ABI_MAJOR, ML_ABI_MINOR);
         return 0;
