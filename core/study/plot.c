@@ -332,11 +332,15 @@ static void plot_losses(plotter *p, const ml_table *m) {
         p->failed++;
         return;
     }
-    int all_n = nt + na, map[4096] = {0};
+    int all_n = nt + na, *map = ml_calloc((size_t)m->ncols + 1, sizeof *map);
+    if (!map) {
+        fprintf(stderr, WHO ": %s\n", ml_error());
+        p->failed++;
+        return;
+    }
     series all[36];
     memcpy(all, task, (size_t)nt * sizeof *all);
     memcpy(all + nt, aux, (size_t)na * sizeof *all);
-    if (m->ncols > 4096) return;
     int xcol = ml_table_col(m, "epoch");
     ml_strbuf dat = {0}, g = {0};
     dat_table(&dat, m, xcol, "epoch", all, all_n, map);
@@ -357,6 +361,7 @@ static void plot_losses(plotter *p, const ml_table *m) {
     pl_draw(p, "loss", &dat, &g);
     ml_strbuf_free(&dat);
     ml_strbuf_free(&g);
+    free(map);
 }
 
 /* The MoE layers a table has columns for: 1..L where moe<L>_<any of names> exists. */
@@ -399,7 +404,11 @@ static void plot_routing(plotter *p, const ml_table *m) {
     memcpy(all + na, ent, (size_t)ne * sizeof *all);
     memcpy(all + na + ne, mi, (size_t)nm * sizeof *all);
     int *map = ml_calloc((size_t)m->ncols + 1, sizeof *map);
-    if (!map) return;
+    if (!map) {
+        fprintf(stderr, WHO ": %s\n", ml_error());
+        p->failed++;
+        return;
+    }
     int xcol = ml_table_col(m, "epoch");
     const char *xl = xcol >= 0 ? "epoch" : "row";
     ml_strbuf dat = {0}, g = {0};
@@ -461,7 +470,11 @@ static void plot_steps(plotter *p, const ml_table *s) {
     memcpy(all + nl, aux, (size_t)na * sizeof *all);
     memcpy(all + nl + na, act, (size_t)ne * sizeof *all);
     int *map = ml_calloc((size_t)s->ncols + 1, sizeof *map);
-    if (!map) return;
+    if (!map) {
+        fprintf(stderr, WHO ": %s\n", ml_error());
+        p->failed++;
+        return;
+    }
     int xcol = ml_table_col(s, "step");
     ml_strbuf dat = {0}, g = {0};
     dat_table(&dat, s, xcol, "step", all, nl + na + ne, map);
