@@ -207,8 +207,13 @@ START_TEST(sweep_plots) {
     png_is(tu_path("%s/003/plots/heatmap_moe1.png", g_sw), 800, 500);
     char *cmp = tu_slurp(tu_path("%s/plots/compare_moe1_cv_best.dat", g_sw), NULL);
     ck_assert_ptr_nonnull(cmp);
-    ck_assert_ptr_nonnull(strstr(cmp, "\t2\t\"router.k=1\"\n"));
+    ck_assert_ptr_nonnull(strstr(cmp, "\t2\t\"1\"\n")); /* n = 2; the tic shows the value */
     free(cmp);
+    gp = tu_slurp(tu_path("%s/plots/compare_moe1_cv_best.gp", g_sw), NULL);
+    ck_assert_ptr_nonnull(gp);
+    ck_assert_ptr_nonnull(strstr(gp, "set xlabel 'router.k'"));
+    ck_assert_ptr_nonnull(strstr(gp, "with yerrorbars"));
+    free(gp);
     /* --by train.seed groups the other way */
     rc = tu_sh(MOELAB " plot %s --by train.seed", tu_build(), g_sw);
     ck_assert_msg(rc == 0, "%s", tu_out);

@@ -349,7 +349,7 @@ static void plot_losses(plotter *p, const ml_table *m) {
     col_range(m, xcol, &x0, &x1);
     gp_epoch_tics(&g, x0, x1);
     if (nt && na) {
-        ml_strbuf_puts(&g, "set key below noopaque nobox font ',10' samplen 2\n");
+        ml_strbuf_puts(&g, "set key below noopaque nobox font ',10' samplen 2 height 1\n");
         ml_strbuf_puts(&g, "set multiplot layout 1,2 title ");
         gp_str(&g, p->title);
         ml_strbuf_puts(&g, "\n");
@@ -420,7 +420,7 @@ static void plot_routing(plotter *p, const ml_table *m) {
     gp_epoch_tics(&g, x0, x1);
     ml_strbuf_printf(&g, "set multiplot layout 1,%d title ", (na > 0) + (ne > 0) + (nm > 0));
     gp_str(&g, p->title);
-    ml_strbuf_puts(&g, "\nset key below noopaque nobox font ',10' samplen 2\n");
+    ml_strbuf_puts(&g, "\nset key below noopaque nobox font ',10' samplen 2 height 1\n");
     if (na) {
         ml_strbuf_puts(&g, "set yrange [0:*]\n");
         gp_panel(&g, "routing", "active experts", xl, "experts", m, act, na, map, 1);
@@ -481,7 +481,7 @@ static void plot_steps(plotter *p, const ml_table *s) {
     gp_head(&g, p, "steps", "Per logged step (steps.csv): losses, balancing losses, active experts.");
     ml_strbuf_printf(&g, "set multiplot layout 1,%d title ", panels);
     gp_str(&g, p->title);
-    ml_strbuf_puts(&g, "\nset key below noopaque nobox font ',10' samplen 2\n");
+    ml_strbuf_puts(&g, "\nset key below noopaque nobox font ',10' samplen 2 height 1\n");
     const char *xl = xcol >= 0 ? "step" : "row";
     if (nl) gp_panel(&g, "steps", "loss", xl, "loss", s, loss, nl, map, 0);
     if (na) gp_panel(&g, "steps", "balancing losses", xl, "loss", s, aux, na, map, 0);
@@ -830,13 +830,24 @@ int ml_plot_run(const char *gnuplot, const char *run_dir, const ml_plot_opts *o)
 
 /* ------------------------------------------------------------------ study plots */
 
-/* A group's label for a legend or an axis, cut to n characters. */
-static void short_label(char *out, size_t n, const char *label) {
-    if (strlen(label) < n) {
-        snprintf(out, n, "%s", label);
-        return;
+/*
+ * A group as a legend or an axis shows it, cut to n characters: "key=value ..." (keys 1)
+ * or its values alone, "value, value" (keys 0), leaving out keys its runs do not have
+ * (a router option of another router); "all runs" when no key tells groups apart.
+ */
+static void group_text(char *out, size_t n, const ml_runset *set, int g, int keys) {
+    ml_strbuf b = {0};
+    for (int k = 0; k < set->n_keys; k++) {
+        const char *v = set->group[g].val[k];
+        if (!strcmp(v, "(unset)")) continue;
+        if (b.len) ml_strbuf_puts(&b, keys ? " " : ", ");
+        if (keys) ml_strbuf_printf(&b, "%s=", set->keys[k]);
+        ml_strbuf_puts(&b, v);
     }
-    snprintf(out, n, "%.*s...", (int)n - 4, label);
+    const char *t = b.buf && b.len ? b.buf : set->n_keys ? "(defaults)" : "all runs";
+    if (strlen(t) < n) snprintf(out, n, "%s", t);
+    else snprintf(out, n, "%.*s...", (int)n - 4, t);
+    ml_strbuf_free(&b);
 }
 
 /* curve_<metric>.png: per group, the mean of metric over epochs with its 95% CI band. */
@@ -916,13 +927,14 @@ static void plot_curve(plotter *p, const ml_runset *set, const char *metric) {
     gp_str(&g, title);
     ml_strbuf_puts(&g, "\nset xlabel 'epoch'\nset ylabel ");
     gp_str(&g, metric);
-    ml_strbuf_printf(&g, "\n%s\nset style fill transparent solid 0.2 noborder\n", logy ? "set logscale y" : "");
+    ml_strbuf_printf(&g, "\n%s\nset style fill transparent solid 0.2 noborder\n"
+                         "set key below noopaque nobox font ',10' samplen 2 height 1\n", logy ? "set logscale y" : "");
     gp_epoch_tics(&g, e_lo, e_hi);
     ml_strbuf_puts(&g, "plot ");
     for (int b = 0; b < n_blocks; b++) {
         const ml_run_group *G = &set->group[blocks[b]];
         char label[120], legend[160];
-        short_label(label, sizeof label, G->label);
+        group_text(label, sizeof label, set, blocks[b], 1);
         snprintf(legend, sizeof legend, "%s (%d run%s)", label, G->n_runs, G->n_runs == 1 ? "" : "s");
         ml_strbuf_printf(&g,
                          "%s'%s.dat' index %d using 1:3:4 with filledcurves lt %d notitle, \\\n"
@@ -959,7 +971,7 @@ static void plot_compare(plotter *p, const ml_runset *set, const char *metric, c
     for (int gi = 0; gi < set->n_groups; gi++) {
         const ml_stats_desc *d = &s->cell[gi];
         char label[64];
-        short_label(label, sizeof label, set->group[gi].label);
+        group_text(label, sizeof label, set, gi, 0);
         for (char *c = label; *c; c++)
             if (*c == '"') *c = '\'';
         if ((int)strlen(label) > longest) longest = (int)strlen(label);
@@ -988,12 +1000,23 @@ static void plot_compare(plotter *p, const ml_runset *set, const char *metric, c
     gp_str(&g, title);
     ml_strbuf_puts(&g, "\nset ylabel ");
     gp_str(&g, metric);
+    /* the axis names the keys, each tic gives a group's values */
+    ml_strbuf xl = {0};
+    for (int k = 0; k < set->n_keys; k++) ml_strbuf_printf(&xl, "%s%s", k ? ", " : "", set->keys[k]);
+    ml_strbuf_puts(&g, "\nset xlabel ");
+    gp_str(&g, xl.buf ? xl.buf : "group");
+    ml_strbuf_free(&xl);
+    /* horizontal tic labels when they fit (about 7 pixels a character), else slanted */
+    int slanted = set->n_groups * (longest + 2) * 7 > p->o->width * 8 / 10;
+    if (slanted)
+        ml_strbuf_printf(&g, "\nset xtics rotate by 30 right nomirror\nset lmargin %d\n", 6 + longest * 3 / 4);
+    else
+        ml_strbuf_puts(&g, "\nset xtics nomirror\n");
     ml_strbuf_printf(&g,
-                     "\nunset key\nset xrange [-0.5:%d.5]\nset offsets 0, 0, graph 0.1, graph 0.1\n"
-                     "set xtics rotate by 30 right nomirror\nset bmargin %d\n"
+                     "unset key\nset xrange [-0.5:%d.5]\nset offsets 0, 0, graph 0.1, graph 0.1\n"
                      "plot '%s.dat' using 1:2:3:4:xticlabels(6) with yerrorbars lt 1 lw 2 pt 7 ps 1.2, \\\n"
                      "     '%s.dat' using 1:2:(sprintf('n=%%d', $5)) with labels left offset 1.2,0 tc rgb '#555555'\n",
-                     set->n_groups - 1, 3 + (longest > 48 ? 48 : longest) / 4, name, name);
+                     set->n_groups - 1, name, name);
     pl_draw(p, name, &dat, &g);
 out:
     ml_summary_free(s);
