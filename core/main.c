@@ -8,6 +8,8 @@
  *   moelab bench [options]              time the SRNN training step (see docs/PERFORMANCE.md)
  *   moelab lua SCRIPT                   run a Lua script with `moelab` but no experiment
  *   moelab sweep CONFIG [key=v1,v2 ...] a study: many runs, locally or as a SLURM array
+ *   moelab summarize DIR...             mean ± sd and 95% CI per group of seeds (docs/studies.md)
+ *   moelab plot DIR...                  PNG plots of runs and studies, drawn by gnuplot
  *
  * Exit status: 0 success, 1 a run/script/plugin/data failure, 2 a bad command line or
  * config (nothing was run), 130 interrupted by SIGINT/SIGTERM (resume with --resume).
@@ -33,6 +35,8 @@
 #include "plugin/loader.h"
 #include "plugin/plugintest.h"
 #include "study/sweep.h"
+#include "study/summarize.h"
+#include "study/plot.h"
 
 static char g_root[2048]; /* directory holding the executable (the build dir) */
 static int g_argc;         /* the command line, for provenance */
@@ -63,6 +67,8 @@ static int usage(FILE *f) {
           "       moelab lua SCRIPT\n"
           "       moelab sweep CONFIG [key=v1,v2,... ...] [--jobs N] [--launcher local|slurm] [--name NAME]\n"
           "       moelab sweep --resume DIR | --status DIR\n"
+          "       moelab summarize DIR... [--cols C,...] [--at last|best|epoch=N] [--by KEY,...] [--format markdown|csv|json]\n"
+          "       moelab plot RUN_OR_SWEEP_DIR... [--metric COL] [--at last|best|epoch=N] [--size WxH] [--runs]\n"
           "       moelab version\n"
           "`moelab COMMAND --help` tells more about each command.\n",
           f);
@@ -132,6 +138,60 @@ static const struct { const char *cmd, *text; } g_help[] = {
      "Exit status: 0 every run finished; 1 some run failed (the lines above say which);\n"
      "2 a bad command line, config or grid (nothing was started); 130 interrupted (the runs\n"
      "saved their interrupt checkpoints; run the command again to continue).\n"},
+    {"summarize",
+     "usage: moelab summarize DIR... [--cols C1,C2,...] [--at last|best|epoch=N] [--best-by COL[:max]]\n"
+     "                        [--by KEY1,KEY2,...] [--format markdown|csv|json] [--include-unfinished]\n\n"
+     "One table over a study's runs: per group of runs that differ only in the seed, and per\n"
+     "metrics.csv column, n, mean, sample standard deviation and the 95% confidence interval\n"
+     "of the mean (Student's t with n-1 degrees of freedom; none for n = 1). docs/studies.md.\n\n"
+     "DIR is a sweep directory (sweep.yaml), a run directory, or a directory holding runs or\n"
+     "sweeps (searched 3 levels down, e.g. results/demo/); any mix. Groups come from each\n"
+     "run's config.yaml: the keys whose values differ between the runs, leaving out keys that\n"
+     "cannot change results (train.seed, train.threads, experiment, results.*, sweep.*,\n"
+     "launcher.*, lua.*). Each group's seeds are listed.\n\n"
+     "Options:\n"
+     "  --cols C1,C2,...    metrics.csv columns (default: val_loss and, per MoE layer L,\n"
+     "                      moe<L>_active, moe<L>_cv, moe<L>_mutual_info, moe<L>_collapsed)\n"
+     "  --at last           each run's last metrics.csv row (default)\n"
+     "  --at best           the epoch with the lowest val_loss, or the one --best-by chooses\n"
+     "  --at epoch=N        the row of epoch N\n"
+     "  --best-by COL[:max] judge 'best' by COL, lowest (or highest with :max)\n"
+     "  --by KEY1,KEY2,...  group by these config keys instead (a section such as 'router'\n"
+     "                      means all its keys; train.seed and the other left-out keys too)\n"
+     "  --format F          markdown (default): mean ± sd [lo, hi] (n=...) per cell;\n"
+     "                      csv: one row per group and column (group, col, n, mean, sd, ci_lo,\n"
+     "                      ci_hi, runs, seeds, then the group's key values); json: groups with\n"
+     "                      their keys, statistics and each run's values\n"
+     "  --include-unfinished  keep runs whose status is not ok (left out and listed by default)\n\n"
+     "Values that are missing (no such column, empty, nan, inf, no such epoch) are not counted\n"
+     "in n; stderr names the runs that lack them.\n\n"
+     "Exit status: 0 done; 1 nothing could be summarised; 2 a bad command line (unknown\n"
+     "option or column, a DIR that does not exist).\n"},
+    {"plot",
+     "usage: moelab plot RUN_OR_SWEEP_DIR... [--metric COL] [--at last|best|epoch=N] [--best-by COL[:max]]\n"
+     "                   [--by KEY1,KEY2,...] [--size WxH] [--runs] [--include-unfinished]\n\n"
+     "Draws PNGs with gnuplot into DIR/plots/, beside the data files and gnuplot scripts that\n"
+     "made them (edit a script and run `gnuplot NAME.gp` there to change a plot). Each PNG\n"
+     "written is named on stdout. docs/studies.md shows them.\n\n"
+     "A run directory gets loss.png (task loss and each balancing loss, training and\n"
+     "validation), routing.png (active experts, H(u)/log N and I(x; expert) per MoE layer),\n"
+     "heatmap_moe<L>.png (expert utilisation, expert x epoch, with experts_added, collapse and\n"
+     "intervention events from events.jsonl), and from routing_steps.csv and steps.csv when\n"
+     "the run has them, heatmap_steps_moe<L>.png and steps.png (per step).\n"
+     "A sweep directory, or a directory of runs, gets per group of runs that differ only in\n"
+     "the seed (as moelab summarize groups them) curve_<metric>.png (mean over epochs with a\n"
+     "95% CI band) and compare_<metric>_<at>.png (mean and 95% CI at the last or best epoch).\n\n"
+     "Options:\n"
+     "  --metric COL        the metrics.csv column of the study plots (default val_loss)\n"
+     "  --at last|best|epoch=N  the comparison's epoch (default last; best: lowest val_loss)\n"
+     "  --best-by COL[:max] judge 'best' by COL, lowest (or highest with :max)\n"
+     "  --by KEY1,KEY2,...  group by these config keys (as moelab summarize --by)\n"
+     "  --size WxH          pixels of every PNG (default 1000x600)\n"
+     "  --runs              with a study, also plot each of its runs\n"
+     "  --include-unfinished  keep runs whose status is not ok\n\n"
+     "Needs gnuplot with the pngcairo terminal (Debian: gnuplot-nox, which make test installs).\n\n"
+     "Exit status: 0 every plot written; 1 a plot failed, a run had no metrics.csv rows, or\n"
+     "gnuplot is missing; 2 a bad command line.\n"},
     {"version", "usage: moelab version\n\nPrints moelab's version and plugin ABI version.\n"},
 };
 
@@ -460,6 +520,7 @@ static int cmd_sweep(int argc, char **argv) {
             rc = ML_EXIT_USAGE;
         } else {
             rc = sweep_summary(s, ml_sweep_run_local(s, stderr));
+            if (rc != ML_EXIT_INTERRUPTED) ml_summarize_sweep(s->dir, stdout);
         }
     }
     ml_sweep_free(s);
@@ -531,6 +592,8 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "lua")) return cmd_lua(argc - 2, argv + 2);
     if (!strcmp(cmd, "sweep")) return cmd_sweep(argc - 2, argv + 2);
+    if (!strcmp(cmd, "summarize")) return ml_summarize_main(argc - 2, argv + 2);
+    if (!strcmp(cmd, "plot")) return ml_plot_main(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("moelab %s (plugin ABI %d.%d, commit %s)\n", ML_VERSION, ML_ABI_MAJOR, ML_ABI_MINOR, ml_build_commit());
         return 0;

@@ -2,7 +2,7 @@
 # Installs whichever Debian packages moelab needs and this machine lacks (apt-get; sudo
 # when not root). Quiet when everything is present.
 set -e
-PKGS="build-essential pkg-config python3 liblua5.4-dev libopenblas-openmp-dev libyaml-dev zlib1g-dev check libstb-dev dataset-fashion-mnist"
+PKGS="build-essential pkg-config python3 liblua5.4-dev libopenblas-openmp-dev libyaml-dev zlib1g-dev check libstb-dev dataset-fashion-mnist gnuplot-nox"
 [ "${MOELAB_BENCH:-0}" = 1 ] && PKGS="$PKGS python3-torch"
 # make fuzz: clang, its libFuzzer/sanitizer runtimes (libclang_rt.fuzzer*.a) and OpenMP
 [ "${MOELAB_FUZZ:-0}" = 1 ] && PKGS="$PKGS clang-14 libclang-rt-14-dev libomp-14-dev"
