@@ -424,7 +424,8 @@ static int cmd_sweep(int argc, char **argv) {
             fprintf(stderr, "moelab: %s\n", ml_error());
             rc = ML_EXIT_RUNTIME;
         } else {
-            fprintf(stderr, "moelab sweep: run %s has finished; nothing to do\n", s->run[k].id);
+            fprintf(stderr, "moelab sweep: run %s %s; nothing to do\n", s->run[k].id,
+                    s->run[k].state == ML_RUN_RUNNING ? "is running in another process" : "has finished");
             rc = 0;
         }
     } else if (o.dry_run) {

@@ -215,6 +215,21 @@ START_TEST(cluster_is_up) {
     int rc = tu_sh("sinfo --noheader --format='%%P %%T %%c'");
     ck_assert_msg(rc == 0, "%s", tu_out);
     assert_out("test* idle");
+    /* the script removes only what it made, and starts only in an empty directory */
+    const char *d = tu_tmpdir("slurmnot");
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s", d);
+    FILE *f = fopen(tu_path("%s/keep", dir), "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    rc = tu_sh("sh tools/slurm-cluster.sh stop %s", dir);
+    ck_assert_int_eq(rc, 1);
+    assert_out("was not made by");
+    rc = tu_sh("sh tools/slurm-cluster.sh start %s", dir);
+    ck_assert_int_eq(rc, 1);
+    assert_out("is not empty");
+    ck_assert_int_eq(access(tu_path("%s/keep", dir), F_OK), 0);
+    tu_rm_rf(dir);
 }
 END_TEST
 
@@ -447,6 +462,12 @@ START_TEST(bad_settings_refused) {
                sw);
     ck_assert_msg(rc == 2, "%s", tu_out);
     assert_out("launcher partition 'x;id'");
+    /* so is its job id, which goes into squeue's and scancel's arguments */
+    rc = tu_sh("sed -i -e 's/partition: \"x;id\"/partition: \"\"/' -e 's/job_id: \"\"/job_id: \"--user=root\"/' "
+               "%s/sweep.yaml && %s/moelab sweep --resume %s",
+               sw, b, sw);
+    ck_assert_msg(rc == 1, "%s", tu_out);
+    assert_out("launcher job_id '--user=root' in the manifest is not a SLURM job id");
     /* no sbatch on PATH */
     rc = tu_sh("PATH=/nonexistent %s/moelab sweep " SYNTH " router.k=1,2 results.dir=%s --name n --launcher slurm", b,
                res);

@@ -359,8 +359,19 @@ static int mark_tasks(const char *t, unsigned char *active, int n_runs) {
     return count;
 }
 
+/* A job id as sbatch --parsable gives it (the manifest may have been edited: it goes into
+   squeue's and scancel's arguments). */
+static int job_id_ok(const char *id) {
+    size_t n = strspn(id, "0123456789");
+    if (n && n < 20 && !id[n]) return 1;
+    char vis[80];
+    return ml_errorf("sweep: launcher job_id '%s' in the manifest is not a SLURM job id (digits)",
+                     ml_slurm_visible(id, vis, sizeof vis)), 0;
+}
+
 int ml_slurm_active(const ml_sweep *s, const char *job_id, unsigned char *active) {
     if (active) memset(active, 0, (size_t)s->n_runs);
+    if (!job_id_ok(job_id)) return -1;
     char name[160], jobs[96], names[200];
     job_name(s, name, sizeof name);
     snprintf(jobs, sizeof jobs, "--jobs=%s", job_id);
@@ -410,6 +421,9 @@ static int parse_job_id(const char *out, char *id, size_t cap) {
 
 /* ------------------------------------------------------------------- waiting */
 
+/* An error message without its "sweep: " (for one that goes inside another). */
+static const char *bare(const char *msg) { return strncmp(msg, "sweep: ", 7) ? msg : msg + 7; }
+
 static volatile sig_atomic_t g_signals;
 
 static void on_signal(int sig) {
@@ -430,12 +444,13 @@ static void nap(double seconds, int signals_before) {
 }
 
 static int cancel_job(const char *job_id, FILE *out) {
+    if (!job_id_ok(job_id)) return -1;
     char *argv[] = {"scancel", (char *)job_id, NULL};
     char *text;
     int rc = run_cmd(argv, NULL, &text);
     if (rc != 0) {
         if (rc > 0) cmd_error("scancel", rc, text);
-        fprintf(out, "moelab sweep: %s; cancel it yourself: scancel %s\n", ml_error(), job_id);
+        fprintf(out, "moelab sweep: %s; cancel it yourself: scancel %s\n", bare(ml_error()), job_id);
     }
     free(text);
     return rc;
@@ -470,7 +485,9 @@ int ml_sweep_run_slurm(ml_sweep *s, const ml_slurm_opts *o, FILE *out) {
     if (*job) { /* the last array of this sweep, if still there: wait for it, never run a run twice */
         int k = ml_slurm_active(s, job, active);
         if (k < 0) {
-            ml_error_prefix("sweep: cannot tell whether SLURM job %s of this sweep is still queued", job);
+            char why[600];
+            snprintf(why, sizeof why, "%s", ml_error());
+            ml_errorf("sweep: cannot tell whether SLURM job %s of this sweep is still queued: %s", job, bare(why));
             goto out;
         }
         if (k > 0) {
@@ -566,11 +583,13 @@ int ml_sweep_run_slurm(ml_sweep *s, const ml_slurm_opts *o, FILE *out) {
         if (k < 0) {
             if (!failing_since) {
                 failing_since = ml_now();
-                fprintf(out, "moelab sweep: warning: %s; still waiting\n", ml_error());
+                fprintf(out, "moelab sweep: warning: %s; still waiting\n", bare(ml_error()));
                 fflush(out);
             } else if (ml_now() - failing_since > 600) {
-                ml_error_prefix("sweep: squeue has failed for 10 minutes; job %s may still run (moelab sweep --status %s)",
-                                job, s->dir);
+                char why[600];
+                snprintf(why, sizeof why, "%s", ml_error());
+                ml_errorf("sweep: squeue has failed for 10 minutes (%s); job %s may still run (moelab sweep --status %s)",
+                          bare(why), job, s->dir);
                 break;
             }
             continue;
