@@ -451,13 +451,20 @@ START_TEST(bad_settings_refused) {
     assert_out("launcher.sbatch '--wrap=id': the sweep submits its own script");
     /* a manifest edited by hand is checked again before its script is written */
     rc = tu_sh("%s/moelab sweep " SYNTH " router.k=1,2 results.dir=%s --name m --no-wait --launcher slurm "
-               "--partition nosuch",
+               "--partition nosuch --max-parallel 3 --time 1-00:30 --mem 2G --sbatch --exclusive",
                b, res);
     ck_assert_msg(rc == 1, "%s", tu_out);
     assert_out("sbatch failed (exit 1): ");
     assert_out("nosuch");
     char sw[700];
     snprintf(sw, sizeof sw, "%s/test-synth/sweeps/m", res);
+    char *script = tu_slurp(tu_path("%s/slurm/sweep.sbatch", sw), NULL);
+    ck_assert_ptr_nonnull(script);
+    ck_assert_msg(strstr(script, "#SBATCH --array=0-1%3\n") && strstr(script, "#SBATCH --partition=nosuch\n") &&
+                      strstr(script, "#SBATCH --time=1-00:30\n") && strstr(script, "#SBATCH --mem=2G\n") &&
+                      strstr(script, "#SBATCH --exclusive\n"),
+                  "%s", script);
+    free(script);
     rc = tu_sh("sed -i 's/partition: \"nosuch\"/partition: \"x;id\"/' %s/sweep.yaml && %s/moelab sweep --resume %s", sw, b,
                sw);
     ck_assert_msg(rc == 2, "%s", tu_out);

@@ -8,12 +8,10 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -510,9 +508,10 @@ int ml_sweep_run_slurm(ml_sweep *s, const ml_slurm_opts *o, FILE *out) {
             watch[i] = 1;
         }
         todo = n;
-        fprintf(out, "moelab sweep: %s: %d runs, %d to do, as a SLURM job array (%s%d at a time), %d thread%s each\n",
-                s->dir, s->n_runs, todo, s->launcher.max_parallel > 0 ? "at most " : "",
-                s->launcher.max_parallel > 0 ? s->launcher.max_parallel : todo, s->threads, s->threads == 1 ? "" : "s");
+        char limit[48] = "";
+        if (s->launcher.max_parallel > 0) snprintf(limit, sizeof limit, " of at most %d at a time", s->launcher.max_parallel);
+        fprintf(out, "moelab sweep: %s: %d runs, %d to do, as a SLURM job array%s, %d thread%s each\n", s->dir,
+                s->n_runs, todo, limit, s->threads, s->threads == 1 ? "" : "s");
         fflush(out);
         if (!n) {
             result = 0;
