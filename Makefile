@@ -1,6 +1,6 @@
 # moelab — one Makefile (in the spirit of Lua's).
 #   make demo    install missing Debian packages, build, run the default experiment
-#   make test    install, build, run every test suite
+#   make test    install (SLURM too, for check_slurm), build, run every test suite
 #   make bench   time the SRNN step beside PyTorch
 #   make asan    build and test with AddressSanitizer + UBSan into build-asan/
 #   make fuzz    libFuzzer targets (clang) into build-fuzz/, FUZZ_SECONDS per target
@@ -42,11 +42,15 @@ ABI10_SO   := $(patsubst tests/abi/1.0/%.c,$(BUILD)/tests/abi/1.0/%.so,$(ABI10_S
 TEST_SRC   := $(wildcard tests/check_*.c)
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
-.PHONY: all deps demo test check-build check-layers bench asan fuzz fuzz-build valgrind clean
+.PHONY: all deps deps-test demo test check-build check-layers bench asan fuzz fuzz-build valgrind clean
 all: $(BUILD)/moelab $(PLUGINS)
 
 deps:
 	@sh tools/install-deps.sh
+
+# the tests also need SLURM (tests/check_slurm.c starts a single-node cluster of its own)
+deps-test:
+	@MOELAB_SLURM=1 sh tools/install-deps.sh
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -105,7 +109,7 @@ demo: deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/moelab run configs/demo.yaml
 
-test: deps
+test: deps-test
 	@$(MAKE) --no-print-directory all check-build
 	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test
 	@sh tools/run-tests.sh $(BUILD) $(TESTS)

@@ -34,6 +34,7 @@
 #include "lua/luaexp.h"
 #include "plugin/loader.h"
 #include "plugin/plugintest.h"
+#include "study/slurm.h"
 #include "study/sweep.h"
 #include "study/summarize.h"
 #include "study/plot.h"
@@ -114,9 +115,9 @@ static const struct { const char *cmd, *text; } g_help[] = {
      "losses) but no experiment. Ctrl-C stops it (exit 130).\n"},
     {"sweep",
      "usage: moelab sweep CONFIG [key=v1,v2,... | key=range(a,b[,step]) | key=value ...] [options]\n"
-     "       moelab sweep --resume DIR [--jobs N] [--launcher local|slurm]\n"
+     "       moelab sweep --resume DIR [--jobs N] [--launcher local|slurm] [slurm options]\n"
      "       moelab sweep --status DIR\n"
-     "       moelab sweep --task DIR INDEX\n\n"
+     "       moelab sweep --task DIR INDEX [--log]\n\n"
      "Runs a study: the Cartesian product of the command line's lists (and the config's\n"
      "sweep: grid and runs), one ordinary run directory each, under\n"
      "<results.dir>/<experiment>/sweeps/<sweep-id>/ with the manifest sweep.yaml\n"
@@ -132,12 +133,26 @@ static const struct { const char *cmd, *text; } g_help[] = {
      "  --name NAME         the sweep id (default: config name + a hash of config and grid)\n"
      "  --dry-run           print the runs and their overrides, start nothing\n"
      "  --resume DIR        continue the sweep in DIR (same as re-running its command)\n"
-     "  --status DIR        each run's status, from the run directories\n"
-     "  --task DIR INDEX    run one run of the sweep in this process (what a SLURM array\n"
-     "                      task runs; INDEX counts from 0)\n\n"
-     "Exit status: 0 every run finished; 1 some run failed (the lines above say which);\n"
-     "2 a bad command line, config or grid (nothing was started); 130 interrupted (the runs\n"
-     "saved their interrupt checkpoints; run the command again to continue).\n"},
+     "  --status DIR        each run's status, from the run directories (and squeue's\n"
+     "                      count of the sweep's SLURM tasks still queued or running)\n"
+     "  --task DIR INDEX [--log]  run one run of the sweep in this process (what a SLURM\n"
+     "                      array task runs; INDEX counts from 0; --log: output to logs/)\n\n"
+     "SLURM (--launcher slurm, or launcher.name: slurm; docs/studies.md \"SLURM\"): one job\n"
+     "array, one task per run not finished, from <sweep>/slurm/sweep.sbatch (submitted with\n"
+     "sbatch --parsable, output in <sweep>/slurm/<job>_<task>.out); runs need a filesystem\n"
+     "the nodes share. Preempted or requeued tasks resume from their checkpoints.\n"
+     "  --partition P  --time T  --mem M  --account A  --qos Q   as sbatch's (checked first)\n"
+     "  --max-parallel M    at most M tasks at a time (--array=...%M)\n"
+     "  --sbatch LINE       one more #SBATCH line, e.g. --sbatch --gres=gpu:1 (repeatable)\n"
+     "  --no-wait           submit, print the job id and return; --status DIR follows it,\n"
+     "                      the same command again waits for it\n"
+     "  --poll SECONDS      seconds between squeue polls while waiting (default 10)\n"
+     "Waiting prints a line per run as it ends. Ctrl-C cancels the array (scancel): running\n"
+     "runs save their interrupt checkpoints; a second Ctrl-C stops waiting at once.\n\n"
+     "Exit status: 0 every run finished; 1 some run failed (the lines above say which), or\n"
+     "sbatch/squeue failed; 2 a bad command line, config, grid or launcher setting (nothing\n"
+     "was started); 130 interrupted (the runs saved their interrupt checkpoints; run the\n"
+     "command again to continue).\n"},
     {"summarize",
      "usage: moelab summarize DIR... [--cols C1,C2,...] [--at last|best|epoch=N] [--best-by COL[:max]]\n"
      "                        [--by KEY1,KEY2,...] [--format markdown|csv|json] [--include-unfinished]\n\n"
@@ -411,9 +426,11 @@ static int sweep_summary(ml_sweep *s, int rc) {
     int failed = 0;
     for (int i = 0; i < s->n_runs; i++)
         if (s->run[i].state != ML_RUN_OK) {
+            char code[32] = "";
             if (!failed++) fprintf(stderr, "moelab sweep: not finished:\n");
-            fprintf(stderr, "  %s %s (exit %d) %s  log: %s/logs/%s.log\n", s->run[i].id, ml_run_state_name(s->run[i].state),
-                    s->run[i].exit_code, s->run[i].label, s->dir, s->run[i].id);
+            if (s->run[i].exit_code >= 0) snprintf(code, sizeof code, " (exit %d)", s->run[i].exit_code);
+            fprintf(stderr, "  %s %s%s %s  log: %s/logs/%s.log\n", s->run[i].id, ml_run_state_name(s->run[i].state), code,
+                    s->run[i].label, s->dir, s->run[i].id);
         }
     fprintf(stderr, "moelab sweep: %d of %d runs finished; results in %s\n", s->n_runs - failed, s->n_runs, s->dir);
     return failed ? ML_EXIT_RUNTIME : 0;
@@ -422,6 +439,8 @@ static int sweep_summary(ml_sweep *s, int rc) {
 static int cmd_sweep(int argc, char **argv) {
     ml_sweep_opts o = {0};
     const char *config = NULL, *resume = NULL, *status = NULL, *task = NULL, *task_index = NULL;
+    ml_slurm_opts so = {0};
+    int task_log = 0;
     const char **axes = ml_calloc((size_t)argc + 1, sizeof *axes), **sb = ml_calloc((size_t)argc + 1, sizeof *sb);
     int n_axes = 0;
     if (!axes || !sb) return ML_EXIT_RUNTIME;
@@ -452,7 +471,24 @@ static int cmd_sweep(int argc, char **argv) {
         else if ((v = opt_value(argc, argv, &i, "--account"))) o.account = v;
         else if ((v = opt_value(argc, argv, &i, "--qos"))) o.qos = v;
         else if ((v = opt_value(argc, argv, &i, "--sbatch"))) sb[o.n_sbatch++] = v;
-        else if ((v = opt_value(argc, argv, &i, "--max-parallel"))) o.max_parallel = atoi(v);
+        else if ((v = opt_value(argc, argv, &i, "--max-parallel"))) {
+            char *end;
+            long n = strtol(v, &end, 10);
+            if (*end || n < 1 || n > (1 << 20)) {
+                fprintf(stderr, "moelab sweep: --max-parallel '%s': expected a whole number >= 1\n", v);
+                goto out;
+            }
+            o.max_parallel = (int)n;
+        } else if ((v = opt_value(argc, argv, &i, "--poll"))) {
+            char *end;
+            double t = strtod(v, &end);
+            if (*end || !(t >= 0.05 && t <= 3600)) {
+                fprintf(stderr, "moelab sweep: --poll '%s': expected seconds between 0.05 and 3600\n", v);
+                goto out;
+            }
+            so.poll = t;
+        } else if (!strcmp(a, "--no-wait")) so.no_wait = 1;
+        else if (!strcmp(a, "--log")) task_log = 1;
         else if ((v = opt_value(argc, argv, &i, "--resume"))) resume = v;
         else if ((v = opt_value(argc, argv, &i, "--status"))) status = v;
         else if (!strcmp(a, "--task") && i + 2 < argc) {
@@ -476,6 +512,10 @@ static int cmd_sweep(int argc, char **argv) {
                         "(moelab sweep --help)\n");
         goto out;
     }
+    if (task_log && !task) {
+        fprintf(stderr, "moelab sweep: --log goes with --task DIR INDEX\n");
+        goto out;
+    }
     ml_plugins_default_path(NULL, 0);
     ml_sweep *s = NULL;
     if (config) s = ml_sweep_create(config, axes, n_axes, &o);
@@ -486,16 +526,22 @@ static int cmd_sweep(int argc, char **argv) {
     }
     if (status) {
         rc = ml_sweep_print_status(s, stdout) ? ML_EXIT_RUNTIME : 0;
+        if (!strcmp(s->launcher.name, "slurm") && *s->launcher.job_id) {
+            int k = ml_slurm_active(s, s->launcher.job_id, NULL);
+            if (k < 0) printf("SLURM job %s: cannot ask squeue (%s)\n", s->launcher.job_id, ml_error());
+            else printf("SLURM job %s: %d task%s queued or running\n", s->launcher.job_id, k, k == 1 ? "" : "s");
+        }
     } else if (task) {
         char *end;
         long k = strtol(task_index, &end, 10);
         if (*end || k < 0 || k >= s->n_runs) {
             fprintf(stderr, "moelab sweep: --task %s %s: expected a run index in 0..%d\n", task, task_index, s->n_runs - 1);
-        } else if (ml_sweep_exec(s, (int)k, 0)) {
+        } else if (ml_sweep_exec(s, (int)k, task_log)) {
             fprintf(stderr, "moelab: %s\n", ml_error());
             rc = ML_EXIT_RUNTIME;
         } else {
-            fprintf(stderr, "moelab sweep: run %s has finished; nothing to do\n", s->run[k].id);
+            fprintf(stderr, "moelab sweep: run %s %s; nothing to do\n", s->run[k].id,
+                    s->run[k].state == ML_RUN_RUNNING ? "is running in another process" : "has finished");
             rc = 0;
         }
     } else if (o.dry_run) {
@@ -513,14 +559,29 @@ static int cmd_sweep(int argc, char **argv) {
                 s->jobs = o.jobs;
                 s->threads = ml_sweep_cpus() / o.jobs > 0 ? ml_sweep_cpus() / o.jobs : 1;
             }
-            if (o.launcher) snprintf(s->launcher.name, sizeof s->launcher.name, "%s", o.launcher);
+            if (ml_sweep_set_launcher(&s->launcher, &o)) {
+                fprintf(stderr, "moelab: %s\n", ml_error());
+                ml_sweep_free(s);
+                goto out;
+            }
         }
-        if (strcmp(s->launcher.name, "local")) {
-            fprintf(stderr, "moelab sweep: launcher '%s' is not available in this build\n", s->launcher.name);
-            rc = ML_EXIT_USAGE;
+        if (strcmp(s->launcher.name, "slurm")) {
+            if (so.no_wait) fprintf(stderr, "moelab sweep: --no-wait goes with --launcher slurm\n");
+            else {
+                rc = sweep_summary(s, ml_sweep_run_local(s, stderr));
+                if (rc != ML_EXIT_INTERRUPTED) ml_summarize_sweep(s->dir, stdout);
+            }
         } else {
-            rc = sweep_summary(s, ml_sweep_run_local(s, stderr));
-            if (rc != ML_EXIT_INTERRUPTED) ml_summarize_sweep(s->dir, stdout);
+            int k = ml_sweep_run_slurm(s, &so, stderr);
+            if (k == ML_SLURM_BAD_SETTINGS || k == ML_SLURM_FAILED) {
+                fprintf(stderr, "moelab: %s\n", ml_error());
+                rc = k == ML_SLURM_BAD_SETTINGS ? ML_EXIT_USAGE : ML_EXIT_RUNTIME;
+            } else if (so.no_wait && k >= 0) {
+                rc = 0;
+            } else {
+                rc = sweep_summary(s, k == ML_SLURM_INTERRUPTED ? -1 : k);
+                if (rc != ML_EXIT_INTERRUPTED) ml_summarize_sweep(s->dir, stdout);
+            }
         }
     }
     ml_sweep_free(s);

@@ -7,6 +7,11 @@ PKGS="build-essential pkg-config python3 liblua5.4-dev libopenblas-openmp-dev li
 # make fuzz: clang, its libFuzzer/sanitizer runtimes (libclang_rt.fuzzer*.a) and OpenMP
 [ "${MOELAB_FUZZ:-0}" = 1 ] && PKGS="$PKGS clang-14 libclang-rt-14-dev libomp-14-dev"
 [ "${MOELAB_VALGRIND:-0}" = 1 ] && PKGS="$PKGS valgrind"
+# make test (and so make asan): SLURM's controller, node daemon, client commands and munge,
+# for the single-node cluster tests/check_slurm.c starts itself (tools/slurm-cluster.sh).
+# The packages' own services are not used (on a machine with systemd, installing them
+# enables munge, slurmd and slurmctld; the latter two do not start without /etc/slurm).
+[ "${MOELAB_SLURM:-0}" = 1 ] && PKGS="$PKGS slurmctld slurmd slurm-client munge"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

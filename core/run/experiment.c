@@ -510,6 +510,10 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     /* test hook (docs/lua-api.md): behave as if SIGINT arrived during step N */
     const char *stop = getenv("MOELAB_TEST_INTERRUPT_AT_STEP");
     int64_t stop_step = stop ? strtoll(stop, NULL, 10) : 0;
+    /* test hook: sleep this many milliseconds after each step (a run slow enough to be
+       signalled, preempted or requeued while it trains; the results do not change) */
+    const char *nap = getenv("MOELAB_TEST_STEP_SLEEP_MS");
+    long nap_ms = nap ? strtol(nap, NULL, 10) : 0;
     double t0 = ml_now(), last_draw = 0;
     double *aux_sum = a->aux_sum;
     int skip_nonfinite = !strcmp(ml_config_str(e->cfg, "train.nonfinite", "stop"), "skip_step");
@@ -558,6 +562,7 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
             progress(e, a->seen, e->train.n, task, a->used ? a->loss_sum / a->used - task : 0, t0, 0);
             last_draw = now;
         }
+        if (nap_ms > 0 && nap_ms <= 10000) nanosleep(&(struct timespec){nap_ms / 1000, nap_ms % 1000 * 1000000L}, NULL);
         if (stop_step > 0 && e->step == stop_step) ml_exp_interrupted = 2;
         /* before the hook: a resume runs this step's hook first, as the uninterrupted run did */
         if (ml_exp_interrupted) return ml_exp_interrupt(e);

@@ -1,6 +1,7 @@
 /* sweep.c — sweep directories, manifests, run states and the local launcher (sweep.h). */
 #include "study/sweep.h"
 #include "study/grid.h"
+#include "study/slurm.h"
 #include "base/common.h"
 #include "base/file.h"
 #include "base/json.h"
@@ -26,6 +27,8 @@
 
 #define MANIFEST "sweep.yaml"
 #define MANIFEST_FORMAT 1
+/* how each attempt's first line in logs/<id>.log begins (ml_sweep_log_attempts counts them) */
+#define ATTEMPT_LINE "moelab sweep: attempt"
 
 static const char *state_names[] = {"pending", "running", "ok", "failed", "interrupted", "crashed"};
 
@@ -417,6 +420,11 @@ static int read_launcher(ml_sweep *s, const ml_config *cfg, const ml_sweep_opts 
                 const char *x = ml_cfg_node_text(ml_cfg_node_at(e, j));
                 if (!x || strchr(x, '\n'))
                     return ml_errorf("%s:%d:%d: launcher.sbatch: each item is one line of text", src, line, col);
+                const char *why = ml_slurm_check_setting("sbatch", x);
+                char vis[256];
+                if (why)
+                    return ml_errorf("%s:%d:%d: launcher.sbatch '%s': %s", src, line, col,
+                                     ml_slurm_visible(x, vis, sizeof vis), why);
                 if (!(L->sbatch[L->n_sbatch++] = ml_strdup(x))) return ML_ERR;
             }
             continue;
@@ -427,15 +435,34 @@ static int read_launcher(ml_sweep *s, const ml_config *cfg, const ml_sweep_opts 
             return ml_errorf("%s:%d:%d: launcher.%s: expected one line of text", src, line, col, k);
         if ((size_t)snprintf(dst, cap, "%s", t) >= cap)
             return ml_errorf("%s:%d:%d: launcher.%s is too long", src, line, col, k);
+        /* these go into an sbatch script: refused here, with their place, not on a cluster */
+        const char *why = strcmp(k, "name") ? ml_slurm_check_setting(k, t) : NULL;
+        char vis[256];
+        if (why) return ml_errorf("%s:%d:%d: launcher.%s '%s': %s", src, line, col, k, ml_slurm_visible(t, vis, sizeof vis), why);
     }
+    return ml_sweep_set_launcher(L, o);
+}
+
+int ml_sweep_set_launcher(ml_sweep_launcher *L, const ml_sweep_opts *o) {
+    static const char *const keys[] = {"partition", "time", "mem", "account", "qos"};
+    const char *vals[] = {o->partition, o->time, o->mem, o->account, o->qos};
+    char *dsts[] = {L->partition, L->time, L->mem, L->account, L->qos};
+    size_t caps[] = {sizeof L->partition, sizeof L->time, sizeof L->mem, sizeof L->account, sizeof L->qos};
     if (o->launcher && copy_str(L->name, sizeof L->name, o->launcher, "--launcher")) return ML_ERR;
-    if (o->partition && copy_str(L->partition, sizeof L->partition, o->partition, "--partition")) return ML_ERR;
-    if (o->time && copy_str(L->time, sizeof L->time, o->time, "--time")) return ML_ERR;
-    if (o->mem && copy_str(L->mem, sizeof L->mem, o->mem, "--mem")) return ML_ERR;
-    if (o->account && copy_str(L->account, sizeof L->account, o->account, "--account")) return ML_ERR;
-    if (o->qos && copy_str(L->qos, sizeof L->qos, o->qos, "--qos")) return ML_ERR;
+    for (int k = 0; k < 5; k++) {
+        if (!vals[k]) continue;
+        const char *why = ml_slurm_check_setting(keys[k], vals[k]);
+        char vis[256];
+        if (why) return ml_errorf("sweep: --%s '%s': %s", keys[k], ml_slurm_visible(vals[k], vis, sizeof vis), why);
+        char what[32];
+        snprintf(what, sizeof what, "--%s", keys[k]);
+        if (copy_str(dsts[k], caps[k], vals[k], what)) return ML_ERR;
+    }
     if (o->max_parallel > 0) L->max_parallel = o->max_parallel;
     for (int i = 0; i < o->n_sbatch; i++) {
+        const char *why = ml_slurm_check_setting("sbatch", o->sbatch[i]);
+        char vis[256];
+        if (why) return ml_errorf("sweep: --sbatch '%s': %s", ml_slurm_visible(o->sbatch[i], vis, sizeof vis), why);
         char **t = realloc(L->sbatch, (size_t)(L->n_sbatch + 1) * sizeof *t);
         if (!t) return ml_errorf("out of memory");
         L->sbatch = t;
@@ -751,10 +778,24 @@ int ml_sweep_exec(ml_sweep *s, int i, int to_log) {
     char **argv;
     if (ml_sweep_prepare(s, i, &argv)) return ML_ERR;
     if (!argv) return ML_OK;
+    /* where this attempt runs: a SLURM array task says which, for the log */
+    char where[256] = "";
+    const char *job = getenv("SLURM_ARRAY_JOB_ID"), *task = getenv("SLURM_ARRAY_TASK_ID");
+    const char *restart = getenv("SLURM_RESTART_COUNT"), *node = getenv("SLURMD_NODENAME");
+    if (job && task)
+        snprintf(where, sizeof where, " (SLURM job %.40s_%.20s on %.100s, restart %.20s)", job, task, node ? node : "?",
+                 restart ? restart : "0");
+    int attempt = ml_sweep_log_attempts(s, i) + 1;
+    if (to_log) {
+        fprintf(stderr, "moelab sweep: run %s, attempt %d%s: output in %s/logs/%s.log\n", s->run[i].id, attempt, where,
+                s->dir, s->run[i].id);
+        fflush(stderr);
+    }
     child_setup(s, i, to_log);
-    fprintf(stderr, "moelab sweep: run %s:", s->run[i].id);
+    fprintf(stderr, ATTEMPT_LINE " %d%s:", attempt, where);
     for (char **p = argv; *p; p++) fprintf(stderr, " %s", *p);
     fputc('\n', stderr);
+    fflush(stderr);
     execv(argv[0], argv);
     ml_errorf("sweep: cannot start %s: %s", argv[0], strerror(errno));
     ml_sweep_argv_free(argv);
@@ -784,8 +825,8 @@ static void last_error_line(const ml_sweep *s, int i, char *out, size_t cap) {
     fclose(f);
 }
 
-/* One value of a run's summary.json last_epoch, for the progress line (NAN if absent). */
-static double summary_value(const char *dir, const char *key) {
+/* A number from a run's summary.json: last_epoch.<key> when in_last, else <key> (NAN if absent). */
+static double summary_value(const char *dir, const char *key, int in_last) {
     char path[ML_PATH_MAX + 32];
     snprintf(path, sizeof path, "%s/summary.json", dir);
     char *text = NULL;
@@ -796,11 +837,56 @@ static double summary_value(const char *dir, const char *key) {
     }
     ml_jv *v = ml_jv_parse(text, len);
     free(text);
-    const ml_jv *le = v ? ml_jv_get(v, "last_epoch") : NULL;
+    const ml_jv *le = !v ? NULL : in_last ? ml_jv_get(v, "last_epoch") : v;
     const ml_jv *x = le ? ml_jv_get(le, key) : NULL;
     double r = x && x->type == ML_JV_NUM ? x->num : NAN;
     ml_jv_free(v);
     return r;
+}
+
+double ml_sweep_run_seconds(const ml_sweep *s, int i) {
+    char dir[ML_PATH_MAX];
+    if (ml_sweep_run_dir(s, i, dir, sizeof dir)) return NAN;
+    return summary_value(dir, "seconds", 0);
+}
+
+int ml_sweep_log_attempts(const ml_sweep *s, int i) {
+    char log[ML_PATH_MAX + 32];
+    snprintf(log, sizeof log, "%s/logs/%s.log", s->dir, s->run[i].id);
+    FILE *f = fopen(log, "r");
+    if (!f) return 0;
+    int n = 0, bol = 1;
+    char line[256];
+    while (fgets(line, sizeof line, f)) {
+        if (bol && !strncmp(line, ATTEMPT_LINE, sizeof ATTEMPT_LINE - 1)) n++;
+        bol = strchr(line, '\n') != NULL;
+    }
+    fclose(f);
+    return n;
+}
+
+void ml_sweep_print_ended(const ml_sweep *s, int i, int done, int todo, const char *note, FILE *out) {
+    const ml_sweep_run *r = &s->run[i];
+    char dir[ML_PATH_MAX], what[800] = "";
+    if (ml_sweep_run_dir(s, i, dir, sizeof dir)) dir[0] = 0;
+    if (r->state == ML_RUN_OK) {
+        double v = summary_value(dir, "val_loss", 1);
+        if (v == v) snprintf(what, sizeof what, "val_loss %.6g", v);
+    } else { /* "exit N: error line; log logs/<id>.log; note", each part when there is one */
+        char err[480], log[ML_PATH_MAX + 32];
+        last_error_line(s, i, err, sizeof err);
+        snprintf(log, sizeof log, "%s/logs/%s.log", s->dir, r->id);
+        ml_strbuf b = {0};
+        if (r->exit_code >= 0) ml_strbuf_printf(&b, "exit %d%s", r->exit_code, *err ? ": " : "");
+        ml_strbuf_puts(&b, err);
+        if (access(log, F_OK) == 0) ml_strbuf_printf(&b, "%slog logs/%s.log", b.len ? "; " : "", r->id);
+        if (note) ml_strbuf_printf(&b, "%s%s", b.len ? "; " : "", note);
+        if (b.buf && snprintf(what, sizeof what, "%s", b.buf) < 0) what[0] = 0;
+        ml_strbuf_free(&b);
+    }
+    fprintf(out, "moelab sweep: [%d/%d] %s %s in %.1f s%s%s  %s\n", done, todo, r->id, ml_run_state_name(r->state),
+            r->seconds, *what ? ", " : "", what, r->label);
+    fflush(out);
 }
 
 int ml_sweep_run_local(ml_sweep *s, FILE *out) {
@@ -854,7 +940,7 @@ int ml_sweep_run_local(ml_sweep *s, FILE *out) {
                 sigaction(SIGINT, &old_int, NULL);
                 sigaction(SIGTERM, &old_term, NULL);
                 child_setup(s, i, 1);
-                fprintf(stderr, "moelab sweep: attempt %d:", s->run[i].attempts + 1);
+                fprintf(stderr, ATTEMPT_LINE " %d:", s->run[i].attempts + 1);
                 for (char **q = argv; *q; q++) fprintf(stderr, " %s", *q);
                 fputc('\n', stderr);
                 execv(argv[0], argv);
@@ -898,20 +984,8 @@ int ml_sweep_run_local(ml_sweep *s, FILE *out) {
         if (r->state == ML_RUN_PENDING || (r->state == ML_RUN_OK && r->exit_code != 0))
             r->state = r->exit_code == 130 ? ML_RUN_INTERRUPTED : ML_RUN_FAILED;
         done++;
-        char what[600] = "";
-        if (r->state == ML_RUN_OK) {
-            double v = summary_value(dir, "val_loss");
-            if (v == v) snprintf(what, sizeof what, "val_loss %.6g", v);
-        } else {
-            char err[480];
-            last_error_line(s, i, err, sizeof err);
-            if (snprintf(what, sizeof what, "exit %d%s%s; log logs/%s.log", r->exit_code, *err ? ": " : "", err, r->id) < 0)
-                what[0] = 0;
-            if (r->state != ML_RUN_INTERRUPTED) bad++;
-        }
-        fprintf(out, "moelab sweep: [%d/%d] %s %s in %.1f s%s%s  %s\n", done, todo, r->id, ml_run_state_name(r->state),
-                r->seconds, *what ? ", " : "", what, r->label);
-        fflush(out);
+        if (r->state != ML_RUN_OK && r->state != ML_RUN_INTERRUPTED) bad++;
+        ml_sweep_print_ended(s, i, done, todo, NULL, out);
         if (ml_sweep_save(s)) fprintf(out, "moelab sweep: warning: %s\n", ml_error());
     }
     sigaction(SIGINT, &old_int, NULL);
@@ -935,7 +1009,9 @@ int ml_sweep_print_status(ml_sweep *s, FILE *out) {
     for (int i = 0; i < s->n_runs; i++) {
         const ml_sweep_run *r = &s->run[i];
         count[r->state]++;
-        fprintf(out, "%-6s %-12s %-8d %s\n", r->id, ml_run_state_name(r->state), r->attempts, r->label);
+        int attempts = ml_sweep_log_attempts(s, i); /* SLURM tasks log theirs; the manifest may lag */
+        fprintf(out, "%-6s %-12s %-8d %s\n", r->id, ml_run_state_name(r->state),
+                attempts > r->attempts ? attempts : r->attempts, r->label);
     }
     fprintf(out, "%d runs:", s->n_runs);
     int first = 1;

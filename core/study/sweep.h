@@ -120,9 +120,23 @@ int ml_sweep_run_dir(const ml_sweep *s, int i, char *out, size_t cap);
 int ml_sweep_prepare(ml_sweep *s, int i, char ***argv);
 void ml_sweep_argv_free(char **argv);
 /* Prepares run i and replaces this process with it (chdir to the sweep's cwd, stdout and
-   stderr appended to logs/<id>.log when to_log): returns only on failure or when there is
-   nothing to do (ML_OK). What a SLURM array task runs (`moelab sweep --task DIR I`). */
+   stderr appended to logs/<id>.log when to_log, after one line on stderr saying so): returns
+   only on failure or when there is nothing to do (ML_OK). What a SLURM array task runs
+   (`moelab sweep --task DIR I --log`); the log names the SLURM job, task and restart. */
 int ml_sweep_exec(ml_sweep *s, int i, int to_log);
+
+/* The launcher settings of the command line (o: --launcher, --partition, ..., --sbatch) over
+   L's: each checked as ml_slurm_check_setting says, --sbatch lines appended. */
+int ml_sweep_set_launcher(ml_sweep_launcher *L, const ml_sweep_opts *o);
+
+/* The line a launcher prints when run i has ended, from its state, exit code and seconds:
+   "moelab sweep: [3/12] 002 ok in 41.2 s, val_loss 0.0119  router.k=2", or for a run not
+   ok its exit code (when >= 0), the last error line of logs/<id>.log, and note. */
+void ml_sweep_print_ended(const ml_sweep *s, int i, int done, int todo, const char *note, FILE *out);
+/* The attempts logs/<id>.log records (each attempt begins with a line that says so). */
+int ml_sweep_log_attempts(const ml_sweep *s, int i);
+/* summary.json's seconds of run i (the last attempt's), or NAN. */
+double ml_sweep_run_seconds(const ml_sweep *s, int i);
 
 /*
  * The local launcher: `jobs` workers (each run gets `threads` threads), a line on out per
