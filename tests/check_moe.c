@@ -16,7 +16,7 @@ enum { B = 6, D = 4, H = 5 };
 typedef struct ctx {
     ml_moe *m;
     ml_params P, S;
-    float z[B * D], c[B * D];
+    float z[B * 16], c[B * 16]; /* room for spatial rows (SC * SHW) */
     int32_t ids[B];
 } ctx;
 
@@ -57,10 +57,10 @@ static void teardown(ctx *k) {
 /* L = sum c * moe(z), evaluated with training = 0 so no state changes between calls */
 static double loss(void *p) {
     ctx *k = p;
-    float y[B * D];
+    float y[B * 16];
     ck_assert_int_eq(ml_moe_forward(k->m, k->z, y, B, 0, k->ids, NULL, 0), ML_OK);
     double s = 0;
-    for (int i = 0; i < B * D; i++) s += (double)k->c[i] * y[i];
+    for (int i = 0; i < B * k->m->D; i++) s += (double)k->c[i] * y[i];
     return s;
 }
 
@@ -118,6 +118,124 @@ END_TEST
 START_TEST(gradients_switch_with_drops) { check_router_grads("switch", 3, "capacity_factor", "0.5"); }
 END_TEST
 START_TEST(gradients_expert_choice) { check_router_grads("expert_choice", 3, NULL, NULL); }
+END_TEST
+
+/* ------------------------------------------------------------ spatial layers */
+
+/* A test expert kind on (C, HW) rows: f(x)[o, p] = tanh(sum_c W[o, c] x[c, p] + b[o]). */
+enum { SC = 3, SHW = 4 };
+typedef struct pix_kind {
+    float *a; /* (K, C, HW) tanh outputs */
+    int cap;
+} pix_kind;
+
+static void *pix_create(ml_moe *m, const void *cfg) {
+    (void)m, (void)cfg;
+    return calloc(1, sizeof(pix_kind));
+}
+static void pix_free(void *st) {
+    pix_kind *k = st;
+    if (k) free(k->a);
+    free(k);
+}
+static int pix_describe(void *st, const ml_moe *m, int e, int i, ml_expert_tensor *t) {
+    (void)st, (void)e;
+    if (i > 1) return -1;
+    snprintf(t->name, sizeof t->name, "%s", i ? "b" : "w");
+    t->ndim = i ? 1 : 2;
+    t->shape[0] = m->C;
+    t->shape[1] = i ? 0 : m->C;
+    t->init = ML_INIT_UNIFORM_FANIN;
+    t->fan_in = m->C;
+    return 0;
+}
+static int pix_reserve(void *st, ml_moe *m, int K) {
+    pix_kind *k = st;
+    if (K <= k->cap) return ML_OK;
+    free(k->a);
+    k->a = calloc((size_t)K * m->D, sizeof(float));
+    k->cap = K;
+    return k->a ? ML_OK : ML_ERR;
+}
+static int pix_forward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, float *yg, int training) {
+    pix_kind *k = st;
+    (void)training;
+    const float *W = ml_moe_param(m, e, 0), *b = ml_moe_param(m, e, 1);
+    for (int r = 0; r < n; r++)
+        for (int o = 0; o < m->C; o++)
+            for (int q = 0; q < m->HW; q++) {
+                double s = b[o];
+                for (int c = 0; c < m->C; c++) s += W[o * m->C + c] * xg[(size_t)r * m->D + c * m->HW + q];
+                float v = tanhf((float)s);
+                yg[(size_t)r * m->D + o * m->HW + q] = v;
+                k->a[((size_t)r0 + r) * m->D + o * m->HW + q] = v;
+            }
+    return ML_OK;
+}
+static int pix_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg) {
+    pix_kind *k = st;
+    const float *W = ml_moe_param(m, e, 0);
+    float *dW = ml_moe_grad(m, e, 0), *db = ml_moe_grad(m, e, 1);
+    for (int r = 0; r < n; r++)
+        for (int o = 0; o < m->C; o++)
+            for (int q = 0; q < m->HW; q++) {
+                size_t i = (size_t)r * m->D + o * m->HW + q;
+                float a = k->a[((size_t)r0 + r) * m->D + o * m->HW + q];
+                float g = dyg[i] * (1 - a * a);
+                db[o] += g;
+                for (int c = 0; c < m->C; c++) {
+                    dW[o * m->C + c] += g * xg[(size_t)r * m->D + c * m->HW + q];
+                    dxg[(size_t)r * m->D + c * m->HW + q] += g * W[o * m->C + c];
+                }
+            }
+    return ML_OK;
+}
+static const ml_expert_kind pix = {"pix", pix_create, pix_free, pix_describe, pix_reserve, pix_forward, pix_backward, NULL};
+
+/* The router sees each map's channel means; gradients reach the input through the experts,
+   the gates and the pool, and the experts' and router's parameters: finite differences. */
+START_TEST(spatial_layer_gradients) {
+    ctx k;
+    memset(&k, 0, sizeof k);
+    const ml_plugin *p = router("softmax_topk");
+    ml_optval opt[16];
+    ck_assert_int_eq(ml_option_defaults(p, opt), ML_OK);
+    ml_params_init(&k.P, 1);
+    ml_params_init(&k.S, 0);
+    k.m = ml_moe_new_spatial(0, SC, SHW, 3, &pix, NULL, p, opt, &k.P, &k.S, 7);
+    ck_assert_msg(k.m != NULL, "%s", ml_error());
+    ck_assert_int_eq(k.m->D, SC * SHW);
+    ck_assert_int_eq(k.m->R, SC);
+    ml_rng rng;
+    ml_rng_seed(&rng, 3);
+    ck_assert_int_eq(ml_params_commit(&k.P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&k.S, &rng), ML_OK);
+    ck_assert_int_ge(ml_params_find(&k.P, "moe1.expert2.w"), 0);
+    tu_fill(k.z, B * SC * SHW, 11, -1, 1);
+    tu_fill(k.c, B * SC * SHW, 12, -1, 1);
+    for (int b = 0; b < B; b++) k.ids[b] = b;
+    float y[B * SC * SHW], dz[B * SC * SHW] = {0};
+    ck_assert_int_eq(ml_moe_forward(k.m, k.z, y, B, 0, k.ids, NULL, 0), ML_OK);
+    /* the router's input is the channel means */
+    for (int c = 0; c < SC; c++) {
+        double mean = 0;
+        for (int q = 0; q < SHW; q++) mean += k.z[c * SHW + q] / SHW;
+        ck_assert_double_eq_tol(k.m->rin[c], mean, 1e-6);
+    }
+    ml_params_zero_grad(&k.P);
+    ck_assert_int_eq(ml_moe_backward(k.m, k.c, dz), ML_OK);
+    float *g = malloc(k.P.total * sizeof(float));
+    memcpy(g, k.P.grad, k.P.total * sizeof(float));
+    double scale = fmax(ml_gc_scale(dz, B * SC * SHW), ml_gc_scale(g, k.P.total));
+    double ex = moe_gradcheck(&k, k.z, dz, B * SC * SHW, scale);
+    ck_assert_msg(ex <= ml_gc_default().tol, "spatial: dx gradient error %g", ex);
+    for (int t = 0; t < k.P.count; t++) {
+        double err = moe_gradcheck(&k, ml_params_data(&k.P, t), g + k.P.t[t].off, k.P.t[t].n, scale);
+        ck_assert_msg(err <= ml_gc_default().tol, "spatial: tensor %s gradient error %g", k.P.t[t].name, err);
+    }
+    free(g);
+    teardown(&k);
+}
 END_TEST
 
 START_TEST(dropped_samples_pass_through) {
@@ -190,6 +308,7 @@ int main(void) {
     tcase_add_test(t, gradients_softmax_topk);
     tcase_add_test(t, gradients_softmax_top1_no_renorm);
     tcase_add_test(t, gradients_switch_with_drops);
+    tcase_add_test(t, spatial_layer_gradients);
     tcase_add_test(t, gradients_expert_choice);
     tcase_add_test(t, dropped_samples_pass_through);
     tcase_add_test(t, growth_keeps_old_experts);

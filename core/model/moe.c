@@ -9,42 +9,167 @@
 
 #include "nn/ops.h"
 
-static int declare_expert(ml_moe *m, int e) {
-    char name[ML_TENSOR_NAME_MAX];
-    int D = m->D, H = m->H;
-    int s_w1[2] = {H, D}, s_b1[1] = {H}, s_w2[2] = {D, H}, s_b2[1] = {D};
-    snprintf(name, sizeof name, "moe%d.expert%d.w1", m->layer + 1, e);
-    if ((m->hw1[e] = ml_params_declare(m->P, name, 2, s_w1, ML_INIT_UNIFORM_FANIN, 0, D)) < 0) return ML_ERR;
-    snprintf(name, sizeof name, "moe%d.expert%d.b1", m->layer + 1, e);
-    if ((m->hb1[e] = ml_params_declare(m->P, name, 1, s_b1, ML_INIT_UNIFORM_FANIN, 0, D)) < 0) return ML_ERR;
-    snprintf(name, sizeof name, "moe%d.expert%d.w2", m->layer + 1, e);
-    if ((m->hw2[e] = ml_params_declare(m->P, name, 2, s_w2, ML_INIT_UNIFORM_FANIN, 0, H)) < 0) return ML_ERR;
-    snprintf(name, sizeof name, "moe%d.expert%d.b2", m->layer + 1, e);
-    if ((m->hb2[e] = ml_params_declare(m->P, name, 1, s_b2, ML_INIT_UNIFORM_FANIN, 0, H)) < 0) return ML_ERR;
+/* ------------------------------------------------ the residual-MLP expert kind */
+
+/* f(z) = W2·relu(W1·z + b1) + b2 with W1 (H, D), W2 (D, H): the SRNN seed's expert. */
+typedef struct mlp_kind {
+    int H, cap_K;
+    float *hg, *dhg;                /* (K, H) */
+} mlp_kind;
+
+enum { MLP_W1, MLP_B1, MLP_W2, MLP_B2 };
+
+static void *mlp_create(ml_moe *m, const void *cfg) {
+    (void)m;
+    mlp_kind *k = ml_calloc(1, sizeof *k);
+    if (k) k->H = *(const int *)cfg;
+    return k;
+}
+
+static void mlp_free(void *st) {
+    mlp_kind *k = st;
+    if (!k) return;
+    free(k->hg), free(k->dhg);
+    free(k);
+}
+
+static int mlp_describe(void *st, const ml_moe *m, int e, int i, ml_expert_tensor *t) {
+    const mlp_kind *k = st;
+    (void)e;
+    const int D = m->D, H = k->H;
+    static const char *const names[4] = {"w1", "b1", "w2", "b2"};
+    if (i < 0 || i > 3) return -1;
+    snprintf(t->name, sizeof t->name, "%s", names[i]);
+    t->ndim = i % 2 ? 1 : 2;
+    t->shape[0] = i == MLP_W1 || i == MLP_B1 ? H : D;
+    t->shape[1] = i == MLP_W1 ? D : i == MLP_W2 ? H : 0;
+    t->init = ML_INIT_UNIFORM_FANIN; /* nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
+    t->init_value = 0;
+    t->fan_in = i < 2 ? D : H;
+    return 0;
+}
+
+static int mlp_reserve(void *st, ml_moe *m, int K) {
+    mlp_kind *k = st;
+    (void)m;
+    if (K <= k->cap_K && k->hg) return ML_OK;
+    free(k->hg), free(k->dhg);
+    k->hg = ml_alloc_floats((size_t)K * k->H);
+    k->dhg = ml_alloc_floats((size_t)K * k->H);
+    k->cap_K = k->hg && k->dhg ? K : 0;
+    return k->cap_K ? ML_OK : ML_ERR;
+}
+
+static int mlp_forward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, float *yg, int training) {
+    mlp_kind *k = st;
+    (void)training;
+    const int D = m->D, H = k->H;
+    float *hg = k->hg + (size_t)r0 * H;
+    ml_linear_forward(hg, xg, ml_moe_param(m, e, MLP_W1), ml_moe_param(m, e, MLP_B1), n, D, H);
+    ml_relu_forward(hg, hg, (size_t)n * H);
+    ml_linear_forward(yg, hg, ml_moe_param(m, e, MLP_W2), ml_moe_param(m, e, MLP_B2), n, H, D);
     return ML_OK;
 }
 
-ml_moe *ml_moe_new(int layer, int D, int H, int N, const ml_plugin *router, const ml_optval *opt,
-                   ml_params *P, ml_params *S, uint64_t seed) {
+static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg) {
+    mlp_kind *k = st;
+    const int D = m->D, H = k->H;
+    const float *hg = k->hg + (size_t)r0 * H;
+    float *dhg = k->dhg + (size_t)r0 * H;
+    memset(dhg, 0, (size_t)n * H * sizeof(float));
+    ml_linear_backward(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2),
+                       n, H, D);
+    for (size_t i = 0; i < (size_t)n * H; i++)
+        if (hg[i] <= 0) dhg[i] = 0;
+    ml_linear_backward(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1),
+                       n, D, H);
+    return ML_OK;
+}
+
+static double mlp_flops(void *st, const ml_moe *m, int e) {
+    const mlp_kind *k = st;
+    (void)e;
+    return 6.0 * 2.0 * m->D * k->H; /* two linears: 2·MAC forward, twice that backward */
+}
+
+const ml_expert_kind ml_expert_mlp = {"mlp",       mlp_create,   mlp_free, mlp_describe, mlp_reserve,
+                                      mlp_forward, mlp_backward, mlp_flops};
+
+/* ------------------------------------------------------ experts' tensors */
+
+int ml_moe_expert_tensor(const ml_moe *m, int e, int i, ml_expert_tensor *t) {
+    memset(t, 0, sizeof *t);
+    return m->kind->describe(m->kst, m, e, i, t);
+}
+
+static int grow_handles(ml_moe *m, int n) {
+    int (*th)[ML_EXPERT_MAX_TENSORS] = realloc(m->th, (size_t)n * sizeof *th);
+    if (!th) return ml_errorf("out of memory for %d experts", n);
+    m->th = th;
+    int *nt = realloc(m->nt, (size_t)n * sizeof *nt);
+    if (!nt) return ml_errorf("out of memory for %d experts", n);
+    m->nt = nt;
+    return ML_OK;
+}
+
+/* Declares expert e's tensors "moe<L>.expert<e>.<name>" in the parameter block. */
+static int declare_expert(ml_moe *m, int e) {
+    ml_expert_tensor t;
+    int i = 0;
+    for (; i < ML_EXPERT_MAX_TENSORS && ml_moe_expert_tensor(m, e, i, &t) == 0; i++) {
+        char name[ML_TENSOR_NAME_MAX];
+        snprintf(name, sizeof name, "moe%d.expert%d.%s", m->layer + 1, e, t.name);
+        if ((m->th[e][i] = ml_params_declare(m->P, name, t.ndim, t.shape, t.init, t.init_value, t.fan_in)) < 0)
+            return ML_ERR;
+    }
+    if (i == ML_EXPERT_MAX_TENSORS && ml_moe_expert_tensor(m, e, i, &t) == 0)
+        return ml_errorf("moe layer %d: a '%s' expert has more than %d tensors", m->layer + 1, m->kind->name,
+                         ML_EXPERT_MAX_TENSORS);
+    m->nt[e] = i;
+    return ML_OK;
+}
+
+static float sum_abs(const float *g, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += fabsf(g[i]);
+    return (float)s;
+}
+
+/* The SRNN saturation signal of expert e: the mean |dL/dtheta| over its parameters. */
+static float grad_mag(const ml_moe *m, int e) {
+    float s = 0;
+    size_t count = 0;
+    for (int i = 0; i < m->nt[e]; i++) {
+        const ml_tensor *t = &m->P->t[m->th[e][i]];
+        s += sum_abs(ml_moe_grad(m, e, i), t->n);
+        count += t->n;
+    }
+    return count ? s / (float)count : 0;
+}
+
+/* ------------------------------------------------------------------ the layer */
+
+static ml_moe *moe_new(int layer, int D, int R, int C, int HW, int N, const ml_expert_kind *kind,
+                       const void *kind_cfg, const ml_plugin *router, const ml_optval *opt, ml_params *P,
+                       ml_params *S, uint64_t seed) {
     ml_moe *m = ml_calloc(1, sizeof *m);
     if (!m) return NULL;
     m->layer = layer;
     m->D = D;
-    m->H = H;
+    m->R = R;
+    m->C = C;
+    m->HW = HW;
     m->N = N;
     m->P = P;
     m->S = S;
-    m->hw1 = ml_calloc((size_t)N, sizeof(int));
-    m->hb1 = ml_calloc((size_t)N, sizeof(int));
-    m->hw2 = ml_calloc((size_t)N, sizeof(int));
-    m->hb2 = ml_calloc((size_t)N, sizeof(int));
-    if (!m->hw1 || !m->hb1 || !m->hw2 || !m->hb2) goto fail;
+    m->kind = kind;
+    if (!(m->kst = kind->create(m, kind_cfg)) || grow_handles(m, N)) goto fail;
     /* the router's tensors follow the experts' in the block, as they always have */
     for (int e = 0; e < N; e++)
         if (declare_expert(m, e)) goto fail;
     char prefix[32];
     snprintf(prefix, sizeof prefix, "moe%d.router.", layer + 1); /* layers from 1, as everywhere users see them */
-    if (ml_router_inst_init(&m->router, router, opt, layer, D, N, seed + (uint64_t)layer,
+    if (ml_router_inst_init(&m->router, router, opt, layer, R, N, seed + (uint64_t)layer,
                             seed ^ (0x5851f42d4c957f2dULL * (uint64_t)(layer + 1)), P, S, prefix))
         goto fail;
     return m;
@@ -53,12 +178,27 @@ fail:
     return NULL;
 }
 
+ml_moe *ml_moe_new(int layer, int D, int H, int N, const ml_plugin *router, const ml_optval *opt,
+                   ml_params *P, ml_params *S, uint64_t seed) {
+    return moe_new(layer, D, D, D, 1, N, &ml_expert_mlp, &H, router, opt, P, S, seed);
+}
+
+ml_moe *ml_moe_new_spatial(int layer, int C, int HW, int N, const ml_expert_kind *kind, const void *kind_cfg,
+                           const ml_plugin *router, const ml_optval *opt, ml_params *P, ml_params *S,
+                           uint64_t seed) {
+    if ((int64_t)C * HW > INT32_MAX) {
+        ml_errorf("moe layer %d: feature maps of %d x %d floats are too large", layer + 1, C, HW);
+        return NULL;
+    }
+    return moe_new(layer, C * HW, C, C, HW, N, kind, kind_cfg, router, opt, P, S, seed);
+}
+
 static void free_buffers(ml_moe *m) {
-    void *bufs[] = {m->order, m->estart, m->cursor, m->xg, m->hg, m->yg, m->dlogits, m->dprob, m->dgate_loss,
-                    m->dgate, m->dyg, m->dhg, m->dxg, m->grad_mag, m->load};
+    void *bufs[] = {m->order, m->estart, m->cursor, m->xg, m->yg, m->dlogits, m->dprob, m->dgate_loss,
+                    m->dgate, m->dyg, m->dxg, m->grad_mag, m->load, m->rin, m->drin};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
-    m->xg = m->hg = m->yg = m->dlogits = m->dprob = m->dgate_loss = NULL;
-    m->dgate = m->dyg = m->dhg = m->dxg = m->grad_mag = m->load = NULL;
+    m->xg = m->yg = m->dlogits = m->dprob = m->dgate_loss = NULL;
+    m->dgate = m->dyg = m->dxg = m->grad_mag = m->load = m->rin = m->drin = NULL;
     m->order = m->estart = m->cursor = NULL;
     m->cap_B = m->cap_N = 0;
 }
@@ -67,10 +207,9 @@ void ml_moe_free(ml_moe *m) {
     if (!m) return;
     ml_router_inst_release(&m->router);
     free_buffers(m);
-    free(m->hw1);
-    free(m->hb1);
-    free(m->hw2);
-    free(m->hb2);
+    if (m->kind) m->kind->free(m->kst);
+    free(m->th);
+    free(m->nt);
     free(m);
 }
 
@@ -79,6 +218,7 @@ static int reserve(ml_moe *m, int B) {
     if (B < m->cap_B) B = m->cap_B;
     free_buffers(m);
     size_t BN = (size_t)B * m->N, K = BN;
+    int spatial = m->R != m->D;
     m->dlogits = ml_alloc_floats(BN);
     m->dprob = ml_alloc_floats(BN);
     m->order = ml_calloc(K, sizeof(int32_t));
@@ -90,18 +230,46 @@ static int reserve(ml_moe *m, int B) {
     m->yg = ml_alloc_floats(K * m->D);
     m->dyg = ml_alloc_floats(K * m->D);
     m->dxg = ml_alloc_floats(K * m->D);
-    m->hg = ml_alloc_floats(K * m->H);
-    m->dhg = ml_alloc_floats(K * m->H);
     m->grad_mag = ml_alloc_floats((size_t)m->N);
     m->load = ml_alloc_floats((size_t)m->N);
+    if (spatial) {
+        m->rin = ml_alloc_floats((size_t)B * m->R);
+        m->drin = ml_alloc_floats((size_t)B * m->R);
+    }
     if (!m->dlogits || !m->dprob || !m->order || !m->dgate || !m->dgate_loss || !m->estart || !m->cursor ||
-        !m->xg || !m->yg || !m->dyg || !m->dxg || !m->hg || !m->dhg || !m->grad_mag || !m->load) {
+        !m->xg || !m->yg || !m->dyg || !m->dxg || !m->grad_mag || !m->load || (spatial && (!m->rin || !m->drin)) ||
+        m->kind->reserve(m->kst, m, (int)K)) {
         free_buffers(m);
         return ml_errorf("moe layer %d: out of memory for a batch of %d with %d experts", m->layer + 1, B, m->N);
     }
     m->cap_B = B;
     m->cap_N = m->N;
     return ML_OK;
+}
+
+/* rin (B, C) = the mean of each channel of x (B, C, HW): what a spatial layer's router sees. */
+static void pool_forward(const ml_moe *m, const float *x, int B) {
+    const int C = m->C, HW = m->HW;
+    const float inv = 1.0f / (float)HW;
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++) {
+            const float *p = x + ((size_t)b * C + c) * HW;
+            double s = 0;
+            for (int i = 0; i < HW; i++) s += p[i];
+            m->rin[(size_t)b * C + c] = (float)s * inv;
+        }
+}
+
+/* dx (B, C, HW) += drin (B, C) / HW, the pool's backward. */
+static void pool_backward(const ml_moe *m, float *dx, int B) {
+    const int C = m->C, HW = m->HW;
+    const float inv = 1.0f / (float)HW;
+    for (int b = 0; b < B; b++)
+        for (int c = 0; c < C; c++) {
+            float g = m->drin[(size_t)b * C + c] * inv;
+            float *p = dx + ((size_t)b * C + c) * HW;
+            for (int i = 0; i < HW; i++) p[i] += g;
+        }
 }
 
 int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
@@ -113,20 +281,20 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
                          "2^31-1 (lower train.batch_size or the number of experts)",
                          m->layer + 1, B, m->N, (long long)B * m->N);
     if (reserve(m, B)) return ML_ERR;
-    const int D = m->D, H = m->H, N = m->N;
-    if (ml_router_inst_forward(&m->router, z, B, training, sample_id)) return ML_ERR;
+    const int D = m->D, N = m->N;
+    const float *rin = z;
+    if (m->rin) {
+        pool_forward(m, z, B);
+        rin = m->rin;
+    }
+    if (ml_router_inst_forward(&m->router, rin, B, training, sample_id)) return ML_ERR;
     const ml_router_inst *ri = &m->router;
     const int K = ri->n_disp;
     const int32_t *ds = ri->disp_sample, *de = ri->disp_expert;
     const float *dg = ri->disp_gate;
-    m->B = B;
-    m->x = z;
-    m->training = training;
-    m->label = label;
-    m->num_classes = num_classes;
 
     /* counting sort of the triples by expert (the router host counted them): each expert's
-       rows become one contiguous GEMM */
+       rows become one contiguous batch */
     m->estart[0] = 0;
     for (int e = 0; e < N; e++) m->estart[e + 1] = m->estart[e] + ri->per_expert[e];
     memcpy(m->cursor, m->estart, (size_t)N * sizeof(int32_t));
@@ -135,10 +303,8 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
     for (int e = 0; e < N; e++) {
         int r0 = m->estart[e], n = m->estart[e + 1] - r0;
         if (!n) continue;
-        float *hg = m->hg + (size_t)r0 * H, *yg = m->yg + (size_t)r0 * D;
-        ml_linear_forward(hg, m->xg + (size_t)r0 * D, ml_params_data(m->P, m->hw1[e]), ml_params_data(m->P, m->hb1[e]), n, D, H);
-        ml_relu_forward(hg, hg, (size_t)n * H);
-        ml_linear_forward(yg, hg, ml_params_data(m->P, m->hw2[e]), ml_params_data(m->P, m->hb2[e]), n, H, D);
+        if (m->kind->forward(m->kst, m, e, r0, n, m->xg + (size_t)r0 * D, m->yg + (size_t)r0 * D, training))
+            return ml_error_prefix("moe layer %d: expert %d", m->layer + 1, e);
     }
     for (int b = 0; b < B; b++) {
         float *yb = y + (size_t)b * D;
@@ -155,6 +321,11 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
     memset(m->dlogits, 0, (size_t)B * N * sizeof(float));
     memset(m->dprob, 0, (size_t)B * N * sizeof(float));
     memset(m->dgate_loss, 0, (size_t)(K > 0 ? K : 1) * sizeof(float));
+    m->B = B;
+    m->x = z;
+    m->training = training;
+    m->label = label;
+    m->num_classes = num_classes;
     return ML_OK;
 }
 
@@ -165,16 +336,10 @@ void ml_moe_record(const ml_moe *m, ml_routing_record *r) {
     r->num_classes = m->num_classes;
 }
 
-static float sum_abs(const float *g, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += fabsf(g[i]);
-    return (float)s;
-}
-
 int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     if (!m->B) return ml_errorf("moe layer %d: backward without a successful forward", m->layer + 1);
     const ml_router_inst *ri = &m->router;
-    const int D = m->D, H = m->H, N = m->N, B = m->B, K = ri->n_disp;
+    const int D = m->D, N = m->N, B = m->B, K = ri->n_disp;
     const int32_t *ds = ri->disp_sample;
     const float *dg = ri->disp_gate;
     const float *z = m->x;
@@ -193,16 +358,10 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     for (int e = 0; e < N; e++) {
         int r0 = m->estart[e], n = m->estart[e + 1] - r0;
         if (!n) continue;
-        const float *hg = m->hg + (size_t)r0 * H, *xg = m->xg + (size_t)r0 * D;
-        float *dys = m->dyg + (size_t)r0 * D, *dhg = m->dhg + (size_t)r0 * H, *dxg = m->dxg + (size_t)r0 * D;
-        memset(dhg, 0, (size_t)n * H * sizeof(float));
+        float *dxg = m->dxg + (size_t)r0 * D;
         memset(dxg, 0, (size_t)n * D * sizeof(float));
-        ml_linear_backward(dhg, ml_params_grad(m->P, m->hw2[e]), ml_params_grad(m->P, m->hb2[e]), dys, hg,
-                           ml_params_data(m->P, m->hw2[e]), n, H, D);
-        for (size_t i = 0; i < (size_t)n * H; i++)
-            if (hg[i] <= 0) dhg[i] = 0;
-        ml_linear_backward(dxg, ml_params_grad(m->P, m->hw1[e]), ml_params_grad(m->P, m->hb1[e]), dhg, xg,
-                           ml_params_data(m->P, m->hw1[e]), n, D, H);
+        if (m->kind->backward(m->kst, m, e, r0, n, m->xg + (size_t)r0 * D, m->dyg + (size_t)r0 * D, dxg))
+            return ml_error_prefix("moe layer %d: expert %d backward", m->layer + 1, e);
     }
     for (int b = 0; b < B; b++)
         if (!ri->hits[b]) {
@@ -217,17 +376,18 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
         float *dzb = dz + (size_t)b * D;
         for (int d = 0; d < D; d++) dzb[d] += g * dyb[d] + dxs[d];
     }
-    if (ml_router_inst_backward(&m->router, m->dgate, m->dlogits, m->dprob, dz)) return ML_ERR;
+    if (m->drin) { /* the router saw the pooled maps: its dx goes back through the pool */
+        memset(m->drin, 0, (size_t)B * m->R * sizeof(float));
+        if (ml_router_inst_backward(&m->router, m->dgate, m->dlogits, m->dprob, m->drin)) return ML_ERR;
+        pool_backward(m, dz, B);
+    } else if (ml_router_inst_backward(&m->router, m->dgate, m->dlogits, m->dprob, dz)) {
+        return ML_ERR;
+    }
     if (!m->training) return ML_OK;
 
     /* the SRNN saturation signal: mean |dL/dtheta| over each expert's parameters */
-    size_t per_expert = (size_t)2 * H * D + H + D;
     for (int e = 0; e < N; e++) {
-        float s = sum_abs(ml_params_grad(m->P, m->hw1[e]), (size_t)H * D) +
-                  sum_abs(ml_params_grad(m->P, m->hb1[e]), (size_t)H) +
-                  sum_abs(ml_params_grad(m->P, m->hw2[e]), (size_t)D * H) +
-                  sum_abs(ml_params_grad(m->P, m->hb2[e]), (size_t)D);
-        m->grad_mag[e] = s / (float)per_expert;
+        m->grad_mag[e] = grad_mag(m, e);
         m->load[e] = (float)(m->estart[e + 1] - m->estart[e]);
     }
     return ml_router_inst_after_backward(&m->router, m->grad_mag, m->load);
@@ -236,16 +396,7 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
 int ml_moe_grow_declare(ml_moe *m, int n_new) {
     if (n_new <= 0) return ML_OK;
     int N = m->N + n_new;
-    int *h[4] = {m->hw1, m->hb1, m->hw2, m->hb2};
-    for (int i = 0; i < 4; i++) {
-        int *p = realloc(h[i], (size_t)N * sizeof(int));
-        if (!p) return ml_errorf("moe layer %d: out of memory adding %d experts", m->layer + 1, n_new);
-        h[i] = p;
-        if (i == 0) m->hw1 = p;
-        else if (i == 1) m->hb1 = p;
-        else if (i == 2) m->hw2 = p;
-        else m->hb2 = p;
-    }
+    if (grow_handles(m, N)) return ml_error_prefix("moe layer %d: adding %d experts", m->layer + 1, n_new);
     int old = m->N;
     m->N = N;
     m->B = 0;

@@ -1,18 +1,26 @@
 /*
- * moe.h — one Mixture-of-Experts layer: a router plugin and N residual-MLP experts.
+ * moe.h — one Mixture-of-Experts layer: a router plugin and N experts of one kind.
  *
- *   expert_e(z) = z + W2_e · relu(W1_e · z + b1_e) + b2_e        W1 (H, D), W2 (D, H)
- *   y[b] = sum over dispatch triples (b, e, g) of g · expert_e(z[b]);  y[b] = z[b] if b has none
+ *   y[b] = sum over dispatch triples (b, e, g) of g · (x[b] + f_e(x[b]));  y[b] = x[b] if b has none
  *
- * The router plugin maps z (B, D) to probabilities (B, N) and dispatch triples; the samples
- * routed to one expert go through it as one GEMM per expert layer (gathered rows). The
- * layer's tensors live in the model's blocks: "moe<L>.expert<e>.{w1,b1,w2,b2}" and the
- * router's "moe<L>.router.<name>" in the parameter block, router state in the state block
- * (L = layer + 1: layers count from 1 wherever users see them; experts from 0).
+ * Each sample is a row of `width` floats (a latent vector, or a whole C×H×W feature map).
+ * The router plugin sees each sample's router input — the row itself, or (spatial layers)
+ * its global average pool over H×W, (B, C) — and maps it to probabilities (B, N) and
+ * dispatch triples. The samples routed to one expert are gathered into contiguous rows and
+ * go through the expert at once; gradients flow to the router through the gates, and to
+ * the input both through the experts and through the router input (the pool's backward).
+ *
+ * What an expert computes is its kind (ml_expert_kind): the residual MLP of the SRNN seed
+ * (ml_expert_mlp: f(z) = W2·relu(W1·z + b1) + b2), or the convolutional blocks of the
+ * segmentation model (model/cod_experts.h). The layer's tensors live in the model's blocks:
+ * "moe<L>.expert<e>.<name>" for experts and "moe<L>.router.<name>" for the router in the
+ * parameter block, router state in the state block (L = layer + 1: layers count from 1
+ * wherever users see them; experts from 0).
  *
  * Losses add their gradients into dlogits/dprob (and, through eval_v2, dgate_loss) between
- * forward and backward (the buffers are zeroed by forward). Growth is two-phase because the blocks are shared by all layers:
- * ml_moe_grow_declare(), then the owner commits the blocks, then ml_moe_grow_finish().
+ * forward and backward (the buffers are zeroed by forward). Growth is two-phase because the
+ * blocks are shared by all layers: ml_moe_grow_declare(), then the owner commits the
+ * blocks, then ml_moe_grow_finish().
  *
  * Ownership: ml_moe_new returns an owned layer (ml_moe_free); the blocks are borrowed.
  */
@@ -27,42 +35,103 @@
 /* Experts one MoE layer may hold, however it grows (config, add_experts, a checkpoint). */
 #define ML_MOE_MAX_EXPERTS 4096
 
-typedef struct ml_moe {
+typedef struct ml_moe ml_moe;
+
+/* Tensors one expert may have. */
+#define ML_EXPERT_MAX_TENSORS 32
+
+/* One tensor of an expert, as its kind describes it (moe.c declares it in the block). */
+typedef struct ml_expert_tensor {
+    char name[48];              /* "w1": the block name is "moe<L>.expert<e>.<name>" */
+    int ndim, shape[ML_MAX_DIMS];
+    ml_init init;
+    float init_value;
+    int fan_in;
+} ml_expert_tensor;
+
+/*
+ * A kind of expert. `st` is the kind's state for one layer (create'd with the layer).
+ * Rows are gathered samples of the layer's width; forward writes f_e(x) for rows
+ * [0, n) of xg into yg; backward adds d/dx into dxg (zeroed by the layer) and accumulates
+ * the expert's parameter gradients (through ml_moe_param / ml_moe_grad). Both may keep
+ * activations in st between the calls, indexed by the rows' position r0 in the layer's
+ * gather order (rows [r0, r0 + n)), which is the same in forward and backward.
+ */
+typedef struct ml_expert_kind {
+    const char *name;
+    void *(*create)(ml_moe *m, const void *cfg);
+    void (*free)(void *st);
+    /* The i-th tensor of expert e into *t: 0, or -1 when i is past its last. The same
+       answer every time: checkpoints and growth rely on it. */
+    int (*describe)(void *st, const ml_moe *m, int e, int i, ml_expert_tensor *t);
+    int (*reserve)(void *st, ml_moe *m, int K);   /* activations for K gathered rows */
+    int (*forward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, float *yg, int training);
+    int (*backward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg);
+    /* useful FLOPs of forward + backward for one row of expert e (bench), or NULL */
+    double (*flops)(void *st, const ml_moe *m, int e);
+} ml_expert_kind;
+
+/* The residual MLP of the SRNN seed: cfg is an int *, the hidden width H. */
+extern const ml_expert_kind ml_expert_mlp;
+
+struct ml_moe {
     int layer;                      /* from 0 */
-    int D, H, N;                    /* width, expert hidden width, experts (= router.N) */
+    int D;                          /* width of a row: floats per sample */
+    int R;                          /* router input width: D, or C for spatial layers */
+    int C, HW;                      /* spatial layers: rows are (C, H·W); else C = D, HW = 1 */
+    int N;                          /* experts (= router.N) */
     ml_router_inst router;          /* the router plugin, hosted (plugin/router_host.h) */
     ml_params *P, *S;               /* borrowed: trainable and state blocks */
-    int *hw1, *hb1, *hw2, *hb2;     /* (N) tensor handles */
+    const ml_expert_kind *kind;
+    void *kst;                      /* the kind's state */
+    int (*th)[ML_EXPERT_MAX_TENSORS]; /* (N) each expert's tensor handles in P, describe order */
+    int *nt;                        /* (N) tensors of each expert */
 
     /* the last forward; buffers sized for cap_B samples and N experts */
     int cap_B, cap_N;
     int B, training;
     const float *x;                 /* (B, D) borrowed until backward */
+    float *rin, *drin;              /* (B, R) router input and its gradient (spatial only) */
     int32_t *order;                 /* (K) triples sorted by expert */
     int32_t *estart;                /* (N + 1) */
     int32_t *cursor;                /* (N) */
-    float *xg, *hg, *yg;            /* (K, D), (K, H), (K, D) gathered, in order[] */
+    float *xg, *yg;                 /* (K, D) gathered rows and their f_e, in order[] */
     float *dlogits, *dprob;         /* (B, N) losses accumulate here */
     float *dgate_loss;              /* (K) losses' gradient wrt the gates (ABI 1.1 eval_v2) */
-    float *dgate, *dyg, *dhg, *dxg; /* (K), (K, D), (K, H), (K, D) */
+    float *dgate, *dyg, *dxg;       /* (K), (K, D), (K, D) */
     float *grad_mag, *load;         /* (N) */
     const int32_t *label;           /* (B) borrowed, or NULL */
     int num_classes;
-} ml_moe;
+};
 
-/* Creates the router (options in the plugin's order) and declares every tensor. */
+/*
+ * Creates the router (options in the plugin's order) and declares every tensor.
+ * ml_moe_new: residual-MLP experts on rows of D floats (the router sees the row), H hidden.
+ * ml_moe_new_spatial: rows are (C, HW) feature maps, the router sees their mean over HW
+ * (B, C), experts of `kind` (cfg passed to kind->create).
+ */
 ml_moe *ml_moe_new(int layer, int D, int H, int N, const ml_plugin *router, const ml_optval *opt,
                    ml_params *P, ml_params *S, uint64_t seed);
+ml_moe *ml_moe_new_spatial(int layer, int C, int HW, int N, const ml_expert_kind *kind, const void *kind_cfg,
+                           const ml_plugin *router, const ml_optval *opt, ml_params *P, ml_params *S,
+                           uint64_t seed);
 void ml_moe_free(ml_moe *m);
 
-/* z (B, D) -> y (B, D). sample_id (B) and label (B, may be NULL) are borrowed until backward. */
-int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
+/* Expert e's i-th tensor (describe order): values and gradients in the block. */
+static inline float *ml_moe_param(const ml_moe *m, int e, int i) { return ml_params_data(m->P, m->th[e][i]); }
+static inline float *ml_moe_grad(const ml_moe *m, int e, int i) { return ml_params_grad(m->P, m->th[e][i]); }
+/* The i-th tensor of expert e as its kind describes it (also for experts not yet made:
+   checkpoint loading asks for those a checkpoint has beyond N): 0, or -1 past the last. */
+int ml_moe_expert_tensor(const ml_moe *m, int e, int i, ml_expert_tensor *t);
+
+/* x (B, D) -> y (B, D). sample_id (B) and label (B, may be NULL) are borrowed until backward. */
+int ml_moe_forward(ml_moe *m, const float *x, float *y, int B, int training,
                    const int32_t *sample_id, const int32_t *label, int num_classes);
 /* The forward's routing record, for losses and health. */
 void ml_moe_record(const ml_moe *m, ml_routing_record *r);
-/* dy (B, D) -> dz (B, D) accumulated; parameter gradients accumulated; then the router's
+/* dy (B, D) -> dx (B, D) accumulated; parameter gradients accumulated; then the router's
  * AFTER_BACKWARD event with each expert's mean |grad| and load. */
-int ml_moe_backward(ml_moe *m, const float *dy, float *dz);
+int ml_moe_backward(ml_moe *m, const float *dy, float *dx);
 
 int ml_moe_grow_declare(ml_moe *m, int n_new);
 int ml_moe_grow_finish(ml_moe *m, int old_n);

@@ -1015,17 +1015,15 @@ static int validate_tensors(const ml_experiment *e, const ck *c) {
             }
         }
     }
-    for (int l = 0; l < m->L; l++) {
+    for (int l = 0; l < m->L; l++) { /* the experts the checkpoint has beyond the model's */
         const ml_moe *q = m->moe[l];
-        int s_w1[2] = {q->H, q->D}, s_b1[1] = {q->H}, s_w2[2] = {q->D, q->H}, s_b2[1] = {q->D};
-        const char *part[4] = {"w1", "b1", "w2", "b2"};
-        const int *shp[4] = {s_w1, s_b1, s_w2, s_b2};
+        ml_expert_tensor t;
         for (int x = q->N; x < want[l]; x++)
-            for (int p = 0; p < 4; p++)
+            for (int p = 0; ml_moe_expert_tensor(q, x, p, &t) == 0; p++)
                 for (int k = 0; k < 3; k++) {
                     snprintf(name, sizeof name, "%smoe%d.expert%d.%s", k == 0 ? "" : k == 1 ? "optim.m." : "optim.v.", l + 1,
-                             x, part[p]);
-                    if (has_tensor(c, c->path, name, p % 2 ? 1 : 2, shp[p])) return ML_ERR;
+                             x, t.name);
+                    if (has_tensor(c, c->path, name, t.ndim, t.shape)) return ML_ERR;
                 }
     }
     /* refuse non-finite values anywhere in the file (one pass over each tensor) */
