@@ -402,11 +402,17 @@ START_TEST(topk_collapse_flag) {
         ck_assert_double_eq_tol(h.cv, sqrt((double)N / k - 1), 1e-9);
         ck_assert_double_eq_tol(h.marginal_entropy_norm, log((double)k) / log((double)N), 1e-9);
         ck_assert_msg(h.collapsed, "N=%d k=%d: every sample on the same %d experts is not flagged", N, k, k);
+        ck_assert_double_eq_tol(h.max_share, 1.0 / k, 1e-12);
+        ck_assert_double_eq_tol(h.kl_uniform, log((double)N / k), 1e-9);
+        ck_assert_double_eq_tol(h.effective_norm, (double)k / N, 1e-9);
         ml_health_free(&h);
         topk_case(N, k, 0, &h);
         ck_assert_double_eq_tol(h.effective_experts, N, 1e-9);
         ck_assert_int_eq(h.active, N);
         ck_assert_msg(!h.collapsed, "N=%d k=%d: balanced top-k flagged as collapsed", N, k);
+        ck_assert_double_eq_tol(h.max_share, 1.0 / N, 1e-12);
+        ck_assert_double_eq_tol(h.kl_uniform, 0, 1e-9);
+        ck_assert_double_eq_tol(h.effective_norm, 1, 1e-9);
         ml_health_free(&h);
     }
     /* the N = 4/k = 2 collapse: the first two rules alone (margin 0) do not see it */

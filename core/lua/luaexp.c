@@ -857,6 +857,9 @@ static int l_stats(lua_State *L) {
     set_num(L, "entropy_norm", h.marginal_entropy_norm);
     set_num(L, "effective_experts", h.effective_experts);
     set_num(L, "slots_per_sample", h.slots_per_sample);
+    set_num(L, "effective_norm", h.effective_norm);
+    set_num(L, "max_share", h.max_share);
+    set_num(L, "kl_uniform", h.kl_uniform);
     set_num(L, "sample_entropy", h.mean_sample_entropy);
     set_num(L, "mutual_info", h.mutual_info);
     set_num(L, "max_load", h.max_load_ratio);

@@ -236,6 +236,9 @@ int ml_health_compute(const ml_health_acc *a, const ml_health_cfg *cfg, ml_healt
     if (N == 1) out->marginal_entropy_norm = slots ? 1.0 : 0.0;
     else out->marginal_entropy_norm = hu / log((double)N);
     out->effective_experts = slots ? exp(hu) : 0;
+    out->effective_norm = out->effective_experts / N;
+    out->max_share = umax;
+    out->kl_uniform = slots ? log((double)N) - hu : NAN;
 
     /* the rows were normalised as they came; the mean's total is 1 up to rounding */
     double imp_tot = 0;

@@ -58,6 +58,9 @@ typedef struct ml_health {
     int dead;                      /* experts with zero dispatched slots */
     double marginal_entropy_norm;  /* H(utilisation) / log N; 1 when N == 1 */
     double effective_experts;      /* exp(H(utilisation)): N balanced, k at top-k collapse; 0 if no slots */
+    double effective_norm;         /* effective_experts / N: 1 balanced, k/N at top-k collapse */
+    double max_share;              /* max utilisation: 1/N balanced, 1/k at top-k collapse */
+    double kl_uniform;             /* KL(u || uniform) = log N - H(u), nats: 0 balanced, log(N/k) collapsed */
     double slots_per_sample;       /* slots / routed samples: the k of top-k (0 if none routed) */
     int window_experts;            /* experts the layer had when the window began (N without growth):
                                       the collapse rules compare against this many */

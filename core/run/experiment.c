@@ -624,6 +624,7 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         struct { const char *k; double v; } cols[] = {
             {"experts", h.num_experts}, {"active", h.active}, {"dead", h.dead}, {"cv", h.cv},
             {"entropy_norm", h.marginal_entropy_norm}, {"effective_experts", h.effective_experts},
+            {"max_share", h.max_share}, {"kl_uniform", h.kl_uniform}, {"slots_per_sample", h.slots_per_sample},
             {"sample_entropy", h.mean_sample_entropy},
             {"mutual_info", h.mutual_info}, {"max_load", h.max_load_ratio}, {"dropped", h.dropped_share},
             {"nmi", h.nmi_label}, {"load_balance", h.load_balance}, {"collapsed", h.collapsed}};
