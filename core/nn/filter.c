@@ -231,13 +231,21 @@ void ml_freqbands_backward(float *dx, const float *dlow, const float *dmid, cons
 #pragma omp for schedule(static)
         for (size_t p = 0; p < np; p++) {
             const size_t off = p * HW;
-            /* u = dlow + dmid - dhigh: what reaches A1 x */
-            for (size_t j = 0; j < HW; j++) {
-                float s = 0;
-                if (dlow) s += dlow[off + j];
-                if (dmid) s += dmid[off + j];
-                if (dhigh) s -= dhigh[off + j];
-                u[j] = s;
+            /* u = dlow + dmid - dhigh: what reaches A1 x (one loop per term present, each
+             * vectorised; the sum in the order low, mid, high) */
+            if (dlow)
+                memcpy(u, dlow + off, sizeof(float) * HW);
+            else
+                memset(u, 0, sizeof(float) * HW);
+            if (dmid) {
+                const float *g = dmid + off;
+#pragma omp simd
+                for (size_t j = 0; j < HW; j++) u[j] += g[j];
+            }
+            if (dhigh) {
+                const float *g = dhigh + off;
+#pragma omp simd
+                for (size_t j = 0; j < HW; j++) u[j] -= g[j];
             }
             box_plane(&bx1, u, u, 1, 0);
             float *d = dx + off;
@@ -283,6 +291,7 @@ void ml_lcn_forward(float *y, float *mean, float *rstd, const float *x, int B, i
             }
             box_plane(&bx, mu, xs, 0, 0); /* mu - m */
             box_plane(&bx, rs, sq, 0, 0); /* A((x - m)^2) */
+#pragma omp simd
             for (size_t j = 0; j < HW; j++) {
                 const float ms = mu[j];
                 float v = rs[j] - ms * ms;
@@ -344,59 +353,122 @@ void ml_dwconv_edge_weights(float *w, int C) {
     }
 }
 
+/*
+ * The kernels run on the padded grid, so that every pass is one flat loop (a 64-wide row is
+ * only a few SIMD vectors: per-row loops per tap would cost more than the arithmetic). A
+ * plane is padded by p = k/2 zeros to Hp x Wp = (H + 2p) x (W + 2p); output (y, x) reads
+ * xp[(y + ky) Wp + x + kx], so with q = y Wp + x, ONE loop over q < nq = (H - 1) Wp + W per
+ * nonzero tap computes every output, plus 2p discarded values at the end of each row
+ * (x >= W), which the extraction skips. The backward's dx is the same correlation of the
+ * padded dy with the flipped kernel; dw_j[ky][kx] is the dot product over the same q of dy
+ * (read from its padded plane at offset p Wp + p, whose margins supply the zeros where
+ * x >= W) with xp shifted by ky Wp + kx.
+ */
+
 /* dst (H + 2p, W + 2p) = src (H, W) with p zeros on every side */
 static void pad_plane(float *dst, const float *src, int H, int W, int p) {
     const int Wp = W + 2 * p;
     memset(dst, 0, sizeof(float) * (size_t)p * Wp);
     for (int y = 0; y < H; y++) {
         float *d = dst + (size_t)(y + p) * Wp;
+        const float *s = src + (size_t)y * W;
         for (int i = 0; i < p; i++) d[i] = d[p + W + i] = 0;
-        memcpy(d + p, src + (size_t)y * W, sizeof(float) * (size_t)W);
+#pragma omp simd
+        for (int x = 0; x < W; x++) d[p + x] = s[x];
     }
     memset(dst + (size_t)(H + p) * Wp, 0, sizeof(float) * (size_t)p * Wp);
 }
 
-/* out (H, W) += correlation of the padded plane xp (H + k - 1, W + k - 1) with the k x k
- * kernel w, read flipped (w[k-1-ky][k-1-kx]) when flip is set; zero taps skipped */
-static void correlate_add(float *out, const float *xp, const float *w, int H, int W, int k,
-                          int flip) {
+/* FMA contraction for the correlation loops (-std=c11 turns it off; without it the 3 x 3
+ * loop issues separate multiplies and adds, twice the floating-point uops), as conv.c's
+ * direct kernels do */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+/* Y[q] += sum over the nonzero taps of w (read flipped, w[k-1-ky][k-1-kx], when flip) of
+ * w xp[q + ky Wp + kx], q < (H - 1) Wp + W. k = 3 (the edge filters) in one fused loop that
+ * keeps the 9-tap sum in registers; other k tap by tap, one flat loop per nonzero tap. */
+static void correlate_flat(float *Y, const float *xp, const float *w, int H, int W, int k, int flip) {
     const int Wp = W + k - 1;
-    for (int y = 0; y < H; y++) {
-        float *o = out + (size_t)y * W;
-        for (int ky = 0; ky < k; ky++) {
-            const float *src = xp + (size_t)(y + ky) * Wp;
-            for (int kx = 0; kx < k; kx++) {
-                const float wv = flip ? w[(k - 1 - ky) * k + (k - 1 - kx)] : w[ky * k + kx];
-                if (wv == 0.0f) continue;
-                const float *q = src + kx;
+    const size_t nq = (size_t)(H - 1) * Wp + W;
+    if (k == 3) {
+        float v[9];
+        for (int t = 0; t < 9; t++) v[t] = flip ? w[8 - t] : w[t];
+        const float *r0 = xp, *r1 = xp + Wp, *r2 = xp + 2 * (size_t)Wp;
 #pragma omp simd
-                for (int x = 0; x < W; x++) o[x] += wv * q[x];
-            }
+        for (size_t q = 0; q < nq; q++)
+            Y[q] += v[0] * r0[q] + v[1] * r0[q + 1] + v[2] * r0[q + 2] + v[3] * r1[q] +
+                    v[4] * r1[q + 1] + v[5] * r1[q + 2] + v[6] * r2[q] + v[7] * r2[q + 1] +
+                    v[8] * r2[q + 2];
+        return;
+    }
+    for (int ky = 0; ky < k; ky++)
+        for (int kx = 0; kx < k; kx++) {
+            const float wv = flip ? w[(k - 1 - ky) * k + (k - 1 - kx)] : w[ky * k + kx];
+            if (wv == 0.0f) continue;
+            const float *src = xp + (size_t)ky * Wp + kx;
+#pragma omp simd
+            for (size_t q = 0; q < nq; q++) Y[q] += wv * src[q];
         }
+}
+
+#pragma GCC pop_options
+
+/* dst (H, W) = (accumulate: +=) the valid columns of Y (rows of Wp) */
+static void extract(float *dst, const float *Y, int H, int W, int Wp, int accumulate) {
+    for (int y = 0; y < H; y++) {
+        float *d = dst + (size_t)y * W;
+        const float *s = Y + (size_t)y * Wp;
+        if (accumulate)
+#pragma omp simd
+            for (int x = 0; x < W; x++) d[x] += s[x];
+        else
+#pragma omp simd
+            for (int x = 0; x < W; x++) d[x] = s[x];
     }
 }
 
 void ml_dwconv_forward(float *y, const float *x, const float *w, const float *b, int B, int C,
                        int H, int W, int m, int k) {
     const size_t HW = (size_t)H * W, np = (size_t)B * C, kk = (size_t)k * k;
-    const int p = k / 2;
+    const int p = k / 2, Wp = W + 2 * p;
+    const size_t nq = (size_t)(H - 1) * Wp + W;
 #pragma omp parallel if (np * HW * (size_t)m >= PAR_MIN_FLOATS)
     {
-        float *xp = scratch_alloc((size_t)(H + 2 * p) * (W + 2 * p));
+        float *xp = scratch_alloc((size_t)(H + 2 * p) * Wp + (size_t)H * Wp);
+        float *Y = xp + (size_t)(H + 2 * p) * Wp;
 #pragma omp for schedule(static)
         for (size_t pl = 0; pl < np; pl++) {
             const size_t c = pl % (size_t)C;
             pad_plane(xp, x + pl * HW, H, W, p);
             for (int j = 0; j < m; j++) {
                 const size_t o = c * m + j;
-                float *yp = y + (pl * m + j) * HW;
                 const float bias = b ? b[o] : 0.0f;
-                for (size_t q = 0; q < HW; q++) yp[q] = bias;
-                correlate_add(yp, xp, w + o * kk, H, W, k, 0);
+                for (size_t q = 0; q < nq; q++) Y[q] = bias;
+                correlate_flat(Y, xp, w + o * kk, H, W, k, 0);
+                extract(y + (pl * m + j) * HW, Y, H, W, Wp, 0);
             }
         }
         free(xp);
     }
+}
+
+/* dw_j[ky][kx] (into tj, double) += sum_q g[q] xp[q + ky Wp + kx], in LANES float partials */
+static void dw_dots(double *tj, const float *g, const float *xp, int H, int W, int k) {
+    const int Wp = W + k - 1;
+    const size_t nq = (size_t)(H - 1) * Wp + W;
+    for (int ky = 0; ky < k; ky++)
+        for (int kx = 0; kx < k; kx++) {
+            const float *xr = xp + (size_t)ky * Wp + kx;
+            float acc[LANES] = {0};
+            size_t q = 0;
+            for (; q + LANES <= nq; q += LANES)
+#pragma omp simd
+                for (int l = 0; l < LANES; l++) acc[l] += g[q + l] * xr[q + l];
+            for (int l = 0; q < nq; q++, l++) acc[l] += g[q] * xr[q];
+            double s = 0;
+            for (int l = 0; l < LANES; l++) s += acc[l];
+            tj[ky * k + kx] += s;
+        }
 }
 
 /*
@@ -411,13 +483,14 @@ void ml_dwconv_backward(float *dx, float *dw, float *db, const float *dy, const 
                         const float *w, int B, int C, int H, int W, int m, int k) {
     const size_t HW = (size_t)H * W, kk = (size_t)k * k;
     const int p = k / 2, Hp = H + 2 * p, Wp = W + 2 * p;
-    const size_t np = (size_t)B * C;
+    const size_t np = (size_t)B * C, nq = (size_t)(H - 1) * Wp + W;
     if (!dx && !dw && !db) return;
     const int per_channel = dw || db;
 #pragma omp parallel if (np * HW * (size_t)m >= PAR_MIN_FLOATS)
     {
-        float *pad = scratch_alloc((size_t)Hp * Wp);
-        float *xp = dw ? scratch_alloc((size_t)Hp * Wp) : NULL;
+        /* G: a padded dy plane; D: dx on the padded grid; xp: the padded x plane */
+        float *G = scratch_alloc((size_t)2 * Hp * Wp + (size_t)H * Wp);
+        float *xp = G + (size_t)Hp * Wp, *D = xp + (size_t)Hp * Wp;
         double *tot = per_channel ? malloc(sizeof(double) * (size_t)m * (kk + 1)) : NULL;
         if (per_channel && !tot) abort();
         if (per_channel) {
@@ -427,33 +500,18 @@ void ml_dwconv_backward(float *dx, float *dw, float *db, const float *dy, const 
                 for (int i = 0; i < B; i++) {
                     const size_t pl = (size_t)i * C + c;
                     if (dw) pad_plane(xp, x + pl * HW, H, W, p);
+                    if (dx) memset(D, 0, sizeof(float) * nq);
                     for (int j = 0; j < m; j++) {
                         const size_t o = (size_t)c * m + j;
                         const float *g = dy + (pl * m + j) * HW;
                         double *tj = tot + (size_t)j * (kk + 1);
-                        if (dx) {
-                            pad_plane(pad, g, H, W, p);
-                            correlate_add(dx + pl * HW, pad, w + o * kk, H, W, k, 1);
-                        }
                         if (db) tj[kk] += plane_sum(g, HW);
-                        if (!dw) continue;
-                        for (int ky = 0; ky < k; ky++)
-                            for (int kx = 0; kx < k; kx++) {
-                                float acc[LANES] = {0};
-                                for (int yy = 0; yy < H; yy++) {
-                                    const float *gr = g + (size_t)yy * W;
-                                    const float *xr = xp + (size_t)(yy + ky) * Wp + kx;
-                                    int xx = 0;
-                                    for (; xx + LANES <= W; xx += LANES)
-#pragma omp simd
-                                        for (int l = 0; l < LANES; l++) acc[l] += gr[xx + l] * xr[xx + l];
-                                    for (int l = 0; xx < W; xx++, l++) acc[l] += gr[xx] * xr[xx];
-                                }
-                                double s = 0;
-                                for (int l = 0; l < LANES; l++) s += acc[l];
-                                tj[ky * k + kx] += s;
-                            }
+                        if (!dx && !dw) continue;
+                        pad_plane(G, g, H, W, p);
+                        if (dx) correlate_flat(D, G, w + o * kk, H, W, k, 1);
+                        if (dw) dw_dots(tj, G + (size_t)p * Wp + p, xp, H, W, k);
                     }
+                    if (dx) extract(dx + pl * HW, D, H, W, Wp, 1);
                 }
                 for (int j = 0; j < m; j++) {
                     const size_t o = (size_t)c * m + j;
@@ -467,14 +525,15 @@ void ml_dwconv_backward(float *dx, float *dw, float *db, const float *dy, const 
 #pragma omp for schedule(static)
             for (size_t pl = 0; pl < np; pl++) {
                 const size_t c = pl % (size_t)C;
+                memset(D, 0, sizeof(float) * nq);
                 for (int j = 0; j < m; j++) {
-                    pad_plane(pad, dy + (pl * m + j) * HW, H, W, p);
-                    correlate_add(dx + pl * HW, pad, w + (c * m + j) * kk, H, W, k, 1);
+                    pad_plane(G, dy + (pl * m + j) * HW, H, W, p);
+                    correlate_flat(D, G, w + (c * m + j) * kk, H, W, k, 1);
                 }
+                extract(dx + pl * HW, D, H, W, Wp, 1);
             }
         }
-        free(pad);
-        free(xp);
+        free(G);
         free(tot);
     }
 }

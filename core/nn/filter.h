@@ -81,8 +81,7 @@ void ml_freqbands_backward(float *dx,           // (B, C, H, W)
  * Depthwise convolution, stride 1, zero padding k/2 ('same'), channel multiplier m:
  *   y[b, c m + j] = b[c m + j] + sum_{ky, kx} w[c m + j, ky, kx] x[b, c, y + ky - k/2, x + kx - k/2]
  * i.e. PyTorch's Conv2d(C, C m, k, padding=k//2, groups=C), whose weight (C m, 1, k, k) is w
- * here; cross-correlation, like every conv of moelab. Taps whose weight is exactly 0 are
- * skipped (the fixed kernels below are a third zeros).
+ * here; cross-correlation, like every conv of moelab. Sums use fused multiply-adds.
  */
 void ml_dwconv_forward(float *y,         // (B, C m, H, W)
                        const float *x,   // (B, C, H, W)
