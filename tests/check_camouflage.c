@@ -144,8 +144,11 @@ START_TEST(t_camo_masks_and_values) {
     /* sizes vary: some small objects, some large */
     ck_assert_int_lt(lo, S * S / 16);
     ck_assert_int_gt(hi, S * S / 6);
-    /* the mask may be NULL */
+    /* the mask may be NULL; no sample -1, no sample of a config not made by init */
     ck_assert_int_eq(ml_camo_sample(&c, 5, x, NULL), 2);
+    ck_assert_int_eq(ml_camo_sample(&c, -1, x, m), -1);
+    ml_camo_cfg zero = {0};
+    ck_assert_int_eq(ml_camo_sample(&zero, 0, x, m), -1);
     free(x);
     free(m);
 }

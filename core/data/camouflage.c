@@ -455,6 +455,9 @@ static int64_t shape_raster(const shape *sh, int S, uint8_t *m, rect *box) {
 /* ------------------------------------------------------------------- sample --- */
 
 int ml_camo_sample(const ml_camo_cfg *c, int64_t index, float *rgb, float *mask) {
+    if (index < 0 || c->n_habitats < 1 || c->n_habitats > ML_CAMO_HABITATS ||
+        c->size < ML_CAMO_MIN_SIZE || c->size > ML_CAMO_MAX_SIZE)
+        return -1; /* not a config from ml_camo_cfg_init, or no such sample */
     int S = c->size, label = (int)(index % c->n_habitats), habitat = c->habitat[label];
     size_t plane = (size_t)S * S;
     work w = {.S = S};

@@ -56,9 +56,10 @@ int ml_camo_cfg_init(ml_camo_cfg *c, uint64_t seed, int size, double difficulty,
 /*
  * Generates sample `index` (>= 0) of c: rgb (3, S, S) planar, values in [0, 1]; mask
  * (1, S, S) with 1 on the object and 0 elsewhere (NULL: not wanted). The object covers
- * between 2% and 45% of the image. Returns its label in [0, c->n_habitats), or -1 when
- * the scratch block cannot be allocated (no error message is set, so threads may call
- * it; the caller reports). Thread-safe.
+ * between 2% and 45% of the image. c must come from ml_camo_cfg_init. Returns the label in
+ * [0, c->n_habitats), or -1 when index < 0, c is not a valid config or the scratch block
+ * cannot be allocated (no error message is set, so threads may call it; the caller
+ * reports). Thread-safe.
  */
 int ml_camo_sample(const ml_camo_cfg *c, int64_t index, float *rgb, float *mask);
 

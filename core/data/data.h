@@ -50,8 +50,10 @@ typedef struct ml_data_cfg {
     int64_t train_images;   /* 0 = all available after the validation split */
     int64_t val_images;     /* held out from the training files; with val_path: at most
                                this many of the validation folder's images */
-    int image_size;         /* 0 = native (camouflage: 64); else pad (if smaller, centred,
-                               zero) or resize to S x S; ignored by "synthetic" */
+    int image_size;         /* 0 = native (camouflage: 64); else S x S: IDX and CIFAR images
+                               smaller in both sides are centred in zeros, everything else
+                               (image files, masks with their images) is resampled; camouflage
+                               generates at S (16..256); ignored by "synthetic" */
     int64_t synthetic_samples; int synthetic_dim; int synthetic_classes; /* 0 = 4096, 64, 8 */
     uint64_t seed;          /* drives the split and the generated data */
     int channels;           /* image_folder, image_mask_folder: 0 or 3 = RGB (grey
