@@ -201,8 +201,8 @@ START_TEST(test_wrong_type) {
     ck_fails(load(FIX "bad_type_float_int.yaml"), FIX "bad_type_float_int.yaml:7:11: ",
              "expected an integer, got '1e3' (hint:");
     ck_fails(load(FIX "bad_enum.yaml"), FIX "bad_enum.yaml:3:12: ",
-             "data.dataset: expected one of fashion_mnist|synthetic|cifar10|image_folder, got "
-             "'fashion_mnst' (did you mean 'fashion_mnist'?)");
+             "data.dataset: expected one of fashion_mnist|synthetic|cifar10|image_folder|"
+             "image_mask_folder|camouflage, got 'fashion_mnst' (did you mean 'fashion_mnist'?)");
     ck_fails(load(FIX "bad_bool.yaml"), FIX "bad_bool.yaml:7:14: ",
              "router.normalize: expected true or false, got 'yes'");
     ck_fails(load(FIX "bad_kind.yaml"), FIX "bad_kind.yaml:6:8: ",

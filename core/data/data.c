@@ -1,9 +1,11 @@
 /*
  * data.c — the data module's front: choosing a source by name, the seeded train/validation
  * split, conversion to float with padding or resampling, the synthetic set, and the
- * deterministic batcher. File formats live in data_files.c and data_image.c.
+ * deterministic batcher. File formats live in data_files.c and data_image.c, the
+ * camouflage generator in camouflage.c.
  */
 #include "data/data.h"
+#include "data/camouflage.h"
 #include "data/source.h"
 #include "base/common.h"
 
@@ -33,6 +35,10 @@ void ml_dataset_free(ml_dataset *d) {
     free(d->x);
     free(d->y);
     free(d->index);
+    free(d->mask);
+    if (d->class_names)
+        for (int k = 0; k < d->num_classes; k++) free(d->class_names[k]);
+    free(d->class_names);
     memset(d, 0, sizeof *d);
 }
 
@@ -208,12 +214,13 @@ static int cmp_i32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Fills d with the source samples sel[0..m) at shape (C, OH, OW). */
+/* Fills d with the source samples sel[0..m) at shape (C, OH, OW), with their masks. */
 static int build_split(const ml_data_src *s, const int32_t *sel, int64_t m, int OH, int OW,
                        const char *name, ml_dataset *d) {
     memset(d, 0, sizeof *d);
     snprintf(d->name, sizeof d->name, "%s", name);
     size_t in_sz = (size_t)s->C * s->H * s->W, out_sz = (size_t)s->C * OH * OW;
+    size_t mask_sz = (size_t)OH * OW;
     d->n = m;
     d->C = s->C;
     d->H = OH;
@@ -222,27 +229,43 @@ static int build_split(const ml_data_src *s, const int32_t *sel, int64_t m, int 
     d->x = ml_alloc_floats((size_t)m * out_sz);
     d->index = ml_calloc((size_t)m, sizeof *d->index);
     if (s->y) d->y = ml_calloc((size_t)m, sizeof *d->y);
-    if (!d->x || !d->index || (s->y && !d->y)) goto fail;
+    if (s->has_mask) d->mask = ml_alloc_floats(m * mask_sz > 0 ? m * mask_sz : 1);
+    if (!d->x || !d->index || (s->y && !d->y) || (s->has_mask && !d->mask)) goto fail;
+    if (s->class_names) {
+        if (!(d->class_names = ml_calloc((size_t)s->num_classes, sizeof *d->class_names)))
+            goto fail;
+        for (int k = 0; k < s->num_classes; k++)
+            if (!(d->class_names[k] = ml_strdup(s->class_names[k]))) goto fail;
+    }
     for (int64_t i = 0; i < m; i++) {
         d->index[i] = sel[i];
         if (d->y) d->y[i] = s->y[sel[i]];
     }
-    if (s->files) {
-        /* decoding dominates: in parallel, each sample into its own slot; the error
-         * reported is the first failing file's, whatever the thread timing */
+    if (s->read) {
+        /* readers deliver the final size (they resize image and mask together) */
+        if (OH != s->H || OW != s->W) {
+            ml_errorf("%s: internal: a reader of %d x %d asked for %d x %d", name, s->H, s->W,
+                      OH, OW);
+            goto fail;
+        }
+        /* decoding or generating dominates: in parallel, each sample into its own slot
+         * (so the result does not depend on the thread count); the error reported is the
+         * first failing sample's, whatever the thread timing */
         int64_t bad = m;
 #pragma omp parallel for schedule(dynamic, 16)
         for (int64_t i = 0; i < m; i++) {
-            if (ml_data_src_folder_read(s, sel[i], d->x + (size_t)i * out_sz, 0) != ML_OK) {
+            float *mk = d->mask ? d->mask + (size_t)i * mask_sz : NULL;
+            if (s->read(s, sel[i], d->x + (size_t)i * out_sz, mk, 0) != ML_OK) {
 #pragma omp critical(ml_data_bad)
                 if (i < bad) bad = i;
             }
         }
         if (bad < m) {
-            if (ml_data_src_folder_read(s, sel[bad], d->x + (size_t)bad * out_sz, 1) == ML_OK)
-                ml_errorf("%s: decoding failed, then succeeded on retry (is the file being "
+            float *mk = d->mask ? d->mask + (size_t)bad * mask_sz : NULL;
+            if (s->read(s, sel[bad], d->x + (size_t)bad * out_sz, mk, 1) == ML_OK)
+                ml_errorf("%s: reading failed, then succeeded on retry (is the file being "
                           "written?)",
-                          s->files[sel[bad]]);
+                          s->files ? s->files[sel[bad]] : name);
             goto fail;
         }
         return ML_OK;
@@ -267,19 +290,60 @@ fail:
     return ML_ERR;
 }
 
+/* A seeded choice of k of n samples (all when k == n), ascending; owned, free(). */
+static int32_t *pick(int64_t n, int64_t k, uint64_t seed) {
+    int32_t *perm = ml_calloc((size_t)(n > 0 ? n : 1), sizeof *perm);
+    if (!perm) return NULL;
+    for (int64_t i = 0; i < n; i++) perm[i] = (int32_t)i;
+    if (k < n) {
+        ml_rng rng;
+        ml_rng_seed(&rng, seed ^ SALT_SPLIT);
+        ml_rng_shuffle(&rng, perm, (size_t)n);
+        qsort(perm, (size_t)k, sizeof *perm, cmp_i32);
+    }
+    return perm;
+}
+
+/* The camouflage generator's source: the config checked, n from the counts. */
+static int camo_source(ml_data_src *s, const ml_data_cfg *cfg) {
+    memset(s, 0, sizeof *s);
+    ml_camo_cfg cc;
+    if (ml_camo_cfg_init(&cc, cfg->seed, cfg->image_size, cfg->difficulty, cfg->habitats,
+                         cfg->n_habitats))
+        return ML_ERR;
+    int64_t n = cfg->camouflage_samples;
+    if (n == 0) {
+        if (cfg->train_images == 0)
+            return ml_errorf("camouflage: train_images is 0 (\"all available\"), but a "
+                             "generator has no natural size; hint: set data.train_images "
+                             "(and data.val_images), or data.camouflage_samples");
+        n = cfg->train_images + cfg->val_images;
+    }
+    return ml_data_src_camouflage(s, &cc, n);
+}
+
 int ml_data_load(const ml_data_cfg *cfg, ml_dataset *train, ml_dataset *val) {
     if (train) memset(train, 0, sizeof *train);
     if (val) memset(val, 0, sizeof *val);
     if (!cfg || !train) return ml_errorf("data: load needs a config and a train dataset");
     const char *ds = cfg->dataset ? cfg->dataset : "";
     const char *path = cfg->path && *cfg->path ? cfg->path : ml_data_default_path(ds);
+    const char *vpath = cfg->val_path && *cfg->val_path ? cfg->val_path : NULL;
     if (cfg->val_images < 0 || cfg->train_images < 0)
         return ml_errorf("%s: train_images %lld, val_images %lld, expected >= 0", ds,
                          (long long)cfg->train_images, (long long)cfg->val_images);
     if (cfg->image_size < 0 || cfg->image_size > MAX_SIZE)
         return ml_errorf("%s: image_size %d, expected 0 (native) or 1..%d", ds,
                          cfg->image_size, MAX_SIZE);
-    ml_data_src src;
+    if (vpath && strcmp(ds, "image_mask_folder") != 0)
+        return ml_errorf("%s: val_path is set, but only image_mask_folder reads a separate "
+                         "validation folder (the others hold val_images out of their files)",
+                         ds);
+    if (cfg->camouflage_samples < 0)
+        return ml_errorf("%s: camouflage_samples %lld, expected >= 0", ds,
+                         (long long)cfg->camouflage_samples);
+    ml_data_src src, vsrc;
+    memset(&vsrc, 0, sizeof vsrc);
     int rc, is_synth = 0;
     if (!strcmp(ds, "fashion_mnist")) {
         rc = ml_data_src_idx(&src, path);
@@ -289,16 +353,55 @@ int ml_data_load(const ml_data_cfg *cfg, ml_dataset *train, ml_dataset *val) {
         if (!path) return ml_errorf("image_folder: data.path is required (the directory "
                                     "holding one subdirectory per class)");
         rc = ml_data_src_folder(&src, path, cfg->channels ? cfg->channels : 3, cfg->image_size);
+    } else if (!strcmp(ds, "image_mask_folder")) {
+        if (!path) return ml_errorf("image_mask_folder: data.path is required (the directory "
+                                    "holding Imgs/ and GT/)");
+        rc = ml_data_src_mask_folder(&src, vpath ? &vsrc : NULL, path, vpath,
+                                     cfg->channels ? cfg->channels : 3, cfg->image_size);
+    } else if (!strcmp(ds, "camouflage")) {
+        rc = camo_source(&src, cfg);
+        path = "(generated)";
     } else if (!strcmp(ds, "synthetic")) {
         rc = synth_make(&src, cfg);
         is_synth = 1;
         path = "(generated)";
     } else {
         return ml_errorf("data: unknown dataset '%s', expected fashion_mnist, cifar10, "
-                         "image_folder or synthetic",
+                         "image_folder, image_mask_folder, camouflage or synthetic",
                          ds);
     }
     if (rc != ML_OK) return rc;
+
+    int S = is_synth ? 0 : cfg->image_size;
+    int OH = S ? S : src.H, OW = S ? S : src.W;
+    char name[64];
+    if (vpath) {
+        /* two folders: train from path, validation from val_path, neither held out of
+         * the other */
+        if (cfg->train_images > src.n) {
+            ml_errorf("%s: train_images %lld exceed the %lld images in %s", ds,
+                      (long long)cfg->train_images, (long long)src.n, path);
+            ml_data_src_free(&src);
+            ml_data_src_free(&vsrc);
+            return ML_ERR;
+        }
+        int64_t ntrain = cfg->train_images ? cfg->train_images : src.n;
+        int64_t nval = cfg->val_images < vsrc.n ? cfg->val_images : vsrc.n;
+        int32_t *tsel = pick(src.n, ntrain, cfg->seed), *vsel = pick(vsrc.n, nval, cfg->seed);
+        rc = tsel && vsel ? ML_OK : ML_ERR;
+        snprintf(name, sizeof name, "%s/train", ds);
+        if (rc == ML_OK) rc = build_split(&src, tsel, ntrain, OH, OW, name, train);
+        if (rc == ML_OK && val) {
+            snprintf(name, sizeof name, "%s/val", ds);
+            rc = build_split(&vsrc, vsel, nval, OH, OW, name, val);
+            if (rc != ML_OK) ml_dataset_free(train);
+        }
+        free(tsel);
+        free(vsel);
+        ml_data_src_free(&src);
+        ml_data_src_free(&vsrc);
+        return rc;
+    }
 
     int64_t n = src.n, nval = cfg->val_images;
     if (nval >= n) {
@@ -326,9 +429,6 @@ int ml_data_load(const ml_data_cfg *cfg, ml_dataset *train, ml_dataset *val) {
     qsort(perm, (size_t)nval, sizeof *perm, cmp_i32);
     qsort(perm + nval, (size_t)ntrain, sizeof *perm, cmp_i32);
 
-    int S = is_synth ? 0 : cfg->image_size;
-    int OH = S ? S : src.H, OW = S ? S : src.W;
-    char name[64];
     snprintf(name, sizeof name, "%s/train", ds);
     rc = build_split(&src, perm + nval, ntrain, OH, OW, name, train);
     if (rc == ML_OK && val) {
@@ -395,20 +495,26 @@ void ml_batcher_begin_epoch(ml_batcher *b, int epoch) {
     b->pos = 0;
 }
 
-int ml_batcher_next(ml_batcher *b, float *x, int32_t *y, int32_t *ids) {
+int ml_batcher_next_masks(ml_batcher *b, float *x, float *mask, int32_t *y, int32_t *ids) {
     const ml_dataset *d = b->d;
     int64_t left = d->n - b->pos;
     int m = left < b->batch_size ? (int)left : b->batch_size;
     if (m <= 0) return 0;
-    size_t sz = (size_t)d->C * d->H * d->W;
+    size_t sz = (size_t)d->C * d->H * d->W, msz = (size_t)d->H * d->W;
     for (int i = 0; i < m; i++) {
         int32_t j = b->order[b->pos + i];
         if (x) memcpy(x + (size_t)i * sz, d->x + (size_t)j * sz, sz * sizeof *x);
+        if (mask && d->mask) memcpy(mask + (size_t)i * msz, d->mask + (size_t)j * msz, msz * sizeof *mask);
+        else if (mask) memset(mask + (size_t)i * msz, 0, msz * sizeof *mask);
         if (y) y[i] = d->y ? d->y[j] : 0;
         if (ids) ids[i] = d->index ? d->index[j] : j;
     }
     b->pos += m;
     return m;
+}
+
+int ml_batcher_next(ml_batcher *b, float *x, int32_t *y, int32_t *ids) {
+    return ml_batcher_next_masks(b, x, NULL, y, ids);
 }
 
 int64_t ml_batcher_position(const ml_batcher *b) { return b->pos; }

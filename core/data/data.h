@@ -1,8 +1,18 @@
 /*
  * data.h — datasets and batching: loads Fashion-MNIST (IDX), CIFAR-10 (binary), folders
- * of images and a synthetic clustered set into float tensors in [0, 1], splits the
- * training files into train/validation deterministically by seed, and serves them in
- * mini-batches whose order depends only on (seed, epoch), so runs resume exactly.
+ * of images, camouflaged-object segmentation data (a synthetic generator with habitats,
+ * and real COD datasets in their Imgs/GT layout) and a synthetic clustered set into float
+ * tensors in [0, 1], splits the training files into train/validation deterministically by
+ * seed, and serves them in mini-batches whose order depends only on (seed, epoch), so
+ * runs resume exactly.
+ *
+ * Segmentation: datasets "camouflage" and "image_mask_folder" carry a per-pixel mask
+ * (n, 1, H, W) in {0, 1} beside the images, and y is then the habitat (camouflage) or the
+ * COD10K super-class (image_mask_folder). Every step that touches an image touches its
+ * mask the same way: the split keeps image, mask, label and index together, resizing
+ * resamples the mask by the same geometry and thresholds it at 0.5 (a pixel is object when
+ * at least half of it is), and ml_batcher_next_masks serves masks with their images.
+ * Datasets without masks have mask == NULL.
  *
  * Ownership: ml_data_load fills caller-provided ml_dataset structs whose buffers it owns;
  * release them with ml_dataset_free. ml_batcher_new returns an owned batcher (free with
@@ -25,19 +35,40 @@ typedef struct ml_dataset {
     int32_t *y;         /* (n) class labels in [0, num_classes), or NULL (owned) */
     int num_classes;    /* 0 when unlabelled */
     int32_t *index;     /* (n) index of each sample in its source files (for hash routing),
-                           ascending: a split keeps file order (owned) */
+                           ascending: a split keeps file order (owned); for camouflage the
+                           generator's sample number, so ml_camo_sample regenerates it */
+    float *mask;        /* (n, 1, H, W) segmentation target: 1 = object, 0 = background;
+                           NULL for datasets without masks (owned) */
+    char **class_names; /* (num_classes) the labels' names ("foliage", "Aquatic", the
+                           class folder), or NULL when unknown (owned) */
 } ml_dataset;
 
 typedef struct ml_data_cfg {
-    const char *dataset;    /* "fashion_mnist" | "synthetic" | "cifar10" | "image_folder" */
+    const char *dataset;    /* "fashion_mnist" | "synthetic" | "cifar10" | "image_folder" |
+                               "camouflage" | "image_mask_folder" */
     const char *path;       /* "" or NULL = default for the dataset (see ml_data_default_path) */
     int64_t train_images;   /* 0 = all available after the validation split */
-    int64_t val_images;     /* held out from the training files */
-    int image_size;         /* 0 = native; else pad (if smaller, centred, zero) or resize to
-                               S x S; ignored by "synthetic" */
+    int64_t val_images;     /* held out from the training files; with val_path: at most
+                               this many of the validation folder's images */
+    int image_size;         /* 0 = native (camouflage: 64); else S x S: IDX and CIFAR images
+                               smaller in both sides are centred in zeros, everything else
+                               (image files, masks with their images) is resampled; camouflage
+                               generates at S (16..256); ignored by "synthetic" */
     int64_t synthetic_samples; int synthetic_dim; int synthetic_classes; /* 0 = 4096, 64, 8 */
-    uint64_t seed;          /* drives the split and the synthetic data */
-    int channels;           /* image_folder only: 0 or 3 = RGB (grey replicated), 1 = grey */
+    uint64_t seed;          /* drives the split and the generated data */
+    int channels;           /* image_folder, image_mask_folder: 0 or 3 = RGB (grey
+                               replicated), 1 = grey */
+    /* image_mask_folder */
+    const char *val_path;   /* a second folder (the test set) for validation; "" or NULL =
+                               hold val_images out of path like the other datasets */
+    /* camouflage */
+    int64_t camouflage_samples;  /* samples the split draws from; 0 = train_images +
+                                    val_images (then train_images must be > 0) */
+    double difficulty;           /* 0 = obvious object .. 1 = same statistics as the
+                                    background (the config's default is 0.5) */
+    const char *const *habitats; /* names from foliage, sand, underwater: label k is
+                                    habitats[k]; NULL or n_habitats 0 = all three */
+    int n_habitats;
 } ml_data_cfg;
 
 /*
@@ -45,7 +76,10 @@ typedef struct ml_data_cfg {
  * cfg->seed puts the first val_images samples in *val, then the next train_images (all
  * the rest when 0) in *train; each split keeps file order. val may be NULL (the held-out
  * samples are still excluded from train, so train does not depend on whether val is
- * asked for). On failure both structs are left zeroed.
+ * asked for). image_mask_folder with val_path: *train is train_images of path (all when
+ * 0; a seeded subset, in file order, otherwise) and *val at most val_images of val_path
+ * (a seeded subset when fewer than the folder holds). On failure both structs are left
+ * zeroed.
  */
 int ml_data_load(const ml_data_cfg *cfg, ml_dataset *train, ml_dataset *val);
 /* Frees the buffers and zeroes the struct; NULL-safe. */
@@ -75,6 +109,13 @@ void ml_batcher_begin_epoch(ml_batcher *b, int epoch);
  * may be short), 0 at epoch end.
  */
 int ml_batcher_next(ml_batcher *b, float *x, int32_t *y, int32_t *ids);
+/*
+ * ml_batcher_next that also copies the samples' masks into mask (B, 1, H, W) with room
+ * for batch_size masks (may be NULL; zeros when the dataset has no masks — check
+ * d->mask when a model needs them). Row i of x, mask, y and ids is the same sample.
+ * Both calls advance the same position: they may be mixed within an epoch.
+ */
+int ml_batcher_next_masks(ml_batcher *b, float *x, float *mask, int32_t *y, int32_t *ids);
 /* Samples served this epoch (for resuming). */
 int64_t ml_batcher_position(const ml_batcher *b);
 /* Continues the current epoch after `position` samples (clamped to [0, n]). */

@@ -11,6 +11,7 @@
 #include "base/glob.h"
 #include "base/scalar.h"
 #include "base/strbuf.h"
+#include "data/camouflage.h"
 #include "plugin/options.h"
 
 #include <errno.h>
@@ -123,17 +124,36 @@ static const cfg_key cfg_schema[] = {
      "docs/studies.md); `moelab run` ignores it"},
 
     SEC("data", "the dataset"),
-    ENUM("data.dataset", NULL, F_REQ, "fashion_mnist|synthetic|cifar10|image_folder",
-         "which dataset"),
+    ENUM("data.dataset", NULL, F_REQ,
+         "fashion_mnist|synthetic|cifar10|image_folder|image_mask_folder|camouflage",
+         "which dataset (docs/data.md)"),
     STR("data.path", "", 0,
-        "dataset location; \"\" = the dataset's default (`/usr/share/datasets/fashion-mnist`)"),
+        "dataset location; \"\" = the dataset's default (`/usr/share/datasets/fashion-mnist`); "
+        "image_mask_folder: the training folder, holding `Imgs/` and `GT/`"),
+    STR("data.val_path", "", 0,
+        "image_mask_folder: the validation (test) folder, holding `Imgs/` and `GT/`; \"\" = "
+        "hold `val_images` out of `path` like the other datasets"),
     INT("data.train_images", "0", 0, NOHI, "training images used; 0 = all available"),
-    INT("data.val_images", "10000", 0, NOHI, "validation images, held out from the training files"),
+    INT("data.val_images", "10000", 0, NOHI,
+        "validation images, held out from the training files; with `val_path`: at most this "
+        "many of its images"),
     INT("data.image_size", "0", 0, 1024,
-        "0 = native size; else pad (fashion 28 -> 32) or resize to S x S"),
+        "0 = native size (camouflage: 64); else pad (fashion 28 -> 32) or resize to S x S "
+        "(masks too); camouflage: 16 to 256"),
     INT("data.synthetic_samples", "4096", 1, 10000000, "synthetic: number of samples"),
     INT("data.synthetic_dim", "64", 1, 100000, "synthetic: features per sample"),
     INT("data.synthetic_classes", "8", 2, 1000, "synthetic: number of classes"),
+    INT("data.camouflage_samples", "0", 0, 100000000,
+        "camouflage: generated samples the split draws from (fix it to keep the validation "
+        "set while `train_images` varies); 0 = `train_images + val_images`"),
+    FLT("data.difficulty", "0.5", 0, 1, 0,
+        "camouflage: how close the object's texture statistics are to the background's: 0 = "
+        "clearly different (colour, brightness, scale, contrast, orientation), 1 = equal, only "
+        "the pattern breaks at the outline"),
+    LISTN("data.habitats", "[foliage, sand, underwater]", ML_CAMO_HABITATS,
+          "camouflage: the habitats, distinct; the label of a sample is its habitat's position "
+          "here, and samples cycle through them"),
+    ENUM("data.habitats.*", NULL, 0, "foliage|sand|underwater", "a habitat"),
 
     SEC("model", "the network"),
     ENUM("model.type", NULL, F_REQ, "mlp|srnn", "model family"),
@@ -1399,7 +1419,9 @@ static int is_path_name(const char *s) {
 static int resolve_paths(ml_config *c) {
     ml_cfg_node *r = c->root, *x;
     if (resolve_path(map_get(r, "script"), "script", 1)) return ML_ERR;
-    if ((x = map_get(r, "data")) && x->kind == ML_CFG_MAP && resolve_path(map_get(x, "path"), "data.path", 1))
+    if ((x = map_get(r, "data")) && x->kind == ML_CFG_MAP &&
+        (resolve_path(map_get(x, "path"), "data.path", 1) ||
+         resolve_path(map_get(x, "val_path"), "data.val_path", 1)))
         return ML_ERR;
     if ((x = map_get(r, "plugin_path")) && x->kind == ML_CFG_SEQ)
         for (int i = 0; i < x->n; i++)

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "base/crash.h"
+#include "data/camouflage.h"
 #include "plugin/loader.h"
 #include "run/checkpoint.h"
 
@@ -223,6 +224,18 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     *exit_code = ML_EXIT_RUNTIME;
     set_threads((int)ml_config_int(e->cfg, "train.threads", 0));
     const char *dpath = ml_config_str(e->cfg, "data.path", "");
+    const char *habitats[ML_CAMO_HABITATS];
+    int n_habitats = ml_config_len(e->cfg, "data.habitats");
+    if (n_habitats == 0) {
+        ml_errorf("data.habitats: an empty list, expected 1 to %d of foliage, sand, underwater", ML_CAMO_HABITATS);
+        goto fail;
+    }
+    n_habitats = n_habitats < 0 ? 0 : n_habitats > ML_CAMO_HABITATS ? ML_CAMO_HABITATS : n_habitats;
+    for (int i = 0; i < n_habitats; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "data.habitats.%d", i);
+        habitats[i] = ml_config_str(e->cfg, key, "");
+    }
     ml_data_cfg dc = {
         .dataset = ml_config_str(e->cfg, "data.dataset", "synthetic"),
         .path = dpath,
@@ -233,6 +246,11 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
         .synthetic_dim = (int)ml_config_int(e->cfg, "data.synthetic_dim", 64),
         .synthetic_classes = (int)ml_config_int(e->cfg, "data.synthetic_classes", 8),
         .seed = (uint64_t)ml_config_int(e->cfg, "train.seed", 1),
+        .val_path = ml_config_str(e->cfg, "data.val_path", ""),
+        .camouflage_samples = ml_config_int(e->cfg, "data.camouflage_samples", 0),
+        .difficulty = ml_config_float(e->cfg, "data.difficulty", 0.5),
+        .habitats = habitats,
+        .n_habitats = n_habitats,
     };
     if (ml_data_load(&dc, &e->train, &e->val)) { ml_error_prefix("data"); goto fail; }
     if (e->train.n < 1) { ml_errorf("data: the training split is empty (check data.train_images / data.val_images)"); goto fail; }
