@@ -23,7 +23,7 @@ static void fx_open(fixture *f, int C, int H, int W, const int *ch, int D, int B
     memset(f, 0, sizeof *f);
     ml_params_init(&f->P, 1);
     ml_params_init(&f->S, 0);
-    ml_net_shape s = {C, H, W, D, 0, ch, 4};
+    ml_net_shape s = {.C = C, .H = H, .W = W, .latent = D, .channels = ch, .n_channels = 4};
     f->net = ml_net_srnn.create(&s, &f->P, &f->S);
     ck_assert_msg(f->net != NULL, "%s", ml_error());
     ml_rng rng;
@@ -146,7 +146,7 @@ START_TEST(test_bad_shapes) {
     ml_params P, S;
     ml_params_init(&P, 1);
     ml_params_init(&S, 0);
-    ml_net_shape s = {1, 24, 32, 8, 0, def_ch, 4};
+    ml_net_shape s = {.C = 1, .H = 24, .W = 32, .latent = 8, .channels = def_ch, .n_channels = 4};
     ck_assert_ptr_null(ml_net_srnn.create(&s, &P, &S));
     ck_assert_ptr_nonnull(strstr(ml_error(), "multiples of 16"));
     s.H = 32;

@@ -19,7 +19,7 @@ base|base|
 nn|base nn|cblas.h omp.h
 plugin|base nn plugin|dlfcn.h cblas.h
 model|base nn plugin model|cblas.h omp.h
-data|base data|zlib.h stb/stb_image.h omp.h
+data|base data|zlib.h stb/stb_image.h stb/stb_image_write.h omp.h
 io|base nn plugin model data io|yaml.h zlib.h
 run|base nn plugin model data io run|cblas.h omp.h mpi.h
 lua|base nn plugin model data io run lua|lua.h lauxlib.h lualib.h
@@ -28,7 +28,7 @@ study|base nn plugin model data io run study|
 # the public headers, core/include/moelab/: all a plugin may include of moelab
 PUBLIC='moelab/plugin.h moelab/plugin_aux.h'
 # headers that name an external library (anything else in <...> is the C library or POSIX)
-EXTERNAL='cblas.h omp.h dlfcn.h zlib.h stb/stb_image.h yaml.h lua.h lauxlib.h lualib.h mpi.h'
+EXTERNAL='cblas.h omp.h dlfcn.h zlib.h stb/stb_image.h stb/stb_image_write.h yaml.h lua.h lauxlib.h lualib.h mpi.h'
 
 check() {
     root="$1"

@@ -94,6 +94,10 @@ const char *ml_data_default_path(const char *dataset);
  */
 void ml_data_resize(const float *src, int C, int H, int W, float *dst, int OH, int OW);
 
+/* Writes px (h, w, channels) bytes, rows top to bottom, as a PNG file, atomically (temp file,
+   rename); channels 1 (grey), 3 (RGB) or 4. ML_ERR names the path. */
+int ml_image_write_png(const char *path, int w, int h, int channels, const uint8_t *px);
+
 /* Deterministic batching: an epoch order shuffled by (seed, epoch). */
 typedef struct ml_batcher ml_batcher;   /* owned; ml_batcher_free */
 

@@ -9,6 +9,10 @@
  * off for this file only, which contains nothing but the library.
  */
 #include "data/source.h"
+#include "data/data.h"
+#include "base/common.h"
+#include "base/file.h"
+#include "base/strbuf.h"
 
 #include <stdlib.h>
 
@@ -34,3 +38,27 @@ int ml_data_stb_info(const char *path, int *w, int *h) {
 }
 
 const char *ml_data_stb_reason(void) { return stbi_failure_reason(); }
+
+/* ------------------------------------------------------------- PNG writing */
+
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STBIW_MALLOC(n) malloc(n)
+#define STBIW_REALLOC(p, n) realloc(p, n)
+#define STBIW_FREE(p) free(p)
+#include <stb/stb_image_write.h>
+
+static void to_strbuf(void *ctx, void *data, int size) { ml_strbuf_put(ctx, data, (size_t)size); }
+
+int ml_image_write_png(const char *path, int w, int h, int channels, const uint8_t *px) {
+    if (w < 1 || h < 1 || channels < 1 || channels > 4)
+        return ml_errorf("%s: cannot write a %dx%dx%d image as PNG", path, w, h, channels);
+    ml_strbuf b = {0};
+    if (!stbi_write_png_to_func(to_strbuf, &b, w, h, channels, px, w * channels) || b.oom) {
+        ml_strbuf_free(&b);
+        return ml_errorf("%s: PNG encoding failed", path);
+    }
+    int rc = ml_write_file_atomic(path, b.buf, b.len);
+    ml_strbuf_free(&b);
+    return rc;
+}

@@ -156,14 +156,19 @@ static const cfg_key cfg_schema[] = {
     ENUM("data.habitats.*", NULL, 0, "foliage|sand|underwater", "a habitat"),
 
     SEC("model", "the network"),
-    ENUM("model.type", NULL, F_REQ, "mlp|srnn", "model family"),
+    ENUM("model.type", NULL, F_REQ, "mlp|srnn|cod",
+         "model family: MoE autoencoders (mlp, srnn) or the camouflage segmentation net (cod, docs/cod.md)"),
     INT("model.experts", "4", 1, 4096, "experts per MoE layer at the start (a schedule may override)"),
     INT("model.latent", "128", 1, 65536, "D, the width of the MoE layer"),
     INT("model.hidden", "256", 1, 65536, "mlp: encoder/decoder hidden width"),
     INT("model.expert_hidden", "256", 1, 65536, "H, hidden width inside each residual-MLP expert"),
     INT("model.moe_layers", "1", 1, 64, "number of MoE layers"),
-    LIST("model.channels", "[32, 64, 128, 256]", "srnn: encoder channels per stage"),
+    LIST("model.channels", "[32, 64, 128, 256]", "srnn, cod: encoder channels per stage (cod: multiples of 4)"),
     INT("model.channels.*", NULL, 1, 65536, "channels of one stage"),
+    LIST("model.expert_kinds", "[texture, frequency, edge, contrast, texture, frequency]",
+         "cod: the kind of expert i of every MoE layer (experts past the list, as growth adds, "
+         "cycle through it)"),
+    ENUM("model.expert_kinds.*", NULL, 0, "texture|frequency|edge|contrast", "one expert's kind"),
 
     PLUG("router", ML_PLUGIN_ROUTER, "the router plugin and its options"),
     STR("router.name", "softmax_topk", 0, "router plugin name"),
@@ -224,6 +229,14 @@ static const cfg_key cfg_schema[] = {
         "(new_expert_share); 0 = off"),
     FLT("health.collapse_margin", "0.5", 0, 64, 0,
         "collapse warning when exp(H(u)) <= k + this (k = slots per routed sample; top-k collapse)"),
+
+    SEC("seg", "segmentation runs (model.type: cod): the task loss and what evaluation writes"),
+    FLT("seg.bce", "1.0", 0, NOHI, 0, "weight of the BCE-with-logits loss"),
+    FLT("seg.iou", "1.0", 0, NOHI, 0, "weight of the soft IoU loss"),
+    FLT("seg.dice", "0.0", 0, NOHI, 0, "weight of the soft Dice loss"),
+    INT("seg.predictions", "8", 0, 100000,
+        "validation images written as PNG (image, ground truth, prediction) in predictions/"),
+    BOOL("seg.minmax", "false", "rescale each predicted map by its min and max before the metrics (the COD toolboxes' habit)"),
 
     SEC("results", "where results go"),
     STR("results.dir", "results", 0, "results root"),

@@ -57,6 +57,14 @@ void ml_health_acc_free(ml_health_acc *a) {
 
 int ml_health_acc_num_experts(const ml_health_acc *a) { return a ? a->N : 0; }
 
+int ml_health_acc_joint(const ml_health_acc *a, const int64_t **joint, int *C, int *N) {
+    if (!a || !a->C) return ML_ERR;
+    *joint = a->joint;
+    *C = a->C;
+    *N = a->N;
+    return ML_OK;
+}
+
 /* Replaces the accumulator's arrays with new ones (owned from now on). */
 static void adopt(ml_health_acc *a, int64_t *slots, double *psum, int64_t *joint) {
     free(a->slots);

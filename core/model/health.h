@@ -77,6 +77,10 @@ typedef struct ml_health {
     int64_t labelled;              /* samples that counted towards nmi_label */
 } ml_health;
 
+/* The (label, top-1 expert) counts of the window: *joint (C, N) row-major, borrowed until
+   the accumulator changes; ML_ERR when the accumulator has no labels (C = 0). */
+int ml_health_acc_joint(const ml_health_acc *a, const int64_t **joint, int *C, int *N);
+
 /* The accumulator as one line of text (for checkpoints; owned, free()), and back: the
  * text must be for the accumulator's N and num_classes; on error *a is unchanged. */
 char *ml_health_acc_to_text(const ml_health_acc *a);

@@ -1,14 +1,19 @@
-/* model.c — encoder -> MoE layers -> decoder with MSE reconstruction loss. */
+/* model.c — an MoE network and its task loss (model.h). */
 #include "model/model.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "nn/ops.h"
+#include "nn/segloss.h"
+
+/* soft IoU / Dice smoothing, in pixels (segloss.h): 1, as F3Net, PraNet and SINet-v2 */
+#define ML_SEG_SMOOTH 1.0f
 
 static const ml_net_ops *net_for(const char *type) {
     if (strcmp(type, "mlp") == 0) return &ml_net_mlp;
     if (strcmp(type, "srnn") == 0) return &ml_net_srnn;
+    if (strcmp(type, "cod") == 0) return &ml_net_cod;
     return NULL;
 }
 
@@ -20,22 +25,41 @@ ml_model *ml_model_new(const ml_model_cfg *cfg, const int *experts_per_layer) {
     ml_rng_seed(&m->init_rng, cfg->seed);
     m->ops = net_for(cfg->type);
     if (!m->ops) {
-        ml_errorf("model type '%s' is unknown, expected mlp or srnn", cfg->type);
+        ml_errorf("model type '%s' is unknown, expected mlp, srnn or cod", cfg->type);
         goto fail;
     }
-    ml_net_shape shape = {cfg->C, cfg->H, cfg->W, cfg->latent, cfg->hidden, cfg->channels, cfg->n_channels};
+    ml_net_shape shape = {cfg->C, cfg->H, cfg->W, cfg->latent, cfg->hidden, cfg->channels, cfg->n_channels,
+                          cfg->expert_kinds, cfg->n_kinds};
     m->net = m->ops->create(&shape, &m->P, &m->S);
     if (!m->net) goto fail;
+    m->seg = m->ops->forward != NULL;
     m->D = cfg->latent;
     m->Din = cfg->C * cfg->H * cfg->W;
-    m->L = cfg->moe_layers;
+    m->Dout = m->seg ? m->ops->out_per_pixel * cfg->H * cfg->W : m->Din;
+    m->w_bce = cfg->w_bce, m->w_iou = cfg->w_iou, m->w_dice = cfg->w_dice;
+    if (m->seg) { /* the net says where its MoE layers sit and what they route */
+        int C, HW;
+        const ml_expert_kind *kind;
+        const void *kcfg;
+        for (m->L = 0; m->ops->spatial(m->net, m->L, &C, &HW, &kind, &kcfg) == 0;) m->L++;
+    } else {
+        m->L = cfg->moe_layers;
+    }
     m->moe = ml_calloc((size_t)m->L, sizeof *m->moe);
     m->z = ml_calloc((size_t)m->L + 1, sizeof *m->z);
     m->dz = ml_calloc((size_t)m->L + 1, sizeof *m->dz);
     if (!m->moe || !m->z || !m->dz) goto fail;
     for (int l = 0; l < m->L; l++) {
         int n = experts_per_layer ? experts_per_layer[l] : cfg->experts;
-        m->moe[l] = ml_moe_new(l, m->D, cfg->expert_hidden, n, cfg->router, cfg->router_opt, &m->P, &m->S, cfg->seed);
+        if (m->seg) {
+            int C, HW;
+            const ml_expert_kind *kind;
+            const void *kcfg;
+            m->ops->spatial(m->net, l, &C, &HW, &kind, &kcfg);
+            m->moe[l] = ml_moe_new_spatial(l, C, HW, n, kind, kcfg, cfg->router, cfg->router_opt, &m->P, &m->S, cfg->seed);
+        } else {
+            m->moe[l] = ml_moe_new(l, m->D, cfg->expert_hidden, n, cfg->router, cfg->router_opt, &m->P, &m->S, cfg->seed);
+        }
         if (!m->moe[l]) goto fail;
     }
     if (ml_params_commit(&m->P, &m->init_rng) || ml_params_commit(&m->S, &m->init_rng)) goto fail;
@@ -72,23 +96,35 @@ void ml_model_free(ml_model *m) {
 static int reserve(ml_model *m, int B) {
     if (B <= m->cap_B) return ML_OK;
     free_acts(m);
-    for (int l = 0; l <= m->L; l++) {
+    for (int l = 0; !m->seg && l <= m->L; l++) {
         m->z[l] = ml_alloc_floats((size_t)B * m->D);
         m->dz[l] = ml_alloc_floats((size_t)B * m->D);
         if (!m->z[l] || !m->dz[l]) return ML_ERR;
     }
-    m->xhat = ml_alloc_floats((size_t)B * m->Din);
-    m->dxhat = ml_alloc_floats((size_t)B * m->Din);
+    m->xhat = ml_alloc_floats((size_t)B * m->Dout);
+    m->dxhat = ml_alloc_floats((size_t)B * m->Dout);
     if (!m->xhat || !m->dxhat) return ML_ERR;
     m->cap_B = B;
     return m->ops->reserve(m->net, B);
 }
 
-int ml_model_forward(ml_model *m, const float *x, int B, int training, const int32_t *ids,
+int ml_model_forward(ml_model *m, const float *x, const float *target, int B, int training, const int32_t *ids,
                      const int32_t *labels, int num_classes) {
     if (reserve(m, B)) return ML_ERR;
     m->x = x;
     m->B = B;
+    if (m->seg) {
+        if (!target) return ml_errorf("model: a segmentation net needs a target mask");
+        m->target = target;
+        if (m->ops->forward(m->net, m->moe, x, B, training, ids, labels, num_classes, m->xhat)) return ML_ERR;
+        const int N = m->Dout;
+        m->loss_bce = m->w_bce != 0 ? ml_bce_logits_forward(m->xhat, target, NULL, B, N) : 0;
+        m->loss_iou = m->w_iou != 0 ? ml_soft_iou_forward(m->xhat, target, NULL, B, N, ML_SEG_SMOOTH) : 0;
+        m->loss_dice = m->w_dice != 0 ? ml_soft_dice_forward(m->xhat, target, NULL, B, N, ML_SEG_SMOOTH) : 0;
+        m->task_loss = m->w_bce * m->loss_bce + m->w_iou * m->loss_iou + m->w_dice * m->loss_dice;
+        return ML_OK;
+    }
+    m->target = x;
     if (m->ops->encode(m->net, x, B, training, m->z[0])) return ML_ERR;
     for (int l = 0; l < m->L; l++)
         if (ml_moe_forward(m->moe[l], m->z[l], m->z[l + 1], B, training, ids, labels, num_classes)) return ML_ERR;
@@ -99,7 +135,14 @@ int ml_model_forward(ml_model *m, const float *x, int B, int training, const int
 
 int ml_model_backward(ml_model *m) {
     const int B = m->B;
-    memset(m->dxhat, 0, (size_t)B * m->Din * sizeof(float));
+    memset(m->dxhat, 0, (size_t)B * m->Dout * sizeof(float));
+    if (m->seg) {
+        const int N = m->Dout;
+        if (m->w_bce != 0) ml_bce_logits_backward(m->dxhat, m->xhat, m->target, NULL, B, N, m->w_bce);
+        if (m->w_iou != 0) ml_soft_iou_backward(m->dxhat, m->xhat, m->target, NULL, B, N, ML_SEG_SMOOTH, m->w_iou);
+        if (m->w_dice != 0) ml_soft_dice_backward(m->dxhat, m->xhat, m->target, NULL, B, N, ML_SEG_SMOOTH, m->w_dice);
+        return m->ops->backward(m->net, m->moe, m->dxhat);
+    }
     ml_mse_backward(m->dxhat, m->xhat, m->x, (size_t)B * m->Din, 1.0f);
     for (int l = 0; l <= m->L; l++) memset(m->dz[l], 0, (size_t)B * m->D * sizeof(float));
     if (m->ops->decode_backward(m->net, m->dxhat, m->dz[m->L])) return ML_ERR;

@@ -1,11 +1,15 @@
 /*
- * model.h — an MoE autoencoder: encoder -> MoE layers -> decoder, trained on MSE.
+ * model.h — an MoE network and its task loss: an autoencoder (encoder -> MoE layers on
+ * the latent -> decoder, MSE reconstruction; mlp, srnn) or a segmentation net (MoE layers
+ * on feature maps at several scales, a mask logit per pixel; cod), trained on
+ * w_bce·BCE-with-logits + w_iou·soft IoU + w_dice·soft Dice against a binary mask.
  *
  * The model owns its parameter block P (trainable: values, gradients, Adam moments) and
- * state block S (router state, batch-norm running statistics), the encoder/decoder of its
- * type (net.h) and its MoE layers. Forward leaves the reconstruction in xhat and the task
- * loss in task_loss; callers add balancing-loss gradients into each layer's dlogits/dprob,
- * then call backward. ml_model_add_experts grows one layer mid-training.
+ * state block S (router state, batch-norm running statistics), the net of its type (net.h)
+ * and its MoE layers. Forward leaves the output in out (the reconstruction, or the mask
+ * logits) and the task loss in task_loss; callers add balancing-loss gradients into each
+ * layer's dlogits/dprob, then call backward. ml_model_add_experts grows one layer
+ * mid-training.
  */
 #ifndef MOELAB_MODEL_H
 #define MOELAB_MODEL_H
@@ -15,7 +19,7 @@
 #include "nn/params.h"
 
 typedef struct ml_model_cfg {
-    const char *type;          /* "mlp" | "srnn" */
+    const char *type;          /* "mlp" | "srnn" | "cod" */
     int C, H, W;               /* input images */
     int latent, hidden, expert_hidden;
     int experts;               /* per layer at start */
@@ -24,6 +28,9 @@ typedef struct ml_model_cfg {
     const ml_plugin *router;
     const ml_optval *router_opt;
     uint64_t seed;
+    /* cod */
+    const char *const *expert_kinds; int n_kinds;
+    float w_bce, w_iou, w_dice; /* task loss weights (segmentation) */
 } ml_model_cfg;
 
 typedef struct ml_model {
@@ -33,18 +40,25 @@ typedef struct ml_model {
     int L;
     ml_moe **moe;              /* (L) */
     int D, Din, cap_B, B;
-    float **z;                 /* (L + 1) latents (B, D): z[0] from the encoder */
+    int seg;                   /* a segmentation net (ops->forward): out is mask logits */
+    int Dout;                  /* floats of out per sample: Din, or H·W mask logits */
+    float w_bce, w_iou, w_dice;
+    float **z;                 /* (L + 1) latents (B, D): z[0] from the encoder (autoencoders) */
     float **dz;                /* (L + 1) their gradients */
-    float *xhat, *dxhat;       /* (B, Din) */
+    float *xhat, *dxhat;       /* (B, Dout) the output and its gradient */
     const float *x;            /* (B, Din) borrowed input */
+    const float *target;       /* (B, Dout) borrowed: x for autoencoders, the mask for seg */
     double task_loss;
+    double loss_bce, loss_iou, loss_dice; /* seg: the task loss's parts, each before its weight */
     ml_rng init_rng;           /* initialises tensors, also those added by growth */
 } ml_model;
 
 ml_model *ml_model_new(const ml_model_cfg *cfg, const int *experts_per_layer);
 void ml_model_free(ml_model *m);
-/* x (B, C, H, W) in [0, 1]; ids and labels (B) borrowed until backward (labels may be NULL). */
-int ml_model_forward(ml_model *m, const float *x, int B, int training, const int32_t *ids,
+/* x (B, C, H, W) in [0, 1]; target (B, Dout): NULL for an autoencoder (x itself), the mask
+   (B, 1, H, W) in {0, 1} for a segmentation net; ids and labels (B) borrowed until backward
+   (labels may be NULL). */
+int ml_model_forward(ml_model *m, const float *x, const float *target, int B, int training, const int32_t *ids,
                      const int32_t *labels, int num_classes);
 /* Gradients of task loss (scaled by 1) plus whatever losses put in the MoE layers. */
 int ml_model_backward(ml_model *m);

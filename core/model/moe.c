@@ -237,8 +237,7 @@ static int reserve(ml_moe *m, int B) {
         m->drin = ml_alloc_floats((size_t)B * m->R);
     }
     if (!m->dlogits || !m->dprob || !m->order || !m->dgate || !m->dgate_loss || !m->estart || !m->cursor ||
-        !m->xg || !m->yg || !m->dyg || !m->dxg || !m->grad_mag || !m->load || (spatial && (!m->rin || !m->drin)) ||
-        m->kind->reserve(m->kst, m, (int)K)) {
+        !m->xg || !m->yg || !m->dyg || !m->dxg || !m->grad_mag || !m->load || (spatial && (!m->rin || !m->drin))) {
         free_buffers(m);
         return ml_errorf("moe layer %d: out of memory for a batch of %d with %d experts", m->layer + 1, B, m->N);
     }
@@ -293,6 +292,9 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
     const int32_t *ds = ri->disp_sample, *de = ri->disp_expert;
     const float *dg = ri->disp_gate;
 
+    /* the experts' activations for this forward's K rows (grow-only) */
+    if (K > 0 && m->kind->reserve(m->kst, m, K))
+        return ml_errorf("moe layer %d: out of memory for the activations of %d routed samples", m->layer + 1, K);
     /* counting sort of the triples by expert (the router host counted them): each expert's
        rows become one contiguous batch */
     m->estart[0] = 0;

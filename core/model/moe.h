@@ -64,7 +64,7 @@ typedef struct ml_expert_kind {
     /* The i-th tensor of expert e into *t: 0, or -1 when i is past its last. The same
        answer every time: checkpoints and growth rely on it. */
     int (*describe)(void *st, const ml_moe *m, int e, int i, ml_expert_tensor *t);
-    int (*reserve)(void *st, ml_moe *m, int K);   /* activations for K gathered rows */
+    int (*reserve)(void *st, ml_moe *m, int K);   /* activations for K gathered rows (each forward: grow) */
     int (*forward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, float *yg, int training);
     int (*backward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg);
     /* useful FLOPs of forward + backward for one row of expert e (bench), or NULL */

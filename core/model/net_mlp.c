@@ -133,5 +133,6 @@ static double mlp_flops(void *net) {
     return 2.0 * macs * 3.0; /* forward + backward (≈ 2x forward) */
 }
 
-const ml_net_ops ml_net_mlp = {"mlp", mlp_create, mlp_free, mlp_reserve, mlp_encode, mlp_decode,
-                               mlp_decode_backward, mlp_encode_backward, mlp_flops};
+const ml_net_ops ml_net_mlp = {.type = "mlp", .create = mlp_create, .free = mlp_free, .reserve = mlp_reserve,
+                               .encode = mlp_encode, .decode = mlp_decode, .decode_backward = mlp_decode_backward,
+                               .encode_backward = mlp_encode_backward, .flops_per_sample = mlp_flops};

@@ -363,6 +363,6 @@ static double srnn_flops(void *net) {
     return 2.0 * (2.0 * first + 3.0 * rest);
 }
 
-const ml_net_ops ml_net_srnn = {"srnn", srnn_create, srnn_free, srnn_reserve, srnn_encode,
-                                srnn_decode, srnn_decode_backward, srnn_encode_backward,
-                                srnn_flops};
+const ml_net_ops ml_net_srnn = {.type = "srnn", .create = srnn_create, .free = srnn_free, .reserve = srnn_reserve,
+                                .encode = srnn_encode, .decode = srnn_decode, .decode_backward = srnn_decode_backward,
+                                .encode_backward = srnn_encode_backward, .flops_per_sample = srnn_flops};

@@ -114,7 +114,7 @@ int ml_bench_main(int argc, char **argv) {
     for (int s = 0; s < o.S + 2 && !rc; s++) {
         if (s == 2) t0 = ml_now(); /* two warm-up steps, as the PyTorch peer */
         ml_params_zero_grad(&m->P);
-        rc = ml_model_forward(m, x, o.B, 1, ids, NULL, 0);
+        rc = ml_model_forward(m, x, NULL, o.B, 1, ids, NULL, 0);
         ml_routing_record rec;
         ml_moe_record(m->moe[0], &rec);
         double v;

@@ -89,7 +89,11 @@ static int build_schedule(ml_experiment *e, int L) {
 
 static int build_model(ml_experiment *e) {
     const ml_config *c = e->cfg;
-    int L = (int)ml_config_int(c, "model.moe_layers", 1);
+    int cod = !strcmp(ml_config_str(c, "model.type", "mlp"), "cod");
+    int L = cod ? 4 : (int)ml_config_int(c, "model.moe_layers", 1); /* cod: one MoE layer per scale */
+    if (cod && !e->train.mask)
+        return ml_errorf("model.type cod segments images: it needs a dataset with masks (data.dataset: camouflage "
+                         "or image_mask_folder), not %s", ml_config_str(c, "data.dataset", "?"));
     if (build_schedule(e, L)) return ML_ERR;
     int configured = (int)ml_config_int(c, "model.experts", 4);
     int *experts = ml_calloc((size_t)L, sizeof(int));
@@ -109,7 +113,19 @@ static int build_model(ml_experiment *e) {
         snprintf(key, sizeof key, "model.channels.%d", i);
         channels[i] = (int)ml_config_int(c, key, 0);
     }
+    const char *kinds[64];
+    int nk = ml_config_len(c, "model.expert_kinds");
+    if (nk > 64) nk = 64;
+    for (int i = 0; i < nk; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "model.expert_kinds.%d", i);
+        kinds[i] = ml_config_str(c, key, "texture");
+    }
     ml_model_cfg mc = {
+        .expert_kinds = kinds, .n_kinds = nk < 0 ? 0 : nk,
+        .w_bce = (float)ml_config_float(c, "seg.bce", 1.0),
+        .w_iou = (float)ml_config_float(c, "seg.iou", 1.0),
+        .w_dice = (float)ml_config_float(c, "seg.dice", 0.0),
         .type = ml_config_str(c, "model.type", "mlp"),
         .C = e->train.C, .H = e->train.H, .W = e->train.W,
         .latent = (int)ml_config_int(c, "model.latent", 128),
@@ -266,6 +282,8 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     e->val_b = e->val.n > 0 ? ml_batcher_new(&e->val, e->B, 0, seed) : NULL;
     size_t D = (size_t)e->train.C * e->train.H * e->train.W;
     e->xb = ml_alloc_floats((size_t)e->B * D);
+    if (e->model->seg && !(e->mb = ml_alloc_floats((size_t)e->B * e->train.H * e->train.W))) goto fail;
+    if (ml_segrun_init(e)) goto fail;
     e->yb = ml_calloc((size_t)e->B, sizeof(int32_t));
     e->ids = ml_calloc((size_t)e->B, sizeof(int32_t));
     if (!e->train_b || (e->val.n > 0 && !e->val_b) || !e->xb || !e->yb || !e->ids) goto fail;
@@ -542,9 +560,9 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         a->in_hook = 0;
         if (rc) return ML_ERR;
     }
-    while ((B = ml_batcher_next(e->train_b, e->xb, e->yb, e->ids)) > 0) {
+    while ((B = ml_batcher_next_masks(e->train_b, e->xb, e->mb, e->yb, e->ids)) > 0) {
         ml_params_zero_grad(&m->P);
-        if (ml_model_forward(m, e->xb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
+        if (ml_model_forward(m, e->xb, e->mb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
         double total = m->task_loss, aux_step[ML_MAX_LOSSES] = {0};
         if (aux_losses(e, 1, &total, aux_step)) return ML_ERR;
         /* train.nonfinite: a non-finite loss or gradient never reaches the weights */
@@ -695,16 +713,19 @@ int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out) {
     double sum = 0, aux_sum[ML_MAX_LOSSES] = {0};
     int64_t n = 0;
     int B;
-    while ((B = ml_batcher_next(e->val_b, e->xb, e->yb, e->ids)) > 0) {
-        if (ml_model_forward(m, e->xb, B, 0, e->ids, e->val.y ? e->yb : NULL, e->val.num_classes)) return ML_ERR;
+    if (ml_segrun_begin(e)) return ML_ERR;
+    while ((B = ml_batcher_next_masks(e->val_b, e->xb, e->mb, e->yb, e->ids)) > 0) {
+        if (ml_model_forward(m, e->xb, e->mb, B, 0, e->ids, e->val.y ? e->yb : NULL, e->val.num_classes)) return ML_ERR;
         double total = 0, aux[ML_MAX_LOSSES] = {0};
         if (aux_losses(e, 0, &total, aux)) return ML_ERR;
+        if (ml_segrun_batch(e, B, e->xb, e->mb, e->val.y ? e->yb : NULL, e->ids)) return ML_ERR;
         sum += m->task_loss * B;
         for (int i = 0; i < e->n_losses; i++) aux_sum[i] += aux[i] / m->L * B;
         n += B;
     }
     out->samples = n;
     out->loss = n ? sum / n : 0;
+    if (ml_segrun_end(e)) return ML_ERR;
     for (int i = 0; i < e->n_losses; i++) out->aux_value[i] = n ? aux_sum[i] / n : 0;
     ml_exp_log(e, "val_loss", out->loss);
     char col[128];
@@ -1014,6 +1035,8 @@ void ml_exp_free(ml_experiment *e) {
     ml_dataset_free(&e->train);
     ml_dataset_free(&e->val);
     free(e->xb);
+    free(e->mb);
+    ml_segrun_free(e);
     free(e->yb);
     free(e->ids);
     if (e->res) {

@@ -23,6 +23,7 @@
 #include "plugin/loss_host.h"
 #include "plugin/schedule_host.h"
 #include "run/steplog.h"
+#include "run/segrun.h"
 
 #define ML_MAX_LOSSES 16
 #define ML_MAX_COLS 256
@@ -123,6 +124,8 @@ typedef struct ml_experiment {
     char *script_state;            /* exp.state JSON restored by a resume (owned), or NULL */
     int resumed;                   /* the run continues from a checkpoint (exp.resumed) */
     ml_steplog steplog;            /* steps.csv, routing_steps.csv, new-expert share (run/steplog.h) */
+    ml_segrun seg;                 /* segmentation metrics and predictions (run/segrun.h) */
+    float *mb;                     /* (B, 1, H, W) the batch's masks (segmentation) */
     /* provenance (run/provenance.h), owned */
     char *command;                 /* the command line that started this process */
     char *overrides;               /* JSON array of the run's command-line overrides */
