@@ -26,6 +26,7 @@
  *   counts (N, W)  c_i(s) at slot s = step mod W; per expert, so it grows with the layer
  *                  (an added expert starts with zero counts)
  *   totals (1, W)  T(s)
+ * (N·W floats per layer: the window is capped at 10000 steps, 160 MB at 4096 experts.)
  * A training evaluation writes this step's slot (the record's step, the training steps done
  * before this one, so a repeated evaluation of the same step overwrites, never double
  * counts); an evaluation with training = 0 reads the window with its batch in that slot's
@@ -48,7 +49,7 @@ enum { COUNT_ALL_SLOTS, COUNT_FIRST_CHOICE };
 enum { OPT_WINDOW, OPT_COUNT, NUM_OPTS };
 
 static const ml_option options[NUM_OPTS] = {
-    [OPT_WINDOW] = {"window", ML_OPT_INT, "16", 1, 100000, NULL,
+    [OPT_WINDOW] = {"window", ML_OPT_INT, "16", 1, 10000, NULL,
                     "training steps whose dispatch counts make f (this one included); 1 = load_balance"},
     [OPT_COUNT] = {"count", ML_OPT_ENUM, "all_slots", 0, -1, "all_slots|first_choice",
                    "f counts every dispatched slot, or only each sample's most probable expert (GShard)"},
@@ -65,8 +66,8 @@ typedef struct loss {
 
 static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
     const ml_optval *o = init->opt;
-    if (o[OPT_WINDOW].i < 1 || o[OPT_WINDOW].i > 100000) {
-        snprintf(err, ML_ERR_MAX, "global_load_balance: option window must be in [1, 100000], got %lld",
+    if (o[OPT_WINDOW].i < 1 || o[OPT_WINDOW].i > 10000) {
+        snprintf(err, ML_ERR_MAX, "global_load_balance: option window must be in [1, 10000], got %lld",
                  (long long)o[OPT_WINDOW].i);
         return NULL;
     }

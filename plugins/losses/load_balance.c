@@ -95,10 +95,12 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
     }
     memset(f, 0, (size_t)ng * N * sizeof *f);
     memset(k, 0, (size_t)ng * sizeof *k);
-    /* f^g (unnormalised): the counts of each group g = b / G */
+    /* f^g of each group g = b / G: every count adds 1 / (the group's total), summed in the
+       order of the rows or triples (one group: the very operations of the batch form
+       before groups existed, so its runs stay bit for bit the same) */
     if (l->count == COUNT_FIRST_CHOICE) {
-        for (int b = 0; b < B; b++) f[(size_t)(b / G) * N + ml_aux_argmax(r->prob + (size_t)b * N, N)] += 1;
         for (int g = 0; g < ng; g++) k[g] = (g + 1) * G < B ? G : B - g * G;
+        for (int b = 0; b < B; b++) f[(size_t)(b / G) * N + ml_aux_argmax(r->prob + (size_t)b * N, N)] += 1.0 / k[b / G];
     } else {
         for (int t = 0; t < r->n_disp; t++) {
             int e = r->disp_expert[t], b = r->disp_sample[t];
@@ -107,8 +109,11 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
                          t, b, e, B, N);
                 return -1;
             }
-            f[(size_t)(b / G) * N + e] += 1;
             k[b / G] += 1;
+        }
+        for (int t = 0; t < r->n_disp; t++) {
+            int b = r->disp_sample[t];
+            f[(size_t)(b / G) * N + r->disp_expert[t]] += 1.0 / k[b / G];
         }
     }
     double v = 0;
@@ -117,7 +122,6 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
         double *fg = f + (size_t)g * N, vg = 0;
         if (k[g] == 0) continue; /* every sample of the group dropped: no share to count */
         for (int i = 0; i < N; i++) {
-            fg[i] /= k[g];
             double P = 0;
             for (int b = b0; b < b1; b++) P += r->prob[(size_t)b * N + i];
             vg += fg[i] * (P / n);
