@@ -35,6 +35,7 @@ static const struct { int kind; const char *name; } builtins[] = {
     {ML_PLUGIN_ROUTER, "softmax_topk"}, {ML_PLUGIN_LOSS, "load_balance"},
     {ML_PLUGIN_LOSS, "entropy"},        {ML_PLUGIN_LOSS, "importance_cv2"},
     {ML_PLUGIN_LOSS, "z_loss"},         {ML_PLUGIN_LOSS, "mutual_info"},
+    {ML_PLUGIN_LOSS, "global_load_balance"},
     {ML_PLUGIN_SCHEDULE, "fixed"},      {ML_PLUGIN_SCHEDULE, "progressive"},
 };
 #define NBUILTIN (int)(sizeof builtins / sizeof builtins[0])
@@ -429,6 +430,8 @@ static const struct { const char *name, *opt, *val; } loss_variants[] = {
     {"load_balance", NULL, NULL}, {"entropy", NULL, NULL},      {"entropy", "mode", "marginal"},
     {"importance_cv2", NULL, NULL}, {"z_loss", NULL, NULL},     {"mutual_info", NULL, NULL},
     {"mutual_info", "conditional", "true"}, {"load_balance", "count", "first_choice"},
+    {"entropy", "goal", "lower"},   {"load_balance", "group", "4"}, {"load_balance", "group", "3"},
+    {"load_balance", "group", "1"},
 };
 
 START_TEST(loss_fd_gradient) {
@@ -467,6 +470,9 @@ START_TEST(loss_hand_values) {
     LOSS_AT(&c, "entropy", NULL, NULL, case_onehot(&c, 8, 4, 0), 0.0);
     LOSS_AT(&c, "entropy", "mode", "marginal", case_onehot(&c, 8, 4, 0), -log(4.0));
     LOSS_AT(&c, "entropy", "mode", "marginal", case_onehot(&c, 8, 4, 1), 0.0);
+    /* goal lower: +H, Huang et al.'s dynamic loss: log N at uniform, 0 on one-hot rows */
+    LOSS_AT(&c, "entropy", "goal", "lower", case_uniform(&c, 8, 4, 2), log(4.0));
+    LOSS_AT(&c, "entropy", "goal", "lower", case_onehot(&c, 8, 4, 0), 0.0);
     /* importance CV^2: 0 balanced; all 4 gate units on one expert of 4: var 3, mean 1 */
     LOSS_AT(&c, "importance_cv2", NULL, NULL, case_uniform(&c, 8, 4, 2), 0.0);
     LOSS_AT(&c, "importance_cv2", NULL, NULL, case_onehot(&c, 4, 4, 1), 3.0);
@@ -535,6 +541,231 @@ START_TEST(load_balance_counts) {
         if (m == 0) v0 = v;
         else ck_assert_msg(fabs(v - v0) < 1e-12, "top-1: all_slots %.17g, first_choice %.17g", v0, v);
     }
+}
+END_TEST
+
+/*
+ * load_balance per group of rows (DeepSeek's sequence-wise form). B = 4, N = 2, top-1:
+ *   b0 (.9 .1) → 0   b1 (.2 .8) → 1   b2 (.7 .3) → 0   b3 (.6 .4) → 0
+ * batch (group 0, 4, 100): f = (.75, .25), P = (.6, .4): 2 (.45 + .1) = 1.1
+ * group 2: {b0 b1} f = (.5, .5), P = (.55, .45): 1.0; {b2 b3} f = (1, 0), P = (.65, .35): 1.3;
+ *          mean 1.15; d/dprob = N f^g / (|g| n_groups): (.25, .25) and (.5, 0)
+ * group 3: {b0 b1 b2} f = (2/3, 1/3), P = (.6, .4): 2 (.4 + .4/3) = 16/15; {b3} (1, 0), (.6, .4):
+ *          1.2; mean 17/15
+ * group 1: each row N · p(its expert): 2 (.9 + .8 + .7 + .6) / 4 = 1.5 — the confidence of
+ *          each sample on its own expert, no balancing across samples at all
+ */
+START_TEST(load_balance_groups) {
+    static loss_case c;
+    static const float prob[8] = {.9f, .1f, .2f, .8f, .7f, .3f, .6f, .4f};
+    static const int32_t top1[4] = {0, 1, 0, 0};
+    static const struct { const char *group; double v; } cs[] = {
+        {"0", 1.1}, {"4", 1.1}, {"100", 1.1}, {"2", 1.15}, {"3", 17.0 / 15}, {"1", 1.5},
+    };
+    for (size_t k = 0; k < sizeof cs / sizeof *cs; k++)
+        for (int m = 0; m < 2; m++) { /* top-1 without drops: both counts agree */
+            case_uniform(&c, 4, 2, 1);
+            memcpy(c.prob, prob, sizeof prob);
+            memcpy(c.de, top1, sizeof top1);
+            loss_new(&c, "load_balance", "group", cs[k].group);
+            if (m) { /* the other count, with the same group */
+                const ml_plugin *p = c.li.plugin;
+                ml_optval v[ML_MAX_OPTIONS];
+                ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
+                ck_assert_int_eq(ml_option_parse(&p->options[ml_option_find(p, "group")], cs[k].group, 0,
+                                                 &v[ml_option_find(p, "group")]), ML_OK);
+                ck_assert_int_eq(ml_option_parse(&p->options[ml_option_find(p, "count")], "first_choice", 0,
+                                                 &v[ml_option_find(p, "count")]), ML_OK);
+                loss_free(&c);
+                ck_assert_msg(ml_loss_inst_init(&c.li, p, v, 0, 1, 2, NULL, "") == ML_OK, "%s", ml_error());
+            }
+            float dl[8] = {0}, dp[8] = {0};
+            double v = loss_value(&c, dl, dp);
+            ck_assert_msg(fabs(v - cs[k].v) < 1e-6, "group %s count %d: %.9g, expected %.9g", cs[k].group, m, v,
+                          cs[k].v);
+            if (!strcmp(cs[k].group, "2")) {
+                static const float want[8] = {.25f, .25f, .25f, .25f, .5f, 0, .5f, 0};
+                for (int i = 0; i < 8; i++) ck_assert_float_eq_tol(dp[i], want[i], 1e-7f);
+            }
+            loss_free(&c);
+        }
+}
+END_TEST
+
+/* global_load_balance, hosted with a state block as a run hosts it. */
+typedef struct glb {
+    ml_params S;
+    ml_loss_inst li;
+    ml_rng rng;
+} glb;
+
+static void glb_new(glb *g, const char *window, const char *count, int N) {
+    const ml_plugin *p = ml_plugin_load(ML_PLUGIN_LOSS, "global_load_balance");
+    ck_assert_msg(p != NULL, "%s", ml_error());
+    ml_optval v[ML_MAX_OPTIONS];
+    ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&p->options[ml_option_find(p, "window")], window, 0,
+                                     &v[ml_option_find(p, "window")]), ML_OK);
+    ck_assert_int_eq(ml_option_parse(&p->options[ml_option_find(p, "count")], count, 0,
+                                     &v[ml_option_find(p, "count")]), ML_OK);
+    ml_params_init(&g->S, 0);
+    ml_rng_seed(&g->rng, 1);
+    ck_assert_msg(ml_loss_inst_init(&g->li, p, v, 0, 1, N, &g->S, "moe1.loss0.") == ML_OK &&
+                      ml_params_commit(&g->S, &g->rng) == ML_OK,
+                  "%s", ml_error());
+}
+
+static void glb_free(glb *g) {
+    ml_loss_inst_release(&g->li);
+    ml_params_free(&g->S);
+}
+
+/* The loss of case c at training step `step` (training: the window advances). */
+static double glb_eval(glb *g, loss_case *c, int64_t step, int training, float *dp) {
+    for (int t = 0; t < c->n_disp; t++) c->gate[t] = c->prob[c->ds[t] * c->N + c->de[t]];
+    ml_routing_record r;
+    memset(&r, 0, sizeof r);
+    r.size = sizeof r, r.B = c->B, r.N = c->N, r.logits = c->logits, r.prob = c->prob;
+    r.disp_sample = c->ds, r.disp_expert = c->de, r.disp_gate = c->gate, r.n_disp = c->n_disp;
+    r.training = training, r.step = step;
+    double v = NAN;
+    ck_assert_msg(ml_loss_inst_eval(&g->li, &r, 1.0f, NULL, dp, NULL, &v) == ML_OK, "%s", ml_error());
+    return v;
+}
+
+/* B = 4 samples, N = 2, top-1 with one-hot prob: `n0` samples on expert 0, the rest on 1. */
+static void case_split(loss_case *c, int n0) {
+    case_uniform(c, 4, 2, 1);
+    for (int b = 0; b < 4; b++) {
+        int e = b < n0 ? 0 : 1;
+        c->de[b] = e;
+        c->prob[b * 2] = e == 0, c->prob[b * 2 + 1] = e == 1;
+    }
+}
+
+/*
+ * Window 3 over steps with (expert 0, expert 1) counts (3, 1), (1, 3), (2, 2), (4, 0):
+ *   step 0: f = (3, 1)/4,                P = (.75, .25): 2 (.5625 + .0625) = 1.25
+ *   step 1: f = (4, 4)/8 = (.5, .5):     1.0          step 2: f = (6, 6)/12: 1.0
+ *   step 3: window = steps 1..3, f = (7, 5)/12, P = (1, 0): 2 · 7/12 = 7/6
+ * An evaluation afterwards (training 0, step 4) with counts (0, 4): its batch takes step 1's
+ * slot, f = (6, 6)/12, P = (0, 1): 1.0, and the state is unchanged. d/dprob = N f_i / B.
+ */
+START_TEST(global_load_balance_window) {
+    static loss_case c;
+    glb g;
+    glb_new(&g, "3", "all_slots", 2);
+    static const int n0[4] = {3, 1, 2, 4};
+    static const double want[4] = {1.25, 1.0, 1.0, 7.0 / 6};
+    static const double f0[4] = {.75, .5, .5, 7.0 / 12};
+    float *saved = NULL;
+    for (int st = 0; st < 4; st++) {
+        case_split(&c, n0[st]);
+        float dp[8] = {0};
+        double v = glb_eval(&g, &c, st, 1, dp);
+        ck_assert_msg(fabs(v - want[st]) < 1e-6, "step %d: %.9g, expected %.9g", st, v, want[st]);
+        for (int b = 0; b < 4; b++) {
+            ck_assert_float_eq_tol(dp[b * 2], (float)(2 * f0[st] / 4), 1e-7f);
+            ck_assert_float_eq_tol(dp[b * 2 + 1], (float)(2 * (1 - f0[st]) / 4), 1e-7f);
+        }
+        if (st == 2) { /* what a checkpoint keeps */
+            saved = malloc(g.S.total * sizeof(float));
+            memcpy(saved, g.S.data, g.S.total * sizeof(float));
+        }
+    }
+    float *before = malloc(g.S.total * sizeof(float));
+    memcpy(before, g.S.data, g.S.total * sizeof(float));
+    case_split(&c, 0);
+    ck_assert_double_eq_tol(glb_eval(&g, &c, 4, 0, NULL), 1.0, 1e-6);
+    ck_assert(!memcmp(before, g.S.data, g.S.total * sizeof(float)));
+    /* the same step evaluated twice in training overwrites its slot: no double count */
+    case_split(&c, 4);
+    double v1 = glb_eval(&g, &c, 3, 1, NULL), v2 = glb_eval(&g, &c, 3, 1, NULL);
+    ck_assert_double_eq(v1, v2);
+    ck_assert_double_eq_tol(v1, 7.0 / 6, 1e-6);
+    glb_free(&g);
+
+    /* resume: a fresh instance given the state after step 2 continues as the first */
+    glb_new(&g, "3", "all_slots", 2);
+    ck_assert_int_eq(g.li.state.n, 2); /* counts (N, W) and totals (1, W) */
+    ck_assert_int_eq(ml_tensor_decl_rows(&g.li.state.decl[0], 2), 2);
+    ck_assert_int_eq(g.li.state.decl[0].cols, 3);
+    ck_assert_int_eq(ml_tensor_decl_rows(&g.li.state.decl[1], 2), 1);
+    memcpy(g.S.data, saved, g.S.total * sizeof(float));
+    case_split(&c, 4);
+    ck_assert_double_eq_tol(glb_eval(&g, &c, 3, 1, NULL), 7.0 / 6, 1e-6);
+    glb_free(&g);
+    free(saved), free(before);
+}
+END_TEST
+
+/* window = 1 is load_balance, step after step, with both counts; and the gradient checks by
+   finite differences with a window whose f differs from the batch's own. */
+static loss_case *gfd_case;
+static glb *gfd_glb;
+static double gfd_fn(void *ctx) {
+    (void)ctx;
+    return glb_eval(gfd_glb, gfd_case, 7, 0, NULL);
+}
+
+START_TEST(global_load_balance_matches) {
+    static loss_case c, d;
+    static const char *counts[2] = {"all_slots", "first_choice"};
+    for (int m = 0; m < 2; m++) {
+        glb g;
+        glb_new(&g, "1", counts[m], 4);
+        loss_new(&d, "load_balance", "count", counts[m]);
+        for (int st = 0; st < 5; st++) {
+            case_random(&c, 16, 4, 40 + (unsigned)st);
+            memcpy(&d.B, &c.B, sizeof c - offsetof(loss_case, B));
+            float dp1[64] = {0}, dp2[64] = {0}, dl[64] = {0};
+            double v1 = glb_eval(&g, &c, st, 1, dp1), v2 = loss_value(&d, dl, dp2);
+            ck_assert_msg(fabs(v1 - v2) < 1e-9, "count %s step %d: %.12g vs load_balance %.12g", counts[m], st, v1, v2);
+            for (int i = 0; i < 64; i++) ck_assert_float_eq_tol(dp1[i], dp2[i], 1e-7f);
+        }
+        loss_free(&d);
+        glb_free(&g);
+    }
+    /* finite differences at a point where the window's f is not the batch's */
+    glb g;
+    glb_new(&g, "4", "all_slots", 4);
+    for (int st = 0; st < 3; st++) {
+        case_random(&c, 16, 4, 60 + (unsigned)st);
+        glb_eval(&g, &c, st, 1, NULL);
+    }
+    case_random(&c, 16, 4, 77);
+    float dp[64] = {0};
+    glb_eval(&g, &c, 7, 0, dp);
+    gfd_case = &c, gfd_glb = &g;
+    double e = tu_gradcheck(gfd_fn, NULL, c.prob, dp, 64, 64, 1e-3);
+    ck_assert_msg(e <= TU_GC_TOL, "gradient wrt prob: relative error %g", e);
+    glb_free(&g);
+}
+END_TEST
+
+/* growth: the per-expert counts keep their rows, an added expert starts at zero counts */
+START_TEST(global_load_balance_growth) {
+    static loss_case c;
+    glb g;
+    glb_new(&g, "2", "all_slots", 2);
+    case_split(&c, 3);
+    glb_eval(&g, &c, 0, 1, NULL);
+    ck_assert_int_eq(ml_loss_inst_grow_declare(&g.li, 3), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&g.S, &g.rng), ML_OK);
+    ml_tensor_set_bind(&g.li.state);
+    const float *counts = g.li.state.data[0], *totals = g.li.state.data[1];
+    static const float want[6] = {3, 0, 1, 0, 0, 0};
+    for (int i = 0; i < 6; i++) ck_assert_float_eq(counts[i], want[i]);
+    ck_assert_float_eq(totals[0], 4);
+    /* step 1 on 3 experts: sample 3 on the new expert; f = (3 + 2, 1 + 1, 1) / 8 */
+    case_uniform(&c, 4, 3, 1);
+    static const int32_t de[4] = {0, 0, 1, 2};
+    memcpy(c.de, de, sizeof de);
+    for (int b = 0; b < 4; b++)
+        for (int e = 0; e < 3; e++) c.prob[b * 3 + e] = e == de[b];
+    /* P = (.5, .25, .25): 3 (5/8 .5 + 2/8 .25 + 1/8 .25) = 3 · 13/32 */
+    ck_assert_double_eq_tol(glb_eval(&g, &c, 1, 1, NULL), 39.0 / 32, 1e-6);
+    glb_free(&g);
 }
 END_TEST
 
@@ -708,6 +939,10 @@ static Suite *plugins_suite(void) {
     tcase_add_test(l, loss_hand_values);
     tcase_add_test(l, load_balance_counts);
     tcase_add_test(l, z_loss_known);
+    tcase_add_test(l, load_balance_groups);
+    tcase_add_test(l, global_load_balance_window);
+    tcase_add_test(l, global_load_balance_matches);
+    tcase_add_test(l, global_load_balance_growth);
     tcase_add_test(l, progressive_arithmetic);
     suite_add_tcase(s, l);
 

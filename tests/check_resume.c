@@ -601,6 +601,16 @@ START_TEST(resume_with_abi_1_1_state_is_exact) {
 }
 END_TEST
 
+/* The methods of issue 11 that keep state: relu's λ (router state, adapted every step) and
+   global_load_balance's window of per-expert counts (loss state that grows with the layer),
+   in two MoE layers that grow 2 -> 3 -> 4; stopped mid-epoch 2 and resumed: the same results. */
+START_TEST(resume_with_relu_and_global_balance_is_exact) {
+    equivalence("eqmethods", "model.moe_layers=2 router.name=relu router.k=1.5 losses.0.name=global_load_balance "
+                "losses.0.window=5 losses.0.coef=0.01 schedule.name=progressive schedule.start=2 "
+                "schedule.every_images=1500 schedule.max=4", 70, 2);
+}
+END_TEST
+
 /* What a script changes while the run goes — exp.optim's lr and weight_decay, a group's lr,
    a frozen group and a frozen pattern, noisy_topk's noise and k — changed in on_step before
    the interrupt (step 70) and after it: the resumed run ends bit for bit as the straight one,
@@ -881,6 +891,7 @@ static Suite *suite(void) {
     tcase_add_test(c, resume_mid_epoch_is_exact);
     tcase_add_test(c, resume_between_expert_additions_is_exact);
     tcase_add_test(c, resume_with_abi_1_1_state_is_exact);
+    tcase_add_test(c, resume_with_relu_and_global_balance_is_exact);
     tcase_add_test(c, resume_after_script_changes_is_exact);
     tcase_add_test(c, resume_at_epoch_end_and_from_last);
     tcase_add_test(c, script_state_round_trip);

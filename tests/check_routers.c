@@ -5,11 +5,13 @@
  * host), backward, events, growth.
  *
  * Every router: finite-difference gradients of L = Σ_triples gate·c + Σ prob·d + Σ logits·f
- * with respect to x and every parameter; dispatch validity over batch sizes and expert
+ * (+ the router's own regulariser where it adds one in backward: relu's L1) with respect to
+ * x and every parameter (MOELAB_TEST_VERBOSE=1 prints each case's worst error); dispatch validity over batch sizes and expert
  * counts; bitwise determinism; growth 4 → 7 experts; no NaN/Inf at logits of ±1e4; no
  * leaked host allocations; one softmax: every softmax router gives bitwise the probabilities
  * of moelab/plugin_aux.h for the same logits. Then what is particular to each router.
  */
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -57,8 +59,9 @@ typedef struct rt {
     long allocs0; /* host allocations alive before the router was created */
 } rt;
 
-static const char *router_names[] = {"noisy_topk", "saturation",    "switch", "expert_choice",
-                                     "aux_free_bias", "hash", "random", "softmax_topk"};
+static const char *router_names[] = {"noisy_topk", "saturation", "switch", "expert_choice", "aux_free_bias",
+                                     "hash",       "random",     "softmax_topk", "sinkhorn", "top_p",
+                                     "relu",       "cosine"};
 #define NUM_ROUTERS ((int)(sizeof router_names / sizeof *router_names))
 
 static void rt_open(rt *t, const char *name) {
@@ -206,15 +209,20 @@ static void check_dispatch(const rt *t) {
 
 /* ------------------------------------------------------------ gradient check */
 
+/* A term a router adds to the loss itself, in its own backward (relu's L1 regulariser),
+   computed here independently from the route; NULL for most routers. */
+typedef double (*rt_extra_fn)(const rt *t);
+
 typedef struct gc {
     rt *t;
     const float *c, *d, *f; /* (B, N) weights of gates, prob, logits in L */
     int n_disp;
     int32_t *s0, *e0; /* the dispatch of the reference forward */
+    rt_extra_fn extra;
 } gc;
 
-/* ml_gc_fn: L = sum gate*c + sum prob*d + sum logits*f; NaN when the selection flipped (a
-   discrete change, not a gradient; gradcheck.h skips the step). */
+/* ml_gc_fn: L = sum gate*c + sum prob*d + sum logits*f (+ extra); NaN when the selection
+   flipped (a discrete change, not a gradient; gradcheck.h skips the step). */
 static double gc_loss(void *ctx) {
     gc *g = ctx;
     rt *t = g->t;
@@ -227,11 +235,12 @@ static double gc_loss(void *ctx) {
     for (int i = 0; i < t->n_disp; i++)
         L += (double)t->gate[i] * g->c[(size_t)t->sample[i] * t->N + t->expert[i]];
     for (size_t i = 0; i < bn; i++) L += (double)t->prob[i] * g->d[i] + (double)t->logits[i] * g->f[i];
+    if (g->extra) L += g->extra(t);
     return L;
 }
 
 /* Worst gradient error over x and every parameter, by the one policy (nn/gradcheck.h). */
-static double rt_gradcheck(rt *t, unsigned seed) {
+static double rt_gradcheck_extra(rt *t, unsigned seed, rt_extra_fn extra) {
     size_t bn = (size_t)t->B * t->N;
     float *c = malloc(bn * 4), *d = malloc(bn * 4), *f = malloc(bn * 4), *dg = malloc(bn * 4 + 4);
     tu_fill(c, bn, seed, -1, 1);
@@ -240,7 +249,7 @@ static double rt_gradcheck(rt *t, unsigned seed) {
     t->reseed = 1;
     rt_forward(t);
     check_dispatch(t);
-    gc g = {t, c, d, f, t->n_disp, malloc(bn * 4 + 4), malloc(bn * 4 + 4)};
+    gc g = {t, c, d, f, t->n_disp, malloc(bn * 4 + 4), malloc(bn * 4 + 4), extra};
     memcpy(g.s0, t->sample, (size_t)t->n_disp * 4);
     memcpy(g.e0, t->expert, (size_t)t->n_disp * 4);
     for (int i = 0; i < t->n_disp; i++) dg[i] = c[(size_t)t->sample[i] * t->N + t->expert[i]];
@@ -275,6 +284,28 @@ static double rt_gradcheck(rt *t, unsigned seed) {
     return worst;
 }
 
+/* An option's current value in t (the option must exist). */
+static const ml_optval *rt_optval(const rt *t, const char *name) {
+    int i = ml_option_find(t->pl, name);
+    ck_assert_msg(i >= 0, "%s has no option %s", t->pl->name, name);
+    return &t->opt[i];
+}
+
+/*
+ * relu's regulariser, from ReMoE's formula (not from the plugin): λ (state "lambda") times
+ * (1/B) Σ over dispatched pairs of w_e · gate, w_e = N c_e / (k B) (balance) or 1; training
+ * forwards only.
+ */
+static double relu_l1(const rt *t) {
+    if (!t->training) return 0;
+    double k = rt_optval(t, "k")->f, lam = t->state[0][0], c[64] = {0}, L = 0;
+    int balance = (int)rt_optval(t, "balance")->i;
+    for (int i = 0; i < t->n_disp; i++) c[t->expert[i]] += 1;
+    for (int i = 0; i < t->n_disp; i++)
+        L += (balance ? t->N * c[t->expert[i]] / (k * t->B) : 1.0) * t->gate[i];
+    return lam * L / t->B;
+}
+
 /* ------------------------------------------------------------------- tests */
 
 START_TEST(test_descriptors) {
@@ -299,22 +330,37 @@ typedef struct gcase {
     const char *name;
     const char *opt[3][2];
     int training;
+    rt_extra_fn extra; /* a term the router adds in its own backward */
 } gcase;
 
 static const gcase gcases[] = {
-    {"noisy_topk", {{"k", "2"}}, 1},
-    {"noisy_topk", {{"k", "3"}}, 0},
-    {"noisy_topk", {{"k", "1"}, {"noise", "false"}}, 1},
-    {"saturation", {{"k", "2"}}, 1},
-    {"saturation", {{"k", "2"}, {"renormalize", "false"}}, 1},
-    {"switch", {{"capacity_factor", "1.25"}}, 1},
-    {"switch", {{"capacity_factor", "0.5"}}, 1}, /* with drops */
-    {"expert_choice", {{"k", "2"}}, 1},
-    {"expert_choice", {{"k", "1"}, {"capacity_factor", "0.5"}}, 1},
-    {"aux_free_bias", {{"k", "2"}}, 1},
-    {"aux_free_bias", {{"k", "3"}, {"score", "softmax"}}, 1},
-    {"hash", {{"k", "2"}}, 1},
-    {"random", {{"k", "2"}}, 1},
+    {"noisy_topk", {{"k", "2"}}, 1, NULL},
+    {"noisy_topk", {{"k", "3"}}, 0, NULL},
+    {"noisy_topk", {{"k", "1"}, {"noise", "false"}}, 1, NULL},
+    {"saturation", {{"k", "2"}}, 1, NULL},
+    {"saturation", {{"k", "2"}, {"renormalize", "false"}}, 1, NULL},
+    {"switch", {{"capacity_factor", "1.25"}}, 1, NULL},
+    {"switch", {{"capacity_factor", "0.5"}}, 1, NULL}, /* with drops */
+    {"expert_choice", {{"k", "2"}}, 1, NULL},
+    {"expert_choice", {{"k", "1"}, {"capacity_factor", "0.5"}}, 1, NULL},
+    {"aux_free_bias", {{"k", "2"}}, 1, NULL},
+    {"aux_free_bias", {{"k", "3"}, {"score", "softmax"}}, 1, NULL},
+    {"hash", {{"k", "2"}}, 1, NULL},
+    {"random", {{"k", "2"}}, 1, NULL},
+    {"sinkhorn", {{"k", "1"}}, 1, NULL},                      /* sigmoid gates, balanced */
+    {"sinkhorn", {{"k", "2"}}, 1, NULL},                      /* softmax gates, balanced */
+    {"sinkhorn", {{"k", "1"}, {"gate", "softmax"}}, 1, NULL},
+    {"sinkhorn", {{"k", "2"}, {"gate", "sigmoid"}}, 0, NULL}, /* greedy evaluation */
+    {"sinkhorn", {{"k", "2"}, {"eval", "balanced"}}, 0, NULL},
+    {"top_p", {{"p", "0.4"}}, 1, NULL},
+    {"top_p", {{"p", "0.8"}, {"renormalize", "true"}}, 1, NULL},
+    {"top_p", {{"p", "0.9"}, {"max_k", "2"}, {"renormalize", "true"}}, 0, NULL},
+    {"relu", {{"k", "2"}}, 1, relu_l1}, /* λ from the state: the L1 term included */
+    {"relu", {{"k", "1"}, {"balance", "false"}}, 1, relu_l1},
+    {"relu", {{"k", "2"}}, 0, relu_l1}, /* evaluation: no regulariser */
+    {"cosine", {{"k", "1"}}, 1, NULL},
+    {"cosine", {{"k", "2"}, {"renormalize", "true"}, {"dim", "3"}}, 1, NULL},
+    {"cosine", {{"k", "3"}, {"dim", "8"}}, 0, NULL},
 };
 
 START_TEST(test_gradcheck) {
@@ -325,9 +371,13 @@ START_TEST(test_gradcheck) {
     rt_create(&t, 6, 5, 5, 11 + (uint64_t)_i);
     t.training = gcs->training;
     /* states away from their initial values, so that they matter */
-    for (int i = 0; i < t.ns; i++) tu_fill(t.state[i], (size_t)t.N * t.sd[i].cols, 3, 0, 1);
-    double err = rt_gradcheck(&t, 100 + (unsigned)_i);
+    for (int i = 0; i < t.ns; i++)
+        tu_fill(t.state[i], (size_t)decl_rows(&t.sd[i], t.N) * t.sd[i].cols, 3, 0, 1);
+    double err = rt_gradcheck_extra(&t, 100 + (unsigned)_i, gcs->extra);
     ck_assert_msg(err <= ml_gc_default().tol, "%s (case %d): gradient error %g", gcs->name, _i, err);
+    if (getenv("MOELAB_TEST_VERBOSE"))
+        fprintf(stderr, "gradcheck %s (case %d, %s): worst error %.3g\n", gcs->name, _i,
+                gcs->training ? "training" : "evaluation", err);
     /* the switch case with capacity 0.5 must actually drop */
     if (!strcmp(gcs->name, "switch") && !strcmp(gcs->opt[0][1], "0.5")) {
         rt_forward(&t);
@@ -491,6 +541,7 @@ static const struct { const char *name, *opt, *val; } softmax_routers[] = {
     {"softmax_topk", NULL, NULL},   {"switch", NULL, NULL},
     {"saturation", "capacity_bias", "0"}, {"expert_choice", NULL, NULL},
     {"noisy_topk", NULL, NULL},     {"aux_free_bias", "score", "softmax"},
+    {"sinkhorn", NULL, NULL},       {"top_p", NULL, NULL},
 };
 
 START_TEST(test_one_softmax) {
@@ -967,6 +1018,386 @@ START_TEST(test_gate_loss_exact) {
 }
 END_TEST
 
+/* ------------------------------------------------- the methods of issue 11 */
+
+/* x = the identity (B = D rows), so logits[b, n] = W[n, b]: the test writes the logits. */
+static void rt_identity_logits(rt *t, const float *logits) {
+    ck_assert_int_eq(t->B, t->D);
+    memset(t->x, 0, (size_t)t->B * t->D * sizeof(float));
+    for (int b = 0; b < t->B; b++) t->x[(size_t)b * t->D + b] = 1;
+    for (int b = 0; b < t->B; b++)
+        for (int n = 0; n < t->N; n++) t->param[0][(size_t)n * t->D + b] = logits[(size_t)b * t->N + n];
+}
+
+/* The value the router reported for metric `name` in window w (train 0, eval 1), or NaN. */
+static double rt_metric(const rt *t, int w, const char *name) {
+    const char *names[ML_ROUTER_MAX_METRICS];
+    double vals[ML_ROUTER_MAX_METRICS];
+    int n = ml_router_inst_metrics(&t->ri, w, names, vals, ML_ROUTER_MAX_METRICS);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(names[i], name)) return vals[i];
+    return NAN;
+}
+
+/*
+ * Sinkhorn by hand. Two samples, two experts, logits (2, 1) and (1.5, 0): both prefer expert
+ * 0. The Sinkhorn limit has rows and columns of mass 1/2 and keeps the cross ratio
+ * ρ = C00 C11 / (C01 C10) = e^{2 + 0 − 1 − 1.5} = e^{−1/2}, so P = [[q, 1/2 − q], [1/2 − q, q]]
+ * with q / (1/2 − q) = √ρ: q = √ρ / (2 (1 + √ρ)) = 0.2189 < 1/4. Balanced: sample 0 goes to
+ * expert 1 and sample 1 (the stronger preference for expert 0) to expert 0; greedy: both to
+ * expert 0. Gates: sigmoid of the raw logit (k = 1, Megatron-Core's activation). The same
+ * with every logit + 100, where Megatron-Core's exp overflows a float (the row shift).
+ */
+START_TEST(test_sinkhorn_hand) {
+    static const float z[4] = {2, 1, 1.5f, 0};
+    for (int shift = 0; shift <= 100; shift += 100) {
+        rt t;
+        rt_open(&t, "sinkhorn");
+        rt_opt(&t, "tol", "1e-9");
+        rt_create(&t, 2, 2, 2, 3);
+        float zs[4];
+        for (int i = 0; i < 4; i++) zs[i] = z[i] + (float)shift;
+        rt_identity_logits(&t, zs);
+        rt_forward(&t);
+        check_dispatch(&t);
+        ck_assert_int_eq(t.n_disp, 2);
+        ck_assert_int_eq(t.expert[0], 1);
+        ck_assert_int_eq(t.expert[1], 0);
+        ck_assert_float_eq_tol(t.gate[0], sigm(zs[1]), 1e-6);
+        ck_assert_float_eq_tol(t.gate[1], sigm(zs[2]), 1e-6);
+        double it = rt_metric(&t, ML_METRIC_TRAIN, "sinkhorn_iters");
+        ck_assert_msg(it >= 1 && it <= 100, "iterations %g", it);
+        t.training = 0; /* greedy evaluation: top-1 of sigmoid(logits) */
+        rt_forward(&t);
+        ck_assert_int_eq(t.expert[0], 0);
+        ck_assert_int_eq(t.expert[1], 0);
+        ck_assert_float_eq_tol(t.gate[0], sigm(zs[0]), 1e-6);
+        rt_close(&t);
+        rt_open(&t, "sinkhorn");
+        rt_opt(&t, "eval", "balanced");
+        rt_create(&t, 2, 2, 2, 3);
+        rt_identity_logits(&t, zs);
+        t.training = 0;
+        rt_forward(&t);
+        ck_assert_int_eq(t.expert[0], 1);
+        ck_assert_int_eq(t.expert[1], 0);
+        rt_close(&t);
+    }
+}
+END_TEST
+
+/* Megatron-Core's sinkhorn as written (no row shift), in double: P of z (B, N). */
+static void ref_sinkhorn(const float *z, int B, int N, double tol, double *P) {
+    double d0[64], d1[64], old[64], e = 1e9;
+    for (int b = 0; b < B; b++) d0[b] = 1;
+    for (int i = 0; i < N; i++) d1[i] = old[i] = 1;
+    while (e > tol) {
+        for (int b = 0; b < B; b++) {
+            double s = 0;
+            for (int i = 0; i < N; i++) s += d1[i] * exp(z[b * N + i]);
+            d0[b] = (1.0 / B) / (s + 1e-8);
+        }
+        e = 0;
+        for (int i = 0; i < N; i++) {
+            double s = 0;
+            for (int b = 0; b < B; b++) s += d0[b] * exp(z[b * N + i]);
+            d1[i] = (1.0 / N) / (s + 1e-8);
+            e += fabs(old[i] - d1[i]) / N;
+            old[i] = d1[i];
+        }
+    }
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < N; i++) P[b * N + i] = d0[b] * exp(z[b * N + i]) * d1[i];
+}
+
+/* The assignment is the top-k of Megatron-Core's P, and it balances a batch that greedy
+   routing sends to one expert. */
+START_TEST(test_sinkhorn_balances) {
+    enum { B = 48, N = 4, D = 6 };
+    for (int k = 1; k <= 2; k++) {
+        rt t;
+        rt_open(&t, "sinkhorn");
+        rt_opt(&t, "k", k == 1 ? "1" : "2");
+        rt_opt(&t, "tol", "1e-7");
+        rt_opt(&t, "iters", "10000");
+        rt_create(&t, B, D, N, 9);
+        rt_set_batch(&t, B, 31);
+        for (int b = 0; b < B; b++) t.x[(size_t)b * D] = 3; /* a constant feature ... */
+        t.param[0][0] += 2;                                  /* ... that expert 0 likes */
+        t.training = 0;
+        rt_forward(&t);
+        int greedy[N] = {0};
+        for (int i = 0; i < t.n_disp; i++) greedy[t.expert[i]]++;
+        ck_assert_msg(greedy[0] == B, "greedy routing sends %d of %d samples to expert 0", greedy[0], B);
+        t.training = 1;
+        rt_forward(&t);
+        check_dispatch(&t);
+        double P[B * N];
+        ref_sinkhorn(t.logits, B, N, 1e-7, P);
+        int load[N] = {0};
+        for (int b = 0; b < B; b++)
+            for (int j = 0; j < k; j++) {
+                int e = t.expert[b * k + j];
+                load[e]++;
+                int better = 0; /* e is among the k largest of P[b, :] */
+                for (int i = 0; i < N; i++) better += P[b * N + i] > P[b * N + e] + 1e-9;
+                ck_assert_msg(better < k, "sample %d: expert %d is not in the top %d of P", b, e, k);
+                float want = k == 1 ? sigm(t.logits[b * N + e]) : t.prob[b * N + e];
+                ck_assert_float_eq_tol(t.gate[b * k + j], want, 1e-6);
+            }
+        /* P's rows have mass 1/B and its columns 1/N; the top-k of its rows is near, not
+           exactly, balanced */
+        for (int e = 0; e < N; e++)
+            ck_assert_msg(2 * load[e] >= B * k / N && 2 * load[e] <= 3 * B * k / N, "k=%d: expert %d has %d slots of %d",
+                          k, e, load[e], B * k);
+        rt_close(&t);
+    }
+}
+END_TEST
+
+/* Top-p by hand: probabilities (.5, .3, .15, .05) in one row and (.05, .15, .3, .5) in the
+   other; the fewest experts whose mass reaches p, capped by max_k. */
+START_TEST(test_top_p_hand) {
+    static const float pr[2][4] = {{.5f, .3f, .15f, .05f}, {.05f, .15f, .3f, .5f}};
+    static const struct { const char *p, *max_k; int t; } cs[] = {
+        {"0.4", "0", 1}, {"0.49", "0", 1}, {"0.6", "0", 2}, {"0.79", "0", 2}, {"0.9", "0", 3},
+        {"0.96", "0", 4}, {"1", "0", 4}, {"0.9", "2", 2}, {"0", "0", 1},
+    };
+    float z[8];
+    for (int b = 0; b < 2; b++)
+        for (int n = 0; n < 4; n++) z[b * 4 + n] = logf(pr[b][n]);
+    for (size_t c = 0; c < sizeof cs / sizeof *cs; c++)
+        for (int renorm = 0; renorm < 2; renorm++) {
+            rt t;
+            rt_open(&t, "top_p");
+            rt_opt(&t, "p", cs[c].p);
+            rt_opt(&t, "max_k", cs[c].max_k);
+            rt_opt(&t, "renormalize", renorm ? "true" : "false");
+            rt_create(&t, 4, 4, 4, 5);
+            rt_set_batch(&t, 4, 1);
+            float zz[16];
+            for (int i = 0; i < 16; i++) zz[i] = z[i % 8];
+            rt_identity_logits(&t, zz);
+            rt_forward(&t);
+            check_dispatch(&t);
+            ck_assert_int_eq(t.n_disp, 4 * cs[c].t);
+            double mass = 0;
+            for (int j = 0; j < cs[c].t; j++) mass += pr[0][j];
+            for (int b = 0; b < 4; b++)
+                for (int j = 0; j < cs[c].t; j++) {
+                    int i = b * cs[c].t + j, e = b % 2 ? 3 - j : j; /* most probable first */
+                    ck_assert_int_eq(t.sample[i], b);
+                    ck_assert_int_eq(t.expert[i], e);
+                    double want = renorm ? pr[b % 2][e] / mass : pr[b % 2][e];
+                    ck_assert_msg(fabs(t.gate[i] - want) < 1e-6, "p=%s renorm %d: gate %g, expected %g", cs[c].p,
+                                  renorm, t.gate[i], want);
+                }
+            ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_TRAIN, "experts_per_sample"), cs[c].t, 1e-12);
+            rt_close(&t);
+        }
+}
+END_TEST
+
+/* ReMoE by hand: gates ReLU(logits), prob the normalised gates, an all-negative row dropped
+   with a uniform prob row; the regulariser's value with and without the load weights. */
+START_TEST(test_relu_hand) {
+    static const float z[16] = {1, -2, 0.5f, 0, /* experts 0 and 2 */
+                                -1, -1, -1, -1, /* none: dropped */
+                                3, -1, -1, -1,  /* expert 0 */
+                                0, 0, 0, 2};    /* expert 3 */
+    for (int balance = 0; balance < 2; balance++) {
+        rt t;
+        rt_open(&t, "relu");
+        rt_opt(&t, "balance", balance ? "true" : "false");
+        rt_create(&t, 4, 4, 4, 2);
+        rt_identity_logits(&t, z);
+        rt_forward(&t);
+        check_dispatch(&t);
+        ck_assert_int_eq(t.n_disp, 4);
+        ck_assert_int_eq(t.n_dropped, 1);
+        static const int ws[4] = {0, 0, 2, 3}, we[4] = {0, 2, 0, 3};
+        static const float wg[4] = {1, 0.5f, 3, 2};
+        for (int i = 0; i < 4; i++) {
+            ck_assert_int_eq(t.sample[i], ws[i]);
+            ck_assert_int_eq(t.expert[i], we[i]);
+            ck_assert_float_eq(t.gate[i], wg[i]);
+        }
+        static const float wp[16] = {2 / 3.f, 0, 1 / 3.f, 0, .25f, .25f, .25f, .25f, 1, 0, 0, 0, 0, 0, 0, 1};
+        for (int i = 0; i < 16; i++) ck_assert_float_eq_tol(t.prob[i], wp[i], 1e-7);
+        /* counts c = (2, 0, 1, 1), k = 2, B = 4: w = N c / (k B) = (1, 0, .5, .5);
+           L1 = (1·1 + .5·.5 + 1·3 + .5·2) / 4 = 1.3125 with the weights, (1 + .5 + 3 + 2) / 4 without */
+        ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_TRAIN, "l1_reg"), balance ? 1.3125 : 1.625, 1e-7);
+        ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_TRAIN, "experts_per_sample"), 1.0, 1e-12);
+        ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_TRAIN, "l1_lambda"), 1e-8, 1e-15);
+        /* the regulariser's gradient at the dispatched pairs only: dgate = 0, λ = 0.8:
+           dz[b, e] = λ w_e / B, so dW[e, b] (x = I) */
+        t.state[0][0] = 0.8f;
+        rt_forward(&t);
+        float dg[4] = {0};
+        rt_zero_grads(&t);
+        rt_backward(&t, dg, NULL, NULL);
+        static const double w1[4] = {1, 0, .5, .5};
+        for (int e = 0; e < 4; e++)
+            for (int b = 0; b < 4; b++) {
+                int hit = 0;
+                for (int i = 0; i < 4; i++) hit |= ws[i] == b && we[i] == e;
+                double want = hit ? 0.8 * (balance ? w1[e] : 1.0) / 4 : 0;
+                ck_assert_msg(fabs(t.grad[0][e * 4 + b] - want) < 1e-7, "balance %d: dW[%d, %d] = %g, expected %g",
+                              balance, e, b, t.grad[0][e * 4 + b], want);
+            }
+        /* evaluation forwards add no regulariser */
+        t.training = 0;
+        rt_forward(&t);
+        rt_zero_grads(&t);
+        rt_backward(&t, dg, NULL, NULL);
+        for (int i = 0; i < 16; i++) ck_assert_float_eq(t.grad[0][i], 0);
+        rt_close(&t);
+    }
+}
+END_TEST
+
+/* λ ← λ α^{sign(active − k)}: up while too dense, down while too sparse, still at k, and
+   never to 0 nor past 1e30. */
+START_TEST(test_relu_lambda_rule) {
+    rt t;
+    rt_open(&t, "relu");
+    rt_opt(&t, "alpha", "1.5");
+    rt_opt(&t, "k", "1");
+    rt_create(&t, 4, 4, 4, 2);
+    float z[16];
+    float *lam = t.state[0];
+    ck_assert_float_eq(lam[0], 1e-8f);
+    static const struct { int active; double factor; } cs[] = {{2, 1.5}, {1, 1.0}, {0, 1 / 1.5}, {4, 1.5}};
+    for (size_t c = 0; c < sizeof cs / sizeof *cs; c++) {
+        /* every sample uses the first `active` experts */
+        for (int b = 0; b < 4; b++)
+            for (int n = 0; n < 4; n++) z[b * 4 + n] = n < cs[c].active ? 1.0f : -1.0f;
+        rt_identity_logits(&t, z);
+        double before = lam[0];
+        rt_forward(&t);
+        ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_TRAIN, "experts_per_sample"), cs[c].active, 1e-12);
+        rt_after_backward(&t, NULL, NULL);
+        ck_assert_msg(fabs(lam[0] - before * cs[c].factor) < 1e-6 * before, "active %d: lambda %g -> %g",
+                      cs[c].active, before, lam[0]);
+        ml_router_inst_metrics_reset(&t.ri, ML_METRIC_TRAIN);
+    }
+    /* an AFTER_BACKWARD with no training forward before it changes nothing */
+    double v = lam[0];
+    t.training = 0;
+    rt_forward(&t);
+    rt_after_backward(&t, NULL, NULL);
+    ck_assert_float_eq(lam[0], (float)v);
+    /* the floor and the ceiling */
+    t.training = 1;
+    for (int b = 0; b < 16; b++) z[b] = -1;
+    rt_identity_logits(&t, z);
+    lam[0] = 1e-38f;
+    for (int i = 0; i < 5; i++) rt_forward(&t), rt_after_backward(&t, NULL, NULL);
+    ck_assert(lam[0] > 0 && lam[0] == FLT_MIN);
+    for (int b = 0; b < 16; b++) z[b] = 1;
+    rt_identity_logits(&t, z);
+    lam[0] = 1e30f;
+    rt_forward(&t), rt_after_backward(&t, NULL, NULL);
+    ck_assert_float_eq(lam[0], 1e30f);
+    rt_close(&t);
+}
+END_TEST
+
+/*
+ * The controller end to end: an SGD loop where the task gradient wants every gate larger
+ * (dL/dgate = −0.05, denser routing) and the router's own L1 term, with λ adapted each step,
+ * pushes back. Starting from about N/2 = 4 active experts, the mean settles near k = 2. The
+ * inputs are non-negative (post-ReLU-like): for inputs symmetric about 0 a router without
+ * bias cannot go below N/2 active experts, since the sign of x·w_e does not depend on the
+ * scale of w_e and half of a symmetric distribution lies on each side of any hyperplane
+ * through 0.
+ */
+START_TEST(test_relu_controls_sparsity) {
+    enum { B = 64, D = 8, N = 8 };
+    rt t;
+    rt_open(&t, "relu");
+    rt_opt(&t, "k", "2");
+    rt_create(&t, B, D, N, 12);
+    double first = 0, late = 0;
+    int nlate = 0;
+    for (int step = 0; step < 900; step++) {
+        rt_set_batch(&t, B, 1000 + (unsigned)step);
+        for (int i = 0; i < B * D; i++) t.x[i] = 0.5f * (t.x[i] + 1);
+        rt_forward(&t);
+        if (step == 0) first = (double)t.n_disp / B;
+        if (step >= 700) late += (double)t.n_disp / B, nlate++;
+        float *dg = malloc(((size_t)t.n_disp + 1) * sizeof(float));
+        for (int i = 0; i < t.n_disp; i++) dg[i] = -0.05f;
+        rt_zero_grads(&t);
+        rt_backward(&t, dg, NULL, NULL);
+        for (int i = 0; i < N * D; i++) t.param[0][i] -= 0.05f * t.grad[0][i];
+        rt_after_backward(&t, NULL, NULL);
+        free(dg);
+    }
+    late /= nlate;
+    ck_assert_msg(first > 2.5, "initial active experts %g (ReLU of a random linear map: about N/2)", first);
+    ck_assert_msg(late > 1.6 && late < 2.4, "active experts over the last 200 steps: %g, target 2 (lambda %g)",
+                  late, t.state[0][0]);
+    rt_close(&t);
+}
+END_TEST
+
+/* X-MoE by hand: W_p = I (dim = D = 2), embeddings (1, 0), (0, 2), (−1, −1): x = (3, 4)
+   gives cosines (0.6, 0.8, −0.98995) over τ = 0.07; scaling x or an embedding changes
+   nothing; τ below 1e-4 is floored and receives no gradient; x = 0 stays finite. */
+START_TEST(test_cosine_hand) {
+    rt t;
+    rt_open(&t, "cosine");
+    rt_opt(&t, "dim", "2");
+    rt_create(&t, 2, 2, 3, 4);
+    ck_assert_int_eq(t.np, 3);
+    ck_assert_float_eq(t.param[2][0], 0.07f);
+    static const float wp[4] = {1, 0, 0, 1}, emb[6] = {1, 0, 0, 2, -1, -1};
+    memcpy(t.param[0], wp, sizeof wp);
+    memcpy(t.param[1], emb, sizeof emb);
+    static const float x[4] = {3, 4, -30, -40};
+    memcpy(t.x, x, sizeof x);
+    rt_forward(&t);
+    check_dispatch(&t);
+    const double c[3] = {0.6, 0.8, -1.4 / sqrt(2.0)};
+    for (int n = 0; n < 3; n++) {
+        ck_assert_double_eq_tol(t.logits[n], c[n] / 0.07, 1e-4);
+        ck_assert_double_eq_tol(t.logits[3 + n], -c[n] / 0.07, 1e-4);
+    }
+    ck_assert_int_eq(t.n_disp, 2);
+    ck_assert_int_eq(t.expert[0], 1);
+    ck_assert_int_eq(t.expert[1], 2);
+    ck_assert_float_eq(t.gate[0], t.prob[1]);
+    ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_TRAIN, "temperature"), 0.07, 1e-7);
+    float z0[6];
+    memcpy(z0, t.logits, sizeof z0);
+    for (int i = 0; i < 4; i++) t.x[i] *= 7;
+    for (int i = 0; i < 2; i++) t.param[1][2 + i] *= 0.01f;
+    rt_forward(&t);
+    for (int i = 0; i < 6; i++) ck_assert_float_eq_tol(t.logits[i], z0[i], 1e-4);
+    /* τ under the floor: logits = cos / 1e-4, finite; no gradient reaches τ */
+    t.param[2][0] = -3;
+    rt_forward(&t);
+    check_dispatch(&t);
+    ck_assert_double_eq_tol(t.logits[1], 0.8 / 1e-4, 1);
+    float dg[2] = {1, 1};
+    rt_zero_grads(&t);
+    rt_backward(&t, dg, t.prob, t.prob);
+    ck_assert_float_eq(t.grad[2][0], 0);
+    ck_assert(all_finite(t.dx, 4) && all_finite(t.grad[0], 4) && all_finite(t.grad[1], 6));
+    /* x = 0: û = u / ε = 0, every cosine 0, uniform prob; the gradient stays finite */
+    t.param[2][0] = 0.07f;
+    memset(t.x, 0, 4 * sizeof(float));
+    rt_forward(&t);
+    check_dispatch(&t);
+    for (int i = 0; i < 6; i++) ck_assert_float_eq_tol(t.prob[i], 1 / 3.f, 1e-6);
+    rt_zero_grads(&t);
+    rt_backward(&t, dg, t.prob, t.prob);
+    ck_assert(all_finite(t.dx, 4) && all_finite(t.grad[0], 4) && all_finite(t.grad[2], 1));
+    rt_close(&t);
+}
+END_TEST
+
 static Suite *routers_suite(void) {
     Suite *s = suite_create("routers");
     TCase *tc = tcase_create("all");
@@ -988,6 +1419,13 @@ static Suite *routers_suite(void) {
     tcase_add_test(tc, test_random);
     tcase_add_test(tc, test_noisy_topk);
     tcase_add_test(tc, test_bad_options);
+    tcase_add_test(tc, test_sinkhorn_hand);
+    tcase_add_test(tc, test_sinkhorn_balances);
+    tcase_add_test(tc, test_top_p_hand);
+    tcase_add_test(tc, test_relu_hand);
+    tcase_add_test(tc, test_relu_lambda_rule);
+    tcase_add_test(tc, test_relu_controls_sparsity);
+    tcase_add_test(tc, test_cosine_hand);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,11 +1,18 @@
 /*
- * entropy — routing entropy as a loss to minimise (so it raises the entropy).
+ * entropy — routing entropy as a loss: minimising it raises the entropy (goal: raise, the
+ * default) or lowers it (goal: lower).
  *
  *   per_sample: value = -mean_b H(p_b)      (the router anti-collapse seed's bonus:
  *                                            entropy = -(p log p).sum(1).mean(),
  *                                            entropy_loss = -entropy)
  *   marginal:   value = -H(mean_b p_b)      (spreads the batch over experts, lets each
  *                                            sample stay confident)
+ *
+ * Option goal: raise (default) is the value above, which minimising raises the entropy;
+ * lower negates it (value = +mean_b H(p_b), or +H(mean_b p_b)), which minimising lowers the
+ * entropy: with mode per_sample it is the "dynamic loss" of Huang et al. 2024 ("Harder Tasks
+ * Need More Experts", arXiv 2403.07652), L_d = -sum_i P_i log P_i per token, which keeps
+ * top-p routing (router `top_p`) from spreading probability over many experts.
  *
  * H(p) = -sum_i p_i log p_i with the log clamped at p >= 1e-12, so one-hot rows are finite.
  * With h(p) = p log max(p, 1e-12): value = sum h, dh/dp = log p + 1 (p >= 1e-12), log 1e-12 below.
@@ -15,16 +22,19 @@
 
 #include "moelab/plugin_aux.h"
 
-enum { NUM_OPTS = 1 };
+enum { NUM_OPTS = 2 };
 
 static const ml_option options[NUM_OPTS] = {
     {"mode", ML_OPT_ENUM, "per_sample", 0, -1, "per_sample|marginal",
      "entropy of each sample's distribution, or of the batch-mean distribution", 0},
+    {"goal", ML_OPT_ENUM, "raise", 0, -1, "raise|lower",
+     "raise: value -H (a bonus); lower: value +H (Huang et al. 2024's dynamic loss for top_p)", 0},
 };
 
 typedef struct loss {
     const ml_host *host;
     int marginal;
+    double sign; /* +1 goal raise (value -H), -1 goal lower (value +H) */
     ml_aux_buf m; /* (N) double: mean_b p_b */
 } loss;
 
@@ -34,6 +44,7 @@ static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
     if (!l) return NULL;
     l->host = host;
     l->marginal = mode->i == 1;
+    l->sign = ml_aux_option(options, NUM_OPTS, init->opt, "goal")->i == 1 ? -1.0 : 1.0;
     return l;
 }
 
@@ -55,9 +66,9 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
         double v = 0;
         for (size_t j = 0; j < (size_t)B * N; j++) {
             v += ml_aux_xlogx(r->prob[j]);
-            if (dprob) dprob[j] += (float)(scale * ml_aux_xlogx_grad(r->prob[j]) / B);
+            if (dprob) dprob[j] += (float)(l->sign * scale * ml_aux_xlogx_grad(r->prob[j]) / B);
         }
-        *value = v / B;
+        *value = l->sign * v / B;
         return 0;
     }
     double *m = ml_aux_buf_get(l->host, &l->m, (size_t)N * sizeof *m);
@@ -70,10 +81,11 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
         for (int i = 0; i < N; i++) m[i] += r->prob[(size_t)b * N + i] / (double)B;
     double v = 0;
     for (int i = 0; i < N; i++) v += ml_aux_xlogx(m[i]);
-    *value = v;
+    *value = l->sign * v;
     if (dprob)
         for (int b = 0; b < B; b++)
-            for (int i = 0; i < N; i++) dprob[(size_t)b * N + i] += (float)(scale * ml_aux_xlogx_grad(m[i]) / B);
+            for (int i = 0; i < N; i++)
+                dprob[(size_t)b * N + i] += (float)(l->sign * scale * ml_aux_xlogx_grad(m[i]) / B);
     return 0;
 }
 
@@ -84,8 +96,8 @@ static const ml_loss_api api = {
 ML_PLUGIN_EXPORT = {
     ML_PLUGIN_HEADER(ML_PLUGIN_LOSS),
     .name = "entropy",
-    .version = "1.0",
-    .doc = "negative routing entropy, per sample (anti-collapse bonus) or of the batch mean",
+    .version = "1.1",
+    .doc = "routing entropy, per sample or of the batch mean: -H to raise it (anti-collapse bonus), +H to lower it (top-p dynamic loss)",
     .options = options,
     .num_options = NUM_OPTS,
     .api = &api,

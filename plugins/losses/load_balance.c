@@ -19,6 +19,19 @@
  *
  * The two agree for top-1 routing without drops. Both are 1 when f and P are uniform and
  * N when everything goes to one expert. Gradient: d/dprob[b, i] = N f_i / B.
+ *
+ * Option `group` (G > 0): the sequence-wise form of DeepSeek-V2 (arXiv 2405.04434, section
+ * 2.2.3, "Expert-Level Balance Loss") and DeepSeek-V3 (arXiv 2412.19437, section 2.1.2,
+ * "Complementary Sequence-Wise Auxiliary Loss", eq. 17-20), Megatron-Core's
+ * `sequence_load_balancing_loss_func`: the batch's rows are cut into consecutive groups of G
+ * (the last one may be shorter), f^g and P^g are those of group g alone, and
+ *
+ *     value = (1/n_groups) sum_g N * sum_i f^g_i * P^g_i,   d/dprob[b, i] = N f^g_i / (|g| n_groups)
+ *
+ * for b in group g. G = 0 (the default) or G >= B is one group: the batch form above. A
+ * group whose samples were all dropped (no triple, all_slots) adds 0 and still counts in
+ * n_groups. G = 1 makes every row its own group: see docs/routing.md for what that does
+ * (it does not balance anything).
  */
 #include <stdio.h>
 #include <string.h>
@@ -26,26 +39,35 @@
 #include "moelab/plugin_aux.h"
 
 enum { COUNT_ALL_SLOTS, COUNT_FIRST_CHOICE };
-enum { NUM_OPTS = 1 };
+enum { NUM_OPTS = 2 };
 
 static const ml_option options[NUM_OPTS] = {
     {.name = "count", .type = ML_OPT_ENUM, .def = "all_slots", .min = 0, .max = -1,
      .choices = "all_slots|first_choice",
      .doc = "f_i counts every dispatched slot, or only each sample's most probable expert (GShard)"},
+    {.name = "group", .type = ML_OPT_INT, .def = "0", .min = 0, .max = 1000000,
+     .doc = "rows per sequence/image: f and P per group of this many consecutive rows, averaged (0: the batch)"},
 };
 
 typedef struct loss {
     const ml_host *host;
-    int count;
-    ml_aux_buf f; /* (N) double: f_i */
+    int count, group;
+    ml_aux_buf f; /* (n_groups, N) double: f of each group */
+    ml_aux_buf k; /* (n_groups) double: triples of each group, all_slots */
 } loss;
 
 static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
     const ml_optval *count = ml_aux_option(options, NUM_OPTS, init->opt, "count");
+    const ml_optval *group = ml_aux_option(options, NUM_OPTS, init->opt, "group");
+    if (group->i < 0) {
+        snprintf(err, ML_ERR_MAX, "load_balance: option group must be >= 0, got %lld", (long long)group->i);
+        return NULL;
+    }
     loss *l = ml_aux_new(host, sizeof *l, "load_balance", err);
     if (!l) return NULL;
     l->host = host;
     l->count = (int)count->i;
+    l->group = (int)group->i;
     return l;
 }
 
@@ -53,6 +75,7 @@ static void destroy(void *self) {
     loss *l = self;
     if (!l) return;
     ml_aux_buf_free(l->host, &l->f);
+    ml_aux_buf_free(l->host, &l->k);
     l->host->free(l);
 }
 
@@ -63,34 +86,52 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
     int B = r->B, N = r->N;
     *value = 0;
     if (B <= 0 || N <= 0 || (l->count == COUNT_ALL_SLOTS && r->n_disp <= 0)) return 0;
-    double *f = ml_aux_buf_get(l->host, &l->f, (size_t)N * sizeof *f);
-    if (!f) {
+    int G = l->group > 0 && l->group < B ? l->group : B, ng = (B + G - 1) / G;
+    double *f = ml_aux_buf_get(l->host, &l->f, (size_t)ng * N * sizeof *f);
+    double *k = ml_aux_buf_get(l->host, &l->k, (size_t)ng * sizeof *k);
+    if (!f || !k) {
         snprintf(err, ML_ERR_MAX, "load_balance: out of memory");
         return -1;
     }
-    memset(f, 0, (size_t)N * sizeof *f);
+    memset(f, 0, (size_t)ng * N * sizeof *f);
+    memset(k, 0, (size_t)ng * sizeof *k);
+    /* f^g of each group g = b / G: every count adds 1 / (the group's total), summed in the
+       order of the rows or triples (one group: the very operations of the batch form
+       before groups existed, so its runs stay bit for bit the same) */
     if (l->count == COUNT_FIRST_CHOICE) {
-        for (int b = 0; b < B; b++) f[ml_aux_argmax(r->prob + (size_t)b * N, N)] += 1.0 / B;
+        for (int g = 0; g < ng; g++) k[g] = (g + 1) * G < B ? G : B - g * G;
+        for (int b = 0; b < B; b++) f[(size_t)(b / G) * N + ml_aux_argmax(r->prob + (size_t)b * N, N)] += 1.0 / k[b / G];
     } else {
         for (int t = 0; t < r->n_disp; t++) {
-            int e = r->disp_expert[t];
-            if (e < 0 || e >= N) {
-                snprintf(err, ML_ERR_MAX, "load_balance: dispatch %d names expert %d of %d", t, e, N);
+            int e = r->disp_expert[t], b = r->disp_sample[t];
+            if (e < 0 || e >= N || b < 0 || b >= B) {
+                snprintf(err, ML_ERR_MAX, "load_balance: dispatch %d is (sample %d, expert %d), outside (%d, %d)",
+                         t, b, e, B, N);
                 return -1;
             }
-            f[e] += 1.0 / r->n_disp;
+            k[b / G] += 1;
+        }
+        for (int t = 0; t < r->n_disp; t++) {
+            int b = r->disp_sample[t];
+            f[(size_t)(b / G) * N + r->disp_expert[t]] += 1.0 / k[b / G];
         }
     }
     double v = 0;
-    for (int i = 0; i < N; i++) {
-        double P = 0;
-        for (int b = 0; b < B; b++) P += r->prob[(size_t)b * N + i];
-        v += f[i] * (P / B);
+    for (int g = 0; g < ng; g++) {
+        int b0 = g * G, b1 = b0 + G < B ? b0 + G : B, n = b1 - b0;
+        double *fg = f + (size_t)g * N, vg = 0;
+        if (k[g] == 0) continue; /* every sample of the group dropped: no share to count */
+        for (int i = 0; i < N; i++) {
+            double P = 0;
+            for (int b = b0; b < b1; b++) P += r->prob[(size_t)b * N + i];
+            vg += fg[i] * (P / n);
+        }
+        v += N * vg;
+        if (dprob)
+            for (int b = b0; b < b1; b++)
+                for (int i = 0; i < N; i++) dprob[(size_t)b * N + i] += (float)(scale * N * fg[i] / n / ng);
     }
-    *value = N * v;
-    if (dprob)
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < N; i++) dprob[(size_t)b * N + i] += (float)(scale * N * f[i] / B);
+    *value = v / ng;
     return 0;
 }
 
@@ -101,8 +142,8 @@ static const ml_loss_api api = {
 ML_PLUGIN_EXPORT = {
     ML_PLUGIN_HEADER(ML_PLUGIN_LOSS),
     .name = "load_balance",
-    .version = "1.1",
-    .doc = "N * sum_i f_i P_i, dispatch share times mean probability (Switch eq. 4, GShard)",
+    .version = "1.2",
+    .doc = "N * sum_i f_i P_i, dispatch share times mean probability (Switch eq. 4, GShard); per group of rows (DeepSeek sequence-wise)",
     .options = options,
     .num_options = NUM_OPTS,
     .api = &api,
