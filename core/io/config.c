@@ -165,6 +165,11 @@ static const cfg_key cfg_schema[] = {
     INT("model.moe_layers", "1", 1, 64, "number of MoE layers"),
     LIST("model.channels", "[32, 64, 128, 256]", "srnn, cod: encoder channels per stage (cod: multiples of 4)"),
     INT("model.channels.*", NULL, 1, 65536, "channels of one stage"),
+    STR("model.init_from", "", 0,
+        "a checkpoint (.safetensors) whose tensors initialise the model's of the same name and "
+        "shape, those matching model.init_match (staged training: a backbone trained before); "
+        "\"\" = none"),
+    STR("model.init_match", "\"*\"", 0, "glob over tensor names taken from model.init_from, e.g. \"enc.*\""),
     LIST("model.expert_kinds", "[texture, frequency, edge, contrast, texture, frequency]",
          "cod: the kind of expert i of every MoE layer (experts past the list, as growth adds, "
          "cycle through it)"),
@@ -1435,6 +1440,8 @@ static int resolve_paths(ml_config *c) {
     if ((x = map_get(r, "data")) && x->kind == ML_CFG_MAP &&
         (resolve_path(map_get(x, "path"), "data.path", 1) ||
          resolve_path(map_get(x, "val_path"), "data.val_path", 1)))
+        return ML_ERR;
+    if ((x = map_get(r, "model")) && x->kind == ML_CFG_MAP && resolve_path(map_get(x, "init_from"), "model.init_from", 1))
         return ML_ERR;
     if ((x = map_get(r, "plugin_path")) && x->kind == ML_CFG_SEQ)
         for (int i = 0; i < x->n; i++)

@@ -631,6 +631,17 @@ static int l_train_epoch(lua_State *L) {
     set_num(L, "seconds", st.seconds);
     set_num(L, "img_per_s", st.img_per_s);
     for (int i = 0; i < st.n_aux; i++) set_num(L, st.aux_name[i], st.aux_value[i]);
+    if (e->model->seg) { /* segmentation: the validation set's COD metrics (docs/metrics.md) */
+        const ml_segm *g = &e->seg.last;
+        set_num(L, "iou", g->iou);
+        set_num(L, "dice", g->dice);
+        set_num(L, "mae", g->mae);
+        set_num(L, "s", g->s_measure);
+        set_num(L, "e_mean", g->e_mean);
+        set_num(L, "e_max", g->e_max);
+        set_num(L, "e_adaptive", g->e_adaptive);
+        set_num(L, "wf", g->wfm);
+    }
     return 1;
 }
 
@@ -643,6 +654,17 @@ static int l_evaluate(lua_State *L) {
     set_num(L, "val_loss", st.loss);
     set_int(L, "samples", st.samples);
     for (int i = 0; i < st.n_aux; i++) set_num(L, st.aux_name[i], st.aux_value[i]);
+    if (e->model->seg) { /* segmentation: the validation set's COD metrics (docs/metrics.md) */
+        const ml_segm *g = &e->seg.last;
+        set_num(L, "iou", g->iou);
+        set_num(L, "dice", g->dice);
+        set_num(L, "mae", g->mae);
+        set_num(L, "s", g->s_measure);
+        set_num(L, "e_mean", g->e_mean);
+        set_num(L, "e_max", g->e_max);
+        set_num(L, "e_adaptive", g->e_adaptive);
+        set_num(L, "wf", g->wfm);
+    }
     return 1;
 }
 

@@ -340,6 +340,7 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
     free(sl);
     meta_add(md, "run.steps_bytes", "%ld", ml_results_extent(e->res, "steps.csv"));
     meta_add(md, "run.rsteps_bytes", "%ld", ml_results_extent(e->res, "routing_steps.csv"));
+    meta_add(md, "run.rlabels_bytes", "%ld", ml_results_extent(e->res, "routing_labels.csv"));
     char *state = NULL;
     if (e->state_save && e->state_save(e->state_ctx, &state)) return ML_ERR;
     meta_add(md, "run.script_state", "%s", state ? state : "null");
@@ -448,6 +449,8 @@ typedef struct ck {
     /* steps.csv, routing_steps.csv and watches (absent from older files: NULL / 0) */
     const char *steplog;
     int64_t steps_bytes, rsteps_bytes;
+    int has_rlabels;            /* run.rlabels_bytes: routing_labels.csv (segmentation) */
+    int64_t rlabels_bytes;
 } ck;
 
 /*
@@ -915,6 +918,10 @@ static int parse_script_settings(ml_experiment *e, ck *c) {
             return ML_ERR;
         c->steplog = v;
     }
+    if (ml_st_meta(c->f, "run.rlabels_bytes")) {
+        if (meta_u(c, "run.rlabels_bytes", INT64_MAX, &c->rlabels_bytes)) return ML_ERR;
+        c->has_rlabels = 1;
+    }
     for (int l = 0; l < c->L; l++) {
         char key[32];
         snprintf(key, sizeof key, "run.router%d", l + 1);
@@ -1303,17 +1310,20 @@ int ml_exp_resume(ml_experiment *e, const char *run_dir, const char *from_tag, i
         return ML_ERR;
     }
     ml_plugins_forbid_dir(run_dir); /* the script writes there: never a plugin from it */
-    if ((e->res = ml_results_reopen(run_dir)) && c.steplog &&
-        (ml_results_extent(e->res, "steps.csv") < c.steps_bytes ||
-         ml_results_extent(e->res, "routing_steps.csv") < c.rsteps_bytes)) { /* before anything is cut */
+    if ((e->res = ml_results_reopen(run_dir)) &&
+        ((c.steplog && (ml_results_extent(e->res, "steps.csv") < c.steps_bytes ||
+                        ml_results_extent(e->res, "routing_steps.csv") < c.rsteps_bytes)) ||
+         (c.has_rlabels && ml_results_extent(e->res, "routing_labels.csv") < c.rlabels_bytes))) { /* before anything is cut */
         ck_free(&c);
-        return ml_errorf("%s: steps.csv or routing_steps.csv is shorter than checkpoint '%s' says (%" PRId64 " and %" PRId64
-                         " bytes): was it edited?", run_dir, tag, c.steps_bytes, c.rsteps_bytes);
+        return ml_errorf("%s: steps.csv, routing_steps.csv or routing_labels.csv is shorter than checkpoint '%s' says "
+                         "(%" PRId64 ", %" PRId64 " and %" PRId64 " bytes): was it edited?",
+                         run_dir, tag, c.steps_bytes, c.rsteps_bytes, c.rlabels_bytes);
     }
     if (!e->res ||
         ml_results_truncate(e->res, (int)c.metrics_rows, (long)c.routing_bytes, (long)c.events_bytes) ||
         (c.steplog && (ml_results_cut(e->res, "steps.csv", (long)c.steps_bytes) ||
                        ml_results_cut(e->res, "routing_steps.csv", (long)c.rsteps_bytes))) ||
+        (c.has_rlabels && ml_results_cut(e->res, "routing_labels.csv", (long)c.rlabels_bytes)) ||
         ck_apply_model(e, &c, 1) || ck_apply_run(e, &c)) {
         ck_free(&c);
         return ML_ERR;

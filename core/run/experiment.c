@@ -1,5 +1,7 @@
 /* experiment.c — one run: build from config, train/evaluate, health, growth, checkpoints. */
 #include "run/experiment.h"
+#include "base/glob.h"
+#include "io/safetensors.h"
 #include "run/provenance.h"
 #include "base/strbuf.h"
 
@@ -153,6 +155,49 @@ static int build_model(ml_experiment *e) {
     return ML_OK;
 }
 
+/* model.init_from: the tensors of a checkpoint that match model.init_match and exist in the
+   model with the same shape initialise the model's (staged training). The file is read and
+   verified (checksum, finite values) like any checkpoint; nothing else of it is used. */
+static int init_from(ml_experiment *e) {
+    const char *path = ml_config_str(e->cfg, "model.init_from", "");
+    if (!*path) return ML_OK;
+    const char *pat = ml_config_str(e->cfg, "model.init_match", "*");
+    if (ml_glob_check(pat)) return ml_error_prefix("model.init_match");
+    ml_st_file *f = ml_st_open(path);
+    if (!f) return ml_error_prefix("model.init_from");
+    ml_params *P = &e->model->P;
+    int copied = 0, matched = 0;
+    for (int k = 0; k < P->count; k++) {
+        const ml_tensor *t = &P->t[k];
+        if (!ml_glob_match(pat, t->name)) continue;
+        matched++;
+        int nd;
+        int64_t shape[8];
+        const float *v = ml_st_get(f, t->name, &nd, shape);
+        if (!v) continue;
+        int same = nd == t->ndim;
+        for (int d = 0; same && d < nd; d++) same = shape[d] == t->shape[d];
+        if (!same) {
+            ml_st_close(f);
+            return ml_errorf("model.init_from: %s: tensor '%s' has another shape than the model's", path, t->name);
+        }
+        for (size_t i = 0; i < t->n; i++)
+            if (!isfinite(v[i])) {
+                ml_st_close(f);
+                return ml_errorf("model.init_from: %s: tensor '%s' holds a non-finite value", path, t->name);
+            }
+        memcpy(ml_params_data(P, k), v, t->n * sizeof(float));
+        copied++;
+    }
+    ml_st_close(f);
+    if (!copied)
+        return ml_errorf("model.init_from: %s has none of the model's %d tensors matching '%s' (names like '%s')", path,
+                         matched, pat, P->count ? P->t[0].name : "?");
+    e->init_copied = copied;
+    e->init_matched = matched;
+    return ML_OK;
+}
+
 /* The optimizer and its parameter groups (optim.groups), each tensor placed in its group. */
 static int build_optim(ml_experiment *e) {
     const ml_config *c = e->cfg;
@@ -270,7 +315,7 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     };
     if (ml_data_load(&dc, &e->train, &e->val)) { ml_error_prefix("data"); goto fail; }
     if (e->train.n < 1) { ml_errorf("data: the training split is empty (check data.train_images / data.val_images)"); goto fail; }
-    if (build_model(e) || build_losses(e)) goto fail;
+    if (build_model(e) || build_losses(e) || init_from(e)) goto fail;
     if (build_optim(e)) goto fail;
     e->hcfg = (ml_health_cfg){ml_config_float(e->cfg, "health.active_threshold", 0.1),
                               ml_config_float(e->cfg, "health.collapse_active_fraction", 0.5),
@@ -315,6 +360,15 @@ int ml_exp_open_results(ml_experiment *e) {
     ml_json_int(&j, "parameters", (int64_t)ml_params_numel(&e->model->P));
     int rc = ml_exp_event_json(e, "run_start", &j);
     ml_json_free(&j);
+    if (!rc && e->init_copied) {
+        ml_json_begin(&j);
+        ml_json_str(&j, "path", ml_config_str(e->cfg, "model.init_from", ""));
+        ml_json_str(&j, "match", ml_config_str(e->cfg, "model.init_match", "*"));
+        ml_json_int(&j, "tensors", e->init_copied);
+        ml_json_int(&j, "matching", e->init_matched);
+        rc = ml_exp_event_json(e, "init_from", &j);
+        ml_json_free(&j);
+    }
     if (ml_exp_write_summary(e, "running")) rc = ML_ERR;
     return rc;
 }
@@ -443,6 +497,8 @@ static void epoch_line(ml_experiment *e) {
     ml_strbuf_puts(&b, ":");
     if (task == task) ml_strbuf_printf(&b, " task %.6g", task);
     if (val == val) ml_strbuf_printf(&b, "%s val %.6g", task == task ? "," : "", val);
+    double iou = row_value(e, "val_iou"), dice = row_value(e, "val_dice");
+    if (iou == iou) ml_strbuf_printf(&b, ", IoU %.4f, Dice %.4f", iou, dice);
     char col[64], collapsed[256] = "";
     for (int l = 0; l < e->model->L; l++) {
         snprintf(col, sizeof col, "moe%d_experts", l + 1);

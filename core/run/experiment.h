@@ -126,6 +126,7 @@ typedef struct ml_experiment {
     ml_steplog steplog;            /* steps.csv, routing_steps.csv, new-expert share (run/steplog.h) */
     ml_segrun seg;                 /* segmentation metrics and predictions (run/segrun.h) */
     float *mb;                     /* (B, 1, H, W) the batch's masks (segmentation) */
+    int init_copied, init_matched; /* model.init_from: tensors taken, tensors that matched */
     /* provenance (run/provenance.h), owned */
     char *command;                 /* the command line that started this process */
     char *overrides;               /* JSON array of the run's command-line overrides */

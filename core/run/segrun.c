@@ -110,7 +110,7 @@ int ml_segrun_batch(ml_experiment *e, int B, const float *x, const float *mask, 
                                ? e->val.class_names[labels[b]]
                                : "";
         ml_strbuf_clear(&row);
-        ml_strbuf_printf(&row, "%" PRId64 ",%d,%d,%s,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g", i, ids ? ids[b] : -1,
+        ml_strbuf_printf(&row, "%d,%" PRId64 ",%d,%d,%s,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g", e->epoch, i, ids ? ids[b] : -1,
                          labels ? labels[b] : -1, name, img[b].iou, img[b].dice, img[b].mae, img[b].s_measure,
                          img[b].e_mean, img[b].e_adaptive, img[b].wfm);
         for (int l = 0; l < m->L; l++) {
@@ -168,7 +168,7 @@ int ml_segrun_end(ml_experiment *e) {
     char dir[ML_PATH_MAX], path[ML_PATH_MAX + 32];
     if (ml_results_path(e->res, "predictions", dir, sizeof dir) || ml_mkdir_p(dir)) return ML_ERR;
     ml_strbuf b = {0};
-    ml_strbuf_printf(&b, "# epoch %d\nimage,index,label,label_name,iou,dice,mae,s,e_mean,e_adaptive,wf", e->epoch);
+    ml_strbuf_puts(&b, "epoch,image,index,label,label_name,iou,dice,mae,s,e_mean,e_adaptive,wf");
     for (int l = 0; l < e->model->L; l++) ml_strbuf_printf(&b, ",moe%d_experts", l + 1);
     ml_strbuf_puts(&b, "\n");
     if (s->rows) ml_strbuf_puts(&b, s->rows);
