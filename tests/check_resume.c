@@ -443,8 +443,8 @@ static void same_checkpoint(const char *a, const char *b) {
         const char *k = ma->keys[i];
         if (!strcmp(k, "checksum") || !strcmp(k, "run.events_bytes") || !strcmp(k, "run.clock")) continue;
         const ml_jv *v = ml_jv_get(mb, k);
-        ck_assert_msg(v && !strcmp(v->str, ma->items[i].str), "metadata '%s' differs:\n%s\n%s", k, ma->items[i].str,
-                      v ? v->str : "(missing)");
+        ck_assert_msg(v && !strcmp(v->str, ma->items[i].str), "metadata '%s' differs:\n%.900s\n%.900s", k,
+                      ma->items[i].str, v ? v->str : "(missing)");
     }
     ml_jv_free(ha);
     ml_jv_free(hb);
@@ -573,6 +573,35 @@ static void equivalence(const char *tag, const char *args, int stop_step, int st
     assert_out("from checkpoint 'interrupt'");
     same_runs(straight, run);
 }
+
+/* The camouflage segmentation MoE (scripts/cod.lua, warm-up and the monitor in exp.state),
+   stopped in epoch 3 and resumed: the same checkpoints, metrics, routing, habitat table and
+   per-image predictions as the run never interrupted. */
+START_TEST(resume_segmentation_is_exact) {
+    const char *tmp = tu_tmpdir("eqcod");
+    char dir[256], run[512], straight[512];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    snprintf(run, sizeof run, "%s/test-cod/r", dir);
+    snprintf(straight, sizeof straight, "%s/straight", dir);
+    const char *b = tu_build();
+    const char *cfg = "tests/fixtures/run/cod_small.yaml train.epochs=3 seg.predictions=1";
+    int rc = sh("%s/moelab run %s results.dir=%s results.run_id=r", b, cfg, dir);
+    ck_assert_msg(rc == 0, "%s", out);
+    ck_assert_int_eq(rename(run, straight), 0);
+    rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=19 %s/moelab run %s results.dir=%s results.run_id=r", b, cfg, dir);
+    ck_assert_msg(rc == 130, "exit %d: %s", rc, out);
+    rc = sh("%s/moelab run --resume %s", b, run);
+    ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
+    same_runs(straight, run);
+    const char *files[] = {"routing_labels.csv", "predictions/metrics.csv"};
+    for (int i = 0; i < 2; i++) {
+        char a[600], c[600];
+        snprintf(a, sizeof a, "%s/%s", straight, files[i]);
+        snprintf(c, sizeof c, "%s/%s", run, files[i]);
+        same_file_text(slurp(a, NULL), slurp(c, NULL), files[i]);
+    }
+}
+END_TEST
 
 START_TEST(resume_mid_epoch_is_exact) {
     /* 48 steps per epoch: step 70 is in the middle of epoch 2 */
@@ -889,6 +918,7 @@ static Suite *suite(void) {
     c = tcase_create("resume");
     tcase_set_timeout(c, 120);
     tcase_add_test(c, resume_mid_epoch_is_exact);
+    tcase_add_test(c, resume_segmentation_is_exact);
     tcase_add_test(c, resume_between_expert_additions_is_exact);
     tcase_add_test(c, resume_with_abi_1_1_state_is_exact);
     tcase_add_test(c, resume_with_relu_and_global_balance_is_exact);

@@ -513,6 +513,87 @@ START_TEST(progress_lines) {
 }
 END_TEST
 
+/* PNG width and height from its IHDR, or 0 when the file is not a PNG. */
+static int png_size(const char *path, int *w, int *h) {
+    unsigned char b[24];
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t n = fread(b, 1, sizeof b, f);
+    fclose(f);
+    if (n < 24 || memcmp(b, "\x89PNG\r\n\x1a\n", 8) || memcmp(b + 12, "IHDR", 4)) return 0;
+    *w = b[16] << 24 | b[17] << 16 | b[18] << 8 | b[19];
+    *h = b[20] << 24 | b[21] << 16 | b[22] << 8 | b[23];
+    return 1;
+}
+
+/* The camouflage segmentation MoE end to end: metrics columns, predictions (real PNGs of the
+   image size, per-image metrics with the experts each layer chose), the habitat x expert
+   table, the seed's rule beside moelab's signals; then staged training: a second run's
+   encoder initialised from the first run's checkpoint by name. */
+START_TEST(cod_segmentation_run) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir("cod"));
+    int rc = run(MOELAB " run tests/fixtures/run/cod_small.yaml results.dir=%s results.run_id=a", tu_build(), dir);
+    ck_assert_msg(rc == 0, "%s", out);
+    assert_contains("epoch 2/2: task ");
+    assert_contains(", IoU ");
+    char p[700];
+    snprintf(p, sizeof p, "%s/test-cod/a/metrics.csv", dir);
+    char *m = tu_slurp(p, NULL);
+    ck_assert_ptr_nonnull(m);
+    const char *cols[] = {"val_iou", "val_dice", "val_mae", "val_s", "val_e_mean", "val_e_max", "val_e_adaptive",
+                          "val_wf", "moe4_active", "val_moe1_nmi", "seed_rule", "collapsed_layers", "best_val_iou"};
+    for (size_t i = 0; i < sizeof cols / sizeof *cols; i++)
+        ck_assert_msg(strstr(m, cols[i]), "metrics.csv lacks %s:\n%.300s", cols[i], m);
+    free(m);
+    for (int i = 0; i < 2; i++) {
+        const char *what[] = {"image", "gt", "pred"};
+        for (int k = 0; k < 3; k++) {
+            int w = 0, h = 0;
+            snprintf(p, sizeof p, "%s/test-cod/a/predictions/%04d_%s.png", dir, i, what[k]);
+            ck_assert_msg(png_size(p, &w, &h) && w == 32 && h == 32, "%s is not a 32x32 PNG", p);
+        }
+    }
+    snprintf(p, sizeof p, "%s/test-cod/a/predictions/0002_pred.png", dir);
+    ck_assert_int_ne(access(p, F_OK), 0); /* seg.predictions: 2 */
+    snprintf(p, sizeof p, "%s/test-cod/a/predictions/metrics.csv", dir);
+    m = tu_slurp(p, NULL);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(strstr(m, "epoch,image,index,label,label_name,iou,dice,mae,s,e_mean,e_adaptive,wf,moe1_experts,"));
+    int lines = 0;
+    for (const char *q = m; *q; q++) lines += *q == '\n';
+    ck_assert_int_eq(lines, 33); /* the header and every validation image */
+    free(m);
+    snprintf(p, sizeof p, "%s/test-cod/a/routing_labels.csv", dir);
+    m = tu_slurp(p, NULL);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_nonnull(strstr(m, "epoch,split,layer,label,label_name,expert,slots,share\n"));
+    ck_assert_ptr_nonnull(strstr(m, ",val,4,2,underwater,2,"));
+    free(m);
+    /* staged: the encoder of run a initialises run b */
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "%s/moelab run tests/fixtures/run/cod_small.yaml results.dir=%s results.run_id=b "
+             "train.epochs=1 'model.init_match=enc.*' model.init_from=%s/test-cod/a/checkpoints/last.safetensors",
+             tu_build(), dir, dir);
+    rc = run("%s%s", cmd, "");
+    ck_assert_msg(strstr(out, "moelab: done"), "%s", out);
+    snprintf(p, sizeof p, "%s/test-cod/b/events.jsonl", dir);
+    m = tu_slurp(p, NULL);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_msg(strstr(m, "\"kind\":\"init_from\"") && strstr(m, "\"tensors\":16"), "%s", m);
+    free(m);
+    rc = run(MOELAB " run tests/fixtures/run/cod_small.yaml results.dir=%s model.init_from=nothing.safetensors", tu_build(),
+             dir);
+    ck_assert_int_eq(rc, 2);
+    assert_contains("model.init_from: 'nothing.safetensors' not found");
+    /* a dataset without masks cannot train it */
+    rc = run(MOELAB " run tests/fixtures/run/cod_small.yaml results.dir=%s data.dataset=synthetic", tu_build(), dir);
+    ck_assert_int_ne(rc, 0);
+    assert_contains("it needs a dataset with masks");
+    tu_rm_rf(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("run");
     TCase *t = tcase_create("run");
@@ -531,6 +612,7 @@ int main(void) {
     tcase_add_test(t, every_subcommand_has_help);
     tcase_add_test(t, provenance_in_summary);
     tcase_add_test(t, progress_lines);
+    tcase_add_test(t, cod_segmentation_run);
     tcase_add_test(t, sigterm_during_setup);
     tcase_add_test(t, corrupt_interrupt_checkpoint_named);
     tcase_add_test(t, fashion_mnist_end_to_end);

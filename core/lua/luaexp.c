@@ -668,18 +668,35 @@ static int l_evaluate(lua_State *L) {
     return 1;
 }
 
+typedef struct log_cell {
+    const char *k; /* anchored by the table being logged */
+    double v;
+} log_cell;
+
+static int log_cell_cmp(const void *a, const void *b) { return strcmp(((const log_cell *)a)->k, ((const log_cell *)b)->k); }
+
+/* exp:log{...}: the columns in name order, so metrics.csv's header is the same in every
+   process (pairs() order depends on Lua's per-process string hash seed). */
 static int l_log(lua_State *L) {
     ml_experiment *e = check_exp(L);
     luaL_checktype(L, 2, LUA_TTABLE);
+    int n = 0;
     lua_pushnil(L);
     while (lua_next(L, 2)) {
         if (lua_type(L, -2) != LUA_TSTRING) return luaL_argerror(L, 2, "keys must be column names (strings)");
+        if (++n > ML_MAX_COLS) return luaL_error(L, "exp:log: more than %d columns", ML_MAX_COLS);
+        lua_pop(L, 1);
+    }
+    log_cell *c = lua_newuserdatauv(L, (size_t)(n ? n : 1) * sizeof *c, 0);
+    int i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
         size_t kl;
         const char *k = lua_tolstring(L, -2, &kl);
         /* names are copied out of the Lua allocator and become metrics.csv's header */
         int bad = kl == 0 || kl > 128;
-        for (size_t i = 0; i < kl && !bad; i++)
-            bad = (unsigned char)k[i] < 0x20 || (unsigned char)k[i] > 0x7e || k[i] == ',' || k[i] == '"';
+        for (size_t j = 0; j < kl && !bad; j++)
+            bad = (unsigned char)k[j] < 0x20 || (unsigned char)k[j] > 0x7e || k[j] == ',' || k[j] == '"';
         if (bad)
             return luaL_error(L, "exp:log: a column name (here %d bytes) must be 1..128 printable ASCII characters "
                                  "without ',' or '\"'", (int)(kl > INT_MAX ? INT_MAX : kl));
@@ -687,9 +704,13 @@ static int l_log(lua_State *L) {
         double v = lua_isboolean(L, -1) ? lua_toboolean(L, -1) : lua_tonumberx(L, -1, &ok);
         if (!lua_isboolean(L, -1) && !ok)
             return luaL_error(L, "exp:log: column '%s' has a %s value, expected a number or boolean", k, luaL_typename(L, -1));
-        if (ml_exp_log(e, k, v)) return core_error(L);
+        c[i].k = k;
+        c[i++].v = v;
         lua_pop(L, 1);
     }
+    qsort(c, (size_t)i, sizeof *c, log_cell_cmp);
+    for (int j = 0; j < i; j++)
+        if (ml_exp_log(e, c[j].k, c[j].v)) return core_error(L);
     return 0;
 }
 
