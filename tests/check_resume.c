@@ -623,6 +623,20 @@ START_TEST(resume_after_script_changes_is_exact) {
 }
 END_TEST
 
+/* Experts added (random by the schedule, copy, drop_upcycle) and removed (by the schedule
+   and by the script, from the middle of the layer, renumbering the rest) while the run goes,
+   with a schedule that keeps state (dynmoe: idle counts, a recording window) and a frozen
+   expert renamed by a removal; stopped at step 70, after a removal and inside a recording
+   window, and resumed: the same checkpoints, byte for byte, and the same files. */
+START_TEST(resume_across_additions_and_removals_is_exact) {
+    equivalence("eqremove",
+                "script=tests/fixtures/resume/growth.lua schedule.name=dynmoe schedule.window=8 schedule.interval=16 "
+                "schedule.mass_threshold=0.9 schedule.max=8 router.k=1 growth.init=drop_upcycle growth.router_noise=0.05 "
+                "results.log_every_steps=8 health.new_expert_steps=30",
+                70, 2);
+}
+END_TEST
+
 START_TEST(resume_at_epoch_end_and_from_last) {
     /* stopped at the last step of epoch 1, then once more at step 150 (epoch 4); resume
        from "last" with --from: the epoch after it is trained again, the same way */
@@ -894,6 +908,7 @@ static Suite *suite(void) {
     tcase_add_test(c, resume_with_relu_and_global_balance_is_exact);
     tcase_add_test(c, resume_after_script_changes_is_exact);
     tcase_add_test(c, resume_at_epoch_end_and_from_last);
+    tcase_add_test(c, resume_across_additions_and_removals_is_exact);
     tcase_add_test(c, script_state_round_trip);
     tcase_add_test(c, sigint_stops_cleanly);
     tcase_add_test(c, resume_refusals);
