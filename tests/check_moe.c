@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "model/moe.h"
+#include "model/cod_experts.h"
 #include "nn/optim.h"
 #include "nn/gradcheck.h"
 #include "plugin/loader.h"
@@ -512,6 +513,84 @@ START_TEST(drop_upcycle_reinitialises_exactly_the_share) {
 }
 END_TEST
 
+
+/* The segmentation kinds: an expert keeps its kind (texture, frequency, ...) when removal
+   renumbers it and a copy takes its source's; drop_upcycle samples the branches' output
+   channels and re-initialises them in the branch convs and the fusion's input columns. */
+START_TEST(cod_experts_keep_their_kind) {
+    enum { C = 8, HH = 4, HW = 16, q = C / 4 };
+    ml_cod_expert_cfg cfg = {C, HH, HH, 4, {ML_COD_TEXTURE, ML_COD_FREQUENCY, ML_COD_EDGE, ML_COD_CONTRAST}};
+    const ml_plugin *p = router("softmax_topk");
+    ml_optval opt[16];
+    ck_assert_int_eq(ml_option_defaults(p, opt), ML_OK);
+    ml_params P, S;
+    ml_params_init(&P, 1);
+    ml_params_init(&S, 0);
+    ml_moe *m = ml_moe_new_spatial(0, C, HW, 5, &ml_expert_cod, &cfg, p, opt, &P, &S, 7);
+    ck_assert_msg(m != NULL, "%s", ml_error());
+    ml_rng rng;
+    ml_rng_seed(&rng, 3);
+    ck_assert_int_eq(ml_params_commit(&P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&S, &rng), ML_OK);
+    ck_assert_int_ge(ml_params_find(&P, "moe1.expert1.frequency.b0.w"), 0);
+    tsnap edge = snap_of(&P, "moe1.expert2.edge.b1.w");
+    static const int kept[4] = {0, 2, 3, 4};
+    ck_assert_int_eq(ml_moe_remove_declare(m, kept, 4), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&S, &rng), ML_OK);
+    ck_assert_int_eq(ml_moe_remove_finish(m, kept, 5), ML_OK);
+    ck_assert_int_eq(ml_moe_variant(m, 1), ML_COD_EDGE);
+    ck_assert_int_lt(ml_params_find(&P, "moe1.expert1.frequency.b0.w"), 0);
+    same_as(&P, "moe1.expert1.edge.b1.w", &edge, 0, 0);
+    ck_assert_int_ge(ml_params_find(&P, "moe1.expert3.texture.fuse.w"), 0);
+    /* a copy of expert 1 (edge) at index 4, where the list would put a texture expert */
+    int var = ml_moe_variant(m, 1), src = 1;
+    ck_assert_int_eq(ml_moe_grow_declare(m, 1, &var), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&S, &rng), ML_OK);
+    ml_moe_init in = {ML_EXPERT_INIT_COPY, &src, 0, 0.5, 0, &rng};
+    ck_assert_msg(ml_moe_init_experts(m, 4, 1, &in) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(ml_moe_grow_finish(m, 4), ML_OK);
+    int h4 = ml_params_find(&P, "moe1.expert4.edge.b1.w"); /* the copy's values (its moments are zero) */
+    ck_assert_int_ge(h4, 0);
+    ck_assert_int_eq(memcmp(ml_params_data(&P, h4), edge.v, edge.n * sizeof(float)), 0);
+    /* drop_upcycle of expert 0 (texture): half of the C branch channels */
+    int var0 = ml_moe_variant(m, 0), src0 = 0;
+    ck_assert_int_eq(ml_moe_grow_declare(m, 1, &var0), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&S, &rng), ML_OK);
+    ml_moe_init du = {ML_EXPERT_INIT_DROP_UPCYCLE, &src0, 0, 0.5, 0, &rng};
+    ck_assert_msg(ml_moe_init_experts(m, 5, 1, &du) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(ml_moe_grow_finish(m, 5), ML_OK);
+    int changed = 0;
+    for (int j = 0; j < 4; j++) { /* branch j's weights (q, C, k, k): output channel u is unit j*q + u */
+        ml_expert_tensor t;
+        ck_assert_int_eq(ml_moe_expert_tensor(m, 5, 2 * j, &t), 0);
+        size_t per = (size_t)t.shape[1] * t.shape[2] * t.shape[3];
+        const float *a = ml_moe_param(m, 5, 2 * j), *b = ml_moe_param(m, 0, 2 * j);
+        const float *fa = ml_moe_param(m, 5, 8), *fb = ml_moe_param(m, 0, 8); /* fuse.w (C, C, 1, 1) */
+        for (int u = 0; u < q; u++) {
+            int row = memcmp(a + u * per, b + u * per, per * sizeof(float)) != 0;
+            int col = 0;
+            for (int o = 0; o < C; o++) col |= fa[o * C + j * q + u] != fb[o * C + j * q + u];
+            ck_assert_int_eq(row, col);
+            changed += row;
+        }
+    }
+    ck_assert_int_eq(changed, C / 2);
+    float x[2 * C * HW], y[2 * C * HW], dx[2 * C * HW] = {0}, c[2 * C * HW];
+    tu_fill(x, 2 * C * HW, 1, -1, 1);
+    tu_fill(c, 2 * C * HW, 2, -1, 1);
+    int32_t ids[2] = {0, 1};
+    ck_assert_int_eq(ml_moe_forward(m, x, y, 2, 1, ids, NULL, 0), ML_OK);
+    ck_assert_int_eq(ml_moe_backward(m, c, dx), ML_OK);
+    snap_free(&edge);
+    ml_moe_free(m);
+    ml_params_free(&P);
+    ml_params_free(&S);
+}
+END_TEST
+
 /* A batch whose routing slots (B x N) exceed what the ABI's int counts is refused with a
  * message before anything is allocated (it used to overflow an int in the checks). */
 START_TEST(routing_slots_bounded) {
@@ -539,6 +618,7 @@ int main(void) {
     tcase_add_test(t, removal_keeps_the_others_exactly);
     tcase_add_test(t, copy_equals_the_source);
     tcase_add_test(t, drop_upcycle_reinitialises_exactly_the_share);
+    tcase_add_test(t, cod_experts_keep_their_kind);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

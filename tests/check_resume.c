@@ -407,6 +407,70 @@ START_TEST(older_checkpoint_keeps_newer_experts) {
 }
 END_TEST
 
+
+/* The values of tensor name (a copy). */
+static float *values(const ml_model *m, const char *name, size_t *n) {
+    int h = ml_params_find(&m->P, name);
+    ck_assert_msg(h >= 0, "no tensor %s", name);
+    float *v = malloc(m->P.t[h].n * sizeof(float));
+    memcpy(v, ml_params_data(&m->P, h), m->P.t[h].n * sizeof(float));
+    if (n) *n = m->P.t[h].n;
+    return v;
+}
+
+static void holds(const ml_model *m, const char *name, const float *v) {
+    int h = ml_params_find(&m->P, name);
+    ck_assert_msg(h >= 0, "no tensor %s", name);
+    ck_assert_msg(!memcmp(ml_params_data(&m->P, h), v, m->P.t[h].n * sizeof(float)), "%s differs", name);
+}
+
+/* Checkpoints across a removal: one taken after it (fewer experts) loads into experts
+   0..M-1 of a layer that has grown since, the newer experts staying as they are; one taken
+   before it (more experts) grows the layer back and loads every expert; expert tensors load
+   by their names, which are the numbers of the checkpoint's time. */
+START_TEST(checkpoints_across_a_removal_load) {
+    const char *tmp = tu_tmpdir("ckrm");
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    ml_experiment *e = new_exp(dir, NULL);
+    ml_model *m = e->model;
+    ml_epoch_stats es;
+    ck_assert_int_eq(ml_exp_save_checkpoint(e, "before"), ML_OK);
+    float *b1 = values(m, "moe1.expert1.w1", NULL), *b2 = values(m, "moe1.expert2.w1", NULL);
+    const int one = 1;
+    ck_assert_msg(ml_exp_remove_experts(e, 0, &one, 1, "test") == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(m->moe[0]->N, 3);
+    holds(m, "moe1.expert1.w1", b2); /* old expert 2 is expert 1 now */
+    ck_assert_int_eq(ml_exp_train_epoch(e, NULL, NULL, &es), ML_OK);
+    ck_assert_int_eq(ml_exp_save_checkpoint(e, "after"), ML_OK);
+    float *a0 = values(m, "moe1.expert0.w1", NULL), *a2 = values(m, "moe1.expert2.w1", NULL);
+    ck_assert_int_eq(ml_exp_add_experts(e, 0, 2, "test"), ML_OK);
+    ck_assert_int_eq(ml_exp_train_epoch(e, NULL, NULL, &es), ML_OK);
+    float *n4 = values(m, "moe1.expert4.w1", NULL);
+    int ep;
+    int64_t st;
+    /* fewer experts in the file: 0..2 loaded, 3 and 4 kept */
+    ck_assert_msg(ml_exp_load_checkpoint(e, "after", &ep, &st) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(m->moe[0]->N, 5);
+    holds(m, "moe1.expert0.w1", a0);
+    holds(m, "moe1.expert2.w1", a2);
+    holds(m, "moe1.expert4.w1", n4);
+    /* more experts in the file than a layer shrunk since: it grows to them, all loaded */
+    static const int gone[3] = {0, 2, 4};
+    ck_assert_msg(ml_exp_remove_experts(e, 0, gone, 3, "test") == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(m->moe[0]->N, 2);
+    ck_assert_msg(ml_exp_load_checkpoint(e, "before", &ep, &st) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(m->moe[0]->N, 4);
+    holds(m, "moe1.expert1.w1", b1);
+    holds(m, "moe1.expert2.w1", b2);
+    int hr = ml_params_find(&m->P, "moe1.router.w");
+    ck_assert_int_eq(m->P.t[hr].shape[0], 4);
+    ck_assert_int_eq(ml_exp_train_epoch(e, NULL, NULL, &es), ML_OK);
+    free(b1), free(b2), free(a0), free(a2), free(n4);
+    ml_exp_free(e);
+}
+END_TEST
+
 /* ------------------------------------------------------------- resume, end to end */
 
 /* metadata of a safetensors file as a parsed JSON object (owned) and the data section */
@@ -899,6 +963,7 @@ static Suite *suite(void) {
     tcase_add_test(c, nonfinite_weights_never_saved);
     tcase_add_test(c, rng_of_every_layer_saved);
     tcase_add_test(c, older_checkpoint_keeps_newer_experts);
+    tcase_add_test(c, checkpoints_across_a_removal_load);
     suite_add_tcase(s, c);
     c = tcase_create("resume");
     tcase_set_timeout(c, 120);

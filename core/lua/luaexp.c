@@ -866,7 +866,6 @@ static int l_add_experts(lua_State *L) {
                           u->layer + 1, u->e->model->moe[u->layer]->N, (int)n);
     ml_growth g;
     ml_exp_growth_defaults(u->e, &g);
-    if (g.source >= u->e->model->moe[u->layer]->N) g.source = -1; /* growth.source names an expert this layer lacks */
     const char *reason;
     if (lua_istable(L, 3)) reason = read_growth(L, 3, u->e, u->layer, &g);
     else reason = luaL_optstring(L, 3, "script");
