@@ -19,10 +19,10 @@
  *
  * "Unserved" is the paper's "activates no expert", which a top-any gate can produce and a
  * top-k gate cannot. signal: dropped counts samples that got no dispatch triple at all (the
- * paper's literal rule; routers that drop: switch with capacity, relu, top_p with max_k,
- * expert_choice); low_mass (the default) counts samples whose dispatched experts hold less
- * than `mass_threshold` of the router's probability: the router found no expert it was
- * sure of. New experts start as the config's growth.init says (random, copy or
+ * paper's literal rule; routers that drop: switch with capacity, relu, expert_choice);
+ * low_mass (the default) counts samples whose dispatched experts hold less than
+ * `mass_threshold` of the probability a uniform router would leave them (below, unserved()):
+ * the router found no expert it was sure of. New experts start as the config's growth.init says (random, copy or
  * drop_upcycle), not from the unserved samples' embeddings: the router row is the router
  * plugin's own business.
  *
@@ -52,7 +52,8 @@ static const ml_option options[NUM_OPTS] = {
     {"interval", ML_OPT_INT, "900", 1, 1e9, NULL, "training steps between decisions", 0},
     {"signal", ML_OPT_ENUM, "low_mass", 0, -1, "low_mass|dropped",
      "unserved samples: dispatched probability mass below mass_threshold, or no expert at all", 0},
-    {"mass_threshold", ML_OPT_FLOAT, "0.5", 0, 1, NULL, "low_mass: a sample is unserved below this mass", 0},
+    {"mass_threshold", ML_OPT_FLOAT, "0.5", 0, 1, NULL,
+     "low_mass: a sample is unserved below this share of the mass above uniform on its experts", 0},
     {"min_share", ML_OPT_FLOAT, "0", 0, 1, NULL, "add when the unserved share of the window exceeds this", 0},
     {"add", ML_OPT_INT, "1", 1, 4096, NULL, "experts added to a layer per decision", 0},
     {"remove", ML_OPT_BOOL, "true", 0, -1, NULL, "remove experts dead through the recording window", 0},
@@ -98,20 +99,31 @@ static int states(void *self, ml_tensor_decl *out, int cap) {
     return 2;
 }
 
-/* Unserved samples of one step: no dispatch triple (dropped), or less dispatched probability
-   than the threshold (low_mass). */
+/*
+ * Unserved samples of one step. dropped: no dispatch triple. low_mass: the probability mass
+ * m on the k experts a sample went to, measured above what a uniform router gives them,
+ *
+ *     m~ = (m - k/N) / (1 - k/N)      0: no more than uniform, 1: all of it on them,
+ *
+ * below the threshold (a sample without a triple has m~ = 0; k = N leaves nothing to
+ * choose: served). The raw m would not do: the top-k of N probabilities hold at least k/N,
+ * so a fixed threshold on m would fire less as a layer has fewer experts, and never at
+ * k/N >= threshold.
+ */
 static int unserved(const sched *s, const ml_routing_record *r) {
     int n = 0;
+    const int N = r->N;
     for (int b = 0; b < r->B; b++) {
         double mass = 0;
-        int hit = 0;
+        int k = 0;
         for (int t = 0; t < r->n_disp; t++)
             if (r->disp_sample[t] == b) {
                 int e = r->disp_expert[t];
-                hit = 1;
-                if (e >= 0 && e < r->N) mass += r->prob[(size_t)b * r->N + e];
+                k++;
+                if (e >= 0 && e < N) mass += r->prob[(size_t)b * N + e];
             }
-        n += s->dropped ? !hit : mass < s->threshold;
+        if (s->dropped) n += k == 0;
+        else if (k < N) n += (mass - (double)k / N) / (1 - (double)k / N) < s->threshold;
     }
     return n;
 }
