@@ -607,18 +607,18 @@ static void same_runs(const char *straight, const char *resumed) {
 /* 4 epochs straight, then the same run stopped at `stop_step` and resumed: same results.
  * Both runs use the same run directory path (the straight one is moved away first), so
  * their configs, and the checkpoints' config hashes, are the same. */
-static void equivalence(const char *tag, const char *args, int stop_step, int stop_epoch) {
+static void equivalence_of(const char *config, const char *tag, const char *args, int stop_step, int stop_epoch) {
     const char *tmp = tu_tmpdir(tag);
     char dir[256], run[512], straight[512];
     snprintf(dir, sizeof dir, "%s", tmp);
     snprintf(run, sizeof run, "%s/test-synth/r", dir);
     snprintf(straight, sizeof straight, "%s/straight", dir);
     const char *b = tu_build();
-    int rc = sh("%s/moelab run " SYNTH " train.epochs=4 %s results.dir=%s results.run_id=r", b, args, dir);
+    int rc = sh("%s/moelab run %s train.epochs=4 %s results.dir=%s results.run_id=r", b, config, args, dir);
     ck_assert_msg(rc == 0, "%s", out);
     ck_assert_int_eq(rename(run, straight), 0);
-    rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=%d %s/moelab run " SYNTH " train.epochs=4 %s results.dir=%s results.run_id=r",
-            stop_step, b, args, dir);
+    rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=%d %s/moelab run %s train.epochs=4 %s results.dir=%s results.run_id=r",
+            stop_step, b, config, args, dir);
     ck_assert_msg(rc == 130, "exit %d: %s", rc, out);
     char line[1024];
     snprintf(line, sizeof line, "moelab: interrupted at epoch %d step %d; resume with: moelab run --resume %s\n", stop_epoch,
@@ -636,6 +636,10 @@ static void equivalence(const char *tag, const char *args, int stop_step, int st
     ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
     assert_out("from checkpoint 'interrupt'");
     same_runs(straight, run);
+}
+
+static void equivalence(const char *tag, const char *args, int stop_step, int stop_epoch) {
+    equivalence_of(SYNTH, tag, args, stop_step, stop_epoch);
 }
 
 START_TEST(resume_mid_epoch_is_exact) {
@@ -698,6 +702,16 @@ START_TEST(resume_across_additions_and_removals_is_exact) {
                 "schedule.mass_threshold=0.9 schedule.max=8 router.k=1 growth.init=drop_upcycle growth.router_noise=0.05 "
                 "results.log_every_steps=8 health.new_expert_steps=30",
                 70, 2);
+}
+END_TEST
+
+/* The segmentation model, whose experts differ in kind (texture, frequency, edge, contrast):
+   expert 0 of a layer removed (so the resumed layer, made with a texture expert 0, must be
+   rebuilt as the checkpoint's kinds say), a drop-upcycled and two copied experts put at
+   numbers where the kind list has other kinds, two experts removed from another layer;
+   stopped at step 10 and resumed: the same checkpoints and files. */
+START_TEST(resume_of_segmentation_experts_is_exact) {
+    equivalence_of("tests/fixtures/resume/cod.yaml", "eqcod", "script=tests/fixtures/resume/cod.lua", 10, 2);
 }
 END_TEST
 
@@ -974,6 +988,7 @@ static Suite *suite(void) {
     tcase_add_test(c, resume_after_script_changes_is_exact);
     tcase_add_test(c, resume_at_epoch_end_and_from_last);
     tcase_add_test(c, resume_across_additions_and_removals_is_exact);
+    tcase_add_test(c, resume_of_segmentation_experts_is_exact);
     tcase_add_test(c, script_state_round_trip);
     tcase_add_test(c, sigint_stops_cleanly);
     tcase_add_test(c, resume_refusals);
