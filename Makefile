@@ -39,6 +39,9 @@ TPLUGINS   := $(patsubst tests/plugins/%.c,$(BUILD)/tests/plugins/%.so,$(TPLUG_S
 ABI10_SRC  := $(wildcard tests/abi/1.0/*.c)
 ABI10_SO   := $(patsubst tests/abi/1.0/%.c,$(BUILD)/tests/abi/1.0/%.so,$(ABI10_SRC)) \
               $(patsubst tests/abi/1.0/%.c,$(BUILD)/tests/abi/now/%.so,$(ABI10_SRC))
+# the frozen ABI 1.1 fixtures (tests/abi/1.1): built against the frozen 1.1 header
+ABI11_SRC  := $(wildcard tests/abi/1.1/*.c)
+ABI11_SO   := $(patsubst tests/abi/1.1/%.c,$(BUILD)/tests/abi/1.1/%.so,$(ABI11_SRC))
 TEST_SRC   := $(wildcard tests/check_*.c)
 TESTS      := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 
@@ -95,6 +98,9 @@ $(TPLUG_VARIANTS:%=$(BUILD)/tests/plugins/%.so): $(BUILD)/tests/plugins/%.so: te
 $(BUILD)/tests/abi/1.0/%.so: tests/abi/1.0/%.c tests/abi/1.0/moelab/plugin.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 $(WARN) $(PLUGIN_OPT) -g -fPIC -shared -fvisibility=hidden -Itests/abi/1.0 $(EXTRA_CFLAGS) $< -o $@ -lm
+$(BUILD)/tests/abi/1.1/%.so: tests/abi/1.1/%.c tests/abi/1.1/moelab/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(WARN) $(PLUGIN_OPT) -g -fPIC -shared -fvisibility=hidden -Itests/abi/1.1 $(EXTRA_CFLAGS) $< -o $@ -lm
 $(BUILD)/tests/abi/now/%.so: tests/abi/1.0/%.c core/include/moelab/plugin.h
 	@mkdir -p $(dir $@)
 	$(CC) $(PLUGIN_CFLAGS) -Wno-missing-field-initializers $< -o $@ -lm
@@ -114,7 +120,7 @@ test: deps-test
 	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test
 	@sh tools/run-tests.sh $(BUILD) $(TESTS)
 
-check-build: all $(TPLUGINS) $(ABI10_SO) $(TESTS)
+check-build: all $(TPLUGINS) $(ABI10_SO) $(ABI11_SO) $(TESTS)
 
 check-layers:
 	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test

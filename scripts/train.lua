@@ -1,7 +1,7 @@
 -- train.lua — moelab's default training loop, in plain Lua.
 --
 -- Per epoch: warm up the load-balance coefficient, train (asking the growth-schedule
--- plugin after every step whether to add experts), evaluate, check each MoE layer's
+-- plugin after every step whether to add or remove experts), evaluate, check each MoE layer's
 -- routing health and raise a warning event when a layer has collapsed, and keep the best
 -- checkpoint by validation loss. Settings come from the config's `params:` section:
 --
@@ -31,12 +31,15 @@ local warm_epochs = P.warmup_epochs or 20
 local on_collapse = P.on_collapse or "warn"
 local ckpt_every = cfg.results.checkpoint_every or 0
 
--- Growth: the schedule plugin decides, the script carries it out.
+-- Growth: the schedule plugin decides, the script carries it out, layer by layer: the
+-- removals first (their ids name the experts before the decision), then the additions,
+-- which start as the config's growth.init says (random, copy or drop_upcycle).
 local function grow()
-  local add = exp.schedule:decide()
-  if add then
-    for layer, n in pairs(add) do
-      if n > 0 then exp.moe[layer]:add_experts(n, exp.schedule.name) end
+  local d = exp.schedule:decide()
+  if d then
+    for layer, step in ipairs(d.layers) do
+      if #step.remove > 0 then exp.moe[layer]:remove_experts(step.remove, exp.schedule.name) end
+      if step.add > 0 then exp.moe[layer]:add_experts(step.add, exp.schedule.name) end
     end
   end
 end

@@ -233,6 +233,81 @@ START_TEST(abi_1_1_entry_points_in_a_run) {
 }
 END_TEST
 
+/* ---------------------------------------------------------------- ABI 1.1 */
+
+START_TEST(sizes_of_1_1_match_the_frozen_header) {
+    void *h = dlopen(so("abi/1.1", "sizes"), RTLD_NOW | RTLD_LOCAL);
+    ck_assert_msg(h != NULL, "%s", dlerror());
+    const abi_size *s = dlsym(h, "moelab_abi_1_1_sizes");
+    ck_assert_ptr_nonnull(s);
+    int n = 0;
+    for (; s[n].name; n++)
+        ck_assert_msg(ml_abi_size_1_1(s[n].name) == s[n].size, "%s: the frozen 1.1 header says %zu bytes, the host "
+                      "believes %zu", s[n].name, s[n].size, ml_abi_size_1_1(s[n].name));
+    ck_assert_int_ge(n, 15);
+    /* 1.2 grew these: the host must not have confused the two */
+    ck_assert_uint_gt(sizeof(ml_schedule_api), ml_abi_size_1_1("ml_schedule_api"));
+    ck_assert_uint_gt(sizeof(ml_router_event), ml_abi_size_1_1("ml_router_event"));
+    dlclose(h);
+}
+END_TEST
+
+/* A 1.1 router (per-expert parameters and state) and a 1.1 schedule pass plugin-test on
+   today's host; the router's removal check passes with the host keeping its rows. */
+START_TEST(plugins_of_1_1_pass_plugin_test) {
+    static const char *const names[] = {"counting_v1_1", "grow_v1_1"};
+    for (int i = 0; i < 2; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        int failed = ml_plugin_conformance(so("abi/1.1", names[i]), f);
+        fclose(f);
+        ck_assert_msg(failed == 0, "%s", text);
+        ck_assert_ptr_nonnull(strstr(text, "abi 1.1"));
+        if (i == 0) {
+            ck_assert_msg(strstr(text, "PASS experts removed (N 6 -> 4, experts 1 and 4)"), "%s", text);
+            ck_assert_msg(strstr(text, "built before ABI 1.2: not told"), "%s", text);
+        }
+        free(text);
+    }
+    ml_plugins_unload_all();
+}
+END_TEST
+
+/* A run with the 1.1 router and schedule while a script removes experts: it trains on, the
+   router's per-expert tensors follow the layer (shape checked in the last checkpoint). */
+START_TEST(plugins_of_1_1_train_through_removals) {
+    const char *root = tu_tmpdir("abi11rm");
+    int rc = tu_sh("%s/moelab run tests/fixtures/run/synth.yaml results.dir=%s results.run_id=r train.epochs=3 "
+                   "router.name=%s schedule.name=%s script=tests/fixtures/abi/remove.lua",
+                   tu_build(), root, so("abi/1.1", "counting_v1_1"), so("abi/1.1", "grow_v1_1"));
+    ck_assert_msg(rc == 0, "%s", tu_out);
+    ck_assert_msg(strstr(tu_out, "experts at the end: "), "%s", tu_out);
+    char run[512];
+    snprintf(run, sizeof run, "%s/test-synth/r", root);
+    char *ev = tu_slurp(tu_path("%s/events.jsonl", run), NULL);
+    ck_assert_msg(strstr(ev, "\"kind\":\"experts_removed\",\"layer\":1,\"removed\":[1],\"from\":4,\"to\":3,\"kept\":[0,2,3]"),
+                  "%s", ev);
+    ck_assert_msg(strstr(ev, "\"reason\":\"grow_v1_1\""), "the 1.1 schedule never grew:\n%s", ev);
+    free(ev);
+    int n = 0;
+    const char *p = strstr(tu_out, "experts at the end: ");
+    sscanf(p + 20, "%d", &n);
+    ml_st_file *f = ml_st_open(tu_path("%s/checkpoints/last.safetensors", run));
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    int nd;
+    int64_t sh[4];
+    const float *c = ml_st_get(f, "moe1.router.count", &nd, sh), *w = ml_st_get(f, "moe1.router.w", &nd, sh);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(w);
+    ck_assert_int_eq(sh[0], n);
+    ml_st_get(f, "moe1.router.count", &nd, sh);
+    ck_assert_int_eq(sh[0], n);
+    ml_st_close(f);
+    tu_rm_rf(root);
+}
+END_TEST
+
 static Suite *abi_suite(void) {
     Suite *s = suite_create("abi");
     TCase *t = tcase_create("abi");
@@ -243,6 +318,9 @@ static Suite *abi_suite(void) {
     tcase_add_test(t, plugins_of_1_0_train_as_today);
     tcase_add_test(t, one_tensor_limit_for_plugin_test_and_runs);
     tcase_add_test(t, abi_1_1_entry_points_in_a_run);
+    tcase_add_test(t, sizes_of_1_1_match_the_frozen_header);
+    tcase_add_test(t, plugins_of_1_1_pass_plugin_test);
+    tcase_add_test(t, plugins_of_1_1_train_through_removals);
     suite_add_tcase(s, t);
     return s;
 }

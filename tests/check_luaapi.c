@@ -72,6 +72,18 @@ END_TEST
 
 /* Method tables and field getters: unknown fields list the fields, read-only fields say so,
    argument errors are luaL_argerror's, values assigned to fields are checked. */
+/* exp.schedule:decide() keeps its old shape for pairs and ipairs and carries removals in
+   d.layers / d.remove; remove_experts returns the new count and the kept ids. */
+START_TEST(decide_with_removals) {
+    char run[512];
+    int rc = run_script("decide.lua", "train.epochs=2 schedule.name=dynmoe schedule.window=8 schedule.interval=16 "
+                        "schedule.mass_threshold=0.9 router.k=1", run, sizeof run, NULL);
+    ck_assert_msg(rc == 0, "exit %d:\n%s", rc, tu_out);
+    assert_out("decide ok: ");
+    remove_run(run);
+}
+END_TEST
+
 START_TEST(messages_read_like_lua) {
     char run[512];
     int rc = run_script("messages.lua", "train.epochs=1", run, sizeof run, NULL);
@@ -181,6 +193,7 @@ static Suite *suite(void) {
     tcase_set_timeout(c, 60);
     tcase_add_test(c, binding_errors_leave_nothing_behind);
     tcase_add_test(c, messages_read_like_lua);
+    tcase_add_test(c, decide_with_removals);
     suite_add_tcase(s, c);
     c = tcase_create("api");
     tcase_set_timeout(c, 60);

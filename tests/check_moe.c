@@ -4,6 +4,8 @@
 #include <string.h>
 
 #include "model/moe.h"
+#include "model/cod_experts.h"
+#include "nn/optim.h"
 #include "nn/gradcheck.h"
 #include "plugin/loader.h"
 #include "plugin/options.h"
@@ -190,7 +192,7 @@ static int pix_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
             }
     return ML_OK;
 }
-static const ml_expert_kind pix = {"pix", pix_create, pix_free, pix_describe, pix_reserve, pix_forward, pix_backward, NULL};
+static const ml_expert_kind pix = {"pix", pix_create, pix_free, pix_describe, pix_reserve, pix_forward, pix_backward, NULL, NULL};
 
 /* The router sees each map's channel means; gradients reach the input through the experts,
    the gates and the pool, and the experts' and router's parameters: finite differences. */
@@ -264,7 +266,7 @@ START_TEST(growth_keeps_old_experts) {
     ml_tensor *t_old = malloc((size_t)old.count * sizeof *t_old);
     memcpy(t_old, old.t, (size_t)old.count * sizeof *t_old);
     int n_old = old.count;
-    ck_assert_int_eq(ml_moe_grow_declare(k.m, 2), ML_OK);
+    ck_assert_int_eq(ml_moe_grow_declare(k.m, 2, NULL), ML_OK);
     ml_rng rng;
     ml_rng_seed(&rng, 9);
     ck_assert_int_eq(ml_params_commit(&k.P, &rng), ML_OK);
@@ -286,6 +288,306 @@ START_TEST(growth_keeps_old_experts) {
     free(w_old);
     free(t_old);
     teardown(&k);
+}
+END_TEST
+
+
+/* ------------------------------------------------------ removal and new experts */
+
+/* A copy of a tensor's values, Adam moments and step count. */
+typedef struct tsnap {
+    float *v, *m, *w;
+    size_t n;
+    int64_t step;
+} tsnap;
+
+static tsnap snap_of(const ml_params *P, const char *name) {
+    int h = ml_params_find(P, name);
+    ck_assert_msg(h >= 0, "no tensor %s", name);
+    const ml_tensor *t = &P->t[h];
+    tsnap s = {malloc(t->n * sizeof(float)), NULL, NULL, t->n, t->step};
+    memcpy(s.v, P->data + t->off, t->n * sizeof(float));
+    if (P->m) {
+        s.m = malloc(t->n * sizeof(float)), s.w = malloc(t->n * sizeof(float));
+        memcpy(s.m, P->m + t->off, t->n * sizeof(float));
+        memcpy(s.w, P->v + t->off, t->n * sizeof(float));
+    }
+    return s;
+}
+
+static void snap_free(tsnap *s) { free(s->v), free(s->m), free(s->w); }
+
+/* Tensor name holds exactly the snapshot (row offset `row` of rows of `cols`, when given). */
+static void same_as(const ml_params *P, const char *name, const tsnap *s, size_t from, size_t n) {
+    int h = ml_params_find(P, name);
+    ck_assert_msg(h >= 0, "no tensor %s", name);
+    const ml_tensor *t = &P->t[h];
+    if (!n) n = s->n;
+    ck_assert_msg(memcmp(P->data + t->off, s->v + from, n * sizeof(float)) == 0, "%s: values differ", name);
+    if (P->m) {
+        ck_assert_msg(memcmp(P->m + t->off, s->m + from, n * sizeof(float)) == 0, "%s: first moments differ", name);
+        ck_assert_msg(memcmp(P->v + t->off, s->w + from, n * sizeof(float)) == 0, "%s: second moments differ", name);
+        ck_assert_int_eq(t->step, s->step);
+    }
+}
+
+/* Two Adam steps, so moments and step counts hold something to keep. */
+static void train_two_steps(ctx *k) {
+    ml_optim o = {.kind = ML_OPTIM_ADAM, .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    ml_optim_place(&o, &k->P);
+    for (int it = 0; it < 2; it++) {
+        float y[B * 16], dz[B * 16] = {0};
+        ml_params_zero_grad(&k->P);
+        ck_assert_int_eq(ml_moe_forward(k->m, k->z, y, B, 1, k->ids, NULL, 0), ML_OK);
+        ck_assert_int_eq(ml_moe_backward(k->m, k->c, dz), ML_OK);
+        ml_optim_step(&o, &k->P);
+    }
+}
+
+static const char *const mlp_parts[4] = {"w1", "b1", "w2", "b2"};
+
+/* Removing experts 1 and 3 of 5: experts 0, 2, 4 become 0, 1, 2 with their values, Adam
+   moments and step counts exactly; the router's per-expert rows (parameters, moments and
+   state) follow; the removed experts' tensors are gone; training goes on. */
+START_TEST(removal_keeps_the_others_exactly) {
+    ctx k;
+    setup(&k, "saturation", 5, NULL, NULL); /* per-expert router parameters and state */
+    train_two_steps(&k);
+    tsnap ex[5][4];
+    char name[96];
+    for (int e = 0; e < 5; e++)
+        for (int i = 0; i < 4; i++) {
+            snprintf(name, sizeof name, "moe1.expert%d.%s", e, mlp_parts[i]);
+            ex[e][i] = snap_of(&k.P, name);
+        }
+    tsnap rw = snap_of(&k.P, "moe1.router.w"), rs = snap_of(&k.S, "moe1.router.saturation");
+    size_t wcols = rw.n / 5;
+    int live = k.P.n_live;
+    static const int kept[3] = {0, 2, 4};
+    ck_assert_int_eq(ml_moe_remove_declare(k.m, kept, 3), ML_OK);
+    ml_rng rng;
+    ml_rng_seed(&rng, 5);
+    ck_assert_int_eq(ml_params_commit(&k.P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&k.S, &rng), ML_OK);
+    ck_assert_int_eq(ml_moe_remove_finish(k.m, kept, 5), ML_OK);
+    ck_assert_int_eq(k.m->N, 3);
+    ck_assert_int_eq(k.m->router.N, 3);
+    ck_assert_int_eq(k.P.n_live, live - 2 * 4);
+    for (int j = 0; j < 3; j++)
+        for (int i = 0; i < 4; i++) {
+            snprintf(name, sizeof name, "moe1.expert%d.%s", j, mlp_parts[i]);
+            same_as(&k.P, name, &ex[kept[j]][i], 0, 0);
+            ck_assert_int_eq(ml_params_find(&k.P, name), k.m->th[j][i]);
+        }
+    for (int e = 3; e < 5; e++) {
+        snprintf(name, sizeof name, "moe1.expert%d.w1", e);
+        ck_assert_int_lt(ml_params_find(&k.P, name), 0);
+    }
+    /* router rows: w (N, D) with its moments, and the saturation state */
+    int hw = ml_params_find(&k.P, "moe1.router.w"), hs = ml_params_find(&k.S, "moe1.router.saturation");
+    ck_assert_int_eq(k.P.t[hw].shape[0], 3);
+    for (int j = 0; j < 3; j++) {
+        const ml_tensor *t = &k.P.t[hw];
+        ck_assert_int_eq(memcmp(k.P.data + t->off + j * wcols, rw.v + kept[j] * wcols, wcols * sizeof(float)), 0);
+        ck_assert_int_eq(memcmp(k.P.m + t->off + j * wcols, rw.m + kept[j] * wcols, wcols * sizeof(float)), 0);
+        ck_assert_float_eq(ml_params_data(&k.S, hs)[j], rs.v[kept[j]]);
+    }
+    /* and it trains on with three experts */
+    train_two_steps(&k);
+    for (int i = 0; i < k.P.count; i++)
+        if (!k.P.t[i].removed)
+            for (size_t x = 0; x < k.P.t[i].n; x++) ck_assert(isfinite(ml_params_data(&k.P, i)[x]));
+    for (int e = 0; e < 5; e++)
+        for (int i = 0; i < 4; i++) snap_free(&ex[e][i]);
+    snap_free(&rw), snap_free(&rs);
+    teardown(&k);
+}
+END_TEST
+
+/* Grows a layer by n experts started by `in` (as ml_exp_add_experts does). */
+static void grow_with(ctx *k, int n, ml_moe_init *in) {
+    int old = k->m->N;
+    ml_rng rng;
+    ml_rng_seed(&rng, 21);
+    in->rng = &rng;
+    ck_assert_int_eq(ml_moe_grow_declare(k->m, n, NULL), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&k->P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&k->S, &rng), ML_OK);
+    ck_assert_msg(ml_moe_init_experts(k->m, old, n, in) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(ml_moe_grow_finish(k->m, old), ML_OK);
+}
+
+/* copy (sparse upcycling): the new experts equal their source, their Adam moments are zero
+   and their step counts 0; the router rows are the source's (router_noise 0) */
+START_TEST(copy_equals_the_source) {
+    ctx k;
+    setup(&k, "softmax_topk", 3, NULL, NULL);
+    train_two_steps(&k);
+    const int src[2] = {1, 1};
+    ml_moe_init in = {ML_EXPERT_INIT_COPY, src, 0, 0.5, 0, NULL};
+    grow_with(&k, 2, &in);
+    ck_assert_int_eq(k.m->N, 5);
+    char name[96];
+    for (int j = 3; j < 5; j++)
+        for (int i = 0; i < 4; i++) {
+            snprintf(name, sizeof name, "moe1.expert%d.%s", j, mlp_parts[i]);
+            int h = ml_params_find(&k.P, name);
+            ck_assert_int_eq(memcmp(ml_params_data(&k.P, h), ml_moe_param(k.m, 1, i), k.P.t[h].n * sizeof(float)), 0);
+            for (size_t x = 0; x < k.P.t[h].n; x++) ck_assert(k.P.m[k.P.t[h].off + x] == 0 && k.P.v[k.P.t[h].off + x] == 0);
+            ck_assert_int_eq(k.P.t[h].step, 0);
+        }
+    int hw = ml_params_find(&k.P, "moe1.router.w");
+    size_t cols = k.P.t[hw].n / 5;
+    const float *w = ml_params_data(&k.P, hw);
+    ck_assert_int_eq(memcmp(w + 3 * cols, w + 1 * cols, cols * sizeof(float)), 0);
+    /* noise: the copies differ from the source by about noise x its std */
+    const int src2[1] = {0};
+    ml_moe_init noisy = {ML_EXPERT_INIT_COPY, src2, 0.1, 0.5, 0.01, NULL};
+    grow_with(&k, 1, &noisy);
+    const float *a = ml_moe_param(k.m, 5, 0), *b = ml_moe_param(k.m, 0, 0);
+    double d2 = 0, s2 = 0, mu = 0;
+    size_t n = (size_t)H * D;
+    for (size_t x = 0; x < n; x++) mu += b[x] / (double)n;
+    for (size_t x = 0; x < n; x++) d2 += (double)(a[x] - b[x]) * (a[x] - b[x]), s2 += (b[x] - mu) * (b[x] - mu);
+    double ratio = sqrt(d2 / s2);
+    ck_assert_msg(ratio > 0.03 && ratio < 0.3, "noise 0.1 gave a relative difference of %g", ratio);
+    teardown(&k);
+}
+END_TEST
+
+/* drop_upcycle: floor(r H) hidden units re-initialised — the same units in w1's rows, b1
+   and w2's columns — from N(mean, std) of the source tensor; every other value a copy */
+START_TEST(drop_upcycle_reinitialises_exactly_the_share) {
+    enum { HB = 40 };
+    ctx k;
+    memset(&k, 0, sizeof k);
+    const ml_plugin *p = router("softmax_topk");
+    ml_optval opt[16];
+    ck_assert_int_eq(ml_option_defaults(p, opt), ML_OK);
+    ml_params_init(&k.P, 1);
+    ml_params_init(&k.S, 0);
+    k.m = ml_moe_new(0, D, HB, 2, p, opt, &k.P, &k.S, 7);
+    ck_assert_ptr_nonnull(k.m);
+    ml_rng rng;
+    ml_rng_seed(&rng, 3);
+    ck_assert_int_eq(ml_params_commit(&k.P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&k.S, &rng), ML_OK);
+    int U = 0;
+    ck_assert_int_eq(ml_moe_drop_units(k.m, 0, 0.25, &U), 10);
+    ck_assert_int_eq(U, HB);
+    const int src[2] = {1, 1};
+    ml_moe_init in = {ML_EXPERT_INIT_DROP_UPCYCLE, src, 0, 0.25, 0, NULL};
+    grow_with(&k, 2, &in);
+    int sets[2][HB];
+    for (int j = 0; j < 2; j++) {
+        const int e = 2 + j;
+        const float *w1 = ml_moe_param(k.m, e, 0), *b1 = ml_moe_param(k.m, e, 1), *w2 = ml_moe_param(k.m, e, 2);
+        const float *s1 = ml_moe_param(k.m, 1, 0), *sb = ml_moe_param(k.m, 1, 1), *s2 = ml_moe_param(k.m, 1, 2);
+        int dropped = 0;
+        for (int u = 0; u < HB; u++) {
+            int row = memcmp(w1 + u * D, s1 + u * D, D * sizeof(float)) != 0;
+            int all = 1;
+            for (int d = 0; d < D; d++) all &= w1[u * D + d] != s1[u * D + d];
+            ck_assert_msg(!row || all, "unit %d: a row of w1 is re-initialised whole or not at all", u);
+            ck_assert_int_eq(row, b1[u] != sb[u]);
+            for (int d = 0; d < D; d++) ck_assert_int_eq(row, w2[d * HB + u] != s2[d * HB + u]);
+            sets[j][u] = row;
+            dropped += row;
+        }
+        ck_assert_int_eq(dropped, 10);
+        ck_assert_int_eq(memcmp(ml_moe_param(k.m, e, 3), ml_moe_param(k.m, 1, 3), D * sizeof(float)), 0); /* b2 */
+    }
+    ck_assert_msg(memcmp(sets[0], sets[1], sizeof sets[0]) != 0, "each new expert samples its own units");
+    /* the re-initialised values follow the source's statistics (w1 ~ U(+-1/sqrt(D)): sd 0.289) */
+    double s = 0, q = 0;
+    int n = 0;
+    for (int u = 0; u < HB; u++)
+        if (sets[0][u])
+            for (int d = 0; d < D; d++) {
+                double v = ml_moe_param(k.m, 2, 0)[u * D + d];
+                s += v, q += v * v, n++;
+            }
+    double sd = sqrt(q / n - (s / n) * (s / n));
+    ck_assert_msg(sd > 0.12 && sd < 0.5, "re-initialised w1 values have sd %g", sd);
+    teardown(&k);
+}
+END_TEST
+
+
+/* The segmentation kinds: an expert keeps its kind (texture, frequency, ...) when removal
+   renumbers it and a copy takes its source's; drop_upcycle samples the branches' output
+   channels and re-initialises them in the branch convs and the fusion's input columns. */
+START_TEST(cod_experts_keep_their_kind) {
+    enum { C = 8, HH = 4, HW = 16, q = C / 4 };
+    ml_cod_expert_cfg cfg = {C, HH, HH, 4, {ML_COD_TEXTURE, ML_COD_FREQUENCY, ML_COD_EDGE, ML_COD_CONTRAST}};
+    const ml_plugin *p = router("softmax_topk");
+    ml_optval opt[16];
+    ck_assert_int_eq(ml_option_defaults(p, opt), ML_OK);
+    ml_params P, S;
+    ml_params_init(&P, 1);
+    ml_params_init(&S, 0);
+    ml_moe *m = ml_moe_new_spatial(0, C, HW, 5, &ml_expert_cod, &cfg, p, opt, &P, &S, 7);
+    ck_assert_msg(m != NULL, "%s", ml_error());
+    ml_rng rng;
+    ml_rng_seed(&rng, 3);
+    ck_assert_int_eq(ml_params_commit(&P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&S, &rng), ML_OK);
+    ck_assert_int_ge(ml_params_find(&P, "moe1.expert1.frequency.b0.w"), 0);
+    tsnap edge = snap_of(&P, "moe1.expert2.edge.b1.w");
+    static const int kept[4] = {0, 2, 3, 4};
+    ck_assert_int_eq(ml_moe_remove_declare(m, kept, 4), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&S, &rng), ML_OK);
+    ck_assert_int_eq(ml_moe_remove_finish(m, kept, 5), ML_OK);
+    ck_assert_int_eq(ml_moe_variant(m, 1), ML_COD_EDGE);
+    ck_assert_int_lt(ml_params_find(&P, "moe1.expert1.frequency.b0.w"), 0);
+    same_as(&P, "moe1.expert1.edge.b1.w", &edge, 0, 0);
+    ck_assert_int_ge(ml_params_find(&P, "moe1.expert3.texture.fuse.w"), 0);
+    /* a copy of expert 1 (edge) at index 4, where the list would put a texture expert */
+    int var = ml_moe_variant(m, 1), src = 1;
+    ck_assert_int_eq(ml_moe_grow_declare(m, 1, &var), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&S, &rng), ML_OK);
+    ml_moe_init in = {ML_EXPERT_INIT_COPY, &src, 0, 0.5, 0, &rng};
+    ck_assert_msg(ml_moe_init_experts(m, 4, 1, &in) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(ml_moe_grow_finish(m, 4), ML_OK);
+    int h4 = ml_params_find(&P, "moe1.expert4.edge.b1.w"); /* the copy's values (its moments are zero) */
+    ck_assert_int_ge(h4, 0);
+    ck_assert_int_eq(memcmp(ml_params_data(&P, h4), edge.v, edge.n * sizeof(float)), 0);
+    /* drop_upcycle of expert 0 (texture): half of the C branch channels */
+    int var0 = ml_moe_variant(m, 0), src0 = 0;
+    ck_assert_int_eq(ml_moe_grow_declare(m, 1, &var0), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&P, &rng), ML_OK);
+    ck_assert_int_eq(ml_params_commit(&S, &rng), ML_OK);
+    ml_moe_init du = {ML_EXPERT_INIT_DROP_UPCYCLE, &src0, 0, 0.5, 0, &rng};
+    ck_assert_msg(ml_moe_init_experts(m, 5, 1, &du) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(ml_moe_grow_finish(m, 5), ML_OK);
+    int changed = 0;
+    for (int j = 0; j < 4; j++) { /* branch j's weights (q, C, k, k): output channel u is unit j*q + u */
+        ml_expert_tensor t;
+        ck_assert_int_eq(ml_moe_expert_tensor(m, 5, 2 * j, &t), 0);
+        size_t per = (size_t)t.shape[1] * t.shape[2] * t.shape[3];
+        const float *a = ml_moe_param(m, 5, 2 * j), *b = ml_moe_param(m, 0, 2 * j);
+        const float *fa = ml_moe_param(m, 5, 8), *fb = ml_moe_param(m, 0, 8); /* fuse.w (C, C, 1, 1) */
+        for (int u = 0; u < q; u++) {
+            int row = memcmp(a + u * per, b + u * per, per * sizeof(float)) != 0;
+            int col = 0;
+            for (int o = 0; o < C; o++) col |= fa[o * C + j * q + u] != fb[o * C + j * q + u];
+            ck_assert_int_eq(row, col);
+            changed += row;
+        }
+    }
+    ck_assert_int_eq(changed, C / 2);
+    float x[2 * C * HW], y[2 * C * HW], dx[2 * C * HW] = {0}, c[2 * C * HW];
+    tu_fill(x, 2 * C * HW, 1, -1, 1);
+    tu_fill(c, 2 * C * HW, 2, -1, 1);
+    int32_t ids[2] = {0, 1};
+    ck_assert_int_eq(ml_moe_forward(m, x, y, 2, 1, ids, NULL, 0), ML_OK);
+    ck_assert_int_eq(ml_moe_backward(m, c, dx), ML_OK);
+    snap_free(&edge);
+    ml_moe_free(m);
+    ml_params_free(&P);
+    ml_params_free(&S);
 }
 END_TEST
 
@@ -313,6 +615,10 @@ int main(void) {
     tcase_add_test(t, dropped_samples_pass_through);
     tcase_add_test(t, growth_keeps_old_experts);
     tcase_add_test(t, routing_slots_bounded);
+    tcase_add_test(t, removal_keeps_the_others_exactly);
+    tcase_add_test(t, copy_equals_the_source);
+    tcase_add_test(t, drop_upcycle_reinitialises_exactly_the_share);
+    tcase_add_test(t, cod_experts_keep_their_kind);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

@@ -37,6 +37,7 @@ static const struct { int kind; const char *name; } builtins[] = {
     {ML_PLUGIN_LOSS, "z_loss"},         {ML_PLUGIN_LOSS, "mutual_info"},
     {ML_PLUGIN_LOSS, "global_load_balance"},
     {ML_PLUGIN_SCHEDULE, "fixed"},      {ML_PLUGIN_SCHEDULE, "progressive"},
+    {ML_PLUGIN_SCHEDULE, "dynmoe"},
 };
 #define NBUILTIN (int)(sizeof builtins / sizeof builtins[0])
 
@@ -281,14 +282,16 @@ END_TEST
 START_TEST(option_defaults) {
     const ml_plugin *p = ml_plugin_load(ML_PLUGIN_SCHEDULE, "progressive");
     ck_assert_ptr_nonnull(p);
-    ml_optval v[4];
-    ck_assert_int_eq(p->num_options, 4);
+    ml_optval v[6];
+    ck_assert_int_eq(p->num_options, 6);
     ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
     ck_assert_int_eq(v[0].i, 2);
     ck_assert_int_eq(v[1].i, 7000);
     ck_assert_int_eq(v[2].i, 1);
     ck_assert_int_eq(v[3].i, 16);
     ck_assert_int_eq(ml_option_find(p, "max"), 3);
+    ck_assert_int_eq(v[4].i, 0); /* prune_dead false */
+    ck_assert_int_eq(v[5].i, 300);
     ck_assert_int_eq(ml_option_find(p, "nope"), -1);
     p = ml_plugin_load(ML_PLUGIN_LOSS, "entropy");
     ck_assert_int_eq(ml_option_defaults(p, v), ML_OK);
@@ -807,9 +810,10 @@ static void sched_new(ml_schedule_inst *si, const char *name, const char *const 
 }
 
 static void decide(ml_schedule_inst *si, int64_t images, int n0, int n1, int want0, int want1) {
-    int ne[2] = {n0, n1}, add[2] = {0, 0};
+    int ne[2] = {n0, n1}, add[2] = {0, 0}, nrem[2], r0[64], r1[64], *rem[2] = {r0, r1};
     ml_progress p = {sizeof p, images, images / 64, 1, 2, ne, 60000, NULL, NULL};
-    ck_assert_msg(ml_schedule_inst_decide(si, &p, add) == ML_OK, "%s", ml_error());
+    ck_assert_msg(ml_schedule_inst_decide(si, &p, add, rem, nrem) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(nrem[0] + nrem[1], 0);
     ck_assert_msg(add[0] == want0 && add[1] == want1, "at %lld images with (%d, %d): add "
                   "(%d, %d), expected (%d, %d)", (long long)images, n0, n1, add[0], add[1],
                   want0, want1);
@@ -842,6 +846,141 @@ START_TEST(progressive_arithmetic) {
     ck_assert_int_eq(initial(&s, 0, 5), 5);
     decide(&s, 1000000, 5, 5, 0, 0);
     ml_schedule_inst_release(&s);
+}
+END_TEST
+
+/* ABI 1.2 schedules: state per layer, every step's routing observed, removals decided. */
+typedef struct sched_rig {
+    ml_schedule_inst si;
+    ml_params S;
+    int ne[2];
+} sched_rig;
+
+static void rig_new(sched_rig *g, const char *name, const char *const *kv, int n, int n0, int n1) {
+    memset(g, 0, sizeof *g);
+    sched_new(&g->si, name, kv, n);
+    ml_params_init(&g->S, 0);
+    g->ne[0] = n0, g->ne[1] = n1;
+    ck_assert_int_ge(ml_schedule_inst_declare_states(&g->si, &g->S, g->ne), 0);
+    ml_rng r;
+    ml_rng_seed(&r, 1);
+    ck_assert_int_eq(ml_params_commit(&g->S, &r), ML_OK);
+}
+
+static void rig_free(sched_rig *g) {
+    ml_schedule_inst_release(&g->si);
+    ml_params_free(&g->S);
+}
+
+/* One step of layer l: 4 samples, sample b to expert use[b] (-1: dropped) with probability
+   mass[b] there, the rest spread evenly. */
+static void rig_observe(sched_rig *g, int l, int64_t step, const int *use, const float *mass) {
+    int N = g->ne[l];
+    float prob[4 * 16], dg[4];
+    int32_t ds[4], de[4];
+    ml_routing_record r = {sizeof r, 4, N, prob, prob, ds, de, dg, 0, NULL, 0, l, 1, step - 1, NULL};
+    int dropped = 0;
+    for (int b = 0; b < 4; b++) {
+        for (int e = 0; e < N; e++) prob[b * N + e] = use[b] >= 0 ? (1 - mass[b]) / (N - 1) : 1.0f / N;
+        if (use[b] < 0) {
+            dropped++;
+            continue;
+        }
+        prob[b * N + use[b]] = mass[b];
+        ds[r.n_disp] = b, de[r.n_disp] = use[b], dg[r.n_disp] = mass[b];
+        r.n_disp++;
+    }
+    ck_assert_msg(ml_schedule_inst_observe(&g->si, l, 1, step, &r, dropped) == ML_OK, "%s", ml_error());
+}
+
+/* decide at `step`: returns the adds; removals into rem0/rem1 (n in *n0, *n1) */
+static void rig_decide(sched_rig *g, int64_t step, int *add, int *r0, int *n0, int *r1, int *n1) {
+    int nrem[2], *rem[2] = {r0, r1};
+    ml_progress p = {sizeof p, step * 64, step, 1, 2, g->ne, 60000, NULL, NULL};
+    ck_assert_msg(ml_schedule_inst_decide(&g->si, &p, add, rem, nrem) == ML_OK, "%s", ml_error());
+    *n0 = nrem[0], *n1 = nrem[1];
+}
+
+/* dynmoe on hand-made routing: an expert without a slot through the recording window is
+   removed, one expert is added where samples went unserved in it (low probability mass on
+   their experts, or no expert at all), nothing outside decision steps, once per step. */
+START_TEST(dynmoe_decisions) {
+    sched_rig g;
+    const char *kv[] = {"window", "4", "interval", "8", "max", "5"};
+    rig_new(&g, "dynmoe", kv, 3, 4, 3);
+    const int use0[4] = {0, 1, 2, 0}, use1[4] = {0, 1, 2, 1};
+    const float sure[4] = {0.9f, 0.9f, 0.9f, 0.9f}, unsure[4] = {0.9f, 0.2f, 0.9f, 0.9f};
+    for (int64_t st = 1; st <= 8; st++) {
+        rig_observe(&g, 0, st, use0, sure);                 /* layer 1: expert 3 never used */
+        rig_observe(&g, 1, st, use1, st == 2 ? unsure : sure); /* layer 2: one unsure sample, before the window */
+    }
+    int add[2], r0[8], r1[8], n0, n1;
+    rig_decide(&g, 7, add, r0, &n0, r1, &n1); /* not a decision step */
+    ck_assert(add[0] == 0 && add[1] == 0 && n0 == 0 && n1 == 0);
+    rig_decide(&g, 8, add, r0, &n0, r1, &n1);
+    ck_assert_int_eq(n0, 1);
+    ck_assert_int_eq(r0[0], 3);
+    ck_assert_msg(add[0] == 0 && add[1] == 0 && n1 == 0, "the unsure sample of step 2 was outside the window");
+    rig_decide(&g, 8, add, r0, &n0, r1, &n1); /* asked again in the same step */
+    ck_assert(add[0] == 0 && add[1] == 0 && n0 == 0 && n1 == 0);
+    /* carry the removal out as a run does: the state rows follow */
+    static const int kept[3] = {0, 1, 2};
+    ck_assert_int_eq(ml_schedule_inst_keep_rows(&g.si, 0, kept, 3), ML_OK);
+    g.ne[0] = 3;
+    ml_rng r;
+    ml_rng_seed(&r, 2);
+    ck_assert_int_eq(ml_params_commit(&g.S, &r), ML_OK);
+    for (int64_t st = 9; st <= 16; st++) {
+        rig_observe(&g, 0, st, use0, st == 14 ? unsure : sure); /* inside the window [13, 16] */
+        const int drop1[4] = {0, -1, 2, 1};
+        rig_observe(&g, 1, st, st == 15 ? drop1 : use1, sure);
+    }
+    rig_decide(&g, 16, add, r0, &n0, r1, &n1);
+    ck_assert_msg(add[0] == 1 && add[1] == 1 && n0 == 0 && n1 == 0, "add (%d, %d), remove (%d, %d)", add[0], add[1], n0, n1);
+    rig_free(&g);
+    /* signal dropped: only samples without an expert count; min keeps experts */
+    const char *kv2[] = {"window", "4", "interval", "4", "signal", "dropped", "min", "3"};
+    rig_new(&g, "dynmoe", kv2, 4, 4, 4);
+    const int one[4] = {0, 0, 0, 0}, drop[4] = {0, -1, 0, 0};
+    for (int64_t st = 1; st <= 4; st++) {
+        rig_observe(&g, 0, st, one, unsure); /* unsure, but served: not unserved here */
+        rig_observe(&g, 1, st, st == 3 ? drop : one, sure);
+    }
+    rig_decide(&g, 4, add, r0, &n0, r1, &n1);
+    ck_assert_int_eq(add[0], 0);
+    ck_assert_int_eq(add[1], 1);
+    ck_assert_msg(n0 == 1 && n1 == 1, "min 3 of 4: one removal each, got %d and %d", n0, n1);
+    ck_assert_int_eq(r0[0], 3); /* the most idle first; ties: the higher id */
+    rig_free(&g);
+}
+END_TEST
+
+/* prune_dead: progressive removes an expert dead for dead_window steps and refills the
+   layer to its target with a new one; fixed removes it and stays smaller. */
+START_TEST(prune_dead_decisions) {
+    const char *kv[] = {"prune_dead", "true", "dead_window", "3", "start", "4", "max", "4"};
+    const int use[4] = {0, 1, 2, 0}; /* expert 3 of layer 1 dead; layer 2 all used (N = 3) */
+    const float sure[4] = {0.9f, 0.9f, 0.9f, 0.9f};
+    for (int which = 0; which < 2; which++) {
+        sched_rig g;
+        rig_new(&g, which ? "fixed" : "progressive", kv, which ? 2 : 4, 4, 3);
+        int add[2], r0[8], r1[8], n0, n1;
+        for (int64_t st = 1; st <= 2; st++) {
+            rig_observe(&g, 0, st, use, sure);
+            rig_observe(&g, 1, st, use, sure);
+        }
+        rig_decide(&g, 2, add, r0, &n0, r1, &n1);
+        ck_assert_int_eq(n0, 0); /* idle 2 < 3 */
+        rig_observe(&g, 0, 3, use, sure);
+        rig_observe(&g, 1, 3, use, sure);
+        rig_decide(&g, 3, add, r0, &n0, r1, &n1);
+        ck_assert_int_eq(n0, 1);
+        ck_assert_int_eq(r0[0], 3);
+        ck_assert_int_eq(n1, 0);
+        ck_assert_int_eq(add[0], which ? 0 : 1); /* progressive refills to its target of 4 */
+        ck_assert_int_eq(add[1], which ? 0 : 1);
+        rig_free(&g);
+    }
 }
 END_TEST
 
@@ -944,6 +1083,8 @@ static Suite *plugins_suite(void) {
     tcase_add_test(l, global_load_balance_matches);
     tcase_add_test(l, global_load_balance_growth);
     tcase_add_test(l, progressive_arithmetic);
+    tcase_add_test(l, dynmoe_decisions);
+    tcase_add_test(l, prune_dead_decisions);
     suite_add_tcase(s, l);
 
     TCase *c = tcase_create("conformance");

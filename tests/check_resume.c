@@ -407,6 +407,70 @@ START_TEST(older_checkpoint_keeps_newer_experts) {
 }
 END_TEST
 
+
+/* The values of tensor name (a copy). */
+static float *values(const ml_model *m, const char *name, size_t *n) {
+    int h = ml_params_find(&m->P, name);
+    ck_assert_msg(h >= 0, "no tensor %s", name);
+    float *v = malloc(m->P.t[h].n * sizeof(float));
+    memcpy(v, ml_params_data(&m->P, h), m->P.t[h].n * sizeof(float));
+    if (n) *n = m->P.t[h].n;
+    return v;
+}
+
+static void holds(const ml_model *m, const char *name, const float *v) {
+    int h = ml_params_find(&m->P, name);
+    ck_assert_msg(h >= 0, "no tensor %s", name);
+    ck_assert_msg(!memcmp(ml_params_data(&m->P, h), v, m->P.t[h].n * sizeof(float)), "%s differs", name);
+}
+
+/* Checkpoints across a removal: one taken after it (fewer experts) loads into experts
+   0..M-1 of a layer that has grown since, the newer experts staying as they are; one taken
+   before it (more experts) grows the layer back and loads every expert; expert tensors load
+   by their names, which are the numbers of the checkpoint's time. */
+START_TEST(checkpoints_across_a_removal_load) {
+    const char *tmp = tu_tmpdir("ckrm");
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s", tmp);
+    ml_experiment *e = new_exp(dir, NULL);
+    ml_model *m = e->model;
+    ml_epoch_stats es;
+    ck_assert_int_eq(ml_exp_save_checkpoint(e, "before"), ML_OK);
+    float *b1 = values(m, "moe1.expert1.w1", NULL), *b2 = values(m, "moe1.expert2.w1", NULL);
+    const int one = 1;
+    ck_assert_msg(ml_exp_remove_experts(e, 0, &one, 1, "test") == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(m->moe[0]->N, 3);
+    holds(m, "moe1.expert1.w1", b2); /* old expert 2 is expert 1 now */
+    ck_assert_int_eq(ml_exp_train_epoch(e, NULL, NULL, &es), ML_OK);
+    ck_assert_int_eq(ml_exp_save_checkpoint(e, "after"), ML_OK);
+    float *a0 = values(m, "moe1.expert0.w1", NULL), *a2 = values(m, "moe1.expert2.w1", NULL);
+    ck_assert_int_eq(ml_exp_add_experts(e, 0, 2, "test"), ML_OK);
+    ck_assert_int_eq(ml_exp_train_epoch(e, NULL, NULL, &es), ML_OK);
+    float *n4 = values(m, "moe1.expert4.w1", NULL);
+    int ep;
+    int64_t st;
+    /* fewer experts in the file: 0..2 loaded, 3 and 4 kept */
+    ck_assert_msg(ml_exp_load_checkpoint(e, "after", &ep, &st) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(m->moe[0]->N, 5);
+    holds(m, "moe1.expert0.w1", a0);
+    holds(m, "moe1.expert2.w1", a2);
+    holds(m, "moe1.expert4.w1", n4);
+    /* more experts in the file than a layer shrunk since: it grows to them, all loaded */
+    static const int gone[3] = {0, 2, 4};
+    ck_assert_msg(ml_exp_remove_experts(e, 0, gone, 3, "test") == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(m->moe[0]->N, 2);
+    ck_assert_msg(ml_exp_load_checkpoint(e, "before", &ep, &st) == ML_OK, "%s", ml_error());
+    ck_assert_int_eq(m->moe[0]->N, 4);
+    holds(m, "moe1.expert1.w1", b1);
+    holds(m, "moe1.expert2.w1", b2);
+    int hr = ml_params_find(&m->P, "moe1.router.w");
+    ck_assert_int_eq(m->P.t[hr].shape[0], 4);
+    ck_assert_int_eq(ml_exp_train_epoch(e, NULL, NULL, &es), ML_OK);
+    free(b1), free(b2), free(a0), free(a2), free(n4);
+    ml_exp_free(e);
+}
+END_TEST
+
 /* ------------------------------------------------------------- resume, end to end */
 
 /* metadata of a safetensors file as a parsed JSON object (owned) and the data section */
@@ -543,18 +607,18 @@ static void same_runs(const char *straight, const char *resumed) {
 /* 4 epochs straight, then the same run stopped at `stop_step` and resumed: same results.
  * Both runs use the same run directory path (the straight one is moved away first), so
  * their configs, and the checkpoints' config hashes, are the same. */
-static void equivalence(const char *tag, const char *args, int stop_step, int stop_epoch) {
+static void equivalence_of(const char *config, const char *tag, const char *args, int stop_step, int stop_epoch) {
     const char *tmp = tu_tmpdir(tag);
     char dir[256], run[512], straight[512];
     snprintf(dir, sizeof dir, "%s", tmp);
     snprintf(run, sizeof run, "%s/test-synth/r", dir);
     snprintf(straight, sizeof straight, "%s/straight", dir);
     const char *b = tu_build();
-    int rc = sh("%s/moelab run " SYNTH " train.epochs=4 %s results.dir=%s results.run_id=r", b, args, dir);
+    int rc = sh("%s/moelab run %s train.epochs=4 %s results.dir=%s results.run_id=r", b, config, args, dir);
     ck_assert_msg(rc == 0, "%s", out);
     ck_assert_int_eq(rename(run, straight), 0);
-    rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=%d %s/moelab run " SYNTH " train.epochs=4 %s results.dir=%s results.run_id=r",
-            stop_step, b, args, dir);
+    rc = sh("MOELAB_TEST_INTERRUPT_AT_STEP=%d %s/moelab run %s train.epochs=4 %s results.dir=%s results.run_id=r",
+            stop_step, b, config, args, dir);
     ck_assert_msg(rc == 130, "exit %d: %s", rc, out);
     char line[1024];
     snprintf(line, sizeof line, "moelab: interrupted at epoch %d step %d; resume with: moelab run --resume %s\n", stop_epoch,
@@ -572,6 +636,10 @@ static void equivalence(const char *tag, const char *args, int stop_step, int st
     ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
     assert_out("from checkpoint 'interrupt'");
     same_runs(straight, run);
+}
+
+static void equivalence(const char *tag, const char *args, int stop_step, int stop_epoch) {
+    equivalence_of(SYNTH, tag, args, stop_step, stop_epoch);
 }
 
 /* The camouflage segmentation MoE (scripts/cod.lua, warm-up and the monitor in exp.state),
@@ -649,6 +717,30 @@ START_TEST(resume_after_script_changes_is_exact) {
                 "script=tests/fixtures/resume/optim.lua router.name=noisy_topk optim.name=adamw "
                 "\"optim.groups=[{name: backbone, match: 'enc.*'}, {name: experts, match: 'moe1.expert*'}]\"",
                 70, 2);
+}
+END_TEST
+
+/* Experts added (random by the schedule, copy, drop_upcycle) and removed (by the schedule
+   and by the script, from the middle of the layer, renumbering the rest) while the run goes,
+   with a schedule that keeps state (dynmoe: idle counts, a recording window) and a frozen
+   expert renamed by a removal; stopped at step 70, after a removal and inside a recording
+   window, and resumed: the same checkpoints, byte for byte, and the same files. */
+START_TEST(resume_across_additions_and_removals_is_exact) {
+    equivalence("eqremove",
+                "script=tests/fixtures/resume/growth.lua schedule.name=dynmoe schedule.window=8 schedule.interval=16 "
+                "schedule.mass_threshold=0.9 schedule.max=8 router.k=1 growth.init=drop_upcycle growth.router_noise=0.05 "
+                "results.log_every_steps=8 health.new_expert_steps=30",
+                70, 2);
+}
+END_TEST
+
+/* The segmentation model, whose experts differ in kind (texture, frequency, edge, contrast):
+   expert 0 of a layer removed (so the resumed layer, made with a texture expert 0, must be
+   rebuilt as the checkpoint's kinds say), a drop-upcycled and two copied experts put at
+   numbers where the kind list has other kinds, two experts removed from another layer;
+   stopped at step 10 and resumed: the same checkpoints and files. */
+START_TEST(resume_of_segmentation_experts_is_exact) {
+    equivalence_of("tests/fixtures/resume/cod.yaml", "eqcod", "script=tests/fixtures/resume/cod.lua", 10, 2);
 }
 END_TEST
 
@@ -914,6 +1006,7 @@ static Suite *suite(void) {
     tcase_add_test(c, nonfinite_weights_never_saved);
     tcase_add_test(c, rng_of_every_layer_saved);
     tcase_add_test(c, older_checkpoint_keeps_newer_experts);
+    tcase_add_test(c, checkpoints_across_a_removal_load);
     suite_add_tcase(s, c);
     c = tcase_create("resume");
     tcase_set_timeout(c, 120);
@@ -924,6 +1017,8 @@ static Suite *suite(void) {
     tcase_add_test(c, resume_with_relu_and_global_balance_is_exact);
     tcase_add_test(c, resume_after_script_changes_is_exact);
     tcase_add_test(c, resume_at_epoch_end_and_from_last);
+    tcase_add_test(c, resume_across_additions_and_removals_is_exact);
+    tcase_add_test(c, resume_of_segmentation_experts_is_exact);
     tcase_add_test(c, script_state_round_trip);
     tcase_add_test(c, sigint_stops_cleanly);
     tcase_add_test(c, resume_refusals);

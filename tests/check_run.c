@@ -449,7 +449,7 @@ START_TEST(provenance_in_summary) {
         const char *f = member(&pl->items[i], "path")->str;
         ck_assert_int_eq(ml_sha256_file(f, hex), ML_OK);
         ck_assert_str_eq(member(&pl->items[i], "sha256")->str, hex);
-        ck_assert_str_eq(member(&pl->items[i], "abi")->str, "1.1");
+        ck_assert_str_eq(member(&pl->items[i], "abi")->str, "1.2");
     }
     ck_assert_int_eq(run("sha256sum %s | cut -c1-64", member(&pl->items[0], "path")->str, ""), 0);
     ck_assert_int_eq(strncmp(out, member(&pl->items[0], "sha256")->str, 64), 0);

@@ -186,6 +186,22 @@ static const cfg_key cfg_schema[] = {
     PLUG("schedule", ML_PLUGIN_SCHEDULE, "the growth schedule plugin and its options"),
     STR("schedule.name", "fixed", 0, "schedule plugin name"),
 
+    SEC("growth", "how experts added during training start (add_experts without options, and so the "
+        "schedule's additions in scripts/train.lua; docs/routing.md, growth)"),
+    ENUM("growth.init", "random", 0, "random|copy|drop_upcycle",
+         "`random`: each tensor by its own init; `copy`: a copy of an existing expert (sparse upcycling, "
+         "Komatsuzaki et al. 2022); `drop_upcycle`: a copy with a share `ratio` of its intermediate units "
+         "re-initialised (Nakamura et al. 2025)"),
+    INT("growth.source", "-1", -1, 4095,
+        "copy, drop_upcycle: the expert copied (its id, from 0); -1 = the most loaded ones, heaviest first"),
+    FLT("growth.noise", "0", 0, NOHI, 0,
+        "copy, drop_upcycle: Gaussian noise added to the copied values, std = noise x the tensor's std "
+        "(0 = exact copies, as the paper)"),
+    FLT("growth.ratio", "0.5", 0, 1, 0, "drop_upcycle: share r of the units re-initialised (the paper's r = 0.5)"),
+    FLT("growth.router_noise", "0.01", 0, NOHI, 0,
+        "copy, drop_upcycle: the router's rows of the new expert are the source's plus Gaussian noise, "
+        "std = router_noise x the tensor's std, so the two can part"),
+
     SEC("optim", "the optimizer"),
     ENUM("optim.name", "adam", 0, "adam|adamw|sgd",
          "optimizer: `adam` (torch.optim.Adam), `adamw` (torch.optim.AdamW, decoupled weight decay), "

@@ -295,6 +295,7 @@ typedef struct class_def {
 } class_def;
 
 static void guard(lua_State *L);
+static void loop_check(lua_State *L, lua_Integer i);
 
 /* "a, b, c" of the names of one or two luaL_Reg tables */
 static void reg_names(const luaL_Reg *a, const luaL_Reg *b, char *buf, size_t n) {
@@ -846,6 +847,58 @@ static moe_ud *check_moe(lua_State *L) {
     return u;
 }
 
+/* add_experts' options table {init=, source=, noise=, ratio=, router_noise=, reason=} over
+   the config's growth.* defaults in *g. */
+static const char *read_growth(lua_State *L, int idx, const ml_experiment *e, int layer, ml_growth *g) {
+    static const char *const keys[] = {"init", "source", "noise", "ratio", "router_noise", "reason", NULL};
+    const char *reason = "script";
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (lua_type(L, -2) != LUA_TSTRING)
+            luaL_argerror(L, idx, lua_pushfstring(L, "option names must be strings, got %s", luaL_typename(L, -2)));
+        const char *k = lua_tostring(L, -2);
+        int which = -1;
+        for (int i = 0; keys[i]; i++)
+            if (!strcmp(k, keys[i])) which = i;
+        if (which < 0)
+            luaL_argerror(L, idx, lua_pushfstring(L, "unknown option '%s' (options: init, source, noise, ratio, "
+                                                         "router_noise, reason)", k));
+        if (which == 0 || which == 5) {
+            if (lua_type(L, -1) != LUA_TSTRING)
+                luaL_argerror(L, idx, lua_pushfstring(L, "'%s' must be a string, got %s", k, luaL_typename(L, -1)));
+            if (which == 5) {
+                reason = lua_tostring(L, -1);
+            } else {
+                int m = ml_growth_init_from_name(lua_tostring(L, -1));
+                if (m < 0)
+                    luaL_argerror(L, idx, lua_pushfstring(L, "init '%s': expected random, copy or drop_upcycle",
+                                                             lua_tostring(L, -1)));
+                g->init = (ml_expert_init)m;
+            }
+        } else if (which == 1) {
+            int isint;
+            lua_Integer v = lua_tointegerx(L, -1, &isint);
+            int N = e->model->moe[layer]->N;
+            if (!isint || v < 0 || v >= N)
+                luaL_argerror(L, idx, lua_pushfstring(L, "source must be an expert id in 0..%d (experts count from 0)",
+                                                         N - 1));
+            g->source = (int)v;
+        } else {
+            int isnum;
+            double v = lua_tonumberx(L, -1, &isnum);
+            if (!isnum || lua_type(L, -1) != LUA_TNUMBER || !isfinite(v) || v < 0 || (which == 3 && v > 1))
+                luaL_argerror(L, idx, lua_pushfstring(L, "'%s' must be a finite number %s", k,
+                                                         which == 3 ? "in [0, 1]" : ">= 0"));
+            if (which == 2) g->noise = v;
+            else if (which == 3) g->ratio = v;
+            else g->router_noise = v;
+        }
+        lua_pop(L, 1);
+    }
+    return reason;
+}
+
+/* moe:add_experts(n [, reason | {init=, source=, noise=, ratio=, router_noise=, reason=}]) */
 static int l_add_experts(lua_State *L) {
     moe_ud *u = check_moe(L);
     lua_Integer n = luaL_checkinteger(L, 2);
@@ -854,10 +907,58 @@ static int l_add_experts(lua_State *L) {
     if (u->e->model->moe[u->layer]->N + n > ML_MOE_MAX_EXPERTS)
         return luaL_error(L, "add_experts: a layer holds at most 4096 experts (layer %d has %d, asked for %d more)",
                           u->layer + 1, u->e->model->moe[u->layer]->N, (int)n);
-    const char *reason = luaL_optstring(L, 3, "script");
-    if (ml_exp_add_experts(u->e, u->layer, (int)n, reason)) return core_error(L);
+    ml_growth g;
+    ml_exp_growth_defaults(u->e, &g);
+    const char *reason;
+    if (lua_istable(L, 3)) reason = read_growth(L, 3, u->e, u->layer, &g);
+    else reason = luaL_optstring(L, 3, "script");
+    if (ml_exp_add_experts_with(u->e, u->layer, (int)n, reason, &g)) return core_error(L);
     lua_pushinteger(L, u->e->model->moe[u->layer]->N);
     return 1;
+}
+
+/* moe:remove_experts(ids [, reason]) -> experts now, {old id of each expert now}: ids are
+   expert numbers as in tensor names and routing.csv, from 0 */
+static int l_remove_experts(lua_State *L) {
+    moe_ud *u = check_moe(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    const char *reason = luaL_optstring(L, 3, "script");
+    const int N = u->e->model->moe[u->layer]->N;
+    lua_Integer n = luaL_len(L, 2);
+    luaL_argcheck(L, n >= 1, 2, "expected a list of expert ids to remove");
+    if (n >= N)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "layer %d has %d experts: removing %d would leave none "
+                                                     "(at least one must stay)", u->layer + 1, N, (int)n));
+    /* the ids in a Lua-owned buffer: an error below leaves nothing behind */
+    int *ids = lua_newuserdatauv(L, (size_t)n * sizeof *ids, 0);
+    uint8_t *seen = lua_newuserdatauv(L, (size_t)N, 0);
+    memset(seen, 0, (size_t)N);
+    for (lua_Integer i = 1; i <= n; i++) {
+        loop_check(L, i);
+        lua_geti(L, 2, i);
+        int isint;
+        lua_Integer v = lua_tointegerx(L, -1, &isint);
+        if (!isint || lua_type(L, -1) != LUA_TNUMBER)
+            return luaL_argerror(L, 2, lua_pushfstring(L, "ids[%d] is %s, expected an integer expert id", (int)i,
+                                                         lua_type(L, -1) == LUA_TNUMBER ? "not an integer" : luaL_typename(L, -1)));
+        if (v < 0 || v >= N)
+            return luaL_argerror(L, 2, lua_pushfstring(L, "ids[%d] = %I: layer %d has experts 0..%d (ids count from 0, "
+                                                         "as in tensor names)", (int)i, v, u->layer + 1, N - 1));
+        if (seen[v]) return luaL_argerror(L, 2, lua_pushfstring(L, "expert %I is named twice", v));
+        seen[v] = 1;
+        ids[i - 1] = (int)v;
+        lua_pop(L, 1);
+    }
+    if (ml_exp_remove_experts(u->e, u->layer, ids, (int)n, reason)) return core_error(L);
+    const int nk = u->e->model->moe[u->layer]->N;
+    lua_pushinteger(L, nk);
+    lua_createtable(L, nk, 0);
+    for (int x = 0, j = 0; x < N; x++)
+        if (!seen[x]) {
+            lua_pushinteger(L, x);
+            lua_rawseti(L, -2, ++j);
+        }
+    return 2;
 }
 
 static void push_array(lua_State *L, const double *v, int n) {
@@ -952,7 +1053,8 @@ static int moe_tostring(lua_State *L) {
 
 static const luaL_Reg moe_getters[] = {
     {"num_experts", moe_num_experts}, {"layer", moe_layer}, {"router", moe_router}, {NULL, NULL}};
-static const luaL_Reg moe_methods[] = {{"add_experts", l_add_experts}, {"stats", l_stats}, {NULL, NULL}};
+static const luaL_Reg moe_methods[] = {
+    {"add_experts", l_add_experts}, {"remove_experts", l_remove_experts}, {"stats", l_stats}, {NULL, NULL}};
 static const class_def moe_class = {MOE_T, "moe layer", moe_getters, NULL, moe_methods, moe_tostring, NULL, 0};
 
 /* ------------------------------------------------------------ moe[i].router */
@@ -1067,7 +1169,6 @@ static const class_def loss_class = {LOSS_T, "loss", loss_getters, loss_setters,
 
 /* ---------------------------------------------------------------- exp.optim */
 
-static void loop_check(lua_State *L, lua_Integer i);
 
 static ml_experiment *check_optim(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, OPTIM_T);
@@ -1204,7 +1305,7 @@ static int group_tensors(lua_State *L) {
     group_ud *u = check_group(L);
     const ml_params *P = &u->e->model->P;
     int n = 0;
-    for (int k = 0; k < P->count; k++) n += P->t[k].group == u->g;
+    for (int k = 0; k < P->count; k++) n += !P->t[k].removed && P->t[k].group == u->g;
     lua_pushinteger(L, n);
     return 1;
 }
@@ -1282,10 +1383,11 @@ static int l_param_names(lua_State *L) {
     const ml_params *P = &e->model->P;
     lua_newtable(L);
     lua_Integer n = 0;
-    for (int k = 0; k < P->count; k++) {
+    for (int k = 0; k < P->n_live; k++) {
         loop_check(L, k);
-        if (pat && !ml_glob_match(pat, P->t[k].name)) continue;
-        lua_pushstring(L, P->t[k].name);
+        const ml_tensor *t = &P->t[P->order[k]];
+        if (pat && !ml_glob_match(pat, t->name)) continue;
+        lua_pushstring(L, t->name);
         lua_rawseti(L, -2, ++n);
     }
     return 1;
@@ -1299,9 +1401,9 @@ static int l_params(lua_State *L) {
     const ml_optim *o = &e->opt;
     lua_newtable(L);
     lua_Integer n = 0;
-    for (int k = 0; k < P->count; k++) {
+    for (int k = 0; k < P->n_live; k++) {
         loop_check(L, k);
-        const ml_tensor *t = &P->t[k];
+        const ml_tensor *t = &P->t[P->order[k]];
         if (pat && !ml_glob_match(pat, t->name)) continue;
         lua_createtable(L, 0, 8);
         lua_pushstring(L, t->name);
@@ -1329,23 +1431,62 @@ static int l_params(lua_State *L) {
 
 /* ----------------------------------------------------------------- schedule */
 
+/*
+ * exp.schedule:decide() -> nil, or {[layer] = experts to add} as it always was, with two more
+ * fields a script reads by name (they live in the table's metatable, so pairs and ipairs see
+ * the layer numbers alone, as older scripts expect): d.remove[layer] = {ids...} for layers
+ * with removals, d.layers[layer] = {add = n, remove = {ids...}} for every layer. Removal ids
+ * count from 0 and name the experts before the decision; carry out removals first.
+ */
 static int l_decide(lua_State *L) {
     ml_experiment **p = luaL_checkudata(L, 1, SCHED_T);
     guard(L);
     ml_experiment *e = *p;
-    int add[64];
-    if (ml_exp_schedule_decide(e, add)) return core_error(L);
+    const int nl = e->model->L;
+    size_t total = 0;
+    for (int l = 0; l < nl; l++) total += (size_t)e->model->moe[l]->N;
+    int *buf = lua_newuserdatauv(L, (total + 2 * (size_t)nl) * sizeof(int) + (size_t)nl * sizeof(int *), 0);
+    int **rem = (int **)(void *)buf, *add = (int *)(rem + nl), *nrem = add + nl, *ids = nrem + nl;
+    for (int l = 0; l < nl; l++) {
+        rem[l] = ids;
+        ids += e->model->moe[l]->N;
+    }
+    if (ml_exp_schedule_decide(e, add, rem, nrem)) return core_error(L);
     int any = 0;
-    for (int l = 0; l < e->model->L && l < 64; l++) any |= add[l] > 0;
+    for (int l = 0; l < nl; l++) any |= add[l] > 0 || nrem[l] > 0;
     if (!any) {
         lua_pushnil(L);
         return 1;
     }
-    lua_createtable(L, e->model->L, 0);
-    for (int l = 0; l < e->model->L && l < 64; l++) {
+    lua_createtable(L, nl, 0); /* the result */
+    for (int l = 0; l < nl; l++) {
         lua_pushinteger(L, add[l]);
         lua_rawseti(L, -2, l + 1);
     }
+    lua_createtable(L, 0, 1); /* its metatable */
+    lua_createtable(L, 0, 2); /* __index: remove, layers */
+    lua_createtable(L, 0, 0);
+    lua_createtable(L, nl, 0);
+    for (int l = 0; l < nl; l++) {
+        lua_createtable(L, 0, 2);
+        lua_pushinteger(L, add[l]);
+        lua_setfield(L, -2, "add");
+        lua_createtable(L, nrem[l], 0);
+        for (int i = 0; i < nrem[l]; i++) {
+            lua_pushinteger(L, rem[l][i]);
+            lua_rawseti(L, -2, i + 1);
+        }
+        if (nrem[l] > 0) {
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, -5, l + 1); /* remove[l] */
+        }
+        lua_setfield(L, -2, "remove");
+        lua_rawseti(L, -2, l + 1); /* layers[l] */
+    }
+    lua_setfield(L, -3, "layers");
+    lua_setfield(L, -2, "remove");
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
     return 1;
 }
 

@@ -47,7 +47,13 @@ typedef struct cod_st {
     size_t ws_n;
 } cod_st;
 
-static int kind_of(const cod_st *k, int e) { return k->cfg.kinds[e % k->cfg.n_kinds]; }
+/* An expert's kind is its variant (moe.h): the list's kind for its index when it was made,
+   its source's when it was copied, its own after removals renumber it. */
+static int cod_default_variant(void *st, const ml_moe *m, int e) {
+    const cod_st *k = st;
+    (void)m;
+    return k->cfg.kinds[e % k->cfg.n_kinds];
+}
 
 static void free_acts(cod_st *k) {
     float **p[] = {&k->t[0], &k->t[1], &k->t[2], &k->tm[0], &k->tm[1], &k->tm[2], &k->tr[0], &k->tr[1],
@@ -108,9 +114,8 @@ enum { T_B0W, T_B0B, T_B1W, T_B1B, T_B2W, T_B2B, T_B3W, T_B3B, T_FUSEW, T_FUSEB,
 
 static int cod_describe(void *st, const ml_moe *m, int e, int i, ml_expert_tensor *t) {
     const cod_st *k = st;
-    (void)m;
     if (i < 0 || i >= T_COUNT) return -1;
-    const int kind = kind_of(k, e), C = k->C, q = k->q;
+    const int kind = ml_moe_variant(m, e), C = k->C, q = k->q;
     static const char *const part[T_COUNT] = {"b0.w", "b0.b", "b1.w", "b1.b", "b2.w", "b2.b",
                                               "b3.w", "b3.b", "fuse.w", "fuse.b", "gn.gamma", "gn.beta"};
     snprintf(t->name, sizeof t->name, "%s.%s", kind_names[kind], part[i]);
@@ -121,8 +126,12 @@ static int cod_describe(void *st, const ml_moe *m, int e, int i, ml_expert_tenso
         t->fan_in = C * kk * kk;
         if (i % 2 == 0) t->ndim = 4, t->shape[0] = q, t->shape[1] = C, t->shape[2] = kk, t->shape[3] = kk;
         else t->ndim = 1, t->shape[0] = q;
+        /* the units (drop_upcycle): the C output channels of the four branches, in the order
+           the fusion reads them (branch j holds channels j*q .. j*q + q - 1) */
+        t->units = C, t->unit_axis = 0, t->unit_offset = (i / 2) * q;
     } else if (i == T_FUSEW) {
         t->ndim = 4, t->shape[0] = C, t->shape[1] = C, t->shape[2] = 1, t->shape[3] = 1, t->fan_in = C;
+        t->units = C, t->unit_axis = 1, t->unit_offset = 0; /* its input channels: the branches' outputs */
     } else if (i == T_FUSEB) {
         t->ndim = 1, t->shape[0] = C, t->fan_in = C;
     } else { /* GroupNorm: gamma 1, beta 0 */
@@ -183,7 +192,7 @@ static float *rows(float *buf, int r0, size_t per_row) { return buf + (size_t)r0
 static int cod_forward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, float *yg, int training) {
     cod_st *k = st;
     (void)training;
-    const int kind = kind_of(k, e), C = k->C, H = k->H, W = k->W, HW = k->HW, q = k->q;
+    const int kind = ml_moe_variant(m, e), C = k->C, H = k->H, W = k->W, HW = k->HW, q = k->q;
     const size_t R = k->row, Q = (size_t)q * HW;
     float *t[3], *br[4];
     for (int i = 0; i < 3; i++) t[i] = rows(k->t[i], r0, R);
@@ -224,7 +233,7 @@ static int cod_forward(void *st, ml_moe *m, int e, int r0, int n, const float *x
 
 static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg) {
     cod_st *k = st;
-    const int kind = kind_of(k, e), C = k->C, H = k->H, W = k->W, HW = k->HW, q = k->q;
+    const int kind = ml_moe_variant(m, e), C = k->C, H = k->H, W = k->W, HW = k->HW, q = k->q;
     const size_t R = k->row, Q = (size_t)q * HW;
     float *pre = rows(k->pre, r0, R), *out = rows(k->out, r0, R), *cat = rows(k->cat, r0, R);
     float *dpre = rows(k->dpre, r0, R), *dcat = rows(k->dcat, r0, R);
@@ -275,12 +284,12 @@ static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
 static double cod_flops(void *st, const ml_moe *m, int e) {
     const cod_st *k = st;
     (void)m;
-    const int kind = kind_of(k, e);
+    const int kind = ml_moe_variant(m, e);
     double macs = 0;
     for (int j = 0; j < 4; j++) macs += (double)k->C * k->q * branch_k[kind][j] * branch_k[kind][j];
     macs += (double)k->C * k->C; /* fusion */
     return 6.0 * macs * k->HW;    /* 2 flops per MAC, backward twice forward */
 }
 
-const ml_expert_kind ml_expert_cod = {"cod",        cod_create,   cod_free, cod_describe, cod_reserve,
-                                      cod_forward, cod_backward, cod_flops};
+const ml_expert_kind ml_expert_cod = {"cod",        cod_create,   cod_free,  cod_describe,       cod_reserve,
+                                      cod_forward, cod_backward, cod_flops, cod_default_variant};

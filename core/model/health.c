@@ -99,6 +99,25 @@ int ml_health_acc_resize(ml_health_acc *a, int num_experts) {
     return ML_OK;
 }
 
+int ml_health_acc_keep(ml_health_acc *a, const int *kept, int nkeep) {
+    if (nkeep < 1 || nkeep > a->N) return ml_errorf("health: keep %d of %d experts", nkeep, a->N);
+    for (int j = 0; j < nkeep; j++)
+        if (kept[j] < 0 || kept[j] >= a->N || (j && kept[j] <= kept[j - 1]))
+            return ml_errorf("health: the experts to keep must be ascending ids in 0..%d", a->N - 1);
+    /* ascending, kept[j] >= j: compacting in place never overwrites a count still to move */
+    for (int j = 0; j < nkeep; j++) {
+        a->slots[j] = a->slots[kept[j]];
+        a->psum[j] = a->psum[kept[j]];
+    }
+    for (int y = 0; y < a->C; y++) {
+        int64_t *row = a->joint + (size_t)y * (size_t)a->N, *dst = a->joint + (size_t)y * (size_t)nkeep;
+        for (int j = 0; j < nkeep; j++) dst[j] = row[kept[j]];
+    }
+    a->N = nkeep;
+    if (a->N0 > nkeep) a->N0 = nkeep;
+    return ML_OK;
+}
+
 void ml_health_acc_reset(ml_health_acc *a) {
     if (!a) return;
     memset(a->slots, 0, (size_t)a->N * sizeof *a->slots);

@@ -29,6 +29,10 @@ void ml_health_acc_free(ml_health_acc *a);
 /* Grows to num_experts: counts kept, the new experts start at 0. Shrinking is an error. */
 int ml_health_acc_resize(ml_health_acc *a, int num_experts);
 int ml_health_acc_num_experts(const ml_health_acc *a);
+/* Experts were removed: the counts of kept[0..nkeep) (ascending old ids) become those of
+   experts 0..nkeep-1; the removed experts' counts leave the window, its samples and
+   per-sample entropies stay. */
+int ml_health_acc_keep(ml_health_acc *a, const int *kept, int nkeep);
 void ml_health_acc_reset(ml_health_acc *a);
 /*
  * Accumulates one batch. r->N larger than the accumulator's N grows it (experts added

@@ -151,21 +151,36 @@ int ml_model_backward(ml_model *m) {
     return m->ops->encode_backward(m->net, m->dz[0]);
 }
 
-int ml_model_grow_begin(ml_model *m, int layer, int n) {
+int ml_model_grow_begin(ml_model *m, int layer, int n, const int *variant) {
     if (layer < 0 || layer >= m->L) return ml_errorf("add_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
     if (n < 1) return ml_errorf("add_experts: n = %d, expected >= 1", n);
-    return ml_moe_grow_declare(m->moe[layer], n);
+    return ml_moe_grow_declare(m->moe[layer], n, variant);
+}
+
+int ml_model_grow_commit(ml_model *m) {
+    return ml_params_commit(&m->P, &m->init_rng) || ml_params_commit(&m->S, &m->init_rng) ? ML_ERR : ML_OK;
 }
 
 int ml_model_grow_end(ml_model *m, int layer, int old_n) {
-    if (ml_params_commit(&m->P, &m->init_rng) || ml_params_commit(&m->S, &m->init_rng)) return ML_ERR;
+    if (ml_model_grow_commit(m)) return ML_ERR;
     return ml_moe_grow_finish(m->moe[layer], old_n);
 }
 
 int ml_model_add_experts(ml_model *m, int layer, int n) {
     int old = layer >= 0 && layer < m->L ? m->moe[layer]->N : 0;
-    if (ml_model_grow_begin(m, layer, n)) return ML_ERR;
+    if (ml_model_grow_begin(m, layer, n, NULL)) return ML_ERR;
     return ml_model_grow_end(m, layer, old);
+}
+
+int ml_model_remove_begin(ml_model *m, int layer, const int *kept, int nkeep) {
+    if (layer < 0 || layer >= m->L)
+        return ml_errorf("remove_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
+    return ml_moe_remove_declare(m->moe[layer], kept, nkeep);
+}
+
+int ml_model_remove_end(ml_model *m, int layer, const int *kept, int old_n) {
+    if (ml_model_grow_commit(m)) return ML_ERR;
+    return ml_moe_remove_finish(m->moe[layer], kept, old_n);
 }
 
 double ml_model_net_flops(const ml_model *m) { return m->ops->flops_per_sample(m->net); }

@@ -64,10 +64,18 @@ int ml_model_forward(ml_model *m, const float *x, const float *target, int B, in
 int ml_model_backward(ml_model *m);
 int ml_model_add_experts(ml_model *m, int layer, int n);
 /* The same in two halves, for owners that keep more per-expert tensors in the blocks (loss
-   state): begin declares the growth, the owner declares its own, end commits the blocks
-   and tells the router (EXPERTS_ADDED). */
-int ml_model_grow_begin(ml_model *m, int layer, int n);
+   state): begin declares the growth (variant: ml_moe_grow_declare), the owner declares its
+   own, end commits the blocks and tells the router (EXPERTS_ADDED). An owner that starts
+   the new experts from others (ml_moe_init_experts) commits first (grow_commit), then
+   calls end, whose commit then has nothing new to lay out. */
+int ml_model_grow_begin(ml_model *m, int layer, int n, const int *variant);
+int ml_model_grow_commit(ml_model *m);
 int ml_model_grow_end(ml_model *m, int layer, int old_n);
+/* Removal in two halves likewise (ml_moe_remove_declare): begin takes the experts out and
+   renames the kept ones, the owner drops its own per-expert rows, end commits the blocks and
+   tells the router (EXPERTS_REMOVED). */
+int ml_model_remove_begin(ml_model *m, int layer, const int *kept, int nkeep);
+int ml_model_remove_end(ml_model *m, int layer, const int *kept, int old_n);
 /* useful FLOPs of one training step per sample, excluding the MoE layers */
 double ml_model_net_flops(const ml_model *m);
 

@@ -46,6 +46,10 @@ static int mlp_describe(void *st, const ml_moe *m, int e, int i, ml_expert_tenso
     t->init = ML_INIT_UNIFORM_FANIN; /* nn.Linear's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) */
     t->init_value = 0;
     t->fan_in = i < 2 ? D : H;
+    /* the H hidden units: rows of w1 and b1, columns of w2 */
+    t->units = i == MLP_B2 ? 0 : H;
+    t->unit_axis = i == MLP_W2 ? 1 : 0;
+    t->unit_offset = 0;
     return 0;
 }
 
@@ -92,14 +96,34 @@ static double mlp_flops(void *st, const ml_moe *m, int e) {
     return 6.0 * 2.0 * m->D * k->H; /* two linears: 2·MAC forward, twice that backward */
 }
 
-const ml_expert_kind ml_expert_mlp = {"mlp",       mlp_create,   mlp_free, mlp_describe, mlp_reserve,
-                                      mlp_forward, mlp_backward, mlp_flops};
+const ml_expert_kind ml_expert_mlp = {"mlp",       mlp_create,   mlp_free,  mlp_describe, mlp_reserve,
+                                      mlp_forward, mlp_backward, mlp_flops, NULL};
 
 /* ------------------------------------------------------ experts' tensors */
 
 int ml_moe_expert_tensor(const ml_moe *m, int e, int i, ml_expert_tensor *t) {
     memset(t, 0, sizeof *t);
     return m->kind->describe(m->kst, m, e, i, t);
+}
+
+int ml_moe_expert_tensor_as(const ml_moe *m, int e, int v, int i, ml_expert_tensor *t) {
+    if (v < 0 || e < 0 || e >= ML_MOE_MAX_EXPERTS) return ml_moe_expert_tensor(m, e, i, t);
+    int own = m->var[e]; /* m->var is the layer's own array: describe reads it */
+    m->var[e] = v;
+    int rc = ml_moe_expert_tensor(m, e, i, t);
+    m->var[e] = own;
+    return rc;
+}
+
+static int default_variant(const ml_moe *m, int e) {
+    return m->kind->default_variant ? m->kind->default_variant(m->kst, m, e) : 0;
+}
+
+int ml_moe_variant_ok(const ml_moe *m, int v) {
+    if (v < 0) return 0;
+    for (int e = 0; e < ML_MOE_MAX_EXPERTS; e++) /* kinds cycle through a short list: found early */
+        if (default_variant(m, e) == v) return 1;
+    return 0;
 }
 
 static int grow_handles(ml_moe *m, int n) {
@@ -164,6 +188,8 @@ static ml_moe *moe_new(int layer, int D, int R, int C, int HW, int N, const ml_e
     m->S = S;
     m->kind = kind;
     if (!(m->kst = kind->create(m, kind_cfg)) || grow_handles(m, N)) goto fail;
+    if (!(m->var = ml_calloc(ML_MOE_MAX_EXPERTS, sizeof *m->var))) goto fail;
+    for (int e = 0; e < ML_MOE_MAX_EXPERTS; e++) m->var[e] = default_variant(m, e);
     /* the router's tensors follow the experts' in the block, as they always have */
     for (int e = 0; e < N; e++)
         if (declare_expert(m, e)) goto fail;
@@ -210,6 +236,7 @@ void ml_moe_free(ml_moe *m) {
     if (m->kind) m->kind->free(m->kst);
     free(m->th);
     free(m->nt);
+    free(m->var);
     free(m);
 }
 
@@ -395,21 +422,184 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     return ml_router_inst_after_backward(&m->router, m->grad_mag, m->load);
 }
 
-int ml_moe_grow_declare(ml_moe *m, int n_new) {
+int ml_moe_grow_declare(ml_moe *m, int n_new, const int *variant) {
     if (n_new <= 0) return ML_OK;
     int N = m->N + n_new;
+    if (N > ML_MOE_MAX_EXPERTS)
+        return ml_errorf("moe layer %d: adding %d experts to %d: a layer holds at most %d", m->layer + 1, n_new, m->N,
+                         ML_MOE_MAX_EXPERTS);
     if (grow_handles(m, N)) return ml_error_prefix("moe layer %d: adding %d experts", m->layer + 1, n_new);
     int old = m->N;
     m->N = N;
     m->B = 0;
     free_buffers(m); /* re-sized at the next forward */
-    for (int e = old; e < N; e++)
+    for (int e = old; e < N; e++) {
+        m->var[e] = variant && variant[e - old] >= 0 ? variant[e - old] : default_variant(m, e);
         if (declare_expert(m, e)) return ML_ERR;
+    }
     /* per-expert router tensors grow along their leading dimension */
     return ml_router_inst_grow_declare(&m->router, n_new);
 }
 
 int ml_moe_grow_finish(ml_moe *m, int old_n) { return ml_router_inst_grow_finish(&m->router, old_n); }
+
+/* ------------------------------------------------------------------ removal */
+
+int ml_moe_remove_declare(ml_moe *m, const int *kept, int nkeep) {
+    const int N = m->N, L1 = m->layer + 1;
+    if (nkeep < 1 || nkeep > N) return ml_errorf("moe layer %d: keep %d of %d experts", L1, nkeep, N);
+    for (int j = 0; j < nkeep; j++)
+        if (kept[j] < 0 || kept[j] >= N || (j > 0 && kept[j] <= kept[j - 1]))
+            return ml_errorf("moe layer %d: the experts to keep must be ascending ids in 0..%d", L1, N - 1);
+    /* the removed experts' tensors leave the block */
+    for (int e = 0, j = 0; e < N; e++) {
+        if (j < nkeep && kept[j] == e) {
+            j++;
+            continue;
+        }
+        for (int i = 0; i < m->nt[e]; i++)
+            if (ml_params_remove(m->P, m->th[e][i])) return ML_ERR;
+    }
+    /* the kept ones take their new numbers, in ascending order: the name expert j takes was
+       a removed expert's, or that of a kept expert renamed before it */
+    for (int j = 0; j < nkeep; j++) {
+        int e = kept[j];
+        if (e != j)
+            for (int i = 0; i < m->nt[e]; i++) {
+                const char *old = m->P->t[m->th[e][i]].name;
+                int l, x, n = 0;
+                char name[ML_TENSOR_NAME_MAX];
+                if (sscanf(old, "moe%d.expert%d.%n", &l, &x, &n) != 2 || n == 0)
+                    return ml_errorf("moe layer %d: expert %d has a tensor named '%s'", L1, e, old);
+                snprintf(name, sizeof name, "moe%d.expert%d.%s", L1, j, old + n);
+                if (ml_params_rename(m->P, m->th[e][i], name)) return ML_ERR;
+            }
+        memmove(m->th[j], m->th[e], sizeof m->th[j]);
+        m->nt[j] = m->nt[e];
+        m->var[j] = m->var[e];
+    }
+    for (int e = nkeep; e < ML_MOE_MAX_EXPERTS; e++) m->var[e] = default_variant(m, e);
+    m->N = nkeep;
+    m->B = 0;
+    free_buffers(m);
+    return ml_router_inst_remove_declare(&m->router, kept, nkeep);
+}
+
+int ml_moe_remove_finish(ml_moe *m, const int *kept, int old_n) {
+    return ml_router_inst_remove_finish(&m->router, kept, old_n);
+}
+
+/* ---------------------------------------------------- starting new experts */
+
+/* Mean and standard deviation (n - 1 in the denominator, as torch's std()) of x[0..n). */
+static void stats(const float *x, size_t n, double *mean, double *sd) {
+    double s = 0, q = 0;
+    for (size_t i = 0; i < n; i++) s += x[i];
+    double mu = n ? s / (double)n : 0;
+    for (size_t i = 0; i < n; i++) q += ((double)x[i] - mu) * ((double)x[i] - mu);
+    *mean = mu;
+    *sd = n > 1 ? sqrt(q / (double)(n - 1)) : 0;
+}
+
+/* The units of expert e (all its tensors that have units must agree); 0 when none. */
+static int expert_units(const ml_moe *m, int e, int *units) {
+    ml_expert_tensor t;
+    *units = 0;
+    for (int i = 0; ml_moe_expert_tensor(m, e, i, &t) == 0; i++) {
+        if (t.units <= 0) continue;
+        if (t.unit_axis < 0 || t.unit_axis >= t.ndim || t.unit_offset < 0 ||
+            t.unit_offset + t.shape[t.unit_axis] > t.units || (*units && *units != t.units))
+            return ml_errorf("moe layer %d: the '%s' kind describes the units of expert %d inconsistently (tensor %s)",
+                             m->layer + 1, m->kind->name, e, t.name);
+        *units = t.units;
+    }
+    return ML_OK;
+}
+
+int ml_moe_drop_units(const ml_moe *m, int e, double ratio, int *units) {
+    if (expert_units(m, e, units)) return -1;
+    return (int)floor(ratio * *units + 1e-9);
+}
+
+int ml_moe_init_experts(ml_moe *m, int first, int n, const ml_moe_init *in) {
+    if (in->method == ML_EXPERT_INIT_RANDOM || n <= 0) return ML_OK;
+    const int L1 = m->layer + 1;
+    if (!(in->noise >= 0) || !(in->router_noise >= 0) || !(in->ratio >= 0 && in->ratio <= 1))
+        return ml_errorf("moe layer %d: noise and router_noise must be >= 0, ratio in [0, 1]", L1);
+    int *pick = NULL;
+    for (int j = 0; j < n; j++) {
+        const int e = first + j, src = in->source[j];
+        if (src < 0 || src >= first)
+            return ml_errorf("moe layer %d: expert %d cannot start as a copy of expert %d (the layer had experts 0..%d)",
+                             L1, e, src, first - 1);
+        if (m->var[src] != m->var[e] || m->nt[src] != m->nt[e])
+            return ml_errorf("moe layer %d: expert %d and its source %d differ in structure (variants %d and %d)", L1, e,
+                             src, m->var[e], m->var[src]);
+        /* copy (values only: the new expert's Adam moments stay zero, its step counts 0) */
+        for (int i = 0; i < m->nt[e]; i++) {
+            const ml_tensor *ts = &m->P->t[m->th[src][i]], *te = &m->P->t[m->th[e][i]];
+            if (ts->n != te->n) return ml_errorf("moe layer %d: tensor %s and %s differ in size", L1, ts->name, te->name);
+            float *x = ml_moe_param(m, e, i);
+            memcpy(x, ml_moe_param(m, src, i), te->n * sizeof(float));
+            if (in->noise > 0) {
+                double mu, sd;
+                stats(x, te->n, &mu, &sd);
+                for (size_t k = 0; k < te->n; k++) x[k] += (float)(in->noise * sd * ml_rng_normal(in->rng));
+            }
+        }
+        if (in->method != ML_EXPERT_INIT_DROP_UPCYCLE) continue;
+        /* drop-upcycling: one sampled set of units, re-initialised in every tensor that has them */
+        int U = 0, r = ml_moe_drop_units(m, e, in->ratio, &U);
+        if (r < 0) return ML_ERR;
+        if (r == 0) continue;
+        free(pick);
+        if (!(pick = ml_calloc((size_t)U, sizeof *pick))) return ML_ERR;
+        for (int u = 0; u < U; u++) pick[u] = u;
+        for (int u = 0; u < r; u++) { /* partial Fisher-Yates: pick[0..r) is a uniform r-subset */
+            int k = u + (int)(ml_rng_uniform(in->rng) * (U - u));
+            if (k >= U) k = U - 1;
+            int tmp = pick[u];
+            pick[u] = pick[k];
+            pick[k] = tmp;
+        }
+        for (int i = 0; i < m->nt[e]; i++) {
+            ml_expert_tensor t;
+            if (ml_moe_expert_tensor(m, e, i, &t) || t.units <= 0) continue;
+            double mu, sd;
+            stats(ml_moe_param(m, src, i), m->P->t[m->th[src][i]].n, &mu, &sd); /* the source's statistics */
+            size_t outer = 1, inner = 1;
+            for (int d = 0; d < t.unit_axis; d++) outer *= (size_t)t.shape[d];
+            for (int d = t.unit_axis + 1; d < t.ndim; d++) inner *= (size_t)t.shape[d];
+            const int A = t.shape[t.unit_axis];
+            float *x = ml_moe_param(m, e, i);
+            for (int u = 0; u < r; u++) {
+                int s = pick[u] - t.unit_offset;
+                if (s < 0 || s >= A) continue;
+                for (size_t o = 0; o < outer; o++)
+                    for (size_t k = 0; k < inner; k++)
+                        x[(o * (size_t)A + (size_t)s) * inner + k] = (float)(mu + sd * ml_rng_normal(in->rng));
+            }
+        }
+    }
+    free(pick);
+    /* the router's per-expert parameter rows: the source's, with a little noise to part them */
+    ml_tensor_set *ps = &m->router.param;
+    ml_tensor_set_bind(ps);
+    for (int i = 0; i < ps->n; i++) {
+        if (!ps->decl[i].per_expert) continue;
+        const size_t cols = (size_t)ps->decl[i].cols;
+        float *w = ps->data[i];
+        double mu, sd;
+        stats(w, (size_t)first * cols, &mu, &sd); /* over the rows of the experts there were */
+        for (int j = 0; j < n; j++) {
+            float *row = w + (size_t)(first + j) * cols;
+            memcpy(row, w + (size_t)in->source[j] * cols, cols * sizeof(float));
+            if (in->router_noise > 0)
+                for (size_t k = 0; k < cols; k++) row[k] += (float)(in->router_noise * sd * ml_rng_normal(in->rng));
+        }
+    }
+    return ML_OK;
+}
 
 int ml_moe_epoch_end(ml_moe *m, int epoch) { return ml_router_inst_epoch_end(&m->router, epoch); }
 

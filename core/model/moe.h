@@ -20,7 +20,17 @@
  * Losses add their gradients into dlogits/dprob (and, through eval_v2, dgate_loss) between
  * forward and backward (the buffers are zeroed by forward). Growth is two-phase because the
  * blocks are shared by all layers: ml_moe_grow_declare(), then the owner commits the
- * blocks, then ml_moe_grow_finish().
+ * blocks, (ml_moe_init_experts() to start the new experts from others,) then
+ * ml_moe_grow_finish(). Removal likewise: ml_moe_remove_declare() takes the removed experts'
+ * tensors out of the blocks and renames the kept ones to their new numbers (expert
+ * kept[j] becomes expert j: "moe1.expert3.w1" may become "moe1.expert2.w1"), the owner
+ * commits, then ml_moe_remove_finish() tells the router.
+ *
+ * Variants: experts of one kind may differ in structure (the segmentation kinds: a texture
+ * expert has other tensors than an edge expert). The layer keeps each expert's variant; a
+ * kind with variants says which one an expert created at index e takes by default
+ * (default_variant), growth may give new experts another (a copy takes its source's), and
+ * removal keeps each kept expert's own. Kinds without variants leave default_variant NULL.
  *
  * Ownership: ml_moe_new returns an owned layer (ml_moe_free); the blocks are borrowed.
  */
@@ -47,6 +57,11 @@ typedef struct ml_expert_tensor {
     ml_init init;
     float init_value;
     int fan_in;
+    /* The expert's intermediate units (drop_upcycle re-initialises a sampled share of them):
+       the slices of this tensor along unit_axis are units unit_offset .. unit_offset +
+       shape[unit_axis] - 1 of the expert's `units` units. units 0: the tensor has none.
+       MLP: H hidden units, rows of w1 and b1, columns of w2. */
+    int units, unit_axis, unit_offset;
 } ml_expert_tensor;
 
 /*
@@ -69,6 +84,9 @@ typedef struct ml_expert_kind {
     int (*backward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg);
     /* useful FLOPs of forward + backward for one row of expert e (bench), or NULL */
     double (*flops)(void *st, const ml_moe *m, int e);
+    /* The variant of an expert created at index e (see Variants above), or NULL: one variant.
+       describe, forward and backward read an expert's variant with ml_moe_variant. */
+    int (*default_variant)(void *st, const ml_moe *m, int e);
 } ml_expert_kind;
 
 /* The residual MLP of the SRNN seed: cfg is an int *, the hidden width H. */
@@ -86,6 +104,8 @@ struct ml_moe {
     void *kst;                      /* the kind's state */
     int (*th)[ML_EXPERT_MAX_TENSORS]; /* (N) each expert's tensor handles in P, describe order */
     int *nt;                        /* (N) tensors of each expert */
+    int *var;                       /* (ML_MOE_MAX_EXPERTS) each expert's variant; past N: what
+                                       the next expert at that index takes */
 
     /* the last forward; buffers sized for cap_B samples and N experts */
     int cap_B, cap_N;
@@ -133,8 +153,57 @@ void ml_moe_record(const ml_moe *m, ml_routing_record *r);
  * AFTER_BACKWARD event with each expert's mean |grad| and load. */
 int ml_moe_backward(ml_moe *m, const float *dy, float *dx);
 
-int ml_moe_grow_declare(ml_moe *m, int n_new);
+/* Variant of expert e (0 for kinds without variants), and whether the kind has variants. */
+static inline int ml_moe_variant(const ml_moe *m, int e) { return m->var[e]; }
+static inline int ml_moe_has_variants(const ml_moe *m) { return m->kind->default_variant != NULL; }
+/* 1 when v is a variant of this layer's kind (one its default_variant gives; 0 without variants). */
+int ml_moe_variant_ok(const ml_moe *m, int v);
+/* The i-th tensor of expert e as it would be with variant v (v < 0: its own). */
+int ml_moe_expert_tensor_as(const ml_moe *m, int e, int v, int i, ml_expert_tensor *t);
+
+/* Declares n_new experts; variant (n_new, may be NULL) gives each one's variant (< 0: the
+   kind's default for its index). */
+int ml_moe_grow_declare(ml_moe *m, int n_new, const int *variant);
 int ml_moe_grow_finish(ml_moe *m, int old_n);
+
+/* How new experts start (docs/lua-api.md, add_experts). */
+typedef enum ml_expert_init {
+    ML_EXPERT_INIT_RANDOM = 0,      /* every tensor by its own init (the kind's describe) */
+    ML_EXPERT_INIT_COPY = 1,        /* a copy of a source expert (sparse upcycling) */
+    ML_EXPERT_INIT_DROP_UPCYCLE = 2 /* a copy, then a share of its units re-initialised */
+} ml_expert_init;
+
+typedef struct ml_moe_init {
+    ml_expert_init method;
+    const int *source;   /* (n) the expert each new one copies (COPY, DROP_UPCYCLE) */
+    double noise;        /* Gaussian noise added to copied values, std = noise * std of the tensor */
+    double ratio;        /* DROP_UPCYCLE: share of the units re-initialised, in [0, 1] */
+    double router_noise; /* the router's per-expert parameter rows are copied from the source's
+                            with Gaussian noise of std router_noise * std of the tensor */
+    ml_rng *rng;         /* noise and sampling */
+} ml_moe_init;
+
+/*
+ * Starts experts first .. first+n-1 (declared and committed, before grow_finish) as `in`
+ * says: COPY copies every tensor of the source (values; Adam moments stay zero and step
+ * counts 0) and adds the noise; DROP_UPCYCLE then samples floor(ratio * U) of the U units
+ * and re-initialises them in every tensor that has them from N(mean, std^2) of the source
+ * tensor's values (Nakamura et al. 2025). Sources must have the new experts' variants.
+ * RANDOM does nothing (the commit initialised them).
+ */
+int ml_moe_init_experts(ml_moe *m, int first, int n, const ml_moe_init *in);
+/* Units re-initialised per expert by DROP_UPCYCLE with this ratio, and U (0: none). */
+int ml_moe_drop_units(const ml_moe *m, int e, double ratio, int *units);
+
+/*
+ * Removes experts: the layer keeps kept[0..nkeep) (ascending old ids, 1 <= nkeep <= N), the
+ * expert numbered j afterwards being kept[j]. The removed experts' tensors leave the
+ * parameter block; the kept ones are renamed to their new numbers; the router's per-expert
+ * tensors keep the kept rows (ml_router_inst_remove_declare). The blocks must be committed
+ * before and are committed by the owner after, before ml_moe_remove_finish.
+ */
+int ml_moe_remove_declare(ml_moe *m, const int *kept, int nkeep);
+int ml_moe_remove_finish(ml_moe *m, const int *kept, int old_n);
 int ml_moe_epoch_end(ml_moe *m, int epoch);
 
 /* Router state tensors the plugin asked to report per expert (e.g. saturation). */

@@ -48,7 +48,7 @@ int ml_optim_add_group(ml_optim *o, const char *name, const char *match, float l
 void ml_optim_place(const ml_optim *o, ml_params *p) {
     for (int k = 0; k < p->count; k++) {
         ml_tensor *t = &p->t[k];
-        if (t->placed) continue;
+        if (t->placed || t->removed) continue;
         t->placed = 1;
         t->group = -1;
         for (int g = 0; g < o->n_groups && t->group < 0; g++)
@@ -57,13 +57,21 @@ void ml_optim_place(const ml_optim *o, ml_params *p) {
     }
 }
 
+void ml_optim_regroup(const ml_optim *o, ml_params *p, int h) {
+    ml_tensor *t = &p->t[h];
+    if (t->removed) return;
+    t->group = -1;
+    for (int g = 0; g < o->n_groups && t->group < 0; g++)
+        if (ml_glob_match(o->group[g].match, t->name)) t->group = (int16_t)g;
+}
+
 int ml_optim_set_frozen(ml_optim *o, ml_params *p, int g, const char *pattern, int frozen, int *changed) {
     int matched = 0, moved = 0;
     frozen = !!frozen;
     if (g >= 0) o->group[g].frozen = frozen;
     for (int k = 0; k < p->count; k++) {
         ml_tensor *t = &p->t[k];
-        if (g >= 0 ? t->group != g : !ml_glob_match(pattern, t->name)) continue;
+        if (t->removed || (g >= 0 ? t->group != g : !ml_glob_match(pattern, t->name))) continue;
         matched++;
         moved += t->frozen != frozen;
         t->frozen = (uint8_t)frozen;
@@ -127,7 +135,7 @@ void ml_optim_step(ml_optim *o, ml_params *p) {
     const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
     for (int k = 0; k < p->count; k++) {
         ml_tensor *t = &p->t[k];
-        if (t->frozen) continue;
+        if (t->frozen || t->removed) continue;
         const float lr = ml_optim_tensor_lr(o, t), wd = ml_optim_tensor_wd(o, t);
         float *tw = p->data + t->off, *tg = p->grad + t->off, *tm = p->m + t->off, *tv = p->v + t->off;
         if (o->kind == ML_OPTIM_SGD) {

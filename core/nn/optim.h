@@ -57,6 +57,9 @@ int ml_optim_find_group(const ml_optim *o, const char *name);
 /* Gives each tensor ml_optim_place has not seen yet its group and that group's frozen flag
    (tensors declared since the last call: a new model, experts added). */
 void ml_optim_place(const ml_optim *o, ml_params *p);
+/* Tensor h was renamed (experts renumbered after a removal): it joins the group its new
+   name matches; its frozen flag, moments and step count stay as they are. */
+void ml_optim_regroup(const ml_optim *o, ml_params *p, int h);
 /*
  * Freezes (frozen = 1) or unfreezes the tensors of group g, and sets the group's own flag
  * so that tensors joining it later follow; or, g < 0, the tensors whose names match

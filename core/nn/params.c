@@ -2,6 +2,7 @@
 #include "nn/params.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
@@ -18,6 +19,7 @@ void ml_params_free(ml_params *p) {
     free(p->grad);
     free(p->m);
     free(p->v);
+    free(p->order);
     ml_params_init(p, p->trainable);
 }
 
@@ -29,7 +31,7 @@ static size_t shape_numel(int ndim, const int *shape) {
 
 int ml_params_find(const ml_params *p, const char *name) {
     for (int i = 0; i < p->count; i++)
-        if (strcmp(p->t[i].name, name) == 0) return i;
+        if (!p->t[i].removed && strcmp(p->t[i].name, name) == 0) return i;
     return -1;
 }
 
@@ -38,6 +40,7 @@ int ml_params_declare(ml_params *p, const char *name, int ndim, const int *shape
     if (strlen(name) >= ML_TENSOR_NAME_MAX)
         return ml_errorf("tensor name '%s' is longer than %d bytes", name, ML_TENSOR_NAME_MAX - 1);
     if (ml_params_find(p, name) >= 0) return ml_errorf("tensor '%s' declared twice", name);
+    if (!*name) return ml_errorf("a tensor needs a name");
     if (ndim < 1 || ndim > ML_MAX_DIMS) return ml_errorf("tensor '%s': %d dimensions, expected 1..4", name, ndim);
     for (int i = 0; i < ndim; i++)
         if (shape[i] < 1) return ml_errorf("tensor '%s': dimension %d is %d, expected >= 1", name, i, shape[i]);
@@ -58,7 +61,77 @@ int ml_params_declare(ml_params *p, const char *name, int ndim, const int *shape
     t->init_value = init_value;
     t->fan_in = fan_in;
     t->group = -1;
+    t->seq = p->next_seq++;
     return p->count++;
+}
+
+int ml_params_remove(ml_params *p, int h) {
+    if (h < 0 || h >= p->count || p->t[h].removed) return ml_errorf("remove: no tensor with handle %d", h);
+    ml_tensor *t = &p->t[h];
+    t->removed = 1;
+    t->name[0] = 0;
+    t->n = 0;
+    t->committed = 0;
+    t->frozen = 0;
+    return ML_OK;
+}
+
+int ml_params_rename(ml_params *p, int h, const char *name) {
+    if (h < 0 || h >= p->count || p->t[h].removed) return ml_errorf("rename: no tensor with handle %d", h);
+    if (strlen(name) >= ML_TENSOR_NAME_MAX)
+        return ml_errorf("tensor name '%s' is longer than %d bytes", name, ML_TENSOR_NAME_MAX - 1);
+    int other = ml_params_find(p, name);
+    if (other >= 0 && other != h) return ml_errorf("rename '%s' to '%s': that name is taken", p->t[h].name, name);
+    snprintf(p->t[h].name, sizeof p->t[h].name, "%s", name);
+    return ML_OK;
+}
+
+int ml_params_shrink_rows(ml_params *p, int h, const int *keep, int nkeep) {
+    if (h < 0 || h >= p->count || p->t[h].removed) return ml_errorf("shrink: no tensor with handle %d", h);
+    ml_tensor *t = &p->t[h];
+    const int rows = t->shape[0];
+    if (t->committed != t->n || !p->data)
+        return ml_errorf("tensor '%s': rows can only be dropped from a committed tensor", t->name);
+    if (nkeep < 1 || nkeep > rows) return ml_errorf("tensor '%s': keep %d of %d rows", t->name, nkeep, rows);
+    for (int j = 0; j < nkeep; j++)
+        if (keep[j] < 0 || keep[j] >= rows || (j > 0 && keep[j] <= keep[j - 1]))
+            return ml_errorf("tensor '%s': rows to keep must be ascending within 0..%d", t->name, rows - 1);
+    const size_t row = t->n / (size_t)rows;
+    float *blk[4] = {p->data, p->grad, p->m, p->v};
+    /* keep[j] >= j: moving rows forward in ascending order never overwrites a row still to come */
+    for (int b = 0; b < 4; b++)
+        if (blk[b])
+            for (int j = 0; j < nkeep; j++)
+                if (keep[j] != j)
+                    memmove(blk[b] + t->off + (size_t)j * row, blk[b] + t->off + (size_t)keep[j] * row, row * sizeof(float));
+    t->shape[0] = nkeep;
+    t->n = row * (size_t)nkeep;
+    t->committed = t->n;
+    return ML_OK;
+}
+
+int ml_params_reorder(ml_params *p, const int *handles, int n) {
+    int64_t *seq = ml_calloc((size_t)p->count + 1, sizeof *seq);
+    if (!seq) return ML_ERR;
+    for (int i = 0; i < p->count; i++) seq[i] = -1;
+    for (int k = 0; k < n; k++) {
+        int h = handles[k];
+        if (h < 0 || h >= p->count || p->t[h].removed || seq[h] >= 0) {
+            free(seq);
+            return ml_errorf("reorder: handle %d is not a live tensor, or is given twice", h);
+        }
+        seq[h] = k;
+    }
+    /* the others after them, in their current order */
+    int64_t next = n;
+    for (int k = 0; k < p->n_live; k++)
+        if (seq[p->order[k]] < 0) seq[p->order[k]] = next++;
+    for (int i = 0; i < p->count; i++)
+        if (!p->t[i].removed && seq[i] < 0) seq[i] = next + p->t[i].seq; /* declared since the last commit */
+    for (int i = 0; i < p->count; i++)
+        if (!p->t[i].removed) p->t[i].seq = seq[i];
+    free(seq);
+    return ML_OK;
 }
 
 int ml_params_grow(ml_params *p, int h, int dim0) {
@@ -90,11 +163,29 @@ void ml_init_fill(float *x, size_t n, ml_init init, float value, int fan_in, ml_
 
 static float *realloc_block(size_t total) { return ml_alloc_floats(total); }
 
+static const ml_params *g_sort_p; /* for the comparison below; commits run on one thread */
+
+static int by_seq(const void *a, const void *b) {
+    int64_t x = g_sort_p->t[*(const int *)a].seq, y = g_sort_p->t[*(const int *)b].seq;
+    return x < y ? -1 : x > y;
+}
+
 int ml_params_commit(ml_params *p, ml_rng *rng) {
     size_t total = 0;
     size_t *off = ml_calloc((size_t)p->count + 1, sizeof *off);
-    if (!off) return ML_ERR;
-    for (int i = 0; i < p->count; i++) {
+    int *order = ml_calloc((size_t)p->count + 1, sizeof *order);
+    if (!off || !order) {
+        free(off);
+        free(order);
+        return ML_ERR;
+    }
+    int live = 0;
+    for (int i = 0; i < p->count; i++)
+        if (!p->t[i].removed) order[live++] = i;
+    g_sort_p = p;
+    qsort(order, (size_t)live, sizeof *order, by_seq);
+    for (int k = 0; k < live; k++) {
+        int i = order[k];
         off[i] = total;
         total += (p->t[i].n + 15) & ~(size_t)15;
     }
@@ -105,12 +196,17 @@ int ml_params_commit(ml_params *p, ml_rng *rng) {
         if (!blk[b]) {
             for (int j = 0; j < b; j++) free(blk[j]);
             free(off);
+            free(order);
             return ML_ERR;
         }
     }
     float *old[4] = {p->data, p->grad, p->m, p->v};
     for (int i = 0; i < p->count; i++) {
         ml_tensor *t = &p->t[i];
+        if (t->removed) {
+            t->off = 0;
+            continue;
+        }
         size_t keep = t->committed < t->n ? t->committed : t->n;
         for (int b = 0; b < nblk; b++)
             if (old[b] && keep) memcpy(blk[b] + off[i], old[b] + t->off, keep * sizeof(float));
@@ -126,6 +222,9 @@ int ml_params_commit(ml_params *p, ml_rng *rng) {
     p->v = blk[3];
     p->total = total;
     free(off);
+    free(p->order);
+    p->order = order;
+    p->n_live = live;
     return ML_OK;
 }
 
@@ -154,7 +253,7 @@ int ml_params_grad_finite(const ml_params *p) {
 int ml_params_grad_first_nonfinite(const ml_params *p, int *count) {
     int first = -1, k = 0;
     for (int h = 0; p->grad && h < p->count; h++)
-        if (!span_finite(p->grad + p->t[h].off, p->t[h].n)) {
+        if (!p->t[h].removed && !span_finite(p->grad + p->t[h].off, p->t[h].n)) {
             if (first < 0) first = h;
             k++;
         }

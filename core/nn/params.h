@@ -13,6 +13,20 @@
  * moments zero. Handles (the int returned by declare) stay valid across commits; pointers
  * do not, so code re-reads ml_params_data() after any commit.
  *
+ * Removing experts shrinks a block: ml_params_remove() takes a tensor out (its handle stays
+ * taken, by a tombstone that holds no values and no name, so every other handle stays
+ * valid), ml_params_rename() gives a kept tensor its new name, ml_params_shrink_rows()
+ * keeps chosen rows of a tensor (values, gradients and moments alike). The next commit
+ * lays out what is left.
+ *
+ * Layout order: tensors are laid out in the order of their `seq`, which declaration
+ * assigns increasingly, so the layout is declaration order until ml_params_reorder()
+ * changes it (a resumed run takes the order of the checkpoint it continues, which
+ * removals and additions may have made differ from a fresh declaration order). After a
+ * commit, p->order lists the live tensors' handles in layout order: code that writes
+ * tensors out (checkpoints, name listings) walks it; code that treats each tensor alone
+ * may walk the handles and skip the removed ones.
+ *
  * Ownership: ml_params is embedded by its owner; ml_params_free releases the buffers.
  */
 #ifndef MOELAB_PARAMS_H
@@ -39,6 +53,8 @@ typedef struct ml_tensor {
     int16_t group;     /* its parameter group, -1: the base settings */
     uint8_t frozen;    /* 1: the optimizer leaves it exactly as it is */
     uint8_t placed;    /* ml_optim_place has given it its group */
+    uint8_t removed;   /* ml_params_remove: a tombstone (no name, no values) keeping its handle */
+    int64_t seq;       /* layout position: tensors are laid out by increasing seq */
 } ml_tensor;
 
 typedef struct ml_params {
@@ -49,6 +65,9 @@ typedef struct ml_params {
     float *data;       /* (total) */
     float *grad;       /* (total), trainable only */
     float *m, *v;      /* (total) optimizer moments, trainable only */
+    int64_t next_seq;  /* seq of the next declaration */
+    int *order;        /* (n_live) live handles in layout order, as of the last commit */
+    int n_live;
 } ml_params;
 
 void ml_params_init(ml_params *p, int trainable);
@@ -58,7 +77,21 @@ int ml_params_declare(ml_params *p, const char *name, int ndim, const int *shape
                       ml_init init, float init_value, int fan_in);
 /* Changes the leading dimension of a tensor (growth); takes effect at the next commit. */
 int ml_params_grow(ml_params *p, int h, int dim0);
+/* The handle of the live tensor of that name, or -1. */
 int ml_params_find(const ml_params *p, const char *name);
+/* Takes tensor h out of the block at the next commit; its handle is never reused. */
+int ml_params_remove(ml_params *p, int h);
+/* Renames live tensor h; ML_ERR when another live tensor has that name. */
+int ml_params_rename(ml_params *p, int h, const char *name);
+/*
+ * Keeps rows keep[0..nkeep) of committed tensor h (rows along dimension 0, ascending and
+ * distinct, 1 <= nkeep <= rows), in that order, in values, gradients and moments at once;
+ * dimension 0 becomes nkeep. The next commit re-lays the block out.
+ */
+int ml_params_shrink_rows(ml_params *p, int h, const int *keep, int nkeep);
+/* Lays out the live tensors handles[0..n) first, in that order, then the others in their
+   current order; takes effect at the next commit. Removed or repeated handles: ML_ERR. */
+int ml_params_reorder(ml_params *p, const int *handles, int n);
 /* Lays out the blocks; copies old values, initialises new elements from rng. */
 int ml_params_commit(ml_params *p, ml_rng *rng);
 void ml_params_zero_grad(ml_params *p);
@@ -74,7 +107,7 @@ static inline float *ml_params_data(const ml_params *p, int h) { return p->data 
 static inline float *ml_params_grad(const ml_params *p, int h) { return p->grad + p->t[h].off; }
 static inline size_t ml_params_numel(const ml_params *p) {
     size_t n = 0;
-    for (int i = 0; i < p->count; i++) n += p->t[i].n;
+    for (int i = 0; i < p->count; i++) n += p->t[i].removed ? 0 : p->t[i].n;
     return n;
 }
 

@@ -231,13 +231,32 @@ size_t ml_abi_size_1_0(const char *what) {
     if (!strcmp(what, "ml_tensor_decl")) return decl_size_at(0);
     if (!strcmp(what, "ml_router_api")) return sizeof(ml_router_api);
     if (!strcmp(what, "ml_loss_api")) return SIZE_BEFORE(ml_loss_api, states);
-    if (!strcmp(what, "ml_schedule_api")) return sizeof(ml_schedule_api);
+    if (!strcmp(what, "ml_schedule_api")) return SIZE_BEFORE(ml_schedule_api, states);
     if (!strcmp(what, "ml_host")) return sizeof(ml_host);
     if (!strcmp(what, "ml_route")) return SIZE_BEFORE(ml_route, layer);
     if (!strcmp(what, "ml_router_event")) return SIZE_BEFORE(ml_router_event, opt);
     if (!strcmp(what, "ml_routing_record")) return SIZE_BEFORE(ml_routing_record, layer);
     if (!strcmp(what, "ml_loss_init")) return SIZE_BEFORE(ml_loss_init, layer);
     if (!strcmp(what, "ml_progress")) return SIZE_BEFORE(ml_progress, health);
+    return 0;
+}
+
+size_t ml_abi_size_1_1(const char *what) {
+    if (!strcmp(what, "ml_schedule_api")) return SIZE_BEFORE(ml_schedule_api, states);
+    if (!strcmp(what, "ml_router_event")) return SIZE_BEFORE(ml_router_event, kept);
+    if (!strcmp(what, "ml_plugin")) return sizeof(ml_plugin);
+    if (!strcmp(what, "ml_option")) return sizeof(ml_option);
+    if (!strcmp(what, "ml_optval")) return sizeof(ml_optval);
+    if (!strcmp(what, "ml_tensor_decl")) return sizeof(ml_tensor_decl);
+    if (!strcmp(what, "ml_router_api")) return sizeof(ml_router_api);
+    if (!strcmp(what, "ml_loss_api")) return sizeof(ml_loss_api);
+    if (!strcmp(what, "ml_host")) return sizeof(ml_host);
+    if (!strcmp(what, "ml_route")) return sizeof(ml_route);
+    if (!strcmp(what, "ml_routing_record")) return sizeof(ml_routing_record);
+    if (!strcmp(what, "ml_loss_init")) return sizeof(ml_loss_init);
+    if (!strcmp(what, "ml_progress")) return sizeof(ml_progress);
+    if (!strcmp(what, "ml_layer_health")) return sizeof(ml_layer_health);
+    if (!strcmp(what, "ml_loss_eval")) return sizeof(ml_loss_eval);
     return 0;
 }
 
@@ -333,9 +352,12 @@ static int normalise_api(loaded *e, const ml_plugin *d) {
                            "create, destroy, initial_experts, decide"))
             return ML_ERR;
         a->size = sizeof *a;
-        if (!a->create || !a->destroy || !a->initial_experts || !a->decide)
+        if (!a->create || !a->destroy || !a->initial_experts || (!a->decide && !a->decide_v2))
             return ml_errorf("schedule api lacks a required function (create, destroy, "
-                             "initial_experts, decide)");
+                             "initial_experts, and decide or decide_v2)");
+        if (!a->decide && d->abi_minor < 2)
+            return ml_errorf("schedule api has no decide (a schedule of ABI 1.%d must define decide)", d->abi_minor);
+        if (d->abi_minor < 2) a->states = NULL, a->observe = NULL, a->decide_v2 = NULL; /* not theirs to set */
         return ML_OK;
     }
     default:

@@ -69,6 +69,8 @@ size_t ml_plugin_decl_size(const ml_plugin *p);
 /* sizeof of an ABI struct in version 1.0 ("ml_plugin", "ml_option", "ml_loss_api", ...),
    0 for a name it does not know; tests/check_abi.c compares them with the frozen header. */
 size_t ml_abi_size_1_0(const char *what);
+/* The same for version 1.1 (tests/abi/1.1 freezes its header). */
+size_t ml_abi_size_1_1(const char *what);
 /* "router", "loss", "schedule" or "unknown". */
 const char *ml_plugin_kind_name(int kind);
 

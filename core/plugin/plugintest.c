@@ -151,6 +151,18 @@ static int h_grow(harness *h, int N2, char *why) {
     return ML_OK;
 }
 
+/* Removes experts as a run does: keep the kept rows, commit, EXPERTS_REMOVED (ABI 1.2). */
+static int h_remove(harness *h, const int *kept, int nkeep, char *why) {
+    int N1 = h->N;
+    if (ml_router_inst_remove_declare(&h->ri, kept, nkeep) || ml_params_commit(&h->P, &h->init_rng) ||
+        ml_params_commit(&h->S, &h->init_rng) || ml_router_inst_remove_finish(&h->ri, kept, N1)) {
+        why_set(why, "%s", ml_error());
+        return ML_ERR;
+    }
+    h->N = nkeep;
+    return ML_OK;
+}
+
 static size_t tensor_len(const harness *h, const ml_tensor_set *s, int i) {
     return (size_t)ml_tensor_decl_rows(&s->decl[i], h->N) * (size_t)s->decl[i].cols;
 }
@@ -513,6 +525,55 @@ static void router_growth(suite *s, const ml_plugin *p, const ml_optval *opt) {
     h_free(&h);
 }
 
+/* Experts removed: N 6 -> 4 (experts 1 and 4 go). The host keeps the kept experts' rows of
+   every per-expert tensor; a 1.2 router is told (EXPERTS_REMOVED) and must route and
+   differentiate correctly at the new N. */
+static void router_removal(suite *s, const ml_plugin *p, const ml_optval *opt) {
+    char why[WHY] = "";
+    harness h;
+    static const int kept[4] = {0, 2, 3, 5};
+    float *before[2][ML_MAX_TENSORS] = {{0}};
+    int ok = h_new(&h, p, opt, 8, 4, 17, why) == ML_OK && h_grow(&h, 6, why) == ML_OK && router_roundtrip(&h, 16, 6, 1, why);
+    ml_tensor_set *sets[2] = {&h.ri.param, &h.ri.state};
+    for (int b = 0; b < 2 && ok; b++) {
+        ml_tensor_set_bind(sets[b]);
+        for (int i = 0; i < sets[b]->n && ok; i++) {
+            size_t n = tensor_len(&h, sets[b], i);
+            if (!(before[b][i] = ml_calloc(n, sizeof(float)))) ok = 0, why_set(why, "out of memory");
+            else memcpy(before[b][i], sets[b]->data[i], n * sizeof(float));
+        }
+    }
+    if (ok) ok = h_remove(&h, kept, 4, why) == ML_OK;
+    for (int b = 0; b < 2 && ok; b++) {
+        ml_tensor_set_bind(sets[b]);
+        for (int i = 0; i < sets[b]->n && ok; i++) {
+            const ml_tensor_decl *d = &sets[b]->decl[i];
+            size_t cols = (size_t)d->cols;
+            for (int j = 0; j < (d->per_expert ? 4 : d->rows) && ok; j++) {
+                const float *want = before[b][i] + (size_t)(d->per_expert ? kept[j] : j) * cols;
+                if (memcmp(sets[b]->data[i] + (size_t)j * cols, want, cols * sizeof(float)))
+                    ok = 0, why_set(why, "%s %s: row %d is not what row %d was before the removal", b ? "state" : "param",
+                                    d->name, j, d->per_expert ? kept[j] : j);
+            }
+        }
+    }
+    if (ok) ok = router_roundtrip(&h, 16, 4, 1, why);
+    report(s, ok, "experts removed (N 6 -> 4, experts 1 and 4)", "%s", why);
+    if (ok) {
+        fprintf(s->out, "     %s\n", p->abi_minor >= 2 ? "told with ML_EV_EXPERTS_REMOVED (ABI 1.2)"
+                                                         : "built before ABI 1.2: not told; the host kept the rows of its tensors");
+        const char *tag = s->tag;
+        char t2[160];
+        snprintf(t2, sizeof t2, "%safter removal: ", tag);
+        s->tag = t2;
+        router_gradcheck(s, &h, 16, 79);
+        s->tag = tag;
+    }
+    for (int b = 0; b < 2; b++)
+        for (int i = 0; i < ML_MAX_TENSORS; i++) free(before[b][i]);
+    h_free(&h);
+}
+
 static void router_extreme(suite *s, const ml_plugin *p, const ml_optval *opt) {
     char why[WHY] = "";
     harness h;
@@ -632,6 +693,7 @@ static void router_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int
         router_determinism(s, p, opt);
         router_checkpoint(s, p, opt);
         router_growth(s, p, opt);
+        router_removal(s, p, opt);
         router_extreme(s, p, opt);
         router_metrics(s, p, opt);
         router_runtime_options(s, p, opt);
@@ -985,11 +1047,43 @@ static void fake_health(ml_layer_health *h, double *u, int l, int N, int collaps
     h->collapsed = collapsed;
 }
 
+/* A synthetic training step's routing of one layer with N experts, B samples, top-2:
+   mode 0 balanced (sample b to experts b mod N and b+1 mod N, confident); 1 collapsed (every
+   sample to experts 0 and 1, the others dead, probability spread evenly); 2 undecided (top-1,
+   sample b to expert b mod N, probability spread evenly: no expert holds much of it). */
+static void fake_route(ml_routing_record *r, float *prob, int32_t *ds, int32_t *de, float *dg, int B, int N,
+                       int mode) {
+    const int collapsed = mode != 0;
+    memset(r, 0, sizeof *r);
+    r->size = sizeof *r;
+    r->B = B;
+    r->N = N;
+    r->prob = r->logits = prob;
+    r->disp_sample = ds;
+    r->disp_expert = de;
+    r->disp_gate = dg;
+    r->training = 1;
+    int k = N < 2 || mode == 2 ? 1 : 2, t = 0;
+    for (int b = 0; b < B; b++) {
+        float *p = prob + (size_t)b * N;
+        for (int e = 0; e < N; e++) p[e] = collapsed ? 1.0f / N : (N > 1 ? 0.1f / (N - 1) : 1.0f);
+        for (int j = 0; j < k; j++) {
+            int e = mode == 1 ? j : (b + j) % N;
+            if (!collapsed && N > 1) p[e] = j == 0 ? 0.9f : p[e];
+            ds[t] = b, de[t] = e, dg[t] = p[e];
+            t++;
+        }
+    }
+    r->n_disp = t;
+}
+
 static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, int full) {
     (void)full;
     char why[WHY] = "";
-    enum { L = 3, CAP = 1 << 12 };
+    enum { L = 3, CAP = 1 << 12, FB = 16 };
     ml_schedule_inst si;
+    ml_params S;
+    ml_params_init(&S, 0);
     if (ml_schedule_inst_init(&si, p, opt, L, CAP)) {
         report(s, 0, "create", "%s", ml_error());
         ml_schedule_inst_release(&si);
@@ -1005,19 +1099,48 @@ static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, i
             else if (c == 1) ne[l] = n;
         }
     report(s, ok, "initial_experts in 1..4096", "%s", why);
-    /* a simulated run: 300 epochs of 60000 images, a decision every 1000 images, with
-       routing health that collapses in epochs 100-150 (ABI 1.1 schedules read it) */
-    int add[L];
+    /* ABI 1.2: state tensors per layer, kept the way a run keeps them */
+    ml_rng rng;
+    ml_rng_seed(&rng, 7);
+    int nst = ml_schedule_inst_declare_states(&si, &S, ne);
+    if (nst < 0 || (nst > 0 && ml_params_commit(&S, &rng))) {
+        report(s, 0, "states", "%s", ml_error());
+        ok = 0;
+    } else if (nst > 0) {
+        report(s, 1, "states", NULL);
+        fprintf(s->out, "     %d state tensors per layer\n", nst);
+    }
+    /* a simulated run: 300 epochs of 60000 images, a decision every 1000 images (8 steps of
+       routing observed before each), with routing that collapses in epochs 100-150 and is
+       undecided in epochs 200-250: health for 1.1 schedules, every step's routing for 1.2 ones
+       (observe); what decide answers is carried out as a run does (removals first), so state
+       rows follow the experts */
+    int add[L], nrem[L], *rem[L] = {0};
+    int64_t added = 0, removed = 0;
     double *u = ml_calloc((size_t)2 * L * CAP, sizeof(double));
+    float *prob = ml_calloc((size_t)FB * CAP, sizeof(float)), *dg = ml_calloc((size_t)FB * 2, sizeof(float));
+    int32_t *ds = ml_calloc((size_t)FB * 2, sizeof(int32_t)), *de = ml_calloc((size_t)FB * 2, sizeof(int32_t));
+    int *kept = ml_calloc(CAP, sizeof(int));
+    for (int l = 0; l < L; l++)
+        if (!(rem[l] = ml_calloc(CAP, sizeof(int)))) ok = 0;
     ml_layer_health hc[L], hl[L];
     const ml_layer_health *pc[L], *pl[L];
-    if (!u) ok = 0, why_set(why, "out of memory");
+    if (!u || !prob || !dg || !ds || !de || !kept) ok = 0;
+    if (!ok && !why[0]) why_set(why, "out of memory");
     ml_progress pr = {sizeof pr, 0, 0, 1, L, ne, 60000, NULL, NULL};
     for (int k = 0; ok && k <= 300 * 60; k++) {
         pr.images_seen = (int64_t)k * 1000;
-        pr.step = k * 8;
         pr.epoch = 1 + k / 60;
         int bad = pr.epoch >= 100 && pr.epoch <= 150;
+        int mode = bad ? 1 : pr.epoch >= 200 && pr.epoch <= 250 ? 2 : 0;
+        for (int st = 0; st < 8 && ok; st++) {
+            pr.step = (int64_t)k * 8 + st + 1;
+            for (int l = 0; l < L && ok; l++) {
+                ml_routing_record r;
+                fake_route(&r, prob, ds, de, dg, FB, ne[l], mode);
+                if (ml_schedule_inst_observe(&si, l, pr.epoch, pr.step, &r, 0)) ok = 0, why_set(why, "%s", ml_error());
+            }
+        }
         for (int l = 0; l < L; l++) {
             fake_health(&hc[l], u + (size_t)l * CAP, l, ne[l], bad, pr.epoch);
             fake_health(&hl[l], u + (size_t)(L + l) * CAP, l, ne[l], bad, pr.epoch - 1);
@@ -1026,16 +1149,38 @@ static void schedule_suite(suite *s, const ml_plugin *p, const ml_optval *opt, i
         }
         pr.health = pc;
         pr.last_health = pr.epoch > 1 ? pl : NULL;
-        if (ml_schedule_inst_decide(&si, &pr, add)) {
+        if (ok && ml_schedule_inst_decide(&si, &pr, add, rem, nrem)) {
             ok = 0, why_set(why, "at %lld images: %s", (long long)pr.images_seen, ml_error());
             break;
         }
-        for (int l = 0; l < L; l++) ne[l] += add[l];
+        for (int l = 0; ok && l < L; l++) {
+            if (nrem[l] > 0) {
+                uint8_t gone[CAP] = {0};
+                for (int i = 0; i < nrem[l]; i++) gone[rem[l][i]] = 1;
+                int nk = 0;
+                for (int x = 0; x < ne[l]; x++)
+                    if (!gone[x]) kept[nk++] = x;
+                if (ml_schedule_inst_keep_rows(&si, l, kept, nk)) ok = 0, why_set(why, "%s", ml_error());
+                ne[l] = nk;
+                removed += nrem[l];
+            }
+            if (add[l] > 0) {
+                ne[l] += add[l];
+                added += add[l];
+                if (ml_schedule_inst_grow_declare(&si, l, ne[l])) ok = 0, why_set(why, "%s", ml_error());
+            }
+            if (ok && (nrem[l] > 0 || add[l] > 0) && nst > 0 && ml_params_commit(&S, &rng))
+                ok = 0, why_set(why, "%s", ml_error());
+        }
     }
-    report(s, ok, "decide never negative nor past 4096 experts over a simulated run", "%s", why);
-    if (ok) fprintf(s->out, "     experts per layer after 300 epochs: %d %d %d\n", ne[0], ne[1], ne[2]);
-    free(u);
+    report(s, ok, "decide never negative, never past 4096 experts, removals valid over a simulated run", "%s", why);
+    if (ok)
+        fprintf(s->out, "     experts per layer after 300 epochs: %d %d %d (%lld added, %lld removed)\n", ne[0], ne[1],
+                ne[2], (long long)added, (long long)removed);
+    free(u), free(prob), free(dg), free(ds), free(de), free(kept);
+    for (int l = 0; l < L; l++) free(rem[l]);
     ml_schedule_inst_release(&si);
+    ml_params_free(&S);
 }
 
 /* ================================================================= options */

@@ -416,6 +416,31 @@ int ml_router_inst_grow_finish(ml_router_inst *ri, int old_n) {
     return send(ri, &ev, "experts-added event");
 }
 
+int ml_router_inst_remove_declare(ml_router_inst *ri, const int *kept, int nkeep) {
+    if (nkeep < 1 || nkeep > ri->N) return rerr(ri, "remove experts", "keep %d of %d experts", nkeep, ri->N);
+    free_buffers(ri); /* re-sized at the next forward */
+    if (ml_tensor_set_keep_rows(&ri->param, kept, nkeep) || ml_tensor_set_keep_rows(&ri->state, kept, nkeep))
+        return ML_ERR;
+    ri->N = nkeep;
+    return ML_OK;
+}
+
+int ml_router_inst_remove_finish(ml_router_inst *ri, const int *kept, int old_n) {
+    if (ri->plugin->abi_minor < 2) return ML_OK; /* its declared tensors are compacted: all it can know */
+    int32_t *k32 = ml_calloc((size_t)ri->N, sizeof *k32);
+    if (!k32) return ML_ERR;
+    for (int j = 0; j < ri->N; j++) k32[j] = kept[j];
+    bind(ri);
+    ml_router_event ev;
+    fill_event(ri, &ev, ML_EV_EXPERTS_REMOVED);
+    ev.old_num_experts = old_n;
+    ev.kept = k32;
+    metrics_arm(ri, ML_METRIC_EPOCH);
+    int rc = send(ri, &ev, "experts-removed event");
+    free(k32);
+    return rc;
+}
+
 int ml_router_inst_set_options(ml_router_inst *ri, const ml_optval *opt) {
     const ml_plugin *p = ri->plugin;
     uint8_t changed[ML_MAX_OPTIONS] = {0};

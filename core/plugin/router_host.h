@@ -97,6 +97,15 @@ int ml_router_inst_epoch_end(ml_router_inst *ri, int epoch);
 int ml_router_inst_grow_declare(ml_router_inst *ri, int n);
 int ml_router_inst_grow_finish(ml_router_inst *ri, int old_n);
 /*
+ * Removes experts: the expert numbered j afterwards is kept[j] (ascending old ids, nkeep >=
+ * 1). Every per-expert tensor keeps the kept experts' rows at once (the blocks must be
+ * committed; the owner commits them again afterwards), N becomes nkeep, the last forward is
+ * dropped. Then the owner commits and calls remove_finish: EXPERTS_REMOVED with kept, sent
+ * to plugins built against ABI 1.2 or later only.
+ */
+int ml_router_inst_remove_declare(ml_router_inst *ri, const int *kept, int nkeep);
+int ml_router_inst_remove_finish(ml_router_inst *ri, const int *kept, int old_n);
+/*
  * Changes options at run time: opt holds every option's new value (validated by the
  * caller with ml_option_parse). Only options the plugin flags ML_OPTF_RUNTIME may differ,
  * and only a plugin built against ABI 1.1 or later is asked; it may refuse. On any error

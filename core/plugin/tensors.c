@@ -101,3 +101,15 @@ int ml_tensor_set_grow(ml_tensor_set *s, int N) {
         if (s->decl[i].per_expert && ml_params_grow(s->blk, s->handle[i], N)) return ML_ERR;
     return ML_OK;
 }
+
+int ml_tensor_set_keep_rows(ml_tensor_set *s, const int *kept, int nkeep) {
+    for (int i = 0; i < s->n; i++)
+        if (s->decl[i].per_expert && ml_params_shrink_rows(s->blk, s->handle[i], kept, nkeep)) return ML_ERR;
+    return ML_OK;
+}
+
+int ml_tensor_set_has_per_expert(const ml_tensor_set *s) {
+    for (int i = 0; i < s->n; i++)
+        if (s->decl[i].per_expert) return 1;
+    return 0;
+}

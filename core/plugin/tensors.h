@@ -48,5 +48,10 @@ int ml_tensor_set_declare(ml_tensor_set *s, ml_params *blk, const char *prefix, 
 void ml_tensor_set_bind(ml_tensor_set *s);
 /* Grows every per-expert tensor to N rows; takes effect at the block's next commit. */
 int ml_tensor_set_grow(ml_tensor_set *s, int N);
+/* Experts were removed: every per-expert tensor keeps the rows kept[0..nkeep) (ascending old
+   ids), in that order (ml_params_shrink_rows; the block must be committed). */
+int ml_tensor_set_keep_rows(ml_tensor_set *s, const int *kept, int nkeep);
+/* 1 when the set holds a per-expert tensor. */
+int ml_tensor_set_has_per_expert(const ml_tensor_set *s);
 
 #endif

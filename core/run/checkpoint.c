@@ -129,11 +129,13 @@ static int find_nonfinite(const ml_model *m, char *name, size_t cap) {
     for (size_t b = 0; b < sizeof blocks / sizeof *blocks; b++) {
         const ml_params *P = blocks[b].P;
         if (!blocks[b].blk || ml_ckpt_first_nonfinite(blocks[b].blk, P->total) < 0) continue;
-        for (int i = 0; i < P->count; i++)
-            if (ml_ckpt_first_nonfinite(blocks[b].blk + P->t[i].off, P->t[i].n) >= 0) {
-                snprintf(name, cap, "%s%s", blocks[b].prefix, P->t[i].name);
+        for (int k = 0; k < P->n_live; k++) {
+            const ml_tensor *t = &P->t[P->order[k]];
+            if (ml_ckpt_first_nonfinite(blocks[b].blk + t->off, t->n) >= 0) {
+                snprintf(name, cap, "%s%s", blocks[b].prefix, t->name);
                 return 1;
             }
+        }
         snprintf(name, cap, "%s(padding)", blocks[b].prefix);
         return 1;
     }
@@ -211,10 +213,10 @@ static int script_settings_meta(const ml_experiment *e, meta *md) {
     if (!gt) return ML_ERR;
     const ml_params *P = &e->model->P;
     ml_strbuf fz = {0};
-    for (int k = 0; k < P->count; k++)
-        if (P->t[k].frozen) {
+    for (int k = 0; k < P->n_live; k++)
+        if (P->t[P->order[k]].frozen) {
             if (fz.len) ml_strbuf_put(&fz, ";", 1);
-            ml_strbuf_puts(&fz, P->t[k].name);
+            ml_strbuf_puts(&fz, P->t[P->order[k]].name);
         }
     if (fz.oom) return ml_errorf("out of memory");
     meta_add(md, "run.frozen", "%s", fz.buf ? fz.buf : "");
@@ -254,13 +256,27 @@ static int build_meta(ml_experiment *e, const char *tag, meta *md) {
         snprintf(mepochs + c, sizeof mepochs - c, "%s%d", l ? "," : "", m->moe[l]->router.epoch);
     }
     meta_add(md, "experts", "%s", experts);
+    /* each expert's variant, for kinds whose experts differ (the segmentation kinds) */
+    int any_var = 0;
+    for (int l = 0; l < m->L; l++) any_var |= ml_moe_has_variants(m->moe[l]);
+    if (any_var) {
+        ml_strbuf vb = {0};
+        for (int l = 0; l < m->L; l++)
+            for (int x = 0; x < m->moe[l]->N; x++)
+                ml_strbuf_printf(&vb, "%s%d", x ? "," : l ? ";" : "", ml_moe_variant(m->moe[l], x));
+        if (vb.oom) return ml_errorf("out of memory");
+        meta_add(md, "expert_variants", "%s", vb.buf ? vb.buf : "");
+        free(vb.buf);
+    }
     /* per-tensor Adam step counts: "name=step;name=step" */
     size_t cap = 64, len = 0;
-    for (int i = 0; i < m->P.count; i++) cap += strlen(m->P.t[i].name) + 24;
+    for (int k = 0; k < m->P.n_live; k++) cap += strlen(m->P.t[m->P.order[k]].name) + 24;
     char *steps = ml_calloc(cap, 1);
     if (!steps) return ML_ERR;
-    for (int i = 0; i < m->P.count; i++)
-        len += (size_t)snprintf(steps + len, cap - len, "%s%s=%" PRId64, i ? ";" : "", m->P.t[i].name, m->P.t[i].step);
+    for (int k = 0; k < m->P.n_live; k++) {
+        const ml_tensor *t = &m->P.t[m->P.order[k]];
+        len += (size_t)snprintf(steps + len, cap - len, "%s%s=%" PRId64, k ? ";" : "", t->name, t->step);
+    }
     meta_add(md, "optim_steps", "%s", steps);
     free(steps);
     rng_hex(&m->init_rng, buf);
@@ -358,7 +374,7 @@ int ml_exp_save_checkpoint(ml_experiment *e, const char *tag) {
     if (find_nonfinite(m, bad, sizeof bad))
         return ml_errorf("save_checkpoint '%s': tensor '%s' holds non-finite values (NaN or Inf); the checkpoint was "
                          "not written and checkpoints/%s.safetensors is unchanged", tag, bad, tag);
-    int nP = m->P.count, nS = m->S.count, n = 3 * nP + nS;
+    int nP = m->P.n_live, nS = m->S.n_live, n = 3 * nP + nS;
     ml_st_tensor *t = ml_calloc((size_t)n, sizeof *t);
     char (*names)[ML_TENSOR_NAME_MAX + 16] = ml_calloc((size_t)n, sizeof *names);
     if (!t || !names) {
@@ -369,7 +385,7 @@ int ml_exp_save_checkpoint(ml_experiment *e, const char *tag) {
     int k = 0;
     for (int pass = 0; pass < 3; pass++)
         for (int i = 0; i < nP; i++) {
-            const ml_tensor *x = &m->P.t[i];
+            const ml_tensor *x = &m->P.t[m->P.order[i]];
             const float *blk = pass == 0 ? m->P.data : pass == 1 ? m->P.m : m->P.v;
             snprintf(names[k], sizeof names[k], "%s%s", pass == 0 ? "" : pass == 1 ? "optim.m." : "optim.v.", x->name);
             t[k].name = names[k];
@@ -379,7 +395,7 @@ int ml_exp_save_checkpoint(ml_experiment *e, const char *tag) {
             k++;
         }
     for (int i = 0; i < nS; i++) {
-        const ml_tensor *x = &m->S.t[i];
+        const ml_tensor *x = &m->S.t[m->S.order[i]];
         snprintf(names[k], sizeof names[k], "%s", x->name);
         t[k].name = names[k];
         t[k].ndim = x->ndim;
@@ -425,6 +441,10 @@ typedef struct ck {
     ml_st_file *f;
     int64_t epoch, step, seen, optt;
     int L, want[CK_MAX_LAYERS];
+    int *var[CK_MAX_LAYERS];      /* (want[l]) each expert's variant, from expert_variants; NULL: absent */
+    int keep[CK_MAX_LAYERS];      /* the model's experts 0..keep-1 are loaded; the others are removed
+                                     (resume) or stay as they are (load_checkpoint) */
+    int resume;
     ml_rng rng_init, rng_moe[CK_MAX_LAYERS];
     /* run state (resume only) */
     int64_t moe_step[CK_MAX_LAYERS], moe_epoch[CK_MAX_LAYERS];
@@ -476,6 +496,10 @@ static const float *ck_get(const ck *c, const char *name, int *nd, int64_t *sh) 
 }
 
 static void ck_free(ck *c) {
+    for (int l = 0; l < CK_MAX_LAYERS; l++) {
+        free(c->var[l]);
+        c->var[l] = NULL;
+    }
     ml_st_close(c->f);
     ml_jv_free(c->row);
     ml_jv_free(c->last_row);
@@ -661,6 +685,25 @@ static int parse_model_meta(ml_experiment *e, ck *c, int strict_hash) {
     int64_t want[CK_MAX_LAYERS];
     if (meta_u_list(c, "experts", c->L, 1, CK_MAX_EXPERTS, want)) return ML_ERR;
     for (int l = 0; l < c->L; l++) c->want[l] = (int)want[l];
+    const char *vv = ml_st_meta(c->f, "expert_variants");
+    if (vv) { /* "v,v,...;v,..." one list per layer */
+        const char *q = vv;
+        for (int l = 0; l < c->L; l++) {
+            if (!(c->var[l] = ml_calloc((size_t)c->want[l], sizeof(int)))) return ML_ERR;
+            for (int x = 0; x < c->want[l]; x++) {
+                size_t len = strcspn(q, ",;");
+                int64_t v;
+                char sep = q[len];
+                int last = x == c->want[l] - 1;
+                if (!parse_u(q, len, &v) || !ml_moe_variant_ok(m->moe[l], (int)v) ||
+                    (last ? sep != (l == c->L - 1 ? 0 : ';') : sep != ','))
+                    return bad_value(c, "expert_variants", vv, "one list of the experts' variants per layer "
+                                     "(',' between experts, ';' between layers), variants this model's kinds have");
+                c->var[l][x] = (int)v;
+                q += len + (sep ? 1 : 0);
+            }
+        }
+    }
     if (meta_rng(c, "rng.init", &c->rng_init)) return ML_ERR;
     for (int l = 0; l < c->L; l++) {
         char key[32];
@@ -725,8 +768,8 @@ static int parse_run_meta(ml_experiment *e, ck *c) {
             snprintf(key, sizeof key, "run.%shealth%d", v == 1 ? "v" : v == 2 ? "last" : "", c->v2 ? l : l + 1);
             const char *t = need(c, key);
             if (!t) return ML_ERR;
-            ml_health_acc *tmp = ml_health_acc_new(c->want[l] > e->model->moe[l]->N ? c->want[l] : e->model->moe[l]->N,
-                                                   e->train.num_classes);
+            /* a resumed layer has exactly the checkpoint's experts */
+            ml_health_acc *tmp = ml_health_acc_new(c->want[l], e->train.num_classes);
             int rc = tmp ? ml_health_acc_from_text(tmp, t) : ML_ERR;
             ml_health_acc_free(tmp);
             if (rc) return ml_error_prefix("%s: metadata '%s'", c->path, key);
@@ -815,16 +858,16 @@ static int parse_groups(const ml_experiment *e, ck *c, const char *v) {
     return ML_OK;
 }
 
-/* A name in run.frozen: a parameter of the model, or of an expert the checkpoint's growth adds. */
+/* A name in run.frozen: a parameter of the model, or of an expert the checkpoint has (a resume
+   makes the layers match the checkpoint: every expert tensor in the file is the model's then). */
 static int frozen_name_ok(const ml_experiment *e, const ck *c, const char *name) {
     const ml_model *m = e->model;
-    if (ml_params_find(&m->P, name) >= 0) return 1;
     int l, k, n = 0;
-    if (sscanf(name, "moe%d.expert%d.%n", &l, &k, &n) != 2 || n == 0 || --l < 0 || l >= m->L || k < m->moe[l]->N ||
-        k >= c->want[l])
-        return 0;
-    const char *part = name + n;
-    return !strcmp(part, "w1") || !strcmp(part, "b1") || !strcmp(part, "w2") || !strcmp(part, "b2");
+    if (sscanf(name, "moe%d.expert%d.%n", &l, &k, &n) == 2 && n > 0) {
+        if (--l < 0 || l >= m->L || k >= c->want[l]) return 0;
+        return ck_get(c, name, NULL, NULL) != NULL;
+    }
+    return ml_params_find(&m->P, name) >= 0;
 }
 
 /* Calls fn(ctx, name) for each name of the ';'-separated list v (names < ML_TENSOR_NAME_MAX
@@ -911,7 +954,7 @@ static int parse_script_settings(ml_experiment *e, ck *c) {
     if ((v = ml_st_meta(c->f, "run.steplog"))) {
         int N[CK_MAX_LAYERS];
         for (int l = 0; l < c->L; l++)
-            N[l] = c->want[l] > e->model->moe[l]->N ? c->want[l] : e->model->moe[l]->N;
+            N[l] = c->want[l]; /* a resumed layer has exactly the checkpoint's experts */
         if (ml_steplog_check_text(e, N, v)) return ml_error_prefix("%s: metadata 'run.steplog'", c->path);
         if (meta_u(c, "run.steps_bytes", INT64_MAX, &c->steps_bytes) ||
             meta_u(c, "run.rsteps_bytes", INT64_MAX, &c->rsteps_bytes))
@@ -975,7 +1018,8 @@ static int has_tensor(const ck *c, const char *path, const char *name, int ndim,
     return ML_OK;
 }
 
-/* layer of a per-expert router or loss tensor (its rows grow with the layer), else -1 */
+/* layer of a per-expert router, loss or schedule tensor (its rows follow the layer's
+   experts), else -1 */
 static int growing_layer(const ml_experiment *e, const ml_params *blk, const ml_tensor *x) {
     return ml_exp_growing_layer(e, blk, (int)(x - blk->t));
 }
@@ -988,10 +1032,11 @@ static int expert_of(const ml_tensor *x, int *layer) {
     return k;
 }
 
-/* A tensor the checkpoint does not hold: an expert added after it was taken. */
-static int newer_expert(const ml_model *m, const ml_tensor *x, const int *want) {
+/* An expert tensor the file does not give: of an expert past what the checkpoint loads into
+   (removed by a resume, or kept as it is by load_checkpoint). */
+static int not_loaded(const ml_model *m, const ml_tensor *x, const int *keep) {
     int l, k = expert_of(x, &l);
-    return k >= 0 && l >= 0 && l < m->L && k >= want[l];
+    return k >= 0 && l >= 0 && l < m->L && k >= keep[l];
 }
 
 /* Rows of a per-expert router or loss tensor to take from the file (all of them otherwise). */
@@ -1001,7 +1046,30 @@ static size_t file_elems(const ml_experiment *e, const ml_params *blk, const ml_
     return x->n / (size_t)x->shape[0] * (size_t)want[l];
 }
 
-/* Every tensor the (grown) model takes from the file is there with its shape, and finite. */
+/* The variant the checkpoint gives expert x of layer l, or -1: as the model has it. */
+static int file_variant(const ck *c, int l, int x) { return c->var[l] ? c->var[l][x] : -1; }
+
+/*
+ * What loading does to each layer: the model's experts 0..keep-1 take the file's values; a
+ * resume removes the model's experts keep..N-1 and creates keep..want-1 as the file has them
+ * (its layers become the checkpoint's: count and variants); load_checkpoint keeps a layer's
+ * experts past the file's as they are and creates the ones the file has beyond the layer's.
+ */
+static void plan(const ml_experiment *e, ck *c) {
+    for (int l = 0; l < c->L; l++) {
+        const ml_moe *q = e->model->moe[l];
+        int k = q->N < c->want[l] ? q->N : c->want[l];
+        if (c->resume)
+            for (int x = 0; x < k; x++)
+                if (file_variant(c, l, x) >= 0 && file_variant(c, l, x) != ml_moe_variant(q, x)) {
+                    k = x; /* from the first that differs in structure, the layer is rebuilt */
+                    break;
+                }
+        c->keep[l] = k;
+    }
+}
+
+/* Every tensor the (restructured) model takes from the file is there with its shape, and finite. */
 static int validate_tensors(const ml_experiment *e, const ck *c) {
     const ml_model *m = e->model;
     const int *want = c->want;
@@ -1010,7 +1078,7 @@ static int validate_tensors(const ml_experiment *e, const ck *c) {
         const ml_params *P = b ? &m->S : &m->P;
         for (int i = 0; i < P->count; i++) {
             const ml_tensor *x = &P->t[i];
-            if (newer_expert(m, x, want)) continue;
+            if (x->removed || not_loaded(m, x, c->keep)) continue;
             int shape[ML_MAX_DIMS];
             memcpy(shape, x->shape, sizeof shape);
             int l = growing_layer(e, P, x);
@@ -1022,11 +1090,11 @@ static int validate_tensors(const ml_experiment *e, const ck *c) {
             }
         }
     }
-    for (int l = 0; l < m->L; l++) { /* the experts the checkpoint has beyond the model's */
+    for (int l = 0; l < m->L; l++) { /* the experts the loading creates, as the file has them */
         const ml_moe *q = m->moe[l];
         ml_expert_tensor t;
-        for (int x = q->N; x < want[l]; x++)
-            for (int p = 0; ml_moe_expert_tensor(q, x, p, &t) == 0; p++)
+        for (int x = c->resume ? c->keep[l] : q->N; x < want[l]; x++)
+            for (int p = 0; ml_moe_expert_tensor_as(q, x, file_variant(c, l, x), p, &t) == 0; p++)
                 for (int k = 0; k < 3; k++) {
                     snprintf(name, sizeof name, "%smoe%d.expert%d.%s", k == 0 ? "" : k == 1 ? "optim.m." : "optim.v.", l + 1,
                              x, t.name);
@@ -1054,7 +1122,7 @@ static void copy_tensors(ml_experiment *e, const ck *c) {
     int64_t sh[4];
     for (int i = 0; i < m->P.count; i++) {
         const ml_tensor *x = &m->P.t[i];
-        if (newer_expert(m, x, c->want)) continue;
+        if (x->removed || not_loaded(m, x, c->want)) continue;
         size_t bytes = file_elems(e, &m->P, x, c->want) * sizeof(float);
         memcpy(m->P.data + x->off, ck_get(c, x->name, &nd, sh), bytes);
         snprintf(name, sizeof name, "optim.m.%s", x->name);
@@ -1064,7 +1132,7 @@ static void copy_tensors(ml_experiment *e, const ck *c) {
     }
     for (int i = 0; i < m->S.count; i++) {
         const ml_tensor *x = &m->S.t[i];
-        if (newer_expert(m, x, c->want)) continue;
+        if (x->removed || not_loaded(m, x, c->want)) continue;
         memcpy(m->S.data + x->off, ck_get(c, x->name, &nd, sh), file_elems(e, &m->S, x, c->want) * sizeof(float));
     }
 }
@@ -1106,59 +1174,106 @@ static void apply_steps(ml_model *m, const ck *c) {
     }
 }
 
-/* Grows layers to the checkpoint's experts; the experiment's own growth writes an event,
- * a resume grows silently (the events file already has those events). A resume grows in the
- * order the run grew (the order of the experts' tensors in optim_steps, which lists the
- * parameter block in its layout), so the resumed block has the layout of the uninterrupted
- * one and writes the same checkpoints, byte for byte, even when several layers grew. */
-static int grow_to(ml_experiment *e, const ck *c, int silent) {
+/*
+ * Makes each layer what the plan says (plan() above): a resume removes the experts past
+ * keep and creates the file's, silently (the events file already tells how the run got
+ * there); load_checkpoint creates the experts the file has beyond the layer's with an
+ * experts_added event (reason "checkpoint"), as add_experts does.
+ */
+static int restructure(ml_experiment *e, const ck *c) {
     ml_model *m = e->model;
-    if (silent) {
-        const char *st = ml_st_meta(c->f, "optim_steps");
-        for (const char *p = st; p && *p;) {
-            const char *end = strchr(p, ';');
-            char nm[ML_TENSOR_NAME_MAX + 1], mn[ML_TENSOR_NAME_MAX + 32];
-            size_t len = end ? (size_t)(end - p) : strlen(p);
-            const char *eq = memchr(p, '=', len);
-            len = eq ? (size_t)(eq - p) : len;
-            if (len < sizeof nm) {
-                memcpy(nm, p, len);
-                nm[len] = 0;
-                const char *name = renumber(c, nm, mn, sizeof mn, 1);
-                int l, k, n = 0;
-                if (sscanf(name, "moe%d.expert%d.w1%n", &l, &k, &n) == 2 && name[n] == 0 && --l >= 0 && l < m->L &&
-                    k >= m->moe[l]->N && k < c->want[l] && ml_exp_grow_layer(e, l, k + 1 - m->moe[l]->N))
-                    return ML_ERR;
-            }
-            p = end ? end + 1 : NULL;
-        }
-    }
     for (int l = 0; l < m->L; l++) {
-        int n = c->want[l] - m->moe[l]->N;
+        ml_moe *q = m->moe[l];
+        const int N0 = q->N;
+        int first = q->N; /* the first expert the file's new ones take */
+        if (c->resume && c->keep[l] > 0 && c->keep[l] < N0) {
+            int *kept = ml_calloc((size_t)c->keep[l], sizeof *kept);
+            if (!kept) return ML_ERR;
+            for (int x = 0; x < c->keep[l]; x++) kept[x] = x;
+            int rc = ml_exp_keep_experts(e, l, kept, c->keep[l]);
+            free(kept);
+            if (rc) return ML_ERR;
+            first = c->keep[l];
+        } else if (c->resume && c->keep[l] == 0) {
+            first = 0; /* expert 0 itself differs in structure: the file's experts are made beside the
+                          model's, which then go, and the new ones take their numbers */
+        }
+        int old = q->N, n = c->want[l] - first;
         if (n <= 0) continue;
-        if (!silent) {
-            if (ml_exp_add_experts(e, l, n, "checkpoint")) return ML_ERR;
-        } else if (ml_exp_grow_layer(e, l, n)) {
-            return ML_ERR;
+        int *var = ml_calloc((size_t)n, sizeof *var);
+        if (!var) return ML_ERR;
+        for (int j = 0; j < n; j++) var[j] = file_variant(c, l, first + j);
+        int rc = ml_exp_grow_layer(e, l, n, var);
+        free(var);
+        if (rc) return ML_ERR;
+        if (c->resume && c->keep[l] == 0) {
+            int *kept = ml_calloc((size_t)n, sizeof *kept);
+            if (!kept) return ML_ERR;
+            for (int j = 0; j < n; j++) kept[j] = old + j;
+            rc = ml_exp_keep_experts(e, l, kept, n);
+            free(kept);
+            if (rc) return ML_ERR;
+        }
+        if (!c->resume) {
+            if (ml_steplog_grow(e, l, old, q->N, 1)) return ML_ERR;
+            ml_json j;
+            ml_json_begin(&j);
+            ml_json_int(&j, "layer", l + 1);
+            ml_json_int(&j, "added", n);
+            ml_json_int(&j, "from", old);
+            ml_json_int(&j, "to", q->N);
+            ml_json_int(&j, "images_seen", e->images_seen);
+            ml_json_str(&j, "reason", "checkpoint");
+            rc = ml_exp_event_json(e, "experts_added", &j);
+            ml_json_free(&j);
+            if (rc) return ML_ERR;
         }
     }
     return ML_OK;
+}
+
+/* A resumed run lays its blocks out as the checkpoint lists its tensors, which is how the
+   interrupted run had them laid out (additions and removals make that differ from the
+   order a fresh model declares), so it writes the same checkpoints, byte for byte. */
+static int reorder_as_file(ml_experiment *e, const ck *c) {
+    ml_model *m = e->model;
+    int n = ml_st_count(c->f), rc = ML_OK;
+    int *hp = ml_calloc((size_t)n + 1, sizeof *hp), *hs = ml_calloc((size_t)n + 1, sizeof *hs);
+    if (!hp || !hs) rc = ML_ERR;
+    int np = 0, ns = 0;
+    for (int i = 0; i < n && rc == ML_OK; i++) {
+        const char *nm = ml_st_name(c->f, i);
+        char buf[ML_TENSOR_NAME_MAX + 32];
+        if (!strncmp(nm, "optim.", 6)) continue;
+        const char *mn = renumber(c, nm, buf, sizeof buf, 1);
+        int h = ml_params_find(&m->P, mn);
+        if (h >= 0) hp[np++] = h;
+        else if ((h = ml_params_find(&m->S, mn)) >= 0) hs[ns++] = h;
+    }
+    if (rc == ML_OK) rc = ml_params_reorder(&m->P, hp, np);
+    if (rc == ML_OK) rc = ml_params_reorder(&m->S, hs, ns);
+    if (rc == ML_OK) rc = ml_model_grow_commit(m);
+    free(hp), free(hs);
+    return rc;
 }
 
 /* Opens and validates everything; on success the model is not yet changed. */
 static int ck_open(ml_experiment *e, ck *c, const char *path, int resume) {
     memset(c, 0, sizeof *c);
     c->path = path;
+    c->resume = resume;
     c->f = ml_st_open(path);
     if (!c->f) return ML_ERR;
-    if (parse_model_meta(e, c, resume) || (resume && parse_run_meta(e, c))) return ML_ERR;
+    if (parse_model_meta(e, c, resume)) return ML_ERR;
+    plan(e, c);
+    if (resume && parse_run_meta(e, c)) return ML_ERR;
     return validate_tensors(e, c);
 }
 
 /* Loads the model-level state of an opened, validated checkpoint. */
-static int ck_apply_model(ml_experiment *e, ck *c, int silent) {
+static int ck_apply_model(ml_experiment *e, ck *c) {
     ml_model *m = e->model;
-    if (grow_to(e, c, silent) || check_steps(m, c)) return ML_ERR;
+    if (restructure(e, c) || (c->resume && reorder_as_file(e, c)) || check_steps(m, c)) return ML_ERR;
     copy_tensors(e, c);
     e->opt.t = c->optt;
     apply_steps(m, c);
@@ -1183,7 +1298,7 @@ int ml_exp_load_checkpoint(ml_experiment *e, const char *tag, int *epoch, int64_
     if (resolve_tag(e, tag, path, sizeof path)) return ML_ERR;
     ck c;
     int rc = ck_open(e, &c, path, 0);
-    if (!rc) rc = ck_apply_model(e, &c, 0);
+    if (!rc) rc = ck_apply_model(e, &c);
     *epoch = (int)c.epoch;
     *step = c.step;
     ck_free(&c);
@@ -1324,7 +1439,7 @@ int ml_exp_resume(ml_experiment *e, const char *run_dir, const char *from_tag, i
         (c.steplog && (ml_results_cut(e->res, "steps.csv", (long)c.steps_bytes) ||
                        ml_results_cut(e->res, "routing_steps.csv", (long)c.rsteps_bytes))) ||
         (c.has_rlabels && ml_results_cut(e->res, "routing_labels.csv", (long)c.rlabels_bytes)) ||
-        ck_apply_model(e, &c, 1) || ck_apply_run(e, &c)) {
+        ck_apply_model(e, &c) || ck_apply_run(e, &c)) {
         ck_free(&c);
         return ML_ERR;
     }

@@ -79,6 +79,19 @@ static int build_losses(ml_experiment *e) {
     return ML_OK;
 }
 
+/* A 1.2 schedule's per-layer state tensors (after the model and the losses: they go into
+   the state block after theirs). */
+static int build_schedule_state(ml_experiment *e) {
+    ml_model *m = e->model;
+    int *ne = ml_calloc((size_t)m->L, sizeof *ne);
+    if (!ne) return ML_ERR;
+    for (int l = 0; l < m->L; l++) ne[l] = m->moe[l]->N;
+    int n = ml_schedule_inst_declare_states(&e->sched, &m->S, ne);
+    free(ne);
+    if (n < 0) return ML_ERR;
+    return n > 0 ? ml_params_commit(&m->S, &m->init_rng) : ML_OK;
+}
+
 static int build_schedule(ml_experiment *e, int L) {
     const ml_plugin *p = ml_plugin_load(ML_PLUGIN_SCHEDULE, ml_config_str(e->cfg, "schedule.name", "fixed"));
     if (!p) return ML_ERR;
@@ -228,7 +241,7 @@ static int build_optim(ml_experiment *e) {
     ml_optim_place(&e->opt, &e->model->P);
     for (int g = 0; g < n; g++) { /* most likely a typo; experts added later may still match */
         int members = 0;
-        for (int k = 0; k < e->model->P.count; k++) members += e->model->P.t[k].group == g;
+        for (int k = 0; k < e->model->P.count; k++) members += !e->model->P.t[k].removed && e->model->P.t[k].group == g;
         if (!members)
             ml_log(ML_LOG_WARN, "optim.groups.%d '%s': pattern '%s' matches no parameter tensor (yet)", g,
                    e->opt.group[g].name, e->opt.group[g].match);
@@ -315,7 +328,7 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     };
     if (ml_data_load(&dc, &e->train, &e->val)) { ml_error_prefix("data"); goto fail; }
     if (e->train.n < 1) { ml_errorf("data: the training split is empty (check data.train_images / data.val_images)"); goto fail; }
-    if (build_model(e) || build_losses(e) || init_from(e)) goto fail;
+    if (build_model(e) || build_losses(e) || build_schedule_state(e) || init_from(e)) goto fail;
     if (build_optim(e)) goto fail;
     e->hcfg = (ml_health_cfg){ml_config_float(e->cfg, "health.active_threshold", 0.1),
                               ml_config_float(e->cfg, "health.collapse_active_fraction", 0.5),
@@ -407,7 +420,7 @@ static int flush_row(ml_experiment *e) {
 
 /* Events a researcher wants to see as they happen (warnings print themselves). */
 static int echoed(const char *kind) {
-    static const char *const k[] = {"experts_added", "intervention", "router_options", "frozen", "unfrozen", "resumed"};
+    static const char *const k[] = {"experts_added", "experts_removed", "intervention", "router_options", "frozen", "unfrozen", "resumed"};
     for (size_t i = 0; i < sizeof k / sizeof *k; i++)
         if (!strcmp(kind, k[i])) return 1;
     return 0;
@@ -536,6 +549,8 @@ static int aux_losses(ml_experiment *e, int training, double *total, double *per
         ml_moe_record(q, &rec);
         ml_health_acc_add(training ? e->acc[l] : e->vacc[l], &rec, ml_moe_dropped(q));
         if (training && ml_steplog_route(e, l, &rec, ml_moe_dropped(q))) return ML_ERR;
+        if (training && ml_schedule_inst_observe(&e->sched, l, e->epoch, e->step + 1, &rec, ml_moe_dropped(q)))
+            return ML_ERR;
         for (int i = 0; i < e->n_losses; i++) {
             ml_loss_slot *s = &e->loss[i];
             double v = 0;
@@ -839,17 +854,69 @@ int ml_exp_growing_layer(const ml_experiment *e, const ml_params *blk, int h) {
         int r = set_layer(&ri->param, blk, h, l);
         if (r == -2) r = set_layer(&ri->state, blk, h, l);
         for (int i = 0; r == -2 && i < e->n_losses; i++) r = set_layer(&e->loss[i].inst[l].state, blk, h, l);
+        const ml_tensor_set *ss = ml_schedule_inst_state(&e->sched, l);
+        if (r == -2 && ss) r = set_layer(ss, blk, h, l);
         if (r != -2) return r;
     }
     return -1;
 }
 
-int ml_exp_grow_layer(ml_experiment *e, int layer, int n) {
+int ml_growth_init_from_name(const char *name) {
+    static const char *const names[] = {"random", "copy", "drop_upcycle"};
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(name, names[i])) return i;
+    return -1;
+}
+
+const char *ml_growth_init_name(ml_expert_init init) {
+    return init == ML_EXPERT_INIT_COPY ? "copy" : init == ML_EXPERT_INIT_DROP_UPCYCLE ? "drop_upcycle" : "random";
+}
+
+void ml_exp_growth_defaults(const ml_experiment *e, ml_growth *g) {
+    int init = ml_growth_init_from_name(ml_config_str(e->cfg, "growth.init", "random"));
+    g->init = init < 0 ? ML_EXPERT_INIT_RANDOM : (ml_expert_init)init;
+    g->source = (int)ml_config_int(e->cfg, "growth.source", -1);
+    g->noise = ml_config_float(e->cfg, "growth.noise", 0.0);
+    g->ratio = ml_config_float(e->cfg, "growth.ratio", 0.5);
+    g->router_noise = ml_config_float(e->cfg, "growth.router_noise", 0.01);
+}
+
+/* The experts of layer ranked by load, heaviest first (ties: the lower id): the share of
+   dispatched slots in this epoch so far, or in the last epoch when this one has none yet. */
+static int rank_by_load(ml_experiment *e, int layer, int *rank) {
+    const int N = e->model->moe[layer]->N;
+    ml_health h;
+    memset(&h, 0, sizeof h);
+    if (ml_health_compute(e->acc[layer], &e->hcfg, &h)) return ML_ERR;
+    if (!h.slots && e->have_last) {
+        ml_health_free(&h);
+        if (ml_health_compute(e->last_acc[layer], &e->hcfg, &h)) return ML_ERR;
+    }
+    for (int i = 0; i < N; i++) rank[i] = i;
+    /* insertion sort: stable, so ties keep the lower id first */
+    for (int i = 1; i < N; i++) {
+        int x = rank[i], k = i;
+        double ux = h.utilisation && x < h.num_experts ? h.utilisation[x] : 0;
+        while (k > 0) {
+            int y = rank[k - 1];
+            double uy = h.utilisation && y < h.num_experts ? h.utilisation[y] : 0;
+            if (uy >= ux) break;
+            rank[k] = y;
+            k--;
+        }
+        rank[k] = x;
+    }
+    ml_health_free(&h);
+    return ML_OK;
+}
+
+int ml_exp_grow_layer(ml_experiment *e, int layer, int n, const int *variant) {
     ml_model *m = e->model;
     int old = layer >= 0 && layer < m->L ? m->moe[layer]->N : 0;
-    if (ml_model_grow_begin(m, layer, n)) return ML_ERR;
+    if (ml_model_grow_begin(m, layer, n, variant)) return ML_ERR;
     for (int i = 0; i < e->n_losses; i++)
         if (ml_loss_inst_grow_declare(&e->loss[i].inst[layer], old + n)) return ML_ERR;
+    if (ml_schedule_inst_grow_declare(&e->sched, layer, old + n)) return ML_ERR;
     if (ml_model_grow_end(m, layer, old)) return ML_ERR;
     ml_optim_place(&e->opt, &m->P); /* the new experts join the groups their names match */
     if (ml_health_acc_resize(e->acc[layer], m->moe[layer]->N) || ml_health_acc_resize(e->vacc[layer], m->moe[layer]->N))
@@ -858,24 +925,159 @@ int ml_exp_grow_layer(ml_experiment *e, int layer, int n) {
     return ml_steplog_grow(e, layer, old, m->moe[layer]->N, 0);
 }
 
+/* "[a,b,c]" */
+static char *int_list(const int *v, int n) {
+    ml_strbuf b = {0};
+    ml_strbuf_puts(&b, "[");
+    for (int i = 0; i < n; i++) ml_strbuf_printf(&b, "%s%d", i ? "," : "", v[i]);
+    ml_strbuf_puts(&b, "]");
+    if (b.oom) {
+        free(b.buf);
+        ml_errorf("out of memory");
+        return NULL;
+    }
+    return b.buf;
+}
+
 int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason) {
+    return ml_exp_add_experts_with(e, layer, n, reason, NULL);
+}
+
+int ml_exp_add_experts_with(ml_experiment *e, int layer, int n, const char *reason, const ml_growth *g) {
     ml_model *m = e->model;
     if (layer < 0 || layer >= m->L) return ml_errorf("add_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
-    int old = m->moe[layer]->N;
+    ml_moe *q = m->moe[layer];
+    int old = q->N;
     if (n < 1 || n > ML_MOE_MAX_EXPERTS - old)
         return ml_errorf("add_experts: a layer holds at most %d experts (layer %d has %d, asked for %d more)",
                          ML_MOE_MAX_EXPERTS, layer + 1, old, n);
-    if (ml_exp_grow_layer(e, layer, n) || ml_steplog_grow(e, layer, old, m->moe[layer]->N, 1)) return ML_ERR;
-    ml_json j;
-    ml_json_begin(&j);
-    ml_json_int(&j, "layer", layer + 1);
-    ml_json_int(&j, "added", n);
-    ml_json_int(&j, "from", old);
-    ml_json_int(&j, "to", m->moe[layer]->N);
-    ml_json_int(&j, "images_seen", e->images_seen);
-    ml_json_str(&j, "reason", reason ? reason : "script");
-    int rc = ml_exp_event_json(e, "experts_added", &j);
-    ml_json_free(&j);
+    ml_growth rnd = {ML_EXPERT_INIT_RANDOM, -1, 0, 0.5, 0};
+    if (!g) g = &rnd;
+    if (g->init != ML_EXPERT_INIT_RANDOM) {
+        if (g->source >= old)
+            return ml_errorf("add_experts: source expert %d does not exist (layer %d has experts 0..%d)", g->source,
+                             layer + 1, old - 1);
+        if (!(g->noise >= 0 && isfinite(g->noise)) || !(g->router_noise >= 0 && isfinite(g->router_noise)) ||
+            !(g->ratio >= 0 && g->ratio <= 1))
+            return ml_errorf("add_experts: noise and router_noise must be finite and >= 0, ratio in [0, 1]");
+    }
+    int *src = ml_calloc((size_t)n + (size_t)old, sizeof *src), *var = ml_calloc((size_t)n, sizeof *var);
+    if (!src || !var) {
+        free(src), free(var);
+        return ML_ERR;
+    }
+    int rc = ML_OK;
+    if (g->init != ML_EXPERT_INIT_RANDOM) {
+        /* the sources: the one asked for, or the most loaded experts, heaviest first (the
+           n-th new expert copies the n-th heaviest, round the layer again past N) */
+        int *rank = src + n;
+        if (g->source < 0) rc = rank_by_load(e, layer, rank);
+        for (int j = 0; j < n && rc == ML_OK; j++) {
+            src[j] = g->source >= 0 ? g->source : rank[j % old];
+            var[j] = ml_moe_variant(q, src[j]); /* a copy has its source's structure */
+        }
+    }
+    if (rc == ML_OK) rc = ml_model_grow_begin(m, layer, n, g->init != ML_EXPERT_INIT_RANDOM ? var : NULL);
+    for (int i = 0; i < e->n_losses && rc == ML_OK; i++) rc = ml_loss_inst_grow_declare(&e->loss[i].inst[layer], old + n);
+    if (rc == ML_OK) rc = ml_schedule_inst_grow_declare(&e->sched, layer, old + n);
+    if (rc == ML_OK) rc = ml_model_grow_commit(m);
+    if (rc == ML_OK && g->init != ML_EXPERT_INIT_RANDOM) {
+        ml_moe_init in = {g->init, src, g->noise, g->ratio, g->router_noise, &m->init_rng};
+        rc = ml_moe_init_experts(q, old, n, &in);
+    }
+    if (rc == ML_OK) rc = ml_model_grow_end(m, layer, old);
+    if (rc == ML_OK) {
+        ml_optim_place(&e->opt, &m->P); /* the new experts join the groups their names match */
+        if (ml_health_acc_resize(e->acc[layer], q->N) || ml_health_acc_resize(e->vacc[layer], q->N) ||
+            (e->last_acc && e->last_acc[layer] && ml_health_acc_resize(e->last_acc[layer], q->N)) ||
+            ml_steplog_grow(e, layer, old, q->N, 0) || ml_steplog_grow(e, layer, old, q->N, 1))
+            rc = ML_ERR;
+    }
+    char *sources = rc == ML_OK && g->init != ML_EXPERT_INIT_RANDOM ? int_list(src, n) : NULL;
+    if (rc == ML_OK && g->init != ML_EXPERT_INIT_RANDOM && !sources) rc = ML_ERR;
+    if (rc == ML_OK) {
+        ml_json j;
+        ml_json_begin(&j);
+        ml_json_int(&j, "layer", layer + 1);
+        ml_json_int(&j, "added", n);
+        ml_json_int(&j, "from", old);
+        ml_json_int(&j, "to", q->N);
+        ml_json_int(&j, "images_seen", e->images_seen);
+        ml_json_str(&j, "reason", reason ? reason : "script");
+        if (g->init != ML_EXPERT_INIT_RANDOM) { /* runs that add random experts write what they always wrote */
+            ml_json_str(&j, "init", ml_growth_init_name(g->init));
+            ml_json_raw(&j, "sources", sources);
+            if (g->init == ML_EXPERT_INIT_DROP_UPCYCLE) ml_json_num(&j, "ratio", g->ratio);
+        }
+        rc = ml_exp_event_json(e, "experts_added", &j);
+        ml_json_free(&j);
+    }
+    free(sources), free(src), free(var);
+    return rc;
+}
+
+int ml_exp_keep_experts(ml_experiment *e, int layer, const int *kept, int nkeep) {
+    ml_model *m = e->model;
+    if (layer < 0 || layer >= m->L)
+        return ml_errorf("remove_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
+    ml_moe *q = m->moe[layer];
+    const int old = q->N;
+    if (ml_model_remove_begin(m, layer, kept, nkeep)) return ML_ERR;
+    for (int i = 0; i < e->n_losses; i++)
+        if (ml_tensor_set_keep_rows(&e->loss[i].inst[layer].state, kept, nkeep)) return ML_ERR;
+    if (ml_schedule_inst_keep_rows(&e->sched, layer, kept, nkeep)) return ML_ERR;
+    if (ml_model_remove_end(m, layer, kept, old)) return ML_ERR;
+    /* renamed tensors join the groups their new names match (their frozen flags stay) */
+    for (int j = 0; j < q->N; j++)
+        for (int i = 0; i < q->nt[j]; i++) ml_optim_regroup(&e->opt, &m->P, q->th[j][i]);
+    if (ml_health_acc_keep(e->acc[layer], kept, nkeep) || ml_health_acc_keep(e->vacc[layer], kept, nkeep) ||
+        (e->last_acc && e->last_acc[layer] && ml_health_acc_keep(e->last_acc[layer], kept, nkeep)))
+        return ML_ERR;
+    return ml_steplog_keep(e, layer, kept, nkeep);
+}
+
+int ml_exp_remove_experts(ml_experiment *e, int layer, const int *ids, int n, const char *reason) {
+    ml_model *m = e->model;
+    if (layer < 0 || layer >= m->L)
+        return ml_errorf("remove_experts: layer %d does not exist (model has %d)", layer + 1, m->L);
+    const int N = m->moe[layer]->N;
+    if (n < 1) return ml_errorf("remove_experts: no experts to remove");
+    if (n >= N)
+        return ml_errorf("remove_experts: layer %d has %d experts; removing %d would leave none (at least one must stay)",
+                         layer + 1, N, n);
+    uint8_t *gone = ml_calloc((size_t)N, 1);
+    int *kept = ml_calloc((size_t)N, sizeof *kept), *removed = ml_calloc((size_t)n, sizeof *removed);
+    int rc = gone && kept && removed ? ML_OK : ML_ERR;
+    for (int i = 0; i < n && rc == ML_OK; i++) {
+        if (ids[i] < 0 || ids[i] >= N)
+            rc = ml_errorf("remove_experts: expert %d does not exist (layer %d has experts 0..%d)", ids[i], layer + 1, N - 1);
+        else if (gone[ids[i]])
+            rc = ml_errorf("remove_experts: expert %d is named twice", ids[i]);
+        else
+            gone[ids[i]] = 1;
+    }
+    int nkeep = 0, nrem = 0;
+    for (int x = 0; x < N && rc == ML_OK; x++) {
+        if (gone[x]) removed[nrem++] = x;
+        else kept[nkeep++] = x;
+    }
+    if (rc == ML_OK) rc = ml_exp_keep_experts(e, layer, kept, nkeep);
+    char *tk = rc == ML_OK ? int_list(kept, nkeep) : NULL, *tr = rc == ML_OK ? int_list(removed, nrem) : NULL;
+    if (rc == ML_OK && (!tk || !tr)) rc = ML_ERR;
+    if (rc == ML_OK) {
+        ml_json j;
+        ml_json_begin(&j);
+        ml_json_int(&j, "layer", layer + 1);
+        ml_json_raw(&j, "removed", tr);
+        ml_json_int(&j, "from", N);
+        ml_json_int(&j, "to", nkeep);
+        ml_json_raw(&j, "kept", tk); /* the id map: expert j now was expert kept[j] */
+        ml_json_int(&j, "images_seen", e->images_seen);
+        ml_json_str(&j, "reason", reason ? reason : "script");
+        rc = ml_exp_event_json(e, "experts_removed", &j);
+        ml_json_free(&j);
+    }
+    free(tk), free(tr), free(gone), free(kept), free(removed);
     return rc;
 }
 
@@ -904,7 +1106,7 @@ static void health_to_abi(const ml_health *h, int layer, int epoch, ml_layer_hea
     o->collapsed = h->collapsed;
 }
 
-int ml_exp_schedule_decide(ml_experiment *e, int *add) {
+int ml_exp_schedule_decide(ml_experiment *e, int *add, int *const *remove, int *n_remove) {
     ml_model *m = e->model;
     const int L = m->L;
     int *ne = ml_calloc((size_t)L, sizeof *ne);
@@ -930,7 +1132,7 @@ int ml_exp_schedule_decide(ml_experiment *e, int *add) {
         p.health = ph;
         p.last_health = e->have_last ? ph + L : NULL;
     }
-    if (rc == ML_OK) rc = ml_schedule_inst_decide(&e->sched, &p, add);
+    if (rc == ML_OK) rc = ml_schedule_inst_decide(&e->sched, &p, add, remove, n_remove);
     for (int k = 0; h && k < 2 * L; k++) ml_health_free(&h[k]);
     free(ne), free(h), free(lh), free(ph);
     return rc;

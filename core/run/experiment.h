@@ -153,10 +153,40 @@ int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
 int ml_exp_evaluate(ml_experiment *e, ml_eval_stats *out);
 /* routing health of a layer (0-based) over the last training epoch (val = 0) or the last evaluate (val = 1) */
 int ml_exp_health(ml_experiment *e, int layer, int val, ml_health *out);
+/* How added experts start: the config's growth.* or add_experts' options (docs/lua-api.md). */
+typedef struct ml_growth {
+    ml_expert_init init;           /* random, copy, drop_upcycle */
+    int source;                    /* the expert to copy; -1: the most loaded */
+    double noise;                  /* copies: noise std / the tensor's std (0: exact copies) */
+    double ratio;                  /* drop_upcycle: share of the units re-initialised */
+    double router_noise;           /* the copied router rows: noise std / the tensor's std */
+} ml_growth;
+
+/* The config's growth.* (random when the config says nothing). */
+void ml_exp_growth_defaults(const ml_experiment *e, ml_growth *g);
+/* "random", "copy", "drop_upcycle" -> ml_expert_init; -1 for anything else. And back. */
+int ml_growth_init_from_name(const char *name);
+const char *ml_growth_init_name(ml_expert_init init);
+
+/* Adds n randomly initialised experts to layer (from 0), with an experts_added event. */
 int ml_exp_add_experts(ml_experiment *e, int layer, int n, const char *reason);
-/* Grows layer by n experts everywhere they live (model, loss state, health accumulators),
-   without an event: add_experts and checkpoint loading use it. */
-int ml_exp_grow_layer(ml_experiment *e, int layer, int n);
+/* The same, the new experts starting as g says (NULL: random); the event names the way
+   and the sources. */
+int ml_exp_add_experts_with(ml_experiment *e, int layer, int n, const char *reason, const ml_growth *g);
+/* Grows layer by n experts everywhere they live (model, loss and schedule state, health
+   accumulators), without an event: add_experts and checkpoint loading use it. variant (n,
+   may be NULL): each new expert's variant (ml_moe_grow_declare). */
+int ml_exp_grow_layer(ml_experiment *e, int layer, int n, const int *variant);
+/*
+ * Removes experts ids[0..n) (any order, none twice, not all) from layer: everywhere they live
+ * (model, optimizer moments and step counts, router and loss and schedule state, health
+ * accumulators, watches); the others are renumbered compactly in their order. Records an
+ * experts_removed event with the removed ids and `kept`, the old id of each expert now.
+ */
+int ml_exp_remove_experts(ml_experiment *e, int layer, const int *ids, int n, const char *reason);
+/* The same without the event or the checks of ids: the layer keeps kept[0..nkeep)
+   (ascending). Checkpoint loading uses it. */
+int ml_exp_keep_experts(ml_experiment *e, int layer, const int *kept, int nkeep);
 /* The layer (from 0) whose experts the rows of tensor h of blk follow (a per-expert router
    or loss tensor), or -1 for any other tensor. */
 int ml_exp_growing_layer(const ml_experiment *e, const ml_params *blk, int h);
@@ -165,8 +195,10 @@ int ml_exp_growing_layer(const ml_experiment *e, const ml_params *blk, int h);
    (ml_router_inst_set_options). Records a router_options event with the values that
    changed and what they were; does nothing when nothing changes. */
 int ml_exp_set_router_options(ml_experiment *e, int layer, const ml_optval *opt);
-/* asks the schedule plugin; add (L) receives the number of experts to add to each layer */
-int ml_exp_schedule_decide(ml_experiment *e, int *add);
+/* Asks the schedule plugin: add (L) receives the number of experts to add to each layer,
+   remove[l] (room for the layer's N ids) and n_remove (L) the experts to remove (removals
+   first, by the ids before the decision; plugin/schedule_host.h). */
+int ml_exp_schedule_decide(ml_experiment *e, int *add, int *const *remove, int *n_remove);
 int ml_exp_loss_index(const ml_experiment *e, const char *name);
 /* a column of this epoch's metrics row (replaces a value of the same name) */
 int ml_exp_log(ml_experiment *e, const char *name, double value);

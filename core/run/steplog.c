@@ -157,6 +157,24 @@ int ml_steplog_grow(ml_experiment *e, int l, int old_n, int new_n, int watch) {
     return ML_OK;
 }
 
+int ml_steplog_keep(ml_experiment *e, int l, const int *kept, int nkeep) {
+    ml_steplog *s = &e->steplog;
+    if (s->win && ml_health_acc_keep(s->win[l], kept, nkeep)) return ML_ERR;
+    int w = 0;
+    for (int i = 0; i < s->n_watch; i++) {
+        ml_watch x = s->watch[i];
+        if (x.layer == l) {
+            int j = 0;
+            while (j < nkeep && kept[j] < x.expert) j++;
+            if (j == nkeep || kept[j] != x.expert) continue; /* removed while watched: no share to report */
+            x.expert = j;
+        }
+        s->watch[w++] = x;
+    }
+    s->n_watch = w;
+    return ML_OK;
+}
+
 int ml_steplog_epoch_end(ml_experiment *e) {
     ml_steplog *s = &e->steplog;
     char col[64];

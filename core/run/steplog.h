@@ -60,6 +60,10 @@ int ml_steplog_step(ml_experiment *e, int applied, int B, double loss, double ta
 /* Layer l grew from old_n to new_n experts; watch = 1 (experts added by training, not by
    loading a checkpoint): watch the new ones. */
 int ml_steplog_grow(ml_experiment *e, int l, int old_n, int new_n, int watch);
+/* Experts of layer l were removed, kept[0..nkeep) stay (ascending old ids): the window
+   keeps their counts, watches follow their new numbers, a removed expert's watch ends
+   without an event. */
+int ml_steplog_keep(ml_experiment *e, int l, const int *kept, int nkeep);
 /* The epoch's columns (moe<L>_new_expert_share), at its end. */
 int ml_steplog_epoch_end(ml_experiment *e);
 /* At the end of the run: watches still open become events marked partial. */

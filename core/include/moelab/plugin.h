@@ -14,8 +14,8 @@
  *
  * Versioning (as SQLite's sqlite3_api_routines and Redis's module API):
  *   - ML_ABI_MAJOR must equal the host's; ML_ABI_MINOR must be <= the host's: a plugin
- *     built against ABI 1.0 loads into every 1.x host, forever (tests/check_abi.c keeps a
- *     frozen 1.0 header and plugins built against it).
+ *     built against ABI 1.0 loads into every 1.x host, forever (tests/check_abi.c keeps the
+ *     frozen 1.0 and 1.1 headers and plugins built against them).
  *   - Structs only ever grow at the end; each minor version says what it added ("1.1:").
  *     Structs the plugin gives the host (the descriptor, the api tables) start with `size`,
  *     the sizeof() the plugin was compiled with: the host reads a field only when `size`
@@ -63,7 +63,7 @@
 #include <stdint.h>
 
 #define ML_ABI_MAJOR 1
-#define ML_ABI_MINOR 1
+#define ML_ABI_MINOR 2
 #define ML_ERR_MAX 256
 
 /* What a router may declare: at most this many parameter tensors and as many state
@@ -244,7 +244,15 @@ typedef enum ml_event_kind {
        every option's new value, `changed` which ones differ. Return -1 with a message to
        refuse the change: the host then keeps the old values. Only sent to plugins built
        against 1.1 or later, and only for options the plugin flagged ML_OPTF_RUNTIME. */
-    ML_EV_OPTIONS_CHANGED = 4
+    ML_EV_OPTIONS_CHANGED = 4,
+    /* 1.2: experts were removed and the others renumbered compactly: the expert numbered j
+       now was expert kept[j] before (kept ascending, num_experts entries; old_num_experts
+       is N before). The host has already kept the rows of the kept experts in every
+       per-expert tensor the router declared (params and state, Adam moments too), in the
+       new order; the event is for what a plugin keeps itself. It cannot refuse: an error
+       ends the run. Only sent to plugins built against 1.2 or later; for 1.0 and 1.1
+       plugins the host's compaction of their declared tensors is all that happens. */
+    ML_EV_EXPERTS_REMOVED = 5
 } ml_event_kind;
 
 typedef struct ml_router_event {
@@ -263,6 +271,8 @@ typedef struct ml_router_event {
     const uint8_t *changed;   /* OPTIONS_CHANGED: (num_options) 1 where a value changed; else NULL */
     ml_metric_fn metric;      /* EPOCH_END: report epoch-level scalars (never NULL) */
     void *metric_ctx;
+    /* 1.2 */
+    const int32_t *kept;      /* EXPERTS_REMOVED: (num_experts) old id of each expert now; else NULL */
 } ml_router_event;
 
 typedef struct ml_router_api {
@@ -387,14 +397,55 @@ typedef struct ml_progress {
     const ml_layer_health *const *last_health; /* (L) the last completed epoch; NULL before it */
 } ml_progress;
 
+/*
+ * 1.2: one MoE layer's routing in one training step, for schedules that watch it
+ * (ml_schedule_api.observe). Called after every training step, for every layer, before the
+ * step's decide (a decide called from the step hook sees the step observed).
+ */
+typedef struct ml_schedule_obs {
+    uint32_t size;
+    int32_t layer;                    /* from 0 */
+    int32_t num_experts;              /* N */
+    int32_t epoch;                    /* from 1 */
+    int64_t step;                     /* training steps done, this one included */
+    const ml_routing_record *route;   /* the step's forward of this layer: prob (B, N), dispatch */
+    int32_t n_dropped;                /* samples of the step without a dispatch triple */
+    float *const *state;              /* this layer's state tensors (states()), declaration order */
+} ml_schedule_obs;
+
+/*
+ * 1.2: what decide_v2 answers, per layer: experts to add and experts to remove. Removals
+ * name experts by their ids before this decision and are carried out first (the others are
+ * renumbered compactly), then the additions. The host checks every id (in 0..N-1, none twice,
+ * at least one expert left) and the layer's size after both (at most 4096).
+ */
+typedef struct ml_schedule_decision {
+    uint32_t size;
+    int32_t num_layers;               /* L */
+    int32_t *add;                     /* (L) experts to add; zero on entry */
+    int32_t *const *remove;           /* (L) ids to remove; remove[l] has room for num_experts[l] ids */
+    int32_t *n_remove;                /* (L) ids written to remove[l]; zero on entry */
+    float *const *const *state;       /* (L) each layer's state tensors (states()); decide may write them */
+} ml_schedule_decision;
+
 typedef struct ml_schedule_api {
     uint32_t size;
     void *(*create)(const ml_host *host, const ml_schedule_init *init, char *err);
     void (*destroy)(void *self);
     /* Experts layer `layer` starts with, given the model config's `experts`. */
     int (*initial_experts)(void *self, int layer, int configured);
-    /* How many experts to add to each layer now; add is (L), zero on entry. */
+    /* How many experts to add to each layer now; add is (L), zero on entry. A schedule that
+       defines decide_v2 may leave decide NULL (then only 1.2 hosts load it). */
     int (*decide)(void *self, const ml_progress *p, int *add, char *err);
+    /* 1.2 */
+    /* State tensors to keep per MoE layer, checkpointed, may be NULL. Per-expert ones grow
+       with the layer (new rows by their init) and keep the kept experts' rows when experts
+       are removed. Named "moe<layer>.schedule.<name>" (layer from 1). */
+    int (*states)(void *self, ml_tensor_decl *out, int cap);
+    /* Each training step's routing of each layer; may be NULL. */
+    int (*observe)(void *self, const ml_schedule_obs *o, char *err);
+    /* As decide, with removals too; when not NULL the host calls it instead of decide. */
+    int (*decide_v2)(void *self, const ml_progress *p, ml_schedule_decision *d, char *err);
 } ml_schedule_api;
 
 /* -------------------------------------------------------------------- descriptor */

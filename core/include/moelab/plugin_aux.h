@@ -352,4 +352,41 @@ static inline const ml_optval *ml_aux_option(const ml_option *opt, int n, const 
     return i < 0 ? NULL : &vals[i];
 }
 
+/* ---------------------------------------------------------- schedules (ABI 1.2) */
+
+/*
+ * Dead experts, counted in steps (a schedule's per-expert state, ml_schedule_obs): idle[e]
+ * is how many training steps in a row expert e has had no dispatched slot. After each step:
+ * 0 for the experts the step dispatched to, +1 for the others. A float counts steps exactly
+ * up to 2^24; the count stops there.
+ */
+static inline void ml_aux_idle_update(float *idle, const ml_routing_record *r) {
+    for (int e = 0; e < r->N; e++)
+        if (idle[e] < 16777216.0f) idle[e] += 1.0f;
+    for (int t = 0; t < r->n_disp; t++) {
+        int32_t e = r->disp_expert[t];
+        if (e >= 0 && e < r->N) idle[e] = 0.0f;
+    }
+}
+
+/*
+ * The experts idle for at least `window` steps, most idle first (ties: the higher id first),
+ * at most N - min_keep of them (never every expert): their ids into ids, returns how many.
+ */
+static inline int ml_aux_dead_experts(const float *idle, int N, double window, int min_keep, int32_t *ids) {
+    int n = 0;
+    for (int e = 0; e < N; e++)
+        if (idle[e] >= window) {
+            int k = n++;
+            /* insertion by (idle desc, id desc) */
+            while (k > 0 && (idle[ids[k - 1]] < idle[e] || (idle[ids[k - 1]] == idle[e] && ids[k - 1] < e))) {
+                ids[k] = ids[k - 1];
+                k--;
+            }
+            ids[k] = e;
+        }
+    int room = N - (min_keep > 1 ? min_keep : 1);
+    return n < room ? n : room > 0 ? room : 0;
+}
+
 #endif
