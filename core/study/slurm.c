@@ -601,8 +601,8 @@ int ml_sweep_run_slurm(ml_sweep *s, const ml_slurm_opts *o, FILE *out) {
             task_ended(s, i, cancelled);
             if (s->run[i].state == ML_RUN_PENDING) snprintf(note, sizeof note, "cancelled before it started");
             else if (!ml_sweep_log_attempts(s, i))
-                snprintf(note, sizeof note, "the task ended before its run started: see slurm/%s_%d.out", job, i);
-            else snprintf(note, sizeof note, "slurm/%s_%d.out", job, i);
+                (void)!snprintf(note, sizeof note, "the task ended before its run started: see slurm/%.60s_%d.out", job, i);
+            else (void)!snprintf(note, sizeof note, "slurm/%.60s_%d.out", job, i);
             ml_sweep_print_ended(s, i, ++done, todo, s->run[i].state == ML_RUN_OK ? NULL : note, out);
             if (ml_sweep_save(s)) fprintf(out, "moelab sweep: warning: %s\n", ml_error());
         }
