@@ -1,5 +1,6 @@
 #!/bin/sh
 # make bench: moelab's SRNN training step beside PyTorch's (../shared/bench/torch_srnn_ref.py)
+# and the camouflage segmentation step beside bench/torch_cod_ref.py (64x64x3, batch 16),
 # on this machine, in one invocation: BENCH_ROUNDS (3) interleaved rounds of each engine at
 # 1 and 2 threads. Prints every line, then moelab's best over PyTorch's best per image
 # size, and whether each target of docs/PERFORMANCE.md is met (the efficiency target
@@ -20,6 +21,10 @@ while [ "$r" -le "$ROUNDS" ]; do
             /usr/bin/python3 "$REF" --image $size --batch 64 --experts 16 --top-k 2 --steps "$STEPS" --threads $t | tee -a "$OUT"
         done
     done
+    for t in 1 2; do
+        "$BUILD/moelab" bench --model cod --image 64x64x3 --batch 16 --experts 6 --top-k 2 --steps "$STEPS" --threads $t | tee -a "$OUT"
+        /usr/bin/python3 bench/torch_cod_ref.py --image 64x64x3 --batch 16 --experts 6 --top-k 2 --steps "$STEPS" --threads $t | tee -a "$OUT"
+    done
     r=$((r + 1))
 done
 awk '
@@ -27,6 +32,16 @@ function field(line, key,   n, i, kv) {
     n = split(line, kv, " ")
     for (i = 1; i <= n; i++) if (index(kv[i], key "=") == 1) return substr(kv[i], length(key) + 2)
     return ""
+}
+/^cod_step / {
+    v = field($0, "img_per_s") + 0
+    if (v > cml) cml = v
+    if (crss == "" || field($0, "peak_rss_mb") + 0 > crss) crss = field($0, "peak_rss_mb") + 0
+}
+/^torch_cod_step / {
+    v = field($0, "img_per_s") + 0
+    if (v > cpt) cpt = v
+    if (cprss == "" || field($0, "peak_rss_mb") + 0 < cprss) cprss = field($0, "peak_rss_mb") + 0
 }
 /^srnn_step / {
     s = field($0, "image"); v = field($0, "img_per_s") + 0
@@ -53,6 +68,11 @@ END {
             if (f < 0.5) ok = 0
         }
     }
+    r = cpt > 0 ? cml / cpt : 0
+    printf "ratio model=cod image=64x64x3 moelab_img_per_s=%.1f torch_img_per_s=%.1f speedup=%.2f target=2.5 %s\n", cml, cpt, r, (r >= 2.5 ? "MET" : "MISSED")
+    if (r < 2.5) ok = 0
+    printf "rss model=cod image=64x64x3 moelab_peak_rss_mb=%d torch_peak_rss_mb=%d %s\n", crss, cprss, (crss <= cprss ? "MET" : "MISSED")
+    if (crss > cprss) ok = 0
     print (ok ? "bench: all targets met" : "bench: some targets missed")
 }' "$OUT"
 rm -f "$OUT"

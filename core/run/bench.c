@@ -1,4 +1,6 @@
-/* bench.c — the SRNN training-step benchmark, the same work as torch_srnn_ref.py. */
+/* bench.c — training-step benchmarks: the SRNN model of ../shared/bench/torch_srnn_ref.py
+ * and the camouflage segmentation model (model.type cod) of bench/torch_cod_ref.py, each
+ * the same work as its PyTorch peer. */
 #include "run/bench.h"
 
 #include <cblas.h>
@@ -17,14 +19,22 @@
 #include "plugin/options.h"
 
 typedef struct bench_opts {
+    int cod; /* --model cod */
     int H, W, C, B, E, K, S, T;
 } bench_opts;
 
 static int parse(int argc, char **argv, bench_opts *o) {
-    *o = (bench_opts){64, 64, 3, 64, 16, 2, 10, 1};
+    *o = (bench_opts){0, 64, 64, 3, 0, 0, 2, 10, 1};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int *dst = NULL;
+        if (!strcmp(a, "--model")) {
+            if (!v || (strcmp(v, "srnn") && strcmp(v, "cod")))
+                return ml_errorf("bench: --model expects srnn or cod, got '%s'", v ? v : "");
+            o->cod = !strcmp(v, "cod");
+            i++;
+            continue;
+        }
         if (!strcmp(a, "--image")) {
             if (!v || sscanf(v, "%dx%dx%d", &o->H, &o->W, &o->C) != 3 || o->H < 16 || o->W < 16 || o->C < 1 ||
                 o->H % 16 || o->W % 16)
@@ -44,7 +54,11 @@ static int parse(int argc, char **argv, bench_opts *o) {
         *dst = (int)x;
         i++;
     }
+    /* the defaults of each model's peer: srnn batch 64 with 16 experts, cod batch 16 with 6 */
+    if (!o->B) o->B = o->cod ? 16 : 64;
+    if (!o->E) o->E = o->cod ? 6 : 16;
     if (o->K > o->E) return ml_errorf("bench: --top-k %d exceeds --experts %d", o->K, o->E);
+    if (o->cod && o->B < 2) return ml_errorf("bench: --model cod needs --batch >= 2 (batch norm in training)");
     return ML_OK;
 }
 
@@ -67,14 +81,7 @@ static double sgemm_peak(void) {
     return best;
 }
 
-int ml_bench_main(int argc, char **argv) {
-    bench_opts o;
-    if (parse(argc, argv, &o)) {
-        fprintf(stderr, "moelab: %s\n", ml_error());
-        return ML_EXIT_USAGE;
-    }
-    openblas_set_num_threads(o.T);
-    omp_set_num_threads(o.T);
+static int bench_srnn(bench_opts o) {
     const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, "saturation");
     const ml_plugin *lb = router ? ml_plugin_load(ML_PLUGIN_LOSS, "load_balance") : NULL;
     if (!router || !lb) {
@@ -142,4 +149,100 @@ int ml_bench_main(int argc, char **argv) {
     free(x);
     free(ids);
     return rc ? ML_EXIT_RUNTIME : 0;
+}
+
+/*
+ * The cod step of bench/torch_cod_ref.py: model.type cod at its defaults (channels 32, 64,
+ * 128, 256; experts texture, frequency, edge, contrast, texture, frequency, ...), a
+ * softmax_topk router per scale (top-k, renormalised gates), the task loss BCE + soft IoU
+ * against a random binary mask, the Switch load-balance loss at 0.01 on each of the four
+ * MoE layers, backward, Adam. Random images and masks, two warm-up steps.
+ */
+static int bench_cod(bench_opts o) {
+    enum { L = 4 };
+    static const char *const kinds[] = {"texture", "frequency", "edge", "contrast", "texture", "frequency"};
+    static const int channels[L] = {32, 64, 128, 256};
+    const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
+    const ml_plugin *lbp = router ? ml_plugin_load(ML_PLUGIN_LOSS, "load_balance") : NULL;
+    ml_optval ropt[ML_MAX_OPTIONS];
+    if (!router || !lbp || ml_option_defaults(router, ropt)) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+        return ML_EXIT_RUNTIME;
+    }
+    for (int i = 0; i < router->num_options; i++)
+        if (!strcmp(router->options[i].name, "k")) ropt[i].i = o.K, ropt[i].f = o.K;
+    ml_model_cfg mc = {.type = "cod", .C = o.C, .H = o.H, .W = o.W, .experts = o.E, .channels = channels,
+                       .n_channels = L, .router = router, .router_opt = ropt, .seed = 0, .expert_kinds = kinds,
+                       .n_kinds = 6, .w_bce = 1, .w_iou = 1, .w_dice = 0};
+    ml_model *m = ml_model_new(&mc, NULL);
+    ml_loss_inst lb[L];
+    memset(lb, 0, sizeof lb);
+    int rc = m ? ML_OK : ML_ERR;
+    for (int l = 0; l < L && !rc; l++) {
+        char prefix[32];
+        snprintf(prefix, sizeof prefix, "moe%d.loss0.", l + 1);
+        rc = ml_loss_inst_init(&lb[l], lbp, NULL, l, L, o.E, &m->S, prefix);
+    }
+    const size_t n = (size_t)o.B * o.C * o.H * o.W, nm = (size_t)o.B * o.H * o.W;
+    float *x = ml_alloc_floats(n), *mask = ml_alloc_floats(nm);
+    int32_t *ids = ml_calloc((size_t)o.B, sizeof(int32_t));
+    if (!rc && (!x || !mask || !ids)) rc = ml_errorf("out of memory");
+    ml_optim opt = {.kind = ML_OPTIM_ADAM, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    double t0 = 0;
+    if (!rc) {
+        ml_rng rng;
+        ml_rng_seed(&rng, 0);
+        for (size_t i = 0; i < n; i++) x[i] = (float)ml_rng_uniform(&rng);
+        for (size_t i = 0; i < nm; i++) mask[i] = ml_rng_uniform(&rng) < 0.5 ? 1.0f : 0.0f;
+        for (int b = 0; b < o.B; b++) ids[b] = b;
+    }
+    for (int s = 0; s < o.S + 2 && !rc; s++) {
+        if (s == 2) t0 = ml_now(); /* two warm-up steps, as the PyTorch peer */
+        ml_params_zero_grad(&m->P);
+        rc = ml_model_forward(m, x, mask, o.B, 1, ids, NULL, 0);
+        for (int l = 0; l < L && !rc; l++) {
+            ml_routing_record rec;
+            ml_moe_record(m->moe[l], &rec);
+            double v;
+            rc = ml_loss_inst_eval(&lb[l], &rec, 0.01f, m->moe[l]->dlogits, m->moe[l]->dprob, m->moe[l]->dgate_loss, &v);
+        }
+        if (!rc) rc = ml_model_backward(m);
+        if (!rc) ml_optim_step(&opt, &m->P);
+    }
+    double dt = ml_now() - t0;
+    if (rc) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+    } else {
+        /* useful work per image: the net's convolutions, and the experts the last step's
+           routing chose (each expert kind counts its own convolutions, fwd + 2x bwd) */
+        double flops = ml_model_net_flops(m) * o.B;
+        for (int l = 0; l < L; l++) {
+            const ml_moe *q = m->moe[l];
+            for (int e = 0; e < q->N; e++)
+                flops += (q->estart[e + 1] - q->estart[e]) * q->kind->flops(q->kst, q, e);
+        }
+        double ips = o.S * o.B / dt;
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        printf("cod_step image=%dx%dx%d batch=%d experts=%d top_k=%d threads=%d img_per_s=%.1f ms_per_step=%.1f "
+               "gflops=%.1f peak_rss_mb=%.0f\n",
+               o.H, o.W, o.C, o.B, o.E, o.K, o.T, ips, dt / o.S * 1e3, flops / o.B * ips / 1e9, ru.ru_maxrss / 1024.0);
+    }
+    for (int l = 0; l < L; l++) ml_loss_inst_release(&lb[l]);
+    ml_model_free(m);
+    free(x);
+    free(mask);
+    free(ids);
+    return rc ? ML_EXIT_RUNTIME : 0;
+}
+
+int ml_bench_main(int argc, char **argv) {
+    bench_opts o;
+    if (parse(argc, argv, &o)) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        return ML_EXIT_USAGE;
+    }
+    openblas_set_num_threads(o.T);
+    omp_set_num_threads(o.T);
+    return o.cod ? bench_cod(o) : bench_srnn(o);
 }
