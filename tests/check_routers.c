@@ -1039,6 +1039,45 @@ static double rt_metric(const rt *t, int w, const char *name) {
     return NAN;
 }
 
+/* The overload metric: every sample prefers one expert. switch: B = 16, N = 4, capacity
+ * floor(1.25 · 16 / 4) = 5: overload 16 / 5 in training and in evaluation (eval_capacity),
+ * none without a capacity. expert_choice: k = 2, capacity_factor 1, C = 16 · 2 / 4 = 8:
+ * 16 / 8 = 2 (each expert still takes exactly 8). */
+START_TEST(test_overload) {
+    rt t;
+    rt_open(&t, "switch");
+    rt_create(&t, 16, 4, 4, 1);
+    memset(t.param[1], 0, 4 * sizeof(float));
+    t.param[1][2] = 5.0f;
+    rt_forward(&t);
+    t.training = 0;
+    rt_forward(&t);
+    ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_TRAIN, "overload"), 16.0 / 5, 1e-12);
+    ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_EVAL, "overload"), 16.0 / 5, 1e-12);
+    rt_close(&t);
+
+    rt_open(&t, "switch");
+    rt_opt(&t, "eval_capacity", "false");
+    rt_create(&t, 16, 4, 4, 1);
+    t.training = 0;
+    rt_forward(&t);
+    ck_assert(isnan(rt_metric(&t, ML_METRIC_EVAL, "overload"))); /* no capacity, no overload */
+    rt_close(&t);
+
+    rt_open(&t, "expert_choice");
+    rt_opt(&t, "k", "2");
+    rt_opt(&t, "capacity_factor", "1.0");
+    rt_create(&t, 16, 4, 4, 2);
+    for (int i = 0; i < 16 * 4; i++) t.x[i] = fabsf(t.x[i]) + 0.1f; /* logits of expert 1: 5 · sum x > 0 */
+    for (int e = 0; e < 4; e++)
+        for (int d = 0; d < 4; d++) t.param[0][e * 4 + d] = e == 1 ? 5.0f : 0.0f;
+    rt_forward(&t);
+    check_dispatch(&t);
+    ck_assert_double_eq_tol(rt_metric(&t, ML_METRIC_TRAIN, "overload"), 2.0, 1e-12);
+    rt_close(&t);
+}
+END_TEST
+
 /*
  * Sinkhorn by hand. Two samples, two experts, logits (2, 1) and (1.5, 0): both prefer expert
  * 0. The Sinkhorn limit has rows and columns of mass 1/2 and keeps the cross ratio
@@ -1421,6 +1460,7 @@ static Suite *routers_suite(void) {
     tcase_add_test(tc, test_random);
     tcase_add_test(tc, test_noisy_topk);
     tcase_add_test(tc, test_bad_options);
+    tcase_add_test(tc, test_overload);
     tcase_add_test(tc, test_sinkhorn_hand);
     tcase_add_test(tc, test_sinkhorn_balances);
     tcase_add_test(tc, test_top_p_hand);

@@ -24,6 +24,12 @@
  * evaluation with other batch sizes routes a sample differently (the paper's caveat about
  * auto-regressive decoding).
  *
+ * Router metric: overload = max_i demand_i / C, demand_i = the samples whose largest S is
+ * expert i (their first choice, as token-choice routing would send them). Expert choice
+ * never overloads an expert (each takes exactly C); this says how far the samples'
+ * preferences are from the balance it imposes: 1/(capacity_factor·k) when first choices are
+ * balanced (B/N each), B/C when every sample prefers one expert (docs/metrics.md).
+ *
  * logits = x W^T, prob = S. Triples come grouped by expert, samples ascending.
  * Backward: dgate adds into dS at the chosen entries, then the softmax Jacobian per sample.
  */
@@ -52,6 +58,7 @@ typedef struct ec {
     ml_aux_buf idx, tmp; /* (B) forward: sample order by score */
     ml_aux_buf chosen;   /* (B) forward: chosen by the current expert */
     ml_aux_buf covered;  /* (B) forward: chosen by any expert */
+    ml_aux_buf demand;   /* (N) forward: samples whose first choice is each expert */
     ml_aux_buf dz;       /* (B, N) backward: dL/dlogits */
     ml_aux_buf dp;       /* (B, N) backward: dL/dS */
 } ec;
@@ -111,6 +118,7 @@ static void ec_destroy(void *self) {
     ml_aux_buf_free(h, &s->tmp);
     ml_aux_buf_free(h, &s->chosen);
     ml_aux_buf_free(h, &s->covered);
+    ml_aux_buf_free(h, &s->demand);
     ml_aux_buf_free(h, &s->dz);
     ml_aux_buf_free(h, &s->dp);
     h->free(s);
@@ -167,6 +175,17 @@ static int ec_forward(void *self, ml_route *r, char *err) {
         }
     }
     for (int b = 0; b < B; b++) r->n_dropped += !covered[b];
+    int *demand = ml_aux_buf_get(h, &s->demand, (size_t)N * sizeof(int)), most = 0;
+    if (!demand) {
+        snprintf(err, ML_ERR_MAX, "expert_choice: out of memory for N=%d", N);
+        return -1;
+    }
+    memset(demand, 0, (size_t)N * sizeof(int));
+    for (int b = 0; b < B; b++) {
+        int e = ml_aux_argmax(S + (size_t)b * N, N);
+        most = ++demand[e] > most ? demand[e] : most;
+    }
+    r->metric(r->metric_ctx, "overload", (double)most / C);
     return 0;
 }
 

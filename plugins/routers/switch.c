@@ -16,6 +16,11 @@
  * batch is never dropped completely. With eval_capacity = false evaluation runs without a
  * capacity limit.
  *
+ * Router metric: overload = max_i demand_i / capacity, demand_i = the samples whose argmax
+ * is expert i (dropped ones included), in every forward that applies a capacity. 1/capacity
+ * · B/N at perfect balance (1/capacity_factor when B/N divides), B/capacity at collapse;
+ * above 1 the busiest expert drops samples (docs/metrics.md).
+ *
  * logits = x W^T + b, prob = p. Backward: dgate adds into dprob at the chosen entry, then
  * the softmax Jacobian gives dlogits, then W, b and x.
  */
@@ -40,7 +45,7 @@ typedef struct sw {
     const ml_host *host;
     int D, eval_capacity;
     double cf;
-    ml_aux_buf count; /* (N) forward: samples held by each expert */
+    ml_aux_buf count; /* (2N) forward: samples held by each expert, then samples that chose it */
     ml_aux_buf dz;    /* (B, N) backward: dL/dlogits */
     ml_aux_buf dp;    /* (B, N) backward: dL/dprob including the gates */
 } sw;
@@ -103,12 +108,12 @@ static int sw_forward(void *self, ml_route *r, char *err) {
     r->n_disp = 0;
     r->n_dropped = 0;
     if (B == 0) return 0;
-    int *count = ml_aux_buf_get(h, &s->count, (size_t)N * sizeof(int));
+    int *count = ml_aux_buf_get(h, &s->count, 2 * (size_t)N * sizeof(int)), *demand = count + N;
     if (!count) {
         snprintf(err, ML_ERR_MAX, "switch: out of memory for N=%d", N);
         return -1;
     }
-    memset(count, 0, (size_t)N * sizeof(int));
+    memset(count, 0, 2 * (size_t)N * sizeof(int));
     int capacity = B;
     if (r->training || s->eval_capacity) {
         double c = floor(s->cf * B / N);
@@ -118,12 +123,18 @@ static int sw_forward(void *self, ml_route *r, char *err) {
     ml_aux_softmax(r->logits, r->prob, B, N);
     for (int b = 0; b < B; b++) {
         int e = ml_aux_argmax(r->logits + (size_t)b * N, N);
+        demand[e]++;
         if (count[e] >= capacity) {
             r->n_dropped++;
             continue;
         }
         count[e]++;
         ml_aux_dispatch(r, b, e, r->prob[(size_t)b * N + e]);
+    }
+    if (r->training || s->eval_capacity) {
+        int most = 0;
+        for (int e = 0; e < N; e++) most = demand[e] > most ? demand[e] : most;
+        r->metric(r->metric_ctx, "overload", (double)most / capacity);
     }
     return 0;
 }
