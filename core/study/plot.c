@@ -970,7 +970,7 @@ static void plot_compare(plotter *p, const ml_runset *set, const char *metric, c
     int drawn = 0, longest = 0;
     for (int gi = 0; gi < set->n_groups; gi++) {
         const ml_stats_desc *d = &s->cell[gi];
-        char label[64];
+        char label[100];
         group_text(label, sizeof label, set, gi, 0);
         for (char *c = label; *c; c++)
             if (*c == '"') *c = '\'';
@@ -1003,20 +1003,37 @@ static void plot_compare(plotter *p, const ml_runset *set, const char *metric, c
     /* the axis names the keys, each tic gives a group's values */
     ml_strbuf xl = {0};
     for (int k = 0; k < set->n_keys; k++) ml_strbuf_printf(&xl, "%s%s", k ? ", " : "", set->keys[k]);
-    ml_strbuf_puts(&g, "\nset xlabel ");
-    gp_str(&g, xl.buf ? xl.buf : "group");
+    /* vertical bars with horizontal tic labels when they fit (about 7 pixels a character);
+       else the groups go down the y axis, each label on one line at the left (slanted
+       labels of many long groups squeeze the plot to a strip) */
+    int across = set->n_groups * (longest + 2) * 7 <= p->o->width * 8 / 10;
+    if (across) {
+        ml_strbuf_puts(&g, "\nset ylabel ");
+        gp_str(&g, metric);
+        ml_strbuf_puts(&g, "\nset xlabel ");
+        gp_str(&g, xl.buf ? xl.buf : "group");
+        ml_strbuf_printf(&g,
+                         "\nset xtics nomirror\nunset key\nset xrange [-0.5:%d.5]\n"
+                         "set offsets 0, 0, graph 0.1, graph 0.1\n"
+                         "plot '%s.dat' using 1:2:3:4:xticlabels(6) with yerrorbars lt 1 lw 2 pt 7 ps 1.2, \\\n"
+                         "     '%s.dat' using 1:2:(sprintf('n=%%d', $5)) with labels left offset 1.2,0 tc rgb '#555555'\n",
+                         set->n_groups - 1, name, name);
+    } else {
+        ml_strbuf_puts(&g, "\nunset title\nset label 1 ");
+        gp_str(&g, title); /* from the left edge: centred on the plot it would run off the right */
+        ml_strbuf_puts(&g, " at screen 0.01, screen 0.97 left\nset xlabel ");
+        gp_str(&g, metric);
+        ml_strbuf_puts(&g, "\nset label 2 ");
+        gp_str(&g, xl.buf ? xl.buf : "group"); /* what each tic label lists */
+        ml_strbuf_printf(&g,
+                         " at screen 0.01, screen 0.92 left font ',9' tc rgb '#555555'\nset tmargin 4"
+                         "\nset ytics nomirror font ',9'\nset lmargin %d\nunset key\nset yrange [%d.5:-0.5]\n"
+                         "set offsets graph 0.1, graph 0.1, 0, 0\nset grid xtics\n"
+                         "plot '%s.dat' using 2:1:3:4:yticlabels(6) with xerrorbars lt 1 lw 2 pt 7 ps 1.0, \\\n"
+                         "     '%s.dat' using 4:1:(sprintf(' n=%%d', $5)) with labels left tc rgb '#555555' font ',9'\n",
+                         longest * 2 / 3 + 4, set->n_groups - 1, name, name); /* font 9: 2/3 of a default character */
+    }
     ml_strbuf_free(&xl);
-    /* horizontal tic labels when they fit (about 7 pixels a character), else slanted */
-    int slanted = set->n_groups * (longest + 2) * 7 > p->o->width * 8 / 10;
-    if (slanted)
-        ml_strbuf_printf(&g, "\nset xtics rotate by 30 right nomirror\nset lmargin %d\n", 6 + longest * 3 / 4);
-    else
-        ml_strbuf_puts(&g, "\nset xtics nomirror\n");
-    ml_strbuf_printf(&g,
-                     "unset key\nset xrange [-0.5:%d.5]\nset offsets 0, 0, graph 0.1, graph 0.1\n"
-                     "plot '%s.dat' using 1:2:3:4:xticlabels(6) with yerrorbars lt 1 lw 2 pt 7 ps 1.2, \\\n"
-                     "     '%s.dat' using 1:2:(sprintf('n=%%d', $5)) with labels left offset 1.2,0 tc rgb '#555555'\n",
-                     set->n_groups - 1, name, name);
     pl_draw(p, name, &dat, &g);
 out:
     ml_summary_free(s);
