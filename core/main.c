@@ -617,27 +617,54 @@ char *openblas_get_corename(void);
  * it from the CPU and re-executes itself once. MOELAB_BLAS_CORETYPE=<name> forces a
  * kernel (any OPENBLAS_CORETYPE value); MOELAB_BLAS_CORETYPE=keep leaves OpenBLAS alone.
  */
-static void pick_blas_kernel(char **argv) {
-    if (getenv("MOELAB_NO_REEXEC")) return;
+static int pick_blas_kernel(void) {
     const char *want = getenv("MOELAB_BLAS_CORETYPE");
-    if (want && strcmp(want, "keep") == 0) return;
+    if (want && strcmp(want, "keep") == 0) return 0;
     const char *core = openblas_get_corename();
     if (!want) {
-        if (!core || (strcmp(core, "Haswell") != 0 && strcmp(core, "Zen") != 0)) return;
+        if (!core || (strcmp(core, "Haswell") != 0 && strcmp(core, "Zen") != 0)) return 0;
         __builtin_cpu_init();
         if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
             !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl"))
-            return;
+            return 0;
         want = "SkylakeX";
     }
-    if (core && strcasecmp(core, want) == 0) return;
+    if (core && strcasecmp(core, want) == 0) return 0;
     setenv("OPENBLAS_CORETYPE", want, 1);
+    return 1;
+}
+
+/*
+ * How idle OpenMP threads wait (docs/PERFORMANCE.md, "Busy machines"). libgomp's default
+ * spins about 300 000 iterations at every barrier before it sleeps; on a core another
+ * process needs, the spinning thread holds the core the late thread is waiting for: with
+ * one competing process on 2 cores a run fell 6x to 60x. Passive waiting (sleep at once)
+ * measured best of the settings tried on a busy machine (default spin, GOMP_SPINCOUNT
+ * 10000 and 1000, passive: 110, 638, 803, 1191 img/s, same run), and its cost on a quiet
+ * one is what docs/PERFORMANCE.md records. libgomp reads the setting when it loads, hence
+ * the re-execution. OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment win; the sweep's
+ * jobs inherit the setting. OpenBLAS is its OpenMP build (Debian's libopenblas0-openmp),
+ * so its threads follow the same policy.
+ */
+static int pick_wait_policy(void) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return 0;
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+    return 1;
+}
+
+/* Sets what must be in the environment before OpenBLAS and libgomp load, and re-executes
+   once when anything changed (MOELAB_NO_REEXEC marks the second start). */
+static void prepare_environment(char **argv) {
+    if (getenv("MOELAB_NO_REEXEC")) return;
+    int changed = pick_blas_kernel();
+    changed |= pick_wait_policy();
+    if (!changed) return;
     setenv("MOELAB_NO_REEXEC", "1", 1);
     execv("/proc/self/exe", argv);
 }
 
 int main(int argc, char **argv) {
-    pick_blas_kernel(argv);
+    prepare_environment(argv);
     g_argc = argc;
     g_argv = argv;
     find_root();
