@@ -537,14 +537,14 @@ int main(int argc, char **argv) {
         export_path = argv[2];
         Suite *s = suite_create("cod-export");
         TCase *tc = tcase_create("export");
-        tcase_set_timeout(tc, 120);
+        tcase_set_timeout(tc, 600); /* gradient checks of a deep net: minutes under ASan on a busy machine */
         tcase_add_test(tc, test_export);
         suite_add_tcase(s, tc);
         return tu_run(s);
     }
     Suite *s = suite_create("cod");
     TCase *tc = tcase_create("cod");
-    tcase_set_timeout(tc, 120);
+    tcase_set_timeout(tc, 600); /* gradient checks of a deep net: minutes under ASan on a busy machine */
     tcase_add_test(tc, test_texture_gradients);
     tcase_add_test(tc, test_frequency_gradients);
     tcase_add_test(tc, test_edge_gradients);
