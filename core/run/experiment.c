@@ -254,7 +254,12 @@ static int build_optim(ml_experiment *e) {
 
 static void set_threads(int n) {
     /* all cores by default, shared among the ranks of a data-parallel job on this machine */
-    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN) / ml_dist_local_size();
+    int cores = (int)sysconf(_SC_NPROCESSORS_ONLN), local = ml_dist_local_size();
+    if (n > 0 && local > 1 && n * local > cores && ml_dist_rank() == 0)
+        ml_log(ML_LOG_WARN, "train.threads %d on each of %d ranks of this machine: %d threads on %d cores, which "
+               "slows every rank down; hint: train.threads=0 shares the cores among the ranks", n, local, n * local,
+               cores);
+    if (n <= 0) n = cores / local;
     if (n < 1) n = 1;
     openblas_set_num_threads(n);
     omp_set_num_threads(n);
