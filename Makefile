@@ -18,10 +18,18 @@ BLAS_INC ?= /usr/include/$(MULTIARCH)/openblas-openmp
 PKG_CFLAGS := -I$(BLAS_INC) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+# MPI (OpenMPI's mpicc names its flags; run/dist.c is the only user): found, the build
+# defines ML_MPI and `mpirun -np R moelab run` trains on R ranks; MPI=0, or no mpicc, builds
+# without (one rank). Debian: libopenmpi-dev, openmpi-bin (tools/install-deps.sh).
+MPI     ?= $(if $(shell command -v mpicc 2>/dev/null),1,0)
+ifeq ($(MPI),1)
+MPI_CFLAGS := -DML_MPI $(shell mpicc --showme:compile 2>/dev/null)
+MPI_LIBS   := $(shell mpicc --showme:link 2>/dev/null)
+endif
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  ?= $(OPT) -g
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -fno-math-errno -Icore -Icore/include $(PKG_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
-LIBS     = $(PKG_LIBS) -ldl -lm -lpthread -fopenmp
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp -fno-math-errno -Icore -Icore/include $(PKG_CFLAGS) $(MPI_CFLAGS) $(CFLAGS) $(EXTRA_CFLAGS)
+LIBS     = $(PKG_LIBS) $(MPI_LIBS) -ldl -lm -lpthread -fopenmp
 PLUGIN_OPT ?= -O2 -march=native
 PLUGIN_CFLAGS = -std=c11 $(WARN) $(PLUGIN_OPT) -g -fPIC -shared -fvisibility=hidden -Icore/include $(EXTRA_CFLAGS)
 
@@ -52,8 +60,9 @@ deps:
 	@sh tools/install-deps.sh
 
 # the tests also need SLURM (tests/check_slurm.c starts a single-node cluster of its own)
+# and OpenMPI (tests/check_mpi.c starts mpirun)
 deps-test:
-	@MOELAB_SLURM=1 sh tools/install-deps.sh
+	@MOELAB_SLURM=1 MOELAB_MPI=1 sh tools/install-deps.sh
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

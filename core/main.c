@@ -29,6 +29,7 @@
 #include "base/crash.h"
 #include "base/strbuf.h"
 #include "run/experiment.h"
+#include "run/dist.h"
 #include "run/provenance.h"
 #include "base/version.h"
 #include "lua/luaexp.h"
@@ -341,8 +342,27 @@ static int cmd_run(int argc, char **argv) {
         ml_exp_free(e);
         return ML_EXIT_RUNTIME;
     }
-    e->quiet = quiet;
-    if (run_dir && ml_exp_resume(e, run_dir, from, &code)) {
+    e->quiet = quiet || e->rank > 0; /* rank 0 speaks for a data-parallel job */
+    /* a data-parallel job's ranks > 0 resume from a copy of the run directory, taken before
+       rank 0 changes it (they write their own copy, rank 0 the run directory) */
+    char own[PATH_MAX];
+    const char *resume_dir = run_dir;
+    if (run_dir && e->rank > 0) {
+        const char *scratch = ml_exp_scratch(e);
+        snprintf(own, sizeof own, "%s/run", scratch ? scratch : "");
+        if (!scratch || ml_copy_tree(run_dir, own)) {
+            fprintf(stderr, "moelab: rank %d: resume: %s\n", e->rank, ml_error());
+            ml_exp_free(e);
+            return ML_EXIT_RUNTIME;
+        }
+        resume_dir = own;
+    }
+    if (run_dir && e->ranks > 1 && ml_dist_barrier()) {
+        fprintf(stderr, "moelab: resume: %s\n", ml_error());
+        ml_exp_free(e);
+        return ML_EXIT_RUNTIME;
+    }
+    if (run_dir && ml_exp_resume(e, resume_dir, from, &code)) {
         fprintf(stderr, "moelab: resume: %s\n", ml_error());
         ml_exp_free(e);
         return code;
@@ -364,7 +384,9 @@ static int cmd_run(int argc, char **argv) {
      * could save, and setup may take long); from here on it stops the run cleanly. */
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    fprintf(stderr, "moelab: run directory %s\n", ml_exp_run_dir(e));
+    if (!e->rank) fprintf(stderr, "moelab: run directory %s\n", ml_exp_run_dir(e));
+    if (!e->rank && e->ranks > 1)
+        fprintf(stderr, "moelab: data parallel over %d ranks (each computes its part of every batch)\n", e->ranks);
     int rc = ml_lua_exec(lua);
     int interrupted = rc && (ml_exp_interrupted || ml_lua_stop_reason(lua) == ML_LUA_STOP_INTERRUPT);
     if (rc) snprintf(e->last_error, sizeof e->last_error, "%s", ml_error());
@@ -384,17 +406,36 @@ static int cmd_run(int argc, char **argv) {
         } else if (!saved) {
             why = " (outside exp:train_epoch: no interrupt checkpoint, --resume continues from 'last')";
         }
-        fprintf(stderr, "moelab: interrupted at epoch %d step %" PRId64 "%s; resume with: moelab run --resume %s\n",
-                saved ? abs(saved) : e->epoch, e->step, why, ml_exp_run_dir(e));
+        if (!e->rank)
+            fprintf(stderr, "moelab: interrupted at epoch %d step %" PRId64 "%s; resume with: %smoelab run --resume %s\n",
+                    saved ? abs(saved) : e->epoch, e->step, why, e->ranks > 1 ? "mpirun -np R " : "", ml_exp_run_dir(e));
         ml_lua_free(lua);
         ml_exp_free(e);
         return ML_EXIT_INTERRUPTED;
     }
-    if (!rc) fprintf(stderr, "moelab: done; results in %s\n", ml_exp_run_dir(e));
-    else fprintf(stderr, "moelab: the run failed; results written so far are in %s\n", ml_exp_run_dir(e));
+    if (!rc && !e->rank) fprintf(stderr, "moelab: done; results in %s\n", ml_exp_run_dir(e));
+    else if (rc && !e->rank) fprintf(stderr, "moelab: the run failed; results written so far are in %s\n", ml_exp_run_dir(e));
     ml_lua_free(lua);
     ml_exp_free(e);
     return rc ? ML_EXIT_RUNTIME : 0;
+}
+
+/* `moelab run` under mpirun (run/dist.h): every rank runs it; a rank that fails ends the
+   job, since the others would wait for it in the next collective for ever. */
+static int cmd_run_dist(int argc, char **argv) {
+    if (ml_dist_init(NULL, NULL)) {
+        fprintf(stderr, "moelab: %s\n", ml_error());
+        return ML_EXIT_USAGE;
+    }
+    if (ml_dist_rank() > 0) ml_log_level = ML_LOG_WARN + 1; /* rank 0 speaks for the job */
+    int rc = cmd_run(argc, argv);
+    if (rc && rc != ML_EXIT_INTERRUPTED && ml_dist_size() > 1) {
+        /* rank 0 fails the same way, most likely: give it the time to write its summary */
+        if (ml_dist_rank() > 0) sleep(2);
+        ml_dist_abort(rc);
+    }
+    ml_dist_finalize();
+    return rc;
 }
 
 static void list_one(const ml_plugin *p, const char *file, void *ctx) {
@@ -678,7 +719,7 @@ int main(int argc, char **argv) {
                 fputs(g_help[i].text, stdout);
                 return 0;
             }
-    if (!strcmp(cmd, "run")) return cmd_run(argc - 2, argv + 2);
+    if (!strcmp(cmd, "run")) return cmd_run_dist(argc - 2, argv + 2);
     if (!strcmp(cmd, "plugins")) {
         ml_plugins_default_path(NULL, 0);
         return ml_plugins_scan(list_one, list_err, NULL) < 0 ? ML_EXIT_RUNTIME : 0;

@@ -12,6 +12,9 @@ PKGS="build-essential pkg-config python3 liblua5.4-dev libopenblas-openmp-dev li
 # The packages' own services are not used (on a machine with systemd, installing them
 # enables munge, slurmd and slurmctld; the latter two do not start without /etc/slurm).
 [ "${MOELAB_SLURM:-0}" = 1 ] && PKGS="$PKGS slurmctld slurmd slurm-client munge"
+# make test and make bench: OpenMPI, which the build finds through mpicc (data parallelism,
+# run/dist.c) and whose mpirun tests/check_mpi.c and bench/run.sh start themselves
+[ "${MOELAB_MPI:-0}" = 1 ] && PKGS="$PKGS libopenmpi-dev openmpi-bin"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -3,6 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
+#include <ftw.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -148,5 +151,73 @@ int ml_read_file(const char *path, size_t max, char **text, size_t *len) {
     buf[n] = 0;
     *text = buf;
     *len = n;
+    return ML_OK;
+}
+
+/* ---------------------------------------------------------------- trees */
+
+static int copy_file(const char *src, const char *dst) {
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0) return ml_errorf("%s: cannot open: %s", src, strerror(errno));
+    int out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (out < 0) {
+        close(in);
+        return ml_errorf("%s: cannot create: %s", dst, strerror(errno));
+    }
+    char buf[1 << 16];
+    ssize_t n;
+    int rc = ML_OK;
+    while ((n = read(in, buf, sizeof buf)) != 0) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 || write_all(out, buf, (size_t)n)) {
+            rc = ml_errorf("copying %s to %s: %s", src, dst, strerror(errno));
+            break;
+        }
+    }
+    close(in);
+    if (close(out) && !rc) rc = ml_errorf("%s: %s", dst, strerror(errno));
+    return rc;
+}
+
+static int copy_tree(const char *src, const char *dst, int depth) {
+    if (depth > 32) return ml_errorf("%s: directories nested deeper than 32", src);
+    if (mkdir(dst, 0777) && errno != EEXIST) return ml_errorf("%s: cannot create: %s", dst, strerror(errno));
+    DIR *d = opendir(src);
+    if (!d) return ml_errorf("%s: cannot open: %s", src, strerror(errno));
+    struct dirent *de;
+    int rc = ML_OK;
+    while (!rc && (de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        char a[ML_PATH_MAX], b[ML_PATH_MAX];
+        if ((size_t)snprintf(a, sizeof a, "%s/%s", src, de->d_name) >= sizeof a ||
+            (size_t)snprintf(b, sizeof b, "%s/%s", dst, de->d_name) >= sizeof b) {
+            rc = ml_errorf("%s/%s: path too long", src, de->d_name);
+            break;
+        }
+        struct stat st;
+        if (lstat(a, &st)) rc = ml_errorf("%s: %s", a, strerror(errno));
+        else if (S_ISDIR(st.st_mode)) rc = copy_tree(a, b, depth + 1);
+        else if (S_ISREG(st.st_mode)) rc = copy_file(a, b);
+    }
+    closedir(d);
+    return rc;
+}
+
+int ml_copy_tree(const char *src, const char *dst) {
+    struct stat st;
+    if (stat(src, &st) || !S_ISDIR(st.st_mode)) return ml_errorf("%s: not a directory", src);
+    if (!lstat(dst, &st)) return ml_errorf("%s: exists already (copying %s)", dst, src);
+    return copy_tree(src, dst, 0);
+}
+
+static int remove_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path) ? -1 : 0;
+}
+
+int ml_remove_tree(const char *path) {
+    struct stat st;
+    if (lstat(path, &st)) return errno == ENOENT ? ML_OK : ml_errorf("%s: %s", path, strerror(errno));
+    if (nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS)) return ml_errorf("%s: cannot remove: %s", path, strerror(errno));
     return ML_OK;
 }

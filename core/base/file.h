@@ -1,7 +1,8 @@
 /*
  * file.h — the file helpers every layer above base/ shares: whole-file reads, atomic
  * whole-file writes (temp file in the same directory, fsync, rename, fsync of the
- * directory), mkdir -p, and opening a path only when it is a regular file.
+ * directory), mkdir -p, opening a path only when it is a regular file, copying and
+ * removing a directory tree.
  *
  * Errors: functions returning int give ML_OK or ML_ERR after ml_errorf() naming the path
  * and the step that failed.
@@ -35,5 +36,10 @@ FILE *ml_open_regular(const char *path, int *not_regular);
  * NUL). Refuses files larger than max bytes with "<path>: larger than <max> bytes".
  */
 int ml_read_file(const char *path, size_t max, char **text, size_t *len);
+/* Copies the directory src, its regular files and subdirectories (symlinks and anything else
+   are skipped), to dst, which must not exist. */
+int ml_copy_tree(const char *src, const char *dst);
+/* Removes path and everything under it (symlinks themselves, never what they point to). */
+int ml_remove_tree(const char *path);
 
 #endif

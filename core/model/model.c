@@ -108,47 +108,91 @@ static int reserve(ml_model *m, int B) {
     return m->ops->reserve(m->net, B);
 }
 
-int ml_model_forward(ml_model *m, const float *x, const float *target, int B, int training, const int32_t *ids,
-                     const int32_t *labels, int num_classes) {
-    if (reserve(m, B)) return ML_ERR;
-    m->x = x;
-    m->B = B;
+int ml_model_forward_part(ml_model *m, const ml_comm *comm, const float *x, const float *target, int B,
+                          int training, const int32_t *ids, const int32_t *labels, int num_classes) {
+    if (comm && comm->size < 2) comm = NULL;
+    const int off = comm ? ml_part_off(B, comm->size, comm->rank) : 0;
+    const int Bl = comm ? ml_part_off(B, comm->size, comm->rank + 1) - off : B;
+    if (reserve(m, Bl > 0 ? Bl : 1)) return ML_ERR;
+    for (int l = 0; l < m->L; l++)
+        if (ml_moe_set_part(m->moe[l], comm, B)) return ML_ERR;
+    m->comm = comm;
+    m->Bg = B;
+    m->x = x + (size_t)off * m->Din;
+    m->B = Bl;
     if (m->seg) {
         if (!target) return ml_errorf("model: a segmentation net needs a target mask");
-        m->target = target;
-        if (m->ops->forward(m->net, m->moe, x, B, training, ids, labels, num_classes, m->xhat)) return ML_ERR;
+        if (Bl < 1)
+            return ml_errorf("model: a batch of %d split over %d ranks leaves rank %d no sample; hint: a "
+                             "train.batch_size of at least the number of ranks", B, comm->size, comm->rank);
+        m->target = target + (size_t)off * m->Dout;
+        if (m->ops->forward(m->net, m->moe, m->x, Bl, training, ids, labels, num_classes, m->xhat)) return ML_ERR;
         const int N = m->Dout;
-        m->loss_bce = m->w_bce != 0 ? ml_bce_logits_forward(m->xhat, target, NULL, B, N) : 0;
-        m->loss_iou = m->w_iou != 0 ? ml_soft_iou_forward(m->xhat, target, NULL, B, N, ML_SEG_SMOOTH) : 0;
-        m->loss_dice = m->w_dice != 0 ? ml_soft_dice_forward(m->xhat, target, NULL, B, N, ML_SEG_SMOOTH) : 0;
-        m->task_loss = m->w_bce * m->loss_bce + m->w_iou * m->loss_iou + m->w_dice * m->loss_dice;
-        return ML_OK;
+        m->loss_bce = m->w_bce != 0 ? ml_bce_logits_forward(m->xhat, m->target, NULL, Bl, N) : 0;
+        m->loss_iou = m->w_iou != 0 ? ml_soft_iou_forward(m->xhat, m->target, NULL, Bl, N, ML_SEG_SMOOTH) : 0;
+        m->loss_dice = m->w_dice != 0 ? ml_soft_dice_forward(m->xhat, m->target, NULL, Bl, N, ML_SEG_SMOOTH) : 0;
+    } else {
+        m->target = m->x;
+        if (Bl > 0 && m->ops->encode(m->net, m->x, Bl, training, m->z[0])) return ML_ERR;
+        for (int l = 0; l < m->L; l++)
+            if (ml_moe_forward(m->moe[l], m->z[l], m->z[l + 1], Bl, training, ids, labels, num_classes)) return ML_ERR;
+        if (Bl > 0 && m->ops->decode(m->net, m->z[m->L], Bl, training, m->xhat)) return ML_ERR;
+        m->task_loss = Bl > 0 ? ml_mse_forward(m->xhat, m->x, (size_t)Bl * m->Din) : 0;
     }
-    m->target = x;
-    if (m->ops->encode(m->net, x, B, training, m->z[0])) return ML_ERR;
+    if (comm) { /* the whole batch's losses: every part's mean, weighted by its samples */
+        double v[4] = {m->task_loss * Bl, m->loss_bce * Bl, m->loss_iou * Bl, m->loss_dice * Bl};
+        if (comm->sum_doubles(v, 4)) return ml_error_prefix("model: summing the task loss");
+        m->task_loss = v[0] / B, m->loss_bce = v[1] / B, m->loss_iou = v[2] / B, m->loss_dice = v[3] / B;
+    }
+    if (m->seg) m->task_loss = m->w_bce * m->loss_bce + m->w_iou * m->loss_iou + m->w_dice * m->loss_dice;
+    return ML_OK;
+}
+
+int ml_model_forward(ml_model *m, const float *x, const float *target, int B, int training, const int32_t *ids,
+                     const int32_t *labels, int num_classes) {
+    return ml_model_forward_part(m, NULL, x, target, B, training, ids, labels, num_classes);
+}
+
+/* A split batch: the gradients summed over the processes, then the routers' AFTER_BACKWARD. */
+static int sum_grads(ml_model *m) {
+    const ml_comm *comm = m->comm;
+    /* the routers' gradients are already the whole batch's on every process (ml_moe_set_part):
+       rank 0's alone go into the sum */
+    if (comm->rank != 0)
+        for (int l = 0; l < m->L; l++) {
+            const ml_tensor_set *ps = &m->moe[l]->router.param;
+            for (int i = 0; i < ps->n; i++) {
+                const ml_tensor *t = &m->P.t[ps->handle[i]];
+                memset(m->P.grad + t->off, 0, t->n * sizeof(float));
+            }
+        }
+    if (comm->sum_floats(m->P.grad, m->P.total)) return ml_error_prefix("model: summing the gradients");
     for (int l = 0; l < m->L; l++)
-        if (ml_moe_forward(m->moe[l], m->z[l], m->z[l + 1], B, training, ids, labels, num_classes)) return ML_ERR;
-    if (m->ops->decode(m->net, m->z[m->L], B, training, m->xhat)) return ML_ERR;
-    m->task_loss = ml_mse_forward(m->xhat, x, (size_t)B * m->Din);
+        if (ml_moe_after_backward(m->moe[l])) return ML_ERR;
     return ML_OK;
 }
 
 int ml_model_backward(ml_model *m) {
     const int B = m->B;
+    /* each part's loss is a mean over its own samples: weighted by its share of the batch,
+       the parts' gradients sum to the whole batch's */
+    const float scale = m->comm ? (float)B / (float)m->Bg : 1.0f;
     memset(m->dxhat, 0, (size_t)B * m->Dout * sizeof(float));
     if (m->seg) {
         const int N = m->Dout;
-        if (m->w_bce != 0) ml_bce_logits_backward(m->dxhat, m->xhat, m->target, NULL, B, N, m->w_bce);
-        if (m->w_iou != 0) ml_soft_iou_backward(m->dxhat, m->xhat, m->target, NULL, B, N, ML_SEG_SMOOTH, m->w_iou);
-        if (m->w_dice != 0) ml_soft_dice_backward(m->dxhat, m->xhat, m->target, NULL, B, N, ML_SEG_SMOOTH, m->w_dice);
-        return m->ops->backward(m->net, m->moe, m->dxhat);
+        if (m->w_bce != 0) ml_bce_logits_backward(m->dxhat, m->xhat, m->target, NULL, B, N, m->w_bce * scale);
+        if (m->w_iou != 0) ml_soft_iou_backward(m->dxhat, m->xhat, m->target, NULL, B, N, ML_SEG_SMOOTH, m->w_iou * scale);
+        if (m->w_dice != 0) ml_soft_dice_backward(m->dxhat, m->xhat, m->target, NULL, B, N, ML_SEG_SMOOTH, m->w_dice * scale);
+        if (m->ops->backward(m->net, m->moe, m->dxhat)) return ML_ERR;
+        return m->comm ? sum_grads(m) : ML_OK;
     }
-    ml_mse_backward(m->dxhat, m->xhat, m->x, (size_t)B * m->Din, 1.0f);
+    if (B > 0) ml_mse_backward(m->dxhat, m->xhat, m->x, (size_t)B * m->Din, scale);
     for (int l = 0; l <= m->L; l++) memset(m->dz[l], 0, (size_t)B * m->D * sizeof(float));
-    if (m->ops->decode_backward(m->net, m->dxhat, m->dz[m->L])) return ML_ERR;
+    if (B > 0 && m->ops->decode_backward(m->net, m->dxhat, m->dz[m->L])) return ML_ERR;
     for (int l = m->L - 1; l >= 0; l--)
         if (ml_moe_backward(m->moe[l], m->dz[l + 1], m->dz[l])) return ML_ERR;
-    return m->ops->encode_backward(m->net, m->dz[0]);
+    if (B > 0 && m->ops->encode_backward(m->net, m->dz[0])) return ML_ERR;
+    return m->comm ? sum_grads(m) : ML_OK;
 }
 
 int ml_model_grow_begin(ml_model *m, int layer, int n, const int *variant) {

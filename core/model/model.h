@@ -51,6 +51,9 @@ typedef struct ml_model {
     double task_loss;
     double loss_bce, loss_iou, loss_dice; /* seg: the task loss's parts, each before its weight */
     ml_rng init_rng;           /* initialises tensors, also those added by growth */
+    /* the last forward, when split over processes (ml_model_forward_part); else NULL */
+    const ml_comm *comm;       /* borrowed */
+    int Bg;                    /* the whole batch; B is this process's part */
 } ml_model;
 
 ml_model *ml_model_new(const ml_model_cfg *cfg, const int *experts_per_layer);
@@ -60,6 +63,18 @@ void ml_model_free(ml_model *m);
    (labels may be NULL). */
 int ml_model_forward(ml_model *m, const float *x, const float *target, int B, int training, const int32_t *ids,
                      const int32_t *labels, int num_classes);
+/*
+ * Data parallelism (run/dist.h): x, target, ids and labels are the whole batch (B), of which
+ * this process computes its part (base/comm.h, ml_part_off); the MoE layers route the whole
+ * batch on every process (ml_moe_set_part). task_loss (and the seg parts) is the whole
+ * batch's, summed over the processes. The backward then leaves the whole batch's gradients
+ * in P on every process (one sum over the gradient block; the routers' count once) and
+ * sends the routers' AFTER_BACKWARD. Exact for nets without batch statistics (mlp); batch
+ * norm (srnn, cod) normalises each part by its own statistics. comm NULL or of one process
+ * is ml_model_forward.
+ */
+int ml_model_forward_part(ml_model *m, const ml_comm *comm, const float *x, const float *target, int B,
+                          int training, const int32_t *ids, const int32_t *labels, int num_classes);
 /* Gradients of task loss (scaled by 1) plus whatever losses put in the MoE layers. */
 int ml_model_backward(ml_model *m);
 int ml_model_add_experts(ml_model *m, int layer, int n);

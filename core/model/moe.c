@@ -221,10 +221,10 @@ ml_moe *ml_moe_new_spatial(int layer, int C, int HW, int N, const ml_expert_kind
 
 static void free_buffers(ml_moe *m) {
     void *bufs[] = {m->order, m->estart, m->cursor, m->xg, m->yg, m->dlogits, m->dprob, m->dgate_loss,
-                    m->dgate, m->dyg, m->dxg, m->grad_mag, m->load, m->rin, m->drin};
+                    m->dgate, m->dyg, m->dxg, m->grad_mag, m->load, m->rin, m->drin, m->gin, m->dgin};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     m->xg = m->yg = m->dlogits = m->dprob = m->dgate_loss = NULL;
-    m->dgate = m->dyg = m->dxg = m->grad_mag = m->load = m->rin = m->drin = NULL;
+    m->dgate = m->dyg = m->dxg = m->grad_mag = m->load = m->rin = m->drin = m->gin = m->dgin = NULL;
     m->order = m->estart = m->cursor = NULL;
     m->cap_B = m->cap_N = 0;
 }
@@ -241,7 +241,7 @@ void ml_moe_free(ml_moe *m) {
 }
 
 static int reserve(ml_moe *m, int B) {
-    if (B <= m->cap_B && m->N <= m->cap_N) return ML_OK;
+    if (B <= m->cap_B && m->N <= m->cap_N && (!m->comm || m->gin)) return ML_OK;
     if (B < m->cap_B) B = m->cap_B;
     free_buffers(m);
     size_t BN = (size_t)B * m->N, K = BN;
@@ -263,8 +263,13 @@ static int reserve(ml_moe *m, int B) {
         m->rin = ml_alloc_floats((size_t)B * m->R);
         m->drin = ml_alloc_floats((size_t)B * m->R);
     }
+    if (m->comm) {
+        m->gin = ml_alloc_floats((size_t)B * m->R);
+        m->dgin = ml_alloc_floats((size_t)B * m->R);
+    }
     if (!m->dlogits || !m->dprob || !m->order || !m->dgate || !m->dgate_loss || !m->estart || !m->cursor ||
-        !m->xg || !m->yg || !m->dyg || !m->dxg || !m->grad_mag || !m->load || (spatial && (!m->rin || !m->drin))) {
+        !m->xg || !m->yg || !m->dyg || !m->dxg || !m->grad_mag || !m->load || (spatial && (!m->rin || !m->drin)) ||
+        (m->comm && (!m->gin || !m->dgin))) {
         free_buffers(m);
         return ml_errorf("moe layer %d: out of memory for a batch of %d with %d experts", m->layer + 1, B, m->N);
     }
@@ -274,7 +279,7 @@ static int reserve(ml_moe *m, int B) {
 }
 
 /* rin (B, C) = the mean of each channel of x (B, C, HW): what a spatial layer's router sees. */
-static void pool_forward(const ml_moe *m, const float *x, int B) {
+static void pool_forward(const ml_moe *m, const float *x, int B, float *rin) {
     const int C = m->C, HW = m->HW;
     const float inv = 1.0f / (float)HW;
     for (int b = 0; b < B; b++)
@@ -282,25 +287,51 @@ static void pool_forward(const ml_moe *m, const float *x, int B) {
             const float *p = x + ((size_t)b * C + c) * HW;
             double s = 0;
             for (int i = 0; i < HW; i++) s += p[i];
-            m->rin[(size_t)b * C + c] = (float)s * inv;
+            rin[(size_t)b * C + c] = (float)s * inv;
         }
 }
 
 /* dx (B, C, HW) += drin (B, C) / HW, the pool's backward. */
-static void pool_backward(const ml_moe *m, float *dx, int B) {
+static void pool_backward(const ml_moe *m, float *dx, int B, const float *drin) {
     const int C = m->C, HW = m->HW;
     const float inv = 1.0f / (float)HW;
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
-            float g = m->drin[(size_t)b * C + c] * inv;
+            float g = drin[(size_t)b * C + c] * inv;
             float *p = dx + ((size_t)b * C + c) * HW;
             for (int i = 0; i < HW; i++) p[i] += g;
         }
 }
 
-int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
+/* AFTER_BACKWARD: each expert's mean |grad| (the SRNN saturation signal) and its load, the
+   triples of the whole batch routed to it. */
+static int after_backward(ml_moe *m) {
+    for (int e = 0; e < m->N; e++) {
+        m->grad_mag[e] = grad_mag(m, e);
+        m->load[e] = (float)m->router.per_expert[e];
+    }
+    return ml_router_inst_after_backward(&m->router, m->grad_mag, m->load);
+}
+
+int ml_moe_set_part(ml_moe *m, const ml_comm *comm, int B) {
+    if (comm && comm->size > 1 && B < 1)
+        return ml_errorf("moe layer %d: a split batch of %d samples, expected >= 1", m->layer + 1, B);
+    m->comm = comm && comm->size > 1 ? comm : NULL;
+    m->part_B = m->comm ? B : 0;
+    return ML_OK;
+}
+
+int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
                    const int32_t *sample_id, const int32_t *label, int num_classes) {
     m->B = 0; /* nothing of a failed forward is kept */
+    m->after_pending = 0;
+    const ml_comm *comm = m->comm;
+    /* a split forward: this process's Bl rows of the global batch of B (ml_moe_set_part) */
+    const int B = comm ? m->part_B : Bl;
+    const int off = comm ? ml_part_off(B, comm->size, comm->rank) : 0;
+    if (comm && Bl != ml_part_off(B, comm->size, comm->rank + 1) - off)
+        return ml_errorf("moe layer %d: %d rows, but rank %d's part of a batch of %d over %d ranks is %d", m->layer + 1,
+                         Bl, comm->rank, B, comm->size, ml_part_off(B, comm->size, comm->rank + 1) - off);
     /* the ABI counts dispatch triples in an int32 (ml_route.n_disp), at most B*N of them */
     if ((int64_t)B * m->N > INT32_MAX)
         return ml_errorf("moe layer %d: batch of %d samples x %d experts = %lld routing slots, more than "
@@ -309,39 +340,63 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
     if (reserve(m, B)) return ML_ERR;
     const int D = m->D, N = m->N;
     const float *rin = z;
-    if (m->rin) {
-        pool_forward(m, z, B);
+    if (comm) {
+        /* every process routes the whole global batch (the router is a small linear map; its
+           forward, the losses and the routing statistics then see exactly what one process
+           sees), and runs its own samples' triples through the experts */
+        float *mine = m->gin + (size_t)off * m->R;
+        if (m->rin) {
+            pool_forward(m, z, Bl, mine);
+        } else if (Bl > 0) {
+            memcpy(mine, z, (size_t)Bl * D * sizeof(float));
+        }
+        if (comm->gather_rows(mine, m->gin, B, m->R))
+            return ml_error_prefix("moe layer %d: gathering the router inputs", m->layer + 1);
+        rin = m->gin;
+    } else if (m->rin) {
+        pool_forward(m, z, B, m->rin);
         rin = m->rin;
     }
     if (ml_router_inst_forward(&m->router, rin, B, training, sample_id)) return ML_ERR;
     const ml_router_inst *ri = &m->router;
-    const int K = ri->n_disp;
+    const int Kg = ri->n_disp;
     const int32_t *ds = ri->disp_sample, *de = ri->disp_expert;
     const float *dg = ri->disp_gate;
 
+    /* counting sort of this process's triples by expert: each expert's rows become one
+       contiguous batch (without a split, the router host counted them all) */
+    int K = Kg;
+    if (comm) {
+        memset(m->cursor, 0, (size_t)N * sizeof(int32_t));
+        K = 0;
+        for (int t = 0; t < Kg; t++)
+            if (ds[t] >= off && ds[t] < off + Bl) m->cursor[de[t]]++, K++;
+    } else {
+        memcpy(m->cursor, ri->per_expert, (size_t)N * sizeof(int32_t));
+    }
     /* the experts' activations for this forward's K rows (grow-only) */
     if (K > 0 && m->kind->reserve(m->kst, m, K))
         return ml_errorf("moe layer %d: out of memory for the activations of %d routed samples", m->layer + 1, K);
-    /* counting sort of the triples by expert (the router host counted them): each expert's
-       rows become one contiguous batch */
     m->estart[0] = 0;
-    for (int e = 0; e < N; e++) m->estart[e + 1] = m->estart[e] + ri->per_expert[e];
+    for (int e = 0; e < N; e++) m->estart[e + 1] = m->estart[e] + m->cursor[e];
     memcpy(m->cursor, m->estart, (size_t)N * sizeof(int32_t));
-    for (int t = 0; t < K; t++) m->order[m->cursor[de[t]]++] = t;
-    for (int s = 0; s < K; s++) memcpy(m->xg + (size_t)s * D, z + (size_t)ds[m->order[s]] * D, (size_t)D * sizeof(float));
+    for (int t = 0; t < Kg; t++)
+        if (ds[t] >= off && ds[t] < off + Bl) m->order[m->cursor[de[t]]++] = t;
+    for (int s = 0; s < K; s++)
+        memcpy(m->xg + (size_t)s * D, z + (size_t)(ds[m->order[s]] - off) * D, (size_t)D * sizeof(float));
     for (int e = 0; e < N; e++) {
         int r0 = m->estart[e], n = m->estart[e + 1] - r0;
         if (!n) continue;
         if (m->kind->forward(m->kst, m, e, r0, n, m->xg + (size_t)r0 * D, m->yg + (size_t)r0 * D, training))
             return ml_error_prefix("moe layer %d: expert %d", m->layer + 1, e);
     }
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < Bl; b++) {
         float *yb = y + (size_t)b * D;
-        if (ri->hits[b]) memset(yb, 0, (size_t)D * sizeof(float));
+        if (ri->hits[off + b]) memset(yb, 0, (size_t)D * sizeof(float));
         else memcpy(yb, z + (size_t)b * D, (size_t)D * sizeof(float));
     }
     for (int s = 0; s < K; s++) {
-        int t = m->order[s], b = ds[t];
+        int t = m->order[s], b = ds[t] - off;
         float g = dg[t];
         const float *zb = z + (size_t)b * D, *ys = m->yg + (size_t)s * D;
         float *yb = y + (size_t)b * D;
@@ -349,8 +404,11 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int B, int training,
     }
     memset(m->dlogits, 0, (size_t)B * N * sizeof(float));
     memset(m->dprob, 0, (size_t)B * N * sizeof(float));
-    memset(m->dgate_loss, 0, (size_t)(K > 0 ? K : 1) * sizeof(float));
+    memset(m->dgate_loss, 0, (size_t)(Kg > 0 ? Kg : 1) * sizeof(float));
     m->B = B;
+    m->Bl = Bl;
+    m->off = off;
+    m->K = K;
     m->x = z;
     m->training = training;
     m->label = label;
@@ -368,12 +426,14 @@ void ml_moe_record(const ml_moe *m, ml_routing_record *r) {
 int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     if (!m->B) return ml_errorf("moe layer %d: backward without a successful forward", m->layer + 1);
     const ml_router_inst *ri = &m->router;
-    const int D = m->D, N = m->N, B = m->B, K = ri->n_disp;
+    const ml_comm *comm = m->comm;
+    const int D = m->D, N = m->N, Bl = m->Bl, off = m->off, K = m->K, Kg = ri->n_disp;
     const int32_t *ds = ri->disp_sample;
     const float *dg = ri->disp_gate;
     const float *z = m->x;
+    if (comm) memset(m->dgate, 0, (size_t)(Kg > 0 ? Kg : 1) * sizeof(float));
     for (int s = 0; s < K; s++) {
-        int t = m->order[s], b = ds[t];
+        int t = m->order[s], b = ds[t] - off;
         float g = dg[t];
         const float *dyb = dy + (size_t)b * D, *zb = z + (size_t)b * D, *ys = m->yg + (size_t)s * D;
         float *dys = m->dyg + (size_t)s * D;
@@ -382,7 +442,14 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
             dgate += (double)dyb[d] * (zb[d] + ys[d]);
             dys[d] = g * dyb[d];
         }
-        m->dgate[t] = (float)dgate + m->dgate_loss[t];
+        m->dgate[t] = comm ? (float)dgate : (float)dgate + m->dgate_loss[t];
+    }
+    if (comm) {
+        /* the gates' gradient of the whole batch: each process has its own triples' (the
+           others are zero here), the losses' part is the same everywhere */
+        if (Kg > 0 && comm->sum_floats(m->dgate, (size_t)Kg))
+            return ml_error_prefix("moe layer %d: summing the gate gradients", m->layer + 1);
+        for (int t = 0; t < Kg; t++) m->dgate[t] += m->dgate_loss[t];
     }
     for (int e = 0; e < N; e++) {
         int r0 = m->estart[e], n = m->estart[e + 1] - r0;
@@ -392,34 +459,50 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
         if (m->kind->backward(m->kst, m, e, r0, n, m->xg + (size_t)r0 * D, m->dyg + (size_t)r0 * D, dxg))
             return ml_error_prefix("moe layer %d: expert %d backward", m->layer + 1, e);
     }
-    for (int b = 0; b < B; b++)
-        if (!ri->hits[b]) {
+    for (int b = 0; b < Bl; b++)
+        if (!ri->hits[off + b]) {
             const float *dyb = dy + (size_t)b * D;
             float *dzb = dz + (size_t)b * D;
             for (int d = 0; d < D; d++) dzb[d] += dyb[d];
         }
     for (int s = 0; s < K; s++) {
-        int t = m->order[s], b = ds[t];
+        int t = m->order[s], b = ds[t] - off;
         float g = dg[t];
         const float *dyb = dy + (size_t)b * D, *dxs = m->dxg + (size_t)s * D;
         float *dzb = dz + (size_t)b * D;
         for (int d = 0; d < D; d++) dzb[d] += g * dyb[d] + dxs[d];
     }
-    if (m->drin) { /* the router saw the pooled maps: its dx goes back through the pool */
-        memset(m->drin, 0, (size_t)B * m->R * sizeof(float));
+    if (comm) {
+        /* the router's backward over the whole batch, as its forward: its parameter gradients
+           are the whole batch's on every process; this process keeps its rows of dx */
+        memset(m->dgin, 0, (size_t)m->B * m->R * sizeof(float));
+        if (ml_router_inst_backward(&m->router, m->dgate, m->dlogits, m->dprob, m->dgin)) return ML_ERR;
+        const float *mine = m->dgin + (size_t)off * m->R;
+        if (m->rin) {
+            pool_backward(m, dz, Bl, mine);
+        } else {
+            for (size_t i = 0; i < (size_t)Bl * D; i++) dz[i] += mine[i];
+        }
+    } else if (m->drin) { /* the router saw the pooled maps: its dx goes back through the pool */
+        memset(m->drin, 0, (size_t)m->B * m->R * sizeof(float));
         if (ml_router_inst_backward(&m->router, m->dgate, m->dlogits, m->dprob, m->drin)) return ML_ERR;
-        pool_backward(m, dz, B);
+        pool_backward(m, dz, m->B, m->drin);
     } else if (ml_router_inst_backward(&m->router, m->dgate, m->dlogits, m->dprob, dz)) {
         return ML_ERR;
     }
     if (!m->training) return ML_OK;
-
-    /* the SRNN saturation signal: mean |dL/dtheta| over each expert's parameters */
-    for (int e = 0; e < N; e++) {
-        m->grad_mag[e] = grad_mag(m, e);
-        m->load[e] = (float)(m->estart[e + 1] - m->estart[e]);
+    /* a split batch: the experts' gradients are this process's part until they are summed */
+    if (comm) {
+        m->after_pending = 1;
+        return ML_OK;
     }
-    return ml_router_inst_after_backward(&m->router, m->grad_mag, m->load);
+    return after_backward(m);
+}
+
+int ml_moe_after_backward(ml_moe *m) {
+    if (!m->after_pending) return ML_OK;
+    m->after_pending = 0;
+    return after_backward(m);
 }
 
 int ml_moe_grow_declare(ml_moe *m, int n_new, const int *variant) {

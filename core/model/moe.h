@@ -38,6 +38,7 @@
 #define MOELAB_MOE_H
 
 #include <stdint.h>
+#include "base/comm.h"
 #include "base/common.h"
 #include "nn/params.h"
 #include "plugin/router_host.h"
@@ -122,6 +123,14 @@ struct ml_moe {
     float *grad_mag, *load;         /* (N) */
     const int32_t *label;           /* (B) borrowed, or NULL */
     int num_classes;
+
+    /* a batch split over processes (ml_moe_set_part); comm NULL: the whole batch is here */
+    const ml_comm *comm;            /* borrowed */
+    int part_B;                     /* the global batch of the next split forwards */
+    int Bl, off;                    /* the last forward: this process's rows [off, off + Bl) of B */
+    int K;                          /* the last forward: the triples of this process's rows */
+    float *gin, *dgin;              /* (B, R) the whole batch's router input, its gradient (split) */
+    int after_pending;              /* a split backward's AFTER_BACKWARD awaits ml_moe_after_backward */
 };
 
 /*
@@ -147,10 +156,26 @@ int ml_moe_expert_tensor(const ml_moe *m, int e, int i, ml_expert_tensor *t);
 /* x (B, D) -> y (B, D). sample_id (B) and label (B, may be NULL) are borrowed until backward. */
 int ml_moe_forward(ml_moe *m, const float *x, float *y, int B, int training,
                    const int32_t *sample_id, const int32_t *label, int num_classes);
+/*
+ * Data parallelism (run/dist.h): the forwards from now on compute one process's part of a
+ * global batch of B rows split over comm's processes (base/comm.h): ml_moe_forward's x, y
+ * and its B are this process's rows, sample_id and label the whole batch's (B). Every
+ * process gathers the router inputs and routes the whole batch, so the router, its events,
+ * the losses and health see exactly what one process sees on the whole batch, and runs
+ * only its own rows' triples through the experts. The backward sums the gates' gradient
+ * over the processes; the router's parameter gradients come out whole on every process
+ * (the caller must not sum them again), the experts' as this process's part, so the
+ * AFTER_BACKWARD event waits for ml_moe_after_backward, which the caller sends once the
+ * gradients are summed. comm NULL or of one process: the whole batch (the default).
+ */
+int ml_moe_set_part(ml_moe *m, const ml_comm *comm, int B);
+/* Sends a split backward's AFTER_BACKWARD (ml_moe_set_part); a no-op otherwise. */
+int ml_moe_after_backward(ml_moe *m);
 /* The forward's routing record, for losses and health. */
 void ml_moe_record(const ml_moe *m, ml_routing_record *r);
 /* dy (B, D) -> dx (B, D) accumulated; parameter gradients accumulated; then the router's
- * AFTER_BACKWARD event with each expert's mean |grad| and load. */
+ * AFTER_BACKWARD event with each expert's mean |grad| and load (a split batch: later,
+ * ml_moe_after_backward). */
 int ml_moe_backward(ml_moe *m, const float *dy, float *dx);
 
 /* Variant of expert e (0 for kinds without variants), and whether the kind has variants. */

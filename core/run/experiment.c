@@ -7,6 +7,7 @@
 
 #include <cblas.h>
 #include <ctype.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <math.h>
@@ -22,6 +23,8 @@
 #include "data/camouflage.h"
 #include "plugin/loader.h"
 #include "run/checkpoint.h"
+#include "run/dist.h"
+#include "base/file.h"
 
 volatile int ml_exp_interrupted;
 
@@ -250,7 +253,13 @@ static int build_optim(ml_experiment *e) {
 }
 
 static void set_threads(int n) {
-    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    /* all cores by default, shared among the ranks of a data-parallel job on this machine */
+    int cores = (int)sysconf(_SC_NPROCESSORS_ONLN), local = ml_dist_local_size();
+    if (n > 0 && local > 1 && n * local > cores && ml_dist_rank() == 0)
+        ml_log(ML_LOG_WARN, "train.threads %d on each of %d ranks of this machine: %d threads on %d cores, which "
+               "slows every rank down; hint: train.threads=0 shares the cores among the ranks", n, local, n * local,
+               cores);
+    if (n <= 0) n = cores / local;
     if (n < 1) n = 1;
     openblas_set_num_threads(n);
     omp_set_num_threads(n);
@@ -292,6 +301,9 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
     ml_experiment *e = ml_calloc(1, sizeof *e);
     if (!e) return NULL;
     e->best_val = INFINITY;
+    e->comm = ml_dist_comm();
+    e->rank = ml_dist_rank();
+    e->ranks = ml_dist_size();
     e->cfg = ml_exp_load_config(config_path, overrides, n_overrides);
     if (!e->cfg) goto fail;
     snprintf(e->experiment, sizeof e->experiment, "%s", ml_config_str(e->cfg, "experiment", "default"));
@@ -353,8 +365,27 @@ fail:
     return NULL;
 }
 
+const char *ml_exp_scratch(ml_experiment *e) {
+    if (e->scratch) return e->scratch;
+    const char *tmp = getenv("TMPDIR");
+    char path[ML_PATH_MAX];
+    snprintf(path, sizeof path, "%s/moelab-rank%d-XXXXXX", tmp && *tmp ? tmp : "/tmp", e->rank);
+    if (!mkdtemp(path)) {
+        ml_errorf("rank %d: cannot create its scratch directory %s: %s", e->rank, path, strerror(errno));
+        return NULL;
+    }
+    return e->scratch = ml_strdup(path);
+}
+
 int ml_exp_open_results(ml_experiment *e) {
     const char *at = ml_config_str(e->cfg, "results.run_dir", "");
+    char own[ML_PATH_MAX];
+    if (e->rank > 0) { /* rank 0 writes the run directory; the others, their own copy */
+        const char *s = ml_exp_scratch(e);
+        if (!s) return ML_ERR;
+        snprintf(own, sizeof own, "%s/run", s);
+        at = own;
+    }
     e->res = *at ? ml_results_open_at(at)
                  : ml_results_open(ml_config_str(e->cfg, "results.dir", "results"), e->experiment,
                                    ml_config_str(e->cfg, "results.run_id", ""));
@@ -593,9 +624,20 @@ static int nonfinite_skip(ml_experiment *e, int64_t step, double loss, int warn)
     return rc;
 }
 
+/* The ranks of a data-parallel job stop together: a signal reaches them at different
+   moments, so each step they agree on whether one came (to any of them). */
+static int agreed_stop(ml_experiment *e) {
+    if (!e->comm) return ML_OK;
+    int stop = ml_exp_interrupted;
+    if (e->comm->max_int(&stop)) return ML_ERR;
+    if (stop && !ml_exp_interrupted) ml_exp_interrupted = stop;
+    return ML_OK;
+}
+
 static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out) {
     ml_epoch_acc *a = &e->ep;
     /* a signal that came outside training (script code, evaluate) stops at the epoch boundary */
+    if (agreed_stop(e)) return ML_ERR;
     if (ml_exp_interrupted && !a->resume_pending) return ml_exp_interrupt(e);
     if (flush_row(e) || ml_exp_write_summary(e, "running")) return ML_ERR; /* summary = metrics.csv so far */
     ml_model *m = e->model;
@@ -633,7 +675,11 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
     }
     while ((B = ml_batcher_next_masks(e->train_b, e->xb, e->mb, e->yb, e->ids)) > 0) {
         ml_params_zero_grad(&m->P);
-        if (ml_model_forward(m, e->xb, e->mb, B, 1, e->ids, e->train.y ? e->yb : NULL, e->train.num_classes)) return ML_ERR;
+        /* every rank reads the whole batch (the same data order as one process) and computes
+           its part of it (ml_model_forward_part) */
+        if (ml_model_forward_part(m, e->comm, e->xb, e->mb, B, 1, e->ids, e->train.y ? e->yb : NULL,
+                                  e->train.num_classes))
+            return ML_ERR;
         double total = m->task_loss, aux_step[ML_MAX_LOSSES] = {0};
         if (aux_losses(e, 1, &total, aux_step)) return ML_ERR;
         /* train.nonfinite: a non-finite loss or gradient never reaches the weights */
@@ -671,6 +717,7 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         }
         if (nap_ms > 0 && nap_ms <= 10000) nanosleep(&(struct timespec){nap_ms / 1000, nap_ms % 1000 * 1000000L}, NULL);
         if (stop_step > 0 && e->step == stop_step) ml_exp_interrupted = 2;
+        if (agreed_stop(e)) return ML_ERR;
         /* before the hook: a resume runs this step's hook first, as the uninterrupted run did */
         if (ml_exp_interrupted) return ml_exp_interrupt(e);
         if (hook) {
@@ -1226,6 +1273,7 @@ static const char *summary_json(ml_experiment *e, ml_json *j, ml_json *last, con
     strcat(experts, "]");
     ml_json_raw(j, "experts", experts);
     ml_json_int(j, "parameters", (int64_t)ml_params_numel(&e->model->P));
+    ml_json_int(j, "ranks", e->ranks);
     ml_json_begin(last);
     for (int i = 0; i < e->last_n; i++) ml_json_num(last, e->last_name[i], e->last_value[i]);
     const char *lt = ml_json_end(last);
@@ -1303,5 +1351,9 @@ void ml_exp_free(ml_experiment *e) {
     }
     ml_config_free(e->cfg);
     free(e->script_state);
+    if (e->scratch) {
+        if (ml_remove_tree(e->scratch)) ml_log(ML_LOG_WARN, "%s", ml_error());
+        free(e->scratch);
+    }
     free(e);
 }

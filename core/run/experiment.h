@@ -134,6 +134,11 @@ typedef struct ml_experiment {
     char *prov;                    /* JSON object: summary.json's "provenance" */
     char *resumes;                 /* JSON array of the resumes, or NULL */
     char started_at[32];           /* when the run began (UTC, ISO 8601) */
+    /* data parallelism (run/dist.h): every rank runs the script and computes its part of each
+       training batch; rank 0 writes the run directory, the others a scratch copy of it */
+    const ml_comm *comm;           /* the job's collectives, or NULL: one rank */
+    int rank, ranks;
+    char *scratch;                 /* ranks > 0: their private directory, removed at the end (owned) */
 } ml_experiment;
 
 /* The validated config of a run (plugins found on the search path the config extends),
@@ -147,6 +152,10 @@ ml_experiment *ml_exp_new(const char *config_path, const char *const *overrides,
 void ml_exp_free(ml_experiment *e);
 /* Creates the run directory and writes config.yaml; called once the script has compiled. */
 int ml_exp_open_results(ml_experiment *e);
+/* Ranks > 0 of a data-parallel job (run/dist.h) write into a private directory under $TMPDIR
+   (or /tmp) instead of the run directory, removed by ml_exp_free: its path (created at the
+   first call), or NULL with ml_error(). */
+const char *ml_exp_scratch(ml_experiment *e);
 const char *ml_exp_run_dir(const ml_experiment *e);
 
 int ml_exp_train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_stats *out);
