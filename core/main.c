@@ -5,7 +5,7 @@
  *   moelab run --resume RUN_DIR [--from TAG]   continue an interrupted run in its directory
  *   moelab plugins                      list plugins with their options
  *   moelab plugin-test FILE.so          conformance suite for a router/loss/schedule plugin
- *   moelab bench [options]              time the SRNN or cod training step (see docs/PERFORMANCE.md)
+ *   moelab bench [options]              time the SRNN, cod or MLP training step (see docs/PERFORMANCE.md)
  *   moelab lua SCRIPT                   run a Lua script with `moelab` but no experiment
  *   moelab sweep CONFIG [key=v1,v2 ...] a study: many runs, locally or as a SLURM array
  *   moelab summarize DIR...             mean ± sd and 95% CI per group of seeds (docs/studies.md)
@@ -65,7 +65,8 @@ static int usage(FILE *f) {
           "       moelab run --resume RUN_DIR [--from TAG]\n"
           "       moelab plugins\n"
           "       moelab plugin-test FILE.so\n"
-          "       moelab bench [--model srnn|cod] [--image HxWxC] [--batch B] [--experts E] [--top-k K] [--steps S] [--threads T]\n"
+          "       moelab bench [--model srnn|cod|mlp] [--image HxWxC] [--batch B] [--experts E] [--top-k K] [--steps S] [--threads T]\n"
+          "                    [--idle-experts dense|lazy]\n"
           "       moelab lua SCRIPT\n"
           "       moelab sweep CONFIG [key=v1,v2,... ...] [--jobs N] [--launcher local|slurm] [--name NAME]\n"
           "       moelab sweep --resume DIR | --status DIR\n"
@@ -108,8 +109,8 @@ static const struct { const char *cmd, *text; } g_help[] = {
      "options, finite-difference gradients, dispatch rules, growth, checkpoint round trip.\n"
      "Exit status 0 when every check passes, 1 otherwise.\n"},
     {"bench",
-     "usage: moelab bench [--model srnn|cod] [--image HxWxC] [--batch B] [--experts E] [--top-k K]\n"
-     "                    [--steps S] [--threads T]\n\n"
+     "usage: moelab bench [--model srnn|cod|mlp] [--image HxWxC] [--batch B] [--experts E] [--top-k K]\n"
+     "                    [--steps S] [--threads T] [--idle-experts dense|lazy]\n\n"
      "Times S training steps (after 2 warm-up steps) on random data and prints one line;\n"
      "`make bench` runs it beside the PyTorch peer of each model (docs/PERFORMANCE.md).\n"
      "  --model srnn   the SRNN autoencoder (../shared/bench/torch_srnn_ref.py): saturation\n"
@@ -118,11 +119,16 @@ static const struct { const char *cmd, *text; } g_help[] = {
      "                 channels 32,64,128,256, a softmax_topk MoE layer per scale, experts\n"
      "                 texture, frequency, edge, contrast, ...; BCE + soft IoU against a random\n"
      "                 mask + 0.01 load balance per layer\n"
-     "  --image HxWxC  image size, H and W multiples of 16 (default 64x64x3)\n"
-     "  --batch B      images per step (default 64 for srnn, 16 for cod)\n"
-     "  --experts E    experts per MoE layer (default 16 for srnn, 6 for cod)\n"
+     "  --model mlp    the demo's MLP autoencoder (configs/demo.yaml, bench/torch_mlp_moe_ref.py):\n"
+     "                 784-256-64 encoder, one MoE layer of residual-MLP experts 64-128-64 with a\n"
+     "                 softmax_topk router, 64-256-784 decoder; MSE + 0.01 load balance; 28x28x1\n"
+     "  --image HxWxC  image size, H and W multiples of 16 (default 64x64x3; not for mlp)\n"
+     "  --batch B      images per step (default 64 for srnn and mlp, 16 for cod)\n"
+     "  --experts E    experts per MoE layer (default 16 for srnn, 6 for cod, 4 for mlp)\n"
      "  --top-k K      experts per image (default 2)\n"
-     "  --steps S      timed steps (default 10)\n"
+     "  --steps S      timed steps (default 10; 200 for mlp)\n"
+     "  --idle-experts dense|lazy  mlp: optim.idle_experts, what Adam does with the experts a\n"
+     "                 step did not use (default dense)\n"
      "  --threads T    OpenMP and OpenBLAS threads (default 1)\n"
      "Exit status: 0 done; 1 a failure; 2 a bad option.\n"},
     {"lua",

@@ -449,6 +449,22 @@ START_TEST(test_optim_groups) {
     ck_fails(load_ov(FIX "good_groups.yaml", "optim.groups.1.frozen=yes"), "override 'optim.groups.1.frozen=yes': ",
              "optim.groups.1.frozen: expected true or false");
     ck_fails(load_ov(FIX "good_groups.yaml", "optim.name=adam_w"), "override 'optim.name=adam_w': ", "(did you mean 'adamw'?)");
+    /* optim.idle_experts: dense (the default) or lazy */
+    ck_fails(load(FIX "bad_idle_experts.yaml"), FIX "bad_idle_experts.yaml:8:17: ",
+             "optim.idle_experts: expected one of dense|lazy, got 'sparse'");
+    ck_fails(load_ov(FIX "good_groups.yaml", "optim.idle_experts=lazzy"), "override 'optim.idle_experts=lazzy': ",
+             "optim.idle_experts: expected one of dense|lazy, got 'lazzy' (did you mean 'lazy'?)");
+    ck_fails(load_ov(FIX "good_groups.yaml", "optim.idle_experts=1"), "override 'optim.idle_experts=1': ",
+             "expected one of dense|lazy");
+    c = load(FIX "good_groups.yaml"); /* absent: dense, and no key in the text (hash as before) */
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_null(ml_config_get(c, "optim.idle_experts"));
+    ck_assert_ptr_null(strstr(ml_config_yaml(c), "idle_experts"));
+    ml_config_free(c);
+    c = load_ov(FIX "good_groups.yaml", "optim.idle_experts=lazy");
+    ck_assert_msg(c != NULL, "%s", ml_error());
+    ck_assert_str_eq(ml_config_str(c, "optim.idle_experts", ""), "lazy");
+    ml_config_free(c);
     char many[4096] = "optim.groups=[";
     for (int i = 0; i < 33; i++) {
         size_t k = strlen(many);

@@ -603,6 +603,45 @@ START_TEST(routing_slots_bounded) {
 }
 END_TEST
 
+/* A training forward marks the tensors of the experts that got no samples idle (and only
+   those); an evaluation forward leaves the marks; the backward leaves idle experts' gradients
+   at zero, and zeroing only the used tensors then zeroes the whole block. */
+START_TEST(idle_experts_marked) {
+    ctx k;
+    setup(&k, "switch", 8, NULL, NULL); /* top-1 over 8 experts for 6 samples: some idle */
+    float y[B * D], dz[B * D] = {0};
+    tu_fill(k.P.grad, k.P.total, 5, -1, 1); /* stale gradients everywhere */
+    ml_params_zero_grad(&k.P);
+    ck_assert_int_eq(ml_moe_forward(k.m, k.z, y, B, 1, k.ids, NULL, 0), ML_OK);
+    int idle = 0;
+    for (int e = 0; e < k.m->N; e++) {
+        int got = k.m->estart[e + 1] > k.m->estart[e];
+        idle += !got;
+        for (int i = 0; i < k.m->nt[e]; i++) ck_assert_int_eq(k.P.t[k.m->th[e][i]].idle, !got);
+    }
+    ck_assert_int_ge(idle, 2);
+    for (int h = 0; h < k.P.count; h++)
+        if (!strstr(k.P.t[h].name, ".expert")) ck_assert_int_eq(k.P.t[h].idle, 0);
+    ck_assert_int_eq(ml_moe_backward(k.m, k.c, dz), ML_OK);
+    for (int e = 0; e < k.m->N; e++) {
+        if (k.m->estart[e + 1] > k.m->estart[e]) continue;
+        ck_assert_float_eq(k.m->grad_mag[e], 0.0f);
+        for (int i = 0; i < k.m->nt[e]; i++)
+            for (size_t j = 0; j < k.P.t[k.m->th[e][i]].n; j++) ck_assert_float_eq(ml_moe_grad(k.m, e, i)[j], 0.0f);
+    }
+    ck_assert(ml_params_grad_finite_used(&k.P));
+    /* an evaluation forward marks nothing */
+    uint8_t before[256];
+    ck_assert_int_le(k.P.count, 256);
+    for (int h = 0; h < k.P.count; h++) before[h] = k.P.t[h].idle;
+    ck_assert_int_eq(ml_moe_forward(k.m, k.c, y, B, 0, k.ids, NULL, 0), ML_OK);
+    for (int h = 0; h < k.P.count; h++) ck_assert_int_eq(k.P.t[h].idle, before[h]);
+    ml_params_zero_grad_used(&k.P);
+    for (size_t j = 0; j < k.P.total; j++) ck_assert_float_eq(k.P.grad[j], 0.0f);
+    teardown(&k);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("moe");
     TCase *t = tcase_create("moe");
@@ -619,6 +658,7 @@ int main(void) {
     tcase_add_test(t, copy_equals_the_source);
     tcase_add_test(t, drop_upcycle_reinitialises_exactly_the_share);
     tcase_add_test(t, cod_experts_keep_their_kind);
+    tcase_add_test(t, idle_experts_marked);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

@@ -179,6 +179,15 @@ START_TEST(saturation_matches_one_process) {
 }
 END_TEST
 
+/* Lazy idle experts under a split batch: 48 experts at k = 1 on batches of 64, so many experts
+   are idle in the whole batch (their tensors, moments and step counts stay as they are on
+   every rank) and many have samples on one rank only (their summed gradient is the other
+   rank's part). */
+START_TEST(lazy_idle_experts_match_one_process) {
+    equivalence("mpi-lazy", "model.experts=48 router.k=1 optim.idle_experts=lazy");
+}
+END_TEST
+
 /* Batch-dependent routing and an uneven split: expert_choice over two MoE layers, a global
    batch of 50 whose last batch (3001 images) is a single sample, which rank 0 lacks. */
 START_TEST(expert_choice_uneven_split_matches_one_process) {
@@ -224,6 +233,7 @@ static Suite *suite(void) {
     tcase_add_test(t, aux_free_bias_matches_one_process);
     tcase_add_test(t, saturation_matches_one_process);
     tcase_add_test(t, expert_choice_uneven_split_matches_one_process);
+    tcase_add_test(t, lazy_idle_experts_match_one_process);
     tcase_add_test(t, resume_under_mpirun);
     suite_add_tcase(s, t);
     return s;

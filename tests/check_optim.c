@@ -1,7 +1,8 @@
 /* check_optim.c — the optimizers against torch's formulas (Adam, AdamW, SGD, one step by
  * hand), bitwise the same updates as the single loop over the block moelab had before
  * groups, parameter groups (first match wins, lr and weight decay per group, inherited
- * values), frozen tensors left exactly as they are, and the glob matcher against fnmatch(3). */
+ * values), frozen tensors left exactly as they are, idle experts under optim.idle_experts: lazy
+ * (left exactly, the rest as dense), and the glob matcher against fnmatch(3). */
 #include <fnmatch.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +189,136 @@ END_TEST
 START_TEST(sgd_bitwise_unchanged) {
     same_as_before(ML_OPTIM_SGD, 0, 0);
     same_as_before(ML_OPTIM_SGD, 1e-3f, 0.9f);
+}
+END_TEST
+
+/* ------------------------------------------------------------ idle experts, lazy */
+
+/* optim.idle_experts: lazy. After one step in which every tensor had a gradient, expert 1
+   is idle (the MoE layer's mark, a zero gradient) for three steps: lazy leaves its values,
+   moments and step count bit for bit as they were, and updates the others exactly as dense
+   does; dense moves the idle expert (moments decay, momentum, weight decay). Then expert 1 is
+   used again: lazy's bias correction goes on from its own step count. Adam, AdamW, SGD. */
+START_TEST(lazy_leaves_idle_experts_exactly) {
+    const char *names[] = {"enc.w", "moe1.expert0.w1", "moe1.expert1.w1", "moe1.expert1.b1"};
+    int sizes[] = {70001, 33, 33, 5};
+    for (int kind = 0; kind < 3; kind++) {
+        ml_params d, l;
+        make_block(&d, 4, names, sizes, 21);
+        make_block(&l, 4, names, sizes, 21);
+        ml_optim od = {.kind = (ml_optim_kind)kind, .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                       .weight_decay = 0.1f, .momentum = 0.5f};
+        ml_optim ol = od;
+        ol.idle = ML_OPTIM_IDLE_LAZY;
+        ml_optim_step(&od, &d);
+        ml_optim_step(&ol, &l);
+        size_t bytes = l.total * sizeof(float);
+        ck_assert_int_eq(memcmp(d.data, l.data, bytes), 0);
+        float *d0 = malloc(bytes), *m0 = malloc(bytes), *v0 = malloc(bytes);
+        memcpy(d0, l.data, bytes), memcpy(m0, l.m, bytes), memcpy(v0, l.v, bytes);
+        int64_t s2 = l.t[2].step, s3 = l.t[3].step;
+        for (int s = 0; s < 3; s++) {
+            for (int i = 0; i < 4; i++) {
+                ml_params *b[2] = {&d, &l};
+                for (int j = 0; j < 2; j++) {
+                    b[j]->t[i].idle = i >= 2;
+                    if (i >= 2) memset(ml_params_grad(b[j], i), 0, b[j]->t[i].n * sizeof(float));
+                    else tu_fill(ml_params_grad(b[j], i), b[j]->t[i].n, 300u + (unsigned)(s * 4 + i), -1, 1);
+                }
+            }
+            ml_optim_step(&od, &d);
+            ml_optim_step(&ol, &l);
+        }
+        for (int h = 2; h < 4; h++) {
+            size_t off = l.t[h].off, n = l.t[h].n * sizeof(float);
+            ck_assert_int_eq(memcmp(d0 + off, l.data + off, n), 0);
+            ck_assert_int_eq(memcmp(m0 + off, l.m + off, n), 0);
+            ck_assert_int_eq(memcmp(v0 + off, l.v + off, n), 0);
+            ck_assert_int_ne(memcmp(d0 + off, d.data + off, n), 0); /* dense moved it */
+        }
+        ck_assert_int_eq(l.t[2].step, s2);
+        ck_assert_int_eq(l.t[3].step, s3);
+        ck_assert_int_eq(d.t[2].step, kind == ML_OPTIM_SGD ? 0 : s2 + 3);
+        ck_assert_int_eq(ol.t, od.t); /* the global count goes on in both */
+        for (int h = 0; h < 2; h++) {
+            size_t off = l.t[h].off, n = l.t[h].n * sizeof(float);
+            ck_assert_int_eq(memcmp(d.data + off, l.data + off, n), 0);
+            ck_assert_int_eq(memcmp(d.m + off, l.m + off, n), 0);
+            ck_assert_int_eq(memcmp(d.v + off, l.v + off, n), 0);
+            ck_assert_int_eq(d.t[h].step, l.t[h].step);
+        }
+        /* used again: one update, bias-corrected by its own count (2 for adam, adamw) */
+        if (kind != ML_OPTIM_SGD) {
+            l.t[2].idle = 0;
+            float *g = ml_params_grad(&l, 2), *w = ml_params_data(&l, 2), *m = l.m + l.t[2].off, *v = l.v + l.t[2].off;
+            tu_fill(g, 33, 77, -1, 1);
+            double want[33];
+            for (int i = 0; i < 33; i++) {
+                double mm = m[i], vv = v[i];
+                want[i] = torch_adam(w[i], g[i], &mm, &vv, 2, 1e-2, 0.9, 0.999, 1e-8, 0.1, kind == ML_OPTIM_ADAMW);
+            }
+            ml_optim_step(&ol, &l);
+            ck_assert_int_eq(l.t[2].step, 2);
+            for (int i = 0; i < 33; i++) ck_assert_double_eq_tol(w[i], want[i], 2e-6);
+        }
+        free(d0), free(m0), free(v0);
+        ml_params_free(&d);
+        ml_params_free(&l);
+    }
+}
+END_TEST
+
+/* With no tensor idle (every expert got samples every step), lazy is dense, bit for bit. */
+START_TEST(lazy_is_dense_when_nothing_is_idle) {
+    const char *names[] = {"enc.w", "moe1.expert0.w1", "moe1.expert1.w1", "big"};
+    int sizes[] = {100, 513, 513, 70001};
+    for (int kind = 0; kind < 3; kind++) {
+        ml_params d, l;
+        make_block(&d, 4, names, sizes, 31);
+        make_block(&l, 4, names, sizes, 31);
+        ml_optim od = {.kind = (ml_optim_kind)kind, .lr = 3e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                       .weight_decay = 0.01f, .momentum = 0.9f};
+        ml_optim ol = od;
+        ol.idle = ML_OPTIM_IDLE_LAZY;
+        for (int s = 0; s < 4; s++) {
+            for (int i = 0; i < 4; i++) {
+                tu_fill(ml_params_grad(&d, i), d.t[i].n, 90u + (unsigned)(s * 4 + i), -2, 2);
+                memcpy(ml_params_grad(&l, i), ml_params_grad(&d, i), d.t[i].n * sizeof(float));
+            }
+            ml_optim_step(&od, &d);
+            ml_optim_step(&ol, &l);
+        }
+        size_t bytes = d.total * sizeof(float);
+        ck_assert_int_eq(memcmp(d.data, l.data, bytes), 0);
+        ck_assert_int_eq(memcmp(d.m, l.m, bytes), 0);
+        ck_assert_int_eq(memcmp(d.v, l.v, bytes), 0);
+        ml_params_free(&d);
+        ml_params_free(&l);
+    }
+}
+END_TEST
+
+/* Zeroing and the finite check over the used tensors: idle tensors are skipped (their
+   gradients are zero by the layer's contract), the others and their padding are covered. */
+START_TEST(zero_and_check_only_the_used) {
+    const char *names[] = {"a", "moe1.expert0.w1", "moe1.expert1.w1", "b"};
+    int sizes[] = {17, 9, 40, 3};
+    ml_params p;
+    make_block(&p, 4, names, sizes, 41);
+    p.t[1].idle = 1;
+    float keep = ml_params_grad(&p, 1)[0];
+    ml_params_zero_grad_used(&p);
+    for (int h = 0; h < 4; h++)
+        for (size_t j = 0; j < p.t[h].n; j++)
+            if (h != 1) ck_assert_float_eq(ml_params_grad(&p, h)[j], 0.0f);
+    ck_assert_float_eq(ml_params_grad(&p, 1)[0], keep); /* not touched */
+    ck_assert(ml_params_grad_finite_used(&p));
+    ml_params_grad(&p, 1)[3] = NAN; /* in an idle tensor: not looked at */
+    ck_assert(ml_params_grad_finite_used(&p));
+    ck_assert(!ml_params_grad_finite(&p));
+    ml_params_grad(&p, 3)[2] = INFINITY;
+    ck_assert(!ml_params_grad_finite_used(&p));
+    ml_params_free(&p);
 }
 END_TEST
 
@@ -399,6 +530,9 @@ int main(void) {
     tcase_add_test(t, sgd_one_step_by_hand);
     tcase_add_test(t, adam_bitwise_unchanged);
     tcase_add_test(t, sgd_bitwise_unchanged);
+    tcase_add_test(t, lazy_leaves_idle_experts_exactly);
+    tcase_add_test(t, lazy_is_dense_when_nothing_is_idle);
+    tcase_add_test(t, zero_and_check_only_the_used);
     tcase_add_test(t, groups_first_match_wins);
     tcase_add_test(t, frozen_tensors_stay_exactly);
     tcase_add_test(t, new_tensors_join_groups);

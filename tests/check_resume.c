@@ -744,6 +744,65 @@ START_TEST(resume_of_segmentation_experts_is_exact) {
 }
 END_TEST
 
+/* optim.idle_experts: lazy (8 experts, top-1: most are idle in a step), AdamW with weight
+   decay: stopped mid-epoch 2 and resumed, the same results — the per-tensor step counts that
+   lazy's bias correction reads are in the checkpoint. */
+START_TEST(resume_lazy_is_exact) {
+    equivalence("eqlazy", "optim.idle_experts=lazy model.experts=8 router.k=1 optim.name=adamw optim.weight_decay=0.01",
+                70, 2);
+}
+END_TEST
+
+/* lazy with experts added (random, copy, drop_upcycle) and removed while the run goes (the
+   eqremove run above): the same results after a resume. */
+START_TEST(resume_lazy_across_additions_and_removals_is_exact) {
+    equivalence("eqlazyremove",
+                "script=tests/fixtures/resume/growth.lua schedule.name=dynmoe schedule.window=8 schedule.interval=16 "
+                "schedule.mass_threshold=0.9 schedule.max=8 router.k=1 growth.init=drop_upcycle growth.router_noise=0.05 "
+                "results.log_every_steps=8 health.new_expert_steps=30 optim.idle_experts=lazy",
+                70, 2);
+}
+END_TEST
+
+/* The tensors of a checkpoint, the data section only. */
+static char *ckpt_data(const char *run, size_t *n) {
+    char p[700], *d;
+    snprintf(p, sizeof p, "%.600s/checkpoints/last.safetensors", run);
+    ml_jv_free(st_header(p, &d, n));
+    return d;
+}
+
+/* lazy is dense when every expert gets samples every step (2 experts, top-2): the same
+   weights and moments bit for bit, the same metrics; with 8 experts at top-1 it is not. */
+START_TEST(lazy_is_dense_when_every_expert_is_used) {
+    const char *tmp = tu_tmpdir("lazydense");
+    const char *b = tu_build();
+    const char *runs[4] = {"d2", "l2", "d8", "l8"};
+    for (int i = 0; i < 4; i++) {
+        int rc = sh("%s/moelab run " SYNTH " train.epochs=2 model.experts=%s router.k=%s optim.idle_experts=%s "
+                    "results.dir=%s results.run_id=%s",
+                    b, i < 2 ? "2" : "8", i < 2 ? "2" : "1", i % 2 ? "lazy" : "dense", tmp, runs[i]);
+        ck_assert_msg(rc == 0, "%s", out);
+    }
+    char a[600], c[600];
+    size_t na, nc;
+    snprintf(a, sizeof a, "%s/test-synth/d2", tmp);
+    snprintf(c, sizeof c, "%s/test-synth/l2", tmp);
+    char *da = ckpt_data(a, &na), *dc = ckpt_data(c, &nc);
+    ck_assert_msg(na == nc && memcmp(da, dc, na) == 0, "2 experts at top-2: lazy and dense weights differ");
+    free(da), free(dc);
+    char ma[700], mc[700];
+    snprintf(ma, sizeof ma, "%s/metrics.csv", a);
+    snprintf(mc, sizeof mc, "%s/metrics.csv", c);
+    same_file_text(metrics_no_clock(ma), metrics_no_clock(mc), "metrics.csv rows (dense, lazy)");
+    snprintf(a, sizeof a, "%s/test-synth/d8", tmp);
+    snprintf(c, sizeof c, "%s/test-synth/l8", tmp);
+    da = ckpt_data(a, &na), dc = ckpt_data(c, &nc);
+    ck_assert_msg(na == nc && memcmp(da, dc, na) != 0, "8 experts at top-1: lazy should differ from dense");
+    free(da), free(dc);
+}
+END_TEST
+
 START_TEST(resume_at_epoch_end_and_from_last) {
     /* stopped at the last step of epoch 1, then once more at step 150 (epoch 4); resume
        from "last" with --from: the epoch after it is trained again, the same way */
@@ -1019,6 +1078,9 @@ static Suite *suite(void) {
     tcase_add_test(c, resume_at_epoch_end_and_from_last);
     tcase_add_test(c, resume_across_additions_and_removals_is_exact);
     tcase_add_test(c, resume_of_segmentation_experts_is_exact);
+    tcase_add_test(c, resume_lazy_is_exact);
+    tcase_add_test(c, resume_lazy_across_additions_and_removals_is_exact);
+    tcase_add_test(c, lazy_is_dense_when_every_expert_is_used);
     tcase_add_test(c, script_state_round_trip);
     tcase_add_test(c, sigint_stops_cleanly);
     tcase_add_test(c, resume_refusals);

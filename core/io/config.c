@@ -215,6 +215,12 @@ static const cfg_key cfg_schema[] = {
         "`weight_decay`); adamw decays the weights, `p -= lr * weight_decay * p`, before the update "
         "(decoupled, Loshchilov & Hutter 2019)"),
     FLT("optim.momentum", "0", 0, 1, F_HI_OPEN, "sgd: momentum"),
+    /* no default in the resolved text: configs without the key keep their text and hash */
+    ENUM("optim.idle_experts", NULL, 0, "dense|lazy",
+         "experts that received no samples in a step: `dense` (absent: the default) updates them too "
+         "(every parameter every step, as torch.optim with zero gradients), `lazy` leaves their weights, "
+         "moments and step counts untouched (SparseAdam's semantics; see the optimizer section of "
+         "docs/configs.md)"),
     LISTN("optim.groups", NULL, 32,
           "parameter groups, at most 32: tensors whose names match a group's pattern take its settings "
           "(the first matching group; tensors matching none use the ones above)"),

@@ -153,10 +153,15 @@ static int declare_expert(ml_moe *m, int e) {
     return ML_OK;
 }
 
+/* sum |g[i]| in double, in 8 interleaved partial sums (element i in sum i mod 8) added in a
+   fixed order: one vector of doubles per 8 elements, the same order on every machine */
 static float sum_abs(const float *g, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += fabsf(g[i]);
-    return (float)s;
+    double acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] += fabsf(g[i + l]);
+    for (int l = 0; i < n; i++, l++) acc[l] += fabsf(g[i]);
+    return (float)(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
 }
 
 /* The SRNN saturation signal of expert e: the mean |dL/dtheta| over its parameters. */
@@ -307,8 +312,10 @@ static void pool_backward(const ml_moe *m, float *dx, int B, const float *drin) 
    triples of the whole batch routed to it. */
 static int after_backward(ml_moe *m) {
     for (int e = 0; e < m->N; e++) {
-        m->grad_mag[e] = grad_mag(m, e);
         m->load[e] = (float)m->router.per_expert[e];
+        /* an expert without samples has a zero gradient: no pass over it (the cost of a step
+           grows with the experts used, not with N) */
+        m->grad_mag[e] = m->load[e] > 0 ? grad_mag(m, e) : 0.0f;
     }
     return ml_router_inst_after_backward(&m->router, m->grad_mag, m->load);
 }
@@ -384,6 +391,15 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
         if (ds[t] >= off && ds[t] < off + Bl) m->order[m->cursor[de[t]]++] = t;
     for (int s = 0; s < K; s++)
         memcpy(m->xg + (size_t)s * D, z + (size_t)(ds[m->order[s]] - off) * D, (size_t)D * sizeof(float));
+    /* a training forward marks the tensors of the experts without samples in the whole batch
+       idle (ml_tensor.idle; with a split batch, idle on every rank, so the summed gradients
+       agree): the backward leaves their gradients at zero, zeroing and checks skip them, and a
+       lazy optimizer leaves them as they are */
+    if (training)
+        for (int e = 0; e < N; e++) {
+            const uint8_t idle = ri->per_expert[e] == 0;
+            for (int i = 0; i < m->nt[e]; i++) m->P->t[m->th[e][i]].idle = idle;
+        }
     for (int e = 0; e < N; e++) {
         int r0 = m->estart[e], n = m->estart[e + 1] - r0;
         if (!n) continue;

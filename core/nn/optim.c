@@ -2,6 +2,7 @@
 #include "nn/optim.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -17,6 +18,18 @@ int ml_optim_kind_from_name(const char *name) {
 
 const char *ml_optim_kind_name(ml_optim_kind kind) {
     return (int)kind >= 0 && (int)kind < 3 ? kind_names[kind] : "?";
+}
+
+static const char *const idle_names[] = {"dense", "lazy"};
+
+int ml_optim_idle_from_name(const char *name) {
+    for (int k = 0; k < 2; k++)
+        if (!strcmp(name, idle_names[k])) return k;
+    return -1;
+}
+
+const char *ml_optim_idle_name(ml_optim_idle idle) {
+    return (int)idle >= 0 && (int)idle < 2 ? idle_names[idle] : "?";
 }
 
 int ml_optim_find_group(const ml_optim *o, const char *name) {
@@ -90,12 +103,14 @@ float ml_optim_tensor_wd(const ml_optim *o, const ml_tensor *t) {
     return isnan(v) ? o->weight_decay : v;
 }
 
-/* The element loops. Each runs over one tensor (n floats); the per-element arithmetic is
-   the same expression for every tensor, so a run without groups updates bit for bit as the
-   single loop over the block did. */
+/* The element loops. Each runs over a span of one tensor (n floats); the per-element
+   arithmetic is the same expression for every tensor, so a run without groups updates bit for
+   bit as the single loop over the block did. They are vectorised (omp simd): IEEE sqrt and
+   division round the same in vector and scalar code, so results do not depend on it. */
 
-static void sgd_span(float *w, const float *g, float *m, size_t n, float lr, float wd, float mu) {
-    #pragma omp parallel for schedule(static) if (n > 65536)
+static void sgd_span(float *restrict w, const float *restrict g, float *restrict m, size_t n, float lr, float wd,
+                     float mu) {
+    #pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float gi = g[i] + wd * w[i];
         if (mu > 0) {
@@ -107,9 +122,9 @@ static void sgd_span(float *w, const float *g, float *m, size_t n, float lr, flo
 }
 
 /* Adam, decay as L2: g + wd*w */
-static void adam_span(float *w, const float *g, float *m, float *v, size_t n, float b1, float b2, float eps,
-                      float step, float rc2, float wd) {
-    #pragma omp parallel for schedule(static) if (n > 65536)
+static void adam_span(float *restrict w, const float *restrict g, float *restrict m, float *restrict v, size_t n,
+                      float b1, float b2, float eps, float step, float rc2, float wd) {
+    #pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float gi = g[i] + wd * w[i];
         m[i] = b1 * m[i] + (1.0f - b1) * gi;
@@ -119,9 +134,9 @@ static void adam_span(float *w, const float *g, float *m, float *v, size_t n, fl
 }
 
 /* AdamW: w*(1 - lr*wd) first (torch's p.mul_(1 - lr * weight_decay)), then Adam on g */
-static void adamw_span(float *w, const float *g, float *m, float *v, size_t n, float b1, float b2, float eps,
-                       float step, float rc2, float decay) {
-    #pragma omp parallel for schedule(static) if (n > 65536)
+static void adamw_span(float *restrict w, const float *restrict g, float *restrict m, float *restrict v, size_t n,
+                       float b1, float b2, float eps, float step, float rc2, float decay) {
+    #pragma omp simd
     for (size_t i = 0; i < n; i++) {
         float gi = g[i], wi = w[i] * decay;
         m[i] = b1 * m[i] + (1.0f - b1) * gi;
@@ -130,23 +145,53 @@ static void adamw_span(float *w, const float *g, float *m, float *v, size_t n, f
     }
 }
 
+/* Whether a step updates tensor t. */
+static int updates(const ml_optim *o, const ml_tensor *t) {
+    return !t->frozen && !t->removed && !(o->idle == ML_OPTIM_IDLE_LAZY && t->idle);
+}
+
+/* Elements [a, b) of tensor t. */
+static void update_span(const ml_optim *o, ml_params *p, const ml_tensor *t, size_t a, size_t b) {
+    const float lr = ml_optim_tensor_lr(o, t), wd = ml_optim_tensor_wd(o, t);
+    const size_t at = t->off + a, n = b - a;
+    float *tw = p->data + at, *tg = p->grad + at, *tm = p->m + at, *tv = p->v + at;
+    if (o->kind == ML_OPTIM_SGD) {
+        sgd_span(tw, tg, tm, n, lr, wd, o->momentum);
+        return;
+    }
+    const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+    const float c1 = 1.0f - (float)pow(b1, (double)t->step);
+    const float c2 = 1.0f - (float)pow(b2, (double)t->step);
+    const float step = lr / c1, rc2 = 1.0f / sqrtf(c2);
+    if (o->kind == ML_OPTIM_ADAMW) adamw_span(tw, tg, tm, tv, n, b1, b2, eps, step, rc2, 1.0f - lr * wd);
+    else adam_span(tw, tg, tm, tv, n, b1, b2, eps, step, rc2, wd);
+}
+
 void ml_optim_step(ml_optim *o, ml_params *p) {
     o->t++;
-    const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
+    size_t total = 0;
     for (int k = 0; k < p->count; k++) {
         ml_tensor *t = &p->t[k];
-        if (t->frozen || t->removed) continue;
-        const float lr = ml_optim_tensor_lr(o, t), wd = ml_optim_tensor_wd(o, t);
-        float *tw = p->data + t->off, *tg = p->grad + t->off, *tm = p->m + t->off, *tv = p->v + t->off;
-        if (o->kind == ML_OPTIM_SGD) {
-            sgd_span(tw, tg, tm, t->n, lr, wd, o->momentum);
-            continue;
+        if (!updates(o, t)) continue;
+        if (o->kind != ML_OPTIM_SGD) t->step++;
+        total += t->n;
+    }
+    /* The updated tensors' elements, end to end, in equal shares (16-float aligned) per
+       thread: many small tensors (experts) keep every thread busy as well as a few large ones. */
+    int threads = total > 65536 ? omp_get_max_threads() : 1;
+    #pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const size_t nt = (size_t)omp_get_num_threads(), id = (size_t)omp_get_thread_num();
+        const size_t lo = id ? (size_t)((double)total * id / nt) & ~(size_t)15 : 0;
+        const size_t hi = id + 1 < nt ? (size_t)((double)total * (id + 1) / nt) & ~(size_t)15 : total;
+        size_t pos = 0;
+        for (int k = 0; k < p->count && pos < hi; k++) {
+            const ml_tensor *t = &p->t[k];
+            if (!updates(o, t)) continue;
+            size_t a = pos, b = pos + t->n;
+            pos = b;
+            if (b <= lo) continue;
+            update_span(o, p, t, (a > lo ? a : lo) - a, (b < hi ? b : hi) - a);
         }
-        t->step++;
-        const float c1 = 1.0f - (float)pow(b1, (double)t->step);
-        const float c2 = 1.0f - (float)pow(b2, (double)t->step);
-        const float step = lr / c1, rc2 = 1.0f / sqrtf(c2);
-        if (o->kind == ML_OPTIM_ADAMW) adamw_span(tw, tg, tm, tv, t->n, b1, b2, eps, step, rc2, 1.0f - lr * wd);
-        else adam_span(tw, tg, tm, tv, t->n, b1, b2, eps, step, rc2, wd);
     }
 }

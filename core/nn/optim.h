@@ -16,6 +16,20 @@
  * the base value. A frozen tensor (ml_tensor.frozen) is left exactly as it is: no update,
  * no decay, its moments and step count unchanged (torch's requires_grad = False).
  *
+ * Idle experts (optim.idle_experts). ML_OPTIM_IDLE_DENSE (the default) updates every tensor
+ * every step, as torch.optim does when every parameter has a gradient (zero for an expert that
+ * received no samples: its moments decay and its weights still move by the momentum, and weight
+ * decay applies). ML_OPTIM_IDLE_LAZY leaves the tensors the MoE layer marked idle
+ * (ml_tensor.idle: an expert that received no samples in this step) exactly as they are:
+ * weights, moments and step count, as torch.optim.SparseAdam leaves the rows without a
+ * gradient, and as torch.optim.Adam/AdamW skip parameters whose .grad is None. Bias correction
+ * then uses the tensor's own step count (the steps in which its expert was used), not the
+ * global one: the moments are averages over exactly those updates, so 1 - beta^t_e unbiases
+ * them (SparseAdam's single count per table is the global one for its rows; a per-expert
+ * module in torch has its own, as here). Weight decay (L2 or decoupled) and SGD's momentum
+ * apply only in the steps that update the tensor. Everything else (routers, the nets) is
+ * updated every step in both modes.
+ *
  * Ownership: ml_optim is a plain value embedded by its owner; nothing to free.
  */
 #ifndef MOELAB_OPTIM_H
@@ -25,6 +39,7 @@
 #include "nn/params.h"
 
 typedef enum { ML_OPTIM_ADAM = 0, ML_OPTIM_SGD = 1, ML_OPTIM_ADAMW = 2 } ml_optim_kind;
+typedef enum { ML_OPTIM_IDLE_DENSE = 0, ML_OPTIM_IDLE_LAZY = 1 } ml_optim_idle;
 
 #define ML_OPTIM_MAX_GROUPS 32
 #define ML_OPTIM_GROUP_NAME_MAX 64 /* bytes, NUL included */
@@ -43,11 +58,15 @@ typedef struct ml_optim {
     int64_t t; /* optimizer steps taken */
     int n_groups;
     ml_optim_group group[ML_OPTIM_MAX_GROUPS];
+    ml_optim_idle idle; /* what a step does with the tensors of idle experts (see above) */
 } ml_optim;
 
 /* "adam", "adamw", "sgd" -> kind; -1 for anything else. And back. */
 int ml_optim_kind_from_name(const char *name);
 const char *ml_optim_kind_name(ml_optim_kind kind);
+/* "dense", "lazy" -> ml_optim_idle; -1 for anything else. And back. */
+int ml_optim_idle_from_name(const char *name);
+const char *ml_optim_idle_name(ml_optim_idle idle);
 
 /* Appends a group; ML_ERR on a bad or duplicate name, a bad pattern, or too many groups.
    name: 1..63 letters, digits, '_' or '-'. */
@@ -71,6 +90,8 @@ int ml_optim_set_frozen(ml_optim *o, ml_params *p, int g, const char *pattern, i
 float ml_optim_tensor_lr(const ml_optim *o, const ml_tensor *t);
 float ml_optim_tensor_wd(const ml_optim *o, const ml_tensor *t);
 
+/* One step over every tensor (lazy: but the idle ones). The element loops are shared by the
+   threads in chunks; each element's arithmetic is the same whatever the thread count. */
 void ml_optim_step(ml_optim *o, ml_params *p);
 
 #endif

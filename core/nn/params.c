@@ -232,6 +232,36 @@ void ml_params_zero_grad(ml_params *p) {
     if (p->grad) memset(p->grad, 0, p->total * sizeof(float));
 }
 
+/* The end of tensor h's slot in the block: its elements and the padding after them. */
+static size_t slot_end(const ml_params *p, int h) { return p->t[h].off + ((p->t[h].n + 15) & ~(size_t)15); }
+
+/* Calls f on each run [begin, end) of adjacent tensors not marked idle, in layout order;
+   stops at the first call that returns 0, and returns 0 then (1 otherwise). */
+static int each_used_run(const ml_params *p, int (*f)(const ml_params *, size_t, size_t)) {
+    size_t begin = 0, end = 0;
+    int open = 0;
+    for (int k = 0; k < p->n_live; k++) {
+        int h = p->order[k];
+        if (p->t[h].idle) {
+            if (open && !f(p, begin, end)) return 0;
+            open = 0;
+            continue;
+        }
+        if (!open) begin = p->t[h].off, open = 1;
+        end = slot_end(p, h);
+    }
+    return !open || f(p, begin, end);
+}
+
+static int zero_run(const ml_params *p, size_t begin, size_t end) {
+    memset(p->grad + begin, 0, (end - begin) * sizeof(float));
+    return 1;
+}
+
+void ml_params_zero_grad_used(ml_params *p) {
+    if (p->grad) each_used_run(p, zero_run);
+}
+
 /* Exponent bits all ones: Inf or NaN. Integer tests vectorise, and stay correct even under
  * -ffinite-math-only, where isfinite() may be folded to 1. */
 static int span_finite(const float *x, size_t n) {
@@ -249,6 +279,10 @@ int ml_params_grad_finite(const ml_params *p) {
     /* the whole block: padding between tensors is zeroed with the gradients */
     return !p->grad || span_finite(p->grad, p->total);
 }
+
+static int finite_run(const ml_params *p, size_t begin, size_t end) { return span_finite(p->grad + begin, end - begin); }
+
+int ml_params_grad_finite_used(const ml_params *p) { return !p->grad || each_used_run(p, finite_run); }
 
 int ml_params_grad_first_nonfinite(const ml_params *p, int *count) {
     int first = -1, k = 0;

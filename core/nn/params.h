@@ -54,6 +54,10 @@ typedef struct ml_tensor {
     uint8_t frozen;    /* 1: the optimizer leaves it exactly as it is */
     uint8_t placed;    /* ml_optim_place has given it its group */
     uint8_t removed;   /* ml_params_remove: a tombstone (no name, no values) keeping its handle */
+    /* set by the MoE layer's training forward (model/moe.h): 1 for the tensors of an expert that
+       received no samples, whose gradient the backward leaves at zero; a lazy optimizer step
+       (optim.idle_experts: lazy) leaves them as they are. 0 for every other tensor. */
+    uint8_t idle;
     int64_t seq;       /* layout position: tensors are laid out by increasing seq */
 } ml_tensor;
 
@@ -95,9 +99,19 @@ int ml_params_reorder(ml_params *p, const int *handles, int n);
 /* Lays out the blocks; copies old values, initialises new elements from rng. */
 int ml_params_commit(ml_params *p, ml_rng *rng);
 void ml_params_zero_grad(ml_params *p);
+/*
+ * Zeroes the gradients of the tensors not marked idle (ml_tensor.idle), in runs of adjacent
+ * tensors (layout order, padding included). Exact as ml_params_zero_grad when the idle
+ * tensors' gradients are zero already — which holds when the idle flags are those of the last
+ * training forward, whose backward wrote only the other tensors' gradients, and every
+ * gradient was zero before it: the training step zeroes with this before its forward.
+ */
+void ml_params_zero_grad_used(ml_params *p);
 /* 1 when every gradient in the block is finite: one vectorised pass over p->grad (run
  * before each optimizer step). 1 for a block without gradients. */
 int ml_params_grad_finite(const ml_params *p);
+/* The same over the tensors not marked idle (their gradients are zero: see above). */
+int ml_params_grad_finite_used(const ml_params *p);
 /* The handle of the first tensor (declaration order) holding a non-finite gradient, or
  * -1; *count (may be NULL) receives how many tensors hold one. The slow path after
  * ml_params_grad_finite said no. */

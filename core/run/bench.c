@@ -1,6 +1,7 @@
-/* bench.c — training-step benchmarks: the SRNN model of ../shared/bench/torch_srnn_ref.py
- * and the camouflage segmentation model (model.type cod) of bench/torch_cod_ref.py, each
- * the same work as its PyTorch peer. */
+/* bench.c — training-step benchmarks: the SRNN model of ../shared/bench/torch_srnn_ref.py,
+ * the camouflage segmentation model (model.type cod) of bench/torch_cod_ref.py and the
+ * demo's MLP MoE autoencoder of bench/torch_mlp_moe_ref.py, each the same work as its
+ * PyTorch peer. */
 #include "run/bench.h"
 
 #include <cblas.h>
@@ -18,20 +19,31 @@
 #include "plugin/loss_host.h"
 #include "plugin/options.h"
 
+typedef enum { BENCH_SRNN, BENCH_COD, BENCH_MLP } bench_model;
+
 typedef struct bench_opts {
-    int cod; /* --model cod */
+    bench_model model; /* --model */
     int H, W, C, B, E, K, S, T;
+    int image_set;     /* --image given */
+    ml_optim_idle idle; /* --idle-experts (mlp) */
 } bench_opts;
 
 static int parse(int argc, char **argv, bench_opts *o) {
-    *o = (bench_opts){0, 64, 64, 3, 0, 0, 2, 10, 1};
+    *o = (bench_opts){BENCH_SRNN, 64, 64, 3, 0, 0, 2, 0, 1, 0, ML_OPTIM_IDLE_DENSE};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int *dst = NULL;
         if (!strcmp(a, "--model")) {
-            if (!v || (strcmp(v, "srnn") && strcmp(v, "cod")))
-                return ml_errorf("bench: --model expects srnn or cod, got '%s'", v ? v : "");
-            o->cod = !strcmp(v, "cod");
+            if (!v || (strcmp(v, "srnn") && strcmp(v, "cod") && strcmp(v, "mlp")))
+                return ml_errorf("bench: --model expects srnn, cod or mlp, got '%s'", v ? v : "");
+            o->model = !strcmp(v, "cod") ? BENCH_COD : !strcmp(v, "mlp") ? BENCH_MLP : BENCH_SRNN;
+            i++;
+            continue;
+        }
+        if (!strcmp(a, "--idle-experts")) {
+            int idle = v ? ml_optim_idle_from_name(v) : -1;
+            if (idle < 0) return ml_errorf("bench: --idle-experts expects dense or lazy, got '%s'", v ? v : "");
+            o->idle = (ml_optim_idle)idle;
             i++;
             continue;
         }
@@ -39,6 +51,7 @@ static int parse(int argc, char **argv, bench_opts *o) {
             if (!v || sscanf(v, "%dx%dx%d", &o->H, &o->W, &o->C) != 3 || o->H < 16 || o->W < 16 || o->C < 1 ||
                 o->H % 16 || o->W % 16)
                 return ml_errorf("bench: --image expects HxWxC with H and W multiples of 16, got '%s'", v ? v : "");
+            o->image_set = 1;
             i++;
             continue;
         }
@@ -54,11 +67,16 @@ static int parse(int argc, char **argv, bench_opts *o) {
         *dst = (int)x;
         i++;
     }
-    /* the defaults of each model's peer: srnn batch 64 with 16 experts, cod batch 16 with 6 */
-    if (!o->B) o->B = o->cod ? 16 : 64;
-    if (!o->E) o->E = o->cod ? 6 : 16;
+    /* the defaults of each model's peer: srnn batch 64 with 16 experts, cod batch 16 with 6,
+       mlp (the demo's model, Fashion-MNIST's 28x28x1 images) batch 64 with 4 */
+    const int cod = o->model == BENCH_COD, mlp = o->model == BENCH_MLP;
+    if (mlp && o->image_set) return ml_errorf("bench: --model mlp takes 28x28x1 images (the demo's); no --image");
+    if (mlp) o->H = o->W = 28, o->C = 1;
+    if (!o->B) o->B = cod ? 16 : 64;
+    if (!o->E) o->E = cod ? 6 : mlp ? 4 : 16;
+    if (!o->S) o->S = mlp ? 200 : 10;
     if (o->K > o->E) return ml_errorf("bench: --top-k %d exceeds --experts %d", o->K, o->E);
-    if (o->cod && o->B < 2) return ml_errorf("bench: --model cod needs --batch >= 2 (batch norm in training)");
+    if (cod && o->B < 2) return ml_errorf("bench: --model cod needs --batch >= 2 (batch norm in training)");
     return ML_OK;
 }
 
@@ -236,6 +254,76 @@ static int bench_cod(bench_opts o) {
     return rc ? ML_EXIT_RUNTIME : 0;
 }
 
+/*
+ * The demo's model (configs/demo.yaml) of bench/torch_mlp_moe_ref.py: model.type mlp, 28x28x1
+ * images, encoder 784 -> 256 -> 64, one MoE layer on the 64-float latent (E residual-MLP
+ * experts 64 -> 128 -> 64, a softmax_topk router, top-k), decoder 64 -> 256 -> 784 ->
+ * sigmoid; MSE + 0.01 x the load-balance loss, backward, Adam (lr 1e-3) with idle experts
+ * dense or lazy. The step is the training loop's: gradients zeroed where the last step left
+ * them, the non-finite check. Random images in [0, 1), a fresh batch each step from a pool of
+ * 16; two warm-up steps. Also reports the mean number of experts a step used.
+ */
+static int bench_mlp(bench_opts o) {
+    enum { POOL = 16 };
+    const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
+    const ml_plugin *lbp = router ? ml_plugin_load(ML_PLUGIN_LOSS, "load_balance") : NULL;
+    ml_optval ropt[ML_MAX_OPTIONS];
+    if (!router || !lbp || ml_option_defaults(router, ropt)) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+        return ML_EXIT_RUNTIME;
+    }
+    for (int i = 0; i < router->num_options; i++)
+        if (!strcmp(router->options[i].name, "k")) ropt[i].i = o.K, ropt[i].f = o.K;
+    ml_model_cfg mc = {.type = "mlp", .C = 1, .H = 28, .W = 28, .latent = 64, .hidden = 256, .expert_hidden = 128,
+                       .experts = o.E, .moe_layers = 1, .router = router, .router_opt = ropt, .seed = 0};
+    ml_model *m = ml_model_new(&mc, NULL);
+    ml_loss_inst lb;
+    memset(&lb, 0, sizeof lb);
+    int rc = m ? ml_loss_inst_init(&lb, lbp, NULL, 0, 1, o.E, &m->S, "moe1.loss0.") : ML_ERR;
+    const size_t per = (size_t)o.B * 28 * 28;
+    float *x = rc ? NULL : ml_alloc_floats(per * POOL);
+    int32_t *ids = rc ? NULL : ml_calloc((size_t)o.B, sizeof(int32_t));
+    if (!rc && (!x || !ids)) rc = ML_ERR;
+    ml_optim opt = {.kind = ML_OPTIM_ADAM, .lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .idle = o.idle};
+    double t0 = 0, used = 0;
+    if (!rc) {
+        ml_rng rng;
+        ml_rng_seed(&rng, 0);
+        for (size_t i = 0; i < per * POOL; i++) x[i] = (float)ml_rng_uniform(&rng);
+        for (int b = 0; b < o.B; b++) ids[b] = b;
+    }
+    for (int s = 0; s < o.S + 2 && !rc; s++) {
+        if (s == 2) t0 = ml_now(); /* two warm-up steps, as the PyTorch peer */
+        ml_params_zero_grad_used(&m->P);
+        rc = ml_model_forward(m, x + per * (size_t)(s % POOL), NULL, o.B, 1, ids, NULL, 0);
+        ml_routing_record rec;
+        ml_moe_record(m->moe[0], &rec);
+        double v;
+        if (!rc) rc = ml_loss_inst_eval(&lb, &rec, 0.01f, m->moe[0]->dlogits, m->moe[0]->dprob, m->moe[0]->dgate_loss, &v);
+        if (!rc) rc = ml_model_backward(m);
+        if (!rc && !ml_params_grad_finite_used(&m->P)) rc = ml_errorf("non-finite gradient");
+        if (!rc) ml_optim_step(&opt, &m->P);
+        if (!rc && s >= 2)
+            for (int e = 0; e < m->moe[0]->N; e++) used += m->moe[0]->estart[e + 1] > m->moe[0]->estart[e];
+    }
+    double dt = ml_now() - t0;
+    if (rc) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+    } else {
+        double ips = o.S * o.B / dt;
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        printf("mlp_step batch=%d experts=%d top_k=%d idle=%s threads=%d img_per_s=%.1f ms_per_step=%.3f "
+               "experts_used=%.1f peak_rss_mb=%.0f\n",
+               o.B, o.E, o.K, ml_optim_idle_name(o.idle), o.T, ips, dt / o.S * 1e3, used / o.S, ru.ru_maxrss / 1024.0);
+    }
+    ml_loss_inst_release(&lb);
+    ml_model_free(m);
+    free(x);
+    free(ids);
+    return rc ? ML_EXIT_RUNTIME : 0;
+}
+
 int ml_bench_main(int argc, char **argv) {
     bench_opts o;
     if (parse(argc, argv, &o)) {
@@ -244,5 +332,5 @@ int ml_bench_main(int argc, char **argv) {
     }
     openblas_set_num_threads(o.T);
     omp_set_num_threads(o.T);
-    return o.cod ? bench_cod(o) : bench_srnn(o);
+    return o.model == BENCH_COD ? bench_cod(o) : o.model == BENCH_MLP ? bench_mlp(o) : bench_srnn(o);
 }

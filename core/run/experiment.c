@@ -227,6 +227,8 @@ static int build_optim(ml_experiment *e) {
         .weight_decay = (float)ml_config_float(c, "optim.weight_decay", 0),
         .momentum = (float)ml_config_float(c, "optim.momentum", 0),
     };
+    int idle = ml_optim_idle_from_name(ml_config_str(c, "optim.idle_experts", "dense"));
+    e->opt.idle = idle < 0 ? ML_OPTIM_IDLE_DENSE : (ml_optim_idle)idle;
     int n = ml_config_len(c, "optim.groups");
     for (int g = 0; g < n; g++) {
         char key[32], name[64], match[64], lr[64], wd[64], frozen[64];
@@ -674,7 +676,7 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
         if (rc) return ML_ERR;
     }
     while ((B = ml_batcher_next_masks(e->train_b, e->xb, e->mb, e->yb, e->ids)) > 0) {
-        ml_params_zero_grad(&m->P);
+        ml_params_zero_grad_used(&m->P); /* the experts the last step used, and the rest of the model */
         /* every rank reads the whole batch (the same data order as one process) and computes
            its part of it (ml_model_forward_part) */
         if (ml_model_forward_part(m, e->comm, e->xb, e->mb, B, 1, e->ids, e->train.y ? e->yb : NULL,
@@ -691,7 +693,7 @@ static int train_epoch(ml_experiment *e, ml_step_hook hook, void *ctx, ml_epoch_
             skip = 1;
         } else if (ml_model_backward(m)) {
             return ML_ERR;
-        } else if (!ml_params_grad_finite(&m->P)) {
+        } else if (!ml_params_grad_finite_used(&m->P)) {
             if (!skip_nonfinite) return nonfinite_grad_error(e, e->step + 1);
             skip = 1;
         }
