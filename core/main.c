@@ -26,6 +26,7 @@
 
 #include "run/bench.h"
 #include "run/checkpoint.h"
+#include "base/cpuload.h"
 #include "base/crash.h"
 #include "base/strbuf.h"
 #include "run/experiment.h"
@@ -686,27 +687,39 @@ static int pick_blas_kernel(void) {
  * spins about 300 000 iterations at every barrier before it sleeps; on a core another
  * process needs, the spinning thread holds the core the late thread is waiting for: with
  * one competing process on 2 cores a run fell 6x to 60x. Passive waiting (sleep at once)
- * measured best of the settings tried on a busy machine (default spin, GOMP_SPINCOUNT
- * 10000 and 1000, passive: 110, 638, 803, 1191 img/s, same run), and its cost on a quiet
- * one is what docs/PERFORMANCE.md records. libgomp reads the setting when it loads, hence
- * the re-execution. OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment win; the sweep's
- * jobs inherit the setting. OpenBLAS is its OpenMP build (Debian's libopenblas0-openmp),
- * so its threads follow the same policy.
+ * was the best setting tried on a busy machine (default spin, GOMP_SPINCOUNT 10000, 1000,
+ * passive: 110, 638, 803, 1191 img/s, same run), but costs about a quarter of the speed on
+ * a quiet one, and no spin count was within 5% quiet and kept 40% busy. So the commands
+ * that train look at their CPUs when they start: when another process's thread is runnable
+ * on one of them (ml_cpu_others_running: the least of five looks 4 ms apart), threads wait
+ * passively; otherwise libgomp's default stands. Load that arrives later is not seen (the
+ * setting is fixed when libgomp loads, hence the re-execution). OMP_WAIT_POLICY or
+ * GOMP_SPINCOUNT in the environment win. OpenBLAS is its OpenMP build (Debian's
+ * libopenblas0-openmp), so its threads follow the same policy.
  */
-static int pick_wait_policy(void) {
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return 0;
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+static int pick_wait_policy(const char *cmd) {
+    static const char *const trains[] = {"run", "bench", "lua", "sweep", "plugin-test"};
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || !cmd) return 0;
+    int trainer = 0;
+    for (size_t i = 0; i < sizeof trains / sizeof *trains; i++) trainer |= !strcmp(cmd, trains[i]);
+    if (!trainer || ml_cpu_others_running(5, 4) == 0) return 0;
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 1); /* also when /proc cannot tell (-1) */
     return 1;
 }
 
-/* Sets what must be in the environment before OpenBLAS and libgomp load, and re-executes
-   once when anything changed (MOELAB_NO_REEXEC marks the second start). */
 static void prepare_environment(char **argv) {
     if (getenv("MOELAB_NO_REEXEC")) return;
     int changed = pick_blas_kernel();
-    changed |= pick_wait_policy();
+    changed |= pick_wait_policy(argv[1]);
     if (!changed) return;
     setenv("MOELAB_NO_REEXEC", "1", 1);
+    /* the binary's own path, so that ps and pgrep still show "moelab" (not "exe") */
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = 0;
+        execv(self, argv);
+    }
     execv("/proc/self/exe", argv);
 }
 
