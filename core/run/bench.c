@@ -169,6 +169,20 @@ static int bench_srnn(bench_opts o) {
     return rc ? ML_EXIT_RUNTIME : 0;
 }
 
+/* the benches' softmax_topk router at top-k with its defaults otherwise, and the load-balance
+   loss; 1 (after one line on stderr) when a plugin cannot be loaded */
+static int topk_router(int k, const ml_plugin **router, const ml_plugin **lbp, ml_optval *ropt) {
+    *router = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
+    *lbp = *router ? ml_plugin_load(ML_PLUGIN_LOSS, "load_balance") : NULL;
+    if (!*router || !*lbp || ml_option_defaults(*router, ropt)) {
+        fprintf(stderr, "moelab: bench: %s\n", ml_error());
+        return 1;
+    }
+    for (int i = 0; i < (*router)->num_options; i++)
+        if (!strcmp((*router)->options[i].name, "k")) ropt[i].i = k, ropt[i].f = k;
+    return 0;
+}
+
 /*
  * The cod step of bench/torch_cod_ref.py: model.type cod at its defaults (channels 32, 64,
  * 128, 256; experts texture, frequency, edge, contrast, texture, frequency, ...), a
@@ -180,15 +194,9 @@ static int bench_cod(bench_opts o) {
     enum { L = 4 };
     static const char *const kinds[] = {"texture", "frequency", "edge", "contrast", "texture", "frequency"};
     static const int channels[L] = {32, 64, 128, 256};
-    const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
-    const ml_plugin *lbp = router ? ml_plugin_load(ML_PLUGIN_LOSS, "load_balance") : NULL;
+    const ml_plugin *router, *lbp;
     ml_optval ropt[ML_MAX_OPTIONS];
-    if (!router || !lbp || ml_option_defaults(router, ropt)) {
-        fprintf(stderr, "moelab: bench: %s\n", ml_error());
-        return ML_EXIT_RUNTIME;
-    }
-    for (int i = 0; i < router->num_options; i++)
-        if (!strcmp(router->options[i].name, "k")) ropt[i].i = o.K, ropt[i].f = o.K;
+    if (topk_router(o.K, &router, &lbp, ropt)) return ML_EXIT_RUNTIME;
     ml_model_cfg mc = {.type = "cod", .C = o.C, .H = o.H, .W = o.W, .experts = o.E, .channels = channels,
                        .n_channels = L, .router = router, .router_opt = ropt, .seed = 0, .expert_kinds = kinds,
                        .n_kinds = 6, .w_bce = 1, .w_iou = 1, .w_dice = 0};
@@ -265,15 +273,9 @@ static int bench_cod(bench_opts o) {
  */
 static int bench_mlp(bench_opts o) {
     enum { POOL = 16 };
-    const ml_plugin *router = ml_plugin_load(ML_PLUGIN_ROUTER, "softmax_topk");
-    const ml_plugin *lbp = router ? ml_plugin_load(ML_PLUGIN_LOSS, "load_balance") : NULL;
+    const ml_plugin *router, *lbp;
     ml_optval ropt[ML_MAX_OPTIONS];
-    if (!router || !lbp || ml_option_defaults(router, ropt)) {
-        fprintf(stderr, "moelab: bench: %s\n", ml_error());
-        return ML_EXIT_RUNTIME;
-    }
-    for (int i = 0; i < router->num_options; i++)
-        if (!strcmp(router->options[i].name, "k")) ropt[i].i = o.K, ropt[i].f = o.K;
+    if (topk_router(o.K, &router, &lbp, ropt)) return ML_EXIT_RUNTIME;
     ml_model_cfg mc = {.type = "mlp", .C = 1, .H = 28, .W = 28, .latent = 64, .hidden = 256, .expert_hidden = 128,
                        .experts = o.E, .moe_layers = 1, .router = router, .router_opt = ropt, .seed = 0};
     ml_model *m = ml_model_new(&mc, NULL);
