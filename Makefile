@@ -76,6 +76,15 @@ $(GEN_VERSION): FORCE
 	@mkdir -p $(dir $@)
 	@sh tools/gen-version.sh "$(CC) $(CFLAGS) $(EXTRA_CFLAGS)" > $@.tmp && \
 	    if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+# Whether this build has MPI (ML_MPI, run/dist.c alone reads it): a stamp named after it, so
+# that OpenMPI installed (or MPI=0 given) after a build recompiles dist.c and relinks, where a
+# plain `make` would keep the old one-rank binary.
+MPI_STAMP := $(BUILD)/gen/mpi-$(MPI)
+$(MPI_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/gen/mpi-* && touch $@
+$(BUILD)/obj/core/run/dist.o: $(MPI_STAMP)
+
 $(BUILD)/obj/gen/version.o: $(GEN_VERSION) core/base/version.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
