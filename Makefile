@@ -143,7 +143,10 @@ check-build: all $(TPLUGINS) $(ABI10_SO) $(ABI11_SO) $(TESTS)
 check-layers:
 	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test
 
-bench: deps
+# bench also needs PyTorch (the peers) and OpenMPI (bench/mpi.sh starts mpirun), installed
+# before the build so that it finds mpicc
+bench:
+	@MOELAB_BENCH=1 MOELAB_MPI=1 sh tools/install-deps.sh
 	@$(MAKE) --no-print-directory all
 	@sh bench/run.sh $(BUILD)
 
