@@ -279,6 +279,20 @@ START_TEST(resume_under_mpirun) {
 }
 END_TEST
 
+/* Only run splits its work over ranks: any other command refuses under mpirun, in one line. */
+START_TEST(other_commands_refuse_under_mpirun) {
+    need_mpirun();
+    const char *b = tu_build();
+    int rc = tu_sh("%s %s/moelab sweep " CFG " router.k=1,2 --dry-run", mpirun, b);
+    ck_assert_msg(rc != 0, "sweep under mpirun: exit 0: %s", tu_out);
+    const char *line = "moelab: 'sweep' does not run under mpirun (2 ranks)";
+    const char *p = strstr(tu_out, line);
+    ck_assert_msg(p && !strstr(p + 1, line), "expected one refusal: %s", tu_out);
+    rc = tu_sh("%s %s/moelab lua tests/fixtures/run/noop.lua", mpirun, b);
+    ck_assert_msg(rc != 0 && strstr(tu_out, "moelab: 'lua' does not run under mpirun"), "lua: exit %d: %s", rc, tu_out);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("mpi");
     TCase *t = tcase_create("data_parallel");
@@ -291,6 +305,7 @@ static Suite *suite(void) {
     tcase_add_test(t, resume_under_mpirun);
     tcase_add_test(t, srnn_batch_norm_matches_one_process);
     tcase_add_test(t, cod_batch_norm_matches_one_process);
+    tcase_add_test(t, other_commands_refuse_under_mpirun);
     suite_add_tcase(s, t);
     return s;
 }

@@ -23,6 +23,17 @@ static int launcher_size(void) {
     return getenv("PMIX_RANK") ? 1 : 0;
 }
 
+int ml_dist_launched_size(void) { return launcher_size(); }
+
+int ml_dist_launched_rank(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
 int ml_dist_built(void) {
 #ifdef ML_MPI
     return 1;
