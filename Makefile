@@ -76,6 +76,15 @@ $(GEN_VERSION): FORCE
 	@mkdir -p $(dir $@)
 	@sh tools/gen-version.sh "$(CC) $(CFLAGS) $(EXTRA_CFLAGS)" > $@.tmp && \
 	    if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+# Whether this build has MPI (ML_MPI, run/dist.c alone reads it): a stamp named after it, so
+# that OpenMPI installed (or MPI=0 given) after a build recompiles dist.c and relinks, where a
+# plain `make` would keep the old one-rank binary.
+MPI_STAMP := $(BUILD)/gen/mpi-$(MPI)
+$(MPI_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/gen/mpi-* && touch $@
+$(BUILD)/obj/core/run/dist.o: $(MPI_STAMP)
+
 $(BUILD)/obj/gen/version.o: $(GEN_VERSION) core/base/version.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
@@ -134,7 +143,10 @@ check-build: all $(TPLUGINS) $(ABI10_SO) $(ABI11_SO) $(TESTS)
 check-layers:
 	@sh tools/check-layers.sh && sh tools/check-layers.sh --self-test
 
-bench: deps
+# bench also needs PyTorch (the peers) and OpenMPI (bench/mpi.sh starts mpirun), installed
+# before the build so that it finds mpicc
+bench:
+	@MOELAB_BENCH=1 MOELAB_MPI=1 sh tools/install-deps.sh
 	@$(MAKE) --no-print-directory all
 	@sh bench/run.sh $(BUILD)
 

@@ -10,9 +10,10 @@
 # lazy beside bench/torch_mlp_moe_ref.py (the per-expert loop, dense and lazy, and the batched
 # variant), BENCH_MLP_STEPS (100) steps each, in the same interleaved rounds; targets: lazy at
 # 256 experts >= 60% of lazy at 4, dense >= 2x PyTorch's best variant at every N.
+# Then bench/busy.sh (busy machines) and bench/mpi.sh (data parallelism, 1 rank against 2).
 set -e
 BUILD="${1:-build}"
-MOELAB_BENCH=1 sh tools/install-deps.sh
+MOELAB_BENCH=1 MOELAB_MPI=1 sh tools/install-deps.sh
 REF="${MOELAB_TORCH_REF:-../shared/bench/torch_srnn_ref.py}"
 [ -f "$REF" ] || { echo "bench: $REF not found (the shared PyTorch peer)"; exit 1; }
 STEPS="${BENCH_STEPS:-10}"
@@ -119,3 +120,5 @@ END {
 rm -f "$OUT"
 # busy machines (issue 12): the demo's model quiet and beside one competing process
 sh bench/busy.sh "$BUILD" || echo "bench: some busy-machine targets missed"
+# data parallelism (issue 12): the demo's model on 1 rank and on 2 (mpirun), equal threads
+sh bench/mpi.sh "$BUILD" || echo "bench: the MPI target missed"

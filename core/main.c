@@ -739,6 +739,14 @@ int main(int argc, char **argv) {
                 return 0;
             }
     if (!strcmp(cmd, "run")) return cmd_run_dist(argc - 2, argv + 2);
+    /* only run splits its batches over ranks (cmd_run_dist); under mpirun any other command
+       would run once per rank, each writing the same files (lua scripts, sweeps included) */
+    if (ml_dist_launched_size() > 1) {
+        if (ml_dist_launched_rank() == 0) /* one line for the job */
+            fprintf(stderr, "moelab: '%s' does not run under mpirun (%d ranks): only 'moelab run' splits its work over "
+                            "ranks; run it as one process\n", cmd, ml_dist_launched_size());
+        return ML_EXIT_USAGE;
+    }
     if (!strcmp(cmd, "plugins")) {
         ml_plugins_default_path(NULL, 0);
         return ml_plugins_scan(list_one, list_err, NULL) < 0 ? ML_EXIT_RUNTIME : 0;

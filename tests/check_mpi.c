@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/safetensors.h"
 #include "testutil.h"
 
 #define CFG "tests/fixtures/run/mpi.yaml"
@@ -135,8 +136,37 @@ static void summary_has(const char *run, const char *needle) {
     free(s);
 }
 
-/* One process, then two ranks, of the same config (extra overrides): the same results. */
-static void equivalence(const char *tag, const char *extra) {
+/* Every batch-norm running statistic (S's *.running_mean, *.running_var) of two checkpoints
+   agrees to TOL (relative, or absolute below 1e-3); returns how many tensors it compared. */
+static int same_running_stats(const char *run1, const char *run2, const char *ckpt) {
+    char a[1200], b[1200];
+    snprintf(a, sizeof a, "%s/checkpoints/%s.safetensors", run1, ckpt);
+    snprintf(b, sizeof b, "%s/checkpoints/%s.safetensors", run2, ckpt);
+    ml_st_file *x = ml_st_open(a), *y = ml_st_open(b);
+    ck_assert_msg(x && y, "cannot open %s or %s", a, b);
+    int n = 0;
+    for (int i = 0; i < ml_st_count(x); i++) {
+        const char *name = ml_st_name(x, i);
+        if (!strstr(name, ".running_mean") && !strstr(name, ".running_var")) continue;
+        int nd1, nd2;
+        int64_t sh1[8], sh2[8];
+        const float *p = ml_st_get(x, name, &nd1, sh1), *q = ml_st_get(y, name, &nd2, sh2);
+        ck_assert_msg(p && q && nd1 == 1 && nd2 == 1 && sh1[0] == sh2[0], "%s: %s differs in shape", ckpt, name);
+        for (int64_t j = 0; j < sh1[0]; j++) {
+            double d = fabs((double)p[j] - q[j]) / fmax(fmax(fabs(p[j]), fabs(q[j])), 1e-3);
+            ck_assert_msg(d <= TOL, "%s: %s[%lld] = %.9g with 1 process, %.9g with 2 ranks", ckpt, name,
+                          (long long)j, p[j], q[j]);
+        }
+        n++;
+    }
+    ml_st_close(x);
+    ml_st_close(y);
+    return n;
+}
+
+/* One process, then two ranks, of config cfg (extra overrides): the same results; for a net
+   with batch norm (bn_layers > 0) the same running statistics in the last checkpoint. */
+static void equivalence_of(const char *tag, const char *cfg, const char *extra, int bn_layers) {
     need_mpirun();
     const char *t = tu_tmpdir(tag);
     ck_assert_ptr_nonnull(t);
@@ -147,9 +177,9 @@ static void equivalence(const char *tag, const char *extra) {
     snprintf(scratch, sizeof scratch, "%s/scratch", tmp);
     ck_assert_int_eq(mkdir(scratch, 0777), 0);
     const char *b = tu_build();
-    int rc = tu_sh("%s/moelab run " CFG " %s results.dir=%s --quiet", b, extra, one);
+    int rc = tu_sh("%s/moelab run %s %s results.dir=%s --quiet", b, cfg, extra, one);
     ck_assert_msg(rc == 0, "one process: exit %d: %s", rc, tu_out);
-    rc = tu_sh("TMPDIR=%s %s %s/moelab run " CFG " %s results.dir=%s --quiet", scratch, mpirun, b, extra, two);
+    rc = tu_sh("TMPDIR=%s %s %s/moelab run %s %s results.dir=%s --quiet", scratch, mpirun, b, cfg, extra, two);
     ck_assert_msg(rc == 0, "mpirun -np 2: exit %d: %s", rc, tu_out);
     ck_assert_msg(strstr(tu_out, "data parallel over 2 ranks"), "%s", tu_out);
     only_run(one, r1, sizeof r1);
@@ -159,10 +189,14 @@ static void equivalence(const char *tag, const char *extra) {
     summary_has(r1, "\"ranks\":1");
     summary_has(r2, "\"ranks\":2");
     summary_has(r2, "\"status\":\"ok\"");
+    if (bn_layers > 0)
+        ck_assert_int_eq(same_running_stats(r1, r2, "last"), 2 * bn_layers);
     /* rank 1 wrote only its scratch copy, removed when it ended */
     ck_assert_msg(empty_dir(scratch), "rank 1 left files in its TMPDIR %s", scratch);
     tu_rm_rf(tmp);
 }
+
+static void equivalence(const char *tag, const char *extra) { equivalence_of(tag, CFG, extra, 0); }
 
 START_TEST(softmax_topk_load_balance_matches_one_process) {
     equivalence("mpi-topk", "router.name=softmax_topk losses.0.name=load_balance");
@@ -192,6 +226,26 @@ END_TEST
    batch of 50 whose last batch (3001 images) is a single sample, which rank 0 lacks. */
 START_TEST(expert_choice_uneven_split_matches_one_process) {
     equivalence("mpi-ec", "router.name=expert_choice model.moe_layers=2 train.batch_size=50 data.train_images=3001");
+}
+END_TEST
+
+/* Synchronised batch norm: the conv nets normalise each rank's part by the whole batch's
+   statistics, so their losses, routing and running statistics (hence the validation, in
+   evaluation mode) are one process's. SGD: Adam turns the rounding noise in gradients whose
+   true value is ~0 (a conv bias feeding batch norm; the noise differs with any change of
+   summation order, a split batch's too) into full-size steps, and the routers' discrete
+   choices then amplify it, so an Adam run is compared here only to ~1e-2 (docs/PERFORMANCE.md). */
+START_TEST(srnn_batch_norm_matches_one_process) {
+    equivalence_of("mpi-srnn", "tests/fixtures/run/srnn_small.yaml",
+                   "experiment=test-mpi train.threads=1 optim.name=sgd optim.lr=0.01", 4);
+}
+END_TEST
+
+/* The segmentation net: batch norm in 4 encoder stages and 3 decoder blocks, 4 MoE layers,
+   its Lua script (scripts/cod.lua), batches of 8 split 4 + 4. */
+START_TEST(cod_batch_norm_matches_one_process) {
+    equivalence_of("mpi-cod", "tests/fixtures/run/cod_small.yaml",
+                   "experiment=test-mpi train.threads=1 optim.name=sgd optim.lr=0.001", 7);
 }
 END_TEST
 
@@ -225,6 +279,20 @@ START_TEST(resume_under_mpirun) {
 }
 END_TEST
 
+/* Only run splits its work over ranks: any other command refuses under mpirun, in one line. */
+START_TEST(other_commands_refuse_under_mpirun) {
+    need_mpirun();
+    const char *b = tu_build();
+    int rc = tu_sh("%s %s/moelab sweep " CFG " router.k=1,2 --dry-run", mpirun, b);
+    ck_assert_msg(rc != 0, "sweep under mpirun: exit 0: %s", tu_out);
+    const char *line = "moelab: 'sweep' does not run under mpirun (2 ranks)";
+    const char *p = strstr(tu_out, line);
+    ck_assert_msg(p && !strstr(p + 1, line), "expected one refusal: %s", tu_out);
+    rc = tu_sh("%s %s/moelab lua tests/fixtures/run/noop.lua", mpirun, b);
+    ck_assert_msg(rc != 0 && strstr(tu_out, "moelab: 'lua' does not run under mpirun"), "lua: exit %d: %s", rc, tu_out);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("mpi");
     TCase *t = tcase_create("data_parallel");
@@ -235,6 +303,9 @@ static Suite *suite(void) {
     tcase_add_test(t, expert_choice_uneven_split_matches_one_process);
     tcase_add_test(t, lazy_idle_experts_match_one_process);
     tcase_add_test(t, resume_under_mpirun);
+    tcase_add_test(t, srnn_batch_norm_matches_one_process);
+    tcase_add_test(t, cod_batch_norm_matches_one_process);
+    tcase_add_test(t, other_commands_refuse_under_mpirun);
     suite_add_tcase(s, t);
     return s;
 }

@@ -114,17 +114,20 @@ int ml_model_forward_part(ml_model *m, const ml_comm *comm, const float *x, cons
     const int off = comm ? ml_part_off(B, comm->size, comm->rank) : 0;
     const int Bl = comm ? ml_part_off(B, comm->size, comm->rank + 1) - off : B;
     if (reserve(m, Bl > 0 ? Bl : 1)) return ML_ERR;
+    /* a net with batch norm sums its statistics over every process, each with its part: none
+       may be empty (every process sees B and the size, so all of them stop here alike) */
+    if (comm && (m->seg || m->ops->set_part) && B < comm->size)
+        return ml_errorf("model: a batch of %d split over %d ranks leaves a rank no sample; hint: a "
+                         "train.batch_size of at least the number of ranks", B, comm->size);
     for (int l = 0; l < m->L; l++)
         if (ml_moe_set_part(m->moe[l], comm, B)) return ML_ERR;
+    if (m->ops->set_part) m->ops->set_part(m->net, comm, B);
     m->comm = comm;
     m->Bg = B;
     m->x = x + (size_t)off * m->Din;
     m->B = Bl;
     if (m->seg) {
         if (!target) return ml_errorf("model: a segmentation net needs a target mask");
-        if (Bl < 1)
-            return ml_errorf("model: a batch of %d split over %d ranks leaves rank %d no sample; hint: a "
-                             "train.batch_size of at least the number of ranks", B, comm->size, comm->rank);
         m->target = target + (size_t)off * m->Dout;
         if (m->ops->forward(m->net, m->moe, m->x, Bl, training, ids, labels, num_classes, m->xhat)) return ML_ERR;
         const int N = m->Dout;

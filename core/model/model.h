@@ -69,9 +69,10 @@ int ml_model_forward(ml_model *m, const float *x, const float *target, int B, in
  * batch on every process (ml_moe_set_part). task_loss (and the seg parts) is the whole
  * batch's, summed over the processes. The backward then leaves the whole batch's gradients
  * in P on every process (one sum over the gradient block; the routers' count once) and
- * sends the routers' AFTER_BACKWARD. Exact for nets without batch statistics (mlp); batch
- * norm (srnn, cod) normalises each part by its own statistics. comm NULL or of one process
- * is ml_model_forward.
+ * sends the routers' AFTER_BACKWARD. Batch norm (srnn, cod) is synchronised: its statistics
+ * are the whole batch's (ml_batchnorm2d_forward_train_part), so the running statistics agree
+ * on every process; such nets need a batch of at least one sample per process. comm NULL
+ * or of one process is ml_model_forward.
  */
 int ml_model_forward_part(ml_model *m, const ml_comm *comm, const float *x, const float *target, int B,
                           int training, const int32_t *ids, const int32_t *labels, int num_classes);

@@ -12,6 +12,7 @@
 #ifndef MOELAB_NET_H
 #define MOELAB_NET_H
 
+#include "base/comm.h"
 #include "base/common.h"
 #include "nn/params.h"
 
@@ -40,6 +41,12 @@ typedef struct ml_net_ops {
     int (*encode_backward)(void *net, const float *dz);
     /* useful floating-point operations of one forward+backward per sample (for bench) */
     double (*flops_per_sample)(void *net);
+    /* Nets with batch statistics (batch norm) set it; NULL for the others (mlp). The next
+       forward and its backward see this process's part of a global batch of Bg images split
+       over comm (base/comm.h), and normalise by the whole batch's statistics (collective:
+       every process of comm calls them); comm NULL: the batch is whole (Bg = B). The model
+       calls it before every forward (ml_model_forward_part). */
+    void (*set_part)(void *net, const ml_comm *comm, int Bg);
 
     /*
      * Nets that place their MoE layers inside themselves (the segmentation net, cod) set

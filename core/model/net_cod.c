@@ -35,6 +35,8 @@ typedef struct cod {
     int ch[NS];
     ml_cod_expert_cfg ecfg[NS];
     int cap_B, B, trained;
+    const ml_comm *comm;              /* borrowed: B is a part of a batch of Bg split over it, or NULL */
+    int Bg;
     /* handles: encoder stages, decoder blocks (3), output conv */
     int ew[NS], eb[NS], eg[NS], ebt[NS], erm[NS], erv[NS];
     int dw[NS - 1], db[NS - 1], dg[NS - 1], dbt[NS - 1], drm[NS - 1], drv[NS - 1];
@@ -237,45 +239,49 @@ static int cod_reserve(void *net, int B) {
 #define PG(h) ml_params_grad(n->P, n->h)
 #define SW(h) ml_params_data(n->S, n->h)
 
-/* conv -> BN (batch stats in training, running in eval) -> ReLU */
-static void conv_bn_forward(cod *n, const ml_conv_shape *s, float *pre, float *y, float *mean, float *rstd,
+/* conv -> BN (batch stats in training, running in eval; the whole batch's when split) -> ReLU */
+static int conv_bn_forward(cod *n, const ml_conv_shape *s, float *pre, float *y, float *mean, float *rstd,
                             const float *x, int w, int b, int g, int bt, int rm, int rv, int training) {
     ml_conv2d_forward(s, pre, x, ml_params_data(n->P, w), ml_params_data(n->P, b), n->ws);
     const int HW = s->Ho * s->Wo;
     if (training)
-        ml_batchnorm2d_forward_train(y, mean, rstd, ml_params_data(n->S, rm), ml_params_data(n->S, rv), pre,
-                                     ml_params_data(n->P, g), ml_params_data(n->P, bt), s->B, s->O, HW, BN_MOMENTUM,
-                                     BN_EPS, 1);
-    else
-        ml_batchnorm2d_forward_eval(y, pre, ml_params_data(n->P, g), ml_params_data(n->P, bt), ml_params_data(n->S, rm),
-                                    ml_params_data(n->S, rv), s->B, s->O, HW, BN_EPS, 1);
+        return ml_batchnorm2d_forward_train_part(n->comm, y, mean, rstd, ml_params_data(n->S, rm),
+                                                 ml_params_data(n->S, rv), pre, ml_params_data(n->P, g),
+                                                 ml_params_data(n->P, bt), s->B, s->O, HW, BN_MOMENTUM, BN_EPS, 1);
+    ml_batchnorm2d_forward_eval(y, pre, ml_params_data(n->P, g), ml_params_data(n->P, bt), ml_params_data(n->S, rm),
+                                ml_params_data(n->S, rv), s->B, s->O, HW, BN_EPS, 1);
+    return ML_OK;
 }
 
 /* the backward of conv_bn_forward: dy -> parameter gradients, dx += (dx may be NULL) */
-static void conv_bn_backward(cod *n, const ml_conv_shape *s, float *dx, const float *dy, const float *pre,
+static int conv_bn_backward(cod *n, const ml_conv_shape *s, float *dx, const float *dy, const float *pre,
                              const float *y, const float *mean, const float *rstd, const float *x, int w, int b, int g,
                              int bt) {
     const int HW = s->Ho * s->Wo;
     memset(n->gpre, 0, ml_conv_out_size(s) * sizeof(float));
-    ml_batchnorm2d_backward(n->gpre, ml_params_grad(n->P, g), ml_params_grad(n->P, bt), dy, y, pre, mean, rstd,
-                            ml_params_data(n->P, g), s->B, s->O, HW, 1);
+    if (ml_batchnorm2d_backward_part(n->comm, n->gpre, ml_params_grad(n->P, g), ml_params_grad(n->P, bt), dy, y,
+                                     pre, mean, rstd, ml_params_data(n->P, g), s->B, s->O, HW, 1))
+        return ML_ERR;
     ml_conv2d_backward(s, dx, ml_params_grad(n->P, w), ml_params_grad(n->P, b), n->gpre, NULL, x,
                        ml_params_data(n->P, w), n->ws);
+    return ML_OK;
 }
 
 static int cod_forward(void *net, ml_moe *const *moe, const float *x, int B, int training, const int32_t *ids,
                        const int32_t *labels, int num_classes, float *out) {
     cod *n = net;
     if (B < 1) return ml_errorf("cod: batch size %d, expected >= 1", B);
-    if (training && B < 2) return ml_errorf("cod: batch norm in training needs a batch >= 2, got %d", B);
+    const int Bg = n->comm ? n->Bg : B;
+    if (training && Bg < 2) return ml_errorf("cod: batch norm in training needs a batch >= 2, got %d", Bg);
     if (cod_reserve(n, B)) return ML_ERR;
     n->x = x;
     n->B = B;
     n->trained = training;
     const float *in = x;
     for (int l = 0; l < NS; l++) {
-        conv_bn_forward(n, &n->es[l], n->pre[l], n->s[l], n->mean[l], n->rstd[l], in, n->ew[l], n->eb[l], n->eg[l],
-                        n->ebt[l], n->erm[l], n->erv[l], training);
+        if (conv_bn_forward(n, &n->es[l], n->pre[l], n->s[l], n->mean[l], n->rstd[l], in, n->ew[l], n->eb[l],
+                            n->eg[l], n->ebt[l], n->erm[l], n->erv[l], training))
+            return ml_error_prefix("cod: encoder stage %d", l + 1);
         if (ml_moe_forward(moe[l], n->s[l], n->e[l], B, training, ids, labels, num_classes)) return ML_ERR;
         in = n->e[l];
     }
@@ -284,8 +290,9 @@ static int cod_forward(void *net, ml_moe *const *moe, const float *x, int B, int
         int l = NS - 2 - j, h = n->ecfg[l].H, w = n->ecfg[l].W, cd = n->dcin[j] - n->ch[l];
         ml_upsample_bilinear_forward(n->up[j], deep, B, cd, h / 2, w / 2, 2);
         ml_concat_channels_forward(n->cat[j], n->up[j], n->e[l], B, cd, n->ch[l], h * w);
-        conv_bn_forward(n, &n->ds[j], n->dpre[j], n->d[j], n->dmean[j], n->drstd[j], n->cat[j], n->dw[j], n->db[j],
-                        n->dg[j], n->dbt[j], n->drm[j], n->drv[j], training);
+        if (conv_bn_forward(n, &n->ds[j], n->dpre[j], n->d[j], n->dmean[j], n->drstd[j], n->cat[j], n->dw[j],
+                            n->db[j], n->dg[j], n->dbt[j], n->drm[j], n->drv[j], training))
+            return ml_error_prefix("cod: decoder block %d", j + 1);
         deep = n->d[j];
     }
     ml_upsample_bilinear_forward(n->oup, deep, B, n->ch[0], n->H / 2, n->W / 2, 2);
@@ -308,8 +315,9 @@ static int cod_backward(void *net, ml_moe *const *moe, const float *dout) {
     for (int j = NS - 2; j >= 0; j--) {
         int l = NS - 2 - j, h = n->ecfg[l].H, w = n->ecfg[l].W, cd = n->dcin[j] - n->ch[l];
         memset(n->gcat[j], 0, (size_t)B * n->dcin[j] * h * w * sizeof(float));
-        conv_bn_backward(n, &n->ds[j], n->gcat[j], n->gd[j], n->dpre[j], n->d[j], n->dmean[j], n->drstd[j], n->cat[j],
-                         n->dw[j], n->db[j], n->dg[j], n->dbt[j]);
+        if (conv_bn_backward(n, &n->ds[j], n->gcat[j], n->gd[j], n->dpre[j], n->d[j], n->dmean[j], n->drstd[j],
+                             n->cat[j], n->dw[j], n->db[j], n->dg[j], n->dbt[j]))
+            return ml_error_prefix("cod: backward of decoder block %d", j + 1);
         memset(n->gup[j], 0, (size_t)B * cd * h * w * sizeof(float));
         ml_concat_channels_backward(n->gup[j], n->ge[l], n->gcat[j], B, cd, n->ch[l], h * w);
         /* up2 of the deeper map: d_{j-1} of the block before, or e_4 */
@@ -321,8 +329,9 @@ static int cod_backward(void *net, ml_moe *const *moe, const float *dout) {
     for (int l = NS - 1; l >= 0; l--) {
         memset(n->gs[l], 0, ml_conv_out_size(&n->es[l]) * sizeof(float));
         if (ml_moe_backward(moe[l], n->ge[l], n->gs[l])) return ML_ERR;
-        conv_bn_backward(n, &n->es[l], l > 0 ? n->ge[l - 1] : NULL, n->gs[l], n->pre[l], n->s[l], n->mean[l],
-                         n->rstd[l], l > 0 ? n->e[l - 1] : n->x, n->ew[l], n->eb[l], n->eg[l], n->ebt[l]);
+        if (conv_bn_backward(n, &n->es[l], l > 0 ? n->ge[l - 1] : NULL, n->gs[l], n->pre[l], n->s[l], n->mean[l],
+                             n->rstd[l], l > 0 ? n->e[l - 1] : n->x, n->ew[l], n->eb[l], n->eg[l], n->ebt[l]))
+            return ml_error_prefix("cod: backward of encoder stage %d", l + 1);
     }
     return ML_OK;
 }
@@ -344,6 +353,12 @@ static double cod_flops(void *net) {
     return 6.0 * macs; /* 2 flops a MAC, backward twice forward (the first conv's dx is not needed; ignored) */
 }
 
+static void cod_set_part(void *net, const ml_comm *comm, int Bg) {
+    cod *n = net;
+    n->comm = comm;
+    n->Bg = Bg;
+}
+
 const ml_net_ops ml_net_cod = {.type = "cod",
                                .create = cod_create,
                                .free = cod_free,
@@ -352,4 +367,5 @@ const ml_net_ops ml_net_cod = {.type = "cod",
                                .spatial = cod_spatial,
                                .out_per_pixel = 1,
                                .forward = cod_forward,
-                               .backward = cod_backward};
+                               .backward = cod_backward,
+                               .set_part = cod_set_part};

@@ -25,6 +25,8 @@ typedef struct srnn {
     int C, H, W, D, h, w;
     int ch[NB];
     int cap_B, B, trained;        /* trained: the last forward was a training forward */
+    const ml_comm *comm;          /* borrowed: B is a part of a batch of Bg split over it, or NULL */
+    int Bg;
     /* handles */
     int ew[NB], eb[NB], gam[NB], bet[NB], rmean[NB], rvar[NB]; /* enc convs, bn (rmean/rvar in S) */
     int efw, efb, dfw, dfb;                                    /* enc.fc, dec.fc */
@@ -256,7 +258,8 @@ static int begin(srnn *n, int B, const char *op) {
 static int srnn_encode(void *net, const float *x, int B, int training, float *z) {
     srnn *n = net;
     if (begin(n, B, "encode")) return ML_ERR;
-    if (training && B < 2) return ml_errorf("srnn: encode: batch norm in training needs a batch >= 2, got %d", B);
+    const int Bg = n->comm ? n->Bg : B;
+    if (training && Bg < 2) return ml_errorf("srnn: encode: batch norm in training needs a batch >= 2, got %d", Bg);
     n->x = x;
     n->B = B;
     n->trained = training;
@@ -265,11 +268,12 @@ static int srnn_encode(void *net, const float *x, int B, int training, float *z)
         const ml_conv_shape *s = &n->es[l];
         const int HW = s->Ho * s->Wo;
         ml_conv2d_forward(s, n->pre[l], in, PW(ew[l]), PW(eb[l]), n->ws);
-        if (training)
-            ml_batchnorm2d_forward_train(n->skip[l], n->mean[l], n->rstd[l], SW(rmean[l]),
-                                         SW(rvar[l]), n->pre[l], PW(gam[l]), PW(bet[l]), B,
-                                         s->O, HW, BN_MOMENTUM, BN_EPS, 1);
-        else
+        if (training) {
+            if (ml_batchnorm2d_forward_train_part(n->comm, n->skip[l], n->mean[l], n->rstd[l],
+                                                  SW(rmean[l]), SW(rvar[l]), n->pre[l], PW(gam[l]),
+                                                  PW(bet[l]), B, s->O, HW, BN_MOMENTUM, BN_EPS, 1))
+                return ml_error_prefix("srnn: encoder block %d", l + 1);
+        } else
             ml_batchnorm2d_forward_eval(n->skip[l], n->pre[l], PW(gam[l]), PW(bet[l]),
                                         SW(rmean[l]), SW(rvar[l]), B, s->O, HW, BN_EPS, 1);
         in = n->skip[l];
@@ -329,8 +333,10 @@ static int srnn_encode_backward(void *net, const float *dz) {
         const ml_conv_shape *s = &n->es[l];
         const int HW = s->Ho * s->Wo;
         zero_floats(n->dpre, ml_conv_out_size(s));
-        ml_batchnorm2d_backward(n->dpre, PG(gam[l]), PG(bet[l]), n->dskip[l], n->skip[l],
-                                n->pre[l], n->mean[l], n->rstd[l], PW(gam[l]), B, s->O, HW, 1);
+        if (ml_batchnorm2d_backward_part(n->comm, n->dpre, PG(gam[l]), PG(bet[l]), n->dskip[l],
+                                         n->skip[l], n->pre[l], n->mean[l], n->rstd[l], PW(gam[l]), B,
+                                         s->O, HW, 1))
+            return ml_error_prefix("srnn: backward of encoder block %d", l + 1);
         ml_conv2d_backward(s, l > 0 ? n->dskip[l - 1] : NULL, PG(ew[l]), PG(eb[l]), n->dpre,
                            NULL, l > 0 ? n->skip[l - 1] : n->x, PW(ew[l]), n->ws);
     }
@@ -363,6 +369,13 @@ static double srnn_flops(void *net) {
     return 2.0 * (2.0 * first + 3.0 * rest);
 }
 
+static void srnn_set_part(void *net, const ml_comm *comm, int Bg) {
+    srnn *n = net;
+    n->comm = comm;
+    n->Bg = Bg;
+}
+
 const ml_net_ops ml_net_srnn = {.type = "srnn", .create = srnn_create, .free = srnn_free, .reserve = srnn_reserve,
                                 .encode = srnn_encode, .decode = srnn_decode, .decode_backward = srnn_decode_backward,
-                                .encode_backward = srnn_encode_backward, .flops_per_sample = srnn_flops};
+                                .encode_backward = srnn_encode_backward, .flops_per_sample = srnn_flops,
+                                .set_part = srnn_set_part};

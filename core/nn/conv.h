@@ -26,6 +26,9 @@
 
 #include <stddef.h>
 
+#include "base/comm.h"
+#include "base/common.h"
+
 /* Activation fused into a convolution's forward output (and undone in its backward). */
 typedef enum ml_conv_act {
     ML_CONV_ACT_NONE = 0,
@@ -170,6 +173,23 @@ void ml_batchnorm2d_backward(float *dx,            // (B, C, HW) or NULL
                              const float *rstd,    // (C) from forward_train
                              const float *gamma,   // (C)
                              int B, int C, int HW, int relu);
+/*
+ * Synchronised batch norm (PyTorch's SyncBatchNorm) for a batch split over comm's processes
+ * (base/comm.h): x is this process's B images; the mean and variance are the whole batch's
+ * (the per-channel sums and the count summed over the processes), so every process
+ * normalises with, saves and adds into its running statistics what one process computes on
+ * the whole batch. Backward likewise: dx from the whole batch's sums of g and g xh, while
+ * dgamma and dbeta get this process's part only (the caller sums gradients over the
+ * processes). Collective: every process calls, with the same C (B may differ, even be 0).
+ * comm NULL or of one process: exactly forward_train / backward. ML_OK or ML_ERR.
+ */
+int ml_batchnorm2d_forward_train_part(const ml_comm *comm, float *y, float *mean, float *rstd,
+                                      float *running_mean, float *running_var, const float *x,
+                                      const float *gamma, const float *beta, int B, int C, int HW,
+                                      float momentum, float eps, int relu);
+int ml_batchnorm2d_backward_part(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
+                                 const float *dy, const float *y, const float *x, const float *mean,
+                                 const float *rstd, const float *gamma, int B, int C, int HW, int relu);
 
 /* y = [a, b] along channels (U-Net skip); backward splits dy, accumulating into da, db
  * (either may be NULL). */

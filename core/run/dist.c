@@ -23,6 +23,17 @@ static int launcher_size(void) {
     return getenv("PMIX_RANK") ? 1 : 0;
 }
 
+int ml_dist_launched_size(void) { return launcher_size(); }
+
+int ml_dist_launched_rank(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
+}
+
 int ml_dist_built(void) {
 #ifdef ML_MPI
     return 1;
@@ -90,6 +101,11 @@ static ml_comm g_comm = {0, 1, sum_floats, sum_doubles, max_int, gather_rows};
 
 int ml_dist_init(int *argc, char ***argv) {
     if (g_started || launcher_size() == 0) return ML_OK;
+    /* OpenMPI polls while a rank waits in a collective: on a busy machine the polling rank
+       holds the core the late one needs (the demo's 2 ranks ran 2-5x slower beside other
+       work, docs/PERFORMANCE.md). Yield instead, as moelab's threads wait passively
+       (core/main.c), unless the user's own OMPI_MCA_mpi_yield_when_idle says otherwise. */
+    setenv("OMPI_MCA_mpi_yield_when_idle", "1", 0);
     int provided = 0;
     /* only the thread that called MPI_Init calls MPI: OpenMP threads compute, never talk */
     int rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);

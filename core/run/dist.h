@@ -28,6 +28,11 @@ int ml_dist_rank(void);
 int ml_dist_size(void);
 /* The ranks of this job on this machine (they share its cores). */
 int ml_dist_local_size(void);
+/* The number of processes an MPI launcher started this job with (from the environment, without
+   starting MPI), or 0 when no launcher started it. */
+int ml_dist_launched_size(void);
+/* This process's rank as the launcher announces it (0 when none does). */
+int ml_dist_launched_rank(void);
 /* 1 when moelab was built with MPI. */
 int ml_dist_built(void);
 /* The collectives of this job, or NULL for a job of one rank. */

@@ -33,12 +33,10 @@
  * place and writes nothing. Slots never written hold T = 0 and count nothing, so the first
  * W − 1 steps use the steps seen so far.
  *
- * Data parallelism (MPI, a later issue): the global batch is every rank's samples. Each
- * rank's instance sees only its part, so the host must all-reduce (sum) the current step's
- * c_i and T over the ranks before they enter the window — the same reduction Megatron makes
- * over its data-parallel group — and then every rank holds the same window and the same f;
- * P and its gradient stay local (the gradient all-reduce averages them). See NOTE(MPI) below
- * and docs/routing.md; nothing here is reduced today.
+ * Data parallelism (`mpirun -np R moelab run`): the host gathers every rank's router inputs,
+ * so each rank's instance sees the whole global batch; c_i and T are already the global
+ * batch's (what Megatron gets by summing them over its data-parallel group), every rank holds
+ * the same window and f, and nothing here needs reducing over ranks (docs/routing.md).
  */
 #include <stdio.h>
 #include <string.h>
@@ -127,8 +125,8 @@ static int eval_v2(void *self, const ml_routing_record *r, ml_loss_eval *io, cha
         }
         T = r->n_disp;
     }
-    /* NOTE(MPI): with data parallelism, c (N) and T are summed over the ranks here, before
-       they enter the window (docs/routing.md, global_load_balance). */
+    /* under mpirun c (N) and T are the whole batch's already: the routing sees every rank's
+       samples (the header) */
     float *counts = r->state[S_COUNTS], *totals = r->state[S_TOTALS];
     int slot = (int)(r->step >= 0 ? r->step % W : 0);
     double total = T;
