@@ -475,6 +475,52 @@ START_TEST(json_many_keys) {
 }
 END_TEST
 
+/* A checkpoint large enough for its checksum to be computed in spans shared by threads
+ * (pieces that straddle the spans' borders): the digits are zlib's CRC32 of the file computed
+ * in one pass, and a flipped byte far into the data is caught on opening. */
+START_TEST(large_file_checksum) {
+    enum { NT = 7, PER = (3 << 20) / 4 + 5 }; /* 7 tensors of a little over 3 MB: 21 MB */
+    float *a = malloc((size_t)NT * PER * sizeof *a), *b = malloc((size_t)NT * PER * sizeof *b);
+    ck_assert(a && b);
+    for (size_t i = 0; i < (size_t)NT * PER; i++) {
+        a[i] = (float)(i % 1000003) * 0.5f;
+        b[i] = -(float)(i % 999983);
+    }
+    ml_st_tensor t[NT];
+    char names[NT][16];
+    for (int i = 0; i < NT; i++) {
+        snprintf(names[i], sizeof names[i], "t%d", i);
+        t[i] = (ml_st_tensor){names[i], 1, {PER}, (i % 3 ? a : b) + (size_t)i * PER};
+    }
+    const char *p = tmp_path("large.safetensors");
+    ck_assert_msg(ml_st_write(p, t, NT, NULL, NULL, 0) == ML_OK, "%s", ml_error());
+    size_t n;
+    unsigned char *f = slurp(p, &n);
+    size_t at = 8 + strlen("{\"__metadata__\":{\"checksum\":\"");
+    char digits[9], want[16];
+    memcpy(digits, f + at, 8);
+    digits[8] = 0;
+    uLong c = crc32(crc32(0L, Z_NULL, 0), f, (uInt)at);
+    c = crc32(c, f + at + 8, (uInt)(n - at - 8));
+    snprintf(want, sizeof want, "%08lx", c);
+    ck_assert_str_eq(digits, want);
+    ml_st_file *sf = ml_st_open(p);
+    ck_assert_msg(sf != NULL, "%s", ml_error());
+    for (int i = 0; i < NT; i++) {
+        const float *x = ml_st_get(sf, names[i], NULL, NULL);
+        ck_assert_ptr_nonnull(x);
+        ck_assert_int_eq(memcmp(x, t[i].data, (size_t)PER * 4), 0);
+    }
+    ml_st_close(sf);
+    f[n - 12345] ^= 1;
+    spit(p, f, n);
+    expect_error(p, "checksum");
+    free(f);
+    free(a);
+    free(b);
+}
+END_TEST
+
 static Suite *st_suite(void) {
     Suite *s = suite_create("safetensors");
     TCase *tc = tcase_create("core");
@@ -485,6 +531,7 @@ static Suite *st_suite(void) {
     tcase_add_test(tc, failed_write_keeps_old_file);
     tcase_add_test(tc, many_tensors);
     tcase_add_test(tc, json_many_keys);
+    tcase_add_test(tc, large_file_checksum);
     suite_add_tcase(s, tc);
     return s;
 }

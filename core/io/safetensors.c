@@ -60,6 +60,43 @@ static uLong crc_more(uLong c, const unsigned char *p, uint64_t n) {
     return c;
 }
 
+/*
+ * crc_more over the concatenation of iov[0..n), cut into spans of at least CRC_SPAN_MIN bytes
+ * (at most CRC_MAX_SPANS) that the OpenMP threads share and whose CRCs crc32_combine joins:
+ * after the write itself, the checksum is the largest cost of writing (and of opening) a
+ * checkpoint of many experts. The same value as one crc_more over all of it.
+ */
+#define CRC_SPAN_MIN ((uint64_t)4 << 20)
+#define CRC_MAX_SPANS 16
+
+static uLong crc_pieces(uLong c, const struct iovec *iov, int n) {
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) total += iov[i].iov_len;
+    uint64_t spans = total / CRC_SPAN_MIN;
+    if (spans > CRC_MAX_SPANS) spans = CRC_MAX_SPANS;
+    if (spans <= 1) {
+        for (int i = 0; i < n; i++) c = crc_more(c, iov[i].iov_base, iov[i].iov_len);
+        return c;
+    }
+    int T = (int)spans;
+    uLong part[CRC_MAX_SPANS];
+    uint64_t len[CRC_MAX_SPANS];
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int t = 0; t < T; t++) {
+        uint64_t lo = total / (uint64_t)T * (uint64_t)t, hi = t == T - 1 ? total : lo + total / (uint64_t)T;
+        uLong pc = crc32(0L, Z_NULL, 0);
+        uint64_t at = 0; /* where iov[i] starts in the concatenation */
+        for (int i = 0; i < n && at < hi; at += iov[i].iov_len, i++) {
+            uint64_t a = lo > at ? lo : at, b = hi < at + iov[i].iov_len ? hi : at + iov[i].iov_len;
+            if (a < b) pc = crc_more(pc, (const unsigned char *)iov[i].iov_base + (a - at), b - a);
+        }
+        part[t] = pc;
+        len[t] = hi - lo;
+    }
+    for (int t = 0; t < T; t++) c = crc32_combine(c, part[t], (z_off_t)len[t]);
+    return c;
+}
+
 static uint32_t crc_of(const unsigned char *p, uint64_t n) { return (uint32_t)crc_more(crc32(0L, Z_NULL, 0), p, n); }
 
 /* The checksum's 8 hex digits sit at this byte offset of every file moelab writes: right
@@ -70,8 +107,8 @@ static uint32_t crc_of(const unsigned char *p, uint64_t n) { return (uint32_t)cr
 /* CRC32 of the whole file except the 8 checksum digits at byte `at`: the length prefix,
  * the header (tensor names, shapes, offsets, every metadata value) and the data. */
 static uint32_t file_crc(const unsigned char *p, uint64_t n, uint64_t at) {
-    uLong c = crc_more(crc32(0L, Z_NULL, 0), p, at);
-    return (uint32_t)crc_more(c, p + at + 8, n - at - 8);
+    const struct iovec two[2] = {{(void *)p, at}, {(void *)(p + at + 8), n - at - 8}};
+    return (uint32_t)crc_pieces(crc32(0L, Z_NULL, 0), two, 2);
 }
 
 /* Elements of a shape; -1 when a dimension is negative or the product is absurd. */
@@ -240,7 +277,7 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
     /* the checksum: every byte of the file but its own 8 digits, in file order */
     uLong c = crc_more(crc32(0L, Z_NULL, 0), head, ST_CRC_AT);
     c = crc_more(c, head + ST_CRC_AT + 8, 8 + hlen - ST_CRC_AT - 8);
-    for (int i = 1; i < niov; i++) c = crc_more(c, iov[i].iov_base, iov[i].iov_len);
+    c = crc_pieces(c, iov + 1, niov - 1);
     char crc[16];
     snprintf(crc, sizeof crc, "%08x", (uint32_t)c);
     memcpy(head + ST_CRC_AT, crc, 8);
