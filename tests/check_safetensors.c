@@ -2,6 +2,7 @@
 #include "testutil.h"
 #include "base/common.h"
 #include "base/json.h"
+#include "base/strbuf.h"
 #include "io/safetensors.h"
 
 #include <ftw.h>
@@ -396,6 +397,130 @@ START_TEST(failed_write_keeps_old_file) {
 }
 END_TEST
 
+/* A model with many experts: thousands of tensors, more than writev takes at once (IOV_MAX),
+ * from two buffers in alternation (pieces that do not follow each other in memory) and in
+ * runs that do (merged into one piece): every byte lands where the header says, the
+ * checksum holds, and a name given twice among them is still found. */
+START_TEST(many_tensors) {
+    enum { NT = 3000, PER = 3 };
+    float *a = malloc(NT * PER * sizeof *a), *b = malloc(NT * PER * sizeof *b);
+    ml_st_tensor *t = calloc(NT, sizeof *t);
+    char (*names)[32] = calloc(NT, sizeof *names);
+    ck_assert(a && b && t && names);
+    for (int i = 0; i < NT * PER; i++) {
+        a[i] = (float)i;
+        b[i] = -(float)i - 0.5f;
+    }
+    for (int i = 0; i < NT; i++) {
+        snprintf(names[i], sizeof names[i], "moe1.expert%d.w", i);
+        t[i].name = names[i];
+        t[i].ndim = 1;
+        t[i].shape[0] = PER;
+        /* tensors 0..999 contiguous in a, then a and b in turn */
+        t[i].data = (i < 1000 || i % 2 == 0 ? a : b) + (size_t)i * PER;
+    }
+    const char *p = tmp_path("many.safetensors");
+    ck_assert_msg(ml_st_write(p, t, NT, NULL, NULL, 0) == ML_OK, "%s", ml_error());
+    ml_st_file *f = ml_st_open(p);
+    ck_assert_msg(f != NULL, "%s", ml_error());
+    ck_assert_int_eq(ml_st_count(f), NT);
+    for (int i = 0; i < NT; i++) {
+        int nd;
+        int64_t sh[4];
+        const float *x = ml_st_get(f, names[i], &nd, sh);
+        ck_assert_ptr_nonnull(x);
+        ck_assert_int_eq(memcmp(x, t[i].data, PER * sizeof *x), 0);
+    }
+    ml_st_close(f);
+    size_t n;
+    unsigned char *before = slurp(p, &n);
+    snprintf(names[NT - 7], sizeof names[NT - 7], "moe1.expert%d.w", 1234);
+    ck_assert_int_eq(ml_st_write(p, t, NT, NULL, NULL, 0), ML_ERR);
+    ck_assert_ptr_nonnull(strstr(ml_error(), "tensor 'moe1.expert1234.w' given twice"));
+    size_t n2;
+    unsigned char *after = slurp(p, &n2);
+    ck_assert(n == n2 && !memcmp(before, after, n));
+    free(before);
+    free(after);
+    free(names);
+    free(t);
+    free(a);
+    free(b);
+}
+END_TEST
+
+/* JSON objects with many keys (a checkpoint header has one per tensor): duplicates found
+ * by hash past 32 keys, wherever they are; distinct keys all kept. */
+START_TEST(json_many_keys) {
+    for (int dup_at = -1; dup_at < 200; dup_at += 50) {
+        ml_strbuf sb = {0};
+        ml_strbuf_printf(&sb, "{");
+        for (int i = 0; i < 200; i++) ml_strbuf_printf(&sb, "%s\"k%d\":%d", i ? "," : "", i, i);
+        if (dup_at >= 0) ml_strbuf_printf(&sb, ",\"k%d\":0", dup_at);
+        ml_strbuf_printf(&sb, "}");
+        ck_assert(!sb.oom);
+        ml_jv *v = ml_jv_parse(sb.buf, sb.len);
+        if (dup_at >= 0) {
+            ck_assert_ptr_null(v);
+            ck_assert_ptr_nonnull(strstr(ml_error(), "duplicate object key"));
+        } else {
+            ck_assert_msg(v != NULL, "%s", ml_error());
+            ck_assert_int_eq(v->n, 200);
+            ck_assert_ptr_nonnull(ml_jv_get(v, "k0"));
+            ck_assert_ptr_nonnull(ml_jv_get(v, "k199"));
+        }
+        ml_jv_free(v);
+        free(sb.buf);
+    }
+}
+END_TEST
+
+/* A checkpoint large enough for its checksum to be computed in spans shared by threads
+ * (pieces that straddle the spans' borders): the digits are zlib's CRC32 of the file computed
+ * in one pass, and a flipped byte far into the data is caught on opening. */
+START_TEST(large_file_checksum) {
+    enum { NT = 7, PER = (3 << 20) / 4 + 5 }; /* 7 tensors of a little over 3 MB: 21 MB */
+    float *a = malloc((size_t)NT * PER * sizeof *a), *b = malloc((size_t)NT * PER * sizeof *b);
+    ck_assert(a && b);
+    for (size_t i = 0; i < (size_t)NT * PER; i++) {
+        a[i] = (float)(i % 1000003) * 0.5f;
+        b[i] = -(float)(i % 999983);
+    }
+    ml_st_tensor t[NT];
+    char names[NT][16];
+    for (int i = 0; i < NT; i++) {
+        snprintf(names[i], sizeof names[i], "t%d", i);
+        t[i] = (ml_st_tensor){names[i], 1, {PER}, (i % 3 ? a : b) + (size_t)i * PER};
+    }
+    const char *p = tmp_path("large.safetensors");
+    ck_assert_msg(ml_st_write(p, t, NT, NULL, NULL, 0) == ML_OK, "%s", ml_error());
+    size_t n;
+    unsigned char *f = slurp(p, &n);
+    size_t at = 8 + strlen("{\"__metadata__\":{\"checksum\":\"");
+    char digits[9], want[16];
+    memcpy(digits, f + at, 8);
+    digits[8] = 0;
+    uLong c = crc32(crc32(0L, Z_NULL, 0), f, (uInt)at);
+    c = crc32(c, f + at + 8, (uInt)(n - at - 8));
+    snprintf(want, sizeof want, "%08lx", c);
+    ck_assert_str_eq(digits, want);
+    ml_st_file *sf = ml_st_open(p);
+    ck_assert_msg(sf != NULL, "%s", ml_error());
+    for (int i = 0; i < NT; i++) {
+        const float *x = ml_st_get(sf, names[i], NULL, NULL);
+        ck_assert_ptr_nonnull(x);
+        ck_assert_int_eq(memcmp(x, t[i].data, (size_t)PER * 4), 0);
+    }
+    ml_st_close(sf);
+    f[n - 12345] ^= 1;
+    spit(p, f, n);
+    expect_error(p, "checksum");
+    free(f);
+    free(a);
+    free(b);
+}
+END_TEST
+
 static Suite *st_suite(void) {
     Suite *s = suite_create("safetensors");
     TCase *tc = tcase_create("core");
@@ -404,6 +529,9 @@ static Suite *st_suite(void) {
     tcase_add_test(tc, byte_layout);
     tcase_add_test(tc, corrupt_files);
     tcase_add_test(tc, failed_write_keeps_old_file);
+    tcase_add_test(tc, many_tensors);
+    tcase_add_test(tc, json_many_keys);
+    tcase_add_test(tc, large_file_checksum);
     suite_add_tcase(s, tc);
     return s;
 }

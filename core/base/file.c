@@ -8,24 +8,53 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "base/common.h"
 
 
-static int write_all(int fd, const void *data, size_t n) {
-    const char *p = data;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
+/* writev of iov[0..n), IOV_MAX pieces per call, resumed after short writes. */
+static int writev_all(int fd, const struct iovec *iov, int n) {
+    struct iovec cur[IOV_MAX];
+    int i = 0;
+    size_t skip = 0; /* bytes of iov[i] already written */
+    while (i < n) {
+        int k = 0;
+        size_t want = 0;
+        for (int j = i; j < n && k < IOV_MAX; j++, k++) {
+            cur[k] = iov[j];
+            if (j == i) {
+                cur[k].iov_base = (char *)cur[k].iov_base + skip;
+                cur[k].iov_len -= skip;
+            }
+            want += cur[k].iov_len;
+        }
+        ssize_t w = writev(fd, cur, k);
         if (w < 0) {
             if (errno == EINTR) continue;
             return -1;
         }
-        p += w;
-        n -= (size_t)w;
+        if (w == 0 && want > 0) {
+            errno = EIO;
+            return -1;
+        }
+        size_t left = (size_t)w;
+        while (i < n && left >= iov[i].iov_len - skip) {
+            left -= iov[i].iov_len - skip;
+            skip = 0;
+            i++;
+        }
+        skip += left;
     }
     return 0;
+}
+
+static int write_all(int fd, const void *data, size_t n) {
+    struct iovec one = {(void *)data, n};
+    return writev_all(fd, &one, 1);
 }
 
 static void dir_of(const char *path, char *out, size_t cap) {
@@ -45,14 +74,14 @@ static int fsync_dir(const char *dir) {
     return rc;
 }
 
-int ml_write_file_atomic(const char *path, const void *data, size_t n) {
+int ml_write_file_atomic_iov(const char *path, const struct iovec *iov, int n) {
     char tmp[ML_PATH_MAX + 8], dir[ML_PATH_MAX];
     if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
         return ml_errorf("%s: path too long", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) return ml_errorf("%s: cannot create temporary file %s: %s", path, tmp, strerror(errno));
     const char *step = NULL;
-    if (write_all(fd, data, n) < 0) step = "write";
+    if (writev_all(fd, iov, n) < 0) step = "write";
     else if (fsync(fd) < 0) step = "fsync";
     int err = errno;
     if (close(fd) < 0 && !step) {
@@ -72,6 +101,11 @@ int ml_write_file_atomic(const char *path, const void *data, size_t n) {
     if (fsync_dir(dir) < 0)
         return ml_errorf("%s: written, but fsync of directory %s failed: %s", path, dir, strerror(errno));
     return ML_OK;
+}
+
+int ml_write_file_atomic(const char *path, const void *data, size_t n) {
+    struct iovec one = {(void *)data, n};
+    return ml_write_file_atomic_iov(path, &one, 1);
 }
 
 int ml_mkdir_p(const char *path) {

@@ -21,6 +21,10 @@
  * existing file at path is untouched; the error names the path and the step that failed.
  */
 int ml_write_file_atomic(const char *path, const void *data, size_t n);
+/* The same for the concatenation of the n pieces (struct iovec from <sys/uio.h>): written
+   straight from where they are, with writev, no copy into one buffer (checkpoints). */
+struct iovec;
+int ml_write_file_atomic_iov(const char *path, const struct iovec *iov, int n);
 /* Creates path and its missing parents (0777 before umask); existing directories are fine. */
 int ml_mkdir_p(const char *path);
 /* 1 when path names a directory (following symlinks). */

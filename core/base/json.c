@@ -340,7 +340,54 @@ static int jp_push(jp *p, ml_jv *v, int *cap, int with_keys) {
     return ML_OK;
 }
 
+/* The keys of a large object, by hash (open addressing, slots hold index + 1), so that
+   duplicate keys are found in linear time: a checkpoint's header has one key per tensor,
+   thousands with many experts. Small objects compare keys one by one. */
+typedef struct keyset {
+    int *slot;
+    size_t cap; /* a power of two, at least twice the keys */
+} keyset;
+
+static size_t key_hash(const char *k) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *k; k++) h = (h ^ (unsigned char)*k) * 0x100000001b3ULL;
+    return (size_t)(h ^ (h >> 29));
+}
+
+/* The index of key among keys[0..n) (all of them in the set), or -1 after adding it as
+   keys[n]; -2 when out of memory. */
+static int keyset_find_add(keyset *ks, char *const *keys, int n, const char *key) {
+    if ((size_t)(n + 1) * 2 > ks->cap) { /* grow and re-insert keys[0..n) */
+        size_t cap = ks->cap ? ks->cap * 2 : 128;
+        while ((size_t)(n + 1) * 2 > cap) cap *= 2;
+        int *slot = calloc(cap, sizeof *slot);
+        if (!slot) return -2;
+        for (int i = 0; i < n; i++) {
+            size_t j = key_hash(keys[i]) & (cap - 1);
+            while (slot[j]) j = (j + 1) & (cap - 1);
+            slot[j] = i + 1;
+        }
+        free(ks->slot);
+        ks->slot = slot;
+        ks->cap = cap;
+    }
+    size_t j = key_hash(key) & (ks->cap - 1);
+    for (; ks->slot[j]; j = (j + 1) & (ks->cap - 1))
+        if (!strcmp(keys[ks->slot[j] - 1], key)) return ks->slot[j] - 1;
+    ks->slot[j] = n + 1; /* key becomes keys[n] */
+    return -1;
+}
+
+static int jp_container_in(jp *p, ml_jv *v, int depth, int is_obj, keyset *ks);
+
 static int jp_container(jp *p, ml_jv *v, int depth, int is_obj) {
+    keyset ks = {0};
+    int rc = jp_container_in(p, v, depth, is_obj, &ks);
+    free(ks.slot);
+    return rc;
+}
+
+static int jp_container_in(jp *p, ml_jv *v, int depth, int is_obj, keyset *ks) {
     if (depth >= JV_MAX_DEPTH) return jp_fail(p, "nesting deeper than 64");
     v->type = is_obj ? ML_JV_OBJ : ML_JV_ARR;
     int cap = 0;
@@ -359,12 +406,21 @@ static int jp_container(jp *p, ml_jv *v, int depth, int is_obj) {
             if (p->pos >= p->n || p->s[p->pos] != '"') return jp_fail(p, "expected '\"' (object key)");
             size_t kpos = p->pos;
             if (jp_string(p, &key)) return ML_ERR;
-            for (int i = 0; i < v->n; i++) {
-                if (strcmp(v->keys[i], key) == 0) {
-                    free(key);
-                    p->pos = kpos;
-                    return jp_fail(p, "duplicate object key");
-                }
+            int dup = -1;
+            if (v->n < 32) {
+                for (int i = 0; i < v->n && dup < 0; i++)
+                    if (strcmp(v->keys[i], key) == 0) dup = i;
+            } else {
+                dup = keyset_find_add(ks, v->keys, v->n, key);
+            }
+            if (dup == -2) {
+                free(key);
+                return jp_fail(p, "out of memory");
+            }
+            if (dup >= 0) {
+                free(key);
+                p->pos = kpos;
+                return jp_fail(p, "duplicate object key");
             }
             jp_ws(p);
             if (p->pos >= p->n || p->s[p->pos] != ':') {

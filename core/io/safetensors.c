@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <zlib.h>
 
 /* The reference implementation refuses headers above 100 MB; so do we. */
@@ -59,6 +60,43 @@ static uLong crc_more(uLong c, const unsigned char *p, uint64_t n) {
     return c;
 }
 
+/*
+ * crc_more over the concatenation of iov[0..n), cut into spans of at least CRC_SPAN_MIN bytes
+ * (at most CRC_MAX_SPANS) that the OpenMP threads share and whose CRCs crc32_combine joins:
+ * after the write itself, the checksum is the largest cost of writing (and of opening) a
+ * checkpoint of many experts. The same value as one crc_more over all of it.
+ */
+#define CRC_SPAN_MIN ((uint64_t)4 << 20)
+#define CRC_MAX_SPANS 16
+
+static uLong crc_pieces(uLong c, const struct iovec *iov, int n) {
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) total += iov[i].iov_len;
+    uint64_t spans = total / CRC_SPAN_MIN;
+    if (spans > CRC_MAX_SPANS) spans = CRC_MAX_SPANS;
+    if (spans <= 1) {
+        for (int i = 0; i < n; i++) c = crc_more(c, iov[i].iov_base, iov[i].iov_len);
+        return c;
+    }
+    int T = (int)spans;
+    uLong part[CRC_MAX_SPANS];
+    uint64_t len[CRC_MAX_SPANS];
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int t = 0; t < T; t++) {
+        uint64_t lo = total / (uint64_t)T * (uint64_t)t, hi = t == T - 1 ? total : lo + total / (uint64_t)T;
+        uLong pc = crc32(0L, Z_NULL, 0);
+        uint64_t at = 0; /* where iov[i] starts in the concatenation */
+        for (int i = 0; i < n && at < hi; at += iov[i].iov_len, i++) {
+            uint64_t a = lo > at ? lo : at, b = hi < at + iov[i].iov_len ? hi : at + iov[i].iov_len;
+            if (a < b) pc = crc_more(pc, (const unsigned char *)iov[i].iov_base + (a - at), b - a);
+        }
+        part[t] = pc;
+        len[t] = hi - lo;
+    }
+    for (int t = 0; t < T; t++) c = crc32_combine(c, part[t], (z_off_t)len[t]);
+    return c;
+}
+
 static uint32_t crc_of(const unsigned char *p, uint64_t n) { return (uint32_t)crc_more(crc32(0L, Z_NULL, 0), p, n); }
 
 /* The checksum's 8 hex digits sit at this byte offset of every file moelab writes: right
@@ -69,8 +107,8 @@ static uint32_t crc_of(const unsigned char *p, uint64_t n) { return (uint32_t)cr
 /* CRC32 of the whole file except the 8 checksum digits at byte `at`: the length prefix,
  * the header (tensor names, shapes, offsets, every metadata value) and the data. */
 static uint32_t file_crc(const unsigned char *p, uint64_t n, uint64_t at) {
-    uLong c = crc_more(crc32(0L, Z_NULL, 0), p, at);
-    return (uint32_t)crc_more(c, p + at + 8, n - at - 8);
+    const struct iovec two[2] = {{(void *)p, at}, {(void *)(p + at + 8), n - at - 8}};
+    return (uint32_t)crc_pieces(crc32(0L, Z_NULL, 0), two, 2);
 }
 
 /* Elements of a shape; -1 when a dimension is negative or the product is absurd. */
@@ -93,6 +131,39 @@ static void shape_text(char *out, size_t cap, int ndim, const int64_t *shape) {
 
 /* ========================================================================= write */
 
+static const ml_st_tensor *g_sort_t; /* for by_name; writes run on one thread */
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(g_sort_t[*(const int *)a].name, g_sort_t[*(const int *)b].name);
+}
+
+/* The first name given twice, or NULL: sorted, then neighbours compared (n log n, for the
+   thousands of tensors of a model with many experts). */
+static const char *duplicate_name(const ml_st_tensor *t, int n, int *oom) {
+    *oom = 0;
+    if (n < 2) return NULL;
+    int *ix = malloc((size_t)n * sizeof *ix);
+    if (!ix) {
+        *oom = 1;
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) ix[i] = i;
+    g_sort_t = t;
+    qsort(ix, (size_t)n, sizeof *ix, by_name);
+    const char *dup = NULL;
+    for (int i = 1; i < n && !dup; i++)
+        if (!strcmp(t[ix[i]].name, t[ix[i - 1]].name)) dup = t[ix[i]].name;
+    free(ix);
+    return dup;
+}
+
+/*
+ * The file is written from where its parts are: the length prefix and header from one
+ * buffer, each tensor's data straight from the caller's memory (pieces that follow each
+ * other in memory, as a parameter block's tensors do, as one), with writev; the checksum is
+ * computed over the same pieces first. No copy of the data is made (on a little-endian host;
+ * a big-endian one converts the data into one buffer first).
+ */
 int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *const *meta_keys,
                 const char *const *meta_values, int n_meta) {
     if (n < 0 || n_meta < 0) return ml_errorf("%s: negative tensor or metadata count", path);
@@ -101,8 +172,6 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
         const char *nm = t[i].name;
         if (!nm || !*nm) return ml_errorf("%s: tensor %d has no name", path, i);
         if (!strcmp(nm, "__metadata__")) return ml_errorf("%s: tensor name '__metadata__' is reserved", path);
-        for (int k = 0; k < i; k++)
-            if (!strcmp(nm, t[k].name)) return ml_errorf("%s: tensor '%s' given twice", path, nm);
         if (t[i].ndim < 0 || t[i].ndim > ML_ST_MAX_DIMS)
             return ml_errorf("%s: tensor '%s' has %d dimensions, expected 0 to %d", path, nm, t[i].ndim,
                              ML_ST_MAX_DIMS);
@@ -111,6 +180,10 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
         if (ne > 0 && !t[i].data) return ml_errorf("%s: tensor '%s' has no data", path, nm);
         total += (uint64_t)ne * 4;
     }
+    int oom;
+    const char *dup = duplicate_name(t, n, &oom);
+    if (oom) return ml_errorf("%s: out of memory checking %d tensor names", path, n);
+    if (dup) return ml_errorf("%s: tensor '%s' given twice", path, dup);
     for (int i = 0; i < n_meta; i++) {
         if (!meta_keys[i] || !*meta_keys[i] || !meta_values[i])
             return ml_errorf("%s: metadata entry %d has no key or no value", path, i);
@@ -122,15 +195,6 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
     }
     if (total > SIZE_MAX / 2) return ml_errorf("%s: %llu bytes of tensor data is too much", path,
                                                (unsigned long long)total);
-    unsigned char *data = malloc(total ? (size_t)total : 1);
-    if (!data) return ml_errorf("%s: out of memory for %llu bytes of tensor data", path,
-                                (unsigned long long)total);
-    uint64_t off = 0;
-    for (int i = 0; i < n; i++) {
-        size_t ne = (size_t)numel(t[i].ndim, t[i].shape);
-        if (ne) copy_le(data + off, t[i].data, ne);
-        off += ne * 4;
-    }
     /* Header: metadata first, as the reference writer does; the checksum is its first
      * member, written as a placeholder and filled in once the whole file is laid out. */
     ml_json meta, h;
@@ -140,7 +204,7 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
     for (int i = 0; i < n_meta; i++) ml_json_str(&meta, meta_keys[i], meta_values[i]);
     ml_json_begin(&h);
     ml_json_raw(&h, "__metadata__", ml_json_end(&meta));
-    off = 0;
+    uint64_t off = 0;
     for (int i = 0; i < n; i++) {
         uint64_t bytes = (uint64_t)numel(t[i].ndim, t[i].shape) * 4;
         char shape[256], offs[64];
@@ -158,7 +222,8 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
     const char *hdr = ml_json_end(&h);
     ml_json_free(&meta);
     int rc = ML_ERR;
-    unsigned char *file = NULL;
+    unsigned char *head = NULL, *swapped = NULL;
+    struct iovec *iov = NULL;
     if (!hdr) {
         ml_error_prefix("%s: building the header", path);
         goto done;
@@ -177,23 +242,50 @@ int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *cons
     }
     ml_jv_free(check);
     size_t hlen = (h.b.len + 7) & ~(size_t)7;
-    size_t size = 8 + hlen + (size_t)total;
-    file = malloc(size);
-    if (!file) {
-        ml_errorf("%s: out of memory for a %zu-byte file", path, size);
+    head = malloc(8 + hlen);
+    iov = malloc(((size_t)n + 1) * sizeof *iov);
+    if (!head || !iov) {
+        ml_errorf("%s: out of memory for the header of %zu bytes", path, hlen);
         goto done;
     }
-    for (int b = 0; b < 8; b++) file[b] = (unsigned char)((uint64_t)hlen >> (8 * b));
-    memcpy(file + 8, hdr, h.b.len);
-    memset(file + 8 + h.b.len, ' ', hlen - h.b.len);
-    memcpy(file + 8 + hlen, data, (size_t)total);
+    for (int b = 0; b < 8; b++) head[b] = (unsigned char)((uint64_t)hlen >> (8 * b));
+    memcpy(head + 8, hdr, h.b.len);
+    memset(head + 8 + h.b.len, ' ', hlen - h.b.len);
+    int niov = 0;
+    iov[niov++] = (struct iovec){head, 8 + hlen};
+    if (host_is_le()) {
+        for (int i = 0; i < n; i++) {
+            size_t bytes = (size_t)numel(t[i].ndim, t[i].shape) * 4;
+            if (!bytes) continue;
+            struct iovec *last = &iov[niov - 1];
+            if (niov > 1 && (const char *)last->iov_base + last->iov_len == (const char *)t[i].data) last->iov_len += bytes;
+            else iov[niov++] = (struct iovec){(void *)t[i].data, bytes};
+        }
+    } else if (total) {
+        if (!(swapped = malloc((size_t)total))) {
+            ml_errorf("%s: out of memory for %llu bytes of tensor data", path, (unsigned long long)total);
+            goto done;
+        }
+        off = 0;
+        for (int i = 0; i < n; i++) {
+            size_t ne = (size_t)numel(t[i].ndim, t[i].shape);
+            if (ne) copy_le(swapped + off, t[i].data, ne);
+            off += ne * 4;
+        }
+        iov[niov++] = (struct iovec){swapped, (size_t)total};
+    }
+    /* the checksum: every byte of the file but its own 8 digits, in file order */
+    uLong c = crc_more(crc32(0L, Z_NULL, 0), head, ST_CRC_AT);
+    c = crc_more(c, head + ST_CRC_AT + 8, 8 + hlen - ST_CRC_AT - 8);
+    c = crc_pieces(c, iov + 1, niov - 1);
     char crc[16];
-    snprintf(crc, sizeof crc, "%08x", file_crc(file, size, ST_CRC_AT));
-    memcpy(file + ST_CRC_AT, crc, 8);
-    rc = ml_write_file_atomic(path, file, size);
+    snprintf(crc, sizeof crc, "%08x", (uint32_t)c);
+    memcpy(head + ST_CRC_AT, crc, 8);
+    rc = ml_write_file_atomic_iov(path, iov, niov);
 done:
-    free(file);
-    free(data);
+    free(iov);
+    free(head);
+    free(swapped);
     ml_json_free(&h);
     return rc;
 }

@@ -32,8 +32,10 @@ typedef struct ml_st_tensor {
 } ml_st_tensor;
 
 /*
- * Writes path atomically (ml_write_file_atomic: "<path>.tmp", fsync, rename, fsync of the
- * directory): a failure leaves any existing file untouched. Names must be non-empty,
+ * Writes path atomically (ml_write_file_atomic_iov: "<path>.tmp", fsync, rename, fsync of
+ * the directory): a failure leaves any existing file untouched. The data is written straight
+ * from t[i].data (one writev, no copy of the tensors; the checksum is computed over the
+ * same memory first), so it must not change during the call. Names must be non-empty,
  * unique and not "__metadata__"; metadata keys unique and not "checksum" (added here).
  */
 int ml_st_write(const char *path, const ml_st_tensor *t, int n, const char *const *meta_keys,
