@@ -135,6 +135,20 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
 static int s1_block(int Cout) { return Cout > DIRECT_OB ? DIRECT_DXB : DIRECT_OB; }
 static int s1_padded(int Cout) { return (Cout + s1_block(Cout) - 1) / s1_block(Cout) * s1_block(Cout); }
 
+/*
+ * conv2d's dx on the GEMM path. For stride 1 it is itself a stride-1 convolution, of the
+ * output gradient g with the kernel transposed (C <-> O) and flipped, padding k - 1 - p:
+ *   dx[c][iy][ix] = sum over o, ky, kx of w[o][c][k-1-ky][k-1-kx] g[o][iy - (k-1-p) + ky][...]
+ * so it runs as im2col(g) (O k k rows) and one GEMM with K = O k k, like a forward. The
+ * adjoint form (dcol = w^T g with K = O, C k k rows, then col2im adding k k of them into
+ * every pixel) writes and re-reads C/O times more floats and runs its GEMM with a short K.
+ * The column matrix of g must fit where x's was: O <= C (always so for a 1x1 kernel, whose
+ * column matrix is g itself).
+ */
+static int dx_as_conv(const ml_conv_shape *s) {
+    return !s->transposed && s->stride == 1 && (s->k == 1 || s->O <= s->C);
+}
+
 static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
         return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
@@ -148,6 +162,7 @@ static size_t layer_workspace(const ml_conv_shape *s) {
     size_t n = (size_t)s->chunk * col_cols_per_image(s);
     size_t cm = (size_t)(s->C > s->O ? s->C : s->O);
     size_t ws = col_rows(s) * n + cm * n;
+    if (dx_as_conv(s)) ws += ml_conv_weight_size(s); /* the flipped, transposed kernel */
     /* transposed backward with an activation keeps the chunk's pre-activation gradient */
     if (s->transposed && s->act != ML_CONV_ACT_NONE)
         ws += (size_t)s->chunk * (size_t)s->O * (size_t)s->Ho * (size_t)s->Wo;
@@ -169,6 +184,8 @@ size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
 typedef struct cat_in {
     const float *a, *b;
     int Ca;
+    int cn; /* > 0: a alone holds the planes channel-major, (C, cn, HW): a chunk's (C, n)
+               GEMM layout of cn images (conv2d's dx reads its output gradient so) */
 } cat_in;
 /* The gradient of such an input: dx planes, written (acc 0) or accumulated into (acc 1);
  * a NULL: no input gradient. */
@@ -178,6 +195,7 @@ typedef struct cat_out {
 } cat_out;
 
 static const float *in_plane(cat_in x, int C, size_t HW, int i, int c) {
+    if (x.cn) return x.a + ((size_t)c * x.cn + i) * HW;
     return c < x.Ca ? x.a + ((size_t)i * x.Ca + c) * HW
                     : x.b + ((size_t)i * (C - x.Ca) + (c - x.Ca)) * HW;
 }
@@ -185,7 +203,7 @@ static float *out_plane(cat_out d, int C, size_t HW, int i, int c) {
     return c < d.Ca ? d.a + ((size_t)i * d.Ca + c) * HW
                     : d.b + ((size_t)i * (C - d.Ca) + (c - d.Ca)) * HW;
 }
-static cat_in one_in(const float *x, int C) { return (cat_in){x, NULL, C}; }
+static cat_in one_in(const float *x, int C) { return (cat_in){x, NULL, C, 0}; }
 
 /*
  * Column matrix of images i0 .. i0 + nb - 1 of x (C, IH, IW planes) seen through a k x k
@@ -616,6 +634,17 @@ void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const f
     }
 }
 
+/* wt (C, O kk) from w (O, C, kk): wt[c][o kk + t] = w[o][c][kk - 1 - t] */
+static void flip_kernel(float *wt, const float *w, int O, int C, int kk) {
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int o = 0; o < O; o++) {
+            const float *src = w + ((size_t)o * C + c) * kk;
+            float *dst = wt + ((size_t)c * O + o) * kk;
+            for (int t = 0; t < kk; t++) dst[t] = src[kk - 1 - t];
+        }
+}
+
 void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db, const float *dy,
                         const float *y, const float *x, const float *w, float *ws) {
     const int B = s->B, C = s->C, O = s->O, k = s->k;
@@ -625,6 +654,9 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
     if (db && (s->direct || (!dw && !dx))) bias_backward(db, dy, y, act, B, O, HWo, part);
     if (!dw && !dx) return;
+    const int flip = dx && !s->direct && dx_as_conv(s);
+    float *wt = ws + col_rows(s) * (size_t)s->chunk * HWo + (size_t)(C > O ? C : O) * s->chunk * HWo;
+    if (flip && k > 1) flip_kernel(wt, w, O, C, k * k);
     if (s->direct) {
         const float *g = dy;
         if (act != ML_CONV_ACT_NONE) {
@@ -658,7 +690,30 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, O, K, (int)n, 1.0f, dyt, (int)n,
                         col, (int)n, 1.0f, dw, K);
         }
-        if (dx) {
+        if (dx && flip) {
+            /* dxt (C, n) = wt (C, O k k) im2col(dyt); for k = 1, w^T dyt */
+            float *dxt = k == 1 ? col : dyt;
+            if (k == 1) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, (int)n, O, 1.0f, w, C,
+                            dyt, (int)n, 0.0f, dxt, (int)n);
+            } else {
+                im2col(col, (cat_in){dyt, NULL, O, nb}, 0, nb, O, s->Ho, s->Wo, s->H, s->W, k,
+                       1, k - 1 - s->pad);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)n, O * k * k,
+                            1.0f, wt, O * k * k, col, (int)n, 0.0f, dxt, (int)n);
+            }
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int i = 0; i < nb; i++)
+                for (int c = 0; c < C; c++) {
+                    float *dst = dx + ((size_t)(i0 + i) * C + c) * HW;
+                    const float *src = dxt + (size_t)c * n + (size_t)i * HW;
+                    if (s->write_dx)
+                        memcpy(dst, src, sizeof(float) * HW);
+                    else
+#pragma omp simd
+                        for (size_t j = 0; j < HW; j++) dst[j] += src[j];
+                }
+        } else if (dx) {
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, O, 1.0f, w, K, dyt,
                         (int)n, 0.0f, col, (int)n);
 #pragma omp parallel for collapse(2) schedule(static)
@@ -961,11 +1016,11 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
 
 void ml_convt2d_forward_cat(const ml_conv_shape *s, int Ca, float *y, const float *xa,
                             const float *xb, const float *w, const float *b, float *ws) {
-    convt_forward(s, y, (cat_in){xa, xb, Ca}, w, b, ws);
+    convt_forward(s, y, (cat_in){xa, xb, Ca, 0}, w, b, ws);
 }
 
 void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *dxb, float *dw,
                              float *db, const float *dy, const float *y, const float *xa,
                              const float *xb, const float *w, float *ws) {
-    convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca}, w, ws);
+    convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca, 0}, w, ws);
 }
