@@ -210,10 +210,69 @@ static cat_in one_in(const float *x, int C) { return (cat_in){x, NULL, C, 0}; }
  * window with the given stride and padding, sampled at CH x CW positions:
  *   col[(c k + ky) k + kx][(i CH + cy) CW + cx] = x[i0 + i, c, cy s - p + ky, cx s - p + kx] (0 outside)
  */
+/* Stride-1 im2col's padded planes live on the stack up to this many floats (64x64 maps with
+ * padding up to 3 fit); larger planes take the row-by-row path. */
+#define IM2COL_PAD_MAX 5041
+
+/* o[cy CW + cx] = src[cy ld + cx]: one image's block of a column-matrix row. Inlined with
+ * CW a constant for the small maps deep in a network (4 to 32 wide), where a memcpy per
+ * row of 4 or 8 floats costs more than the copy. */
+static inline __attribute__((always_inline)) void copy_block(float *restrict o,
+                                                             const float *restrict src, int CH,
+                                                             int CW, int ld) {
+    for (int cy = 0; cy < CH; cy++)
+#pragma omp simd
+        for (int cx = 0; cx < CW; cx++) o[(size_t)cy * CW + cx] = src[(size_t)cy * ld + cx];
+}
+
+/* im2col for stride 1: each (image, channel) plane is zero-padded once into a stack buffer,
+ * then every one of its k k rows is a branch-free strided copy of that buffer (the general
+ * path below works out the valid span of every row and pads it with memset calls, which
+ * dominate for 4x4 and 8x8 maps). */
+static void im2col_s1(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH,
+                      int CW, int k, int p) {
+    const size_t ncol = (size_t)nb * CH * CW, blk = (size_t)CH * CW;
+    const int PH = CH + k - 1, PW = CW + k - 1; /* padded plane: x[iy][ix] at (iy + p, ix + p) */
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < nb; i++) {
+            float pad[IM2COL_PAD_MAX];
+            const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
+            for (int r = 0; r < PH; r++) {
+                const int iy = r - p;
+                float *d = pad + (size_t)r * PW;
+                if (iy < 0 || iy >= IH) {
+                    for (int j = 0; j < PW; j++) d[j] = 0;
+                    continue;
+                }
+                for (int j = 0; j < PW; j++) {
+                    const int ix = j - p;
+                    d[j] = ix >= 0 && ix < IW ? xp[(size_t)iy * IW + ix] : 0.0f;
+                }
+            }
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    float *o = col + ((size_t)(c * k + ky) * k + kx) * ncol + (size_t)i * blk;
+                    const float *src = pad + (size_t)ky * PW + kx;
+                    switch (CW) {
+                    case 4: copy_block(o, src, CH, 4, PW); break;
+                    case 8: copy_block(o, src, CH, 8, PW); break;
+                    case 16: copy_block(o, src, CH, 16, PW); break;
+                    case 32: copy_block(o, src, CH, 32, PW); break;
+                    default: copy_block(o, src, CH, CW, PW); break;
+                    }
+                }
+        }
+}
+
 static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH, int CW,
                    int k, int s, int p) {
     const size_t ncol = (size_t)nb * CH * CW;
     const int rows = C * k * k;
+    if (s == 1 && (size_t)(CH + k - 1) * (size_t)(CW + k - 1) <= IM2COL_PAD_MAX) {
+        im2col_s1(col, x, i0, nb, C, IH, IW, CH, CW, k, p);
+        return;
+    }
 #pragma omp parallel for collapse(2) schedule(static)
     for (int r = 0; r < rows; r++) {
         for (int i = 0; i < nb; i++) {
