@@ -245,10 +245,12 @@ static void im2col_s1(float *col, cat_in x, int i0, int nb, int C, int IH, int I
                     for (int j = 0; j < PW; j++) d[j] = 0;
                     continue;
                 }
-                for (int j = 0; j < PW; j++) {
-                    const int ix = j - p;
-                    d[j] = ix >= 0 && ix < IW ? xp[(size_t)iy * IW + ix] : 0.0f;
-                }
+                const float *src = xp + (size_t)iy * IW;
+                const int n = IW < PW - p ? IW : PW - p;
+                for (int j = 0; j < p; j++) d[j] = 0;
+#pragma omp simd
+                for (int j = 0; j < n; j++) d[p + j] = src[j];
+                for (int j = p + n; j < PW; j++) d[j] = 0;
             }
             for (int ky = 0; ky < k; ky++)
                 for (int kx = 0; kx < k; kx++) {
