@@ -486,16 +486,92 @@ START_TEST(test_convt_cat) {
 }
 END_TEST
 
+/* the two-input conv2d (the U-Net decoder's [up2(deeper), skip] read in place). _i: 0 the
+ * stride-1 flipped-kernel dx (O <= C), 1 stride 2 (w^T dy + col2im), 2 a 1x1 kernel; against
+ * concat + the one-input GEMM path (the same arithmetic: bitwise equal), dxa and dxb
+ * accumulated into and written (write_dx), finite differences through xa and xb */
+static double conv_cat_loss(void *p) {
+    struct cctx *g = p;
+    ml_conv2d_forward_cat(&g->s, g->Ca, g->y, g->xa, g->xb, g->w, g->b, g->ws);
+    double l = 0;
+    for (size_t j = 0; j < ml_conv_out_size(&g->s); j++) l += (double)g->y[j] * g->r[j];
+    return l;
+}
+
+START_TEST(test_conv_cat) {
+    struct cctx g;
+    const int B = 3, Ca = 4, Cb = 3, H = 6, W = 5, HW = H * W, O = 5;
+    const int k = _i == 2 ? 1 : 3, stride = _i == 1 ? 2 : 1, pad = k / 2;
+    ck_assert_int_eq(ml_conv2d_shape(&g.s, B, Ca + Cb, H, W, O, k, stride, pad, ML_CONV_ACT_RELU), ML_OK);
+    g.s.direct = 0;
+    g.s.chunk = 2;
+    g.Ca = Ca;
+    const size_t na = (size_t)B * Ca * HW, nbb = (size_t)B * Cb * HW, nx = na + nbb;
+    const size_t ny = ml_conv_out_size(&g.s), nw = ml_conv_weight_size(&g.s);
+    g.xa = fl(na), g.xb = fl(nbb), g.w = fl(nw), g.b = fl(O), g.y = fl(ny), g.r = fl(ny);
+    g.ws = fl(ml_conv_workspace_floats(&g.s));
+    tu_fill(g.xa, na, 81, -1, 1);
+    tu_fill(g.xb, nbb, 82, -1, 1);
+    tu_fill(g.w, nw, 83, -0.5f, 0.5f);
+    tu_fill(g.b, O, 84, -0.5f, 0.5f);
+    tu_fill(g.r, ny, 85, -1, 1);
+    float *x = fl(nx), *y1 = fl(ny), *dx = fl(nx), *dw1 = fl(nw), *db1 = fl(O);
+    ml_concat_channels_forward(x, g.xa, g.xb, B, Ca, Cb, HW);
+    memset(dx, 0, nx * sizeof(float));
+    memset(dw1, 0, nw * sizeof(float));
+    memset(db1, 0, O * sizeof(float));
+    ml_conv2d_forward(&g.s, y1, x, g.w, g.b, g.ws);
+    ml_conv2d_backward(&g.s, dx, dw1, db1, g.r, y1, x, g.w, g.ws);
+    float *dxa[2], *dxb[2], *dw[2], *db[2];
+    for (int rep = 0; rep < 2; rep++) { /* rep 0 accumulates into zeros, rep 1 writes */
+        dxa[rep] = fl(na), dxb[rep] = fl(nbb), dw[rep] = fl(nw), db[rep] = fl(O);
+        for (size_t j = 0; j < na; j++) dxa[rep][j] = rep ? 7 : 0;
+        for (size_t j = 0; j < nbb; j++) dxb[rep][j] = rep ? 7 : 0;
+        memset(dw[rep], 0, nw * sizeof(float));
+        memset(db[rep], 0, O * sizeof(float));
+        g.s.write_dx = rep;
+        conv_cat_loss(&g);
+        ck_assert(memcmp(g.y, y1, ny * sizeof(float)) == 0);
+        ml_conv2d_backward_cat(&g.s, Ca, dxa[rep], dxb[rep], dw[rep], db[rep], g.r, g.y, g.xa,
+                               g.xb, g.w, g.ws);
+    }
+    g.s.write_dx = 0;
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < (Ca + Cb) * HW; j++) {
+            const float ref = dx[(size_t)i * (Ca + Cb) * HW + j];
+            const float got = j < Ca * HW ? dxa[0][(size_t)i * Ca * HW + j]
+                                          : dxb[0][(size_t)i * Cb * HW + j - Ca * HW];
+            ck_assert_float_eq(got, ref);
+        }
+    ck_assert(memcmp(dxa[0], dxa[1], na * sizeof(float)) == 0);
+    ck_assert(memcmp(dxb[0], dxb[1], nbb * sizeof(float)) == 0);
+    ck_assert(memcmp(dw[0], dw1, nw * sizeof(float)) == 0);
+    ck_assert(memcmp(db[0], db1, O * sizeof(float)) == 0);
+    ck_assert(memcmp(dw[0], dw[1], nw * sizeof(float)) == 0);
+    double ea = tu_gradcheck(conv_cat_loss, &g, g.xa, dxa[0], na, 40, 1e-3);
+    double eb = tu_gradcheck(conv_cat_loss, &g, g.xb, dxb[0], nbb, 40, 1e-3);
+    ck_assert_msg(ea <= TU_GC_TOL && eb <= TU_GC_TOL, "case %d: dxa %g dxb %g", _i, ea, eb);
+    for (int rep = 0; rep < 2; rep++) free(dxa[rep]), free(dxb[rep]), free(dw[rep]), free(db[rep]);
+    free(x), free(y1), free(dx), free(dw1), free(db1);
+    free(g.xa), free(g.xb), free(g.w), free(g.b), free(g.y), free(g.r), free(g.ws);
+}
+END_TEST
+
 /* write_dx: conv2d backward writes dx (prefilled with garbage) exactly as accumulating into
- * zeros does. _i: 0 the direct stride-1 path, 1 the GEMM path (stride 2) */
+ * zeros does. _i: 0 the direct stride-1 path, 1 the GEMM path (stride 2), 2 the GEMM path
+ * at stride 1 (the flipped-kernel dx) */
 START_TEST(test_conv_write_dx) {
     ml_conv_shape s;
     if (_i == 0) {
         ck_assert_int_eq(ml_conv2d_shape(&s, 3, 5, 7, 9, 3, 3, 1, 1, ML_CONV_ACT_SIGMOID), ML_OK);
         ck_assert_int_eq(s.direct, 1);
-    } else {
+    } else if (_i == 1) {
         ck_assert_int_eq(ml_conv2d_shape(&s, 3, 5, 8, 9, 6, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
         ck_assert_int_eq(s.direct, 0);
+        s.chunk = 2;
+    } else { /* stride 1 on the GEMM path: dx as a convolution with the flipped kernel */
+        ck_assert_int_eq(ml_conv2d_shape(&s, 3, 6, 7, 9, 4, 3, 1, 1, ML_CONV_ACT_RELU), ML_OK);
+        s.direct = 0;
         s.chunk = 2;
     }
     const size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
@@ -626,7 +702,8 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_bn_gradcheck, 0, 2);
     tcase_add_test(t, test_concat_gradcheck);
     tcase_add_loop_test(t, test_convt_cat, 0, 2);
-    tcase_add_loop_test(t, test_conv_write_dx, 0, 2);
+    tcase_add_loop_test(t, test_conv_cat, 0, 3);
+    tcase_add_loop_test(t, test_conv_write_dx, 0, 3);
     tcase_add_test(t, test_bad_shapes);
     tcase_add_loop_test(t, test_deterministic, 0, 3);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 2);

@@ -72,7 +72,20 @@ static csv *csv_read(const char *path) {
     return c;
 }
 
-/* Every numeric column but the wall-clock ones agrees to TOL (relative; NaN = NaN). */
+/* How close a column must be. Most agree to TOL relative. Two kinds cannot, whatever the
+   code: the segmentation metrics that threshold the prediction at 0.5 (IoU, Dice: a pixel
+   whose probability rounds to the other side of 0.5 changes them by one pixel's worth,
+   about 1/(pixels of the masks), so 2e-3 relative), and the mutual informations, small
+   differences of entropies of order log N (their rounding is TOL of 1 nat, not of the
+   difference). */
+static double col_tol(const char *name, double *floor) {
+    *floor = 1e-6;
+    if (strstr(name, "mutual_info") || strstr(name, "nmi")) *floor = 1.0;
+    if (strstr(name, "val_iou") || strstr(name, "val_dice")) return 2e-3;
+    return TOL;
+}
+
+/* Every numeric column but the wall-clock ones agrees to its col_tol (relative; NaN = NaN). */
 static void same_csv(const char *dir1, const char *dir2, const char *file) {
     char a[1024], b[1024];
     snprintf(a, sizeof a, "%s/%s", dir1, file);
@@ -81,20 +94,22 @@ static void same_csv(const char *dir1, const char *dir2, const char *file) {
     ck_assert_msg(x->ncol == y->ncol && x->nrow == y->nrow, "%s: %d x %d vs %d x %d", file, x->nrow, x->ncol,
                   y->nrow, y->ncol);
     ck_assert_msg(x->nrow >= 2, "%s: %d rows, expected the rows of 2 epochs", a, x->nrow);
-    double worst = 0;
+    double worst = 0, wtol = TOL;
     const char *wname = "";
     for (int j = 0; j < x->ncol; j++) {
         ck_assert_str_eq(x->name[j], y->name[j]);
         if (!strcmp(x->name[j], "seconds")) continue;
+        double floor, tol = col_tol(x->name[j], &floor);
         for (int i = 0; i < x->nrow; i++) {
             double p = x->v[i][j], q = y->v[i][j];
             if (isnan(p) && isnan(q)) continue;
-            double den = fmax(fmax(fabs(p), fabs(q)), 1e-6);
+            double den = fmax(fmax(fabs(p), fabs(q)), floor);
             double d = fabs(p - q) / den;
-            if (!(d <= worst)) worst = d, wname = x->name[j];
+            if (!(d / tol <= worst / wtol)) worst = d, wtol = tol, wname = x->name[j];
         }
     }
-    ck_assert_msg(worst <= TOL, "%s: column %s differs by %.3g (relative) between 1 and 2 ranks", file, wname, worst);
+    ck_assert_msg(worst <= wtol, "%s: column %s differs by %.3g (relative; allowed %.3g) between 1 and 2 ranks", file,
+                  wname, worst, wtol);
     free(x);
     free(y);
 }

@@ -241,9 +241,9 @@ static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     ml_groupnorm_backward(dpre, ml_moe_grad(m, e, T_GAMMA), ml_moe_grad(m, e, T_BETA), dyg, out, pre,
                           rows(k->gmean, r0, (size_t)k->G), rows(k->grstd, r0, (size_t)k->G),
                           ml_moe_param(m, e, T_GAMMA), n, C, HW, k->G, 1);
-    memset(dcat, 0, (size_t)n * R * sizeof(float));
     ml_conv_shape fs;
     if (shape_of(k, kind, 4, n, &fs)) return ML_ERR;
+    fs.write_dx = 1; /* dcat gets only the fusion's gradient: written, no zeroing */
     ml_conv2d_backward(&fs, dcat, ml_moe_grad(m, e, T_FUSEW), ml_moe_grad(m, e, T_FUSEB), dpre, NULL, cat,
                        ml_moe_param(m, e, T_FUSEW), k->ws);
     float *dbr[4], *br[4], *t[3], *dt[3];
@@ -266,7 +266,7 @@ static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
         const int via = transformed && j < 3;
         const float *in = via ? t[j] : xg;
         float *din = via ? dt[j] : dxg;
-        if (via) memset(din, 0, (size_t)n * R * sizeof(float));
+        s.write_dx = via; /* a transform's gradient comes from this branch alone: written */
         ml_conv2d_backward(&s, din, ml_moe_grad(m, e, T_B0W + 2 * j), ml_moe_grad(m, e, T_B0B + 2 * j), dbr[j], br[j],
                            in, ml_moe_param(m, e, T_B0W + 2 * j), k->ws);
     }

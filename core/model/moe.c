@@ -291,6 +291,7 @@ static void pool_forward(const ml_moe *m, const float *x, int B, float *rin) {
         for (int c = 0; c < C; c++) {
             const float *p = x + ((size_t)b * C + c) * HW;
             double s = 0;
+#pragma omp simd reduction(+ : s)
             for (int i = 0; i < HW; i++) s += p[i];
             rin[(size_t)b * C + c] = (float)s * inv;
         }
@@ -454,6 +455,7 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
         const float *dyb = dy + (size_t)b * D, *zb = z + (size_t)b * D, *ys = m->yg + (size_t)s * D;
         float *dys = m->dyg + (size_t)s * D;
         double dgate = 0;
+#pragma omp simd reduction(+ : dgate)
         for (int d = 0; d < D; d++) {
             dgate += (double)dyb[d] * (zb[d] + ys[d]);
             dys[d] = g * dyb[d];

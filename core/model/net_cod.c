@@ -48,13 +48,13 @@ typedef struct cod {
     const float *x;
     float *pre[NS], *s[NS], *e[NS];   /* stage conv output, after BN + ReLU, after MoE */
     float *mean[NS], *rstd[NS];
-    float *up[NS - 1], *cat[NS - 1];  /* up2 of the deeper map; [up, skip] */
+    float *up[NS - 1];                /* up2 of the deeper map (the conv reads [up, skip] in place) */
     float *dpre[NS - 1], *d[NS - 1];  /* decoder conv output, after BN + ReLU */
     float *dmean[NS - 1], *drstd[NS - 1];
     float *oup;                       /* up2(d_1) (B, ch0, H, W) */
     /* gradients */
     float *gs[NS], *ge[NS], *gpre;    /* d/ds_l, d/de_l, scratch for pre-BN */
-    float *gup[NS - 1], *gcat[NS - 1], *gd[NS - 1], *goup;
+    float *gup[NS - 1], *gd[NS - 1], *goup;
     float *ws;
 } cod;
 
@@ -65,10 +65,10 @@ static void free_acts(cod *n) {
         n->pre[l] = n->s[l] = n->e[l] = n->mean[l] = n->rstd[l] = n->gs[l] = n->ge[l] = NULL;
     }
     for (int j = 0; j < NS - 1; j++) {
-        free(n->up[j]), free(n->cat[j]), free(n->dpre[j]), free(n->d[j]), free(n->dmean[j]), free(n->drstd[j]);
-        free(n->gup[j]), free(n->gcat[j]), free(n->gd[j]);
-        n->up[j] = n->cat[j] = n->dpre[j] = n->d[j] = n->dmean[j] = n->drstd[j] = NULL;
-        n->gup[j] = n->gcat[j] = n->gd[j] = NULL;
+        free(n->up[j]), free(n->dpre[j]), free(n->d[j]), free(n->dmean[j]), free(n->drstd[j]);
+        free(n->gup[j]), free(n->gd[j]);
+        n->up[j] = n->dpre[j] = n->d[j] = n->dmean[j] = n->drstd[j] = NULL;
+        n->gup[j] = n->gd[j] = NULL;
     }
     free(n->oup), free(n->goup), free(n->gpre), free(n->ws);
     n->oup = n->goup = n->gpre = n->ws = NULL;
@@ -189,6 +189,7 @@ static int shapes(cod *n, int B) {
         int l = NS - 2 - j;
         if (ml_conv2d_shape(&n->ds[j], B, n->dcin[j], n->ecfg[l].H, n->ecfg[l].W, n->ch[l], 3, 1, 1, ML_CONV_ACT_NONE))
             return ML_ERR;
+        n->ds[j].direct = 0; /* the two-input conv (ml_conv2d_forward_cat) runs on GEMMs */
     }
     if (ml_conv2d_shape(&n->os, B, n->ch[0], n->H, n->W, 1, 3, 1, 1, ML_CONV_ACT_NONE)) return ML_ERR;
     n->os.write_dx = 1; /* goup gets only this gradient */
@@ -214,13 +215,11 @@ static int cod_reserve(void *net, int B) {
     }
     for (int j = 0; j < NS - 1 && ok; j++) {
         int l = NS - 2 - j, HW = n->ecfg[l].H * n->ecfg[l].W;
-        size_t upsz = (size_t)B * (n->dcin[j] - n->ch[l]) * HW, catsz = (size_t)B * n->dcin[j] * HW,
-               outsz = ml_conv_out_size(&n->ds[j]);
+        size_t upsz = (size_t)B * (n->dcin[j] - n->ch[l]) * HW, outsz = ml_conv_out_size(&n->ds[j]);
         ws = max_sz(ws, ml_conv_workspace_floats(&n->ds[j]));
         big = max_sz(big, outsz);
-        ok = (n->up[j] = ml_alloc_floats(upsz)) && (n->cat[j] = ml_alloc_floats(catsz)) &&
-             (n->dpre[j] = ml_alloc_floats(outsz)) && (n->d[j] = ml_alloc_floats(outsz)) &&
-             (n->gup[j] = ml_alloc_floats(upsz)) && (n->gcat[j] = ml_alloc_floats(catsz)) &&
+        ok = (n->up[j] = ml_alloc_floats(upsz)) && (n->dpre[j] = ml_alloc_floats(outsz)) &&
+             (n->d[j] = ml_alloc_floats(outsz)) && (n->gup[j] = ml_alloc_floats(upsz)) &&
              (n->gd[j] = ml_alloc_floats(outsz)) && (n->dmean[j] = ml_alloc_floats((size_t)n->ch[l])) &&
              (n->drstd[j] = ml_alloc_floats((size_t)n->ch[l]));
     }
@@ -239,10 +238,15 @@ static int cod_reserve(void *net, int B) {
 #define PG(h) ml_params_grad(n->P, n->h)
 #define SW(h) ml_params_data(n->S, n->h)
 
-/* conv -> BN (batch stats in training, running in eval; the whole batch's when split) -> ReLU */
+/* conv -> BN (batch stats in training, running in eval; the whole batch's when split) ->
+   ReLU; the conv's input is x, or [x, xb] (x holds the first Ca channels) when xb is not NULL */
 static int conv_bn_forward(cod *n, const ml_conv_shape *s, float *pre, float *y, float *mean, float *rstd,
-                            const float *x, int w, int b, int g, int bt, int rm, int rv, int training) {
-    ml_conv2d_forward(s, pre, x, ml_params_data(n->P, w), ml_params_data(n->P, b), n->ws);
+                           const float *x, const float *xb, int Ca, int w, int b, int g, int bt, int rm, int rv,
+                           int training) {
+    if (xb)
+        ml_conv2d_forward_cat(s, Ca, pre, x, xb, ml_params_data(n->P, w), ml_params_data(n->P, b), n->ws);
+    else
+        ml_conv2d_forward(s, pre, x, ml_params_data(n->P, w), ml_params_data(n->P, b), n->ws);
     const int HW = s->Ho * s->Wo;
     if (training)
         return ml_batchnorm2d_forward_train_part(n->comm, y, mean, rstd, ml_params_data(n->S, rm),
@@ -253,17 +257,22 @@ static int conv_bn_forward(cod *n, const ml_conv_shape *s, float *pre, float *y,
     return ML_OK;
 }
 
-/* the backward of conv_bn_forward: dy -> parameter gradients, dx += (dx may be NULL) */
-static int conv_bn_backward(cod *n, const ml_conv_shape *s, float *dx, const float *dy, const float *pre,
-                             const float *y, const float *mean, const float *rstd, const float *x, int w, int b, int g,
-                             int bt) {
+/* the backward of conv_bn_forward: dy -> parameter gradients, dx += (dx may be NULL), and
+   dxb += with a second input xb */
+static int conv_bn_backward(cod *n, const ml_conv_shape *s, float *dx, float *dxb, const float *dy, const float *pre,
+                            const float *y, const float *mean, const float *rstd, const float *x, const float *xb,
+                            int Ca, int w, int b, int g, int bt) {
     const int HW = s->Ho * s->Wo;
     memset(n->gpre, 0, ml_conv_out_size(s) * sizeof(float));
     if (ml_batchnorm2d_backward_part(n->comm, n->gpre, ml_params_grad(n->P, g), ml_params_grad(n->P, bt), dy, y,
                                      pre, mean, rstd, ml_params_data(n->P, g), s->B, s->O, HW, 1))
         return ML_ERR;
-    ml_conv2d_backward(s, dx, ml_params_grad(n->P, w), ml_params_grad(n->P, b), n->gpre, NULL, x,
-                       ml_params_data(n->P, w), n->ws);
+    if (xb)
+        ml_conv2d_backward_cat(s, Ca, dx, dxb, ml_params_grad(n->P, w), ml_params_grad(n->P, b), n->gpre, NULL, x,
+                               xb, ml_params_data(n->P, w), n->ws);
+    else
+        ml_conv2d_backward(s, dx, ml_params_grad(n->P, w), ml_params_grad(n->P, b), n->gpre, NULL, x,
+                           ml_params_data(n->P, w), n->ws);
     return ML_OK;
 }
 
@@ -279,8 +288,8 @@ static int cod_forward(void *net, ml_moe *const *moe, const float *x, int B, int
     n->trained = training;
     const float *in = x;
     for (int l = 0; l < NS; l++) {
-        if (conv_bn_forward(n, &n->es[l], n->pre[l], n->s[l], n->mean[l], n->rstd[l], in, n->ew[l], n->eb[l],
-                            n->eg[l], n->ebt[l], n->erm[l], n->erv[l], training))
+        if (conv_bn_forward(n, &n->es[l], n->pre[l], n->s[l], n->mean[l], n->rstd[l], in, NULL, 0, n->ew[l],
+                            n->eb[l], n->eg[l], n->ebt[l], n->erm[l], n->erv[l], training))
             return ml_error_prefix("cod: encoder stage %d", l + 1);
         if (ml_moe_forward(moe[l], n->s[l], n->e[l], B, training, ids, labels, num_classes)) return ML_ERR;
         in = n->e[l];
@@ -289,9 +298,8 @@ static int cod_forward(void *net, ml_moe *const *moe, const float *x, int B, int
     for (int j = 0; j < NS - 1; j++) {
         int l = NS - 2 - j, h = n->ecfg[l].H, w = n->ecfg[l].W, cd = n->dcin[j] - n->ch[l];
         ml_upsample_bilinear_forward(n->up[j], deep, B, cd, h / 2, w / 2, 2);
-        ml_concat_channels_forward(n->cat[j], n->up[j], n->e[l], B, cd, n->ch[l], h * w);
-        if (conv_bn_forward(n, &n->ds[j], n->dpre[j], n->d[j], n->dmean[j], n->drstd[j], n->cat[j], n->dw[j],
-                            n->db[j], n->dg[j], n->dbt[j], n->drm[j], n->drv[j], training))
+        if (conv_bn_forward(n, &n->ds[j], n->dpre[j], n->d[j], n->dmean[j], n->drstd[j], n->up[j], n->e[l], cd,
+                            n->dw[j], n->db[j], n->dg[j], n->dbt[j], n->drm[j], n->drv[j], training))
             return ml_error_prefix("cod: decoder block %d", j + 1);
         deep = n->d[j];
     }
@@ -314,12 +322,10 @@ static int cod_backward(void *net, ml_moe *const *moe, const float *dout) {
        the deeper map (d of block j - 1, or e_4 for the first block) */
     for (int j = NS - 2; j >= 0; j--) {
         int l = NS - 2 - j, h = n->ecfg[l].H, w = n->ecfg[l].W, cd = n->dcin[j] - n->ch[l];
-        memset(n->gcat[j], 0, (size_t)B * n->dcin[j] * h * w * sizeof(float));
-        if (conv_bn_backward(n, &n->ds[j], n->gcat[j], n->gd[j], n->dpre[j], n->d[j], n->dmean[j], n->drstd[j],
-                             n->cat[j], n->dw[j], n->db[j], n->dg[j], n->dbt[j]))
-            return ml_error_prefix("cod: backward of decoder block %d", j + 1);
         memset(n->gup[j], 0, (size_t)B * cd * h * w * sizeof(float));
-        ml_concat_channels_backward(n->gup[j], n->ge[l], n->gcat[j], B, cd, n->ch[l], h * w);
+        if (conv_bn_backward(n, &n->ds[j], n->gup[j], n->ge[l], n->gd[j], n->dpre[j], n->d[j], n->dmean[j],
+                             n->drstd[j], n->up[j], n->e[l], cd, n->dw[j], n->db[j], n->dg[j], n->dbt[j]))
+            return ml_error_prefix("cod: backward of decoder block %d", j + 1);
         /* up2 of the deeper map: d_{j-1} of the block before, or e_4 */
         float *gdeeper = j > 0 ? n->gd[j - 1] : n->ge[NS - 1];
         if (j > 0) memset(gdeeper, 0, ml_conv_out_size(&n->ds[j - 1]) * sizeof(float));
@@ -329,8 +335,9 @@ static int cod_backward(void *net, ml_moe *const *moe, const float *dout) {
     for (int l = NS - 1; l >= 0; l--) {
         memset(n->gs[l], 0, ml_conv_out_size(&n->es[l]) * sizeof(float));
         if (ml_moe_backward(moe[l], n->ge[l], n->gs[l])) return ML_ERR;
-        if (conv_bn_backward(n, &n->es[l], l > 0 ? n->ge[l - 1] : NULL, n->gs[l], n->pre[l], n->s[l], n->mean[l],
-                             n->rstd[l], l > 0 ? n->e[l - 1] : n->x, n->ew[l], n->eb[l], n->eg[l], n->ebt[l]))
+        if (conv_bn_backward(n, &n->es[l], l > 0 ? n->ge[l - 1] : NULL, NULL, n->gs[l], n->pre[l], n->s[l],
+                             n->mean[l], n->rstd[l], l > 0 ? n->e[l - 1] : n->x, NULL, 0, n->ew[l], n->eb[l],
+                             n->eg[l], n->ebt[l]))
             return ml_error_prefix("cod: backward of encoder stage %d", l + 1);
     }
     return ML_OK;

@@ -1,6 +1,7 @@
 /* conv.c — conv2d and transposed conv2d as chunked im2col/col2im + cblas_sgemm. */
 #include "nn/conv.h"
 
+#include <assert.h>
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -135,6 +136,21 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
 static int s1_block(int Cout) { return Cout > DIRECT_OB ? DIRECT_DXB : DIRECT_OB; }
 static int s1_padded(int Cout) { return (Cout + s1_block(Cout) - 1) / s1_block(Cout) * s1_block(Cout); }
 
+/*
+ * conv2d's dx on the GEMM path. For stride 1 it is itself a stride-1 convolution, of the
+ * output gradient g with the kernel transposed (C <-> O) and flipped, padding k - 1 - p:
+ *   dx[c][iy][ix] = sum over o, ky, kx of w[o][c][k-1-ky][k-1-kx] g[o][iy - (k-1-p) + ky][...]
+ * so it runs as im2col(g) (O k k rows) and one GEMM with K = O k k, like a forward; the
+ * flip is done by im2col reading the window backwards, so the kernel is only transposed. The
+ * adjoint form (dcol = w^T g with K = O, C k k rows, then col2im adding k k of them into
+ * every pixel) writes and re-reads C/O times more floats and runs its GEMM with a short K.
+ * The column matrix of g must fit where x's was: O <= C (always so for a 1x1 kernel, whose
+ * column matrix is g itself).
+ */
+static int dx_as_conv(const ml_conv_shape *s) {
+    return !s->transposed && s->stride == 1 && (s->k == 1 || s->O <= s->C);
+}
+
 static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
         return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
@@ -148,6 +164,7 @@ static size_t layer_workspace(const ml_conv_shape *s) {
     size_t n = (size_t)s->chunk * col_cols_per_image(s);
     size_t cm = (size_t)(s->C > s->O ? s->C : s->O);
     size_t ws = col_rows(s) * n + cm * n;
+    if (dx_as_conv(s)) ws += ml_conv_weight_size(s); /* the flipped, transposed kernel */
     /* transposed backward with an activation keeps the chunk's pre-activation gradient */
     if (s->transposed && s->act != ML_CONV_ACT_NONE)
         ws += (size_t)s->chunk * (size_t)s->O * (size_t)s->Ho * (size_t)s->Wo;
@@ -169,6 +186,8 @@ size_t ml_conv_workspace_floats(const ml_conv_shape *s) {
 typedef struct cat_in {
     const float *a, *b;
     int Ca;
+    int cn; /* > 0: a alone holds the planes channel-major, (C, cn, HW): a chunk's (C, n)
+               GEMM layout of cn images (conv2d's dx reads its output gradient so) */
 } cat_in;
 /* The gradient of such an input: dx planes, written (acc 0) or accumulated into (acc 1);
  * a NULL: no input gradient. */
@@ -178,6 +197,7 @@ typedef struct cat_out {
 } cat_out;
 
 static const float *in_plane(cat_in x, int C, size_t HW, int i, int c) {
+    if (x.cn) return x.a + ((size_t)c * x.cn + i) * HW;
     return c < x.Ca ? x.a + ((size_t)i * x.Ca + c) * HW
                     : x.b + ((size_t)i * (C - x.Ca) + (c - x.Ca)) * HW;
 }
@@ -185,21 +205,85 @@ static float *out_plane(cat_out d, int C, size_t HW, int i, int c) {
     return c < d.Ca ? d.a + ((size_t)i * d.Ca + c) * HW
                     : d.b + ((size_t)i * (C - d.Ca) + (c - d.Ca)) * HW;
 }
-static cat_in one_in(const float *x, int C) { return (cat_in){x, NULL, C}; }
+static cat_in one_in(const float *x, int C) { return (cat_in){x, NULL, C, 0}; }
+
+/* Stride-1 im2col's padded planes live on the stack up to this many floats (64x64 maps with
+ * padding up to 3 fit); larger planes take the row-by-row path. */
+#define IM2COL_PAD_MAX 5041
+
+/* o[cy CW + cx] = src[cy ld + cx]: one image's block of a column-matrix row. Inlined with
+ * CW a constant for the small maps deep in a network (4 to 32 wide), where a memcpy per
+ * row of 4 or 8 floats costs more than the copy. */
+static inline __attribute__((always_inline)) void copy_block(float *restrict o,
+                                                             const float *restrict src, int CH,
+                                                             int CW, int ld) {
+    for (int cy = 0; cy < CH; cy++)
+#pragma omp simd
+        for (int cx = 0; cx < CW; cx++) o[(size_t)cy * CW + cx] = src[(size_t)cy * ld + cx];
+}
+
+/* im2col for stride 1: each (image, channel) plane is zero-padded once into a stack buffer,
+ * then every one of its k k rows is a branch-free strided copy of that buffer (the general
+ * path below works out the valid span of every row and pads it with memset calls, which
+ * dominate for 4x4 and 8x8 maps). */
+static void im2col_s1(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH,
+                      int CW, int k, int p, int flip) {
+    const size_t ncol = (size_t)nb * CH * CW, blk = (size_t)CH * CW;
+    const int PH = CH + k - 1, PW = CW + k - 1; /* padded plane: x[iy][ix] at (iy + p, ix + p) */
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < nb; i++) {
+            float pad[IM2COL_PAD_MAX];
+            const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
+            for (int r = 0; r < PH; r++) {
+                const int iy = r - p;
+                float *d = pad + (size_t)r * PW;
+                if (iy < 0 || iy >= IH) {
+                    for (int j = 0; j < PW; j++) d[j] = 0;
+                    continue;
+                }
+                const float *src = xp + (size_t)iy * IW;
+                const int n = IW < PW - p ? IW : PW - p;
+                for (int j = 0; j < p; j++) d[j] = 0;
+#pragma omp simd
+                for (int j = 0; j < n; j++) d[p + j] = src[j];
+                for (int j = p + n; j < PW; j++) d[j] = 0;
+            }
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    float *o = col + ((size_t)(c * k + ky) * k + kx) * ncol + (size_t)i * blk;
+                    const float *src = flip ? pad + (size_t)(k - 1 - ky) * PW + (k - 1 - kx)
+                                            : pad + (size_t)ky * PW + kx;
+                    switch (CW) {
+                    case 4: copy_block(o, src, CH, 4, PW); break;
+                    case 8: copy_block(o, src, CH, 8, PW); break;
+                    case 16: copy_block(o, src, CH, 16, PW); break;
+                    case 32: copy_block(o, src, CH, 32, PW); break;
+                    default: copy_block(o, src, CH, CW, PW); break;
+                    }
+                }
+        }
+}
 
 /*
  * Column matrix of images i0 .. i0 + nb - 1 of x (C, IH, IW planes) seen through a k x k
  * window with the given stride and padding, sampled at CH x CW positions:
  *   col[(c k + ky) k + kx][(i CH + cy) CW + cx] = x[i0 + i, c, cy s - p + ky, cx s - p + kx] (0 outside)
+ * With flip the window is read backwards: row (c k + ky) k + kx samples tap (k-1-ky, k-1-kx).
  */
-static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH, int CW,
-                   int k, int s, int p) {
+static void im2col_flip(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH,
+                        int CW, int k, int s, int p, int flip) {
     const size_t ncol = (size_t)nb * CH * CW;
     const int rows = C * k * k;
+    if (s == 1 && (size_t)(CH + k - 1) * (size_t)(CW + k - 1) <= IM2COL_PAD_MAX) {
+        im2col_s1(col, x, i0, nb, C, IH, IW, CH, CW, k, p, flip);
+        return;
+    }
 #pragma omp parallel for collapse(2) schedule(static)
     for (int r = 0; r < rows; r++) {
         for (int i = 0; i < nb; i++) {
-            const int c = r / (k * k), ky = (r / k) % k, kx = r % k;
+            const int c = r / (k * k);
+            const int ky = flip ? k - 1 - (r / k) % k : (r / k) % k, kx = flip ? k - 1 - r % k : r % k;
             const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
             float *cp = col + (size_t)r * ncol + (size_t)i * CH * CW;
             /* valid cx range: 0 <= cx s - p + kx < IW */
@@ -227,6 +311,11 @@ static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, 
             }
         }
     }
+}
+
+static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH, int CW,
+                   int k, int s, int p) {
+    im2col_flip(col, x, i0, nb, C, IH, IW, CH, CW, k, s, p, 0);
 }
 
 /*
@@ -589,20 +678,21 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
 /* ------------------------------------------------------------------------------------ */
 /* conv2d */
 
-void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
-                       const float *b, float *ws) {
+/* x is one buffer whenever s->direct is set (the direct kernels read it in place) */
+static void conv2d_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
+                           const float *b, float *ws) {
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
     if (s->direct) {
-        direct_forward(s, y, x, w, b, ws);
+        direct_forward(s, y, x.a, w, b, ws);
         return;
     }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
         const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
         const size_t n = (size_t)nb * HWo;
         float *col = ws, *yt = ws + (size_t)K * n;
-        im2col(col, one_in(x, C), i0, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride, s->pad);
+        im2col(col, x, i0, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride, s->pad);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, (int)n, K, 1.0f, w, K, col,
                     (int)n, 0.0f, yt, (int)n);
 #pragma omp parallel for collapse(2) schedule(static)
@@ -616,15 +706,31 @@ void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const f
     }
 }
 
-void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db, const float *dy,
-                        const float *y, const float *x, const float *w, float *ws) {
+/* wt (C, O kk) from w (O, C, kk): wt[c][o kk + t] = w[o][c][t] (the flip is im2col's) */
+static void transpose_kernel(float *wt, const float *w, int O, int C, int kk) {
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int o = 0; o < O; o++) {
+            const float *src = w + ((size_t)o * C + c) * kk;
+            float *dst = wt + ((size_t)c * O + o) * kk;
+#pragma omp simd
+            for (int t = 0; t < kk; t++) dst[t] = src[t];
+        }
+}
+
+/* dx: written (acc 0) or accumulated; one buffer, as x, whenever s->direct is set */
+static void conv2d_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db,
+                            const float *dy, const float *y, cat_in x, const float *w, float *ws) {
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
     const ml_conv_act act = s->act;
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
-    if (db && (s->direct || (!dw && !dx))) bias_backward(db, dy, y, act, B, O, HWo, part);
-    if (!dw && !dx) return;
+    if (db && (s->direct || (!dw && !dx.a))) bias_backward(db, dy, y, act, B, O, HWo, part);
+    if (!dw && !dx.a) return;
+    const int flip = dx.a && !s->direct && dx_as_conv(s);
+    float *wt = ws + col_rows(s) * (size_t)s->chunk * HWo + (size_t)(C > O ? C : O) * s->chunk * HWo;
+    if (flip && k > 1) transpose_kernel(wt, w, O, C, k * k);
     if (s->direct) {
         const float *g = dy;
         if (act != ML_CONV_ACT_NONE) {
@@ -633,7 +739,7 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
             for (size_t j = 0; j < m; j++) ws[j] = act_bwd(act, dy[j], y[j]);
             g = ws;
         }
-        direct_backward(s, dx, dw, g, x, w, ws + ml_conv_out_size(s));
+        direct_backward(s, dx.a, dw, g, x.a, w, ws + ml_conv_out_size(s));
         return;
     }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
@@ -654,24 +760,72 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
                 if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, dst, NULL, HWo);
             }
         if (dw) {
-            im2col(col, one_in(x, C), i0, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride, s->pad);
+            im2col(col, x, i0, nb, C, s->H, s->W, s->Ho, s->Wo, k, s->stride, s->pad);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, O, K, (int)n, 1.0f, dyt, (int)n,
                         col, (int)n, 1.0f, dw, K);
         }
-        if (dx) {
+        if (dx.a && flip) {
+            /* dxt (C, n) = wt (C, O k k) flipped im2col(dyt); for k = 1, w^T dyt */
+            float *dxt = k == 1 ? col : dyt;
+            if (k == 1) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, (int)n, O, 1.0f, w, C,
+                            dyt, (int)n, 0.0f, dxt, (int)n);
+            } else {
+                im2col_flip(col, (cat_in){dyt, NULL, O, nb}, 0, nb, O, s->Ho, s->Wo, s->H, s->W,
+                            k, 1, k - 1 - s->pad, 1);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, C, (int)n, O * k * k,
+                            1.0f, wt, O * k * k, col, (int)n, 0.0f, dxt, (int)n);
+            }
+#pragma omp parallel for collapse(2) schedule(static)
+            for (int i = 0; i < nb; i++)
+                for (int c = 0; c < C; c++) {
+                    float *dst = out_plane(dx, C, HW, i0 + i, c);
+                    const float *src = dxt + (size_t)c * n + (size_t)i * HW;
+                    if (!dx.acc)
+                        memcpy(dst, src, sizeof(float) * HW);
+                    else
+#pragma omp simd
+                        for (size_t j = 0; j < HW; j++) dst[j] += src[j];
+                }
+        } else if (dx.a) {
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, (int)n, O, 1.0f, w, K, dyt,
                         (int)n, 0.0f, col, (int)n);
 #pragma omp parallel for collapse(2) schedule(static)
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++) {
-                    float *dst = dx + ((size_t)(i0 + i) * C + c) * HW;
-                    if (s->write_dx) memset(dst, 0, sizeof(float) * HW);
+                    float *dst = out_plane(dx, C, HW, i0 + i, c);
+                    if (!dx.acc) memset(dst, 0, sizeof(float) * HW);
                     col2im_plane(dst, col + (size_t)c * k * k * n + (size_t)i * HWo, n, s->H,
                                  s->W, s->Ho, s->Wo, k, s->stride, s->pad);
                 }
         }
     }
     if (db) bias_finish(db, part, B, O);
+}
+
+void ml_conv2d_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+                       const float *b, float *ws) {
+    conv2d_forward(s, y, one_in(x, s->C), w, b, ws);
+}
+
+void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db, const float *dy,
+                        const float *y, const float *x, const float *w, float *ws) {
+    conv2d_backward(s, (cat_out){dx, NULL, s->C, !s->write_dx}, dw, db, dy, y, one_in(x, s->C),
+                    w, ws);
+}
+
+void ml_conv2d_forward_cat(const ml_conv_shape *s, int Ca, float *y, const float *xa,
+                           const float *xb, const float *w, const float *b, float *ws) {
+    assert(!s->direct && Ca > 0 && Ca < s->C);
+    conv2d_forward(s, y, (cat_in){xa, xb, Ca, 0}, w, b, ws);
+}
+
+void ml_conv2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *dxb, float *dw,
+                            float *db, const float *dy, const float *y, const float *xa,
+                            const float *xb, const float *w, float *ws) {
+    assert(!s->direct && Ca > 0 && Ca < s->C && (dxa != NULL) == (dxb != NULL));
+    conv2d_backward(s, (cat_out){dxa, dxb, Ca, !s->write_dx}, dw, db, dy, y,
+                    (cat_in){xa, xb, Ca, 0}, w, ws);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -961,11 +1115,11 @@ void ml_convt2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db
 
 void ml_convt2d_forward_cat(const ml_conv_shape *s, int Ca, float *y, const float *xa,
                             const float *xb, const float *w, const float *b, float *ws) {
-    convt_forward(s, y, (cat_in){xa, xb, Ca}, w, b, ws);
+    convt_forward(s, y, (cat_in){xa, xb, Ca, 0}, w, b, ws);
 }
 
 void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *dxb, float *dw,
                              float *db, const float *dy, const float *y, const float *xa,
                              const float *xb, const float *w, float *ws) {
-    convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca}, w, ws);
+    convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca, 0}, w, ws);
 }

@@ -139,6 +139,33 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca,
                              float *ws);
 
 /*
+ * conv2d on the channel concatenation [xa, xb] without building it, as the transposed conv
+ * above: s->C = Ca + Cb input channels, read in place (the U-Net decoder's [up2(deeper),
+ * skip]). Backward accumulates into dxa and dxb (both or neither NULL), or writes them when
+ * s->write_dx is set, and accumulates dw, db as ml_conv2d_backward does. These run the GEMM
+ * path only: s->direct must be 0 (a caller may clear it before sizing the workspace).
+ * 0 < Ca < s->C.
+ */
+void ml_conv2d_forward_cat(const ml_conv_shape *s, int Ca,
+                           float *y,          // (B, O, Ho, Wo)
+                           const float *xa,   // (B, Ca, H, W)
+                           const float *xb,   // (B, C - Ca, H, W)
+                           const float *w,    // (O, C, k, k)
+                           const float *b,    // (O) or NULL
+                           float *ws);
+void ml_conv2d_backward_cat(const ml_conv_shape *s, int Ca,
+                            float *dxa,        // (B, Ca, H, W) or NULL
+                            float *dxb,        // (B, C - Ca, H, W) or NULL
+                            float *dw,         // (O, C, k, k) or NULL
+                            float *db,         // (O) or NULL
+                            const float *dy,   // (B, O, Ho, Wo)
+                            const float *y,    // (B, O, Ho, Wo), or NULL if act is NONE
+                            const float *xa,   // (B, Ca, H, W)
+                            const float *xb,   // (B, C - Ca, H, W)
+                            const float *w,    // (O, C, k, k)
+                            float *ws);
+
+/*
  * BatchNorm2d with PyTorch's semantics. Training: normalise with the batch mean and the
  * biased batch variance, then running = (1 - momentum) running + momentum batch, with the
  * UNBIASED variance (N/(N-1)) for running_var; saves mean and rstd = 1/sqrt(var + eps) for
