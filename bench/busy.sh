@@ -9,6 +9,7 @@
 #                policy), so the look's cost and a wrong guess would show
 #   busy         the default with one competing CPU-bound process (a shell busy loop this
 #                script starts before moelab and stops after): moelab sees it, waits passively
+#                and leaves that core to it (one thread)
 #   busy-spin    libgomp's default with the same competitor (for the record)
 #   busy-late    the competitor starts 0.3 s after moelab, which does not see it (for the
 #                record: the limit of a look at the start)

@@ -692,18 +692,34 @@ static int pick_blas_kernel(void) {
  * a quiet one, and no spin count was within 5% quiet and kept 40% busy. So the commands
  * that train look at their CPUs when they start: when another process's thread is runnable
  * on one of them (ml_cpu_others_running: the least of five looks 4 ms apart), threads wait
- * passively; otherwise libgomp's default stands. Load that arrives later is not seen (the
- * setting is fixed when libgomp loads, hence the re-execution). OMP_WAIT_POLICY or
- * GOMP_SPINCOUNT in the environment win. OpenBLAS is its OpenMP build (Debian's
- * libopenblas0-openmp), so its threads follow the same policy.
+ * passively and the default thread count (train.threads: 0) leaves that many cores to them
+ * (MOELAB_BUSY_CPUS; one thread beside a busy loop on 2 cores ran at 0.75 of the quiet
+ * 2-thread speed, two passive threads at 0.3-0.7); otherwise threads spin 30 000 times
+ * (GOMP_SPINCOUNT; libgomp's default is 300 000) before they sleep: as fast on a quiet
+ * machine, and about 5x the default's speed when load arrives after the start, which the
+ * look cannot see. libgomp reads both settings when it loads, hence the re-execution.
+ * OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment win. OpenBLAS is its OpenMP
+ * build (Debian's libopenblas0-openmp), so its threads follow the same policy.
  */
 static int pick_wait_policy(const char *cmd) {
     static const char *const trains[] = {"run", "bench", "lua", "sweep", "plugin-test"};
     if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || !cmd) return 0;
     int trainer = 0;
     for (size_t i = 0; i < sizeof trains / sizeof *trains; i++) trainer |= !strcmp(cmd, trains[i]);
-    if (!trainer || ml_cpu_others_running(5, 4) == 0) return 0;
+    if (!trainer) return 0;
+    int others = ml_cpu_others_running(5, 4);
+    if (others == 0) {
+        /* a tenth of libgomp's default spin: the same speed on a quiet machine, and 5x the
+           default's when load arrives after the start (which this look cannot see) */
+        setenv("GOMP_SPINCOUNT", "30000", 1);
+        return 1;
+    }
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1); /* also when /proc cannot tell (-1) */
+    if (others > 0) { /* and the default thread count leaves their cores to them (set_threads) */
+        char v[16];
+        snprintf(v, sizeof v, "%d", others);
+        setenv("MOELAB_BUSY_CPUS", v, 1);
+    }
     return 1;
 }
 

@@ -261,7 +261,18 @@ static void set_threads(int n) {
         ml_log(ML_LOG_WARN, "train.threads %d on each of %d ranks of this machine: %d threads on %d cores, which "
                "slows every rank down; hint: train.threads=0 shares the cores among the ranks", n, local, n * local,
                cores);
-    if (n <= 0) n = cores / local;
+    if (n <= 0) {
+        /* the cores other processes were using when moelab started are left to them
+           (MOELAB_BUSY_CPUS, set by core/main.c's look at the CPUs; docs/PERFORMANCE.md,
+           "Busy machines") */
+        const char *busy = getenv("MOELAB_BUSY_CPUS");
+        int others = busy ? atoi(busy) : 0, free_cores = cores - (others > 0 ? others : 0);
+        n = (free_cores > 0 ? free_cores : 1) / local;
+        if (others > 0 && ml_dist_rank() == 0)
+            ml_log(ML_LOG_INFO, "%d other thread%s busy on these CPUs at the start: %d thread%s, waiting passively "
+                   "(train.threads sets the number)", others, others == 1 ? " was" : "s were", n < 1 ? 1 : n,
+                   n > 1 ? "s" : "");
+    }
     if (n < 1) n = 1;
     openblas_set_num_threads(n);
     omp_set_num_threads(n);
