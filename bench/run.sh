@@ -18,10 +18,8 @@ REF="${MOELAB_TORCH_REF:-../shared/bench/torch_srnn_ref.py}"
 [ -f "$REF" ] || { echo "bench: $REF not found (the shared PyTorch peer)"; exit 1; }
 STEPS="${BENCH_STEPS:-10}"
 MLP_STEPS="${BENCH_MLP_STEPS:-100}"
-# The expert-scaling rows wait passively in OpenMP barriers (the PyTorch peers set the same),
-# until issue 12 section 2 settles moelab's own policy for busy machines: spinning threads
-# on this busy 2-core VM make 2-thread runs 10-30x slower and the ratios meaningless.
-MLP_WAIT="${OMP_WAIT_POLICY:-passive}"
+# The expert-scaling rows run with moelab's own wait policy (docs/PERFORMANCE.md, "Busy
+# machines": passive when other processes are busy at its start, a short spin otherwise).
 ROUNDS="${BENCH_ROUNDS:-3}"   # interleaved rounds: this VM's speed drifts by +-30% within minutes
 OUT=$(mktemp)
 r=1
@@ -38,7 +36,7 @@ while [ "$r" -le "$ROUNDS" ]; do
     done
     for n in 4 16 64 256; do
         for idle in dense lazy; do
-            OMP_WAIT_POLICY=$MLP_WAIT "$BUILD/moelab" bench --model mlp --batch 64 --experts $n --top-k 2 --idle-experts $idle --steps "$MLP_STEPS" --threads 2 | tee -a "$OUT"
+            "$BUILD/moelab" bench --model mlp --batch 64 --experts $n --top-k 2 --idle-experts $idle --steps "$MLP_STEPS" --threads 2 | tee -a "$OUT"
         done
         for v in "loop --idle-experts dense" "loop --idle-experts lazy" "batched --idle-experts dense"; do
             /usr/bin/python3 bench/torch_mlp_moe_ref.py --batch 64 --experts $n --top-k 2 --variant $v --steps "$MLP_STEPS" --threads 2 | tee -a "$OUT"
