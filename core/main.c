@@ -707,7 +707,10 @@ static int pick_wait_policy(const char *cmd) {
     int trainer = 0;
     for (size_t i = 0; i < sizeof trains / sizeof *trains; i++) trainer |= !strcmp(cmd, trains[i]);
     if (!trainer) return 0;
-    int others = ml_cpu_others_running(5, 4);
+    /* under mpirun the ranks of this machine share its cores by design (set_threads): they
+       are started together and are not load to one another */
+    const char *ranks = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    int others = ml_cpu_others_running(5, 4, ranks && atoi(ranks) > 1 ? (long)getppid() : 0);
     if (others == 0) {
         /* a tenth of libgomp's default spin: the same speed on a quiet machine, and 5x the
            default's when load arrives after the start (which this look cannot see) */

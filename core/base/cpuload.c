@@ -11,8 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* 1 when the thread whose stat file is `path` is runnable on a CPU of `mask` */
-static int runnable_on(const char *path, const cpu_set_t *mask) {
+/* 1 when the thread whose stat file is `path` is runnable on a CPU of `mask` and its
+   process's parent is not `skip_ppid` */
+static int runnable_on(const char *path, const cpu_set_t *mask, long skip_ppid) {
     char buf[1024];
     FILE *f = fopen(path, "r");
     if (!f) return 0; /* the thread ended between the listing and the read */
@@ -23,7 +24,8 @@ static int runnable_on(const char *path, const cpu_set_t *mask) {
        after it start after the last ')' */
     char *p = strrchr(buf, ')');
     if (!p || p[1] != ' ' || p[2] != 'R') return 0;
-    p += 2; /* field 3, the state */
+    p += 2; /* field 3, the state; field 4, the parent */
+    if (skip_ppid > 0 && p[1] == ' ' && atol(p + 2) == skip_ppid) return 0;
     for (int field = 3; field < 39; field++) {
         p = strchr(p, ' ');
         if (!p) return 0;
@@ -40,7 +42,7 @@ static int numeric(const char *s) {
     return 1;
 }
 
-static int look(const cpu_set_t *mask, long self) {
+static int look(const cpu_set_t *mask, long self, long skip_ppid) {
     DIR *proc = opendir("/proc");
     if (!proc) return -1;
     int count = 0;
@@ -55,7 +57,7 @@ static int look(const cpu_set_t *mask, long self) {
         while ((t = readdir(tasks))) {
             if (!numeric(t->d_name)) continue;
             snprintf(path, sizeof path, "/proc/%s/task/%s/stat", d->d_name, t->d_name);
-            count += runnable_on(path, mask);
+            count += runnable_on(path, mask, skip_ppid);
         }
         closedir(tasks);
     }
@@ -63,7 +65,7 @@ static int look(const cpu_set_t *mask, long self) {
     return count;
 }
 
-int ml_cpu_others_running(int looks, int gap_ms) {
+int ml_cpu_others_running(int looks, int gap_ms, long skip_ppid) {
     cpu_set_t mask;
     if (sched_getaffinity(0, sizeof mask, &mask)) return -1;
     long self = (long)getpid();
@@ -73,7 +75,7 @@ int ml_cpu_others_running(int looks, int gap_ms) {
             struct timespec ts = {gap_ms / 1000, (long)(gap_ms % 1000) * 1000000L};
             nanosleep(&ts, NULL);
         }
-        int n = look(&mask, self);
+        int n = look(&mask, self, skip_ppid);
         if (n < 0) return -1;
         if (least < 0 || n < least) least = n;
         if (least == 0) break;
