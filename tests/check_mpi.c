@@ -18,6 +18,16 @@
 
 #define CFG "tests/fixtures/run/mpi.yaml"
 #define TOL 1e-5
+/* The ASan build (make asan, -O1) checks memory; its split COD runs round differently from
+   its one-process runs by 1e-5 to 1e-4 (losses, routing importance) where the -O2 build
+   agrees to 1e-6, so the batch-norm nets' equivalence gets 100x TOL there and is held to
+   TOL by make test. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SAN_SCALE 100.0
+#else
+#define SAN_SCALE 1.0
+#endif
+static double g_scale = 1.0; /* the TOL multiplier of the current equivalence */
 
 static char mpirun[1024];
 
@@ -82,8 +92,8 @@ static csv *csv_read(const char *path) {
 static double col_tol(const char *name, double *floor) {
     *floor = 1e-6;
     if (strstr(name, "mutual_info") || strstr(name, "nmi")) *floor = 1.0;
-    if (strstr(name, "val_iou") || strstr(name, "val_dice") || strstr(name, "val_e_")) return 2e-3;
-    return TOL;
+    if (strstr(name, "val_iou") || strstr(name, "val_dice") || strstr(name, "val_e_")) return 2e-3 * g_scale;
+    return TOL * g_scale;
 }
 
 /* Every numeric column but the wall-clock ones agrees to its col_tol (relative; NaN = NaN). */
@@ -170,7 +180,7 @@ static int same_running_stats(const char *run1, const char *run2, const char *ck
         ck_assert_msg(p && q && nd1 == 1 && nd2 == 1 && sh1[0] == sh2[0], "%s: %s differs in shape", ckpt, name);
         for (int64_t j = 0; j < sh1[0]; j++) {
             double d = fabs((double)p[j] - q[j]) / fmax(fmax(fabs(p[j]), fabs(q[j])), 1e-3);
-            ck_assert_msg(d <= TOL, "%s: %s[%lld] = %.9g with 1 process, %.9g with 2 ranks", ckpt, name,
+            ck_assert_msg(d <= TOL * g_scale, "%s: %s[%lld] = %.9g with 1 process, %.9g with 2 ranks", ckpt, name,
                           (long long)j, p[j], q[j]);
         }
         n++;
@@ -184,6 +194,7 @@ static int same_running_stats(const char *run1, const char *run2, const char *ck
    with batch norm (bn_layers > 0) the same running statistics in the last checkpoint. */
 static void equivalence_of(const char *tag, const char *cfg, const char *extra, int bn_layers) {
     need_mpirun();
+    g_scale = bn_layers > 0 ? SAN_SCALE : 1.0;
     const char *t = tu_tmpdir(tag);
     ck_assert_ptr_nonnull(t);
     char tmp[256], one[300], two[300], scratch[300], r1[1024], r2[1024];
