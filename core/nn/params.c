@@ -264,7 +264,7 @@ void ml_params_zero_grad_used(ml_params *p) {
 
 /* Exponent bits all ones: Inf or NaN. Integer tests vectorise, and stay correct even under
  * -ffinite-math-only, where isfinite() may be folded to 1. */
-static int span_finite(const float *x, size_t n) {
+int ml_span_finite(const float *x, size_t n) {
     uint32_t bad = 0;
 #pragma omp simd reduction(| : bad)
     for (size_t i = 0; i < n; i++) {
@@ -277,17 +277,17 @@ static int span_finite(const float *x, size_t n) {
 
 int ml_params_grad_finite(const ml_params *p) {
     /* the whole block: padding between tensors is zeroed with the gradients */
-    return !p->grad || span_finite(p->grad, p->total);
+    return !p->grad || ml_span_finite(p->grad, p->total);
 }
 
-static int finite_run(const ml_params *p, size_t begin, size_t end) { return span_finite(p->grad + begin, end - begin); }
+static int finite_run(const ml_params *p, size_t begin, size_t end) { return ml_span_finite(p->grad + begin, end - begin); }
 
 int ml_params_grad_finite_used(const ml_params *p) { return !p->grad || each_used_run(p, finite_run); }
 
 int ml_params_grad_first_nonfinite(const ml_params *p, int *count) {
     int first = -1, k = 0;
     for (int h = 0; p->grad && h < p->count; h++)
-        if (!p->t[h].removed && !span_finite(p->grad + p->t[h].off, p->t[h].n)) {
+        if (!p->t[h].removed && !ml_span_finite(p->grad + p->t[h].off, p->t[h].n)) {
             if (first < 0) first = h;
             k++;
         }

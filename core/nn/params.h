@@ -128,4 +128,7 @@ static inline size_t ml_params_numel(const ml_params *p) {
 /* Initialises x[0..n) per init kind. */
 void ml_init_fill(float *x, size_t n, ml_init init, float value, int fan_in, ml_rng *rng);
 
+/* 1 when none of x[0..n) is Inf or NaN (a vectorised test of the exponent bits) */
+int ml_span_finite(const float *x, size_t n);
+
 #endif

@@ -2,6 +2,7 @@
 #include "run/checkpoint.h"
 #include "run/provenance.h"
 #include "plugin/loader.h"
+#include "nn/params.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -36,16 +37,7 @@ static void ckpt_path(const ml_experiment *e, const char *tag, char *path, size_
 }
 
 long ml_ckpt_first_nonfinite(const float *x, size_t n) {
-    /* exponent bits all ones (Inf, NaN), or-ed over the span: an integer reduction the
-       compiler vectorises (a float sum of x*0 would be one dependent add per element) */
-    uint32_t bad = 0;
-#pragma omp simd reduction(| : bad)
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, x + i, sizeof u);
-        bad |= (u & 0x7f800000u) == 0x7f800000u;
-    }
-    if (!bad) return -1;
+    if (ml_span_finite(x, n)) return -1;
     for (size_t i = 0; i < n; i++)
         if (!isfinite(x[i])) return (long)i;
     return -1;
