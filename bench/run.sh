@@ -4,7 +4,8 @@
 # on this machine, in one invocation: BENCH_ROUNDS (3) interleaved rounds of each engine at
 # 1 and 2 threads. Prints every line, then moelab's best over PyTorch's best per image
 # size, and whether each target of docs/PERFORMANCE.md is met (the efficiency target
-# from moelab's fastest 64x64x3 run and the peak measured in that same process).
+# from moelab's fastest 64x64x3 run and the peak measured in that same process). The SRNN
+# targets are issue 12's: >= 3.5x PyTorch at 64x64x3, >= 4x at 32x32x1, >= 60% of the peak.
 # Expert scaling (issue 12): the demo's MLP MoE model (moelab bench --model mlp, batch 64,
 # top-2, 2 threads) at 4, 16, 64 and 256 experts, moelab with optim.idle_experts dense and
 # lazy beside bench/torch_mlp_moe_ref.py (the per-expert loop, dense and lazy, and the batched
@@ -84,15 +85,15 @@ END {
     ok = 1
     for (s in ml) {
         r = pt[s] > 0 ? ml[s] / pt[s] : 0
-        need = (s == "64x64x3") ? 2.5 : 2.0
+        need = (s == "64x64x3") ? 3.5 : 4.0   # issue 12 section 4 (the first targets were 2.5 and 2.0)
         printf "ratio image=%s moelab_img_per_s=%.1f torch_img_per_s=%.1f speedup=%.2f target=%.1f %s\n", s, ml[s], pt[s], r, need, (r >= need ? "MET" : "MISSED")
         if (r < need) ok = 0
         printf "rss image=%s moelab_peak_rss_mb=%d torch_peak_rss_mb=%d %s\n", s, rss[s], prss[s], (rss[s] <= prss[s] ? "MET" : "MISSED")
         if (rss[s] > prss[s]) ok = 0
         if (s == "64x64x3") {
             f = pk[s] > 0 ? gf[s] / pk[s] : 0
-            printf "efficiency image=%s gflops=%.1f sgemm_peak_gflops=%.1f fraction=%.2f target=0.50 %s\n", s, gf[s], pk[s], f, (f >= 0.5 ? "MET" : "MISSED")
-            if (f < 0.5) ok = 0
+            printf "efficiency image=%s gflops=%.1f sgemm_peak_gflops=%.1f fraction=%.2f target=0.60 %s\n", s, gf[s], pk[s], f, (f >= 0.6 ? "MET" : "MISSED")
+            if (f < 0.6) ok = 0
         }
     }
     r = cpt > 0 ? cml / cpt : 0
