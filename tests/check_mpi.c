@@ -21,8 +21,8 @@
 /* The ASan build (make asan, -O1) checks memory. Its split COD runs drift from its
    one-process runs (losses 1e-5, routing importance 1e-4, BN running means 2e-3 after two
    epochs) where the -O2 build agrees to 1e-6. A plain -O1 build without sanitizers drifts
-   the same, and ASan without its malloc fill too: it is the rounding of the split's partial
-   sums as -O1 compiles them, not a memory error (where it enters is not traced). Under ASan the
+   the same, and ASan without its malloc fill too: most likely the rounding of the split's partial
+   sums as -O1 compiles them rather than a memory error (where it enters is not traced). Under ASan the
    batch-norm nets' equivalence is checked to 1000x TOL (gross errors only), and make test
    holds it to TOL. */
 #if defined(__SANITIZE_ADDRESS__)
