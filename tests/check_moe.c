@@ -192,7 +192,7 @@ static int pix_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
             }
     return ML_OK;
 }
-static const ml_expert_kind pix = {"pix", pix_create, pix_free, pix_describe, pix_reserve, pix_forward, pix_backward, NULL, NULL};
+static const ml_expert_kind pix = {"pix", pix_create, pix_free, pix_describe, pix_reserve, pix_forward, pix_backward, NULL, NULL, 0};
 
 /* The router sees each map's channel means; gradients reach the input through the experts,
    the gates and the pool, and the experts' and router's parameters: finite differences. */

@@ -88,6 +88,10 @@ typedef struct ml_expert_kind {
     /* The variant of an expert created at index e (see Variants above), or NULL: one variant.
        describe, forward and backward read an expert's variant with ml_moe_variant. */
     int (*default_variant)(void *st, const ml_moe *m, int e);
+    /* 1: forward and backward of different experts may run at once on the OpenMP threads (they
+       touch only their own rows, tensors and activations, call no OpenMP themselves, and
+       never fail); the layer then shares the used experts among the threads. 0: one by one. */
+    int parallel;
 } ml_expert_kind;
 
 /* The residual MLP of the SRNN seed: cfg is an int *, the hidden width H. */
@@ -121,6 +125,8 @@ struct ml_moe {
     float *dgate_loss;              /* (K) losses' gradient wrt the gates (ABI 1.1 eval_v2) */
     float *dgate, *dyg, *dxg;       /* (K), (K, D), (K, D) */
     float *grad_mag, *load;         /* (N) */
+    int32_t *used;                  /* (N) the last forward: the experts with rows here, ascending */
+    int n_used;
     const int32_t *label;           /* (B) borrowed, or NULL */
     int num_classes;
 

@@ -235,14 +235,15 @@ void ml_params_zero_grad(ml_params *p) {
 /* The end of tensor h's slot in the block: its elements and the padding after them. */
 static size_t slot_end(const ml_params *p, int h) { return p->t[h].off + ((p->t[h].n + 15) & ~(size_t)15); }
 
-/* Calls f on each run [begin, end) of adjacent tensors not marked idle, in layout order;
-   stops at the first call that returns 0, and returns 0 then (1 otherwise). */
-static int each_used_run(const ml_params *p, int (*f)(const ml_params *, size_t, size_t)) {
+/* Calls f on each run [begin, end) of adjacent tensors not marked idle (nor, with checked,
+   marked grad_finite), in layout order; stops at the first call that returns 0, and returns
+   0 then (1 otherwise). */
+static int each_used_run(const ml_params *p, int checked, int (*f)(const ml_params *, size_t, size_t)) {
     size_t begin = 0, end = 0;
     int open = 0;
     for (int k = 0; k < p->n_live; k++) {
         int h = p->order[k];
-        if (p->t[h].idle) {
+        if (p->t[h].idle || (checked && p->t[h].grad_finite)) {
             if (open && !f(p, begin, end)) return 0;
             open = 0;
             continue;
@@ -259,7 +260,7 @@ static int zero_run(const ml_params *p, size_t begin, size_t end) {
 }
 
 void ml_params_zero_grad_used(ml_params *p) {
-    if (p->grad) each_used_run(p, zero_run);
+    if (p->grad) each_used_run(p, 0, zero_run);
 }
 
 /* Exponent bits all ones: Inf or NaN. Integer tests vectorise, and stay correct even under
@@ -282,7 +283,7 @@ int ml_params_grad_finite(const ml_params *p) {
 
 static int finite_run(const ml_params *p, size_t begin, size_t end) { return ml_span_finite(p->grad + begin, end - begin); }
 
-int ml_params_grad_finite_used(const ml_params *p) { return !p->grad || each_used_run(p, finite_run); }
+int ml_params_grad_finite_used(const ml_params *p) { return !p->grad || each_used_run(p, 1, finite_run); }
 
 int ml_params_grad_first_nonfinite(const ml_params *p, int *count) {
     int first = -1, k = 0;

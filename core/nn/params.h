@@ -58,6 +58,11 @@ typedef struct ml_tensor {
        received no samples, whose gradient the backward leaves at zero; a lazy optimizer step
        (optim.idle_experts: lazy) leaves them as they are. 0 for every other tensor. */
     uint8_t idle;
+    /* set by the MoE layer's backward (model/moe.h) once an expert's gradient is final for the
+       step: 1 when it checked that every element is finite (while it summed |grad| for the
+       router), so ml_params_grad_finite_used need not read it again; cleared by the training
+       forward, before the backward writes the gradient. */
+    uint8_t grad_finite;
     int64_t seq;       /* layout position: tensors are laid out by increasing seq */
 } ml_tensor;
 
@@ -110,7 +115,8 @@ void ml_params_zero_grad_used(ml_params *p);
 /* 1 when every gradient in the block is finite: one vectorised pass over p->grad (run
  * before each optimizer step). 1 for a block without gradients. */
 int ml_params_grad_finite(const ml_params *p);
-/* The same over the tensors not marked idle (their gradients are zero: see above). */
+/* The same over the tensors not marked idle (their gradients are zero: see above) and not
+   marked grad_finite (checked already). */
 int ml_params_grad_finite_used(const ml_params *p);
 /* The handle of the first tensor (declaration order) holding a non-finite gradient, or
  * -1; *count (may be NULL) receives how many tensors hold one. The slow path after
