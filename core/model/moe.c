@@ -10,6 +10,18 @@
 
 #include "nn/ops.h"
 
+/* Zeroes expert e's stale gradients (ml_tensor.zero_later): ml_params_zero_grad_used leaves
+   them to the layer, which zeroes them just before the expert's backward writes them (in
+   cache), or in the forward when the expert has no rows here. */
+void ml_moe_zero_stale(const ml_moe *m, int e) {
+    for (int i = 0; i < m->nt[e]; i++) {
+        ml_tensor *t = &m->P->t[m->th[e][i]];
+        if (!t->grad_stale) continue;
+        memset(ml_moe_grad(m, e, i), 0, t->n * sizeof(float));
+        t->grad_stale = 0;
+    }
+}
+
 /* ------------------------------------------------ the residual-MLP expert kind */
 
 /* f(z) = W2·relu(W1·z + b1) + b2 with W1 (H, D), W2 (D, H): the SRNN seed's expert. */
@@ -81,13 +93,19 @@ static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     const int D = m->D, H = k->H;
     const float *hg = k->hg + (size_t)r0 * H;
     float *dhg = k->dhg + (size_t)r0 * H;
+    /* the step's first backward of the expert (its gradients stale, left to the layer to
+       zero) writes them instead of zeroing and accumulating: one pass over them, not two */
+    int set = n > 0;
+    for (int i = 0; i < 4; i++) set &= m->P->t[m->th[e][i]].grad_stale;
+    if (!set) ml_moe_zero_stale(m, e);
+    void (*lin)(float *, float *, float *, const float *, const float *, const float *, int, int, int) =
+        set ? ml_linear_backward_set : ml_linear_backward;
     memset(dhg, 0, (size_t)n * H * sizeof(float));
-    ml_linear_backward(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2),
-                       n, H, D);
+    lin(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2), n, H, D);
     for (size_t i = 0; i < (size_t)n * H; i++)
         if (hg[i] <= 0) dhg[i] = 0;
-    ml_linear_backward(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1),
-                       n, D, H);
+    lin(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1), n, D, H);
+    for (int i = 0; i < 4; i++) m->P->t[m->th[e][i]].grad_stale = 0;
     return ML_OK;
 }
 
@@ -98,7 +116,7 @@ static double mlp_flops(void *st, const ml_moe *m, int e) {
 }
 
 const ml_expert_kind ml_expert_mlp = {"mlp",       mlp_create,   mlp_free,  mlp_describe, mlp_reserve,
-                                      mlp_forward, mlp_backward, mlp_flops, NULL,        1};
+                                      mlp_forward, mlp_backward, mlp_flops, NULL,        1, 1};
 
 /* ------------------------------------------------------ experts' tensors */
 
@@ -146,6 +164,7 @@ static int declare_expert(ml_moe *m, int e) {
         snprintf(name, sizeof name, "moe%d.expert%d.%s", m->layer + 1, e, t.name);
         if ((m->th[e][i] = ml_params_declare(m->P, name, t.ndim, t.shape, t.init, t.init_value, t.fan_in)) < 0)
             return ML_ERR;
+        m->P->t[m->th[e][i]].zero_later = 1; /* ml_moe_zero_stale zeroes it, in the step that writes it */
     }
     if (i == ML_EXPERT_MAX_TENSORS && ml_moe_expert_tensor(m, e, i, &t) == 0)
         return ml_errorf("moe layer %d: a '%s' expert has more than %d tensors", m->layer + 1, m->kind->name,
@@ -352,6 +371,7 @@ static int run_expert(ml_moe *m, int j, int backward, int training, int mag) {
     if (!backward) return m->kind->forward(m->kst, m, e, r0, n, xg, m->yg + (size_t)r0 * D, training);
     float *dxg = m->dxg + (size_t)r0 * D;
     memset(dxg, 0, (size_t)n * D * sizeof(float));
+    if (!m->kind->own_stale) ml_moe_zero_stale(m, e);
     int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg);
     if (!rc && mag) m->grad_mag[e] = grad_mag(m, e);
     return rc;
@@ -463,8 +483,9 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
        idle (ml_tensor.idle; with a split batch, idle on every rank, so the summed gradients
        agree): the backward leaves their gradients at zero, zeroing and checks skip them, and a
        lazy optimizer leaves them as they are */
-    if (training)
-        for (int e = 0; e < N; e++) {
+    m->n_used = 0;
+    for (int e = 0; e < N; e++) {
+        if (training) {
             const uint8_t idle = ri->per_expert[e] == 0;
             for (int i = 0; i < m->nt[e]; i++) {
                 ml_tensor *t = &m->P->t[m->th[e][i]];
@@ -472,9 +493,9 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
                 t->grad_finite = 0; /* the backward checks it (grad_mag) */
             }
         }
-    m->n_used = 0;
-    for (int e = 0; e < N; e++)
         if (m->estart[e + 1] > m->estart[e]) m->used[m->n_used++] = e;
+        else ml_moe_zero_stale(m, e); /* its gradient stays zero: nothing writes it in this step */
+    }
     if (run_experts(m, 0, training, 0)) return ML_ERR;
     for (int b = 0; b < Bl; b++) {
         float *yb = y + (size_t)b * D;

@@ -63,6 +63,14 @@ typedef struct ml_tensor {
        router), so ml_params_grad_finite_used need not read it again; cleared by the training
        forward, before the backward writes the gradient. */
     uint8_t grad_finite;
+    /* The MoE layer zeroes its experts' gradients itself, each in the step that writes it,
+       while it is in cache (model/moe.h): for a tensor marked zero_later (the layer marks its
+       experts'), ml_params_zero_grad_used marks grad_stale instead of writing zeros. A stale
+       gradient reads as zero but holds an earlier step's values until the layer zeroes it:
+       its forward zeroes the stale tensors of experts without rows, its backward those of the
+       others before it writes them, so that none is stale after a forward and backward. */
+    uint8_t zero_later;
+    uint8_t grad_stale;
     int64_t seq;       /* layout position: tensors are laid out by increasing seq */
 } ml_tensor;
 
@@ -106,14 +114,16 @@ int ml_params_commit(ml_params *p, ml_rng *rng);
 void ml_params_zero_grad(ml_params *p);
 /*
  * Zeroes the gradients of the tensors not marked idle (ml_tensor.idle), in runs of adjacent
- * tensors (layout order, padding included). Exact as ml_params_zero_grad when the idle
- * tensors' gradients are zero already — which holds when the idle flags are those of the last
- * training forward, whose backward wrote only the other tensors' gradients, and every
- * gradient was zero before it: the training step zeroes with this before its forward.
+ * tensors (layout order, padding included); those marked zero_later are marked grad_stale
+ * instead (the MoE layer zeroes them). Exact as ml_params_zero_grad when the idle tensors'
+ * gradients are zero already — which holds when the idle flags are those of the last training
+ * forward, whose backward wrote only the other tensors' gradients, and every gradient was zero
+ * before it: the training step zeroes with this before its forward.
  */
 void ml_params_zero_grad_used(ml_params *p);
 /* 1 when every gradient in the block is finite: one vectorised pass over p->grad (run
- * before each optimizer step). 1 for a block without gradients. */
+ * before each optimizer step; grad_stale tensors count as zero). 1 for a block without
+ * gradients. */
 int ml_params_grad_finite(const ml_params *p);
 /* The same over the tensors not marked idle (their gradients are zero: see above) and not
    marked grad_finite (checked already). */
