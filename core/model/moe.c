@@ -174,14 +174,27 @@ static int declare_expert(ml_moe *m, int e) {
 }
 
 /* sum |g[i]| in double, in 8 interleaved partial sums (element i in sum i mod 8) added in a
-   fixed order: one vector of doubles per 8 elements, the same order on every machine */
-static double sum_abs(const float *g, size_t n) {
-    double acc[8] = {0};
-    size_t i = 0;
+   fixed order: one vector of doubles per 8 elements, the same order on every machine.
+   sum_abs_rest continues the partial sums acc from element i on and adds them up. */
+static double sum_abs_rest(const float *g, size_t n, size_t i, double acc[8]) {
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) acc[l] += fabsf(g[i + l]);
     for (int l = 0; i < n; i++, l++) acc[l] += fabsf(g[i]);
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* sum_abs of two spans at once, each the same bits as alone: the additions of one span wait on
+   each other (8 chains of n/8 adds), two spans keep twice as many in flight */
+static void sum_abs2(const float *g, size_t n, const float *h, size_t m, double *sg, double *sh) {
+    double a[8] = {0}, b[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n && i + 8 <= m; i += 8)
+        for (int l = 0; l < 8; l++) {
+            a[l] += fabsf(g[i + l]);
+            b[l] += fabsf(h[i + l]);
+        }
+    *sg = sum_abs_rest(g, n, i, a);
+    *sh = sum_abs_rest(h, m, i, b);
 }
 
 /* 1 unless d is Inf or NaN (the exponent bits, as ml_span_finite) */
@@ -201,11 +214,29 @@ static int double_finite(double d) {
 static float grad_mag(const ml_moe *m, int e) {
     float s = 0;
     size_t count = 0;
-    for (int i = 0; i < m->nt[e]; i++) {
+    const int nt = m->nt[e];
+    double a[ML_EXPERT_MAX_TENSORS];
+    int by[ML_EXPERT_MAX_TENSORS]; /* the tensors by size, largest first: summed in pairs of like size */
+    for (int i = 0; i < nt; i++) {
+        int j = i;
+        for (; j > 0 && m->P->t[m->th[e][by[j - 1]]].n < m->P->t[m->th[e][i]].n; j--) by[j] = by[j - 1];
+        by[j] = i;
+    }
+    for (int k = 0; k < nt; k += 2) {
+        const int i = by[k];
+        const size_t n = m->P->t[m->th[e][i]].n;
+        if (k + 1 < nt) {
+            const int j = by[k + 1];
+            sum_abs2(ml_moe_grad(m, e, i), n, ml_moe_grad(m, e, j), m->P->t[m->th[e][j]].n, &a[i], &a[j]);
+        } else {
+            double acc[8] = {0};
+            a[i] = sum_abs_rest(ml_moe_grad(m, e, i), n, 0, acc);
+        }
+    }
+    for (int i = 0; i < nt; i++) { /* s adds them in describe order */
         ml_tensor *t = &m->P->t[m->th[e][i]];
-        double a = sum_abs(ml_moe_grad(m, e, i), t->n);
-        t->grad_finite = (uint8_t)double_finite(a);
-        s += (float)a;
+        t->grad_finite = (uint8_t)double_finite(a[i]);
+        s += (float)a[i];
         count += t->n;
     }
     return count ? s / (float)count : 0;
@@ -494,7 +525,10 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
             }
         }
         if (m->estart[e + 1] > m->estart[e]) m->used[m->n_used++] = e;
-        else ml_moe_zero_stale(m, e); /* its gradient stays zero: nothing writes it in this step */
+        /* an expert with rows elsewhere in a split batch: its part here of the gradient summed
+           over the processes is zero. An idle one's stays stale: it reads as zero (and a lazy
+           step does not read it at all), no pass over it. */
+        else if (ri->per_expert[e] > 0) ml_moe_zero_stale(m, e);
     }
     if (run_experts(m, 0, training, 0)) return ML_ERR;
     for (int b = 0; b < Bl; b++) {

@@ -66,9 +66,11 @@ typedef struct ml_tensor {
     /* The MoE layer zeroes its experts' gradients itself, each in the step that writes it,
        while it is in cache (model/moe.h): for a tensor marked zero_later (the layer marks its
        experts'), ml_params_zero_grad_used marks grad_stale instead of writing zeros. A stale
-       gradient reads as zero but holds an earlier step's values until the layer zeroes it:
-       its forward zeroes the stale tensors of experts without rows, its backward those of the
-       others before it writes them, so that none is stale after a forward and backward. */
+       gradient reads as zero but holds an earlier step's values: the expert's backward
+       overwrites it (or zeroes it first), a split batch's forward zeroes those of experts with
+       rows on other processes only, and an idle expert's stays stale. Every reader takes a
+       stale gradient as zero: the optimizer (a dense step updates the tensor with a zero
+       gradient, without reading it), the finiteness checks (they skip it). */
     uint8_t zero_later;
     uint8_t grad_stale;
     int64_t seq;       /* layout position: tensors are laid out by increasing seq */
@@ -115,10 +117,11 @@ void ml_params_zero_grad(ml_params *p);
 /*
  * Zeroes the gradients of the tensors not marked idle (ml_tensor.idle), in runs of adjacent
  * tensors (layout order, padding included); those marked zero_later are marked grad_stale
- * instead (the MoE layer zeroes them). Exact as ml_params_zero_grad when the idle tensors'
- * gradients are zero already — which holds when the idle flags are those of the last training
- * forward, whose backward wrote only the other tensors' gradients, and every gradient was zero
- * before it: the training step zeroes with this before its forward.
+ * instead (zero to every reader; the MoE layer's backward overwrites them). Exact as
+ * ml_params_zero_grad when the idle tensors' gradients are zero (or stale) already — which
+ * holds when the idle flags are those of the last training forward, whose backward wrote only
+ * the other tensors' gradients, and every gradient was zero before it: the training step
+ * zeroes with this before its forward.
  */
 void ml_params_zero_grad_used(ml_params *p);
 /* 1 when every gradient in the block is finite: one vectorised pass over p->grad (run
