@@ -10,9 +10,10 @@
 
 #include "nn/ops.h"
 
-/* Zeroes expert e's stale gradients (ml_tensor.zero_later): ml_params_zero_grad_used leaves
-   them to the layer, which zeroes them just before the expert's backward writes them (in
-   cache), or in the forward when the expert has no rows here. */
+/* Zeroes expert e's stale gradients (ml_tensor.grad_stale): ml_params_zero_grad_used leaves
+   the experts' gradients to the layer. The MLP expert's backward overwrites them; other
+   kinds' are zeroed just before their backward (in cache); a split batch's forward zeroes
+   those of experts with rows on other processes only; an idle expert's stay stale. */
 void ml_moe_zero_stale(const ml_moe *m, int e) {
     for (int i = 0; i < m->nt[e]; i++) {
         ml_tensor *t = &m->P->t[m->th[e][i]];
@@ -164,7 +165,7 @@ static int declare_expert(ml_moe *m, int e) {
         snprintf(name, sizeof name, "moe%d.expert%d.%s", m->layer + 1, e, t.name);
         if ((m->th[e][i] = ml_params_declare(m->P, name, t.ndim, t.shape, t.init, t.init_value, t.fan_in)) < 0)
             return ML_ERR;
-        m->P->t[m->th[e][i]].zero_later = 1; /* ml_moe_zero_stale zeroes it, in the step that writes it */
+        m->P->t[m->th[e][i]].zero_later = 1; /* zeroed or overwritten by the step that writes it */
     }
     if (i == ML_EXPERT_MAX_TENSORS && ml_moe_expert_tensor(m, e, i, &t) == 0)
         return ml_errorf("moe layer %d: a '%s' expert has more than %d tensors", m->layer + 1, m->kind->name,
