@@ -176,6 +176,35 @@ START_TEST(topk_ties_to_lower_index) {
 }
 END_TEST
 
+/* long rows (a router's N) with NaNs and ties among the numbers, every k up to 9 and n:
+   the reference order's first k */
+START_TEST(topk_long_rows) {
+    enum { n = 300 };
+    for (unsigned seed = 1; seed <= 8; seed++) {
+        float v[n];
+        int idx[n];
+        int32_t s[n];
+        tu_fill(v, n, 100 + seed, -50, 50);
+        for (int i = 0; i < n; i++) {
+            if (seed % 2) v[i] = floorf(v[i]); /* many ties */
+            if (i % 37 == (int)seed) v[i] = NAN;
+        }
+        if (seed == 3) /* ascending: each entry ranks before all seen so far */
+            for (int i = 0; i < n; i++) v[i] = (float)i;
+        for (int i = 0; i < n; i++) { /* the reference: an insertion sort by the order itself */
+            int j = i;
+            for (; j > 0 && ml_aux_ranks_before(v, i, idx[j - 1]); j--) idx[j] = idx[j - 1];
+            idx[j] = i;
+        }
+        for (int k = 1; k <= n; k = k < 9 ? k + 1 : k == 9 ? 150 : k == 150 ? n : n + 1) {
+            ml_aux_topk(v, n, k, s);
+            for (int j = 0; j < k; j++)
+                ck_assert_msg(s[j] == idx[j], "seed %u k %d: pick %d is %d, reference %d", seed, k, j, s[j], idx[j]);
+        }
+    }
+}
+END_TEST
+
 START_TEST(topk_nan_last) {
     const float z[4] = {NAN, 1, NAN, 2};
     int32_t sel[4];
@@ -586,6 +615,7 @@ static Suite *aux_suite(void) {
     tcase_add_test(t, logsumexp_values);
     tcase_add_test(t, topk_ties_to_lower_index);
     tcase_add_test(t, topk_nan_last);
+    tcase_add_test(t, topk_long_rows);
     tcase_add_test(t, topk_gates_are_renormalised_probs);
     tcase_add_test(t, softmax_bwd_finite_differences);
     tcase_add_test(t, topk_gates_bwd_finite_differences);

@@ -192,7 +192,7 @@ static int pix_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
             }
     return ML_OK;
 }
-static const ml_expert_kind pix = {"pix", pix_create, pix_free, pix_describe, pix_reserve, pix_forward, pix_backward, NULL, NULL};
+static const ml_expert_kind pix = {"pix", pix_create, pix_free, pix_describe, pix_reserve, pix_forward, pix_backward, NULL, NULL, 0, 0};
 
 /* The router sees each map's channel means; gradients reach the input through the experts,
    the gates and the pool, and the experts' and router's parameters: finite differences. */
@@ -636,8 +636,81 @@ START_TEST(idle_experts_marked) {
     for (int h = 0; h < k.P.count; h++) before[h] = k.P.t[h].idle;
     ck_assert_int_eq(ml_moe_forward(k.m, k.c, y, B, 0, k.ids, NULL, 0), ML_OK);
     for (int h = 0; h < k.P.count; h++) ck_assert_int_eq(k.P.t[h].idle, before[h]);
+    /* zeroing the used tensors zeroes the whole block, but for the used experts' gradients,
+       which it leaves to the layer (stale: zeroed by its next forward or backward) */
     ml_params_zero_grad_used(&k.P);
-    for (size_t j = 0; j < k.P.total; j++) ck_assert_float_eq(k.P.grad[j], 0.0f);
+    for (int h = 0; h < k.P.count; h++) {
+        const ml_tensor *t = &k.P.t[h];
+        ck_assert_int_eq(t->grad_stale, strstr(t->name, ".expert") && !t->idle);
+        if (!t->grad_stale)
+            for (size_t j = 0; j < t->n; j++) ck_assert_float_eq(k.P.grad[t->off + j], 0.0f);
+    }
+    teardown(&k);
+}
+END_TEST
+
+/* The experts' gradients the training step leaves to the layer (ml_tensor.zero_later): a step
+   after one whose gradients were garbage (NaN, as a skipped non-finite step leaves them) gives
+   exactly the gradients of a step from an all-zero block, whichever experts the two steps use
+   (an idle expert's stale gradient counting as zero); the finiteness checks see stale
+   gradients as zero; the backward marks each used expert's tensors grad_finite, and leaves
+   none of them stale. */
+START_TEST(stale_expert_gradients) {
+    ctx k;
+    setup(&k, "switch", 8, NULL, NULL);
+    float y[B * D], dz[B * D] = {0};
+    const size_t total = k.P.total;
+    float *ref = malloc(total * sizeof(float));
+    ck_assert_ptr_nonnull(ref);
+    /* the reference: the second step's input from zeroed gradients */
+    ml_params_zero_grad(&k.P);
+    ck_assert_int_eq(ml_moe_forward(k.m, k.c, y, B, 1, k.ids, NULL, 0), ML_OK);
+    ck_assert_int_eq(ml_moe_backward(k.m, k.z, dz), ML_OK);
+    memcpy(ref, k.P.grad, total * sizeof(float));
+    for (int e = 0; e < k.m->N; e++)
+        for (int i = 0; i < k.m->nt[e]; i++) {
+            const ml_tensor *t = &k.P.t[k.m->th[e][i]];
+            ck_assert_int_eq(t->grad_finite, !t->idle);
+        }
+    /* a first step on another input, whose used experts' gradients turn to NaN */
+    ml_params_zero_grad(&k.P);
+    ck_assert_int_eq(ml_moe_forward(k.m, k.z, y, B, 1, k.ids, NULL, 0), ML_OK);
+    ck_assert_int_eq(ml_moe_backward(k.m, k.c, dz), ML_OK);
+    int first[8] = {0}, differ = 0;
+    for (int e = 0; e < k.m->N; e++) {
+        first[e] = k.m->estart[e + 1] > k.m->estart[e];
+        for (int i = 0; first[e] && i < k.m->nt[e]; i++)
+            for (size_t j = 0; j < k.P.t[k.m->th[e][i]].n; j++) ml_moe_grad(k.m, e, i)[j] = NAN;
+    }
+    ck_assert(!ml_params_grad_finite(&k.P));
+    ml_params_zero_grad_used(&k.P);
+    ck_assert(ml_params_grad_finite(&k.P));
+    ck_assert(ml_params_grad_finite_used(&k.P));
+    ck_assert_int_eq(ml_params_grad_first_nonfinite(&k.P, NULL), -1);
+    /* the second step */
+    ck_assert_int_eq(ml_moe_forward(k.m, k.c, y, B, 1, k.ids, NULL, 0), ML_OK);
+    int stale_idle = 0;
+    for (int e = 0; e < k.m->N; e++) {
+        const int got = k.m->estart[e + 1] > k.m->estart[e];
+        differ += got != first[e];
+        stale_idle += !got && first[e];
+        for (int i = 0; !got && i < k.m->nt[e]; i++) /* idle now: stale when used before, else zero */
+            ck_assert_int_eq(k.P.t[k.m->th[e][i]].grad_stale, first[e]);
+    }
+    ck_assert_int_gt(differ, 0); /* some expert used in one step only */
+    ck_assert_int_gt(stale_idle, 0);
+    ck_assert_int_eq(ml_moe_backward(k.m, k.z, dz), ML_OK);
+    for (int h = 0; h < k.P.count; h++) {
+        const ml_tensor *t = &k.P.t[h];
+        ck_assert(!t->grad_stale || t->idle);
+        for (size_t j = 0; j < t->n; j++) {
+            if (t->grad_stale) ck_assert_float_eq(ref[t->off + j], 0.0f);
+            else ck_assert_mem_eq(&k.P.grad[t->off + j], &ref[t->off + j], sizeof(float));
+        }
+    }
+    ck_assert(ml_params_grad_finite_used(&k.P));
+    ck_assert(ml_params_grad_finite(&k.P));
+    free(ref);
     teardown(&k);
 }
 END_TEST
@@ -659,6 +732,7 @@ int main(void) {
     tcase_add_test(t, drop_upcycle_reinitialises_exactly_the_share);
     tcase_add_test(t, cod_experts_keep_their_kind);
     tcase_add_test(t, idle_experts_marked);
+    tcase_add_test(t, stale_expert_gradients);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

@@ -322,6 +322,44 @@ START_TEST(zero_and_check_only_the_used) {
 }
 END_TEST
 
+/* A stale gradient (ml_tensor.grad_stale: left to the MoE layer, reads as zero) is zero to every
+   optimizer, dense or lazy, whatever its memory holds: the same bits as a zeroed gradient,
+   for tensors longer than the optimizer's pieces of zeros too; zeroing marks only the
+   zero_later tensors not idle stale. */
+START_TEST(stale_gradients_read_as_zero) {
+    const char *names[] = {"a", "moe1.expert0.w1", "moe1.expert1.w1", "b"};
+    int sizes[] = {17, 9000, 40, 3};
+    for (int kind = 0; kind < 3; kind++)
+        for (int idle = 0; idle < 2; idle++) {
+            ml_params z, s;
+            make_block(&z, 4, names, sizes, 43);
+            make_block(&s, 4, names, sizes, 43);
+            ml_optim o = {.kind = (ml_optim_kind)kind, .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                          .weight_decay = 0.1f, .momentum = 0.9f, .idle = (ml_optim_idle)idle};
+            ml_optim o2 = o;
+            for (int h = 1; h <= 2; h++) s.t[h].zero_later = 1;
+            s.t[2].idle = z.t[2].idle = 1; /* expert 1 idle, expert 0 used */
+            ml_params_zero_grad_used(&s);
+            ck_assert_int_eq(s.t[1].grad_stale, 1);
+            ck_assert_int_eq(s.t[2].grad_stale, 0);
+            s.t[2].grad_stale = 1; /* an idle expert's gradient left stale by an earlier step */
+            for (int h = 1; h <= 2; h++) tu_fill(ml_params_grad(&s, h), s.t[h].n, 7, -1e30f, 1e30f);
+            ml_params_grad(&s, 1)[5] = NAN;
+            ml_params_zero_grad(&z);
+            for (int r = 0; r < 2; r++) {
+                ml_optim_step(&o, &z);
+                ml_optim_step(&o2, &s);
+            }
+            size_t bytes = z.total * sizeof(float);
+            ck_assert_int_eq(memcmp(z.data, s.data, bytes), 0);
+            ck_assert_int_eq(memcmp(z.m, s.m, bytes), 0);
+            if (kind != ML_OPTIM_SGD) ck_assert_int_eq(memcmp(z.v, s.v, bytes), 0);
+            ml_params_free(&z);
+            ml_params_free(&s);
+        }
+}
+END_TEST
+
 /* ------------------------------------------------------------------ groups, freezing */
 
 START_TEST(groups_first_match_wins) {
@@ -539,6 +577,7 @@ int main(void) {
     tcase_add_test(t, groups_in_a_run);
     tcase_add_test(t, glob_matches_like_fnmatch);
     tcase_add_test(t, glob_is_linear);
+    tcase_add_test(t, stale_gradients_read_as_zero);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

@@ -292,4 +292,4 @@ static double cod_flops(void *st, const ml_moe *m, int e) {
 }
 
 const ml_expert_kind ml_expert_cod = {"cod",        cod_create,   cod_free,  cod_describe,       cod_reserve,
-                                      cod_forward, cod_backward, cod_flops, cod_default_variant};
+                                      cod_forward, cod_backward, cod_flops, cod_default_variant, 0, 0};

@@ -2,12 +2,26 @@
 #include "model/moe.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nn/ops.h"
+
+/* Zeroes expert e's stale gradients (ml_tensor.grad_stale): ml_params_zero_grad_used leaves
+   the experts' gradients to the layer. The MLP expert's backward overwrites them; other
+   kinds' are zeroed just before their backward (in cache); a split batch's forward zeroes
+   those of experts with rows on other processes only; an idle expert's stay stale. */
+void ml_moe_zero_stale(const ml_moe *m, int e) {
+    for (int i = 0; i < m->nt[e]; i++) {
+        ml_tensor *t = &m->P->t[m->th[e][i]];
+        if (!t->grad_stale) continue;
+        memset(ml_moe_grad(m, e, i), 0, t->n * sizeof(float));
+        t->grad_stale = 0;
+    }
+}
 
 /* ------------------------------------------------ the residual-MLP expert kind */
 
@@ -80,13 +94,19 @@ static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     const int D = m->D, H = k->H;
     const float *hg = k->hg + (size_t)r0 * H;
     float *dhg = k->dhg + (size_t)r0 * H;
+    /* the step's first backward of the expert (its gradients stale, left to the layer to
+       zero) writes them instead of zeroing and accumulating: one pass over them, not two */
+    int set = n > 0;
+    for (int i = 0; i < 4; i++) set &= m->P->t[m->th[e][i]].grad_stale;
+    if (!set) ml_moe_zero_stale(m, e);
+    void (*lin)(float *, float *, float *, const float *, const float *, const float *, int, int, int) =
+        set ? ml_linear_backward_set : ml_linear_backward;
     memset(dhg, 0, (size_t)n * H * sizeof(float));
-    ml_linear_backward(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2),
-                       n, H, D);
+    lin(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2), n, H, D);
     for (size_t i = 0; i < (size_t)n * H; i++)
         if (hg[i] <= 0) dhg[i] = 0;
-    ml_linear_backward(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1),
-                       n, D, H);
+    lin(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1), n, D, H);
+    for (int i = 0; i < 4; i++) m->P->t[m->th[e][i]].grad_stale = 0;
     return ML_OK;
 }
 
@@ -97,7 +117,7 @@ static double mlp_flops(void *st, const ml_moe *m, int e) {
 }
 
 const ml_expert_kind ml_expert_mlp = {"mlp",       mlp_create,   mlp_free,  mlp_describe, mlp_reserve,
-                                      mlp_forward, mlp_backward, mlp_flops, NULL};
+                                      mlp_forward, mlp_backward, mlp_flops, NULL,        1, 1};
 
 /* ------------------------------------------------------ experts' tensors */
 
@@ -145,6 +165,7 @@ static int declare_expert(ml_moe *m, int e) {
         snprintf(name, sizeof name, "moe%d.expert%d.%s", m->layer + 1, e, t.name);
         if ((m->th[e][i] = ml_params_declare(m->P, name, t.ndim, t.shape, t.init, t.init_value, t.fan_in)) < 0)
             return ML_ERR;
+        m->P->t[m->th[e][i]].zero_later = 1; /* zeroed or overwritten by the step that writes it */
     }
     if (i == ML_EXPERT_MAX_TENSORS && ml_moe_expert_tensor(m, e, i, &t) == 0)
         return ml_errorf("moe layer %d: a '%s' expert has more than %d tensors", m->layer + 1, m->kind->name,
@@ -154,23 +175,69 @@ static int declare_expert(ml_moe *m, int e) {
 }
 
 /* sum |g[i]| in double, in 8 interleaved partial sums (element i in sum i mod 8) added in a
-   fixed order: one vector of doubles per 8 elements, the same order on every machine */
-static float sum_abs(const float *g, size_t n) {
-    double acc[8] = {0};
-    size_t i = 0;
+   fixed order: one vector of doubles per 8 elements, the same order on every machine.
+   sum_abs_rest continues the partial sums acc from element i on and adds them up. */
+static double sum_abs_rest(const float *g, size_t n, size_t i, double acc[8]) {
     for (; i + 8 <= n; i += 8)
         for (int l = 0; l < 8; l++) acc[l] += fabsf(g[i + l]);
     for (int l = 0; i < n; i++, l++) acc[l] += fabsf(g[i]);
-    return (float)(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])));
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
-/* The SRNN saturation signal of expert e: the mean |dL/dtheta| over its parameters. */
+/* sum_abs of two spans at once, each the same bits as alone: the additions of one span wait on
+   each other (8 chains of n/8 adds), two spans keep twice as many in flight */
+static void sum_abs2(const float *g, size_t n, const float *h, size_t m, double *sg, double *sh) {
+    double a[8] = {0}, b[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n && i + 8 <= m; i += 8)
+        for (int l = 0; l < 8; l++) {
+            a[l] += fabsf(g[i + l]);
+            b[l] += fabsf(h[i + l]);
+        }
+    *sg = sum_abs_rest(g, n, i, a);
+    *sh = sum_abs_rest(h, m, i, b);
+}
+
+/* 1 unless d is Inf or NaN (the exponent bits, as ml_span_finite) */
+static int double_finite(double d) {
+    uint64_t u;
+    memcpy(&u, &d, sizeof u);
+    return (u & 0x7ff0000000000000ull) != 0x7ff0000000000000ull;
+}
+
+/*
+ * The SRNN saturation signal of expert e: the mean |dL/dtheta| over its parameters. The same
+ * pass checks the gradient for the optimizer: a sum in double of at most 2^31 floats' |g| is
+ * finite exactly when every g is (their largest, 3.4e38, times 2^31 is far below DBL_MAX), so
+ * each tensor whose sum is finite is marked grad_finite and ml_params_grad_finite_used does
+ * not read it again.
+ */
 static float grad_mag(const ml_moe *m, int e) {
     float s = 0;
     size_t count = 0;
-    for (int i = 0; i < m->nt[e]; i++) {
-        const ml_tensor *t = &m->P->t[m->th[e][i]];
-        s += sum_abs(ml_moe_grad(m, e, i), t->n);
+    const int nt = m->nt[e];
+    double a[ML_EXPERT_MAX_TENSORS];
+    int by[ML_EXPERT_MAX_TENSORS]; /* the tensors by size, largest first: summed in pairs of like size */
+    for (int i = 0; i < nt; i++) {
+        int j = i;
+        for (; j > 0 && m->P->t[m->th[e][by[j - 1]]].n < m->P->t[m->th[e][i]].n; j--) by[j] = by[j - 1];
+        by[j] = i;
+    }
+    for (int k = 0; k < nt; k += 2) {
+        const int i = by[k];
+        const size_t n = m->P->t[m->th[e][i]].n;
+        if (k + 1 < nt) {
+            const int j = by[k + 1];
+            sum_abs2(ml_moe_grad(m, e, i), n, ml_moe_grad(m, e, j), m->P->t[m->th[e][j]].n, &a[i], &a[j]);
+        } else {
+            double acc[8] = {0};
+            a[i] = sum_abs_rest(ml_moe_grad(m, e, i), n, 0, acc);
+        }
+    }
+    for (int i = 0; i < nt; i++) { /* s adds them in describe order */
+        ml_tensor *t = &m->P->t[m->th[e][i]];
+        t->grad_finite = (uint8_t)double_finite(a[i]);
+        s += (float)a[i];
         count += t->n;
     }
     return count ? s / (float)count : 0;
@@ -226,11 +293,12 @@ ml_moe *ml_moe_new_spatial(int layer, int C, int HW, int N, const ml_expert_kind
 
 static void free_buffers(ml_moe *m) {
     void *bufs[] = {m->order, m->estart, m->cursor, m->xg, m->yg, m->dlogits, m->dprob, m->dgate_loss,
-                    m->dgate, m->dyg, m->dxg, m->grad_mag, m->load, m->rin, m->drin, m->gin, m->dgin};
+                    m->dgate, m->dyg, m->dxg, m->grad_mag, m->load, m->rin, m->drin, m->gin, m->dgin, m->used};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     m->xg = m->yg = m->dlogits = m->dprob = m->dgate_loss = NULL;
     m->dgate = m->dyg = m->dxg = m->grad_mag = m->load = m->rin = m->drin = m->gin = m->dgin = NULL;
-    m->order = m->estart = m->cursor = NULL;
+    m->order = m->estart = m->cursor = m->used = NULL;
+    m->n_used = 0;
     m->cap_B = m->cap_N = 0;
 }
 
@@ -258,6 +326,7 @@ static int reserve(ml_moe *m, int B) {
     m->dgate_loss = ml_alloc_floats(K);
     m->estart = ml_calloc((size_t)m->N + 1, sizeof(int32_t));
     m->cursor = ml_calloc((size_t)m->N, sizeof(int32_t));
+    m->used = ml_calloc((size_t)m->N, sizeof(int32_t));
     m->xg = ml_alloc_floats(K * m->D);
     m->yg = ml_alloc_floats(K * m->D);
     m->dyg = ml_alloc_floats(K * m->D);
@@ -272,7 +341,7 @@ static int reserve(ml_moe *m, int B) {
         m->gin = ml_alloc_floats((size_t)B * m->R);
         m->dgin = ml_alloc_floats((size_t)B * m->R);
     }
-    if (!m->dlogits || !m->dprob || !m->order || !m->dgate || !m->dgate_loss || !m->estart || !m->cursor ||
+    if (!m->dlogits || !m->dprob || !m->order || !m->dgate || !m->dgate_loss || !m->estart || !m->cursor || !m->used ||
         !m->xg || !m->yg || !m->dyg || !m->dxg || !m->grad_mag || !m->load || (spatial && (!m->rin || !m->drin)) ||
         (m->comm && (!m->gin || !m->dgin))) {
         free_buffers(m);
@@ -311,14 +380,64 @@ static void pool_backward(const ml_moe *m, float *dx, int B, const float *drin) 
 
 /* AFTER_BACKWARD: each expert's mean |grad| (the SRNN saturation signal) and its load, the
    triples of the whole batch routed to it. */
-static int after_backward(ml_moe *m) {
-    for (int e = 0; e < m->N; e++) {
-        m->load[e] = (float)m->router.per_expert[e];
-        /* an expert without samples has a zero gradient: no pass over it (the cost of a step
-           grows with the experts used, not with N) */
-        m->grad_mag[e] = m->load[e] > 0 ? grad_mag(m, e) : 0.0f;
+static int after_backward(ml_moe *m, int have_mag) {
+    const int N = m->N;
+    for (int e = 0; e < N; e++) m->load[e] = (float)m->router.per_expert[e];
+    /* an expert without samples has a zero gradient: no pass over it (the cost of a step
+       grows with the experts used, not with N). The backward of a whole batch has summed the
+       used experts' gradients already (have_mag), while they were in cache; a split batch's
+       are final only now, summed over the processes. */
+    if (!have_mag && m->kind->parallel && omp_get_max_threads() > 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int e = 0; e < N; e++) m->grad_mag[e] = m->load[e] > 0 ? grad_mag(m, e) : 0.0f;
+    } else if (!have_mag) {
+        for (int e = 0; e < N; e++) m->grad_mag[e] = m->load[e] > 0 ? grad_mag(m, e) : 0.0f;
     }
     return ml_router_inst_after_backward(&m->router, m->grad_mag, m->load);
+}
+
+/* Forward (backward = 0) or backward of the j-th expert with rows here (run_experts). */
+static int run_expert(ml_moe *m, int j, int backward, int training, int mag) {
+    const int D = m->D, e = m->used[j], r0 = m->estart[e], n = m->estart[e + 1] - r0;
+    const float *xg = m->xg + (size_t)r0 * D;
+    if (!backward) return m->kind->forward(m->kst, m, e, r0, n, xg, m->yg + (size_t)r0 * D, training);
+    float *dxg = m->dxg + (size_t)r0 * D;
+    memset(dxg, 0, (size_t)n * D * sizeof(float));
+    if (!m->kind->own_stale) ml_moe_zero_stale(m, e);
+    int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg);
+    if (!rc && mag) m->grad_mag[e] = grad_mag(m, e);
+    return rc;
+}
+
+/*
+ * Forward (backward = 0) or backward of the experts that have rows here (m->used). A kind
+ * that allows it (ml_expert_kind.parallel) has its experts shared among the OpenMP threads,
+ * each expert computed whole by one thread with the same kernels (BLAS calls run
+ * single-threaded inside the region) as it would be alone: the results are the same bits
+ * whatever the thread count and the schedule. Other kinds run one expert after the other,
+ * outside any parallel region (their own parallel loops inside one would be nested teams).
+ * With mag (a training backward of the whole batch), each expert's gradient magnitude and
+ * finiteness follow its backward (grad_mag) while the gradient is in cache; idle experts'
+ * grad_mag is 0.
+ */
+static int run_experts(ml_moe *m, int backward, int training, int mag) {
+    const int nu = m->n_used;
+    int failed = -1;
+    if (mag) memset(m->grad_mag, 0, (size_t)m->N * sizeof(float));
+    if (m->kind->parallel && nu > 1 && omp_get_max_threads() > 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int j = 0; j < nu; j++)
+            if (run_expert(m, j, backward, training, mag)) {
+#pragma omp critical(ml_moe_run_experts)
+                if (failed < 0 || m->used[j] < failed) failed = m->used[j];
+            }
+    } else {
+        for (int j = 0; j < nu && failed < 0; j++)
+            if (run_expert(m, j, backward, training, mag)) failed = m->used[j];
+    }
+    if (failed >= 0)
+        return ml_error_prefix("moe layer %d: expert %d%s", m->layer + 1, failed, backward ? " backward" : "");
+    return ML_OK;
 }
 
 int ml_moe_set_part(ml_moe *m, const ml_comm *comm, int B) {
@@ -396,17 +515,23 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
        idle (ml_tensor.idle; with a split batch, idle on every rank, so the summed gradients
        agree): the backward leaves their gradients at zero, zeroing and checks skip them, and a
        lazy optimizer leaves them as they are */
-    if (training)
-        for (int e = 0; e < N; e++) {
-            const uint8_t idle = ri->per_expert[e] == 0;
-            for (int i = 0; i < m->nt[e]; i++) m->P->t[m->th[e][i]].idle = idle;
-        }
+    m->n_used = 0;
     for (int e = 0; e < N; e++) {
-        int r0 = m->estart[e], n = m->estart[e + 1] - r0;
-        if (!n) continue;
-        if (m->kind->forward(m->kst, m, e, r0, n, m->xg + (size_t)r0 * D, m->yg + (size_t)r0 * D, training))
-            return ml_error_prefix("moe layer %d: expert %d", m->layer + 1, e);
+        if (training) {
+            const uint8_t idle = ri->per_expert[e] == 0;
+            for (int i = 0; i < m->nt[e]; i++) {
+                ml_tensor *t = &m->P->t[m->th[e][i]];
+                t->idle = idle;
+                t->grad_finite = 0; /* the backward checks it (grad_mag) */
+            }
+        }
+        if (m->estart[e + 1] > m->estart[e]) m->used[m->n_used++] = e;
+        /* an expert with rows elsewhere in a split batch: its part here of the gradient summed
+           over the processes is zero. An idle one's stays stale: it reads as zero (and a lazy
+           step does not read it at all), no pass over it. */
+        else if (ri->per_expert[e] > 0) ml_moe_zero_stale(m, e);
     }
+    if (run_experts(m, 0, training, 0)) return ML_ERR;
     for (int b = 0; b < Bl; b++) {
         float *yb = y + (size_t)b * D;
         if (ri->hits[off + b]) memset(yb, 0, (size_t)D * sizeof(float));
@@ -444,7 +569,7 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     if (!m->B) return ml_errorf("moe layer %d: backward without a successful forward", m->layer + 1);
     const ml_router_inst *ri = &m->router;
     const ml_comm *comm = m->comm;
-    const int D = m->D, N = m->N, Bl = m->Bl, off = m->off, K = m->K, Kg = ri->n_disp;
+    const int D = m->D, Bl = m->Bl, off = m->off, K = m->K, Kg = ri->n_disp;
     const int32_t *ds = ri->disp_sample;
     const float *dg = ri->disp_gate;
     const float *z = m->x;
@@ -469,14 +594,10 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
             return ml_error_prefix("moe layer %d: summing the gate gradients", m->layer + 1);
         for (int t = 0; t < Kg; t++) m->dgate[t] += m->dgate_loss[t];
     }
-    for (int e = 0; e < N; e++) {
-        int r0 = m->estart[e], n = m->estart[e + 1] - r0;
-        if (!n) continue;
-        float *dxg = m->dxg + (size_t)r0 * D;
-        memset(dxg, 0, (size_t)n * D * sizeof(float));
-        if (m->kind->backward(m->kst, m, e, r0, n, m->xg + (size_t)r0 * D, m->dyg + (size_t)r0 * D, dxg))
-            return ml_error_prefix("moe layer %d: expert %d backward", m->layer + 1, e);
-    }
+    /* a whole batch's training backward: the experts' gradients are final after their own
+       backward, so their magnitudes follow it at once */
+    const int mag = m->training && !comm;
+    if (run_experts(m, 1, m->training, mag)) return ML_ERR;
     for (int b = 0; b < Bl; b++)
         if (!ri->hits[off + b]) {
             const float *dyb = dy + (size_t)b * D;
@@ -514,13 +635,13 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
         m->after_pending = 1;
         return ML_OK;
     }
-    return after_backward(m);
+    return after_backward(m, mag);
 }
 
 int ml_moe_after_backward(ml_moe *m) {
     if (!m->after_pending) return ML_OK;
     m->after_pending = 0;
-    return after_backward(m);
+    return after_backward(m, 0);
 }
 
 int ml_moe_grow_declare(ml_moe *m, int n_new, const int *variant) {

@@ -88,6 +88,15 @@ typedef struct ml_expert_kind {
     /* The variant of an expert created at index e (see Variants above), or NULL: one variant.
        describe, forward and backward read an expert's variant with ml_moe_variant. */
     int (*default_variant)(void *st, const ml_moe *m, int e);
+    /* 1: forward and backward of different experts may run at once on the OpenMP threads (they
+       touch only their own rows, tensors and activations, call no OpenMP themselves, and
+       never fail); the layer then shares the used experts among the threads. 0: one by one. */
+    int parallel;
+    /* 1: backward deals with the expert's stale gradients itself (ml_tensor.grad_stale: a
+       step's first backward of the expert overwrites them instead of accumulating, or zeroes
+       them first with ml_moe_zero_stale) and clears the flags; 0: the layer zeroes them
+       before it calls backward. */
+    int own_stale;
 } ml_expert_kind;
 
 /* The residual MLP of the SRNN seed: cfg is an int *, the hidden width H. */
@@ -121,6 +130,8 @@ struct ml_moe {
     float *dgate_loss;              /* (K) losses' gradient wrt the gates (ABI 1.1 eval_v2) */
     float *dgate, *dyg, *dxg;       /* (K), (K, D), (K, D) */
     float *grad_mag, *load;         /* (N) */
+    int32_t *used;                  /* (N) the last forward: the experts with rows here, ascending */
+    int n_used;
     const int32_t *label;           /* (B) borrowed, or NULL */
     int num_classes;
 
@@ -149,6 +160,8 @@ void ml_moe_free(ml_moe *m);
 /* Expert e's i-th tensor (describe order): values and gradients in the block. */
 static inline float *ml_moe_param(const ml_moe *m, int e, int i) { return ml_params_data(m->P, m->th[e][i]); }
 static inline float *ml_moe_grad(const ml_moe *m, int e, int i) { return ml_params_grad(m->P, m->th[e][i]); }
+/* Zeroes expert e's stale gradients (ml_tensor.grad_stale) and clears the flags. */
+void ml_moe_zero_stale(const ml_moe *m, int e);
 /* The i-th tensor of expert e as its kind describes it (also for experts not yet made:
    checkpoint loading asks for those a checkpoint has beyond N): 0, or -1 past the last. */
 int ml_moe_expert_tensor(const ml_moe *m, int e, int i, ml_expert_tensor *t);

@@ -26,16 +26,30 @@ void ml_linear_forward(float *y, const float *x, const float *w, const float *b,
     }
 }
 
-void ml_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                        const float *w, int B, int In, int Out) {
+/* set: dw and db overwritten (beta 0, the first row copied), else accumulated */
+static void linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                            int B, int In, int Out, int set) {
     if (B <= 0) return;
     if (dx) ml_sgemm(0, 0, B, In, Out, 1.0f, dy, Out, w, In, 1.0f, dx, In);
-    if (dw) ml_sgemm(1, 0, Out, In, B, 1.0f, dy, Out, x, In, 1.0f, dw, In);
-    if (db)
-        for (int r = 0; r < B; r++) {
+    if (dw) ml_sgemm(1, 0, Out, In, B, 1.0f, dy, Out, x, In, set ? 0.0f : 1.0f, dw, In);
+    if (db) {
+        int r = 0;
+        if (set) memcpy(db, dy, (size_t)Out * sizeof(float)), r = 1;
+        for (; r < B; r++) {
             const float *row = dy + (size_t)r * Out;
             for (int o = 0; o < Out; o++) db[o] += row[o];
         }
+    }
+}
+
+void ml_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, int B, int In, int Out) {
+    linear_backward(dx, dw, db, dy, x, w, B, In, Out, 0);
+}
+
+void ml_linear_backward_set(float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *w, int B, int In, int Out) {
+    linear_backward(dx, dw, db, dy, x, w, B, In, Out, 1);
 }
 
 void ml_relu_forward(float *y, const float *x, size_t n) {

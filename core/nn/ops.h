@@ -16,6 +16,10 @@ void ml_linear_forward(float *y, const float *x, const float *w, const float *b,
 /* dx (B, In) += dy · w;  dw (Out, In) += dy^T · x;  db (Out) += sum_b dy. */
 void ml_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                         const float *w, int B, int In, int Out);
+/* The same with dw and db overwritten (=) rather than accumulated, bit for bit what zeroing
+   them first gives (but the sign of a zero); dx still accumulates. B >= 1. */
+void ml_linear_backward_set(float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *w, int B, int In, int Out);
 
 void ml_relu_forward(float *y, const float *x, size_t n);
 /* dx += dy * (y > 0), y the forward output */

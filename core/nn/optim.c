@@ -150,21 +150,48 @@ static int updates(const ml_optim *o, const ml_tensor *t) {
     return !t->frozen && !t->removed && !(o->idle == ML_OPTIM_IDLE_LAZY && t->idle);
 }
 
-/* Elements [a, b) of tensor t. */
-static void update_span(const ml_optim *o, ml_params *p, const ml_tensor *t, size_t a, size_t b) {
+/* Adam's bias corrections 1 - beta^t of the last step count asked for: the tensors of an
+   expert, next to each other, share one count (two pow calls per expert, not per tensor). */
+typedef struct bias_memo {
+    int64_t step; /* -1: none yet */
+    float c1, c2;
+} bias_memo;
+
+/* The gradient of a stale tensor (ml_tensor.grad_stale: it reads as zero, its memory holds
+   old values), in pieces: the update then reads zeros, the same arithmetic as a zeroed
+   gradient. */
+enum { ZERO_GRAD = 4096 };
+static const float zero_grad[ZERO_GRAD];
+
+/* Elements [a, b) of tensor t, at most ZERO_GRAD of them when it is stale. */
+static void update_span(const ml_optim *o, ml_params *p, const ml_tensor *t, size_t a, size_t b, bias_memo *bm) {
     const float lr = ml_optim_tensor_lr(o, t), wd = ml_optim_tensor_wd(o, t);
     const size_t at = t->off + a, n = b - a;
-    float *tw = p->data + at, *tg = p->grad + at, *tm = p->m + at, *tv = p->v + at;
+    float *tw = p->data + at, *tm = p->m + at, *tv = p->v + at;
+    const float *tg = t->grad_stale ? zero_grad : p->grad + at;
     if (o->kind == ML_OPTIM_SGD) {
         sgd_span(tw, tg, tm, n, lr, wd, o->momentum);
         return;
     }
     const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
-    const float c1 = 1.0f - (float)pow(b1, (double)t->step);
-    const float c2 = 1.0f - (float)pow(b2, (double)t->step);
+    if (bm->step != t->step) {
+        bm->step = t->step;
+        bm->c1 = 1.0f - (float)pow(b1, (double)t->step);
+        bm->c2 = 1.0f - (float)pow(b2, (double)t->step);
+    }
+    const float c1 = bm->c1, c2 = bm->c2;
     const float step = lr / c1, rc2 = 1.0f / sqrtf(c2);
     if (o->kind == ML_OPTIM_ADAMW) adamw_span(tw, tg, tm, tv, n, b1, b2, eps, step, rc2, 1.0f - lr * wd);
     else adam_span(tw, tg, tm, tv, n, b1, b2, eps, step, rc2, wd);
+}
+
+/* Elements [a, b) of tensor t. */
+static void update_range(const ml_optim *o, ml_params *p, const ml_tensor *t, size_t a, size_t b, bias_memo *bm) {
+    if (!t->grad_stale) {
+        update_span(o, p, t, a, b, bm);
+        return;
+    }
+    for (size_t i = a; i < b; i += ZERO_GRAD) update_span(o, p, t, i, b - i < ZERO_GRAD ? b : i + ZERO_GRAD, bm);
 }
 
 void ml_optim_step(ml_optim *o, ml_params *p) {
@@ -185,13 +212,14 @@ void ml_optim_step(ml_optim *o, ml_params *p) {
         const size_t lo = id ? (size_t)((double)total * id / nt) & ~(size_t)15 : 0;
         const size_t hi = id + 1 < nt ? (size_t)((double)total * (id + 1) / nt) & ~(size_t)15 : total;
         size_t pos = 0;
+        bias_memo bm = {-1, 0, 0};
         for (int k = 0; k < p->count && pos < hi; k++) {
             const ml_tensor *t = &p->t[k];
             if (!updates(o, t)) continue;
             size_t a = pos, b = pos + t->n;
             pos = b;
             if (b <= lo) continue;
-            update_span(o, p, t, (a > lo ? a : lo) - a, (b < hi ? b : hi) - a);
+            update_range(o, p, t, (a > lo ? a : lo) - a, (b < hi ? b : hi) - a, &bm);
         }
     }
 }

@@ -1,6 +1,8 @@
 /* params.c — named tensors in contiguous blocks, re-laid out by name on growth. */
 #include "nn/params.h"
 
+#include <sys/mman.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,7 +163,28 @@ void ml_init_fill(float *x, size_t n, ml_init init, float value, int fan_in, ml_
     }
 }
 
-static float *realloc_block(size_t total) { return ml_alloc_floats(total); }
+/*
+ * A block of `total` floats, zeroed. Blocks of 2 MB and more are 2 MB aligned and asked for
+ * transparent huge pages (the kernel's madvise mode; a no-op where THP is off): the optimizer
+ * and the experts' GEMMs walk the four blocks in the spans of the experts a step used, spread
+ * over megabytes, where 4 KB pages cost a TLB miss every 4 KB of each block.
+ */
+static float *realloc_block(size_t total) {
+    const size_t huge = (size_t)2 << 20;
+    size_t bytes = total * sizeof(float);
+    if (bytes < huge) return ml_alloc_floats(total);
+    bytes = (bytes + huge - 1) & ~(huge - 1);
+    float *p = aligned_alloc(huge, bytes);
+    if (!p) {
+        ml_errorf("out of memory allocating %zu floats", total);
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    memset(p, 0, bytes);
+    return p;
+}
 
 static const ml_params *g_sort_p; /* for the comparison below; commits run on one thread */
 
@@ -229,20 +252,26 @@ int ml_params_commit(ml_params *p, ml_rng *rng) {
 }
 
 void ml_params_zero_grad(ml_params *p) {
-    if (p->grad) memset(p->grad, 0, p->total * sizeof(float));
+    if (!p->grad) return;
+    memset(p->grad, 0, p->total * sizeof(float));
+    for (int h = 0; h < p->count; h++) p->t[h].grad_stale = 0;
 }
 
 /* The end of tensor h's slot in the block: its elements and the padding after them. */
 static size_t slot_end(const ml_params *p, int h) { return p->t[h].off + ((p->t[h].n + 15) & ~(size_t)15); }
 
-/* Calls f on each run [begin, end) of adjacent tensors not marked idle, in layout order;
-   stops at the first call that returns 0, and returns 0 then (1 otherwise). */
-static int each_used_run(const ml_params *p, int (*f)(const ml_params *, size_t, size_t)) {
+/* Calls f on each run [begin, end) of adjacent tensors not marked idle, zero_later, nor (with
+   checked) grad_finite or grad_stale, in layout order; stops at the first call that returns 0,
+   and returns 0 then (1 otherwise). Zeroing (checked = 0) marks the zero_later ones stale. */
+static int each_used_run(ml_params *p, int checked, int (*f)(const ml_params *, size_t, size_t)) {
     size_t begin = 0, end = 0;
     int open = 0;
     for (int k = 0; k < p->n_live; k++) {
         int h = p->order[k];
-        if (p->t[h].idle) {
+        ml_tensor *t = &p->t[h];
+        int skip = t->idle || (checked ? t->grad_finite || t->grad_stale : t->zero_later);
+        if (!checked && !t->idle && t->zero_later) t->grad_stale = 1;
+        if (skip) {
             if (open && !f(p, begin, end)) return 0;
             open = 0;
             continue;
@@ -259,7 +288,7 @@ static int zero_run(const ml_params *p, size_t begin, size_t end) {
 }
 
 void ml_params_zero_grad_used(ml_params *p) {
-    if (p->grad) each_used_run(p, zero_run);
+    if (p->grad) each_used_run(p, 0, zero_run);
 }
 
 /* Exponent bits all ones: Inf or NaN. Integer tests vectorise, and stay correct even under
@@ -275,19 +304,31 @@ int ml_span_finite(const float *x, size_t n) {
     return !bad;
 }
 
-int ml_params_grad_finite(const ml_params *p) {
-    /* the whole block: padding between tensors is zeroed with the gradients */
-    return !p->grad || ml_span_finite(p->grad, p->total);
-}
-
 static int finite_run(const ml_params *p, size_t begin, size_t end) { return ml_span_finite(p->grad + begin, end - begin); }
 
-int ml_params_grad_finite_used(const ml_params *p) { return !p->grad || each_used_run(p, finite_run); }
+int ml_params_grad_finite(const ml_params *p) {
+    if (!p->grad) return 1;
+    for (int h = 0; h < p->count; h++)
+        if (p->t[h].grad_stale) { /* the tensors but the stale ones */
+            size_t begin = 0;
+            for (int k = 0; k < p->n_live; k++) {
+                const ml_tensor *t = &p->t[p->order[k]];
+                if (!t->grad_stale) continue;
+                if (!finite_run(p, begin, t->off)) return 0;
+                begin = slot_end(p, p->order[k]);
+            }
+            return finite_run(p, begin, p->total);
+        }
+    /* the whole block: padding between tensors is zeroed with the gradients */
+    return ml_span_finite(p->grad, p->total);
+}
+
+int ml_params_grad_finite_used(const ml_params *p) { return !p->grad || each_used_run((ml_params *)p, 1, finite_run); }
 
 int ml_params_grad_first_nonfinite(const ml_params *p, int *count) {
     int first = -1, k = 0;
     for (int h = 0; p->grad && h < p->count; h++)
-        if (!p->t[h].removed && !ml_span_finite(p->grad + p->t[h].off, p->t[h].n)) {
+        if (!p->t[h].removed && !p->t[h].grad_stale && !ml_span_finite(p->grad + p->t[h].off, p->t[h].n)) {
             if (first < 0) first = h;
             k++;
         }

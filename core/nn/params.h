@@ -58,6 +58,21 @@ typedef struct ml_tensor {
        received no samples, whose gradient the backward leaves at zero; a lazy optimizer step
        (optim.idle_experts: lazy) leaves them as they are. 0 for every other tensor. */
     uint8_t idle;
+    /* set by the MoE layer's backward (model/moe.h) once an expert's gradient is final for the
+       step: 1 when it checked that every element is finite (while it summed |grad| for the
+       router), so ml_params_grad_finite_used need not read it again; cleared by the training
+       forward, before the backward writes the gradient. */
+    uint8_t grad_finite;
+    /* The MoE layer zeroes its experts' gradients itself, each in the step that writes it,
+       while it is in cache (model/moe.h): for a tensor marked zero_later (the layer marks its
+       experts'), ml_params_zero_grad_used marks grad_stale instead of writing zeros. A stale
+       gradient reads as zero but holds an earlier step's values: the expert's backward
+       overwrites it (or zeroes it first), a split batch's forward zeroes those of experts with
+       rows on other processes only, and an idle expert's stays stale. Every reader takes a
+       stale gradient as zero: the optimizer (a dense step updates the tensor with a zero
+       gradient, without reading it), the finiteness checks (they skip it). */
+    uint8_t zero_later;
+    uint8_t grad_stale;
     int64_t seq;       /* layout position: tensors are laid out by increasing seq */
 } ml_tensor;
 
@@ -101,16 +116,20 @@ int ml_params_commit(ml_params *p, ml_rng *rng);
 void ml_params_zero_grad(ml_params *p);
 /*
  * Zeroes the gradients of the tensors not marked idle (ml_tensor.idle), in runs of adjacent
- * tensors (layout order, padding included). Exact as ml_params_zero_grad when the idle
- * tensors' gradients are zero already — which holds when the idle flags are those of the last
- * training forward, whose backward wrote only the other tensors' gradients, and every
- * gradient was zero before it: the training step zeroes with this before its forward.
+ * tensors (layout order, padding included); those marked zero_later are marked grad_stale
+ * instead (zero to every reader; the MoE layer's backward overwrites them). Exact as
+ * ml_params_zero_grad when the idle tensors' gradients are zero (or stale) already — which
+ * holds when the idle flags are those of the last training forward, whose backward wrote only
+ * the other tensors' gradients, and every gradient was zero before it: the training step
+ * zeroes with this before its forward.
  */
 void ml_params_zero_grad_used(ml_params *p);
 /* 1 when every gradient in the block is finite: one vectorised pass over p->grad (run
- * before each optimizer step). 1 for a block without gradients. */
+ * before each optimizer step; grad_stale tensors count as zero). 1 for a block without
+ * gradients. */
 int ml_params_grad_finite(const ml_params *p);
-/* The same over the tensors not marked idle (their gradients are zero: see above). */
+/* The same over the tensors not marked idle (their gradients are zero: see above) and not
+   marked grad_finite (checked already). */
 int ml_params_grad_finite_used(const ml_params *p);
 /* The handle of the first tensor (declaration order) holding a non-finite gradient, or
  * -1; *count (may be NULL) receives how many tensors hold one. The slow path after

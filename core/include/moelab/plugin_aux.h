@@ -118,16 +118,18 @@ static inline int ml_aux_argmax(const float *z, int n) {
  * sel (k) = the indices of the k largest entries of one row z (n), largest first, ties to
  * the lower index (the order of ml_aux_ranks_before); 1 ≤ k ≤ n. Routers rank by logits,
  * not probabilities: logits whose probabilities both underflowed to 0 are still told
- * apart. O(k·n) and no scratch: each pick is the best entry ranking after the previous one.
+ * apart. One pass and no scratch: sel holds the best entries seen so far, in order; an entry
+ * that does not rank before the last of k is passed over with one comparison, the others are
+ * inserted in place (O(n) for a row in random order, O(k·n) at worst). The order is total,
+ * so the k picks are those of any exact method.
  */
 static inline void ml_aux_topk(const float *z, int n, int k, int32_t *sel) {
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int i = 0; i < n; i++)
-            if ((j == 0 || ml_aux_ranks_before(z, sel[j - 1], i)) &&
-                (best < 0 || ml_aux_ranks_before(z, i, best)))
-                best = i;
-        sel[j] = best;
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        if (have == k && !ml_aux_ranks_before(z, i, sel[k - 1])) continue;
+        int p = have < k ? have++ : k - 1;
+        for (; p > 0 && ml_aux_ranks_before(z, i, sel[p - 1]); p--) sel[p] = sel[p - 1];
+        sel[p] = i;
     }
 }
 
