@@ -144,7 +144,7 @@ END_TEST
 /* ---- forward against direct loops, incl. chunking and odd shapes ---- */
 
 /* sp: -1 keeps the shape function's choice of the sub-pixel convt2d path, 0 clears it, 1
- * forces it (kernel 4, stride 2, padding 1 only) */
+ * forces it, 2 forces its Winograd form (kernel 4, stride 2, padding 1 only) */
 struct fwd_case { int transposed, B, C, H, W, O, k, stride, pad, chunk; ml_conv_act act; int sp; };
 static const struct fwd_case fwd_cases[] = {
     {0, 3, 3, 9, 7, 5, 3, 2, 1, 2, ML_CONV_ACT_NONE, -1},
@@ -168,6 +168,15 @@ static const struct fwd_case fwd_cases[] = {
     {1, 3, 5, 3, 5, 3, 4, 2, 1, 1, ML_CONV_ACT_SIGMOID, 1},
     {1, 2, 4, 2, 2, 5, 4, 2, 1, 0, ML_CONV_ACT_NONE, 1},
     {1, 2, 3, 32, 32, 2, 4, 2, 1, 1, ML_CONV_ACT_NONE, -1},
+    /* its Winograd form: odd shapes whose window grid (H + 1 by W + 1) is not a multiple of
+     * the 3 x 3 tiles, 1 x 1 and wide inputs, several chunks; and chosen by the shape
+     * function at 16 x 16 */
+    {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 2},
+    {1, 3, 5, 3, 5, 3, 4, 2, 1, 1, ML_CONV_ACT_SIGMOID, 2},
+    {1, 2, 4, 2, 2, 5, 4, 2, 1, 0, ML_CONV_ACT_NONE, 2},
+    {1, 2, 3, 1, 7, 2, 4, 2, 1, 1, ML_CONV_ACT_RELU, 2},
+    {1, 3, 4, 8, 5, 3, 4, 2, 1, 2, ML_CONV_ACT_NONE, 2},
+    {1, 2, 3, 16, 16, 2, 4, 2, 1, 1, ML_CONV_ACT_RELU, -1},
 };
 
 static int make_shape(ml_conv_shape *s, const struct fwd_case *c) {
@@ -185,7 +194,9 @@ START_TEST(test_forward_vs_direct) {
     ml_conv_shape s;
     ck_assert_int_eq(make_shape(&s, c), ML_OK);
     if (c->transposed && c->H == 32 && c->W == 32 && c->k == 4 && c->stride == 2 && c->pad == 1)
-        ck_assert_int_eq(s.subpixel, 1); /* the shape function picks it for the SRNN's last block */
+        ck_assert_int_eq(s.subpixel, 2); /* the shape function picks it for the SRNN's last block */
+    if (c->transposed && c->H == 16 && c->W == 16 && c->k == 4 && c->stride == 2 && c->pad == 1)
+        ck_assert_int_eq(s.subpixel, 2);
     size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
     float *x = fl(nx), *w = fl(nw), *b = fl(s.O), *y = fl(ny);
     float *ws = fl(ml_conv_workspace_floats(&s));
@@ -629,9 +640,10 @@ START_TEST(test_deterministic) {
     ml_conv_shape s;
     if (_i == 0)
         ck_assert_int_eq(ml_convt2d_shape(&s, 8, 64, 16, 16, 32, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
-    else if (_i == 2) {
+    else if (_i == 2 || _i == 3) { /* the Winograd sub-pixel form, then the plain one */
         ck_assert_int_eq(ml_convt2d_shape(&s, 8, 32, 32, 32, 16, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
-        ck_assert_int_eq(s.subpixel, 1);
+        ck_assert_int_eq(s.subpixel, 2);
+        if (_i == 3) s.subpixel = 1;
     } else
         ck_assert_int_eq(ml_conv2d_shape(&s, 8, 32, 32, 32, 64, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
     s.chunk = 3;
@@ -655,15 +667,20 @@ START_TEST(test_deterministic) {
 }
 END_TEST
 
-/* ---- the sub-pixel convt2d against the general GEMM + col2im path: y, dx, dw, db ---- */
+/* ---- the sub-pixel convt2d (plain and Winograd) against the general GEMM + col2im path: y,
+ * dx, dw, db ---- */
 
 START_TEST(test_subpixel_vs_general) {
     ml_conv_shape s[2];
-    const ml_conv_act act = _i ? ML_CONV_ACT_RELU : ML_CONV_ACT_SIGMOID;
+    /* _i & 1: the activation; _i >> 1: 0 the plain sub-pixel form, 1 the Winograd form
+     * (subpixel 2), 2 the Winograd form on one thread (team 1, its workspace sized so) */
+    const ml_conv_act act = _i & 1 ? ML_CONV_ACT_RELU : ML_CONV_ACT_SIGMOID;
+    const int mode = _i >> 1;
     for (int v = 0; v < 2; v++) {
         ck_assert_int_eq(ml_convt2d_shape(&s[v], 5, 7, 6, 9, 6, 4, 2, 1, act), ML_OK);
-        s[v].subpixel = v;
+        s[v].subpixel = v ? (mode ? 2 : 1) : 0;
         s[v].chunk = 2;
+        if (mode == 2) s[v].team = 1;
     }
     size_t nx = ml_conv_in_size(&s[0]), ny = ml_conv_out_size(&s[0]), nw = ml_conv_weight_size(&s[0]);
     float *x = fl(nx), *w = fl(nw), *b = fl(s[0].O), *dy = fl(ny);
@@ -705,8 +722,8 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_conv_cat, 0, 3);
     tcase_add_loop_test(t, test_conv_write_dx, 0, 3);
     tcase_add_test(t, test_bad_shapes);
-    tcase_add_loop_test(t, test_deterministic, 0, 3);
-    tcase_add_loop_test(t, test_subpixel_vs_general, 0, 2);
+    tcase_add_loop_test(t, test_deterministic, 0, 4);
+    tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
     suite_add_tcase(s, t);
     return s;
 }

@@ -49,6 +49,7 @@ typedef struct srnn {
     float *dt;                    /* like t */
     float *dpre;                  /* largest pre, scratch */
     float *ws;                    /* shared conv workspace */
+    int team;                     /* the up blocks' team (ml_conv_shape) ws is sized for; 0: none */
 } srnn;
 
 static void free_acts(srnn *n) {
@@ -190,6 +191,9 @@ static int shapes(srnn *n, int B) {
         const int l = NB - 1 - j, out = l > 0 ? n->ch[l - 1] : n->ch[0];
         if (ml_convt2d_shape(&n->us[j], B, n->ucin[j], H, W, out, 4, 2, 1, ML_CONV_ACT_RELU))
             return ML_ERR;
+        /* a smaller batch after the workspace was sized: no more threads than it holds parts
+         * for (another experiment of the process may have raised OpenMP's count since) */
+        if (n->team && n->us[j].team > n->team) n->us[j].team = n->team;
         H *= 2;
         W *= 2;
     }
@@ -212,7 +216,9 @@ static int srnn_reserve(void *net, int B) {
     srnn *n = net;
     if (B <= n->cap_B) return ML_OK;
     free_acts(n);
+    n->team = 0;
     if (shapes(n, B)) return ML_ERR;
+    n->team = n->us[0].team;
     size_t ws = ml_conv_workspace_floats(&n->os), dpre = 0;
     for (int l = 0; l < NB; l++) {
         const size_t m = ml_conv_out_size(&n->es[l]);

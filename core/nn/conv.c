@@ -4,6 +4,7 @@
 #include <assert.h>
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,10 @@
  * writes it and the col2im that reads it. */
 #ifndef COL_TARGET_FLOATS
 #define COL_TARGET_FLOATS ((size_t)1 << 20)
+#endif
+/* The same for the Winograd transposed conv's V and M (16 GEMMs per chunk, over its tiles) */
+#ifndef WG_TARGET_FLOATS
+#define WG_TARGET_FLOATS ((size_t)1 << 18)
 #endif
 /* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
 #define DIRECT_MAX_O 16
@@ -60,10 +65,20 @@ static size_t sp_cols_per_image(const ml_conv_shape *s) {
 static size_t sp_floats_per_image(const ml_conv_shape *s) {
     return (size_t)4 * (size_t)(s->C + s->O) * sp_cols_per_image(s);
 }
+/* Its Winograd form (subpixel 2, see convt_forward): 3 x 3 tiles of window positions per
+ * image (TA per column, TB per row), and floats per image (V 16C and M 16 4O per tile). */
+static int wg_tiles_1d(int H) { return (H + 1 + 2) / 3; }
+static size_t wg_tiles(const ml_conv_shape *s) {
+    return (size_t)wg_tiles_1d(s->H) * (size_t)wg_tiles_1d(s->W);
+}
+static size_t wg_floats_per_image(const ml_conv_shape *s) {
+    return (size_t)16 * (size_t)(s->C + 4 * s->O) * wg_tiles(s);
+}
 
 static void pick_chunk(ml_conv_shape *s) {
-    size_t per = s->subpixel ? sp_floats_per_image(s) : col_rows(s) * col_cols_per_image(s);
-    size_t c = per ? COL_TARGET_FLOATS / per : 1;
+    size_t per = s->subpixel == 2 ? wg_floats_per_image(s)
+                 : s->subpixel ? sp_floats_per_image(s) : col_rows(s) * col_cols_per_image(s);
+    size_t c = per ? (s->subpixel == 2 ? WG_TARGET_FLOATS : COL_TARGET_FLOATS) / per : 1;
     if (c < 1) c = 1;
     if (c > (size_t)s->B) c = (size_t)s->B;
     s->chunk = (int)c;
@@ -117,6 +132,12 @@ int ml_convt2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k,
      * path's col2im (bench/conv_bench.c: 4x4 to 16x16 inputs are faster on the general path) */
     s->subpixel = k == 4 && stride == 2 && pad == 1 &&
                   (size_t)(H + 1) * (size_t)(W + 1) * 100 <= (size_t)H * (size_t)W * 108;
+    /* its Winograd form does 1.8x (16 x 16) to 2.1x (32 x 32) fewer multiply-adds in small
+     * per-thread GEMMs; measured faster from 16 x 16 up (CPU time at 1 thread: 32 x 32,
+     * 64 -> 32 channels, 107 ms against 136; 16 x 16, 128 -> 32, 60 against 66), slower at
+     * 8 x 8 (70 against 55: 3 x 3 tiles, short GEMMs) */
+    if (k == 4 && stride == 2 && pad == 1 && H >= 16 && W >= 16) s->subpixel = 2;
+    s->team = omp_get_max_threads(); /* the Winograd form's workspace holds one part per thread */
     pick_chunk(s);
     return ML_OK;
 }
@@ -152,6 +173,9 @@ static int dx_as_conv(const ml_conv_shape *s) {
 }
 
 static size_t layer_workspace(const ml_conv_shape *s) {
+    if (s->subpixel == 2) /* U and a dU per thread, then each thread's V and M of one chunk */
+        return (size_t)64 * s->C * s->O * (size_t)(1 + s->team) +
+               (size_t)s->team * (size_t)s->chunk * wg_floats_per_image(s);
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
         return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
     }
@@ -1011,13 +1035,396 @@ static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
     if (db) bias_finish(db, part, B, O);
 }
 
+/*
+ * Winograd form of the sub-pixel convolution (s->subpixel == 2). The 4 phases above are
+ * 2x2 stride-1 correlations of the zero-padded input xp (xp[r][q] = x[r - 1][q - 1]) on the
+ * (H + 1) x (W + 1) window grid, with 4O output rows. F(3x3, 2x2) (Lavin & Gray 2016, points
+ * 0, 1, -1, inf) gets a 3x3 tile of window positions from a 4x4 patch d of xp with 16
+ * products per (input channel, output row) instead of 36:
+ *   V = B^T d B,   U = G g G^T (g the 2x2 taps of one phase),   Y = A^T (U . V) A,
+ *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 -1 0 1],  G = [1 0; .5 .5; .5 -.5; 0 1],
+ *   A^T = [1 1 1 0; 0 1 -1 0; 0 1 1 1].
+ * The transforms only add and halve, so the rounding stays close to the direct sums'
+ * (tests/check_conv.c compares with the reference). For each of the 16 points xi the sum
+ * over c is one GEMM over the chunk's tiles: M[xi] (4O, n) = U[xi] (4O, C) V[xi] (C, n).
+ * At 32 x 32 (33 = 3 x 11 window rows, no tile wasted) that is 2.1x fewer multiply-adds than
+ * the nominal count (2.25x fewer than the sub-pixel GEMM); `moelab bench` counts the nominal
+ * ones.
+ * Backward is the adjoint: dM = A G A^T from the pre-activation gradient G at the tile's
+ * windows (0 where no output pixel is), dU[xi] += dM[xi] V[xi]^T, dV[xi] = U[xi]^T dM[xi],
+ * dx += B dV B^T (neighbouring tiles' patches share a row or column of xp, added in a fixed
+ * order), dw += G^T dU G.
+ * The 16 GEMMs per chunk are small (n = 121 tiles per 32 x 32 image), so V and M must stay
+ * in the core's cache between the transforms and the GEMMs: each thread runs whole chunks
+ * of its own images (chunks dealt round-robin, single-threaded GEMMs inside the parallel
+ * region, no barrier per step), with its own dU, summed over the threads in their order
+ * at the end (so results are bitwise repeatable for the same thread count).
+ * Layout: U (16, 4O, C); then s->team copies of dU (16, 4O, C); then per thread V (16, C, n)
+ * and M (16, 4O, n), n = nb T, tile t = a TB + b of image i at column i T + t.
+ */
+
+/* U (16, 4O, C) from w (C, O, 4, 4) */
+static void wg_pack(float *u, const float *w, int C, int O) {
+    const size_t O4C = (size_t)4 * O * C;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int p = 0; p < 4; p++)
+        for (int o = 0; o < O; o++)
+            for (int c = 0; c < C; c++) {
+                float g[2][2], h[4][2];
+                for (int t = 0; t < 4; t++) {
+                    int ky, kx;
+                    sp_tap(p, t, &ky, &kx);
+                    g[t >> 1][t & 1] = w[(((size_t)c * O + o) * 4 + ky) * 4 + kx];
+                }
+                for (int j = 0; j < 2; j++) {
+                    h[0][j] = g[0][j];
+                    h[1][j] = 0.5f * (g[0][j] + g[1][j]);
+                    h[2][j] = 0.5f * (g[0][j] - g[1][j]);
+                    h[3][j] = g[1][j];
+                }
+                float *dst = u + ((size_t)p * O + o) * C + c;
+                for (int e = 0; e < 4; e++) {
+                    dst[(size_t)(4 * e + 0) * O4C] = h[e][0];
+                    dst[(size_t)(4 * e + 1) * O4C] = 0.5f * (h[e][0] + h[e][1]);
+                    dst[(size_t)(4 * e + 2) * O4C] = 0.5f * (h[e][0] - h[e][1]);
+                    dst[(size_t)(4 * e + 3) * O4C] = h[e][1];
+                }
+            }
+}
+
+/* dw (C, O, 4, 4) += G^T dU G, dU (16, 4O, C) */
+static void wg_unpack_add(float *dw, const float *du, int C, int O) {
+    const size_t O4C = (size_t)4 * O * C;
+#pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int o = 0; o < O; o++)
+            for (int p = 0; p < 4; p++) {
+                const float *src = du + ((size_t)p * O + o) * C + c;
+                float m[4][4], q[2][4];
+                for (int xi = 0; xi < 16; xi++) m[xi >> 2][xi & 3] = src[(size_t)xi * O4C];
+                for (int j = 0; j < 4; j++) {
+                    q[0][j] = m[0][j] + 0.5f * (m[1][j] + m[2][j]);
+                    q[1][j] = 0.5f * (m[1][j] - m[2][j]) + m[3][j];
+                }
+                for (int ty = 0; ty < 2; ty++) {
+                    const float g[2] = {q[ty][0] + 0.5f * (q[ty][1] + q[ty][2]),
+                                        0.5f * (q[ty][1] - q[ty][2]) + q[ty][3]};
+                    for (int tx = 0; tx < 2; tx++) {
+                        int ky, kx;
+                        sp_tap(p, 2 * ty + tx, &ky, &kx);
+                        dw[(((size_t)c * O + o) * 4 + ky) * 4 + kx] += g[tx];
+                    }
+                }
+            }
+}
+
+/* The thread team of the Winograd path and one thread's part of the workspace. */
+static int wg_team(const ml_conv_shape *s) {
+    const int t = omp_get_max_threads();
+    return s->team < 1 ? 1 : t < s->team ? t : s->team;
+}
+static size_t wg_thread_floats(const ml_conv_shape *s) {
+    return (size_t)s->chunk * wg_floats_per_image(s);
+}
+
+/* Per-thread scratch of the transforms: a zero-bordered plane of xp (R4 x Q4), B^T down 4
+ * rows of it (4 Q4), and 16 tile-major rows of T (the transforms run along t, vectorised). */
+typedef struct wg_geo { int H, W, TA, TB, T, R4, Q4, RW; } wg_geo;
+static wg_geo wg_geometry(const ml_conv_shape *s) {
+    wg_geo g = {.H = s->H, .W = s->W, .TA = wg_tiles_1d(s->H), .TB = wg_tiles_1d(s->W)};
+    g.T = g.TA * g.TB;
+    g.R4 = 3 * g.TA + 1, g.Q4 = 3 * g.TB + 1, g.RW = 3 * g.TB;
+    return g;
+}
+static size_t wg_t16(wg_geo g) { return ((size_t)g.T + 15) / 16 * 16; } /* a tile-major row */
+static float *wg_scratch(wg_geo g) {
+    size_t a = (size_t)g.R4 * g.Q4 + 4 * (size_t)g.Q4, b = (size_t)4 * 3 * g.TA * g.RW;
+    float *p = malloc(sizeof(float) * ((a > b ? a : b) + (size_t)16 * wg_t16(g) + (size_t)4 * g.H * g.W));
+    if (!p) abort(); /* no way to report from inside a kernel */
+    return p;
+}
+
+/* 16 floats from p, the first cnt of them (the rest 0), and back */
+static inline v16 wg_ld(const float *p, int cnt) {
+    if (cnt == 16) return *(const v16u *)p;
+    v16 v = {0};
+    for (int l = 0; l < cnt; l++) v[l] = p[l];
+    return v;
+}
+static inline void wg_st(float *p, v16 v, int cnt) {
+    if (cnt == 16) *(v16u *)p = v;
+    else
+        for (int l = 0; l < cnt; l++) p[l] = v[l];
+}
+
+/* V (16, C, n) of nb images from x (images i0 ..), this thread alone */
+static void wg_input(float *v, size_t n, cat_in x, int i0, int nb, int C, wg_geo g, float *pad) {
+    const size_t HW = (size_t)g.H * g.W, Cn = (size_t)C * n;
+    float *e = pad + (size_t)g.R4 * g.Q4; /* B^T applied down the 4 rows of one tile row */
+    memset(pad, 0, sizeof(float) * (size_t)g.R4 * g.Q4); /* the border stays 0 */
+    for (int i = 0; i < nb; i++)
+        for (int c = 0; c < C; c++) {
+            const float *xp = in_plane(x, C, HW, i0 + i, c);
+            for (int iy = 0; iy < g.H; iy++)
+                memcpy(pad + (size_t)(iy + 1) * g.Q4 + 1, xp + (size_t)iy * g.W, sizeof(float) * (size_t)g.W);
+            float *dst = v + (size_t)c * n + (size_t)i * g.T;
+            for (int a = 0; a < g.TA; a++) {
+                const float *d0 = pad + (size_t)3 * a * g.Q4, *d1 = d0 + g.Q4, *d2 = d1 + g.Q4, *d3 = d2 + g.Q4;
+                float *e0 = e, *e1 = e + g.Q4, *e2 = e + 2 * g.Q4, *e3 = e + 3 * g.Q4;
+#pragma omp simd
+                for (int q = 0; q < g.Q4; q++) {
+                    e0[q] = d0[q] - d2[q];
+                    e1[q] = d1[q] + d2[q];
+                    e2[q] = d2[q] - d1[q];
+                    e3[q] = d3[q] - d1[q];
+                }
+                for (int u = 0; u < 4; u++) {
+                    const float *r = e + (size_t)u * g.Q4;
+                    float *o = dst + (size_t)a * g.TB;
+                    for (int b = 0; b < g.TB; b++) {
+                        o[(size_t)(4 * u + 0) * Cn + b] = r[3 * b] - r[3 * b + 2];
+                        o[(size_t)(4 * u + 1) * Cn + b] = r[3 * b + 1] + r[3 * b + 2];
+                        o[(size_t)(4 * u + 2) * Cn + b] = r[3 * b + 2] - r[3 * b + 1];
+                        o[(size_t)(4 * u + 3) * Cn + b] = r[3 * b + 3] - r[3 * b + 1];
+                    }
+                }
+            }
+        }
+}
+
+static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
+                       const float *b, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, W = s->W, Wo = s->Wo, nt = wg_team(s);
+    const wg_geo g = wg_geometry(s);
+    const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA; /* window-grid rows */
+    const size_t T16 = wg_t16(g);
+    const size_t HWo = (size_t)s->Ho * Wo, O4C = (size_t)4 * O * C;
+    float *u = ws;
+    wg_pack(u, w, C, O);
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
+        float *scr = wg_scratch(g), *y9 = scr + (size_t)4 * GR * RW;
+        for (int i0 = tid * s->chunk; i0 < B; i0 += nth * s->chunk) {
+            const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+            const size_t n = (size_t)nb * T, S = (size_t)4 * O * n; /* S: M's point stride */
+            float *m = v + (size_t)16 * C * n;
+            wg_input(v, n, x, i0, nb, C, g, scr);
+            for (int xi = 0; xi < 16; xi++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 4 * O, (int)n, C, 1.0f,
+                            u + (size_t)xi * O4C, C, v + (size_t)xi * C * n, (int)n, 0.0f,
+                            m + (size_t)xi * 4 * O * n, (int)n);
+            float *yw = scr; /* the 4 phases of one channel on the window grid */
+            for (int i = 0; i < nb; i++)
+                for (int o = 0; o < O; o++) {
+                    for (int p = 0; p < 4; p++) {
+                        const float *src = m + ((size_t)p * O + o) * n + (size_t)i * T;
+                        for (int t = 0; t < T; t += 16) {
+                            const int cnt = T - t < 16 ? T - t : 16;
+                            v16 mm[16], z[3][4];
+                            for (int xi = 0; xi < 16; xi++) mm[xi] = wg_ld(src + (size_t)xi * S + t, cnt);
+                            for (int j = 0; j < 4; j++) {
+                                z[0][j] = mm[j] + mm[4 + j] + mm[8 + j];
+                                z[1][j] = mm[4 + j] - mm[8 + j];
+                                z[2][j] = mm[4 + j] + mm[8 + j] + mm[12 + j];
+                            }
+                            for (int e = 0; e < 3; e++) {
+                                *(v16u *)(y9 + (size_t)(3 * e + 0) * T16 + t) = z[e][0] + z[e][1] + z[e][2];
+                                *(v16u *)(y9 + (size_t)(3 * e + 1) * T16 + t) = z[e][1] - z[e][2];
+                                *(v16u *)(y9 + (size_t)(3 * e + 2) * T16 + t) = z[e][1] + z[e][2] + z[e][3];
+                            }
+                        }
+                        float *yp = yw + (size_t)p * GR * RW;
+                        for (int a = 0; a < g.TA; a++)
+                            for (int k = 0; k < 9; k++) {
+                                float *d = yp + (size_t)(3 * a + k / 3) * RW + k % 3;
+                                const float *sk = y9 + (size_t)k * T16 + (size_t)a * TB;
+                                for (int bb = 0; bb < TB; bb++) d[3 * bb] = sk[bb];
+                            }
+                    }
+                    float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
+                    const float bias = b ? b[o] : 0.0f;
+                    for (int oy = 0; oy < s->Ho; oy++) {
+                        const int py = oy & 1, r = (oy >> 1) + py;
+                        /* px = 0 reads window column q, px = 1 column q + 1 */
+                        const float *s0 = yw + ((size_t)(2 * py) * GR + r) * RW;
+                        const float *s1 = yw + ((size_t)(2 * py + 1) * GR + r) * RW + 1;
+                        float *d = dst + (size_t)oy * Wo;
+                        if (s->act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+#pragma omp simd
+                            for (int q = 0; q < W; q++) {
+                                const float v0 = s0[q] + bias, v1 = s1[q] + bias;
+                                d[2 * q] = v0 > 0 ? v0 : 0.0f;
+                                d[2 * q + 1] = v1 > 0 ? v1 : 0.0f;
+                            }
+                        else
+                            for (int q = 0; q < W; q++) {
+                                d[2 * q] = act_fwd(s->act, s0[q] + bias);
+                                d[2 * q + 1] = act_fwd(s->act, s1[q] + bias);
+                            }
+                    }
+                }
+        }
+        free(scr);
+    }
+}
+
+/* db, if not NULL, is reduced in the gather as in sp_backward */
+static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db, const float *dy,
+                        const float *y, cat_in x, const float *w, float *ws) {
+    const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo, nt = wg_team(s);
+    const wg_geo g = wg_geometry(s);
+    const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA, Q4 = g.Q4;
+    const size_t T16 = wg_t16(g);
+    const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, O4C = (size_t)4 * O * C;
+    const ml_conv_act act = s->act;
+    float *u = ws, *du = ws + (size_t)16 * O4C;
+    float *part = ws + layer_workspace(s); /* (B, O) bias partials */
+    if (dx.a) wg_pack(u, w, C, O);
+#pragma omp parallel num_threads(nt)
+    {
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
+        float *dut = du + (size_t)tid * 16 * O4C; /* this thread's dU */
+        float *scr = wg_scratch(g), *t16 = scr + (size_t)4 * GR * RW;
+        int first = 1;
+        for (int i0 = tid * s->chunk; i0 < B; i0 += nth * s->chunk) {
+            const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
+            const size_t n = (size_t)nb * T, S = (size_t)4 * O * n, Cn = (size_t)C * n;
+            float *m = v + (size_t)16 * C * n;
+            /* dM from the pre-activation gradient gp on the window grid: phase p of window
+             * (r, q) <- output pixel (2 r - py, 2 q - px) when r - py and q - px are inside */
+            float *gp = t16 + (size_t)16 * T16; /* (Ho, Wo) */
+            for (int i = 0; i < nb; i++)
+                for (int o = 0; o < O; o++) {
+                    const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
+                    const float *d = dy + off, *yy = y ? y + off : NULL;
+                    if (act == ML_CONV_ACT_NONE)
+                        memcpy(gp, d, sizeof(float) * HWo);
+                    else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+#pragma omp simd
+                        for (size_t j = 0; j < HWo; j++) gp[j] = yy[j] > 0 ? d[j] : 0.0f;
+                    else
+                        for (size_t j = 0; j < HWo; j++) gp[j] = act_bwd(act, d[j], yy[j]);
+                    if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, gp, NULL, HWo);
+                    for (int p = 0; p < 4; p++) {
+                        const int py = p >> 1, px = p & 1;
+                        /* the 9 windows of every tile, tile-major (0 where no pixel is) */
+                        for (int aa = 0; aa < g.TA; aa++)
+                            for (int k = 0; k < 9; k++) {
+                                const int mr = 3 * aa + k / 3 - py, q0 = k % 3 - px;
+                                float *dk = t16 + (size_t)k * T16 + (size_t)aa * TB;
+                                if (mr < 0 || mr >= H) {
+                                    for (int bb = 0; bb < TB; bb++) dk[bb] = 0;
+                                    continue;
+                                }
+                                /* tiles bb with 0 <= 3 bb + q0 < W read pixel 2 (3 bb + q0) + px */
+                                const float *row = gp + (size_t)(2 * mr + py) * Wo + 2 * q0 + px;
+                                const int lo = q0 < 0, hi0 = (W - q0 + 2) / 3, hi = hi0 < TB ? hi0 : TB;
+                                int bb = 0;
+                                for (; bb < lo; bb++) dk[bb] = 0;
+                                for (; bb < hi; bb++) dk[bb] = row[6 * bb];
+                                for (; bb < TB; bb++) dk[bb] = 0;
+                            }
+                        float *dst = m + ((size_t)p * O + o) * n + (size_t)i * T;
+                        for (int t = 0; t < T; t += 16) {
+                            const int cnt = T - t < 16 ? T - t : 16;
+                            v16 gg[9], z[4][3];
+                            for (int k = 0; k < 9; k++) gg[k] = *(const v16u *)(t16 + (size_t)k * T16 + t);
+                            for (int j = 0; j < 3; j++) {
+                                z[0][j] = gg[j];
+                                z[1][j] = gg[j] + gg[3 + j] + gg[6 + j];
+                                z[2][j] = gg[j] - gg[3 + j] + gg[6 + j];
+                                z[3][j] = gg[6 + j];
+                            }
+                            for (int e = 0; e < 4; e++) {
+                                wg_st(dst + (size_t)(4 * e + 0) * S + t, z[e][0], cnt);
+                                wg_st(dst + (size_t)(4 * e + 1) * S + t, z[e][0] + z[e][1] + z[e][2], cnt);
+                                wg_st(dst + (size_t)(4 * e + 2) * S + t, z[e][0] - z[e][1] + z[e][2], cnt);
+                                wg_st(dst + (size_t)(4 * e + 3) * S + t, z[e][2], cnt);
+                            }
+                        }
+                    }
+                }
+            wg_input(v, n, x, i0, nb, C, g, scr);
+            for (int xi = 0; xi < 16; xi++) {
+                float *mx = m + (size_t)xi * S, *vx = v + (size_t)xi * Cn;
+                if (dw)
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 4 * O, C, (int)n, 1.0f, mx,
+                                (int)n, vx, (int)n, first ? 0.0f : 1.0f, dut + (size_t)xi * O4C, C);
+                if (dx.a) /* dV overwrites V[xi], which the dU GEMM has consumed */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, (int)n, 4 * O, 1.0f,
+                                u + (size_t)xi * O4C, C, mx, (int)n, 0.0f, vx, (int)n);
+            }
+            first = 0;
+            if (dx.a) {
+                float *pad = scr; /* dxp of one channel, zero-bordered */
+                for (int i = 0; i < nb; i++)
+                    for (int c = 0; c < C; c++) {
+                        memset(pad, 0, sizeof(float) * (size_t)g.R4 * Q4);
+                        const float *src = v + (size_t)c * n + (size_t)i * T;
+                        for (int t = 0; t < T; t += 16) {
+                            const int cnt = T - t < 16 ? T - t : 16;
+                            v16 mm[16], z[4][4];
+                            for (int xi = 0; xi < 16; xi++) mm[xi] = wg_ld(src + (size_t)xi * Cn + t, cnt);
+                            /* B down the rows: [v0, v1 - v2 - v3, v1 + v2 - v0, v3] */
+                            for (int j = 0; j < 4; j++) {
+                                z[0][j] = mm[j];
+                                z[1][j] = mm[4 + j] - mm[8 + j] - mm[12 + j];
+                                z[2][j] = mm[4 + j] + mm[8 + j] - mm[j];
+                                z[3][j] = mm[12 + j];
+                            }
+                            for (int e = 0; e < 4; e++) {
+                                *(v16u *)(t16 + (size_t)(4 * e + 0) * T16 + t) = z[e][0];
+                                *(v16u *)(t16 + (size_t)(4 * e + 1) * T16 + t) = z[e][1] - z[e][2] - z[e][3];
+                                *(v16u *)(t16 + (size_t)(4 * e + 2) * T16 + t) = z[e][1] + z[e][2] - z[e][0];
+                                *(v16u *)(t16 + (size_t)(4 * e + 3) * T16 + t) = z[e][3];
+                            }
+                        }
+                        /* patches overlap their neighbours by one row and column: added
+                         * tile row by tile row, each row's 16 taps in order */
+                        for (int a = 0; a < g.TA; a++)
+                            for (int k = 0; k < 16; k++) {
+                                float *d = pad + (size_t)(3 * a + k / 4) * Q4 + k % 4;
+                                const float *sk = t16 + (size_t)k * T16 + (size_t)a * TB;
+                                for (int bb = 0; bb < TB; bb++) d[3 * bb] += sk[bb];
+                            }
+                        float *dd = out_plane(dx, C, HW, i0 + i, c);
+                        for (int iy = 0; iy < H; iy++) {
+                            const float *sr = pad + (size_t)(iy + 1) * Q4 + 1;
+                            float *dr = dd + (size_t)iy * W;
+                            if (dx.acc)
+#pragma omp simd
+                                for (int ix = 0; ix < W; ix++) dr[ix] += sr[ix];
+                            else
+                                memcpy(dr, sr, sizeof(float) * (size_t)W);
+                        }
+                    }
+            }
+        }
+        if (dw && first) memset(dut, 0, sizeof(float) * 16 * O4C); /* a thread without images */
+        free(scr);
+    }
+    if (dw) {
+        /* the threads' dU in thread order */
+        const size_t nU = (size_t)16 * O4C;
+#pragma omp parallel for schedule(static)
+        for (size_t j = 0; j < nU; j++)
+            for (int t = 1; t < nt; t++) du[j] += du[(size_t)t * nU + j];
+        wg_unpack_add(dw, du, C, O);
+    }
+    if (db) bias_finish(db, part, B, O);
+}
+
 static void convt_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
                           const float *b, float *ws) {
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = O * k * k;
     if (s->subpixel) {
-        sp_forward(s, y, x, w, b, ws);
+        if (s->subpixel == 2) wg_forward(s, y, x, w, b, ws);
+        else sp_forward(s, y, x, w, b, ws);
         return;
     }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
@@ -1048,7 +1455,8 @@ static void convt_backward(const ml_conv_shape *s, cat_out dx, float *dw, float 
     const int K = O * k * k;
     const ml_conv_act act = s->act;
     if (s->subpixel && (dw || dx.a)) {
-        sp_backward(s, dx, dw, db, dy, y, x, w, ws);
+        if (s->subpixel == 2) wg_backward(s, dx, dw, db, dy, y, x, w, ws);
+        else sp_backward(s, dx, dw, db, dy, y, x, w, ws);
         return;
     }
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */

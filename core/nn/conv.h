@@ -6,8 +6,9 @@
  * Convolutions are lowered to a few large cblas_sgemm calls: the batch is folded into the
  * GEMM's N dimension in chunks of images (im2col / col2im per chunk), so even the 4x4
  * layers deep in the network run as big GEMMs. Large kernel-4 stride-2 transposed convs
- * use the sub-pixel form (one GEMM over all 4 output phases, no overlapping scatter), and
- * stride-1 convs with few output channels direct register-blocked loops. OpenBLAS (its
+ * use the sub-pixel form (all 4 output phases from one input window, no overlapping
+ * scatter) with Winograd F(3x3, 2x2) tiles (16 small GEMMs, each thread on its own images),
+ * and stride-1 convs with few output channels direct register-blocked loops. OpenBLAS (its
  * OpenMP build) threads the GEMMs and OpenMP the data movement, in one thread pool; every
  * reduction has a fixed order, so results are bitwise identical for the same thread count.
  *
@@ -54,12 +55,18 @@ typedef struct ml_conv_shape {
                              a caller may lower it (never below 1) */
     int direct;           /* 1: computed by direct loops, not GEMMs (stride-1 conv2d with few
                              output channels, where im2col would cost more than the math) */
-    int subpixel;         /* 1: convt2d with kernel 4, stride 2, padding 1 computed in the
-                             sub-pixel form (see conv.c); set by ml_convt2d_shape, a caller may
-                             clear it (the general GEMM + col2im path then runs) */
+    int subpixel;         /* convt2d with kernel 4, stride 2, padding 1: 1 computed in the
+                             sub-pixel form, 2 in its Winograd F(3x3, 2x2) form (see conv.c);
+                             set by ml_convt2d_shape (2 from 16 x 16 inputs up), a caller may
+                             change it before sizing the workspace (0: the general GEMM +
+                             col2im path) */
     int write_dx;         /* conv2d: 0 (set by the shape function): backward accumulates into
                              dx; a caller may set 1: backward writes dx, which then needs no
                              zeroing */
+    int team;             /* convt2d: the threads the workspace is sized for (OpenMP's maximum
+                             when the shape was filled); the sub-pixel Winograd form (subpixel
+                             2) runs on at most this many. A caller may lower it (never below
+                             1), e.g. to the value a workspace was sized with */
 } ml_conv_shape;
 
 /* Fill s for a conv2d / transposed conv2d; ML_ERR with a message on a bad shape. */
