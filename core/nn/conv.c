@@ -27,14 +27,20 @@
 #ifndef DIRECT_DXB
 #define DIRECT_DXB 6
 #endif
-#define DIRECT_OB_MAX (DIRECT_DXB > DIRECT_OB ? DIRECT_DXB : DIRECT_OB)
+/* rows at most 32 or 16 floats wide (the COD experts' 32x32 and 16x16 maps) run on 2 or 1
+ * vectors: DIRECT_NV would leave half or more of every accumulator idle. With fewer vectors
+ * per channel, a block of DIRECT_OB32 or DIRECT_OB16 channels keeps the FMAs per load (a
+ * block of DIRECT_OB when there are at most DIRECT_OB output channels). */
+#define DIRECT_OB32 8
+#define DIRECT_OB16 16
+#define DIRECT_OB_MAX 16 /* >= DIRECT_OB, DIRECT_DXB, DIRECT_OB32, DIRECT_OB16 */
 /* register block of the direct kernel's dw: DIRECT_DWB output channels x DIRECT_DWB kx taps */
 #define DIRECT_DWB 3
 /* float partial sums per reduction: vectorisable without reassociation */
 #define LANES 16
-/* bound on the padded input rows one output row needs (C k rows): the direct path is for
- * layers with few channels */
-#define DIRECT_MAX_ROWS 16384
+/* bound on the floats of the padded input rows one output row needs (C k rows): the direct
+ * path is for layers with few channels */
+#define DIRECT_MAX_ROWS 32768
 
 /* Threads: OpenBLAS is the OpenMP build, so its GEMMs and the loops below share one
  * libgomp thread pool. Every loop that moves data is an OpenMP loop with a static schedule
@@ -59,6 +65,22 @@ static size_t sp_cols_per_image(const ml_conv_shape *s) {
 }
 static size_t sp_floats_per_image(const ml_conv_shape *s) {
     return (size_t)4 * (size_t)(s->C + s->O) * sp_cols_per_image(s);
+}
+
+/* The direct kernel's vectors per output row, its output-channel block for Cout output
+ * channels, and Cout rounded up to the block (the repacked weights' row length). */
+static int s1_nv(int Wo) { return Wo <= 16 ? 1 : Wo <= 32 ? 2 : DIRECT_NV; }
+static int s1_block(int Cout, int Wo) {
+    if (Cout <= DIRECT_OB) return DIRECT_OB;
+    return Wo <= 16 ? DIRECT_OB16 : Wo <= 32 ? DIRECT_OB32 : DIRECT_DXB;
+}
+static int s1_padded(int Cout, int Wo) {
+    return (Cout + s1_block(Cout, Wo) - 1) / s1_block(Cout, Wo) * s1_block(Cout, Wo);
+}
+/* floats of the padded input rows that one output row of the direct kernel reads */
+static size_t s1_rows_floats(int Cin, int k, int Wo) {
+    const int bw = 16 * s1_nv(Wo);
+    return (size_t)Cin * k * (size_t)((Wo + bw - 1) / bw * bw + k);
 }
 
 static void pick_chunk(ml_conv_shape *s) {
@@ -96,9 +118,8 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
                          .Wo = (W + 2 * pad - k) / stride + 1, .transposed = 0, .act = act};
     /* the SRNN output conv (32 -> 3 channels): a 3-row GEMM over a 9x blown-up im2col
      * matrix is memory bound; direct loops read x once */
-    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W &&
-                W <= DIRECT_MAX_W && (size_t)C * k * (size_t)(s->Wo + DIRECT_NV * 16 + k) <= DIRECT_MAX_ROWS &&
-                (size_t)O * k * (size_t)(W + DIRECT_NV * 16 + k) <= DIRECT_MAX_ROWS;
+    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W && W <= DIRECT_MAX_W &&
+                s1_rows_floats(C, k, s->Wo) <= DIRECT_MAX_ROWS && s1_rows_floats(O, k, W) <= DIRECT_MAX_ROWS;
     pick_chunk(s);
     return ML_OK;
 }
@@ -133,9 +154,6 @@ size_t ml_conv_weight_size(const ml_conv_shape *s) {
 
 /* The direct kernel's output-channel block for Cout output channels, and Cout rounded up to
  * it (the repacked weights' row length). */
-static int s1_block(int Cout) { return Cout > DIRECT_OB ? DIRECT_DXB : DIRECT_OB; }
-static int s1_padded(int Cout) { return (Cout + s1_block(Cout) - 1) / s1_block(Cout) * s1_block(Cout); }
-
 /*
  * conv2d's dx on the GEMM path. For stride 1 it is itself a stride-1 convolution, of the
  * output gradient g with the kernel transposed (C <-> O) and flipped, padding k - 1 - p:
@@ -157,8 +175,8 @@ static size_t layer_workspace(const ml_conv_shape *s) {
     }
     if (s->direct) { /* the pre-activation gradient, then the repacked weights */
         const size_t kk = (size_t)s->k * s->k;
-        const size_t fw = (size_t)s->C * kk * (size_t)s1_padded(s->O);
-        const size_t bw = (size_t)s->O * kk * (size_t)s1_padded(s->C);
+        const size_t fw = (size_t)s->C * kk * (size_t)s1_padded(s->O, s->Wo);
+        const size_t bw = (size_t)s->O * kk * (size_t)s1_padded(s->C, s->W);
         return ml_conv_out_size(s) + (fw > bw ? fw : bw);
     }
     size_t n = (size_t)s->chunk * col_cols_per_image(s);
@@ -459,109 +477,122 @@ typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* u
 /*
  * Stride-1 convolution, register blocked: out[i][o][oy][ox] (=, or += when accumulate) of
  * act(bias[o] + sum in[i][c][oy - p + ky][ox - p + kx] wt[(c k + ky) k + kx][o]), with wt
- * repacked as (Cin k k, Opad), Opad = Cout rounded up to DIRECT_OB (zero columns). Each
- * image is copied once, zero-padded, into a per-thread buffer (every input row is read by k
- * output rows); then for each output row DIRECT_OB channels x DIRECT_NV vectors accumulate
- * in registers over all Cin k k taps. conv2d forward is this kernel; conv2d's dx is too, on
- * dy with the kernel flipped and transposed and padding k - 1 - p.
+ * repacked as (Cin k k, Opad), Opad = Cout rounded up to the channel block (zero columns).
+ * Each image is copied once, zero-padded, into a per-thread buffer (every input row is read
+ * by k output rows); then for each output row a block of OB channels x NV vectors
+ * accumulates in registers over all Cin k k taps. conv2d forward is this kernel; conv2d's
+ * dx is too, on dy with the kernel flipped and transposed and padding k - 1 - p.
  */
 /* -std=c11 implies -ffp-contract=off: without this the register-blocked loops below run as
  * separate multiplies and adds instead of FMAs (half the throughput) */
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
+/* One output row oy of image i (out_i: its Cout planes), from its padded copy (Cin planes of
+ * Hp rows of len floats). OB and NV must be compile-time constants where this is inlined: it
+ * is called from a switch inside the parallel region, since gcc outlines an OpenMP region
+ * before it inlines, and a region inside this function would get OB and NV as variables
+ * (accumulators in memory, 2-3x slower). */
 static inline __attribute__((always_inline)) void
-s1_conv_ob(const int OB, int B, const float *in, int Cin, int H, int W, float *out, int Cout,
-           int Ho, int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
-           int accumulate) {
-    const int Opad = s1_padded(Cout); /* (Cout + OB - 1) / OB * OB */
-    const int BW = DIRECT_NV * 16;
+s1_row(const int OB, const int NV, const float *pad, int Cin, int Hp, int len, float *out_i, int Cout,
+       int Ho, int Wo, int oy, int k, int Opad, const float *wt, const float *bias, ml_conv_act act,
+       int accumulate) {
+    const int BW = NV * 16;
+    for (int o0 = 0; o0 < Cout; o0 += OB)
+        for (int j0 = 0; j0 < Wo; j0 += BW) {
+            /* fully unrolled, so that acc and xv live in registers */
+            v16 acc[DIRECT_OB_MAX][DIRECT_NV];
+#pragma GCC unroll 8
+            for (int q = 0; q < OB; q++)
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; v++) acc[q][v] = (v16){0};
+            for (int t = 0; t < Cin * k; t++) {
+                const float *r = pad + ((size_t)(t / k) * Hp + oy + t % k) * len + j0;
+                const float *wr = wt + (size_t)t * k * Opad + o0;
+                for (int kx = 0; kx < k; kx++) {
+                    v16 xv[DIRECT_NV];
+#pragma GCC unroll 8
+                    for (int v = 0; v < NV; v++) xv[v] = *(const v16u *)(r + kx + 16 * v);
+#pragma GCC unroll 8
+                    for (int q = 0; q < OB; q++) {
+                        const float wv = wr[kx * Opad + q];
+#pragma GCC unroll 8
+                        for (int v = 0; v < NV; v++) acc[q][v] += wv * xv[v];
+                    }
+                }
+            }
+            const int je = Wo - j0 < BW ? Wo - j0 : BW;
+            for (int q = 0; q < OB && o0 + q < Cout; q++) {
+                float a[DIRECT_NV * 16];
+                memcpy(a, acc[q], sizeof(float) * 16 * (size_t)NV);
+                float *dst = out_i + ((size_t)(o0 + q) * Ho + oy) * Wo + j0;
+                if (accumulate)
+                    for (int j = 0; j < je; j++) dst[j] += a[j];
+                else {
+                    const float bv = bias ? bias[o0 + q] : 0.0f;
+                    if (act == ML_CONV_ACT_SIGMOID) { /* the SRNN output, vectorised */
+                        for (int j = 0; j < je; j++) dst[j] = a[j] + bv;
+#pragma omp simd
+                        for (int j = 0; j < je; j++) dst[j] = 1.0f / (1.0f + exp_approx(-dst[j]));
+                    } else
+                        for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
+                }
+            }
+        }
+}
+
+/* The channel block and vectors per row (s1_block, s1_nv): DIRECT_OB channels x DIRECT_NV
+ * vectors for few output channels (conv2d forward), DIRECT_DXB x DIRECT_NV for many (conv2d's
+ * dx; the SRNN output conv: 3 dy channels -> 32 dx channels). There each 16-float dy load
+ * feeds DIRECT_DXB FMAs instead of DIRECT_OB, and the kernel stops being bound by loads (half
+ * of them unaligned ones that split a cache line). Narrow rows take fewer vectors and more
+ * channels. */
+static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, int Cout, int Ho,
+                    int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
+                    int accumulate) {
+    const int Opad = s1_padded(Cout, Wo), ob = s1_block(Cout, Wo), nv = s1_nv(Wo);
+    const int BW = nv * 16;
     const int len = (Wo + BW - 1) / BW * BW + k - 1; /* padded row: in[ix] at ix + p */
     const int Hp = Ho + k - 1;                       /* padded rows: in[iy] at iy + p */
+    const int variant = (nv == 1 ? 0 : nv == 2 ? 2 : 4) + (ob != DIRECT_OB);
 #pragma omp parallel
     {
         /* one padded image, Cin Hp len floats: on the heap, not an OpenMP thread's stack */
         float *pad = malloc(sizeof(float) * (size_t)Cin * Hp * len);
         if (!pad) abort(); /* no way to report from inside a kernel */
 #pragma omp for schedule(static)
-    for (int i = 0; i < B; i++) {
-        for (int c = 0; c < Cin; c++)
-            for (int r = 0; r < Hp; r++) {
-                float *row = pad + ((size_t)c * Hp + r) * len;
-                const int iy = r - p;
-                if (iy < 0 || iy >= H) {
-                    memset(row, 0, sizeof(float) * (size_t)len);
-                    continue;
+        for (int i = 0; i < B; i++) {
+            for (int c = 0; c < Cin; c++)
+                for (int r = 0; r < Hp; r++) {
+                    float *row = pad + ((size_t)c * Hp + r) * len;
+                    const int iy = r - p;
+                    if (iy < 0 || iy >= H) {
+                        memset(row, 0, sizeof(float) * (size_t)len);
+                        continue;
+                    }
+                    const int n = W < len - p ? W : len - p;
+                    pad_row(row, len, in + (((size_t)i * Cin + c) * H + iy) * W, n, p);
                 }
-                const int n = W < len - p ? W : len - p;
-                pad_row(row, len, in + (((size_t)i * Cin + c) * H + iy) * W, n, p);
-            }
-        for (int oy = 0; oy < Ho; oy++) {
-            for (int o0 = 0; o0 < Cout; o0 += OB)
-                for (int j0 = 0; j0 < Wo; j0 += BW) {
-                    /* fully unrolled, so that acc and xv live in registers (at -O2 gcc
-                     * otherwise keeps them in memory: 3x slower) */
-                    v16 acc[DIRECT_OB_MAX][DIRECT_NV];
-#pragma GCC unroll 8
-                    for (int q = 0; q < OB; q++)
-#pragma GCC unroll 8
-                        for (int v = 0; v < DIRECT_NV; v++) acc[q][v] = (v16){0};
-                    for (int t = 0; t < Cin * k; t++) {
-                        const float *r = pad + ((size_t)(t / k) * Hp + oy + t % k) * len + j0;
-                        const float *wr = wt + (size_t)t * k * Opad + o0;
-                        for (int kx = 0; kx < k; kx++) {
-                            v16 xv[DIRECT_NV];
-#pragma GCC unroll 8
-                            for (int v = 0; v < DIRECT_NV; v++) xv[v] = *(const v16u *)(r + kx + 16 * v);
-#pragma GCC unroll 8
-                            for (int q = 0; q < OB; q++) {
-                                const float wv = wr[kx * Opad + q];
-#pragma GCC unroll 8
-                                for (int v = 0; v < DIRECT_NV; v++) acc[q][v] += wv * xv[v];
-                            }
-                        }
-                    }
-                    const int je = Wo - j0 < BW ? Wo - j0 : BW;
-                    for (int q = 0; q < OB && o0 + q < Cout; q++) {
-                        float a[DIRECT_NV * 16];
-                        memcpy(a, acc[q], sizeof a);
-                        float *dst = out + (((size_t)i * Cout + o0 + q) * Ho + oy) * Wo + j0;
-                        if (accumulate)
-                            for (int j = 0; j < je; j++) dst[j] += a[j];
-                        else {
-                            const float bv = bias ? bias[o0 + q] : 0.0f;
-                            if (act == ML_CONV_ACT_SIGMOID) { /* the SRNN output, vectorised */
-                                for (int j = 0; j < je; j++) dst[j] = a[j] + bv;
-#pragma omp simd
-                                for (int j = 0; j < je; j++) dst[j] = 1.0f / (1.0f + exp_approx(-dst[j]));
-                            } else
-                                for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
-                        }
-                    }
+            float *out_i = out + (size_t)i * Cout * Ho * Wo;
+            /* OB and NV literal in every call (see s1_row) */
+            for (int oy = 0; oy < Ho; oy++) switch (variant) {
+#define S1_ROW(OB, NV) s1_row(OB, NV, pad, Cin, Hp, len, out_i, Cout, Ho, Wo, oy, k, Opad, wt, bias, act, accumulate)
+                case 0: S1_ROW(DIRECT_OB, 1); break;
+                case 1: S1_ROW(DIRECT_OB16, 1); break;
+                case 2: S1_ROW(DIRECT_OB, 2); break;
+                case 3: S1_ROW(DIRECT_OB32, 2); break;
+                case 4: S1_ROW(DIRECT_OB, DIRECT_NV); break;
+                default: S1_ROW(DIRECT_DXB, DIRECT_NV); break;
+#undef S1_ROW
                 }
         }
-    }
         free(pad);
     }
-}
-
-/* s1_conv_ob with its channel block fixed at compile time: DIRECT_OB for few output
- * channels (conv2d forward), DIRECT_DXB for conv2d's dx, which has many (the SRNN output
- * conv: 3 dy channels -> 32 dx channels). There each 16-float dy load feeds DIRECT_DXB
- * FMAs instead of DIRECT_OB, and the kernel stops being bound by loads (half of them
- * unaligned ones that split a cache line). */
-static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, int Cout, int Ho,
-                    int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
-                    int accumulate) {
-    if (s1_block(Cout) == DIRECT_DXB)
-        s1_conv_ob(DIRECT_DXB, B, in, Cin, H, W, out, Cout, Ho, Wo, k, p, wt, bias, act, accumulate);
-    else
-        s1_conv_ob(DIRECT_OB, B, in, Cin, H, W, out, Cout, Ho, Wo, k, p, wt, bias, act, accumulate);
 }
 
 static void direct_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
                            const float *b, float *wt) {
     const int C = s->C, k = s->k, O = s->O, kk = k * k;
-    const int Opad = s1_padded(O);
+    const int Opad = s1_padded(O, s->Wo);
     for (int t = 0; t < C * kk; t++)
         for (int o = 0; o < Opad; o++) wt[(size_t)t * Opad + o] = o < O ? w[(size_t)o * C * kk + t] : 0.0f;
     s1_conv(s->B, x, C, s->H, s->W, y, O, s->Ho, s->Wo, k, s->pad, wt, b, s->act, 0);
@@ -573,7 +604,7 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
     const int Ho = s->Ho, Wo = s->Wo;
     if (dx) {
         /* dx = conv2d(dy, w flipped and transposed, padding k - 1 - p), accumulated */
-        const int kk = k * k, Cpad = s1_padded(C);
+        const int kk = k * k, Cpad = s1_padded(C, W);
         for (int o = 0; o < O; o++)
             for (int ky = 0; ky < k; ky++)
                 for (int kx = 0; kx < k; kx++)
