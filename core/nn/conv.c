@@ -34,8 +34,6 @@
 #define DIRECT_OB32 8
 #define DIRECT_OB16 16
 #define DIRECT_OB_MAX 16 /* >= DIRECT_OB, DIRECT_DXB, DIRECT_OB32, DIRECT_OB16 */
-/* register block of the direct kernel's dw: DIRECT_DWB output channels x DIRECT_DWB kx taps */
-#define DIRECT_DWB 3
 /* float partial sums per reduction: vectorisable without reassociation */
 #define LANES 16
 /* bound on the floats of the padded input rows one output row needs (C k rows): the direct
@@ -118,8 +116,9 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
                          .Wo = (W + 2 * pad - k) / stride + 1, .transposed = 0, .act = act};
     /* the SRNN output conv (32 -> 3 channels): a 3-row GEMM over a 9x blown-up im2col
      * matrix is memory bound; direct loops read x once */
-    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W && W <= DIRECT_MAX_W &&
-                s1_rows_floats(C, k, s->Wo) <= DIRECT_MAX_ROWS && s1_rows_floats(O, k, W) <= DIRECT_MAX_ROWS;
+    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W &&
+                W <= DIRECT_MAX_W && s1_rows_floats(C, k, s->Wo) <= DIRECT_MAX_ROWS &&
+                s1_rows_floats(O, k, W) <= DIRECT_MAX_ROWS;
     pick_chunk(s);
     return ML_OK;
 }
@@ -598,6 +597,61 @@ static void direct_forward(const ml_conv_shape *s, float *y, const float *x, con
     s1_conv(s->B, x, C, s->H, s->W, y, O, s->Ho, s->Wo, k, s->pad, wt, b, s->act, 0);
 }
 
+/* The direct dw kernel's kx taps per tile: the whole kernel row for k = 1, 5, 7 (k = 3 too,
+ * as the default), else tiles of 3 that may overrun it. */
+static int dw_taps(int k) { return k == 1 || k == 5 || k == 7 ? k : 3; }
+
+/*
+ * dw of one input channel, one image: tot[(o k + ky) k + kx0 + u] += sum over rows oy and
+ * columns ox of g[o][oy][ox] xp[oy + ky][ox + kx0 + u] for Q output channels o0 .. o0 + Q - 1
+ * (past O: computed on a valid row and dropped) and U taps (past k: dropped). Q U
+ * accumulators of 16 lanes stay in registers: each dy load feeds U FMAs, each x load Q. Q
+ * and U must be literals where this is inlined (see s1_row).
+ */
+static inline __attribute__((always_inline)) void
+dw_tile(const int Q, const int U, const float *xp, int len, const float *g, int O, int Ho, int Wo, int k,
+        int o0, int ky, int kx0, double *tot) {
+    const int Wv = Wo / LANES * LANES;
+    v16 acc[8][7];
+    float tail[8][7];
+#pragma GCC unroll 8
+    for (int q = 0; q < Q; q++)
+#pragma GCC unroll 8
+        for (int u = 0; u < U; u++) acc[q][u] = (v16){0}, tail[q][u] = 0;
+    for (int oy = 0; oy < Ho; oy++) {
+        const float *xr = xp + (size_t)(oy + ky) * len + kx0;
+        const float *gq[8];
+        for (int q = 0; q < Q; q++) /* past O: a valid row, result dropped */
+            gq[q] = g + ((size_t)(o0 + q < O ? o0 + q : o0) * Ho + oy) * Wo;
+        for (int j = 0; j < Wv; j += LANES) {
+            v16 gv[8];
+#pragma GCC unroll 8
+            for (int q = 0; q < Q; q++) gv[q] = *(const v16u *)(gq[q] + j);
+#pragma GCC unroll 8
+            for (int u = 0; u < U; u++) {
+                v16 xv = *(const v16u *)(xr + j + u);
+                /* one load for the Q FMAs below: gcc would fold it into each of them, and the
+                 * loop would run at one load per FMA */
+#if defined(__AVX512F__) /* one zmm register holds a v16; without AVX-512 it cannot */
+                __asm__("" : "+v"(xv));
+#endif
+#pragma GCC unroll 8
+                for (int q = 0; q < Q; q++) acc[q][u] += gv[q] * xv;
+            }
+        }
+        for (int j = Wv; j < Wo; j++)
+            for (int q = 0; q < Q; q++)
+                for (int u = 0; u < U; u++) tail[q][u] += gq[q][j] * xr[j + u];
+    }
+    for (int q = 0; q < Q && o0 + q < O; q++)
+        for (int u = 0; u < U && kx0 + u < k; u++) {
+            float a[LANES], sum = 0;
+            memcpy(a, &acc[q][u], sizeof a);
+            for (int l = 0; l < LANES; l++) sum += a[l];
+            tot[((o0 + q) * k + ky) * k + kx0 + u] += sum + tail[q][u];
+        }
+}
+
 static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const float *g,
                             const float *x, const float *w, float *wt) {
     const int C = s->C, H = s->H, W = s->W, k = s->k, p = s->pad, O = s->O;
@@ -616,13 +670,13 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
     }
     if (dw) {
         /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]. One input
-         * channel per thread; per image the channel is zero-padded once, then a block of
-         * DIRECT_DWB output channels x DIRECT_DWB ky x DIRECT_DWB kx taps (27 registers: each
-         * dy load feeds 9 FMAs, each x load 3) accumulates over all rows in registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
+         * channel per thread; per image the channel is zero-padded once, then for each ky a
+         * tile of Q output channels x U kx taps (dw_tile) accumulates over all rows in
+         * registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
          * then lanes in order, images in double: a fixed order. */
-        const int kk = k * k, kr = (k + DIRECT_DWB - 1) / DIRECT_DWB * DIRECT_DWB;
-        const int Wv = Wo / LANES * LANES, Hp = Ho + kr - 1; /* the ky blocks may overrun k */
-        const int len = Wo + kr + LANES; /* padded row, x[ix] at ix + p; the kx blocks may overrun k */
+        const int kk = k * k, U = dw_taps(k), kr = (k + U - 1) / U * U;
+        const int Hp = Ho + k - 1;
+        const int len = Wo + kr + LANES; /* padded row, x[ix] at ix + p; the kx tiles may overrun k */
 #pragma omp parallel
         {
             /* on the heap, not an OpenMP thread's stack */
@@ -643,56 +697,20 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                         const int n = W < len - p ? W : len - p;
                         pad_row(row, len, x + (((size_t)i * C + c) * H + iy) * W, n, p);
                     }
-                    for (int ky0 = 0; ky0 < kr; ky0 += DIRECT_DWB)
-                        for (int o0 = 0; o0 < O; o0 += DIRECT_DWB)
-                            for (int kx0 = 0; kx0 < kr; kx0 += DIRECT_DWB) {
-                                v16 acc[DIRECT_DWB][DIRECT_DWB][DIRECT_DWB]; /* [q][ky - ky0][u] */
-                                float tail[DIRECT_DWB][DIRECT_DWB][DIRECT_DWB] = {{{0}}};
-#pragma GCC unroll 8
-                                for (int q = 0; q < DIRECT_DWB; q++)
-#pragma GCC unroll 8
-                                    for (int e = 0; e < DIRECT_DWB; e++)
-#pragma GCC unroll 8
-                                        for (int u = 0; u < DIRECT_DWB; u++) acc[q][e][u] = (v16){0};
-                                for (int oy = 0; oy < Ho; oy++) {
-                                    const float *xr = xp + (size_t)(oy + ky0) * len + kx0;
-                                    const float *gq[DIRECT_DWB];
-                                    for (int q = 0; q < DIRECT_DWB; q++) /* past O: a valid row, result dropped */
-                                        gq[q] = g + (((size_t)i * O + (o0 + q < O ? o0 + q : o0)) * Ho + oy) * Wo;
-                                    for (int j = 0; j < Wv; j += LANES) {
-                                        v16 gv[DIRECT_DWB];
-#pragma GCC unroll 8
-                                        for (int q = 0; q < DIRECT_DWB; q++) gv[q] = *(const v16u *)(gq[q] + j);
-#pragma GCC unroll 8
-                                        for (int e = 0; e < DIRECT_DWB; e++)
-#pragma GCC unroll 8
-                                            for (int u = 0; u < DIRECT_DWB; u++) {
-                                                v16 xv = *(const v16u *)(xr + (size_t)e * len + j + u);
-                                                /* one load for the DIRECT_DWB FMAs below: gcc
-                                                 * would fold it into each of them, and the
-                                                 * loop would run at one load per FMA */
-#if defined(__AVX512F__) /* one zmm register holds a v16; without AVX-512 it cannot */
-                                                __asm__("" : "+v"(xv));
-#endif
-#pragma GCC unroll 8
-                                                for (int q = 0; q < DIRECT_DWB; q++) acc[q][e][u] += gv[q] * xv;
-                                            }
-                                    }
-                                    for (int j = Wv; j < Wo; j++)
-                                        for (int q = 0; q < DIRECT_DWB; q++)
-                                            for (int e = 0; e < DIRECT_DWB; e++)
-                                                for (int u = 0; u < DIRECT_DWB; u++)
-                                                    tail[q][e][u] += gq[q][j] * xr[(size_t)e * len + j + u];
-                                }
-                                for (int q = 0; q < DIRECT_DWB && o0 + q < O; q++)
-                                    for (int e = 0; e < DIRECT_DWB && ky0 + e < k; e++)
-                                        for (int u = 0; u < DIRECT_DWB && kx0 + u < k; u++) {
-                                            float a[LANES], sum = 0;
-                                            memcpy(a, &acc[q][e][u], sizeof a);
-                                            for (int l = 0; l < LANES; l++) sum += a[l];
-                                            tot[((o0 + q) * k + ky0 + e) * k + kx0 + u] += sum + tail[q][e][u];
-                                        }
+                    const float *gi = g + (size_t)i * O * Ho * Wo;
+                    for (int ky = 0; ky < k; ky++)
+                        for (int kx0 = 0; kx0 < kr; kx0 += U) {
+                            /* Q and U literal in every call (see s1_row) */
+#define DW_TILE(Q, U_) \
+    for (int o0 = 0; o0 < O; o0 += Q) dw_tile(Q, U_, xp, len, gi, O, Ho, Wo, k, o0, ky, kx0, tot)
+                            switch (U) {
+                            case 7: DW_TILE(2, 7); break;
+                            case 5: DW_TILE(4, 5); break;
+                            case 1: DW_TILE(8, 1); break;
+                            default: DW_TILE(4, 3); break;
                             }
+#undef DW_TILE
+                        }
                 }
                 for (int o = 0; o < O; o++)
                     for (int t = 0; t < kk; t++)
