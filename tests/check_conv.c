@@ -151,7 +151,8 @@ static const struct fwd_case fwd_cases[] = {
     {0, 2, 4, 6, 6, 3, 3, 1, 1, 1, ML_CONV_ACT_SIGMOID, -1},
     {0, 5, 2, 8, 5, 4, 5, 3, 2, 2, ML_CONV_ACT_RELU, -1},
     {0, 2, 3, 5, 5, 2, 1, 1, 0, 0, ML_CONV_ACT_NONE, -1},
-    {0, 3, 2, 5, 6, 16, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID, -1}, /* stride 1 through the GEMM path */
+    {0, 3, 2, 5, 6, 17, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID, -1}, /* stride 1 through the GEMM path */
+    {0, 2, 3, 5, 6, 16, 3, 1, 1, 0, ML_CONV_ACT_SIGMOID, -1}, /* 16 channels of rows <= 16: direct */
     /* direct path with the wider channel block (more than 3 channels out of the kernel):
      * dx with 13 channels (two blocks and a padded one) over rows longer than one 64-float
      * register block; a forward with 7 output channels */

@@ -115,10 +115,11 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
                          .pad = pad, .Ho = (H + 2 * pad - k) / stride + 1,
                          .Wo = (W + 2 * pad - k) / stride + 1, .transposed = 0, .act = act};
     /* the SRNN output conv (32 -> 3 channels): a 3-row GEMM over a 9x blown-up im2col
-     * matrix is memory bound; direct loops read x once */
-    s->direct = stride == 1 && O < DIRECT_MAX_O && k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W &&
-                W <= DIRECT_MAX_W && s1_rows_floats(C, k, s->Wo) <= DIRECT_MAX_ROWS &&
-                s1_rows_floats(O, k, W) <= DIRECT_MAX_ROWS;
+     * matrix is memory bound; direct loops read x once. So are the COD experts' branches
+     * on 32x32 maps (8 channels) and 16x16 maps (16 channels, one register block) */
+    s->direct = stride == 1 && (O < DIRECT_MAX_O || (O == DIRECT_MAX_O && s->Wo <= 16)) &&
+                k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W && W <= DIRECT_MAX_W &&
+                s1_rows_floats(C, k, s->Wo) <= DIRECT_MAX_ROWS && s1_rows_floats(O, k, W) <= DIRECT_MAX_ROWS;
     pick_chunk(s);
     return ML_OK;
 }
@@ -500,21 +501,21 @@ s1_row(const int OB, const int NV, const float *pad, int Cin, int Hp, int len, f
         for (int j0 = 0; j0 < Wo; j0 += BW) {
             /* fully unrolled, so that acc and xv live in registers */
             v16 acc[DIRECT_OB_MAX][DIRECT_NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
             for (int q = 0; q < OB; q++)
-#pragma GCC unroll 8
+#pragma GCC unroll 16
                 for (int v = 0; v < NV; v++) acc[q][v] = (v16){0};
             for (int t = 0; t < Cin * k; t++) {
                 const float *r = pad + ((size_t)(t / k) * Hp + oy + t % k) * len + j0;
                 const float *wr = wt + (size_t)t * k * Opad + o0;
                 for (int kx = 0; kx < k; kx++) {
                     v16 xv[DIRECT_NV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
                     for (int v = 0; v < NV; v++) xv[v] = *(const v16u *)(r + kx + 16 * v);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
                     for (int q = 0; q < OB; q++) {
                         const float wv = wr[kx * Opad + q];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
                         for (int v = 0; v < NV; v++) acc[q][v] += wv * xv[v];
                     }
                 }
@@ -602,15 +603,18 @@ static void direct_forward(const ml_conv_shape *s, float *y, const float *x, con
 static int dw_taps(int k) { return k == 1 || k == 5 || k == 7 ? k : 3; }
 
 /*
- * dw of one input channel, one image: tot[(o k + ky) k + kx0 + u] += sum over rows oy and
- * columns ox of g[o][oy][ox] xp[oy + ky][ox + kx0 + u] for Q output channels o0 .. o0 + Q - 1
- * (past O: computed on a valid row and dropped) and U taps (past k: dropped). Q U
- * accumulators of 16 lanes stay in registers: each dy load feeds U FMAs, each x load Q. Q
- * and U must be literals where this is inlined (see s1_row).
+ * dw of one input channel, one image: for Q output channels o0 .. o0 + Q - 1 (past O:
+ * computed on a valid row and dropped) and U taps (past k: dropped), tap t = (o k + ky) k +
+ * kx0 + u gets the sum over rows oy and columns ox of g[o][oy][ox] xp[oy + ky][ox + kx0 + u]:
+ * its 16 lanes (lane = ox mod 16) added to lanes[t], the ragged end of the rows to tail[t].
+ * Q U accumulators of 16 lanes stay in registers: each dy load feeds U FMAs, each x load Q.
+ * The lanes are summed once per channel, not per image and tile (on 16x16 maps that
+ * reduction cost as much as the FMAs). Q and U must be literals where this is inlined (see
+ * s1_row).
  */
 static inline __attribute__((always_inline)) void
 dw_tile(const int Q, const int U, const float *xp, int len, const float *g, int O, int Ho, int Wo, int k,
-        int o0, int ky, int kx0, double *tot) {
+        int o0, int ky, int kx0, v16 *lanes, float *tails) {
     const int Wv = Wo / LANES * LANES;
     v16 acc[8][7];
     float tail[8][7];
@@ -645,10 +649,9 @@ dw_tile(const int Q, const int U, const float *xp, int len, const float *g, int 
     }
     for (int q = 0; q < Q && o0 + q < O; q++)
         for (int u = 0; u < U && kx0 + u < k; u++) {
-            float a[LANES], sum = 0;
-            memcpy(a, &acc[q][u], sizeof a);
-            for (int l = 0; l < LANES; l++) sum += a[l];
-            tot[((o0 + q) * k + ky) * k + kx0 + u] += sum + tail[q][u];
+            const int t = ((o0 + q) * k + ky) * k + kx0 + u;
+            lanes[t] += acc[q][u];
+            tails[t] += tail[q][u];
         }
 }
 
@@ -673,19 +676,20 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
          * channel per thread; per image the channel is zero-padded once, then for each ky a
          * tile of Q output channels x U kx taps (dw_tile) accumulates over all rows in
          * registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
-         * then lanes in order, images in double: a fixed order. */
+         * added up over the images; then the lanes in order: a fixed order. */
         const int kk = k * k, U = dw_taps(k), kr = (k + U - 1) / U * U;
         const int Hp = Ho + k - 1;
         const int len = Wo + kr + LANES; /* padded row, x[ix] at ix + p; the kx tiles may overrun k */
 #pragma omp parallel
         {
             /* on the heap, not an OpenMP thread's stack */
-            double *tot = malloc(sizeof(double) * (size_t)(O * kk));
+            v16 *lanes = aligned_alloc(sizeof(v16), sizeof(v16) * (size_t)(O * kk));
+            float *tails = malloc(sizeof(float) * (size_t)(O * kk));
             float *xp = malloc(sizeof(float) * (size_t)Hp * len);
-            if (!tot || !xp) abort(); /* no way to report from inside a kernel */
+            if (!lanes || !tails || !xp) abort(); /* no way to report from inside a kernel */
 #pragma omp for schedule(static)
             for (int c = 0; c < C; c++) {
-                for (int t = 0; t < O * kk; t++) tot[t] = 0;
+                for (int t = 0; t < O * kk; t++) lanes[t] = (v16){0}, tails[t] = 0;
                 for (int i = 0; i < s->B; i++) {
                     for (int r = 0; r < Hp; r++) {
                         float *row = xp + (size_t)r * len;
@@ -702,7 +706,7 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                         for (int kx0 = 0; kx0 < kr; kx0 += U) {
                             /* Q and U literal in every call (see s1_row) */
 #define DW_TILE(Q, U_) \
-    for (int o0 = 0; o0 < O; o0 += Q) dw_tile(Q, U_, xp, len, gi, O, Ho, Wo, k, o0, ky, kx0, tot)
+    for (int o0 = 0; o0 < O; o0 += Q) dw_tile(Q, U_, xp, len, gi, O, Ho, Wo, k, o0, ky, kx0, lanes, tails)
                             switch (U) {
                             case 7: DW_TILE(2, 7); break;
                             case 5: DW_TILE(4, 5); break;
@@ -713,10 +717,15 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                         }
                 }
                 for (int o = 0; o < O; o++)
-                    for (int t = 0; t < kk; t++)
-                        dw[((size_t)o * C + c) * kk + t] += (float)tot[o * kk + t];
+                    for (int t = 0; t < kk; t++) {
+                        float a[LANES], sum = 0;
+                        memcpy(a, &lanes[o * kk + t], sizeof a);
+                        for (int l = 0; l < LANES; l++) sum += a[l];
+                        dw[((size_t)o * C + c) * kk + t] += sum + tails[o * kk + t];
+                    }
             }
-            free(tot);
+            free(lanes);
+            free(tails);
             free(xp);
         }
     }
