@@ -153,6 +153,7 @@ static const struct fwd_case fwd_cases[] = {
     {0, 2, 3, 5, 5, 2, 1, 1, 0, 0, ML_CONV_ACT_NONE, -1},
     {0, 3, 2, 5, 6, 17, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID, -1}, /* stride 1 through the GEMM path */
     {0, 2, 3, 5, 6, 16, 3, 1, 1, 0, ML_CONV_ACT_SIGMOID, -1}, /* 16 channels of rows <= 16: direct */
+    {0, 2, 5, 4, 17, 17, 3, 1, 1, 0, ML_CONV_ACT_SIGMOID, -1}, /* direct forward, GEMM backward */
     /* direct path with the wider channel block (more than 3 channels out of the kernel):
      * dx with 13 channels (two blocks and a padded one) over rows longer than one 64-float
      * register block; a forward with 7 output channels */
@@ -494,7 +495,8 @@ START_TEST(test_convt_cat) {
 END_TEST
 
 /* the two-input conv2d (the U-Net decoder's [up2(deeper), skip] read in place). _i: 0 the
- * stride-1 flipped-kernel dx (O <= C), 1 stride 2 (w^T dy + col2im), 2 a 1x1 kernel; against
+ * stride-1 flipped-kernel dx (O <= C), 1 stride 2 (w^T dy + col2im), 2 a 1x1 kernel, 3 the
+ * direct forward (17 channels of 17-wide rows) with the col2im dx (O > C); against
  * concat + the one-input GEMM path (the same arithmetic: bitwise equal), dxa and dxb
  * accumulated into and written (write_dx), finite differences through xa and xb */
 static double conv_cat_loss(void *p) {
@@ -507,10 +509,13 @@ static double conv_cat_loss(void *p) {
 
 START_TEST(test_conv_cat) {
     struct cctx g;
-    const int B = 3, Ca = 4, Cb = 3, H = 6, W = 5, HW = H * W, O = 5;
+    const int B = 3, Ca = 4, Cb = 3, H = 6, W = _i == 3 ? 17 : 5, HW = H * W, O = _i == 3 ? 17 : 5;
     const int k = _i == 2 ? 1 : 3, stride = _i == 1 ? 2 : 1, pad = k / 2;
     ck_assert_int_eq(ml_conv2d_shape(&g.s, B, Ca + Cb, H, W, O, k, stride, pad, ML_CONV_ACT_RELU), ML_OK);
-    g.s.direct = 0;
+    if (_i == 3)
+        ck_assert_int_eq(g.s.direct, 2); /* the direct forward, the GEMM backward */
+    else
+        g.s.direct = 0;
     g.s.chunk = 2;
     g.Ca = Ca;
     const size_t na = (size_t)B * Ca * HW, nbb = (size_t)B * Cb * HW, nx = na + nbb;
@@ -821,7 +826,7 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_bn_gradcheck, 0, 2);
     tcase_add_test(t, test_concat_gradcheck);
     tcase_add_loop_test(t, test_convt_cat, 0, 2);
-    tcase_add_loop_test(t, test_conv_cat, 0, 3);
+    tcase_add_loop_test(t, test_conv_cat, 0, 4);
     tcase_add_loop_test(t, test_conv_write_dx, 0, 3);
     tcase_add_test(t, test_bad_shapes);
     tcase_add_loop_test(t, test_deterministic, 0, 3);

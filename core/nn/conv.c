@@ -17,6 +17,8 @@
 #endif
 /* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
 #define DIRECT_MAX_O 16
+/* the direct forward alone (shape.direct 2): up to this many output channels */
+#define DIRECT_FWD_MAX_O 64
 #define DIRECT_MAX_W 1024
 #define DIRECT_MAX_K 16
 /* register block of the direct kernel: DIRECT_OB output channels x DIRECT_NV 16-float vectors */
@@ -120,6 +122,12 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
     s->direct = stride == 1 && (O < DIRECT_MAX_O || (O == DIRECT_MAX_O && s->Wo <= 16)) &&
                 k <= DIRECT_MAX_K && s->Wo <= DIRECT_MAX_W && W <= DIRECT_MAX_W &&
                 s1_rows_floats(C, k, s->Wo) <= DIRECT_MAX_ROWS && s1_rows_floats(O, k, W) <= DIRECT_MAX_ROWS;
+    /* more output channels on 16- to 32-wide rows (the COD decoder's 3x3 convs at 16x16 and
+     * 32x32): the direct forward is faster than im2col + GEMM (1.8x at 96 -> 32 channels,
+     * 32x32), their backward is not (its dw re-reads dy for every input channel) */
+    if (!s->direct && stride == 1 && k >= 3 && k <= DIRECT_MAX_K && O <= DIRECT_FWD_MAX_O && s->Wo >= 16 &&
+        s->Wo <= 32 && s1_rows_floats(C, k, s->Wo) <= DIRECT_MAX_ROWS)
+        s->direct = 2;
     pick_chunk(s);
     return ML_OK;
 }
@@ -173,9 +181,9 @@ static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
         return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
     }
-    if (s->direct) { /* the pre-activation gradient, then the repacked weights */
-        const size_t kk = (size_t)s->k * s->k;
-        const size_t fw = (size_t)s->C * kk * (size_t)s1_padded(s->O, s->Wo);
+    const size_t kk = (size_t)s->k * s->k;
+    const size_t fw = (size_t)s->C * kk * (size_t)s1_padded(s->O, s->Wo);
+    if (s->direct == 1) { /* the pre-activation gradient, then the repacked weights */
         const size_t bw = (size_t)s->O * kk * (size_t)s1_padded(s->C, s->W);
         return ml_conv_out_size(s) + (fw > bw ? fw : bw);
     }
@@ -186,6 +194,7 @@ static size_t layer_workspace(const ml_conv_shape *s) {
     /* transposed backward with an activation keeps the chunk's pre-activation gradient */
     if (s->transposed && s->act != ML_CONV_ACT_NONE)
         ws += (size_t)s->chunk * (size_t)s->O * (size_t)s->Ho * (size_t)s->Wo;
+    if (s->direct == 2 && fw > ws) ws = fw; /* the direct forward's repacked weights */
     return ws;
 }
 
@@ -546,7 +555,7 @@ s1_row(const int OB, const int NV, const float *pad, int Cin, int Hp, int len, f
  * feeds DIRECT_DXB FMAs instead of DIRECT_OB, and the kernel stops being bound by loads (half
  * of them unaligned ones that split a cache line). Narrow rows take fewer vectors and more
  * channels. */
-static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, int Cout, int Ho,
+static void s1_conv(int B, cat_in in, int Cin, int H, int W, float *out, int Cout, int Ho,
                     int Wo, int k, int p, const float *wt, const float *bias, ml_conv_act act,
                     int accumulate) {
     const int Opad = s1_padded(Cout, Wo), ob = s1_block(Cout, Wo), nv = s1_nv(Wo);
@@ -570,7 +579,7 @@ static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, i
                         continue;
                     }
                     const int n = W < len - p ? W : len - p;
-                    pad_row(row, len, in + (((size_t)i * Cin + c) * H + iy) * W, n, p);
+                    pad_row(row, len, in_plane(in, Cin, (size_t)H * W, i, c) + (size_t)iy * W, n, p);
                 }
             float *out_i = out + (size_t)i * Cout * Ho * Wo;
             /* OB and NV literal in every call (see s1_row) */
@@ -589,7 +598,7 @@ static void s1_conv(int B, const float *in, int Cin, int H, int W, float *out, i
     }
 }
 
-static void direct_forward(const ml_conv_shape *s, float *y, const float *x, const float *w,
+static void direct_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
                            const float *b, float *wt) {
     const int C = s->C, k = s->k, O = s->O, kk = k * k;
     const int Opad = s1_padded(O, s->Wo);
@@ -598,32 +607,30 @@ static void direct_forward(const ml_conv_shape *s, float *y, const float *x, con
     s1_conv(s->B, x, C, s->H, s->W, y, O, s->Ho, s->Wo, k, s->pad, wt, b, s->act, 0);
 }
 
-/* The direct dw kernel's kx taps per tile: the whole kernel row for k = 1, 5, 7 (k = 3 too,
- * as the default), else tiles of 3 that may overrun it. */
-static int dw_taps(int k) { return k == 1 || k == 5 || k == 7 ? k : 3; }
-
 /*
  * dw of one input channel, one image: for Q output channels o0 .. o0 + Q - 1 (past O:
- * computed on a valid row and dropped) and U taps (past k: dropped), tap t = (o k + ky) k +
- * kx0 + u gets the sum over rows oy and columns ox of g[o][oy][ox] xp[oy + ky][ox + kx0 + u]:
- * its 16 lanes (lane = ox mod 16) added to lanes[t], the ragged end of the rows to tail[t].
- * Q U accumulators of 16 lanes stay in registers: each dy load feeds U FMAs, each x load Q.
- * The lanes are summed once per channel, not per image and tile (on 16x16 maps that
- * reduction cost as much as the FMAs). Q and U must be literals where this is inlined (see
- * s1_row).
+ * computed on a valid row and dropped), E kernel rows ky0 .. and U taps kx0 .. (past k:
+ * dropped), tap t = (o k + ky) k + kx gets the sum over rows oy and columns ox of
+ * g[o][oy][ox] xp[oy + ky][ox + kx]: its 16 lanes (lane = ox mod 16) added to lanes[t], the
+ * ragged end of the rows to tail[t]. Q E U accumulators of 16 lanes stay in registers: each
+ * dy load feeds E U FMAs, each x load Q. The lanes are summed once per channel, not per image
+ * and tile (on 16x16 maps that reduction cost as much as the FMAs). Q, E and U must be
+ * literals where this is inlined (see s1_row).
  */
 static inline __attribute__((always_inline)) void
-dw_tile(const int Q, const int U, const float *xp, int len, const float *g, int O, int Ho, int Wo, int k,
-        int o0, int ky, int kx0, v16 *lanes, float *tails) {
+dw_tile(const int Q, const int E, const int U, const float *xp, int len, const float *g, int O, int Ho, int Wo,
+        int k, int o0, int ky0, int kx0, v16 *lanes, float *tails) {
     const int Wv = Wo / LANES * LANES;
-    v16 acc[8][7];
-    float tail[8][7];
+    v16 acc[8][3][7];
+    float tail[8][3][7];
 #pragma GCC unroll 8
     for (int q = 0; q < Q; q++)
 #pragma GCC unroll 8
-        for (int u = 0; u < U; u++) acc[q][u] = (v16){0}, tail[q][u] = 0;
+        for (int e = 0; e < E; e++)
+#pragma GCC unroll 8
+            for (int u = 0; u < U; u++) acc[q][e][u] = (v16){0}, tail[q][e][u] = 0;
     for (int oy = 0; oy < Ho; oy++) {
-        const float *xr = xp + (size_t)(oy + ky) * len + kx0;
+        const float *xr = xp + (size_t)(oy + ky0) * len + kx0;
         const float *gq[8];
         for (int q = 0; q < Q; q++) /* past O: a valid row, result dropped */
             gq[q] = g + ((size_t)(o0 + q < O ? o0 + q : o0) * Ho + oy) * Wo;
@@ -632,27 +639,39 @@ dw_tile(const int Q, const int U, const float *xp, int len, const float *g, int 
 #pragma GCC unroll 8
             for (int q = 0; q < Q; q++) gv[q] = *(const v16u *)(gq[q] + j);
 #pragma GCC unroll 8
-            for (int u = 0; u < U; u++) {
-                v16 xv = *(const v16u *)(xr + j + u);
-                /* one load for the Q FMAs below: gcc would fold it into each of them, and the
-                 * loop would run at one load per FMA */
+            for (int e = 0; e < E; e++)
+#pragma GCC unroll 8
+                for (int u = 0; u < U; u++) {
+                    v16 xv = *(const v16u *)(xr + (size_t)e * len + j + u);
+                    /* one load for the Q FMAs below: gcc would fold it into each of them, and
+                     * the loop would run at one load per FMA */
 #if defined(__AVX512F__) /* one zmm register holds a v16; without AVX-512 it cannot */
-                __asm__("" : "+v"(xv));
+                    __asm__("" : "+v"(xv));
 #endif
 #pragma GCC unroll 8
-                for (int q = 0; q < Q; q++) acc[q][u] += gv[q] * xv;
-            }
+                    for (int q = 0; q < Q; q++) acc[q][e][u] += gv[q] * xv;
+                }
         }
         for (int j = Wv; j < Wo; j++)
             for (int q = 0; q < Q; q++)
-                for (int u = 0; u < U; u++) tail[q][u] += gq[q][j] * xr[j + u];
+                for (int e = 0; e < E; e++)
+                    for (int u = 0; u < U; u++) tail[q][e][u] += gq[q][j] * xr[(size_t)e * len + j + u];
     }
     for (int q = 0; q < Q && o0 + q < O; q++)
-        for (int u = 0; u < U && kx0 + u < k; u++) {
-            const int t = ((o0 + q) * k + ky) * k + kx0 + u;
-            lanes[t] += acc[q][u];
-            tails[t] += tail[q][u];
-        }
+        for (int e = 0; e < E && ky0 + e < k; e++)
+            for (int u = 0; u < U && kx0 + u < k; u++) {
+                const int t = ((o0 + q) * k + ky0 + e) * k + kx0 + u;
+                lanes[t] += acc[q][e][u];
+                tails[t] += tail[q][e][u];
+            }
+}
+
+/* The direct dw kernel's tiles (dw_tile): for k = 1, 5 and 7 one kernel row of taps and 8, 4
+ * and 2 output channels; else 3 channels x 3 x 3 taps (27 accumulators), which may overrun
+ * the kernel. */
+static void dw_tiling(int k, int *E, int *U) {
+    *E = k == 1 || k == 5 || k == 7 ? 1 : 3;
+    *U = k == 1 || k == 5 || k == 7 ? k : 3;
 }
 
 static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const float *g,
@@ -668,18 +687,20 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                     for (int c = 0; c < Cpad; c++)
                         wt[(((size_t)o * k + ky) * k + kx) * Cpad + c] =
                             c < C ? w[((size_t)o * C + c) * kk + (k - 1 - ky) * k + (k - 1 - kx)] : 0.0f;
-        s1_conv(s->B, g, O, Ho, Wo, dx, C, H, W, k, k - 1 - p, wt, NULL, ML_CONV_ACT_NONE,
+        s1_conv(s->B, one_in(g, O), O, Ho, Wo, dx, C, H, W, k, k - 1 - p, wt, NULL, ML_CONV_ACT_NONE,
                 !s->write_dx);
     }
     if (dw) {
         /* dw[o][c][ky][kx] += sum g[o][oy][ox] x[c][oy - p + ky][ox - p + kx]. One input
-         * channel per thread; per image the channel is zero-padded once, then for each ky a
-         * tile of Q output channels x U kx taps (dw_tile) accumulates over all rows in
+         * channel per thread; per image the channel is zero-padded once, then tiles of Q
+         * output channels x E ky x U kx taps (dw_tile) accumulate over all rows in
          * registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
          * added up over the images; then the lanes in order: a fixed order. */
-        const int kk = k * k, U = dw_taps(k), kr = (k + U - 1) / U * U;
-        const int Hp = Ho + k - 1;
-        const int len = Wo + kr + LANES; /* padded row, x[ix] at ix + p; the kx tiles may overrun k */
+        int E, U;
+        dw_tiling(k, &E, &U);
+        const int kk = k * k, kry = (k + E - 1) / E * E, krx = (k + U - 1) / U * U;
+        const int Hp = Ho + kry - 1;      /* the ky tiles may overrun k */
+        const int len = Wo + krx + LANES; /* padded row, x[ix] at ix + p; the kx tiles may overrun k */
 #pragma omp parallel
         {
             /* on the heap, not an OpenMP thread's stack */
@@ -702,16 +723,16 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                         pad_row(row, len, x + (((size_t)i * C + c) * H + iy) * W, n, p);
                     }
                     const float *gi = g + (size_t)i * O * Ho * Wo;
-                    for (int ky = 0; ky < k; ky++)
-                        for (int kx0 = 0; kx0 < kr; kx0 += U) {
-                            /* Q and U literal in every call (see s1_row) */
-#define DW_TILE(Q, U_) \
-    for (int o0 = 0; o0 < O; o0 += Q) dw_tile(Q, U_, xp, len, gi, O, Ho, Wo, k, o0, ky, kx0, lanes, tails)
+                    for (int ky0 = 0; ky0 < kry; ky0 += E)
+                        for (int kx0 = 0; kx0 < krx; kx0 += U) {
+                            /* Q, E and U literal in every call (see s1_row) */
+#define DW_TILE(Q, E_, U_) \
+    for (int o0 = 0; o0 < O; o0 += Q) dw_tile(Q, E_, U_, xp, len, gi, O, Ho, Wo, k, o0, ky0, kx0, lanes, tails)
                             switch (U) {
-                            case 7: DW_TILE(2, 7); break;
-                            case 5: DW_TILE(4, 5); break;
-                            case 1: DW_TILE(8, 1); break;
-                            default: DW_TILE(4, 3); break;
+                            case 7: DW_TILE(2, 1, 7); break;
+                            case 5: DW_TILE(4, 1, 5); break;
+                            case 1: DW_TILE(8, 1, 1); break;
+                            default: DW_TILE(3, 3, 3); break;
                             }
 #undef DW_TILE
                         }
@@ -742,8 +763,8 @@ static void conv2d_forward(const ml_conv_shape *s, float *y, cat_in x, const flo
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
-    if (s->direct) {
-        direct_forward(s, y, x.a, w, b, ws);
+    if (s->direct) { /* 1 or 2 */
+        direct_forward(s, y, x, w, b, ws);
         return;
     }
     for (int i0 = 0; i0 < B; i0 += s->chunk) {
@@ -784,12 +805,12 @@ static void conv2d_backward(const ml_conv_shape *s, cat_out dx, float *dw, float
     const int K = C * k * k;
     const ml_conv_act act = s->act;
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
-    if (db && (s->direct || (!dw && !dx.a))) bias_backward(db, dy, y, act, B, O, HWo, part);
+    if (db && (s->direct == 1 || (!dw && !dx.a))) bias_backward(db, dy, y, act, B, O, HWo, part);
     if (!dw && !dx.a) return;
-    const int flip = dx.a && !s->direct && dx_as_conv(s);
+    const int flip = dx.a && s->direct != 1 && dx_as_conv(s);
     float *wt = ws + col_rows(s) * (size_t)s->chunk * HWo + (size_t)(C > O ? C : O) * s->chunk * HWo;
     if (flip && k > 1) transpose_kernel(wt, w, O, C, k * k);
-    if (s->direct) {
+    if (s->direct == 1) {
         const float *g = dy;
         if (act != ML_CONV_ACT_NONE) {
             const size_t m = ml_conv_out_size(s);
@@ -874,14 +895,14 @@ void ml_conv2d_backward(const ml_conv_shape *s, float *dx, float *dw, float *db,
 
 void ml_conv2d_forward_cat(const ml_conv_shape *s, int Ca, float *y, const float *xa,
                            const float *xb, const float *w, const float *b, float *ws) {
-    assert(!s->direct && Ca > 0 && Ca < s->C);
+    assert(s->direct != 1 && Ca > 0 && Ca < s->C);
     conv2d_forward(s, y, (cat_in){xa, xb, Ca, 0}, w, b, ws);
 }
 
 void ml_conv2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *dxb, float *dw,
                             float *db, const float *dy, const float *y, const float *xa,
                             const float *xb, const float *w, float *ws) {
-    assert(!s->direct && Ca > 0 && Ca < s->C && (dxa != NULL) == (dxb != NULL));
+    assert(s->direct != 1 && Ca > 0 && Ca < s->C && (dxa != NULL) == (dxb != NULL));
     conv2d_backward(s, (cat_out){dxa, dxb, Ca, !s->write_dx}, dw, db, dy, y,
                     (cat_in){xa, xb, Ca, 0}, w, ws);
 }
@@ -935,7 +956,7 @@ int ml_mconv_shape_init(ml_mconv_shape *s, int B, int C, int H, int W, int O, in
             return ml_errorf("mconv: kernel %d of branch %d is not odd in 1..%d", k[j], j, ML_MCONV_MAX_K);
         s->k[j] = k[j];
         if (ml_conv2d_shape(&s->br[j], B, C, H, W, O, k[j], 1, k[j] / 2, act)) return ML_ERR;
-        direct |= s->br[j].direct;
+        direct |= s->br[j].direct != 0;
         if (k[j] > kmax) kmax = k[j];
     }
     /* the rings save (sum k_j^2 - kmax^2) C rows of im2col and packing per pixel, and cost a

@@ -53,7 +53,9 @@ typedef struct ml_conv_shape {
     int chunk;            /* images per GEMM (batch folded into N); set by the shape functions,
                              a caller may lower it (never below 1) */
     int direct;           /* 1: computed by direct loops, not GEMMs (stride-1 conv2d with few
-                             output channels, where im2col would cost more than the math) */
+                             output channels, where im2col would cost more than the math);
+                             2: the forward by direct loops, the backward on GEMMs (stride 1,
+                             up to 64 output channels, 16- to 32-wide rows) */
     int subpixel;         /* 1: convt2d with kernel 4, stride 2, padding 1 computed in the
                              sub-pixel form (see conv.c); set by ml_convt2d_shape, a caller may
                              clear it (the general GEMM + col2im path then runs) */
@@ -142,8 +144,8 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca,
  * conv2d on the channel concatenation [xa, xb] without building it, as the transposed conv
  * above: s->C = Ca + Cb input channels, read in place (the U-Net decoder's [up2(deeper),
  * skip]). Backward accumulates into dxa and dxb (both or neither NULL), or writes them when
- * s->write_dx is set, and accumulates dw, db as ml_conv2d_backward does. These run the GEMM
- * path only: s->direct must be 0 (a caller may clear it before sizing the workspace).
+ * s->write_dx is set, and accumulates dw, db as ml_conv2d_backward does. s->direct must not
+ * be 1 (a caller may clear it before sizing the workspace); 2, a direct forward, is fine.
  * 0 < Ca < s->C.
  */
 void ml_conv2d_forward_cat(const ml_conv_shape *s, int Ca,
