@@ -482,6 +482,7 @@ static void pad_row(float *dst, int len, const float *src, int n, int lp) {
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* unaligned view */
+typedef double v8d __attribute__((vector_size(64)));
 
 /*
  * Stride-1 convolution, register blocked: out[i][o][oy][ox] (=, or += when accumulate) of
@@ -611,15 +612,16 @@ static void direct_forward(const ml_conv_shape *s, float *y, cat_in x, const flo
  * dw of one input channel, one image: for Q output channels o0 .. o0 + Q - 1 (past O:
  * computed on a valid row and dropped), E kernel rows ky0 .. and U taps kx0 .. (past k:
  * dropped), tap t = (o k + ky) k + kx gets the sum over rows oy and columns ox of
- * g[o][oy][ox] xp[oy + ky][ox + kx]: its 16 lanes (lane = ox mod 16) added to lanes[t], the
- * ragged end of the rows to tail[t]. Q E U accumulators of 16 lanes stay in registers: each
- * dy load feeds E U FMAs, each x load Q. The lanes are summed once per channel, not per image
- * and tile (on 16x16 maps that reduction cost as much as the FMAs). Q, E and U must be
- * literals where this is inlined (see s1_row).
+ * g[o][oy][ox] xp[oy + ky][ox + kx]: its 16 float lanes (lane = ox mod 16) added in double
+ * to lanes[t] (two vectors of 8), the ragged end of the rows to tails[t]. Q E U accumulators
+ * of 16 lanes stay in registers: each dy load feeds E U FMAs, each x load Q. The lanes are
+ * summed once per channel, not per image and tile (on 16x16 maps that reduction cost as much
+ * as the FMAs); images add up in double, as a sum split over processes does (check_mpi). Q,
+ * E and U must be literals where this is inlined (see s1_row).
  */
 static inline __attribute__((always_inline)) void
 dw_tile(const int Q, const int E, const int U, const float *xp, int len, const float *g, int O, int Ho, int Wo,
-        int k, int o0, int ky0, int kx0, v16 *lanes, float *tails) {
+        int k, int o0, int ky0, int kx0, v8d *lanes, double *tails) {
     const int Wv = Wo / LANES * LANES;
     v16 acc[8][3][7];
     float tail[8][3][7];
@@ -661,7 +663,10 @@ dw_tile(const int Q, const int E, const int U, const float *xp, int len, const f
         for (int e = 0; e < E && ky0 + e < k; e++)
             for (int u = 0; u < U && kx0 + u < k; u++) {
                 const int t = ((o0 + q) * k + ky0 + e) * k + kx0 + u;
-                lanes[t] += acc[q][e][u];
+                const v16 a = acc[q][e][u];
+                lanes[2 * t] += __builtin_convertvector(__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+                lanes[2 * t + 1] +=
+                    __builtin_convertvector(__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
                 tails[t] += tail[q][e][u];
             }
 }
@@ -695,7 +700,7 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
          * channel per thread; per image the channel is zero-padded once, then tiles of Q
          * output channels x E ky x U kx taps (dw_tile) accumulate over all rows in
          * registers of 16 lanes (lane = ox mod 16; the ragged end of a row in a scalar),
-         * added up over the images; then the lanes in order: a fixed order. */
+         * added up over the images in double; then the lanes in order: a fixed order. */
         int E, U;
         dw_tiling(k, &E, &U);
         const int kk = k * k, kry = (k + E - 1) / E * E, krx = (k + U - 1) / U * U;
@@ -704,13 +709,13 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
 #pragma omp parallel
         {
             /* on the heap, not an OpenMP thread's stack */
-            v16 *lanes = aligned_alloc(sizeof(v16), sizeof(v16) * (size_t)(O * kk));
-            float *tails = malloc(sizeof(float) * (size_t)(O * kk));
+            v8d *lanes = aligned_alloc(sizeof(v8d), 2 * sizeof(v8d) * (size_t)(O * kk));
+            double *tails = malloc(sizeof(double) * (size_t)(O * kk));
             float *xp = malloc(sizeof(float) * (size_t)Hp * len);
             if (!lanes || !tails || !xp) abort(); /* no way to report from inside a kernel */
 #pragma omp for schedule(static)
             for (int c = 0; c < C; c++) {
-                for (int t = 0; t < O * kk; t++) lanes[t] = (v16){0}, tails[t] = 0;
+                for (int t = 0; t < O * kk; t++) lanes[2 * t] = lanes[2 * t + 1] = (v8d){0}, tails[t] = 0;
                 for (int i = 0; i < s->B; i++) {
                     for (int r = 0; r < Hp; r++) {
                         float *row = xp + (size_t)r * len;
@@ -739,10 +744,10 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
                 }
                 for (int o = 0; o < O; o++)
                     for (int t = 0; t < kk; t++) {
-                        float a[LANES], sum = 0;
-                        memcpy(a, &lanes[o * kk + t], sizeof a);
+                        double a[LANES], sum = 0;
+                        memcpy(a, &lanes[2 * (o * kk + t)], sizeof a);
                         for (int l = 0; l < LANES; l++) sum += a[l];
-                        dw[((size_t)o * C + c) * kk + t] += sum + tails[o * kk + t];
+                        dw[((size_t)o * C + c) * kk + t] += (float)(sum + tails[o * kk + t]);
                     }
             }
             free(lanes);
