@@ -163,7 +163,7 @@ static const struct fwd_case fwd_cases[] = {
     /* rows of at most 32 and 16 floats (2 and 1 vectors per row, wider channel blocks): a
      * 7x7 forward with 5 channels (a padded block), dx with 19 channels (two blocks and a
      * padded one), dw on whole kernel rows; then dx with 21 channels of 12-float rows */
-    {0, 2, 19, 6, 29, 5, 7, 1, 3, 0, ML_CONV_ACT_RELU, -1},
+    {0, 2, 19, 6, 29, 5, 7, 1, 3, 0, ML_CONV_ACT_SIGMOID, -1},
     {0, 2, 21, 5, 12, 2, 3, 1, 1, 0, ML_CONV_ACT_NONE, -1},
     {0, 2, 3, 7, 9, 4, 4, 1, 1, 0, ML_CONV_ACT_NONE, -1}, /* kernel 4: dw's kx tiles of 3 overrun it */
     {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 0},
