@@ -151,13 +151,21 @@ static const struct fwd_case fwd_cases[] = {
     {0, 2, 4, 6, 6, 3, 3, 1, 1, 1, ML_CONV_ACT_SIGMOID, -1},
     {0, 5, 2, 8, 5, 4, 5, 3, 2, 2, ML_CONV_ACT_RELU, -1},
     {0, 2, 3, 5, 5, 2, 1, 1, 0, 0, ML_CONV_ACT_NONE, -1},
-    {0, 3, 2, 5, 6, 16, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID, -1}, /* stride 1 through the GEMM path */
+    {0, 3, 2, 5, 6, 17, 3, 1, 1, 2, ML_CONV_ACT_SIGMOID, -1}, /* stride 1 through the GEMM path */
+    {0, 2, 3, 5, 6, 16, 3, 1, 1, 0, ML_CONV_ACT_SIGMOID, -1}, /* 16 channels of rows <= 16: direct */
+    {0, 2, 5, 4, 17, 17, 3, 1, 1, 0, ML_CONV_ACT_SIGMOID, -1}, /* direct forward, GEMM backward */
     /* direct path with the wider channel block (more than 3 channels out of the kernel):
      * dx with 13 channels (two blocks and a padded one) over rows longer than one 64-float
      * register block; a forward with 7 output channels */
     {0, 2, 13, 4, 70, 3, 3, 1, 1, 0, ML_CONV_ACT_SIGMOID, -1},
     {0, 2, 2, 5, 9, 7, 3, 1, 1, 0, ML_CONV_ACT_NONE, -1},
     {0, 2, 3, 6, 20, 2, 5, 1, 2, 0, ML_CONV_ACT_NONE, -1}, /* kernel 5: tap blocks overrun it */
+    /* rows of at most 32 and 16 floats (2 and 1 vectors per row, wider channel blocks): a
+     * 7x7 forward with 5 channels (a padded block), dx with 19 channels (two blocks and a
+     * padded one), dw on whole kernel rows; then dx with 21 channels of 12-float rows */
+    {0, 2, 19, 6, 29, 5, 7, 1, 3, 0, ML_CONV_ACT_SIGMOID, -1},
+    {0, 2, 21, 5, 12, 2, 3, 1, 1, 0, ML_CONV_ACT_NONE, -1},
+    {0, 2, 3, 7, 9, 4, 4, 1, 1, 0, ML_CONV_ACT_NONE, -1}, /* kernel 4: dw's kx tiles of 3 overrun it */
     {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 0},
     {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE, -1},
     {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID, -1},
@@ -498,7 +506,8 @@ START_TEST(test_convt_cat) {
 END_TEST
 
 /* the two-input conv2d (the U-Net decoder's [up2(deeper), skip] read in place). _i: 0 the
- * stride-1 flipped-kernel dx (O <= C), 1 stride 2 (w^T dy + col2im), 2 a 1x1 kernel; against
+ * stride-1 flipped-kernel dx (O <= C), 1 stride 2 (w^T dy + col2im), 2 a 1x1 kernel, 3 the
+ * direct forward (17 channels of 17-wide rows) with the col2im dx (O > C); against
  * concat + the one-input GEMM path (the same arithmetic: bitwise equal), dxa and dxb
  * accumulated into and written (write_dx), finite differences through xa and xb */
 static double conv_cat_loss(void *p) {
@@ -511,10 +520,13 @@ static double conv_cat_loss(void *p) {
 
 START_TEST(test_conv_cat) {
     struct cctx g;
-    const int B = 3, Ca = 4, Cb = 3, H = 6, W = 5, HW = H * W, O = 5;
+    const int B = 3, Ca = 4, Cb = 3, H = 6, W = _i == 3 ? 17 : 5, HW = H * W, O = _i == 3 ? 17 : 5;
     const int k = _i == 2 ? 1 : 3, stride = _i == 1 ? 2 : 1, pad = k / 2;
     ck_assert_int_eq(ml_conv2d_shape(&g.s, B, Ca + Cb, H, W, O, k, stride, pad, ML_CONV_ACT_RELU), ML_OK);
-    g.s.direct = 0;
+    if (_i == 3)
+        ck_assert_int_eq(g.s.direct, 2); /* the direct forward, the GEMM backward */
+    else
+        g.s.direct = 0;
     g.s.chunk = 2;
     g.Ca = Ca;
     const size_t na = (size_t)B * Ca * HW, nbb = (size_t)B * Cb * HW, nx = na + nbb;
@@ -704,6 +716,118 @@ START_TEST(test_subpixel_vs_general) {
 }
 END_TEST
 
+/* ---- several odd kernels on one input (ml_mconv_*): the ring-ordered shared column matrix
+ * against the direct reference and the branches run as separate conv2d, and finite
+ * differences. _i: 0 the texture expert's 3, 5, 7, 1 with ReLU over two chunks, 1 kernels 7
+ * and 3 without activation, 2 few output channels (the branches run as conv2d) ---- */
+
+struct mconv_case { int B, C, H, W, O, n, k[ML_MCONV_MAX], chunk, rings; ml_conv_act act; };
+static const struct mconv_case mconv_cases[] = {
+    {3, 3, 5, 6, 17, 4, {3, 5, 7, 1}, 2, 1, ML_CONV_ACT_RELU},
+    {2, 4, 4, 4, 18, 2, {7, 3, 0, 0}, 0, 1, ML_CONV_ACT_NONE},
+    {2, 3, 5, 6, 4, 4, {3, 5, 7, 1}, 0, 0, ML_CONV_ACT_SIGMOID},
+};
+
+struct mctx {
+    ml_mconv_shape s;
+    float *x, *w[ML_MCONV_MAX], *b[ML_MCONV_MAX], *y[ML_MCONV_MAX], *r[ML_MCONV_MAX], *ws;
+};
+
+static void mconv_make(struct mctx *g, const struct mconv_case *c, unsigned seed) {
+    ck_assert_int_eq(ml_mconv_shape_init(&g->s, c->B, c->C, c->H, c->W, c->O, c->n, c->k, c->act), ML_OK);
+    ck_assert_int_eq(g->s.rings, c->rings);
+    if (c->chunk) g->s.chunk = c->chunk;
+    const size_t nx = (size_t)c->B * c->C * c->H * c->W, ny = (size_t)c->B * c->O * c->H * c->W;
+    g->x = fl(nx);
+    tu_fill(g->x, nx, seed, -1, 1);
+    for (int j = 0; j < c->n; j++) {
+        const size_t nw = ml_conv_weight_size(&g->s.br[j]);
+        g->w[j] = fl(nw), g->b[j] = fl(c->O), g->y[j] = fl(ny), g->r[j] = fl(ny);
+        tu_fill(g->w[j], nw, seed + 10 + j, -0.5f, 0.5f);
+        tu_fill(g->b[j], c->O, seed + 20 + j, -0.5f, 0.5f);
+        tu_fill(g->r[j], ny, seed + 30 + j, -1, 1);
+    }
+    g->ws = fl(ml_mconv_workspace_floats(&g->s));
+}
+
+static void mconv_free(struct mctx *g) {
+    for (int j = 0; j < g->s.n; j++) free(g->w[j]), free(g->b[j]), free(g->y[j]), free(g->r[j]);
+    free(g->x), free(g->ws);
+}
+
+static double mconv_loss(void *p) {
+    struct mctx *g = p;
+    ml_mconv_forward(&g->s, g->y, g->x, (const float *const *)g->w, (const float *const *)g->b, g->ws);
+    double l = 0;
+    const size_t ny = ml_conv_out_size(&g->s.br[0]);
+    for (int j = 0; j < g->s.n; j++)
+        for (size_t q = 0; q < ny; q++) l += (double)g->y[j][q] * g->r[j][q];
+    return l;
+}
+
+START_TEST(test_mconv_vs_branches) {
+    const struct mconv_case *c = &mconv_cases[_i];
+    struct mctx g;
+    mconv_make(&g, c, 81);
+    const size_t nx = ml_conv_in_size(&g.s.br[0]), ny = ml_conv_out_size(&g.s.br[0]);
+    mconv_loss(&g);
+    double *ref = malloc(ny * sizeof *ref);
+    float *dx = fl(nx), *dx1 = fl(nx), *dw[ML_MCONV_MAX], *db[ML_MCONV_MAX];
+    for (size_t q = 0; q < nx; q++) dx[q] = dx1[q] = 1; /* backward accumulates */
+    size_t wsz = ml_mconv_workspace_floats(&g.s);
+    for (int j = 0; j < c->n; j++) {
+        conv_ref(&g.s.br[j], ref, g.x, g.w[j], g.b[j]);
+        for (size_t q = 0; q < ny; q++) ck_assert_double_eq_tol(g.y[j][q], ref[q], 1e-4);
+        const size_t nw = ml_conv_weight_size(&g.s.br[j]);
+        dw[j] = fl(2 * nw), db[j] = fl(2 * c->O);
+        for (size_t q = 0; q < 2 * nw; q++) dw[j][q] = 1;
+        for (int q = 0; q < 2 * c->O; q++) db[j][q] = 1;
+        if (ml_conv_workspace_floats(&g.s.br[j]) > wsz) wsz = ml_conv_workspace_floats(&g.s.br[j]);
+    }
+    ml_mconv_backward(&g.s, dx, dw, db, (const float *const *)g.r, (const float *const *)g.y, g.x,
+                      (const float *const *)g.w, g.ws);
+    /* the branches one by one, into the second halves of dw and db */
+    float *ws1 = fl(wsz);
+    for (int j = 0; j < c->n; j++)
+        ml_conv2d_backward(&g.s.br[j], dx1, dw[j] + ml_conv_weight_size(&g.s.br[j]), db[j] + c->O, g.r[j], g.y[j],
+                           g.x, g.w[j], ws1);
+    for (size_t q = 0; q < nx; q++) ck_assert_float_eq_tol(dx[q], dx1[q], 1e-4f * (1 + fabsf(dx1[q])));
+    for (int j = 0; j < c->n; j++) {
+        const size_t nw = ml_conv_weight_size(&g.s.br[j]);
+        for (size_t q = 0; q < nw; q++) ck_assert_float_eq_tol(dw[j][q], dw[j][nw + q], 1e-4f * (1 + fabsf(dw[j][nw + q])));
+        for (int q = 0; q < c->O; q++) ck_assert_float_eq_tol(db[j][q], db[j][c->O + q], 1e-4f * (1 + fabsf(db[j][q])));
+        free(dw[j]), free(db[j]);
+    }
+    free(ref), free(dx), free(dx1), free(ws1);
+    mconv_free(&g);
+}
+END_TEST
+
+START_TEST(test_mconv_gradcheck) {
+    struct mconv_case c = mconv_cases[_i];
+    if (c.act == ML_CONV_ACT_RELU) c.act = ML_CONV_ACT_SIGMOID; /* no kinks for the difference quotient */
+    struct mctx g;
+    mconv_make(&g, &c, 91);
+    const size_t nx = ml_conv_in_size(&g.s.br[0]);
+    float *dx = fl(nx), *dw[ML_MCONV_MAX], *db[ML_MCONV_MAX];
+    for (int j = 0; j < c.n; j++) dw[j] = fl(ml_conv_weight_size(&g.s.br[j])), db[j] = fl(c.O);
+    mconv_loss(&g);
+    ml_mconv_backward(&g.s, dx, dw, db, (const float *const *)g.r, (const float *const *)g.y, g.x,
+                      (const float *const *)g.w, g.ws);
+    const double eps = c.act == ML_CONV_ACT_NONE ? 5e-2 : 1e-2;
+    double e = tu_gradcheck(mconv_loss, &g, g.x, dx, nx, 30, eps);
+    ck_assert_msg(e <= TU_GC_TOL, "case %d: dx %g", _i, e);
+    for (int j = 0; j < c.n; j++) {
+        double ew = tu_gradcheck(mconv_loss, &g, g.w[j], dw[j], ml_conv_weight_size(&g.s.br[j]), 12, eps);
+        double eb = tu_gradcheck(mconv_loss, &g, g.b[j], db[j], c.O, 6, eps);
+        ck_assert_msg(ew <= TU_GC_TOL && eb <= TU_GC_TOL, "case %d branch %d: dw %g db %g", _i, j, ew, eb);
+        free(dw[j]), free(db[j]);
+    }
+    free(dx);
+    mconv_free(&g);
+}
+END_TEST
+
 static Suite *conv_suite(void) {
     Suite *s = suite_create("conv");
     TCase *t = tcase_create("core");
@@ -719,11 +843,13 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_bn_gradcheck, 0, 2);
     tcase_add_test(t, test_concat_gradcheck);
     tcase_add_loop_test(t, test_convt_cat, 0, 2);
-    tcase_add_loop_test(t, test_conv_cat, 0, 3);
+    tcase_add_loop_test(t, test_conv_cat, 0, 4);
     tcase_add_loop_test(t, test_conv_write_dx, 0, 3);
     tcase_add_test(t, test_bad_shapes);
     tcase_add_loop_test(t, test_deterministic, 0, 4);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
+    tcase_add_loop_test(t, test_mconv_vs_branches, 0, 3);
+    tcase_add_loop_test(t, test_mconv_gradcheck, 0, 3);
     suite_add_tcase(s, t);
     return s;
 }

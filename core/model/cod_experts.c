@@ -152,6 +152,12 @@ static int shape_of(const cod_st *k, int kind, int j, int n, ml_conv_shape *s) {
     return ml_conv2d_shape(s, n, k->C, k->H, k->W, k->q, kk, 1, kk / 2, ML_CONV_ACT_RELU);
 }
 
+/* The texture expert's four branches as one multi-kernel conv (conv.h: they share a
+ * ring-ordered column matrix) for n images. */
+static int texture_shape(const cod_st *k, int n, ml_mconv_shape *s) {
+    return ml_mconv_shape_init(s, n, k->C, k->H, k->W, k->q, 4, branch_k[ML_COD_TEXTURE], ML_CONV_ACT_RELU);
+}
+
 static int cod_reserve(void *st, ml_moe *m, int K) {
     cod_st *k = st;
     (void)m;
@@ -176,6 +182,12 @@ static int cod_reserve(void *st, ml_moe *m, int K) {
             }
             ws = max_sz(ws, ml_conv_workspace_floats(&s));
         }
+    ml_mconv_shape ts;
+    if (ok && texture_shape(k, K, &ts)) {
+        free_acts(k);
+        return ML_ERR;
+    }
+    if (ok) ws = max_sz(ws, ml_mconv_workspace_floats(&ts));
     ok = ok && (k->ws = ml_alloc_floats(ws ? ws : 1));
     if (!ok) {
         free_acts(k);
@@ -213,11 +225,19 @@ static int cod_forward(void *st, ml_moe *m, int e, int r0, int n, const float *x
             in[i] = t[i];
         }
     }
-    for (int j = 0; j < 4; j++) {
-        ml_conv_shape s;
-        if (shape_of(k, kind, j, n, &s)) return ML_ERR;
-        ml_conv2d_forward(&s, br[j], in[j], ml_moe_param(m, e, T_B0W + 2 * j), ml_moe_param(m, e, T_B0B + 2 * j), k->ws);
-    }
+    if (kind == ML_COD_TEXTURE) {
+        ml_mconv_shape ts;
+        if (texture_shape(k, n, &ts)) return ML_ERR;
+        const float *w[4], *b[4];
+        for (int j = 0; j < 4; j++) w[j] = ml_moe_param(m, e, T_B0W + 2 * j), b[j] = ml_moe_param(m, e, T_B0B + 2 * j);
+        ml_mconv_forward(&ts, br, xg, w, b, k->ws);
+    } else
+        for (int j = 0; j < 4; j++) {
+            ml_conv_shape s;
+            if (shape_of(k, kind, j, n, &s)) return ML_ERR;
+            ml_conv2d_forward(&s, br[j], in[j], ml_moe_param(m, e, T_B0W + 2 * j), ml_moe_param(m, e, T_B0B + 2 * j),
+                              k->ws);
+        }
     const float *parts[4] = {br[0], br[1], br[2], br[3]};
     const int cs[4] = {q, q, q, q};
     float *cat = rows(k->cat, r0, R), *pre = rows(k->pre, r0, R), *out = rows(k->out, r0, R);
@@ -260,7 +280,18 @@ static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     ml_channels_concat_backward(dbr, dcat, cs, 4, n, HW);
     /* each branch's conv back to its input: x, or the fixed transform it came through */
     int transformed = kind != ML_COD_TEXTURE;
-    for (int j = 0; j < 4; j++) {
+    if (!transformed) { /* the texture expert's branches share their column matrix */
+        ml_mconv_shape ts;
+        if (texture_shape(k, n, &ts)) return ML_ERR;
+        const float *w[4];
+        float *dw[4], *db[4];
+        for (int j = 0; j < 4; j++) {
+            w[j] = ml_moe_param(m, e, T_B0W + 2 * j);
+            dw[j] = ml_moe_grad(m, e, T_B0W + 2 * j), db[j] = ml_moe_grad(m, e, T_B0B + 2 * j);
+        }
+        ml_mconv_backward(&ts, dxg, dw, db, (const float *const *)dbr, (const float *const *)br, xg, w, k->ws);
+    }
+    for (int j = 0; j < 4 && transformed; j++) {
         ml_conv_shape s;
         if (shape_of(k, kind, j, n, &s)) return ML_ERR;
         const int via = transformed && j < 3;

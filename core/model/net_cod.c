@@ -189,7 +189,8 @@ static int shapes(cod *n, int B) {
         int l = NS - 2 - j;
         if (ml_conv2d_shape(&n->ds[j], B, n->dcin[j], n->ecfg[l].H, n->ecfg[l].W, n->ch[l], 3, 1, 1, ML_CONV_ACT_NONE))
             return ML_ERR;
-        n->ds[j].direct = 0; /* the two-input conv (ml_conv2d_forward_cat) runs on GEMMs */
+        if (n->ds[j].direct == 1) /* the two-input conv (ml_conv2d_forward_cat): not all direct */
+            n->ds[j].direct = 0;
     }
     if (ml_conv2d_shape(&n->os, B, n->ch[0], n->H, n->W, 1, 3, 1, 1, ML_CONV_ACT_NONE)) return ML_ERR;
     n->os.write_dx = 1; /* goup gets only this gradient */

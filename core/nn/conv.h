@@ -54,7 +54,9 @@ typedef struct ml_conv_shape {
     int chunk;            /* images per GEMM (batch folded into N); set by the shape functions,
                              a caller may lower it (never below 1) */
     int direct;           /* 1: computed by direct loops, not GEMMs (stride-1 conv2d with few
-                             output channels, where im2col would cost more than the math) */
+                             output channels, where im2col would cost more than the math);
+                             2: the forward by direct loops, the backward on GEMMs (stride 1,
+                             up to 64 output channels, 16- to 32-wide rows) */
     int subpixel;         /* convt2d with kernel 4, stride 2, padding 1: 1 computed in the
                              sub-pixel form, 2 in its Winograd F(3x3, 2x2) form (see conv.c);
                              set by ml_convt2d_shape (2 from 16 x 16 inputs up), a caller may
@@ -149,8 +151,8 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca,
  * conv2d on the channel concatenation [xa, xb] without building it, as the transposed conv
  * above: s->C = Ca + Cb input channels, read in place (the U-Net decoder's [up2(deeper),
  * skip]). Backward accumulates into dxa and dxb (both or neither NULL), or writes them when
- * s->write_dx is set, and accumulates dw, db as ml_conv2d_backward does. These run the GEMM
- * path only: s->direct must be 0 (a caller may clear it before sizing the workspace).
+ * s->write_dx is set, and accumulates dw, db as ml_conv2d_backward does. s->direct must not
+ * be 1 (a caller may clear it before sizing the workspace); 2, a direct forward, is fine.
  * 0 < Ca < s->C.
  */
 void ml_conv2d_forward_cat(const ml_conv_shape *s, int Ca,
@@ -171,6 +173,43 @@ void ml_conv2d_backward_cat(const ml_conv_shape *s, int Ca,
                             const float *xb,   // (B, C - Ca, H, W)
                             const float *w,    // (O, C, k, k)
                             float *ws);
+
+/*
+ * n stride-1 convolutions of one input with odd kernels and padding k / 2, each with O output
+ * channels and the same activation (the COD texture expert's 3x3, 5x5, 7x7 and 1x1 branches):
+ * y_j = act(conv2d(x, w_j) + b_j). When they run on the GEMM path, forward and the weight
+ * gradients share one column matrix whose rows are ordered by tap ring (the centre tap, then
+ * the ring at distance 1, 2, ..., channels inner), so the taps of a k x k kernel are its first
+ * k k C rows: ring r is multiplied once, by the weights of every branch that reaches it
+ * stacked (M = O x those branches). The multiply-adds are those of the n convolutions, while
+ * im2col and the GEMMs' packing move kmax^2 C rows per pixel instead of the sum of k_j^2 C
+ * (49 C instead of 84 C for the texture expert). The input gradient runs per branch (conv2d's
+ * dx as a convolution). When a branch is on the direct path (few output channels), every
+ * branch runs as its own conv2d.
+ */
+#define ML_MCONV_MAX 4   /* branches */
+#define ML_MCONV_MAX_K 7 /* largest kernel */
+typedef struct ml_mconv_shape {
+    int B, C, H, W, O, n;
+    int k[ML_MCONV_MAX];          /* odd, <= ML_MCONV_MAX_K, in the caller's branch order */
+    ml_conv_act act;
+    int chunk;                    /* images per GEMM */
+    int rings;                    /* 1: the shared ring-ordered column matrix; 0: per branch */
+    ml_conv_shape br[ML_MCONV_MAX]; /* each branch as a conv2d (the per-branch path, dx) */
+} ml_mconv_shape;
+
+/* Fill s; ML_ERR with a message on a bad shape. */
+int ml_mconv_shape_init(ml_mconv_shape *s, int B, int C, int H, int W, int O, int n, const int *k,
+                        ml_conv_act act);
+size_t ml_mconv_workspace_floats(const ml_mconv_shape *s);
+/* y[j] (B, O, H, W) = act(conv2d(x, w[j]) + b[j]) for j < n; b[j] may be NULL. */
+void ml_mconv_forward(const ml_mconv_shape *s, float *const *y, const float *x,
+                      const float *const *w, const float *const *b, float *ws);
+/* The n convolutions' backward: dx (or NULL) accumulates the branches' input gradients;
+ * dw[j], db[j] accumulate (dw or db NULL: none). y[j] as in ml_conv2d_backward. */
+void ml_mconv_backward(const ml_mconv_shape *s, float *dx, float *const *dw, float *const *db,
+                       const float *const *dy, const float *const *y, const float *x,
+                       const float *const *w, float *ws);
 
 /*
  * BatchNorm2d with PyTorch's semantics. Training: normalise with the batch mean and the
