@@ -1238,6 +1238,24 @@ static void sp_unpack_add(float *dw, const float *dwp, int C, int O) {
                 }
 }
 
+/* One output row of a sub-pixel transposed conv: its even columns from phase row s0, its odd
+   ones from s1 (each W wide), plus the bias, through the activation. */
+static inline void subpixel_row(float *restrict d, const float *s0, const float *s1, int W, float bias,
+                                ml_conv_act act) {
+    if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+#pragma omp simd
+        for (int q = 0; q < W; q++) {
+            const float v0 = s0[q] + bias, v1 = s1[q] + bias;
+            d[2 * q] = v0 > 0 ? v0 : 0.0f;
+            d[2 * q + 1] = v1 > 0 ? v1 : 0.0f;
+        }
+    else
+        for (int q = 0; q < W; q++) {
+            d[2 * q] = act_fwd(act, s0[q] + bias);
+            d[2 * q + 1] = act_fwd(act, s1[q] + bias);
+        }
+}
+
 static void sp_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
                        const float *b, float *ws) {
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo;
@@ -1262,18 +1280,7 @@ static void sp_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
                     const float *s0 = yt + (size_t)(2 * py * O + o) * n + (size_t)i * P + (size_t)r * (W + 1);
                     const float *s1 = s0 + (size_t)O * n + 1;
                     float *d = dst + (size_t)oy * Wo;
-                    if (s->act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
-#pragma omp simd
-                        for (int q = 0; q < W; q++) {
-                            const float v0 = s0[q] + bias, v1 = s1[q] + bias;
-                            d[2 * q] = v0 > 0 ? v0 : 0.0f;
-                            d[2 * q + 1] = v1 > 0 ? v1 : 0.0f;
-                        }
-                    else
-                        for (int q = 0; q < W; q++) {
-                            d[2 * q] = act_fwd(s->act, s0[q] + bias);
-                            d[2 * q + 1] = act_fwd(s->act, s1[q] + bias);
-                        }
+                    subpixel_row(d, s0, s1, W, bias, s->act);
                 }
             }
     }
@@ -1568,18 +1575,7 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
                         const float *s0 = yw + ((size_t)(2 * py) * GR + r) * RW;
                         const float *s1 = yw + ((size_t)(2 * py + 1) * GR + r) * RW + 1;
                         float *d = dst + (size_t)oy * Wo;
-                        if (s->act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
-#pragma omp simd
-                            for (int q = 0; q < W; q++) {
-                                const float v0 = s0[q] + bias, v1 = s1[q] + bias;
-                                d[2 * q] = v0 > 0 ? v0 : 0.0f;
-                                d[2 * q + 1] = v1 > 0 ? v1 : 0.0f;
-                            }
-                        else
-                            for (int q = 0; q < W; q++) {
-                                d[2 * q] = act_fwd(s->act, s0[q] + bias);
-                                d[2 * q + 1] = act_fwd(s->act, s1[q] + bias);
-                            }
+                        subpixel_row(d, s0, s1, W, bias, s->act);
                     }
                 }
         }
