@@ -387,10 +387,9 @@ static int after_backward(ml_moe *m, int have_mag) {
        grows with the experts used, not with N). The backward of a whole batch has summed the
        used experts' gradients already (have_mag), while they were in cache; a split batch's
        are final only now, summed over the processes. */
-    if (!have_mag && m->kind->parallel && omp_get_max_threads() > 1) {
-#pragma omp parallel for schedule(dynamic, 1)
-        for (int e = 0; e < N; e++) m->grad_mag[e] = m->load[e] > 0 ? grad_mag(m, e) : 0.0f;
-    } else if (!have_mag) {
+    if (!have_mag) {
+        const int par = m->kind->parallel && omp_get_max_threads() > 1;
+#pragma omp parallel for schedule(dynamic, 1) if (par)
         for (int e = 0; e < N; e++) m->grad_mag[e] = m->load[e] > 0 ? grad_mag(m, e) : 0.0f;
     }
     return ml_router_inst_after_backward(&m->router, m->grad_mag, m->load);

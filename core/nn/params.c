@@ -262,16 +262,14 @@ static size_t slot_end(const ml_params *p, int h) { return p->t[h].off + ((p->t[
 
 /* Calls f on each run [begin, end) of adjacent tensors not marked idle, zero_later, nor (with
    checked) grad_finite or grad_stale, in layout order; stops at the first call that returns 0,
-   and returns 0 then (1 otherwise). Zeroing (checked = 0) marks the zero_later ones stale. */
-static int each_used_run(ml_params *p, int checked, int (*f)(const ml_params *, size_t, size_t)) {
+   and returns 0 then (1 otherwise). */
+static int each_used_run(const ml_params *p, int checked, int (*f)(const ml_params *, size_t, size_t)) {
     size_t begin = 0, end = 0;
     int open = 0;
     for (int k = 0; k < p->n_live; k++) {
         int h = p->order[k];
-        ml_tensor *t = &p->t[h];
-        int skip = t->idle || (checked ? t->grad_finite || t->grad_stale : t->zero_later);
-        if (!checked && !t->idle && t->zero_later) t->grad_stale = 1;
-        if (skip) {
+        const ml_tensor *t = &p->t[h];
+        if (t->idle || (checked ? t->grad_finite || t->grad_stale : t->zero_later)) {
             if (open && !f(p, begin, end)) return 0;
             open = 0;
             continue;
@@ -288,7 +286,12 @@ static int zero_run(const ml_params *p, size_t begin, size_t end) {
 }
 
 void ml_params_zero_grad_used(ml_params *p) {
-    if (p->grad) each_used_run(p, 0, zero_run);
+    if (!p->grad) return;
+    for (int k = 0; k < p->n_live; k++) { /* the zero_later ones are left to their layer, stale */
+        ml_tensor *t = &p->t[p->order[k]];
+        if (!t->idle && t->zero_later) t->grad_stale = 1;
+    }
+    each_used_run(p, 0, zero_run);
 }
 
 /* Exponent bits all ones: Inf or NaN. Integer tests vectorise, and stay correct even under
@@ -308,22 +311,19 @@ static int finite_run(const ml_params *p, size_t begin, size_t end) { return ml_
 
 int ml_params_grad_finite(const ml_params *p) {
     if (!p->grad) return 1;
-    for (int h = 0; h < p->count; h++)
-        if (p->t[h].grad_stale) { /* the tensors but the stale ones */
-            size_t begin = 0;
-            for (int k = 0; k < p->n_live; k++) {
-                const ml_tensor *t = &p->t[p->order[k]];
-                if (!t->grad_stale) continue;
-                if (!finite_run(p, begin, t->off)) return 0;
-                begin = slot_end(p, p->order[k]);
-            }
-            return finite_run(p, begin, p->total);
-        }
-    /* the whole block: padding between tensors is zeroed with the gradients */
-    return ml_span_finite(p->grad, p->total);
+    /* the whole block but the stale tensors' slots: padding between tensors is zeroed with the
+       gradients */
+    size_t begin = 0;
+    for (int k = 0; k < p->n_live; k++) {
+        const int h = p->order[k];
+        if (!p->t[h].grad_stale) continue;
+        if (!finite_run(p, begin, p->t[h].off)) return 0;
+        begin = slot_end(p, h);
+    }
+    return finite_run(p, begin, p->total);
 }
 
-int ml_params_grad_finite_used(const ml_params *p) { return !p->grad || each_used_run((ml_params *)p, 1, finite_run); }
+int ml_params_grad_finite_used(const ml_params *p) { return !p->grad || each_used_run(p, 1, finite_run); }
 
 int ml_params_grad_first_nonfinite(const ml_params *p, int *count) {
     int first = -1, k = 0;
