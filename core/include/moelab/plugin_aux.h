@@ -137,14 +137,28 @@ static inline int ml_aux_argmax(const float *z, int n) {
  * the lower index (the order of ml_aux_ranks_before); 1 ≤ k ≤ n. Routers rank by logits,
  * not probabilities: logits whose probabilities both underflowed to 0 are still told
  * apart. One pass and no scratch: sel holds the best entries seen so far, in order; an entry
- * that does not rank before the last of k is passed over with one comparison, the others are
- * inserted in place (O(n) for a row in random order, O(k·n) at worst). The order is total,
+ * that does not rank before the last of k is passed over with one comparison (16 at a time
+ * when none of them does), the others are inserted in place (O(n) for a row in random
+ * order, O(k·n) at worst). The order is total,
  * so the k picks are those of any exact method.
  */
 static inline void ml_aux_topk(const float *z, int n, int k, int32_t *sel) {
     int have = 0;
     for (int i = 0; i < n; i++) {
-        if (have == k && !ml_aux_ranks_before(z, i, sel[k - 1])) continue;
+        if (have == k) {
+            /* the entries after the last pick rank before it exactly when they are greater
+               (when it is not NaN): runs of 16 that hold none are passed over at once */
+            const float c = z[sel[k - 1]];
+            if (c == c)
+                while (i + 16 <= n) {
+                    int any = 0;
+                    for (int j = 0; j < 16; j++) any |= z[i + j] > c;
+                    if (any) break;
+                    i += 16;
+                }
+            if (i == n) break;
+            if (!ml_aux_ranks_before(z, i, sel[k - 1])) continue;
+        }
         int p = have < k ? have++ : k - 1;
         for (; p > 0 && ml_aux_ranks_before(z, i, sel[p - 1]); p--) sel[p] = sel[p - 1];
         sel[p] = i;
