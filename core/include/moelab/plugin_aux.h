@@ -139,8 +139,7 @@ static inline int ml_aux_argmax(const float *z, int n) {
  * apart. One pass and no scratch: sel holds the best entries seen so far, in order; an entry
  * that does not rank before the last of k is passed over with one comparison (16 at a time
  * when none of them does), the others are inserted in place (O(n) for a row in random
- * order, O(k·n) at worst). The order is total,
- * so the k picks are those of any exact method.
+ * order, O(k·n) at worst). The order is total, so the k picks are those of any exact method.
  */
 static inline void ml_aux_topk(const float *z, int n, int k, int32_t *sel) {
     int have = 0;
