@@ -94,6 +94,30 @@ START_TEST(softmax_equal_logits_equal_probs) {
 }
 END_TEST
 
+/* ml_aux_row_max (16 lanes from 32 logits on) finds what the plain loop does: NaNs anywhere
+   but first never win, a NaN first stays, ties and infinities; rows of 1 to 100 */
+static float row_max_loop(const float *z, int n) {
+    float m = z[0];
+    for (int i = 1; i < n; i++)
+        if (z[i] > m) m = z[i];
+    return m;
+}
+
+START_TEST(row_max_matches_loop) {
+    float z[100];
+    for (int n = 1; n <= 100; n++)
+        for (int c = 0; c < 6; c++) {
+            tu_fill(z, (size_t)n, (uint32_t)(7 * n + c), -5, c == 1 ? -1 : 5);
+            if (c == 2) z[n / 2] = NAN;
+            if (c == 3) z[0] = NAN;
+            if (c == 4) z[n - 1] = INFINITY, z[n / 3] = -INFINITY;
+            if (c == 5) z[n / 2] = z[n - 1] = 9; /* a tie at the top */
+            const float a = ml_aux_row_max(z, n), b = row_max_loop(z, n);
+            ck_assert_msg(a == b || (isnan(a) && isnan(b)), "n %d case %d: %g vs %g", n, c, (double)a, (double)b);
+        }
+}
+END_TEST
+
 START_TEST(softmax_huge_logits) {
     static const float rows[][3] = {
         {1e4f, -1e4f, 0},      {-1e4f, -1e4f, -1e4f}, {3e38f, -3e38f, 3e38f},
@@ -612,6 +636,7 @@ static Suite *aux_suite(void) {
     tcase_add_test(t, softmax_matches_double_reference);
     tcase_add_test(t, softmax_equal_logits_equal_probs);
     tcase_add_test(t, softmax_huge_logits);
+    tcase_add_test(t, row_max_matches_loop);
     tcase_add_test(t, logsumexp_values);
     tcase_add_test(t, topk_ties_to_lower_index);
     tcase_add_test(t, topk_nan_last);

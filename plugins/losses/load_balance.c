@@ -54,6 +54,8 @@ typedef struct loss {
     int count, group;
     ml_aux_buf f; /* (n_groups, N) double: f of each group */
     ml_aux_buf k; /* (n_groups) double: triples of each group, all_slots */
+    ml_aux_buf P; /* (N) double: a group's column sums of prob */
+    ml_aux_buf d; /* (N) float: a group's dprob term per expert */
 } loss;
 
 static void *create(const ml_host *host, const ml_loss_init *init, char *err) {
@@ -76,6 +78,8 @@ static void destroy(void *self) {
     if (!l) return;
     ml_aux_buf_free(l->host, &l->f);
     ml_aux_buf_free(l->host, &l->k);
+    ml_aux_buf_free(l->host, &l->P);
+    ml_aux_buf_free(l->host, &l->d);
     l->host->free(l);
 }
 
@@ -89,7 +93,9 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
     int G = l->group > 0 && l->group < B ? l->group : B, ng = (B + G - 1) / G;
     double *f = ml_aux_buf_get(l->host, &l->f, (size_t)ng * N * sizeof *f);
     double *k = ml_aux_buf_get(l->host, &l->k, (size_t)ng * sizeof *k);
-    if (!f || !k) {
+    double *P = ml_aux_buf_get(l->host, &l->P, (size_t)N * sizeof *P);
+    float *d = ml_aux_buf_get(l->host, &l->d, (size_t)N * sizeof *d);
+    if (!f || !k || !P || !d) {
         snprintf(err, ML_ERR_MAX, "load_balance: out of memory");
         return -1;
     }
@@ -121,15 +127,19 @@ static int eval(void *self, const ml_routing_record *r, double *value, float sca
         int b0 = g * G, b1 = b0 + G < B ? b0 + G : B, n = b1 - b0;
         double *fg = f + (size_t)g * N, vg = 0;
         if (k[g] == 0) continue; /* every sample of the group dropped: no share to count */
-        for (int i = 0; i < N; i++) {
-            double P = 0;
-            for (int b = b0; b < b1; b++) P += r->prob[(size_t)b * N + i];
-            vg += fg[i] * (P / n);
+        /* P_i, each summed over the rows in order, row by row (contiguous reads) */
+        for (int i = 0; i < N; i++) P[i] = 0;
+        for (int b = b0; b < b1; b++) {
+            const float *pb = r->prob + (size_t)b * N;
+            for (int i = 0; i < N; i++) P[i] += pb[i];
         }
+        for (int i = 0; i < N; i++) vg += fg[i] * (P[i] / n);
         v += N * vg;
-        if (dprob)
+        if (dprob) { /* the same term for every row of the group: computed once per expert */
+            for (int i = 0; i < N; i++) d[i] = (float)(scale * N * fg[i] / n / ng);
             for (int b = b0; b < b1; b++)
-                for (int i = 0; i < N; i++) dprob[(size_t)b * N + i] += (float)(scale * N * fg[i] / n / ng);
+                for (int i = 0; i < N; i++) dprob[(size_t)b * N + i] += d[i];
+        }
     }
     *value = v / ng;
     return 0;

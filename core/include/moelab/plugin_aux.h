@@ -40,6 +40,26 @@
 
 /* ------------------------------------------------------------------------ softmax */
 
+/* The largest z_i of a row (n >= 1) as the loop 'm = z_0; if (z_i > m) m = z_i' finds it, in
+   16 lanes when the row is long (no chain of n dependent compares): a NaN never wins a
+   compare either way (a NaN z_0 stays), only the sign of a zero maximum may differ. Not
+   inlined: the lanes read past short rows as far as the compiler can tell. */
+static __attribute__((noinline, unused)) float ml_aux_row_max(const float *z, int n) {
+    float m = z[0];
+    int i = 1;
+    if (n >= 32 && m == m) {
+        float l[16];
+        for (int j = 0; j < 16; j++) l[j] = m;
+        for (i = 0; i + 16 <= n; i += 16)
+            for (int j = 0; j < 16; j++) l[j] = z[i + j] > l[j] ? z[i + j] : l[j];
+        for (int j = 0; j < 16; j++)
+            if (l[j] > m) m = l[j];
+    }
+    for (; i < n; i++)
+        if (z[i] > m) m = z[i];
+    return m;
+}
+
 /*
  * p = softmax(z) row by row; z, p (B, N); p may be z.
  *
@@ -54,9 +74,7 @@ static inline void ml_aux_softmax(const float *z, float *p, int B, int N) {
     for (int b = 0; b < B && N > 0; b++) {
         const float *zr = z + (size_t)b * N;
         float *pr = p + (size_t)b * N;
-        float m = zr[0];
-        for (int i = 1; i < N; i++)
-            if (zr[i] > m) m = zr[i];
+        const float m = ml_aux_row_max(zr, N);
         double s = 0;
         for (int i = 0; i < N; i++) s += pr[i] = expf(zr[i] - m);
         float inv = (float)(1.0 / s);
@@ -119,14 +137,27 @@ static inline int ml_aux_argmax(const float *z, int n) {
  * the lower index (the order of ml_aux_ranks_before); 1 ≤ k ≤ n. Routers rank by logits,
  * not probabilities: logits whose probabilities both underflowed to 0 are still told
  * apart. One pass and no scratch: sel holds the best entries seen so far, in order; an entry
- * that does not rank before the last of k is passed over with one comparison, the others are
- * inserted in place (O(n) for a row in random order, O(k·n) at worst). The order is total,
- * so the k picks are those of any exact method.
+ * that does not rank before the last of k is passed over with one comparison (16 at a time
+ * when none of them does), the others are inserted in place (O(n) for a row in random
+ * order, O(k·n) at worst). The order is total, so the k picks are those of any exact method.
  */
 static inline void ml_aux_topk(const float *z, int n, int k, int32_t *sel) {
     int have = 0;
     for (int i = 0; i < n; i++) {
-        if (have == k && !ml_aux_ranks_before(z, i, sel[k - 1])) continue;
+        if (have == k) {
+            /* the entries after the last pick rank before it exactly when they are greater
+               (when it is not NaN): runs of 16 that hold none are passed over at once */
+            const float c = z[sel[k - 1]];
+            if (c == c)
+                while (i + 16 <= n) {
+                    int any = 0;
+                    for (int j = 0; j < 16; j++) any |= z[i + j] > c;
+                    if (any) break;
+                    i += 16;
+                }
+            if (i == n) break;
+            if (!ml_aux_ranks_before(z, i, sel[k - 1])) continue;
+        }
         int p = have < k ? have++ : k - 1;
         for (; p > 0 && ml_aux_ranks_before(z, i, sel[p - 1]); p--) sel[p] = sel[p - 1];
         sel[p] = i;
