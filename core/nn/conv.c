@@ -316,6 +316,68 @@ static void im2col_s1(float *col, cat_in x, int i0, int nb, int C, int IH, int I
         }
 }
 
+/* copy_block for stride 2: o[cy CW + cx] = src[cy ld + 2 cx] */
+static inline __attribute__((always_inline)) void copy_block2(float *restrict o,
+                                                              const float *restrict src, int CH,
+                                                              int CW, int ld) {
+    for (int cy = 0; cy < CH; cy++)
+#pragma omp simd
+        for (int cx = 0; cx < CW; cx++) o[(size_t)cy * CW + cx] = src[(size_t)cy * ld + 2 * cx];
+}
+
+/* The padded plane of a stride-2 im2col or col2im over CH x CW window positions of a k x k
+ * window: (CH - 1) 2 + k rows (and at least the image's p + IH), likewise columns. */
+static int s2_extent(int C, int n, int k, int p) {
+    const int e = (C - 1) * 2 + k;
+    return e > p + n ? e : p + n;
+}
+static int s2_fits(int IH, int IW, int CH, int CW, int k, int p) {
+    return (size_t)s2_extent(CH, IH, k, p) * (size_t)s2_extent(CW, IW, k, p) <= IM2COL_PAD_MAX;
+}
+
+/* im2col for stride 2 (the encoder's 3x3 convs, the general transposed conv's backward), as
+ * im2col_s1: each plane is zero-padded once on the stack, then every one of its k k rows is a
+ * branch-free stride-2 copy. The row-by-row path below spends most of its time on span
+ * bounds and memset calls for the 2- to 16-wide rows of the small maps. Same values. */
+static void im2col_s2(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH,
+                      int CW, int k, int p, int flip) {
+    const size_t ncol = (size_t)nb * CH * CW, blk = (size_t)CH * CW;
+    const int PH = s2_extent(CH, IH, k, p), PW = s2_extent(CW, IW, k, p);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < nb; i++) {
+            float pad[IM2COL_PAD_MAX];
+            const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
+            for (int r = 0; r < PH; r++) {
+                const int iy = r - p;
+                float *d = pad + (size_t)r * PW;
+                if (iy < 0 || iy >= IH) {
+                    for (int j = 0; j < PW; j++) d[j] = 0;
+                    continue;
+                }
+                const float *src = xp + (size_t)iy * IW;
+                for (int j = 0; j < p; j++) d[j] = 0;
+#pragma omp simd
+                for (int j = 0; j < IW; j++) d[p + j] = src[j];
+                for (int j = p + IW; j < PW; j++) d[j] = 0;
+            }
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    float *o = col + ((size_t)(c * k + ky) * k + kx) * ncol + (size_t)i * blk;
+                    const float *src = flip ? pad + (size_t)(k - 1 - ky) * PW + (k - 1 - kx)
+                                            : pad + (size_t)ky * PW + kx;
+                    switch (CW) {
+                    case 2: copy_block2(o, src, CH, 2, 2 * PW); break;
+                    case 4: copy_block2(o, src, CH, 4, 2 * PW); break;
+                    case 8: copy_block2(o, src, CH, 8, 2 * PW); break;
+                    case 16: copy_block2(o, src, CH, 16, 2 * PW); break;
+                    case 32: copy_block2(o, src, CH, 32, 2 * PW); break;
+                    default: copy_block2(o, src, CH, CW, 2 * PW); break;
+                    }
+                }
+        }
+}
+
 /*
  * Column matrix of images i0 .. i0 + nb - 1 of x (C, IH, IW planes) seen through a k x k
  * window with the given stride and padding, sampled at CH x CW positions:
@@ -328,6 +390,10 @@ static void im2col_flip(float *col, cat_in x, int i0, int nb, int C, int IH, int
     const int rows = C * k * k;
     if (s == 1 && (size_t)(CH + k - 1) * (size_t)(CW + k - 1) <= IM2COL_PAD_MAX) {
         im2col_s1(col, x, i0, nb, C, IH, IW, CH, CW, k, p, flip);
+        return;
+    }
+    if (s == 2 && s2_fits(IH, IW, CH, CW, k, p)) {
+        im2col_s2(col, x, i0, nb, C, IH, IW, CH, CW, k, p, flip);
         return;
     }
 #pragma omp parallel for collapse(2) schedule(static)
@@ -369,6 +435,50 @@ static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, 
     im2col_flip(col, x, i0, nb, C, IH, IW, CH, CW, k, s, p, 0);
 }
 
+/* pad[cy ld + 2 cx] += c[cy CW + cx] */
+static inline __attribute__((always_inline)) void add_block2(float *restrict pad,
+                                                             const float *restrict c, int CH,
+                                                             int CW, int ld) {
+    for (int cy = 0; cy < CH; cy++)
+#pragma omp simd
+        for (int cx = 0; cx < CW; cx++) pad[(size_t)cy * ld + 2 * cx] += c[(size_t)cy * CW + cx];
+}
+
+/* col2im_plane for stride 2 through a padded plane on the stack (see im2col_s2): img is
+ * copied in, the k k rows are added branch-free in the same order, the inside is copied
+ * back, so every pixel gets the same sum as on the row-by-row path. */
+static void col2im_s2(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
+                      int CW, int k, int p) {
+    const int PH = s2_extent(CH, IH, k, p), PW = s2_extent(CW, IW, k, p);
+    float pad[IM2COL_PAD_MAX];
+    for (int r = 0; r < PH; r++) {
+        const int iy = r - p;
+        float *d = pad + (size_t)r * PW;
+        if (iy < 0 || iy >= IH) {
+            for (int j = 0; j < PW; j++) d[j] = 0;
+            continue;
+        }
+        for (int j = 0; j < p; j++) d[j] = 0;
+        memcpy(d + p, img + (size_t)iy * IW, sizeof(float) * (size_t)IW);
+        for (int j = p + IW; j < PW; j++) d[j] = 0;
+    }
+    for (int ky = 0; ky < k; ky++)
+        for (int kx = 0; kx < k; kx++) {
+            const float *cp = col + (size_t)(ky * k + kx) * ncol;
+            float *d = pad + (size_t)ky * PW + kx;
+            switch (CW) {
+            case 2: add_block2(d, cp, CH, 2, 2 * PW); break;
+            case 4: add_block2(d, cp, CH, 4, 2 * PW); break;
+            case 8: add_block2(d, cp, CH, 8, 2 * PW); break;
+            case 16: add_block2(d, cp, CH, 16, 2 * PW); break;
+            case 32: add_block2(d, cp, CH, 32, 2 * PW); break;
+            default: add_block2(d, cp, CH, CW, 2 * PW); break;
+            }
+        }
+    for (int iy = 0; iy < IH; iy++)
+        memcpy(img + (size_t)iy * IW, pad + (size_t)(iy + p) * PW + p, sizeof(float) * (size_t)IW);
+}
+
 /*
  * The adjoint of im2col for one image plane: img (IH, IW) += sum over the k*k rows
  * col_r[(cy CW + cx)] of row r = ky k + kx at position (cy s - p + ky, cx s - p + kx).
@@ -376,6 +486,10 @@ static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, 
  */
 static void col2im_plane(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
                          int CW, int k, int s, int p) {
+    if (s == 2 && s2_fits(IH, IW, CH, CW, k, p)) {
+        col2im_s2(img, col, ncol, IH, IW, CH, CW, k, p);
+        return;
+    }
     for (int ky = 0; ky < k; ky++) {
         for (int kx = 0; kx < k; kx++) {
             const float *cp = col + (size_t)(ky * k + kx) * ncol;
