@@ -166,6 +166,10 @@ static const struct fwd_case fwd_cases[] = {
     {0, 2, 19, 6, 29, 5, 7, 1, 3, 0, ML_CONV_ACT_SIGMOID, -1},
     {0, 2, 21, 5, 12, 2, 3, 1, 1, 0, ML_CONV_ACT_NONE, -1},
     {0, 2, 3, 7, 9, 4, 4, 1, 1, 0, ML_CONV_ACT_NONE, -1}, /* kernel 4: dw's kx tiles of 3 overrun it */
+    /* stride 2 through the padded stack plane: the window ends short of the input's last row
+     * and column (no padding, 6 x 7); a plane too large for the stack (the row-by-row path) */
+    {0, 2, 3, 6, 7, 4, 3, 2, 0, 0, ML_CONV_ACT_NONE, -1},
+    {0, 1, 2, 73, 73, 2, 3, 2, 1, 0, ML_CONV_ACT_RELU, -1},
     {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 0},
     {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE, -1},
     {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID, -1},

@@ -331,8 +331,9 @@ static int s2_extent(int C, int n, int k, int p) {
     const int e = (C - 1) * 2 + k;
     return e > p + n ? e : p + n;
 }
-static int s2_fits(int IH, int IW, int CH, int CW, int k, int p) {
-    return (size_t)s2_extent(CH, IH, k, p) * (size_t)s2_extent(CW, IW, k, p) <= IM2COL_PAD_MAX;
+static int s2_fits(int IH, int IW, int CH, int CW, int k, int p) { /* columns rounded up to even */
+    return (size_t)s2_extent(CH, IH, k, p) * (size_t)((s2_extent(CW, IW, k, p) + 1) / 2 * 2) <=
+           IM2COL_PAD_MAX;
 }
 
 /* im2col for stride 2 (the encoder's 3x3 convs, the general transposed conv's backward), as
@@ -435,48 +436,48 @@ static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, 
     im2col_flip(col, x, i0, nb, C, IH, IW, CH, CW, k, s, p, 0);
 }
 
-/* pad[cy ld + 2 cx] += c[cy CW + cx] */
-static inline __attribute__((always_inline)) void add_block2(float *restrict pad,
-                                                             const float *restrict c, int CH,
-                                                             int CW, int ld) {
+/* d[cy ld + cx] += c[cy CW + cx] */
+static inline __attribute__((always_inline)) void add_block(float *restrict d,
+                                                            const float *restrict c, int CH,
+                                                            int CW, int ld) {
     for (int cy = 0; cy < CH; cy++)
 #pragma omp simd
-        for (int cx = 0; cx < CW; cx++) pad[(size_t)cy * ld + 2 * cx] += c[(size_t)cy * CW + cx];
+        for (int cx = 0; cx < CW; cx++) d[(size_t)cy * ld + cx] += c[(size_t)cy * CW + cx];
 }
 
-/* col2im_plane for stride 2 through a padded plane on the stack (see im2col_s2): img is
- * copied in, the k k rows are added branch-free in the same order, the inside is copied
- * back, so every pixel gets the same sum as on the row-by-row path. */
+/* col2im_plane for stride 2 through a padded plane on the stack, its even and odd columns
+ * in two planes (PH, PW2), so that each of the k k rows adds to consecutive floats: img is
+ * copied in, the rows are added branch-free in the same order, the inside is copied back,
+ * so every pixel gets the same sum as on the row-by-row path. */
 static void col2im_s2(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
                       int CW, int k, int p) {
-    const int PH = s2_extent(CH, IH, k, p), PW = s2_extent(CW, IW, k, p);
+    const int PH = s2_extent(CH, IH, k, p), PW2 = (s2_extent(CW, IW, k, p) + 1) / 2;
+    const size_t half = (size_t)PH * PW2;
     float pad[IM2COL_PAD_MAX];
-    for (int r = 0; r < PH; r++) {
-        const int iy = r - p;
-        float *d = pad + (size_t)r * PW;
-        if (iy < 0 || iy >= IH) {
-            for (int j = 0; j < PW; j++) d[j] = 0;
-            continue;
-        }
-        for (int j = 0; j < p; j++) d[j] = 0;
-        memcpy(d + p, img + (size_t)iy * IW, sizeof(float) * (size_t)IW);
-        for (int j = p + IW; j < PW; j++) d[j] = 0;
+    memset(pad, 0, sizeof(float) * 2 * half);
+    for (int iy = 0; iy < IH; iy++) {
+        const float *src = img + (size_t)iy * IW;
+        float *d = pad + (size_t)(iy + p) * PW2;
+        for (int ix = 0; ix < IW; ix++) d[(size_t)((ix + p) & 1) * half + ((ix + p) >> 1)] = src[ix];
     }
     for (int ky = 0; ky < k; ky++)
         for (int kx = 0; kx < k; kx++) {
             const float *cp = col + (size_t)(ky * k + kx) * ncol;
-            float *d = pad + (size_t)ky * PW + kx;
+            float *d = pad + (size_t)(kx & 1) * half + (size_t)ky * PW2 + (kx >> 1);
             switch (CW) {
-            case 2: add_block2(d, cp, CH, 2, 2 * PW); break;
-            case 4: add_block2(d, cp, CH, 4, 2 * PW); break;
-            case 8: add_block2(d, cp, CH, 8, 2 * PW); break;
-            case 16: add_block2(d, cp, CH, 16, 2 * PW); break;
-            case 32: add_block2(d, cp, CH, 32, 2 * PW); break;
-            default: add_block2(d, cp, CH, CW, 2 * PW); break;
+            case 2: add_block(d, cp, CH, 2, 2 * PW2); break;
+            case 4: add_block(d, cp, CH, 4, 2 * PW2); break;
+            case 8: add_block(d, cp, CH, 8, 2 * PW2); break;
+            case 16: add_block(d, cp, CH, 16, 2 * PW2); break;
+            case 32: add_block(d, cp, CH, 32, 2 * PW2); break;
+            default: add_block(d, cp, CH, CW, 2 * PW2); break;
             }
         }
-    for (int iy = 0; iy < IH; iy++)
-        memcpy(img + (size_t)iy * IW, pad + (size_t)(iy + p) * PW + p, sizeof(float) * (size_t)IW);
+    for (int iy = 0; iy < IH; iy++) {
+        float *dst = img + (size_t)iy * IW;
+        const float *sr = pad + (size_t)(iy + p) * PW2;
+        for (int ix = 0; ix < IW; ix++) dst[ix] = sr[(size_t)((ix + p) & 1) * half + ((ix + p) >> 1)];
+    }
 }
 
 /*
