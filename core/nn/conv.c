@@ -455,11 +455,19 @@ static void col2im_s2(float *img, const float *col, size_t ncol, int IH, int IW,
     const size_t half = (size_t)PH * PW2;
     float pad[IM2COL_PAD_MAX];
     memset(pad, 0, sizeof(float) * 2 * half);
-    for (int iy = 0; iy < IH; iy++) {
-        const float *src = img + (size_t)iy * IW;
-        float *d = pad + (size_t)(iy + p) * PW2;
-        for (int ix = 0; ix < IW; ix++) d[(size_t)((ix + p) & 1) * half + ((ix + p) >> 1)] = src[ix];
+    /* padded column 2 j + ph holds img column 2 j + ph - p: j in [j0[ph], j1[ph]) */
+    int j0[2], j1[2];
+    for (int ph = 0; ph < 2; ph++) {
+        j0[ph] = p - ph > 0 ? (p - ph + 1) / 2 : 0;
+        j1[ph] = (IW + p - ph + 1) / 2;
     }
+    for (int iy = 0; iy < IH; iy++)
+        for (int ph = 0; ph < 2; ph++) {
+            const float *src = img + (size_t)iy * IW + ph - p;
+            float *d = pad + (size_t)ph * half + (size_t)(iy + p) * PW2;
+#pragma omp simd
+            for (int j = j0[ph]; j < j1[ph]; j++) d[j] = src[2 * j];
+        }
     for (int ky = 0; ky < k; ky++)
         for (int kx = 0; kx < k; kx++) {
             const float *cp = col + (size_t)(ky * k + kx) * ncol;
@@ -473,11 +481,13 @@ static void col2im_s2(float *img, const float *col, size_t ncol, int IH, int IW,
             default: add_block(d, cp, CH, CW, 2 * PW2); break;
             }
         }
-    for (int iy = 0; iy < IH; iy++) {
-        float *dst = img + (size_t)iy * IW;
-        const float *sr = pad + (size_t)(iy + p) * PW2;
-        for (int ix = 0; ix < IW; ix++) dst[ix] = sr[(size_t)((ix + p) & 1) * half + ((ix + p) >> 1)];
-    }
+    for (int iy = 0; iy < IH; iy++)
+        for (int ph = 0; ph < 2; ph++) {
+            float *dst = img + (size_t)iy * IW + ph - p;
+            const float *sr = pad + (size_t)ph * half + (size_t)(iy + p) * PW2;
+#pragma omp simd
+            for (int j = j0[ph]; j < j1[ph]; j++) dst[2 * j] = sr[j];
+        }
 }
 
 /*
@@ -1699,8 +1709,80 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
 }
 
 /* db, if not NULL, is reduced in the gather as in sp_backward */
+/* The conv2d that follows a transposed conv (ml_convt2d_backward_cat_next): its shape, its
+ * output gradient and output, its weights. */
+typedef struct conv_next {
+    const ml_conv_shape *s;
+    const float *dy, *y, *w;
+} conv_next;
+
+/* Its padded pre-activation output gradient planes for one image (nx.s->O planes of PH x PW,
+ * the plane at offset k - 1 - pad on both axes, the border 0). */
+static void next_grad_planes(float *gq, const conv_next *nx, int i) {
+    const ml_conv_shape *ns = nx->s;
+    const int k = ns->k, P0 = k - 1 - ns->pad, Ho = ns->Ho, Wo = ns->Wo;
+    const int PH = Ho + k - 1, PW = Wo + k - 1;
+    const size_t HWo = (size_t)Ho * Wo;
+    for (int c = 0; c < ns->O; c++) {
+        const size_t off = ((size_t)i * ns->O + c) * HWo;
+        const float *d = nx->dy + off, *yy = nx->y ? nx->y + off : NULL;
+        float *q = gq + (size_t)c * PH * PW + (size_t)P0 * PW + P0;
+        for (int r = 0; r < Ho; r++)
+            for (int j = 0; j < Wo; j++)
+                q[(size_t)r * PW + j] = act_bwd(ns->act, d[(size_t)r * Wo + j], yy ? yy[(size_t)r * Wo + j] : 0);
+    }
+}
+
+/* gp (Ho, Wo) = channel o of the following conv's input gradient, from next_grad_planes:
+ *   gp[iy][ix] = sum over c, ky, kx of w[c][o][ky][kx] gq[c][iy + k - 1 - ky][ix + k - 1 - kx]
+ * in that order, NV vectors of 16 columns of a row at a time in registers (the loads of the
+ * last vector of a row may run past it: gq has slack) */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast") /* FMAs, as in the direct kernels above */
+static inline __attribute__((always_inline)) void
+next_dx_block(const int NV, float *gp, const float *gq, const float *w, int NO, int C, int o,
+              int k, int iy, int ix0, int Wo, int PW, size_t plane) {
+    const size_t kk = (size_t)k * k;
+    v16 acc[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[v] = (v16){0};
+    for (int c = 0; c < NO; c++)
+        for (int ky = 0; ky < k; ky++) {
+            const float *row = gq + (size_t)c * plane + (size_t)(iy + k - 1 - ky) * PW + ix0 + k - 1;
+            const float *wr = w + ((size_t)c * C + o) * kk + (size_t)ky * k;
+            for (int kx = 0; kx < k; kx++) {
+                const float wv = wr[kx];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[v] += wv * *(const v16u *)(row - kx + 16 * v);
+            }
+        }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        const int cnt = Wo - ix0 - 16 * v < 16 ? Wo - ix0 - 16 * v : 16;
+        wg_st(gp + (size_t)iy * Wo + ix0 + 16 * v, acc[v], cnt);
+    }
+}
+
+static void next_dx_plane(float *gp, const float *gq, const conv_next *nx, int o) {
+    const ml_conv_shape *ns = nx->s;
+    const int k = ns->k, Ho = ns->Ho, Wo = ns->Wo, NO = ns->O, C = ns->C;
+    const int PW = Wo + k - 1;
+    const size_t plane = (size_t)(Ho + k - 1) * PW;
+    for (int iy = 0; iy < Ho; iy++)
+        for (int ix0 = 0; ix0 < Wo; ix0 += 64)
+            switch (Wo - ix0 >= 64 ? 4 : (Wo - ix0 + 15) / 16) {
+            case 4: next_dx_block(4, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            case 3: next_dx_block(3, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            case 2: next_dx_block(2, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            default: next_dx_block(1, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            }
+}
+#pragma GCC pop_options
+
+/* nx: dy is not given but computed plane by plane as the input gradient of the following
+ * conv2d (ml_convt2d_backward_cat_next) */
 static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db, const float *dy,
-                        const float *y, cat_in x, const float *w, float *ws) {
+                        const float *y, cat_in x, const float *w, float *ws, const conv_next *nx) {
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo, nt = wg_team(s);
     const wg_geo g = wg_geometry(s);
     const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA, Q4 = g.Q4;
@@ -1716,6 +1798,12 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
         float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
         float *dut = du + (size_t)tid * 16 * O4C; /* this thread's dU */
         float *scr = wg_scratch(g), *t16 = scr + (size_t)4 * GR * RW;
+        float *gq = NULL; /* the following conv's gradient planes of one image, and slack */
+        if (nx) {
+            const ml_conv_shape *ns = nx->s;
+            gq = calloc((size_t)ns->O * (ns->Ho + ns->k - 1) * (ns->Wo + ns->k - 1) + 64, sizeof(float));
+            if (!gq) abort(); /* no way to report from inside a kernel */
+        }
         int first = 1;
         for (int i0 = tid * s->chunk; i0 < B; i0 += nth * s->chunk) {
             const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
@@ -1727,10 +1815,12 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
             for (int i = 0; i < nb; i++)
                 for (int o = 0; o < O; o++) {
                     const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
-                    const float *d = dy + off, *yy = y ? y + off : NULL;
-                    if (act == ML_CONV_ACT_NONE)
-                        memcpy(gp, d, sizeof(float) * HWo);
-                    else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+                    const float *d = nx ? gp : dy + off, *yy = y ? y + off : NULL;
+                    if (nx && o == 0) next_grad_planes(gq, nx, i0 + i);
+                    if (nx) next_dx_plane(gp, gq, nx, o);
+                    if (act == ML_CONV_ACT_NONE) {
+                        if (!nx) memcpy(gp, d, sizeof(float) * HWo);
+                    } else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
 #pragma omp simd
                         for (size_t j = 0; j < HWo; j++) gp[j] = yy[j] > 0 ? d[j] : 0.0f;
                     else
@@ -1833,6 +1923,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
         }
         if (dw && first) memset(dut, 0, sizeof(float) * 16 * O4C); /* a thread without images */
         free(scr);
+        free(gq);
     }
     if (dw) {
         /* the threads' dU in thread order */
@@ -1883,7 +1974,7 @@ static void convt_backward(const ml_conv_shape *s, cat_out dx, float *dw, float 
     const int K = O * k * k;
     const ml_conv_act act = s->act;
     if (s->subpixel && (dw || dx.a)) {
-        if (s->subpixel == 2) wg_backward(s, dx, dw, db, dy, y, x, w, ws);
+        if (s->subpixel == 2) wg_backward(s, dx, dw, db, dy, y, x, w, ws, NULL);
         else sp_backward(s, dx, dw, db, dy, y, x, w, ws);
         return;
     }
@@ -1958,4 +2049,20 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *
                              float *db, const float *dy, const float *y, const float *xa,
                              const float *xb, const float *w, float *ws) {
     convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca, 0}, w, ws);
+}
+
+int ml_convt2d_fuses_next(const ml_conv_shape *s, const ml_conv_shape *next) {
+    return s->transposed && s->subpixel == 2 && !next->transposed && next->stride == 1 &&
+           next->B == s->B && next->C == s->O && next->H == s->Ho && next->W == s->Wo &&
+           next->Ho == s->Ho && next->Wo == s->Wo && next->O <= ML_CONV_NEXT_MAX_O &&
+           next->k <= ML_CONV_NEXT_MAX_K;
+}
+
+void ml_convt2d_backward_cat_next(const ml_conv_shape *s, int Ca, float *dxa, float *dxb,
+                                  float *dw, float *db, const ml_conv_shape *next, const float *ndy,
+                                  const float *ny, const float *nw, const float *y, const float *xa,
+                                  const float *xb, const float *w, float *ws) {
+    assert(ml_convt2d_fuses_next(s, next) && (ny != NULL || next->act == ML_CONV_ACT_NONE));
+    const conv_next nx = {next, ndy, ny, nw};
+    wg_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, NULL, y, (cat_in){xa, xb, Ca, 0}, w, ws, &nx);
 }
