@@ -1614,8 +1614,12 @@ static void wg_input(float *v, size_t n, cat_in x, int i0, int nb, int C, wg_geo
     for (int i = 0; i < nb; i++)
         for (int c = 0; c < C; c++) {
             const float *xp = in_plane(x, C, HW, i0 + i, c);
-            for (int iy = 0; iy < g.H; iy++)
-                memcpy(pad + (size_t)(iy + 1) * g.Q4 + 1, xp + (size_t)iy * g.W, sizeof(float) * (size_t)g.W);
+            for (int iy = 0; iy < g.H; iy++) { /* rows of 16 to 32 floats: no memcpy call */
+                float *d = pad + (size_t)(iy + 1) * g.Q4 + 1;
+                const float *src = xp + (size_t)iy * g.W;
+#pragma omp simd
+                for (int j = 0; j < g.W; j++) d[j] = src[j];
+            }
             float *dst = v + (size_t)c * n + (size_t)i * g.T;
             for (int a = 0; a < g.TA; a++) {
                 const float *d0 = pad + (size_t)3 * a * g.Q4, *d1 = d0 + g.Q4, *d2 = d1 + g.Q4, *d3 = d2 + g.Q4;
