@@ -1767,12 +1767,61 @@ next_dx_block(const int NV, float *gp, const float *gq, const float *w, int NO, 
     }
 }
 
+/* next_dx_block for rows iy and iy + 1 at once: padded row iy + j feeds row iy's tap
+ * ky = k - 1 - j and row iy + 1's ky = k - j, so each load serves two FMAs; j runs down, so
+ * each row still adds its taps in the order (c, ky, kx) of next_dx_block: the same sums */
+static inline __attribute__((always_inline)) void
+next_dx_block2(const int NV, float *gp, const float *gq, const float *w, int NO, int C, int o,
+               int k, int iy, int ix0, int Wo, int PW, size_t plane) {
+    const size_t kk = (size_t)k * k;
+    v16 a0[4], a1[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) a0[v] = a1[v] = (v16){0};
+    for (int c = 0; c < NO; c++) {
+        const float *wc = w + ((size_t)c * C + o) * kk;
+        for (int j = k; j >= 0; j--) {
+            const float *row = gq + (size_t)c * plane + (size_t)(iy + j) * PW + ix0 + k - 1;
+            const int ky0 = k - 1 - j, ky1 = k - j;
+            for (int kx = 0; kx < k; kx++) {
+                v16 xv[4];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) xv[v] = *(const v16u *)(row - kx + 16 * v);
+                if (ky0 >= 0) {
+                    const float wv = wc[(size_t)ky0 * k + kx];
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++) a0[v] += wv * xv[v];
+                }
+                if (ky1 < k) {
+                    const float wv = wc[(size_t)ky1 * k + kx];
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++) a1[v] += wv * xv[v];
+                }
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        const int cnt = Wo - ix0 - 16 * v < 16 ? Wo - ix0 - 16 * v : 16;
+        wg_st(gp + (size_t)iy * Wo + ix0 + 16 * v, a0[v], cnt);
+        wg_st(gp + (size_t)(iy + 1) * Wo + ix0 + 16 * v, a1[v], cnt);
+    }
+}
+
 static void next_dx_plane(float *gp, const float *gq, const conv_next *nx, int o) {
     const ml_conv_shape *ns = nx->s;
     const int k = ns->k, Ho = ns->Ho, Wo = ns->Wo, NO = ns->O, C = ns->C;
     const int PW = Wo + k - 1;
     const size_t plane = (size_t)(Ho + k - 1) * PW;
-    for (int iy = 0; iy < Ho; iy++)
+    int iy = 0;
+    for (; iy + 2 <= Ho; iy += 2)
+        for (int ix0 = 0; ix0 < Wo; ix0 += 64)
+            switch (Wo - ix0 >= 64 ? 4 : (Wo - ix0 + 15) / 16) {
+            case 4: next_dx_block2(4, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            case 3: next_dx_block2(3, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            case 2: next_dx_block2(2, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            default: next_dx_block2(1, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            }
+    for (; iy < Ho; iy++) /* an odd last row */
         for (int ix0 = 0; ix0 < Wo; ix0 += 64)
             switch (Wo - ix0 >= 64 ? 4 : (Wo - ix0 + 15) / 16) {
             case 4: next_dx_block(4, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
