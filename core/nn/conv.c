@@ -447,10 +447,11 @@ static inline __attribute__((always_inline)) void add_block(float *restrict d,
 
 /* col2im_plane for stride 2 through a padded plane on the stack, its even and odd columns
  * in two planes (PH, PW2), so that each of the k k rows adds to consecutive floats: img is
- * copied in, the rows are added branch-free in the same order, the inside is copied back,
- * so every pixel gets the same sum as on the row-by-row path. */
+ * copied in (acc; else the plane starts at 0), the rows are added branch-free in the same
+ * order, the inside is copied back, so every pixel gets the same sum as on the row-by-row
+ * path. */
 static void col2im_s2(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
-                      int CW, int k, int p) {
+                      int CW, int k, int p, int acc) {
     const int PH = s2_extent(CH, IH, k, p), PW2 = (s2_extent(CW, IW, k, p) + 1) / 2;
     const size_t half = (size_t)PH * PW2;
     float pad[IM2COL_PAD_MAX];
@@ -461,7 +462,7 @@ static void col2im_s2(float *img, const float *col, size_t ncol, int IH, int IW,
         j0[ph] = p - ph > 0 ? (p - ph + 1) / 2 : 0;
         j1[ph] = (IW + p - ph + 1) / 2;
     }
-    for (int iy = 0; iy < IH; iy++)
+    for (int iy = 0; iy < (acc ? IH : 0); iy++)
         for (int ph = 0; ph < 2; ph++) {
             const float *src = img + (size_t)iy * IW + ph - p;
             float *d = pad + (size_t)ph * half + (size_t)(iy + p) * PW2;
@@ -491,16 +492,18 @@ static void col2im_s2(float *img, const float *col, size_t ncol, int IH, int IW,
 }
 
 /*
- * The adjoint of im2col for one image plane: img (IH, IW) += sum over the k*k rows
- * col_r[(cy CW + cx)] of row r = ky k + kx at position (cy s - p + ky, cx s - p + kx).
- * col points at the first of the plane's k*k rows, which are ncol apart. Fixed order.
+ * The adjoint of im2col for one image plane: img (IH, IW) += (acc) or = (from 0) the sum
+ * over the k*k rows col_r[(cy CW + cx)] of row r = ky k + kx at position
+ * (cy s - p + ky, cx s - p + kx). col points at the first of the plane's k*k rows, which
+ * are ncol apart. Fixed order.
  */
 static void col2im_plane(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
-                         int CW, int k, int s, int p) {
+                         int CW, int k, int s, int p, int acc) {
     if (s == 2 && s2_fits(IH, IW, CH, CW, k, p)) {
-        col2im_s2(img, col, ncol, IH, IW, CH, CW, k, p);
+        col2im_s2(img, col, ncol, IH, IW, CH, CW, k, p, acc);
         return;
     }
+    if (!acc) memset(img, 0, sizeof(float) * (size_t)IH * IW);
     for (int ky = 0; ky < k; ky++) {
         for (int kx = 0; kx < k; kx++) {
             const float *cp = col + (size_t)(ky * k + kx) * ncol;
@@ -1027,9 +1030,8 @@ static void conv2d_backward(const ml_conv_shape *s, cat_out dx, float *dw, float
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++) {
                     float *dst = out_plane(dx, C, HW, i0 + i, c);
-                    if (!dx.acc) memset(dst, 0, sizeof(float) * HW);
                     col2im_plane(dst, col + (size_t)c * k * k * n + (size_t)i * HWo, n, s->H,
-                                 s->W, s->Ho, s->Wo, k, s->stride, s->pad);
+                                 s->W, s->Ho, s->Wo, k, s->stride, s->pad, dx.acc);
                 }
         }
     }
@@ -2011,9 +2013,8 @@ static void convt_forward(const ml_conv_shape *s, float *y, cat_in x, const floa
         for (int i = 0; i < nb; i++)
             for (int o = 0; o < O; o++) {
                 float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
-                memset(dst, 0, sizeof(float) * HWo);
                 col2im_plane(dst, col + (size_t)o * k * k * n + (size_t)i * HW, n, s->Ho, s->Wo,
-                             s->H, s->W, k, s->stride, s->pad);
+                             s->H, s->W, k, s->stride, s->pad, 0);
                 const float bias = b ? b[o] : 0.0f;
                 for (size_t j = 0; j < HWo; j++) dst[j] = act_fwd(s->act, dst[j] + bias);
             }
