@@ -166,6 +166,10 @@ static const struct fwd_case fwd_cases[] = {
     {0, 2, 19, 6, 29, 5, 7, 1, 3, 0, ML_CONV_ACT_SIGMOID, -1},
     {0, 2, 21, 5, 12, 2, 3, 1, 1, 0, ML_CONV_ACT_NONE, -1},
     {0, 2, 3, 7, 9, 4, 4, 1, 1, 0, ML_CONV_ACT_NONE, -1}, /* kernel 4: dw's kx tiles of 3 overrun it */
+    /* stride 2 through the padded stack plane: the window ends short of the input's last row
+     * and column (no padding, 6 x 7); a plane too large for the stack (the row-by-row path) */
+    {0, 2, 3, 6, 7, 4, 3, 2, 0, 0, ML_CONV_ACT_NONE, -1},
+    {0, 1, 2, 73, 73, 2, 3, 2, 1, 0, ML_CONV_ACT_RELU, -1},
     {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 0},
     {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE, -1},
     {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID, -1},
@@ -716,6 +720,92 @@ START_TEST(test_subpixel_vs_general) {
 }
 END_TEST
 
+/* the Winograd transposed conv with the following conv's input gradient computed in its
+ * gather (ml_convt2d_backward_cat_next) against the pair run one after the other. _i: 0 a
+ * 3x3 sigmoid conv on 14-wide rows (partial vectors), 1 a 5x5 conv without activation on
+ * 70-wide rows (a 4-vector block and a partial one), 2 the SRNN's last block at 16 x 16 (the
+ * shape function's choice) into 1 channel, on one thread (team 1) */
+START_TEST(test_convt_next) {
+    static const struct { int B, Ca, Cb, H, W, O, NO, k; ml_conv_act nact; } cs[] = {
+        {3, 4, 2, 5, 7, 5, 3, 3, ML_CONV_ACT_SIGMOID},
+        {2, 2, 3, 3, 35, 4, 2, 5, ML_CONV_ACT_NONE},
+        {2, 3, 2, 16, 16, 4, 1, 3, ML_CONV_ACT_SIGMOID},
+    };
+    const int B = cs[_i].B, Ca = cs[_i].Ca, Cb = cs[_i].Cb, H = cs[_i].H, W = cs[_i].W, O = cs[_i].O;
+    ml_conv_shape s, ns;
+    ck_assert_int_eq(ml_convt2d_shape(&s, B, Ca + Cb, H, W, O, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
+    if (_i < 2) {
+        s.subpixel = 2;
+        s.chunk = 2;
+    } else {
+        ck_assert_int_eq(s.subpixel, 2);
+        s.team = 1;
+    }
+    ck_assert_int_eq(ml_conv2d_shape(&ns, B, O, s.Ho, s.Wo, cs[_i].NO, cs[_i].k, 1, cs[_i].k / 2,
+                                     cs[_i].nact), ML_OK);
+    ck_assert(ml_convt2d_fuses_next(&s, &ns));
+    const size_t HW = (size_t)H * W, na = (size_t)B * Ca * HW, nbb = (size_t)B * Cb * HW;
+    const size_t nu = ml_conv_out_size(&s), nn = ml_conv_out_size(&ns);
+    const size_t nw = ml_conv_weight_size(&s), nnw = ml_conv_weight_size(&ns);
+    size_t nws = ml_conv_workspace_floats(&s);
+    if (ml_conv_workspace_floats(&ns) > nws) nws = ml_conv_workspace_floats(&ns);
+    float *xa = fl(na), *xb = fl(nbb), *w = fl(nw), *b = fl(O), *u = fl(nu), *du = fl(nu);
+    float *nwt = fl(nnw), *nb = fl(ns.O), *yn = fl(nn), *r = fl(nn), *ws = fl(nws);
+    tu_fill(xa, na, 71, -1, 1);
+    tu_fill(xb, nbb, 72, -1, 1);
+    tu_fill(w, nw, 73, -0.5f, 0.5f);
+    tu_fill(b, O, 74, -0.2f, 0.2f);
+    tu_fill(nwt, nnw, 75, -0.5f, 0.5f);
+    tu_fill(nb, ns.O, 76, -0.2f, 0.2f);
+    tu_fill(r, nn, 77, -1, 1);
+    ml_convt2d_forward_cat(&s, Ca, u, xa, xb, w, b, ws);
+    ml_conv2d_forward(&ns, yn, u, nwt, nb, ws);
+    /* v 0: the pair; v 1, 2: fused, twice */
+    float *dxa[3], *dxb[3], *dw[3], *db[3], *ndw[3], *ndb[3];
+    for (int v = 0; v < 3; v++) {
+        dxa[v] = fl(na), dxb[v] = fl(nbb), dw[v] = fl(nw), db[v] = fl(O);
+        ndw[v] = fl(nnw), ndb[v] = fl(ns.O);
+        for (size_t j = 0; j < na; j++) dxa[v][j] = 7; /* written, not added to */
+        for (size_t j = 0; j < nbb; j++) dxb[v][j] = 7;
+        memset(dw[v], 0, nw * sizeof(float));
+        memset(db[v], 0, (size_t)O * sizeof(float));
+        memset(ndw[v], 0, nnw * sizeof(float));
+        memset(ndb[v], 0, (size_t)ns.O * sizeof(float));
+        if (v == 0) {
+            memset(du, 0, nu * sizeof(float));
+            ml_conv2d_backward(&ns, du, ndw[v], ndb[v], r, yn, u, nwt, ws);
+            ml_convt2d_backward_cat(&s, Ca, dxa[v], dxb[v], dw[v], db[v], du, u, xa, xb, w, ws);
+        } else {
+            ml_conv2d_backward(&ns, NULL, ndw[v], ndb[v], r, yn, u, nwt, ws);
+            ml_convt2d_backward_cat_next(&s, Ca, dxa[v], dxb[v], dw[v], db[v], &ns, r,
+                                         ns.act == ML_CONV_ACT_NONE ? NULL : yn, nwt, u, xa, xb, w, ws);
+        }
+    }
+    ck_assert(memcmp(ndw[1], ndw[0], nnw * sizeof(float)) == 0);
+    ck_assert(memcmp(ndb[1], ndb[0], (size_t)ns.O * sizeof(float)) == 0);
+    for (size_t j = 0; j < na; j++) ck_assert_float_eq_tol(dxa[1][j], dxa[0][j], 1e-4);
+    for (size_t j = 0; j < nbb; j++) ck_assert_float_eq_tol(dxb[1][j], dxb[0][j], 1e-4);
+    for (size_t j = 0; j < nw; j++) ck_assert_float_eq_tol(dw[1][j], dw[0][j], 1e-4);
+    for (int j = 0; j < O; j++) ck_assert_float_eq_tol(db[1][j], db[0][j], 1e-4);
+    /* deterministic */
+    ck_assert(memcmp(dxa[1], dxa[2], na * sizeof(float)) == 0);
+    ck_assert(memcmp(dxb[1], dxb[2], nbb * sizeof(float)) == 0);
+    ck_assert(memcmp(dw[1], dw[2], nw * sizeof(float)) == 0);
+    ck_assert(memcmp(db[1], db[2], (size_t)O * sizeof(float)) == 0);
+    /* not fused: the general path, another map size, too many channels */
+    ml_conv_shape t = s;
+    t.subpixel = 0;
+    ck_assert(!ml_convt2d_fuses_next(&t, &ns));
+    ck_assert_int_eq(ml_conv2d_shape(&t, B, O, s.Ho, s.Wo, 5, 3, 1, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert(!ml_convt2d_fuses_next(&s, &t));
+    ck_assert_int_eq(ml_conv2d_shape(&t, B, O, s.Ho, s.Wo, 2, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert(!ml_convt2d_fuses_next(&s, &t));
+    for (int v = 0; v < 3; v++)
+        free(dxa[v]), free(dxb[v]), free(dw[v]), free(db[v]), free(ndw[v]), free(ndb[v]);
+    free(xa), free(xb), free(w), free(b), free(u), free(du), free(nwt), free(nb), free(yn), free(r), free(ws);
+}
+END_TEST
+
 /* ---- several odd kernels on one input (ml_mconv_*): the ring-ordered shared column matrix
  * against the direct reference and the branches run as separate conv2d, and finite
  * differences. _i: 0 the texture expert's 3, 5, 7, 1 with ReLU over two chunks, 1 kernels 7
@@ -848,6 +938,7 @@ static Suite *conv_suite(void) {
     tcase_add_test(t, test_bad_shapes);
     tcase_add_loop_test(t, test_deterministic, 0, 4);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
+    tcase_add_loop_test(t, test_convt_next, 0, 3);
     tcase_add_loop_test(t, test_mconv_vs_branches, 0, 3);
     tcase_add_loop_test(t, test_mconv_gradcheck, 0, 3);
     suite_add_tcase(s, t);

@@ -163,11 +163,14 @@ static double fx_loss_fn(void *ctx) { return fx_loss(ctx); }
 
 /* Every tensor, a few elements each, on a tiny net; BN in training mode, so each evaluation
  * recomputes the batch statistics as the analytic gradient assumes. The encoder's conv
- * biases feed batch norm, which removes any per-channel shift: their gradient must be 0. */
+ * biases feed batch norm, which removes any per-channel shift: their gradient must be 0.
+ * _i 0: 16 x 16 images (every up block on the general path); 1: 32 x 32, where the last up
+ * block is the Winograd form and computes the output conv's input gradient in its gather
+ * (ml_convt2d_backward_cat_next) */
 START_TEST(test_gradients) {
     static const int ch[4] = {2, 3, 4, 5};
     fixture f;
-    fx_open(&f, 1, 16, 16, ch, 6, 3, 11);
+    fx_open(&f, 1, 16 << _i, 16 << _i, ch, 6, 3, 11);
     fx_forward(&f, 1);
     fx_backward(&f);
     int bad_all = 0, checked = 0;
@@ -263,7 +266,7 @@ static Suite *srnn_suite(void) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_shapes_and_counts);
     tcase_add_test(tc, test_bad_shapes);
-    tcase_add_test(tc, test_gradients);
+    tcase_add_loop_test(tc, test_gradients, 0, 2);
     tcase_add_test(tc, test_eval_mode);
     tcase_add_test(tc, test_determinism);
     suite_add_tcase(s, tc);

@@ -315,14 +315,22 @@ static int srnn_decode_backward(void *net, const float *dxhat, float *dz) {
     /* du, dt and the dskips get exactly one decoder gradient each, written (not added) by
      * the output conv (write_dx) and the up blocks (ml_convt2d_backward_cat), so nothing is
      * zeroed first; the encoder then accumulates into the dskips */
-    ml_conv2d_backward(&n->os, n->du[NB - 1], PG(ow), PG(ob), dxhat, n->xhat, n->u[NB - 1],
-                       PW(ow), n->ws);
+    /* the last up block computes the output conv's input gradient itself, plane by plane in
+     * its gather, when it can (ml_convt2d_backward_cat_next): du[NB - 1] is not needed */
+    const int fuse = ml_convt2d_fuses_next(&n->us[NB - 1], &n->os);
+    ml_conv2d_backward(&n->os, fuse ? NULL : n->du[NB - 1], PG(ow), PG(ob), dxhat, n->xhat,
+                       n->u[NB - 1], PW(ow), n->ws);
     for (int j = NB - 1; j >= 0; j--) {
         const ml_conv_shape *s = &n->us[j];
         const float *xin = j > 0 ? n->u[j - 1] : n->t;
-        ml_convt2d_backward_cat(s, n->ucx[j], j > 0 ? n->du[j - 1] : n->dt, n->dskip[NB - 1 - j],
-                                PG(uw[j]), PG(ub[j]), n->du[j], n->u[j], xin,
-                                n->skip[NB - 1 - j], PW(uw[j]), n->ws);
+        float *dxa = j > 0 ? n->du[j - 1] : n->dt;
+        if (j == NB - 1 && fuse)
+            ml_convt2d_backward_cat_next(s, n->ucx[j], dxa, n->dskip[NB - 1 - j], PG(uw[j]),
+                                         PG(ub[j]), &n->os, dxhat, n->xhat, PW(ow), n->u[j], xin,
+                                         n->skip[NB - 1 - j], PW(uw[j]), n->ws);
+        else
+            ml_convt2d_backward_cat(s, n->ucx[j], dxa, n->dskip[NB - 1 - j], PG(uw[j]), PG(ub[j]),
+                                    n->du[j], n->u[j], xin, n->skip[NB - 1 - j], PW(uw[j]), n->ws);
     }
     ml_linear_backward(dz, PG(dfw), PG(dfb), n->dt, n->zin, PW(dfw), B, n->D,
                        n->ch[3] * n->h * n->w);

@@ -316,6 +316,69 @@ static void im2col_s1(float *col, cat_in x, int i0, int nb, int C, int IH, int I
         }
 }
 
+/* copy_block for stride 2: o[cy CW + cx] = src[cy ld + 2 cx] */
+static inline __attribute__((always_inline)) void copy_block2(float *restrict o,
+                                                              const float *restrict src, int CH,
+                                                              int CW, int ld) {
+    for (int cy = 0; cy < CH; cy++)
+#pragma omp simd
+        for (int cx = 0; cx < CW; cx++) o[(size_t)cy * CW + cx] = src[(size_t)cy * ld + 2 * cx];
+}
+
+/* The padded plane of a stride-2 im2col or col2im over CH x CW window positions of a k x k
+ * window: (CH - 1) 2 + k rows (and at least the image's p + IH), likewise columns. */
+static int s2_extent(int C, int n, int k, int p) {
+    const int e = (C - 1) * 2 + k;
+    return e > p + n ? e : p + n;
+}
+static int s2_fits(int IH, int IW, int CH, int CW, int k, int p) { /* columns rounded up to even */
+    return (size_t)s2_extent(CH, IH, k, p) * (size_t)((s2_extent(CW, IW, k, p) + 1) / 2 * 2) <=
+           IM2COL_PAD_MAX;
+}
+
+/* im2col for stride 2 (the encoder's 3x3 convs, the general transposed conv's backward), as
+ * im2col_s1: each plane is zero-padded once on the stack, then every one of its k k rows is a
+ * branch-free stride-2 copy. The row-by-row path below spends most of its time on span
+ * bounds and memset calls for the 2- to 16-wide rows of the small maps. Same values. */
+static void im2col_s2(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH,
+                      int CW, int k, int p, int flip) {
+    const size_t ncol = (size_t)nb * CH * CW, blk = (size_t)CH * CW;
+    const int PH = s2_extent(CH, IH, k, p), PW = s2_extent(CW, IW, k, p);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < nb; i++) {
+            float pad[IM2COL_PAD_MAX];
+            const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
+            for (int r = 0; r < PH; r++) {
+                const int iy = r - p;
+                float *d = pad + (size_t)r * PW;
+                if (iy < 0 || iy >= IH) {
+                    for (int j = 0; j < PW; j++) d[j] = 0;
+                    continue;
+                }
+                const float *src = xp + (size_t)iy * IW;
+                for (int j = 0; j < p; j++) d[j] = 0;
+#pragma omp simd
+                for (int j = 0; j < IW; j++) d[p + j] = src[j];
+                for (int j = p + IW; j < PW; j++) d[j] = 0;
+            }
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    float *o = col + ((size_t)(c * k + ky) * k + kx) * ncol + (size_t)i * blk;
+                    const float *src = flip ? pad + (size_t)(k - 1 - ky) * PW + (k - 1 - kx)
+                                            : pad + (size_t)ky * PW + kx;
+                    switch (CW) {
+                    case 2: copy_block2(o, src, CH, 2, 2 * PW); break;
+                    case 4: copy_block2(o, src, CH, 4, 2 * PW); break;
+                    case 8: copy_block2(o, src, CH, 8, 2 * PW); break;
+                    case 16: copy_block2(o, src, CH, 16, 2 * PW); break;
+                    case 32: copy_block2(o, src, CH, 32, 2 * PW); break;
+                    default: copy_block2(o, src, CH, CW, 2 * PW); break;
+                    }
+                }
+        }
+}
+
 /*
  * Column matrix of images i0 .. i0 + nb - 1 of x (C, IH, IW planes) seen through a k x k
  * window with the given stride and padding, sampled at CH x CW positions:
@@ -328,6 +391,10 @@ static void im2col_flip(float *col, cat_in x, int i0, int nb, int C, int IH, int
     const int rows = C * k * k;
     if (s == 1 && (size_t)(CH + k - 1) * (size_t)(CW + k - 1) <= IM2COL_PAD_MAX) {
         im2col_s1(col, x, i0, nb, C, IH, IW, CH, CW, k, p, flip);
+        return;
+    }
+    if (s == 2 && s2_fits(IH, IW, CH, CW, k, p)) {
+        im2col_s2(col, x, i0, nb, C, IH, IW, CH, CW, k, p, flip);
         return;
     }
 #pragma omp parallel for collapse(2) schedule(static)
@@ -369,13 +436,74 @@ static void im2col(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, 
     im2col_flip(col, x, i0, nb, C, IH, IW, CH, CW, k, s, p, 0);
 }
 
+/* d[cy ld + cx] += c[cy CW + cx] */
+static inline __attribute__((always_inline)) void add_block(float *restrict d,
+                                                            const float *restrict c, int CH,
+                                                            int CW, int ld) {
+    for (int cy = 0; cy < CH; cy++)
+#pragma omp simd
+        for (int cx = 0; cx < CW; cx++) d[(size_t)cy * ld + cx] += c[(size_t)cy * CW + cx];
+}
+
+/* col2im_plane for stride 2 through a padded plane on the stack, its even and odd columns
+ * in two planes (PH, PW2), so that each of the k k rows adds to consecutive floats: img is
+ * copied in (acc; else the plane starts at 0), the rows are added branch-free in the same
+ * order, the inside is copied back, so every pixel gets the same sum as on the row-by-row
+ * path. */
+static void col2im_s2(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
+                      int CW, int k, int p, int acc) {
+    const int PH = s2_extent(CH, IH, k, p), PW2 = (s2_extent(CW, IW, k, p) + 1) / 2;
+    const size_t half = (size_t)PH * PW2;
+    float pad[IM2COL_PAD_MAX];
+    memset(pad, 0, sizeof(float) * 2 * half);
+    /* padded column 2 j + ph holds img column 2 j + ph - p: j in [j0[ph], j1[ph]) */
+    int j0[2], j1[2];
+    for (int ph = 0; ph < 2; ph++) {
+        j0[ph] = p - ph > 0 ? (p - ph + 1) / 2 : 0;
+        j1[ph] = (IW + p - ph + 1) / 2;
+    }
+    for (int iy = 0; iy < (acc ? IH : 0); iy++)
+        for (int ph = 0; ph < 2; ph++) {
+            const float *src = img + (size_t)iy * IW + ph - p;
+            float *d = pad + (size_t)ph * half + (size_t)(iy + p) * PW2;
+#pragma omp simd
+            for (int j = j0[ph]; j < j1[ph]; j++) d[j] = src[2 * j];
+        }
+    for (int ky = 0; ky < k; ky++)
+        for (int kx = 0; kx < k; kx++) {
+            const float *cp = col + (size_t)(ky * k + kx) * ncol;
+            float *d = pad + (size_t)(kx & 1) * half + (size_t)ky * PW2 + (kx >> 1);
+            switch (CW) {
+            case 2: add_block(d, cp, CH, 2, 2 * PW2); break;
+            case 4: add_block(d, cp, CH, 4, 2 * PW2); break;
+            case 8: add_block(d, cp, CH, 8, 2 * PW2); break;
+            case 16: add_block(d, cp, CH, 16, 2 * PW2); break;
+            case 32: add_block(d, cp, CH, 32, 2 * PW2); break;
+            default: add_block(d, cp, CH, CW, 2 * PW2); break;
+            }
+        }
+    for (int iy = 0; iy < IH; iy++)
+        for (int ph = 0; ph < 2; ph++) {
+            float *dst = img + (size_t)iy * IW + ph - p;
+            const float *sr = pad + (size_t)ph * half + (size_t)(iy + p) * PW2;
+#pragma omp simd
+            for (int j = j0[ph]; j < j1[ph]; j++) dst[2 * j] = sr[j];
+        }
+}
+
 /*
- * The adjoint of im2col for one image plane: img (IH, IW) += sum over the k*k rows
- * col_r[(cy CW + cx)] of row r = ky k + kx at position (cy s - p + ky, cx s - p + kx).
- * col points at the first of the plane's k*k rows, which are ncol apart. Fixed order.
+ * The adjoint of im2col for one image plane: img (IH, IW) += (acc) or = (from 0) the sum
+ * over the k*k rows col_r[(cy CW + cx)] of row r = ky k + kx at position
+ * (cy s - p + ky, cx s - p + kx). col points at the first of the plane's k*k rows, which
+ * are ncol apart. Fixed order.
  */
 static void col2im_plane(float *img, const float *col, size_t ncol, int IH, int IW, int CH,
-                         int CW, int k, int s, int p) {
+                         int CW, int k, int s, int p, int acc) {
+    if (s == 2 && s2_fits(IH, IW, CH, CW, k, p)) {
+        col2im_s2(img, col, ncol, IH, IW, CH, CW, k, p, acc);
+        return;
+    }
+    if (!acc) memset(img, 0, sizeof(float) * (size_t)IH * IW);
     for (int ky = 0; ky < k; ky++) {
         for (int kx = 0; kx < k; kx++) {
             const float *cp = col + (size_t)(ky * k + kx) * ncol;
@@ -902,9 +1030,8 @@ static void conv2d_backward(const ml_conv_shape *s, cat_out dx, float *dw, float
             for (int i = 0; i < nb; i++)
                 for (int c = 0; c < C; c++) {
                     float *dst = out_plane(dx, C, HW, i0 + i, c);
-                    if (!dx.acc) memset(dst, 0, sizeof(float) * HW);
                     col2im_plane(dst, col + (size_t)c * k * k * n + (size_t)i * HWo, n, s->H,
-                                 s->W, s->Ho, s->Wo, k, s->stride, s->pad);
+                                 s->W, s->Ho, s->Wo, k, s->stride, s->pad, dx.acc);
                 }
         }
     }
@@ -1489,8 +1616,12 @@ static void wg_input(float *v, size_t n, cat_in x, int i0, int nb, int C, wg_geo
     for (int i = 0; i < nb; i++)
         for (int c = 0; c < C; c++) {
             const float *xp = in_plane(x, C, HW, i0 + i, c);
-            for (int iy = 0; iy < g.H; iy++)
-                memcpy(pad + (size_t)(iy + 1) * g.Q4 + 1, xp + (size_t)iy * g.W, sizeof(float) * (size_t)g.W);
+            for (int iy = 0; iy < g.H; iy++) { /* rows of 16 to 32 floats: no memcpy call */
+                float *d = pad + (size_t)(iy + 1) * g.Q4 + 1;
+                const float *src = xp + (size_t)iy * g.W;
+#pragma omp simd
+                for (int j = 0; j < g.W; j++) d[j] = src[j];
+            }
             float *dst = v + (size_t)c * n + (size_t)i * g.T;
             for (int a = 0; a < g.TA; a++) {
                 const float *d0 = pad + (size_t)3 * a * g.Q4, *d1 = d0 + g.Q4, *d2 = d1 + g.Q4, *d3 = d2 + g.Q4;
@@ -1584,8 +1715,129 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
 }
 
 /* db, if not NULL, is reduced in the gather as in sp_backward */
+/* The conv2d that follows a transposed conv (ml_convt2d_backward_cat_next): its shape, its
+ * output gradient and output, its weights. */
+typedef struct conv_next {
+    const ml_conv_shape *s;
+    const float *dy, *y, *w;
+} conv_next;
+
+/* Its padded pre-activation output gradient planes for one image (nx.s->O planes of PH x PW,
+ * the plane at offset k - 1 - pad on both axes, the border 0). */
+static void next_grad_planes(float *gq, const conv_next *nx, int i) {
+    const ml_conv_shape *ns = nx->s;
+    const int k = ns->k, P0 = k - 1 - ns->pad, Ho = ns->Ho, Wo = ns->Wo;
+    const int PH = Ho + k - 1, PW = Wo + k - 1;
+    const size_t HWo = (size_t)Ho * Wo;
+    for (int c = 0; c < ns->O; c++) {
+        const size_t off = ((size_t)i * ns->O + c) * HWo;
+        const float *d = nx->dy + off, *yy = nx->y ? nx->y + off : NULL;
+        float *q = gq + (size_t)c * PH * PW + (size_t)P0 * PW + P0;
+        for (int r = 0; r < Ho; r++)
+            for (int j = 0; j < Wo; j++)
+                q[(size_t)r * PW + j] = act_bwd(ns->act, d[(size_t)r * Wo + j], yy ? yy[(size_t)r * Wo + j] : 0);
+    }
+}
+
+/* gp (Ho, Wo) = channel o of the following conv's input gradient, from next_grad_planes:
+ *   gp[iy][ix] = sum over c, ky, kx of w[c][o][ky][kx] gq[c][iy + k - 1 - ky][ix + k - 1 - kx]
+ * in that order, NV vectors of 16 columns of a row at a time in registers (the loads of the
+ * last vector of a row may run past it: gq has slack) */
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast") /* FMAs, as in the direct kernels above */
+static inline __attribute__((always_inline)) void
+next_dx_block(const int NV, float *gp, const float *gq, const float *w, int NO, int C, int o,
+              int k, int iy, int ix0, int Wo, int PW, size_t plane) {
+    const size_t kk = (size_t)k * k;
+    v16 acc[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[v] = (v16){0};
+    for (int c = 0; c < NO; c++)
+        for (int ky = 0; ky < k; ky++) {
+            const float *row = gq + (size_t)c * plane + (size_t)(iy + k - 1 - ky) * PW + ix0 + k - 1;
+            const float *wr = w + ((size_t)c * C + o) * kk + (size_t)ky * k;
+            for (int kx = 0; kx < k; kx++) {
+                const float wv = wr[kx];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) acc[v] += wv * *(const v16u *)(row - kx + 16 * v);
+            }
+        }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        const int cnt = Wo - ix0 - 16 * v < 16 ? Wo - ix0 - 16 * v : 16;
+        wg_st(gp + (size_t)iy * Wo + ix0 + 16 * v, acc[v], cnt);
+    }
+}
+
+/* next_dx_block for rows iy and iy + 1 at once: padded row iy + j feeds row iy's tap
+ * ky = k - 1 - j and row iy + 1's ky = k - j, so each load serves two FMAs; j runs down, so
+ * each row still adds its taps in the order (c, ky, kx) of next_dx_block: the same sums */
+static inline __attribute__((always_inline)) void
+next_dx_block2(const int NV, float *gp, const float *gq, const float *w, int NO, int C, int o,
+               int k, int iy, int ix0, int Wo, int PW, size_t plane) {
+    const size_t kk = (size_t)k * k;
+    v16 a0[4], a1[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) a0[v] = a1[v] = (v16){0};
+    for (int c = 0; c < NO; c++) {
+        const float *wc = w + ((size_t)c * C + o) * kk;
+        for (int j = k; j >= 0; j--) {
+            const float *row = gq + (size_t)c * plane + (size_t)(iy + j) * PW + ix0 + k - 1;
+            const int ky0 = k - 1 - j, ky1 = k - j;
+            for (int kx = 0; kx < k; kx++) {
+                v16 xv[4];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; v++) xv[v] = *(const v16u *)(row - kx + 16 * v);
+                if (ky0 >= 0) {
+                    const float wv = wc[(size_t)ky0 * k + kx];
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++) a0[v] += wv * xv[v];
+                }
+                if (ky1 < k) {
+                    const float wv = wc[(size_t)ky1 * k + kx];
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; v++) a1[v] += wv * xv[v];
+                }
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
+        const int cnt = Wo - ix0 - 16 * v < 16 ? Wo - ix0 - 16 * v : 16;
+        wg_st(gp + (size_t)iy * Wo + ix0 + 16 * v, a0[v], cnt);
+        wg_st(gp + (size_t)(iy + 1) * Wo + ix0 + 16 * v, a1[v], cnt);
+    }
+}
+
+static void next_dx_plane(float *gp, const float *gq, const conv_next *nx, int o) {
+    const ml_conv_shape *ns = nx->s;
+    const int k = ns->k, Ho = ns->Ho, Wo = ns->Wo, NO = ns->O, C = ns->C;
+    const int PW = Wo + k - 1;
+    const size_t plane = (size_t)(Ho + k - 1) * PW;
+    int iy = 0;
+    for (; iy + 2 <= Ho; iy += 2)
+        for (int ix0 = 0; ix0 < Wo; ix0 += 64)
+            switch (Wo - ix0 >= 64 ? 4 : (Wo - ix0 + 15) / 16) {
+            case 4: next_dx_block2(4, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            case 3: next_dx_block2(3, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            case 2: next_dx_block2(2, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            default: next_dx_block2(1, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            }
+    for (; iy < Ho; iy++) /* an odd last row */
+        for (int ix0 = 0; ix0 < Wo; ix0 += 64)
+            switch (Wo - ix0 >= 64 ? 4 : (Wo - ix0 + 15) / 16) {
+            case 4: next_dx_block(4, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            case 3: next_dx_block(3, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            case 2: next_dx_block(2, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            default: next_dx_block(1, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+            }
+}
+#pragma GCC pop_options
+
+/* nx: dy is not given but computed plane by plane as the input gradient of the following
+ * conv2d (ml_convt2d_backward_cat_next) */
 static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db, const float *dy,
-                        const float *y, cat_in x, const float *w, float *ws) {
+                        const float *y, cat_in x, const float *w, float *ws, const conv_next *nx) {
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo, nt = wg_team(s);
     const wg_geo g = wg_geometry(s);
     const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA, Q4 = g.Q4;
@@ -1601,6 +1853,12 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
         float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
         float *dut = du + (size_t)tid * 16 * O4C; /* this thread's dU */
         float *scr = wg_scratch(g), *t16 = scr + (size_t)4 * GR * RW;
+        float *gq = NULL; /* the following conv's gradient planes of one image, and slack */
+        if (nx) {
+            const ml_conv_shape *ns = nx->s;
+            gq = calloc((size_t)ns->O * (ns->Ho + ns->k - 1) * (ns->Wo + ns->k - 1) + 64, sizeof(float));
+            if (!gq) abort(); /* no way to report from inside a kernel */
+        }
         int first = 1;
         for (int i0 = tid * s->chunk; i0 < B; i0 += nth * s->chunk) {
             const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
@@ -1612,10 +1870,12 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
             for (int i = 0; i < nb; i++)
                 for (int o = 0; o < O; o++) {
                     const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
-                    const float *d = dy + off, *yy = y ? y + off : NULL;
-                    if (act == ML_CONV_ACT_NONE)
-                        memcpy(gp, d, sizeof(float) * HWo);
-                    else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
+                    const float *d = nx ? gp : dy + off, *yy = y ? y + off : NULL;
+                    if (nx && o == 0) next_grad_planes(gq, nx, i0 + i);
+                    if (nx) next_dx_plane(gp, gq, nx, o);
+                    if (act == ML_CONV_ACT_NONE) {
+                        if (!nx) memcpy(gp, d, sizeof(float) * HWo);
+                    } else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
 #pragma omp simd
                         for (size_t j = 0; j < HWo; j++) gp[j] = yy[j] > 0 ? d[j] : 0.0f;
                     else
@@ -1718,6 +1978,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
         }
         if (dw && first) memset(dut, 0, sizeof(float) * 16 * O4C); /* a thread without images */
         free(scr);
+        free(gq);
     }
     if (dw) {
         /* the threads' dU in thread order */
@@ -1752,9 +2013,8 @@ static void convt_forward(const ml_conv_shape *s, float *y, cat_in x, const floa
         for (int i = 0; i < nb; i++)
             for (int o = 0; o < O; o++) {
                 float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
-                memset(dst, 0, sizeof(float) * HWo);
                 col2im_plane(dst, col + (size_t)o * k * k * n + (size_t)i * HW, n, s->Ho, s->Wo,
-                             s->H, s->W, k, s->stride, s->pad);
+                             s->H, s->W, k, s->stride, s->pad, 0);
                 const float bias = b ? b[o] : 0.0f;
                 for (size_t j = 0; j < HWo; j++) dst[j] = act_fwd(s->act, dst[j] + bias);
             }
@@ -1768,7 +2028,7 @@ static void convt_backward(const ml_conv_shape *s, cat_out dx, float *dw, float 
     const int K = O * k * k;
     const ml_conv_act act = s->act;
     if (s->subpixel && (dw || dx.a)) {
-        if (s->subpixel == 2) wg_backward(s, dx, dw, db, dy, y, x, w, ws);
+        if (s->subpixel == 2) wg_backward(s, dx, dw, db, dy, y, x, w, ws, NULL);
         else sp_backward(s, dx, dw, db, dy, y, x, w, ws);
         return;
     }
@@ -1843,4 +2103,20 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *
                              float *db, const float *dy, const float *y, const float *xa,
                              const float *xb, const float *w, float *ws) {
     convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca, 0}, w, ws);
+}
+
+int ml_convt2d_fuses_next(const ml_conv_shape *s, const ml_conv_shape *next) {
+    return s->transposed && s->subpixel == 2 && !next->transposed && next->stride == 1 &&
+           next->B == s->B && next->C == s->O && next->H == s->Ho && next->W == s->Wo &&
+           next->Ho == s->Ho && next->Wo == s->Wo && next->O <= ML_CONV_NEXT_MAX_O &&
+           next->k <= ML_CONV_NEXT_MAX_K;
+}
+
+void ml_convt2d_backward_cat_next(const ml_conv_shape *s, int Ca, float *dxa, float *dxb,
+                                  float *dw, float *db, const ml_conv_shape *next, const float *ndy,
+                                  const float *ny, const float *nw, const float *y, const float *xa,
+                                  const float *xb, const float *w, float *ws) {
+    assert(ml_convt2d_fuses_next(s, next) && (ny != NULL || next->act == ML_CONV_ACT_NONE));
+    const conv_next nx = {next, ndy, ny, nw};
+    wg_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, NULL, y, (cat_in){xa, xb, Ca, 0}, w, ws, &nx);
 }

@@ -148,6 +148,35 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca,
                              float *ws);
 
 /*
+ * ml_convt2d_backward_cat when the layer's output y feeds only a stride-1 conv2d `next` with
+ * few output channels and the same map size (the SRNN's output conv, 32 -> 3 channels): the
+ * layer's output gradient, next's input gradient, is not given but computed plane by plane
+ * inside this layer's gather from next's output gradient ndy and output ny, and never stored
+ * (at 64 x 64, batch 64 it is 32 MB, and next's own dx kernel, 3 channels in, is load bound).
+ * Call ml_conv2d_backward(next, NULL, ...) for next's dw and db. Only when
+ * ml_convt2d_fuses_next(s, next) (the Winograd form, subpixel 2; next->O <= ML_CONV_NEXT_MAX_O,
+ * next->k <= ML_CONV_NEXT_MAX_K). Its sums run in another order than next's dx kernel: the
+ * results differ from the unfused pair's by rounding.
+ */
+#define ML_CONV_NEXT_MAX_O 4
+#define ML_CONV_NEXT_MAX_K 7
+int ml_convt2d_fuses_next(const ml_conv_shape *s, const ml_conv_shape *next);
+void ml_convt2d_backward_cat_next(const ml_conv_shape *s, int Ca,
+                                  float *dxa,              // (B, Ca, H, W) written, or NULL
+                                  float *dxb,              // (B, C - Ca, H, W) written, or NULL
+                                  float *dw,               // (C, O, k, k) or NULL
+                                  float *db,               // (O) or NULL
+                                  const ml_conv_shape *next,
+                                  const float *ndy,        // (B, next O, Ho, Wo)
+                                  const float *ny,         // (B, next O, Ho, Wo), or NULL if next's act is NONE
+                                  const float *nw,         // (next O, O, next k, next k)
+                                  const float *y,          // (B, O, Ho, Wo), or NULL if act is NONE
+                                  const float *xa,         // (B, Ca, H, W)
+                                  const float *xb,         // (B, C - Ca, H, W)
+                                  const float *w,          // (C, O, k, k)
+                                  float *ws);
+
+/*
  * conv2d on the channel concatenation [xa, xb] without building it, as the transposed conv
  * above: s->C = Ca + Cb input channels, read in place (the U-Net decoder's [up2(deeper),
  * skip]). Backward accumulates into dxa and dxb (both or neither NULL), or writes them when
