@@ -10,6 +10,12 @@
 
 #include "nn/ops.h"
 
+/* The gather, combine and their backward below move K x D floats per layer (the COD model's
+   first layer: 4 MB per pass); serially, a second thread would idle through them. Each
+   loop is over independent rows, and a combined row adds its slots in the same order
+   whatever the thread count. */
+#define MOE_PAR_FLOATS ((size_t)1 << 15)
+
 /* Zeroes expert e's stale gradients (ml_tensor.grad_stale): ml_params_zero_grad_used leaves
    the experts' gradients to the layer. The MLP expert's backward overwrites them; other
    kinds' are zeroed just before their backward (in cache); a split batch's forward zeroes
@@ -401,7 +407,8 @@ static int run_expert(ml_moe *m, int j, int backward, int training, int mag) {
     const float *xg = m->xg + (size_t)r0 * D;
     if (!backward) return m->kind->forward(m->kst, m, e, r0, n, xg, m->yg + (size_t)r0 * D, training);
     float *dxg = m->dxg + (size_t)r0 * D;
-    memset(dxg, 0, (size_t)n * D * sizeof(float));
+#pragma omp parallel for schedule(static) if ((size_t)n * D >= MOE_PAR_FLOATS && !omp_in_parallel())
+    for (int s = 0; s < n; s++) memset(dxg + (size_t)s * D, 0, (size_t)D * sizeof(float));
     if (!m->kind->own_stale) ml_moe_zero_stale(m, e);
     int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg);
     if (!rc && mag) m->grad_mag[e] = grad_mag(m, e);
@@ -508,6 +515,8 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
     memcpy(m->cursor, m->estart, (size_t)N * sizeof(int32_t));
     for (int t = 0; t < Kg; t++)
         if (ds[t] >= off && ds[t] < off + Bl) m->order[m->cursor[de[t]]++] = t;
+    const int par = (size_t)K * D >= MOE_PAR_FLOATS;
+#pragma omp parallel for schedule(static) if (par)
     for (int s = 0; s < K; s++)
         memcpy(m->xg + (size_t)s * D, z + (size_t)(ds[m->order[s]] - off) * D, (size_t)D * sizeof(float));
     /* a training forward marks the tensors of the experts without samples in the whole batch
@@ -531,17 +540,19 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
         else if (ri->per_expert[e] > 0) ml_moe_zero_stale(m, e);
     }
     if (run_experts(m, 0, training, 0)) return ML_ERR;
+    /* each sample's row: its slots in order (a scan of the K slots per row) */
+#pragma omp parallel for schedule(static) if (par)
     for (int b = 0; b < Bl; b++) {
         float *yb = y + (size_t)b * D;
+        const float *zb = z + (size_t)b * D;
         if (ri->hits[off + b]) memset(yb, 0, (size_t)D * sizeof(float));
-        else memcpy(yb, z + (size_t)b * D, (size_t)D * sizeof(float));
-    }
-    for (int s = 0; s < K; s++) {
-        int t = m->order[s], b = ds[t] - off;
-        float g = dg[t];
-        const float *zb = z + (size_t)b * D, *ys = m->yg + (size_t)s * D;
-        float *yb = y + (size_t)b * D;
-        for (int d = 0; d < D; d++) yb[d] += g * (zb[d] + ys[d]);
+        else memcpy(yb, zb, (size_t)D * sizeof(float));
+        for (int s = 0; s < K; s++) {
+            const int t = m->order[s];
+            if (ds[t] - off != b) continue;
+            const float g = dg[t], *ys = m->yg + (size_t)s * D;
+            for (int d = 0; d < D; d++) yb[d] += g * (zb[d] + ys[d]);
+        }
     }
     memset(m->dlogits, 0, (size_t)B * N * sizeof(float));
     memset(m->dprob, 0, (size_t)B * N * sizeof(float));
@@ -573,6 +584,8 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     const float *dg = ri->disp_gate;
     const float *z = m->x;
     if (comm) memset(m->dgate, 0, (size_t)(Kg > 0 ? Kg : 1) * sizeof(float));
+    const int par = (size_t)K * D >= MOE_PAR_FLOATS;
+#pragma omp parallel for schedule(static) if (par)
     for (int s = 0; s < K; s++) {
         int t = m->order[s], b = ds[t] - off;
         float g = dg[t];
@@ -597,18 +610,19 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
        backward, so their magnitudes follow it at once */
     const int mag = m->training && !comm;
     if (run_experts(m, 1, m->training, mag)) return ML_ERR;
-    for (int b = 0; b < Bl; b++)
-        if (!ri->hits[off + b]) {
-            const float *dyb = dy + (size_t)b * D;
-            float *dzb = dz + (size_t)b * D;
-            for (int d = 0; d < D; d++) dzb[d] += dyb[d];
-        }
-    for (int s = 0; s < K; s++) {
-        int t = m->order[s], b = ds[t] - off;
-        float g = dg[t];
-        const float *dyb = dy + (size_t)b * D, *dxs = m->dxg + (size_t)s * D;
+    /* each sample's row: the identity path if unrouted, then its slots in order */
+#pragma omp parallel for schedule(static) if (par)
+    for (int b = 0; b < Bl; b++) {
+        const float *dyb = dy + (size_t)b * D;
         float *dzb = dz + (size_t)b * D;
-        for (int d = 0; d < D; d++) dzb[d] += g * dyb[d] + dxs[d];
+        if (!ri->hits[off + b])
+            for (int d = 0; d < D; d++) dzb[d] += dyb[d];
+        for (int s = 0; s < K; s++) {
+            const int t = m->order[s];
+            if (ds[t] - off != b) continue;
+            const float g = dg[t], *dxs = m->dxg + (size_t)s * D;
+            for (int d = 0; d < D; d++) dzb[d] += g * dyb[d] + dxs[d];
+        }
     }
     if (comm) {
         /* the router's backward over the whole batch, as its forward: its parameter gradients
