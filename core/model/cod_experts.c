@@ -9,6 +9,7 @@
 #include "nn/conv.h"
 #include "nn/filter.h"
 #include "nn/groupnorm.h"
+#include "nn/ops.h"
 
 static const char *const kind_names[ML_COD_KINDS] = {"texture", "frequency", "edge", "contrast"};
 /* branch kernel sizes by kind */
@@ -198,29 +199,6 @@ static int cod_reserve(void *st, ml_moe *m, int K) {
     return ML_OK;
 }
 
-/* Copies and zeroing of n floats in blocks shared among the threads: an expert's buffers
-   are n C H W floats (4 MB for 32 images of the first scale), and one thread alone would
-   leave the other idle. */
-#define PAR_BLOCK ((size_t)1 << 14)
-
-static void par_copy(float *dst, const float *src, size_t n) {
-    const size_t nb = (n + PAR_BLOCK - 1) / PAR_BLOCK;
-#pragma omp parallel for schedule(static) if (nb > 1)
-    for (size_t b = 0; b < nb; b++) {
-        const size_t o = b * PAR_BLOCK;
-        memcpy(dst + o, src + o, sizeof(float) * (n - o < PAR_BLOCK ? n - o : PAR_BLOCK));
-    }
-}
-
-static void par_zero(float *dst, size_t n) {
-    const size_t nb = (n + PAR_BLOCK - 1) / PAR_BLOCK;
-#pragma omp parallel for schedule(static) if (nb > 1)
-    for (size_t b = 0; b < nb; b++) {
-        const size_t o = b * PAR_BLOCK;
-        memset(dst + o, 0, sizeof(float) * (n - o < PAR_BLOCK ? n - o : PAR_BLOCK));
-    }
-}
-
 /* rows [r0, r0 + n) of a (K, c, HW) buffer */
 static float *rows(float *buf, int r0, size_t per_row) { return buf + (size_t)r0 * per_row; }
 
@@ -270,7 +248,7 @@ static int cod_forward(void *st, ml_moe *m, int e, int r0, int n, const float *x
     ml_conv2d_forward(&fs, pre, cat, ml_moe_param(m, e, T_FUSEW), ml_moe_param(m, e, T_FUSEB), k->ws);
     ml_groupnorm_forward(out, rows(k->gmean, r0, (size_t)k->G), rows(k->grstd, r0, (size_t)k->G), pre,
                          ml_moe_param(m, e, T_GAMMA), ml_moe_param(m, e, T_BETA), n, C, HW, k->G, GN_EPS, 1);
-    par_copy(yg, out, (size_t)n * R);
+    ml_copy(yg, out, (size_t)n * R);
     return ML_OK;
 }
 
@@ -280,7 +258,7 @@ static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     const size_t R = k->row, Q = (size_t)q * HW;
     float *pre = rows(k->pre, r0, R), *out = rows(k->out, r0, R), *cat = rows(k->cat, r0, R);
     float *dpre = rows(k->dpre, r0, R), *dcat = rows(k->dcat, r0, R);
-    par_zero(dpre, (size_t)n * R);
+    ml_zero(dpre, (size_t)n * R);
     ml_groupnorm_backward(dpre, ml_moe_grad(m, e, T_GAMMA), ml_moe_grad(m, e, T_BETA), dyg, out, pre,
                           rows(k->gmean, r0, (size_t)k->G), rows(k->grstd, r0, (size_t)k->G),
                           ml_moe_param(m, e, T_GAMMA), n, C, HW, k->G, 1);
@@ -299,7 +277,7 @@ static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
         dt[i] = rows(k->dt[i], r0, R);
     }
     /* each branch's gradient is its slice of dcat alone: copied, not zeroed and added */
-#pragma omp parallel for schedule(static) if ((size_t)n * R > PAR_BLOCK)
+#pragma omp parallel for schedule(static) if ((size_t)n * R > ((size_t)1 << 14))
     for (int bi = 0; bi < 4 * n; bi++)
         memcpy(dbr[bi % 4] + (size_t)(bi / 4) * Q, dcat + (size_t)(bi / 4) * R + (size_t)(bi % 4) * Q,
                sizeof(float) * Q);

@@ -24,7 +24,7 @@ void ml_moe_zero_stale(const ml_moe *m, int e) {
     for (int i = 0; i < m->nt[e]; i++) {
         ml_tensor *t = &m->P->t[m->th[e][i]];
         if (!t->grad_stale) continue;
-        memset(ml_moe_grad(m, e, i), 0, t->n * sizeof(float));
+        ml_zero(ml_moe_grad(m, e, i), t->n);
         t->grad_stale = 0;
     }
 }
@@ -362,6 +362,7 @@ static int reserve(ml_moe *m, int B) {
 static void pool_forward(const ml_moe *m, const float *x, int B, float *rin) {
     const int C = m->C, HW = m->HW;
     const float inv = 1.0f / (float)HW;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * C * HW >= MOE_PAR_FLOATS)
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
             const float *p = x + ((size_t)b * C + c) * HW;
@@ -376,6 +377,7 @@ static void pool_forward(const ml_moe *m, const float *x, int B, float *rin) {
 static void pool_backward(const ml_moe *m, float *dx, int B, const float *drin) {
     const int C = m->C, HW = m->HW;
     const float inv = 1.0f / (float)HW;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * C * HW >= MOE_PAR_FLOATS)
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
             float g = drin[(size_t)b * C + c] * inv;
@@ -407,8 +409,7 @@ static int run_expert(ml_moe *m, int j, int backward, int training, int mag) {
     const float *xg = m->xg + (size_t)r0 * D;
     if (!backward) return m->kind->forward(m->kst, m, e, r0, n, xg, m->yg + (size_t)r0 * D, training);
     float *dxg = m->dxg + (size_t)r0 * D;
-#pragma omp parallel for schedule(static) if ((size_t)n * D >= MOE_PAR_FLOATS && !omp_in_parallel())
-    for (int s = 0; s < n; s++) memset(dxg + (size_t)s * D, 0, (size_t)D * sizeof(float));
+    ml_zero(dxg, (size_t)n * D);
     if (!m->kind->own_stale) ml_moe_zero_stale(m, e);
     int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg);
     if (!rc && mag) m->grad_mag[e] = grad_mag(m, e);
