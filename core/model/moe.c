@@ -439,8 +439,16 @@ static int run_experts(ml_moe *m, int backward, int training, int mag) {
                 if (failed < 0 || m->used[j] < failed) failed = m->used[j];
             }
     } else {
+        /* one expert after the other, each parallel inside; on more threads their gradient
+           magnitudes follow all of them, shared among the threads (each expert's whole by one
+           thread: the same bits), not one serial pass after each */
+        const int later = mag && nu > 1 && omp_get_max_threads() > 1;
         for (int j = 0; j < nu && failed < 0; j++)
-            if (run_expert(m, j, backward, training, mag)) failed = m->used[j];
+            if (run_expert(m, j, backward, training, mag && !later)) failed = m->used[j];
+        if (later && failed < 0) {
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int j = 0; j < nu; j++) m->grad_mag[m->used[j]] = grad_mag(m, m->used[j]);
+        }
     }
     if (failed >= 0)
         return ml_error_prefix("moe layer %d: expert %d%s", m->layer + 1, failed, backward ? " backward" : "");
