@@ -298,12 +298,12 @@ ml_moe *ml_moe_new_spatial(int layer, int C, int HW, int N, const ml_expert_kind
 }
 
 static void free_buffers(ml_moe *m) {
-    void *bufs[] = {m->order, m->estart, m->cursor, m->xg, m->yg, m->dlogits, m->dprob, m->dgate_loss,
+    void *bufs[] = {m->order, m->estart, m->cursor, m->bslot, m->bstart, m->xg, m->yg, m->dlogits, m->dprob, m->dgate_loss,
                     m->dgate, m->dyg, m->dxg, m->grad_mag, m->load, m->rin, m->drin, m->gin, m->dgin, m->used};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     m->xg = m->yg = m->dlogits = m->dprob = m->dgate_loss = NULL;
     m->dgate = m->dyg = m->dxg = m->grad_mag = m->load = m->rin = m->drin = m->gin = m->dgin = NULL;
-    m->order = m->estart = m->cursor = m->used = NULL;
+    m->order = m->estart = m->cursor = m->used = m->bslot = m->bstart = NULL;
     m->n_used = 0;
     m->cap_B = m->cap_N = 0;
 }
@@ -332,6 +332,8 @@ static int reserve(ml_moe *m, int B) {
     m->dgate_loss = ml_alloc_floats(K);
     m->estart = ml_calloc((size_t)m->N + 1, sizeof(int32_t));
     m->cursor = ml_calloc((size_t)m->N, sizeof(int32_t));
+    m->bslot = ml_calloc(K, sizeof(int32_t));
+    m->bstart = ml_calloc((size_t)B + 1, sizeof(int32_t));
     m->used = ml_calloc((size_t)m->N, sizeof(int32_t));
     m->xg = ml_alloc_floats(K * m->D);
     m->yg = ml_alloc_floats(K * m->D);
@@ -348,6 +350,7 @@ static int reserve(ml_moe *m, int B) {
         m->dgin = ml_alloc_floats((size_t)B * m->R);
     }
     if (!m->dlogits || !m->dprob || !m->order || !m->dgate || !m->dgate_loss || !m->estart || !m->cursor || !m->used ||
+        !m->bslot || !m->bstart ||
         !m->xg || !m->yg || !m->dyg || !m->dxg || !m->grad_mag || !m->load || (spatial && (!m->rin || !m->drin)) ||
         (m->comm && (!m->gin || !m->dgin))) {
         free_buffers(m);
@@ -524,6 +527,15 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
     memcpy(m->cursor, m->estart, (size_t)N * sizeof(int32_t));
     for (int t = 0; t < Kg; t++)
         if (ds[t] >= off && ds[t] < off + Bl) m->order[m->cursor[de[t]]++] = t;
+    /* each sample's slots in slot order (counting sort by sample; the combine and its backward
+       run sample by sample) */
+    int32_t *bstart = m->bstart;
+    memset(bstart, 0, (size_t)(Bl + 1) * sizeof(int32_t));
+    for (int s = 0; s < K; s++) bstart[ds[m->order[s]] - off + 1]++;
+    for (int b = 0; b < Bl; b++) bstart[b + 1] += bstart[b];
+    for (int s = 0; s < K; s++) m->bslot[bstart[ds[m->order[s]] - off]++] = s;
+    for (int b = Bl; b > 0; b--) bstart[b] = bstart[b - 1];
+    bstart[0] = 0;
     const int par = (size_t)K * D >= MOE_PAR_FLOATS;
 #pragma omp parallel for schedule(static) if (par)
     for (int s = 0; s < K; s++)
@@ -549,16 +561,15 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
         else if (ri->per_expert[e] > 0) ml_moe_zero_stale(m, e);
     }
     if (run_experts(m, 0, training, 0)) return ML_ERR;
-    /* each sample's row: its slots in order (a scan of the K slots per row) */
+    /* each sample's row: its slots in order */
 #pragma omp parallel for schedule(static) if (par)
     for (int b = 0; b < Bl; b++) {
         float *yb = y + (size_t)b * D;
         const float *zb = z + (size_t)b * D;
         if (ri->hits[off + b]) memset(yb, 0, (size_t)D * sizeof(float));
         else memcpy(yb, zb, (size_t)D * sizeof(float));
-        for (int s = 0; s < K; s++) {
-            const int t = m->order[s];
-            if (ds[t] - off != b) continue;
+        for (int q = bstart[b]; q < bstart[b + 1]; q++) {
+            const int s = m->bslot[q], t = m->order[s];
             const float g = dg[t], *ys = m->yg + (size_t)s * D;
             for (int d = 0; d < D; d++) yb[d] += g * (zb[d] + ys[d]);
         }
@@ -626,9 +637,8 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
         float *dzb = dz + (size_t)b * D;
         if (!ri->hits[off + b])
             for (int d = 0; d < D; d++) dzb[d] += dyb[d];
-        for (int s = 0; s < K; s++) {
-            const int t = m->order[s];
-            if (ds[t] - off != b) continue;
+        for (int q = m->bstart[b]; q < m->bstart[b + 1]; q++) {
+            const int s = m->bslot[q], t = m->order[s];
             const float g = dg[t], *dxs = m->dxg + (size_t)s * D;
             for (int d = 0; d < D; d++) dzb[d] += g * dyb[d] + dxs[d];
         }

@@ -592,7 +592,8 @@ static void s1_conv(int B, cat_in in, int Cin, int H, int W, float *out, int Cou
      * (an expert gets any number of them), nt / gcd(B, nt) row blocks of every image, so
      * that each thread gets the same number of rows. A block pads only the input rows it
      * reads. Every output row is computed the same way whatever the split. */
-    int nt = omp_in_parallel() ? 1 : omp_get_max_threads(), g = B;
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int g = B; /* gcd(B, nt) */
     for (int a = nt; a;) {
         const int r = g % a;
         g = a, a = r;
