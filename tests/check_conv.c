@@ -2,6 +2,7 @@
  * cases, comparison with direct loops, finite-difference gradients, determinism. */
 #include <check.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -683,6 +684,53 @@ START_TEST(test_deterministic) {
 }
 END_TEST
 
+/* ---- the direct stride-1 kernel split over row blocks: images that do not share out
+ * evenly among the threads (3 over 2, 1 over 2 or 3, 5 over 3) are split into row blocks;
+ * y, dx, dw and db are the same bits as on one thread, and y matches the reference ---- */
+
+START_TEST(test_direct_thread_split) {
+    static const struct {
+        int B, C, H, W, O, k, pad, nt;
+    } cs[] = {
+        {3, 4, 9, 20, 5, 3, 1, 2},   /* direct forward and backward, 3 images over 2 threads */
+        {1, 3, 7, 12, 2, 5, 2, 2},   /* one image, 2 row blocks */
+        {1, 19, 8, 33, 2, 3, 1, 3},  /* one image, 3 row blocks; dx of 19 channels */
+        {5, 5, 17, 17, 17, 3, 1, 3}, /* 5 images over 3 threads; the direct forward alone (direct 2) */
+        {3, 2, 1, 8, 3, 1, 0, 2},    /* one output row: no split */
+    };
+    const int c = _i, saved = omp_get_max_threads();
+    ml_conv_shape s;
+    ck_assert_int_eq(ml_conv2d_shape(&s, cs[c].B, cs[c].C, cs[c].H, cs[c].W, cs[c].O, cs[c].k, 1, cs[c].pad,
+                                     ML_CONV_ACT_RELU),
+                     ML_OK);
+    ck_assert_int_ne(s.direct, 0);
+    const size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
+    float *x = fl(nx), *w = fl(nw), *b = fl(s.O), *dy = fl(ny), *ws = fl(ml_conv_workspace_floats(&s));
+    float *y[2], *dx[2], *dw[2], *db[2];
+    double *r = malloc(ny * sizeof *r);
+    tu_fill(x, nx, 91, -1, 1);
+    tu_fill(w, nw, 92, -0.5f, 0.5f);
+    tu_fill(b, s.O, 93, -0.1f, 0.1f);
+    tu_fill(dy, ny, 94, -1, 1);
+    for (int t = 0; t < 2; t++) {
+        y[t] = fl(ny), dx[t] = fl(nx), dw[t] = fl(nw), db[t] = fl(s.O);
+        omp_set_num_threads(t ? cs[c].nt : 1);
+        run_layer(&s, y[t], dx[t], dw[t], db[t], x, w, b, dy, ws);
+    }
+    omp_set_num_threads(saved);
+    ck_assert(memcmp(y[0], y[1], ny * sizeof(float)) == 0);
+    if (s.direct == 1) { /* direct 2's backward is GEMMs, whose sums OpenBLAS splits by threads */
+        ck_assert(memcmp(dx[0], dx[1], nx * sizeof(float)) == 0);
+        ck_assert(memcmp(dw[0], dw[1], nw * sizeof(float)) == 0);
+        ck_assert(memcmp(db[0], db[1], s.O * sizeof(float)) == 0);
+    }
+    conv_ref(&s, r, x, w, b);
+    for (size_t j = 0; j < ny; j++) ck_assert_double_eq_tol(y[1][j], r[j], 1e-4);
+    for (int t = 0; t < 2; t++) free(y[t]), free(dx[t]), free(dw[t]), free(db[t]);
+    free(x), free(w), free(b), free(dy), free(ws), free(r);
+}
+END_TEST
+
 /* ---- the sub-pixel convt2d (plain and Winograd) against the general GEMM + col2im path: y,
  * dx, dw, db ---- */
 
@@ -937,6 +985,7 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_conv_write_dx, 0, 3);
     tcase_add_test(t, test_bad_shapes);
     tcase_add_loop_test(t, test_deterministic, 0, 4);
+    tcase_add_loop_test(t, test_direct_thread_split, 0, 5);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
     tcase_add_loop_test(t, test_convt_next, 0, 3);
     tcase_add_loop_test(t, test_mconv_vs_branches, 0, 3);

@@ -9,6 +9,7 @@
 #include "nn/conv.h"
 #include "nn/filter.h"
 #include "nn/groupnorm.h"
+#include "nn/ops.h"
 
 static const char *const kind_names[ML_COD_KINDS] = {"texture", "frequency", "edge", "contrast"};
 /* branch kernel sizes by kind */
@@ -247,7 +248,7 @@ static int cod_forward(void *st, ml_moe *m, int e, int r0, int n, const float *x
     ml_conv2d_forward(&fs, pre, cat, ml_moe_param(m, e, T_FUSEW), ml_moe_param(m, e, T_FUSEB), k->ws);
     ml_groupnorm_forward(out, rows(k->gmean, r0, (size_t)k->G), rows(k->grstd, r0, (size_t)k->G), pre,
                          ml_moe_param(m, e, T_GAMMA), ml_moe_param(m, e, T_BETA), n, C, HW, k->G, GN_EPS, 1);
-    memcpy(yg, out, (size_t)n * R * sizeof(float));
+    ml_copy(yg, out, (size_t)n * R);
     return ML_OK;
 }
 
@@ -257,7 +258,7 @@ static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     const size_t R = k->row, Q = (size_t)q * HW;
     float *pre = rows(k->pre, r0, R), *out = rows(k->out, r0, R), *cat = rows(k->cat, r0, R);
     float *dpre = rows(k->dpre, r0, R), *dcat = rows(k->dcat, r0, R);
-    memset(dpre, 0, (size_t)n * R * sizeof(float));
+    ml_zero(dpre, (size_t)n * R);
     ml_groupnorm_backward(dpre, ml_moe_grad(m, e, T_GAMMA), ml_moe_grad(m, e, T_BETA), dyg, out, pre,
                           rows(k->gmean, r0, (size_t)k->G), rows(k->grstd, r0, (size_t)k->G),
                           ml_moe_param(m, e, T_GAMMA), n, C, HW, k->G, 1);
@@ -270,14 +271,16 @@ static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     for (int i = 0; i < 4; i++) {
         dbr[i] = rows(k->dbr[i], r0, Q);
         br[i] = rows(k->br[i], r0, Q);
-        memset(dbr[i], 0, (size_t)n * Q * sizeof(float));
     }
     for (int i = 0; i < 3; i++) {
         t[i] = rows(k->t[i], r0, R);
         dt[i] = rows(k->dt[i], r0, R);
     }
-    const int cs[4] = {q, q, q, q};
-    ml_channels_concat_backward(dbr, dcat, cs, 4, n, HW);
+    /* each branch's gradient is its slice of dcat alone: copied, not zeroed and added */
+#pragma omp parallel for schedule(static) if ((size_t)n * R > ((size_t)1 << 14))
+    for (int bi = 0; bi < 4 * n; bi++)
+        memcpy(dbr[bi % 4] + (size_t)(bi / 4) * Q, dcat + (size_t)(bi / 4) * R + (size_t)(bi % 4) * Q,
+               sizeof(float) * Q);
     /* each branch's conv back to its input: x, or the fixed transform it came through */
     int transformed = kind != ML_COD_TEXTURE;
     if (!transformed) { /* the texture expert's branches share their column matrix */

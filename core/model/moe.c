@@ -10,6 +10,12 @@
 
 #include "nn/ops.h"
 
+/* The gather, combine and their backward below move K x D floats per layer (the COD model's
+   first layer: 4 MB per pass); serially, a second thread would idle through them. Each
+   loop is over independent rows, and a combined row adds its slots in the same order
+   whatever the thread count. */
+#define MOE_PAR_FLOATS ((size_t)1 << 15)
+
 /* Zeroes expert e's stale gradients (ml_tensor.grad_stale): ml_params_zero_grad_used leaves
    the experts' gradients to the layer. The MLP expert's backward overwrites them; other
    kinds' are zeroed just before their backward (in cache); a split batch's forward zeroes
@@ -18,7 +24,7 @@ void ml_moe_zero_stale(const ml_moe *m, int e) {
     for (int i = 0; i < m->nt[e]; i++) {
         ml_tensor *t = &m->P->t[m->th[e][i]];
         if (!t->grad_stale) continue;
-        memset(ml_moe_grad(m, e, i), 0, t->n * sizeof(float));
+        ml_zero(ml_moe_grad(m, e, i), t->n);
         t->grad_stale = 0;
     }
 }
@@ -292,12 +298,12 @@ ml_moe *ml_moe_new_spatial(int layer, int C, int HW, int N, const ml_expert_kind
 }
 
 static void free_buffers(ml_moe *m) {
-    void *bufs[] = {m->order, m->estart, m->cursor, m->xg, m->yg, m->dlogits, m->dprob, m->dgate_loss,
+    void *bufs[] = {m->order, m->estart, m->cursor, m->bslot, m->bstart, m->xg, m->yg, m->dlogits, m->dprob, m->dgate_loss,
                     m->dgate, m->dyg, m->dxg, m->grad_mag, m->load, m->rin, m->drin, m->gin, m->dgin, m->used};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
     m->xg = m->yg = m->dlogits = m->dprob = m->dgate_loss = NULL;
     m->dgate = m->dyg = m->dxg = m->grad_mag = m->load = m->rin = m->drin = m->gin = m->dgin = NULL;
-    m->order = m->estart = m->cursor = m->used = NULL;
+    m->order = m->estart = m->cursor = m->used = m->bslot = m->bstart = NULL;
     m->n_used = 0;
     m->cap_B = m->cap_N = 0;
 }
@@ -326,6 +332,8 @@ static int reserve(ml_moe *m, int B) {
     m->dgate_loss = ml_alloc_floats(K);
     m->estart = ml_calloc((size_t)m->N + 1, sizeof(int32_t));
     m->cursor = ml_calloc((size_t)m->N, sizeof(int32_t));
+    m->bslot = ml_calloc(K, sizeof(int32_t));
+    m->bstart = ml_calloc((size_t)B + 1, sizeof(int32_t));
     m->used = ml_calloc((size_t)m->N, sizeof(int32_t));
     m->xg = ml_alloc_floats(K * m->D);
     m->yg = ml_alloc_floats(K * m->D);
@@ -342,6 +350,7 @@ static int reserve(ml_moe *m, int B) {
         m->dgin = ml_alloc_floats((size_t)B * m->R);
     }
     if (!m->dlogits || !m->dprob || !m->order || !m->dgate || !m->dgate_loss || !m->estart || !m->cursor || !m->used ||
+        !m->bslot || !m->bstart ||
         !m->xg || !m->yg || !m->dyg || !m->dxg || !m->grad_mag || !m->load || (spatial && (!m->rin || !m->drin)) ||
         (m->comm && (!m->gin || !m->dgin))) {
         free_buffers(m);
@@ -356,6 +365,7 @@ static int reserve(ml_moe *m, int B) {
 static void pool_forward(const ml_moe *m, const float *x, int B, float *rin) {
     const int C = m->C, HW = m->HW;
     const float inv = 1.0f / (float)HW;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * C * HW >= MOE_PAR_FLOATS)
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
             const float *p = x + ((size_t)b * C + c) * HW;
@@ -370,6 +380,7 @@ static void pool_forward(const ml_moe *m, const float *x, int B, float *rin) {
 static void pool_backward(const ml_moe *m, float *dx, int B, const float *drin) {
     const int C = m->C, HW = m->HW;
     const float inv = 1.0f / (float)HW;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)B * C * HW >= MOE_PAR_FLOATS)
     for (int b = 0; b < B; b++)
         for (int c = 0; c < C; c++) {
             float g = drin[(size_t)b * C + c] * inv;
@@ -401,7 +412,7 @@ static int run_expert(ml_moe *m, int j, int backward, int training, int mag) {
     const float *xg = m->xg + (size_t)r0 * D;
     if (!backward) return m->kind->forward(m->kst, m, e, r0, n, xg, m->yg + (size_t)r0 * D, training);
     float *dxg = m->dxg + (size_t)r0 * D;
-    memset(dxg, 0, (size_t)n * D * sizeof(float));
+    ml_zero(dxg, (size_t)n * D);
     if (!m->kind->own_stale) ml_moe_zero_stale(m, e);
     int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg);
     if (!rc && mag) m->grad_mag[e] = grad_mag(m, e);
@@ -431,8 +442,16 @@ static int run_experts(ml_moe *m, int backward, int training, int mag) {
                 if (failed < 0 || m->used[j] < failed) failed = m->used[j];
             }
     } else {
+        /* one expert after the other, each parallel inside; on more threads their gradient
+           magnitudes follow all of them, shared among the threads (each expert's whole by one
+           thread: the same bits), not one serial pass after each */
+        const int later = mag && nu > 1 && omp_get_max_threads() > 1;
         for (int j = 0; j < nu && failed < 0; j++)
-            if (run_expert(m, j, backward, training, mag)) failed = m->used[j];
+            if (run_expert(m, j, backward, training, mag && !later)) failed = m->used[j];
+        if (later && failed < 0) {
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int j = 0; j < nu; j++) m->grad_mag[m->used[j]] = grad_mag(m, m->used[j]);
+        }
     }
     if (failed >= 0)
         return ml_error_prefix("moe layer %d: expert %d%s", m->layer + 1, failed, backward ? " backward" : "");
@@ -508,6 +527,17 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
     memcpy(m->cursor, m->estart, (size_t)N * sizeof(int32_t));
     for (int t = 0; t < Kg; t++)
         if (ds[t] >= off && ds[t] < off + Bl) m->order[m->cursor[de[t]]++] = t;
+    /* each sample's slots in slot order (counting sort by sample; the combine and its backward
+       run sample by sample) */
+    int32_t *bstart = m->bstart;
+    memset(bstart, 0, (size_t)(Bl + 1) * sizeof(int32_t));
+    for (int s = 0; s < K; s++) bstart[ds[m->order[s]] - off + 1]++;
+    for (int b = 0; b < Bl; b++) bstart[b + 1] += bstart[b];
+    for (int s = 0; s < K; s++) m->bslot[bstart[ds[m->order[s]] - off]++] = s;
+    for (int b = Bl; b > 0; b--) bstart[b] = bstart[b - 1];
+    bstart[0] = 0;
+    const int par = (size_t)K * D >= MOE_PAR_FLOATS;
+#pragma omp parallel for schedule(static) if (par)
     for (int s = 0; s < K; s++)
         memcpy(m->xg + (size_t)s * D, z + (size_t)(ds[m->order[s]] - off) * D, (size_t)D * sizeof(float));
     /* a training forward marks the tensors of the experts without samples in the whole batch
@@ -531,17 +561,18 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
         else if (ri->per_expert[e] > 0) ml_moe_zero_stale(m, e);
     }
     if (run_experts(m, 0, training, 0)) return ML_ERR;
+    /* each sample's row: its slots in order */
+#pragma omp parallel for schedule(static) if (par)
     for (int b = 0; b < Bl; b++) {
         float *yb = y + (size_t)b * D;
+        const float *zb = z + (size_t)b * D;
         if (ri->hits[off + b]) memset(yb, 0, (size_t)D * sizeof(float));
-        else memcpy(yb, z + (size_t)b * D, (size_t)D * sizeof(float));
-    }
-    for (int s = 0; s < K; s++) {
-        int t = m->order[s], b = ds[t] - off;
-        float g = dg[t];
-        const float *zb = z + (size_t)b * D, *ys = m->yg + (size_t)s * D;
-        float *yb = y + (size_t)b * D;
-        for (int d = 0; d < D; d++) yb[d] += g * (zb[d] + ys[d]);
+        else memcpy(yb, zb, (size_t)D * sizeof(float));
+        for (int q = bstart[b]; q < bstart[b + 1]; q++) {
+            const int s = m->bslot[q], t = m->order[s];
+            const float g = dg[t], *ys = m->yg + (size_t)s * D;
+            for (int d = 0; d < D; d++) yb[d] += g * (zb[d] + ys[d]);
+        }
     }
     memset(m->dlogits, 0, (size_t)B * N * sizeof(float));
     memset(m->dprob, 0, (size_t)B * N * sizeof(float));
@@ -573,6 +604,8 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
     const float *dg = ri->disp_gate;
     const float *z = m->x;
     if (comm) memset(m->dgate, 0, (size_t)(Kg > 0 ? Kg : 1) * sizeof(float));
+    const int par = (size_t)K * D >= MOE_PAR_FLOATS;
+#pragma omp parallel for schedule(static) if (par)
     for (int s = 0; s < K; s++) {
         int t = m->order[s], b = ds[t] - off;
         float g = dg[t];
@@ -597,18 +630,18 @@ int ml_moe_backward(ml_moe *m, const float *dy, float *dz) {
        backward, so their magnitudes follow it at once */
     const int mag = m->training && !comm;
     if (run_experts(m, 1, m->training, mag)) return ML_ERR;
-    for (int b = 0; b < Bl; b++)
-        if (!ri->hits[off + b]) {
-            const float *dyb = dy + (size_t)b * D;
-            float *dzb = dz + (size_t)b * D;
-            for (int d = 0; d < D; d++) dzb[d] += dyb[d];
-        }
-    for (int s = 0; s < K; s++) {
-        int t = m->order[s], b = ds[t] - off;
-        float g = dg[t];
-        const float *dyb = dy + (size_t)b * D, *dxs = m->dxg + (size_t)s * D;
+    /* each sample's row: the identity path if unrouted, then its slots in order */
+#pragma omp parallel for schedule(static) if (par)
+    for (int b = 0; b < Bl; b++) {
+        const float *dyb = dy + (size_t)b * D;
         float *dzb = dz + (size_t)b * D;
-        for (int d = 0; d < D; d++) dzb[d] += g * dyb[d] + dxs[d];
+        if (!ri->hits[off + b])
+            for (int d = 0; d < D; d++) dzb[d] += dyb[d];
+        for (int q = m->bstart[b]; q < m->bstart[b + 1]; q++) {
+            const int s = m->bslot[q], t = m->order[s];
+            const float g = dg[t], *dxs = m->dxg + (size_t)s * D;
+            for (int d = 0; d < D; d++) dzb[d] += g * dyb[d] + dxs[d];
+        }
     }
     if (comm) {
         /* the router's backward over the whole batch, as its forward: its parameter gradients

@@ -125,6 +125,8 @@ struct ml_moe {
     int32_t *order;                 /* (K) triples sorted by expert */
     int32_t *estart;                /* (N + 1) */
     int32_t *cursor;                /* (N) */
+    int32_t *bslot, *bstart;        /* (K), (B + 1): the slots of sample b, in slot order, are
+                                       bslot[bstart[b] .. bstart[b + 1]) */
     float *xg, *yg;                 /* (K, D) gathered rows and their f_e, in order[] */
     float *dlogits, *dprob;         /* (B, N) losses accumulate here */
     float *dgate_loss;              /* (K) losses' gradient wrt the gates (ABI 1.1 eval_v2) */

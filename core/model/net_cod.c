@@ -23,6 +23,7 @@
 #include "model/moe.h"
 #include "model/net.h"
 #include "nn/conv.h"
+#include "nn/ops.h"
 #include "nn/resample.h"
 
 #define NS 4 /* scales */
@@ -264,7 +265,7 @@ static int conv_bn_backward(cod *n, const ml_conv_shape *s, float *dx, float *dx
                             const float *y, const float *mean, const float *rstd, const float *x, const float *xb,
                             int Ca, int w, int b, int g, int bt) {
     const int HW = s->Ho * s->Wo;
-    memset(n->gpre, 0, ml_conv_out_size(s) * sizeof(float));
+    ml_zero(n->gpre, ml_conv_out_size(s));
     if (ml_batchnorm2d_backward_part(n->comm, n->gpre, ml_params_grad(n->P, g), ml_params_grad(n->P, bt), dy, y,
                                      pre, mean, rstd, ml_params_data(n->P, g), s->B, s->O, HW, 1))
         return ML_ERR;
@@ -315,26 +316,26 @@ static int cod_backward(void *net, ml_moe *const *moe, const float *dout) {
     const int B = n->B;
     /* decoder: every buffer below gets its gradient written or zeroed first */
     ml_conv2d_backward(&n->os, n->goup, PG(ow), PG(ob), dout, NULL, n->oup, PW(ow), n->ws);
-    for (int l = 0; l < NS; l++) memset(n->ge[l], 0, ml_conv_out_size(&n->es[l]) * sizeof(float));
+    for (int l = 0; l < NS; l++) ml_zero(n->ge[l], ml_conv_out_size(&n->es[l]));
     /* the last block made d_1, which the output conv saw through up2 */
-    memset(n->gd[NS - 2], 0, ml_conv_out_size(&n->ds[NS - 2]) * sizeof(float));
+    ml_zero(n->gd[NS - 2], ml_conv_out_size(&n->ds[NS - 2]));
     ml_upsample_bilinear_backward(n->gd[NS - 2], n->goup, B, n->ch[0], n->H / 2, n->W / 2, 2);
     /* block j: back through its conv + BN, the concat (the skip's part goes to e_l), and up2 of
        the deeper map (d of block j - 1, or e_4 for the first block) */
     for (int j = NS - 2; j >= 0; j--) {
         int l = NS - 2 - j, h = n->ecfg[l].H, w = n->ecfg[l].W, cd = n->dcin[j] - n->ch[l];
-        memset(n->gup[j], 0, (size_t)B * cd * h * w * sizeof(float));
+        ml_zero(n->gup[j], (size_t)B * cd * h * w);
         if (conv_bn_backward(n, &n->ds[j], n->gup[j], n->ge[l], n->gd[j], n->dpre[j], n->d[j], n->dmean[j],
                              n->drstd[j], n->up[j], n->e[l], cd, n->dw[j], n->db[j], n->dg[j], n->dbt[j]))
             return ml_error_prefix("cod: backward of decoder block %d", j + 1);
         /* up2 of the deeper map: d_{j-1} of the block before, or e_4 */
         float *gdeeper = j > 0 ? n->gd[j - 1] : n->ge[NS - 1];
-        if (j > 0) memset(gdeeper, 0, ml_conv_out_size(&n->ds[j - 1]) * sizeof(float));
+        if (j > 0) ml_zero(gdeeper, ml_conv_out_size(&n->ds[j - 1]));
         ml_upsample_bilinear_backward(gdeeper, n->gup[j], B, cd, h / 2, w / 2, 2);
     }
     /* encoder, deepest first: e_l's gradient is complete once stage l + 1 has added its part */
     for (int l = NS - 1; l >= 0; l--) {
-        memset(n->gs[l], 0, ml_conv_out_size(&n->es[l]) * sizeof(float));
+        ml_zero(n->gs[l], ml_conv_out_size(&n->es[l]));
         if (ml_moe_backward(moe[l], n->ge[l], n->gs[l])) return ML_ERR;
         if (conv_bn_backward(n, &n->es[l], l > 0 ? n->ge[l - 1] : NULL, NULL, n->gs[l], n->pre[l], n->s[l],
                              n->mean[l], n->rstd[l], l > 0 ? n->e[l - 1] : n->x, NULL, 0, n->ew[l], n->eb[l],

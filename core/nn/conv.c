@@ -716,15 +716,27 @@ static void s1_conv(int B, cat_in in, int Cin, int H, int W, float *out, int Cou
     const int len = (Wo + BW - 1) / BW * BW + k - 1; /* padded row: in[ix] at ix + p */
     const int Hp = Ho + k - 1;                       /* padded rows: in[iy] at iy + p */
     const int variant = (nv == 1 ? 0 : nv == 2 ? 2 : 4) + (ob != DIRECT_OB);
+    /* Work items: images, or when the images do not share out evenly among the threads
+     * (an expert gets any number of them), nt / gcd(B, nt) row blocks of every image, so
+     * that each thread gets the same number of rows. A block pads only the input rows it
+     * reads. Every output row is computed the same way whatever the split. */
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int g = B; /* gcd(B, nt) */
+    for (int a = nt; a;) {
+        const int r = g % a;
+        g = a, a = r;
+    }
+    const int nblk = nt / g <= Ho ? nt / g : Ho;
 #pragma omp parallel
     {
         /* one padded image, Cin Hp len floats: on the heap, not an OpenMP thread's stack */
         float *pad = malloc(sizeof(float) * (size_t)Cin * Hp * len);
         if (!pad) abort(); /* no way to report from inside a kernel */
 #pragma omp for schedule(static)
-        for (int i = 0; i < B; i++) {
+        for (int it = 0; it < B * nblk; it++) {
+            const int i = it / nblk, oy0 = it % nblk * Ho / nblk, oy1 = (it % nblk + 1) * Ho / nblk;
             for (int c = 0; c < Cin; c++)
-                for (int r = 0; r < Hp; r++) {
+                for (int r = oy0; r < oy1 + k - 1; r++) {
                     float *row = pad + ((size_t)c * Hp + r) * len;
                     const int iy = r - p;
                     if (iy < 0 || iy >= H) {
@@ -736,7 +748,7 @@ static void s1_conv(int B, cat_in in, int Cin, int H, int W, float *out, int Cou
                 }
             float *out_i = out + (size_t)i * Cout * Ho * Wo;
             /* OB and NV literal in every call (see s1_row) */
-            for (int oy = 0; oy < Ho; oy++) switch (variant) {
+            for (int oy = oy0; oy < oy1; oy++) switch (variant) {
 #define S1_ROW(OB, NV) s1_row(OB, NV, pad, Cin, Hp, len, out_i, Cout, Ho, Wo, oy, k, Opad, wt, bias, act, accumulate)
                 case 0: S1_ROW(DIRECT_OB, 1); break;
                 case 1: S1_ROW(DIRECT_OB16, 1); break;

@@ -5,6 +5,26 @@
 #include <math.h>
 #include <string.h>
 
+#define PAR_BLOCK ((size_t)1 << 14) /* floats per block of ml_zero and ml_copy */
+
+void ml_zero(float *x, size_t n) {
+    const size_t nb = (n + PAR_BLOCK - 1) / PAR_BLOCK;
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (size_t b = 0; b < nb; b++) {
+        const size_t o = b * PAR_BLOCK;
+        memset(x + o, 0, sizeof(float) * (n - o < PAR_BLOCK ? n - o : PAR_BLOCK));
+    }
+}
+
+void ml_copy(float *dst, const float *src, size_t n) {
+    const size_t nb = (n + PAR_BLOCK - 1) / PAR_BLOCK;
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (size_t b = 0; b < nb; b++) {
+        const size_t o = b * PAR_BLOCK;
+        memcpy(dst + o, src + o, sizeof(float) * (n - o < PAR_BLOCK ? n - o : PAR_BLOCK));
+    }
+}
+
 void ml_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;

@@ -33,6 +33,12 @@ double ml_mse_forward(const float *a, const float *target, size_t n);
 /* da += scale * 2 (a - target) / n */
 void ml_mse_backward(float *da, const float *a, const float *target, size_t n, float scale);
 
+/* x[0, n) = 0, and dst[0, n) = src[0, n) (not overlapping): in blocks shared among the OpenMP
+   threads. For the large activation and gradient buffers of a step, which one thread alone
+   would zero or copy while the others wait. */
+void ml_zero(float *x, size_t n);
+void ml_copy(float *dst, const float *src, size_t n);
+
 /* Row-major sgemm: C (M,N) = alpha op(A) op(B) + beta C. */
 void ml_sgemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);

@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "nn/ops.h"
+
 void ml_params_init(ml_params *p, int trainable) {
     memset(p, 0, sizeof *p);
     p->trainable = trainable;
@@ -253,7 +255,7 @@ int ml_params_commit(ml_params *p, ml_rng *rng) {
 
 void ml_params_zero_grad(ml_params *p) {
     if (!p->grad) return;
-    memset(p->grad, 0, p->total * sizeof(float));
+    ml_zero(p->grad, p->total);
     for (int h = 0; h < p->count; h++) p->t[h].grad_stale = 0;
 }
 
@@ -281,7 +283,7 @@ static int each_used_run(const ml_params *p, int checked, int (*f)(const ml_para
 }
 
 static int zero_run(const ml_params *p, size_t begin, size_t end) {
-    memset(p->grad + begin, 0, (end - begin) * sizeof(float));
+    ml_zero(p->grad + begin, end - begin);
     return 1;
 }
 

@@ -1,10 +1,28 @@
 /* segloss.c — BCE with logits, soft IoU and soft Dice on mask logits (segloss.h).
- * Masks are one channel per image (B x 64 x 64 is 65k pixels): plain loops, one image at a
- * time, sums in double in a fixed order. */
+ * Masks are one channel per image (B x 64 x 64 is 65k pixels, about 2 ms of exp and log1p
+ * per pass on one core): the images are shared among the OpenMP threads, each image's sums
+ * in double in a fixed order, the per-image terms added in image order. */
 #include "nn/segloss.h"
 
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
+
+/* images per call from which the loops go parallel */
+#define PAR_MIN_IMAGES 2
+
+/* the sum over b in order of the per-image terms part[b] */
+static double sum_images(const double *part, int B) {
+    double total = 0;
+    for (int b = 0; b < B; b++) total += part[b];
+    return total;
+}
+
+static double *image_terms(int B) {
+    double *part = malloc(sizeof(double) * (size_t)(B > 0 ? B : 1));
+    if (!part) abort(); /* no way to report from inside a kernel */
+    return part;
+}
 
 /* sigmoid without overflow: exp of a non-positive argument only */
 static inline float sigm(float z) {
@@ -18,7 +36,8 @@ static inline double bce(float z, float t) {
 }
 
 double ml_bce_logits_forward(const float *z, const float *t, const float *wt, int B, int N) {
-    double total = 0;
+    double *part = image_terms(B);
+#pragma omp parallel for schedule(static) if (B >= PAR_MIN_IMAGES)
     for (int b = 0; b < B; b++) {
         const size_t off = (size_t)b * N;
         double s = 0, sw = 0;
@@ -27,13 +46,16 @@ double ml_bce_logits_forward(const float *z, const float *t, const float *wt, in
             s += w * bce(z[off + j], t[off + j]);
             sw += w;
         }
-        total += s / sw;
+        part[b] = s / sw;
     }
+    const double total = sum_images(part, B);
+    free(part);
     return total / B;
 }
 
 void ml_bce_logits_backward(float *dz, const float *z, const float *t, const float *wt, int B,
                             int N, float scale) {
+#pragma omp parallel for schedule(static) if (B >= PAR_MIN_IMAGES)
     for (int b = 0; b < B; b++) {
         const size_t off = (size_t)b * N;
         double sw = N;
@@ -64,17 +86,21 @@ static void overlap_sums(const float *z, const float *t, const float *wt, size_t
 
 double ml_soft_iou_forward(const float *z, const float *t, const float *wt, int B, int N,
                            float smooth) {
-    double total = 0;
+    double *part = image_terms(B);
+#pragma omp parallel for schedule(static) if (B >= PAR_MIN_IMAGES)
     for (int b = 0; b < B; b++) {
         double I, P, T;
         overlap_sums(z, t, wt, (size_t)b * N, N, &I, &P, &T);
-        total += 1.0 - (I + smooth) / (P + T - I + smooth);
+        part[b] = 1.0 - (I + smooth) / (P + T - I + smooth);
     }
+    const double total = sum_images(part, B);
+    free(part);
     return total / B;
 }
 
 void ml_soft_iou_backward(float *dz, const float *z, const float *t, const float *wt, int B, int N,
                           float smooth, float scale) {
+#pragma omp parallel for schedule(static) if (B >= PAR_MIN_IMAGES)
     for (int b = 0; b < B; b++) {
         const size_t off = (size_t)b * N;
         double I, P, T;
@@ -90,17 +116,21 @@ void ml_soft_iou_backward(float *dz, const float *z, const float *t, const float
 
 double ml_soft_dice_forward(const float *z, const float *t, const float *wt, int B, int N,
                             float smooth) {
-    double total = 0;
+    double *part = image_terms(B);
+#pragma omp parallel for schedule(static) if (B >= PAR_MIN_IMAGES)
     for (int b = 0; b < B; b++) {
         double I, P, T;
         overlap_sums(z, t, wt, (size_t)b * N, N, &I, &P, &T);
-        total += 1.0 - (2 * I + smooth) / (P + T + smooth);
+        part[b] = 1.0 - (2 * I + smooth) / (P + T + smooth);
     }
+    const double total = sum_images(part, B);
+    free(part);
     return total / B;
 }
 
 void ml_soft_dice_backward(float *dz, const float *z, const float *t, const float *wt, int B,
                            int N, float smooth, float scale) {
+#pragma omp parallel for schedule(static) if (B >= PAR_MIN_IMAGES)
     for (int b = 0; b < B; b++) {
         const size_t off = (size_t)b * N;
         double I, P, T;
