@@ -273,6 +273,26 @@ static inline __attribute__((always_inline)) void copy_block(float *restrict o,
         for (int cx = 0; cx < CW; cx++) o[(size_t)cy * CW + cx] = src[(size_t)cy * ld + cx];
 }
 
+/* pad (PH, PW) = the (IH, IW) plane xp at row and column offset p, zeros around it; columns
+ * of xp beyond PW - p are left out (a stride-1 im2col whose windows do not reach them). */
+static inline void pad_plane(float *restrict pad, const float *restrict xp, int IH, int IW, int PH, int PW,
+                      int p) {
+    const int n = IW < PW - p ? IW : PW - p;
+    for (int r = 0; r < PH; r++) {
+        const int iy = r - p;
+        float *d = pad + (size_t)r * PW;
+        if (iy < 0 || iy >= IH) {
+            for (int j = 0; j < PW; j++) d[j] = 0;
+            continue;
+        }
+        const float *src = xp + (size_t)iy * IW;
+        for (int j = 0; j < p; j++) d[j] = 0;
+#pragma omp simd
+        for (int j = 0; j < n; j++) d[p + j] = src[j];
+        for (int j = p + n; j < PW; j++) d[j] = 0;
+    }
+}
+
 /* im2col for stride 1: each (image, channel) plane is zero-padded once into a stack buffer,
  * then every one of its k k rows is a branch-free strided copy of that buffer (the general
  * path below works out the valid span of every row and pads it with memset calls, which
@@ -285,21 +305,7 @@ static void im2col_s1(float *col, cat_in x, int i0, int nb, int C, int IH, int I
     for (int c = 0; c < C; c++)
         for (int i = 0; i < nb; i++) {
             float pad[IM2COL_PAD_MAX];
-            const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
-            for (int r = 0; r < PH; r++) {
-                const int iy = r - p;
-                float *d = pad + (size_t)r * PW;
-                if (iy < 0 || iy >= IH) {
-                    for (int j = 0; j < PW; j++) d[j] = 0;
-                    continue;
-                }
-                const float *src = xp + (size_t)iy * IW;
-                const int n = IW < PW - p ? IW : PW - p;
-                for (int j = 0; j < p; j++) d[j] = 0;
-#pragma omp simd
-                for (int j = 0; j < n; j++) d[p + j] = src[j];
-                for (int j = p + n; j < PW; j++) d[j] = 0;
-            }
+            pad_plane(pad, in_plane(x, C, (size_t)IH * IW, i0 + i, c), IH, IW, PH, PW, p);
             for (int ky = 0; ky < k; ky++)
                 for (int kx = 0; kx < k; kx++) {
                     float *o = col + ((size_t)(c * k + ky) * k + kx) * ncol + (size_t)i * blk;
@@ -348,20 +354,7 @@ static void im2col_s2(float *col, cat_in x, int i0, int nb, int C, int IH, int I
     for (int c = 0; c < C; c++)
         for (int i = 0; i < nb; i++) {
             float pad[IM2COL_PAD_MAX];
-            const float *xp = in_plane(x, C, (size_t)IH * IW, i0 + i, c);
-            for (int r = 0; r < PH; r++) {
-                const int iy = r - p;
-                float *d = pad + (size_t)r * PW;
-                if (iy < 0 || iy >= IH) {
-                    for (int j = 0; j < PW; j++) d[j] = 0;
-                    continue;
-                }
-                const float *src = xp + (size_t)iy * IW;
-                for (int j = 0; j < p; j++) d[j] = 0;
-#pragma omp simd
-                for (int j = 0; j < IW; j++) d[p + j] = src[j];
-                for (int j = p + IW; j < PW; j++) d[j] = 0;
-            }
+            pad_plane(pad, in_plane(x, C, (size_t)IH * IW, i0 + i, c), IH, IW, PH, PW, p);
             for (int ky = 0; ky < k; ky++)
                 for (int kx = 0; kx < k; kx++) {
                     float *o = col + ((size_t)(c * k + ky) * k + kx) * ncol + (size_t)i * blk;
