@@ -262,21 +262,27 @@ static cat_in one_in(const float *x, int C) { return (cat_in){x, NULL, C, 0}; }
  * padding up to 3 fit); larger planes take the row-by-row path. */
 #define IM2COL_PAD_MAX 5041
 
-/* o[cy CW + cx] = src[cy ld + cx]: one image's block of a column-matrix row. Inlined with
- * CW a constant for the small maps deep in a network (4 to 32 wide), where a memcpy per
- * row of 4 or 8 floats costs more than the copy. */
+/* o[cy CW + cx] = src[cy ld + s cx]: one image's block of a column-matrix row, s = 1 or 2
+ * (the stride). Inlined with CW and s constants for the small maps deep in a network (2 to 32
+ * wide), where a memcpy per row of 4 or 8 floats costs more than the copy. */
 static inline __attribute__((always_inline)) void copy_block(float *restrict o,
                                                              const float *restrict src, int CH,
-                                                             int CW, int ld) {
+                                                             int CW, int ld, int s) {
     for (int cy = 0; cy < CH; cy++)
 #pragma omp simd
-        for (int cx = 0; cx < CW; cx++) o[(size_t)cy * CW + cx] = src[(size_t)cy * ld + cx];
+        for (int cx = 0; cx < CW; cx++) o[(size_t)cy * CW + cx] = src[(size_t)cy * ld + s * cx];
+}
+static inline __attribute__((always_inline)) void copy_block_s(float *restrict o,
+                                                               const float *restrict src, int CH,
+                                                               int CW, int ld, int s) {
+    if (s == 1) copy_block(o, src, CH, CW, ld, 1);
+    else copy_block(o, src, CH, CW, ld, 2);
 }
 
 /* pad (PH, PW) = the (IH, IW) plane xp at row and column offset p, zeros around it; columns
  * of xp beyond PW - p are left out (a stride-1 im2col whose windows do not reach them). */
-static inline void pad_plane(float *restrict pad, const float *restrict xp, int IH, int IW, int PH, int PW,
-                      int p) {
+static inline void pad_plane(float *restrict pad, const float *restrict xp, int IH, int IW,
+                             int PH, int PW, int p) {
     const int n = IW < PW - p ? IW : PW - p;
     for (int r = 0; r < PH; r++) {
         const int iy = r - p;
@@ -293,44 +299,6 @@ static inline void pad_plane(float *restrict pad, const float *restrict xp, int 
     }
 }
 
-/* im2col for stride 1: each (image, channel) plane is zero-padded once into a stack buffer,
- * then every one of its k k rows is a branch-free strided copy of that buffer (the general
- * path below works out the valid span of every row and pads it with memset calls, which
- * dominate for 4x4 and 8x8 maps). */
-static void im2col_s1(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH,
-                      int CW, int k, int p, int flip) {
-    const size_t ncol = (size_t)nb * CH * CW, blk = (size_t)CH * CW;
-    const int PH = CH + k - 1, PW = CW + k - 1; /* padded plane: x[iy][ix] at (iy + p, ix + p) */
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int c = 0; c < C; c++)
-        for (int i = 0; i < nb; i++) {
-            float pad[IM2COL_PAD_MAX];
-            pad_plane(pad, in_plane(x, C, (size_t)IH * IW, i0 + i, c), IH, IW, PH, PW, p);
-            for (int ky = 0; ky < k; ky++)
-                for (int kx = 0; kx < k; kx++) {
-                    float *o = col + ((size_t)(c * k + ky) * k + kx) * ncol + (size_t)i * blk;
-                    const float *src = flip ? pad + (size_t)(k - 1 - ky) * PW + (k - 1 - kx)
-                                            : pad + (size_t)ky * PW + kx;
-                    switch (CW) {
-                    case 4: copy_block(o, src, CH, 4, PW); break;
-                    case 8: copy_block(o, src, CH, 8, PW); break;
-                    case 16: copy_block(o, src, CH, 16, PW); break;
-                    case 32: copy_block(o, src, CH, 32, PW); break;
-                    default: copy_block(o, src, CH, CW, PW); break;
-                    }
-                }
-        }
-}
-
-/* copy_block for stride 2: o[cy CW + cx] = src[cy ld + 2 cx] */
-static inline __attribute__((always_inline)) void copy_block2(float *restrict o,
-                                                              const float *restrict src, int CH,
-                                                              int CW, int ld) {
-    for (int cy = 0; cy < CH; cy++)
-#pragma omp simd
-        for (int cx = 0; cx < CW; cx++) o[(size_t)cy * CW + cx] = src[(size_t)cy * ld + 2 * cx];
-}
-
 /* The padded plane of a stride-2 im2col or col2im over CH x CW window positions of a k x k
  * window: (CH - 1) 2 + k rows (and at least the image's p + IH), likewise columns. */
 static int s2_extent(int C, int n, int k, int p) {
@@ -342,14 +310,18 @@ static int s2_fits(int IH, int IW, int CH, int CW, int k, int p) { /* columns ro
            IM2COL_PAD_MAX;
 }
 
-/* im2col for stride 2 (the encoder's 3x3 convs, the general transposed conv's backward), as
- * im2col_s1: each plane is zero-padded once on the stack, then every one of its k k rows is a
- * branch-free stride-2 copy. The row-by-row path below spends most of its time on span
- * bounds and memset calls for the 2- to 16-wide rows of the small maps. Same values. */
-static void im2col_s2(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH,
-                      int CW, int k, int p, int flip) {
+/* im2col for stride s = 1 or 2 through a padded plane: each (image, channel) plane is
+ * zero-padded once into a stack buffer, then every one of its k k rows is a branch-free
+ * strided copy of that buffer. The row-by-row path below works out the valid span of every
+ * row and pads it with memset calls, which dominate for the 2- to 16-wide rows of the small
+ * maps (the encoder's stride-2 3x3 convs, the general transposed conv's backward, the
+ * stride-1 convs on 4x4 and 8x8 maps). Same values. */
+static void im2col_pad(float *col, cat_in x, int i0, int nb, int C, int IH, int IW, int CH,
+                       int CW, int k, int p, int s, int flip) {
     const size_t ncol = (size_t)nb * CH * CW, blk = (size_t)CH * CW;
-    const int PH = s2_extent(CH, IH, k, p), PW = s2_extent(CW, IW, k, p);
+    /* padded plane: x[iy][ix] at (iy + p, ix + p) */
+    const int PH = s == 1 ? CH + k - 1 : s2_extent(CH, IH, k, p);
+    const int PW = s == 1 ? CW + k - 1 : s2_extent(CW, IW, k, p), ld = s * PW;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int c = 0; c < C; c++)
         for (int i = 0; i < nb; i++) {
@@ -361,12 +333,12 @@ static void im2col_s2(float *col, cat_in x, int i0, int nb, int C, int IH, int I
                     const float *src = flip ? pad + (size_t)(k - 1 - ky) * PW + (k - 1 - kx)
                                             : pad + (size_t)ky * PW + kx;
                     switch (CW) {
-                    case 2: copy_block2(o, src, CH, 2, 2 * PW); break;
-                    case 4: copy_block2(o, src, CH, 4, 2 * PW); break;
-                    case 8: copy_block2(o, src, CH, 8, 2 * PW); break;
-                    case 16: copy_block2(o, src, CH, 16, 2 * PW); break;
-                    case 32: copy_block2(o, src, CH, 32, 2 * PW); break;
-                    default: copy_block2(o, src, CH, CW, 2 * PW); break;
+                    case 2: copy_block_s(o, src, CH, 2, ld, s); break;
+                    case 4: copy_block_s(o, src, CH, 4, ld, s); break;
+                    case 8: copy_block_s(o, src, CH, 8, ld, s); break;
+                    case 16: copy_block_s(o, src, CH, 16, ld, s); break;
+                    case 32: copy_block_s(o, src, CH, 32, ld, s); break;
+                    default: copy_block_s(o, src, CH, CW, ld, s); break;
                     }
                 }
         }
@@ -383,11 +355,11 @@ static void im2col_flip(float *col, cat_in x, int i0, int nb, int C, int IH, int
     const size_t ncol = (size_t)nb * CH * CW;
     const int rows = C * k * k;
     if (s == 1 && (size_t)(CH + k - 1) * (size_t)(CW + k - 1) <= IM2COL_PAD_MAX) {
-        im2col_s1(col, x, i0, nb, C, IH, IW, CH, CW, k, p, flip);
+        im2col_pad(col, x, i0, nb, C, IH, IW, CH, CW, k, p, 1, flip);
         return;
     }
     if (s == 2 && s2_fits(IH, IW, CH, CW, k, p)) {
-        im2col_s2(col, x, i0, nb, C, IH, IW, CH, CW, k, p, flip);
+        im2col_pad(col, x, i0, nb, C, IH, IW, CH, CW, k, p, 2, flip);
         return;
     }
 #pragma omp parallel for collapse(2) schedule(static)
@@ -1167,10 +1139,10 @@ static void im2col_rings(float *col, const float *x, int i0, int nb, int C, int 
                 float *o = col + ((size_t)t * C + c) * ncol + (size_t)i * HW;
                 const float *src = pad + (size_t)(R + tdy[t]) * PW + R + tdx[t];
                 switch (W) {
-                case 4: copy_block(o, src, H, 4, PW); break;
-                case 8: copy_block(o, src, H, 8, PW); break;
-                case 16: copy_block(o, src, H, 16, PW); break;
-                default: copy_block(o, src, H, W, PW); break;
+                case 4: copy_block(o, src, H, 4, PW, 1); break;
+                case 8: copy_block(o, src, H, 8, PW, 1); break;
+                case 16: copy_block(o, src, H, 16, PW, 1); break;
+                default: copy_block(o, src, H, W, PW, 1); break;
                 }
             }
         }
