@@ -5,7 +5,9 @@
  * gates, every backward against finite differences by the one policy of nn/gradcheck.h
  * (softmax Jacobian, renormalised gates, the whole softmax-router chain, linear), sigmoid,
  * softplus and p log p, dispatch, the scratch buffer, instance allocation, option lookup,
- * and that the header compiles alone under the plugin warnings with nothing unused warned.
+ * the row loops on several threads (the bits of the rows alone), and that the header
+ * compiles alone under the plugin warnings (with and without OpenMP) with nothing unused
+ * warned.
  */
 #include <float.h>
 #include <math.h>
@@ -13,6 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <omp.h>
 
 #include "moelab/plugin_aux.h"
 #include "nn/gradcheck.h"
@@ -609,6 +613,112 @@ START_TEST(option_lookup_by_name) {
 }
 END_TEST
 
+/* -------------------------------------------------------------- row loops, threads */
+
+/*
+ * The row loops (plugin_aux.h, Threads): check_aux is built with OpenMP, so a call of
+ * 64 x 300 runs on the threads. Softmax, its backward, the top-k dispatch (gates = prob and
+ * renormalised), the router backward (both gate kinds, with and without dlogits and dprob),
+ * the linear bias and its gradient: on 1, 2 and 3 threads the same bits as the one-row
+ * functions called row by row, or the loops by rows of the serial versions. Logits with
+ * ties (rounded to 1/8) so that top-k's tie rule is exercised.
+ */
+enum { PB = 64, PN = 300, PK = 2 };
+typedef struct par_out {
+    float prob[PB * PN], gate[PB * PK], ds[PB * PN], dp[PB * PN], ds0[PB * PN], dz[PB * PN], z[PB * PN], db[PN];
+    int32_t smp[PB * PK], exp_[PB * PK];
+    int n_disp;
+} par_out;
+
+static void par_run(par_out *o, const float *z, const float *c, const float *d, const float *e, const float *x,
+                    const float *w, const float *bias, int renorm, int ref) {
+    ml_route r;
+    memset(&r, 0, sizeof r);
+    memset(o, 0, sizeof *o);
+    r.size = sizeof r, r.B = PB, r.N = PN;
+    r.logits = (float *)z, r.prob = o->prob;
+    r.disp_sample = o->smp, r.disp_expert = o->exp_, r.disp_gate = o->gate;
+    ml_route_grad g = {sizeof g, c, e, d, NULL}, gn = {sizeof gn, c, NULL, NULL, NULL};
+    const size_t n = (size_t)PB * PN;
+    if (ref) { /* row by row, the one-row functions */
+        for (int b = 0; b < PB; b++) ml_aux_softmax_row(z + (size_t)b * PN, o->prob + (size_t)b * PN, PN);
+        for (int b = 0; b < PB; b++) ml_aux_route_topk_row(&r, z, o->prob, PK, renorm, b);
+        r.n_disp = PB * PK;
+        if (renorm) {
+            for (int b = 0; b < PB; b++) ml_aux_softmax_router_bwd_row(&r, &g, PK, o->ds, o->dp, b);
+            for (int b = 0; b < PB; b++) ml_aux_softmax_router_bwd_row(&r, &gn, PK, o->ds0, o->dp, b);
+        } else { /* gates that are probabilities: the scatter first, then the rows */
+            const ml_route_grad *gs[2] = {&g, &gn};
+            float *dss[2] = {o->ds, o->ds0};
+            for (int i = 0; i < 2; i++) {
+                ml_aux_copy_or_zero(dss[i], gs[i]->dlogits, n);
+                ml_aux_copy_or_zero(o->dp, gs[i]->dprob, n);
+                ml_aux_gate_prob_bwd(&r, c, o->dp);
+                for (int b = 0; b < PB; b++)
+                    ml_aux_softmax_bwd_row(o->prob + (size_t)b * PN, o->dp + (size_t)b * PN, dss[i] + (size_t)b * PN, PN);
+            }
+        }
+        for (int b = 0; b < PB; b++)
+            ml_aux_softmax_bwd_row(o->prob + (size_t)b * PN, d + (size_t)b * PN, o->dz + (size_t)b * PN, PN);
+    } else {
+        ml_aux_softmax(z, o->prob, PB, PN);
+        ml_aux_route_topk(&r, z, o->prob, PK, renorm);
+        ml_aux_softmax_router_bwd(&r, &g, renorm ? PK : 0, o->ds, o->dp);
+        ml_aux_softmax_router_bwd(&r, &gn, renorm ? PK : 0, o->ds0, o->dp);
+        ml_aux_softmax_bwd(o->prob, d, o->dz, PB, PN);
+    }
+    o->n_disp = r.n_disp;
+    /* the linear's bias: against its loop by rows after the product without bias */
+    const ml_host *h = ml_host_table();
+    float *z0 = malloc(sizeof o->z);
+    ck_assert_ptr_nonnull(z0);
+    ml_aux_linear(h, x, w, bias, PB, 8, PN, o->z);
+    ml_aux_linear(h, x, w, NULL, PB, 8, PN, z0);
+    for (int b = 0; b < PB; b++)
+        for (int i = 0; i < PN; i++) z0[b * PN + i] += bias[i];
+    ck_assert(!memcmp(z0, o->z, sizeof o->z));
+    free(z0);
+    memcpy(o->db, bias, sizeof o->db);
+    if (ref) {
+        for (int b = 0; b < PB; b++)
+            for (int i = 0; i < PN; i++) o->db[i] += e[b * PN + i];
+    } else {
+        ml_aux_linear_bwd(h, x, w, e, PB, 8, PN, NULL, o->db, NULL);
+    }
+}
+
+START_TEST(row_loops_same_bits_any_thread_count) {
+    const size_t n = (size_t)PB * PN;
+    float *z = malloc(n * 4), *c = malloc(PB * PK * 4), *d = malloc(n * 4), *e = malloc(n * 4);
+    float *x = malloc(PB * 8 * 4), *w = malloc(PN * 8 * 4), *bias = malloc(PN * 4);
+    par_out *ref = malloc(sizeof *ref), *got = malloc(sizeof *got);
+    ck_assert(z && c && d && e && x && w && bias && ref && got);
+    tu_fill(z, n, 61, -4, 4);
+    for (size_t i = 0; i < n; i++) z[i] = roundf(z[i] * 8) / 8; /* ties */
+    tu_fill(c, PB * PK, 62, -1, 1);
+    tu_fill(d, n, 63, -1, 1);
+    tu_fill(e, n, 64, -1, 1);
+    tu_fill(x, PB * 8, 65, -1, 1);
+    tu_fill(w, PN * 8, 66, -1, 1);
+    tu_fill(bias, PN, 67, -1, 1);
+    ck_assert(ml_aux_par_rows(PB, PN) == (omp_get_max_threads() > 1));
+    const int threads0 = omp_get_max_threads();
+    for (int renorm = 0; renorm <= 1; renorm++) {
+        omp_set_num_threads(1);
+        par_run(ref, z, c, d, e, x, w, bias, renorm, 1);
+        ck_assert_int_eq(ref->n_disp, PB * PK);
+        for (int threads = 1; threads <= 3; threads++) {
+            omp_set_num_threads(threads);
+            par_run(got, z, c, d, e, x, w, bias, renorm, 0);
+            ck_assert_msg(!memcmp(ref, got, sizeof *ref), "renorm %d, %d threads: not the bits of the rows alone",
+                          renorm, threads);
+        }
+    }
+    omp_set_num_threads(threads0);
+    free(z), free(c), free(d), free(e), free(x), free(w), free(bias), free(ref), free(got);
+}
+END_TEST
+
 /* ------------------------------------------------------------ header hygiene */
 
 /* The header alone, as a plugin includes it: plain C11 (no _GNU_SOURCE), the plugin
@@ -622,9 +732,13 @@ START_TEST(header_compiles_alone_without_warnings) {
     ck_assert_ptr_nonnull(f);
     fputs("#include \"moelab/plugin_aux.h\"\n#include \"moelab/plugin_aux.h\"\n", f);
     fclose(f);
-    int rc = tu_sh("cc -std=c11 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes "
-                   "-Wpedantic -Werror -O2 -fPIC -I core/include -c %s -o %s/only_aux.o", src, dir);
-    ck_assert_msg(rc == 0, "plugin_aux.h does not compile cleanly:\n%s", tu_out);
+    /* as a plugin from outside the tree, and as the bundled ones (OpenMP) */
+    for (int omp = 0; omp <= 1; omp++) {
+        int rc = tu_sh("cc -std=c11 -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes "
+                       "-Wpedantic -Werror -O2 -fPIC %s-I core/include -c %s -o %s/only_aux.o",
+                       omp ? "-fopenmp " : "", src, dir);
+        ck_assert_msg(rc == 0, "plugin_aux.h does not compile cleanly%s:\n%s", omp ? " with -fopenmp" : "", tu_out);
+    }
     tu_rm_rf(dir);
 }
 END_TEST
@@ -651,6 +765,7 @@ static Suite *aux_suite(void) {
     tcase_add_test(t, dispatch_and_gate_prob_bwd);
     tcase_add_test(t, scratch_buffer_and_new);
     tcase_add_test(t, option_lookup_by_name);
+    tcase_add_test(t, row_loops_same_bits_any_thread_count);
     tcase_add_test(t, header_compiles_alone_without_warnings);
     suite_add_tcase(s, t);
     return s;

@@ -248,6 +248,32 @@ START_TEST(determinism_srnn_two_threads) {
 }
 END_TEST
 
+/* Many experts, lazy (optim.idle_experts), on 1 and on 2 threads: the same losses, weights,
+   moments and routing bit for bit. 160 experts x batch 32 takes the routers' row loops onto
+   the threads (plugin_aux.h, Threads: 4 096 elements and more), the experts' loop shares the
+   used experts among them; gates that are probabilities and renormalised ones. */
+START_TEST(determinism_many_experts_lazy_threads) {
+    for (int renorm = 0; renorm <= 1; renorm++) {
+        char a[4096], b[4096], d1[256], d2[256];
+        snprintf(d1, sizeof d1, "%s", tu_tmpdir("ldet1"));
+        snprintf(d2, sizeof d2, "%s", tu_tmpdir("ldet2"));
+        const char *dirs[2] = {d1, d2};
+        for (int t = 0; t < 2; t++) {
+            char args[512];
+            snprintf(args, sizeof args, " model.experts=160 optim.idle_experts=lazy train.epochs=2 train.threads=%d "
+                     "router.renormalize=%s results.run_id=d results.dir=%s", t + 1, renorm ? "true" : "false", dirs[t]);
+            int rc = run(MOELAB " run " SYNTH "%s", tu_build(), args);
+            ck_assert_msg(rc == 0, "%s", out);
+        }
+        loss_column(d1, "test-synth", a, sizeof a);
+        loss_column(d2, "test-synth", b, sizeof b);
+        ck_assert_str_eq(a, b);
+        ck_assert_int_gt((int)strlen(a), 20);
+        same_state(d1, d2, "test-synth");
+    }
+}
+END_TEST
+
 START_TEST(out_of_tree_plugin_by_yaml) {
     const char *tmp = tu_tmpdir("oot");
     int rc = run("cc -O2 -shared -fPIC -fvisibility=hidden -I core/include tests/fixtures/out_of_tree/my_router.c -o %s/my_router.so%s", tmp, "");
@@ -607,6 +633,7 @@ int main(void) {
     tcase_add_test(t, default_script_and_schedule);
     tcase_add_test(t, determinism);
     tcase_add_test(t, determinism_srnn_two_threads);
+    tcase_add_test(t, determinism_many_experts_lazy_threads);
     tcase_add_test(t, out_of_tree_plugin_by_yaml);
     tcase_add_test(t, plugin_commands);
     tcase_add_test(t, every_subcommand_has_help);

@@ -3,7 +3,8 @@
 # include only headers of the layers its row below allows, and only the external libraries
 # of its row; core/main.c (the command) may include any layer; plugins (and the public
 # headers) include nothing of the host but the public headers, moelab/plugin.h and the
-# optional moelab/plugin_aux.h. Run by `make test`; prints every violation as
+# optional moelab/plugin_aux.h, and of the external libraries only OpenMP's omp.h (the
+# host's own runtime: plugin.h, Threads). Run by `make test`; prints every violation as
 # file:line and exits 1 when there is one.
 #
 #   sh tools/check-layers.sh [ROOT]     check ROOT (default: the repository)
@@ -17,7 +18,7 @@ set -u
 RULES='
 base|base|
 nn|base nn|cblas.h omp.h
-plugin|base nn plugin|dlfcn.h cblas.h
+plugin|base nn plugin|dlfcn.h cblas.h omp.h
 model|base nn plugin model|cblas.h omp.h
 data|base data|zlib.h stb/stb_image.h stb/stb_image_write.h omp.h
 io|base nn plugin model data io|yaml.h zlib.h
@@ -42,7 +43,7 @@ check() {
         *) layer=unknown ;;
         esac
         case "$layer" in
-        public|plugin-so) allow=''; ext='' ;;
+        public|plugin-so) allow=''; ext='omp.h' ;;
         main) allow='base nn plugin model data io run lua study'; ext='' ;;
         *)
             row=$(echo "$RULES" | grep "^$layer|")

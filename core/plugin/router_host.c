@@ -245,6 +245,29 @@ static void fill_route(ml_router_inst *ri, ml_route *r) {
     r->metric_ctx = ri;
 }
 
+/* The host's loops over the B x N outputs of a forward (the NaN fill, the row checks) run on
+   the OpenMP threads from this many elements on: 64 samples x 64 experts. */
+#define ROWS_PAR_MIN 4096
+
+/* 1 when row p, z (n) is good: every p in [0, 1] (within PROB_TOL), every z finite, the p
+   summing to 1 within ROW_TOL; *sum (may be NULL) receives the sum. Without branches (a flag
+   and sums of 8 lanes in double). */
+static int row_ok(const float *p, const float *z, int n, double *sum) {
+    double s8[8] = {0};
+    int bad = 0;
+    for (int e0 = 0; e0 < n; e0 += 8)
+        for (int l = 0; l < 8 && e0 + l < n; l++) {
+            const float pe = p[e0 + l];
+            uint32_t u;
+            memcpy(&u, &z[e0 + l], sizeof u);
+            bad |= !(pe >= -PROB_TOL && pe <= 1 + PROB_TOL) | ((u & 0x7f800000u) == 0x7f800000u);
+            s8[l] += pe;
+        }
+    const double s = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
+    if (sum) *sum = s;
+    return !bad && !(fabs(s - 1) > ROW_TOL);
+}
+
 /*
  * Everything the host reads of a forward, checked in one pass before any of it is used
  * (router_host.h lists the rules). Counts triples per expert and per sample on the way.
@@ -287,29 +310,22 @@ static int check_route(ml_router_inst *ri, const ml_route *r) {
     if (r->n_dropped != dropped)
         return rerr(ri, "forward", "n_dropped = %d, but %d of the %d samples have no dispatch triple", r->n_dropped,
                     dropped, B);
-    for (int b = 0; b < B; b++) {
-        const float *p = ri->prob + (size_t)b * N, *z = ri->logits + (size_t)b * N;
-        /* a row at a time without branches (a flag and sums of 8 lanes in double); the first
-           bad element is looked for only when there is one */
-        double s8[8] = {0};
-        int bad = 0;
-        for (int e0 = 0; e0 < N; e0 += 8)
-            for (int l = 0; l < 8 && e0 + l < N; l++) {
-                const float pe = p[e0 + l];
-                uint32_t u;
-                memcpy(&u, &z[e0 + l], sizeof u);
-                bad |= !(pe >= -PROB_TOL && pe <= 1 + PROB_TOL) | ((u & 0x7f800000u) == 0x7f800000u);
-                s8[l] += pe;
-            }
-        for (int e = 0; bad && e < N; e++) {
-            if (!(p[e] >= -PROB_TOL && p[e] <= 1 + PROB_TOL))
-                return rerr(ri, "forward", "prob[%d, %d] = %g: must be finite and in [0, 1]", b, e, (double)p[e]);
-            if (!isfinite(z[e])) return rerr(ri, "forward", "logits[%d, %d] = %g: must be finite", b, e, (double)z[e]);
-        }
-        const double s = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
-        if (fabs(s - 1) > ROW_TOL) return rerr(ri, "forward", "prob row %d sums to %.6g, expected 1", b, s);
+    /* the rows on the threads (many experts: 16k elements at 64 x 256); the first bad row,
+       the least index, is reported as a row-by-row pass would */
+    int first = B;
+#pragma omp parallel for schedule(static) reduction(min : first) if ((size_t)B * N >= ROWS_PAR_MIN)
+    for (int b = 0; b < B; b++)
+        if (!row_ok(ri->prob + (size_t)b * N, ri->logits + (size_t)b * N, N, NULL)) first = b < first ? b : first;
+    if (first == B) return ML_OK;
+    const float *p = ri->prob + (size_t)first * N, *z = ri->logits + (size_t)first * N;
+    double s;
+    for (int e = 0; e < N; e++) {
+        if (!(p[e] >= -PROB_TOL && p[e] <= 1 + PROB_TOL))
+            return rerr(ri, "forward", "prob[%d, %d] = %g: must be finite and in [0, 1]", first, e, (double)p[e]);
+        if (!isfinite(z[e])) return rerr(ri, "forward", "logits[%d, %d] = %g: must be finite", first, e, (double)z[e]);
     }
-    return ML_OK;
+    row_ok(p, z, N, &s);
+    return rerr(ri, "forward", "prob row %d sums to %.6g, expected 1", first, s);
 }
 
 /* ----------------------------------------------------------------------- calls */
@@ -326,8 +342,13 @@ int ml_router_inst_forward(ml_router_inst *ri, const float *x, int B, int traini
     /* stale values must never pass for the plugin's: it writes every output */
     size_t BN = (size_t)B * ri->N;
     float *lg = ri->logits, *pr = ri->prob;
-    for (size_t i = 0; i < BN; i++) lg[i] = NAN; /* two loops: one store each, vectorised */
-    for (size_t i = 0; i < BN; i++) pr[i] = NAN;
+#pragma omp parallel if (BN >= ROWS_PAR_MIN)
+    {
+#pragma omp for simd schedule(static) nowait
+        for (size_t i = 0; i < BN; i++) lg[i] = NAN; /* two loops: one store each, vectorised */
+#pragma omp for simd schedule(static)
+        for (size_t i = 0; i < BN; i++) pr[i] = NAN;
+    }
     bind(ri);
     ml_route r;
     fill_route(ri, &r);

@@ -72,14 +72,7 @@ static int forward(void *self, ml_route *rt, char *err) {
     if (B <= 0 || N <= 0) return 0;
     ml_aux_linear(r->host, rt->x, rt->param[0], rt->param[1], B, D, N, rt->logits);
     ml_aux_softmax(rt->logits, rt->prob, B, N);
-    int32_t sel[64];
-    float g[64];
-    for (int b = 0; b < B; b++) {
-        const float *z = rt->logits + (size_t)b * N, *p = rt->prob + (size_t)b * N;
-        ml_aux_topk(z, N, k, sel);
-        if (r->renorm) ml_aux_topk_gates(z, sel, k, g);
-        for (int j = 0; j < k; j++) ml_aux_dispatch(rt, b, sel[j], r->renorm ? g[j] : p[sel[j]]);
-    }
+    ml_aux_route_topk(rt, rt->logits, rt->prob, k, r->renorm);
     return 0;
 }
 

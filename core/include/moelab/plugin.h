@@ -41,7 +41,12 @@
  *     on the same instance.
  *   - Host functions are thread-safe. The ml_rng a call receives belongs to that instance:
  *     do not keep it or share it. host->sgemm runs on the host's thread pool (sized by the
- *     config's train.threads); a plugin does not start threads of its own.
+ *     config's train.threads); a plugin does not start threads of its own. A plugin built
+ *     with OpenMP (-fopenmp: the host's own runtime, libgomp) may share a call's loops among
+ *     that pool's threads, when the call is not made inside a parallel region
+ *     (omp_in_parallel() is 0), as moelab/plugin_aux.h does for large calls; its results
+ *     must not depend on the thread count. No ABI change: a plugin built without OpenMP
+ *     runs every loop on the calling thread, as before.
  *   - With MPI data parallelism every rank holds its own instances and sees the rank's
  *     part of the batch; what the routing math needs across the batch reaches the plugin
  *     already reduced where this header says so.

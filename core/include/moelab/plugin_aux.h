@@ -23,6 +23,15 @@
  * (a division in double here, a multiply by a float reciprocal there) gave probabilities
  * that differ in the last bits, so their metrics and losses were not comparable bit for
  * bit. Every built-in router computes it here, one way.
+ *
+ * Threads. In a plugin compiled with OpenMP (-fopenmp; the bundled plugins are), the row
+ * loops of ml_aux_softmax, ml_aux_softmax_bwd, ml_aux_route_topk, ml_aux_softmax_router_bwd
+ * and the bias of ml_aux_linear and ml_aux_linear_bwd run on the host's OpenMP threads when
+ * a call holds at least ML_AUX_PAR_MIN elements (B·N) and is not made inside a parallel
+ * region already (plugin.h, Threads). Each row (each bias element) is computed whole by one
+ * thread with the same arithmetic as alone, so the results are the same bits for any thread
+ * count, and the same as in a plugin compiled without OpenMP, where every loop runs on the
+ * calling thread.
  */
 #ifndef MOELAB_PLUGIN_AUX_H
 #define MOELAB_PLUGIN_AUX_H
@@ -35,8 +44,49 @@
 
 #include "moelab/plugin.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* The smallest probability a logarithm sees (ml_aux_xlogx): one-hot rows stay finite. */
 #define ML_AUX_P_MIN 1e-12
+
+/* ------------------------------------------------------------------ row loops */
+
+/* The least B·N of a call whose rows are shared among the OpenMP threads: a 64 x 64 softmax
+   (4 096 expf) takes some 15 µs on one thread, about twenty times what starting a parallel
+   loop costs. */
+#define ML_AUX_PAR_MIN 4096
+
+/* 1 when a call over B rows of n elements shares its rows among threads (see Threads above);
+   always 0 without OpenMP. */
+static inline int ml_aux_par_rows(int B, int n) {
+#ifdef _OPENMP
+    return B > 1 && (size_t)B * (size_t)n >= ML_AUX_PAR_MIN && !omp_in_parallel() && omp_get_max_threads() > 1;
+#else
+    (void)B, (void)n;
+    return 0;
+#endif
+}
+
+/* for (int b = 0; b < B; b++) { body }, the iterations shared among the threads when par
+   (ml_aux_par_rows); the body is the macro's last arguments (it may hold commas) */
+#ifdef _OPENMP
+#define ML_AUX_FOR_ROWS(par, b, B, ...)                                                                 \
+    do {                                                                                               \
+        if (par) {                                                                                     \
+            _Pragma("omp parallel for schedule(static)") for (int b = 0; b < (B); b++) { __VA_ARGS__; } \
+        } else {                                                                                       \
+            for (int b = 0; b < (B); b++) { __VA_ARGS__; }                                             \
+        }                                                                                              \
+    } while (0)
+#else
+#define ML_AUX_FOR_ROWS(par, b, B, ...)                \
+    do {                                               \
+        (void)(par);                                   \
+        for (int b = 0; b < (B); b++) { __VA_ARGS__; } \
+    } while (0)
+#endif
 
 /* ------------------------------------------------------------------------ softmax */
 
@@ -61,7 +111,7 @@ static __attribute__((noinline, unused)) float ml_aux_row_max(const float *z, in
 }
 
 /*
- * p = softmax(z) row by row; z, p (B, N); p may be z.
+ * p = softmax(z) row by row; z, p (B, N); p may be z. ml_aux_softmax_row: one row (N ≥ 1).
  *
  *     p_i = exp(z_i − m) / Σ_j exp(z_j − m),   m = max_j z_j
  *
@@ -70,16 +120,17 @@ static __attribute__((noinline, unused)) float ml_aux_row_max(const float *z, in
  * (±1e4 included), never 0/0; a row sums to 1 within float rounding; equal logits give
  * bitwise equal probabilities.
  */
+static inline void ml_aux_softmax_row(const float *zr, float *pr, int N) {
+    const float m = ml_aux_row_max(zr, N);
+    double s = 0;
+    for (int i = 0; i < N; i++) s += pr[i] = expf(zr[i] - m);
+    float inv = (float)(1.0 / s);
+    for (int i = 0; i < N; i++) pr[i] *= inv;
+}
+
 static inline void ml_aux_softmax(const float *z, float *p, int B, int N) {
-    for (int b = 0; b < B && N > 0; b++) {
-        const float *zr = z + (size_t)b * N;
-        float *pr = p + (size_t)b * N;
-        const float m = ml_aux_row_max(zr, N);
-        double s = 0;
-        for (int i = 0; i < N; i++) s += pr[i] = expf(zr[i] - m);
-        float inv = (float)(1.0 / s);
-        for (int i = 0; i < N; i++) pr[i] *= inv;
-    }
+    if (N <= 0) return;
+    ML_AUX_FOR_ROWS(ml_aux_par_rows(B, N), b, B, ml_aux_softmax_row(z + (size_t)b * N, p + (size_t)b * N, N));
 }
 
 /*
@@ -87,16 +138,18 @@ static inline void ml_aux_softmax(const float *z, float *p, int B, int N) {
  *
  *     dz (B, N) += p ⊙ (dp − ⟨p, dp⟩)        (the softmax Jacobian-vector product)
  *
- * with ⟨p, dp⟩ and each difference in double. dz must not be dp.
+ * with ⟨p, dp⟩ and each difference in double. dz must not be dp. ml_aux_softmax_bwd_row: one row.
  */
+static inline void ml_aux_softmax_bwd_row(const float *pr, const float *dpr, float *dzr, int N) {
+    double dot = 0;
+    for (int i = 0; i < N; i++) dot += (double)pr[i] * dpr[i];
+    for (int i = 0; i < N; i++) dzr[i] += (float)(pr[i] * ((double)dpr[i] - dot));
+}
+
 static inline void ml_aux_softmax_bwd(const float *p, const float *dp, float *dz, int B, int N) {
-    for (int b = 0; b < B; b++) {
-        const float *pr = p + (size_t)b * N, *dpr = dp + (size_t)b * N;
-        float *dzr = dz + (size_t)b * N;
-        double dot = 0;
-        for (int i = 0; i < N; i++) dot += (double)pr[i] * dpr[i];
-        for (int i = 0; i < N; i++) dzr[i] += (float)(pr[i] * ((double)dpr[i] - dot));
-    }
+    if (N <= 0) return;
+    ML_AUX_FOR_ROWS(ml_aux_par_rows(B, N), b, B,
+                    ml_aux_softmax_bwd_row(p + (size_t)b * N, dp + (size_t)b * N, dz + (size_t)b * N, N));
 }
 
 /*
@@ -206,6 +259,36 @@ static inline void ml_aux_dispatch(ml_route *r, int32_t b, int32_t e, float gate
 }
 
 /*
+ * The top-k dispatch of a softmax router: each sample b goes to the k experts that rank
+ * first in its row of the scores s (B, N) (ml_aux_topk: by logits, not probabilities), in
+ * rank order, with gate p[b, e] (p (B, N), its probabilities), or with renorm the
+ * renormalised gates over s (ml_aux_topk_gates). Writes the B·k triples in sample order
+ * (sample b's at [b·k, b·k + k), as ml_aux_dispatch would append them), sets r->n_disp = B·k
+ * and r->n_dropped = 0. 1 ≤ k ≤ min(N, 64). The rows are shared among the threads (Threads).
+ */
+static inline void ml_aux_route_topk_row(ml_route *r, const float *s, const float *p, int k, int renorm, int b) {
+    const int N = r->N;
+    const float *z = s + (size_t)b * N, *pr = p + (size_t)b * N;
+    int32_t sel[64];
+    float g[64];
+    ml_aux_topk(z, N, k, sel);
+    if (renorm) ml_aux_topk_gates(z, sel, k, g);
+    for (int j = 0; j < k; j++) {
+        const size_t t = (size_t)b * k + j;
+        r->disp_sample[t] = b;
+        r->disp_expert[t] = sel[j];
+        r->disp_gate[t] = renorm ? g[j] : pr[sel[j]];
+    }
+}
+
+static inline void ml_aux_route_topk(ml_route *r, const float *s, const float *p, int k, int renorm) {
+    const int B = r->B;
+    ML_AUX_FOR_ROWS(ml_aux_par_rows(B, r->N), b, B, ml_aux_route_topk_row(r, s, p, k, renorm, b));
+    r->n_disp = B * k;
+    r->n_dropped = 0;
+}
+
+/*
  * Backward of gates that are probabilities (gate_t = p[sample_t, expert_t]) over r's
  * dispatch list: dp (B, N) += dgate (K) at each triple's (sample, expert).
  */
@@ -234,20 +317,33 @@ static inline void ml_aux_copy_or_zero(float *dst, const float *src, size_t n) {
  *
  * ds (B, N) is overwritten; dp (B, N) is scratch. A router whose scores are not its logits
  * passes a copy of g with dlogits NULL and adds dlogits after its own chain rule.
+ * ml_aux_softmax_router_bwd_row: row b alone, for renormalised gates (renorm_k = k) or
+ * without g->dgate (gates that are probabilities need the scatter over the whole list first).
  */
+static inline void ml_aux_softmax_router_bwd_row(const ml_route *r, const ml_route_grad *g, int k, float *ds,
+                                                 float *dp, int b) {
+    const size_t N = (size_t)r->N, o = (size_t)b * N;
+    ml_aux_copy_or_zero(ds + o, g->dlogits ? g->dlogits + o : NULL, N);
+    ml_aux_copy_or_zero(dp + o, g->dprob ? g->dprob + o : NULL, N);
+    if (g->dgate && k > 0)
+        ml_aux_topk_gates_bwd(r->disp_gate + (size_t)b * k, g->dgate + (size_t)b * k,
+                              r->disp_expert + (size_t)b * k, k, ds + o);
+    ml_aux_softmax_bwd_row(r->prob + o, dp + o, ds + o, (int)N);
+}
+
 static inline void ml_aux_softmax_router_bwd(const ml_route *r, const ml_route_grad *g,
                                              int renorm_k, float *ds, float *dp) {
     int B = r->B, N = r->N, k = renorm_k;
     size_t bn = (size_t)B * N;
-    ml_aux_copy_or_zero(ds, g->dlogits, bn);
-    ml_aux_copy_or_zero(dp, g->dprob, bn);
-    if (g->dgate && k > 0)
-        for (int b = 0; b < B; b++)
-            ml_aux_topk_gates_bwd(r->disp_gate + (size_t)b * k, g->dgate + (size_t)b * k,
-                                  r->disp_expert + (size_t)b * k, k, ds + (size_t)b * N);
-    else if (g->dgate)
+    if (g->dgate && k == 0) { /* gates that are probabilities: their scatter over the dispatch list first */
+        ml_aux_copy_or_zero(ds, g->dlogits, bn);
+        ml_aux_copy_or_zero(dp, g->dprob, bn);
         ml_aux_gate_prob_bwd(r, g->dgate, dp);
-    ml_aux_softmax_bwd(r->prob, dp, ds, B, N);
+        ml_aux_softmax_bwd(r->prob, dp, ds, B, N);
+        return;
+    }
+    /* otherwise each row alone: the same additions to each element in the same order */
+    if (N > 0) ML_AUX_FOR_ROWS(ml_aux_par_rows(B, N), b, B, ml_aux_softmax_router_bwd_row(r, g, k, ds, dp, b));
 }
 
 /* ----------------------------------------------------------------- linear router */
@@ -270,8 +366,8 @@ static inline void ml_aux_linear(const ml_host *h, const float *x, const float *
                                  const float *bias, int B, int D, int N, float *z) {
     h->sgemm(0, 1, B, N, D, 1.0f, x, D, w, D, 0.0f, z, N);
     if (bias)
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < N; i++) z[(size_t)b * N + i] += bias[i];
+        ML_AUX_FOR_ROWS(ml_aux_par_rows(B, N), b, B,
+                        for (int i = 0; i < N; i++) z[(size_t)b * N + i] += bias[i]);
 }
 
 /*
@@ -285,9 +381,9 @@ static inline void ml_aux_linear_bwd(const ml_host *h, const float *x, const flo
                                      const float *dz, int B, int D, int N, float *dw,
                                      float *dbias, float *dx) {
     if (dw) h->sgemm(1, 0, N, D, B, 1.0f, dz, N, x, D, 1.0f, dw, D);
-    if (dbias)
-        for (int b = 0; b < B; b++)
-            for (int i = 0; i < N; i++) dbias[i] += dz[(size_t)b * N + i];
+    if (dbias) /* expert by expert, each adding its rows in order: the bits of the loop by rows */
+        ML_AUX_FOR_ROWS(ml_aux_par_rows(B, N), i, N, float acc = dbias[i];
+                        for (int b = 0; b < B; b++) acc += dz[(size_t)b * N + i]; dbias[i] = acc);
     if (dx) h->sgemm(0, 0, B, D, N, 1.0f, dz, N, w, D, 1.0f, dx, D);
 }
 
