@@ -2026,9 +2026,9 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
                         for (int a = 0; a < g.TA; a++) {
                             v16 prev[4]; /* tap 3 of the 16 tiles before, per ky */
                             for (int ky = 0; ky < 4; ky++) prev[ky] = -(v16){0};
-                            /* b0 up to TB: column 3 TB takes tap 3 of the last tile, and
-                             * when TB is a multiple of 16 only a block of cnt = 0 does that */
-                            for (int b0 = 0; b0 <= TB; b0 += 16) {
+                            /* (grid column 3 TB, tap 3 of the last tile alone, is xp's
+                             * right border, never read: 3 TB >= W + 1) */
+                            for (int b0 = 0; b0 < TB; b0 += 16) {
                                 const int cnt = TB - b0 < 16 ? TB - b0 : 16;
                                 const float *sk = t16 + (size_t)a * TB + b0;
                                 for (int ky = 0; ky < 4; ky++) {
