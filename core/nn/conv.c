@@ -1494,61 +1494,6 @@ static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
  * and M (16, 4O, n), n = nb T, tile t = a TB + b of image i at column i T + t.
  */
 
-/* U (16, 4O, C) from w (C, O, 4, 4) */
-static void wg_pack(float *u, const float *w, int C, int O) {
-    const size_t O4C = (size_t)4 * O * C;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int p = 0; p < 4; p++)
-        for (int o = 0; o < O; o++)
-            for (int c = 0; c < C; c++) {
-                float g[2][2], h[4][2];
-                for (int t = 0; t < 4; t++) {
-                    int ky, kx;
-                    sp_tap(p, t, &ky, &kx);
-                    g[t >> 1][t & 1] = w[(((size_t)c * O + o) * 4 + ky) * 4 + kx];
-                }
-                for (int j = 0; j < 2; j++) {
-                    h[0][j] = g[0][j];
-                    h[1][j] = 0.5f * (g[0][j] + g[1][j]);
-                    h[2][j] = 0.5f * (g[0][j] - g[1][j]);
-                    h[3][j] = g[1][j];
-                }
-                float *dst = u + ((size_t)p * O + o) * C + c;
-                for (int e = 0; e < 4; e++) {
-                    dst[(size_t)(4 * e + 0) * O4C] = h[e][0];
-                    dst[(size_t)(4 * e + 1) * O4C] = 0.5f * (h[e][0] + h[e][1]);
-                    dst[(size_t)(4 * e + 2) * O4C] = 0.5f * (h[e][0] - h[e][1]);
-                    dst[(size_t)(4 * e + 3) * O4C] = h[e][1];
-                }
-            }
-}
-
-/* dw (C, O, 4, 4) += G^T dU G, dU (16, 4O, C) */
-static void wg_unpack_add(float *dw, const float *du, int C, int O) {
-    const size_t O4C = (size_t)4 * O * C;
-#pragma omp parallel for schedule(static)
-    for (int c = 0; c < C; c++)
-        for (int o = 0; o < O; o++)
-            for (int p = 0; p < 4; p++) {
-                const float *src = du + ((size_t)p * O + o) * C + c;
-                float m[4][4], q[2][4];
-                for (int xi = 0; xi < 16; xi++) m[xi >> 2][xi & 3] = src[(size_t)xi * O4C];
-                for (int j = 0; j < 4; j++) {
-                    q[0][j] = m[0][j] + 0.5f * (m[1][j] + m[2][j]);
-                    q[1][j] = 0.5f * (m[1][j] - m[2][j]) + m[3][j];
-                }
-                for (int ty = 0; ty < 2; ty++) {
-                    const float g[2] = {q[ty][0] + 0.5f * (q[ty][1] + q[ty][2]),
-                                        0.5f * (q[ty][1] - q[ty][2]) + q[ty][3]};
-                    for (int tx = 0; tx < 2; tx++) {
-                        int ky, kx;
-                        sp_tap(p, 2 * ty + tx, &ky, &kx);
-                        dw[(((size_t)c * O + o) * 4 + ky) * 4 + kx] += g[tx];
-                    }
-                }
-            }
-}
-
 /* The thread team of the Winograd path and one thread's part of the workspace. */
 static int wg_team(const ml_conv_shape *s) {
     const int t = omp_get_max_threads();
@@ -1634,6 +1579,74 @@ static inline void wg_inter3(float *p, v16 a0, v16 a1, v16 a2) {
     *(v16u *)(p + 16) = __builtin_shufflevector(u1, a2, 0, 21, 2, 3, 22, 5, 6, 23, 8, 9, 24, 11, 12, 25, 14, 15);
     *(v16u *)(p + 32) = __builtin_shufflevector(u2, a2, 26, 1, 2, 27, 4, 5, 28, 7, 8, 29, 10, 11, 30, 13, 14, 31);
 }
+
+/* U (16, 4O, C) from w (C, O, 4, 4), 16 input channels at a time: their 4 x 4 kernels for
+ * one o (16 floats each, contiguous in w) transposed into t (tap, channel), so that the
+ * transform runs along the channels and each of its 64 rows of U is one contiguous store */
+static void wg_pack(float *u, const float *w, int C, int O) {
+    const size_t O4C = (size_t)4 * O * C;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int o = 0; o < O; o++)
+        for (int c0 = 0; c0 < C; c0 += 16) {
+            const int cnt = C - c0 < 16 ? C - c0 : 16;
+            float t[16][16] = {{0}};
+            for (int l = 0; l < cnt; l++)
+                for (int q = 0; q < 16; q++) t[q][l] = w[((size_t)(c0 + l) * O + o) * 16 + q];
+            for (int p = 0; p < 4; p++) {
+                v16 g[2][2], h[4][2];
+                for (int k = 0; k < 4; k++) {
+                    int ky, kx;
+                    sp_tap(p, k, &ky, &kx);
+                    g[k >> 1][k & 1] = *(const v16u *)t[4 * ky + kx];
+                }
+                for (int j = 0; j < 2; j++) {
+                    h[0][j] = g[0][j];
+                    h[1][j] = 0.5f * (g[0][j] + g[1][j]);
+                    h[2][j] = 0.5f * (g[0][j] - g[1][j]);
+                    h[3][j] = g[1][j];
+                }
+                float *dst = u + ((size_t)p * O + o) * C + c0;
+                for (int e = 0; e < 4; e++) {
+                    wg_st(dst + (size_t)(4 * e + 0) * O4C, h[e][0], cnt);
+                    wg_st(dst + (size_t)(4 * e + 1) * O4C, 0.5f * (h[e][0] + h[e][1]), cnt);
+                    wg_st(dst + (size_t)(4 * e + 2) * O4C, 0.5f * (h[e][0] - h[e][1]), cnt);
+                    wg_st(dst + (size_t)(4 * e + 3) * O4C, h[e][1], cnt);
+                }
+            }
+        }
+}
+
+/* dw (C, O, 4, 4) += G^T dU G, dU (16, 4O, C): wg_pack's adjoint, 16 channels at a time */
+static void wg_unpack_add(float *dw, const float *du, int C, int O) {
+    const size_t O4C = (size_t)4 * O * C;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int o = 0; o < O; o++)
+        for (int c0 = 0; c0 < C; c0 += 16) {
+            const int cnt = C - c0 < 16 ? C - c0 : 16;
+            float t[16][16]; /* (tap, channel); every tap belongs to one phase */
+            for (int p = 0; p < 4; p++) {
+                const float *src = du + ((size_t)p * O + o) * C + c0;
+                v16 m[4][4], q[2][4];
+                for (int xi = 0; xi < 16; xi++) m[xi >> 2][xi & 3] = wg_ld(src + (size_t)xi * O4C, cnt);
+                for (int j = 0; j < 4; j++) {
+                    q[0][j] = m[0][j] + 0.5f * (m[1][j] + m[2][j]);
+                    q[1][j] = 0.5f * (m[1][j] - m[2][j]) + m[3][j];
+                }
+                for (int ty = 0; ty < 2; ty++) {
+                    const v16 g[2] = {q[ty][0] + 0.5f * (q[ty][1] + q[ty][2]),
+                                      0.5f * (q[ty][1] - q[ty][2]) + q[ty][3]};
+                    for (int tx = 0; tx < 2; tx++) {
+                        int ky, kx;
+                        sp_tap(p, 2 * ty + tx, &ky, &kx);
+                        *(v16u *)t[4 * ky + kx] = g[tx];
+                    }
+                }
+            }
+            for (int l = 0; l < cnt; l++)
+                for (int k = 0; k < 16; k++) dw[((size_t)(c0 + l) * O + o) * 16 + k] += t[k][l];
+        }
+}
+
 
 /* The next plane a transform reads, into the cache while this one is worked on: planes of
  * 4 to 16 KB, each a new 4 KB page, where the hardware prefetcher would start afresh. */
