@@ -190,6 +190,11 @@ static const struct fwd_case fwd_cases[] = {
     {1, 2, 3, 1, 7, 2, 4, 2, 1, 1, ML_CONV_ACT_RELU, 2},
     {1, 3, 4, 8, 5, 3, 4, 2, 1, 2, ML_CONV_ACT_NONE, 2},
     {1, 2, 3, 16, 16, 2, 4, 2, 1, 1, ML_CONV_ACT_RELU, -1},
+    /* rows of 16, 17 and 32 tiles (the transforms take 16 tiles per vector: a full block and
+     * the last grid column alone; a block and one tile; two full blocks) */
+    {1, 2, 3, 2, 45, 2, 4, 2, 1, 1, ML_CONV_ACT_SIGMOID, 2},
+    {1, 2, 2, 4, 48, 3, 4, 2, 1, 0, ML_CONV_ACT_NONE, 2},
+    {1, 1, 2, 2, 95, 2, 4, 2, 1, 0, ML_CONV_ACT_SIGMOID, 2},
 };
 
 static int make_shape(ml_conv_shape *s, const struct fwd_case *c) {
@@ -768,21 +773,73 @@ START_TEST(test_subpixel_vs_general) {
 }
 END_TEST
 
+/* ---- the Winograd form's transforms at the edges of their 16-tile vectors: rows of 1, 16,
+ * 17 and 32 tiles (W = 2, 45, 48, 95), partial tile rows and columns, against the general
+ * path; and on 1 and 2 threads: y, dx and db are the same bits (each image on one thread),
+ * dw within rounding (the threads' dU are summed in thread order) ---- */
+
+START_TEST(test_winograd_edges) {
+    static const struct { int B, C, H, W, O; ml_conv_act act; } cs[] = {
+        {3, 3, 2, 45, 4, ML_CONV_ACT_RELU},
+        {3, 2, 4, 48, 3, ML_CONV_ACT_NONE},
+        {2, 2, 3, 95, 2, ML_CONV_ACT_SIGMOID},
+        {5, 3, 7, 2, 3, ML_CONV_ACT_RELU},
+    };
+    const int c = _i, saved = omp_get_max_threads();
+    ml_conv_shape s[2];
+    for (int v = 0; v < 2; v++) {
+        ck_assert_int_eq(ml_convt2d_shape(&s[v], cs[c].B, cs[c].C, cs[c].H, cs[c].W, cs[c].O, 4, 2, 1, cs[c].act),
+                         ML_OK);
+        s[v].subpixel = v ? 2 : 0;
+        s[v].chunk = v ? 1 : cs[c].B; /* Winograd: images dealt to the threads one by one */
+    }
+    const size_t nx = ml_conv_in_size(&s[0]), ny = ml_conv_out_size(&s[0]), nw = ml_conv_weight_size(&s[0]);
+    float *x = fl(nx), *w = fl(nw), *b = fl(s[0].O), *dy = fl(ny);
+    float *y[3], *dx[3], *dw[3], *db[3];
+    tu_fill(x, nx, 61, -1, 1);
+    tu_fill(w, nw, 62, -0.3f, 0.3f);
+    tu_fill(b, s[0].O, 63, -0.3f, 0.3f);
+    tu_fill(dy, ny, 64, -1, 1);
+    /* r 0: the general path; 1: Winograd on 1 thread; 2: Winograd on 2 threads */
+    for (int r = 0; r < 3; r++) {
+        const ml_conv_shape *sr = &s[r > 0];
+        float *ws = fl(ml_conv_workspace_floats(sr));
+        y[r] = fl(ny), dx[r] = fl(nx), dw[r] = fl(nw), db[r] = fl(sr->O);
+        omp_set_num_threads(r == 2 ? 2 : 1);
+        run_layer(sr, y[r], dx[r], dw[r], db[r], x, w, b, dy, ws);
+        free(ws);
+    }
+    omp_set_num_threads(saved);
+    for (size_t j = 0; j < ny; j++) ck_assert_float_eq_tol(y[1][j], y[0][j], 1e-5);
+    for (size_t j = 0; j < nx; j++) ck_assert_float_eq_tol(dx[1][j], dx[0][j], 1e-4);
+    for (size_t j = 0; j < nw; j++) ck_assert_float_eq_tol(dw[1][j], dw[0][j], 1e-4);
+    for (int j = 0; j < s[0].O; j++) ck_assert_float_eq_tol(db[1][j], db[0][j], 1e-4);
+    ck_assert(memcmp(y[1], y[2], ny * sizeof(float)) == 0);
+    ck_assert(memcmp(dx[1], dx[2], nx * sizeof(float)) == 0);
+    ck_assert(memcmp(db[1], db[2], (size_t)s[0].O * sizeof(float)) == 0);
+    for (size_t j = 0; j < nw; j++) ck_assert_float_eq_tol(dw[2][j], dw[1][j], 1e-5);
+    for (int r = 0; r < 3; r++) free(y[r]), free(dx[r]), free(dw[r]), free(db[r]);
+    free(x), free(w), free(b), free(dy);
+}
+END_TEST
+
 /* the Winograd transposed conv with the following conv's input gradient computed in its
  * gather (ml_convt2d_backward_cat_next) against the pair run one after the other. _i: 0 a
  * 3x3 sigmoid conv on 14-wide rows (partial vectors), 1 a 5x5 conv without activation on
  * 70-wide rows (a 4-vector block and a partial one), 2 the SRNN's last block at 16 x 16 (the
- * shape function's choice) into 1 channel, on one thread (team 1) */
+ * shape function's choice) into 1 channel, on one thread (team 1), 3 a 3x3 sigmoid conv on
+ * 94-wide rows, the transposed conv's rows 16 tiles */
 START_TEST(test_convt_next) {
     static const struct { int B, Ca, Cb, H, W, O, NO, k; ml_conv_act nact; } cs[] = {
         {3, 4, 2, 5, 7, 5, 3, 3, ML_CONV_ACT_SIGMOID},
         {2, 2, 3, 3, 35, 4, 2, 5, ML_CONV_ACT_NONE},
         {2, 3, 2, 16, 16, 4, 1, 3, ML_CONV_ACT_SIGMOID},
+        {2, 2, 1, 3, 47, 3, 2, 3, ML_CONV_ACT_SIGMOID}, /* rows of 16 tiles */
     };
     const int B = cs[_i].B, Ca = cs[_i].Ca, Cb = cs[_i].Cb, H = cs[_i].H, W = cs[_i].W, O = cs[_i].O;
     ml_conv_shape s, ns;
     ck_assert_int_eq(ml_convt2d_shape(&s, B, Ca + Cb, H, W, O, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
-    if (_i < 2) {
+    if (_i != 2) {
         s.subpixel = 2;
         s.chunk = 2;
     } else {
@@ -987,7 +1044,8 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_deterministic, 0, 4);
     tcase_add_loop_test(t, test_direct_thread_split, 0, 5);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
-    tcase_add_loop_test(t, test_convt_next, 0, 3);
+    tcase_add_loop_test(t, test_winograd_edges, 0, 4);
+    tcase_add_loop_test(t, test_convt_next, 0, 4);
     tcase_add_loop_test(t, test_mconv_vs_branches, 0, 3);
     tcase_add_loop_test(t, test_mconv_gradcheck, 0, 3);
     suite_add_tcase(s, t);

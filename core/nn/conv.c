@@ -7,6 +7,9 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "base/common.h"
 
@@ -1491,61 +1494,6 @@ static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
  * and M (16, 4O, n), n = nb T, tile t = a TB + b of image i at column i T + t.
  */
 
-/* U (16, 4O, C) from w (C, O, 4, 4) */
-static void wg_pack(float *u, const float *w, int C, int O) {
-    const size_t O4C = (size_t)4 * O * C;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int p = 0; p < 4; p++)
-        for (int o = 0; o < O; o++)
-            for (int c = 0; c < C; c++) {
-                float g[2][2], h[4][2];
-                for (int t = 0; t < 4; t++) {
-                    int ky, kx;
-                    sp_tap(p, t, &ky, &kx);
-                    g[t >> 1][t & 1] = w[(((size_t)c * O + o) * 4 + ky) * 4 + kx];
-                }
-                for (int j = 0; j < 2; j++) {
-                    h[0][j] = g[0][j];
-                    h[1][j] = 0.5f * (g[0][j] + g[1][j]);
-                    h[2][j] = 0.5f * (g[0][j] - g[1][j]);
-                    h[3][j] = g[1][j];
-                }
-                float *dst = u + ((size_t)p * O + o) * C + c;
-                for (int e = 0; e < 4; e++) {
-                    dst[(size_t)(4 * e + 0) * O4C] = h[e][0];
-                    dst[(size_t)(4 * e + 1) * O4C] = 0.5f * (h[e][0] + h[e][1]);
-                    dst[(size_t)(4 * e + 2) * O4C] = 0.5f * (h[e][0] - h[e][1]);
-                    dst[(size_t)(4 * e + 3) * O4C] = h[e][1];
-                }
-            }
-}
-
-/* dw (C, O, 4, 4) += G^T dU G, dU (16, 4O, C) */
-static void wg_unpack_add(float *dw, const float *du, int C, int O) {
-    const size_t O4C = (size_t)4 * O * C;
-#pragma omp parallel for schedule(static)
-    for (int c = 0; c < C; c++)
-        for (int o = 0; o < O; o++)
-            for (int p = 0; p < 4; p++) {
-                const float *src = du + ((size_t)p * O + o) * C + c;
-                float m[4][4], q[2][4];
-                for (int xi = 0; xi < 16; xi++) m[xi >> 2][xi & 3] = src[(size_t)xi * O4C];
-                for (int j = 0; j < 4; j++) {
-                    q[0][j] = m[0][j] + 0.5f * (m[1][j] + m[2][j]);
-                    q[1][j] = 0.5f * (m[1][j] - m[2][j]) + m[3][j];
-                }
-                for (int ty = 0; ty < 2; ty++) {
-                    const float g[2] = {q[ty][0] + 0.5f * (q[ty][1] + q[ty][2]),
-                                        0.5f * (q[ty][1] - q[ty][2]) + q[ty][3]};
-                    for (int tx = 0; tx < 2; tx++) {
-                        int ky, kx;
-                        sp_tap(p, 2 * ty + tx, &ky, &kx);
-                        dw[(((size_t)c * O + o) * 4 + ky) * 4 + kx] += g[tx];
-                    }
-                }
-            }
-}
-
 /* The thread team of the Winograd path and one thread's part of the workspace. */
 static int wg_team(const ml_conv_shape *s) {
     const int t = omp_get_max_threads();
@@ -1555,37 +1503,158 @@ static size_t wg_thread_floats(const ml_conv_shape *s) {
     return (size_t)s->chunk * wg_floats_per_image(s);
 }
 
-/* Per-thread scratch of the transforms: a zero-bordered plane of xp (R4 x Q4), B^T down 4
- * rows of it (4 Q4), and 16 tile-major rows of T (the transforms run along t, vectorised). */
+/* Per-thread scratch of the transforms (one allocation, zeroed once): the window-grid plane
+ * `grid` (a zero-bordered plane of xp, R4 x Q4, and B^T down 4 rows of it, 4 Q4; or the 4
+ * phases of the forward's output, 4 x GR x RW; or backward's dxp, R4 x Q4); 16 tile-major rows
+ * `t16` of T16 floats (the transforms run along t, vectorised); backward's gradient plane gp
+ * (Ho x Wo) and its 4 phases on the window grid `z` (4 x (GR + 1) x RW, row 0 the window row
+ * -1, zero where no output pixel is). Vector loads and stores of 16 tiles or 48 grid columns
+ * run up to 64 floats past a row: every region ends in slack, and T16 >= T + 16. */
 typedef struct wg_geo { int H, W, TA, TB, T, R4, Q4, RW; } wg_geo;
+typedef struct wg_scr { float *grid, *t16, *gp, *z; } wg_scr;
+#define WG_SLACK 64
 static wg_geo wg_geometry(const ml_conv_shape *s) {
     wg_geo g = {.H = s->H, .W = s->W, .TA = wg_tiles_1d(s->H), .TB = wg_tiles_1d(s->W)};
     g.T = g.TA * g.TB;
     g.R4 = 3 * g.TA + 1, g.Q4 = 3 * g.TB + 1, g.RW = 3 * g.TB;
     return g;
 }
-static size_t wg_t16(wg_geo g) { return ((size_t)g.T + 15) / 16 * 16; } /* a tile-major row */
-static float *wg_scratch(wg_geo g) {
-    size_t a = (size_t)g.R4 * g.Q4 + 4 * (size_t)g.Q4, b = (size_t)4 * 3 * g.TA * g.RW;
-    float *p = malloc(sizeof(float) * ((a > b ? a : b) + (size_t)16 * wg_t16(g) + (size_t)4 * g.H * g.W));
+static size_t wg_t16(wg_geo g) { return ((size_t)g.T + 31) / 16 * 16; } /* a tile-major row */
+static wg_scr wg_scratch(wg_geo g) {
+    const size_t a = (size_t)g.R4 * g.Q4 + 4 * (size_t)g.Q4, b = (size_t)4 * 3 * g.TA * g.RW;
+    const size_t ng = (a > b ? a : b) + WG_SLACK, nt = (size_t)16 * wg_t16(g) + WG_SLACK;
+    const size_t np = (size_t)4 * g.H * g.W + WG_SLACK, nz = (size_t)4 * (3 * g.TA + 1) * g.RW + WG_SLACK;
+    float *p = calloc(ng + nt + np + nz, sizeof(float));
     if (!p) abort(); /* no way to report from inside a kernel */
-    return p;
+    return (wg_scr){.grid = p, .t16 = p + ng, .gp = p + ng + nt, .z = p + ng + nt + np};
 }
 
 /* 16 floats from p, the first cnt of them (the rest 0), and back */
 static inline v16 wg_ld(const float *p, int cnt) {
     if (cnt == 16) return *(const v16u *)p;
+#if defined(__AVX512F__)
+    return (v16)_mm512_maskz_loadu_ps((__mmask16)((1u << cnt) - 1), p);
+#else
     v16 v = {0};
     for (int l = 0; l < cnt; l++) v[l] = p[l];
     return v;
+#endif
 }
 static inline void wg_st(float *p, v16 v, int cnt) {
     if (cnt == 16) *(v16u *)p = v;
     else
+#if defined(__AVX512F__)
+        _mm512_mask_storeu_ps(p, (__mmask16)((1u << cnt) - 1), (__m512)v);
+#else
         for (int l = 0; l < cnt; l++) p[l] = v[l];
+#endif
 }
 
-/* V (16, C, n) of nb images from x (images i0 ..), this thread alone */
+/* v with its lanes from cnt on set to -0, the float that adds exactly nothing (x + -0 == x
+ * for every x, -0 and +0 included) */
+typedef int v16i __attribute__((vector_size(64)));
+static inline v16 wg_keep(v16 v, int cnt) {
+    const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    const v16i m = lane < cnt, nz = (v16i)(-(v16){0});
+    return (v16)(((v16i)v & m) | (nz & ~m));
+}
+
+/* The window grid against tile-major rows: tile b covers grid columns 3 b .. 3 b + 3, so 16
+ * tiles' column m are the floats 3 j + m of 48. a_m[j] = p[3 j + m], and back. Two two-vector
+ * permutes per vector (vpermt2ps with AVX-512). */
+static inline void wg_deint3(const float *p, v16 *a0, v16 *a1, v16 *a2) {
+    const v16 l0 = *(const v16u *)p, l1 = *(const v16u *)(p + 16), l2 = *(const v16u *)(p + 32);
+    const v16 t0 = __builtin_shufflevector(l0, l1, 0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 0, 0, 0, 0, 0);
+    const v16 t1 = __builtin_shufflevector(l0, l1, 1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 0, 0, 0, 0, 0);
+    const v16 t2 = __builtin_shufflevector(l0, l1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 0, 0, 0, 0, 0, 0);
+    *a0 = __builtin_shufflevector(t0, l2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 17, 20, 23, 26, 29);
+    *a1 = __builtin_shufflevector(t1, l2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 18, 21, 24, 27, 30);
+    *a2 = __builtin_shufflevector(t2, l2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 19, 22, 25, 28, 31);
+}
+static inline void wg_inter3(float *p, v16 a0, v16 a1, v16 a2) {
+    const v16 u0 = __builtin_shufflevector(a0, a1, 0, 16, 0, 1, 17, 0, 2, 18, 0, 3, 19, 0, 4, 20, 0, 5);
+    const v16 u1 = __builtin_shufflevector(a0, a1, 21, 0, 6, 22, 0, 7, 23, 0, 8, 24, 0, 9, 25, 0, 10, 26);
+    const v16 u2 = __builtin_shufflevector(a0, a1, 0, 11, 27, 0, 12, 28, 0, 13, 29, 0, 14, 30, 0, 15, 31, 0);
+    *(v16u *)p = __builtin_shufflevector(u0, a2, 0, 1, 16, 3, 4, 17, 6, 7, 18, 9, 10, 19, 12, 13, 20, 15);
+    *(v16u *)(p + 16) = __builtin_shufflevector(u1, a2, 0, 21, 2, 3, 22, 5, 6, 23, 8, 9, 24, 11, 12, 25, 14, 15);
+    *(v16u *)(p + 32) = __builtin_shufflevector(u2, a2, 26, 1, 2, 27, 4, 5, 28, 7, 8, 29, 10, 11, 30, 13, 14, 31);
+}
+
+/* U (16, 4O, C) from w (C, O, 4, 4), 16 input channels at a time: their 4 x 4 kernels for
+ * one o (16 floats each, contiguous in w) transposed into t (tap, channel), so that the
+ * transform runs along the channels and each of its 64 rows of U is one contiguous store */
+static void wg_pack(float *u, const float *w, int C, int O) {
+    const size_t O4C = (size_t)4 * O * C;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int o = 0; o < O; o++)
+        for (int c0 = 0; c0 < C; c0 += 16) {
+            const int cnt = C - c0 < 16 ? C - c0 : 16;
+            float t[16][16] = {{0}};
+            for (int l = 0; l < cnt; l++)
+                for (int q = 0; q < 16; q++) t[q][l] = w[((size_t)(c0 + l) * O + o) * 16 + q];
+            for (int p = 0; p < 4; p++) {
+                v16 g[2][2], h[4][2];
+                for (int k = 0; k < 4; k++) {
+                    int ky, kx;
+                    sp_tap(p, k, &ky, &kx);
+                    g[k >> 1][k & 1] = *(const v16u *)t[4 * ky + kx];
+                }
+                for (int j = 0; j < 2; j++) {
+                    h[0][j] = g[0][j];
+                    h[1][j] = 0.5f * (g[0][j] + g[1][j]);
+                    h[2][j] = 0.5f * (g[0][j] - g[1][j]);
+                    h[3][j] = g[1][j];
+                }
+                float *dst = u + ((size_t)p * O + o) * C + c0;
+                for (int e = 0; e < 4; e++) {
+                    wg_st(dst + (size_t)(4 * e + 0) * O4C, h[e][0], cnt);
+                    wg_st(dst + (size_t)(4 * e + 1) * O4C, 0.5f * (h[e][0] + h[e][1]), cnt);
+                    wg_st(dst + (size_t)(4 * e + 2) * O4C, 0.5f * (h[e][0] - h[e][1]), cnt);
+                    wg_st(dst + (size_t)(4 * e + 3) * O4C, h[e][1], cnt);
+                }
+            }
+        }
+}
+
+/* dw (C, O, 4, 4) += G^T dU G, dU (16, 4O, C): wg_pack's adjoint, 16 channels at a time */
+static void wg_unpack_add(float *dw, const float *du, int C, int O) {
+    const size_t O4C = (size_t)4 * O * C;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int o = 0; o < O; o++)
+        for (int c0 = 0; c0 < C; c0 += 16) {
+            const int cnt = C - c0 < 16 ? C - c0 : 16;
+            float t[16][16]; /* (tap, channel); every tap belongs to one phase */
+            for (int p = 0; p < 4; p++) {
+                const float *src = du + ((size_t)p * O + o) * C + c0;
+                v16 m[4][4], q[2][4];
+                for (int xi = 0; xi < 16; xi++) m[xi >> 2][xi & 3] = wg_ld(src + (size_t)xi * O4C, cnt);
+                for (int j = 0; j < 4; j++) {
+                    q[0][j] = m[0][j] + 0.5f * (m[1][j] + m[2][j]);
+                    q[1][j] = 0.5f * (m[1][j] - m[2][j]) + m[3][j];
+                }
+                for (int ty = 0; ty < 2; ty++) {
+                    const v16 g[2] = {q[ty][0] + 0.5f * (q[ty][1] + q[ty][2]),
+                                      0.5f * (q[ty][1] - q[ty][2]) + q[ty][3]};
+                    for (int tx = 0; tx < 2; tx++) {
+                        int ky, kx;
+                        sp_tap(p, 2 * ty + tx, &ky, &kx);
+                        *(v16u *)t[4 * ky + kx] = g[tx];
+                    }
+                }
+            }
+            for (int l = 0; l < cnt; l++)
+                for (int k = 0; k < 16; k++) dw[((size_t)(c0 + l) * O + o) * 16 + k] += t[k][l];
+        }
+}
+
+
+/* The next plane a transform reads, into the cache while this one is worked on: planes of
+ * 4 to 16 KB, each a new 4 KB page, where the hardware prefetcher would start afresh. */
+static inline void wg_prefetch(const float *p, size_t n) {
+    for (size_t j = 0; j < n; j += 16) __builtin_prefetch(p + j);
+}
+
+/* V (16, C, n) of nb images from x (images i0 ..), this thread alone; pad: scratch.grid */
 static void wg_input(float *v, size_t n, cat_in x, int i0, int nb, int C, wg_geo g, float *pad) {
     const size_t HW = (size_t)g.H * g.W, Cn = (size_t)C * n;
     float *e = pad + (size_t)g.R4 * g.Q4; /* B^T applied down the 4 rows of one tile row */
@@ -1593,6 +1662,8 @@ static void wg_input(float *v, size_t n, cat_in x, int i0, int nb, int C, wg_geo
     for (int i = 0; i < nb; i++)
         for (int c = 0; c < C; c++) {
             const float *xp = in_plane(x, C, HW, i0 + i, c);
+            if (c + 1 < C) wg_prefetch(in_plane(x, C, HW, i0 + i, c + 1), HW);
+            else if (i + 1 < nb) wg_prefetch(in_plane(x, C, HW, i0 + i + 1, 0), HW);
             for (int iy = 0; iy < g.H; iy++) { /* rows of 16 to 32 floats: no memcpy call */
                 float *d = pad + (size_t)(iy + 1) * g.Q4 + 1;
                 const float *src = xp + (size_t)iy * g.W;
@@ -1610,14 +1681,24 @@ static void wg_input(float *v, size_t n, cat_in x, int i0, int nb, int C, wg_geo
                     e2[q] = d2[q] - d1[q];
                     e3[q] = d3[q] - d1[q];
                 }
-                for (int u = 0; u < 4; u++) {
-                    const float *r = e + (size_t)u * g.Q4;
-                    float *o = dst + (size_t)a * g.TB;
-                    for (int b = 0; b < g.TB; b++) {
-                        o[(size_t)(4 * u + 0) * Cn + b] = r[3 * b] - r[3 * b + 2];
-                        o[(size_t)(4 * u + 1) * Cn + b] = r[3 * b + 1] + r[3 * b + 2];
-                        o[(size_t)(4 * u + 2) * Cn + b] = r[3 * b + 2] - r[3 * b + 1];
-                        o[(size_t)(4 * u + 3) * Cn + b] = r[3 * b + 3] - r[3 * b + 1];
+                /* B^T along the row, 16 tiles at a time: columns 3 b .. 3 b + 3 of each e row */
+                for (int b0 = 0; b0 < g.TB; b0 += 16) {
+                    const int cnt = g.TB - b0 < 16 ? g.TB - b0 : 16;
+                    /* lanes past cnt land on later tiles of this image, written after */
+                    const int full = a * g.TB + b0 + 16 <= g.T;
+                    float *o = dst + (size_t)a * g.TB + b0;
+                    for (int u = 0; u < 4; u++) {
+                        const float *r = e + (size_t)u * g.Q4 + 3 * b0;
+                        v16 r0, r1, r2;
+                        wg_deint3(r, &r0, &r1, &r2);
+                        const v16 r3 = __builtin_shufflevector(r0, *(const v16u *)(r + 48), 1, 2, 3, 4, 5, 6, 7,
+                                                               8, 9, 10, 11, 12, 13, 14, 15, 16);
+                        const v16 q[4] = {r0 - r2, r1 + r2, r2 - r1, r3 - r1};
+                        for (int m = 0; m < 4; m++) {
+                            float *om = o + (size_t)(4 * u + m) * Cn;
+                            if (full) *(v16u *)om = q[m];
+                            else wg_st(om, q[m], cnt);
+                        }
                     }
                 }
             }
@@ -1637,17 +1718,18 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
-        float *scr = wg_scratch(g), *y9 = scr + (size_t)4 * GR * RW;
+        const wg_scr scr = wg_scratch(g);
+        float *y9 = scr.t16;
         for (int i0 = tid * s->chunk; i0 < B; i0 += nth * s->chunk) {
             const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
             const size_t n = (size_t)nb * T, S = (size_t)4 * O * n; /* S: M's point stride */
             float *m = v + (size_t)16 * C * n;
-            wg_input(v, n, x, i0, nb, C, g, scr);
+            wg_input(v, n, x, i0, nb, C, g, scr.grid);
             for (int xi = 0; xi < 16; xi++)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 4 * O, (int)n, C, 1.0f,
                             u + (size_t)xi * O4C, C, v + (size_t)xi * C * n, (int)n, 0.0f,
                             m + (size_t)xi * 4 * O * n, (int)n);
-            float *yw = scr; /* the 4 phases of one channel on the window grid */
+            float *yw = scr.grid; /* the 4 phases of one channel on the window grid */
             for (int i = 0; i < nb; i++)
                 for (int o = 0; o < O; o++) {
                     for (int p = 0; p < 4; p++) {
@@ -1667,12 +1749,16 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
                                 *(v16u *)(y9 + (size_t)(3 * e + 2) * T16 + t) = z[e][1] + z[e][2] + z[e][3];
                             }
                         }
+                        /* grid row 3 a + e3 interleaves tile rows 3 e3 .. 3 e3 + 2; the 48-float
+                         * stores run past a row into rows written after it (or the slack) */
                         float *yp = yw + (size_t)p * GR * RW;
                         for (int a = 0; a < g.TA; a++)
-                            for (int k = 0; k < 9; k++) {
-                                float *d = yp + (size_t)(3 * a + k / 3) * RW + k % 3;
-                                const float *sk = y9 + (size_t)k * T16 + (size_t)a * TB;
-                                for (int bb = 0; bb < TB; bb++) d[3 * bb] = sk[bb];
+                            for (int e3 = 0; e3 < 3; e3++) {
+                                float *d = yp + (size_t)(3 * a + e3) * RW;
+                                const float *sk = y9 + (size_t)3 * e3 * T16 + (size_t)a * TB;
+                                for (int b0 = 0; b0 < TB; b0 += 16)
+                                    wg_inter3(d + 3 * b0, *(const v16u *)(sk + b0), *(const v16u *)(sk + T16 + b0),
+                                              *(const v16u *)(sk + 2 * T16 + b0));
                             }
                     }
                     float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
@@ -1687,7 +1773,7 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
                     }
                 }
         }
-        free(scr);
+        free(scr.grid);
     }
 }
 
@@ -1829,7 +1915,8 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
         float *dut = du + (size_t)tid * 16 * O4C; /* this thread's dU */
-        float *scr = wg_scratch(g), *t16 = scr + (size_t)4 * GR * RW;
+        const wg_scr scr = wg_scratch(g);
+        float *t16 = scr.t16;
         float *gq = NULL; /* the following conv's gradient planes of one image, and slack */
         if (nx) {
             const ml_conv_shape *ns = nx->s;
@@ -1843,7 +1930,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
             float *m = v + (size_t)16 * C * n;
             /* dM from the pre-activation gradient gp on the window grid: phase p of window
              * (r, q) <- output pixel (2 r - py, 2 q - px) when r - py and q - px are inside */
-            float *gp = t16 + (size_t)16 * T16; /* (Ho, Wo) */
+            float *gp = scr.gp; /* (Ho, Wo) */
             for (int i = 0; i < nb; i++)
                 for (int o = 0; o < O; o++) {
                     const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
@@ -1858,24 +1945,35 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
                     else
                         for (size_t j = 0; j < HWo; j++) gp[j] = act_bwd(act, d[j], yy[j]);
                     if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, gp, NULL, HWo);
+                    /* gp's 4 phases on the window grid (the border of z stays 0) */
+                    for (int r = 0; r < s->Ho; r++) {
+                        const int py = r & 1, mr = r >> 1;
+                        const float *gr = gp + (size_t)r * Wo;
+                        float *z0 = scr.z + ((size_t)(2 * py) * (GR + 1) + mr + 1) * RW;
+                        float *z1 = scr.z + ((size_t)(2 * py + 1) * (GR + 1) + mr + 1) * RW + 1;
+#pragma omp simd
+                        for (int j = 0; j < W; j++) {
+                            z0[j] = gr[2 * j];
+                            z1[j] = gr[2 * j + 1];
+                        }
+                    }
                     for (int p = 0; p < 4; p++) {
-                        const int py = p >> 1, px = p & 1;
-                        /* the 9 windows of every tile, tile-major (0 where no pixel is) */
+                        const int py = p >> 1;
+                        /* the 9 windows of every tile, tile-major: window row 3 aa + k / 3 - py
+                         * (z's row + 1), column 3 bb + k % 3; the stores past a tile row land
+                         * on the tiles after it, written later, or T16's slack */
+                        const float *zp = scr.z + (size_t)p * (GR + 1) * RW;
                         for (int aa = 0; aa < g.TA; aa++)
-                            for (int k = 0; k < 9; k++) {
-                                const int mr = 3 * aa + k / 3 - py, q0 = k % 3 - px;
-                                float *dk = t16 + (size_t)k * T16 + (size_t)aa * TB;
-                                if (mr < 0 || mr >= H) {
-                                    for (int bb = 0; bb < TB; bb++) dk[bb] = 0;
-                                    continue;
+                            for (int kr = 0; kr < 3; kr++) {
+                                const float *zr = zp + (size_t)(3 * aa + kr - py + 1) * RW;
+                                float *dk = t16 + (size_t)3 * kr * T16 + (size_t)aa * TB;
+                                for (int b0 = 0; b0 < TB; b0 += 16) {
+                                    v16 a0, a1, a2;
+                                    wg_deint3(zr + 3 * b0, &a0, &a1, &a2);
+                                    *(v16u *)(dk + b0) = a0;
+                                    *(v16u *)(dk + T16 + b0) = a1;
+                                    *(v16u *)(dk + 2 * T16 + b0) = a2;
                                 }
-                                /* tiles bb with 0 <= 3 bb + q0 < W read pixel 2 (3 bb + q0) + px */
-                                const float *row = gp + (size_t)(2 * mr + py) * Wo + 2 * q0 + px;
-                                const int lo = q0 < 0, hi0 = (W - q0 + 2) / 3, hi = hi0 < TB ? hi0 : TB;
-                                int bb = 0;
-                                for (; bb < lo; bb++) dk[bb] = 0;
-                                for (; bb < hi; bb++) dk[bb] = row[6 * bb];
-                                for (; bb < TB; bb++) dk[bb] = 0;
                             }
                         float *dst = m + ((size_t)p * O + o) * n + (size_t)i * T;
                         for (int t = 0; t < T; t += 16) {
@@ -1897,7 +1995,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
                         }
                     }
                 }
-            wg_input(v, n, x, i0, nb, C, g, scr);
+            wg_input(v, n, x, i0, nb, C, g, scr.grid);
             for (int xi = 0; xi < 16; xi++) {
                 float *mx = m + (size_t)xi * S, *vx = v + (size_t)xi * Cn;
                 if (dw)
@@ -1909,7 +2007,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
             }
             first = 0;
             if (dx.a) {
-                float *pad = scr; /* dxp of one channel, zero-bordered */
+                float *pad = scr.grid; /* dxp of one channel, zero-bordered */
                 for (int i = 0; i < nb; i++)
                     for (int c = 0; c < C; c++) {
                         memset(pad, 0, sizeof(float) * (size_t)g.R4 * Q4);
@@ -1933,13 +2031,35 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
                             }
                         }
                         /* patches overlap their neighbours by one row and column: added
-                         * tile row by tile row, each row's 16 taps in order */
-                        for (int a = 0; a < g.TA; a++)
-                            for (int k = 0; k < 16; k++) {
-                                float *d = pad + (size_t)(3 * a + k / 4) * Q4 + k % 4;
-                                const float *sk = t16 + (size_t)k * T16 + (size_t)a * TB;
-                                for (int bb = 0; bb < TB; bb++) d[3 * bb] += sk[bb];
+                         * tile row by tile row, each row's 16 taps in order, as
+                         * pad[3 a + ky][3 bb + kx] += tap (4 ky + kx) of tile bb. Per grid row, 16
+                         * tiles at a time: columns 3 bb + kx (kx < 3) take taps kx, column 3 bb
+                         * then tap 3 of tile bb - 1. Lanes past the tile row hold -0, so the
+                         * 48-float stores past a row write back what they read. */
+                        for (int a = 0; a < g.TA; a++) {
+                            v16 prev[4]; /* tap 3 of the 16 tiles before, per ky */
+                            for (int ky = 0; ky < 4; ky++) prev[ky] = -(v16){0};
+                            /* (grid column 3 TB, tap 3 of the last tile alone, is xp's
+                             * right border, never read: 3 TB >= W + 1) */
+                            for (int b0 = 0; b0 < TB; b0 += 16) {
+                                const int cnt = TB - b0 < 16 ? TB - b0 : 16;
+                                const float *sk = t16 + (size_t)a * TB + b0;
+                                for (int ky = 0; ky < 4; ky++) {
+                                    const float *sy = sk + (size_t)4 * ky * T16;
+                                    const v16 s0 = wg_keep(*(const v16u *)sy, cnt);
+                                    const v16 s1 = wg_keep(*(const v16u *)(sy + T16), cnt);
+                                    const v16 s2 = wg_keep(*(const v16u *)(sy + 2 * T16), cnt);
+                                    const v16 s3 = wg_keep(*(const v16u *)(sy + 3 * T16), cnt);
+                                    const v16 s3b = __builtin_shufflevector(prev[ky], s3, 15, 16, 17, 18, 19, 20, 21,
+                                                                            22, 23, 24, 25, 26, 27, 28, 29, 30);
+                                    prev[ky] = s3;
+                                    float *row = pad + (size_t)(3 * a + ky) * Q4 + 3 * b0;
+                                    v16 c0, c1, c2;
+                                    wg_deint3(row, &c0, &c1, &c2);
+                                    wg_inter3(row, (c0 + s0) + s3b, c1 + s1, c2 + s2);
+                                }
                             }
+                        }
                         float *dd = out_plane(dx, C, HW, i0 + i, c);
                         for (int iy = 0; iy < H; iy++) {
                             const float *sr = pad + (size_t)(iy + 1) * Q4 + 1;
@@ -1954,7 +2074,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
             }
         }
         if (dw && first) memset(dut, 0, sizeof(float) * 16 * O4C); /* a thread without images */
-        free(scr);
+        free(scr.grid);
         free(gq);
     }
     if (dw) {
