@@ -417,6 +417,48 @@ START_TEST(test_bn_gradcheck) {
 }
 END_TEST
 
+/* ---- batch norm backward with dx written (ml_batchnorm2d_backward_part_set): the same bits
+ * as zeroing dx and adding (ml_batchnorm2d_backward_part), whatever dx held before, on 1 and
+ * 2 threads, with and without relu; dgamma and dbeta still accumulate ---- */
+
+START_TEST(test_bn_backward_set) {
+    const int B = 3, C = 5, HW = 37, relu = _i, saved = omp_get_max_threads();
+    const size_t n = (size_t)B * C * HW;
+    float *x = fl(n), *y = fl(n), *dy = fl(n), *g = fl(C), *bt = fl(C), *mean = fl(C), *rstd = fl(C);
+    tu_fill(x, n, 61, -2, 2);
+    tu_fill(dy, n, 62, -1, 1);
+    tu_fill(g, C, 63, 0.5f, 1.5f);
+    tu_fill(bt, C, 64, -0.5f, 0.5f);
+    ml_batchnorm2d_forward_train(y, mean, rstd, NULL, NULL, x, g, bt, B, C, HW, 0.1f, 1e-5f, relu);
+    float *dx[3], *dg[3], *db[3];
+    for (int r = 0; r < 3; r++) {
+        dx[r] = fl(n), dg[r] = fl(C), db[r] = fl(C);
+        tu_fill(dg[r], C, 65, -1, 1); /* accumulated into: the same start */
+        tu_fill(db[r], C, 66, -1, 1);
+        if (r == 0) {
+            memset(dx[r], 0, n * sizeof(float));
+            ck_assert_int_eq(ml_batchnorm2d_backward_part(NULL, dx[r], dg[r], db[r], dy, y, x, mean, rstd, g, B,
+                                                          C, HW, relu),
+                             ML_OK);
+        } else {
+            tu_fill(dx[r], n, 67 + r, -5, 5); /* garbage, overwritten */
+            omp_set_num_threads(r);
+            ck_assert_int_eq(ml_batchnorm2d_backward_part_set(NULL, dx[r], dg[r], db[r], dy, y, x, mean, rstd, g,
+                                                              B, C, HW, relu),
+                             ML_OK);
+            omp_set_num_threads(saved);
+        }
+    }
+    for (int r = 1; r < 3; r++) {
+        ck_assert(memcmp(dx[0], dx[r], n * sizeof(float)) == 0);
+        ck_assert(memcmp(dg[0], dg[r], C * sizeof(float)) == 0);
+        ck_assert(memcmp(db[0], db[r], C * sizeof(float)) == 0);
+    }
+    for (int r = 0; r < 3; r++) free(dx[r]), free(dg[r]), free(db[r]);
+    free(x), free(y), free(dy), free(g), free(bt), free(mean), free(rstd);
+}
+END_TEST
+
 /* ---- concat gradient ---- */
 
 struct catctx { float *a, *b, *y, *r; };
@@ -1036,6 +1078,7 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_conv_backward_vs_ref, 0, nf);
     tcase_add_test(t, test_bn_running_stats);
     tcase_add_loop_test(t, test_bn_gradcheck, 0, 2);
+    tcase_add_loop_test(t, test_bn_backward_set, 0, 2);
     tcase_add_test(t, test_concat_gradcheck);
     tcase_add_loop_test(t, test_convt_cat, 0, 2);
     tcase_add_loop_test(t, test_conv_cat, 0, 4);

@@ -1,4 +1,5 @@
 /* check_ops.c — dense kernels (finite differences), parameter blocks, optimizers. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,6 +125,33 @@ START_TEST(mse_gradient) {
 }
 END_TEST
 
+/* ml_mse_backward_set: the same bits as zeroing da and ml_mse_backward, over garbage, on 1
+   and 2 threads, for a length of 3 blocks and a part (and a short one, 1 block) */
+START_TEST(mse_backward_set) {
+    const size_t ns[2] = {3 * 16384 + 5, 11};
+    const int saved = omp_get_max_threads();
+    for (int c = 0; c < 2; c++) {
+        const size_t n = ns[c];
+        float *a = malloc(n * sizeof *a), *t = malloc(n * sizeof *t), *d0 = malloc(n * sizeof *d0),
+              *d1 = malloc(n * sizeof *d1);
+        ck_assert(a && t && d0 && d1);
+        tu_fill(a, n, 7, 0, 1);
+        tu_fill(t, n, 8, 0, 1);
+        memcpy(t, a, 5 * sizeof *t); /* exact zeros in the gradient */
+        memset(d0, 0, n * sizeof *d0);
+        ml_mse_backward(d0, a, t, n, 0.75f);
+        for (int nt = 1; nt <= 2; nt++) {
+            tu_fill(d1, n, 9 + nt, -3, 3);
+            omp_set_num_threads(nt);
+            ml_mse_backward_set(d1, a, t, n, 0.75f);
+            omp_set_num_threads(saved);
+            ck_assert(memcmp(d0, d1, n * sizeof *d0) == 0);
+        }
+        free(a), free(t), free(d0), free(d1);
+    }
+}
+END_TEST
+
 START_TEST(params_growth_keeps_values) {
     ml_params p;
     ml_params_init(&p, 1);
@@ -231,6 +259,7 @@ int main(void) {
     tcase_add_test(t, linear_forward_by_hand);
     tcase_add_test(t, linear_backward_set_equals_zeroed);
     tcase_add_test(t, mse_gradient);
+    tcase_add_test(t, mse_backward_set);
     tcase_add_test(t, params_growth_keeps_values);
     tcase_add_test(t, adam_matches_formula);
     tcase_add_test(t, sgd_momentum);

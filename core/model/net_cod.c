@@ -265,9 +265,9 @@ static int conv_bn_backward(cod *n, const ml_conv_shape *s, float *dx, float *dx
                             const float *y, const float *mean, const float *rstd, const float *x, const float *xb,
                             int Ca, int w, int b, int g, int bt) {
     const int HW = s->Ho * s->Wo;
-    ml_zero(n->gpre, ml_conv_out_size(s));
-    if (ml_batchnorm2d_backward_part(n->comm, n->gpre, ml_params_grad(n->P, g), ml_params_grad(n->P, bt), dy, y,
-                                     pre, mean, rstd, ml_params_data(n->P, g), s->B, s->O, HW, 1))
+    /* gpre is written (each plane zeroed in cache before it is added to) */
+    if (ml_batchnorm2d_backward_part_set(n->comm, n->gpre, ml_params_grad(n->P, g), ml_params_grad(n->P, bt), dy,
+                                         y, pre, mean, rstd, ml_params_data(n->P, g), s->B, s->O, HW, 1))
         return ML_ERR;
     if (xb)
         ml_conv2d_backward_cat(s, Ca, dx, dxb, ml_params_grad(n->P, w), ml_params_grad(n->P, b), n->gpre, NULL, x,

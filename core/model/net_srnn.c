@@ -205,13 +205,6 @@ static int shapes(srnn *n, int B) {
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
-/* p[0, n) = 0 on all threads (the gradient buffers are up to 32 MB per step) */
-static void zero_floats(float *p, size_t n) {
-    const size_t blk = 16384;
-#pragma omp parallel for schedule(static)
-    for (size_t j = 0; j < n; j += blk) memset(p + j, 0, sizeof(float) * (n - j < blk ? n - j : blk));
-}
-
 static int srnn_reserve(void *net, int B) {
     srnn *n = net;
     if (B <= n->cap_B) return ML_OK;
@@ -346,10 +339,10 @@ static int srnn_encode_backward(void *net, const float *dz) {
     for (int l = NB - 1; l >= 0; l--) {
         const ml_conv_shape *s = &n->es[l];
         const int HW = s->Ho * s->Wo;
-        zero_floats(n->dpre, ml_conv_out_size(s));
-        if (ml_batchnorm2d_backward_part(n->comm, n->dpre, PG(gam[l]), PG(bet[l]), n->dskip[l],
-                                         n->skip[l], n->pre[l], n->mean[l], n->rstd[l], PW(gam[l]), B,
-                                         s->O, HW, 1))
+        /* dpre is written (each plane zeroed in cache before it is added to) */
+        if (ml_batchnorm2d_backward_part_set(n->comm, n->dpre, PG(gam[l]), PG(bet[l]), n->dskip[l],
+                                             n->skip[l], n->pre[l], n->mean[l], n->rstd[l], PW(gam[l]),
+                                             B, s->O, HW, 1))
             return ml_error_prefix("srnn: backward of encoder block %d", l + 1);
         ml_conv2d_backward(s, l > 0 ? n->dskip[l - 1] : NULL, PG(ew[l]), PG(eb[l]), n->dpre,
                            NULL, l > 0 ? n->skip[l - 1] : n->x, PW(ew[l]), n->ws);

@@ -292,6 +292,13 @@ int ml_batchnorm2d_forward_train_part(const ml_comm *comm, float *y, float *mean
 int ml_batchnorm2d_backward_part(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
                                  const float *dy, const float *y, const float *x, const float *mean,
                                  const float *rstd, const float *gamma, int B, int C, int HW, int relu);
+/* The same with dx written, not added to (dx must not be NULL): bitwise what zeroing dx and
+ * then ml_batchnorm2d_backward_part give, without the separate pass over dx (each plane is
+ * zeroed in cache just before it is added to). */
+int ml_batchnorm2d_backward_part_set(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
+                                     const float *dy, const float *y, const float *x, const float *mean,
+                                     const float *rstd, const float *gamma, int B, int C, int HW,
+                                     int relu);
 
 /* y = [a, b] along channels (U-Net skip); backward splits dy, accumulating into da, db
  * (either may be NULL). */

@@ -191,13 +191,16 @@ static void channel_grad_sums(const float *dy, const float *y, const float *x, f
     *sgx_out = sgx;
 }
 
+/* set: dx's planes are zeroed here, each just before it is added to (in cache), instead of
+ * by the caller in a pass of its own: the same additions, the same bits */
 static void channel_dx(float *dx, const float *dy, const float *y, const float *x, float mu, float r,
-                       float gamma, int B, int C, int HW, int relu, int c, float mg, float mgx) {
+                       float gamma, int B, int C, int HW, int relu, int c, float mg, float mgx, int set) {
     const float a = gamma * r;
     for (int i = 0; i < B; i++) {
         const size_t off = ((size_t)i * C + c) * HW;
         const float *d = dy + off, *xp = x + off;
         float *o = dx + off;
+        if (set) memset(o, 0, sizeof(float) * (size_t)HW);
         if (relu) {
             const float *yp = y + off;
 #pragma omp simd
@@ -212,9 +215,9 @@ static void channel_dx(float *dx, const float *dy, const float *y, const float *
     }
 }
 
-void ml_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
-                             const float *y, const float *x, const float *mean, const float *rstd,
-                             const float *gamma, int B, int C, int HW, int relu) {
+static void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
+                        const float *x, const float *mean, const float *rstd, const float *gamma, int B,
+                        int C, int HW, int relu, int set) {
     const double N = (double)B * HW;
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < C; c++) {
@@ -223,8 +226,15 @@ void ml_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float
         if (dbeta) dbeta[c] += (float)sg;
         if (dgamma) dgamma[c] += (float)sgx;
         if (!dx) continue;
-        channel_dx(dx, dy, y, x, mean[c], rstd[c], gamma[c], B, C, HW, relu, c, (float)(sg / N), (float)(sgx / N));
+        channel_dx(dx, dy, y, x, mean[c], rstd[c], gamma[c], B, C, HW, relu, c, (float)(sg / N), (float)(sgx / N),
+                   set);
     }
+}
+
+void ml_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                             const float *y, const float *x, const float *mean, const float *rstd,
+                             const float *gamma, int B, int C, int HW, int relu) {
+    bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu, 0);
 }
 
 /*
@@ -232,11 +242,11 @@ void ml_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float
  * the processes'), dx the means over the whole batch, its sums and count summed over the
  * processes.
  */
-int ml_batchnorm2d_backward_part(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
-                                 const float *dy, const float *y, const float *x, const float *mean,
-                                 const float *rstd, const float *gamma, int B, int C, int HW, int relu) {
+static int bn_backward_part(const ml_comm *comm, float *dx, float *dgamma, float *dbeta, const float *dy,
+                            const float *y, const float *x, const float *mean, const float *rstd,
+                            const float *gamma, int B, int C, int HW, int relu, int set) {
     if (!comm || comm->size < 2) {
-        ml_batchnorm2d_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu);
+        bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu, set);
         return ML_OK;
     }
     double *sum = malloc(sizeof(double) * (2 * (size_t)C + 1)); /* sg (C), sgx (C), count */
@@ -258,10 +268,22 @@ int ml_batchnorm2d_backward_part(const ml_comm *comm, float *dx, float *dgamma, 
 #pragma omp parallel for schedule(static)
         for (int c = 0; c < C; c++)
             channel_dx(dx, dy, y, x, mean[c], rstd[c], gamma[c], B, C, HW, relu, c, (float)(sum[c] / N),
-                       (float)(sum[C + c] / N));
+                       (float)(sum[C + c] / N), set);
     }
     free(sum);
     return ML_OK;
+}
+
+int ml_batchnorm2d_backward_part(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
+                                 const float *dy, const float *y, const float *x, const float *mean,
+                                 const float *rstd, const float *gamma, int B, int C, int HW, int relu) {
+    return bn_backward_part(comm, dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu, 0);
+}
+
+int ml_batchnorm2d_backward_part_set(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
+                                     const float *dy, const float *y, const float *x, const float *mean,
+                                     const float *rstd, const float *gamma, int B, int C, int HW, int relu) {
+    return bn_backward_part(comm, dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu, 1);
 }
 
 void ml_concat_channels_forward(float *y, const float *a, const float *b, int B, int Ca, int Cb,

@@ -101,3 +101,16 @@ void ml_mse_backward(float *da, const float *a, const float *target, size_t n, f
     float k = 2.0f * scale / (float)n;
     for (size_t i = 0; i < n; i++) da[i] += k * (a[i] - target[i]);
 }
+
+void ml_mse_backward_set(float *da, const float *a, const float *target, size_t n, float scale) {
+    const float k = 2.0f * scale / (float)n;
+    const size_t nb = (n + PAR_BLOCK - 1) / PAR_BLOCK;
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (size_t b = 0; b < nb; b++) {
+        const size_t o = b * PAR_BLOCK, m = n - o < PAR_BLOCK ? n - o : PAR_BLOCK;
+        float *d = da + o;
+        const float *x = a + o, *t = target + o;
+        memset(d, 0, sizeof(float) * m);
+        for (size_t i = 0; i < m; i++) d[i] += k * (x[i] - t[i]);
+    }
+}

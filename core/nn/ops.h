@@ -32,6 +32,9 @@ void ml_sigmoid_backward(float *dx, const float *dy, const float *y, size_t n);
 double ml_mse_forward(const float *a, const float *target, size_t n);
 /* da += scale * 2 (a - target) / n */
 void ml_mse_backward(float *da, const float *a, const float *target, size_t n, float scale);
+/* da = scale * 2 (a - target) / n, written: bitwise da zeroed then ml_mse_backward, in
+   blocks shared among the OpenMP threads (each block zeroed in cache, then added to) */
+void ml_mse_backward_set(float *da, const float *a, const float *target, size_t n, float scale);
 
 /* x[0, n) = 0, and dst[0, n) = src[0, n) (not overlapping): in blocks shared among the OpenMP
    threads. For the large activation and gradient buffers of a step, which one thread alone
