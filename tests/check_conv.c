@@ -865,6 +865,76 @@ START_TEST(test_winograd_edges) {
 }
 END_TEST
 
+/* ---- the transposed conv's Winograd forward with the following conv run on each chunk of
+ * its output (ml_convt2d_forward_cat_next): y and the following conv's output the same bits
+ * as the two calls, on 1 and 2 threads; chunks that do not divide the batch, one thread's
+ * team, more output channels than the backward fusion takes, 5x5 kernels ---- */
+
+START_TEST(test_convt_next_forward) {
+    static const struct { int B, Ca, Cb, H, W, O, NO, k, chunk, team; ml_conv_act nact; } cs[] = {
+        {3, 4, 2, 5, 7, 5, 3, 3, 2, 0, ML_CONV_ACT_SIGMOID},
+        {5, 2, 3, 3, 35, 4, 6, 5, 2, 0, ML_CONV_ACT_NONE},
+        {2, 3, 2, 16, 16, 4, 1, 3, 0, 1, ML_CONV_ACT_SIGMOID},
+        {4, 2, 1, 3, 47, 3, 2, 3, 1, 0, ML_CONV_ACT_RELU}, /* rows of 16 tiles */
+    };
+    const int B = cs[_i].B, Ca = cs[_i].Ca, Cb = cs[_i].Cb, H = cs[_i].H, W = cs[_i].W, O = cs[_i].O;
+    const int saved = omp_get_max_threads();
+    ml_conv_shape s, ns;
+    ck_assert_int_eq(ml_convt2d_shape(&s, B, Ca + Cb, H, W, O, 4, 2, 1, ML_CONV_ACT_RELU), ML_OK);
+    s.subpixel = 2;
+    if (cs[_i].chunk) s.chunk = cs[_i].chunk;
+    if (cs[_i].team) s.team = cs[_i].team;
+    ck_assert_int_eq(ml_conv2d_shape(&ns, B, O, s.Ho, s.Wo, cs[_i].NO, cs[_i].k, 1, cs[_i].k / 2,
+                                     cs[_i].nact), ML_OK);
+    ck_assert(ml_convt2d_fuses_next_forward(&s, &ns));
+    const size_t HW = (size_t)H * W, na = (size_t)B * Ca * HW, nbb = (size_t)B * Cb * HW;
+    const size_t nu = ml_conv_out_size(&s), nn = ml_conv_out_size(&ns);
+    const size_t nw = ml_conv_weight_size(&s), nnw = ml_conv_weight_size(&ns);
+    size_t nws = ml_conv_workspace_floats(&s);
+    if (ml_conv_workspace_floats(&ns) > nws) nws = ml_conv_workspace_floats(&ns);
+    float *xa = fl(na), *xb = fl(nbb), *w = fl(nw), *b = fl(O), *nwt = fl(nnw), *nb = fl(ns.O), *ws = fl(nws);
+    double *ref = malloc(nn * sizeof *ref);
+    tu_fill(xa, na, 81, -1, 1);
+    tu_fill(xb, nbb, 82, -1, 1);
+    tu_fill(w, nw, 83, -0.5f, 0.5f);
+    tu_fill(b, O, 84, -0.2f, 0.2f);
+    tu_fill(nwt, nnw, 85, -0.5f, 0.5f);
+    tu_fill(nb, ns.O, 86, -0.2f, 0.2f);
+    /* v 0: the pair (1 thread); v 1, 2: fused on 1 and 2 threads; v 3: the pair on 2 threads */
+    float *u[4], *yn[4];
+    for (int v = 0; v < 4; v++) {
+        u[v] = fl(nu), yn[v] = fl(nn);
+        for (size_t j = 0; j < nn; j++) yn[v][j] = 7; /* written */
+        omp_set_num_threads(v == 0 || v == 1 ? 1 : 2);
+        if (v == 0 || v == 3) {
+            ml_convt2d_forward_cat(&s, Ca, u[v], xa, xb, w, b, ws);
+            ml_conv2d_forward(&ns, yn[v], u[v], nwt, nb, ws);
+        } else
+            ck_assert_int_eq(ml_convt2d_forward_cat_next(&s, Ca, u[v], xa, xb, w, b, &ns, yn[v], nwt, nb, ws), ML_OK);
+        omp_set_num_threads(saved);
+    }
+    for (int v = 1; v < 4; v++) {
+        ck_assert(memcmp(u[v], u[0], nu * sizeof(float)) == 0);
+        ck_assert(memcmp(yn[v], yn[0], nn * sizeof(float)) == 0);
+    }
+    conv_ref(&ns, ref, u[0], nwt, nb); /* and the reference on y */
+    for (size_t j = 0; j < nn; j++) ck_assert_double_eq_tol(yn[1][j], ref[j], 1e-4);
+    /* not fused: the general path, a strided or a GEMM-path conv, another map size */
+    ml_conv_shape t = s;
+    t.subpixel = 0;
+    ck_assert(!ml_convt2d_fuses_next_forward(&t, &ns));
+    t = ns;
+    t.direct = 0;
+    ck_assert(!ml_convt2d_fuses_next_forward(&s, &t));
+    ck_assert_int_eq(ml_conv2d_shape(&t, B, O, s.Ho, s.Wo, 2, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert(!ml_convt2d_fuses_next_forward(&s, &t));
+    ck_assert_int_eq(ml_conv2d_shape(&t, B, O, s.Ho + 2, s.Wo, 2, 3, 1, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert(!ml_convt2d_fuses_next_forward(&s, &t));
+    for (int v = 0; v < 4; v++) free(u[v]), free(yn[v]);
+    free(xa), free(xb), free(w), free(b), free(nwt), free(nb), free(ws), free(ref);
+}
+END_TEST
+
 /* the Winograd transposed conv with the following conv's input gradient computed in its
  * gather (ml_convt2d_backward_cat_next) against the pair run one after the other. _i: 0 a
  * 3x3 sigmoid conv on 14-wide rows (partial vectors), 1 a 5x5 conv without activation on
@@ -1089,6 +1159,7 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
     tcase_add_loop_test(t, test_winograd_edges, 0, 4);
     tcase_add_loop_test(t, test_convt_next, 0, 4);
+    tcase_add_loop_test(t, test_convt_next_forward, 0, 4);
     tcase_add_loop_test(t, test_mconv_vs_branches, 0, 3);
     tcase_add_loop_test(t, test_mconv_gradcheck, 0, 3);
     suite_add_tcase(s, t);

@@ -289,14 +289,22 @@ static int srnn_decode(void *net, const float *z, int B, int training, float *xh
     memcpy(n->zin, z, sizeof(float) * (size_t)B * n->D);
     ml_linear_forward(n->t, z, PW(dfw), PW(dfb), B, n->D, flat);
     const float *xin = n->t;
+    /* the last up block runs the output conv on each chunk of its output while it is in
+     * cache (ml_convt2d_forward_cat_next) when it can: the same bits */
+    const int fuse = ml_convt2d_fuses_next_forward(&n->us[NB - 1], &n->os);
     for (int j = 0; j < NB; j++) {
         const ml_conv_shape *s = &n->us[j];
         /* the up block reads [x, skip] in place: no concatenated copy */
-        ml_convt2d_forward_cat(s, n->ucx[j], n->u[j], xin, n->skip[NB - 1 - j], PW(uw[j]),
-                               PW(ub[j]), n->ws);
+        if (j == NB - 1 && fuse) {
+            if (ml_convt2d_forward_cat_next(s, n->ucx[j], n->u[j], xin, n->skip[NB - 1 - j], PW(uw[j]), PW(ub[j]),
+                                            &n->os, xhat, PW(ow), PW(ob), n->ws))
+                return ml_error_prefix("srnn: decode");
+        } else
+            ml_convt2d_forward_cat(s, n->ucx[j], n->u[j], xin, n->skip[NB - 1 - j], PW(uw[j]),
+                                   PW(ub[j]), n->ws);
         xin = n->u[j];
     }
-    ml_conv2d_forward(&n->os, xhat, n->u[NB - 1], PW(ow), PW(ob), n->ws);
+    if (!fuse) ml_conv2d_forward(&n->os, xhat, n->u[NB - 1], PW(ow), PW(ob), n->ws);
     n->xhat = xhat;
     return ML_OK;
 }

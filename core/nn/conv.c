@@ -731,12 +731,23 @@ static void s1_conv(int B, cat_in in, int Cin, int H, int W, float *out, int Cou
     }
 }
 
-static void direct_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
-                           const float *b, float *wt) {
+/* w (O, C, k, k) in the direct kernel's layout: wt[t][o] for tap t = c k k + ky k + kx, o
+ * padded to s1_padded (zeros); C k k s1_padded floats */
+static size_t direct_wt_floats(const ml_conv_shape *s) {
+    return (size_t)s->C * s->k * s->k * s1_padded(s->O, s->Wo);
+}
+
+static void direct_wt(const ml_conv_shape *s, float *wt, const float *w) {
     const int C = s->C, k = s->k, O = s->O, kk = k * k;
     const int Opad = s1_padded(O, s->Wo);
     for (int t = 0; t < C * kk; t++)
         for (int o = 0; o < Opad; o++) wt[(size_t)t * Opad + o] = o < O ? w[(size_t)o * C * kk + t] : 0.0f;
+}
+
+static void direct_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
+                           const float *b, float *wt) {
+    const int C = s->C, k = s->k, O = s->O;
+    direct_wt(s, wt, w);
     s1_conv(s->B, x, C, s->H, s->W, y, O, s->Ho, s->Wo, k, s->pad, wt, b, s->act, 0);
 }
 
@@ -1705,8 +1716,17 @@ static void wg_input(float *v, size_t n, cat_in x, int i0, int nb, int C, wg_geo
         }
 }
 
+/* The stride-1 conv2d that follows a transposed conv, run on each chunk of its output while
+ * the chunk is in cache (ml_convt2d_forward_cat_next): its shape, output, weights in the
+ * direct kernel's layout (direct_forward's wt) and bias. */
+typedef struct conv_fwd_next {
+    const ml_conv_shape *s;
+    float *y;
+    const float *wt, *b;
+} conv_fwd_next;
+
 static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
-                       const float *b, float *ws) {
+                       const float *b, float *ws, const conv_fwd_next *nf) {
     const int B = s->B, C = s->C, O = s->O, W = s->W, Wo = s->Wo, nt = wg_team(s);
     const wg_geo g = wg_geometry(s);
     const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA; /* window-grid rows */
@@ -1772,6 +1792,14 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
                         subpixel_row(d, s0, s1, W, bias, s->act);
                     }
                 }
+            /* the following conv on this chunk's images, one thread (s1_conv inside a parallel
+             * region): each of its output rows is computed as in the unfused call, the same bits */
+            if (nf) {
+                const ml_conv_shape *ns = nf->s;
+                s1_conv(nb, one_in(y + (size_t)i0 * O * HWo, O), O, ns->H, ns->W,
+                        nf->y + (size_t)i0 * ns->O * ns->Ho * ns->Wo, ns->O, ns->Ho, ns->Wo, ns->k, ns->pad,
+                        nf->wt, nf->b, ns->act, 0);
+            }
         }
         free(scr.grid);
     }
@@ -2094,7 +2122,7 @@ static void convt_forward(const ml_conv_shape *s, float *y, cat_in x, const floa
     const size_t HW = (size_t)s->H * s->W, HWo = (size_t)s->Ho * s->Wo;
     const int K = O * k * k;
     if (s->subpixel) {
-        if (s->subpixel == 2) wg_forward(s, y, x, w, b, ws);
+        if (s->subpixel == 2) wg_forward(s, y, x, w, b, ws, NULL);
         else sp_forward(s, y, x, w, b, ws);
         return;
     }
@@ -2200,6 +2228,25 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca, float *dxa, float *
                              float *db, const float *dy, const float *y, const float *xa,
                              const float *xb, const float *w, float *ws) {
     convt_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, dy, y, (cat_in){xa, xb, Ca, 0}, w, ws);
+}
+
+int ml_convt2d_fuses_next_forward(const ml_conv_shape *s, const ml_conv_shape *next) {
+    return s->transposed && s->subpixel == 2 && !next->transposed && next->stride == 1 && next->direct &&
+           next->B == s->B && next->C == s->O && next->H == s->Ho && next->W == s->Wo &&
+           next->Ho == s->Ho && next->Wo == s->Wo;
+}
+
+int ml_convt2d_forward_cat_next(const ml_conv_shape *s, int Ca, float *y, const float *xa, const float *xb,
+                                const float *w, const float *b, const ml_conv_shape *next, float *ny,
+                                const float *nw, const float *nb, float *ws) {
+    assert(ml_convt2d_fuses_next_forward(s, next));
+    float *wt = ml_alloc_floats(direct_wt_floats(next));
+    if (!wt) return ml_errorf("convt2d: out of memory for the following conv's weights");
+    direct_wt(next, wt, nw);
+    const conv_fwd_next nf = {next, ny, wt, nb};
+    wg_forward(s, y, (cat_in){xa, xb, Ca, 0}, w, b, ws, &nf);
+    free(wt);
+    return ML_OK;
 }
 
 int ml_convt2d_fuses_next(const ml_conv_shape *s, const ml_conv_shape *next) {

@@ -158,6 +158,28 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca,
  * next->k <= ML_CONV_NEXT_MAX_K). Its sums run in another order than next's dx kernel: the
  * results differ from the unfused pair's by rounding.
  */
+/*
+ * ml_convt2d_forward_cat followed by ml_conv2d_forward(next, ny, y, nw, nb): next, a
+ * stride-1 conv2d on the direct kernel (next->direct) with the same map size, runs on each
+ * chunk of y as soon as it is written, by the thread that wrote it, while it is in cache (the
+ * SRNN's output conv, 32 -> 3 channels at 64 x 64: y is 32 MB at batch 64). y is still
+ * written. The same bits as the two calls. Only when ml_convt2d_fuses_next_forward(s, next)
+ * (the Winograd form, subpixel 2). ML_OK, or ML_ERR out of memory (a few KB for next's
+ * weights).
+ */
+int ml_convt2d_fuses_next_forward(const ml_conv_shape *s, const ml_conv_shape *next);
+int ml_convt2d_forward_cat_next(const ml_conv_shape *s, int Ca,
+                                float *y,                 // (B, O, Ho, Wo)
+                                const float *xa,          // (B, Ca, H, W)
+                                const float *xb,          // (B, C - Ca, H, W)
+                                const float *w,           // (C, O, k, k)
+                                const float *b,           // (O) or NULL
+                                const ml_conv_shape *next,
+                                float *ny,                // (B, next O, Ho, Wo)
+                                const float *nw,          // (next O, O, next k, next k)
+                                const float *nb,          // (next O) or NULL
+                                float *ws);
+
 #define ML_CONV_NEXT_MAX_O 4
 #define ML_CONV_NEXT_MAX_K 7
 int ml_convt2d_fuses_next(const ml_conv_shape *s, const ml_conv_shape *next);
