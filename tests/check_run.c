@@ -213,8 +213,18 @@ static void same_state(const char *d1, const char *d2, const char *exp) {
     free(rb);
 }
 
-START_TEST(determinism) {
+/* Two runs of one config: the same loss columns of metrics.csv (more than a few characters
+   of them), then same_state. */
+static void same_run(const char *d1, const char *d2, const char *exp) {
     char a[4096], b[4096];
+    loss_column(d1, exp, a, sizeof a);
+    loss_column(d2, exp, b, sizeof b);
+    ck_assert_str_eq(a, b);
+    ck_assert_int_gt((int)strlen(a), 20);
+    same_state(d1, d2, exp);
+}
+
+START_TEST(determinism) {
     const char *d1 = tu_tmpdir("det1");
     char d1s[256];
     snprintf(d1s, sizeof d1s, "%s", d1);
@@ -223,28 +233,20 @@ START_TEST(determinism) {
     const char *d2 = tu_tmpdir("det2");
     rc = run(MOELAB " run " SYNTH " results.run_id=d results.dir=%s", tu_build(), d2);
     ck_assert_msg(rc == 0, "%s", out);
-    loss_column(d1s, "test-synth", a, sizeof a);
-    loss_column(d2, "test-synth", b, sizeof b);
-    ck_assert_str_eq(a, b);
-    ck_assert_int_gt((int)strlen(a), 20);
-    same_state(d1s, d2, "test-synth");
+    same_run(d1s, d2, "test-synth");
 }
 END_TEST
 
 /* the convolutional model with 2 threads: bitwise identical loss sequence */
 START_TEST(determinism_srnn_two_threads) {
-    char a[4096], b[4096], d1[256];
+    char d1[256];
     snprintf(d1, sizeof d1, "%s", tu_tmpdir("sdet1"));
     int rc = run(MOELAB " run tests/fixtures/run/srnn_small.yaml results.run_id=d results.dir=%s", tu_build(), d1);
     ck_assert_msg(rc == 0, "%s", out);
     const char *d2 = tu_tmpdir("sdet2");
     rc = run(MOELAB " run tests/fixtures/run/srnn_small.yaml results.run_id=d results.dir=%s", tu_build(), d2);
     ck_assert_msg(rc == 0, "%s", out);
-    loss_column(d1, "test-srnn", a, sizeof a);
-    loss_column(d2, "test-srnn", b, sizeof b);
-    ck_assert_str_eq(a, b);
-    ck_assert_int_gt((int)strlen(a), 20);
-    same_state(d1, d2, "test-srnn");
+    same_run(d1, d2, "test-srnn");
 }
 END_TEST
 
@@ -254,7 +256,7 @@ END_TEST
    used experts among them; gates that are probabilities and renormalised ones. */
 START_TEST(determinism_many_experts_lazy_threads) {
     for (int renorm = 0; renorm <= 1; renorm++) {
-        char a[4096], b[4096], d1[256], d2[256];
+        char d1[256], d2[256];
         snprintf(d1, sizeof d1, "%s", tu_tmpdir("ldet1"));
         snprintf(d2, sizeof d2, "%s", tu_tmpdir("ldet2"));
         const char *dirs[2] = {d1, d2};
@@ -265,11 +267,7 @@ START_TEST(determinism_many_experts_lazy_threads) {
             int rc = run(MOELAB " run " SYNTH "%s", tu_build(), args);
             ck_assert_msg(rc == 0, "%s", out);
         }
-        loss_column(d1, "test-synth", a, sizeof a);
-        loss_column(d2, "test-synth", b, sizeof b);
-        ck_assert_str_eq(a, b);
-        ck_assert_int_gt((int)strlen(a), 20);
-        same_state(d1, d2, "test-synth");
+        same_run(d1, d2, "test-synth");
     }
 }
 END_TEST
