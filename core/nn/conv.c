@@ -1900,29 +1900,31 @@ next_dx_block2(const int NV, float *gp, const float *gq, const float *w, int NO,
     }
 }
 
+/* f (next_dx_block or next_dx_block2) with its vector count as a constant */
+#define NEXT_DX_NV(f, nv, ...)                          \
+    switch (nv) {                                       \
+    case 4: f(4, __VA_ARGS__); break;                   \
+    case 3: f(3, __VA_ARGS__); break;                   \
+    case 2: f(2, __VA_ARGS__); break;                   \
+    default: f(1, __VA_ARGS__); break;                  \
+    }
+
 static void next_dx_plane(float *gp, const float *gq, const conv_next *nx, int o) {
     const ml_conv_shape *ns = nx->s;
     const int k = ns->k, Ho = ns->Ho, Wo = ns->Wo, NO = ns->O, C = ns->C;
     const int PW = Wo + k - 1;
     const size_t plane = (size_t)(Ho + k - 1) * PW;
-    int iy = 0;
-    for (; iy + 2 <= Ho; iy += 2)
-        for (int ix0 = 0; ix0 < Wo; ix0 += 64)
-            switch (Wo - ix0 >= 64 ? 4 : (Wo - ix0 + 15) / 16) {
-            case 4: next_dx_block2(4, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
-            case 3: next_dx_block2(3, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
-            case 2: next_dx_block2(2, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
-            default: next_dx_block2(1, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
+    for (int iy = 0; iy < Ho; iy += 2) /* two rows per pass; an odd last row alone */
+        for (int ix0 = 0; ix0 < Wo; ix0 += 64) {
+            const int nv = Wo - ix0 >= 64 ? 4 : (Wo - ix0 + 15) / 16;
+            if (iy + 2 <= Ho) {
+                NEXT_DX_NV(next_dx_block2, nv, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane)
+            } else {
+                NEXT_DX_NV(next_dx_block, nv, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane)
             }
-    for (; iy < Ho; iy++) /* an odd last row */
-        for (int ix0 = 0; ix0 < Wo; ix0 += 64)
-            switch (Wo - ix0 >= 64 ? 4 : (Wo - ix0 + 15) / 16) {
-            case 4: next_dx_block(4, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
-            case 3: next_dx_block(3, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
-            case 2: next_dx_block(2, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
-            default: next_dx_block(1, gp, gq, nx->w, NO, C, o, k, iy, ix0, Wo, PW, plane); break;
-            }
+        }
 }
+#undef NEXT_DX_NV
 #pragma GCC pop_options
 
 /* nx: dy is not given but computed plane by plane as the input gradient of the following
