@@ -43,6 +43,8 @@ static void *mlp_create(ml_moe *m, const void *cfg) {
     (void)m;
     mlp_kind *k = ml_calloc(1, sizeof *k);
     if (k) k->H = *(const int *)cfg;
+    /* the first call's check of OpenBLAS's bits, here rather than inside the first step */
+    ml_linear_backward_rows_max();
     return k;
 }
 
@@ -114,6 +116,15 @@ static void mlp_pf_expert(const ml_moe *m, int e, int grad, ml_pf *s) {
     ml_pf_add(s, grad ? ml_moe_grad(m, e, MLP_W1) : ml_moe_param(m, e, MLP_W1), bytes);
 }
 
+/* rd over expert e's weights then next's (-1: none), wr over their gradients, the first
+   PF_AHEAD lines of each asked for */
+static void mlp_pf_streams(const ml_moe *m, int e, int next, ml_pf *rd, ml_pf *wr) {
+    ml_pf_init(rd, 0), ml_pf_init(wr, 1);
+    mlp_pf_expert(m, e, 0, rd), mlp_pf_expert(m, e, 1, wr);
+    if (next >= 0) mlp_pf_expert(m, next, 0, rd), mlp_pf_expert(m, next, 1, wr);
+    ml_pf_advance(rd, PF_AHEAD), ml_pf_advance(wr, PF_AHEAD);
+}
+
 static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg,
                         int next) {
     mlp_kind *k = st;
@@ -125,27 +136,24 @@ static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     int set = n > 0;
     for (int i = 0; i < 4; i++) set &= m->P->t[m->th[e][i]].grad_stale;
     if (!set) ml_moe_zero_stale(m, e);
+    void (*lin)(float *, float *, float *, const float *, const float *, const float *, int, int, int) =
+        set ? ml_linear_backward_set : ml_linear_backward;
+    ml_pf rd, wr; /* with few rows: the streams over what this backward and the next one go through */
+    const int pf = set && n <= ml_linear_backward_rows_max();
+    if (pf) mlp_pf_streams(m, e, next, &rd, &wr);
     memset(dhg, 0, (size_t)n * H * sizeof(float));
-    if (set && n <= ml_linear_backward_rows_max()) {
-        ml_pf rd, wr;
-        ml_pf_init(&rd, 0), ml_pf_init(&wr, 1);
-        mlp_pf_expert(m, e, 0, &rd), mlp_pf_expert(m, e, 1, &wr);
-        if (next >= 0) mlp_pf_expert(m, next, 0, &rd), mlp_pf_expert(m, next, 1, &wr);
-        ml_pf_advance(&rd, PF_AHEAD), ml_pf_advance(&wr, PF_AHEAD);
+    if (pf)
         ml_linear_backward_set_pf(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg,
                                   ml_moe_param(m, e, MLP_W2), n, H, D, &rd, &wr);
-        for (size_t i = 0; i < (size_t)n * H; i++)
-            if (hg[i] <= 0) dhg[i] = 0;
+    else
+        lin(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2), n, H, D);
+    for (size_t i = 0; i < (size_t)n * H; i++)
+        if (hg[i] <= 0) dhg[i] = 0;
+    if (pf)
         ml_linear_backward_set_pf(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg,
                                   ml_moe_param(m, e, MLP_W1), n, D, H, &rd, &wr);
-    } else {
-        void (*lin)(float *, float *, float *, const float *, const float *, const float *, int, int, int) =
-            set ? ml_linear_backward_set : ml_linear_backward;
-        lin(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2), n, H, D);
-        for (size_t i = 0; i < (size_t)n * H; i++)
-            if (hg[i] <= 0) dhg[i] = 0;
+    else
         lin(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1), n, D, H);
-    }
     for (int i = 0; i < 4; i++) m->P->t[m->th[e][i]].grad_stale = 0;
     return ML_OK;
 }

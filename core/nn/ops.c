@@ -157,14 +157,14 @@ static void backward_rows(float *dx, float *dw, float *db, const float *dy, cons
 }
 
 /* Whether ml_linear_backward_set (OpenBLAS) gives backward_rows's bits: shapes 16 to 256 wide,
-   1 to ROWS_MAX rows, zeros of both signs among the inputs, dx not zero. */
+   1 to ROWS_MAX rows, zeros of both signs among the inputs, dx not zero. One caller at a
+   time: its buffers are static (a malloc and free of this size would raise glibc's mmap
+   threshold, and so move where the process's later buffers go). */
 static int rows_check(void) {
-    static const int shapes[][2] = {{64, 128}, {128, 64}, {16, 48}, {256, 32}, {32, 256}, {96, 124}, {256, 256}};
-    enum { CAP = ROWS_MAX * ROWS_IN_MAX, WCAP = ROWS_IN_MAX * ROWS_IN_MAX };
-    float *buf = malloc(sizeof(float) * (6 * CAP + 3 * WCAP));
-    if (!buf) return 0;
-    float *dy = buf, *x = dy + CAP, *dx1 = x + CAP, *dx2 = dx1 + CAP, *db1 = dx2 + CAP, *db2 = db1 + CAP;
-    float *w = db2 + CAP, *dw1 = w + WCAP, *dw2 = dw1 + WCAP;
+    static const int shapes[][2] = {{64, 128}, {128, 64}, {16, 48}, {256, 32}, {32, 256}, {96, 80}};
+    enum { CAP = ROWS_MAX * ROWS_IN_MAX, WCAP = 64 * 128 };
+    static float dy[CAP], x[CAP], dx1[CAP], dx2[CAP], db1[ROWS_IN_MAX], db2[ROWS_IN_MAX];
+    static float w[WCAP], dw1[WCAP], dw2[WCAP];
     uint32_t seed = 12345;
     int same = 1;
     for (size_t k = 0; k < sizeof shapes / sizeof *shapes && same; k++) {
@@ -185,7 +185,6 @@ static int rows_check(void) {
                    !memcmp(db1, db2, sizeof(float) * Out);
         }
     }
-    free(buf);
     return same;
 }
 
@@ -194,11 +193,17 @@ static int rows_state; /* 0: not known yet, 1: backward_rows gives OpenBLAS's bi
 
 int ml_linear_backward_rows_max(void) {
 #if defined(__AVX512F__)
-    /* the first call checks (any thread may: each comes to the same answer) */
+    /* the first call checks */
     int s = __atomic_load_n(&rows_state, __ATOMIC_ACQUIRE);
     if (!s) {
-        s = rows_check() ? 1 : 2;
-        __atomic_store_n(&rows_state, s, __ATOMIC_RELEASE);
+#pragma omp critical(ml_linear_rows_check)
+        {
+            s = __atomic_load_n(&rows_state, __ATOMIC_ACQUIRE);
+            if (!s) {
+                s = rows_check() ? 1 : 2;
+                __atomic_store_n(&rows_state, s, __ATOMIC_RELEASE);
+            }
+        }
     }
     return s == 1 ? ROWS_MAX : 0;
 #else
