@@ -462,6 +462,41 @@ static int run_expert(ml_moe *m, int j, int backward, int training, int mag, int
 }
 
 /*
+ * The backward of the experts that have rows here, as run_experts, for experts of few rows
+ * each (many experts): a dynamic schedule in which a thread claims its next expert before it
+ * runs one of at most `few` rows, whose backward then asks for the next one's tensors
+ * (mlp_backward), and after one of more (not to keep it from a thread that comes free
+ * first). The smallest expert that failed, or -1.
+ */
+static int run_experts_ahead(ml_moe *m, int training, int mag, int few) {
+    const int nu = m->n_used;
+    int failed = -1, claimed = 0;
+#pragma omp parallel
+    {
+        int j, next = -1;
+#pragma omp atomic capture
+        j = claimed++;
+        while (j < nu) {
+            const int e = m->used[j], early = m->estart[e + 1] - m->estart[e] <= few;
+            if (early) {
+#pragma omp atomic capture
+                next = claimed++;
+            }
+            if (run_expert(m, j, 1, training, mag, early && next < nu ? m->used[next] : -1)) {
+#pragma omp critical(ml_moe_run_experts)
+                if (failed < 0 || e < failed) failed = e;
+            }
+            if (!early) {
+#pragma omp atomic capture
+                next = claimed++;
+            }
+            j = next;
+        }
+    }
+    return failed;
+}
+
+/*
  * Forward (backward = 0) or backward of the experts that have rows here (m->used). A kind
  * that allows it (ml_expert_kind.parallel) has its experts shared among the OpenMP threads,
  * each expert computed whole by one thread with the same kernels (BLAS calls run
@@ -477,34 +512,9 @@ static int run_experts(ml_moe *m, int backward, int training, int mag) {
     int failed = -1;
     if (mag) memset(m->grad_mag, 0, (size_t)m->N * sizeof(float));
     if (m->kind->parallel && nu > 1 && omp_get_max_threads() > 1) {
-        /* A dynamic schedule. In the backward of experts of few rows each (many experts), a
-           thread claims its next expert before it runs one of few rows, whose backward then
-           asks for the next one's tensors (mlp_backward), and after one of more. */
         const int few = backward ? ml_linear_backward_rows_max() : 0;
         if (few > 0 && m->K <= (int64_t)few * nu) {
-            int claimed = 0;
-#pragma omp parallel
-            {
-                int j, next = -1;
-#pragma omp atomic capture
-                j = claimed++;
-                while (j < nu) {
-                    const int e = m->used[j], early = m->estart[e + 1] - m->estart[e] <= few;
-                    if (early) {
-#pragma omp atomic capture
-                        next = claimed++;
-                    }
-                    if (run_expert(m, j, backward, training, mag, early && next < nu ? m->used[next] : -1)) {
-#pragma omp critical(ml_moe_run_experts)
-                        if (failed < 0 || e < failed) failed = e;
-                    }
-                    if (!early) {
-#pragma omp atomic capture
-                        next = claimed++;
-                    }
-                    j = next;
-                }
-            }
+            failed = run_experts_ahead(m, training, mag, few);
         } else {
 #pragma omp parallel for schedule(dynamic, 1)
             for (int j = 0; j < nu; j++)

@@ -49,11 +49,12 @@ void ml_pf_advance(ml_pf *s, size_t lines);            /* asks for the next line
  * lines then come from memory while this one computes. Otherwise it is
  * ml_linear_backward_set.
  *
- * The additions are OpenBLAS's small-matrix kernels' (0.3.21, SkylakeX): each dx element a
- * chain of FMAs over the outputs in order, then added to dx; each dw element one over the
- * rows. The kernel runs only where OpenBLAS was seen to give its bits (a check on the first
- * call: widths 16 to 256, 1 to 8 rows, zeros of both signs among the inputs), and with
- * AVX-512; elsewhere ml_linear_backward_rows_max() is 0.
+ * The additions are OpenBLAS's small-matrix kernels' (0.3.21, its SkylakeX and Cooperlake
+ * kernels): each dx element a chain of FMAs over the outputs in order, then added to dx; each
+ * dw element one over the rows. The kernel runs only where OpenBLAS was seen to give its bits
+ * (a check on the first call: widths 16 to 256, 1 to 8 rows, zeros of both signs among the
+ * inputs), and with AVX-512; elsewhere (OpenBLAS's Haswell or Zen kernels, say)
+ * ml_linear_backward_rows_max() is 0 and the products are OpenBLAS's.
  */
 void ml_linear_backward_set_pf(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
                                int B, int In, int Out, ml_pf *rd, ml_pf *wr);
