@@ -4,7 +4,6 @@
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -107,6 +106,7 @@ void ml_pf_advance(ml_pf *s, size_t lines) { pf_lines(s, lines); }
 
 enum { ROWS_MAX = 8, ROWS_IN_MAX = 256 };
 
+#if defined(__AVX512F__)
 /* The shapes backward_rows takes: up to ROWS_MAX rows, In a multiple of 16 up to ROWS_IN_MAX,
    at most 10^6 multiply-adds (where OpenBLAS 0.3.21 takes its small-matrix kernels). */
 static int rows_fit(int B, int In, int Out) {
@@ -114,7 +114,6 @@ static int rows_fit(int B, int In, int Out) {
            (double)B * In * Out <= 1e6;
 }
 
-#if defined(__AVX512F__)
 /* dx (B, In) += dy · w, dw (Out, In) = dy^T · x, db (Out) = sum_b dy (db may be NULL), one
    output row o at a time: w's row o read once for all B rows of dx, dw's row o written once,
    and before them the next In / 16 lines of rd and wr asked for. The additions are
