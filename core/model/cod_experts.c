@@ -252,7 +252,9 @@ static int cod_forward(void *st, ml_moe *m, int e, int r0, int n, const float *x
     return ML_OK;
 }
 
-static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg) {
+static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg,
+                        int next) {
+    (void)next;
     cod_st *k = st;
     const int kind = ml_moe_variant(m, e), C = k->C, H = k->H, W = k->W, HW = k->HW, q = k->q;
     const size_t R = k->row, Q = (size_t)q * HW;

@@ -43,6 +43,8 @@ static void *mlp_create(ml_moe *m, const void *cfg) {
     (void)m;
     mlp_kind *k = ml_calloc(1, sizeof *k);
     if (k) k->H = *(const int *)cfg;
+    /* the first call's check of OpenBLAS's bits, here rather than inside the first step */
+    ml_linear_backward_rows_max();
     return k;
 }
 
@@ -95,7 +97,36 @@ static int mlp_forward(void *st, ml_moe *m, int e, int r0, int n, const float *x
     return ML_OK;
 }
 
-static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg) {
+/*
+ * With many experts each used one sees ~2 rows, and its backward is bound by memory: reading
+ * W2 and W1 and writing their gradients, lines the caches no longer hold since the forward.
+ * With few rows, ml_linear_backward_set_pf asks for the lines PF_AHEAD lines ahead of those
+ * it reads and writes, on into the next expert this thread runs, so that memory works while
+ * it computes (docs/PERFORMANCE.md, Many experts, fifth pass: the experts' backward about a
+ * sixth faster at 256 experts). An expert's first PF_AHEAD lines are asked for at its start:
+ * the thread's previous expert asked for them already (asking again for a line in cache or on
+ * its way costs next to nothing), its first did not.
+ */
+enum { PF_AHEAD = 64 };
+
+/* expert e's W2 and W1 (grad: their gradients), in the order the backward goes through them */
+static void mlp_pf_expert(const ml_moe *m, int e, int grad, ml_pf *s) {
+    const size_t bytes = sizeof(float) * (size_t)m->D * (size_t)((const mlp_kind *)m->kst)->H;
+    ml_pf_add(s, grad ? ml_moe_grad(m, e, MLP_W2) : ml_moe_param(m, e, MLP_W2), bytes);
+    ml_pf_add(s, grad ? ml_moe_grad(m, e, MLP_W1) : ml_moe_param(m, e, MLP_W1), bytes);
+}
+
+/* rd over expert e's weights then next's (-1: none), wr over their gradients, the first
+   PF_AHEAD lines of each asked for */
+static void mlp_pf_streams(const ml_moe *m, int e, int next, ml_pf *rd, ml_pf *wr) {
+    ml_pf_init(rd, 0), ml_pf_init(wr, 1);
+    mlp_pf_expert(m, e, 0, rd), mlp_pf_expert(m, e, 1, wr);
+    if (next >= 0) mlp_pf_expert(m, next, 0, rd), mlp_pf_expert(m, next, 1, wr);
+    ml_pf_advance(rd, PF_AHEAD), ml_pf_advance(wr, PF_AHEAD);
+}
+
+static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg,
+                        int next) {
     mlp_kind *k = st;
     const int D = m->D, H = k->H;
     const float *hg = k->hg + (size_t)r0 * H;
@@ -107,11 +138,22 @@ static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     if (!set) ml_moe_zero_stale(m, e);
     void (*lin)(float *, float *, float *, const float *, const float *, const float *, int, int, int) =
         set ? ml_linear_backward_set : ml_linear_backward;
+    ml_pf rd, wr; /* with few rows: the streams over what this backward and the next one go through */
+    const int pf = set && n <= ml_linear_backward_rows_max();
+    if (pf) mlp_pf_streams(m, e, next, &rd, &wr);
     memset(dhg, 0, (size_t)n * H * sizeof(float));
-    lin(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2), n, H, D);
+    if (pf)
+        ml_linear_backward_set_pf(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg,
+                                  ml_moe_param(m, e, MLP_W2), n, H, D, &rd, &wr);
+    else
+        lin(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2), n, H, D);
     for (size_t i = 0; i < (size_t)n * H; i++)
         if (hg[i] <= 0) dhg[i] = 0;
-    lin(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1), n, D, H);
+    if (pf)
+        ml_linear_backward_set_pf(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg,
+                                  ml_moe_param(m, e, MLP_W1), n, D, H, &rd, &wr);
+    else
+        lin(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1), n, D, H);
     for (int i = 0; i < 4; i++) m->P->t[m->th[e][i]].grad_stale = 0;
     return ML_OK;
 }
@@ -407,16 +449,51 @@ static int after_backward(ml_moe *m, int have_mag) {
 }
 
 /* Forward (backward = 0) or backward of the j-th expert with rows here (run_experts). */
-static int run_expert(ml_moe *m, int j, int backward, int training, int mag) {
+static int run_expert(ml_moe *m, int j, int backward, int training, int mag, int next) {
     const int D = m->D, e = m->used[j], r0 = m->estart[e], n = m->estart[e + 1] - r0;
     const float *xg = m->xg + (size_t)r0 * D;
     if (!backward) return m->kind->forward(m->kst, m, e, r0, n, xg, m->yg + (size_t)r0 * D, training);
     float *dxg = m->dxg + (size_t)r0 * D;
     ml_zero(dxg, (size_t)n * D);
     if (!m->kind->own_stale) ml_moe_zero_stale(m, e);
-    int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg);
+    int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg, next);
     if (!rc && mag) m->grad_mag[e] = grad_mag(m, e);
     return rc;
+}
+
+/*
+ * The backward of the experts that have rows here, as run_experts, for experts of few rows
+ * each (many experts): a dynamic schedule in which a thread claims its next expert before it
+ * runs one of at most `few` rows, whose backward then asks for the next one's tensors
+ * (mlp_backward), and after one of more (not to keep it from a thread that comes free
+ * first). The smallest expert that failed, or -1.
+ */
+static int run_experts_ahead(ml_moe *m, int training, int mag, int few) {
+    const int nu = m->n_used;
+    int failed = -1, claimed = 0;
+#pragma omp parallel
+    {
+        int j, next = -1;
+#pragma omp atomic capture
+        j = claimed++;
+        while (j < nu) {
+            const int e = m->used[j], early = m->estart[e + 1] - m->estart[e] <= few;
+            if (early) {
+#pragma omp atomic capture
+                next = claimed++;
+            }
+            if (run_expert(m, j, 1, training, mag, early && next < nu ? m->used[next] : -1)) {
+#pragma omp critical(ml_moe_run_experts)
+                if (failed < 0 || e < failed) failed = e;
+            }
+            if (!early) {
+#pragma omp atomic capture
+                next = claimed++;
+            }
+            j = next;
+        }
+    }
+    return failed;
 }
 
 /*
@@ -435,19 +512,25 @@ static int run_experts(ml_moe *m, int backward, int training, int mag) {
     int failed = -1;
     if (mag) memset(m->grad_mag, 0, (size_t)m->N * sizeof(float));
     if (m->kind->parallel && nu > 1 && omp_get_max_threads() > 1) {
+        const int few = backward ? ml_linear_backward_rows_max() : 0;
+        if (few > 0 && m->K <= (int64_t)few * nu) {
+            failed = run_experts_ahead(m, training, mag, few);
+        } else {
 #pragma omp parallel for schedule(dynamic, 1)
-        for (int j = 0; j < nu; j++)
-            if (run_expert(m, j, backward, training, mag)) {
+            for (int j = 0; j < nu; j++)
+                if (run_expert(m, j, backward, training, mag, -1)) {
 #pragma omp critical(ml_moe_run_experts)
-                if (failed < 0 || m->used[j] < failed) failed = m->used[j];
-            }
+                    if (failed < 0 || m->used[j] < failed) failed = m->used[j];
+                }
+        }
     } else {
         /* one expert after the other, each parallel inside; on more threads their gradient
            magnitudes follow all of them, shared among the threads (each expert's whole by one
            thread: the same bits), not one serial pass after each */
         const int later = mag && nu > 1 && omp_get_max_threads() > 1;
         for (int j = 0; j < nu && failed < 0; j++)
-            if (run_expert(m, j, backward, training, mag && !later)) failed = m->used[j];
+            if (run_expert(m, j, backward, training, mag && !later, j + 1 < nu ? m->used[j + 1] : -1))
+                failed = m->used[j];
         if (later && failed < 0) {
 #pragma omp parallel for schedule(dynamic, 1)
             for (int j = 0; j < nu; j++) m->grad_mag[m->used[j]] = grad_mag(m, m->used[j]);

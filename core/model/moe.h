@@ -82,7 +82,10 @@ typedef struct ml_expert_kind {
     int (*describe)(void *st, const ml_moe *m, int e, int i, ml_expert_tensor *t);
     int (*reserve)(void *st, ml_moe *m, int K);   /* activations for K gathered rows (each forward: grow) */
     int (*forward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, float *yg, int training);
-    int (*backward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg);
+    /* next: the expert whose backward this thread runs after this one, -1: none or not known
+       (its weights and gradients may be prefetched) */
+    int (*backward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg,
+                    int next);
     /* useful FLOPs of forward + backward for one row of expert e (bench), or NULL */
     double (*flops)(void *st, const ml_moe *m, int e);
     /* The variant of an expert created at index e (see Variants above), or NULL: one variant.

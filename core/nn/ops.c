@@ -3,7 +3,11 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define PAR_BLOCK ((size_t)1 << 14) /* floats per block of ml_zero and ml_copy */
 
@@ -70,6 +74,152 @@ void ml_linear_backward(float *dx, float *dw, float *db, const float *dy, const 
 void ml_linear_backward_set(float *dx, float *dw, float *db, const float *dy, const float *x,
                             const float *w, int B, int In, int Out) {
     linear_backward(dx, dw, db, dy, x, w, B, In, Out, 1);
+}
+
+/* ------------------------------------------------ prefetch streams */
+
+void ml_pf_init(ml_pf *s, int write) {
+    memset(s, 0, sizeof *s);
+    s->write = write;
+}
+
+void ml_pf_add(ml_pf *s, const void *p, size_t bytes) {
+    if (s->n < ML_PF_SPANS && p && bytes) s->p[s->n] = p, s->len[s->n++] = bytes;
+}
+
+static inline void pf_lines(ml_pf *s, size_t lines) {
+    while (lines > 0 && s->i < s->n) {
+        const char *p = s->p[s->i] + s->at;
+        if (s->write)
+            __builtin_prefetch(p, 1);
+        else
+            __builtin_prefetch(p, 0);
+        lines--;
+        s->at += 64;
+        if (s->at >= s->len[s->i]) s->i++, s->at = 0;
+    }
+}
+
+void ml_pf_advance(ml_pf *s, size_t lines) { pf_lines(s, lines); }
+
+/* ------------------------------------------------ the backward of few rows */
+
+enum { ROWS_MAX = 8, ROWS_IN_MAX = 256 };
+
+#if defined(__AVX512F__)
+/* The shapes backward_rows takes: up to ROWS_MAX rows, In a multiple of 16 up to ROWS_IN_MAX,
+   at most 10^6 multiply-adds (where OpenBLAS 0.3.21 takes its small-matrix kernels). */
+static int rows_fit(int B, int In, int Out) {
+    return B >= 1 && B <= ROWS_MAX && In % 16 == 0 && In >= 16 && In <= ROWS_IN_MAX && Out >= 1 &&
+           (double)B * In * Out <= 1e6;
+}
+
+/* dx (B, In) += dy · w, dw (Out, In) = dy^T · x, db (Out) = sum_b dy (db may be NULL), one
+   output row o at a time: w's row o read once for all B rows of dx, dw's row o written once,
+   and before them the next In / 16 lines of rd and wr asked for. The additions are
+   OpenBLAS's (rows_check): each dx element a chain of FMAs over o from +0, added to dx at
+   the end; each dw element one over the rows from +0; db as linear_backward's. */
+static void backward_rows(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int B,
+                          int In, int Out, ml_pf *rd, ml_pf *wr) {
+    const int nv = In / 16;
+    __m512 acc[ROWS_MAX][ROWS_IN_MAX / 16]; /* (B, In) */
+    for (int r = 0; r < B; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int o = 0; o < Out; o++) {
+        const float *wo = w + (size_t)o * In;
+        float *go = dw + (size_t)o * In;
+        if (rd) pf_lines(rd, (size_t)nv);
+        if (wr) pf_lines(wr, (size_t)nv);
+        if (db) {
+            float s = dy[o];
+            for (int r = 1; r < B; r++) s += dy[(size_t)r * Out + o];
+            db[o] = s;
+        }
+        for (int v = 0; v < nv; v++) {
+            const __m512 wv = _mm512_loadu_ps(wo + 16 * v), d0 = _mm512_set1_ps(dy[o]);
+            __m512 g = _mm512_fmadd_ps(d0, _mm512_loadu_ps(x + 16 * v), _mm512_setzero_ps());
+            acc[0][v] = _mm512_fmadd_ps(d0, wv, acc[0][v]);
+            for (int r = 1; r < B; r++) {
+                const __m512 d = _mm512_set1_ps(dy[(size_t)r * Out + o]);
+                g = _mm512_fmadd_ps(d, _mm512_loadu_ps(x + (size_t)r * In + 16 * v), g);
+                acc[r][v] = _mm512_fmadd_ps(d, wv, acc[r][v]);
+            }
+            _mm512_storeu_ps(go + 16 * v, g);
+        }
+    }
+    if (dx)
+        for (int r = 0; r < B; r++)
+            for (int v = 0; v < nv; v++) {
+                float *p = dx + (size_t)r * In + 16 * v;
+                _mm512_storeu_ps(p, _mm512_add_ps(acc[r][v], _mm512_loadu_ps(p)));
+            }
+}
+
+/* Whether ml_linear_backward_set (OpenBLAS) gives backward_rows's bits: shapes 16 to 256 wide,
+   1 to ROWS_MAX rows, zeros of both signs among the inputs, dx not zero. One caller at a
+   time: its buffers are static (a malloc and free of this size would raise glibc's mmap
+   threshold, and so move where the process's later buffers go). */
+static int rows_check(void) {
+    static const int shapes[][2] = {{64, 128}, {128, 64}, {16, 48}, {256, 32}, {32, 256}, {96, 80}};
+    enum { CAP = ROWS_MAX * ROWS_IN_MAX, WCAP = 64 * 128 };
+    static float dy[CAP], x[CAP], dx1[CAP], dx2[CAP], db1[ROWS_IN_MAX], db2[ROWS_IN_MAX];
+    static float w[WCAP], dw1[WCAP], dw2[WCAP];
+    uint32_t seed = 12345;
+    int same = 1;
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes && same; k++) {
+        const int In = shapes[k][0], Out = shapes[k][1];
+        for (int B = 1; B <= ROWS_MAX && same; B++) {
+            float *fill[] = {dy, x, w, dx1};
+            const int len[] = {B * Out, B * In, Out * In, B * In};
+            for (int a = 0; a < 4; a++)
+                for (int i = 0; i < len[a]; i++) {
+                    seed = seed * 1664525u + 1013904223u;
+                    const uint32_t r = seed >> 8;
+                    fill[a][i] = r % 7 == 0 ? (r & 1 ? -0.0f : 0.0f) : (float)r / (float)(1 << 23) - 1.0f;
+                }
+            memcpy(dx2, dx1, sizeof(float) * B * In);
+            ml_linear_backward_set(dx1, dw1, db1, dy, x, w, B, In, Out);
+            backward_rows(dx2, dw2, db2, dy, x, w, B, In, Out, NULL, NULL);
+            same = !memcmp(dx1, dx2, sizeof(float) * B * In) && !memcmp(dw1, dw2, sizeof(float) * Out * In) &&
+                   !memcmp(db1, db2, sizeof(float) * Out);
+        }
+    }
+    return same;
+}
+
+static int rows_state; /* 0: not known yet, 1: backward_rows gives OpenBLAS's bits, 2: not */
+#endif
+
+int ml_linear_backward_rows_max(void) {
+#if defined(__AVX512F__)
+    /* the first call checks */
+    int s = __atomic_load_n(&rows_state, __ATOMIC_ACQUIRE);
+    if (!s) {
+#pragma omp critical(ml_linear_rows_check)
+        {
+            s = __atomic_load_n(&rows_state, __ATOMIC_ACQUIRE);
+            if (!s) {
+                s = rows_check() ? 1 : 2;
+                __atomic_store_n(&rows_state, s, __ATOMIC_RELEASE);
+            }
+        }
+    }
+    return s == 1 ? ROWS_MAX : 0;
+#else
+    return 0;
+#endif
+}
+
+void ml_linear_backward_set_pf(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                               int B, int In, int Out, ml_pf *rd, ml_pf *wr) {
+#if defined(__AVX512F__)
+    if (dw && rows_fit(B, In, Out) && ml_linear_backward_rows_max()) {
+        backward_rows(dx, dw, db, dy, x, w, B, In, Out, rd, wr);
+        return;
+    }
+#endif
+    (void)rd, (void)wr;
+    ml_linear_backward_set(dx, dw, db, dy, x, w, B, In, Out);
 }
 
 void ml_relu_forward(float *y, const float *x, size_t n) {

@@ -21,6 +21,45 @@ void ml_linear_backward(float *dx, float *dw, float *db, const float *dy, const 
 void ml_linear_backward_set(float *dx, float *dw, float *db, const float *dy, const float *x,
                             const float *w, int B, int In, int Out);
 
+/*
+ * A prefetch stream: up to ML_PF_SPANS spans of memory a kernel will read (or write) in this
+ * order; ml_pf_advance asks for its next lines (one thread's, a few at a time between pieces
+ * of work: a burst of hundreds would wait on the line-fill buffers as the loads would). The
+ * caller owns the spans; the stream holds no memory.
+ */
+enum { ML_PF_SPANS = 4 };
+typedef struct ml_pf {
+    const char *p[ML_PF_SPANS];
+    size_t len[ML_PF_SPANS]; /* bytes */
+    int n, i;                /* spans, the one asked for next */
+    size_t at;               /* its next byte to ask for */
+    int write;               /* 1: the lines will be written (prefetchw) */
+} ml_pf;
+void ml_pf_init(ml_pf *s, int write);
+void ml_pf_add(ml_pf *s, const void *p, size_t bytes); /* ignored past ML_PF_SPANS */
+void ml_pf_advance(ml_pf *s, size_t lines);            /* asks for the next lines (64 bytes) */
+
+/*
+ * ml_linear_backward_set, the same bits, for the few rows of an expert, asking for the lines
+ * of what comes next while it computes. For B <= ml_linear_backward_rows_max() rows and In a
+ * multiple of 16 up to 256 it runs one output row at a time — w's row read once for all B
+ * rows of dx, dw's row written once — and before each such row it asks for the next In / 16
+ * lines of rd (to be read) and wr (to be written), when not NULL: streams over the weights
+ * and gradients the caller goes through next (its next products, the next expert's), whose
+ * lines then come from memory while this one computes. Otherwise it is
+ * ml_linear_backward_set.
+ *
+ * The additions are OpenBLAS's small-matrix kernels' (0.3.21, its SkylakeX and Cooperlake
+ * kernels): each dx element a chain of FMAs over the outputs in order, then added to dx; each
+ * dw element one over the rows. The kernel runs only where OpenBLAS was seen to give its bits
+ * (a check on the first call: widths 16 to 256, 1 to 8 rows, zeros of both signs among the
+ * inputs), and with AVX-512; elsewhere (OpenBLAS's Haswell or Zen kernels, say)
+ * ml_linear_backward_rows_max() is 0 and the products are OpenBLAS's.
+ */
+void ml_linear_backward_set_pf(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                               int B, int In, int Out, ml_pf *rd, ml_pf *wr);
+int ml_linear_backward_rows_max(void);
+
 void ml_relu_forward(float *y, const float *x, size_t n);
 /* dx += dy * (y > 0), y the forward output */
 void ml_relu_backward(float *dx, const float *dy, const float *y, size_t n);
