@@ -174,7 +174,9 @@ static int pix_forward(void *st, ml_moe *m, int e, int r0, int n, const float *x
             }
     return ML_OK;
 }
-static int pix_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg) {
+static int pix_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg,
+                        int next, ml_expert_abs *sums) {
+    (void)next, (void)sums; /* no prefetch, no sums of its own: grad_mag sums its tensors */
     pix_kind *k = st;
     const float *W = ml_moe_param(m, e, 0);
     float *dW = ml_moe_grad(m, e, 0), *db = ml_moe_grad(m, e, 1);

@@ -115,10 +115,22 @@ static void fill_with_zeros(float *x, size_t n, unsigned seed) {
     for (size_t i = seed % 7; i < n; i += 7) x[i] = i % 2 ? -0.0f : 0.0f;
 }
 
+/* sum |g| in double in 8 interleaved partial sums, element i in sum i mod 8, added
+   ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)): the MoE layer's grad_mag (model/moe.c) */
+static double sum_abs8(const float *g, size_t n) {
+    double a[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) a[l] += fabsf(g[i + l]);
+    for (int l = 0; i < n; i++, l++) a[l] += fabsf(g[i]);
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 /* ml_linear_backward_set_pf gives ml_linear_backward_set's bits: in the row kernel's shapes
    (1 to 8 rows, In a multiple of 16 up to 256; on this machine when
    ml_linear_backward_rows_max() says so) and in those it leaves to BLAS, dx not zero,
-   with and without prefetch streams (which change no result) */
+   with and without prefetch streams (which change no result); where the row kernel runs it
+   gives dw's |dw| sum, sum_abs8's bits, and nowhere else */
 START_TEST(linear_backward_set_pf_same_bits) {
     static const int shapes[][2] = {{64, 128}, {128, 64}, {16, 3}, {32, 256}, {256, 32}, {48, 80}, {20, 16}, {512, 8}};
     enum { MAXB = 12, MAXIO = 512 * 32 };
@@ -141,6 +153,11 @@ START_TEST(linear_backward_set_pf_same_bits) {
                 fill_with_zeros(x, (size_t)n * In, seed + 1);
                 fill_with_zeros(w, (size_t)Out * In, seed + 2);
                 fill_with_zeros(dx1, (size_t)n * In, seed + 3);
+                if (pf) /* magnitudes from 2^-30 to 2^30: sums in double round, so their order shows */
+                    for (int i = 0; i < n * Out || i < n * In; i++) {
+                        if (i < n * Out) dy[i] = ldexpf(dy[i], (int)((unsigned)i * 37u % 61u) - 30);
+                        if (i < n * In) x[i] = ldexpf(x[i], (int)((unsigned)i * 53u % 61u) - 30);
+                    }
                 memcpy(dx2, dx1, sizeof(float) * n * In);
                 tu_fill(dw2, (size_t)Out * In, seed + 4, -1, 1); /* garbage, overwritten */
                 tu_fill(db2, (size_t)Out, seed + 5, -1, 1);
@@ -149,7 +166,16 @@ START_TEST(linear_backward_set_pf_same_bits) {
                 ml_pf_add(&rd, w, sizeof(float) * Out * In), ml_pf_add(&rd, other, sizeof(float) * MAXIO);
                 ml_pf_add(&wr, dw2, sizeof(float) * Out * In), ml_pf_add(&wr, other, sizeof(float) * MAXIO);
                 ml_linear_backward_set(dx1, dw1, db1, dy, x, w, n, In, Out);
-                ml_linear_backward_set_pf(dx2, dw2, db2, dy, x, w, n, In, Out, pf ? &rd : NULL, pf ? &wr : NULL);
+                double sum = -1;
+                const int got = ml_linear_backward_set_pf(dx2, dw2, db2, dy, x, w, n, In, Out, pf ? &rd : NULL,
+                                                          pf ? &wr : NULL, n % 3 ? &sum : NULL);
+                const int rows = ml_linear_backward_rows_max() >= n && In % 16 == 0 && In <= 256;
+                ck_assert_int_eq(got, rows && n % 3);
+                if (got) {
+                    const double want = sum_abs8(dw1, (size_t)Out * In);
+                    ck_assert_msg(!memcmp(&sum, &want, sizeof sum), "|dw| sum %.17g, expected %.17g, In %d Out %d rows %d",
+                                  sum, want, In, Out, n);
+                }
                 ck_assert_msg(!memcmp(dx1, dx2, sizeof(float) * n * In), "dx, In %d Out %d rows %d", In, Out, n);
                 ck_assert_msg(!memcmp(dw1, dw2, sizeof(float) * Out * In), "dw, In %d Out %d rows %d", In, Out, n);
                 ck_assert_msg(!memcmp(db1, db2, sizeof(float) * Out), "db, In %d Out %d rows %d", In, Out, n);
@@ -183,7 +209,7 @@ START_TEST(linear_backward_set_pf_gradients) {
     ml_pf rd, wr;
     ml_pf_init(&rd, 0), ml_pf_init(&wr, 1);
     ml_pf_add(&rd, other, sizeof other), ml_pf_add(&wr, other, sizeof other);
-    ml_linear_backward_set_pf(dx, dw, db, k.c, k.x, k.w, PB, PIN, POUT, &rd, &wr);
+    ml_linear_backward_set_pf(dx, dw, db, k.c, k.x, k.w, PB, PIN, POUT, &rd, &wr, NULL);
     ck_assert_double_lt(tu_gradcheck(pf_loss, &k, k.x, dx, PB * PIN, 100, 1e-3), TU_GC_TOL);
     ck_assert_double_lt(tu_gradcheck(pf_loss, &k, k.w, dw, POUT * PIN, 100, 1e-3), TU_GC_TOL);
     ck_assert_double_lt(tu_gradcheck(pf_loss, &k, k.b, db, POUT, 100, 1e-3), TU_GC_TOL);

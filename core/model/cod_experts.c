@@ -253,8 +253,8 @@ static int cod_forward(void *st, ml_moe *m, int e, int r0, int n, const float *x
 }
 
 static int cod_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg,
-                        int next) {
-    (void)next;
+                        int next, ml_expert_abs *sums) {
+    (void)next, (void)sums;
     cod_st *k = st;
     const int kind = ml_moe_variant(m, e), C = k->C, H = k->H, W = k->W, HW = k->HW, q = k->q;
     const size_t R = k->row, Q = (size_t)q * HW;

@@ -126,7 +126,7 @@ static void mlp_pf_streams(const ml_moe *m, int e, int next, ml_pf *rd, ml_pf *w
 }
 
 static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg,
-                        int next) {
+                        int next, ml_expert_abs *sums) {
     mlp_kind *k = st;
     const int D = m->D, H = k->H;
     const float *hg = k->hg + (size_t)r0 * H;
@@ -142,18 +142,19 @@ static int mlp_backward(void *st, ml_moe *m, int e, int r0, int n, const float *
     const int pf = set && n <= ml_linear_backward_rows_max();
     if (pf) mlp_pf_streams(m, e, next, &rd, &wr);
     memset(dhg, 0, (size_t)n * H * sizeof(float));
-    if (pf)
-        ml_linear_backward_set_pf(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg,
-                                  ml_moe_param(m, e, MLP_W2), n, H, D, &rd, &wr);
-    else
+    /* the row kernel sums |dW| as it writes dW (sums); BLAS leaves that to grad_mag */
+    if (!pf)
         lin(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg, ml_moe_param(m, e, MLP_W2), n, H, D);
+    else if (ml_linear_backward_set_pf(dhg, ml_moe_grad(m, e, MLP_W2), ml_moe_grad(m, e, MLP_B2), dyg, hg,
+                                       ml_moe_param(m, e, MLP_W2), n, H, D, &rd, &wr, sums ? &sums->s[MLP_W2] : NULL))
+        sums->known |= 1u << MLP_W2;
     for (size_t i = 0; i < (size_t)n * H; i++)
         if (hg[i] <= 0) dhg[i] = 0;
-    if (pf)
-        ml_linear_backward_set_pf(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg,
-                                  ml_moe_param(m, e, MLP_W1), n, D, H, &rd, &wr);
-    else
+    if (!pf)
         lin(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg, ml_moe_param(m, e, MLP_W1), n, D, H);
+    else if (ml_linear_backward_set_pf(dxg, ml_moe_grad(m, e, MLP_W1), ml_moe_grad(m, e, MLP_B1), dhg, xg,
+                                       ml_moe_param(m, e, MLP_W1), n, D, H, &rd, &wr, sums ? &sums->s[MLP_W1] : NULL))
+        sums->known |= 1u << MLP_W1;
     for (int i = 0; i < 4; i++) m->P->t[m->th[e][i]].grad_stale = 0;
     return ML_OK;
 }
@@ -260,21 +261,26 @@ static int double_finite(double d) {
  * each tensor whose sum is finite is marked grad_finite and ml_params_grad_finite_used does
  * not read it again.
  */
-static float grad_mag(const ml_moe *m, int e) {
+static float grad_mag(const ml_moe *m, int e, const ml_expert_abs *known) {
     float s = 0;
     size_t count = 0;
     const int nt = m->nt[e];
     double a[ML_EXPERT_MAX_TENSORS];
-    int by[ML_EXPERT_MAX_TENSORS]; /* the tensors by size, largest first: summed in pairs of like size */
+    int by[ML_EXPERT_MAX_TENSORS]; /* the tensors left to sum by size, largest first: in pairs of like size */
+    int left = 0;
     for (int i = 0; i < nt; i++) {
-        int j = i;
+        if (known && known->known >> i & 1) { /* summed by the backward, the same bits */
+            a[i] = known->s[i];
+            continue;
+        }
+        int j = left++;
         for (; j > 0 && m->P->t[m->th[e][by[j - 1]]].n < m->P->t[m->th[e][i]].n; j--) by[j] = by[j - 1];
         by[j] = i;
     }
-    for (int k = 0; k < nt; k += 2) {
+    for (int k = 0; k < left; k += 2) {
         const int i = by[k];
         const size_t n = m->P->t[m->th[e][i]].n;
-        if (k + 1 < nt) {
+        if (k + 1 < left) {
             const int j = by[k + 1];
             sum_abs2(ml_moe_grad(m, e, i), n, ml_moe_grad(m, e, j), m->P->t[m->th[e][j]].n, &a[i], &a[j]);
         } else {
@@ -443,7 +449,7 @@ static int after_backward(ml_moe *m, int have_mag) {
     if (!have_mag) {
         const int par = m->kind->parallel && omp_get_max_threads() > 1;
 #pragma omp parallel for schedule(dynamic, 1) if (par)
-        for (int e = 0; e < N; e++) m->grad_mag[e] = m->load[e] > 0 ? grad_mag(m, e) : 0.0f;
+        for (int e = 0; e < N; e++) m->grad_mag[e] = m->load[e] > 0 ? grad_mag(m, e, NULL) : 0.0f;
     }
     return ml_router_inst_after_backward(&m->router, m->grad_mag, m->load);
 }
@@ -456,8 +462,10 @@ static int run_expert(ml_moe *m, int j, int backward, int training, int mag, int
     float *dxg = m->dxg + (size_t)r0 * D;
     ml_zero(dxg, (size_t)n * D);
     if (!m->kind->own_stale) ml_moe_zero_stale(m, e);
-    int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg, next);
-    if (!rc && mag) m->grad_mag[e] = grad_mag(m, e);
+    ml_expert_abs sums;
+    sums.known = 0;
+    int rc = m->kind->backward(m->kst, m, e, r0, n, xg, m->dyg + (size_t)r0 * D, dxg, next, mag ? &sums : NULL);
+    if (!rc && mag) m->grad_mag[e] = grad_mag(m, e, &sums);
     return rc;
 }
 
@@ -533,7 +541,7 @@ static int run_experts(ml_moe *m, int backward, int training, int mag) {
                 failed = m->used[j];
         if (later && failed < 0) {
 #pragma omp parallel for schedule(dynamic, 1)
-            for (int j = 0; j < nu; j++) m->grad_mag[m->used[j]] = grad_mag(m, m->used[j]);
+            for (int j = 0; j < nu; j++) m->grad_mag[m->used[j]] = grad_mag(m, m->used[j], NULL);
         }
     }
     if (failed >= 0)

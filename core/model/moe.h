@@ -51,6 +51,15 @@ typedef struct ml_moe ml_moe;
 /* Tensors one expert may have. */
 #define ML_EXPERT_MAX_TENSORS 32
 
+/* An expert's |grad| sums that its backward computed while it wrote the gradients: bit i of
+   `known` set when s[i] is tensor i's (describe order) sum of |g| in double, in 8 interleaved
+   partial sums (element j in sum j mod 8) added ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 +
+   s7)) — grad_mag's sum (moe.c), the same bits, so it need not read the tensor again. */
+typedef struct ml_expert_abs {
+    uint32_t known;
+    double s[ML_EXPERT_MAX_TENSORS];
+} ml_expert_abs;
+
 /* One tensor of an expert, as its kind describes it (moe.c declares it in the block). */
 typedef struct ml_expert_tensor {
     char name[48];              /* "w1": the block name is "moe<L>.expert<e>.<name>" */
@@ -83,9 +92,10 @@ typedef struct ml_expert_kind {
     int (*reserve)(void *st, ml_moe *m, int K);   /* activations for K gathered rows (each forward: grow) */
     int (*forward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, float *yg, int training);
     /* next: the expert whose backward this thread runs after this one, -1: none or not known
-       (its weights and gradients may be prefetched) */
+       (its weights and gradients may be prefetched). sums (NULL: not wanted): where the kind
+       may leave the |grad| sums of tensors it summed while writing them (ml_expert_abs) */
     int (*backward)(void *st, ml_moe *m, int e, int r0, int n, const float *xg, const float *dyg, float *dxg,
-                    int next);
+                    int next, ml_expert_abs *sums);
     /* useful FLOPs of forward + backward for one row of expert e (bench), or NULL */
     double (*flops)(void *st, const ml_moe *m, int e);
     /* The variant of an expert created at index e (see Variants above), or NULL: one variant.

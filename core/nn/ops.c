@@ -118,11 +118,13 @@ static int rows_fit(int B, int In, int Out) {
    output row o at a time: w's row o read once for all B rows of dx, dw's row o written once,
    and before them the next In / 16 lines of rd and wr asked for. The additions are
    OpenBLAS's (rows_check): each dx element a chain of FMAs over o from +0, added to dx at
-   the end; each dw element one over the rows from +0; db as linear_backward's. */
+   the end; each dw element one over the rows from +0; db as linear_backward's. With dw_abs,
+   the sum of |dw| as ml_linear_backward_set_pf says, while dw's rows are in registers. */
 static void backward_rows(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int B,
-                          int In, int Out, ml_pf *rd, ml_pf *wr) {
+                          int In, int Out, ml_pf *rd, ml_pf *wr, double *dw_abs) {
     const int nv = In / 16;
     __m512 acc[ROWS_MAX][ROWS_IN_MAX / 16]; /* (B, In) */
+    __m512d sa = _mm512_setzero_pd(); /* lane l: |dw[i]| for i = l mod 8, in order */
     for (int r = 0; r < B; r++)
         for (int v = 0; v < nv; v++) acc[r][v] = _mm512_setzero_ps();
     for (int o = 0; o < Out; o++) {
@@ -145,7 +147,17 @@ static void backward_rows(float *dx, float *dw, float *db, const float *dy, cons
                 acc[r][v] = _mm512_fmadd_ps(d, wv, acc[r][v]);
             }
             _mm512_storeu_ps(go + 16 * v, g);
+            if (dw_abs) {
+                const __m512 a = _mm512_abs_ps(g);
+                sa = _mm512_add_pd(sa, _mm512_cvtps_pd(_mm512_castps512_ps256(a)));
+                sa = _mm512_add_pd(sa, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1))));
+            }
         }
+    }
+    if (dw_abs) {
+        double l[8];
+        _mm512_storeu_pd(l, sa);
+        *dw_abs = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
     }
     if (dx)
         for (int r = 0; r < B; r++)
@@ -179,7 +191,7 @@ static int rows_check(void) {
                 }
             memcpy(dx2, dx1, sizeof(float) * B * In);
             ml_linear_backward_set(dx1, dw1, db1, dy, x, w, B, In, Out);
-            backward_rows(dx2, dw2, db2, dy, x, w, B, In, Out, NULL, NULL);
+            backward_rows(dx2, dw2, db2, dy, x, w, B, In, Out, NULL, NULL, NULL);
             same = !memcmp(dx1, dx2, sizeof(float) * B * In) && !memcmp(dw1, dw2, sizeof(float) * Out * In) &&
                    !memcmp(db1, db2, sizeof(float) * Out);
         }
@@ -210,16 +222,17 @@ int ml_linear_backward_rows_max(void) {
 #endif
 }
 
-void ml_linear_backward_set_pf(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
-                               int B, int In, int Out, ml_pf *rd, ml_pf *wr) {
+int ml_linear_backward_set_pf(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                              int B, int In, int Out, ml_pf *rd, ml_pf *wr, double *dw_abs) {
 #if defined(__AVX512F__)
     if (dw && rows_fit(B, In, Out) && ml_linear_backward_rows_max()) {
-        backward_rows(dx, dw, db, dy, x, w, B, In, Out, rd, wr);
-        return;
+        backward_rows(dx, dw, db, dy, x, w, B, In, Out, rd, wr, dw_abs);
+        return dw_abs != NULL;
     }
 #endif
     (void)rd, (void)wr;
     ml_linear_backward_set(dx, dw, db, dy, x, w, B, In, Out);
+    return 0;
 }
 
 void ml_relu_forward(float *y, const float *x, size_t n) {

@@ -55,9 +55,15 @@ void ml_pf_advance(ml_pf *s, size_t lines);            /* asks for the next line
  * (a check on the first call: widths 16 to 256, 1 to 8 rows, zeros of both signs among the
  * inputs), and with AVX-512; elsewhere (OpenBLAS's Haswell or Zen kernels, say)
  * ml_linear_backward_rows_max() is 0 and the products are OpenBLAS's.
+ *
+ * With dw_abs not NULL, the row kernel also sums |dw| over the Out·In elements in row-major
+ * order while it writes them, in double, in 8 interleaved partial sums (element i in sum
+ * i mod 8, each in order of i) added as ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)):
+ * the MoE layer's |grad| sum (model/moe.c, grad_mag), bit for bit, without reading dw
+ * again. Returns 1 when *dw_abs was written, 0 when not (BLAS ran, or dw_abs is NULL).
  */
-void ml_linear_backward_set_pf(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
-                               int B, int In, int Out, ml_pf *rd, ml_pf *wr);
+int ml_linear_backward_set_pf(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
+                              int B, int In, int Out, ml_pf *rd, ml_pf *wr, double *dw_abs);
 int ml_linear_backward_rows_max(void);
 
 void ml_relu_forward(float *y, const float *x, size_t n);
