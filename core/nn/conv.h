@@ -148,17 +148,6 @@ void ml_convt2d_backward_cat(const ml_conv_shape *s, int Ca,
                              float *ws);
 
 /*
- * ml_convt2d_backward_cat when the layer's output y feeds only a stride-1 conv2d `next` with
- * few output channels and the same map size (the SRNN's output conv, 32 -> 3 channels): the
- * layer's output gradient, next's input gradient, is not given but computed plane by plane
- * inside this layer's gather from next's output gradient ndy and output ny, and never stored
- * (at 64 x 64, batch 64 it is 32 MB, and next's own dx kernel, 3 channels in, is load bound).
- * Call ml_conv2d_backward(next, NULL, ...) for next's dw and db. Only when
- * ml_convt2d_fuses_next(s, next) (the Winograd form, subpixel 2; next->O <= ML_CONV_NEXT_MAX_O,
- * next->k <= ML_CONV_NEXT_MAX_K). Its sums run in another order than next's dx kernel: the
- * results differ from the unfused pair's by rounding.
- */
-/*
  * ml_convt2d_forward_cat followed by ml_conv2d_forward(next, ny, y, nw, nb): next, a
  * stride-1 conv2d on the direct kernel (next->direct) with the same map size, runs on each
  * chunk of y as soon as it is written, by the thread that wrote it, while it is in cache (the
@@ -180,6 +169,17 @@ int ml_convt2d_forward_cat_next(const ml_conv_shape *s, int Ca,
                                 const float *nb,          // (next O) or NULL
                                 float *ws);
 
+/*
+ * ml_convt2d_backward_cat when the layer's output y feeds only a stride-1 conv2d `next` with
+ * few output channels and the same map size (the SRNN's output conv, 32 -> 3 channels): the
+ * layer's output gradient, next's input gradient, is not given but computed plane by plane
+ * inside this layer's gather from next's output gradient ndy and output ny, and never stored
+ * (at 64 x 64, batch 64 it is 32 MB, and next's own dx kernel, 3 channels in, is load bound).
+ * Call ml_conv2d_backward(next, NULL, ...) for next's dw and db. Only when
+ * ml_convt2d_fuses_next(s, next) (the Winograd form, subpixel 2; next->O <= ML_CONV_NEXT_MAX_O,
+ * next->k <= ML_CONV_NEXT_MAX_K). Its sums run in another order than next's dx kernel: the
+ * results differ from the unfused pair's by rounding.
+ */
 #define ML_CONV_NEXT_MAX_O 4
 #define ML_CONV_NEXT_MAX_K 7
 int ml_convt2d_fuses_next(const ml_conv_shape *s, const ml_conv_shape *next);
