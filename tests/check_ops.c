@@ -258,6 +258,41 @@ START_TEST(mse_gradient) {
 }
 END_TEST
 
+/* ml_mse_forward against a long double reference over 3 blocks and a part, over more than 256
+   blocks (two groups) and under one block, with the same bits on 1 and 2 threads; and a sum
+   whose value depends on the lanes */
+START_TEST(mse_forward_blocked) {
+    const size_t ns[3] = {3 * 16384 + 5, 257 * 16384 + 3, 7};
+    const int saved = omp_get_max_threads();
+    for (int c = 0; c < 3; c++) {
+        const size_t n = ns[c];
+        float *a = malloc(n * sizeof *a), *t = malloc(n * sizeof *t);
+        ck_assert(a && t);
+        tu_fill(a, n, 21, -2, 2);
+        tu_fill(t, n, 22, -1, 1);
+        long double r = 0;
+        for (size_t i = 0; i < n; i++) r += ((long double)a[i] - t[i]) * ((long double)a[i] - t[i]);
+        r /= (long double)n;
+        double got[2];
+        for (int nt = 1; nt <= 2; nt++) {
+            omp_set_num_threads(nt);
+            got[nt - 1] = ml_mse_forward(a, t, n);
+            omp_set_num_threads(saved);
+        }
+        ck_assert(memcmp(&got[0], &got[1], sizeof got[0]) == 0);
+        ck_assert_double_eq_tol(got[0], (double)r, 1e-12 * (double)r);
+        free(a), free(t);
+    }
+    /* the lanes: 1e8^2 = 1e16 (spacing 2 in double) in lane 0 with 1 (element 8) stays 1e16;
+       lane 1 holds 1 + 1 (elements 1 and 9); in lane order the sum is 1e16 + 2, where a
+       sequential sum (or 16 lanes) loses every 1 and gives 1e16 */
+    float a[17] = {0}, t[17] = {0};
+    a[0] = 1e8f;
+    a[1] = a[8] = a[9] = 1.0f;
+    ck_assert(ml_mse_forward(a, t, 17) == (1e16 + 2.0) / 17.0);
+}
+END_TEST
+
 /* ml_mse_backward_set: the same bits as zeroing da and ml_mse_backward, over garbage, on 1
    and 2 threads, for a length of 3 blocks and a part (and a short one, 1 block) */
 START_TEST(mse_backward_set) {
@@ -396,6 +431,7 @@ int main(void) {
     tcase_add_test(t, pf_stream_walks_spans);
     tcase_add_test(t, mse_gradient);
     tcase_add_test(t, mse_backward_set);
+    tcase_add_test(t, mse_forward_blocked);
     tcase_add_test(t, params_growth_keeps_values);
     tcase_add_test(t, adam_matches_formula);
     tcase_add_test(t, sgd_momentum);
