@@ -419,7 +419,8 @@ END_TEST
 
 /* ---- batch norm backward with dx written (ml_batchnorm2d_backward_part_set): the same bits
  * as zeroing dx and adding (ml_batchnorm2d_backward_part), whatever dx held before, on 1 and
- * 2 threads, with and without relu; dgamma and dbeta still accumulate ---- */
+ * 2 threads, with and without relu; dgamma and dbeta still accumulate; with relu also
+ * ml_batchnorm2d_relu_backward_part_set (the mask from x and beta, no y) ---- */
 
 START_TEST(test_bn_backward_set) {
     const int B = 3, C = 5, HW = 37, relu = _i, saved = omp_get_max_threads();
@@ -430,8 +431,9 @@ START_TEST(test_bn_backward_set) {
     tu_fill(g, C, 63, 0.5f, 1.5f);
     tu_fill(bt, C, 64, -0.5f, 0.5f);
     ml_batchnorm2d_forward_train(y, mean, rstd, NULL, NULL, x, g, bt, B, C, HW, 0.1f, 1e-5f, relu);
-    float *dx[3], *dg[3], *db[3];
-    for (int r = 0; r < 3; r++) {
+    float *dx[5], *dg[5], *db[5];
+    const int runs = relu ? 5 : 3;
+    for (int r = 0; r < runs; r++) {
         dx[r] = fl(n), dg[r] = fl(C), db[r] = fl(C);
         tu_fill(dg[r], C, 65, -1, 1); /* accumulated into: the same start */
         tu_fill(db[r], C, 66, -1, 1);
@@ -440,6 +442,13 @@ START_TEST(test_bn_backward_set) {
             ck_assert_int_eq(ml_batchnorm2d_backward_part(NULL, dx[r], dg[r], db[r], dy, y, x, mean, rstd, g, B,
                                                           C, HW, relu),
                              ML_OK);
+        } else if (r >= 3) {
+            tu_fill(dx[r], n, 67 + r, -5, 5);
+            omp_set_num_threads(r - 2);
+            ck_assert_int_eq(ml_batchnorm2d_relu_backward_part_set(NULL, dx[r], dg[r], db[r], dy, x, mean, rstd, g,
+                                                                   bt, B, C, HW),
+                             ML_OK);
+            omp_set_num_threads(saved);
         } else {
             tu_fill(dx[r], n, 67 + r, -5, 5); /* garbage, overwritten */
             omp_set_num_threads(r);
@@ -449,12 +458,12 @@ START_TEST(test_bn_backward_set) {
             omp_set_num_threads(saved);
         }
     }
-    for (int r = 1; r < 3; r++) {
+    for (int r = 1; r < runs; r++) {
         ck_assert(memcmp(dx[0], dx[r], n * sizeof(float)) == 0);
         ck_assert(memcmp(dg[0], dg[r], C * sizeof(float)) == 0);
         ck_assert(memcmp(db[0], db[r], C * sizeof(float)) == 0);
     }
-    for (int r = 0; r < 3; r++) free(dx[r]), free(dg[r]), free(db[r]);
+    for (int r = 0; r < runs; r++) free(dx[r]), free(dg[r]), free(db[r]);
     free(x), free(y), free(dy), free(g), free(bt), free(mean), free(rstd);
 }
 END_TEST

@@ -262,12 +262,13 @@ static int conv_bn_forward(cod *n, const ml_conv_shape *s, float *pre, float *y,
 /* the backward of conv_bn_forward: dy -> parameter gradients, dx += (dx may be NULL), and
    dxb += with a second input xb */
 static int conv_bn_backward(cod *n, const ml_conv_shape *s, float *dx, float *dxb, const float *dy, const float *pre,
-                            const float *y, const float *mean, const float *rstd, const float *x, const float *xb,
+                            const float *mean, const float *rstd, const float *x, const float *xb,
                             int Ca, int w, int b, int g, int bt) {
     const int HW = s->Ho * s->Wo;
     /* gpre is written (each plane zeroed in cache before it is added to) */
-    if (ml_batchnorm2d_backward_part_set(n->comm, n->gpre, ml_params_grad(n->P, g), ml_params_grad(n->P, bt), dy,
-                                         y, pre, mean, rstd, ml_params_data(n->P, g), s->B, s->O, HW, 1))
+    if (ml_batchnorm2d_relu_backward_part_set(n->comm, n->gpre, ml_params_grad(n->P, g), ml_params_grad(n->P, bt),
+                                              dy, pre, mean, rstd, ml_params_data(n->P, g),
+                                              ml_params_data(n->P, bt), s->B, s->O, HW))
         return ML_ERR;
     if (xb)
         ml_conv2d_backward_cat(s, Ca, dx, dxb, ml_params_grad(n->P, w), ml_params_grad(n->P, b), n->gpre, NULL, x,
@@ -325,7 +326,7 @@ static int cod_backward(void *net, ml_moe *const *moe, const float *dout) {
     for (int j = NS - 2; j >= 0; j--) {
         int l = NS - 2 - j, h = n->ecfg[l].H, w = n->ecfg[l].W, cd = n->dcin[j] - n->ch[l];
         ml_zero(n->gup[j], (size_t)B * cd * h * w);
-        if (conv_bn_backward(n, &n->ds[j], n->gup[j], n->ge[l], n->gd[j], n->dpre[j], n->d[j], n->dmean[j],
+        if (conv_bn_backward(n, &n->ds[j], n->gup[j], n->ge[l], n->gd[j], n->dpre[j], n->dmean[j],
                              n->drstd[j], n->up[j], n->e[l], cd, n->dw[j], n->db[j], n->dg[j], n->dbt[j]))
             return ml_error_prefix("cod: backward of decoder block %d", j + 1);
         /* up2 of the deeper map: d_{j-1} of the block before, or e_4 */
@@ -337,7 +338,7 @@ static int cod_backward(void *net, ml_moe *const *moe, const float *dout) {
     for (int l = NS - 1; l >= 0; l--) {
         ml_zero(n->gs[l], ml_conv_out_size(&n->es[l]));
         if (ml_moe_backward(moe[l], n->ge[l], n->gs[l])) return ML_ERR;
-        if (conv_bn_backward(n, &n->es[l], l > 0 ? n->ge[l - 1] : NULL, NULL, n->gs[l], n->pre[l], n->s[l],
+        if (conv_bn_backward(n, &n->es[l], l > 0 ? n->ge[l - 1] : NULL, NULL, n->gs[l], n->pre[l],
                              n->mean[l], n->rstd[l], l > 0 ? n->e[l - 1] : n->x, NULL, 0, n->ew[l], n->eb[l],
                              n->eg[l], n->ebt[l]))
             return ml_error_prefix("cod: backward of encoder stage %d", l + 1);

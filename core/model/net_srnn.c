@@ -348,9 +348,9 @@ static int srnn_encode_backward(void *net, const float *dz) {
         const ml_conv_shape *s = &n->es[l];
         const int HW = s->Ho * s->Wo;
         /* dpre is written (each plane zeroed in cache before it is added to) */
-        if (ml_batchnorm2d_backward_part_set(n->comm, n->dpre, PG(gam[l]), PG(bet[l]), n->dskip[l],
-                                             n->skip[l], n->pre[l], n->mean[l], n->rstd[l], PW(gam[l]),
-                                             B, s->O, HW, 1))
+        if (ml_batchnorm2d_relu_backward_part_set(n->comm, n->dpre, PG(gam[l]), PG(bet[l]), n->dskip[l],
+                                                  n->pre[l], n->mean[l], n->rstd[l], PW(gam[l]), PW(bet[l]),
+                                                  B, s->O, HW))
             return ml_error_prefix("srnn: backward of encoder block %d", l + 1);
         ml_conv2d_backward(s, l > 0 ? n->dskip[l - 1] : NULL, PG(ew[l]), PG(eb[l]), n->dpre,
                            NULL, l > 0 ? n->skip[l - 1] : n->x, PW(ew[l]), n->ws);

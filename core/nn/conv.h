@@ -321,6 +321,12 @@ int ml_batchnorm2d_backward_part_set(const ml_comm *comm, float *dx, float *dgam
                                      const float *dy, const float *y, const float *x, const float *mean,
                                      const float *rstd, const float *gamma, int B, int C, int HW,
                                      int relu);
+/* ml_batchnorm2d_backward_part_set with relu, without y: the ReLU's mask is recomputed from x
+ * (x gamma rstd + (beta - mean gamma rstd) > 0, the floats forward_train computed y from), so
+ * the same bits as passing y, with one stream less to read. beta: the forward's. */
+int ml_batchnorm2d_relu_backward_part_set(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
+                                          const float *dy, const float *x, const float *mean, const float *rstd,
+                                          const float *gamma, const float *beta, int B, int C, int HW);
 
 /* y = [a, b] along channels (U-Net skip); backward splits dy, accumulating into da, db
  * (either may be NULL). */

@@ -163,26 +163,42 @@ void ml_batchnorm2d_forward_eval(float *y, const float *x, const float *gamma, c
  *   dbeta += sum g, dgamma += sum g xh,
  *   dx += gamma rstd (g - mean(g) - xh mean(g xh)).
  * In two steps per channel: the sums of g and g xh, then dx from their means.
+ * The ReLU's mask: relu 1 reads y > 0; relu 2 recomputes it from x as the forward computed
+ * y (affine_plane: x a + b > 0, a = gamma rstd, b = beta - mean a, given as ma and mb), the
+ * same floats, so the same mask, without reading y.
  */
+/* one plane's sums of g and g xh in LANES lanes; RELU a literal 0, 1 or 2 in each call */
+static inline __attribute__((always_inline)) void plane_grad_sums(const int RELU, const float *d, const float *yp,
+                                                                  const float *xp, int HW, float mu, float r,
+                                                                  float ma, float mb, float *ag, float *agx) {
+    int j = 0;
+    for (; j + LANES <= HW; j += LANES)
+#pragma omp simd
+        for (int l = 0; l < LANES; l++) {
+            const float g = RELU == 2 ? (xp[j + l] * ma + mb > 0 ? d[j + l] : 0.0f)
+                            : RELU == 1 ? (yp[j + l] > 0 ? d[j + l] : 0.0f) : d[j + l];
+            ag[l] += g;
+            agx[l] += g * (xp[j + l] - mu) * r;
+        }
+    for (int l = 0; j < HW; j++, l++) {
+        const float g = RELU == 2 ? (xp[j] * ma + mb > 0 ? d[j] : 0.0f) : RELU == 1 ? (yp[j] > 0 ? d[j] : 0.0f) : d[j];
+        ag[l] += g;
+        agx[l] += g * (xp[j] - mu) * r;
+    }
+}
+
 static void channel_grad_sums(const float *dy, const float *y, const float *x, float mu, float r, int B,
-                              int C, int HW, int relu, int c, double *sg_out, double *sgx_out) {
+                              int C, int HW, int relu, float ma, float mb, int c, double *sg_out,
+                              double *sgx_out) {
     double sg = 0, sgx = 0;
     for (int i = 0; i < B; i++) {
         const size_t off = ((size_t)i * C + c) * HW;
-        const float *d = dy + off, *xp = x + off, *yp = relu ? y + off : NULL;
+        const float *d = dy + off, *xp = x + off, *yp = relu == 1 ? y + off : NULL;
         float ag[LANES] = {0}, agx[LANES] = {0};
-        int j = 0;
-        for (; j + LANES <= HW; j += LANES)
-#pragma omp simd
-            for (int l = 0; l < LANES; l++) {
-                const float g = !yp || yp[j + l] > 0 ? d[j + l] : 0.0f;
-                ag[l] += g;
-                agx[l] += g * (xp[j + l] - mu) * r;
-            }
-        for (int l = 0; j < HW; j++, l++) {
-            const float g = !yp || yp[j] > 0 ? d[j] : 0.0f;
-            ag[l] += g;
-            agx[l] += g * (xp[j] - mu) * r;
+        switch (relu) {
+        case 2: plane_grad_sums(2, d, yp, xp, HW, mu, r, ma, mb, ag, agx); break;
+        case 1: plane_grad_sums(1, d, yp, xp, HW, mu, r, ma, mb, ag, agx); break;
+        default: plane_grad_sums(0, d, yp, xp, HW, mu, r, ma, mb, ag, agx); break;
         }
         sg += lanes_sum(ag);
         sgx += lanes_sum(agx);
@@ -194,14 +210,21 @@ static void channel_grad_sums(const float *dy, const float *y, const float *x, f
 /* set: dx's planes are zeroed here, each just before it is added to (in cache), instead of
  * by the caller in a pass of its own: the same additions, the same bits */
 static void channel_dx(float *dx, const float *dy, const float *y, const float *x, float mu, float r,
-                       float gamma, int B, int C, int HW, int relu, int c, float mg, float mgx, int set) {
+                       float gamma, int B, int C, int HW, int relu, float ma, float mb, int c, float mg,
+                       float mgx, int set) {
     const float a = gamma * r;
     for (int i = 0; i < B; i++) {
         const size_t off = ((size_t)i * C + c) * HW;
         const float *d = dy + off, *xp = x + off;
         float *o = dx + off;
         if (set) memset(o, 0, sizeof(float) * (size_t)HW);
-        if (relu) {
+        if (relu == 2) {
+#pragma omp simd
+            for (int j = 0; j < HW; j++) {
+                const float g = xp[j] * ma + mb > 0 ? d[j] : 0.0f;
+                o[j] += a * (g - mg - (xp[j] - mu) * r * mgx);
+            }
+        } else if (relu) {
             const float *yp = y + off;
 #pragma omp simd
             for (int j = 0; j < HW; j++) {
@@ -215,26 +238,32 @@ static void channel_dx(float *dx, const float *dy, const float *y, const float *
     }
 }
 
+/* relu 2: beta given, the mask from x (channel_grad_sums); the affine map's a and b as
+ * channel_finish computes them */
+static float mask_a(const float *gamma, const float *rstd, int c) { return gamma[c] * rstd[c]; }
+static float mask_b(const float *beta, const float *mean, float a, int c) { return beta ? beta[c] - mean[c] * a : 0.0f; }
+
 static void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
-                        const float *x, const float *mean, const float *rstd, const float *gamma, int B,
-                        int C, int HW, int relu, int set) {
+                        const float *x, const float *mean, const float *rstd, const float *gamma,
+                        const float *beta, int B, int C, int HW, int relu, int set) {
     const double N = (double)B * HW;
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < C; c++) {
         double sg, sgx;
-        channel_grad_sums(dy, y, x, mean[c], rstd[c], B, C, HW, relu, c, &sg, &sgx);
+        const float ma = mask_a(gamma, rstd, c), mb = mask_b(beta, mean, ma, c);
+        channel_grad_sums(dy, y, x, mean[c], rstd[c], B, C, HW, relu, ma, mb, c, &sg, &sgx);
         if (dbeta) dbeta[c] += (float)sg;
         if (dgamma) dgamma[c] += (float)sgx;
         if (!dx) continue;
-        channel_dx(dx, dy, y, x, mean[c], rstd[c], gamma[c], B, C, HW, relu, c, (float)(sg / N), (float)(sgx / N),
-                   set);
+        channel_dx(dx, dy, y, x, mean[c], rstd[c], gamma[c], B, C, HW, relu, ma, mb, c, (float)(sg / N),
+                   (float)(sgx / N), set);
     }
 }
 
 void ml_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                              const float *y, const float *x, const float *mean, const float *rstd,
                              const float *gamma, int B, int C, int HW, int relu) {
-    bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu, 0);
+    bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, NULL, B, C, HW, relu ? 1 : 0, 0);
 }
 
 /*
@@ -244,16 +273,18 @@ void ml_batchnorm2d_backward(float *dx, float *dgamma, float *dbeta, const float
  */
 static int bn_backward_part(const ml_comm *comm, float *dx, float *dgamma, float *dbeta, const float *dy,
                             const float *y, const float *x, const float *mean, const float *rstd,
-                            const float *gamma, int B, int C, int HW, int relu, int set) {
+                            const float *gamma, const float *beta, int B, int C, int HW, int relu, int set) {
     if (!comm || comm->size < 2) {
-        bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu, set);
+        bn_backward(dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, beta, B, C, HW, relu, set);
         return ML_OK;
     }
     double *sum = malloc(sizeof(double) * (2 * (size_t)C + 1)); /* sg (C), sgx (C), count */
     if (!sum) return ml_errorf("batchnorm2d: out of memory for %d channels", C);
 #pragma omp parallel for schedule(static)
     for (int c = 0; c < C; c++) {
-        channel_grad_sums(dy, y, x, mean[c], rstd[c], B, C, HW, relu, c, &sum[c], &sum[C + c]);
+        const float ma = mask_a(gamma, rstd, c);
+        channel_grad_sums(dy, y, x, mean[c], rstd[c], B, C, HW, relu, ma, mask_b(beta, mean, ma, c), c, &sum[c],
+                          &sum[C + c]);
         if (dbeta) dbeta[c] += (float)sum[c];
         if (dgamma) dgamma[c] += (float)sum[C + c];
     }
@@ -266,9 +297,11 @@ static int bn_backward_part(const ml_comm *comm, float *dx, float *dgamma, float
     if (dx) {
         const double N = sum[2 * C];
 #pragma omp parallel for schedule(static)
-        for (int c = 0; c < C; c++)
-            channel_dx(dx, dy, y, x, mean[c], rstd[c], gamma[c], B, C, HW, relu, c, (float)(sum[c] / N),
-                       (float)(sum[C + c] / N), set);
+        for (int c = 0; c < C; c++) {
+            const float ma = mask_a(gamma, rstd, c);
+            channel_dx(dx, dy, y, x, mean[c], rstd[c], gamma[c], B, C, HW, relu, ma, mask_b(beta, mean, ma, c), c,
+                       (float)(sum[c] / N), (float)(sum[C + c] / N), set);
+        }
     }
     free(sum);
     return ML_OK;
@@ -277,13 +310,19 @@ static int bn_backward_part(const ml_comm *comm, float *dx, float *dgamma, float
 int ml_batchnorm2d_backward_part(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
                                  const float *dy, const float *y, const float *x, const float *mean,
                                  const float *rstd, const float *gamma, int B, int C, int HW, int relu) {
-    return bn_backward_part(comm, dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu, 0);
+    return bn_backward_part(comm, dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, NULL, B, C, HW, relu ? 1 : 0, 0);
 }
 
 int ml_batchnorm2d_backward_part_set(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
                                      const float *dy, const float *y, const float *x, const float *mean,
                                      const float *rstd, const float *gamma, int B, int C, int HW, int relu) {
-    return bn_backward_part(comm, dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, B, C, HW, relu, 1);
+    return bn_backward_part(comm, dx, dgamma, dbeta, dy, y, x, mean, rstd, gamma, NULL, B, C, HW, relu ? 1 : 0, 1);
+}
+
+int ml_batchnorm2d_relu_backward_part_set(const ml_comm *comm, float *dx, float *dgamma, float *dbeta,
+                                          const float *dy, const float *x, const float *mean, const float *rstd,
+                                          const float *gamma, const float *beta, int B, int C, int HW) {
+    return bn_backward_part(comm, dx, dgamma, dbeta, dy, NULL, x, mean, rstd, gamma, beta, B, C, HW, 2, 1);
 }
 
 void ml_concat_channels_forward(float *y, const float *a, const float *b, int B, int Ca, int Cb,
