@@ -949,7 +949,9 @@ END_TEST
  * 3x3 sigmoid conv on 14-wide rows (partial vectors), 1 a 5x5 conv without activation on
  * 70-wide rows (a 4-vector block and a partial one), 2 the SRNN's last block at 16 x 16 (the
  * shape function's choice) into 1 channel, on one thread (team 1), 3 a 3x3 sigmoid conv on
- * 94-wide rows, the transposed conv's rows 16 tiles */
+ * 94-wide rows, the transposed conv's rows 16 tiles. With next's dw in the gather too, that dw
+ * against the pair's within 1e-5 of its largest entry (the same products summed in another
+ * order), and everything else the same bits as without */
 START_TEST(test_convt_next) {
     static const struct { int B, Ca, Cb, H, W, O, NO, k; ml_conv_act nact; } cs[] = {
         {3, 4, 2, 5, 7, 5, 3, 3, ML_CONV_ACT_SIGMOID},
@@ -986,9 +988,9 @@ START_TEST(test_convt_next) {
     tu_fill(r, nn, 77, -1, 1);
     ml_convt2d_forward_cat(&s, Ca, u, xa, xb, w, b, ws);
     ml_conv2d_forward(&ns, yn, u, nwt, nb, ws);
-    /* v 0: the pair; v 1, 2: fused, twice */
-    float *dxa[3], *dxb[3], *dw[3], *db[3], *ndw[3], *ndb[3];
-    for (int v = 0; v < 3; v++) {
+    /* v 0: the pair; v 1, 2: fused, twice; v 3, 4: fused with next's dw in the gather, twice */
+    float *dxa[5], *dxb[5], *dw[5], *db[5], *ndw[5], *ndb[5];
+    for (int v = 0; v < 5; v++) {
         dxa[v] = fl(na), dxb[v] = fl(nbb), dw[v] = fl(nw), db[v] = fl(O);
         ndw[v] = fl(nnw), ndb[v] = fl(ns.O);
         for (size_t j = 0; j < na; j++) dxa[v][j] = 7; /* written, not added to */
@@ -1002,10 +1004,24 @@ START_TEST(test_convt_next) {
             ml_conv2d_backward(&ns, du, ndw[v], ndb[v], r, yn, u, nwt, ws);
             ml_convt2d_backward_cat(&s, Ca, dxa[v], dxb[v], dw[v], db[v], du, u, xa, xb, w, ws);
         } else {
-            ml_conv2d_backward(&ns, NULL, ndw[v], ndb[v], r, yn, u, nwt, ws);
+            const int in = v >= 3; /* next's dw in the gather */
+            ml_conv2d_backward(&ns, NULL, in ? NULL : ndw[v], ndb[v], r, yn, u, nwt, ws);
             ml_convt2d_backward_cat_next(&s, Ca, dxa[v], dxb[v], dw[v], db[v], &ns, r,
-                                         ns.act == ML_CONV_ACT_NONE ? NULL : yn, nwt, u, xa, xb, w, ws);
+                                         ns.act == ML_CONV_ACT_NONE ? NULL : yn, nwt, in ? ndw[v] : NULL, u,
+                                         xa, xb, w, ws);
         }
+    }
+    /* next's dw from the gather: the same sums in another order; the rest the same bits */
+    double nmax = 0;
+    for (size_t j = 0; j < nnw; j++) nmax = fmax(nmax, fabs(ndw[0][j]));
+    for (size_t j = 0; j < nnw; j++) ck_assert_double_le(fabs(ndw[3][j] - ndw[0][j]), 1e-5 * nmax);
+    ck_assert(memcmp(ndw[3], ndw[4], nnw * sizeof(float)) == 0);
+    ck_assert(memcmp(ndb[3], ndb[0], (size_t)ns.O * sizeof(float)) == 0);
+    for (int v = 3; v < 5; v++) {
+        ck_assert(memcmp(dxa[v], dxa[1], na * sizeof(float)) == 0);
+        ck_assert(memcmp(dxb[v], dxb[1], nbb * sizeof(float)) == 0);
+        ck_assert(memcmp(dw[v], dw[1], nw * sizeof(float)) == 0);
+        ck_assert(memcmp(db[v], db[1], (size_t)O * sizeof(float)) == 0);
     }
     ck_assert(memcmp(ndw[1], ndw[0], nnw * sizeof(float)) == 0);
     ck_assert(memcmp(ndb[1], ndb[0], (size_t)ns.O * sizeof(float)) == 0);
@@ -1026,7 +1042,7 @@ START_TEST(test_convt_next) {
     ck_assert(!ml_convt2d_fuses_next(&s, &t));
     ck_assert_int_eq(ml_conv2d_shape(&t, B, O, s.Ho, s.Wo, 2, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
     ck_assert(!ml_convt2d_fuses_next(&s, &t));
-    for (int v = 0; v < 3; v++)
+    for (int v = 0; v < 5; v++)
         free(dxa[v]), free(dxb[v]), free(dw[v]), free(db[v]), free(ndw[v]), free(ndb[v]);
     free(xa), free(xb), free(w), free(b), free(u), free(du), free(nwt), free(nb), free(yn), free(r), free(ws);
 }

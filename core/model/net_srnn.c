@@ -318,8 +318,10 @@ static int srnn_decode_backward(void *net, const float *dxhat, float *dz) {
      * zeroed first; the encoder then accumulates into the dskips */
     /* the last up block computes the output conv's input gradient itself, plane by plane in
      * its gather, when it can (ml_convt2d_backward_cat_next): du[NB - 1] is not needed */
+    /* and the output conv's dw, from each plane of its input u[NB - 1] in that gather: only
+     * its db is left to its own backward then */
     const int fuse = ml_convt2d_fuses_next(&n->us[NB - 1], &n->os);
-    ml_conv2d_backward(&n->os, fuse ? NULL : n->du[NB - 1], PG(ow), PG(ob), dxhat, n->xhat,
+    ml_conv2d_backward(&n->os, fuse ? NULL : n->du[NB - 1], fuse ? NULL : PG(ow), PG(ob), dxhat, n->xhat,
                        n->u[NB - 1], PW(ow), n->ws);
     for (int j = NB - 1; j >= 0; j--) {
         const ml_conv_shape *s = &n->us[j];
@@ -327,7 +329,7 @@ static int srnn_decode_backward(void *net, const float *dxhat, float *dz) {
         float *dxa = j > 0 ? n->du[j - 1] : n->dt;
         if (j == NB - 1 && fuse)
             ml_convt2d_backward_cat_next(s, n->ucx[j], dxa, n->dskip[NB - 1 - j], PG(uw[j]),
-                                         PG(ub[j]), &n->os, dxhat, n->xhat, PW(ow), n->u[j], xin,
+                                         PG(ub[j]), &n->os, dxhat, n->xhat, PW(ow), PG(ow), n->u[j], xin,
                                          n->skip[NB - 1 - j], PW(uw[j]), n->ws);
         else
             ml_convt2d_backward_cat(s, n->ucx[j], dxa, n->dskip[NB - 1 - j], PG(uw[j]), PG(ub[j]),

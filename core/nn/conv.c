@@ -1811,6 +1811,7 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
 typedef struct conv_next {
     const ml_conv_shape *s;
     const float *dy, *y, *w;
+    float *dw; /* next's dw, accumulated in the gather too (next_dw_plane), or NULL */
 } conv_next;
 
 /* Its padded pre-activation output gradient planes for one image (nx.s->O planes of PH x PW,
@@ -1925,6 +1926,89 @@ static void next_dx_plane(float *gp, const float *gq, const conv_next *nx, int o
         }
 }
 #undef NEXT_DX_NV
+
+/* Channel o's part of the following conv's dw, from the same padded gradient planes gq and
+ * its input plane x (this layer's output, Ho x Wo, in cache here):
+ *   dw[c][o][ky][kx] = sum over iy, ix of x[iy][ix] gq[c][iy + k - 1 - ky][ix + k - 1 - kx]
+ * (next_dx_plane's taps; gq's zero border stands for the positions outside the output). Row r
+ * of gq serves x's row r - (k - 1) + ky for every ky: its K shifted vectors are loaded once
+ * for all K x K taps, each a register of 16 float lanes over the whole plane (lane = ix mod
+ * 16, the ragged end of a row masked to 0 on both operands); then into lanes (c, ky, kx) in
+ * double. K literal in every call (up to 3: K x K accumulators). */
+static inline __attribute__((always_inline)) void
+next_dw_taps(const int K, v8d *lanes, const float *gq, const float *x, int C, int o, int Ho, int Wo,
+             int c, size_t plane) {
+    const int PW = Wo + K - 1;
+    v16 acc[3][3];
+#pragma GCC unroll 3
+    for (int ky = 0; ky < K; ky++)
+#pragma GCC unroll 3
+        for (int kx = 0; kx < K; kx++) acc[ky][kx] = (v16){0};
+    for (int r = 0; r < Ho + K - 1; r++) {
+        const float *gr = gq + (size_t)c * plane + (size_t)r * PW + K - 1;
+        for (int ix = 0; ix < Wo; ix += 16) {
+            const int cnt = Wo - ix < 16 ? Wo - ix : 16;
+            v16 gv[3];
+#pragma GCC unroll 3
+            for (int kx = 0; kx < K; kx++) gv[kx] = wg_ld(gr + ix - kx, cnt);
+#pragma GCC unroll 3
+            for (int ky = 0; ky < K; ky++) {
+                const int iy = r - (K - 1) + ky;
+                if (iy < 0 || iy >= Ho) continue;
+                const v16 xv = wg_ld(x + (size_t)iy * Wo + ix, cnt);
+#pragma GCC unroll 3
+                for (int kx = 0; kx < K; kx++) acc[ky][kx] += xv * gv[kx];
+            }
+        }
+    }
+#pragma GCC unroll 3
+    for (int ky = 0; ky < K; ky++)
+#pragma GCC unroll 3
+        for (int kx = 0; kx < K; kx++) {
+            const v16 a = acc[ky][kx];
+            v8d *l = lanes + 2 * ((((size_t)c * C + o) * K + ky) * K + kx);
+            l[0] += __builtin_convertvector(__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+            l[1] += __builtin_convertvector(__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+        }
+}
+
+/* larger kernels (up to ML_CONV_NEXT_MAX_K): one ky at a time, the same sums per tap */
+static void next_dw_taps_k(v8d *lanes, const float *gq, const float *x, int C, int o, int Ho, int Wo, int K,
+                           int c, size_t plane) {
+    const int PW = Wo + K - 1;
+    for (int ky = 0; ky < K; ky++) {
+        v16 acc[ML_CONV_NEXT_MAX_K];
+        for (int kx = 0; kx < K; kx++) acc[kx] = (v16){0};
+        for (int r = 0; r < Ho + K - 1; r++) {
+            const int iy = r - (K - 1) + ky;
+            if (iy < 0 || iy >= Ho) continue;
+            const float *gr = gq + (size_t)c * plane + (size_t)r * PW + K - 1;
+            for (int ix = 0; ix < Wo; ix += 16) {
+                const int cnt = Wo - ix < 16 ? Wo - ix : 16;
+                const v16 xv = wg_ld(x + (size_t)iy * Wo + ix, cnt);
+                for (int kx = 0; kx < K; kx++) acc[kx] += xv * wg_ld(gr + ix - kx, cnt);
+            }
+        }
+        for (int kx = 0; kx < K; kx++) {
+            const v16 a = acc[kx];
+            v8d *l = lanes + 2 * ((((size_t)c * C + o) * K + ky) * K + kx);
+            l[0] += __builtin_convertvector(__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7), v8d);
+            l[1] += __builtin_convertvector(__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15), v8d);
+        }
+    }
+}
+
+static void next_dw_plane(v8d *lanes, const float *gq, const float *x, const conv_next *nx, int o) {
+    const ml_conv_shape *ns = nx->s;
+    const int k = ns->k, Ho = ns->Ho, Wo = ns->Wo;
+    const size_t plane = (size_t)(Ho + k - 1) * (Wo + k - 1);
+    for (int c = 0; c < ns->O; c++) switch (k) {
+        case 1: next_dw_taps(1, lanes, gq, x, ns->C, o, Ho, Wo, c, plane); break;
+        case 2: next_dw_taps(2, lanes, gq, x, ns->C, o, Ho, Wo, c, plane); break;
+        case 3: next_dw_taps(3, lanes, gq, x, ns->C, o, Ho, Wo, c, plane); break;
+        default: next_dw_taps_k(lanes, gq, x, ns->C, o, Ho, Wo, k, c, plane); break;
+        }
+}
 #pragma GCC pop_options
 
 /* nx: dy is not given but computed plane by plane as the input gradient of the following
@@ -1940,11 +2024,18 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
     float *u = ws, *du = ws + (size_t)16 * O4C;
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
     if (dx.a) wg_pack(u, w, C, O);
+    /* the following conv's dw (nx->dw): 16 double lanes per tap and thread, summed at the end
+     * in lane, then thread order */
+    const size_t ntap = nx && nx->dw ? (size_t)nx->s->O * nx->s->C * nx->s->k * nx->s->k : 0;
+    v8d *nlanes = ntap ? aligned_alloc(sizeof(v8d), sizeof(v8d) * 2 * ntap * (size_t)nt) : NULL;
+    if (ntap && !nlanes) abort(); /* no way to report from inside a kernel */
+    if (ntap) memset(nlanes, 0, sizeof(v8d) * 2 * ntap * (size_t)nt);
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
         float *dut = du + (size_t)tid * 16 * O4C; /* this thread's dU */
+        v8d *nl = ntap ? nlanes + 2 * ntap * (size_t)tid : NULL;
         const wg_scr scr = wg_scratch(g);
         float *t16 = scr.t16;
         float *gq = NULL; /* the following conv's gradient planes of one image, and slack */
@@ -1967,6 +2058,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
                     const float *d = nx ? gp : dy + off, *yy = y ? y + off : NULL;
                     if (nx && o == 0) next_grad_planes(gq, nx, i0 + i);
                     if (nx) next_dx_plane(gp, gq, nx, o);
+                    if (nl) next_dw_plane(nl, gq, yy, nx, o);
                     if (act == ML_CONV_ACT_NONE) {
                         if (!nx) memcpy(gp, d, sizeof(float) * HWo);
                     } else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
@@ -2115,6 +2207,17 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
             for (int t = 1; t < nt; t++) du[j] += du[(size_t)t * nU + j];
         wg_unpack_add(dw, du, C, O);
     }
+    for (size_t t = 0; t < ntap; t++) {
+        double sum = 0;
+        for (int th = 0; th < nt; th++) {
+            double a[LANES], st = 0;
+            memcpy(a, &nlanes[2 * (ntap * (size_t)th + t)], sizeof a);
+            for (int l = 0; l < LANES; l++) st += a[l];
+            sum += st;
+        }
+        nx->dw[t] += (float)sum;
+    }
+    free(nlanes);
     if (db) bias_finish(db, part, B, O);
 }
 
@@ -2260,9 +2363,10 @@ int ml_convt2d_fuses_next(const ml_conv_shape *s, const ml_conv_shape *next) {
 
 void ml_convt2d_backward_cat_next(const ml_conv_shape *s, int Ca, float *dxa, float *dxb,
                                   float *dw, float *db, const ml_conv_shape *next, const float *ndy,
-                                  const float *ny, const float *nw, const float *y, const float *xa,
-                                  const float *xb, const float *w, float *ws) {
-    assert(ml_convt2d_fuses_next(s, next) && (ny != NULL || next->act == ML_CONV_ACT_NONE));
-    const conv_next nx = {next, ndy, ny, nw};
+                                  const float *ny, const float *nw, float *ndw, const float *y,
+                                  const float *xa, const float *xb, const float *w, float *ws) {
+    assert(ml_convt2d_fuses_next(s, next) && (ny != NULL || next->act == ML_CONV_ACT_NONE) &&
+           (y != NULL || (ndw == NULL && s->act == ML_CONV_ACT_NONE)));
+    const conv_next nx = {next, ndy, ny, nw, ndw};
     wg_backward(s, (cat_out){dxa, dxb, Ca, 0}, dw, db, NULL, y, (cat_in){xa, xb, Ca, 0}, w, ws, &nx);
 }

@@ -175,10 +175,14 @@ int ml_convt2d_forward_cat_next(const ml_conv_shape *s, int Ca,
  * layer's output gradient, next's input gradient, is not given but computed plane by plane
  * inside this layer's gather from next's output gradient ndy and output ny, and never stored
  * (at 64 x 64, batch 64 it is 32 MB, and next's own dx kernel, 3 channels in, is load bound).
- * Call ml_conv2d_backward(next, NULL, ...) for next's dw and db. Only when
- * ml_convt2d_fuses_next(s, next) (the Winograd form, subpixel 2; next->O <= ML_CONV_NEXT_MAX_O,
- * next->k <= ML_CONV_NEXT_MAX_K). Its sums run in another order than next's dx kernel: the
- * results differ from the unfused pair's by rounding.
+ * With ndw, next's dw is accumulated here too, from each plane of y (next's input) while it
+ * is in cache for the gather (else next's own backward reads all of y once more, 32 MB); then
+ * call ml_conv2d_backward(next, NULL, NULL, ndb, ...) for next's db alone; or, with ndw NULL,
+ * ml_conv2d_backward(next, NULL, ndw, ndb, ...) for both. Only when ml_convt2d_fuses_next(s,
+ * next) (the Winograd form, subpixel 2; next->O <= ML_CONV_NEXT_MAX_O, next->k <=
+ * ML_CONV_NEXT_MAX_K). Its sums run in another order than next's dx and dw kernels: the
+ * results differ from the unfused pair's by rounding (ndw's also with the thread count: each
+ * thread sums its own images' part).
  */
 #define ML_CONV_NEXT_MAX_O 4
 #define ML_CONV_NEXT_MAX_K 7
@@ -192,7 +196,8 @@ void ml_convt2d_backward_cat_next(const ml_conv_shape *s, int Ca,
                                   const float *ndy,        // (B, next O, Ho, Wo)
                                   const float *ny,         // (B, next O, Ho, Wo), or NULL if next's act is NONE
                                   const float *nw,         // (next O, O, next k, next k)
-                                  const float *y,          // (B, O, Ho, Wo), or NULL if act is NONE
+                                  float *ndw,              // (next O, O, next k, next k) or NULL
+                                  const float *y,          // (B, O, Ho, Wo); NULL only if act is NONE and ndw NULL
                                   const float *xa,         // (B, Ca, H, W)
                                   const float *xb,         // (B, C - Ca, H, W)
                                   const float *w,          // (C, O, k, k)
