@@ -195,6 +195,11 @@ static const struct fwd_case fwd_cases[] = {
     {1, 2, 3, 2, 45, 2, 4, 2, 1, 1, ML_CONV_ACT_SIGMOID, 2},
     {1, 2, 2, 4, 48, 3, 4, 2, 1, 0, ML_CONV_ACT_NONE, 2},
     {1, 1, 2, 2, 95, 2, 4, 2, 1, 0, ML_CONV_ACT_SIGMOID, 2},
+    /* a chunk's images side by side (wg_geometry): chosen by the shape function at 8 x 8 with
+     * its chunk (7 images, 21 tiles per grid row); chunks of 2 on 7-wide rows (a window
+     * column between images that no tile of either needs), the last one of 1 image */
+    {1, 7, 3, 8, 8, 2, 4, 2, 1, 0, ML_CONV_ACT_RELU, -1},
+    {1, 5, 2, 4, 7, 3, 4, 2, 1, 2, ML_CONV_ACT_SIGMOID, 2},
 };
 
 static int make_shape(ml_conv_shape *s, const struct fwd_case *c) {
@@ -213,8 +218,10 @@ START_TEST(test_forward_vs_direct) {
     ck_assert_int_eq(make_shape(&s, c), ML_OK);
     if (c->transposed && c->H == 32 && c->W == 32 && c->k == 4 && c->stride == 2 && c->pad == 1)
         ck_assert_int_eq(s.subpixel, 2); /* the shape function picks it for the SRNN's last block */
-    if (c->transposed && c->H == 16 && c->W == 16 && c->k == 4 && c->stride == 2 && c->pad == 1)
+    if (c->transposed && (c->H == 16 || c->H == 8) && c->W == c->H && c->k == 4 && c->stride == 2 && c->pad == 1)
         ck_assert_int_eq(s.subpixel, 2);
+    if (c->transposed && c->H == 8 && c->W == 8 && c->k == 4 && c->stride == 2 && c->pad == 1)
+        ck_assert_int_eq(s.chunk, c->B); /* 16 images (144 tiles) per chunk, at most the batch */
     size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
     float *x = fl(nx), *w = fl(nw), *b = fl(s.O), *y = fl(ny);
     float *ws = fl(ml_conv_workspace_floats(&s));
@@ -825,16 +832,25 @@ START_TEST(test_subpixel_vs_general) {
 END_TEST
 
 /* ---- the Winograd form's transforms at the edges of their 16-tile vectors: rows of 1, 16,
- * 17 and 32 tiles (W = 2, 45, 48, 95), partial tile rows and columns, against the general
- * path; and on 1 and 2 threads: y, dx and db are the same bits (each image on one thread),
- * dw within rounding (the threads' dU are summed in thread order) ---- */
+ * 17 and 32 tiles (W = 2, 45, 48, 95), partial tile rows and columns, chunks of several
+ * images side by side (grid rows of 18 and 20 tiles, a last chunk of another width), against
+ * the general path; and on 1 and 2 threads: y, dx and db are the same bits (each chunk on one
+ * thread), dw within rounding (the threads' dU are summed in thread order) ---- */
 
 START_TEST(test_winograd_edges) {
-    static const struct { int B, C, H, W, O; ml_conv_act act; } cs[] = {
-        {3, 3, 2, 45, 4, ML_CONV_ACT_RELU},
-        {3, 2, 4, 48, 3, ML_CONV_ACT_NONE},
-        {2, 2, 3, 95, 2, ML_CONV_ACT_SIGMOID},
-        {5, 3, 7, 2, 3, ML_CONV_ACT_RELU},
+    static const struct { int B, C, H, W, O; ml_conv_act act; int chunk; } cs[] = {
+        {3, 3, 2, 45, 4, ML_CONV_ACT_RELU, 1},
+        {3, 2, 4, 48, 3, ML_CONV_ACT_NONE, 1},
+        {2, 2, 3, 95, 2, ML_CONV_ACT_SIGMOID, 1},
+        {5, 3, 7, 2, 3, ML_CONV_ACT_RELU, 1},
+        /* chunks of images side by side: 6 images of 8 x 8 (18 tiles per grid row, a block
+         * of 16 and one of 2), then 1 image (another geometry on the same thread at 1
+         * thread, on the second thread at 2); 4 images of 14-wide rows (5 tiles each, 20 per
+         * grid row), 4 + 4 + 1; 3 images of 7-wide rows (an unused window column between
+         * images) in chunks of 3 and 2 */
+        {7, 3, 8, 8, 3, ML_CONV_ACT_RELU, 6},
+        {9, 2, 3, 14, 2, ML_CONV_ACT_NONE, 4},
+        {5, 2, 5, 7, 3, ML_CONV_ACT_SIGMOID, 3},
     };
     const int c = _i, saved = omp_get_max_threads();
     ml_conv_shape s[2];
@@ -842,7 +858,7 @@ START_TEST(test_winograd_edges) {
         ck_assert_int_eq(ml_convt2d_shape(&s[v], cs[c].B, cs[c].C, cs[c].H, cs[c].W, cs[c].O, 4, 2, 1, cs[c].act),
                          ML_OK);
         s[v].subpixel = v ? 2 : 0;
-        s[v].chunk = v ? 1 : cs[c].B; /* Winograd: images dealt to the threads one by one */
+        s[v].chunk = v ? cs[c].chunk : cs[c].B; /* Winograd: chunks dealt to the threads in turn */
     }
     const size_t nx = ml_conv_in_size(&s[0]), ny = ml_conv_out_size(&s[0]), nw = ml_conv_weight_size(&s[0]);
     float *x = fl(nx), *w = fl(nw), *b = fl(s[0].O), *dy = fl(ny);
@@ -1182,7 +1198,7 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_deterministic, 0, 4);
     tcase_add_loop_test(t, test_direct_thread_split, 0, 5);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
-    tcase_add_loop_test(t, test_winograd_edges, 0, 4);
+    tcase_add_loop_test(t, test_winograd_edges, 0, 7);
     tcase_add_loop_test(t, test_convt_next, 0, 4);
     tcase_add_loop_test(t, test_convt_next_forward, 0, 4);
     tcase_add_loop_test(t, test_mconv_vs_branches, 0, 3);

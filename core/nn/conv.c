@@ -23,6 +23,12 @@
 #ifndef WG_TARGET_FLOATS
 #define WG_TARGET_FLOATS ((size_t)1 << 18)
 #endif
+/* and the fewest tiles per chunk for images of under 16 tiles (the SRNN's 8 x 8 inputs);
+ * measured (transposed conv 256 -> 64 channels at 8 x 8, batch 64, 1 thread, forward and
+ * backward): 8 images 37 ms, 16 images 33-35 ms, 32 images 35.5 ms */
+#ifndef WG_MIN_TILES
+#define WG_MIN_TILES 144
+#endif
 /* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
 #define DIRECT_MAX_O 16
 /* the direct forward alone (shape.direct 2): up to this many output channels */
@@ -104,6 +110,10 @@ static void pick_chunk(ml_conv_shape *s) {
     size_t per = s->subpixel == 2 ? wg_floats_per_image(s)
                  : s->subpixel ? sp_floats_per_image(s) : col_rows(s) * col_cols_per_image(s);
     size_t c = per ? (s->subpixel == 2 ? WG_TARGET_FLOATS : COL_TARGET_FLOATS) / per : 1;
+    /* the Winograd form on images of a few tiles (8 x 8: 9): a chunk's images side by side
+     * (wg_geometry) make its 16 GEMMs at least WG_MIN_TILES wide (U is repacked per GEMM) */
+    if (s->subpixel == 2 && wg_tiles(s) < 16 && c * wg_tiles(s) < WG_MIN_TILES)
+        c = (WG_MIN_TILES + wg_tiles(s) - 1) / wg_tiles(s);
     if (c < 1) c = 1;
     if (c > (size_t)s->B) c = (size_t)s->B;
     s->chunk = (int)c;
@@ -164,11 +174,12 @@ int ml_convt2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k,
      * path's col2im (bench/conv_bench.c: 4x4 to 16x16 inputs are faster on the general path) */
     s->subpixel = k == 4 && stride == 2 && pad == 1 &&
                   (size_t)(H + 1) * (size_t)(W + 1) * 100 <= (size_t)H * (size_t)W * 108;
-    /* its Winograd form does 1.8x (16 x 16) to 2.1x (32 x 32) fewer multiply-adds in small
-     * per-thread GEMMs; measured faster from 16 x 16 up (CPU time at 1 thread: 32 x 32,
-     * 64 -> 32 channels, 107 ms against 136; 16 x 16, 128 -> 32, 60 against 66), slower at
-     * 8 x 8 (70 against 55: 3 x 3 tiles, short GEMMs) */
-    if (k == 4 && stride == 2 && pad == 1 && H >= 16 && W >= 16) s->subpixel = 2;
+    /* its Winograd form does 1.8x (8 x 8, 16 x 16) to 2.1x (32 x 32) fewer multiply-adds in
+     * small per-thread GEMMs; measured faster from 8 x 8 up (CPU time at 1 thread: 32 x 32,
+     * 64 -> 32 channels, 107 ms against 136; 16 x 16, 128 -> 32, 60 against 66; 8 x 8 with a
+     * chunk's images side by side, 256 -> 64, 33-35 ms against 47), slower at 4 x 4 (2 x 2
+     * tiles for 5 x 5 windows; 256 -> 64, 17 ms against 12) */
+    if (k == 4 && stride == 2 && pad == 1 && H >= 8 && W >= 8) s->subpixel = 2;
     s->team = omp_get_max_threads(); /* the Winograd form's workspace holds one part per thread */
     pick_chunk(s);
     return ML_OK;
@@ -1521,11 +1532,16 @@ static size_t wg_thread_floats(const ml_conv_shape *s) {
  * (Ho x Wo) and its 4 phases on the window grid `z` (4 x (GR + 1) x RW, row 0 the window row
  * -1, zero where no output pixel is). Vector loads and stores of 16 tiles or 48 grid columns
  * run up to 64 floats past a row: every region ends in slack, and T16 >= T + 16. */
-typedef struct wg_geo { int H, W, TA, TB, T, R4, Q4, RW; } wg_geo;
+typedef struct wg_geo { int H, W, TA, TB, T, R4, Q4, RW, SW; } wg_geo;
 typedef struct wg_scr { float *grid, *t16, *gp, *z; } wg_scr;
 #define WG_SLACK 64
-static wg_geo wg_geometry(const ml_conv_shape *s) {
-    wg_geo g = {.H = s->H, .W = s->W, .TA = wg_tiles_1d(s->H), .TB = wg_tiles_1d(s->W)};
+/* The geometry of a chunk of nb images side by side ("wide"): image j's window columns are
+ * grid columns j SW .. j SW + SW - 1, SW = 3 x its tiles per row, so every tile lies inside
+ * one image and the chunk is one image of nb SW - 1 columns with TB = nb x the image's tiles
+ * per row; xp's column j SW is both image j - 1's right and image j's left zero border. */
+static wg_geo wg_geometry(const ml_conv_shape *s, int nb) {
+    wg_geo g = {.H = s->H, .W = s->W, .TA = wg_tiles_1d(s->H), .TB = nb * wg_tiles_1d(s->W)};
+    g.SW = 3 * wg_tiles_1d(s->W);
     g.T = g.TA * g.TB;
     g.R4 = 3 * g.TA + 1, g.Q4 = 3 * g.TB + 1, g.RW = 3 * g.TB;
     return g;
@@ -1665,55 +1681,57 @@ static inline void wg_prefetch(const float *p, size_t n) {
     for (size_t j = 0; j < n; j += 16) __builtin_prefetch(p + j);
 }
 
-/* V (16, C, n) of nb images from x (images i0 ..), this thread alone; pad: scratch.grid */
+/* V (16, C, n) of nb images from x (images i0 ..), this thread alone, g their wide geometry
+ * (wg_geometry); pad: scratch.grid */
 static void wg_input(float *v, size_t n, cat_in x, int i0, int nb, int C, wg_geo g, float *pad) {
     const size_t HW = (size_t)g.H * g.W, Cn = (size_t)C * n;
     float *e = pad + (size_t)g.R4 * g.Q4; /* B^T applied down the 4 rows of one tile row */
-    memset(pad, 0, sizeof(float) * (size_t)g.R4 * g.Q4); /* the border stays 0 */
-    for (int i = 0; i < nb; i++)
-        for (int c = 0; c < C; c++) {
+    memset(pad, 0, sizeof(float) * (size_t)g.R4 * g.Q4); /* the borders stay 0 */
+    for (int c = 0; c < C; c++) {
+        for (int i = 0; i < nb; i++) {
             const float *xp = in_plane(x, C, HW, i0 + i, c);
-            if (c + 1 < C) wg_prefetch(in_plane(x, C, HW, i0 + i, c + 1), HW);
-            else if (i + 1 < nb) wg_prefetch(in_plane(x, C, HW, i0 + i + 1, 0), HW);
-            for (int iy = 0; iy < g.H; iy++) { /* rows of 16 to 32 floats: no memcpy call */
-                float *d = pad + (size_t)(iy + 1) * g.Q4 + 1;
+            if (i + 1 < nb) wg_prefetch(in_plane(x, C, HW, i0 + i + 1, c), HW);
+            else if (c + 1 < C) wg_prefetch(in_plane(x, C, HW, i0, c + 1), HW);
+            for (int iy = 0; iy < g.H; iy++) { /* rows of 8 to 32 floats: no memcpy call */
+                float *d = pad + (size_t)(iy + 1) * g.Q4 + (size_t)i * g.SW + 1;
                 const float *src = xp + (size_t)iy * g.W;
 #pragma omp simd
                 for (int j = 0; j < g.W; j++) d[j] = src[j];
             }
-            float *dst = v + (size_t)c * n + (size_t)i * g.T;
-            for (int a = 0; a < g.TA; a++) {
-                const float *d0 = pad + (size_t)3 * a * g.Q4, *d1 = d0 + g.Q4, *d2 = d1 + g.Q4, *d3 = d2 + g.Q4;
-                float *e0 = e, *e1 = e + g.Q4, *e2 = e + 2 * g.Q4, *e3 = e + 3 * g.Q4;
+        }
+        float *dst = v + (size_t)c * n;
+        for (int a = 0; a < g.TA; a++) {
+            const float *d0 = pad + (size_t)3 * a * g.Q4, *d1 = d0 + g.Q4, *d2 = d1 + g.Q4, *d3 = d2 + g.Q4;
+            float *e0 = e, *e1 = e + g.Q4, *e2 = e + 2 * g.Q4, *e3 = e + 3 * g.Q4;
 #pragma omp simd
-                for (int q = 0; q < g.Q4; q++) {
-                    e0[q] = d0[q] - d2[q];
-                    e1[q] = d1[q] + d2[q];
-                    e2[q] = d2[q] - d1[q];
-                    e3[q] = d3[q] - d1[q];
-                }
-                /* B^T along the row, 16 tiles at a time: columns 3 b .. 3 b + 3 of each e row */
-                for (int b0 = 0; b0 < g.TB; b0 += 16) {
-                    const int cnt = g.TB - b0 < 16 ? g.TB - b0 : 16;
-                    /* lanes past cnt land on later tiles of this image, written after */
-                    const int full = a * g.TB + b0 + 16 <= g.T;
-                    float *o = dst + (size_t)a * g.TB + b0;
-                    for (int u = 0; u < 4; u++) {
-                        const float *r = e + (size_t)u * g.Q4 + 3 * b0;
-                        v16 r0, r1, r2;
-                        wg_deint3(r, &r0, &r1, &r2);
-                        const v16 r3 = __builtin_shufflevector(r0, *(const v16u *)(r + 48), 1, 2, 3, 4, 5, 6, 7,
-                                                               8, 9, 10, 11, 12, 13, 14, 15, 16);
-                        const v16 q[4] = {r0 - r2, r1 + r2, r2 - r1, r3 - r1};
-                        for (int m = 0; m < 4; m++) {
-                            float *om = o + (size_t)(4 * u + m) * Cn;
-                            if (full) *(v16u *)om = q[m];
-                            else wg_st(om, q[m], cnt);
-                        }
+            for (int q = 0; q < g.Q4; q++) {
+                e0[q] = d0[q] - d2[q];
+                e1[q] = d1[q] + d2[q];
+                e2[q] = d2[q] - d1[q];
+                e3[q] = d3[q] - d1[q];
+            }
+            /* B^T along the row, 16 tiles at a time: columns 3 b .. 3 b + 3 of each e row */
+            for (int b0 = 0; b0 < g.TB; b0 += 16) {
+                const int cnt = g.TB - b0 < 16 ? g.TB - b0 : 16;
+                /* lanes past cnt land on later tiles of this chunk, written after */
+                const int full = a * g.TB + b0 + 16 <= g.T;
+                float *o = dst + (size_t)a * g.TB + b0;
+                for (int u = 0; u < 4; u++) {
+                    const float *r = e + (size_t)u * g.Q4 + 3 * b0;
+                    v16 r0, r1, r2;
+                    wg_deint3(r, &r0, &r1, &r2);
+                    const v16 r3 = __builtin_shufflevector(r0, *(const v16u *)(r + 48), 1, 2, 3, 4, 5, 6, 7,
+                                                           8, 9, 10, 11, 12, 13, 14, 15, 16);
+                    const v16 q[4] = {r0 - r2, r1 + r2, r2 - r1, r3 - r1};
+                    for (int m = 0; m < 4; m++) {
+                        float *om = o + (size_t)(4 * u + m) * Cn;
+                        if (full) *(v16u *)om = q[m];
+                        else wg_st(om, q[m], cnt);
                     }
                 }
             }
         }
+    }
 }
 
 /* The stride-1 conv2d that follows a transposed conv, run on each chunk of its output while
@@ -1728,9 +1746,6 @@ typedef struct conv_fwd_next {
 static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w,
                        const float *b, float *ws, const conv_fwd_next *nf) {
     const int B = s->B, C = s->C, O = s->O, W = s->W, Wo = s->Wo, nt = wg_team(s);
-    const wg_geo g = wg_geometry(s);
-    const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA; /* window-grid rows */
-    const size_t T16 = wg_t16(g);
     const size_t HWo = (size_t)s->Ho * Wo, O4C = (size_t)4 * O * C;
     float *u = ws;
     wg_pack(u, w, C, O);
@@ -1738,60 +1753,65 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
-        const wg_scr scr = wg_scratch(g);
+        const wg_scr scr = wg_scratch(wg_geometry(s, s->chunk));
         float *y9 = scr.t16;
         for (int i0 = tid * s->chunk; i0 < B; i0 += nth * s->chunk) {
             const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
-            const size_t n = (size_t)nb * T, S = (size_t)4 * O * n; /* S: M's point stride */
+            const wg_geo g = wg_geometry(s, nb);
+            const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA; /* window-grid rows */
+            const size_t T16 = wg_t16(g);
+            const size_t n = (size_t)T, S = (size_t)4 * O * n; /* n = nb x the tiles per image; S: M's point stride */
             float *m = v + (size_t)16 * C * n;
             wg_input(v, n, x, i0, nb, C, g, scr.grid);
             for (int xi = 0; xi < 16; xi++)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 4 * O, (int)n, C, 1.0f,
                             u + (size_t)xi * O4C, C, v + (size_t)xi * C * n, (int)n, 0.0f,
                             m + (size_t)xi * 4 * O * n, (int)n);
-            float *yw = scr.grid; /* the 4 phases of one channel on the window grid */
-            for (int i = 0; i < nb; i++)
-                for (int o = 0; o < O; o++) {
-                    for (int p = 0; p < 4; p++) {
-                        const float *src = m + ((size_t)p * O + o) * n + (size_t)i * T;
-                        for (int t = 0; t < T; t += 16) {
-                            const int cnt = T - t < 16 ? T - t : 16;
-                            v16 mm[16], z[3][4];
-                            for (int xi = 0; xi < 16; xi++) mm[xi] = wg_ld(src + (size_t)xi * S + t, cnt);
-                            for (int j = 0; j < 4; j++) {
-                                z[0][j] = mm[j] + mm[4 + j] + mm[8 + j];
-                                z[1][j] = mm[4 + j] - mm[8 + j];
-                                z[2][j] = mm[4 + j] + mm[8 + j] + mm[12 + j];
-                            }
-                            for (int e = 0; e < 3; e++) {
-                                *(v16u *)(y9 + (size_t)(3 * e + 0) * T16 + t) = z[e][0] + z[e][1] + z[e][2];
-                                *(v16u *)(y9 + (size_t)(3 * e + 1) * T16 + t) = z[e][1] - z[e][2];
-                                *(v16u *)(y9 + (size_t)(3 * e + 2) * T16 + t) = z[e][1] + z[e][2] + z[e][3];
-                            }
+            float *yw = scr.grid; /* the 4 phases of one channel on the chunk's window grid */
+            for (int o = 0; o < O; o++) {
+                for (int p = 0; p < 4; p++) {
+                    const float *src = m + ((size_t)p * O + o) * n;
+                    for (int t = 0; t < T; t += 16) {
+                        const int cnt = T - t < 16 ? T - t : 16;
+                        v16 mm[16], z[3][4];
+                        for (int xi = 0; xi < 16; xi++) mm[xi] = wg_ld(src + (size_t)xi * S + t, cnt);
+                        for (int j = 0; j < 4; j++) {
+                            z[0][j] = mm[j] + mm[4 + j] + mm[8 + j];
+                            z[1][j] = mm[4 + j] - mm[8 + j];
+                            z[2][j] = mm[4 + j] + mm[8 + j] + mm[12 + j];
                         }
-                        /* grid row 3 a + e3 interleaves tile rows 3 e3 .. 3 e3 + 2; the 48-float
-                         * stores run past a row into rows written after it (or the slack) */
-                        float *yp = yw + (size_t)p * GR * RW;
-                        for (int a = 0; a < g.TA; a++)
-                            for (int e3 = 0; e3 < 3; e3++) {
-                                float *d = yp + (size_t)(3 * a + e3) * RW;
-                                const float *sk = y9 + (size_t)3 * e3 * T16 + (size_t)a * TB;
-                                for (int b0 = 0; b0 < TB; b0 += 16)
-                                    wg_inter3(d + 3 * b0, *(const v16u *)(sk + b0), *(const v16u *)(sk + T16 + b0),
-                                              *(const v16u *)(sk + 2 * T16 + b0));
-                            }
+                        for (int e = 0; e < 3; e++) {
+                            *(v16u *)(y9 + (size_t)(3 * e + 0) * T16 + t) = z[e][0] + z[e][1] + z[e][2];
+                            *(v16u *)(y9 + (size_t)(3 * e + 1) * T16 + t) = z[e][1] - z[e][2];
+                            *(v16u *)(y9 + (size_t)(3 * e + 2) * T16 + t) = z[e][1] + z[e][2] + z[e][3];
+                        }
                     }
+                    /* grid row 3 a + e3 interleaves tile rows 3 e3 .. 3 e3 + 2; the 48-float
+                     * stores run past a row into rows written after it (or the slack) */
+                    float *yp = yw + (size_t)p * GR * RW;
+                    for (int a = 0; a < g.TA; a++)
+                        for (int e3 = 0; e3 < 3; e3++) {
+                            float *d = yp + (size_t)(3 * a + e3) * RW;
+                            const float *sk = y9 + (size_t)3 * e3 * T16 + (size_t)a * TB;
+                            for (int b0 = 0; b0 < TB; b0 += 16)
+                                wg_inter3(d + 3 * b0, *(const v16u *)(sk + b0), *(const v16u *)(sk + T16 + b0),
+                                          *(const v16u *)(sk + 2 * T16 + b0));
+                        }
+                }
+                const float bias = b ? b[o] : 0.0f;
+                for (int i = 0; i < nb; i++) {
                     float *dst = y + ((size_t)(i0 + i) * O + o) * HWo;
-                    const float bias = b ? b[o] : 0.0f;
+                    const float *yi = yw + (size_t)i * g.SW; /* image i's window columns */
                     for (int oy = 0; oy < s->Ho; oy++) {
                         const int py = oy & 1, r = (oy >> 1) + py;
                         /* px = 0 reads window column q, px = 1 column q + 1 */
-                        const float *s0 = yw + ((size_t)(2 * py) * GR + r) * RW;
-                        const float *s1 = yw + ((size_t)(2 * py + 1) * GR + r) * RW + 1;
+                        const float *s0 = yi + ((size_t)(2 * py) * GR + r) * RW;
+                        const float *s1 = yi + ((size_t)(2 * py + 1) * GR + r) * RW + 1;
                         float *d = dst + (size_t)oy * Wo;
                         subpixel_row(d, s0, s1, W, bias, s->act);
                     }
                 }
+            }
             /* the following conv on this chunk's images, one thread (s1_conv inside a parallel
              * region): each of its output rows is computed as in the unfused call, the same bits */
             if (nf) {
@@ -2016,9 +2036,6 @@ static void next_dw_plane(v8d *lanes, const float *gq, const float *x, const con
 static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db, const float *dy,
                         const float *y, cat_in x, const float *w, float *ws, const conv_next *nx) {
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo, nt = wg_team(s);
-    const wg_geo g = wg_geometry(s);
-    const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA, Q4 = g.Q4;
-    const size_t T16 = wg_t16(g);
     const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, O4C = (size_t)4 * O * C;
     const ml_conv_act act = s->act;
     float *u = ws, *du = ws + (size_t)16 * O4C;
@@ -2036,29 +2053,37 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
         float *v = ws + (size_t)(16 + 16 * s->team) * O4C + (size_t)tid * wg_thread_floats(s);
         float *dut = du + (size_t)tid * 16 * O4C; /* this thread's dU */
         v8d *nl = ntap ? nlanes + 2 * ntap * (size_t)tid : NULL;
-        const wg_scr scr = wg_scratch(g);
+        const wg_scr scr = wg_scratch(wg_geometry(s, s->chunk));
         float *t16 = scr.t16;
-        float *gq = NULL; /* the following conv's gradient planes of one image, and slack */
+        float *gq = NULL; /* the following conv's gradient planes of a chunk's images, and slack */
+        size_t gqn = 0;   /* floats of one image's */
         if (nx) {
             const ml_conv_shape *ns = nx->s;
-            gq = calloc((size_t)ns->O * (ns->Ho + ns->k - 1) * (ns->Wo + ns->k - 1) + 64, sizeof(float));
+            gqn = (size_t)ns->O * (ns->Ho + ns->k - 1) * (ns->Wo + ns->k - 1);
+            gq = calloc(gqn * (size_t)s->chunk + 64, sizeof(float));
             if (!gq) abort(); /* no way to report from inside a kernel */
         }
         int first = 1;
         for (int i0 = tid * s->chunk; i0 < B; i0 += nth * s->chunk) {
             const int nb = B - i0 < s->chunk ? B - i0 : s->chunk;
-            const size_t n = (size_t)nb * T, S = (size_t)4 * O * n, Cn = (size_t)C * n;
+            const wg_geo g = wg_geometry(s, nb);
+            const int T = g.T, TB = g.TB, RW = g.RW, GR = 3 * g.TA, Q4 = g.Q4;
+            const size_t T16 = wg_t16(g);
+            const size_t n = (size_t)T, S = (size_t)4 * O * n, Cn = (size_t)C * n;
             float *m = v + (size_t)16 * C * n;
+            /* the window grid's borders and the columns between images stay 0 within a chunk */
+            memset(scr.z, 0, sizeof(float) * 4 * (size_t)(GR + 1) * RW);
+            if (nx)
+                for (int i = 0; i < nb; i++) next_grad_planes(gq + (size_t)i * gqn, nx, i0 + i);
             /* dM from the pre-activation gradient gp on the window grid: phase p of window
              * (r, q) <- output pixel (2 r - py, 2 q - px) when r - py and q - px are inside */
             float *gp = scr.gp; /* (Ho, Wo) */
-            for (int i = 0; i < nb; i++)
-                for (int o = 0; o < O; o++) {
+            for (int o = 0; o < O; o++) {
+                for (int i = 0; i < nb; i++) {
                     const size_t off = ((size_t)(i0 + i) * O + o) * HWo;
                     const float *d = nx ? gp : dy + off, *yy = y ? y + off : NULL;
-                    if (nx && o == 0) next_grad_planes(gq, nx, i0 + i);
-                    if (nx) next_dx_plane(gp, gq, nx, o);
-                    if (nl) next_dw_plane(nl, gq, yy, nx, o);
+                    if (nx) next_dx_plane(gp, gq + (size_t)i * gqn, nx, o);
+                    if (nl) next_dw_plane(nl, gq + (size_t)i * gqn, yy, nx, o);
                     if (act == ML_CONV_ACT_NONE) {
                         if (!nx) memcpy(gp, d, sizeof(float) * HWo);
                     } else if (act == ML_CONV_ACT_RELU) /* the SRNN case, vectorised */
@@ -2067,56 +2092,57 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
                     else
                         for (size_t j = 0; j < HWo; j++) gp[j] = act_bwd(act, d[j], yy[j]);
                     if (db) part[(size_t)(i0 + i) * O + o] = act_bwd_sum(ML_CONV_ACT_NONE, gp, NULL, HWo);
-                    /* gp's 4 phases on the window grid (the border of z stays 0) */
+                    /* gp's 4 phases on image i's columns of the window grid */
                     for (int r = 0; r < s->Ho; r++) {
                         const int py = r & 1, mr = r >> 1;
                         const float *gr = gp + (size_t)r * Wo;
-                        float *z0 = scr.z + ((size_t)(2 * py) * (GR + 1) + mr + 1) * RW;
-                        float *z1 = scr.z + ((size_t)(2 * py + 1) * (GR + 1) + mr + 1) * RW + 1;
+                        float *z0 = scr.z + ((size_t)(2 * py) * (GR + 1) + mr + 1) * RW + (size_t)i * g.SW;
+                        float *z1 = scr.z + ((size_t)(2 * py + 1) * (GR + 1) + mr + 1) * RW + (size_t)i * g.SW + 1;
 #pragma omp simd
                         for (int j = 0; j < W; j++) {
                             z0[j] = gr[2 * j];
                             z1[j] = gr[2 * j + 1];
                         }
                     }
-                    for (int p = 0; p < 4; p++) {
-                        const int py = p >> 1;
-                        /* the 9 windows of every tile, tile-major: window row 3 aa + k / 3 - py
-                         * (z's row + 1), column 3 bb + k % 3; the stores past a tile row land
-                         * on the tiles after it, written later, or T16's slack */
-                        const float *zp = scr.z + (size_t)p * (GR + 1) * RW;
-                        for (int aa = 0; aa < g.TA; aa++)
-                            for (int kr = 0; kr < 3; kr++) {
-                                const float *zr = zp + (size_t)(3 * aa + kr - py + 1) * RW;
-                                float *dk = t16 + (size_t)3 * kr * T16 + (size_t)aa * TB;
-                                for (int b0 = 0; b0 < TB; b0 += 16) {
-                                    v16 a0, a1, a2;
-                                    wg_deint3(zr + 3 * b0, &a0, &a1, &a2);
-                                    *(v16u *)(dk + b0) = a0;
-                                    *(v16u *)(dk + T16 + b0) = a1;
-                                    *(v16u *)(dk + 2 * T16 + b0) = a2;
-                                }
+                }
+                for (int p = 0; p < 4; p++) {
+                    const int py = p >> 1;
+                    /* the 9 windows of every tile, tile-major: window row 3 aa + k / 3 - py
+                     * (z's row + 1), column 3 bb + k % 3; the stores past a tile row land
+                     * on the tiles after it, written later, or T16's slack */
+                    const float *zp = scr.z + (size_t)p * (GR + 1) * RW;
+                    for (int aa = 0; aa < g.TA; aa++)
+                        for (int kr = 0; kr < 3; kr++) {
+                            const float *zr = zp + (size_t)(3 * aa + kr - py + 1) * RW;
+                            float *dk = t16 + (size_t)3 * kr * T16 + (size_t)aa * TB;
+                            for (int b0 = 0; b0 < TB; b0 += 16) {
+                                v16 a0, a1, a2;
+                                wg_deint3(zr + 3 * b0, &a0, &a1, &a2);
+                                *(v16u *)(dk + b0) = a0;
+                                *(v16u *)(dk + T16 + b0) = a1;
+                                *(v16u *)(dk + 2 * T16 + b0) = a2;
                             }
-                        float *dst = m + ((size_t)p * O + o) * n + (size_t)i * T;
-                        for (int t = 0; t < T; t += 16) {
-                            const int cnt = T - t < 16 ? T - t : 16;
-                            v16 gg[9], z[4][3];
-                            for (int k = 0; k < 9; k++) gg[k] = *(const v16u *)(t16 + (size_t)k * T16 + t);
-                            for (int j = 0; j < 3; j++) {
-                                z[0][j] = gg[j];
-                                z[1][j] = gg[j] + gg[3 + j] + gg[6 + j];
-                                z[2][j] = gg[j] - gg[3 + j] + gg[6 + j];
-                                z[3][j] = gg[6 + j];
-                            }
-                            for (int e = 0; e < 4; e++) {
-                                wg_st(dst + (size_t)(4 * e + 0) * S + t, z[e][0], cnt);
-                                wg_st(dst + (size_t)(4 * e + 1) * S + t, z[e][0] + z[e][1] + z[e][2], cnt);
-                                wg_st(dst + (size_t)(4 * e + 2) * S + t, z[e][0] - z[e][1] + z[e][2], cnt);
-                                wg_st(dst + (size_t)(4 * e + 3) * S + t, z[e][2], cnt);
-                            }
+                        }
+                    float *dst = m + ((size_t)p * O + o) * n;
+                    for (int t = 0; t < T; t += 16) {
+                        const int cnt = T - t < 16 ? T - t : 16;
+                        v16 gg[9], z[4][3];
+                        for (int k = 0; k < 9; k++) gg[k] = *(const v16u *)(t16 + (size_t)k * T16 + t);
+                        for (int j = 0; j < 3; j++) {
+                            z[0][j] = gg[j];
+                            z[1][j] = gg[j] + gg[3 + j] + gg[6 + j];
+                            z[2][j] = gg[j] - gg[3 + j] + gg[6 + j];
+                            z[3][j] = gg[6 + j];
+                        }
+                        for (int e = 0; e < 4; e++) {
+                            wg_st(dst + (size_t)(4 * e + 0) * S + t, z[e][0], cnt);
+                            wg_st(dst + (size_t)(4 * e + 1) * S + t, z[e][0] + z[e][1] + z[e][2], cnt);
+                            wg_st(dst + (size_t)(4 * e + 2) * S + t, z[e][0] - z[e][1] + z[e][2], cnt);
+                            wg_st(dst + (size_t)(4 * e + 3) * S + t, z[e][2], cnt);
                         }
                     }
                 }
+            }
             wg_input(v, n, x, i0, nb, C, g, scr.grid);
             for (int xi = 0; xi < 16; xi++) {
                 float *mx = m + (size_t)xi * S, *vx = v + (size_t)xi * Cn;
@@ -2130,61 +2156,61 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
             first = 0;
             if (dx.a) {
                 float *pad = scr.grid; /* dxp of one channel, zero-bordered */
-                for (int i = 0; i < nb; i++)
-                    for (int c = 0; c < C; c++) {
-                        memset(pad, 0, sizeof(float) * (size_t)g.R4 * Q4);
-                        const float *src = v + (size_t)c * n + (size_t)i * T;
-                        for (int t = 0; t < T; t += 16) {
-                            const int cnt = T - t < 16 ? T - t : 16;
-                            v16 mm[16], z[4][4];
-                            for (int xi = 0; xi < 16; xi++) mm[xi] = wg_ld(src + (size_t)xi * Cn + t, cnt);
-                            /* B down the rows: [v0, v1 - v2 - v3, v1 + v2 - v0, v3] */
-                            for (int j = 0; j < 4; j++) {
-                                z[0][j] = mm[j];
-                                z[1][j] = mm[4 + j] - mm[8 + j] - mm[12 + j];
-                                z[2][j] = mm[4 + j] + mm[8 + j] - mm[j];
-                                z[3][j] = mm[12 + j];
-                            }
-                            for (int e = 0; e < 4; e++) {
-                                *(v16u *)(t16 + (size_t)(4 * e + 0) * T16 + t) = z[e][0];
-                                *(v16u *)(t16 + (size_t)(4 * e + 1) * T16 + t) = z[e][1] - z[e][2] - z[e][3];
-                                *(v16u *)(t16 + (size_t)(4 * e + 2) * T16 + t) = z[e][1] + z[e][2] - z[e][0];
-                                *(v16u *)(t16 + (size_t)(4 * e + 3) * T16 + t) = z[e][3];
+                for (int c = 0; c < C; c++) {
+                    memset(pad, 0, sizeof(float) * (size_t)g.R4 * Q4);
+                    const float *src = v + (size_t)c * n;
+                    for (int t = 0; t < T; t += 16) {
+                        const int cnt = T - t < 16 ? T - t : 16;
+                        v16 mm[16], z[4][4];
+                        for (int xi = 0; xi < 16; xi++) mm[xi] = wg_ld(src + (size_t)xi * Cn + t, cnt);
+                        /* B down the rows: [v0, v1 - v2 - v3, v1 + v2 - v0, v3] */
+                        for (int j = 0; j < 4; j++) {
+                            z[0][j] = mm[j];
+                            z[1][j] = mm[4 + j] - mm[8 + j] - mm[12 + j];
+                            z[2][j] = mm[4 + j] + mm[8 + j] - mm[j];
+                            z[3][j] = mm[12 + j];
+                        }
+                        for (int e = 0; e < 4; e++) {
+                            *(v16u *)(t16 + (size_t)(4 * e + 0) * T16 + t) = z[e][0];
+                            *(v16u *)(t16 + (size_t)(4 * e + 1) * T16 + t) = z[e][1] - z[e][2] - z[e][3];
+                            *(v16u *)(t16 + (size_t)(4 * e + 2) * T16 + t) = z[e][1] + z[e][2] - z[e][0];
+                            *(v16u *)(t16 + (size_t)(4 * e + 3) * T16 + t) = z[e][3];
+                        }
+                    }
+                    /* patches overlap their neighbours by one row and column: added
+                     * tile row by tile row, each row's 16 taps in order, as
+                     * pad[3 a + ky][3 bb + kx] += tap (4 ky + kx) of tile bb. Per grid row, 16
+                     * tiles at a time: columns 3 bb + kx (kx < 3) take taps kx, column 3 bb
+                     * then tap 3 of tile bb - 1. Lanes past the tile row hold -0, so the
+                     * 48-float stores past a row write back what they read. */
+                    for (int a = 0; a < g.TA; a++) {
+                        v16 prev[4]; /* tap 3 of the 16 tiles before, per ky */
+                        for (int ky = 0; ky < 4; ky++) prev[ky] = -(v16){0};
+                        /* (grid column 3 TB, tap 3 of the last tile alone, is xp's
+                         * right border, never read: 3 TB >= W + 1) */
+                        for (int b0 = 0; b0 < TB; b0 += 16) {
+                            const int cnt = TB - b0 < 16 ? TB - b0 : 16;
+                            const float *sk = t16 + (size_t)a * TB + b0;
+                            for (int ky = 0; ky < 4; ky++) {
+                                const float *sy = sk + (size_t)4 * ky * T16;
+                                const v16 s0 = wg_keep(*(const v16u *)sy, cnt);
+                                const v16 s1 = wg_keep(*(const v16u *)(sy + T16), cnt);
+                                const v16 s2 = wg_keep(*(const v16u *)(sy + 2 * T16), cnt);
+                                const v16 s3 = wg_keep(*(const v16u *)(sy + 3 * T16), cnt);
+                                const v16 s3b = __builtin_shufflevector(prev[ky], s3, 15, 16, 17, 18, 19, 20, 21,
+                                                                        22, 23, 24, 25, 26, 27, 28, 29, 30);
+                                prev[ky] = s3;
+                                float *row = pad + (size_t)(3 * a + ky) * Q4 + 3 * b0;
+                                v16 c0, c1, c2;
+                                wg_deint3(row, &c0, &c1, &c2);
+                                wg_inter3(row, (c0 + s0) + s3b, c1 + s1, c2 + s2);
                             }
                         }
-                        /* patches overlap their neighbours by one row and column: added
-                         * tile row by tile row, each row's 16 taps in order, as
-                         * pad[3 a + ky][3 bb + kx] += tap (4 ky + kx) of tile bb. Per grid row, 16
-                         * tiles at a time: columns 3 bb + kx (kx < 3) take taps kx, column 3 bb
-                         * then tap 3 of tile bb - 1. Lanes past the tile row hold -0, so the
-                         * 48-float stores past a row write back what they read. */
-                        for (int a = 0; a < g.TA; a++) {
-                            v16 prev[4]; /* tap 3 of the 16 tiles before, per ky */
-                            for (int ky = 0; ky < 4; ky++) prev[ky] = -(v16){0};
-                            /* (grid column 3 TB, tap 3 of the last tile alone, is xp's
-                             * right border, never read: 3 TB >= W + 1) */
-                            for (int b0 = 0; b0 < TB; b0 += 16) {
-                                const int cnt = TB - b0 < 16 ? TB - b0 : 16;
-                                const float *sk = t16 + (size_t)a * TB + b0;
-                                for (int ky = 0; ky < 4; ky++) {
-                                    const float *sy = sk + (size_t)4 * ky * T16;
-                                    const v16 s0 = wg_keep(*(const v16u *)sy, cnt);
-                                    const v16 s1 = wg_keep(*(const v16u *)(sy + T16), cnt);
-                                    const v16 s2 = wg_keep(*(const v16u *)(sy + 2 * T16), cnt);
-                                    const v16 s3 = wg_keep(*(const v16u *)(sy + 3 * T16), cnt);
-                                    const v16 s3b = __builtin_shufflevector(prev[ky], s3, 15, 16, 17, 18, 19, 20, 21,
-                                                                            22, 23, 24, 25, 26, 27, 28, 29, 30);
-                                    prev[ky] = s3;
-                                    float *row = pad + (size_t)(3 * a + ky) * Q4 + 3 * b0;
-                                    v16 c0, c1, c2;
-                                    wg_deint3(row, &c0, &c1, &c2);
-                                    wg_inter3(row, (c0 + s0) + s3b, c1 + s1, c2 + s2);
-                                }
-                            }
-                        }
+                    }
+                    for (int i = 0; i < nb; i++) {
                         float *dd = out_plane(dx, C, HW, i0 + i, c);
                         for (int iy = 0; iy < H; iy++) {
-                            const float *sr = pad + (size_t)(iy + 1) * Q4 + 1;
+                            const float *sr = pad + (size_t)(iy + 1) * Q4 + (size_t)i * g.SW + 1;
                             float *dr = dd + (size_t)iy * W;
                             if (dx.acc)
 #pragma omp simd
@@ -2193,6 +2219,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
                                 memcpy(dr, sr, sizeof(float) * (size_t)W);
                         }
                     }
+                }
             }
         }
         if (dw && first) memset(dut, 0, sizeof(float) * 16 * O4C); /* a thread without images */
