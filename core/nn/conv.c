@@ -25,9 +25,12 @@
 #endif
 /* and the fewest tiles per chunk for images of under 16 tiles (the SRNN's 8 x 8 inputs);
  * measured (transposed conv 256 -> 64 channels at 8 x 8, batch 64, 1 thread, forward and
- * backward): 8 images 37 ms, 16 images 33-35 ms, 32 images 35.5 ms */
+ * backward): 8 images 37 ms, 16 images 33-35 ms, 32 images 35.5 ms (in the SRNN step about
+ * 1 ms apart). 8 images, because with 16 tests/check_mpi.c's SGD equivalence of 1 and 2 ranks
+ * (srnn_small.yaml) lands at 3.8e-5 against its 1e-5 (as main does with OpenBLAS's
+ * Sandybridge kernels): see docs/PERFORMANCE.md, the SRNN section's fifth pass */
 #ifndef WG_MIN_TILES
-#define WG_MIN_TILES 144
+#define WG_MIN_TILES 72
 #endif
 /* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
 #define DIRECT_MAX_O 16
@@ -111,7 +114,8 @@ static void pick_chunk(ml_conv_shape *s) {
                  : s->subpixel ? sp_floats_per_image(s) : col_rows(s) * col_cols_per_image(s);
     size_t c = per ? (s->subpixel == 2 ? WG_TARGET_FLOATS : COL_TARGET_FLOATS) / per : 1;
     /* the Winograd form on images of a few tiles (8 x 8: 9): a chunk's images side by side
-     * (wg_geometry) make its 16 GEMMs at least WG_MIN_TILES wide (U is repacked per GEMM) */
+     * (wg_geometry) make its 16 GEMMs at least WG_MIN_TILES wide (U is repacked per GEMM) and
+     * the transforms' tile rows at least 24 tiles long */
     if (s->subpixel == 2 && wg_tiles(s) < 16 && c * wg_tiles(s) < WG_MIN_TILES)
         c = (WG_MIN_TILES + wg_tiles(s) - 1) / wg_tiles(s);
     if (c < 1) c = 1;
@@ -177,7 +181,7 @@ int ml_convt2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k,
     /* its Winograd form does 1.8x (8 x 8, 16 x 16) to 2.1x (32 x 32) fewer multiply-adds in
      * small per-thread GEMMs; measured faster from 8 x 8 up (CPU time at 1 thread: 32 x 32,
      * 64 -> 32 channels, 107 ms against 136; 16 x 16, 128 -> 32, 60 against 66; 8 x 8 with a
-     * chunk's images side by side, 256 -> 64, 33-35 ms against 47), slower at 4 x 4 (2 x 2
+     * chunk's images side by side, 256 -> 64, 37 ms against 47), slower at 4 x 4 (2 x 2
      * tiles for 5 x 5 windows; 256 -> 64, 17 ms against 12) */
     if (k == 4 && stride == 2 && pad == 1 && H >= 8 && W >= 8) s->subpixel = 2;
     s->team = omp_get_max_threads(); /* the Winograd form's workspace holds one part per thread */
@@ -1513,7 +1517,10 @@ static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
  * region, no barrier per step), with its own dU, summed over the threads in their order
  * at the end (so results are bitwise repeatable for the same thread count).
  * Layout: U (16, 4O, C); then s->team copies of dU (16, 4O, C); then per thread V (16, C, n)
- * and M (16, 4O, n), n = nb T, tile t = a TB + b of image i at column i T + t.
+ * and M (16, 4O, n), n = nb T. The nb images of a chunk lie side by side on one window grid
+ * (wg_geometry), so that a grid row has nb TB tiles and the transforms, which run along the
+ * tile rows 16 tiles per vector, have full vectors also for small images (8 x 8: TB = 3):
+ * tile (a, b) of image i is column a nb TB + i TB + b.
  */
 
 /* The thread team of the Winograd path and one thread's part of the workspace. */

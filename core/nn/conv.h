@@ -59,7 +59,7 @@ typedef struct ml_conv_shape {
                              up to 64 output channels, 16- to 32-wide rows) */
     int subpixel;         /* convt2d with kernel 4, stride 2, padding 1: 1 computed in the
                              sub-pixel form, 2 in its Winograd F(3x3, 2x2) form (see conv.c);
-                             set by ml_convt2d_shape (2 from 16 x 16 inputs up), a caller may
+                             set by ml_convt2d_shape (2 from 8 x 8 inputs up), a caller may
                              change it before sizing the workspace (0: the general GEMM +
                              col2im path) */
     int write_dx;         /* conv2d: 0 (set by the shape function): backward accumulates into
