@@ -1042,20 +1042,24 @@ s2_row(const int OB, const int NV, const float *sp, int C, int Hp, int len, floa
                 }
             }
             const int je = Wo - j0 < BW ? Wo - j0 : BW;
-            for (int q = 0; q < OB && o0 + q < O; q++) {
+#pragma GCC unroll 16
+            for (int q = 0; q < OB; q++) {
+                if (o0 + q >= O) break;
                 float *dst = y_i + ((size_t)(o0 + q) * Ho + oy) * Wo + j0;
                 const float bv = bias ? bias[o0 + q] : 0.0f;
-                if (je == BW && act != ML_CONV_ACT_SIGMOID) {
 #pragma GCC unroll 2
-                    for (int v = 0; v < NV; v++) {
-                        v16 a = acc[q][v] + bv;
-                        if (act == ML_CONV_ACT_RELU) a = (v16)((s2_v16i)a & (a > 0)); /* all-ones where positive */
+                for (int v = 0; v < NV; v++) {
+                    v16 a = acc[q][v] + bv;
+                    if (act == ML_CONV_ACT_RELU) a = (v16)((s2_v16i)a & (a > 0)); /* all-ones where positive */
+                    if (act != ML_CONV_ACT_SIGMOID && 16 * v + 16 <= je) {
                         *(v16u *)(dst + 16 * v) = a;
+                        continue;
                     }
-                } else {
-                    float a[32];
-                    memcpy(a, acc[q], sizeof(float) * 16 * (size_t)NV);
-                    for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
+                    /* a ragged end, or the sigmoid: this vector alone goes through memory (a
+                     * whole-block fallback would keep every accumulator in memory) */
+                    float t[16];
+                    memcpy(t, &a, sizeof t);
+                    for (int j = 0; j < 16 && 16 * v + j < je; j++) dst[16 * v + j] = act_fwd(act, t[j]);
                 }
             }
         }
@@ -1072,6 +1076,9 @@ static inline float s2_hsum(v16 a) {
 /* The next image's planes (its dy, then its x channels), prefetched into L2 a few lines at a
  * time while the current image's dw is computed: the bias sums and the split of that image
  * then read from L2, not memory */
+#ifndef S2_PF_LINES
+#define S2_PF_LINES 4 /* lines per row of a dw tile */
+#endif
 typedef struct s2_pf {
     const float *at[1 + S2_MAX_C];
     size_t lines[1 + S2_MAX_C];
@@ -1120,7 +1127,7 @@ static inline void s2_dw_tile(const float *sp_c, int len, const float *g, int ld
                 }
         }
         for (int q = 0; q < S2_Q; q++) gq[q] += ldg;
-        s2_pf_step(pf, 4);
+        s2_pf_step(pf, S2_PF_LINES);
     }
     for (int q = 0; q < S2_Q && o0 + q < O; q++)
         for (int t = 0; t < 9; t++) pw[((size_t)(o0 + q) * C + c) * 9 + t] = s2_hsum(acc[q][t]);
