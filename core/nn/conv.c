@@ -1295,7 +1295,7 @@ static void conv2d_backward(const ml_conv_shape *s, cat_out dx, float *dw, float
     const ml_conv_act act = s->act;
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
     if (s->direct == 3) { /* dw, db by the direct kernel; dx, if wanted, on the GEMM path below */
-        s2_backward(s, dw, db, dy, y, x, ws, part);
+        if (dw || db) s2_backward(s, dw, db, dy, y, x, ws, part);
         if (!dx.a) return;
         dw = NULL, db = NULL;
     }
