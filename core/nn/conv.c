@@ -1042,24 +1042,20 @@ s2_row(const int OB, const int NV, const float *sp, int C, int Hp, int len, floa
                 }
             }
             const int je = Wo - j0 < BW ? Wo - j0 : BW;
-#pragma GCC unroll 16
-            for (int q = 0; q < OB; q++) {
-                if (o0 + q >= O) break;
+            for (int q = 0; q < OB && o0 + q < O; q++) {
                 float *dst = y_i + ((size_t)(o0 + q) * Ho + oy) * Wo + j0;
                 const float bv = bias ? bias[o0 + q] : 0.0f;
+                if (je == BW && act != ML_CONV_ACT_SIGMOID) {
 #pragma GCC unroll 2
-                for (int v = 0; v < NV; v++) {
-                    v16 a = acc[q][v] + bv;
-                    if (act == ML_CONV_ACT_RELU) a = (v16)((s2_v16i)a & (a > 0)); /* all-ones where positive */
-                    if (act != ML_CONV_ACT_SIGMOID && 16 * v + 16 <= je) {
+                    for (int v = 0; v < NV; v++) {
+                        v16 a = acc[q][v] + bv;
+                        if (act == ML_CONV_ACT_RELU) a = (v16)((s2_v16i)a & (a > 0)); /* all-ones where positive */
                         *(v16u *)(dst + 16 * v) = a;
-                        continue;
                     }
-                    /* a ragged end, or the sigmoid: this vector alone goes through memory (a
-                     * whole-block fallback would keep every accumulator in memory) */
-                    float t[16];
-                    memcpy(t, &a, sizeof t);
-                    for (int j = 0; j < 16 && 16 * v + j < je; j++) dst[16 * v + j] = act_fwd(act, t[j]);
+                } else { /* a ragged end of the row, or the sigmoid */
+                    float a[32];
+                    memcpy(a, acc[q], sizeof(float) * 16 * (size_t)NV);
+                    for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
                 }
             }
         }
