@@ -185,9 +185,9 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
     /* 3x3 stride 2 on few input channels (the encoders' first conv, 3 -> 32 channels): direct
      * forward, dw and db (shape.direct 3; dx stays on the GEMM path). Against the GEMM path
      * at 1 thread, batch 64, 32 output channels (bench/conv1_bench.c, docs/PERFORMANCE.md):
-     * forward and backward both faster from 1 to 16 input channels, on 64x64 inputs (3: 2.5
-     * ms against 6.6; 16: 12.3 against 23.2) and on 32x32 ones (16: 4.1 against 5.6); at 32
-     * channels (32x32 -> 16x16, 64 out) the forward is no faster and dw 40% slower. */
+     * forward and backward both faster from 1 to 16 input channels, on 64x64 inputs (3: 2.8
+     * ms against 7.2; 16: 14.3 against 25.6) and on 32x32 ones (16: 4.5 against 6.7); at 32
+     * channels (32x32 -> 16x16, 64 out) the forward is 25% faster but dw 30% slower. */
     if (!s->direct && stride == 2 && k == 3 && C <= S2_MAX_C && s2_split_floats(C, s->Ho, s->Wo) <= S2_MAX_SPLIT)
         s->direct = 3;
     pick_chunk(s);
