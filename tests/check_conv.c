@@ -171,6 +171,13 @@ static const struct fwd_case fwd_cases[] = {
      * and column (no padding, 6 x 7); a plane too large for the stack (the row-by-row path) */
     {0, 2, 3, 6, 7, 4, 3, 2, 0, 0, ML_CONV_ACT_NONE, -1},
     {0, 1, 2, 73, 73, 2, 3, 2, 1, 0, ML_CONV_ACT_RELU, -1},
+    /* the direct stride-2 path (direct 3, up to 16 input channels; the three cases above take
+     * it too): rows of 23 (two vectors, the second ragged), one image of 17-wide rows, no
+     * padding (15-wide rows, one vector), padding 2 on 36-wide rows (two row blocks) */
+    {0, 2, 3, 37, 45, 7, 3, 2, 1, 0, ML_CONV_ACT_SIGMOID, -1},
+    {0, 1, 1, 33, 33, 17, 3, 2, 1, 0, ML_CONV_ACT_RELU, -1},
+    {0, 2, 4, 32, 32, 9, 3, 2, 0, 0, ML_CONV_ACT_NONE, -1},
+    {0, 2, 3, 20, 70, 4, 3, 2, 2, 0, ML_CONV_ACT_RELU, -1},
     {1, 3, 6, 4, 3, 4, 4, 2, 1, 2, ML_CONV_ACT_RELU, 0},
     {1, 2, 3, 5, 4, 2, 3, 1, 1, 1, ML_CONV_ACT_NONE, -1},
     {1, 4, 2, 3, 3, 3, 5, 3, 1, 3, ML_CONV_ACT_SIGMOID, -1},
@@ -650,7 +657,7 @@ END_TEST
 
 /* write_dx: conv2d backward writes dx (prefilled with garbage) exactly as accumulating into
  * zeros does. _i: 0 the direct stride-1 path, 1 the GEMM path (stride 2), 2 the GEMM path
- * at stride 1 (the flipped-kernel dx) */
+ * at stride 1 (the flipped-kernel dx), 3 the direct stride-2 path */
 START_TEST(test_conv_write_dx) {
     ml_conv_shape s;
     if (_i == 0) {
@@ -658,7 +665,12 @@ START_TEST(test_conv_write_dx) {
         ck_assert_int_eq(s.direct, 1);
     } else if (_i == 1) {
         ck_assert_int_eq(ml_conv2d_shape(&s, 3, 5, 8, 9, 6, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
-        ck_assert_int_eq(s.direct, 0);
+        ck_assert_int_eq(s.direct, 3); /* so few channels take the direct stride-2 path: */
+        s.direct = 0;                  /* the GEMM path's col2im dx */
+        s.chunk = 2;
+    } else if (_i == 3) { /* the direct stride-2 path (direct 3), whose dx is the GEMM path's */
+        ck_assert_int_eq(ml_conv2d_shape(&s, 3, 5, 8, 9, 6, 3, 2, 1, ML_CONV_ACT_RELU), ML_OK);
+        ck_assert_int_eq(s.direct, 3);
         s.chunk = 2;
     } else { /* stride 1 on the GEMM path: dx as a convolution with the flipped kernel */
         ck_assert_int_eq(ml_conv2d_shape(&s, 3, 6, 7, 9, 4, 3, 1, 1, ML_CONV_ACT_RELU), ML_OK);
@@ -791,6 +803,124 @@ START_TEST(test_direct_thread_split) {
     for (size_t j = 0; j < ny; j++) ck_assert_double_eq_tol(y[1][j], r[j], 1e-4);
     for (int t = 0; t < 2; t++) free(y[t]), free(dx[t]), free(dw[t]), free(db[t]);
     free(x), free(w), free(b), free(dy), free(ws), free(r);
+}
+END_TEST
+
+/* ---- the direct stride-2 path (direct 3: 3x3, stride 2, up to 16 input channels, the
+ * encoders' first conv) against reference loops: y, dw, db (and dx, which it leaves to the GEMM
+ * path), on odd shapes; y, dw and db the same bits on 1 and 2 threads and run to run (dw and
+ * db are summed per image, then over the images in order); and a planted error (one input
+ * pixel changed at the ragged end of the last row) that the comparison must catch ---- */
+
+struct s2_case { int B, C, H, W, O, pad; ml_conv_act act; };
+static const struct s2_case s2_cases[] = {
+    {3, 3, 64, 64, 32, 1, ML_CONV_ACT_NONE},    /* the SRNN's enc.conv1, 3 images */
+    {2, 3, 9, 7, 5, 1, ML_CONV_ACT_RELU},       /* odd H and W */
+    {2, 2, 37, 45, 7, 1, ML_CONV_ACT_SIGMOID},  /* rows of 23: a ragged second vector */
+    {1, 1, 33, 33, 17, 1, ML_CONV_ACT_NONE},    /* one image, one channel, rows of 17 */
+    {2, 4, 32, 32, 9, 0, ML_CONV_ACT_NONE},     /* no padding: rows of 15 */
+    {2, 3, 20, 70, 4, 2, ML_CONV_ACT_RELU},     /* padding 2, rows of 36 (two row blocks) */
+    {3, 16, 16, 16, 8, 1, ML_CONV_ACT_NONE},    /* the most channels it takes */
+    {2, 2, 1, 5, 3, 1, ML_CONV_ACT_NONE},       /* one input row */
+    {5, 3, 2, 2, 33, 1, ML_CONV_ACT_RELU},      /* 1 x 1 output, 5 images over 2 threads */
+};
+
+/* the largest |a - r| / (1 + |r|) over n */
+static double max_rel_err(const float *a, const double *r, size_t n) {
+    double e = 0;
+    for (size_t j = 0; j < n; j++) {
+        const double d = fabs(a[j] - r[j]) / (1 + fabs(r[j]));
+        if (d > e) e = d;
+    }
+    return e;
+}
+
+START_TEST(test_s2_direct) {
+    const struct s2_case *c = &s2_cases[_i];
+    const int saved = omp_get_max_threads();
+    ml_conv_shape s;
+    ck_assert_int_eq(ml_conv2d_shape(&s, c->B, c->C, c->H, c->W, c->O, 3, 2, c->pad, c->act), ML_OK);
+    ck_assert_int_eq(s.direct, 3);
+    const size_t nx = ml_conv_in_size(&s), ny = ml_conv_out_size(&s), nw = ml_conv_weight_size(&s);
+    float *x = fl(nx), *w = fl(nw), *b = fl(s.O), *dy = fl(ny), *ws = fl(ml_conv_workspace_floats(&s));
+    float *y[3], *dx[3], *dw[3], *db[3];
+    tu_fill(x, nx, 101, -1, 1);
+    tu_fill(w, nw, 102, -0.5f, 0.5f);
+    tu_fill(b, s.O, 103, -0.1f, 0.1f);
+    tu_fill(dy, ny, 104, -1, 1);
+    /* runs 0 and 2 on 1 thread, run 1 on 2 */
+    for (int t = 0; t < 3; t++) {
+        y[t] = fl(ny), dx[t] = fl(nx), dw[t] = fl(nw), db[t] = fl(s.O);
+        omp_set_num_threads(t == 1 ? 2 : 1);
+        run_layer(&s, y[t], dx[t], dw[t], db[t], x, w, b, dy, ws);
+    }
+    omp_set_num_threads(saved);
+    for (int t = 1; t < 3; t++) {
+        ck_assert(memcmp(y[t], y[0], ny * sizeof(float)) == 0);
+        ck_assert(memcmp(dw[t], dw[0], nw * sizeof(float)) == 0);
+        ck_assert(memcmp(db[t], db[0], s.O * sizeof(float)) == 0);
+    }
+    ck_assert(memcmp(dx[2], dx[0], nx * sizeof(float)) == 0);
+    /* the reference: y, then the pre-activation gradient g and the sums over it */
+    double *ry = malloc(ny * sizeof *ry), *rx = calloc(nx, sizeof *rx), *rw = calloc(nw, sizeof *rw),
+           *rb = calloc((size_t)s.O, sizeof *rb);
+    conv_ref(&s, ry, x, w, b);
+    for (int i = 0; i < s.B; i++)
+        for (int o = 0; o < s.O; o++)
+            for (int oy = 0; oy < s.Ho; oy++)
+                for (int ox = 0; ox < s.Wo; ox++) {
+                    const size_t yi = ((size_t)(i * s.O + o) * s.Ho + oy) * s.Wo + ox;
+                    const double yv = ry[yi], d = dy[yi];
+                    const double gv = s.act == ML_CONV_ACT_RELU ? (yv > 0 ? d : 0)
+                                      : s.act == ML_CONV_ACT_SIGMOID ? d * yv * (1 - yv) : d;
+                    rb[o] += gv;
+                    for (int ch = 0; ch < s.C; ch++)
+                        for (int ky = 0; ky < 3; ky++)
+                            for (int kx = 0; kx < 3; kx++) {
+                                const int iy = 2 * oy - s.pad + ky, ix = 2 * ox - s.pad + kx;
+                                if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) continue;
+                                const size_t xi = ((size_t)(i * s.C + ch) * s.H + iy) * s.W + ix;
+                                const size_t wi = ((size_t)(o * s.C + ch) * 3 + ky) * 3 + kx;
+                                rx[xi] += gv * w[wi];
+                                rw[wi] += gv * x[xi];
+                            }
+                }
+    const double ey = max_rel_err(y[0], ry, ny), ex = max_rel_err(dx[0], rx, nx);
+    const double ew = max_rel_err(dw[0], rw, nw), eb = max_rel_err(db[0], rb, (size_t)s.O);
+    ck_assert_msg(ey < 1e-5 && ex < 1e-4 && ew < 1e-4 && eb < 1e-4, "case %d: y %g dx %g dw %g db %g", _i, ey,
+                  ex, ew, eb);
+    /* planted error: the last pixel of the last input row of the last image changed for the
+     * kernel alone; y and dw must then miss the reference (where the window reaches it) */
+    const int reached = (s.W - 1 + s.pad) / 2 < s.Wo && (s.H - 1 + s.pad) / 2 < s.Ho;
+    x[nx - 1] += 0.5f;
+    run_layer(&s, y[1], dx[1], dw[1], db[1], x, w, b, dy, ws);
+    x[nx - 1] -= 0.5f;
+    if (reached) {
+        ck_assert(max_rel_err(y[1], ry, ny) > 1e-3);
+        ck_assert(max_rel_err(dw[1], rw, nw) > 1e-3);
+    }
+    for (int t = 0; t < 3; t++) free(y[t]), free(dx[t]), free(dw[t]), free(db[t]);
+    free(x), free(w), free(b), free(dy), free(ws), free(ry), free(rx), free(rw), free(rb);
+}
+END_TEST
+
+/* which convs take the direct stride-2 path: 3x3 stride 2 on up to 16 input channels */
+START_TEST(test_s2_selection) {
+    ml_conv_shape s;
+    ck_assert_int_eq(ml_conv2d_shape(&s, 64, 3, 64, 64, 32, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.direct, 3); /* the SRNN's and the COD model's first conv */
+    ck_assert_int_eq(ml_conv2d_shape(&s, 64, 1, 32, 32, 32, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.direct, 3); /* 32x32x1 */
+    ck_assert_int_eq(ml_conv2d_shape(&s, 64, 16, 64, 64, 32, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.direct, 3);
+    ck_assert_int_eq(ml_conv2d_shape(&s, 64, 17, 64, 64, 32, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.direct, 0);
+    ck_assert_int_eq(ml_conv2d_shape(&s, 64, 32, 32, 32, 64, 3, 2, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.direct, 0); /* the encoders' second conv */
+    ck_assert_int_eq(ml_conv2d_shape(&s, 4, 3, 64, 64, 8, 5, 2, 2, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.direct, 0); /* 5x5 */
+    ck_assert_int_eq(ml_conv2d_shape(&s, 4, 3, 64, 64, 8, 3, 3, 1, ML_CONV_ACT_NONE), ML_OK);
+    ck_assert_int_eq(s.direct, 0); /* stride 3 */
 }
 END_TEST
 
@@ -1193,10 +1323,12 @@ static Suite *conv_suite(void) {
     tcase_add_test(t, test_concat_gradcheck);
     tcase_add_loop_test(t, test_convt_cat, 0, 2);
     tcase_add_loop_test(t, test_conv_cat, 0, 4);
-    tcase_add_loop_test(t, test_conv_write_dx, 0, 3);
+    tcase_add_loop_test(t, test_conv_write_dx, 0, 4);
     tcase_add_test(t, test_bad_shapes);
     tcase_add_loop_test(t, test_deterministic, 0, 4);
     tcase_add_loop_test(t, test_direct_thread_split, 0, 5);
+    tcase_add_loop_test(t, test_s2_direct, 0, (int)(sizeof s2_cases / sizeof s2_cases[0]));
+    tcase_add_test(t, test_s2_selection);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
     tcase_add_loop_test(t, test_winograd_edges, 0, 7);
     tcase_add_loop_test(t, test_convt_next, 0, 4);

@@ -109,6 +109,42 @@ static size_t s1_rows_floats(int Cin, int k, int Wo) {
     return (size_t)Cin * k * (size_t)((Wo + bw - 1) / bw * bw + k);
 }
 
+/* direct stride-2 conv2d (shape.direct 3, below) */
+/* Split rows: padded input row r = iy + p, padded column q = ix + p. Output column ox reads
+ * padded columns 2 ox + kx: kx = 0 and 2 the even columns ox and ox + 1 of the row's even
+ * half, kx = 1 column ox of its odd half. Each padded row is split once into its halves, so
+ * every tap is a unit-stride vector load. */
+#define S2_MAX_C 16     /* direct 3: up to this many input channels (see ml_conv2d_shape) */
+#define S2_MAX_SPLIT ((size_t)1 << 20) /* and one image's split rows up to this many floats */
+#define S2_OB 8         /* output channels per register block at 2 vectors per output row */
+#define S2_OB16 16      /* ... at 1 vector (rows up to 16 wide) */
+#define S2_Q 3          /* dw: output channels per tile (3 channels x 9 taps = 27 accumulators) */
+
+static int s2_nv(int Wo) { return Wo <= 16 ? 1 : 2; }
+static int s2_block(int Wo) { return Wo <= 16 ? S2_OB16 : S2_OB; }
+static int s2_padded(int O, int Wo) { return (O + s2_block(Wo) - 1) / s2_block(Wo) * s2_block(Wo); }
+/* floats of one half of a split row: the output row rounded up to the vector block, and 16
+ * more (the kx = 2 tap reads one column further) */
+static int s2_len(int Wo) {
+    const int bw = 16 * s2_nv(Wo);
+    return (Wo + bw - 1) / bw * bw + 16;
+}
+/* the padded rows the windows reach, 2 Ho + 1, and the floats of one image's split rows */
+static int s2_rows(int Ho) { return 2 * Ho + 1; }
+static size_t s2_split_floats(int C, int Ho, int Wo) {
+    return (size_t)C * s2_rows(Ho) * 2 * s2_len(Wo);
+}
+/* output rows of dw's gradient planes: Wo rounded up to 16 (zeros past Wo) */
+static int s2_ldg(int Wo) { return (Wo + 15) / 16 * 16; }
+
+/* the workspace: the forward's repacked weights (C 9, Opad), the backward's per-image dw
+ * partials (B, O C 9) */
+static size_t s2_workspace(const ml_conv_shape *s) {
+    const size_t fw = (size_t)s->C * 9 * s2_padded(s->O, s->Wo);
+    const size_t bw = (size_t)s->B * s->O * s->C * 9;
+    return fw > bw ? fw : bw;
+}
+
 static void pick_chunk(ml_conv_shape *s) {
     size_t per = s->subpixel == 2 ? wg_floats_per_image(s)
                  : s->subpixel ? sp_floats_per_image(s) : col_rows(s) * col_cols_per_image(s);
@@ -160,6 +196,14 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
     if (!s->direct && stride == 1 && k >= 3 && k <= DIRECT_MAX_K && O <= DIRECT_FWD_MAX_O && s->Wo >= 16 &&
         s->Wo <= 32 && s1_rows_floats(C, k, s->Wo) <= DIRECT_MAX_ROWS)
         s->direct = 2;
+    /* 3x3 stride 2 on few input channels (the encoders' first conv, 3 -> 32 channels): direct
+     * forward, dw and db (shape.direct 3; dx stays on the GEMM path). Against the GEMM path
+     * at 1 thread, batch 64, 32 output channels (bench/conv1_bench.c, docs/PERFORMANCE.md):
+     * forward and backward both faster from 1 to 16 input channels, on 64x64 inputs (3: 2.8
+     * ms against 7.2; 16: 14.3 against 25.6) and on 32x32 ones (16: 4.5 against 6.7); at 32
+     * channels (32x32 -> 16x16, 64 out) the forward is 25% faster but dw 30% slower. */
+    if (!s->direct && stride == 2 && k == 3 && C <= S2_MAX_C && s2_split_floats(C, s->Ho, s->Wo) <= S2_MAX_SPLIT)
+        s->direct = 3;
     pick_chunk(s);
     return ML_OK;
 }
@@ -237,6 +281,7 @@ static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->transposed && s->act != ML_CONV_ACT_NONE)
         ws += (size_t)s->chunk * (size_t)s->O * (size_t)s->Ho * (size_t)s->Wo;
     if (s->direct == 2 && fw > ws) ws = fw; /* the direct forward's repacked weights */
+    if (s->direct == 3 && s2_workspace(s) > ws) ws = s2_workspace(s);
     return ws;
 }
 
@@ -918,6 +963,294 @@ static void direct_backward(const ml_conv_shape *s, float *dx, float *dw, const 
 #pragma GCC pop_options
 
 /* ------------------------------------------------------------------------------------ */
+/* direct stride-2 3x3 conv2d on few input channels (shape.direct 3): the encoders' first
+ * conv (3 -> 32 channels, 64x64 -> 32x32). On the GEMM path its K = C k k = 27 is short: the
+ * im2col matrix, the (O, n) result copied into (B, O, Ho, Wo) with the bias, dy copied into
+ * the GEMM's layout and im2col again for dw moved more bytes than the multiply-adds take. */
+
+/* h[a, len) = 0 by vector stores from the end (gcc makes the plain loop a memset call, which
+ * costs more than the 16 to 40 floats) */
+static inline void s2_zero(float *h, int a, int len) {
+    if (len - a < 16) {
+        for (int e = a; e < len; e++) h[e] = 0;
+        return;
+    }
+    for (int e = len - 16;; e -= 16) {
+        if (e < a) e = a;
+        *(v16u *)(h + e) = (v16){0};
+        if (e == a) break;
+    }
+}
+
+/* padded rows [r0, r1) of image i, all C channels, split into sp (C, Hp, 2, len): zeros
+ * outside the image. Input column ix lands in half (ix + p) & 1 at (ix + p) >> 1: the even
+ * columns of the input row in one half from offset o0, the odd ones in the other from o1;
+ * 32 input floats at a time become 16 of each by two shuffles. */
+static void s2_split(float *sp, cat_in x, int C, int H, int W, int p, int i, int r0, int r1,
+                     int Hp, int len) {
+    const int o0 = p >> 1, o1 = (p + 1) >> 1;
+    /* input columns read: those landing before len in their half */
+    const int n = W < 2 * len - p ? W : 2 * len - p, ne = (n + 1) / 2, no = n / 2;
+    for (int c = 0; c < C; c++) {
+        const float *xp = in_plane(x, C, (size_t)H * W, i, c);
+        for (int r = r0; r < r1; r++) {
+            float *ev = sp + ((size_t)c * Hp + r) * 2 * len, *od = ev + len;
+            const int iy = r - p;
+            if (iy < 0 || iy >= H) {
+                memset(ev, 0, sizeof(float) * 2 * (size_t)len);
+                continue;
+            }
+            const float *src = xp + (size_t)iy * W;
+            float *h0 = p & 1 ? od : ev, *h1 = p & 1 ? ev : od; /* halves of ix even, odd */
+            for (int j = 0; j < o0; j++) h0[j] = 0;
+            for (int j = 0; j < o1; j++) h1[j] = 0;
+            int j = 0;
+            for (; 2 * j + 32 <= n; j += 16) {
+                const v16 a = *(const v16u *)(src + 2 * j), b = *(const v16u *)(src + 2 * j + 16);
+                *(v16u *)(h0 + o0 + j) = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                                 20, 22, 24, 26, 28, 30);
+                *(v16u *)(h1 + o1 + j) = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19,
+                                                                 21, 23, 25, 27, 29, 31);
+            }
+            for (int e = j; e < ne; e++) h0[o0 + e] = src[2 * e];
+            for (int e = j; e < no; e++) h1[o1 + e] = src[2 * e + 1];
+            s2_zero(h0, o0 + ne, len);
+            s2_zero(h1, o1 + no, len);
+        }
+    }
+}
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast") /* FMAs, as in the stride-1 kernels above */
+
+typedef int s2_v16i __attribute__((vector_size(64)));
+
+/* One output row oy of image i (y_i: its O planes) from the image's split rows: blocks of OB
+ * channels x NV vectors accumulate in registers over the C 3 rows x 3 taps, then get the
+ * bias and the activation and are stored into y. OB and NV literal where inlined (s1_row). */
+static inline __attribute__((always_inline)) void
+s2_row(const int OB, const int NV, const float *sp, int C, int Hp, int len, float *y_i, int O, int Ho,
+       int Wo, int oy, int Opad, const float *wt, const float *bias, ml_conv_act act) {
+    const int BW = 16 * NV;
+    for (int o0 = 0; o0 < O; o0 += OB)
+        for (int j0 = 0; j0 < Wo; j0 += BW) {
+            v16 acc[S2_OB16][2];
+#pragma GCC unroll 16
+            for (int q = 0; q < OB; q++)
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; v++) acc[q][v] = (v16){0};
+            for (int t = 0; t < C * 3; t++) { /* t = c 3 + ky */
+                const float *ev = sp + ((size_t)(t / 3) * Hp + 2 * oy + t % 3) * 2 * len + j0;
+                const float *wr = wt + (size_t)t * 3 * Opad + o0;
+#pragma GCC unroll 3
+                for (int kx = 0; kx < 3; kx++) {
+                    const float *r = kx == 1 ? ev + len : ev + kx / 2;
+                    v16 xv[2];
+#pragma GCC unroll 2
+                    for (int v = 0; v < NV; v++) xv[v] = *(const v16u *)(r + 16 * v);
+#pragma GCC unroll 16
+                    for (int q = 0; q < OB; q++) {
+                        const float wv = wr[kx * Opad + q];
+#pragma GCC unroll 2
+                        for (int v = 0; v < NV; v++) acc[q][v] += wv * xv[v];
+                    }
+                }
+            }
+            const int je = Wo - j0 < BW ? Wo - j0 : BW;
+            for (int q = 0; q < OB && o0 + q < O; q++) {
+                float *dst = y_i + ((size_t)(o0 + q) * Ho + oy) * Wo + j0;
+                const float bv = bias ? bias[o0 + q] : 0.0f;
+                if (je == BW && act != ML_CONV_ACT_SIGMOID) {
+#pragma GCC unroll 2
+                    for (int v = 0; v < NV; v++) {
+                        v16 a = acc[q][v] + bv;
+                        if (act == ML_CONV_ACT_RELU) a = (v16)((s2_v16i)a & (a > 0)); /* all-ones where positive */
+                        *(v16u *)(dst + 16 * v) = a;
+                    }
+                } else { /* a ragged end of the row, or the sigmoid */
+                    float a[32];
+                    memcpy(a, acc[q], sizeof(float) * 16 * (size_t)NV);
+                    for (int j = 0; j < je; j++) dst[j] = act_fwd(act, a[j] + bv);
+                }
+            }
+        }
+}
+
+/* the sum of v's 16 lanes in a fixed tree */
+static inline float s2_hsum(v16 a) {
+    a += __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    a += __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+    a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+    return a[0] + a[1];
+}
+
+/* The next image's planes (its dy, then its x channels), prefetched into L2 a few lines at a
+ * time while the current image's dw is computed: the bias sums and the split of that image
+ * then read from L2, not memory */
+#ifndef S2_PF_LINES
+#define S2_PF_LINES 4 /* lines per row of a dw tile */
+#endif
+typedef struct s2_pf {
+    const float *at[1 + S2_MAX_C];
+    size_t lines[1 + S2_MAX_C];
+    int k, nr;
+} s2_pf;
+static inline void s2_pf_step(s2_pf *f, int m) {
+    for (; m > 0 && f->k < f->nr; m--) {
+        __builtin_prefetch(f->at[f->k], 0, 2);
+        f->at[f->k] += 16;
+        if (--f->lines[f->k] == 0) f->k++;
+    }
+}
+
+/*
+ * dw of one image, one input channel c, output channels o0 .. o0 + S2_Q - 1 (past O: computed
+ * on a valid plane and dropped), all 9 taps: pw[(o C + c) 9 + ky 3 + kx] = the sum over rows
+ * oy and columns ox of g[o][oy][ox] x_pad[c][2 oy + ky][2 ox + kx]. The 27 accumulators of 16
+ * lanes (lane = ox mod 16) stay in registers over the image's rows; each g load feeds 9 FMAs,
+ * each x load 3. g has rows of ldg floats, zeros past Wo (Wv = ldg columns are read).
+ */
+static inline void s2_dw_tile(const float *sp_c, int len, const float *g, int ldg, int O, int C, int c,
+                              int Ho, int o0, float *pw, s2_pf *pf) {
+    v16 acc[S2_Q][9];
+#pragma GCC unroll 3
+    for (int q = 0; q < S2_Q; q++)
+#pragma GCC unroll 9
+        for (int t = 0; t < 9; t++) acc[q][t] = (v16){0};
+    const float *gq[S2_Q];
+    for (int q = 0; q < S2_Q; q++) gq[q] = g + (size_t)(o0 + q < O ? o0 + q : o0) * Ho * ldg;
+    const float *xr = sp_c;
+    for (int oy = 0; oy < Ho; oy++, xr += 4 * (size_t)len) {
+        for (int j = 0; j < ldg; j += 16) {
+            v16 gv[S2_Q];
+#pragma GCC unroll 3
+            for (int q = 0; q < S2_Q; q++) gv[q] = *(const v16u *)(gq[q] + j);
+#pragma GCC unroll 3
+            for (int ky = 0; ky < 3; ky++)
+#pragma GCC unroll 3
+                for (int kx = 0; kx < 3; kx++) {
+                    v16 xv = *(const v16u *)(xr + (size_t)ky * 2 * len + (kx == 1 ? len : kx / 2) + j);
+#if defined(__AVX512F__) /* one load for the S2_Q FMAs (see dw_tile) */
+                    __asm__("" : "+v"(xv));
+#endif
+#pragma GCC unroll 3
+                    for (int q = 0; q < S2_Q; q++) acc[q][ky * 3 + kx] += gv[q] * xv;
+                }
+        }
+        for (int q = 0; q < S2_Q; q++) gq[q] += ldg;
+        s2_pf_step(pf, S2_PF_LINES);
+    }
+    for (int q = 0; q < S2_Q && o0 + q < O; q++)
+        for (int t = 0; t < 9; t++) pw[((size_t)(o0 + q) * C + c) * 9 + t] = s2_hsum(acc[q][t]);
+}
+
+/* Work items of the forward: images, or when they do not share out evenly among the threads,
+ * nt / gcd(B, nt) row blocks of every image (as s1_conv) */
+static int s2_row_blocks(int B, int Ho) {
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int g = B;
+    for (int a = nt; a;) {
+        const int r = g % a;
+        g = a, a = r;
+    }
+    return nt / g <= Ho ? nt / g : Ho;
+}
+
+/* y = act(conv2d(x, w) + b) for direct 3; wt: C 9 s2_padded floats of the workspace */
+static void s2_forward(const ml_conv_shape *s, float *y, cat_in x, const float *w, const float *b,
+                       float *wt) {
+    const int C = s->C, H = s->H, W = s->W, O = s->O, Ho = s->Ho, Wo = s->Wo, p = s->pad;
+    const int Opad = s2_padded(O, Wo), Hp = s2_rows(Ho), len = s2_len(Wo);
+    for (int t = 0; t < C * 9; t++) /* wt[t][o] = w[o][t], t = (c 3 + ky) 3 + kx */
+        for (int o = 0; o < Opad; o++) wt[(size_t)t * Opad + o] = o < O ? w[(size_t)o * C * 9 + t] : 0.0f;
+    const int nblk = s2_row_blocks(s->B, Ho), nv = s2_nv(Wo);
+#pragma omp parallel
+    {
+        float *sp = malloc(sizeof(float) * s2_split_floats(C, Ho, Wo)); /* not on a thread's stack */
+        if (!sp) abort(); /* no way to report from inside a kernel */
+#pragma omp for schedule(static)
+        for (int it = 0; it < s->B * nblk; it++) {
+            const int i = it / nblk, oy0 = it % nblk * Ho / nblk, oy1 = (it % nblk + 1) * Ho / nblk;
+            s2_split(sp, x, C, H, W, p, i, 2 * oy0, 2 * oy1 + 1, Hp, len);
+            float *y_i = y + (size_t)i * O * Ho * Wo;
+            for (int oy = oy0; oy < oy1; oy++) {
+                if (nv == 1) s2_row(S2_OB16, 1, sp, C, Hp, len, y_i, O, Ho, Wo, oy, Opad, wt, b, s->act);
+                else s2_row(S2_OB, 2, sp, C, Hp, len, y_i, O, Ho, Wo, oy, Opad, wt, b, s->act);
+            }
+        }
+        free(sp);
+    }
+}
+
+/*
+ * dw and db of direct 3 (dx is the GEMM path's): the images split over the threads, each
+ * image's dw computed whole by one thread into its own partial (the workspace's (B, O C 9)),
+ * whose 16 lanes are summed in a fixed tree; then the partials added over the images in
+ * double in image order, as bias_finish does db's. So dw and db are the same bits whatever
+ * the thread count. dy is read in place when it needs no activation undone and its rows are
+ * whole vectors, else copied per image (with act_bwd) into rows padded with zeros.
+ */
+static void s2_backward(const ml_conv_shape *s, float *dw, float *db, const float *dy, const float *y,
+                        cat_in x, float *pw, float *part) {
+    const int B = s->B, C = s->C, O = s->O, Ho = s->Ho, Wo = s->Wo;
+    const int Hp = s2_rows(Ho), len = s2_len(Wo), ldg = s2_ldg(Wo);
+    const size_t HWo = (size_t)Ho * Wo, nw = (size_t)O * C * 9;
+    const int copy = s->act != ML_CONV_ACT_NONE || ldg != Wo;
+    assert(C <= S2_MAX_C);
+#pragma omp parallel
+    {
+        float *sp = dw ? malloc(sizeof(float) * s2_split_floats(C, Ho, Wo)) : NULL;
+        float *gb = dw && copy ? malloc(sizeof(float) * (size_t)O * Ho * ldg) : NULL;
+        if ((dw && !sp) || (dw && copy && !gb)) abort(); /* no way to report from inside a kernel */
+#pragma omp for schedule(static)
+        for (int i = 0; i < B; i++) {
+            const float *dyi = dy + (size_t)i * O * HWo, *yi = y ? y + (size_t)i * O * HWo : NULL;
+            if (db)
+                for (int o = 0; o < O; o++)
+                    part[(size_t)i * O + o] = act_bwd_sum(s->act, dyi + o * HWo, yi ? yi + o * HWo : NULL, HWo);
+            if (!dw) continue;
+            const float *g = dyi;
+            if (copy) {
+                for (int o = 0; o < O; o++)
+                    for (int oy = 0; oy < Ho; oy++) {
+                        float *d = gb + ((size_t)o * Ho + oy) * ldg;
+                        const size_t off = o * HWo + (size_t)oy * Wo;
+                        for (int j = 0; j < Wo; j++) d[j] = act_bwd(s->act, dyi[off + j], yi ? yi[off + j] : 0);
+                        for (int j = Wo; j < ldg; j++) d[j] = 0;
+                    }
+                g = gb;
+            }
+            s2_split(sp, x, C, s->H, s->W, s->pad, i, 0, Hp, Hp, len);
+            s2_pf pf = {.k = 0, .nr = 0};
+            if (i + 1 < B) {
+                pf.at[0] = dy + (size_t)(i + 1) * O * HWo, pf.lines[0] = (size_t)O * HWo / 16;
+                for (int c = 0; c < C; c++)
+                    pf.at[1 + c] = in_plane(x, C, (size_t)s->H * s->W, i + 1, c),
+                              pf.lines[1 + c] = (size_t)s->H * s->W / 16;
+                pf.nr = 1 + C; /* C <= S2_MAX_C (ml_conv2d_shape) */
+                while (pf.k < pf.nr && pf.lines[pf.k] == 0) pf.k++;
+            }
+            for (int c = 0; c < C; c++)
+                for (int o0 = 0; o0 < O; o0 += S2_Q)
+                    s2_dw_tile(sp + (size_t)c * Hp * 2 * len, len, g, ldg, O, C, c, Ho, o0, pw + (size_t)i * nw,
+                               &pf);
+        }
+        free(sp);
+        free(gb);
+    }
+    if (dw)
+#pragma omp parallel for schedule(static)
+        for (size_t t = 0; t < nw; t++) {
+            double acc = 0;
+            for (int i = 0; i < B; i++) acc += pw[(size_t)i * nw + t];
+            dw[t] += (float)acc;
+        }
+    if (db) bias_finish(db, part, B, O);
+}
+
+#pragma GCC pop_options /* the OpenMP regions above are outlined with their function's options */
+
+/* ------------------------------------------------------------------------------------ */
 /* conv2d */
 
 /* x is one buffer whenever s->direct is set (the direct kernels read it in place) */
@@ -926,6 +1259,10 @@ static void conv2d_forward(const ml_conv_shape *s, float *y, cat_in x, const flo
     const int B = s->B, C = s->C, O = s->O, k = s->k;
     const size_t HWo = (size_t)s->Ho * s->Wo;
     const int K = C * k * k;
+    if (s->direct == 3) {
+        s2_forward(s, y, x, w, b, ws);
+        return;
+    }
     if (s->direct) { /* 1 or 2 */
         direct_forward(s, y, x, w, b, ws);
         return;
@@ -968,6 +1305,11 @@ static void conv2d_backward(const ml_conv_shape *s, cat_out dx, float *dw, float
     const int K = C * k * k;
     const ml_conv_act act = s->act;
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
+    if (s->direct == 3) { /* dw, db by the direct kernel; dx, if wanted, on the GEMM path below */
+        if (dw || db) s2_backward(s, dw, db, dy, y, x, ws, part);
+        if (!dx.a) return;
+        dw = NULL, db = NULL;
+    }
     if (db && (s->direct == 1 || (!dw && !dx.a))) bias_backward(db, dy, y, act, B, O, HWo, part);
     if (!dw && !dx.a) return;
     const int flip = dx.a && s->direct != 1 && dx_as_conv(s);
