@@ -58,7 +58,9 @@ typedef struct ml_conv_shape {
                              2: the forward by direct loops, the backward on GEMMs (stride 1,
                              up to 64 output channels, 16- to 32-wide rows);
                              3: 3x3 stride 2 on up to 16 input channels (the encoders' first
-                             conv): forward, dw and db by direct loops, dx on GEMMs */
+                             conv): forward, dw and db by direct loops, dx on GEMMs;
+                             4: 3x3 stride 2 on 17 to 32 input channels (the encoders' second
+                             conv): the forward by 3's loops, the backward on GEMMs */
     int subpixel;         /* convt2d with kernel 4, stride 2, padding 1: 1 computed in the
                              sub-pixel form, 2 in its Winograd F(3x3, 2x2) form (see conv.c);
                              set by ml_convt2d_shape (2 from 8 x 8 inputs up), a caller may
