@@ -203,14 +203,12 @@ int ml_conv2d_shape(ml_conv_shape *s, int B, int C, int H, int W, int O, int k, 
      * at 1 thread, batch 64, 32 output channels (bench/conv1_bench.c, docs/PERFORMANCE.md):
      * forward and backward both faster from 1 to 16 input channels, on 64x64 inputs (3: 2.8
      * ms against 7.2; 16: 14.3 against 25.6) and on 32x32 ones (16: 4.5 against 6.7); at 32
-     * channels (32x32 -> 16x16, 64 out) the forward is 25% faster but dw 30% slower. */
-    if (!s->direct && stride == 2 && k == 3 && C <= S2_MAX_C && s2_split_floats(C, s->Ho, s->Wo) <= S2_MAX_SPLIT)
-        s->direct = 3;
-    /* up to 32 input channels (the encoders' second conv, 32 -> 64 channels at 32x32 -> 16x16):
+     * channels (32x32 -> 16x16, 64 out) the forward is 25% faster but dw 30% slower. So up to
+     * 32 input channels (the encoders' second conv, 32 -> 64 channels at 32x32 -> 16x16)
      * direct 3's forward alone, the GEMM path's backward (direct 4), as direct 2 is for stride
      * 1: 6.2-6.5 ms against 8.7-8.9 for the GEMM forward at 1 thread, batch 64 */
     if (!s->direct && stride == 2 && k == 3 && C <= S2_FWD_MAX_C && s2_split_floats(C, s->Ho, s->Wo) <= S2_MAX_SPLIT)
-        s->direct = 4;
+        s->direct = C <= S2_MAX_C ? 3 : 4;
     pick_chunk(s);
     return ML_OK;
 }

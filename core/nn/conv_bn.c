@@ -72,6 +72,11 @@ static double channel_sumsq(const float *x, int B, int C, int HW, int c, double 
     return ss;
 }
 
+/* The affine map y = x a + b of channel c from its saved statistics: forward_train's, and
+ * the backward's ReLU mask (relu 2) recomputed from the same floats (b 0 without beta) */
+static float mask_a(const float *gamma, const float *rstd, int c) { return gamma[c] * rstd[c]; }
+static float mask_b(const float *beta, const float *mean, float a, int c) { return beta ? beta[c] - mean[c] * a : 0.0f; }
+
 static void channel_finish(float *y, float *mean, float *rstd, float *running_mean, float *running_var,
                            const float *x, const float *gamma, const float *beta, int B, int C, int HW,
                            float momentum, float eps, int relu, int c, double N, double mu, double ss) {
@@ -85,7 +90,7 @@ static void channel_finish(float *y, float *mean, float *rstd, float *running_me
         const double unbiased = N > 1 ? ss / (N - 1) : var;
         running_var[c] = (float)((1.0 - momentum) * running_var[c] + momentum * unbiased);
     }
-    const float a = gamma[c] * r, bb = beta[c] - (float)mu * a;
+    const float a = mask_a(gamma, rstd, c), bb = mask_b(beta, mean, a, c);
     for (int i = 0; i < B; i++)
         affine_plane(y + ((size_t)i * C + c) * HW, x + ((size_t)i * C + c) * HW, HW, a, bb, relu);
 }
@@ -237,11 +242,6 @@ static void channel_dx(float *dx, const float *dy, const float *y, const float *
         }
     }
 }
-
-/* relu 2: beta given, the mask from x (channel_grad_sums); the affine map's a and b as
- * channel_finish computes them */
-static float mask_a(const float *gamma, const float *rstd, int c) { return gamma[c] * rstd[c]; }
-static float mask_b(const float *beta, const float *mean, float a, int c) { return beta ? beta[c] - mean[c] * a : 0.0f; }
 
 static void bn_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *y,
                         const float *x, const float *mean, const float *rstd, const float *gamma,
