@@ -8,6 +8,7 @@
 
 #include "base/common.h"
 #include "nn/conv.h"
+#include "nn/ppgemm.h"
 #include "testutil.h"
 
 static float *fl(size_t n) {
@@ -1319,6 +1320,54 @@ START_TEST(test_mconv_gradcheck) {
 }
 END_TEST
 
+
+/* ml_pp_gemm (the Winograd GEMMs): the bits of a plain loop of fmaf over k from 0, for
+ * shapes around its blocks (8 rows, 16-column vectors, 48-column blocks), with and without
+ * adding to C, A packed from A and from A^T; columns past N and rows past M untouched; and
+ * ml_pp_transpose. */
+START_TEST(test_ppgemm) {
+    static const int Ms[] = {1, 7, 8, 9, 20, 64}, Ns[] = {1, 15, 16, 17, 47, 48, 49, 121}, Ks[] = {0, 1, 5, 64};
+    int cases = 0;
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+        for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+            for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+                for (int trans = 0; trans < 2; trans++)
+                    for (int add = 0; add < 2; add++) {
+                        const int M = Ms[mi], N = Ns[ni], K = Ks[ki], ldb = (N + 15) / 16 * 16 + 3, ldc = N + 5;
+                        const int lda = trans ? M + 2 : K + 2;
+                        float *a = malloc(sizeof(float) * (size_t)(trans ? K : M) * lda + 4);
+                        float *b = malloc(sizeof(float) * ((size_t)(K ? K : 1) * ldb + 16));
+                        float *c = malloc(sizeof(float) * ((size_t)M + 1) * ldc), *r = malloc(sizeof(float) * ((size_t)M + 1) * ldc);
+                        float *ap = malloc(sizeof(float) * (ml_pp_floats(M, K) + 1));
+                        tu_fill(a, (size_t)(trans ? K : M) * lda, 90 + (unsigned)cases, -1, 1);
+                        tu_fill(b, (size_t)(K ? K : 1) * ldb + 16, 91 + (unsigned)cases, -1, 1);
+                        tu_fill(c, ((size_t)M + 1) * ldc, 92 + (unsigned)cases, -1, 1);
+                        memcpy(r, c, sizeof(float) * ((size_t)M + 1) * ldc);
+                        ml_pp_pack(ap, a, M, K, lda, trans);
+                        ml_pp_gemm(M, N, K, ap, b, ldb, c, ldc, add);
+                        for (int m = 0; m < M; m++)
+                            for (int n = 0; n < N; n++) {
+                                float acc = 0.0f;
+                                for (int k = 0; k < K; k++)
+                                    acc = fmaf(trans ? a[(size_t)k * lda + m] : a[(size_t)m * lda + k], b[(size_t)k * ldb + n], acc);
+                                r[(size_t)m * ldc + n] = add ? r[(size_t)m * ldc + n] + acc : acc;
+                            }
+                        ck_assert_msg(!memcmp(c, r, sizeof(float) * ((size_t)M + 1) * ldc),
+                                      "M %d N %d K %d trans %d add %d: not the bits of the fmaf loop", M, N, K, trans, add);
+                        free(a), free(b), free(c), free(r), free(ap);
+                        cases++;
+                    }
+    ck_assert_int_eq(cases, 6 * 8 * 4 * 4);
+    float a[5 * 19], t[19 * 7];
+    tu_fill(a, 5 * 19, 99, -1, 1);
+    memset(t, 0, sizeof t);
+    ml_pp_transpose(t, 7, a, 5, 19, 19);
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 19; j++) ck_assert(t[j * 7 + i] == a[i * 19 + j]);
+    for (int j = 0; j < 19; j++) ck_assert(t[j * 7 + 5] == 0 && t[j * 7 + 6] == 0);
+}
+END_TEST
+
 static Suite *conv_suite(void) {
     Suite *s = suite_create("conv");
     TCase *t = tcase_create("core");
@@ -1342,6 +1391,7 @@ static Suite *conv_suite(void) {
     tcase_add_loop_test(t, test_direct_thread_split, 0, 5);
     tcase_add_loop_test(t, test_s2_direct, 0, (int)(sizeof s2_cases / sizeof s2_cases[0]));
     tcase_add_test(t, test_s2_selection);
+    tcase_add_test(t, test_ppgemm);
     tcase_add_loop_test(t, test_subpixel_vs_general, 0, 6);
     tcase_add_loop_test(t, test_winograd_edges, 0, 7);
     tcase_add_loop_test(t, test_convt_next, 0, 4);

@@ -12,6 +12,7 @@
 #endif
 
 #include "base/common.h"
+#include "nn/ppgemm.h"
 
 /* Target size of one chunk's column matrix: big enough that the GEMM's N dimension is
  * thousands wide, small enough that col stays in the L3 cache between the GEMM that
@@ -91,6 +92,16 @@ static size_t wg_tiles(const ml_conv_shape *s) {
 }
 static size_t wg_floats_per_image(const ml_conv_shape *s) {
     return (size_t)16 * (size_t)(s->C + 4 * s->O) * wg_tiles(s);
+}
+/* one thread's part of the Winograd workspace: V and M of a chunk, and slack, since
+ * ml_pp_gemm reads whole vectors of B */
+static size_t wg_thread_floats(const ml_conv_shape *s) {
+    return (size_t)s->chunk * wg_floats_per_image(s) + 16;
+}
+/* U packed for ml_pp_gemm, 16 points: as A (4O x C) of the forward, or A^T (C x 4O) of dV */
+static size_t wg_pp_floats(const ml_conv_shape *s) {
+    const size_t a = ml_pp_floats(4 * s->O, s->C), b = ml_pp_floats(s->C, 4 * s->O);
+    return a > b ? a : b;
 }
 
 /* The direct kernel's vectors per output row, its output-channel block for Cout output
@@ -266,9 +277,9 @@ static int dx_as_conv(const ml_conv_shape *s) {
 }
 
 static size_t layer_workspace(const ml_conv_shape *s) {
-    if (s->subpixel == 2) /* U and a dU per thread, then each thread's V and M of one chunk */
-        return (size_t)64 * s->C * s->O * (size_t)(1 + s->team) +
-               (size_t)s->team * (size_t)s->chunk * wg_floats_per_image(s);
+    if (s->subpixel == 2) /* U and a dU per thread, each thread's V and M of one chunk, packed U */
+        return (size_t)64 * s->C * s->O * (size_t)(1 + s->team) + (size_t)s->team * wg_thread_floats(s) +
+               16 * wg_pp_floats(s);
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
         return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
     }
@@ -1871,13 +1882,20 @@ static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
  * tile (a, b) of image i is column a nb TB + i TB + b.
  */
 
-/* The thread team of the Winograd path and one thread's part of the workspace. */
+/* The thread team of the Winograd path. */
 static int wg_team(const ml_conv_shape *s) {
     const int t = omp_get_max_threads();
     return s->team < 1 ? 1 : t < s->team ? t : s->team;
 }
-static size_t wg_thread_floats(const ml_conv_shape *s) {
-    return (size_t)s->chunk * wg_floats_per_image(s);
+static float *wg_packed(const ml_conv_shape *s, float *ws) {
+    return ws + (size_t)64 * s->C * s->O * (size_t)(1 + s->team) + (size_t)s->team * wg_thread_floats(s);
+}
+/* up[xi] from U[xi] (16, 4O, C), for the forward (trans 0) or dV (trans 1) */
+static void wg_pp_pack(float *up, const float *u, int C, int O, int trans) {
+    const size_t O4C = (size_t)4 * O * C, np = ml_pp_floats(trans ? C : 4 * O, trans ? 4 * O : C);
+#pragma omp parallel for schedule(static)
+    for (int xi = 0; xi < 16; xi++)
+        ml_pp_pack(up + (size_t)xi * np, u + (size_t)xi * O4C, trans ? C : 4 * O, trans ? 4 * O : C, C, trans);
 }
 
 /* Per-thread scratch of the transforms (one allocation, zeroed once): the window-grid plane
@@ -2102,8 +2120,10 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
                        const float *b, float *ws, const conv_fwd_next *nf) {
     const int B = s->B, C = s->C, O = s->O, W = s->W, Wo = s->Wo, nt = wg_team(s);
     const size_t HWo = (size_t)s->Ho * Wo, O4C = (size_t)4 * O * C;
-    float *u = ws;
+    float *u = ws, *up = wg_packed(s, ws);
+    const size_t np = ml_pp_floats(4 * O, C);
     wg_pack(u, w, C, O);
+    wg_pp_pack(up, u, C, O, 0);
 #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -2119,9 +2139,8 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
             float *m = v + (size_t)16 * C * n;
             wg_input(v, n, x, i0, nb, C, g, scr.grid);
             for (int xi = 0; xi < 16; xi++)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, 4 * O, (int)n, C, 1.0f,
-                            u + (size_t)xi * O4C, C, v + (size_t)xi * C * n, (int)n, 0.0f,
-                            m + (size_t)xi * 4 * O * n, (int)n);
+                ml_pp_gemm(4 * O, (int)n, C, up + (size_t)xi * np, v + (size_t)xi * C * n, (int)n,
+                           m + (size_t)xi * 4 * O * n, (int)n, 0);
             float *yw = scr.grid; /* the 4 phases of one channel on the chunk's window grid */
             for (int o = 0; o < O; o++) {
                 for (int p = 0; p < 4; p++) {
@@ -2393,9 +2412,13 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo, nt = wg_team(s);
     const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, O4C = (size_t)4 * O * C;
     const ml_conv_act act = s->act;
-    float *u = ws, *du = ws + (size_t)16 * O4C;
+    float *u = ws, *du = ws + (size_t)16 * O4C, *up = wg_packed(s, ws);
+    const size_t np = ml_pp_floats(C, 4 * O);
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
-    if (dx.a) wg_pack(u, w, C, O);
+    if (dx.a) {
+        wg_pack(u, w, C, O);
+        wg_pp_pack(up, u, C, O, 1);
+    }
     /* the following conv's dw (nx->dw): 16 double lanes per tap and thread, summed at the end
      * in lane, then thread order */
     const size_t ntap = nx && nx->dw ? (size_t)nx->s->O * nx->s->C * nx->s->k * nx->s->k : 0;
@@ -2505,8 +2528,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 4 * O, C, (int)n, 1.0f, mx,
                                 (int)n, vx, (int)n, first ? 0.0f : 1.0f, dut + (size_t)xi * O4C, C);
                 if (dx.a) /* dV overwrites V[xi], which the dU GEMM has consumed */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, (int)n, 4 * O, 1.0f,
-                                u + (size_t)xi * O4C, C, mx, (int)n, 0.0f, vx, (int)n);
+                    ml_pp_gemm(C, (int)n, 4 * O, up + (size_t)xi * np, mx, (int)n, vx, (int)n, 0);
             }
             first = 0;
             if (dx.a) {
