@@ -1321,10 +1321,10 @@ START_TEST(test_mconv_gradcheck) {
 END_TEST
 
 
-/* ml_pp_gemm (the Winograd GEMMs): the bits of a plain loop of fmaf over k from 0, for
- * shapes around its blocks (8 rows, 16-column vectors, 48-column blocks), with and without
- * adding to C, A packed from A and from A^T; columns past N and rows past M untouched; and
- * ml_pp_transpose. */
+/* ml_pp_gemm and ml_pp_gemm_rows (the Winograd GEMMs): the bits of a plain loop of fmaf over
+ * k from 0, for shapes around their blocks (8 rows, 16-column vectors, 48-column blocks), with
+ * and without adding to C, A packed from A and from A^T or read in place; columns past N
+ * and rows past M untouched; and ml_pp_transpose, around its 16 x 16 blocks. */
 START_TEST(test_ppgemm) {
     static const int Ms[] = {1, 7, 8, 9, 20, 64}, Ns[] = {1, 15, 16, 17, 47, 48, 49, 121}, Ks[] = {0, 1, 5, 64};
     int cases = 0;
@@ -1354,17 +1354,29 @@ START_TEST(test_ppgemm) {
                             }
                         ck_assert_msg(!memcmp(c, r, sizeof(float) * ((size_t)M + 1) * ldc),
                                       "M %d N %d K %d trans %d add %d: not the bits of the fmaf loop", M, N, K, trans, add);
+                        if (!trans) { /* A read in place, same bits; rows past M are not read */
+                            tu_fill(c, ((size_t)M + 1) * ldc, 92 + (unsigned)cases, -1, 1);
+                            ml_pp_gemm_rows(M, N, K, a, lda, b, ldb, c, ldc, add);
+                            ck_assert_msg(!memcmp(c, r, sizeof(float) * ((size_t)M + 1) * ldc),
+                                          "rows: M %d N %d K %d add %d: not the bits of the fmaf loop", M, N, K, add);
+                        }
                         free(a), free(b), free(c), free(r), free(ap);
                         cases++;
                     }
     ck_assert_int_eq(cases, 6 * 8 * 4 * 4);
-    float a[5 * 19], t[19 * 7];
-    tu_fill(a, 5 * 19, 99, -1, 1);
-    memset(t, 0, sizeof t);
-    ml_pp_transpose(t, 7, a, 5, 19, 19);
-    for (int i = 0; i < 5; i++)
-        for (int j = 0; j < 19; j++) ck_assert(t[j * 7 + i] == a[i * 19 + j]);
-    for (int j = 0; j < 19; j++) ck_assert(t[j * 7 + 5] == 0 && t[j * 7 + 6] == 0);
+    for (int R = 1; R <= 40; R += 13)
+        for (int C = 5; C <= 40; C += 11) { /* 16 x 16 blocks and edges; t's rows padded by 2 */
+            const int lda = C + 3, ldt = R + 2;
+            float *a = malloc(sizeof(float) * (size_t)R * lda), *t = malloc(sizeof(float) * (size_t)C * ldt);
+            tu_fill(a, (size_t)R * lda, 98, -1, 1);
+            for (int j = 0; j < C * ldt; j++) t[j] = 7.0f;
+            ml_pp_transpose(t, ldt, a, R, C, lda);
+            for (int j = 0; j < C; j++) {
+                for (int i = 0; i < R; i++) ck_assert(t[j * ldt + i] == a[i * lda + j]);
+                ck_assert(t[j * ldt + R] == 7.0f && t[j * ldt + R + 1] == 7.0f);
+            }
+            free(a), free(t);
+        }
 }
 END_TEST
 

@@ -2432,6 +2432,10 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
         float *dut = du + (size_t)tid * 16 * O4C; /* this thread's dU */
         v8d *nl = ntap ? nlanes + 2 * ntap * (size_t)tid : NULL;
         const wg_scr scr = wg_scratch(wg_geometry(s, s->chunk));
+        /* dU's GEMM reads V^T (n x C16) as its B: this thread's copy of one point's */
+        const int C16 = (C + 15) / 16 * 16;
+        float *vt = dw ? ml_alloc_floats((size_t)wg_geometry(s, s->chunk).T * C16) : NULL;
+        if (dw && !vt) abort(); /* no way to report from inside a kernel */
         float *t16 = scr.t16;
         float *gq = NULL; /* the following conv's gradient planes of a chunk's images, and slack */
         size_t gqn = 0;   /* floats of one image's */
@@ -2524,9 +2528,10 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
             wg_input(v, n, x, i0, nb, C, g, scr.grid);
             for (int xi = 0; xi < 16; xi++) {
                 float *mx = m + (size_t)xi * S, *vx = v + (size_t)xi * Cn;
-                if (dw)
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 4 * O, C, (int)n, 1.0f, mx,
-                                (int)n, vx, (int)n, first ? 0.0f : 1.0f, dut + (size_t)xi * O4C, C);
+                if (dw) { /* dU[xi] (+)= dM[xi] V[xi]^T */
+                    ml_pp_transpose(vt, C16, vx, C, (int)n, (int)n);
+                    ml_pp_gemm_rows(4 * O, C, (int)n, mx, (int)n, vt, C16, dut + (size_t)xi * O4C, C, !first);
+                }
                 if (dx.a) /* dV overwrites V[xi], which the dU GEMM has consumed */
                     ml_pp_gemm(C, (int)n, 4 * O, up + (size_t)xi * np, mx, (int)n, vx, (int)n, 0);
             }
@@ -2602,6 +2607,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
         if (dw && first) memset(dut, 0, sizeof(float) * 16 * O4C); /* a thread without images */
         free(scr.grid);
         free(gq);
+        free(vt);
     }
     if (dw) {
         /* the threads' dU in thread order */

@@ -34,6 +34,10 @@ void ml_pp_pack(float *ap, const float *a, int M, int K, int lda, int trans);
  * N must be readable (what they hold reaches only columns of C that are not written). */
 void ml_pp_gemm(int M, int N, int K, const float *ap, const float *b, int ldb, float *c, int ldc, int add);
 
+/* the same with A read in place: A (M x K) at a, row stride lda (rows past M not read) */
+void ml_pp_gemm_rows(int M, int N, int K, const float *a, int lda, const float *b, int ldb, float *c, int ldc,
+                     int add);
+
 /* t (C x R, row stride ldt) = a^T, a (R x C, row stride lda) */
 void ml_pp_transpose(float *t, int ldt, const float *a, int R, int C, int lda);
 
