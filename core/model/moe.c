@@ -559,14 +559,17 @@ int ml_moe_set_part(ml_moe *m, const ml_comm *comm, int B) {
 
 /*
  * Test hook (tests/check_mpi.c, docs/lua-api.md): with MOELAB_TEST_ROUTING_MARGIN=FILE, every
- * training forward appends "layer step gap sample lo hi" to FILE (rank 0 alone under mpirun;
- * every rank routes the whole batch): the smallest, over the batch's samples, of the gap
- * between the lowest logit of an expert the sample was dispatched to (lo) and the highest of
- * one it was not (hi). Samples sent to all experts or none have no gap; a batch without gaps
- * writes inf and sample -1. A decision whose gap is of the size of rounding noise can go
- * either way in two computations of the same maths (one process and two ranks): a test that
- * compares them to a tolerance needs every gap far above that noise. Meaningful for routers
- * that send each sample to the top k of the logits they report.
+ * training forward appends "layer step gap sample lo hi cgap expert" to FILE (rank 0 alone
+ * under mpirun; every rank routes the whole batch). gap is the smallest, over the batch's
+ * samples, of the gap between the lowest logit of an expert the sample was dispatched to (lo)
+ * and the highest of one it was not (hi): the decisions of routers that send each sample to
+ * the top k of the logits they report. cgap is the smallest, over the experts, of the gap
+ * between the lowest prob of a sample dispatched to the expert and the highest of one that
+ * was not: the decisions of routers whose experts choose samples by prob (expert_choice).
+ * Samples (experts) with all or none dispatched have no gap; none at all writes inf and -1.
+ * A decision whose gap is of the size of rounding noise can go either way in two
+ * computations of the same maths (one process and two ranks): a test that compares them to
+ * a tolerance needs every gap far above that noise.
  */
 static void routing_margin_hook(const ml_moe *m, const ml_router_inst *ri, int B) {
     const char *path = getenv("MOELAB_TEST_ROUTING_MARGIN");
@@ -587,7 +590,17 @@ static void routing_margin_hook(const ml_moe *m, const ml_router_inst *ri, int B
                 else hi = fmax(hi, zb[e]);
             if (isfinite(lo) && isfinite(hi) && lo - hi < margin) margin = lo - hi, at = b, at_lo = lo, at_hi = hi;
         }
-        fprintf(f, "%d %lld %.9g %d %.9g %.9g\n", m->layer + 1, (long long)ri->step + 1, margin, at, at_lo, at_hi);
+        double cgap = INFINITY;
+        int cat = -1;
+        for (int e = 0; e < N; e++) {
+            double lo = INFINITY, hi = -INFINITY;
+            for (int b = 0; b < B; b++)
+                if (sel[(size_t)b * N + e]) lo = fmin(lo, ri->prob[(size_t)b * N + e]);
+                else hi = fmax(hi, ri->prob[(size_t)b * N + e]);
+            if (isfinite(lo) && isfinite(hi) && lo - hi < cgap) cgap = lo - hi, cat = e;
+        }
+        fprintf(f, "%d %lld %.9g %d %.9g %.9g %.9g %d\n", m->layer + 1, (long long)ri->step + 1, margin, at, at_lo,
+                at_hi, cgap, cat);
     }
     if (f) fclose(f);
     free(sel);
