@@ -557,6 +557,55 @@ int ml_moe_set_part(ml_moe *m, const ml_comm *comm, int B) {
     return ML_OK;
 }
 
+/*
+ * Test hook (tests/check_mpi.c, docs/lua-api.md): with MOELAB_TEST_ROUTING_MARGIN=FILE, every
+ * training forward appends "layer step gap sample lo hi cgap expert" to FILE (rank 0 alone
+ * under mpirun; every rank routes the whole batch). gap is the smallest, over the batch's
+ * samples, of the gap between the lowest logit of an expert the sample was dispatched to (lo)
+ * and the highest of one it was not (hi): the decisions of routers that send each sample to
+ * the top k of the logits they report. cgap is the smallest, over the experts, of the gap
+ * between the lowest prob of a sample dispatched to the expert and the highest of one that
+ * was not: the decisions of routers whose experts choose samples by prob (expert_choice).
+ * Samples (experts) with all or none dispatched have no gap; none at all writes inf and -1.
+ * A decision whose gap is of the size of rounding noise can go either way in two
+ * computations of the same maths (one process and two ranks): a test that compares them to
+ * a tolerance needs every gap far above that noise.
+ */
+static void routing_margin_hook(const ml_moe *m, const ml_router_inst *ri, int B) {
+    const char *path = getenv("MOELAB_TEST_ROUTING_MARGIN");
+    if (!path || !*path || (m->comm && m->comm->rank != 0)) return;
+    const int N = m->N;
+    unsigned char *sel = calloc((size_t)B * N, 1);
+    FILE *f = fopen(path, "a");
+    if (sel && f) {
+        for (int t = 0; t < ri->n_disp; t++) sel[(size_t)ri->disp_sample[t] * N + ri->disp_expert[t]] = 1;
+        double margin = INFINITY, at_lo = 0, at_hi = 0;
+        int at = -1;
+        for (int b = 0; b < B; b++) {
+            const float *zb = ri->logits + (size_t)b * N;
+            const unsigned char *sb = sel + (size_t)b * N;
+            double lo = INFINITY, hi = -INFINITY;
+            for (int e = 0; e < N; e++)
+                if (sb[e]) lo = fmin(lo, zb[e]);
+                else hi = fmax(hi, zb[e]);
+            if (isfinite(lo) && isfinite(hi) && lo - hi < margin) margin = lo - hi, at = b, at_lo = lo, at_hi = hi;
+        }
+        double cgap = INFINITY;
+        int cat = -1;
+        for (int e = 0; e < N; e++) {
+            double lo = INFINITY, hi = -INFINITY;
+            for (int b = 0; b < B; b++)
+                if (sel[(size_t)b * N + e]) lo = fmin(lo, ri->prob[(size_t)b * N + e]);
+                else hi = fmax(hi, ri->prob[(size_t)b * N + e]);
+            if (isfinite(lo) && isfinite(hi) && lo - hi < cgap) cgap = lo - hi, cat = e;
+        }
+        fprintf(f, "%d %lld %.9g %d %.9g %.9g %.9g %d\n", m->layer + 1, (long long)ri->step + 1, margin, at, at_lo,
+                at_hi, cgap, cat);
+    }
+    if (f) fclose(f);
+    free(sel);
+}
+
 int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
                    const int32_t *sample_id, const int32_t *label, int num_classes) {
     m->B = 0; /* nothing of a failed forward is kept */
@@ -595,6 +644,7 @@ int ml_moe_forward(ml_moe *m, const float *z, float *y, int Bl, int training,
     }
     if (ml_router_inst_forward(&m->router, rin, B, training, sample_id)) return ML_ERR;
     const ml_router_inst *ri = &m->router;
+    if (training) routing_margin_hook(m, ri, B);
     const int Kg = ri->n_disp;
     const int32_t *ds = ri->disp_sample, *de = ri->disp_expert;
     const float *dg = ri->disp_gate;
