@@ -24,14 +24,12 @@
 #ifndef WG_TARGET_FLOATS
 #define WG_TARGET_FLOATS ((size_t)1 << 18)
 #endif
-/* and the fewest tiles per chunk for images of under 16 tiles (the SRNN's 8 x 8 inputs);
- * measured (transposed conv 256 -> 64 channels at 8 x 8, batch 64, 1 thread, forward and
- * backward): 8 images 37 ms, 16 images 33-35 ms, 32 images 35.5 ms (in the SRNN step about
- * 1 ms apart). 8 images, because with 16 tests/check_mpi.c's SGD equivalence of 1 and 2 ranks
- * (srnn_small.yaml) lands at 3.8e-5 against its 1e-5 (as main does with OpenBLAS's
- * Sandybridge kernels): see docs/PERFORMANCE.md, the SRNN section's fifth pass */
+/* and the fewest tiles per chunk for images of under 64 tiles (8 x 8: 9, 16 x 16: 36): three
+ * of ml_pp_gemm's 48-column blocks (nn/ppgemm.h), where its GEMMs run at 185 GFLOP/s against
+ * 143 at 36 columns (bench/ppgemm_bench.c); docs/PERFORMANCE.md, "The Winograd GEMMs on
+ * their own kernel" */
 #ifndef WG_MIN_TILES
-#define WG_MIN_TILES 72
+#define WG_MIN_TILES 144
 #endif
 /* Direct (GEMM-free) conv2d: stride 1, fewer output channels than this, rows this wide. */
 #define DIRECT_MAX_O 16
@@ -162,10 +160,10 @@ static void pick_chunk(ml_conv_shape *s) {
     size_t per = s->subpixel == 2 ? wg_floats_per_image(s)
                  : s->subpixel ? sp_floats_per_image(s) : col_rows(s) * col_cols_per_image(s);
     size_t c = per ? (s->subpixel == 2 ? WG_TARGET_FLOATS : COL_TARGET_FLOATS) / per : 1;
-    /* the Winograd form on images of a few tiles (8 x 8: 9): a chunk's images side by side
-     * (wg_geometry) make its 16 GEMMs at least WG_MIN_TILES wide (U is repacked per GEMM) and
-     * the transforms' tile rows at least 24 tiles long */
-    if (s->subpixel == 2 && wg_tiles(s) < 16 && c * wg_tiles(s) < WG_MIN_TILES)
+    /* the Winograd form on images of a few tiles (8 x 8: 9, 16 x 16: 36): a chunk's images
+     * side by side (wg_geometry) make its 16 GEMMs at least WG_MIN_TILES wide and the
+     * transforms' tile rows at least 24 tiles long */
+    if (s->subpixel == 2 && wg_tiles(s) < 64 && c * wg_tiles(s) < WG_MIN_TILES)
         c = (WG_MIN_TILES + wg_tiles(s) - 1) / wg_tiles(s);
     if (c < 1) c = 1;
     if (c > (size_t)s->B) c = (size_t)s->B;
