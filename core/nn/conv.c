@@ -1,4 +1,5 @@
-/* conv.c — conv2d and transposed conv2d as chunked im2col/col2im + cblas_sgemm. */
+/* conv.c — conv2d and transposed conv2d as chunked im2col/col2im + cblas_sgemm, direct
+ * loops, and a Winograd form for the 4x4 stride-2 transposed conv (its GEMMs nn/ppgemm.c). */
 #include "nn/conv.h"
 
 #include <assert.h>
@@ -1872,9 +1873,11 @@ static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
  * in the core's cache between the transforms and the GEMMs: each thread runs whole chunks
  * of its own images (chunks dealt round-robin, single-threaded GEMMs inside the parallel
  * region, no barrier per step), with its own dU, summed over the threads in their order
- * at the end (so results are bitwise repeatable for the same thread count).
+ * at the end (so results are bitwise repeatable for the same thread count). The GEMMs are
+ * nn/ppgemm.c's, U packed for them once per call (U for M, U^T for dV; dU reads dM in place
+ * and a transposed copy of V[xi]).
  * Layout: U (16, 4O, C); then s->team copies of dU (16, 4O, C); then per thread V (16, C, n)
- * and M (16, 4O, n), n = nb T. The nb images of a chunk lie side by side on one window grid
+ * and M (16, 4O, n), n = nb T, and 16 floats of slack; then U packed (wg_packed). The nb images of a chunk lie side by side on one window grid
  * (wg_geometry), so that a grid row has nb TB tiles and the transforms, which run along the
  * tile rows 16 tiles per vector, have full vectors also for small images (8 x 8: TB = 3):
  * tile (a, b) of image i is column a nb TB + i TB + b.
