@@ -21,7 +21,8 @@ static double gc_err(double a, double b, double floor_) {
 
 /*
  * Kinks (policy kinks; gradcheck.h "Kinks"). The problem is the one of CS231n's notes
- * ("Neural Networks Part 3", Gradient checks, "Kinks in the objective"): a ReLU or max
+ * ("Neural Networks Part 3", Gradient checks, "Kinks in the objective",
+ * https://cs231n.github.io/neural-networks-3/#gradcheck): a ReLU or max
  * makes f non-differentiable, and a difference whose step crosses the kink measures a mix of
  * the two slopes, while the analytic gradient is the slope of one piece. The notes suggest
  * tracking which side of each max won; moelab's f is a whole network, so this test looks at
@@ -63,8 +64,9 @@ static int gc_kink(double a, double x0, double f0, double fs[2][STEPS], double x
     for (int q = 0; q < STEPS; q++) {
         have[q] = 1;
         for (int side = 0; side < 2; side++) {
-            have[q] &= !isnan(fs[side][q]) && xs[side][q] != x0;
-            s[side][q] = (fs[side][q] - f0) / (xs[side][q] - x0);
+            const int ok = !isnan(fs[side][q]) && xs[side][q] != x0;
+            s[side][q] = ok ? (fs[side][q] - f0) / (xs[side][q] - x0) : NAN;
+            have[q] &= ok;
         }
     }
     for (int q = 0; q + 1 < STEPS; q++) {

@@ -18,19 +18,20 @@
  *   - A tensor passes when at least one entry was checked and every checked entry's error
  *     is <= tol. Defaults: eps 1e-2, tol 1e-2, abs_floor 1e-3, rel_floor 1e-2, 96 entries.
  *   - Outliers: max_outliers (default 0) entries may exceed tol. Only end-to-end checks of
- *     a deep ReLU network in float set it (tests/check_srnn.c: 1 per tensor of 8 entries),
- *     where now and then an entry has a kink within every step; a wrong gradient is wrong
- *     at most entries, which no outlier allowance hides.
+ *     a deep ReLU network in float set it (tests/check_srnn.c, tests/check_cod.c: 1 per
+ *     tensor of 8 entries), where now and then an entry has a kink within every step; a
+ *     wrong gradient is wrong at most entries, which no outlier allowance hides.
  *   - Kinks (opt in: kinks = 1; default 0, which leaves every result as above): an entry
  *     above tol is looked at once more before it counts as an outlier. Next to a kink f is
  *     piecewise smooth, so the analytic gradient, the derivative of the piece the base point
  *     lies on, must equal the ONE-SIDED difference quotient s(h) = (f(x +- h) - f(x)) / +-h
- *     on the side without the kink, at both of the two smallest steps (eps/16, eps/64),
- *     within tol by the same error measure, while the two one-sided quotients at eps/64
- *     disagree with each other by more than tol (gradcheck.c says why these steps and this
- *     tolerance). Such an entry counts in kinks, not in outliers, worst or index; an entry
- *     whose analytic value matches neither side is an outlier as before. The caller bounds
- *     kinks (e.g. a fraction of checked): a kink explains an entry, not a tensor full of them.
+ *     on the side without the kink. The entry is a kink when one side's s is within tol of
+ *     the analytic value (the same error measure) at two consecutive steps h and h/4, and
+ *     the two sides' s differ by more than tol at one of them (gradcheck.c says why these
+ *     steps and this tolerance). It then counts in kinks, not in outliers, worst or index;
+ *     an entry whose analytic value matches neither side is an outlier as before. The
+ *     caller bounds kinks (e.g. a fraction of checked): each is an entry the check could
+ *     not resolve, and a kink explains an entry, not a tensor full of them.
  */
 #ifndef MOELAB_GRADCHECK_H
 #define MOELAB_GRADCHECK_H
