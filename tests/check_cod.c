@@ -297,8 +297,16 @@ static double net_fd(void *p) {
 
 /* Every tensor of a tiny net (16x16 images, channels 4, 8, 8, 8, one expert of each kind,
  * top-2, a batch of 4), a few entries each, on BCE + soft IoU, by the one policy with
- * check_srnn's allowance for an end-to-end check of a deep ReLU net in float: one entry of
- * eight may have a kink within every step, at most 1 in 25 over the whole check. Batch norm
+ * check_srnn's allowance for an end-to-end check of a deep ReLU net in float: an entry with
+ * a ReLU kink closer than every step is told from a wrong gradient by its one-sided
+ * differences (policy kinks, nn/gradcheck.h) and counted apart; besides those, one entry of
+ * eight may stay off (curvature or float noise at every step); at most a quarter of a
+ * tensor's entries off in all, kinks included, and 1 in 25 over the whole check. (The
+ * -O1 build of make asan, with the direct stride-2 convs in the encoder, puts two entries
+ * of moe1.expert0.texture.b1.w next to a kink: -0.0013167 against a central difference of
+ * -0.00135921 at best, while the one-sided quotients on the side without the kink give
+ * -0.00131677 and -0.00131306 at h = 1e-2 and 2.5e-3, and the two sides differ by 23%.)
+ * Batch norm
  * runs in training mode, so every evaluation recomputes the batch statistics as the analytic
  * gradient assumes. The convolutions that feed batch norm (encoder stages, decoder blocks)
  * have biases that BN removes: their gradient must be 0.
@@ -334,7 +342,7 @@ START_TEST(test_net_gradients) {
     const double scale = ml_gc_scale(g, P->total);
     /* at init the images' pooled features are alike, and 4 images go to 10 of the 16
        experts: the check covers every kind (expert e of a layer is four_kinds[e]) */
-    int bad_all = 0, checked = 0, zero = 0, tensors = 0, idle = 0, busy = 0, kinds = 0;
+    int bad_all = 0, kinks = 0, checked = 0, zero = 0, tensors = 0, idle = 0, busy = 0, kinds = 0;
     for (int l = 0; l < 4; l++)
         for (int e = 0; e < n.m->moe[l]->N; e++)
             if (n.m->moe[l]->router.per_expert[e] > 0) busy++, kinds |= 1 << e;
@@ -362,20 +370,24 @@ START_TEST(test_net_gradients) {
         ml_gc_policy pol = ml_gc_default();
         pol.max_entries = T->n < 8 ? (int)T->n : 8;
         pol.max_outliers = pol.max_entries >= 4;
+        pol.kinks = 1;
         ml_gc_result r;
         int ok = ml_gradcheck(&pol, net_fd, &n, ml_params_data(P, t), T->n, g + T->off, scale, &r);
         ck_assert_msg(ok, "%s: %d of %d points off, worst relative error %g (at %zu: %g vs %g)", T->name, r.outliers,
                       r.checked, r.worst, r.index, r.analytic, r.numeric);
-        bad_all += r.outliers;
+        ck_assert_msg((r.outliers + r.kinks) * 4 <= r.checked, "%s: %d of %d points off, %d of them at a kink", T->name,
+                      r.outliers + r.kinks, r.checked, r.kinks);
+        bad_all += r.outliers + r.kinks;
+        kinks += r.kinks;
         checked += r.checked;
         tensors++;
         if (!r.outliers) worst = fmax(worst, r.worst);
     }
     ck_assert_int_eq(zero, 7); /* 4 encoder stages, 3 decoder blocks */
     ck_assert_msg(bad_all * 25 <= checked, "%d of %d points off", bad_all, checked);
-    printf("cod net: %d tensors, %d entries compared, %d off (above 1e-2), worst error of the tensors without one "
-           "%.2e; %d of 16 experts got images (%d tensors of the others: gradient 0)\n", tensors, checked, bad_all, worst,
-           busy, idle);
+    printf("cod net: %d tensors, %d entries compared, %d off (above 1e-2; %d of them at a kink), worst error of the "
+           "tensors without one %.2e; %d of 16 experts got images (%d tensors of the others: gradient 0)\n", tensors,
+           checked, bad_all, kinks, worst, busy, idle);
     free(g);
     net_close(&n);
 }

@@ -1,9 +1,12 @@
-/* check_ops.c — dense kernels (finite differences), parameter blocks, optimizers. */
+/* check_ops.c — dense kernels (finite differences), parameter blocks, optimizers, and the
+ * finite-difference check itself (nn/gradcheck.h: kinks told from wrong gradients). */
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/gradcheck.h"
 #include "nn/ops.h"
 #include "nn/optim.h"
 #include "nn/params.h"
@@ -420,6 +423,150 @@ START_TEST(rng_is_deterministic) {
 }
 END_TEST
 
+/* ------------------------------------------------- the gradient check: kinks (gradcheck.h) */
+
+/* f(x) = sum_i g_i x_i + q x_i^2 / 2 + c_i relu(x_i - k_i) + w sin(3 x_i), in double from the
+ * float x: a kink at k_i, placed by the test at a distance d_i from the base point x_i. */
+enum { KN = 8 };
+typedef struct kink_ctx { float x[KN]; double g[KN], c[KN], k[KN], q, w; } kink_ctx;
+
+static double kink_f(void *p) {
+    const kink_ctx *k = p;
+    double s = 0;
+    for (int i = 0; i < KN; i++) {
+        const double x = k->x[i];
+        s += k->g[i] * x + 0.5 * k->q * x * x + k->c[i] * fmax(0, x - k->k[i]) + k->w * sin(3 * x);
+    }
+    return s;
+}
+
+/* The base points, slopes g (|g| >= 0.5, so no gradient is near 0) and jumps of slope c
+ * (1.5, the sign of g: neither piece's slope is near 0); the kink of entry i at x_i + d_i
+ * with d_i = (i odd ? -1 : 1) * dist * (1 + i / 8): left of the base point for odd i (x_i on
+ * the right piece, whose slope has c), right of it for even i. */
+static void kink_open(kink_ctx *k, double dist, double w) {
+    tu_fill(k->x, KN, 71, -0.5f, 0.5f);
+    for (int i = 0; i < KN; i++) {
+        k->g[i] = (i % 3 ? 1 : -1) * (0.5 + 0.1 * i);
+        k->c[i] = copysign(1.5, k->g[i]);
+        k->k[i] = (double)k->x[i] + (i % 2 ? -1 : 1) * dist * (1 + i / 8.0);
+    }
+    k->q = 0.5;
+    k->w = w;
+}
+
+/* the derivative of the piece x lies on (right: 1), or of the other piece (right: 0) */
+static void kink_grad(const kink_ctx *k, float *a, int right) {
+    for (int i = 0; i < KN; i++) {
+        const double x = k->x[i];
+        const int on_right = x > k->k[i];
+        a[i] = (float)(k->g[i] + k->q * x + 3 * k->w * cos(3 * x) + (on_right == right ? k->c[i] : 0));
+    }
+}
+
+static ml_gc_result kink_check(kink_ctx *k, const float *a, int kinks, int *ok) {
+    ml_gc_policy p = ml_gc_default();
+    p.kinks = kinks;
+    ml_gc_result r;
+    memset(&r, 0xff, sizeof r);
+    *ok = ml_gradcheck(&p, kink_f, k, k->x, KN, a, ml_gc_scale(a, KN), &r);
+    return r;
+}
+
+/* A kink within 1e-5 to 1.9e-5 of each base point, below the smallest step (eps/64 = 1.6e-4):
+ * every central difference straddles it and is off; the one-sided quotients on the kink-free
+ * side give the gradient, so with kinks on every entry is a kink and the tensor passes. */
+START_TEST(gradcheck_kink_accepted) {
+    kink_ctx k;
+    kink_open(&k, 1e-5, 0);
+    float a[KN];
+    kink_grad(&k, a, 1);
+    int ok;
+    ml_gc_result r = kink_check(&k, a, 0, &ok);
+    ck_assert_msg(!ok && r.outliers == KN && r.kinks == 0, "without kinks: %d outliers of %d", r.outliers, r.checked);
+    r = kink_check(&k, a, 1, &ok);
+    ck_assert_msg(ok && r.checked == KN && r.kinks == KN && r.outliers == 0 && r.worst == 0,
+                  "with kinks: ok %d, %d kinks, %d outliers of %d, worst %g", ok, r.kinks, r.outliers, r.checked, r.worst);
+    /* the same with curvature on both sides (a sine over the quadratic) */
+    kink_open(&k, 1e-5, 0.3);
+    kink_grad(&k, a, 1);
+    r = kink_check(&k, a, 1, &ok);
+    ck_assert_msg(ok && r.kinks == KN && r.outliers == 0, "curved: %d kinks, %d outliers", r.kinks, r.outliers);
+}
+END_TEST
+
+/* Wrong gradients next to the same kinks: scaled by 1.1, sign flipped, or the slope of the
+ * other piece where the kink (1e-3 away) lies between the steps: outliers, never kinks. */
+START_TEST(gradcheck_kink_wrong_rejected) {
+    kink_ctx k;
+    float a[KN];
+    int ok;
+    for (int w = 0; w < 2; w++) {
+        kink_open(&k, 1e-5, 0.3 * w);
+        for (int plant = 0; plant < 2; plant++) {
+            kink_grad(&k, a, 1);
+            for (int i = 0; i < KN; i++) a[i] *= plant ? -1.0f : 1.1f;
+            ml_gc_result r = kink_check(&k, a, 1, &ok);
+            ck_assert_msg(!ok && r.outliers == KN && r.kinks == 0, "%s: %d outliers, %d kinks of %d",
+                          plant ? "sign flipped" : "scaled by 1.1", r.outliers, r.kinks, r.checked);
+        }
+        kink_open(&k, 1e-3, 0.3 * w);
+        kink_grad(&k, a, 0);
+        ml_gc_result r = kink_check(&k, a, 1, &ok);
+        ck_assert_msg(!ok && r.outliers == KN && r.kinks == 0, "the other piece's slope: %d outliers, %d kinks of %d",
+                      r.outliers, r.kinks, r.checked);
+        /* a value the kink's side meets at one step by chance: its one-sided quotient at
+           eps/4 (every kink 1e-3 away: the quotients at eps and eps/16 differ from it, and
+           so do the central differences) */
+        kink_open(&k, 1e-3, 0.3 * w);
+        for (int i = 0; i < KN; i++) {
+            const float x0 = k.x[i];
+            k.k[i] = (double)x0 + (i % 2 ? -1e-3 : 1e-3);
+            const double f0 = kink_f(&k);
+            k.x[i] = (float)(x0 + (i % 2 ? -1 : 1) * ml_gc_default().eps / 4);
+            const double xs = k.x[i], fs = kink_f(&k);
+            k.x[i] = x0;
+            a[i] = (float)((fs - f0) / (xs - x0));
+        }
+        r = kink_check(&k, a, 1, &ok);
+        ck_assert_msg(!ok && r.outliers == KN && r.kinks == 0, "a chance match at one step: %d outliers, %d kinks of %d",
+                      r.outliers, r.kinks, r.checked);
+        /* and the right one there passes without a kink (the smaller steps miss it) */
+        kink_grad(&k, a, 1);
+        r = kink_check(&k, a, 1, &ok);
+        ck_assert_msg(ok && r.outliers == 0 && r.kinks == 0, "1e-3 away: %d outliers, %d kinks", r.outliers, r.kinks);
+    }
+    /* The limit of resolution: the other piece's slope with the kink 1e-5 away, closer than
+     * any step, is a one-sided derivative at every step the check can take; it is accepted,
+     * but as a kink, which callers bound (gradcheck.c) */
+    kink_open(&k, 1e-5, 0);
+    kink_grad(&k, a, 0);
+    ml_gc_result r = kink_check(&k, a, 1, &ok);
+    ck_assert_msg(r.kinks == KN && r.outliers == 0, "unresolvable: %d kinks, %d outliers", r.kinks, r.outliers);
+}
+END_TEST
+
+/* A smooth f (no kink within any step): kinks on or off give the same result, bit for bit,
+ * right or planted wrong. */
+START_TEST(gradcheck_smooth_unaffected) {
+    kink_ctx k;
+    kink_open(&k, 1, 0.3); /* kinks 1 to 1.9 away: beyond eps */
+    float a[KN];
+    for (int plant = 0; plant < 2; plant++) {
+        kink_grad(&k, a, 1);
+        if (plant) a[3] *= 1.1f, a[6] = -a[6];
+        int ok0, ok1;
+        ml_gc_result r0 = kink_check(&k, a, 0, &ok0), r1 = kink_check(&k, a, 1, &ok1);
+        ck_assert(ok0 == ok1 && ok0 == !plant);
+        ck_assert_int_eq(r1.kinks, 0);
+        ck_assert_int_eq(r0.kinks, 0);
+        ck_assert_int_eq(r1.outliers, plant ? 2 : 0);
+        ck_assert(!memcmp(&r0, &r1, sizeof r0));
+    }
+    ck_assert_int_eq(ml_gc_default().kinks, 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("ops");
     TCase *t = tcase_create("ops");
@@ -436,6 +583,9 @@ int main(void) {
     tcase_add_test(t, adam_matches_formula);
     tcase_add_test(t, sgd_momentum);
     tcase_add_test(t, rng_is_deterministic);
+    tcase_add_test(t, gradcheck_kink_accepted);
+    tcase_add_test(t, gradcheck_kink_wrong_rejected);
+    tcase_add_test(t, gradcheck_smooth_unaffected);
     suite_add_tcase(s, t);
     return tu_run(s);
 }

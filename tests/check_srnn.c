@@ -191,15 +191,22 @@ START_TEST(test_gradients) {
         if (!strncmp(T->name, "dec.up", 6) && strstr(T->name, ".b")) continue;
         ck_assert_msg(gmax > 0, "%s has a zero gradient", T->name);
         /* the one policy (nn/gradcheck.h), with its allowance for a deep ReLU net in float:
-           one entry of eight may have a kink within every step */
+           entries next to a ReLU kink, told from wrong gradients by their one-sided
+           differences (policy kinks), and one entry of eight besides (curvature or float
+           noise at every step: enc.conv1.w has one in the -O2 build, 0.0149, its one-sided
+           quotients far apart at every step); at most a quarter of a tensor's entries off
+           in all, and 1 in 25 over the check, kinks included */
         ml_gc_policy pol = ml_gc_default();
         pol.max_entries = T->n < 8 ? (int)T->n : 8;
         pol.max_outliers = pol.max_entries >= 4;
+        pol.kinks = 1;
         ml_gc_result r;
         int ok = ml_gradcheck(&pol, fx_loss_fn, &f, ml_params_data(&f.P, t), T->n, g, scale, &r);
         ck_assert_msg(ok, "%s: %d of %d points off, worst relative error %g (at %zu: %g vs %g)", T->name, r.outliers,
                       r.checked, r.worst, r.index, r.analytic, r.numeric);
-        bad_all += r.outliers;
+        ck_assert_msg((r.outliers + r.kinks) * 4 <= r.checked, "%s: %d of %d points off, %d of them at a kink", T->name,
+                      r.outliers + r.kinks, r.checked, r.kinks);
+        bad_all += r.outliers + r.kinks;
         checked += r.checked;
     }
     ck_assert_msg(bad_all * 25 <= checked, "%d of %d points off", bad_all, checked);

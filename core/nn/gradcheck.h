@@ -18,9 +18,20 @@
  *   - A tensor passes when at least one entry was checked and every checked entry's error
  *     is <= tol. Defaults: eps 1e-2, tol 1e-2, abs_floor 1e-3, rel_floor 1e-2, 96 entries.
  *   - Outliers: max_outliers (default 0) entries may exceed tol. Only end-to-end checks of
- *     a deep ReLU network in float set it (tests/check_srnn.c: 1 per tensor of 8 entries),
- *     where now and then an entry has a kink within every step; a wrong gradient is wrong
- *     at most entries, which no outlier allowance hides.
+ *     a deep ReLU network in float set it (tests/check_srnn.c, tests/check_cod.c: 1 per
+ *     tensor of 8 entries), where now and then an entry has a kink within every step; a
+ *     wrong gradient is wrong at most entries, which no outlier allowance hides.
+ *   - Kinks (opt in: kinks = 1; default 0, which leaves every result as above): an entry
+ *     above tol is looked at once more before it counts as an outlier. Next to a kink f is
+ *     piecewise smooth, so the analytic gradient, the derivative of the piece the base point
+ *     lies on, must equal the ONE-SIDED difference quotient s(h) = (f(x +- h) - f(x)) / +-h
+ *     on the side without the kink. The entry is a kink when one side's s is within tol of
+ *     the analytic value (the same error measure) at two consecutive steps h and h/4, and
+ *     the two sides' s differ by more than tol at one of them (gradcheck.c says why these
+ *     steps and this tolerance). It then counts in kinks, not in outliers, worst or index;
+ *     an entry whose analytic value matches neither side is an outlier as before. The
+ *     caller bounds kinks (e.g. a fraction of checked): each is an entry the check could
+ *     not resolve, and a kink explains an entry, not a tensor full of them.
  */
 #ifndef MOELAB_GRADCHECK_H
 #define MOELAB_GRADCHECK_H
@@ -36,6 +47,7 @@ typedef struct ml_gc_policy {
     double rel_floor;  /* ... times the check's largest |analytic| */
     int max_entries;   /* entries checked per tensor */
     int max_outliers;  /* entries allowed above tol (0; see "Outliers" above) */
+    int kinks;         /* 1: tell kinks from errors (0; see "Kinks" above) */
 } ml_gc_policy;
 
 typedef struct ml_gc_result {
@@ -43,7 +55,8 @@ typedef struct ml_gc_result {
     size_t index;      /* the entry that gave it */
     double analytic, numeric;
     int checked, skipped;
-    int outliers;      /* checked entries whose error is above tol */
+    int outliers;      /* checked entries whose error is above tol (and, with kinks, no kink) */
+    int kinks;         /* entries above tol that a kink explains (policy kinks only; else 0) */
 } ml_gc_result;
 
 /* The defaults above. */
