@@ -14,6 +14,7 @@
 
 #include "base/common.h"
 #include "nn/ppgemm.h"
+#include "nn/vec16.h"
 
 /* Target size of one chunk's column matrix: big enough that the GEMM's N dimension is
  * thousands wide, small enough that col stays in the L3 cache between the GEMM that
@@ -676,8 +677,6 @@ static void pad_row(float *dst, int len, const float *src, int n, int lp) {
     for (int j = lp + n; j < len; j++) dst[j] = 0;
 }
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias)); /* unaligned view */
 typedef double v8d __attribute__((vector_size(64)));
 
 /*
@@ -1933,22 +1932,11 @@ static wg_scr wg_scratch(wg_geo g) {
 /* 16 floats from p, the first cnt of them (the rest 0), and back */
 static inline v16 wg_ld(const float *p, int cnt) {
     if (cnt == 16) return *(const v16u *)p;
-#if defined(__AVX512F__)
-    return (v16)_mm512_maskz_loadu_ps((__mmask16)((1u << cnt) - 1), p);
-#else
-    v16 v = {0};
-    for (int l = 0; l < cnt; l++) v[l] = p[l];
-    return v;
-#endif
+    return v16_ld_part(p, cnt);
 }
 static inline void wg_st(float *p, v16 v, int cnt) {
     if (cnt == 16) *(v16u *)p = v;
-    else
-#if defined(__AVX512F__)
-        _mm512_mask_storeu_ps(p, (__mmask16)((1u << cnt) - 1), (__m512)v);
-#else
-        for (int l = 0; l < cnt; l++) p[l] = v[l];
-#endif
+    else v16_st_part(p, v, cnt);
 }
 
 /* v with its lanes from cnt on set to -0, the float that adds exactly nothing (x + -0 == x

@@ -1,17 +1,12 @@
 /* ppgemm.c — C = A B with A packed once (ppgemm.h). */
 #include "nn/ppgemm.h"
+#include "nn/vec16.h"
 
 #include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 /* -std=c11 implies -ffp-contract=off: the kernel's acc += a * b must be one FMA */
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
 
 #define PP_NV 3 /* vectors of 16 columns per block: 8 x 48, 24 accumulators */
 
@@ -28,24 +23,6 @@ void ml_pp_pack(float *ap, const float *a, int M, int K, int lda, int trans) {
             for (int q = mr; q < PP_MR; q++) d[q] = 0.0f;
         }
     }
-}
-
-/* the first cnt floats at p (the rest 0), and the first cnt of v to p */
-static inline v16 ld_part(const float *p, int cnt) {
-#if defined(__AVX512F__)
-    return (v16)_mm512_maskz_loadu_ps((__mmask16)((1u << cnt) - 1), p);
-#else
-    v16 v = {0};
-    for (int l = 0; l < cnt; l++) v[l] = p[l];
-    return v;
-#endif
-}
-static inline void st_part(float *p, v16 v, int cnt) {
-#if defined(__AVX512F__)
-    _mm512_mask_storeu_ps(p, (__mmask16)((1u << cnt) - 1), (__m512)v);
-#else
-    for (int l = 0; l < cnt; l++) p[l] = v[l];
-#endif
 }
 
 /* One PP_MR x (16 NV) block of C, mr of its rows and of the last vector cnt columns kept
@@ -86,8 +63,8 @@ block(const int NV, const int part, const int packed, const float *restrict ap, 
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             if (part && v == NV - 1) {
-                if (add) acc[q][v] += ld_part(cr + 16 * v, cnt);
-                st_part(cr + 16 * v, acc[q][v], cnt);
+                if (add) acc[q][v] += v16_ld_part(cr + 16 * v, cnt);
+                v16_st_part(cr + 16 * v, acc[q][v], cnt);
             } else {
                 if (add) acc[q][v] += *(const v16u *)(cr + 16 * v);
                 *(v16u *)(cr + 16 * v) = acc[q][v];
