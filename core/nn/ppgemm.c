@@ -4,10 +4,6 @@
 
 #include <string.h>
 
-/* -std=c11 implies -ffp-contract=off: the kernel's acc += a * b must be one FMA */
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=fast")
-
 #define PP_NV 3 /* vectors of 16 columns per block: 8 x 48, 24 accumulators */
 
 size_t ml_pp_floats(int M, int K) { return (size_t)(M + PP_MR - 1) / PP_MR * PP_MR * (size_t)K; }
@@ -53,7 +49,7 @@ block(const int NV, const int part, const int packed, const float *restrict ap, 
         for (int q = 0; q < PP_MR; q++) {
             const float aq = packed ? a[q] : ar[q][k];
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++) acc[q][v] += aq * bv[v];
+            for (int v = 0; v < NV; v++) acc[q][v] = v16_fma_s(aq, bv[v], acc[q][v]);
         }
     }
 #pragma GCC unroll 8
@@ -169,4 +165,3 @@ void ml_pp_transpose(float *t, int ldt, const float *a, int R, int C, int lda) {
                 for (int r = 0; r < re; r++) t[(size_t)(c0 + c) * ldt + r0 + r] = a[(size_t)(r0 + r) * lda + c0 + c];
         }
 }
-#pragma GCC pop_options

@@ -33,4 +33,16 @@ static inline void v16_st_part(float *p, v16 v, int cnt) {
 #endif
 }
 
+/* a b + c for every lane, rounded once (so the same bits at every optimisation level: gcc
+ * contracts a * b + c into an FMA only from -O2) */
+static inline v16 v16_fma_s(float a, v16 b, v16 c) {
+#if defined(__AVX512F__)
+    return (v16)_mm512_fmadd_ps(_mm512_set1_ps(a), (__m512)b, (__m512)c);
+#else
+    v16 r;
+    for (int l = 0; l < 16; l++) r[l] = __builtin_fmaf(a, b[l], c[l]);
+    return r;
+#endif
+}
+
 #endif
