@@ -103,6 +103,10 @@ static size_t wg_pp_floats(const ml_conv_shape *s) {
     const size_t a = ml_pp_floats(4 * s->O, s->C), b = ml_pp_floats(s->C, 4 * s->O);
     return a > b ? a : b;
 }
+/* where the packed U starts: after U, the team's dU and the team's V and M */
+static size_t wg_packed_off(const ml_conv_shape *s) {
+    return (size_t)64 * s->C * s->O * (size_t)(1 + s->team) + (size_t)s->team * wg_thread_floats(s);
+}
 
 /* The direct kernel's vectors per output row, its output-channel block for Cout output
  * channels, and Cout rounded up to the block (the repacked weights' row length). */
@@ -278,8 +282,7 @@ static int dx_as_conv(const ml_conv_shape *s) {
 
 static size_t layer_workspace(const ml_conv_shape *s) {
     if (s->subpixel == 2) /* U and a dU per thread, each thread's V and M of one chunk, packed U */
-        return (size_t)64 * s->C * s->O * (size_t)(1 + s->team) + (size_t)s->team * wg_thread_floats(s) +
-               16 * wg_pp_floats(s);
+        return wg_packed_off(s) + 16 * wg_pp_floats(s);
     if (s->subpixel) { /* repacked weights and their gradient, then one chunk's col and G */
         return (size_t)32 * s->C * s->O + (size_t)s->chunk * sp_floats_per_image(s);
     }
@@ -1876,8 +1879,8 @@ static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
  * nn/ppgemm.c's, U packed for them once per call (U for M, U^T for dV; dU reads dM in place
  * and a transposed copy of V[xi]).
  * Layout: U (16, 4O, C); then s->team copies of dU (16, 4O, C); then per thread V (16, C, n)
- * and M (16, 4O, n), n = nb T, and 16 floats of slack; then U packed (wg_packed). The nb images of a chunk lie side by side on one window grid
- * (wg_geometry), so that a grid row has nb TB tiles and the transforms, which run along the
+ * and M (16, 4O, n), n = nb T, and 16 floats of slack; then U packed (wg_packed_off). The nb
+ * images of a chunk lie side by side on one window grid (wg_geometry), so that a grid row has nb TB tiles and the transforms, which run along the
  * tile rows 16 tiles per vector, have full vectors also for small images (8 x 8: TB = 3):
  * tile (a, b) of image i is column a nb TB + i TB + b.
  */
@@ -1886,9 +1889,6 @@ static void sp_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
 static int wg_team(const ml_conv_shape *s) {
     const int t = omp_get_max_threads();
     return s->team < 1 ? 1 : t < s->team ? t : s->team;
-}
-static float *wg_packed(const ml_conv_shape *s, float *ws) {
-    return ws + (size_t)64 * s->C * s->O * (size_t)(1 + s->team) + (size_t)s->team * wg_thread_floats(s);
 }
 /* up[xi] from U[xi] (16, 4O, C), for the forward (trans 0) or dV (trans 1) */
 static void wg_pp_pack(float *up, const float *u, int C, int O, int trans) {
@@ -2109,7 +2109,7 @@ static void wg_forward(const ml_conv_shape *s, float *y, cat_in x, const float *
                        const float *b, float *ws, const conv_fwd_next *nf) {
     const int B = s->B, C = s->C, O = s->O, W = s->W, Wo = s->Wo, nt = wg_team(s);
     const size_t HWo = (size_t)s->Ho * Wo, O4C = (size_t)4 * O * C;
-    float *u = ws, *up = wg_packed(s, ws);
+    float *u = ws, *up = ws + wg_packed_off(s);
     const size_t np = ml_pp_floats(4 * O, C);
     wg_pack(u, w, C, O);
     wg_pp_pack(up, u, C, O, 0);
@@ -2401,7 +2401,7 @@ static void wg_backward(const ml_conv_shape *s, cat_out dx, float *dw, float *db
     const int B = s->B, C = s->C, O = s->O, H = s->H, W = s->W, Wo = s->Wo, nt = wg_team(s);
     const size_t HW = (size_t)H * W, HWo = (size_t)s->Ho * Wo, O4C = (size_t)4 * O * C;
     const ml_conv_act act = s->act;
-    float *u = ws, *du = ws + (size_t)16 * O4C, *up = wg_packed(s, ws);
+    float *u = ws, *du = ws + (size_t)16 * O4C, *up = ws + wg_packed_off(s);
     const size_t np = ml_pp_floats(C, 4 * O);
     float *part = ws + layer_workspace(s); /* (B, O) bias partials */
     if (dx.a) {

@@ -69,6 +69,20 @@ block(const int NV, const int part, const int packed, const float *restrict ap, 
     }
 }
 
+/* block with NV, part and packed literal, so that each inlined copy keeps acc in registers */
+static inline __attribute__((always_inline)) void
+dispatch(const int packed, int nv, int part, const float *a, int lda, const float *b, int ldb, int K, float *c,
+         int ldc, int mr, int cnt, int add) {
+    switch (nv * 2 + part) {
+    case 2: block(1, 0, packed, a, lda, b, ldb, K, c, ldc, mr, cnt, add); break;
+    case 3: block(1, 1, packed, a, lda, b, ldb, K, c, ldc, mr, cnt, add); break;
+    case 4: block(2, 0, packed, a, lda, b, ldb, K, c, ldc, mr, cnt, add); break;
+    case 5: block(2, 1, packed, a, lda, b, ldb, K, c, ldc, mr, cnt, add); break;
+    case 6: block(3, 0, packed, a, lda, b, ldb, K, c, ldc, mr, cnt, add); break;
+    default: block(3, 1, packed, a, lda, b, ldb, K, c, ldc, mr, cnt, add); break;
+    }
+}
+
 /* every row panel against the columns n0 .. n0 + w - 1 (w <= 48); A packed (lda 0) or in place */
 static void columns(int M, int K, const float *ap, int lda, const float *b, int ldb, float *c, int ldc,
                     int n0, int w, int add) {
@@ -77,22 +91,8 @@ static void columns(int M, int K, const float *ap, int lda, const float *b, int 
         const float *a = ap + (size_t)m0 * (lda ? (size_t)lda : (size_t)K);
         float *cb = c + (size_t)m0 * ldc + n0;
         const int mr = M - m0 < PP_MR ? M - m0 : PP_MR;
-        if (lda) switch (nv * 2 + part) {
-            case 2: block(1, 0, 0, a, lda, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            case 3: block(1, 1, 0, a, lda, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            case 4: block(2, 0, 0, a, lda, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            case 5: block(2, 1, 0, a, lda, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            case 6: block(3, 0, 0, a, lda, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            default: block(3, 1, 0, a, lda, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            }
-        else switch (nv * 2 + part) {
-            case 2: block(1, 0, 1, a, 0, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            case 3: block(1, 1, 1, a, 0, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            case 4: block(2, 0, 1, a, 0, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            case 5: block(2, 1, 1, a, 0, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            case 6: block(3, 0, 1, a, 0, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            default: block(3, 1, 1, a, 0, b + n0, ldb, K, cb, ldc, mr, cnt, add); break;
-            }
+        if (lda) dispatch(0, nv, part, a, lda, b + n0, ldb, K, cb, ldc, mr, cnt, add);
+        else dispatch(1, nv, part, a, 0, b + n0, ldb, K, cb, ldc, mr, cnt, add);
     }
 }
 
